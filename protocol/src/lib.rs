@@ -1,0 +1,27 @@
+//! The clustermgr wire protocol: message types, the postcard codec, length-prefixed
+//! framing, version negotiation, node names and the TLS identities both ends share.
+//!
+//! Architecture invariant: this crate knows nothing of tokio, the controller's store,
+//! the shell or the node's files. It is pure data and pure functions, plus the
+//! rustls/quinn configuration builders so that both ends configure TLS identically.
+#![forbid(unsafe_code)]
+
+pub mod atomic_file;
+pub mod codec;
+mod error;
+pub mod frame;
+pub mod identity;
+pub mod message;
+mod name;
+pub mod transport;
+pub mod version;
+
+pub use error::ProtocolError;
+pub use name::NodeName;
+
+/// The ALPN token of every clustermgr connection. It never changes: protocol versions
+/// are negotiated inside the connection by the [`message::Hello`] exchange.
+pub const ALPN: &[u8] = b"clustermgr/1";
+
+/// The UDP port an agent listens on unless configured otherwise.
+pub const DEFAULT_AGENT_PORT: u16 = 7443;

@@ -1,0 +1,231 @@
+//! The messages of the protocol.
+//!
+//! Streams: the controller opens one bidirectional stream per request. The first
+//! stream of a connection carries the [`Hello`] exchange. Every later stream starts
+//! with a [`Request`] frame; unary requests get one [`Reply`] frame back, an exec gets
+//! a sequence of [`ExecEvent`] frames while the controller may send [`ExecInput`]
+//! frames. Agent-initiated unidirectional streams (logs and metrics) are reserved for
+//! a later protocol version; version 1 defines none.
+//!
+//! [`Hello`] and [`HelloReply`] are frozen across all versions, because they are
+//! decoded before a version is agreed. Every other type here is frozen as protocol
+//! version 1: postcard has no field tags, so changing a type means a new version.
+
+use serde::{Deserialize, Serialize};
+
+use crate::NodeName;
+use crate::version::VersionRange;
+
+/// The first frame of a connection, controller to agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol versions the controller speaks.
+    pub versions: VersionRange,
+    /// Who the controller is (the cluster name), for the agent's logs and journal.
+    pub identity: String,
+    /// The controller's software version.
+    pub software: String,
+}
+
+/// The agent's answer to [`Hello`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    /// The agent agrees to speak `version`.
+    Accepted {
+        /// The version both ends now speak.
+        version: u16,
+        /// The node name the agent was enrolled as.
+        node: NodeName,
+        /// The agent's software version.
+        software: String,
+    },
+    /// The agent cannot speak with this controller; the connection closes after this.
+    Refused {
+        /// A sentence saying why.
+        reason: String,
+        /// The versions the agent speaks.
+        versions: VersionRange,
+    },
+}
+
+/// The first frame of every request stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Describe the host. Answered by [`Reply::Info`].
+    Info,
+    /// Run a command. Answered by a sequence of [`ExecEvent`]s.
+    Exec(ExecSpec),
+    /// Make a certificate signing request with the agent's key (or a new key).
+    /// Answered by [`Reply::Csr`].
+    Csr {
+        /// Generate a new key first; it replaces the current one only once a
+        /// certificate for it is installed.
+        new_key: bool,
+    },
+    /// Install a renewed certificate. Answered by [`Reply::CertInstalled`].
+    InstallCert {
+        /// The certificate, PEM.
+        cert_pem: String,
+    },
+}
+
+/// The one reply to a unary request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The host description.
+    Info(NodeInfo),
+    /// A PEM certificate signing request.
+    Csr {
+        /// The CSR, PEM.
+        pem: String,
+    },
+    /// The certificate is installed and new connections use it.
+    CertInstalled,
+    /// The request failed.
+    Error(RemoteError),
+}
+
+/// A failure reported by the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// A sentence for the operator.
+    pub message: String,
+}
+
+/// Kinds of agent-side failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The agent's policy forbids it (e.g. `allow_exec = false`).
+    Refused,
+    /// The request was malformed or impossible.
+    Invalid,
+    /// Something failed on the node.
+    Internal,
+}
+
+/// What a host is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node name from the agent's certificate.
+    pub node: NodeName,
+    /// The kernel's host name.
+    pub hostname: String,
+    /// `PRETTY_NAME` from os-release.
+    pub os_release: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// CPU architecture (`x86_64`, `aarch64`).
+    pub arch: String,
+    /// The C library version, when it is glibc.
+    pub glibc: Option<String>,
+    /// The agent's software version.
+    pub agent_version: String,
+    /// Seconds since the host booted.
+    pub uptime_secs: u64,
+    /// The host's clock when it answered, in milliseconds since the Unix epoch.
+    pub clock_unix_ms: i64,
+    /// The Gluu Server install, if any.
+    pub gluu: Option<GluuInstall>,
+    /// Whether the agent runs commands (`allow_exec`).
+    pub exec_allowed: bool,
+}
+
+/// A Gluu Server found on the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GluuInstall {
+    /// The version, when it can be told (from the container directory name).
+    pub version: Option<String>,
+    /// The container root (`/opt/gluu-server`, or `/` for nochroot builds).
+    pub root: String,
+    /// Which components are installed (`oxauth`, `identity`, `shibboleth`, ...).
+    pub components: Vec<String>,
+}
+
+/// A command to run on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// What to run.
+    pub command: Command,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Working directory; the agent's own when absent.
+    pub cwd: Option<String>,
+    /// Whether [`ExecInput::Stdin`] frames follow; otherwise stdin is empty.
+    pub stdin: bool,
+    /// Kill the process group after this many milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Who asked, for the agent's journal (`user@controller-host`).
+    pub requested_by: String,
+}
+
+/// The two forms of a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A program and its arguments, run without a shell.
+    Argv(Vec<String>),
+    /// A line for `/bin/sh -c`.
+    Shell(String),
+}
+
+impl Command {
+    /// The command as one line, for journals and audit logs.
+    pub fn display_line(&self) -> String {
+        match self {
+            Command::Argv(argv) => argv.join(" "),
+            Command::Shell(line) => format!("sh -c {line:?}"),
+        }
+    }
+}
+
+/// Controller to agent, on an exec stream after the [`Request::Exec`] frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecInput {
+    /// Bytes for the process's stdin.
+    Stdin(Vec<u8>),
+    /// Close the process's stdin.
+    StdinEnd,
+    /// Kill the process group.
+    Cancel,
+}
+
+/// Agent to controller, on an exec stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecEvent {
+    /// The process started.
+    Started {
+        /// Its process id (and process group id).
+        pid: u32,
+    },
+    /// Bytes the process wrote to stdout.
+    Stdout(Vec<u8>),
+    /// Bytes the process wrote to stderr.
+    Stderr(Vec<u8>),
+    /// The process ended; the last frame of the stream.
+    Finished(ExitOutcome),
+    /// The command was not run; the last frame of the stream.
+    Refused(RemoteError),
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitOutcome {
+    /// The exit code, when it exited.
+    pub code: Option<i32>,
+    /// The signal that killed it, when one did.
+    pub signal: Option<i32>,
+    /// It was killed because its timeout passed.
+    pub timed_out: bool,
+    /// It was killed because the controller cancelled it.
+    pub cancelled: bool,
+    /// How long it ran.
+    pub duration_ms: u64,
+}
+
+impl ExitOutcome {
+    /// Exited with code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
