@@ -1,1 +1,18 @@
-//! placeholder
+//! `clustermgr-agent`: the daemon on every Gluu, load-balancer and cache host. It
+//! answers the controller over mutual-TLS QUIC: host facts, commands, certificate
+//! renewal. Later issues add file apply, service control, logs, metrics and probes.
+//!
+//! Architecture invariant: only this crate touches the node's files and processes; it
+//! never dials the controller or other agents.
+
+pub mod config;
+pub mod enroll;
+mod error;
+mod exec;
+mod info;
+mod journal;
+mod server;
+mod sys;
+
+pub use error::AgentError;
+pub use server::{Agent, AgentHandle};

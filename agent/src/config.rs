@@ -1,0 +1,145 @@
+//! The agent's configuration file (`/etc/clustermgr/agent.toml`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clustermgr_protocol::frame::DEFAULT_MAX_FRAME_BYTES;
+use clustermgr_protocol::transport::Timeouts;
+use serde::Deserialize;
+
+use crate::AgentError;
+
+/// The directory holding the agent's own identity and configuration; never writable
+/// through a config push.
+pub const RESERVED_DIR: &str = "/etc/clustermgr";
+
+/// Everything `clustermgr-agent run` is told.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// UDP address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The agent's certificate (PEM).
+    pub cert: PathBuf,
+    /// The agent's private key (PEM, mode 0600).
+    pub key: PathBuf,
+    /// The cluster CA certificate (PEM).
+    pub ca: PathBuf,
+    /// Where the agent keeps its journal and other state.
+    pub state_dir: PathBuf,
+    /// The directory that stands for `/` on this host: `/` on a real node, a sandbox
+    /// directory under `clustermgr dev`. Gluu markers are looked up below it.
+    #[serde(default = "default_root")]
+    pub root: PathBuf,
+    /// Directories that config pushes may write under. Never `/etc/clustermgr`.
+    #[serde(default)]
+    pub writable_roots: Vec<PathBuf>,
+    /// Whether the controller may run commands here.
+    #[serde(default = "default_true")]
+    pub allow_exec: bool,
+    /// The largest frame accepted.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: u32,
+    /// How long in-flight work may finish after SIGTERM, in milliseconds.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_ms: u64,
+    /// Keep-alive and idle timeout; must match the controller's.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], clustermgr_protocol::DEFAULT_AGENT_PORT))
+}
+fn default_root() -> PathBuf {
+    PathBuf::from("/")
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_frame() -> u32 {
+    DEFAULT_MAX_FRAME_BYTES
+}
+fn default_grace() -> u64 {
+    10_000
+}
+
+impl AgentConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, AgentError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AgentError::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks configuration text; `path` is for messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, AgentError> {
+        let invalid = |message: String| AgentError::ConfigInvalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let cfg: AgentConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        for root in &cfg.writable_roots {
+            if !root.is_absolute() {
+                return Err(invalid(format!(
+                    "writable_roots entry {} is not an absolute path",
+                    root.display()
+                )));
+            }
+            if root.starts_with(RESERVED_DIR) || Path::new(RESERVED_DIR).starts_with(root) {
+                return Err(invalid(format!(
+                    "writable_roots entry {} would let config pushes rewrite the agent's own identity in {RESERVED_DIR}; remove it",
+                    root.display()
+                )));
+            }
+        }
+        if cfg.max_frame_bytes < 64 * 1024 {
+            return Err(invalid(
+                "max_frame_bytes must be at least 65536".to_string(),
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_packaged_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/agent.toml");
+        let cfg = AgentConfig::load(&path).unwrap();
+        assert_eq!(cfg.listen.port(), 7443);
+        assert!(cfg.allow_exec);
+    }
+
+    #[test]
+    fn the_agents_own_directory_is_never_writable() {
+        let text = r#"
+            cert = "/etc/clustermgr/agent.crt"
+            key = "/etc/clustermgr/agent.key"
+            ca = "/etc/clustermgr/ca.crt"
+            state_dir = "/var/lib/clustermgr-agent"
+            writable_roots = ["/etc"]
+        "#;
+        let err = AgentConfig::parse(Path::new("t.toml"), text).unwrap_err().to_string();
+        assert!(err.contains("/etc/clustermgr"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let text = r#"
+            cert = "a"
+            key = "b"
+            ca = "c"
+            state_dir = "d"
+            allow_exce = false
+        "#;
+        let err = AgentConfig::parse(Path::new("t.toml"), text).unwrap_err().to_string();
+        assert!(err.contains("allow_exce"), "{err}");
+    }
+}

@@ -1,0 +1,105 @@
+//! The `clustermgr-agent` binary: thin, the work is in the library.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use clustermgr_agent::config::AgentConfig;
+use clustermgr_agent::{Agent, enroll};
+use clustermgr_protocol::NodeName;
+
+/// The clustermgr agent: one per Gluu, load-balancer and cache host.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the controller (the systemd unit runs this).
+    Run {
+        /// The configuration file.
+        #[arg(long, default_value = "/etc/clustermgr/agent.toml")]
+        config: PathBuf,
+    },
+    /// Generate this host's private key (kept here, mode 0600) and print a CSR for
+    /// `clustermgr node sign`.
+    Enroll {
+        /// The node name the controller knows this host by.
+        #[arg(long)]
+        name: NodeName,
+        /// Where to keep the key (and a copy of the CSR).
+        #[arg(long, default_value = "/etc/clustermgr")]
+        out: PathBuf,
+        /// Replace an existing key instead of reusing it.
+        #[arg(long)]
+        new_key: bool,
+    },
+    /// Check a configuration file and exit.
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long, default_value = "/etc/clustermgr/agent.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLUSTERMGR_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Enroll { name, out, new_key } => enroll::enroll(&name, &out, new_key).map(|csr| {
+            print!("{csr}");
+        }),
+        Command::CheckConfig { config } => AgentConfig::load(&config).map(|_| {
+            println!("{}: ok", config.display());
+        }),
+        Command::Run { config } => run(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clustermgr-agent: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(config: &std::path::Path) -> Result<(), clustermgr_agent::AgentError> {
+    let cfg = AgentConfig::load(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|source| clustermgr_agent::AgentError::Write {
+            path: config.to_path_buf(),
+            source,
+        })?;
+    runtime.block_on(async {
+        let agent = Agent::load(cfg)?;
+        let handle = agent.start()?;
+        // Tests and `clustermgr dev` wait for this line to know the socket is bound.
+        println!("listening {}", handle.local_addr);
+        wait_for_signal().await;
+        handle.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,440 @@
+//! The agent's QUIC server: accepts only the cluster's controller, negotiates the
+//! protocol version, serves one request per stream, renews its certificate in place,
+//! and shuts down gracefully.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clustermgr_protocol::atomic_file::write_atomic;
+use clustermgr_protocol::frame::{expect_message, write_message};
+use clustermgr_protocol::identity::{
+    AgentCertStatus, CertSummary, Credentials, agent_server_config, cert_from_pem,
+    spki_fingerprint, verify_agent_cert,
+};
+use clustermgr_protocol::message::{
+    ErrorKind, Hello, HelloReply, RemoteError, Reply, Request,
+};
+use clustermgr_protocol::version::{VersionRange, negotiate};
+use clustermgr_protocol::NodeName;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use tokio::sync::{mpsc, watch};
+
+use crate::AgentError;
+use crate::config::AgentConfig;
+use crate::exec::{self, ExecContext};
+use crate::journal::Journal;
+
+/// How long a new connection has to send its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A configured agent, ready to start.
+#[derive(Debug)]
+pub struct Agent {
+    cfg: AgentConfig,
+    node: NodeName,
+    ca: CertificateDer<'static>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn identity_error(path: &Path, message: impl Into<String>) -> AgentError {
+    AgentError::Identity {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+fn read(path: &Path) -> Result<String, AgentError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        identity_error(
+            path,
+            format!("cannot read it: {e} (has this host been enrolled? see clustermgr node add)"),
+        )
+    })
+}
+
+fn key_fingerprint(key_pem: &str, path: &Path) -> Result<String, AgentError> {
+    let key = rcgen::KeyPair::from_pem(key_pem)
+        .map_err(|e| identity_error(path, format!("not a usable private key: {e}")))?;
+    Ok(spki_fingerprint(&rcgen::PublicKeyData::subject_public_key_info(&key)))
+}
+
+fn pending_cert_path(cert: &Path) -> PathBuf {
+    cert.with_extension("crt.new")
+}
+
+fn pending_key_path(key: &Path) -> PathBuf {
+    key.with_extension("key.new")
+}
+
+impl Agent {
+    /// Reads the agent's identity: key, certificate (which names the node) and CA.
+    pub fn load(cfg: AgentConfig) -> Result<Self, AgentError> {
+        finish_interrupted_rekey(&cfg)?;
+        let key_pem = read(&cfg.key)?;
+        let cert_pem = read(&cfg.cert)?;
+        let ca_pem = read(&cfg.ca)?;
+        let ca = cert_from_pem(&ca_pem).map_err(|e| identity_error(&cfg.ca, e.to_string()))?;
+        let summary =
+            CertSummary::parse_pem(&cert_pem).map_err(|e| identity_error(&cfg.cert, e.to_string()))?;
+        if summary.key_fingerprint != key_fingerprint(&key_pem, &cfg.key)? {
+            return Err(identity_error(
+                &cfg.cert,
+                format!(
+                    "this certificate does not belong to the key {}; enroll the host again",
+                    cfg.key.display()
+                ),
+            ));
+        }
+        let node = summary
+            .dns_names
+            .first()
+            .and_then(|n| NodeName::new(n).ok())
+            .ok_or_else(|| identity_error(&cfg.cert, "the certificate names no node"))?;
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|source| AgentError::Write {
+            path: cfg.state_dir.clone(),
+            source,
+        })?;
+        Ok(Agent {
+            cfg,
+            node,
+            ca,
+            cert_pem,
+            key_pem,
+        })
+    }
+
+    /// The node this agent is.
+    pub fn node(&self) -> &NodeName {
+        &self.node
+    }
+
+    /// Binds the UDP socket and starts serving.
+    pub fn start(self) -> Result<AgentHandle, AgentError> {
+        let creds = Credentials::from_pem(&self.cert_pem, &self.key_pem)?;
+        let server = agent_server_config(creds, self.ca.clone(), &self.cfg.timeouts)?;
+        let endpoint = quinn::Endpoint::server(server, self.cfg.listen).map_err(|source| {
+            AgentError::Listen {
+                addr: self.cfg.listen,
+                source,
+            }
+        })?;
+        let local_addr = endpoint.local_addr().unwrap_or(self.cfg.listen);
+        let (abort_tx, abort_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            journal: Arc::new(Journal::new(self.cfg.state_dir.join("exec-journal.jsonl"))),
+            node: self.node,
+            ca: self.ca,
+            key_pem: Mutex::new(self.key_pem),
+            pending_key: Mutex::new(None),
+            endpoint: endpoint.clone(),
+            abort: abort_rx,
+            cfg: self.cfg,
+        });
+        tracing::info!(node = %shared.node, "listening on udp {local_addr}");
+        let task = tokio::spawn(accept_loop(shared, stop_rx, abort_tx));
+        Ok(AgentHandle {
+            local_addr,
+            stop: stop_tx,
+            task,
+        })
+    }
+}
+
+/// Completes a key rotation that a crash interrupted between its two renames.
+fn finish_interrupted_rekey(cfg: &AgentConfig) -> Result<(), AgentError> {
+    let new_cert = pending_cert_path(&cfg.cert);
+    let new_key = pending_key_path(&cfg.key);
+    if let (Ok(cert), Ok(key)) = (
+        std::fs::read_to_string(&new_cert),
+        std::fs::read_to_string(&new_key),
+    ) {
+        let matches = CertSummary::parse_pem(&cert)
+            .ok()
+            .zip(key_fingerprint(&key, &new_key).ok())
+            .is_some_and(|(c, k)| c.key_fingerprint == k);
+        if matches {
+            let rename = |from: &Path, to: &Path| {
+                std::fs::rename(from, to).map_err(|source| AgentError::Write {
+                    path: to.to_path_buf(),
+                    source,
+                })
+            };
+            rename(&new_key, &cfg.key)?;
+            rename(&new_cert, &cfg.cert)?;
+        }
+    }
+    Ok(())
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct AgentHandle {
+    /// The address it listens on.
+    pub local_addr: std::net::SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AgentHandle {
+    /// Stops accepting, lets in-flight work finish within the grace period, cancels
+    /// what is left, and closes every connection cleanly.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+struct Shared {
+    cfg: AgentConfig,
+    node: NodeName,
+    ca: CertificateDer<'static>,
+    key_pem: Mutex<String>,
+    pending_key: Mutex<Option<String>>,
+    endpoint: quinn::Endpoint,
+    journal: Arc<Journal>,
+    abort: watch::Receiver<bool>,
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    abort: watch::Sender<bool>,
+) {
+    // Every connection and request task holds a clone; recv() returns None once all
+    // of them have ended.
+    let (inflight_tx, mut inflight_rx) = mpsc::channel::<()>(1);
+    loop {
+        tokio::select! {
+            _ = crate::exec::became_true(&mut stop) => break,
+            incoming = shared.endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                tokio::spawn(serve_connection(incoming, shared.clone(), inflight_tx.clone()));
+            }
+        }
+    }
+    tracing::info!("shutting down: no new connections");
+    shared.endpoint.set_server_config(None);
+    drop(inflight_tx);
+    let grace = Duration::from_millis(shared.cfg.shutdown_grace_ms);
+    if tokio::time::timeout(grace, idle_requests(&shared, &mut inflight_rx))
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over: cancelling the work still running");
+        let _ = abort.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(2), idle_requests(&shared, &mut inflight_rx)).await;
+    }
+    shared.endpoint.close(quinn::VarInt::from_u32(0), b"agent shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), shared.endpoint.wait_idle()).await;
+}
+
+/// Waits until no request is in flight. Idle connections do not count: they are
+/// closed once this returns.
+async fn idle_requests(_shared: &Shared, inflight: &mut mpsc::Receiver<()>) {
+    while inflight.recv().await.is_some() {}
+}
+
+async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, inflight: mpsc::Sender<()>) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!("refused a connection from {remote}: {e}");
+            return;
+        }
+    };
+    let controller = match hello(&conn, &shared).await {
+        Ok(Some(id)) => id,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::info!("connection from {remote} failed before its Hello: {e}");
+            conn.close(quinn::VarInt::from_u32(2), b"no hello");
+            return;
+        }
+    };
+    tracing::debug!("controller {controller} connected from {remote}");
+    // Holding `inflight` only while a request runs lets shutdown tell idle connections
+    // from busy ones.
+    drop(inflight.clone());
+    loop {
+        let mut stop = shared.abort.clone();
+        let (send, recv) = tokio::select! {
+            s = conn.accept_bi() => match s {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+            _ = crate::exec::became_true(&mut stop) => return,
+        };
+        let guard = inflight.clone();
+        let shared = shared.clone();
+        let controller = controller.clone();
+        tokio::spawn(async move {
+            handle_request(send, recv, &shared, controller).await;
+            drop(guard);
+        });
+    }
+}
+
+/// The Hello exchange; `Ok(None)` when the versions did not meet (already answered).
+async fn hello(conn: &quinn::Connection, shared: &Shared) -> Result<Option<String>, AgentError> {
+    let max = shared.cfg.max_frame_bytes;
+    let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+        .await
+        .map_err(|_| clustermgr_protocol::ProtocolError::Stream("no Hello within 10 s".into()))?
+        .map_err(|e| clustermgr_protocol::ProtocolError::Stream(e.to_string()))?;
+    let hello: Hello = tokio::time::timeout(HELLO_TIMEOUT, expect_message(&mut recv, max, "Hello"))
+        .await
+        .map_err(|_| clustermgr_protocol::ProtocolError::Stream("no Hello within 10 s".into()))??;
+    let ours = VersionRange::ours();
+    match negotiate(ours, hello.versions) {
+        Ok(version) => {
+            write_message(
+                &mut send,
+                &HelloReply::Accepted {
+                    version,
+                    node: shared.node.clone(),
+                    software: env!("CARGO_PKG_VERSION").to_string(),
+                },
+            )
+            .await?;
+            let _ = send.finish();
+            Ok(Some(hello.identity))
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            tracing::warn!("refused controller {}: {reason}", hello.identity);
+            write_message(
+                &mut send,
+                &HelloReply::Refused {
+                    reason: reason.clone(),
+                    versions: ours,
+                },
+            )
+            .await?;
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+            conn.close(quinn::VarInt::from_u32(1), b"no common protocol version");
+            Ok(None)
+        }
+    }
+}
+
+async fn handle_request(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    shared: &Shared,
+    controller: String,
+) {
+    let request: Request = match expect_message(&mut recv, shared.cfg.max_frame_bytes, "request").await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!("bad request from {controller}: {e}");
+            let _ = reply(&mut send, Reply::Error(RemoteError { kind: ErrorKind::Invalid, message: e.to_string() })).await;
+            return;
+        }
+    };
+    let answer = match request {
+        Request::Exec(spec) => {
+            let ctx = ExecContext {
+                journal: shared.journal.clone(),
+                allow_exec: shared.cfg.allow_exec,
+                controller,
+                max_frame: shared.cfg.max_frame_bytes,
+                abort: shared.abort.clone(),
+            };
+            return exec::run(spec, send, recv, ctx).await;
+        }
+        Request::Info => Reply::Info(crate::info::node_info(
+            &shared.node,
+            &shared.cfg.root,
+            shared.cfg.allow_exec,
+        )),
+        Request::Csr { new_key } => make_csr(shared, new_key).unwrap_or_else(internal),
+        Request::InstallCert { cert_pem } => install_cert(shared, &cert_pem).unwrap_or_else(internal),
+    };
+    let _ = reply(&mut send, answer).await;
+}
+
+fn internal(e: AgentError) -> Reply {
+    Reply::Error(RemoteError {
+        kind: ErrorKind::Internal,
+        message: e.to_string(),
+    })
+}
+
+async fn reply(send: &mut quinn::SendStream, answer: Reply) -> Result<(), AgentError> {
+    write_message(send, &answer).await?;
+    let _ = send.finish();
+    let _ = send.stopped().await;
+    Ok(())
+}
+
+fn make_csr(shared: &Shared, new_key: bool) -> Result<Reply, AgentError> {
+    let key_pem = if new_key {
+        let pem = crate::enroll::generate_key_pem()?;
+        let path = pending_key_path(&shared.cfg.key);
+        write_atomic(&path, pem.as_bytes(), 0o600).map_err(|source| AgentError::Write { path, source })?;
+        *shared.pending_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(pem.clone());
+        pem
+    } else {
+        shared.key_pem.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    };
+    let pem = crate::enroll::csr_pem(&key_pem, &shared.node, &shared.cfg.key)?;
+    Ok(Reply::Csr { pem })
+}
+
+fn install_cert(shared: &Shared, cert_pem: &str) -> Result<Reply, AgentError> {
+    let cert_path = &shared.cfg.cert;
+    let bad = |m: String| identity_error(cert_path, format!("refused the renewed certificate: {m}"));
+    let der = cert_from_pem(cert_pem).map_err(|e| bad(e.to_string()))?;
+    let summary = CertSummary::parse(&der).map_err(|e| bad(e.to_string()))?;
+    let current = shared.key_pem.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let pending = shared.pending_key.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let key_pem = if summary.key_fingerprint == key_fingerprint(&current, &shared.cfg.key)? {
+        current
+    } else if let Some(p) = pending.filter(|p| {
+        key_fingerprint(p, &shared.cfg.key).is_ok_and(|f| f == summary.key_fingerprint)
+    }) {
+        p
+    } else {
+        return Err(bad("it is not for this agent's key".into()));
+    };
+    let status = verify_agent_cert(&shared.ca, &der, &shared.node, &summary.key_fingerprint, UnixTime::now())
+        .map_err(|e| bad(e.to_string()))?;
+    if status != AgentCertStatus::Valid {
+        return Err(bad("it is not valid now".into()));
+    }
+    let creds = Credentials::from_pem(cert_pem, &key_pem)?;
+    let server = agent_server_config(creds, shared.ca.clone(), &shared.cfg.timeouts)?;
+    let write = |path: &Path, bytes: &[u8], mode| {
+        write_atomic(path, bytes, mode).map_err(|source| AgentError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let rekey = key_pem != *shared.key_pem.lock().unwrap_or_else(|p| p.into_inner());
+    if rekey {
+        // Both new files exist before either replaces the old ones; a crash between the
+        // two renames is finished by finish_interrupted_rekey at the next start.
+        write(&pending_cert_path(cert_path), cert_pem.as_bytes(), 0o644)?;
+        let rename = |from: PathBuf, to: &Path| {
+            std::fs::rename(&from, to).map_err(|source| AgentError::Write { path: to.to_path_buf(), source })
+        };
+        rename(pending_key_path(&shared.cfg.key), &shared.cfg.key)?;
+        rename(pending_cert_path(cert_path), cert_path)?;
+        *shared.key_pem.lock().unwrap_or_else(|p| p.into_inner()) = key_pem;
+        *shared.pending_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    } else {
+        write(cert_path, cert_pem.as_bytes(), 0o644)?;
+    }
+    shared.endpoint.set_server_config(Some(server));
+    tracing::info!(
+        "installed a renewed certificate (serial {}, valid until unix {})",
+        summary.serial,
+        summary.not_after
+    );
+    Ok(Reply::CertInstalled)
+}
