@@ -126,7 +126,9 @@ mod tests {
             state_dir = "/var/lib/clustermgr-agent"
             writable_roots = ["/etc"]
         "#;
-        let err = AgentConfig::parse(Path::new("t.toml"), text).unwrap_err().to_string();
+        let err = AgentConfig::parse(Path::new("t.toml"), text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/etc/clustermgr"), "{err}");
     }
 
@@ -139,7 +141,9 @@ mod tests {
             state_dir = "d"
             allow_exce = false
         "#;
-        let err = AgentConfig::parse(Path::new("t.toml"), text).unwrap_err().to_string();
+        let err = AgentConfig::parse(Path::new("t.toml"), text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("allow_exce"), "{err}");
     }
 }

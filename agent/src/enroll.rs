@@ -23,9 +23,12 @@ fn identity_error(path: &Path, message: impl Into<String>) -> AgentError {
 
 /// A new ECDSA P-256 key, PEM.
 pub fn generate_key_pem() -> Result<String, AgentError> {
-    KeyPair::generate()
-        .map(|k| k.serialize_pem())
-        .map_err(|e| identity_error(Path::new("<new key>"), format!("cannot generate a key: {e}")))
+    KeyPair::generate().map(|k| k.serialize_pem()).map_err(|e| {
+        identity_error(
+            Path::new("<new key>"),
+            format!("cannot generate a key: {e}"),
+        )
+    })
 }
 
 /// A CSR for `node` signed with the key in `key_pem`. It names the node as common name
@@ -36,7 +39,9 @@ pub fn csr_pem(key_pem: &str, node: &NodeName, key_path: &Path) -> Result<String
     let mut params = CertificateParams::new(vec![node.to_string()])
         .map_err(|e| identity_error(key_path, format!("cannot build a CSR: {e}")))?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, node.as_str());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, node.as_str());
     params
         .serialize_request(&key)
         .and_then(|csr| csr.pem())

@@ -83,14 +83,25 @@ pub async fn run(
     if !ctx.allow_exec {
         let why = "this agent is configured with allow_exec = false";
         ctx.journal.record(&entry("refused", None, None, Some(why)));
-        let _ = write_message(&mut send, &refuse(ErrorKind::Refused, format!("{why}; set allow_exec = true in its agent.toml to run commands"))).await;
+        let _ = write_message(
+            &mut send,
+            &refuse(
+                ErrorKind::Refused,
+                format!("{why}; set allow_exec = true in its agent.toml to run commands"),
+            ),
+        )
+        .await;
         let _ = send.finish();
         return;
     }
 
     let mut cmd = match &spec.command {
         Command::Argv(argv) if argv.is_empty() => {
-            let _ = write_message(&mut send, &refuse(ErrorKind::Invalid, "empty command".into())).await;
+            let _ = write_message(
+                &mut send,
+                &refuse(ErrorKind::Invalid, "empty command".into()),
+            )
+            .await;
             let _ = send.finish();
             return;
         }
@@ -106,7 +117,11 @@ pub async fn run(
         }
     };
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() })
+        .stdin(if spec.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -119,7 +134,8 @@ pub async fn run(
         Ok(c) => c,
         Err(e) => {
             let msg = format!("cannot start {line:?}: {e}");
-            ctx.journal.record(&entry("refused", None, None, Some(&msg)));
+            ctx.journal
+                .record(&entry("refused", None, None, Some(&msg)));
             let _ = write_message(&mut send, &refuse(ErrorKind::Invalid, msg)).await;
             let _ = send.finish();
             return;
@@ -150,7 +166,9 @@ pub async fn run(
     let mut abort = ctx.abort.clone();
     let mut obuf = vec![0u8; CHUNK];
     let mut ebuf = vec![0u8; CHUNK];
-    let mut send_ok = write_message(&mut send, &ExecEvent::Started { pid }).await.is_ok();
+    let mut send_ok = write_message(&mut send, &ExecEvent::Started { pid })
+        .await
+        .is_ok();
     if !send_ok {
         kill.now(false);
     }
@@ -210,7 +228,11 @@ pub async fn run(
     };
     ctx.journal
         .record(&entry("finish", Some(pid), Some(&outcome), None));
-    if send_ok && write_message(&mut send, &ExecEvent::Finished(outcome)).await.is_ok() {
+    if send_ok
+        && write_message(&mut send, &ExecEvent::Finished(outcome))
+            .await
+            .is_ok()
+    {
         let _ = send.finish();
         // Wait for the controller to read everything before the stream is dropped.
         let _ = send.stopped().await;
@@ -228,11 +250,10 @@ async fn pump_input(
     loop {
         match read_message::<ExecInput, _>(&mut recv, max_frame, "exec input").await {
             Ok(Some(ExecInput::Stdin(bytes))) => {
-                if let Some(s) = stdin.as_mut() {
-                    if s.write_all(&bytes).await.is_err() {
+                if let Some(s) = stdin.as_mut()
+                    && s.write_all(&bytes).await.is_err() {
                         stdin = None;
                     }
-                }
             }
             Ok(Some(ExecInput::StdinEnd)) => stdin = None,
             // The controller keeps its side open for as long as it wants the result, so

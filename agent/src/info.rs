@@ -69,7 +69,11 @@ pub fn detect_gluu(root: &Path) -> Option<GluuInstall> {
         names.sort();
         for name in names {
             let version = name.strip_prefix("gluu-server-").map(str::to_string);
-            candidates.push((root.join("opt").join(&name), format!("/opt/{name}"), version));
+            candidates.push((
+                root.join("opt").join(&name),
+                format!("/opt/{name}"),
+                version,
+            ));
         }
     }
     candidates.push((root.to_path_buf(), "/".to_string(), None));

@@ -6,17 +6,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use clustermgr_protocol::NodeName;
 use clustermgr_protocol::atomic_file::write_atomic;
 use clustermgr_protocol::frame::{expect_message, write_message};
 use clustermgr_protocol::identity::{
     AgentCertStatus, CertSummary, Credentials, agent_server_config, cert_from_pem,
     spki_fingerprint, verify_agent_cert,
 };
-use clustermgr_protocol::message::{
-    ErrorKind, Hello, HelloReply, RemoteError, Reply, Request,
-};
+use clustermgr_protocol::message::{ErrorKind, Hello, HelloReply, RemoteError, Reply, Request};
 use clustermgr_protocol::version::{VersionRange, negotiate};
-use clustermgr_protocol::NodeName;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use tokio::sync::{mpsc, watch};
 
@@ -57,7 +55,9 @@ fn read(path: &Path) -> Result<String, AgentError> {
 fn key_fingerprint(key_pem: &str, path: &Path) -> Result<String, AgentError> {
     let key = rcgen::KeyPair::from_pem(key_pem)
         .map_err(|e| identity_error(path, format!("not a usable private key: {e}")))?;
-    Ok(spki_fingerprint(&rcgen::PublicKeyData::subject_public_key_info(&key)))
+    Ok(spki_fingerprint(
+        &rcgen::PublicKeyData::subject_public_key_info(&key),
+    ))
 }
 
 fn pending_cert_path(cert: &Path) -> PathBuf {
@@ -76,8 +76,8 @@ impl Agent {
         let cert_pem = read(&cfg.cert)?;
         let ca_pem = read(&cfg.ca)?;
         let ca = cert_from_pem(&ca_pem).map_err(|e| identity_error(&cfg.ca, e.to_string()))?;
-        let summary =
-            CertSummary::parse_pem(&cert_pem).map_err(|e| identity_error(&cfg.cert, e.to_string()))?;
+        let summary = CertSummary::parse_pem(&cert_pem)
+            .map_err(|e| identity_error(&cfg.cert, e.to_string()))?;
         if summary.key_fingerprint != key_fingerprint(&key_pem, &cfg.key)? {
             return Err(identity_error(
                 &cfg.cert,
@@ -225,9 +225,15 @@ async fn accept_loop(
     {
         tracing::warn!("grace period over: cancelling the work still running");
         let _ = abort.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(2), idle_requests(&shared, &mut inflight_rx)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            idle_requests(&shared, &mut inflight_rx),
+        )
+        .await;
     }
-    shared.endpoint.close(quinn::VarInt::from_u32(0), b"agent shutting down");
+    shared
+        .endpoint
+        .close(quinn::VarInt::from_u32(0), b"agent shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), shared.endpoint.wait_idle()).await;
 }
 
@@ -237,7 +243,11 @@ async fn idle_requests(_shared: &Shared, inflight: &mut mpsc::Receiver<()>) {
     while inflight.recv().await.is_some() {}
 }
 
-async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, inflight: mpsc::Sender<()>) {
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    inflight: mpsc::Sender<()>,
+) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
@@ -328,14 +338,22 @@ async fn handle_request(
     shared: &Shared,
     controller: String,
 ) {
-    let request: Request = match expect_message(&mut recv, shared.cfg.max_frame_bytes, "request").await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::info!("bad request from {controller}: {e}");
-            let _ = reply(&mut send, Reply::Error(RemoteError { kind: ErrorKind::Invalid, message: e.to_string() })).await;
-            return;
-        }
-    };
+    let request: Request =
+        match expect_message(&mut recv, shared.cfg.max_frame_bytes, "request").await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!("bad request from {controller}: {e}");
+                let _ = reply(
+                    &mut send,
+                    Reply::Error(RemoteError {
+                        kind: ErrorKind::Invalid,
+                        message: e.to_string(),
+                    }),
+                )
+                .await;
+                return;
+            }
+        };
     let answer = match request {
         Request::Exec(spec) => {
             let ctx = ExecContext {
@@ -347,13 +365,15 @@ async fn handle_request(
             };
             return exec::run(spec, send, recv, ctx).await;
         }
-        Request::Info => Reply::Info(crate::info::node_info(
+        Request::Info => Reply::Info(Box::new(crate::info::node_info(
             &shared.node,
             &shared.cfg.root,
             shared.cfg.allow_exec,
-        )),
+        ))),
         Request::Csr { new_key } => make_csr(shared, new_key).unwrap_or_else(internal),
-        Request::InstallCert { cert_pem } => install_cert(shared, &cert_pem).unwrap_or_else(internal),
+        Request::InstallCert { cert_pem } => {
+            install_cert(shared, &cert_pem).unwrap_or_else(internal)
+        }
     };
     let _ = reply(&mut send, answer).await;
 }
@@ -376,11 +396,16 @@ fn make_csr(shared: &Shared, new_key: bool) -> Result<Reply, AgentError> {
     let key_pem = if new_key {
         let pem = crate::enroll::generate_key_pem()?;
         let path = pending_key_path(&shared.cfg.key);
-        write_atomic(&path, pem.as_bytes(), 0o600).map_err(|source| AgentError::Write { path, source })?;
+        write_atomic(&path, pem.as_bytes(), 0o600)
+            .map_err(|source| AgentError::Write { path, source })?;
         *shared.pending_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(pem.clone());
         pem
     } else {
-        shared.key_pem.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        shared
+            .key_pem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     };
     let pem = crate::enroll::csr_pem(&key_pem, &shared.node, &shared.cfg.key)?;
     Ok(Reply::Csr { pem })
@@ -388,22 +413,37 @@ fn make_csr(shared: &Shared, new_key: bool) -> Result<Reply, AgentError> {
 
 fn install_cert(shared: &Shared, cert_pem: &str) -> Result<Reply, AgentError> {
     let cert_path = &shared.cfg.cert;
-    let bad = |m: String| identity_error(cert_path, format!("refused the renewed certificate: {m}"));
+    let bad =
+        |m: String| identity_error(cert_path, format!("refused the renewed certificate: {m}"));
     let der = cert_from_pem(cert_pem).map_err(|e| bad(e.to_string()))?;
     let summary = CertSummary::parse(&der).map_err(|e| bad(e.to_string()))?;
-    let current = shared.key_pem.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let pending = shared.pending_key.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let current = shared
+        .key_pem
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let pending = shared
+        .pending_key
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let key_pem = if summary.key_fingerprint == key_fingerprint(&current, &shared.cfg.key)? {
         current
-    } else if let Some(p) = pending.filter(|p| {
-        key_fingerprint(p, &shared.cfg.key).is_ok_and(|f| f == summary.key_fingerprint)
-    }) {
+    } else if let Some(p) = pending
+        .filter(|p| key_fingerprint(p, &shared.cfg.key).is_ok_and(|f| f == summary.key_fingerprint))
+    {
         p
     } else {
         return Err(bad("it is not for this agent's key".into()));
     };
-    let status = verify_agent_cert(&shared.ca, &der, &shared.node, &summary.key_fingerprint, UnixTime::now())
-        .map_err(|e| bad(e.to_string()))?;
+    let status = verify_agent_cert(
+        &shared.ca,
+        &der,
+        &shared.node,
+        &summary.key_fingerprint,
+        UnixTime::now(),
+    )
+    .map_err(|e| bad(e.to_string()))?;
     if status != AgentCertStatus::Valid {
         return Err(bad("it is not valid now".into()));
     }
@@ -421,7 +461,10 @@ fn install_cert(shared: &Shared, cert_pem: &str) -> Result<Reply, AgentError> {
         // two renames is finished by finish_interrupted_rekey at the next start.
         write(&pending_cert_path(cert_path), cert_pem.as_bytes(), 0o644)?;
         let rename = |from: PathBuf, to: &Path| {
-            std::fs::rename(&from, to).map_err(|source| AgentError::Write { path: to.to_path_buf(), source })
+            std::fs::rename(&from, to).map_err(|source| AgentError::Write {
+                path: to.to_path_buf(),
+                source,
+            })
         };
         rename(pending_key_path(&shared.cfg.key), &shared.cfg.key)?;
         rename(pending_cert_path(cert_path), cert_path)?;

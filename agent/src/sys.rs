@@ -1,5 +1,8 @@
 //! The few libc calls the agent needs that std does not offer.
-#![allow(unsafe_code, reason = "thin, checked wrappers over libc calls std lacks")]
+#![allow(
+    unsafe_code,
+    reason = "thin, checked wrappers over libc calls std lacks"
+)]
 
 /// Sends SIGKILL to a whole process group, so a command's children die with it.
 pub fn kill_process_group(pgid: u32) {

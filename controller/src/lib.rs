@@ -1,1 +1,24 @@
-//! placeholder
+//! The clustermgr controller: the cluster CA, the inventory store, connections to the
+//! agents, the operations the CLI offers, `serve` and the `dev` sandbox.
+//!
+//! Architecture invariant: every operation is one function in [`ops`]; the CLI reaches
+//! it either in-process or through `serve`'s local socket, and renders the same
+//! [`ops::Event`]s and [`ops::Report`] either way. Only [`store`] knows redb, only
+//! [`ca`] signs, only [`connect`] dials agents.
+#![forbid(unsafe_code)]
+
+pub mod ca;
+pub mod cli;
+pub mod clock;
+pub mod connect;
+pub mod dev;
+mod error;
+pub mod home;
+pub mod local;
+pub mod ops;
+pub mod render;
+pub mod selector;
+pub mod serve;
+pub mod store;
+
+pub use error::CtlError;

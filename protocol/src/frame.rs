@@ -168,7 +168,9 @@ pub async fn expect_message<T: DeserializeOwned, R: AsyncRead + Unpin>(
     what: &'static str,
 ) -> Result<T, ProtocolError> {
     read_message(r, max, what).await?.ok_or_else(|| {
-        ProtocolError::Stream(format!("the peer closed the stream before its {what} message"))
+        ProtocolError::Stream(format!(
+            "the peer closed the stream before its {what} message"
+        ))
     })
 }
 

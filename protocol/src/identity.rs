@@ -137,7 +137,9 @@ pub enum AgentCertStatus {
     OutsideValidityButPinned,
 }
 
-fn anchor(ca: &CertificateDer<'_>) -> Result<rustls_pki_types::TrustAnchor<'static>, ProtocolError> {
+fn anchor(
+    ca: &CertificateDer<'_>,
+) -> Result<rustls_pki_types::TrustAnchor<'static>, ProtocolError> {
     webpki::anchor_from_trusted_cert(ca)
         .map(|a| a.to_owned())
         .map_err(|e| ProtocolError::certificate("the cluster CA certificate is unusable", e))
@@ -172,7 +174,7 @@ pub fn verify_agent_cert(
         // can still be reached and renewed without SSH.
         (
             UnixTime::since_unix_epoch(std::time::Duration::from_secs(
-                summary.not_before.max(0) as u64,
+                summary.not_before.max(0) as u64
             )),
             AgentCertStatus::OutsideValidityButPinned,
         )

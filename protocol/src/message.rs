@@ -73,7 +73,7 @@ pub enum Request {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     /// The host description.
-    Info(NodeInfo),
+    Info(Box<NodeInfo>),
     /// A PEM certificate signing request.
     Csr {
         /// The CSR, PEM.

@@ -94,7 +94,16 @@ mod tests {
     #[test]
     fn refuses_what_cannot_be_a_certificate_name() {
         for bad in [
-            "", "Gluu1", "-a", "a-", "a..b", "a b", "a/b", "127.0.0.1", "a;rm", "ü",
+            "",
+            "Gluu1",
+            "-a",
+            "a-",
+            "a..b",
+            "a b",
+            "a/b",
+            "127.0.0.1",
+            "a;rm",
+            "ü",
         ] {
             assert!(NodeName::new(bad).is_err(), "{bad:?}");
         }

@@ -1,0 +1,242 @@
+//! The cluster CA: it signs the controller's certificate and the nodes' certificates.
+//! Its key never leaves the controller's home.
+//!
+//! A node certificate is built from the CSR's public key alone. Whatever else a CSR
+//! asks for (other names, CA rights, other key usages, a lifetime) is ignored: the
+//! controller sets the node name, server authentication only, not a CA, and the
+//! cluster's configured lifetime.
+
+use clustermgr_protocol::NodeName;
+use clustermgr_protocol::identity::{CONTROLLER_URI, CertSummary, spki_fingerprint};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
+    SerialNumber,
+};
+use time::{Duration, OffsetDateTime};
+
+use crate::CtlError;
+
+/// How long the CA itself is valid.
+const CA_LIFETIME_DAYS: i64 = 3650;
+
+/// Certificates start a little in the past so a peer whose clock is slightly behind
+/// does not see them as not yet valid.
+const BACKDATE: Duration = Duration::minutes(5);
+
+/// A certificate just issued.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    /// The certificate, PEM.
+    pub pem: String,
+    /// What it says.
+    pub summary: CertSummary,
+}
+
+/// The loaded cluster CA.
+pub struct Ca {
+    cert_pem: String,
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").finish_non_exhaustive()
+    }
+}
+
+fn cert_error(context: &str, e: impl std::fmt::Display) -> CtlError {
+    CtlError::Protocol(clustermgr_protocol::ProtocolError::Certificate(format!(
+        "{context}: {e}"
+    )))
+}
+
+fn random_serial() -> SerialNumber {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system random source works");
+    bytes[0] &= 0x7f;
+    SerialNumber::from_slice(&bytes)
+}
+
+fn issued(cert: rcgen::Certificate) -> Result<Issued, CtlError> {
+    let summary = CertSummary::parse(cert.der())?;
+    Ok(Issued {
+        pem: cert.pem(),
+        summary,
+    })
+}
+
+/// A public key taken from a checked CSR.
+#[derive(Debug)]
+pub struct CsrKey {
+    key: rcgen::PublicKey,
+    /// Its [`spki_fingerprint`], the form in which it is pinned.
+    pub fingerprint: String,
+}
+
+/// Parses a CSR, checks its signature, and checks that it names `node` (as common name
+/// or DNS name). Returns only its public key.
+pub fn csr_public_key(node: &NodeName, csr_pem: &str) -> Result<CsrKey, CtlError> {
+    let bad = |message: String| CtlError::Csr {
+        node: node.to_string(),
+        message,
+    };
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+        bad(match e {
+            rcgen::Error::InvalidCertificationRequestSignature => {
+                "its signature does not verify (it was altered, or not made with the key it carries)".to_string()
+            }
+            rcgen::Error::UnsupportedExtension => {
+                "it carries an extension clustermgr does not accept; make it with `clustermgr-agent enroll`".to_string()
+            }
+            other => format!("it is not a readable PEM certificate request ({other})"),
+        })
+    })?;
+    let cn_names_node = csr
+        .params
+        .distinguished_name
+        .get(&DnType::CommonName)
+        .and_then(dn_text)
+        .is_some_and(|cn| cn == node.as_str());
+    let san_names_node = csr
+        .params
+        .subject_alt_names
+        .iter()
+        .any(|san| matches!(san, SanType::DnsName(n) if n.as_str() == node.as_str()));
+    if !cn_names_node && !san_names_node {
+        return Err(bad(format!(
+            "it does not name {node}; make it on that host with `clustermgr-agent enroll --name {node}`"
+        )));
+    }
+    let fingerprint = spki_fingerprint(&csr.public_key.subject_public_key_info());
+    Ok(CsrKey {
+        key: csr.public_key,
+        fingerprint,
+    })
+}
+
+fn dn_text(v: &rcgen::DnValue) -> Option<&str> {
+    match v {
+        rcgen::DnValue::Utf8String(s) => Some(s),
+        rcgen::DnValue::PrintableString(s) => Some(s.as_str()),
+        rcgen::DnValue::Ia5String(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+impl Ca {
+    /// Creates a new CA for `cluster`; returns it and its key PEM for the caller to
+    /// store (mode 0600).
+    pub fn create(cluster: &str, now: OffsetDateTime) -> Result<(Ca, String), CtlError> {
+        let key = KeyPair::generate().map_err(|e| cert_error("cannot generate the CA key", e))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("clustermgr CA {cluster}"));
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, cluster);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = now - BACKDATE;
+        params.not_after = now + Duration::days(CA_LIFETIME_DAYS);
+        params.serial_number = Some(random_serial());
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| cert_error("cannot create the CA certificate", e))?;
+        let key_pem = key.serialize_pem();
+        Ok((
+            Ca {
+                cert_pem: cert.pem(),
+                key,
+            },
+            key_pem,
+        ))
+    }
+
+    /// Loads a CA from its certificate and key PEM.
+    pub fn load(cert_pem: &str, key_pem: &str) -> Result<Ca, CtlError> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| cert_error("unreadable CA key", e))?;
+        Ok(Ca {
+            cert_pem: cert_pem.to_string(),
+            key,
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, CtlError> {
+        Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)
+            .map_err(|e| cert_error("unreadable CA certificate", e))
+    }
+
+    fn leaf_params(&self, now: OffsetDateTime, lifetime: Duration) -> CertificateParams {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = now - BACKDATE;
+        params.not_after = now + lifetime;
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        params
+    }
+
+    /// Issues a new controller key and certificate: client authentication only, with
+    /// the controller identity. Returns the certificate and the key PEM.
+    pub fn issue_controller(
+        &self,
+        cluster: &str,
+        now: OffsetDateTime,
+        lifetime: Duration,
+    ) -> Result<(Issued, String), CtlError> {
+        let key = KeyPair::generate().map_err(|e| cert_error("cannot generate a key", e))?;
+        let mut params = self.leaf_params(now, lifetime);
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("clustermgr controller {cluster}"),
+        );
+        params.subject_alt_names = vec![SanType::URI(
+            CONTROLLER_URI
+                .try_into()
+                .map_err(|e| cert_error("controller identity", e))?,
+        )];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params
+            .signed_by(&key, &self.issuer()?)
+            .map_err(|e| cert_error("cannot sign the controller certificate", e))?;
+        Ok((issued(cert)?, key.serialize_pem()))
+    }
+
+    /// Signs a node certificate for the key of a checked CSR: the node name as its only
+    /// name, server authentication only, not a CA, valid for `lifetime`.
+    pub fn sign_node(
+        &self,
+        node: &NodeName,
+        key: &CsrKey,
+        now: OffsetDateTime,
+        lifetime: Duration,
+    ) -> Result<Issued, CtlError> {
+        let mut params = self.leaf_params(now, lifetime);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, node.as_str());
+        params.subject_alt_names = vec![SanType::DnsName(
+            node.as_str()
+                .try_into()
+                .map_err(|e| cert_error("node name", e))?,
+        )];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params
+            .signed_by(&key.key, &self.issuer()?)
+            .map_err(|e| cert_error("cannot sign the node certificate", e))?;
+        issued(cert)
+    }
+}

@@ -1,0 +1,358 @@
+//! The `clustermgr` command line: its grammar (clap derive) and how each command is
+//! carried out. Operations go to `serve` when it answers, else run in-process.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use clustermgr_protocol::message::Command as RemoteCommand;
+use tokio::sync::mpsc;
+
+use crate::CtlError;
+use crate::clock;
+use crate::ops::{self, Ctx, CtxOptions, Invocation, Operation};
+use crate::render::{self, OutputMode};
+use crate::store::Role;
+
+/// Run a Gluu Server cluster: the controller and its CLI.
+#[derive(Parser, Debug)]
+#[command(name = "clustermgr", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The cluster's state directory.
+    #[arg(long, global = true, env = "CLUSTERMGR_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Seconds a node has to answer before it counts as unreachable.
+    #[arg(long, global = true, default_value = "3", value_name = "SECS")]
+    pub connect_timeout: f64,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create a cluster: its CA, the controller's certificate, and the store.
+    Init {
+        /// The cluster's name.
+        #[arg(long, default_value = "gluu")]
+        cluster: String,
+        /// Lifetime of node and controller certificates, in days.
+        #[arg(long, default_value_t = 90)]
+        cert_days: u32,
+    },
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Check that nodes answer (handshake, Hello, Info).
+    Ping(Selection),
+    /// Run a command on nodes.
+    Exec {
+        #[command(flatten)]
+        sel: Selection,
+        /// Kill the command's process group after this many seconds.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        /// Print each node's output whole, in node-name order, when all are done.
+        #[arg(long)]
+        group: bool,
+        /// Run the words as one line of /bin/sh instead of a program and arguments.
+        #[arg(long)]
+        shell: bool,
+        /// The command (after `--`).
+        #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// The cluster at a glance: every node's state, round trip, clock skew, certificate.
+    Status,
+    /// Certificates.
+    #[command(subcommand)]
+    Cert(CertCmd),
+    /// Run the long-lived controller: warm connections, renewals, the CLI socket.
+    Serve,
+    /// Run a complete local sandbox cluster of real agents on loopback addresses.
+    Dev {
+        /// How many nodes (from 4 on, the last is a load balancer).
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// The UDP port every sandbox agent listens on, each on its own 127.77.0.N.
+        #[arg(long, default_value_t = 7443)]
+        port: u16,
+    },
+}
+
+/// Which nodes.
+#[derive(Args, Debug)]
+pub struct Selection {
+    /// Node selector: all, names, role:gluu, globs (gluu-*), comma lists.
+    #[arg(long, default_value = "all", value_name = "SEL")]
+    pub nodes: String,
+}
+
+/// `node` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// Sign a node's CSR (from `clustermgr-agent enroll`) and print its certificate.
+    Sign {
+        /// The node.
+        node: String,
+        /// The CSR file.
+        csr_file: PathBuf,
+    },
+    /// Add an enrolled node: the controller connects and checks it before recording it.
+    Add {
+        /// The node.
+        node: String,
+        /// Where the agent listens: HOST[:PORT] (UDP port 7443 by default).
+        #[arg(long)]
+        address: String,
+        /// Its roles: gluu, lb, cache (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "gluu")]
+        role: Vec<Role>,
+        /// Make it the primary Gluu node.
+        #[arg(long)]
+        primary: bool,
+    },
+    /// List the nodes.
+    List,
+    /// Show a node, with live facts from its agent.
+    Show {
+        /// The node.
+        node: String,
+    },
+    /// Remove a node: unpin its key and revoke its certificates.
+    Remove {
+        /// The node.
+        node: String,
+    },
+    /// Make a Gluu node the primary.
+    SetPrimary {
+        /// The node.
+        node: String,
+    },
+}
+
+/// `cert` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum CertCmd {
+    /// Every certificate's expiry.
+    Status,
+}
+
+/// Parses the command line, runs it, and returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLUSTERMGR_LOG").unwrap_or_else(|_| {
+                if matches!(cli.command, Cmd::Serve | Cmd::Dev { .. }) {
+                    "info"
+                } else {
+                    "warn"
+                }
+                .into()
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("clustermgr: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    let code = runtime.block_on(run(cli));
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    code
+}
+
+fn user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+async fn run(cli: Cli) -> i32 {
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("clustermgr: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
+    if !(cli.connect_timeout > 0.0 && cli.connect_timeout < 3600.0) {
+        return Err(CtlError::Usage(
+            "--connect-timeout must be between 0 and 3600 seconds".into(),
+        ));
+    }
+    let opts = CtxOptions {
+        connect_timeout: Duration::from_secs_f64(cli.connect_timeout),
+        ..CtxOptions::default()
+    };
+    let explicit_home = cli.home.clone();
+    let home = crate::home::Home::resolve(cli.home);
+    let json = cli.json;
+    let (op, mode) = match cli.command {
+        Cmd::Init { cluster, cert_days } => {
+            let meta = ops::init(&home, &cluster, cert_days, &clock::SystemClock)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "cluster": meta.name, "home": home, "cert_lifetime_days": meta.cert_lifetime_days })
+                );
+            } else {
+                println!("initialised cluster {} in {}", meta.name, home.display());
+                println!(
+                    "next: on each host run `clustermgr-agent enroll --name NODE`, then `clustermgr node sign NODE CSR_FILE` and `clustermgr node add NODE --address HOST`"
+                );
+            }
+            return Ok(0);
+        }
+        Cmd::Serve => {
+            let ctx = Arc::new(Ctx::open(&home, clock::system(), &opts, true)?);
+            crate::serve::serve(ctx, shutdown_signal()).await?;
+            return Ok(0);
+        }
+        Cmd::Dev { nodes, port } => return crate::dev::run(explicit_home, nodes, port).await,
+        Cmd::Node(NodeCmd::Sign { node, csr_file }) => {
+            let csr_pem =
+                std::fs::read_to_string(&csr_file).map_err(|e| CtlError::io(&csr_file, e))?;
+            (Operation::NodeSign { node, csr_pem }, OutputMode::Live)
+        }
+        Cmd::Node(NodeCmd::Add {
+            node,
+            address,
+            role,
+            primary,
+        }) => (
+            Operation::NodeAdd {
+                node,
+                address,
+                roles: role,
+                primary,
+            },
+            OutputMode::Live,
+        ),
+        Cmd::Node(NodeCmd::List) => (Operation::NodeList, OutputMode::Live),
+        Cmd::Node(NodeCmd::Show { node }) => (Operation::NodeShow { node }, OutputMode::Live),
+        Cmd::Node(NodeCmd::Remove { node }) => (Operation::NodeRemove { node }, OutputMode::Live),
+        Cmd::Node(NodeCmd::SetPrimary { node }) => {
+            (Operation::NodeSetPrimary { node }, OutputMode::Live)
+        }
+        Cmd::Ping(sel) => (Operation::Ping { nodes: sel.nodes }, OutputMode::Live),
+        Cmd::Exec {
+            sel,
+            timeout,
+            group,
+            shell,
+            command,
+        } => {
+            let command = if shell {
+                RemoteCommand::Shell(command.join(" "))
+            } else {
+                RemoteCommand::Argv(command)
+            };
+            let mode = if group {
+                OutputMode::Group
+            } else {
+                OutputMode::Live
+            };
+            (
+                Operation::Exec {
+                    nodes: sel.nodes,
+                    command,
+                    timeout_secs: timeout,
+                },
+                mode,
+            )
+        }
+        Cmd::Status => (Operation::Status, OutputMode::Live),
+        Cmd::Cert(CertCmd::Status) => (Operation::CertStatus, OutputMode::Live),
+    };
+    let mode = if json { OutputMode::Json } else { mode };
+    execute(&home, &opts, Invocation { user: user(), op }, mode).await
+}
+
+/// Runs an operation through `serve` if it answers, else in this process, rendering
+/// its events as they come. Ctrl-C cancels it (and the commands it started).
+pub async fn execute(
+    home: &std::path::Path,
+    opts: &CtxOptions,
+    inv: Invocation,
+    mode: OutputMode,
+) -> Result<i32, CtlError> {
+    let is_exec = matches!(inv.op, Operation::Exec { .. });
+    let (tx, rx) = mpsc::channel(64);
+    let printer = tokio::spawn(render::consume(rx, mode));
+    let socket = crate::home::Home::open(home)
+        .map(|h| h.socket())
+        .unwrap_or_else(|_| home.join("serve.sock"));
+    let serve = crate::local::connect(&socket).await;
+    let ctx = match serve {
+        Some(_) => None,
+        None => Some(Arc::new(Ctx::open(home, clock::system(), opts, false)?)),
+    };
+    let work = async {
+        match (serve, &ctx) {
+            (Some(stream), _) => crate::local::call(stream, &inv, tx)
+                .await
+                .map(|r| r.map_err(|e| (e.message, e.exit_code))),
+            (None, Some(ctx)) => Ok(ops::run(ctx.clone(), inv.clone(), tx)
+                .await
+                .map_err(|e| (e.to_string(), e.exit_code()))),
+            (None, None) => unreachable!("a context is opened when serve does not answer"),
+        }
+    };
+    let result = tokio::select! {
+        r = work => Some(r),
+        _ = shutdown_signal() => None,
+    };
+    // Closing the connections tells the agents at once, so a cancelled command's
+    // process group is killed now rather than when the connection times out.
+    if let Some(ctx) = &ctx {
+        ctx.dialer.close().await;
+    }
+    let Some(result) = result else {
+        eprintln!("clustermgr: interrupted; the commands still running were cancelled");
+        return Ok(130);
+    };
+    let result = result?;
+    let gathered = printer.await.unwrap_or_default();
+    match result {
+        Ok(report) => {
+            let code = report.exit_code();
+            render::report(report, gathered, mode, is_exec);
+            Ok(code)
+        }
+        Err((message, code)) => {
+            eprintln!("clustermgr: {message}");
+            Ok(code)
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,323 @@
+//! Dialing agents: one QUIC client endpoint, a per-node TLS configuration that checks
+//! the node's name and pinned key, the Hello exchange, and failures sorted into
+//! "unreachable" (nothing answered in time) and "failed" (something answered wrongly).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clustermgr_protocol::frame::{expect_message, write_message};
+use clustermgr_protocol::identity::{
+    AgentCertStatus, CertSummary, Credentials, controller_client_config,
+};
+use clustermgr_protocol::message::{Hello, HelloReply, Reply, Request};
+use clustermgr_protocol::transport::Timeouts;
+use clustermgr_protocol::version::VersionRange;
+use clustermgr_protocol::{DEFAULT_AGENT_PORT, NodeName};
+use rustls::pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+
+use crate::CtlError;
+use crate::store::NodeRecord;
+
+/// Whether a node failed by not answering or by answering wrongly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureKind {
+    /// Nothing answered in time.
+    Unreachable,
+    /// It answered, but the operation failed.
+    Failed,
+}
+
+/// Why one node's part of an operation did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFailure {
+    /// Unreachable or failed.
+    pub kind: FailureKind,
+    /// A sentence for the operator.
+    pub message: String,
+}
+
+impl NodeFailure {
+    /// A failure of the operation on a node that answered.
+    pub fn failed(message: impl Into<String>) -> Self {
+        NodeFailure {
+            kind: FailureKind::Failed,
+            message: message.into(),
+        }
+    }
+
+    fn unreachable(message: impl Into<String>) -> Self {
+        NodeFailure {
+            kind: FailureKind::Unreachable,
+            message: message.into(),
+        }
+    }
+
+    /// A failure of the stream a request ran on.
+    pub fn stream(e: impl std::fmt::Display) -> Self {
+        NodeFailure::failed(format!("the agent's reply broke off: {e}"))
+    }
+}
+
+/// An open, greeted connection to one agent.
+#[derive(Clone, Debug)]
+pub struct AgentConn {
+    /// The node.
+    pub node: NodeName,
+    /// The QUIC connection.
+    pub conn: quinn::Connection,
+    /// The negotiated protocol version.
+    pub version: u16,
+    /// The agent's software version.
+    pub software: String,
+    /// The certificate the agent presented.
+    pub cert: CertSummary,
+    /// Whether that certificate is valid now or only pinned.
+    pub status: AgentCertStatus,
+    max_frame: u32,
+}
+
+impl AgentConn {
+    /// Sends a unary request and reads its reply.
+    pub async fn unary(&self, req: &Request, timeout: Duration) -> Result<Reply, NodeFailure> {
+        let exchange = async {
+            let (mut send, mut recv) = self.conn.open_bi().await.map_err(NodeFailure::stream)?;
+            write_message(&mut send, req)
+                .await
+                .map_err(NodeFailure::stream)?;
+            let _ = send.finish();
+            expect_message::<Reply, _>(&mut recv, self.max_frame, "reply")
+                .await
+                .map_err(NodeFailure::stream)
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(Reply::Error(e))) => Err(NodeFailure::failed(e.message)),
+            Ok(r) => r,
+            Err(_) => Err(NodeFailure::unreachable(format!(
+                "no reply within {} s",
+                timeout.as_secs_f32()
+            ))),
+        }
+    }
+
+    /// Opens a request stream.
+    pub async fn open(&self) -> Result<(quinn::SendStream, quinn::RecvStream), NodeFailure> {
+        self.conn.open_bi().await.map_err(NodeFailure::stream)
+    }
+
+    /// The frame limit of this connection.
+    pub fn max_frame(&self) -> u32 {
+        self.max_frame
+    }
+
+    /// Whether the connection is still open.
+    pub fn is_open(&self) -> bool {
+        self.conn.close_reason().is_none()
+    }
+}
+
+/// The controller's side of every agent connection.
+pub struct Dialer {
+    endpoint: quinn::Endpoint,
+    creds: Credentials,
+    ca: CertificateDer<'static>,
+    cluster: String,
+    /// Keep-alive and idle timeout, the same as the agents'.
+    pub timeouts: Timeouts,
+    /// How long a node has to complete the handshake and Hello.
+    pub connect_timeout: Duration,
+    /// The frame limit.
+    pub max_frame: u32,
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialer")
+            .field("cluster", &self.cluster)
+            .finish()
+    }
+}
+
+/// Splits `host[:port]` (or `[v6]:port`), defaulting the port to the agent's.
+pub fn address_with_port(address: &str) -> String {
+    if address.parse::<SocketAddr>().is_ok() {
+        return address.to_string();
+    }
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => {
+            address.to_string()
+        }
+        _ if address.parse::<std::net::Ipv6Addr>().is_ok() => {
+            format!("[{address}]:{DEFAULT_AGENT_PORT}")
+        }
+        _ => format!("{address}:{DEFAULT_AGENT_PORT}"),
+    }
+}
+
+impl Dialer {
+    /// A dialer presenting `creds`, trusting agents signed by `ca`.
+    pub fn new(
+        creds: Credentials,
+        ca: CertificateDer<'static>,
+        cluster: String,
+        timeouts: Timeouts,
+        connect_timeout: Duration,
+    ) -> Result<Dialer, CtlError> {
+        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0u16; 8], 0)))
+            .or_else(|_| quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))))
+            .map_err(|e| CtlError::io("UDP client socket", e))?;
+        Ok(Dialer {
+            endpoint,
+            creds,
+            ca,
+            cluster,
+            timeouts,
+            connect_timeout,
+            max_frame: clustermgr_protocol::frame::DEFAULT_MAX_FRAME_BYTES,
+        })
+    }
+
+    /// Connects to `node`, checks its identity, and says Hello.
+    pub async fn connect(&self, node: &NodeRecord) -> Result<AgentConn, NodeFailure> {
+        let name = NodeName::new(&node.name).map_err(|e| NodeFailure::failed(e.to_string()))?;
+        let target = address_with_port(&node.address);
+        let addr = match tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::lookup_host(&target),
+        )
+        .await
+        {
+            Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| {
+                NodeFailure::unreachable(format!("{target} resolves to no address"))
+            })?,
+            Ok(Err(e)) => {
+                return Err(NodeFailure::unreachable(format!(
+                    "cannot resolve {target}: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(NodeFailure::unreachable(format!(
+                    "resolving {target} timed out"
+                )));
+            }
+        };
+        let config = controller_client_config(
+            &self.creds,
+            self.ca.clone(),
+            name.clone(),
+            node.pinned_key.clone(),
+            &self.timeouts,
+        )
+        .map_err(|e| NodeFailure::failed(e.to_string()))?;
+        let attempt = async {
+            let connecting = self
+                .endpoint
+                .connect_with(config, addr, name.as_str())
+                .map_err(|e| NodeFailure::failed(format!("cannot connect to {addr}: {e}")))?;
+            let conn = connecting.await.map_err(|e| describe(e, addr))?;
+            self.hello(conn, &name).await
+        };
+        match tokio::time::timeout(self.connect_timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(NodeFailure::unreachable(format!(
+                "no answer from {addr} within {} s (is clustermgr-agent running there, and is UDP port {} open from this machine?)",
+                self.connect_timeout.as_secs_f32(),
+                addr.port()
+            ))),
+        }
+    }
+
+    async fn hello(
+        &self,
+        conn: quinn::Connection,
+        name: &NodeName,
+    ) -> Result<AgentConn, NodeFailure> {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(NodeFailure::stream)?;
+        let hello = Hello {
+            versions: VersionRange::ours(),
+            identity: self.cluster.clone(),
+            software: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        write_message(&mut send, &hello)
+            .await
+            .map_err(NodeFailure::stream)?;
+        let _ = send.finish();
+        let reply: HelloReply = expect_message(&mut recv, self.max_frame, "Hello reply")
+            .await
+            .map_err(|e| NodeFailure::failed(format!("the agent did not answer our Hello: {e}")))?;
+        let (version, software) = match reply {
+            HelloReply::Accepted {
+                version,
+                node,
+                software,
+            } => {
+                if !VersionRange::ours().contains(version) {
+                    return Err(NodeFailure::failed(format!(
+                        "the agent chose protocol version {version}, which we did not offer"
+                    )));
+                }
+                if &node != name {
+                    return Err(NodeFailure::failed(format!(
+                        "the agent says it is {node}, not {name}"
+                    )));
+                }
+                (version, software)
+            }
+            HelloReply::Refused { reason, .. } => {
+                return Err(NodeFailure::failed(format!(
+                    "the agent refused us: {reason}"
+                )));
+            }
+        };
+        let cert = conn
+            .peer_identity()
+            .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|certs| certs.first().and_then(|c| CertSummary::parse(c).ok()))
+            .ok_or_else(|| NodeFailure::failed("the agent presented no readable certificate"))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let status = if now < cert.not_before || cert.expired(now) {
+            AgentCertStatus::OutsideValidityButPinned
+        } else {
+            AgentCertStatus::Valid
+        };
+        Ok(AgentConn {
+            node: name.clone(),
+            conn,
+            version,
+            software,
+            cert,
+            status,
+            max_frame: self.max_frame,
+        })
+    }
+
+    /// Closes every connection and waits briefly for the agents to be told.
+    pub async fn close(&self) {
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"controller done");
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+    }
+}
+
+fn describe(e: quinn::ConnectionError, addr: SocketAddr) -> NodeFailure {
+    use quinn::ConnectionError as E;
+    match e {
+        E::TimedOut => NodeFailure::unreachable(format!("no answer from {addr}")),
+        E::TransportError(te) => {
+            NodeFailure::failed(format!("refused the agent at {addr}: {}", te.reason))
+        }
+        E::ConnectionClosed(cc) => NodeFailure::failed(format!(
+            "the agent at {addr} refused our certificate ({})",
+            cc.error_code
+        )),
+        E::ApplicationClosed(ac) => NodeFailure::failed(format!(
+            "the agent at {addr} closed the connection: {}",
+            String::from_utf8_lossy(&ac.reason)
+        )),
+        other => NodeFailure::unreachable(format!("connection to {addr} failed: {other}")),
+    }
+}

@@ -1,0 +1,353 @@
+//! `clustermgr dev`: a complete cluster on one machine. Real `clustermgr-agent`
+//! processes, each on its own loopback address with its own state directory and a
+//! sandbox root standing in for `/`, enrolled through the same CSR path as real
+//! nodes, and the controller running as `serve` does. The test harness builds on it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clustermgr_protocol::NodeName;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use crate::CtlError;
+use crate::clock;
+use crate::ops::{self, Ctx, CtxOptions, Invocation, Operation, Report};
+use crate::store::Role;
+
+/// How long an agent has to bind its socket after it is started.
+const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One sandbox node to create.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    /// Its name.
+    pub name: String,
+    /// Its roles.
+    pub roles: Vec<Role>,
+    /// The address its agent binds (port 0 picks a free one).
+    pub listen: std::net::SocketAddr,
+    /// Extra lines for its agent.toml (e.g. `allow_exec = false`).
+    pub extra_config: String,
+}
+
+/// A running sandbox agent.
+#[derive(Debug)]
+pub struct SandboxAgent {
+    /// The node.
+    pub name: String,
+    /// The address it listens on.
+    pub address: std::net::SocketAddr,
+    /// Its directory: `etc/` (its identity), `state/`, `root/` (its `/`), `agent.log`.
+    pub dir: PathBuf,
+    /// The agent process.
+    pub child: Child,
+}
+
+impl SandboxAgent {
+    /// Its configuration file.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("etc/agent.toml")
+    }
+}
+
+/// The default node names and roles for `dev --nodes N`: Gluu nodes, and from four
+/// nodes on, the last one a load balancer.
+pub fn default_nodes(n: usize, port: u16) -> Vec<NodeSpec> {
+    (0..n)
+        .map(|i| {
+            let lb = n >= 4 && i == n - 1;
+            NodeSpec {
+                name: if lb {
+                    "lb1".to_string()
+                } else {
+                    format!("gluu{}", i + 1)
+                },
+                roles: vec![if lb { Role::Lb } else { Role::Gluu }],
+                listen: std::net::SocketAddr::from(([127, 77, 0, (i + 1) as u8], port)),
+                extra_config: String::new(),
+            }
+        })
+        .collect()
+}
+
+/// Finds `clustermgr-agent` beside this executable (where cargo builds both).
+pub fn agent_binary() -> Result<PathBuf, CtlError> {
+    let exe = std::env::current_exe().map_err(|e| CtlError::io("current executable", e))?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    for _ in 0..2 {
+        let candidate = dir.join("clustermgr-agent");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        // Test binaries live one level down, in target/<profile>/deps.
+        dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    }
+    Err(CtlError::Usage(format!(
+        "cannot find clustermgr-agent next to {}; build both binaries with `cargo build --release`",
+        exe.display()
+    )))
+}
+
+async fn one_shot(ctx: &Arc<Ctx>, op: Operation) -> Result<Report, CtlError> {
+    let (tx, mut rx) = mpsc::channel(16);
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let r = ops::run(
+        ctx.clone(),
+        Invocation {
+            user: "dev".into(),
+            op,
+        },
+        tx,
+    )
+    .await;
+    let _ = drain.await;
+    r
+}
+
+/// Enrolls and starts one agent for `spec` under `base`, then adds it to the cluster.
+pub async fn start_agent(
+    ctx: &Arc<Ctx>,
+    agent_bin: &Path,
+    base: &Path,
+    spec: &NodeSpec,
+) -> Result<SandboxAgent, CtlError> {
+    NodeName::new(&spec.name)?;
+    let dir = base.join(&spec.name);
+    let etc = dir.join("etc");
+    for d in [&etc, &dir.join("state"), &dir.join("root")] {
+        std::fs::create_dir_all(d).map_err(|e| CtlError::io(d, e))?;
+    }
+    let out = Command::new(agent_bin)
+        .args(["enroll", "--name", &spec.name, "--out"])
+        .arg(&etc)
+        .output()
+        .await
+        .map_err(|e| CtlError::io(agent_bin, e))?;
+    if !out.status.success() {
+        return Err(CtlError::Agent {
+            node: spec.name.clone(),
+            message: format!(
+                "enroll failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    let csr_pem = String::from_utf8_lossy(&out.stdout).into_owned();
+    let Report::Signed(signed) = one_shot(
+        ctx,
+        Operation::NodeSign {
+            node: spec.name.clone(),
+            csr_pem,
+        },
+    )
+    .await?
+    else {
+        unreachable!("node sign reports a signed certificate")
+    };
+    let write = |name: &str, text: &str| {
+        let p = etc.join(name);
+        std::fs::write(&p, text).map_err(|e| CtlError::io(&p, e))
+    };
+    write("agent.crt", &signed.cert_pem)?;
+    write("ca.crt", ctx.ca.cert_pem())?;
+    let toml_path = |p: PathBuf| {
+        p.display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+    };
+    write(
+        "agent.toml",
+        &format!(
+            "listen = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\nstate_dir = \"{}\"\nroot = \"{}\"\nwritable_roots = [\"{}\"]\nshutdown_grace_ms = 3000\n{}\n",
+            spec.listen,
+            toml_path(etc.join("agent.crt")),
+            toml_path(etc.join("agent.key")),
+            toml_path(etc.join("ca.crt")),
+            toml_path(dir.join("state")),
+            toml_path(dir.join("root")),
+            toml_path(dir.join("root")),
+            spec.extra_config,
+        ),
+    )?;
+    let (child, address) = spawn_agent(agent_bin, &dir, &spec.name).await?;
+    let agent = SandboxAgent {
+        name: spec.name.clone(),
+        address,
+        dir,
+        child,
+    };
+    one_shot(
+        ctx,
+        Operation::NodeAdd {
+            node: spec.name.clone(),
+            address: address.to_string(),
+            roles: spec.roles.clone(),
+            primary: false,
+        },
+    )
+    .await?;
+    Ok(agent)
+}
+
+/// Starts the agent configured in `dir/etc/agent.toml` and waits until it listens.
+pub async fn spawn_agent(
+    agent_bin: &Path,
+    dir: &Path,
+    name: &str,
+) -> Result<(Child, std::net::SocketAddr), CtlError> {
+    let log_path = dir.join("agent.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| CtlError::io(&log_path, e))?;
+    let mut child = Command::new(agent_bin)
+        .arg("run")
+        .arg("--config")
+        .arg(dir.join("etc/agent.toml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| CtlError::io(agent_bin, e))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(AGENT_START_TIMEOUT, lines.next_line()).await;
+    let address = match first {
+        Ok(Ok(Some(line))) => line.strip_prefix("listening ").and_then(|a| a.parse().ok()),
+        _ => None,
+    };
+    let Some(address) = address else {
+        let _ = child.kill().await;
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        return Err(CtlError::Agent {
+            node: name.to_string(),
+            message: format!(
+                "the agent did not start listening; its last log lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ),
+        });
+    };
+    // Keep reading so the agent never blocks on a full stdout pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, address))
+}
+
+/// Stops sandbox agents: SIGTERM, then SIGKILL for any still running after a while.
+pub async fn stop_agents(agents: Vec<SandboxAgent>) {
+    for mut a in agents {
+        if let Some(pid) = a.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        if tokio::time::timeout(Duration::from_secs(5), a.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = a.child.kill().await;
+        }
+    }
+}
+
+/// Programs later features use, and whether this machine has them.
+pub fn missing_programs() -> Vec<(&'static str, &'static str)> {
+    let wanted = [
+        ("nginx", "the load balancer configuration"),
+        ("csync2", "file replication between Gluu nodes"),
+        ("slapd", "LDAP replication checks"),
+        ("stunnel4", "the cache tunnels"),
+        ("redis-server", "the cache"),
+    ];
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .collect();
+    wanted
+        .into_iter()
+        .filter(|(prog, _)| !dirs.iter().any(|d| d.join(prog).is_file()))
+        .collect()
+}
+
+/// `clustermgr dev`.
+pub async fn run(home: Option<PathBuf>, nodes: usize, port: u16) -> Result<i32, CtlError> {
+    if !(1..=200).contains(&nodes) {
+        return Err(CtlError::Usage("--nodes must be between 1 and 200".into()));
+    }
+    let agent_bin = agent_binary()?;
+    let temporary = home.is_none();
+    let dir = match home {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("clustermgr-dev-{}", std::process::id())),
+    };
+    ops::init(&dir, "dev", 90, &clock::SystemClock)?;
+    let ctx = Arc::new(Ctx::open(
+        &dir,
+        clock::system(),
+        &CtxOptions::default(),
+        true,
+    )?);
+    let base = dir.join("dev");
+    let mut agents = Vec::new();
+    let mut failure = None;
+    for spec in default_nodes(nodes, port) {
+        match start_agent(&ctx, &agent_bin, &base, &spec).await {
+            Ok(a) => {
+                eprintln!("started {} on udp {}", a.name, a.address);
+                agents.push(a);
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        stop_agents(agents).await;
+        if temporary {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        return Err(e);
+    }
+    println!();
+    println!(
+        "clustermgr dev: {} agents and the controller are running.",
+        agents.len()
+    );
+    println!("In another terminal:");
+    println!("    export CLUSTERMGR_HOME={}", dir.display());
+    println!("    clustermgr status");
+    println!("    clustermgr exec -- uname -a");
+    println!(
+        "Each node's files are under {}/NODE (root/ stands for its /).",
+        base.display()
+    );
+    for (prog, feature) in missing_programs() {
+        println!(
+            "note: {prog} is not installed here, so {feature} cannot be tried in this sandbox"
+        );
+    }
+    println!(
+        "Press Ctrl-C to stop everything{}.",
+        if temporary {
+            " and remove the sandbox"
+        } else {
+            ""
+        }
+    );
+    crate::serve::serve(ctx.clone(), crate::cli::shutdown_signal()).await?;
+    eprintln!("stopping the sandbox agents");
+    stop_agents(agents).await;
+    drop(ctx);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(0)
+}

@@ -1,0 +1,113 @@
+//! The one error type of the controller crate.
+
+use std::path::PathBuf;
+
+/// What can make a controller command fail. Each message says what failed, where,
+/// and what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// No cluster has been initialised in the home directory.
+    #[error(
+        "no clustermgr home at {0}: run `clustermgr init`, or point --home / CLUSTERMGR_HOME at an existing one"
+    )]
+    HomeMissing(PathBuf),
+    /// `init` would overwrite an existing cluster.
+    #[error(
+        "{0} already holds a cluster; use another --home, or remove it if you really mean to discard that cluster's CA"
+    )]
+    HomeExists(PathBuf),
+    /// The home directory or a key file is open to other users.
+    #[error(
+        "refusing to use {path}: it is {what} (mode {mode:o}); fix it with `chmod {fix} {path}`"
+    )]
+    Insecure {
+        /// The directory or file.
+        path: PathBuf,
+        /// What is wrong ("writable by group or others").
+        what: &'static str,
+        /// Its mode.
+        mode: u32,
+        /// The chmod mode that fixes it.
+        fix: &'static str,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store is held by a process that does not answer on the socket.
+    #[error(
+        "the store {store} is in use by another process, but no `clustermgr serve` answers on {socket}. If another clustermgr command is running, wait for it; otherwise find the stale process with `fuser -v {store}` and stop it"
+    )]
+    StoreLocked {
+        /// The store file.
+        store: PathBuf,
+        /// The socket that did not answer.
+        socket: PathBuf,
+    },
+    /// The store failed.
+    #[error("store {path}: {message}")]
+    Store {
+        /// The store file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The command line or an argument is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// The named node is not in the inventory.
+    #[error("no node named {0} in this cluster (see `clustermgr node list`)")]
+    UnknownNode(String),
+    /// A node operation is refused by the cluster's rules.
+    #[error("{0}")]
+    Refused(String),
+    /// A certificate signing request is unacceptable.
+    #[error("refusing the CSR for {node}: {message}")]
+    Csr {
+        /// The node it was for.
+        node: String,
+        /// Why.
+        message: String,
+    },
+    /// Talking to an agent failed.
+    #[error("{node}: {message}")]
+    Agent {
+        /// The node.
+        node: String,
+        /// What failed.
+        message: String,
+    },
+    /// Talking to `clustermgr serve` failed.
+    #[error("clustermgr serve: {0}")]
+    Serve(String),
+    /// A certificate or TLS operation failed.
+    #[error(transparent)]
+    Protocol(#[from] clustermgr_protocol::ProtocolError),
+}
+
+impl CtlError {
+    /// The process exit code for this error: 2 for usage and configuration errors, 1
+    /// for failures of the operation itself.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CtlError::HomeMissing(_)
+            | CtlError::HomeExists(_)
+            | CtlError::Insecure { .. }
+            | CtlError::Usage(_)
+            | CtlError::UnknownNode(_)
+            | CtlError::StoreLocked { .. } => 2,
+            _ => 1,
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        CtlError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

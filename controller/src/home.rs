@@ -1,0 +1,138 @@
+//! The controller's state directory: the CA, the controller's own identity, the
+//! inventory store and serve's socket, all in one directory only its owner can use.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::CtlError;
+
+/// The state directory of one cluster.
+#[derive(Clone, Debug)]
+pub struct Home {
+    dir: PathBuf,
+}
+
+impl Home {
+    /// The directory to use: `--home`, else `$CLUSTERMGR_HOME` (clap fills both into
+    /// `explicit`), else `~/.clustermgr`.
+    pub fn resolve(explicit: Option<PathBuf>) -> PathBuf {
+        explicit.unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/root"))
+                .join(".clustermgr")
+        })
+    }
+
+    /// Creates a new, empty home (mode 0700). Refuses one that already has a cluster.
+    pub fn create(dir: &Path) -> Result<Home, CtlError> {
+        let home = Home {
+            dir: dir.to_path_buf(),
+        };
+        if home.ca_cert().exists() || home.store().exists() {
+            return Err(CtlError::HomeExists(dir.to_path_buf()));
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| CtlError::io(dir, e))?;
+        home.check_dir()?;
+        Ok(home)
+    }
+
+    /// Opens an existing home, checking that nobody else can write it or read its keys.
+    pub fn open(dir: &Path) -> Result<Home, CtlError> {
+        let home = Home {
+            dir: dir.to_path_buf(),
+        };
+        if !home.ca_cert().exists() {
+            return Err(CtlError::HomeMissing(dir.to_path_buf()));
+        }
+        home.check_dir()?;
+        for key in [home.ca_key(), home.controller_key()] {
+            check_private(&key)?;
+        }
+        Ok(home)
+    }
+
+    fn check_dir(&self) -> Result<(), CtlError> {
+        let mode = std::fs::metadata(&self.dir)
+            .map_err(|e| CtlError::io(&self.dir, e))?
+            .permissions()
+            .mode();
+        if mode & 0o022 != 0 {
+            return Err(CtlError::Insecure {
+                path: self.dir.clone(),
+                what: "writable by group or others",
+                mode: mode & 0o7777,
+                fix: "700",
+            });
+        }
+        Ok(())
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// The cluster CA certificate.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+    /// The cluster CA key (0600; never leaves this directory).
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+    /// The controller's certificate.
+    pub fn controller_cert(&self) -> PathBuf {
+        self.dir.join("controller.crt")
+    }
+    /// The controller's key (0600).
+    pub fn controller_key(&self) -> PathBuf {
+        self.dir.join("controller.key")
+    }
+    /// The inventory store: nodes, certificates, audit log. Telemetry lives elsewhere.
+    pub fn store(&self) -> PathBuf {
+        self.dir.join("inventory.redb")
+    }
+    /// `serve`'s local socket (0600).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("serve.sock")
+    }
+}
+
+/// Refuses a private key file that group or others can read or write.
+pub fn check_private(path: &Path) -> Result<(), CtlError> {
+    let mode = std::fs::metadata(path)
+        .map_err(|e| CtlError::io(path, e))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(CtlError::Insecure {
+            path: path.to_path_buf(),
+            what: "a private key readable or writable by group or others",
+            mode: mode & 0o7777,
+            fix: "600",
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_home_writable_by_others_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("h");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = Home::create(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("writable by group or others") && err.contains("chmod 700"),
+            "{err}"
+        );
+    }
+}

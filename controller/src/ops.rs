@@ -1,0 +1,1117 @@
+//! Every operation of the controller, in one place. The CLI runs them in-process, and
+//! `serve` runs them for CLI clients on its socket: the same function either way,
+//! emitting the same [`Event`]s and returning the same [`Report`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clustermgr_protocol::NodeName;
+use clustermgr_protocol::atomic_file::write_atomic;
+use clustermgr_protocol::frame::{read_message, write_message};
+use clustermgr_protocol::identity::{AgentCertStatus, CertSummary, Credentials, cert_from_pem};
+use clustermgr_protocol::message::{Command, ExecEvent, ExecSpec, NodeInfo, Reply, Request};
+use clustermgr_protocol::transport::Timeouts;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::CtlError;
+use crate::ca::{Ca, Issued, csr_public_key};
+use crate::clock::{Clock, rfc3339};
+use crate::connect::{AgentConn, Dialer, FailureKind, NodeFailure};
+use crate::home::Home;
+use crate::selector::select;
+use crate::store::{AuditRecord, CertKind, CertRecord, ClusterMeta, NodeRecord, Role, Store};
+
+/// How many nodes a fan-out works on at once.
+const FANOUT_CAP: usize = 256;
+
+/// How many handshakes `serve` runs at once when (re)connecting.
+const HANDSHAKES_IN_FLIGHT: usize = 32;
+
+/// How long a unary request (Info, CSR, certificate install) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An operation, as the CLI asks for it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Operation {
+    /// Sign a node's CSR.
+    NodeSign {
+        /// The node.
+        node: String,
+        /// The CSR, PEM.
+        csr_pem: String,
+    },
+    /// Add an enrolled node.
+    NodeAdd {
+        /// The node.
+        node: String,
+        /// Where its agent listens.
+        address: String,
+        /// What it does.
+        roles: Vec<Role>,
+        /// Make it the primary.
+        primary: bool,
+    },
+    /// List the nodes.
+    NodeList,
+    /// Show one node, live.
+    NodeShow {
+        /// The node.
+        node: String,
+    },
+    /// Remove a node: unpin and revoke it.
+    NodeRemove {
+        /// The node.
+        node: String,
+    },
+    /// Make a node the primary.
+    NodeSetPrimary {
+        /// The node.
+        node: String,
+    },
+    /// Check that nodes answer.
+    Ping {
+        /// Node selector.
+        nodes: String,
+    },
+    /// Run a command on nodes.
+    Exec {
+        /// Node selector.
+        nodes: String,
+        /// The command.
+        command: Command,
+        /// Kill it after this many seconds.
+        timeout_secs: Option<u64>,
+    },
+    /// The cluster at a glance.
+    Status,
+    /// Every certificate's expiry.
+    CertStatus,
+}
+
+/// An operation and who asked for it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Invocation {
+    /// The local user.
+    pub user: String,
+    /// The operation.
+    pub op: Operation,
+}
+
+/// Progress of an operation, streamed while it runs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Event {
+    /// Output of a command on a node.
+    Output {
+        /// The node.
+        node: String,
+        /// Whether it came from stderr.
+        stderr: bool,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// One node's part is over.
+    NodeDone(NodeOutcome),
+}
+
+/// How one node's part of a fan-out went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// It worked.
+    Ok,
+    /// The node answered but the operation failed.
+    Failed,
+    /// The node did not answer in time.
+    Unreachable,
+}
+
+/// One node's result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeOutcome {
+    /// The node.
+    pub node: String,
+    /// Ok, failed or unreachable.
+    pub state: NodeState,
+    /// What went wrong, if anything.
+    pub message: Option<String>,
+    /// A command's exit code.
+    pub exit_code: Option<i32>,
+    /// The signal that ended a command.
+    pub signal: Option<i32>,
+    /// The command was killed by its timeout.
+    pub timed_out: bool,
+    /// Round trip of the request, microseconds.
+    pub rtt_us: Option<u64>,
+    /// How long the node's part took, milliseconds.
+    pub duration_ms: u64,
+    /// Host facts, for ping and status.
+    pub info: Option<Box<NodeInfo>>,
+}
+
+impl NodeOutcome {
+    fn new(node: &str) -> Self {
+        NodeOutcome {
+            node: node.to_string(),
+            state: NodeState::Ok,
+            message: None,
+            exit_code: None,
+            signal: None,
+            timed_out: false,
+            rtt_us: None,
+            duration_ms: 0,
+            info: None,
+        }
+    }
+
+    fn failure(node: &str, f: NodeFailure) -> Self {
+        NodeOutcome {
+            state: match f.kind {
+                FailureKind::Unreachable => NodeState::Unreachable,
+                FailureKind::Failed => NodeState::Failed,
+            },
+            message: Some(f.message),
+            ..NodeOutcome::new(node)
+        }
+    }
+}
+
+/// A node as shown by `node list` and `node show`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Its name.
+    pub name: String,
+    /// Where its agent listens.
+    pub address: String,
+    /// Its roles.
+    pub roles: Vec<Role>,
+    /// Whether it is the primary Gluu node.
+    pub primary: bool,
+    /// The pinned key.
+    pub key: String,
+    /// Its certificate's serial.
+    pub cert_serial: String,
+    /// Its certificate's expiry.
+    pub cert_expires: String,
+    /// When it was added.
+    pub added: String,
+    /// Live host facts (`node show`, `node add`).
+    pub info: Option<Box<NodeInfo>>,
+    /// Why live facts are missing, if they are.
+    pub error: Option<String>,
+}
+
+impl NodeView {
+    fn from_record(n: &NodeRecord) -> Self {
+        NodeView {
+            name: n.name.clone(),
+            address: n.address.clone(),
+            roles: n.roles.clone(),
+            primary: n.primary,
+            key: n.pinned_key.clone(),
+            cert_serial: n.cert_serial.clone(),
+            cert_expires: rfc3339(n.cert_not_after),
+            added: rfc3339(n.added_at),
+            info: None,
+            error: None,
+        }
+    }
+}
+
+/// A certificate as `cert status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CertView {
+    /// `ca`, `controller`, or the node name.
+    pub subject: String,
+    /// Serial, hex.
+    pub serial: String,
+    /// Expiry.
+    pub expires: String,
+    /// Whole days left (negative once expired).
+    pub days_left: i64,
+    /// `ok`, `renew-due`, `expired` or `revoked`.
+    pub state: String,
+}
+
+/// One node in `status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub name: String,
+    /// Its roles.
+    pub roles: Vec<Role>,
+    /// Whether it is the primary.
+    pub primary: bool,
+    /// Ok, failed or unreachable.
+    pub state: NodeState,
+    /// Round trip, microseconds.
+    pub rtt_us: Option<u64>,
+    /// The agent's version.
+    pub agent_version: Option<String>,
+    /// The host's OS.
+    pub os: Option<String>,
+    /// The Gluu install, if any (`4.2.3 in /opt/gluu-server-4.2.3`).
+    pub gluu: Option<String>,
+    /// The node's clock minus ours, milliseconds (approximate).
+    pub clock_skew_ms: Option<i64>,
+    /// Days until its certificate expires.
+    pub cert_days_left: i64,
+    /// What is wrong, if anything.
+    pub message: Option<String>,
+}
+
+/// `status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusView {
+    /// The cluster name.
+    pub cluster: String,
+    /// The nodes.
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// A signed certificate, for `node sign`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SignedView {
+    /// The node.
+    pub node: String,
+    /// Serial, hex.
+    pub serial: String,
+    /// Expiry.
+    pub expires: String,
+    /// The certified key.
+    pub key: String,
+    /// The certificate, PEM.
+    pub cert_pem: String,
+}
+
+/// The result of an operation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Report {
+    /// `node sign`.
+    Signed(SignedView),
+    /// `node add`, `node show`.
+    Node(NodeView),
+    /// `node list`.
+    Nodes(Vec<NodeView>),
+    /// `node remove`, `node set-primary`: a sentence.
+    Done(String),
+    /// `ping`, `exec`: one outcome per node.
+    Outcomes(Vec<NodeOutcome>),
+    /// `status`.
+    Status(StatusView),
+    /// `cert status`.
+    Certs(Vec<CertView>),
+}
+
+impl Report {
+    /// The exit code the CLI ends with: 1 when any node failed or was unreachable.
+    pub fn exit_code(&self) -> i32 {
+        let bad = |s: &NodeState| *s != NodeState::Ok;
+        match self {
+            Report::Outcomes(o) if o.iter().any(|o| bad(&o.state)) => 1,
+            Report::Status(s) if s.nodes.iter().any(|n| bad(&n.state)) => 1,
+            _ => 0,
+        }
+    }
+}
+
+/// Warm connections and their reconnect schedule, kept by `serve`.
+#[derive(Debug, Default)]
+pub struct Pool {
+    conns: Mutex<HashMap<String, AgentConn>>,
+}
+
+impl Pool {
+    /// The open connection to `node`, if there is one.
+    pub fn get(&self, node: &str) -> Option<AgentConn> {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.get(node).filter(|c| c.is_open()).cloned()
+    }
+
+    fn put(&self, conn: AgentConn) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.insert(conn.node.to_string(), conn);
+    }
+
+    /// Forgets (and closes) the connection to `node`.
+    pub fn drop_node(&self, node: &str) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = conns.remove(node) {
+            c.conn.close(quinn::VarInt::from_u32(0), b"node removed");
+        }
+    }
+
+    /// Names of nodes with an open connection.
+    pub fn connected(&self) -> Vec<String> {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns
+            .iter()
+            .filter(|(_, c)| c.is_open())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+/// Settings of a controller process.
+#[derive(Clone, Debug)]
+pub struct CtxOptions {
+    /// How long a node has to answer a connection.
+    pub connect_timeout: Duration,
+    /// Keep-alive and idle timeout.
+    pub timeouts: Timeouts,
+}
+
+impl Default for CtxOptions {
+    fn default() -> Self {
+        CtxOptions {
+            connect_timeout: Duration::from_secs(3),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// Everything an operation needs: the home, the store, the CA, the dialer, the clock,
+/// and (under `serve`) the warm connections.
+pub struct Ctx {
+    /// The state directory.
+    pub home: Home,
+    /// The inventory store.
+    pub store: Store,
+    /// The cluster CA.
+    pub ca: Ca,
+    /// Cluster settings.
+    pub meta: ClusterMeta,
+    /// Dials agents.
+    pub dialer: Dialer,
+    /// Now.
+    pub clock: Arc<dyn Clock>,
+    /// `serve`'s warm connections; `None` in a one-shot CLI process.
+    pub pool: Option<Pool>,
+    handshakes: Semaphore,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("home", &self.home)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_file(path: &std::path::Path) -> Result<String, CtlError> {
+    std::fs::read_to_string(path).map_err(|e| CtlError::io(path, e))
+}
+
+fn write_file(path: &std::path::Path, text: &str, mode: u32) -> Result<(), CtlError> {
+    write_atomic(path, text.as_bytes(), mode).map_err(|e| CtlError::io(path, e))
+}
+
+fn cert_record(kind: CertKind, node: Option<&str>, s: &CertSummary) -> CertRecord {
+    CertRecord {
+        serial: s.serial.clone(),
+        kind,
+        node: node.map(str::to_string),
+        not_before: s.not_before,
+        not_after: s.not_after,
+        key_fingerprint: s.key_fingerprint.clone(),
+        revoked_at: None,
+    }
+}
+
+/// Creates a new cluster in `dir`: its CA, the controller's certificate and the store.
+pub fn init(
+    dir: &std::path::Path,
+    cluster: &str,
+    cert_lifetime_days: u32,
+    clock: &dyn Clock,
+) -> Result<ClusterMeta, CtlError> {
+    if cluster.is_empty() || cluster.len() > 64 || cluster.chars().any(|c| c.is_control()) {
+        return Err(CtlError::Usage(
+            "the cluster name must be 1 to 64 printable characters".into(),
+        ));
+    }
+    if cert_lifetime_days < 2 {
+        return Err(CtlError::Usage(
+            "certificates must live at least 2 days".into(),
+        ));
+    }
+    let home = Home::create(dir)?;
+    let now = clock.now();
+    let (ca, ca_key) = Ca::create(cluster, now)?;
+    let lifetime = time::Duration::days(cert_lifetime_days.into());
+    let (ctrl, ctrl_key) = ca.issue_controller(cluster, now, lifetime)?;
+    write_file(&home.ca_key(), &ca_key, 0o600)?;
+    write_file(&home.controller_key(), &ctrl_key, 0o600)?;
+    write_file(&home.controller_cert(), &ctrl.pem, 0o644)?;
+    let meta = ClusterMeta {
+        name: cluster.to_string(),
+        cert_lifetime_days,
+        created_at: now.unix_timestamp(),
+    };
+    let store = Store::create(&home.store(), &meta)?;
+    let ca_summary = CertSummary::parse_pem(ca.cert_pem())?;
+    store.put_cert(&cert_record(CertKind::Ca, None, &ca_summary))?;
+    store.put_cert(&cert_record(CertKind::Controller, None, &ctrl.summary))?;
+    // The CA certificate is written last: its presence is what marks a complete home.
+    write_file(&home.ca_cert(), ca.cert_pem(), 0o644)?;
+    Ok(meta)
+}
+
+impl Ctx {
+    /// Opens the cluster in `dir` for operations, renewing the controller's own
+    /// certificate first if it is due.
+    pub fn open(
+        dir: &std::path::Path,
+        clock: Arc<dyn Clock>,
+        opts: &CtxOptions,
+        serving: bool,
+    ) -> Result<Ctx, CtlError> {
+        let home = Home::open(dir)?;
+        let store = Store::open(&home.store(), &home.socket())?;
+        let meta = store.meta()?;
+        let ca_pem = read_file(&home.ca_cert())?;
+        let ca = Ca::load(&ca_pem, &read_file(&home.ca_key())?)?;
+        let mut cert_pem = read_file(&home.controller_cert())?;
+        let mut key_pem = read_file(&home.controller_key())?;
+        let summary = CertSummary::parse_pem(&cert_pem)?;
+        if summary.renewal_due(clock.unix()) {
+            let lifetime = time::Duration::days(meta.cert_lifetime_days.into());
+            let (issued, key) = ca.issue_controller(&meta.name, clock.now(), lifetime)?;
+            write_file(&home.controller_key(), &key, 0o600)?;
+            write_file(&home.controller_cert(), &issued.pem, 0o644)?;
+            store.put_cert(&cert_record(CertKind::Controller, None, &issued.summary))?;
+            tracing::info!(
+                "renewed the controller certificate (serial {})",
+                issued.summary.serial
+            );
+            cert_pem = issued.pem;
+            key_pem = key;
+        }
+        let dialer = Dialer::new(
+            Credentials::from_pem(&cert_pem, &key_pem)?,
+            cert_from_pem(&ca_pem)?,
+            meta.name.clone(),
+            opts.timeouts,
+            opts.connect_timeout,
+        )?;
+        Ok(Ctx {
+            home,
+            store,
+            ca,
+            meta,
+            dialer,
+            clock,
+            pool: serving.then(Pool::default),
+            handshakes: Semaphore::new(HANDSHAKES_IN_FLIGHT),
+        })
+    }
+
+    fn lifetime(&self) -> time::Duration {
+        time::Duration::days(self.meta.cert_lifetime_days.into())
+    }
+
+    /// A greeted connection to `node`: a warm one under `serve`, else a new one. Its
+    /// certificate is renewed first if it is past two thirds of its life or expired.
+    pub async fn connection(&self, node: &NodeRecord) -> Result<AgentConn, NodeFailure> {
+        if let Some(c) = self.pool.as_ref().and_then(|p| p.get(&node.name)) {
+            return Ok(c);
+        }
+        let mut conn = {
+            let _permit = self.handshakes.acquire().await;
+            self.dialer.connect(node).await?
+        };
+        self.renew_if_due(&mut conn, node).await?;
+        if let Some(pool) = &self.pool {
+            pool.put(conn.clone());
+        }
+        Ok(conn)
+    }
+
+    /// Renews the certificate of a node with a warm connection, if it is due (`serve`
+    /// calls this periodically: a connection can outlive a certificate).
+    pub async fn renew_pooled(&self, node: &NodeRecord) -> Result<(), NodeFailure> {
+        let Some(pool) = &self.pool else {
+            return Ok(());
+        };
+        let Some(mut conn) = pool.get(&node.name) else {
+            return Ok(());
+        };
+        if self.renew_if_due(&mut conn, node).await? {
+            pool.put(conn);
+        }
+        Ok(())
+    }
+
+    /// Renews the agent's certificate over `conn` when it is past two thirds of its
+    /// life or outside its validity, and updates `conn` to describe the new one.
+    /// Returns whether it renewed. A failed renewal of a still-valid certificate is
+    /// only logged (the next contact tries again); of an invalid one, it is an error.
+    async fn renew_if_due(
+        &self,
+        conn: &mut AgentConn,
+        node: &NodeRecord,
+    ) -> Result<bool, NodeFailure> {
+        let now = self.clock.unix();
+        if conn.status == AgentCertStatus::Valid && !conn.cert.renewal_due(now) {
+            return Ok(false);
+        }
+        match self.renew(conn, node).await {
+            Ok(summary) => {
+                conn.cert = summary;
+                conn.status = AgentCertStatus::Valid;
+                Ok(true)
+            }
+            Err(e) if conn.status == AgentCertStatus::Valid => {
+                tracing::warn!("{}: {}", node.name, e.message);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn renew(&self, conn: &AgentConn, node: &NodeRecord) -> Result<CertSummary, NodeFailure> {
+        let fail = |m: String| NodeFailure::failed(format!("certificate renewal: {m}"));
+        let Reply::Csr { pem } = conn
+            .unary(&Request::Csr { new_key: false }, REQUEST_TIMEOUT)
+            .await?
+        else {
+            return Err(fail("the agent did not answer with a CSR".into()));
+        };
+        let name = NodeName::new(&node.name).map_err(|e| fail(e.to_string()))?;
+        let key = csr_public_key(&name, &pem).map_err(|e| fail(e.to_string()))?;
+        if key.fingerprint != node.pinned_key {
+            return Err(fail(format!(
+                "the agent's CSR carries key {}, not the pinned {}; refusing",
+                key.fingerprint, node.pinned_key
+            )));
+        }
+        let issued = self
+            .ca
+            .sign_node(&name, &key, self.clock.now(), self.lifetime())
+            .map_err(|e| fail(e.to_string()))?;
+        match conn
+            .unary(
+                &Request::InstallCert {
+                    cert_pem: issued.pem.clone(),
+                },
+                REQUEST_TIMEOUT,
+            )
+            .await?
+        {
+            Reply::CertInstalled => {}
+            other => return Err(fail(format!("unexpected reply {other:?}"))),
+        }
+        let mut rec = self
+            .store
+            .node(&node.name)
+            .map_err(|e| fail(e.to_string()))?
+            .unwrap_or_else(|| node.clone());
+        rec.cert_serial = issued.summary.serial.clone();
+        rec.cert_not_after = issued.summary.not_after;
+        self.store
+            .renew_node_cert(
+                &rec,
+                &cert_record(CertKind::Node, Some(&node.name), &issued.summary),
+            )
+            .map_err(|e| fail(e.to_string()))?;
+        tracing::info!(
+            "{}: renewed its certificate (serial {}, until {})",
+            node.name,
+            issued.summary.serial,
+            rfc3339(issued.summary.not_after)
+        );
+        Ok(issued.summary)
+    }
+
+    fn audit(
+        &self,
+        user: &str,
+        action: &str,
+        nodes: &[String],
+        detail: &str,
+    ) -> Result<(u64, AuditRecord), CtlError> {
+        let rec = AuditRecord {
+            time_ms: self.clock.now().unix_timestamp_nanos() as i64 / 1_000_000,
+            user: user.to_string(),
+            action: action.to_string(),
+            nodes: nodes.to_vec(),
+            detail: detail.to_string(),
+            results: Vec::new(),
+        };
+        let id = self.store.audit_append(&rec)?;
+        Ok((id, rec))
+    }
+}
+
+/// Runs one operation. Progress goes to `events`; when its receiver is gone (the CLI
+/// went away) the operation stops and in-flight commands are cancelled on the agents.
+pub async fn run(
+    ctx: Arc<Ctx>,
+    inv: Invocation,
+    events: mpsc::Sender<Event>,
+) -> Result<Report, CtlError> {
+    let user = inv.user.as_str();
+    match inv.op {
+        Operation::NodeSign { node, csr_pem } => node_sign(&ctx, user, &node, &csr_pem),
+        Operation::NodeAdd {
+            node,
+            address,
+            roles,
+            primary,
+        } => node_add(&ctx, user, &node, &address, roles, primary).await,
+        Operation::NodeList => Ok(Report::Nodes(
+            ctx.store
+                .nodes()?
+                .iter()
+                .map(NodeView::from_record)
+                .collect(),
+        )),
+        Operation::NodeShow { node } => {
+            let rec = ctx.store.node(&node)?.ok_or(CtlError::UnknownNode(node))?;
+            let mut view = NodeView::from_record(&rec);
+            match info(&ctx, &rec).await {
+                Ok((info, _)) => view.info = Some(info),
+                Err(f) => view.error = Some(f.message),
+            }
+            Ok(Report::Node(view))
+        }
+        Operation::NodeRemove { node } => node_remove(&ctx, user, &node),
+        Operation::NodeSetPrimary { node } => set_primary(&ctx, user, &node),
+        Operation::Ping { nodes } => {
+            let nodes = select(&ctx.store.nodes()?, &nodes)?;
+            Ok(Report::Outcomes(ping(&ctx, nodes, &events).await))
+        }
+        Operation::Exec {
+            nodes,
+            command,
+            timeout_secs,
+        } => exec(&ctx, user, &nodes, command, timeout_secs, &events).await,
+        Operation::Status => status(&ctx, &events).await,
+        Operation::CertStatus => cert_status(&ctx),
+    }
+}
+
+fn node_sign(ctx: &Ctx, user: &str, node: &str, csr_pem: &str) -> Result<Report, CtlError> {
+    let name = NodeName::new(node)?;
+    let key = csr_public_key(&name, csr_pem)?;
+    let Issued { pem, summary } = ctx
+        .ca
+        .sign_node(&name, &key, ctx.clock.now(), ctx.lifetime())?;
+    ctx.store
+        .put_cert(&cert_record(CertKind::Node, Some(node), &summary))?;
+    ctx.audit(
+        user,
+        "node sign",
+        &[node.to_string()],
+        &summary.key_fingerprint,
+    )?;
+    Ok(Report::Signed(SignedView {
+        node: node.to_string(),
+        serial: summary.serial,
+        expires: rfc3339(summary.not_after),
+        key: summary.key_fingerprint,
+        cert_pem: pem,
+    }))
+}
+
+async fn node_add(
+    ctx: &Ctx,
+    user: &str,
+    node: &str,
+    address: &str,
+    roles: Vec<Role>,
+    primary: bool,
+) -> Result<Report, CtlError> {
+    NodeName::new(node)?;
+    if let Some(existing) = ctx.store.node(node)? {
+        return Err(CtlError::Refused(format!(
+            "{node} is already in the cluster (at {}); remove it first with `clustermgr node remove {node}`",
+            existing.address
+        )));
+    }
+    let now = ctx.clock.unix();
+    let cert = ctx
+        .store
+        .certs()?
+        .into_iter()
+        .filter(|c| c.kind == CertKind::Node && c.node.as_deref() == Some(node) && c.revoked_at.is_none())
+        .filter(|c| c.not_after > now)
+        .max_by_key(|c| c.not_before)
+        .ok_or_else(|| {
+            CtlError::Refused(format!(
+                "no valid certificate has been signed for {node}: on the host run `clustermgr-agent enroll --name {node}`, sign its CSR with `clustermgr node sign {node} CSR_FILE`, and install the certificate as the agent's cert"
+            ))
+        })?;
+    let roles = if roles.is_empty() {
+        vec![Role::Gluu]
+    } else {
+        roles
+    };
+    let mut all = ctx.store.nodes()?;
+    let gluu = roles.contains(&Role::Gluu);
+    if primary && !gluu {
+        return Err(CtlError::Usage(format!(
+            "{node} cannot be primary without the gluu role"
+        )));
+    }
+    let primary = primary || (gluu && !all.iter().any(|n| n.primary));
+    let rec = NodeRecord {
+        name: node.to_string(),
+        address: address.to_string(),
+        roles,
+        primary,
+        pinned_key: cert.key_fingerprint.clone(),
+        cert_serial: cert.serial.clone(),
+        cert_not_after: cert.not_after,
+        added_at: now,
+    };
+    // Nothing is recorded until the agent has answered as the pinned node.
+    let (info, _) = info(ctx, &rec).await.map_err(|f| CtlError::Agent {
+        node: node.to_string(),
+        message: format!("{} (the node was not added)", f.message),
+    })?;
+    let mut changed: Vec<NodeRecord> = Vec::new();
+    if primary {
+        for n in all.iter_mut().filter(|n| n.primary) {
+            n.primary = false;
+            changed.push(n.clone());
+        }
+    }
+    changed.push(rec.clone());
+    ctx.store.put_nodes(&changed)?;
+    ctx.audit(user, "node add", &[node.to_string()], address)?;
+    let mut view = NodeView::from_record(&rec);
+    view.info = Some(info);
+    Ok(Report::Node(view))
+}
+
+fn node_remove(ctx: &Ctx, user: &str, node: &str) -> Result<Report, CtlError> {
+    let rec = ctx
+        .store
+        .node(node)?
+        .ok_or_else(|| CtlError::UnknownNode(node.to_string()))?;
+    let others = ctx
+        .store
+        .nodes()?
+        .into_iter()
+        .filter(|n| n.name != node && n.has_role(Role::Gluu))
+        .count();
+    if rec.primary && others > 0 {
+        return Err(CtlError::Refused(format!(
+            "{node} is the primary Gluu node and other Gluu nodes remain; move the primary first with `clustermgr node set-primary NODE`"
+        )));
+    }
+    ctx.store.remove_node(node, ctx.clock.unix())?;
+    if let Some(pool) = &ctx.pool {
+        pool.drop_node(node);
+    }
+    ctx.audit(
+        user,
+        "node remove",
+        &[node.to_string()],
+        "unpinned and revoked",
+    )?;
+    Ok(Report::Done(format!(
+        "removed {node}: its key is unpinned and its certificates revoked; the controller refuses it from now on"
+    )))
+}
+
+fn set_primary(ctx: &Ctx, user: &str, node: &str) -> Result<Report, CtlError> {
+    let mut all = ctx.store.nodes()?;
+    let target = all
+        .iter()
+        .find(|n| n.name == node)
+        .ok_or_else(|| CtlError::UnknownNode(node.to_string()))?;
+    if !target.has_role(Role::Gluu) {
+        return Err(CtlError::Refused(format!(
+            "{node} is not a Gluu node, so it cannot be the primary"
+        )));
+    }
+    for n in &mut all {
+        n.primary = n.name == node;
+    }
+    ctx.store.put_nodes(&all)?;
+    ctx.audit(user, "node set-primary", &[node.to_string()], "")?;
+    Ok(Report::Done(format!("{node} is now the primary Gluu node")))
+}
+
+async fn info(ctx: &Ctx, node: &NodeRecord) -> Result<(Box<NodeInfo>, u64), NodeFailure> {
+    let conn = ctx.connection(node).await?;
+    let start = Instant::now();
+    match conn.unary(&Request::Info, REQUEST_TIMEOUT).await? {
+        Reply::Info(info) => Ok((info, start.elapsed().as_micros() as u64)),
+        other => Err(NodeFailure::failed(format!(
+            "unexpected reply to Info: {other:?}"
+        ))),
+    }
+}
+
+/// Runs `work` on every node, at most [`FANOUT_CAP`] at once, reporting each node as
+/// it finishes; returns the outcomes in node-name order.
+async fn fan_out<F, Fut>(
+    nodes: Vec<NodeRecord>,
+    events: &mpsc::Sender<Event>,
+    work: F,
+) -> Vec<NodeOutcome>
+where
+    F: Fn(NodeRecord) -> Fut,
+    Fut: std::future::Future<Output = NodeOutcome>,
+{
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let cap = Semaphore::new(FANOUT_CAP);
+    let mut running: FuturesUnordered<_> = nodes
+        .into_iter()
+        .map(|n| {
+            let cap = &cap;
+            let fut = work(n);
+            async move {
+                let _permit = cap.acquire().await;
+                fut.await
+            }
+        })
+        .collect();
+    let mut out = Vec::new();
+    while let Some(outcome) = running.next().await {
+        let _ = events.send(Event::NodeDone(outcome.clone())).await;
+        out.push(outcome);
+    }
+    out.sort_by(|a, b| a.node.cmp(&b.node));
+    out
+}
+
+async fn ping(ctx: &Ctx, nodes: Vec<NodeRecord>, events: &mpsc::Sender<Event>) -> Vec<NodeOutcome> {
+    fan_out(nodes, events, |n| async move {
+        let start = Instant::now();
+        let mut o = match info(ctx, &n).await {
+            Ok((info, rtt)) => NodeOutcome {
+                rtt_us: Some(rtt),
+                info: Some(info),
+                ..NodeOutcome::new(&n.name)
+            },
+            Err(f) => NodeOutcome::failure(&n.name, f),
+        };
+        o.duration_ms = start.elapsed().as_millis() as u64;
+        o
+    })
+    .await
+}
+
+async fn exec(
+    ctx: &Ctx,
+    user: &str,
+    selector: &str,
+    command: Command,
+    timeout_secs: Option<u64>,
+    events: &mpsc::Sender<Event>,
+) -> Result<Report, CtlError> {
+    let nodes = select(&ctx.store.nodes()?, selector)?;
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let line = command.display_line();
+    let (audit_id, mut audit) = ctx.audit(user, "exec", &names, &line)?;
+    let spec = ExecSpec {
+        command,
+        env: Vec::new(),
+        cwd: None,
+        stdin: false,
+        timeout_ms: timeout_secs.map(|s| s.saturating_mul(1000)),
+        requested_by: format!("{user}@{}", hostname()),
+    };
+    let outcomes = fan_out(nodes, events, |n| {
+        exec_on(ctx, n, spec.clone(), events.clone())
+    })
+    .await;
+    audit.results = outcomes
+        .iter()
+        .map(|o| (o.node.clone(), outcome_text(o)))
+        .collect();
+    ctx.store.audit_update(audit_id, &audit)?;
+    Ok(Report::Outcomes(outcomes))
+}
+
+fn outcome_text(o: &NodeOutcome) -> String {
+    match (&o.state, o.exit_code, &o.message) {
+        (NodeState::Unreachable, _, _) => "unreachable".into(),
+        (_, Some(code), _) if !o.timed_out => format!("exit {code}"),
+        (_, _, Some(m)) => m.clone(),
+        _ => "failed".into(),
+    }
+}
+
+async fn exec_on(
+    ctx: &Ctx,
+    node: NodeRecord,
+    spec: ExecSpec,
+    events: mpsc::Sender<Event>,
+) -> NodeOutcome {
+    let start = Instant::now();
+    let mut o = match exec_stream(ctx, &node, spec, &events).await {
+        Ok(o) => o,
+        Err(f) => NodeOutcome::failure(&node.name, f),
+    };
+    o.duration_ms = start.elapsed().as_millis() as u64;
+    o
+}
+
+async fn exec_stream(
+    ctx: &Ctx,
+    node: &NodeRecord,
+    spec: ExecSpec,
+    events: &mpsc::Sender<Event>,
+) -> Result<NodeOutcome, NodeFailure> {
+    let conn = ctx.connection(node).await?;
+    let (mut send, mut recv) = conn.open().await?;
+    let started = Instant::now();
+    write_message(&mut send, &Request::Exec(spec))
+        .await
+        .map_err(NodeFailure::stream)?;
+    // `send` stays open until the result is in: the agent takes the end of our side
+    // of the stream as a cancel, which is what dropping this future must mean.
+    let mut rtt = None;
+    loop {
+        let ev = read_message::<ExecEvent, _>(&mut recv, conn.max_frame(), "exec event")
+            .await
+            .map_err(NodeFailure::stream)?;
+        let (stderr, data) = match ev {
+            Some(ExecEvent::Started { .. }) => {
+                rtt.get_or_insert(started.elapsed().as_micros() as u64);
+                continue;
+            }
+            Some(ExecEvent::Stdout(d)) => (false, d),
+            Some(ExecEvent::Stderr(d)) => (true, d),
+            Some(ExecEvent::Finished(exit)) => {
+                let mut o = NodeOutcome::new(&node.name);
+                o.exit_code = exit.code;
+                o.signal = exit.signal;
+                o.timed_out = exit.timed_out;
+                o.rtt_us = rtt;
+                if !exit.success() {
+                    o.state = NodeState::Failed;
+                    o.message = Some(if exit.timed_out {
+                        "timed out; the command's process group was killed".into()
+                    } else if exit.cancelled {
+                        "cancelled; the command's process group was killed".into()
+                    } else if let Some(code) = exit.code {
+                        format!("exited with status {code}")
+                    } else {
+                        format!("killed by signal {}", exit.signal.unwrap_or(0))
+                    });
+                }
+                return Ok(o);
+            }
+            Some(ExecEvent::Refused(e)) => return Err(NodeFailure::failed(e.message)),
+            None => {
+                return Err(NodeFailure::failed(
+                    "the agent ended the stream without a result",
+                ));
+            }
+        };
+        if events
+            .send(Event::Output {
+                node: node.name.clone(),
+                stderr,
+                data,
+            })
+            .await
+            .is_err()
+        {
+            return Err(NodeFailure::failed("cancelled: the client went away"));
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "controller".into())
+}
+
+async fn status(ctx: &Ctx, events: &mpsc::Sender<Event>) -> Result<Report, CtlError> {
+    let nodes = ctx.store.nodes()?;
+    let by_name: HashMap<String, NodeRecord> =
+        nodes.iter().map(|n| (n.name.clone(), n.clone())).collect();
+    let outcomes = ping(ctx, nodes, events).await;
+    let now_ms = ctx.clock.now().unix_timestamp_nanos() as i64 / 1_000_000;
+    let now = ctx.clock.unix();
+    let rows = outcomes
+        .into_iter()
+        .map(|o| {
+            let rec = &by_name[&o.node];
+            let info = o.info.as_ref();
+            NodeStatus {
+                name: o.node.clone(),
+                roles: rec.roles.clone(),
+                primary: rec.primary,
+                state: o.state.clone(),
+                rtt_us: o.rtt_us,
+                agent_version: info.map(|i| i.agent_version.clone()),
+                os: info.map(|i| i.os_release.clone()),
+                gluu: info.and_then(|i| i.gluu.as_ref()).map(|g| {
+                    format!(
+                        "{} in {}",
+                        g.version.as_deref().unwrap_or("unknown version"),
+                        g.root
+                    )
+                }),
+                // The reply left the node about half a round trip before we read it.
+                clock_skew_ms: info
+                    .map(|i| i.clock_unix_ms - (now_ms - (o.rtt_us.unwrap_or(0) / 2000) as i64)),
+                cert_days_left: (rec.cert_not_after - now).div_euclid(86_400),
+                message: o.message.clone(),
+            }
+        })
+        .collect();
+    Ok(Report::Status(StatusView {
+        cluster: ctx.meta.name.clone(),
+        nodes: rows,
+    }))
+}
+
+fn cert_status(ctx: &Ctx) -> Result<Report, CtlError> {
+    let now = ctx.clock.unix();
+    let view = |subject: String, s: &CertSummary, revoked: bool| CertView {
+        subject,
+        serial: s.serial.clone(),
+        expires: rfc3339(s.not_after),
+        days_left: (s.not_after - now).div_euclid(86_400),
+        state: if revoked {
+            "revoked"
+        } else if s.expired(now) {
+            "expired"
+        } else if s.renewal_due(now) {
+            "renew-due"
+        } else {
+            "ok"
+        }
+        .to_string(),
+    };
+    let mut out = vec![
+        view(
+            "ca".into(),
+            &CertSummary::parse_pem(ctx.ca.cert_pem())?,
+            false,
+        ),
+        view(
+            "controller".into(),
+            &CertSummary::parse_pem(&read_file(&ctx.home.controller_cert())?)?,
+            false,
+        ),
+    ];
+    let certs = ctx.store.certs()?;
+    for node in ctx.store.nodes()? {
+        if let Some(c) = certs.iter().find(|c| c.serial == node.cert_serial) {
+            let s = CertSummary {
+                serial: c.serial.clone(),
+                common_name: node.name.clone(),
+                dns_names: vec![node.name.clone()],
+                uris: Vec::new(),
+                not_before: c.not_before,
+                not_after: c.not_after,
+                key_fingerprint: c.key_fingerprint.clone(),
+                is_ca: false,
+            };
+            out.push(view(node.name.clone(), &s, c.revoked_at.is_some()));
+        }
+    }
+    Ok(Report::Certs(out))
+}

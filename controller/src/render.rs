@@ -1,0 +1,401 @@
+//! What the CLI prints: live, node-prefixed command output; grouped output; tables;
+//! and `--json`. It only ever sees [`Event`]s and [`Report`]s, so output is the same
+//! whether an operation ran in-process or in `serve`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use tokio::sync::mpsc;
+
+use crate::ops::{Event, NodeOutcome, NodeState, Report};
+use crate::store::Role;
+
+/// How exec output is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputMode {
+    /// Lines as they come, each prefixed with its node.
+    Live,
+    /// Each node's output whole, in node-name order, at the end.
+    Group,
+    /// One JSON object per node at the end.
+    Json,
+}
+
+/// Bytes kept in memory per node before a grouped buffer spills to a temporary file.
+const SPILL_AT: usize = 4 * 1024 * 1024;
+
+/// A line longer than this is printed in pieces rather than held.
+const MAX_LINE: usize = 64 * 1024;
+
+/// One node's buffered output: memory first, then an unlinked temporary file.
+#[derive(Default)]
+pub struct NodeBuffer {
+    mem: Vec<u8>,
+    file: Option<File>,
+}
+
+impl NodeBuffer {
+    fn push(&mut self, data: &[u8]) {
+        if let Some(f) = &mut self.file
+            && f.write_all(data).is_ok() {
+                return;
+            }
+        self.mem.extend_from_slice(data);
+        if self.file.is_none() && self.mem.len() > SPILL_AT
+            && let Some(mut f) = spill_file()
+                && f.write_all(&self.mem).is_ok() {
+                    self.mem = Vec::new();
+                    self.file = Some(f);
+                }
+    }
+
+    /// Copies everything buffered to `out`.
+    fn write_to(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
+        if let Some(f) = &mut self.file {
+            f.seek(SeekFrom::Start(0))?;
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                let n = f.read(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&chunk[..n])?;
+            }
+        }
+        out.write_all(&self.mem)
+    }
+
+    fn into_string(mut self) -> String {
+        let mut v = Vec::new();
+        let _ = self.write_to(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    }
+
+    fn ends_without_newline(&self) -> bool {
+        !self.mem.is_empty() && !self.mem.ends_with(b"\n")
+    }
+}
+
+fn spill_file() -> Option<File> {
+    let path = std::env::temp_dir().join(format!(
+        "clustermgr-out-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .ok()?;
+    // Unlinked at once: the space is freed when we exit, however we exit.
+    let _ = std::fs::remove_file(&path);
+    Some(f)
+}
+
+/// Output gathered while events streamed, for the final report.
+#[derive(Default)]
+pub struct Gathered {
+    stdout: BTreeMap<String, NodeBuffer>,
+    stderr: BTreeMap<String, NodeBuffer>,
+}
+
+/// Consumes events until the operation ends, printing live output as it comes.
+pub async fn consume(mut rx: mpsc::Receiver<Event>, mode: OutputMode) -> Gathered {
+    let mut gathered = Gathered::default();
+    let mut partial: BTreeMap<(String, bool), Vec<u8>> = BTreeMap::new();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Output { node, stderr, data } => match mode {
+                OutputMode::Live => {
+                    let buf = partial.entry((node.clone(), stderr)).or_default();
+                    buf.extend_from_slice(&data);
+                    let mut start = 0;
+                    while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
+                        print_line(&node, stderr, &buf[start..start + pos]);
+                        start += pos + 1;
+                    }
+                    buf.drain(..start);
+                    if buf.len() > MAX_LINE {
+                        print_line(&node, stderr, buf);
+                        buf.clear();
+                    }
+                }
+                OutputMode::Group => gathered.stdout.entry(node).or_default().push(&data),
+                OutputMode::Json => {
+                    let map = if stderr {
+                        &mut gathered.stderr
+                    } else {
+                        &mut gathered.stdout
+                    };
+                    map.entry(node).or_default().push(&data);
+                }
+            },
+            Event::NodeDone(o) => {
+                if mode == OutputMode::Live {
+                    for stderr in [false, true] {
+                        if let Some(rest) = partial.remove(&(o.node.clone(), stderr))
+                            && !rest.is_empty() {
+                                print_line(&o.node, stderr, &rest);
+                            }
+                    }
+                    if o.state != NodeState::Ok {
+                        eprintln!("{}: {}", o.node, outcome_sentence(&o));
+                    }
+                }
+            }
+        }
+    }
+    gathered
+}
+
+fn print_line(node: &str, stderr: bool, line: &[u8]) {
+    let mut buf = Vec::with_capacity(node.len() + line.len() + 4);
+    buf.extend_from_slice(node.as_bytes());
+    buf.extend_from_slice(b" | ");
+    buf.extend_from_slice(line);
+    buf.push(b'\n');
+    // One write per line, so lines from different nodes never interleave mid-line.
+    let _ = if stderr {
+        std::io::stderr().lock().write_all(&buf)
+    } else {
+        std::io::stdout().lock().write_all(&buf)
+    };
+}
+
+fn outcome_sentence(o: &NodeOutcome) -> String {
+    let state = match o.state {
+        NodeState::Ok => "ok",
+        NodeState::Failed => "failed",
+        NodeState::Unreachable => "unreachable",
+    };
+    match &o.message {
+        Some(m) => format!("{state}: {m}"),
+        None => state.to_string(),
+    }
+}
+
+fn roles(r: &[Role]) -> String {
+    r.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",")
+}
+
+fn ms(us: Option<u64>) -> String {
+    us.map(|u| format!("{:.2} ms", u as f64 / 1000.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn json<T: serde::Serialize>(v: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("report serializes")
+    );
+}
+
+/// Prints an operation's report; `command_output` is exec's gathered output.
+pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec: bool) {
+    let as_json = mode == OutputMode::Json;
+    match report {
+        Report::Outcomes(outcomes) if is_exec => match mode {
+            OutputMode::Json => {
+                for o in outcomes {
+                    let stdout = gathered
+                        .stdout
+                        .remove(&o.node)
+                        .map(NodeBuffer::into_string)
+                        .unwrap_or_default();
+                    let stderr = gathered
+                        .stderr
+                        .remove(&o.node)
+                        .map(NodeBuffer::into_string)
+                        .unwrap_or_default();
+                    let line = serde_json::json!({
+                        "node": o.node,
+                        "state": o.state,
+                        "exit_code": o.exit_code,
+                        "signal": o.signal,
+                        "timed_out": o.timed_out,
+                        "duration_ms": o.duration_ms,
+                        "message": o.message,
+                        "stdout": stdout,
+                        "stderr": stderr,
+                    });
+                    println!("{line}");
+                }
+            }
+            OutputMode::Group => {
+                let mut out = std::io::stdout().lock();
+                for o in &outcomes {
+                    let _ = writeln!(out, "== {} ({}) ==", o.node, outcome_sentence(o));
+                    if let Some(buf) = gathered.stdout.get_mut(&o.node) {
+                        let _ = buf.write_to(&mut out);
+                        if buf.ends_without_newline() {
+                            let _ = writeln!(out);
+                        }
+                    }
+                }
+                summary(&outcomes);
+            }
+            OutputMode::Live => summary(&outcomes),
+        },
+        Report::Outcomes(outcomes) if as_json => json(&outcomes),
+        Report::Outcomes(outcomes) => {
+            for o in &outcomes {
+                match (&o.state, &o.info) {
+                    (NodeState::Ok, Some(i)) => println!(
+                        "{:<16} ok    {:>10}  agent {} on {} ({})",
+                        o.node,
+                        ms(o.rtt_us),
+                        i.agent_version,
+                        i.os_release,
+                        i.arch
+                    ),
+                    _ => println!("{:<16} {}", o.node, outcome_sentence(o)),
+                }
+            }
+            summary(&outcomes);
+        }
+        Report::Signed(s) if as_json => json(&s),
+        Report::Signed(s) => print!("{}", s.cert_pem),
+        Report::Node(n) if as_json => json(&n),
+        Report::Node(n) => {
+            println!("name:      {}", n.name);
+            println!("address:   {}", n.address);
+            println!(
+                "roles:     {}{}",
+                roles(&n.roles),
+                if n.primary { " (primary)" } else { "" }
+            );
+            println!("key:       {}", n.key);
+            println!(
+                "cert:      serial {}, expires {}",
+                n.cert_serial, n.cert_expires
+            );
+            println!("added:     {}", n.added);
+            if let Some(i) = &n.info {
+                println!(
+                    "host:      {} ({} {}, kernel {})",
+                    i.hostname, i.os_release, i.arch, i.kernel
+                );
+                println!("glibc:     {}", i.glibc.as_deref().unwrap_or("not glibc"));
+                println!(
+                    "agent:     {} (exec {})",
+                    i.agent_version,
+                    if i.exec_allowed { "allowed" } else { "refused" }
+                );
+                match &i.gluu {
+                    Some(g) => println!(
+                        "gluu:      {} in {} ({})",
+                        g.version.as_deref().unwrap_or("unknown version"),
+                        g.root,
+                        g.components.join(", ")
+                    ),
+                    None => println!("gluu:      not installed"),
+                }
+            }
+            if let Some(e) = &n.error {
+                println!("live:      unavailable: {e}");
+            }
+        }
+        Report::Nodes(nodes) if as_json => json(&nodes),
+        Report::Nodes(nodes) => {
+            if nodes.is_empty() {
+                println!("no nodes yet: add one with `clustermgr node add NODE --address HOST`");
+            }
+            println!(
+                "{:<16} {:<24} {:<14} {:<8} CERT EXPIRES",
+                "NODE", "ADDRESS", "ROLES", "PRIMARY"
+            );
+            for n in nodes {
+                println!(
+                    "{:<16} {:<24} {:<14} {:<8} {}",
+                    n.name,
+                    n.address,
+                    roles(&n.roles),
+                    if n.primary { "yes" } else { "" },
+                    n.cert_expires
+                );
+            }
+        }
+        Report::Done(msg) if as_json => json(&serde_json::json!({ "result": msg })),
+        Report::Done(msg) => println!("{msg}"),
+        Report::Status(s) if as_json => json(&s),
+        Report::Status(s) => {
+            println!("cluster {}: {} nodes", s.cluster, s.nodes.len());
+            println!(
+                "{:<16} {:<12} {:<12} {:>10} {:>9} {:>9}  DETAIL",
+                "NODE", "ROLES", "STATE", "RTT", "SKEW", "CERT"
+            );
+            for n in &s.nodes {
+                let state = match n.state {
+                    NodeState::Ok => "ok",
+                    NodeState::Failed => "failed",
+                    NodeState::Unreachable => "unreachable",
+                };
+                let detail = n.message.clone().unwrap_or_else(|| {
+                    format!(
+                        "{}{}",
+                        n.os.clone().unwrap_or_default(),
+                        n.gluu
+                            .as_ref()
+                            .map(|g| format!("; gluu {g}"))
+                            .unwrap_or_default()
+                    )
+                });
+                println!(
+                    "{:<16} {:<12} {:<12} {:>10} {:>9} {:>8}d  {}",
+                    format!("{}{}", n.name, if n.primary { "*" } else { "" }),
+                    roles(&n.roles),
+                    state,
+                    ms(n.rtt_us),
+                    n.clock_skew_ms
+                        .map(|s| format!("{s} ms"))
+                        .unwrap_or_else(|| "-".into()),
+                    n.cert_days_left,
+                    detail
+                );
+            }
+        }
+        Report::Certs(c) if as_json => json(&c),
+        Report::Certs(c) => {
+            println!(
+                "{:<16} {:<34} {:<22} {:>6}  STATE",
+                "SUBJECT", "SERIAL", "EXPIRES", "DAYS"
+            );
+            for v in c {
+                println!(
+                    "{:<16} {:<34} {:<22} {:>6}  {}",
+                    v.subject, v.serial, v.expires, v.days_left, v.state
+                );
+            }
+        }
+    }
+}
+
+fn summary(outcomes: &[NodeOutcome]) {
+    let bad: Vec<&NodeOutcome> = outcomes
+        .iter()
+        .filter(|o| o.state != NodeState::Ok)
+        .collect();
+    if !bad.is_empty() {
+        eprintln!(
+            "{} of {} nodes did not succeed: {}",
+            bad.len(),
+            outcomes.len(),
+            bad.iter()
+                .map(|o| format!(
+                    "{} ({})",
+                    o.node,
+                    match o.state {
+                        NodeState::Unreachable => "unreachable",
+                        _ => "failed",
+                    }
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! `clustermgr serve`: holds the store, keeps the agents' connections warm (reconnect
+//! with exponential backoff and full jitter, a bounded number of handshakes at once),
+//! renews certificates, and answers the CLI on a Unix socket only its owner can open.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clustermgr_protocol::frame::write_message;
+use tokio::io::AsyncReadExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::CtlError;
+use crate::local::{ServeError, ServeMsg, read_request};
+use crate::ops::{self, Ctx};
+
+/// The first reconnect delay's ceiling.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// The largest reconnect delay.
+const BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// How often the keeper looks at the connections.
+const KEEPER_TICK: Duration = Duration::from_millis(500);
+
+/// Runs `serve` until `shutdown` resolves.
+pub async fn serve(
+    ctx: Arc<Ctx>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), CtlError> {
+    let socket = ctx.home.socket();
+    // We hold the store's lock, so no other serve is alive: a socket file left here is
+    // stale.
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).map_err(|e| CtlError::io(&socket, e))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| CtlError::io(&socket, e))?;
+    tracing::info!("serving the CLI on {}", socket.display());
+    let keeper = tokio::spawn(keep_connections(ctx.clone()));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(client(ctx.clone(), stream));
+                }
+                Err(e) => tracing::warn!("accepting a CLI connection failed: {e}"),
+            },
+        }
+    }
+    keeper.abort();
+    let _ = std::fs::remove_file(&socket);
+    ctx.dialer.close().await;
+    Ok(())
+}
+
+async fn client(ctx: Arc<Ctx>, stream: UnixStream) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (hello, inv) = match read_request(&mut rd).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!("a CLI client sent a bad request: {e}");
+            return;
+        }
+    };
+    let ours = env!("CARGO_PKG_VERSION");
+    if hello.software != ours {
+        let _ = write_message(
+            &mut wr,
+            &ServeMsg::Refused(format!(
+                "it runs clustermgr {ours} and this CLI is {}; restart `clustermgr serve` after an upgrade",
+                hello.software
+            )),
+        )
+        .await;
+        return;
+    }
+    let (tx, mut rx) = mpsc::channel(64);
+    let op = ops::run(ctx, inv, tx);
+    tokio::pin!(op);
+    let mut gone = [0u8; 1];
+    let result = loop {
+        tokio::select! {
+            biased;
+            ev = rx.recv() => {
+                if let Some(ev) = ev
+                    && write_message(&mut wr, &ServeMsg::Event(ev)).await.is_err() {
+                        return;
+                    }
+            }
+            result = &mut op => break result,
+            // The CLI sends nothing more; a read returning means it went away (Ctrl-C),
+            // and returning drops the operation, which cancels its commands.
+            _ = rd.read(&mut gone) => return,
+        }
+    };
+    while let Ok(ev) = rx.try_recv() {
+        if write_message(&mut wr, &ServeMsg::Event(ev)).await.is_err() {
+            return;
+        }
+    }
+    let done = result.map_err(|e| ServeError {
+        message: e.to_string(),
+        exit_code: e.exit_code(),
+    });
+    let _ = write_message(&mut wr, &ServeMsg::Done(done)).await;
+}
+
+/// A uniformly random duration in `[0, ceiling)`: "full jitter", so agents that went
+/// down together are not all redialled in the same instant.
+fn full_jitter(ceiling: Duration) -> Duration {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    let ms = ceiling.as_millis().max(1) as u64;
+    Duration::from_millis(u64::from_le_bytes(b) % ms)
+}
+
+/// The delay before reconnect attempt `failures` (1, 2, ...).
+pub fn backoff(failures: u32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << failures.min(16));
+    full_jitter(exp.min(BACKOFF_CAP))
+}
+
+async fn keep_connections(ctx: Arc<Ctx>) {
+    let schedule: Arc<Mutex<HashMap<String, (u32, Instant)>>> = Arc::default();
+    let dialing: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let Some(pool) = ctx.pool.as_ref() else {
+        return;
+    };
+    loop {
+        let nodes = ctx.store.nodes().unwrap_or_default();
+        let now = Instant::now();
+        for node in nodes {
+            if let Some(conn) = pool.get(&node.name) {
+                // A warm connection outlives certificates: renew through it when due.
+                if conn.cert.renewal_due(ctx.clock.unix())
+                    && dialing
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(node.name.clone())
+                {
+                    let (ctx, dialing) = (ctx.clone(), dialing.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = ctx.renew_pooled(&node).await {
+                            tracing::warn!("{}: {}", node.name, e.message);
+                        }
+                        dialing
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&node.name);
+                    });
+                }
+                continue;
+            }
+            let due = schedule
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&node.name)
+                .is_none_or(|(_, at)| *at <= now);
+            if !due
+                || !dialing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(node.name.clone())
+            {
+                continue;
+            }
+            let (ctx, schedule, dialing) = (ctx.clone(), schedule.clone(), dialing.clone());
+            tokio::spawn(async move {
+                let result = ctx.connection(&node).await;
+                let mut sched = schedule.lock().unwrap_or_else(|p| p.into_inner());
+                match result {
+                    Ok(_) => {
+                        sched.remove(&node.name);
+                    }
+                    Err(f) => {
+                        let failures = sched.get(&node.name).map_or(1, |(n, _)| n + 1);
+                        let delay = backoff(failures);
+                        tracing::info!(
+                            "{}: {} (retrying in {:.1} s)",
+                            node.name,
+                            f.message,
+                            delay.as_secs_f32()
+                        );
+                        sched.insert(node.name.clone(), (failures, Instant::now() + delay));
+                    }
+                }
+                dialing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&node.name);
+            });
+        }
+        tokio::time::sleep(KEEPER_TICK).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_stays_jittered() {
+        for failures in 0..40 {
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1u32 << failures.min(16))
+                .min(BACKOFF_CAP);
+            for _ in 0..50 {
+                assert!(backoff(failures) < ceiling);
+            }
+        }
+        let samples: HashSet<Duration> = (0..50).map(|_| backoff(10)).collect();
+        assert!(samples.len() > 10, "full jitter spreads the retries");
+    }
+}

@@ -1,0 +1,493 @@
+//! The inventory store (redb): cluster settings, nodes and their pinned keys, every
+//! certificate issued, and the audit log. Telemetry is kept in another file, so one
+//! cannot damage the other.
+//!
+//! Values are versioned postcard bytes (a format byte, then the record), never redb's
+//! own typed encodings, so a store written by another release is refused plainly
+//! instead of misread. Every change is one redb transaction, committed with fsync
+//! before the command reports success: a `kill -9` loses nothing acknowledged.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::CtlError;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// The layout of tables and keys. An upgrade that changes it is an explicit, tested
+/// migration from the previous value.
+const SCHEMA: u32 = 1;
+
+/// The format byte in front of every record.
+const RECORD_FORMAT: u8 = 1;
+
+/// Cluster-wide settings, fixed at `init`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMeta {
+    /// The cluster's name.
+    pub name: String,
+    /// Lifetime of node and controller certificates, in days.
+    pub cert_lifetime_days: u32,
+    /// When `init` ran, Unix seconds.
+    pub created_at: i64,
+}
+
+/// What a host does in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A Gluu Server node.
+    Gluu,
+    /// The nginx load balancer.
+    Lb,
+    /// The cache (Redis behind stunnel).
+    Cache,
+}
+
+impl Role {
+    /// The role's name on the command line and in output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Gluu => "gluu",
+            Role::Lb => "lb",
+            Role::Cache => "cache",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = CtlError;
+    fn from_str(s: &str) -> Result<Self, CtlError> {
+        match s {
+            "gluu" => Ok(Role::Gluu),
+            "lb" => Ok(Role::Lb),
+            "cache" => Ok(Role::Cache),
+            other => Err(CtlError::Usage(format!(
+                "unknown role {other:?}: use gluu, lb or cache"
+            ))),
+        }
+    }
+}
+
+/// A node of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Its name, which its certificate carries.
+    pub name: String,
+    /// Where its agent listens (`host:port`).
+    pub address: String,
+    /// What it does.
+    pub roles: Vec<Role>,
+    /// Whether it is the primary Gluu node.
+    pub primary: bool,
+    /// The agent's public key fingerprint; only this key is accepted for the node.
+    pub pinned_key: String,
+    /// Serial of its newest certificate.
+    pub cert_serial: String,
+    /// Expiry of its newest certificate, Unix seconds.
+    pub cert_not_after: i64,
+    /// When it was added, Unix seconds.
+    pub added_at: i64,
+}
+
+impl NodeRecord {
+    /// Whether the node has `role`.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// What a certificate was issued to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertKind {
+    /// The cluster CA.
+    Ca,
+    /// The controller.
+    Controller,
+    /// A node's agent.
+    Node,
+}
+
+/// A certificate the CA issued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    /// Serial, hex.
+    pub serial: String,
+    /// To whom.
+    pub kind: CertKind,
+    /// The node, for node certificates.
+    pub node: Option<String>,
+    /// Validity start, Unix seconds.
+    pub not_before: i64,
+    /// Validity end, Unix seconds.
+    pub not_after: i64,
+    /// Fingerprint of the certified key.
+    pub key_fingerprint: String,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<i64>,
+}
+
+/// One entry of the audit log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When, Unix milliseconds.
+    pub time_ms: i64,
+    /// Who (the local user running the command).
+    pub user: String,
+    /// What (`exec`, `node add`, ...).
+    pub action: String,
+    /// On which nodes.
+    pub nodes: Vec<String>,
+    /// The command or other detail.
+    pub detail: String,
+    /// Per node: the outcome (`exit 0`, `unreachable`, ...). Empty while running.
+    pub results: Vec<(String, String)>,
+}
+
+fn encode<T: Serialize>(rec: &T) -> Vec<u8> {
+    let mut out = vec![RECORD_FORMAT];
+    out.extend(clustermgr_protocol::codec::encode(rec));
+    out
+}
+
+/// The inventory store.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Creates a new store holding `meta`.
+    pub fn create(path: &Path, meta: &ClusterMeta) -> Result<Store, CtlError> {
+        let db = Database::create(path).map_err(|e| store_error(path, e))?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+        };
+        store.write(|txn| {
+            let mut t = txn.open_table(META)?;
+            t.insert("schema", SCHEMA.to_le_bytes().as_slice())?;
+            t.insert("cluster", encode(meta).as_slice())?;
+            txn.open_table(NODES)?;
+            txn.open_table(CERTS)?;
+            txn.open_table(AUDIT)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// Opens an existing store. `socket` names serve's socket for the message when
+    /// another process holds the store.
+    pub fn open(path: &Path, socket: &Path) -> Result<Store, CtlError> {
+        let db = Database::open(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => CtlError::StoreLocked {
+                store: path.to_path_buf(),
+                socket: socket.to_path_buf(),
+            },
+            other => store_error(path, other),
+        })?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+        };
+        let schema = store.read(|txn| {
+            let t = txn.open_table(META)?;
+            Ok(t.get("schema")?.map(|v| v.value().to_vec()))
+        })?;
+        let schema = schema
+            .and_then(|b| <[u8; 4]>::try_from(b.as_slice()).ok())
+            .map(u32::from_le_bytes);
+        match schema {
+            Some(SCHEMA) => Ok(store),
+            Some(other) => Err(store_error(
+                path,
+                format!(
+                    "its schema is version {other}, this clustermgr reads version {SCHEMA}; use the clustermgr release that wrote it"
+                ),
+            )),
+            None => Err(store_error(
+                path,
+                "it has no schema version; it is not a clustermgr store",
+            )),
+        }
+    }
+
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreOpError>,
+    ) -> Result<T, CtlError> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| store_error(&self.path, e))?;
+        let out = f(&txn).map_err(|e| e.into_ctl(&self.path))?;
+        txn.commit().map_err(|e| store_error(&self.path, e))?;
+        Ok(out)
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreOpError>,
+    ) -> Result<T, CtlError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| store_error(&self.path, e))?;
+        f(&txn).map_err(|e| e.into_ctl(&self.path))
+    }
+
+    /// The cluster settings.
+    pub fn meta(&self) -> Result<ClusterMeta, CtlError> {
+        self.read(|txn| {
+            let t = txn.open_table(META)?;
+            let v = t
+                .get("cluster")?
+                .ok_or(StoreOpError::Missing("cluster settings"))?;
+            decode(v.value())
+        })
+    }
+
+    /// Every node, by name.
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, CtlError> {
+        self.read(|txn| {
+            let t = txn.open_table(NODES)?;
+            t.iter()?
+                .map(|r| {
+                    let (_, v) = r?;
+                    decode(v.value())
+                })
+                .collect()
+        })
+    }
+
+    /// One node.
+    pub fn node(&self, name: &str) -> Result<Option<NodeRecord>, CtlError> {
+        self.read(|txn| {
+            let t = txn.open_table(NODES)?;
+            t.get(name)?.map(|v| decode(v.value())).transpose()
+        })
+    }
+
+    /// Adds or replaces nodes, all in one transaction.
+    pub fn put_nodes(&self, recs: &[NodeRecord]) -> Result<(), CtlError> {
+        self.write(|txn| {
+            let mut t = txn.open_table(NODES)?;
+            for rec in recs {
+                t.insert(rec.name.as_str(), encode(rec).as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes a node and revokes every certificate issued to it, in one transaction.
+    pub fn remove_node(&self, name: &str, now: i64) -> Result<(), CtlError> {
+        self.write(|txn| {
+            txn.open_table(NODES)?.remove(name)?;
+            let mut certs = txn.open_table(CERTS)?;
+            let mut revoke = Vec::new();
+            for r in certs.iter()? {
+                let (k, v) = r?;
+                let mut rec: CertRecord = decode(v.value())?;
+                if rec.node.as_deref() == Some(name) && rec.revoked_at.is_none() {
+                    rec.revoked_at = Some(now);
+                    revoke.push((k.value().to_string(), rec));
+                }
+            }
+            for (k, rec) in revoke {
+                certs.insert(k.as_str(), encode(&rec).as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Records an issued certificate.
+    pub fn put_cert(&self, rec: &CertRecord) -> Result<(), CtlError> {
+        self.write(|txn| {
+            txn.open_table(CERTS)?
+                .insert(rec.serial.as_str(), encode(rec).as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Records a renewed node certificate and points the node at it, in one transaction.
+    pub fn renew_node_cert(&self, node: &NodeRecord, cert: &CertRecord) -> Result<(), CtlError> {
+        self.write(|txn| {
+            txn.open_table(CERTS)?
+                .insert(cert.serial.as_str(), encode(cert).as_slice())?;
+            txn.open_table(NODES)?
+                .insert(node.name.as_str(), encode(node).as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Every certificate issued.
+    pub fn certs(&self) -> Result<Vec<CertRecord>, CtlError> {
+        self.read(|txn| {
+            let t = txn.open_table(CERTS)?;
+            t.iter()?
+                .map(|r| {
+                    let (_, v) = r?;
+                    decode(v.value())
+                })
+                .collect()
+        })
+    }
+
+    /// Appends an audit entry and returns its number.
+    pub fn audit_append(&self, rec: &AuditRecord) -> Result<u64, CtlError> {
+        self.write(|txn| {
+            let mut t = txn.open_table(AUDIT)?;
+            let id = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+            t.insert(id, encode(rec).as_slice())?;
+            Ok(id)
+        })
+    }
+
+    /// Replaces audit entry `id` (to add the results of a finished command).
+    pub fn audit_update(&self, id: u64, rec: &AuditRecord) -> Result<(), CtlError> {
+        self.write(|txn| {
+            txn.open_table(AUDIT)?.insert(id, encode(rec).as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// The newest `limit` audit entries, oldest first.
+    pub fn audit(&self, limit: usize) -> Result<Vec<(u64, AuditRecord)>, CtlError> {
+        self.read(|txn| {
+            let t = txn.open_table(AUDIT)?;
+            let mut out = Vec::new();
+            for r in t.iter()?.rev().take(limit) {
+                let (k, v) = r?;
+                out.push((k.value(), decode(v.value())?));
+            }
+            out.reverse();
+            Ok(out)
+        })
+    }
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreOpError> {
+    match bytes.split_first() {
+        Some((&RECORD_FORMAT, rest)) => clustermgr_protocol::codec::decode("store record", rest)
+            .map_err(|e| StoreOpError::Corrupt(e.to_string())),
+        Some((other, _)) => Err(StoreOpError::Corrupt(format!(
+            "a record has format {other}, this clustermgr reads format {RECORD_FORMAT}; use the release that wrote it"
+        ))),
+        None => Err(StoreOpError::Corrupt("an empty record".into())),
+    }
+}
+
+/// Errors inside a transaction, converted to [`CtlError`] with the store's path.
+#[derive(Debug)]
+enum StoreOpError {
+    Redb(String),
+    Corrupt(String),
+    Missing(&'static str),
+}
+
+impl StoreOpError {
+    fn into_ctl(self, path: &Path) -> CtlError {
+        match self {
+            StoreOpError::Redb(m) | StoreOpError::Corrupt(m) => store_error(path, m),
+            StoreOpError::Missing(what) => store_error(path, format!("the {what} are missing")),
+        }
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreOpError {
+            fn from(e: $t) -> Self {
+                StoreOpError::Redb(e.to_string())
+            }
+        }
+    )*};
+}
+from_redb!(redb::TableError, redb::StorageError);
+
+fn store_error(path: &Path, e: impl std::fmt::Display) -> CtlError {
+    CtlError::Store {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            address: "127.0.0.1:7443".into(),
+            roles: vec![Role::Gluu],
+            primary: false,
+            pinned_key: "sha256:00".into(),
+            cert_serial: "01".into(),
+            cert_not_after: 0,
+            added_at: 0,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_removal_revokes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("s.redb");
+        let meta = ClusterMeta {
+            name: "c".into(),
+            cert_lifetime_days: 90,
+            created_at: 1,
+        };
+        let store = Store::create(&path, &meta).unwrap();
+        store.put_nodes(&[node("a"), node("b")]).unwrap();
+        store
+            .put_cert(&CertRecord {
+                serial: "01".into(),
+                kind: CertKind::Node,
+                node: Some("a".into()),
+                not_before: 0,
+                not_after: 10,
+                key_fingerprint: "sha256:00".into(),
+                revoked_at: None,
+            })
+            .unwrap();
+        store.remove_node("a", 42).unwrap();
+        drop(store);
+        let store = Store::open(&path, Path::new("sock")).unwrap();
+        assert_eq!(store.meta().unwrap(), meta);
+        assert_eq!(store.nodes().unwrap(), vec![node("b")]);
+        assert_eq!(store.certs().unwrap()[0].revoked_at, Some(42));
+    }
+
+    #[test]
+    fn a_second_opener_is_told_the_store_is_locked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("s.redb");
+        let meta = ClusterMeta {
+            name: "c".into(),
+            cert_lifetime_days: 90,
+            created_at: 1,
+        };
+        let _held = Store::create(&path, &meta).unwrap();
+        let err = Store::open(&path, Path::new("/x/serve.sock")).unwrap_err();
+        assert!(matches!(err, CtlError::StoreLocked { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_record_of_an_unknown_format_is_refused_not_misread() {
+        let err = decode::<ClusterMeta>(&[9, 1, 2]).unwrap_err();
+        assert!(matches!(err, StoreOpError::Corrupt(m) if m.contains("format 9")));
+    }
+}
