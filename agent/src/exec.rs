@@ -251,9 +251,10 @@ async fn pump_input(
         match read_message::<ExecInput, _>(&mut recv, max_frame, "exec input").await {
             Ok(Some(ExecInput::Stdin(bytes))) => {
                 if let Some(s) = stdin.as_mut()
-                    && s.write_all(&bytes).await.is_err() {
-                        stdin = None;
-                    }
+                    && s.write_all(&bytes).await.is_err()
+                {
+                    stdin = None;
+                }
             }
             Ok(Some(ExecInput::StdinEnd)) => stdin = None,
             // The controller keeps its side open for as long as it wants the result, so

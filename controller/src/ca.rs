@@ -240,3 +240,186 @@ impl Ca {
         issued(cert)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::prelude::*;
+
+    const DAY: i64 = 86_400;
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+    }
+
+    fn ca() -> Ca {
+        Ca::create("test", now()).unwrap().0
+    }
+
+    fn node() -> NodeName {
+        NodeName::new("gluu1").unwrap()
+    }
+
+    /// A CSR made the way a forger would: any params, signed with a fresh key.
+    fn forged(edit: impl FnOnce(&mut CertificateParams)) -> String {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["gluu1".to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, "gluu1");
+        edit(&mut params);
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    fn sign(csr: &str) -> Result<Issued, CtlError> {
+        let key = csr_public_key(&node(), csr)?;
+        ca().sign_node(&node(), &key, now(), Duration::days(90))
+    }
+
+    fn parsed(issued: &Issued) -> (Vec<u8>, CertSummary) {
+        let der = clustermgr_protocol::identity::cert_from_pem(&issued.pem).unwrap();
+        (der.to_vec(), issued.summary.clone())
+    }
+
+    #[test]
+    fn a_csr_asking_for_ca_rights_gets_none() {
+        let csr = forged(|p| {
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        });
+        let (der, summary) = parsed(&sign(&csr).unwrap());
+        let (_, cert) = parse_x509_certificate(&der).unwrap();
+        assert!(!summary.is_ca);
+        let bc = cert.basic_constraints().unwrap().map(|b| b.value.ca);
+        assert_ne!(bc, Some(true));
+        let ku = cert.key_usage().unwrap().unwrap().value;
+        assert!(!ku.key_cert_sign() && !ku.crl_sign() && ku.digital_signature());
+    }
+
+    #[test]
+    fn a_csr_asking_for_other_names_gets_only_its_node() {
+        let csr = forged(|p| {
+            p.subject_alt_names
+                .push(SanType::DnsName("evil.example.org".try_into().unwrap()));
+            p.subject_alt_names
+                .push(SanType::URI(CONTROLLER_URI.try_into().unwrap()));
+            p.subject_alt_names
+                .push(SanType::IpAddress([10, 0, 0, 1].into()));
+        });
+        let summary = sign(&csr).unwrap().summary;
+        assert_eq!(summary.dns_names, vec!["gluu1".to_string()]);
+        assert!(
+            summary.uris.is_empty(),
+            "no controller identity: {:?}",
+            summary.uris
+        );
+        assert_eq!(summary.common_name, "gluu1");
+    }
+
+    #[test]
+    fn a_csr_asking_for_other_usages_gets_server_auth_only() {
+        let csr = forged(|p| {
+            p.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::CodeSigning,
+                ExtendedKeyUsagePurpose::Any,
+            ];
+        });
+        let (der, _) = parsed(&sign(&csr).unwrap());
+        let (_, cert) = parse_x509_certificate(&der).unwrap();
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth);
+        assert!(!eku.client_auth && !eku.code_signing && !eku.any);
+    }
+
+    #[test]
+    fn the_lifetime_is_the_controllers_not_the_csrs() {
+        let csr = forged(|p| {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(3000, 1, 1);
+        });
+        let s = sign(&csr).unwrap().summary;
+        assert_eq!(s.not_after, now().unix_timestamp() + 90 * DAY);
+        assert!(s.not_before <= now().unix_timestamp());
+    }
+
+    #[test]
+    fn a_csr_for_another_node_is_refused() {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["gluu2".to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, "gluu2");
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let err = sign(&csr).unwrap_err().to_string();
+        assert!(err.contains("does not name gluu1"), "{err}");
+    }
+
+    #[test]
+    fn a_csr_whose_signature_does_not_verify_is_refused() {
+        let csr = forged(|_| {});
+        let der = pem_to_der(&csr);
+        // Flip a bit inside the signature at the end.
+        let mut bad = der.clone();
+        let last = bad.len() - 3;
+        bad[last] ^= 0x01;
+        let bad_pem = format!(
+            "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+            base64(&bad)
+        );
+        let err = sign(&bad_pem).unwrap_err().to_string();
+        assert!(err.contains("signature does not verify"), "{err}");
+        assert!(sign("not a csr").is_err());
+    }
+
+    #[test]
+    fn the_controller_certificate_is_client_auth_only_with_its_identity() {
+        let (issued, _) = ca()
+            .issue_controller("test", now(), Duration::days(90))
+            .unwrap();
+        let der = clustermgr_protocol::identity::cert_from_pem(&issued.pem).unwrap();
+        let (_, cert) = parse_x509_certificate(&der).unwrap();
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
+        assert_eq!(issued.summary.uris, vec![CONTROLLER_URI.to_string()]);
+        assert!(issued.summary.dns_names.is_empty());
+    }
+
+    fn pem_to_der(pem: &str) -> Vec<u8> {
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        unbase64(&b64)
+    }
+
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    fn unbase64(s: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut acc = 0u32;
+        let mut bits = 0;
+        for c in s.bytes().filter(|&c| c != b'=') {
+            acc = (acc << 6) | B64.iter().position(|&b| b == c).unwrap() as u32;
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+            }
+        }
+        out
+    }
+
+    fn base64(bytes: &[u8]) -> String {
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk.len();
+            let v = (u32::from(chunk[0]) << 16)
+                | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*chunk.get(2).unwrap_or(&0));
+            for i in 0..4 {
+                if i <= n {
+                    out.push(B64[((v >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}

@@ -38,16 +38,19 @@ pub struct NodeBuffer {
 impl NodeBuffer {
     fn push(&mut self, data: &[u8]) {
         if let Some(f) = &mut self.file
-            && f.write_all(data).is_ok() {
-                return;
-            }
+            && f.write_all(data).is_ok()
+        {
+            return;
+        }
         self.mem.extend_from_slice(data);
-        if self.file.is_none() && self.mem.len() > SPILL_AT
+        if self.file.is_none()
+            && self.mem.len() > SPILL_AT
             && let Some(mut f) = spill_file()
-                && f.write_all(&self.mem).is_ok() {
-                    self.mem = Vec::new();
-                    self.file = Some(f);
-                }
+            && f.write_all(&self.mem).is_ok()
+        {
+            self.mem = Vec::new();
+            self.file = Some(f);
+        }
     }
 
     /// Copies everything buffered to `out`.
@@ -139,9 +142,10 @@ pub async fn consume(mut rx: mpsc::Receiver<Event>, mode: OutputMode) -> Gathere
                 if mode == OutputMode::Live {
                     for stderr in [false, true] {
                         if let Some(rest) = partial.remove(&(o.node.clone(), stderr))
-                            && !rest.is_empty() {
-                                print_line(&o.node, stderr, &rest);
-                            }
+                            && !rest.is_empty()
+                        {
+                            print_line(&o.node, stderr, &rest);
+                        }
                     }
                     if o.state != NodeState::Ok {
                         eprintln!("{}: {}", o.node, outcome_sentence(&o));

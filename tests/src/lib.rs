@@ -1,1 +1,250 @@
-//! placeholder
+//! The end-to-end test harness: real `clustermgr` and `clustermgr-agent` processes on
+//! loopback, built once per test run, and removed with everything they started when a
+//! test ends, whether it passed or not.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use clustermgr::clock;
+use clustermgr::dev::{NodeSpec, SandboxAgent, spawn_agent, start_agent};
+use clustermgr::ops::{Ctx, CtxOptions};
+use clustermgr::store::Role;
+
+/// Waits for `cond` to hold, checking every 20 ms, failing the test with `what` after
+/// `patience`. The only way tests wait: never a fixed sleep.
+pub async fn eventually<F: FnMut() -> bool>(what: &str, patience: Duration, mut cond: F) {
+    let deadline = Instant::now() + patience;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {patience:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The directory holding the real binaries, built once per test run with the same
+/// profile as this test.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/e2e-xxxx
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf();
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "clustermgr",
+            "-p",
+            "clustermgr-agent",
+            "--bins",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build for the binaries under test");
+        assert!(
+            status.success(),
+            "building clustermgr and clustermgr-agent failed"
+        );
+        dir
+    })
+}
+
+/// The controller binary.
+pub fn clustermgr_bin() -> PathBuf {
+    bin_dir().join("clustermgr")
+}
+
+/// The agent binary.
+pub fn agent_bin() -> PathBuf {
+    bin_dir().join("clustermgr-agent")
+}
+
+/// A cluster of real agents on 127.0.0.1 (each on its own port), and a home.
+pub struct Cluster {
+    /// The controller's home (a temporary directory).
+    pub home: tempfile::TempDir,
+    /// The agents, in the order they were made.
+    pub agents: Vec<SandboxAgent>,
+}
+
+impl Cluster {
+    /// Initialises a home and starts `specs` as enrolled, added agents. The store is
+    /// closed again when this returns, so the CLI can open it.
+    pub async fn start(specs: Vec<NodeSpec>) -> Cluster {
+        let home = tempfile::Builder::new()
+            .prefix("cm-e2e")
+            .tempdir()
+            .expect("tempdir");
+        let dir = home.path().join("home");
+        clustermgr::ops::init(&dir, "e2e", 90, &clock::SystemClock).expect("init");
+        let ctx = Arc::new(
+            Ctx::open(&dir, clock::system(), &CtxOptions::default(), false).expect("open"),
+        );
+        let mut agents = Vec::new();
+        for spec in &specs {
+            agents.push(
+                start_agent(&ctx, &agent_bin(), &home.path().join("nodes"), spec)
+                    .await
+                    .unwrap_or_else(|e| panic!("starting {}: {e}", spec.name)),
+            );
+        }
+        ctx.dialer.close().await;
+        drop(ctx);
+        Cluster { home, agents }
+    }
+
+    /// `n` Gluu nodes named gluu1..gluuN.
+    pub async fn gluu(n: usize) -> Cluster {
+        Cluster::start((1..=n).map(|i| node(&format!("gluu{i}"), "")).collect()).await
+    }
+
+    /// The controller home directory.
+    pub fn dir(&self) -> PathBuf {
+        self.home.path().join("home")
+    }
+
+    /// The agent of `name`.
+    pub fn agent(&self, name: &str) -> &SandboxAgent {
+        self.agents
+            .iter()
+            .find(|a| a.name == name)
+            .expect("agent exists")
+    }
+
+    /// The agent of `name`, mutably.
+    pub fn agent_mut(&mut self, name: &str) -> &mut SandboxAgent {
+        self.agents
+            .iter_mut()
+            .find(|a| a.name == name)
+            .expect("agent exists")
+    }
+
+    /// A `clustermgr` command for this cluster.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(clustermgr_bin());
+        c.arg("--home")
+            .arg(self.dir())
+            .env_remove("CLUSTERMGR_HOME");
+        c
+    }
+
+    /// Runs `clustermgr ARGS` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cli()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run clustermgr")
+    }
+
+    /// Opens the cluster in-process (library-level tests).
+    pub fn ctx(&self) -> Ctx {
+        Ctx::open(&self.dir(), clock::system(), &CtxOptions::default(), false).expect("open ctx")
+    }
+
+    /// Starts `clustermgr serve` and waits until its socket answers.
+    pub async fn serve(&self) -> Serve {
+        let child = self
+            .cli()
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        let sock = self.dir().join("serve.sock");
+        eventually("serve's socket", Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        })
+        .await;
+        Serve(child)
+    }
+
+    /// Stops an agent (SIGKILL) so it stops answering.
+    pub async fn kill_agent(&mut self, name: &str) {
+        let a = self.agent_mut(name);
+        let _ = a.child.kill().await;
+    }
+
+    /// Starts an agent again from its configuration, on the address it had (which the
+    /// store knows it by).
+    pub async fn restart_agent(&mut self, name: &str) -> std::net::SocketAddr {
+        let a = self.agent_mut(name);
+        let _ = a.child.kill().await;
+        let config = a.config();
+        let text = std::fs::read_to_string(&config).expect("agent config");
+        let pinned: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("listen = ") {
+                    format!("listen = \"{}\"", a.address)
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&config, pinned).expect("rewrite agent config");
+        let (child, addr) = spawn_agent(&agent_bin(), &a.dir.clone(), name)
+            .await
+            .expect("restart agent");
+        a.child = child;
+        a.address = addr;
+        addr
+    }
+
+    /// The lines of an agent's exec journal.
+    pub fn journal(&self, name: &str) -> Vec<serde_json::Value> {
+        let path = self.agent(name).dir.join("state/exec-journal.jsonl");
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
+            .collect()
+    }
+}
+
+/// A node spec on 127.0.0.1 with a free port; `extra` goes into its agent.toml.
+pub fn node(name: &str, extra: &str) -> NodeSpec {
+    NodeSpec {
+        name: name.to_string(),
+        roles: vec![Role::Gluu],
+        listen: "127.0.0.1:0".parse().expect("address"),
+        extra_config: extra.to_string(),
+    }
+}
+
+/// A running `clustermgr serve`, killed when dropped.
+pub struct Serve(pub std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Text of a command's stdout.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Text of a command's stderr.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,0 +1,807 @@
+//! End-to-end tests: real agents on loopback, the real CLI, and library-level clients
+//! for the refusals a well-behaved controller can never produce.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clustermgr::ca::{Ca, csr_public_key};
+use clustermgr::store::NodeRecord;
+use clustermgr_protocol::NodeName;
+use clustermgr_protocol::frame::{expect_message, read_message, write_message};
+use clustermgr_protocol::identity::{
+    CertSummary, Credentials, cert_from_pem, controller_client_config,
+};
+use clustermgr_protocol::message::{
+    Command, ExecEvent, ExecSpec, Hello, HelloReply, Reply, Request,
+};
+use clustermgr_protocol::transport::Timeouts;
+use clustermgr_protocol::version::VersionRange;
+use clustermgr_tests::{Cluster, eventually, node, stderr, stdout};
+use rustls::pki_types::CertificateDer;
+use tokio::io::AsyncWriteExt;
+
+const PATIENCE: Duration = Duration::from_secs(15);
+
+fn day() -> time::Duration {
+    time::Duration::days(1)
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn home_ca(c: &Cluster) -> Ca {
+    Ca::load(
+        &read(&c.dir().join("ca.crt")),
+        &read(&c.dir().join("ca.key")),
+    )
+    .unwrap()
+}
+
+fn ca_der(c: &Cluster) -> CertificateDer<'static> {
+    cert_from_pem(&read(&c.dir().join("ca.crt"))).unwrap()
+}
+
+fn controller_creds(c: &Cluster) -> Credentials {
+    Credentials::from_pem(
+        &read(&c.dir().join("controller.crt")),
+        &read(&c.dir().join("controller.key")),
+    )
+    .unwrap()
+}
+
+fn pin_of(c: &Cluster, name: &str) -> String {
+    CertSummary::parse_pem(&read(&c.agent(name).dir.join("etc/agent.crt")))
+        .unwrap()
+        .key_fingerprint
+}
+
+fn touch_spec(marker: &Path) -> ExecSpec {
+    ExecSpec {
+        command: Command::Argv(vec!["touch".into(), marker.display().to_string()]),
+        env: Vec::new(),
+        cwd: None,
+        stdin: false,
+        timeout_ms: Some(5_000),
+        requested_by: "test".into(),
+    }
+}
+
+/// Connects with `tls` to the agent at `addr`, says Hello, and asks it to create
+/// `marker`. Returns whether the command ran, or why the agent refused.
+async fn exec_with(
+    tls: quinn::ClientConfig,
+    addr: std::net::SocketAddr,
+    server_name: &str,
+    marker: &Path,
+) -> Result<(), String> {
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let result = async {
+        let conn = ep
+            .connect_with(tls, addr, server_name)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let hello = Hello {
+            versions: VersionRange::ours(),
+            identity: "test".into(),
+            software: "test".into(),
+        };
+        write_message(&mut s, &hello)
+            .await
+            .map_err(|e| e.to_string())?;
+        match expect_message::<HelloReply, _>(&mut r, 1 << 20, "hello reply").await {
+            Ok(HelloReply::Accepted { .. }) => {}
+            Ok(other) => return Err(format!("{other:?}")),
+            Err(e) => return Err(e.to_string()),
+        }
+        let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        write_message(&mut s, &Request::Exec(touch_spec(marker)))
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            match read_message::<ExecEvent, _>(&mut r, 1 << 20, "event").await {
+                Ok(Some(ExecEvent::Finished(_))) => return Ok(()),
+                Ok(Some(ExecEvent::Refused(e))) => return Err(e.message),
+                Ok(Some(_)) => {}
+                Ok(None) => return Err("stream ended".into()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    let r = tokio::time::timeout(Duration::from_secs(10), result)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()));
+    ep.close(0u32.into(), b"");
+    r
+}
+
+fn assert_nothing_ran(c: &Cluster, name: &str, marker: &Path) {
+    assert!(!marker.exists(), "the command ran on {name}");
+    assert!(
+        c.journal(name).is_empty(),
+        "the agent journaled an exec: {:?}",
+        c.journal(name)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_fans_out_to_every_node_and_is_journaled_and_audited() {
+    let c = Cluster::gluu(3).await;
+    let o = c.run(&["exec", "--", "sh", "-c", "echo hello; echo oops >&2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for n in ["gluu1", "gluu2", "gluu3"] {
+        assert!(
+            stdout(&o).contains(&format!("{n} | hello\n")),
+            "{}",
+            stdout(&o)
+        );
+        assert!(
+            stderr(&o).contains(&format!("{n} | oops\n")),
+            "{}",
+            stderr(&o)
+        );
+        let j = c.journal(n);
+        assert_eq!(j.len(), 2, "start and finish: {j:?}");
+        assert_eq!(j[1]["exit_code"], 0);
+        assert!(j[1]["command"].as_str().unwrap().starts_with("sh -c"));
+    }
+    let ctx = c.ctx();
+    let audit = ctx.store.audit(10).unwrap();
+    let (_, last) = audit.last().unwrap();
+    assert_eq!(last.action, "exec");
+    assert_eq!(last.nodes, ["gluu1", "gluu2", "gluu3"]);
+    assert!(
+        last.results.iter().all(|(_, r)| r == "exit 0"),
+        "{:?}",
+        last.results
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_in_process_give_identical_results() {
+    let c = Cluster::gluu(3).await;
+    let scrub = |s: String| -> Vec<serde_json::Value> {
+        s.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["duration_ms"] = 0.into();
+                v
+            })
+            .collect()
+    };
+    let cmd = [
+        "exec",
+        "--json",
+        "--nodes",
+        "gluu*",
+        "--shell",
+        "--",
+        "echo $((6*7)); exit 3",
+    ];
+    let direct = c.run(&cmd);
+    let list_direct = stdout(&c.run(&["node", "list", "--json"]));
+    let _serve = c.serve().await;
+    let served = c.run(&cmd);
+    let list_served = stdout(&c.run(&["node", "list", "--json"]));
+    assert_eq!(direct.status.code(), Some(1));
+    assert_eq!(served.status.code(), Some(1));
+    let (a, b) = (scrub(stdout(&direct)), scrub(stdout(&served)));
+    assert_eq!(a.len(), 3);
+    assert_eq!(a, b);
+    assert_eq!(a[0]["stdout"], "42\n");
+    assert_eq!(a[0]["exit_code"], 3);
+    assert_eq!(list_direct, list_served);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_node_is_reported_within_the_connect_timeout() {
+    let mut c = Cluster::gluu(2).await;
+    c.kill_agent("gluu2").await;
+    let start = Instant::now();
+    let o = c.run(&["--connect-timeout", "1", "exec", "--", "true"]);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("gluu2: unreachable"), "{}", stderr(&o));
+    let o = c.run(&["--connect-timeout", "1", "ping", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v[0]["state"], "ok");
+    assert_eq!(v[1]["state"], "unreachable");
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // A zombie has exited; only its parent has not collected it yet.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_kills_the_whole_process_group() {
+    let c = Cluster::gluu(1).await;
+    let start = Instant::now();
+    let o = c.run(&[
+        "exec",
+        "--timeout",
+        "1",
+        "--shell",
+        "--",
+        "sleep 300 & echo $!; sleep 301",
+    ]);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("timed out"), "{}", stderr(&o));
+    let bg: u32 = stdout(&o)
+        .trim()
+        .strip_prefix("gluu1 | ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    eventually("the background child to die", PATIENCE, || !pid_alive(bg)).await;
+    assert_eq!(c.journal("gluu1")[1]["timed_out"], true);
+}
+
+async fn interrupt_cancels(c: &Cluster) {
+    let mut child = tokio::process::Command::new(clustermgr_tests::clustermgr_bin())
+        .arg("--home")
+        .arg(c.dir())
+        .args(["exec", "--shell", "--", "echo $$; sleep 300"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let pid: u32 = line.strip_prefix("gluu1 | ").unwrap().parse().unwrap();
+    assert!(pid_alive(pid));
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().unwrap().to_string()])
+        .status();
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(130));
+    eventually("the remote command to be killed", PATIENCE, || {
+        !pid_alive(pid)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_cancels_the_remote_command_in_process_and_through_serve() {
+    let c = Cluster::gluu(1).await;
+    interrupt_cancels(&c).await;
+    let _serve = c.serve().await;
+    interrupt_cancels(&c).await;
+    let j = c.journal("gluu1");
+    assert_eq!(
+        j.iter().filter(|e| e["cancelled"] == true).count(),
+        2,
+        "{j:?}"
+    );
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_megabytes_of_output_stream_through_in_bounded_memory() {
+    let c = Cluster::gluu(1).await;
+    // 1,000,000 lines of 99 characters and a newline: 100 MB.
+    let mut child = c
+        .cli()
+        .args(["exec", "--shell", "--", "yes 012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678 | head -n 1000000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut out = child.stdout.take().unwrap();
+    let counter = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = vec![0u8; 1 << 16];
+        let (mut bytes, mut lines) = (0u64, 0u64);
+        loop {
+            let n = out.read(&mut buf).unwrap();
+            if n == 0 {
+                return (bytes, lines);
+            }
+            bytes += n as u64;
+            lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+    });
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (bytes, lines) = counter.join().unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(lines, 1_000_000);
+    assert_eq!(bytes, 1_000_000 * (100 + "gluu1 | ".len() as u64));
+    assert!(
+        peak > 0 && peak < 64 * 1024,
+        "the CLI's peak RSS was {peak} KiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_certificate_expired_while_away_is_renewed_without_ssh() {
+    let mut c = Cluster::gluu(1).await;
+    let agent_dir = c.agent("gluu1").dir.clone();
+    let name = NodeName::new("gluu1").unwrap();
+    // Issue the agent a certificate that ran out 10 days ago, as if the controller had
+    // been away for months: the CA signs with a clock set 100 days back.
+    let key = rcgen::KeyPair::from_pem(&read(&agent_dir.join("etc/agent.key"))).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["gluu1".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "gluu1");
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let past = time::OffsetDateTime::now_utc() - 100 * day();
+    let old = home_ca(&c)
+        .sign_node(
+            &name,
+            &csr_public_key(&name, &csr).unwrap(),
+            past,
+            90 * day(),
+        )
+        .unwrap();
+    assert!(
+        old.summary
+            .expired(time::OffsetDateTime::now_utc().unix_timestamp())
+    );
+    std::fs::write(agent_dir.join("etc/agent.crt"), &old.pem).unwrap();
+    c.restart_agent("gluu1").await;
+    let o = c.run(&["ping"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let renewed = CertSummary::parse_pem(&read(&agent_dir.join("etc/agent.crt"))).unwrap();
+    assert_ne!(renewed.serial, old.summary.serial);
+    assert_eq!(
+        renewed.key_fingerprint, old.summary.key_fingerprint,
+        "same key, new certificate"
+    );
+    assert!(renewed.not_after > now + 89 * 86_400);
+    let o = c.run(&["cert", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let row = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["subject"] == "gluu1")
+        .unwrap();
+    assert_eq!(row["state"], "ok");
+    assert_eq!(row["serial"], renewed.serial.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_without_a_client_certificate() {
+    #[derive(Debug)]
+    struct TrustAnything;
+    impl rustls::client::danger::ServerCertVerifier for TrustAnything {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            clustermgr_protocol::identity::provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    let c = Cluster::gluu(1).await;
+    let mut tls =
+        rustls::ClientConfig::builder_with_provider(clustermgr_protocol::identity::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(TrustAnything))
+            .with_no_client_auth();
+    tls.alpn_protocols = vec![clustermgr_protocol::ALPN.to_vec()];
+    let tls = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    ));
+    let marker = c.home.path().join("marker");
+    let err = exec_with(tls, c.agent("gluu1").address, "gluu1", &marker)
+        .await
+        .unwrap_err();
+    assert!(!err.is_empty());
+    assert_nothing_ran(&c, "gluu1", &marker);
+}
+
+async fn refused_with_creds(c: &Cluster, creds: Credentials) -> String {
+    let tls = controller_client_config(
+        &creds,
+        ca_der(c),
+        NodeName::new("gluu1").unwrap(),
+        pin_of(c, "gluu1"),
+        &Timeouts::default(),
+    )
+    .unwrap();
+    let marker = c.home.path().join("marker");
+    let err = exec_with(tls, c.agent("gluu1").address, "gluu1", &marker)
+        .await
+        .expect_err("the agent must refuse this client");
+    assert_nothing_ran(c, "gluu1", &marker);
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_refuses_bad_controller_certificates() {
+    let c = Cluster::gluu(2).await;
+    let now = time::OffsetDateTime::now_utc();
+
+    // A certificate from another cluster's CA.
+    let (other, _) = Ca::create("other", now).unwrap();
+    let (cert, key) = other.issue_controller("other", now, 90 * day()).unwrap();
+    refused_with_creds(&c, Credentials::from_pem(&cert.pem, &key).unwrap()).await;
+
+    // Another agent's certificate (same CA) presented as the controller.
+    let d = c.agent("gluu2").dir.join("etc");
+    refused_with_creds(
+        &c,
+        Credentials::from_pem(&read(&d.join("agent.crt")), &read(&d.join("agent.key"))).unwrap(),
+    )
+    .await;
+
+    // The right CA, the controller identity, but expired.
+    let (cert, key) = home_ca(&c)
+        .issue_controller("e2e", now - 200 * day(), 90 * day())
+        .unwrap();
+    refused_with_creds(&c, Credentials::from_pem(&cert.pem, &key).unwrap()).await;
+
+    // And the genuine controller certificate works, so the refusals above were real.
+    let tls = controller_client_config(
+        &controller_creds(&c),
+        ca_der(&c),
+        NodeName::new("gluu1").unwrap(),
+        pin_of(&c, "gluu1"),
+        &Timeouts::default(),
+    )
+    .unwrap();
+    let marker = c.home.path().join("marker-ok");
+    exec_with(tls, c.agent("gluu1").address, "gluu1", &marker)
+        .await
+        .unwrap();
+    assert!(marker.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_refuses_wrong_agents() {
+    let mut c = Cluster::gluu(2).await;
+    let ctx = c.ctx();
+    let marker = c.home.path().join("marker");
+    let touch = ["exec", "--nodes", "gluu1", "--", "touch"];
+
+    // An agent whose certificate names a different node: gluu2 answering for gluu1.
+    let mut impostor: NodeRecord = ctx.store.node("gluu1").unwrap().unwrap();
+    impostor.address = c.agent("gluu2").address.to_string();
+    impostor.pinned_key = pin_of(&c, "gluu2");
+    let err = ctx.connection(&impostor).await.unwrap_err();
+    assert!(err.message.contains("not node gluu1"), "{}", err.message);
+
+    // An agent whose key is not the pinned one.
+    let mut wrong_pin = ctx.store.node("gluu1").unwrap().unwrap();
+    wrong_pin.pinned_key = pin_of(&c, "gluu2");
+    let err = ctx.connection(&wrong_pin).await.unwrap_err();
+    assert!(err.message.contains("is pinned to"), "{}", err.message);
+    drop(ctx);
+
+    // The same through the CLI: gluu1 rebuilt with a new key and a certificate the CA
+    // really signed. Its name is right, its key is not the pinned one.
+    let etc = c.agent("gluu1").dir.join("etc");
+    let out = std::process::Command::new(clustermgr_tests::agent_bin())
+        .args(["enroll", "--name", "gluu1", "--new-key", "--out"])
+        .arg(&etc)
+        .output()
+        .unwrap();
+    let name = NodeName::new("gluu1").unwrap();
+    let key = csr_public_key(&name, &String::from_utf8_lossy(&out.stdout)).unwrap();
+    let cert = home_ca(&c)
+        .sign_node(&name, &key, time::OffsetDateTime::now_utc(), 90 * day())
+        .unwrap();
+    std::fs::write(etc.join("agent.crt"), cert.pem).unwrap();
+    c.restart_agent("gluu1").await;
+    let mut args = touch.to_vec();
+    let m = marker.display().to_string();
+    args.push(&m);
+    let o = c.run(&args);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is pinned to"), "{}", stderr(&o));
+    assert_nothing_ran(&c, "gluu1", &marker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_is_revoked_and_refused() {
+    let c = Cluster::gluu(2).await;
+    let marker = c.home.path().join("marker");
+    let m = marker.display().to_string();
+    let o = c.run(&["node", "remove", "gluu2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = c.run(&["exec", "--nodes", "gluu2", "--", "touch", &m]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no node named gluu2"), "{}", stderr(&o));
+    // Adding it back with its old, now revoked, certificate is refused too.
+    let addr = c.agent("gluu2").address.to_string();
+    let o = c.run(&["node", "add", "gluu2", "--address", &addr]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no valid certificate has been signed for gluu2"),
+        "{}",
+        stderr(&o)
+    );
+    let o = c.run(&["cert", "status", "--json"]);
+    assert!(!stdout(&o).contains("gluu2"));
+    let ctx = c.ctx();
+    let certs = ctx.store.certs().unwrap();
+    assert!(
+        certs
+            .iter()
+            .filter(|c| c.node.as_deref() == Some("gluu2"))
+            .all(|c| c.revoked_at.is_some())
+    );
+    assert_nothing_ran(&c, "gluu2", &marker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_is_removed_last_and_can_be_moved() {
+    let c = Cluster::gluu(2).await;
+    let o = c.run(&["node", "remove", "gluu1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("set-primary"), "{}", stderr(&o));
+    assert!(c.run(&["node", "set-primary", "gluu2"]).status.success());
+    assert!(c.run(&["node", "remove", "gluu1"]).status.success());
+    let list: serde_json::Value =
+        serde_json::from_str(&stdout(&c.run(&["node", "list", "--json"]))).unwrap();
+    assert_eq!(list[0]["name"], "gluu2");
+    assert_eq!(list[0]["primary"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_exec_false_refuses_commands_but_still_answers() {
+    let c = Cluster::start(vec![node("gluu1", "allow_exec = false")]).await;
+    let marker = c.home.path().join("marker");
+    let o = c.run(&["exec", "--", "touch", &marker.display().to_string()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("allow_exec = false"), "{}", stderr(&o));
+    assert!(!marker.exists());
+    assert_eq!(c.journal("gluu1")[0]["event"], "refused");
+    assert!(c.run(&["ping"]).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_with_no_common_version_is_told_both_ranges() {
+    let c = Cluster::gluu(1).await;
+    let tls = controller_client_config(
+        &controller_creds(&c),
+        ca_der(&c),
+        NodeName::new("gluu1").unwrap(),
+        pin_of(&c, "gluu1"),
+        &Timeouts::default(),
+    )
+    .unwrap();
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = ep
+        .connect_with(tls, c.agent("gluu1").address, "gluu1")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut s, mut r) = conn.open_bi().await.unwrap();
+    let hello = Hello {
+        versions: VersionRange { min: 7, max: 9 },
+        identity: "future".into(),
+        software: "9".into(),
+    };
+    write_message(&mut s, &hello).await.unwrap();
+    match expect_message::<HelloReply, _>(&mut r, 1 << 20, "reply")
+        .await
+        .unwrap()
+    {
+        HelloReply::Refused { reason, versions } => {
+            assert!(
+                reason.contains("versions 7 to 9") && reason.contains("version 1"),
+                "{reason}"
+            );
+            assert_eq!(versions, VersionRange::ours());
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    tokio::time::timeout(PATIENCE, conn.closed())
+        .await
+        .expect("the agent closes the connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_one_stream_does_not_disturb_the_agent() {
+    let c = Cluster::gluu(1).await;
+    let tls = || {
+        controller_client_config(
+            &controller_creds(&c),
+            ca_der(&c),
+            NodeName::new("gluu1").unwrap(),
+            pin_of(&c, "gluu1"),
+            &Timeouts::default(),
+        )
+        .unwrap()
+    };
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = c.agent("gluu1").address;
+    let conn = ep
+        .connect_with(tls(), addr, "gluu1")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut s, mut r) = conn.open_bi().await.unwrap();
+    let hello = Hello {
+        versions: VersionRange::ours(),
+        identity: "t".into(),
+        software: "t".into(),
+    };
+    write_message(&mut s, &hello).await.unwrap();
+    expect_message::<HelloReply, _>(&mut r, 1 << 20, "reply")
+        .await
+        .unwrap();
+    // Unknown variant, oversized length prefix, truncated frame.
+    for junk in [
+        vec![0, 0, 0, 2, 0xff, 0x7f],
+        vec![0xff, 0xff, 0xff, 0xff],
+        vec![0, 0, 0, 9, 1],
+    ] {
+        let (mut s, mut r) = conn.open_bi().await.unwrap();
+        s.write_all(&junk).await.unwrap();
+        s.finish().unwrap();
+        match expect_message::<Reply, _>(&mut r, 1 << 20, "reply").await {
+            Ok(Reply::Error(e)) => assert!(!e.message.is_empty()),
+            other => panic!("expected an error reply, got {other:?}"),
+        }
+    }
+    // The same connection and a new one still work.
+    let (mut s, mut r) = conn.open_bi().await.unwrap();
+    write_message(&mut s, &Request::Info).await.unwrap();
+    assert!(matches!(
+        expect_message::<Reply, _>(&mut r, 1 << 20, "r")
+            .await
+            .unwrap(),
+        Reply::Info(_)
+    ));
+    assert!(c.run(&["ping"]).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_commands_finish() {
+    let c = Cluster::gluu(1).await;
+    let child = c
+        .cli()
+        .args([
+            "exec",
+            "--shell",
+            "--",
+            "echo started; sleep 1; echo finished",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("the command to start", PATIENCE, || {
+        c.journal("gluu1").len() == 1
+    })
+    .await;
+    let agent_pid = c.agent("gluu1").child.id().unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &agent_pid.to_string()])
+        .status();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("gluu1 | finished"), "{}", stdout(&o));
+    eventually("the agent to exit", PATIENCE, || !pid_alive(agent_pid)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_keeps_every_acknowledged_change_across_kill_9_of_serve() {
+    let c = Cluster::gluu(1).await;
+    let mut acknowledged = Vec::new();
+    let mut serve = c.serve().await;
+    let mut kills = 0;
+    for i in 0..24 {
+        let name = format!("n{i}");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.clone()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name.as_str());
+        let csr = c.home.path().join(format!("{name}.csr"));
+        std::fs::write(&csr, params.serialize_request(&key).unwrap().pem().unwrap()).unwrap();
+        let child = c
+            .cli()
+            .args(["node", "sign", &name, csr.to_str().unwrap(), "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Every third request, kill serve while the request is in flight.
+        if i % 3 == 1 {
+            let _ = serve.0.kill();
+            let _ = serve.0.wait();
+            kills += 1;
+        }
+        let o = child.wait_with_output().unwrap();
+        if o.status.success() {
+            let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+            acknowledged.push(v["serial"].as_str().unwrap().to_string());
+        }
+        if i % 3 == 1 {
+            serve = c.serve().await;
+        }
+    }
+    let _ = serve.0.kill();
+    let _ = serve.0.wait();
+    assert!(kills >= 8);
+    assert!(
+        acknowledged.len() >= 16,
+        "most requests succeed: {}",
+        acknowledged.len()
+    );
+    let ctx = c.ctx();
+    let stored: Vec<String> = ctx
+        .store
+        .certs()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.serial)
+        .collect();
+    for serial in &acknowledged {
+        assert!(
+            stored.contains(serial),
+            "acknowledged certificate {serial} was lost"
+        );
+    }
+    let audit = ctx.store.audit(100).unwrap();
+    assert!(
+        audit
+            .iter()
+            .filter(|(_, a)| a.action == "node sign")
+            .count()
+            >= acknowledged.len()
+    );
+}
