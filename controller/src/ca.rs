@@ -244,7 +244,13 @@ impl Ca {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use x509_parser::prelude::*;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    fn parse_x509_certificate(
+        der: &[u8],
+    ) -> x509_parser::prelude::X509Result<'_, X509Certificate<'_>> {
+        X509Certificate::from_der(der)
+    }
 
     const DAY: i64 = 86_400;
 

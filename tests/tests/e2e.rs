@@ -20,7 +20,6 @@ use clustermgr_protocol::transport::Timeouts;
 use clustermgr_protocol::version::VersionRange;
 use clustermgr_tests::{Cluster, eventually, node, stderr, stdout};
 use rustls::pki_types::CertificateDer;
-use tokio::io::AsyncWriteExt;
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
