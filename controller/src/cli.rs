@@ -140,6 +140,16 @@ pub enum NodeCmd {
 pub enum CertCmd {
     /// Every certificate's expiry.
     Status,
+    /// Renew node certificates now (they also renew by themselves past two thirds of
+    /// their life).
+    Renew {
+        #[command(flatten)]
+        sel: Selection,
+        /// Have each agent generate a new key on its host; the pin moves to it and the
+        /// old key's certificates are revoked.
+        #[arg(long)]
+        rekey: bool,
+    },
 }
 
 /// Parses the command line, runs it, and returns the exit code.
@@ -279,6 +289,13 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         }
         Cmd::Status => (Operation::Status, OutputMode::Live),
         Cmd::Cert(CertCmd::Status) => (Operation::CertStatus, OutputMode::Live),
+        Cmd::Cert(CertCmd::Renew { sel, rekey }) => (
+            Operation::CertRenew {
+                nodes: sel.nodes,
+                rekey,
+            },
+            OutputMode::Live,
+        ),
     };
     let mode = if json { OutputMode::Json } else { mode };
     execute(&home, &opts, Invocation { user: user(), op }, mode).await

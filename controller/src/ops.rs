@@ -84,6 +84,13 @@ pub enum Operation {
         /// Kill it after this many seconds.
         timeout_secs: Option<u64>,
     },
+    /// Renew node certificates now, optionally with new keys.
+    CertRenew {
+        /// Node selector.
+        nodes: String,
+        /// Have each agent generate a new key; the pin moves to it.
+        rekey: bool,
+    },
     /// The cluster at a glance.
     Status,
     /// Every certificate's expiry.
@@ -556,7 +563,7 @@ impl Ctx {
         if conn.status == AgentCertStatus::Valid && !conn.cert.renewal_due(now) {
             return Ok(false);
         }
-        match self.renew(conn, node).await {
+        match self.renew_with(conn, node, false).await {
             Ok(summary) => {
                 conn.cert = summary;
                 conn.status = AgentCertStatus::Valid;
@@ -570,17 +577,31 @@ impl Ctx {
         }
     }
 
-    async fn renew(&self, conn: &AgentConn, node: &NodeRecord) -> Result<CertSummary, NodeFailure> {
+    /// Has the agent make a CSR (with its key, or a new one when `new_key`), signs it,
+    /// installs the certificate and records it. A new key comes over a connection the
+    /// pinned key authenticated, so the pin moves to it and the old key's certificates
+    /// are revoked.
+    async fn renew_with(
+        &self,
+        conn: &AgentConn,
+        node: &NodeRecord,
+        new_key: bool,
+    ) -> Result<CertSummary, NodeFailure> {
         let fail = |m: String| NodeFailure::failed(format!("certificate renewal: {m}"));
         let Reply::Csr { pem } = conn
-            .unary(&Request::Csr { new_key: false }, REQUEST_TIMEOUT)
+            .unary(&Request::Csr { new_key }, REQUEST_TIMEOUT)
             .await?
         else {
             return Err(fail("the agent did not answer with a CSR".into()));
         };
         let name = NodeName::new(&node.name).map_err(|e| fail(e.to_string()))?;
         let key = csr_public_key(&name, &pem).map_err(|e| fail(e.to_string()))?;
-        if key.fingerprint != node.pinned_key {
+        if new_key && key.fingerprint == node.pinned_key {
+            return Err(fail(
+                "the agent offered its old key for a rekey; refusing".into(),
+            ));
+        }
+        if !new_key && key.fingerprint != node.pinned_key {
             return Err(fail(format!(
                 "the agent's CSR carries key {}, not the pinned {}; refusing",
                 key.fingerprint, node.pinned_key
@@ -609,10 +630,12 @@ impl Ctx {
             .unwrap_or_else(|| node.clone());
         rec.cert_serial = issued.summary.serial.clone();
         rec.cert_not_after = issued.summary.not_after;
+        rec.pinned_key = key.fingerprint.clone();
         self.store
             .renew_node_cert(
                 &rec,
                 &cert_record(CertKind::Node, Some(&node.name), &issued.summary),
+                self.clock.unix(),
             )
             .map_err(|e| fail(e.to_string()))?;
         tracing::info!(
@@ -687,6 +710,15 @@ pub async fn run(
             command,
             timeout_secs,
         } => exec(&ctx, user, &nodes, command, timeout_secs, &events).await,
+        Operation::CertRenew { nodes, rekey } => {
+            let nodes = select(&ctx.store.nodes()?, &nodes)?;
+            let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+            let detail = if rekey { "new keys" } else { "same keys" };
+            ctx.audit(user, "cert renew", &names, detail)?;
+            Ok(Report::Outcomes(
+                cert_renew(&ctx, nodes, rekey, &events).await,
+            ))
+        }
         Operation::Status => status(&ctx, &events).await,
         Operation::CertStatus => cert_status(&ctx),
     }
@@ -1020,6 +1052,48 @@ async fn exec_stream(
     }
 }
 
+async fn cert_renew(
+    ctx: &Ctx,
+    nodes: Vec<NodeRecord>,
+    rekey: bool,
+    events: &mpsc::Sender<Event>,
+) -> Vec<NodeOutcome> {
+    fan_out(nodes, events, |n| async move {
+        let start = Instant::now();
+        let renewed = async {
+            let conn = ctx.connection(&n).await?;
+            // connection() may just have renewed it; work from the record as it is now.
+            let current = ctx
+                .store
+                .node(&n.name)
+                .map_err(|e| NodeFailure::failed(e.to_string()))?
+                .unwrap_or_else(|| n.clone());
+            let summary = ctx.renew_with(&conn, &current, rekey).await?;
+            if let Some(pool) = &ctx.pool {
+                let mut conn = conn;
+                conn.cert = summary.clone();
+                pool.put(conn);
+            }
+            Ok::<_, NodeFailure>(summary)
+        };
+        let mut o = match renewed.await {
+            Ok(s) => NodeOutcome {
+                message: Some(format!(
+                    "renewed: serial {}, valid until {}, key {}",
+                    s.serial,
+                    rfc3339(s.not_after),
+                    s.key_fingerprint
+                )),
+                ..NodeOutcome::new(&n.name)
+            },
+            Err(f) => NodeOutcome::failure(&n.name, f),
+        };
+        o.duration_ms = start.elapsed().as_millis() as u64;
+        o
+    })
+    .await
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -1114,4 +1188,40 @@ fn cert_status(ctx: &Ctx) -> Result<Report, CtlError> {
         }
     }
     Ok(Report::Certs(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FixedClock;
+
+    #[tokio::test]
+    async fn the_controller_certificate_renews_itself_past_two_thirds_of_its_life() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("home");
+        let t0 = time::OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
+        init(&dir, "c", 90, &FixedClock(t0)).unwrap();
+        let serial = |dir: &std::path::Path| {
+            CertSummary::parse_pem(&std::fs::read_to_string(dir.join("controller.crt")).unwrap())
+                .unwrap()
+        };
+        let first = serial(&dir);
+        let opts = CtxOptions::default();
+        let day = time::Duration::days(1);
+        drop(Ctx::open(&dir, Arc::new(FixedClock(t0 + 59 * day)), &opts, false).unwrap());
+        assert_eq!(serial(&dir).serial, first.serial, "not yet due at day 59");
+        drop(Ctx::open(&dir, Arc::new(FixedClock(t0 + 61 * day)), &opts, false).unwrap());
+        let renewed = serial(&dir);
+        assert_ne!(renewed.serial, first.serial, "renewed at day 61");
+        let expected: time::OffsetDateTime = t0 + 151 * day;
+        assert_eq!(renewed.not_after, expected.unix_timestamp());
+        assert_eq!(renewed.uris, first.uris);
+        let ctx = Ctx::open(&dir, Arc::new(FixedClock(t0 + 62 * day)), &opts, false).unwrap();
+        let stored = ctx.store.certs().unwrap();
+        assert!(
+            stored
+                .iter()
+                .any(|c| c.serial == renewed.serial && c.kind == CertKind::Controller)
+        );
+    }
 }

@@ -295,20 +295,9 @@ impl Store {
     pub fn remove_node(&self, name: &str, now: i64) -> Result<(), CtlError> {
         self.write(|txn| {
             txn.open_table(NODES)?.remove(name)?;
-            let mut certs = txn.open_table(CERTS)?;
-            let mut revoke = Vec::new();
-            for r in certs.iter()? {
-                let (k, v) = r?;
-                let mut rec: CertRecord = decode(v.value())?;
-                if rec.node.as_deref() == Some(name) && rec.revoked_at.is_none() {
-                    rec.revoked_at = Some(now);
-                    revoke.push((k.value().to_string(), rec));
-                }
-            }
-            for (k, rec) in revoke {
-                certs.insert(k.as_str(), encode(&rec).as_slice())?;
-            }
-            Ok(())
+            revoke_where(&mut txn.open_table(CERTS)?, now, |c| {
+                c.node.as_deref() == Some(name)
+            })
         })
     }
 
@@ -321,11 +310,22 @@ impl Store {
         })
     }
 
-    /// Records a renewed node certificate and points the node at it, in one transaction.
-    pub fn renew_node_cert(&self, node: &NodeRecord, cert: &CertRecord) -> Result<(), CtlError> {
+    /// Records a renewed node certificate and points the node at it, in one
+    /// transaction. Certificates of the node for any other key are revoked at `now`
+    /// (after a rekey, the old key is no longer the node).
+    pub fn renew_node_cert(
+        &self,
+        node: &NodeRecord,
+        cert: &CertRecord,
+        now: i64,
+    ) -> Result<(), CtlError> {
         self.write(|txn| {
-            txn.open_table(CERTS)?
-                .insert(cert.serial.as_str(), encode(cert).as_slice())?;
+            let mut certs = txn.open_table(CERTS)?;
+            revoke_where(&mut certs, now, |c| {
+                c.node.as_deref() == Some(node.name.as_str())
+                    && c.key_fingerprint != cert.key_fingerprint
+            })?;
+            certs.insert(cert.serial.as_str(), encode(cert).as_slice())?;
             txn.open_table(NODES)?
                 .insert(node.name.as_str(), encode(node).as_slice())?;
             Ok(())
@@ -376,6 +376,27 @@ impl Store {
             Ok(out)
         })
     }
+}
+
+/// Revokes, at `now`, every unrevoked certificate that `pick` selects.
+fn revoke_where(
+    certs: &mut redb::Table<&str, &[u8]>,
+    now: i64,
+    pick: impl Fn(&CertRecord) -> bool,
+) -> Result<(), StoreOpError> {
+    let mut revoke = Vec::new();
+    for r in certs.iter()? {
+        let (k, v) = r?;
+        let mut rec: CertRecord = decode(v.value())?;
+        if rec.revoked_at.is_none() && pick(&rec) {
+            rec.revoked_at = Some(now);
+            revoke.push((k.value().to_string(), rec));
+        }
+    }
+    for (k, rec) in revoke {
+        certs.insert(k.as_str(), encode(&rec).as_slice())?;
+    }
+    Ok(())
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreOpError> {

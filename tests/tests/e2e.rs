@@ -804,3 +804,225 @@ async fn the_store_keeps_every_acknowledged_change_across_kill_9_of_serve() {
             >= acknowledged.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_renew_keeps_the_key_and_rekey_moves_the_pin() {
+    let c = Cluster::gluu(2).await;
+    let etc = c.agent("gluu1").dir.join("etc");
+    let before = CertSummary::parse_pem(&read(&etc.join("agent.crt"))).unwrap();
+
+    let o = c.run(&["cert", "renew", "--nodes", "gluu1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let renewed = CertSummary::parse_pem(&read(&etc.join("agent.crt"))).unwrap();
+    assert_ne!(renewed.serial, before.serial);
+    assert_eq!(renewed.key_fingerprint, before.key_fingerprint);
+
+    let old_key = read(&etc.join("agent.key"));
+    let o = c.run(&["cert", "renew", "--nodes", "gluu1", "--rekey", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(
+        read(&etc.join("agent.key")),
+        old_key,
+        "a new key was made on the host"
+    );
+    let rekeyed = CertSummary::parse_pem(&read(&etc.join("agent.crt"))).unwrap();
+    assert_ne!(rekeyed.key_fingerprint, before.key_fingerprint);
+    assert!(!stdout(&o).contains("PRIVATE KEY"));
+    let ctx = c.ctx();
+    assert_eq!(
+        ctx.store.node("gluu1").unwrap().unwrap().pinned_key,
+        rekeyed.key_fingerprint
+    );
+    let certs = ctx.store.certs().unwrap();
+    for old in certs
+        .iter()
+        .filter(|c| c.key_fingerprint == before.key_fingerprint)
+    {
+        assert!(
+            old.revoked_at.is_some(),
+            "the old key's certificate {} is revoked",
+            old.serial
+        );
+    }
+    drop(ctx);
+    // A fresh connection now checks the new key, and it is accepted.
+    let o = c.run(&["exec", "--nodes", "gluu1", "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(c.run(&["ping"]).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_passes_stdin_environment_and_working_directory() {
+    let c = Cluster::gluu(1).await;
+    let tls = controller_client_config(
+        &controller_creds(&c),
+        ca_der(&c),
+        NodeName::new("gluu1").unwrap(),
+        pin_of(&c, "gluu1"),
+        &Timeouts::default(),
+    )
+    .unwrap();
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = ep
+        .connect_with(tls, c.agent("gluu1").address, "gluu1")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut s, mut r) = conn.open_bi().await.unwrap();
+    let hello = Hello {
+        versions: VersionRange::ours(),
+        identity: "t".into(),
+        software: "t".into(),
+    };
+    write_message(&mut s, &hello).await.unwrap();
+    expect_message::<HelloReply, _>(&mut r, 1 << 20, "reply")
+        .await
+        .unwrap();
+    let (mut s, mut r) = conn.open_bi().await.unwrap();
+    let spec = ExecSpec {
+        command: Command::Shell("pwd; echo \"$GREETING\"; tr a-z A-Z".into()),
+        env: vec![("GREETING".into(), "hello there".into())],
+        cwd: Some("/tmp".into()),
+        stdin: true,
+        timeout_ms: Some(10_000),
+        requested_by: "test".into(),
+    };
+    write_message(&mut s, &Request::Exec(spec)).await.unwrap();
+    use clustermgr_protocol::message::ExecInput;
+    write_message(&mut s, &ExecInput::Stdin(b"piped ".to_vec()))
+        .await
+        .unwrap();
+    write_message(&mut s, &ExecInput::Stdin(b"input\n".to_vec()))
+        .await
+        .unwrap();
+    write_message(&mut s, &ExecInput::StdinEnd).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        match read_message::<ExecEvent, _>(&mut r, 1 << 20, "event")
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            ExecEvent::Stdout(d) => out.extend(d),
+            ExecEvent::Finished(f) => {
+                assert_eq!(f.code, Some(0));
+                break;
+            }
+            ExecEvent::Refused(e) => panic!("{}", e.message),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "/tmp\nhello there\nPIPED INPUT\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_packaged_systemd_unit_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = read(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../packaging/systemd/clustermgr-agent.service"),
+    );
+    assert!(unit.contains(
+        "ExecStart=/usr/local/bin/clustermgr-agent run --config /etc/clustermgr/agent.toml"
+    ));
+    // systemd-analyze checks that ExecStart exists; point it at the binary under test.
+    let unit = unit.replace(
+        "/usr/local/bin/clustermgr-agent",
+        clustermgr_tests::agent_bin().to_str().unwrap(),
+    );
+    let path = dir.path().join("clustermgr-agent.service");
+    std::fs::write(&path, unit).unwrap();
+    let o = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_runs_a_sandbox_cluster_and_cleans_up_after_itself() {
+    let mut dev = tokio::process::Command::new(clustermgr_tests::clustermgr_bin())
+        .args(["dev", "--nodes", "4", "--port", "0"])
+        .env_remove("CLUSTERMGR_HOME")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(dev.stdout.take().unwrap()).lines();
+    let mut home = None;
+    loop {
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(h) = line.trim().strip_prefix("export CLUSTERMGR_HOME=") {
+            home = Some(std::path::PathBuf::from(h));
+        }
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    let home = home.expect("dev prints the home");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(clustermgr_tests::clustermgr_bin())
+            .env("CLUSTERMGR_HOME", &home)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = cli(&["status", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let names: Vec<&str> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["gluu1", "gluu2", "gluu3", "lb1"]);
+    assert!(
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["state"] == "ok")
+    );
+    let o = cli(&["exec", "--nodes", "role:lb", "--", "echo", "balanced"]);
+    assert_eq!(stdout(&o), "lb1 | balanced\n");
+    // Each agent's config points its writes at its own sandbox root.
+    let cfg = read(&home.join("dev/gluu1/etc/agent.toml"));
+    assert!(cfg.contains(&format!(
+        "root = \"{}\"",
+        home.join("dev/gluu1/root").display()
+    )));
+    let agent_pids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid: &u32| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(home.to_str().unwrap()))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert_eq!(agent_pids.len(), 4, "four sandbox agents run");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &dev.id().unwrap().to_string()])
+        .status();
+    let status = tokio::time::timeout(PATIENCE, dev.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        agent_pids.iter().all(|&p| !pid_alive(p)),
+        "every agent stopped"
+    );
+    assert!(!home.exists(), "the temporary home is removed");
+}
