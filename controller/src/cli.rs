@@ -311,7 +311,7 @@ pub async fn execute(
 ) -> Result<i32, CtlError> {
     let is_exec = matches!(inv.op, Operation::Exec { .. });
     let (tx, rx) = mpsc::channel(64);
-    let printer = tokio::spawn(render::consume(rx, mode));
+    let printer = tokio::spawn(render::consume(rx, mode, is_exec));
     let socket = crate::home::Home::open(home)
         .map(|h| h.socket())
         .unwrap_or_else(|_| home.join("serve.sock"));

@@ -243,9 +243,18 @@ impl Dialer {
             .await
             .map_err(NodeFailure::stream)?;
         let _ = send.finish();
-        let reply: HelloReply = expect_message(&mut recv, self.max_frame, "Hello reply")
-            .await
-            .map_err(|e| NodeFailure::failed(format!("the agent did not answer our Hello: {e}")))?;
+        // With TLS 1.3 our side of the handshake completes before the agent has judged
+        // our certificate, so its refusal arrives as the connection closing here.
+        let reply: HelloReply = match expect_message(&mut recv, self.max_frame, "Hello reply").await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(match conn.close_reason() {
+                    Some(reason) => describe(reason, conn.remote_address()),
+                    None => NodeFailure::failed(format!("the agent did not answer our Hello: {e}")),
+                });
+            }
+        };
         let (version, software) = match reply {
             HelloReply::Accepted {
                 version,
@@ -264,10 +273,17 @@ impl Dialer {
                 }
                 (version, software)
             }
-            HelloReply::Refused { reason, .. } => {
-                return Err(NodeFailure::failed(format!(
-                    "the agent refused us: {reason}"
-                )));
+            HelloReply::Refused { reason, versions } => {
+                let ours = VersionRange::ours();
+                return Err(NodeFailure::failed(
+                    if clustermgr_protocol::version::negotiate(ours, versions).is_err() {
+                        format!(
+                            "no common protocol version: this controller speaks {ours}, the agent speaks {versions}; upgrade the older side"
+                        )
+                    } else {
+                        format!("the agent refused us: {reason}")
+                    },
+                ));
             }
         };
         let cert = conn
@@ -310,10 +326,15 @@ fn describe(e: quinn::ConnectionError, addr: SocketAddr) -> NodeFailure {
         E::TransportError(te) => {
             NodeFailure::failed(format!("refused the agent at {addr}: {}", te.reason))
         }
-        E::ConnectionClosed(cc) => NodeFailure::failed(format!(
-            "the agent at {addr} refused our certificate ({})",
-            cc.error_code
-        )),
+        E::ConnectionClosed(cc) if cc.error_code.to_string().contains("cryptographic") => {
+            NodeFailure::failed(format!(
+                "the agent at {addr} refused our certificate ({}): it trusts another cluster's CA, or ours is not valid; check that its ca.crt is this cluster's and see `clustermgr cert status`",
+                cc.error_code
+            ))
+        }
+        E::ConnectionClosed(cc) => {
+            NodeFailure::failed(format!("the agent at {addr} closed the connection: {}", cc))
+        }
         E::ApplicationClosed(ac) => NodeFailure::failed(format!(
             "the agent at {addr} closed the connection: {}",
             String::from_utf8_lossy(&ac.reason)

@@ -108,7 +108,13 @@ pub struct Gathered {
 }
 
 /// Consumes events until the operation ends, printing live output as it comes.
-pub async fn consume(mut rx: mpsc::Receiver<Event>, mode: OutputMode) -> Gathered {
+/// `live_failures` prints each node's failure as it happens (exec, whose report is
+/// only a summary); other reports list every node themselves.
+pub async fn consume(
+    mut rx: mpsc::Receiver<Event>,
+    mode: OutputMode,
+    live_failures: bool,
+) -> Gathered {
     let mut gathered = Gathered::default();
     let mut partial: BTreeMap<(String, bool), Vec<u8>> = BTreeMap::new();
     while let Some(ev) = rx.recv().await {
@@ -147,7 +153,7 @@ pub async fn consume(mut rx: mpsc::Receiver<Event>, mode: OutputMode) -> Gathere
                             print_line(&o.node, stderr, &rest);
                         }
                     }
-                    if o.state != NodeState::Ok {
+                    if live_failures && o.state != NodeState::Ok {
                         eprintln!("{}: {}", o.node, outcome_sentence(&o));
                     }
                 }

@@ -1026,3 +1026,25 @@ async fn dev_runs_a_sandbox_cluster_and_cleans_up_after_itself() {
     );
     assert!(!home.exists(), "the temporary home is removed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_of_another_cluster_is_reported_as_refusing_us() {
+    let mut c = Cluster::gluu(1).await;
+    let (other, _) = Ca::create("other", time::OffsetDateTime::now_utc()).unwrap();
+    let etc = c.agent("gluu1").dir.join("etc");
+    std::fs::write(etc.join("ca.crt"), other.cert_pem()).unwrap();
+    c.restart_agent("gluu1").await;
+    let o = c.run(&["ping"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.contains("gluu1") && out.contains("failed"), "{out}");
+    assert!(out.contains("refused our certificate"), "{out}");
+    assert!(
+        out.contains("ca.crt"),
+        "the message says what to check: {out}"
+    );
+    assert!(
+        !out.contains("unreachable"),
+        "a refusal is not a timeout: {out}"
+    );
+}
