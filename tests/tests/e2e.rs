@@ -118,6 +118,46 @@ async fn exec_with(
     r
 }
 
+/// The genuine controller's TLS configuration for reaching gluu1.
+fn genuine_tls(c: &Cluster) -> quinn::ClientConfig {
+    controller_client_config(
+        &controller_creds(c),
+        ca_der(c),
+        NodeName::new("gluu1").unwrap(),
+        pin_of(c, "gluu1"),
+        &Timeouts::default(),
+    )
+    .unwrap()
+}
+
+/// A connection to gluu1 as the genuine controller, before any Hello.
+async fn raw_connect(c: &Cluster) -> (quinn::Endpoint, quinn::Connection) {
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = ep
+        .connect_with(genuine_tls(c), c.agent("gluu1").address, "gluu1")
+        .unwrap()
+        .await
+        .unwrap();
+    (ep, conn)
+}
+
+/// A connection to gluu1 that has said Hello with our versions.
+async fn greeted(c: &Cluster) -> (quinn::Endpoint, quinn::Connection) {
+    let (ep, conn) = raw_connect(c).await;
+    let (mut s, mut r) = conn.open_bi().await.unwrap();
+    let hello = Hello {
+        versions: VersionRange::ours(),
+        identity: "test".into(),
+        software: "test".into(),
+    };
+    write_message(&mut s, &hello).await.unwrap();
+    let reply = expect_message::<HelloReply, _>(&mut r, 1 << 20, "reply")
+        .await
+        .unwrap();
+    assert!(matches!(reply, HelloReply::Accepted { .. }), "{reply:?}");
+    (ep, conn)
+}
+
 fn assert_nothing_ran(c: &Cluster, name: &str, marker: &Path) {
     assert!(!marker.exists(), "the command ran on {name}");
     assert!(
@@ -491,16 +531,8 @@ async fn the_agent_refuses_bad_controller_certificates() {
     refused_with_creds(&c, Credentials::from_pem(&cert.pem, &key).unwrap()).await;
 
     // And the genuine controller certificate works, so the refusals above were real.
-    let tls = controller_client_config(
-        &controller_creds(&c),
-        ca_der(&c),
-        NodeName::new("gluu1").unwrap(),
-        pin_of(&c, "gluu1"),
-        &Timeouts::default(),
-    )
-    .unwrap();
     let marker = c.home.path().join("marker-ok");
-    exec_with(tls, c.agent("gluu1").address, "gluu1", &marker)
+    exec_with(genuine_tls(&c), c.agent("gluu1").address, "gluu1", &marker)
         .await
         .unwrap();
     assert!(marker.exists());
@@ -612,20 +644,7 @@ async fn allow_exec_false_refuses_commands_but_still_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_with_no_common_version_is_told_both_ranges() {
     let c = Cluster::gluu(1).await;
-    let tls = controller_client_config(
-        &controller_creds(&c),
-        ca_der(&c),
-        NodeName::new("gluu1").unwrap(),
-        pin_of(&c, "gluu1"),
-        &Timeouts::default(),
-    )
-    .unwrap();
-    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = ep
-        .connect_with(tls, c.agent("gluu1").address, "gluu1")
-        .unwrap()
-        .await
-        .unwrap();
+    let (_ep, conn) = raw_connect(&c).await;
     let (mut s, mut r) = conn.open_bi().await.unwrap();
     let hello = Hello {
         versions: VersionRange { min: 7, max: 9 },
@@ -654,33 +673,7 @@ async fn a_controller_with_no_common_version_is_told_both_ranges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_one_stream_does_not_disturb_the_agent() {
     let c = Cluster::gluu(1).await;
-    let tls = || {
-        controller_client_config(
-            &controller_creds(&c),
-            ca_der(&c),
-            NodeName::new("gluu1").unwrap(),
-            pin_of(&c, "gluu1"),
-            &Timeouts::default(),
-        )
-        .unwrap()
-    };
-    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = c.agent("gluu1").address;
-    let conn = ep
-        .connect_with(tls(), addr, "gluu1")
-        .unwrap()
-        .await
-        .unwrap();
-    let (mut s, mut r) = conn.open_bi().await.unwrap();
-    let hello = Hello {
-        versions: VersionRange::ours(),
-        identity: "t".into(),
-        software: "t".into(),
-    };
-    write_message(&mut s, &hello).await.unwrap();
-    expect_message::<HelloReply, _>(&mut r, 1 << 20, "reply")
-        .await
-        .unwrap();
+    let (_ep, conn) = greeted(&c).await;
     // Unknown variant, oversized length prefix, truncated frame.
     for junk in [
         vec![0, 0, 0, 2, 0xff, 0x7f],
@@ -854,30 +847,7 @@ async fn cert_renew_keeps_the_key_and_rekey_moves_the_pin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_passes_stdin_environment_and_working_directory() {
     let c = Cluster::gluu(1).await;
-    let tls = controller_client_config(
-        &controller_creds(&c),
-        ca_der(&c),
-        NodeName::new("gluu1").unwrap(),
-        pin_of(&c, "gluu1"),
-        &Timeouts::default(),
-    )
-    .unwrap();
-    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = ep
-        .connect_with(tls, c.agent("gluu1").address, "gluu1")
-        .unwrap()
-        .await
-        .unwrap();
-    let (mut s, mut r) = conn.open_bi().await.unwrap();
-    let hello = Hello {
-        versions: VersionRange::ours(),
-        identity: "t".into(),
-        software: "t".into(),
-    };
-    write_message(&mut s, &hello).await.unwrap();
-    expect_message::<HelloReply, _>(&mut r, 1 << 20, "reply")
-        .await
-        .unwrap();
+    let (_ep, conn) = greeted(&c).await;
     let (mut s, mut r) = conn.open_bi().await.unwrap();
     let spec = ExecSpec {
         command: Command::Shell("pwd; echo \"$GREETING\"; tr a-z A-Z".into()),
