@@ -71,6 +71,12 @@ pub enum Cmd {
     /// Certificates.
     #[command(subcommand)]
     Cert(CertCmd),
+    /// The audit log: who ran what, when, on which nodes, with what result.
+    Audit {
+        /// How many of the newest entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Run the long-lived controller: warm connections, renewals, the CLI socket.
     Serve,
     /// Run a complete local sandbox cluster of real agents on loopback addresses.
@@ -288,6 +294,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             )
         }
         Cmd::Status => (Operation::Status, OutputMode::Live),
+        Cmd::Audit { limit } => (Operation::Audit { limit }, OutputMode::Live),
         Cmd::Cert(CertCmd::Status) => (Operation::CertStatus, OutputMode::Live),
         Cmd::Cert(CertCmd::Renew { sel, rekey }) => (
             Operation::CertRenew {

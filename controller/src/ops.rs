@@ -95,6 +95,11 @@ pub enum Operation {
     Status,
     /// Every certificate's expiry.
     CertStatus,
+    /// The newest entries of the audit log.
+    Audit {
+        /// How many.
+        limit: usize,
+    },
 }
 
 /// An operation and who asked for it.
@@ -292,6 +297,25 @@ pub struct SignedView {
     pub cert_pem: String,
 }
 
+/// One audit log entry, as `audit` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditView {
+    /// Its number.
+    pub id: u64,
+    /// When.
+    pub time: String,
+    /// Who.
+    pub user: String,
+    /// What.
+    pub action: String,
+    /// On which nodes.
+    pub nodes: Vec<String>,
+    /// The command or other detail.
+    pub detail: String,
+    /// Per node outcome.
+    pub results: Vec<(String, String)>,
+}
+
 /// The result of an operation.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Report {
@@ -309,6 +333,8 @@ pub enum Report {
     Status(StatusView),
     /// `cert status`.
     Certs(Vec<CertView>),
+    /// `audit`.
+    Audit(Vec<AuditView>),
 }
 
 impl Report {
@@ -721,6 +747,21 @@ pub async fn run(
         }
         Operation::Status => status(&ctx, &events).await,
         Operation::CertStatus => cert_status(&ctx),
+        Operation::Audit { limit } => Ok(Report::Audit(
+            ctx.store
+                .audit(limit)?
+                .into_iter()
+                .map(|(id, a)| AuditView {
+                    id,
+                    time: rfc3339(a.time_ms.div_euclid(1000)),
+                    user: a.user,
+                    action: a.action,
+                    nodes: a.nodes,
+                    detail: a.detail,
+                    results: a.results,
+                })
+                .collect(),
+        )),
     }
 }
 

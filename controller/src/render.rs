@@ -369,6 +369,31 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 );
             }
         }
+        Report::Audit(a) if as_json => json(&a),
+        Report::Audit(a) => {
+            for e in a {
+                let results = e
+                    .results
+                    .iter()
+                    .map(|(n, r)| format!("{n}: {r}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                println!(
+                    "{:>5} {} {:<10} {:<16} [{}] {}{}",
+                    e.id,
+                    e.time,
+                    e.user,
+                    e.action,
+                    e.nodes.join(","),
+                    e.detail,
+                    if results.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" -> {results}")
+                    }
+                );
+            }
+        }
         Report::Certs(c) if as_json => json(&c),
         Report::Certs(c) => {
             println!(

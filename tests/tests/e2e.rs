@@ -198,6 +198,14 @@ async fn exec_fans_out_to_every_node_and_is_journaled_and_audited() {
         "{:?}",
         last.results
     );
+    drop(ctx);
+    let o = c.run(&["audit"]);
+    let line = stdout(&o).lines().last().unwrap().to_string();
+    assert!(
+        line.contains(" exec ") && line.contains("[gluu1,gluu2,gluu3]"),
+        "{line}"
+    );
+    assert!(line.contains("gluu2: exit 0"), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
