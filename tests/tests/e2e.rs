@@ -1026,3 +1026,58 @@ async fn an_agent_of_another_cluster_is_reported_as_refusing_us() {
         "a refusal is not a timeout: {out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_held_by_a_silent_process_is_explained() {
+    let c = Cluster::gluu(1).await;
+    // Hold the store the way a hung clustermgr would, with no serve socket answering.
+    let held = c.ctx();
+    let o = c.run(&["node", "list"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("in use by another process"), "{err}");
+    assert!(
+        err.contains("serve.sock") && err.contains("fuser"),
+        "says how to recover: {err}"
+    );
+    drop(held);
+    assert!(c.run(&["node", "list"]).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_refuses_a_home_others_can_write_and_an_existing_cluster() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let run = |home: &Path, args: &[&str]| {
+        std::process::Command::new(clustermgr_tests::clustermgr_bin())
+            .arg("--home")
+            .arg(home)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = run(&open, &["init"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("chmod 700"), "{}", stderr(&o));
+    let home = tmp.path().join("home");
+    assert!(run(&home, &["init", "--cluster", "prod"]).status.success());
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&home), 0o700);
+    assert_eq!(mode(&home.join("ca.key")), 0o600);
+    assert_eq!(mode(&home.join("controller.key")), 0o600);
+    let o = run(&home, &["init"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("already holds a cluster"),
+        "{}",
+        stderr(&o)
+    );
+    // A key others can read is refused before any use.
+    std::fs::set_permissions(home.join("ca.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run(&home, &["node", "list"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("chmod 600"), "{}", stderr(&o));
+}
