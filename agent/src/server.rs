@@ -16,7 +16,7 @@ use clustermgr_protocol::identity::{
 use clustermgr_protocol::message::{ErrorKind, Hello, HelloReply, RemoteError, Reply, Request};
 use clustermgr_protocol::version::{VersionRange, negotiate};
 use rustls::pki_types::{CertificateDer, UnixTime};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::AgentError;
 use crate::config::AgentConfig;
@@ -131,6 +131,8 @@ impl Agent {
             pending_key: Mutex::new(None),
             endpoint: endpoint.clone(),
             abort: abort_rx,
+            inflight: watch::channel(0).0,
+            stopping: std::sync::atomic::AtomicBool::new(false),
             cfg: self.cfg,
         });
         tracing::info!(node = %shared.node, "listening on udp {local_addr}");
@@ -196,6 +198,27 @@ struct Shared {
     endpoint: quinn::Endpoint,
     journal: Arc<Journal>,
     abort: watch::Receiver<bool>,
+    /// Requests being served now; shutdown waits for this to reach zero.
+    inflight: watch::Sender<usize>,
+    /// Set once shutdown begins: new requests are refused.
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+/// Counts one request in flight while it lives. Taken before the request's task is
+/// spawned, so shutdown never sees zero while a request is about to start.
+struct InflightGuard(Arc<Shared>);
+
+impl InflightGuard {
+    fn enter(shared: Arc<Shared>) -> Self {
+        shared.inflight.send_modify(|n| *n += 1);
+        InflightGuard(shared)
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.send_modify(|n| *n -= 1);
+    }
 }
 
 async fn accept_loop(
@@ -203,33 +226,28 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     abort: watch::Sender<bool>,
 ) {
-    // Every connection and request task holds a clone; recv() returns None once all
-    // of them have ended.
-    let (inflight_tx, mut inflight_rx) = mpsc::channel::<()>(1);
     loop {
         tokio::select! {
             _ = crate::exec::became_true(&mut stop) => break,
             incoming = shared.endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                tokio::spawn(serve_connection(incoming, shared.clone(), inflight_tx.clone()));
+                tokio::spawn(serve_connection(incoming, shared.clone()));
             }
         }
     }
-    tracing::info!("shutting down: no new connections");
+    tracing::info!("shutting down: no new connections or requests");
     shared.endpoint.set_server_config(None);
-    drop(inflight_tx);
+    shared
+        .stopping
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let grace = Duration::from_millis(shared.cfg.shutdown_grace_ms);
-    if tokio::time::timeout(grace, idle_requests(&shared, &mut inflight_rx))
+    if tokio::time::timeout(grace, idle_requests(&shared))
         .await
         .is_err()
     {
         tracing::warn!("grace period over: cancelling the work still running");
         let _ = abort.send(true);
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            idle_requests(&shared, &mut inflight_rx),
-        )
-        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), idle_requests(&shared)).await;
     }
     shared
         .endpoint
@@ -239,15 +257,12 @@ async fn accept_loop(
 
 /// Waits until no request is in flight. Idle connections do not count: they are
 /// closed once this returns.
-async fn idle_requests(_shared: &Shared, inflight: &mut mpsc::Receiver<()>) {
-    while inflight.recv().await.is_some() {}
+async fn idle_requests(shared: &Shared) {
+    let mut rx = shared.inflight.subscribe();
+    let _ = rx.wait_for(|n| *n == 0).await;
 }
 
-async fn serve_connection(
-    incoming: quinn::Incoming,
-    shared: Arc<Shared>,
-    inflight: mpsc::Sender<()>,
-) {
+async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
@@ -266,23 +281,30 @@ async fn serve_connection(
         }
     };
     tracing::debug!("controller {controller} connected from {remote}");
-    // Holding `inflight` only while a request runs lets shutdown tell idle connections
-    // from busy ones.
-    drop(inflight.clone());
+    let mut abort = shared.abort.clone();
     loop {
-        let mut stop = shared.abort.clone();
-        let (send, recv) = tokio::select! {
+        let (mut send, recv) = tokio::select! {
             s = conn.accept_bi() => match s {
                 Ok(s) => s,
                 Err(_) => return,
             },
-            _ = crate::exec::became_true(&mut stop) => return,
+            _ = crate::exec::became_true(&mut abort) => return,
         };
-        let guard = inflight.clone();
-        let shared = shared.clone();
+        if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            let refusal = Reply::Error(RemoteError {
+                kind: ErrorKind::Refused,
+                message: "the agent is shutting down; try again when it is back".into(),
+            });
+            tokio::spawn(async move {
+                let _ = reply(&mut send, refusal).await;
+                drop(recv);
+            });
+            continue;
+        }
+        let guard = InflightGuard::enter(shared.clone());
         let controller = controller.clone();
         tokio::spawn(async move {
-            handle_request(send, recv, &shared, controller).await;
+            handle_request(send, recv, &guard.0, controller).await;
             drop(guard);
         });
     }

@@ -1081,3 +1081,26 @@ async fn init_refuses_a_home_others_can_write_and_an_existing_cluster() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("chmod 600"), "{}", stderr(&o));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_does_not_wait_for_idle_connections() {
+    let mut c = Cluster::gluu(1).await;
+    // A long grace period: shutdown must not spend it on connections with no work.
+    let config = c.agent("gluu1").config();
+    let text = read(&config).replace("shutdown_grace_ms = 3000", "shutdown_grace_ms = 60000");
+    std::fs::write(&config, text).unwrap();
+    c.restart_agent("gluu1").await;
+    let _serve = c.serve().await;
+    // serve's warm connection is up once a ping through it succeeds.
+    assert!(c.run(&["ping"]).status.success());
+    let agent_pid = c.agent("gluu1").child.id().unwrap();
+    let start = Instant::now();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &agent_pid.to_string()])
+        .status();
+    eventually("the agent to exit", Duration::from_secs(10), || {
+        !pid_alive(agent_pid)
+    })
+    .await;
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
