@@ -190,7 +190,16 @@ pub fn main() -> i32 {
     code
 }
 
+/// Who runs this CLI, as the audit log records it: the login name and the uid.
 fn user() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
+    crate::ops::audit_user(&login_name(), uid)
+}
+
+fn login_name() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into())

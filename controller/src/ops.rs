@@ -102,6 +102,13 @@ pub enum Operation {
     },
 }
 
+/// The audit log's "who": a login name and the uid behind it. The uid is what counts:
+/// `serve` replaces it with the one the kernel reports for its socket's peer.
+pub fn audit_user(name: &str, uid: u32) -> String {
+    let name = name.split(" (uid ").next().unwrap_or(name);
+    format!("{name} (uid {uid})")
+}
+
 /// An operation and who asked for it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Invocation {

@@ -57,8 +57,9 @@ pub async fn serve(
 }
 
 async fn client(ctx: Arc<Ctx>, stream: UnixStream) {
+    let peer_uid = stream.peer_cred().map(|c| c.uid()).ok();
     let (mut rd, mut wr) = stream.into_split();
-    let (hello, inv) = match read_request(&mut rd).await {
+    let (hello, mut inv) = match read_request(&mut rd).await {
         Ok(r) => r,
         Err(e) => {
             tracing::info!("a CLI client sent a bad request: {e}");
@@ -76,6 +77,19 @@ async fn client(ctx: Arc<Ctx>, stream: UnixStream) {
         )
         .await;
         return;
+    }
+    // The socket is the owner's only (0600), but the audit log takes the kernel's word
+    // for who is on the other end, not the client's.
+    match peer_uid {
+        Some(uid) => inv.user = ops::audit_user(&inv.user, uid),
+        None => {
+            let _ = write_message(
+                &mut wr,
+                &ServeMsg::Refused("cannot tell which user is connecting".into()),
+            )
+            .await;
+            return;
+        }
     }
     let (tx, mut rx) = mpsc::channel(64);
     let op = ops::run(ctx, inv, tx);

@@ -192,6 +192,12 @@ async fn exec_fans_out_to_every_node_and_is_journaled_and_audited() {
     let audit = ctx.store.audit(10).unwrap();
     let (_, last) = audit.last().unwrap();
     assert_eq!(last.action, "exec");
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    assert!(
+        last.user.ends_with(&format!("(uid {uid})")),
+        "{}",
+        last.user
+    );
     assert_eq!(last.nodes, ["gluu1", "gluu2", "gluu3"]);
     assert!(
         last.results.iter().all(|(_, r)| r == "exit 0"),
