@@ -25,9 +25,10 @@ pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Seconds a node has to answer before it counts as unreachable.
-    #[arg(long, global = true, default_value = "3", value_name = "SECS")]
-    pub connect_timeout: f64,
+    /// Seconds a node has to answer before it counts as unreachable (default: 3, or
+    /// connect_timeout_ms in HOME/controller.toml).
+    #[arg(long, global = true, value_name = "SECS")]
+    pub connect_timeout: Option<f64>,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -216,17 +217,17 @@ async fn run(cli: Cli) -> i32 {
 }
 
 async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
-    if !(cli.connect_timeout > 0.0 && cli.connect_timeout < 3600.0) {
-        return Err(CtlError::Usage(
-            "--connect-timeout must be between 0 and 3600 seconds".into(),
-        ));
-    }
-    let opts = CtxOptions {
-        connect_timeout: Duration::from_secs_f64(cli.connect_timeout),
-        ..CtxOptions::default()
-    };
     let explicit_home = cli.home.clone();
     let home = crate::home::Home::resolve(cli.home);
+    let mut opts = crate::config::ControllerConfig::load(&home.join("controller.toml"))?.options();
+    if let Some(secs) = cli.connect_timeout {
+        if !(secs > 0.0 && secs < 3600.0) {
+            return Err(CtlError::Usage(
+                "--connect-timeout must be between 0 and 3600 seconds".into(),
+            ));
+        }
+        opts.connect_timeout = Duration::from_secs_f64(secs);
+    }
     let json = cli.json;
     let (op, mode) = match cli.command {
         Cmd::Init { cluster, cert_days } => {

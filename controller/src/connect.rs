@@ -163,6 +163,7 @@ impl Dialer {
         cluster: String,
         timeouts: Timeouts,
         connect_timeout: Duration,
+        max_frame: u32,
     ) -> Result<Dialer, CtlError> {
         let endpoint = quinn::Endpoint::client(SocketAddr::from(([0u16; 8], 0)))
             .or_else(|_| quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))))
@@ -174,7 +175,7 @@ impl Dialer {
             cluster,
             timeouts,
             connect_timeout,
-            max_frame: clustermgr_protocol::frame::DEFAULT_MAX_FRAME_BYTES,
+            max_frame,
         })
     }
 

@@ -96,6 +96,10 @@ impl Home {
     pub fn store(&self) -> PathBuf {
         self.dir.join("inventory.redb")
     }
+    /// The controller's settings (`controller.toml`).
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("controller.toml")
+    }
     /// `serve`'s local socket (0600).
     pub fn socket(&self) -> PathBuf {
         self.dir.join("serve.sock")

@@ -10,6 +10,7 @@
 pub mod ca;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod connect;
 pub mod dev;
 mod error;

@@ -393,21 +393,20 @@ impl Pool {
     }
 }
 
-/// Settings of a controller process.
+/// Settings of a controller process (from `controller.toml`, see [`crate::config`]).
 #[derive(Clone, Debug)]
 pub struct CtxOptions {
     /// How long a node has to answer a connection.
     pub connect_timeout: Duration,
     /// Keep-alive and idle timeout.
     pub timeouts: Timeouts,
+    /// The largest frame accepted from an agent.
+    pub max_frame_bytes: u32,
 }
 
 impl Default for CtxOptions {
     fn default() -> Self {
-        CtxOptions {
-            connect_timeout: Duration::from_secs(3),
-            timeouts: Timeouts::default(),
-        }
+        crate::config::ControllerConfig::default().options()
     }
 }
 
@@ -489,6 +488,7 @@ pub fn init(
         cert_lifetime_days,
         created_at: now.unix_timestamp(),
     };
+    write_file(&home.config(), crate::config::EXAMPLE, 0o644)?;
     let store = Store::create(&home.store(), &meta)?;
     let ca_summary = CertSummary::parse_pem(ca.cert_pem())?;
     store.put_cert(&cert_record(CertKind::Ca, None, &ca_summary))?;
@@ -534,6 +534,7 @@ impl Ctx {
             meta.name.clone(),
             opts.timeouts,
             opts.connect_timeout,
+            opts.max_frame_bytes,
         )?;
         Ok(Ctx {
             home,

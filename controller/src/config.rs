@@ -1,0 +1,105 @@
+//! The controller's settings file, `HOME/controller.toml`: connection timeouts and the
+//! frame limit. `init` writes the commented defaults; a missing file means defaults;
+//! `--connect-timeout` overrides its value for one command.
+
+use std::path::Path;
+use std::time::Duration;
+
+use clustermgr_protocol::frame::DEFAULT_MAX_FRAME_BYTES;
+use clustermgr_protocol::transport::Timeouts;
+use serde::Deserialize;
+
+use crate::CtlError;
+use crate::ops::CtxOptions;
+
+/// The commented example, as `init` writes it (also `packaging/controller.toml`).
+pub const EXAMPLE: &str = include_str!("../../packaging/controller.toml");
+
+/// Everything `controller.toml` may say.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// How long a node has to answer a connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// The largest frame accepted from an agent.
+    pub max_frame_bytes: u32,
+    /// Keep-alive and idle timeout; must match the agents'.
+    pub timeouts: Timeouts,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            connect_timeout_ms: 3_000,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+impl ControllerConfig {
+    /// Reads `path`; a missing file gives the defaults.
+    pub fn load(path: &Path) -> Result<Self, CtlError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(CtlError::io(path, e)),
+        }
+    }
+
+    fn parse(path: &Path, text: &str) -> Result<Self, CtlError> {
+        let invalid = |m: String| CtlError::Usage(format!("invalid {}: {m}", path.display()));
+        let cfg: ControllerConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        if cfg.connect_timeout_ms == 0 {
+            return Err(invalid("connect_timeout_ms must be above 0".into()));
+        }
+        if cfg.max_frame_bytes < 64 * 1024 {
+            return Err(invalid("max_frame_bytes must be at least 65536".into()));
+        }
+        if cfg.timeouts.keep_alive_ms >= cfg.timeouts.idle_ms {
+            return Err(invalid(
+                "timeouts.keep_alive_ms must be below timeouts.idle_ms, or idle connections die"
+                    .into(),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// The options an operation context is opened with.
+    pub fn options(&self) -> CtxOptions {
+        CtxOptions {
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            timeouts: self.timeouts,
+            max_frame_bytes: self.max_frame_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_packaged_example_parses_to_the_defaults() {
+        let cfg = ControllerConfig::parse(Path::new("controller.toml"), EXAMPLE).unwrap();
+        assert_eq!(cfg, ControllerConfig::default());
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_file_named() {
+        let err = ControllerConfig::parse(Path::new("/h/controller.toml"), "conect_timeout_ms = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/h/controller.toml") && err.contains("conect_timeout_ms"),
+            "{err}"
+        );
+        let err = ControllerConfig::parse(
+            Path::new("c.toml"),
+            "[timeouts]\nkeep_alive_ms = 40000\nidle_ms = 30000",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("keep_alive_ms"), "{err}");
+    }
+}
