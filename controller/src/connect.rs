@@ -234,20 +234,25 @@ impl Dialer {
         conn: quinn::Connection,
         name: &NodeName,
     ) -> Result<AgentConn, NodeFailure> {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(NodeFailure::stream)?;
         let hello = Hello {
             versions: VersionRange::ours(),
             identity: self.cluster.clone(),
             software: env!("CARGO_PKG_VERSION").to_string(),
         };
-        write_message(&mut send, &hello)
-            .await
-            .map_err(NodeFailure::stream)?;
-        let _ = send.finish();
+        let exchange = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            write_message(&mut send, &hello)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = send.finish();
+            expect_message::<HelloReply, _>(&mut recv, self.max_frame, "Hello reply")
+                .await
+                .map_err(|e| e.to_string())
+        };
         // With TLS 1.3 our side of the handshake completes before the agent has judged
-        // our certificate, so its refusal arrives as the connection closing here.
-        let reply: HelloReply = match expect_message(&mut recv, self.max_frame, "Hello reply").await
-        {
+        // our certificate, so its refusal shows up as the connection closing at any step
+        // of the Hello; the close reason says why.
+        let reply = match exchange.await {
             Ok(r) => r,
             Err(e) => {
                 return Err(match conn.close_reason() {
