@@ -1,0 +1,1329 @@
+//! `cargo bench -p clustermgr-tests --bench cluster`: clustermgr's latency, fan-out
+//! and memory targets, measured against OpenSSH in the same run. Prints a Markdown
+//! table of medians and p90s (nearest rank) and the ratios; BENCHMARKS.md keeps the
+//! figures.
+//!
+//! What runs:
+//! 1. `exec -- true` on one real agent process: through the library exactly as
+//!    `serve` runs it (a serving `Ctx`, warm pooled connection), through the real CLI
+//!    talking to a real `clustermgr serve`, and through the CLI alone (process start,
+//!    fresh QUIC handshake, Hello, exec).
+//! 2. The peer: `ssh 127.0.0.1 true` against an sshd this program starts on a loopback
+//!    port with its own configuration, keys and known_hosts, fresh and multiplexed.
+//! 3. `exec -- true` fanned out to many agents over warm connections. The agents run
+//!    in one child process (this program re-executed with `CLUSTERMGR_BENCH_AGENT_HOST`)
+//!    through the agent library, so controller and agents do not share a runtime.
+//! 4. A real `clustermgr-agent run`'s resident memory once it is idle.
+//!
+//! `CLUSTERMGR_BENCH_NODES` overrides the fan-out size (default 1000).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command as StdCommand, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clustermgr::clock::{self, Clock};
+use clustermgr::ops::{self, Ctx, CtxOptions, Invocation, NodeState, Operation, Report};
+use clustermgr::store::{AuditRecord, NodeRecord, Role};
+use clustermgr_agent::Agent;
+use clustermgr_agent::config::AgentConfig;
+use clustermgr_protocol::NodeName;
+use clustermgr_protocol::identity::CertSummary;
+use clustermgr_protocol::message::Command;
+use clustermgr_tests::Cluster;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{Semaphore, mpsc};
+
+/// Set in the child that hosts the fan-out agents: the directory of their configs.
+const AGENT_HOST_ENV: &str = "CLUSTERMGR_BENCH_AGENT_HOST";
+/// Overrides the fan-out size.
+const NODES_ENV: &str = "CLUSTERMGR_BENCH_NODES";
+const DEFAULT_NODES: usize = 1000;
+
+/// Samples per measurement.
+const N_LIB_EXEC: usize = 300;
+const N_LIB_PING: usize = 100;
+const N_STORE_COMMIT: usize = 100;
+const N_CLI_SERVE: usize = 60;
+const N_CLI_COLD: usize = 30;
+const N_LIB_COLD: usize = 20;
+const N_SPAWN_ONE: usize = 100;
+const N_SSH_FRESH: usize = 20;
+const N_SSH_MUX: usize = 60;
+const N_FANOUT_EXEC: usize = 7;
+const N_FANOUT_PING: usize = 5;
+const N_SPAWN_BASELINE: usize = 5;
+
+/// How many processes the agents' fan-out runs at once (the controller's FANOUT_CAP),
+/// used for the process-spawning baseline.
+const SPAWN_PARALLEL: usize = 256;
+
+// ---------------------------------------------------------------------------------
+// Results
+
+enum Value {
+    Samples(Vec<f64>),
+    Skipped(String),
+}
+
+struct Row {
+    id: &'static str,
+    label: String,
+    unit: &'static str,
+    value: Value,
+    target: Option<f64>,
+}
+
+#[derive(Default)]
+struct Results {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Results {
+    fn add(
+        &mut self,
+        id: &'static str,
+        label: impl Into<String>,
+        unit: &'static str,
+        value: Result<Vec<f64>, String>,
+        target: Option<f64>,
+    ) {
+        let value = match value {
+            Ok(v) if !v.is_empty() => Value::Samples(v),
+            Ok(_) => Value::Skipped("no samples".into()),
+            Err(e) => Value::Skipped(e),
+        };
+        if let Value::Skipped(why) = &value {
+            eprintln!("  {id}: not measured: {why}");
+        }
+        self.rows.push(Row {
+            id,
+            label: label.into(),
+            unit,
+            value,
+            target,
+        });
+    }
+
+    fn note(&mut self, s: impl Into<String>) {
+        let s = s.into();
+        eprintln!("  note: {s}");
+        self.notes.push(s);
+    }
+
+    /// (p50, p90) of a measured row.
+    fn stats(&self, id: &str) -> Option<(f64, f64)> {
+        self.rows
+            .iter()
+            .find(|r| r.id == id)
+            .and_then(|r| match &r.value {
+                Value::Samples(s) => Some(stats(s)),
+                Value::Skipped(_) => None,
+            })
+    }
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn stats(samples: &[f64]) -> (f64, f64) {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    (percentile(&s, 0.5), percentile(&s, 0.9))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn fmt_value(v: f64, unit: &str) -> String {
+    match unit {
+        "ms" if v < 10.0 => format!("{v:.2} ms"),
+        "ms" => format!("{v:.1} ms"),
+        "MiB" => format!("{v:.2} MiB"),
+        "KiB" => format!("{v:.0} KiB"),
+        _ => format!("{v:.2} {unit}"),
+    }
+}
+
+fn print_report(res: &Results, nodes: usize, elapsed: Duration) {
+    let mut out = String::new();
+    let w = &mut out;
+    use std::fmt::Write as _;
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "## clustermgr benchmarks ({} CPUs, fan-out of {nodes}; p50/p90 nearest rank)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let _ = writeln!(w);
+    let _ = writeln!(w, "| id | measurement | n | p50 | p90 | target | verdict |");
+    let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---|");
+    for r in &res.rows {
+        let target = r
+            .target
+            .map_or("-".to_string(), |t| format!("< {t} {}", r.unit));
+        match &r.value {
+            Value::Samples(s) => {
+                let (p50, p90) = stats(s);
+                let verdict = match r.target {
+                    Some(t) if p50 < t => "met",
+                    Some(_) => "MISSED",
+                    None => "context",
+                };
+                let p90 = if s.len() > 1 {
+                    fmt_value(p90, r.unit)
+                } else {
+                    "-".into()
+                };
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    r.id,
+                    r.label,
+                    s.len(),
+                    fmt_value(p50, r.unit),
+                    p90,
+                    target,
+                    verdict
+                );
+            }
+            Value::Skipped(why) => {
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | 0 | - | - | {} | not measured: {} |",
+                    r.id,
+                    r.label,
+                    target,
+                    why.replace('|', "/").replace('\n', " ")
+                );
+            }
+        }
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(w, "### Ratios (p50 / p50, same run)");
+    let _ = writeln!(w);
+    let _ = writeln!(w, "| ratio | value |");
+    let _ = writeln!(w, "|---|---:|");
+    let ratios = [
+        (
+            "lib_exec",
+            "ssh_mux",
+            "warm exec, library (serve's path) / ssh multiplexed",
+        ),
+        ("cli_serve", "ssh_mux", "CLI via serve / ssh multiplexed"),
+        ("cli_serve", "ssh_fresh", "CLI via serve / ssh fresh"),
+        ("cli_cold", "ssh_fresh", "CLI without serve / ssh fresh"),
+        (
+            "fan_exec",
+            "spawn_true",
+            "fan-out exec / spawning as many `true` locally",
+        ),
+    ];
+    for (a, b, label) in ratios {
+        let v = match (res.stats(a), res.stats(b)) {
+            (Some((x, _)), Some((y, _))) if y > 0.0 => format!("{:.3}", x / y),
+            _ => "n/a (not measured)".into(),
+        };
+        let _ = writeln!(w, "| {label} | {v} |");
+    }
+    if let (Some((fan, _)), Some((fresh, _))) = (res.stats("fan_exec"), res.stats("ssh_fresh")) {
+        let _ = writeln!(
+            w,
+            "| fan-out exec / {nodes} fresh ssh sessions one after another (extrapolated: {nodes} x ssh fresh p50 = {:.1} s) | {:.4} |",
+            fresh * nodes as f64 / 1e3,
+            fan / (fresh * nodes as f64)
+        );
+    }
+    if !res.notes.is_empty() {
+        let _ = writeln!(w);
+        let _ = writeln!(w, "### Notes");
+        let _ = writeln!(w);
+        for n in &res.notes {
+            let _ = writeln!(w, "- {n}");
+        }
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "measuring took {:.1} s (after building the binaries under test)",
+        elapsed.as_secs_f64()
+    );
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+}
+
+// ---------------------------------------------------------------------------------
+// Helpers
+
+/// Runs the command from `make` `warm + n` times, one after another, and returns the
+/// wall-clock milliseconds of the last `n` (spawn to exit). Any failure fails the lot.
+fn time_process(
+    n: usize,
+    warm: usize,
+    mut make: impl FnMut() -> StdCommand,
+) -> Result<Vec<f64>, String> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..warm + n {
+        let mut c = make();
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let t = Instant::now();
+        let o = c.output().map_err(|e| format!("{c:?}: {e}"))?;
+        let el = t.elapsed();
+        if !o.status.success() {
+            return Err(format!(
+                "{c:?} ended with {}: {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+        if i >= warm {
+            out.push(ms(el));
+        }
+    }
+    Ok(out)
+}
+
+/// Runs one operation as `serve` does: events drained as they come.
+async fn run_op(ctx: &Arc<Ctx>, op: Operation) -> Result<Report, String> {
+    let (tx, mut rx) = mpsc::channel(64);
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let r = ops::run(
+        ctx.clone(),
+        Invocation {
+            user: "bench".into(),
+            op,
+        },
+        tx,
+    )
+    .await;
+    let _ = drain.await;
+    r.map_err(|e| e.to_string())
+}
+
+/// How many nodes answered Ok; an error naming the first failure otherwise.
+fn all_ok(r: &Report) -> Result<usize, String> {
+    match r {
+        Report::Outcomes(o) => {
+            let bad: Vec<_> = o.iter().filter(|o| o.state != NodeState::Ok).collect();
+            match bad.first() {
+                None => Ok(o.len()),
+                Some(b) => Err(format!(
+                    "{} of {} nodes did not succeed; first: {} ({:?}: {})",
+                    bad.len(),
+                    o.len(),
+                    b.node,
+                    b.state,
+                    b.message.as_deref().unwrap_or("-")
+                )),
+            }
+        }
+        other => Err(format!("unexpected report {other:?}")),
+    }
+}
+
+fn exec_true(nodes: &str) -> Operation {
+    Operation::Exec {
+        nodes: nodes.into(),
+        command: Command::Argv(vec!["true".into()]),
+        timeout_secs: None,
+    }
+}
+
+/// Times `op` `n` times after one warm-up run; each run must succeed on every node.
+async fn time_op(ctx: &Arc<Ctx>, n: usize, op: impl Fn() -> Operation) -> Result<Vec<f64>, String> {
+    all_ok(&run_op(ctx, op()).await?)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = run_op(ctx, op()).await?;
+        let el = t.elapsed();
+        all_ok(&r)?;
+        out.push(ms(el));
+    }
+    Ok(out)
+}
+
+/// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// User plus system CPU ticks of a process.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; fields after it are fixed.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Waits until `pid` is idle: neither its RSS nor its CPU time changes for a whole
+/// second (polled every 50 ms), at most `patience`. Returns its VmRSS in KiB and how
+/// long it took to settle.
+async fn idle_rss(pid: u32, patience: Duration) -> Result<(u64, Duration), String> {
+    const STILL: usize = 20;
+    let start = Instant::now();
+    let mut last = None;
+    let mut still = 0;
+    loop {
+        let now = (
+            proc_status_kib(pid, "VmRSS").ok_or("the process is gone")?,
+            cpu_ticks(pid).ok_or("the process is gone")?,
+        );
+        if last == Some(now) {
+            still += 1;
+            if still >= STILL {
+                return Ok((now.0, start.elapsed()));
+            }
+        } else {
+            still = 0;
+        }
+        last = Some(now);
+        if start.elapsed() > patience {
+            return Err(format!(
+                "it did not settle within {patience:?} (last VmRSS {} KiB)",
+                now.0
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The first three fields of /proc/loadavg.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Raises the soft open-files limit towards `want` (as `ulimit -n` would); returns the
+/// limit in force.
+#[allow(unsafe_code)]
+fn raise_nofile(want: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < want {
+            let new = libc::rlimit {
+                rlim_cur: want.min(lim.rlim_max),
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &new) == 0 {
+                lim.rlim_cur = new.rlim_cur;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+// ---------------------------------------------------------------------------------
+// 1. One agent: library over a warm connection, CLI via serve, CLI alone
+
+async fn single_node(res: &mut Results) {
+    eprintln!("[1] one agent: starting it");
+    let cluster = Cluster::gluu(1).await;
+    let exec_args = ["exec", "--nodes", "gluu1", "--", "true"];
+
+    eprintln!("[1] CLI without serve: {N_CLI_COLD} runs");
+    let cold = tokio::task::block_in_place(|| {
+        time_process(N_CLI_COLD, 2, || {
+            let mut c = cluster.cli();
+            c.args(exec_args);
+            c
+        })
+    });
+    res.add(
+        "cli_cold",
+        "`clustermgr exec --nodes gluu1 -- true`, no serve (process + handshake + Hello + exec)",
+        "ms",
+        cold,
+        Some(10.0),
+    );
+
+    eprintln!("[1] CLI `node list` without serve: {N_CLI_COLD} runs");
+    let list = tokio::task::block_in_place(|| {
+        time_process(N_CLI_COLD, 2, || {
+            let mut c = cluster.cli();
+            c.args(["node", "list"]);
+            c
+        })
+    });
+    res.add(
+        "cli_list",
+        "context: `clustermgr node list`, no serve (process start + store open, no network)",
+        "ms",
+        list,
+        None,
+    );
+
+    eprintln!("[1] library, one-shot Ctx as the CLI without serve: {N_LIB_COLD} runs");
+    let (cold, close) = split_pairs(lib_cold(&cluster.dir(), N_LIB_COLD).await);
+    res.add(
+        "lib_cold",
+        "context: in-process one-shot `Ctx::open` + exec (fresh handshake) + `dialer.close()`",
+        "ms",
+        cold,
+        None,
+    );
+    res.add(
+        "lib_close",
+        "context: of which `dialer.close()` (endpoint close + wait_idle)",
+        "ms",
+        close,
+        None,
+    );
+
+    eprintln!("[1] library, serving Ctx, warm connection: {N_LIB_EXEC} exec runs");
+    match Ctx::open(
+        &cluster.dir(),
+        clock::system(),
+        &CtxOptions::default(),
+        true,
+    ) {
+        Ok(ctx) => {
+            let ctx = Arc::new(ctx);
+            let lib = time_op(&ctx, N_LIB_EXEC, || exec_true("gluu1")).await;
+            res.add(
+                "lib_exec",
+                "warm `exec -- true` to 1 agent, library (`ops::run` on a serving `Ctx`, as serve runs it)",
+                "ms",
+                lib,
+                Some(1.0),
+            );
+            let ping = time_op(&ctx, N_LIB_PING, || Operation::Ping {
+                nodes: "gluu1".into(),
+            })
+            .await;
+            res.add(
+                "lib_ping",
+                "warm `ping` (Info) to 1 agent, library (no store write, no process)",
+                "ms",
+                ping,
+                None,
+            );
+            // exec appends an audit record and updates it: two store commits per exec.
+            let mut commits = Vec::with_capacity(N_STORE_COMMIT);
+            let mut failed = None;
+            for i in 0..N_STORE_COMMIT {
+                let rec = AuditRecord {
+                    time_ms: i as i64,
+                    user: "bench".into(),
+                    action: "bench".into(),
+                    nodes: vec!["gluu1".into()],
+                    detail: "true".into(),
+                    results: Vec::new(),
+                };
+                let t = Instant::now();
+                if let Err(e) = ctx.store.audit_append(&rec) {
+                    failed = Some(e.to_string());
+                    break;
+                }
+                commits.push(ms(t.elapsed()));
+            }
+            res.add(
+                "store_commit",
+                "one store write transaction (`Store::audit_append`; exec does 2)",
+                "ms",
+                failed.map_or(Ok(commits), Err),
+                None,
+            );
+            ctx.dialer.close().await;
+            drop(ctx);
+        }
+        Err(e) => {
+            let why = format!("cannot open the cluster: {e}");
+            for (id, label) in [
+                ("lib_exec", "warm `exec -- true` to 1 agent, library"),
+                ("lib_ping", "warm `ping` to 1 agent, library"),
+                ("store_commit", "one store write transaction"),
+            ] {
+                res.add(id, label, "ms", Err(why.clone()), None);
+            }
+        }
+    }
+
+    eprintln!("[1] spawning one `true` at a time: {N_SPAWN_ONE} runs");
+    let mut one = Vec::with_capacity(N_SPAWN_ONE);
+    let mut failed = None;
+    for _ in 0..N_SPAWN_ONE + 3 {
+        match spawn_true(1).await {
+            Ok(d) => one.push(ms(d)),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    res.add(
+        "spawn_one",
+        "context: spawn and reap one `true` locally as the agent does (tokio::process, piped)",
+        "ms",
+        failed.map_or_else(|| Ok(one.split_off(3)), Err),
+        None,
+    );
+
+    eprintln!("[1] CLI through a running `clustermgr serve`: {N_CLI_SERVE} runs");
+    let serve = cluster.serve().await;
+    let served = tokio::task::block_in_place(|| {
+        time_process(N_CLI_SERVE, 3, || {
+            let mut c = cluster.cli();
+            c.args(exec_args);
+            c
+        })
+    });
+    res.add(
+        "cli_serve",
+        "`clustermgr exec --nodes gluu1 -- true` through a running `clustermgr serve` (warm)",
+        "ms",
+        served,
+        Some(10.0),
+    );
+    drop(serve);
+
+    // Every timed run above plus its warm-up runs.
+    let served_execs = (N_CLI_COLD + 2) + (N_LIB_COLD + 2) + (N_LIB_EXEC + 1) + (N_CLI_SERVE + 3);
+    let served_pings = N_LIB_PING + 1;
+    if let Some(pid) = cluster.agent("gluu1").child.id() {
+        match idle_rss(pid, Duration::from_secs(20)).await {
+            Ok((kib, _)) => res.add(
+                "agent_rss_busy",
+                format!(
+                    "agent VmRSS, idle after serving {served_execs} execs and {served_pings} pings"
+                ),
+                "MiB",
+                Ok(vec![kib as f64 / 1024.0]),
+                None,
+            ),
+            Err(e) => res.add(
+                "agent_rss_busy",
+                "agent VmRSS after execs",
+                "MiB",
+                Err(e),
+                None,
+            ),
+        }
+    }
+}
+
+/// Splits measured pairs into two sample lists.
+fn split_pairs(
+    r: Result<Vec<(f64, f64)>, String>,
+) -> (Result<Vec<f64>, String>, Result<Vec<f64>, String>) {
+    match r {
+        Ok(v) => {
+            let (a, b) = v.into_iter().unzip();
+            (Ok(a), Ok(b))
+        }
+        Err(e) => (Err(e.clone()), Err(e)),
+    }
+}
+
+/// What the CLI does without serve, in this process: open the cluster, run the exec
+/// over a new connection, close the endpoint. Returns (total, close) per run, ms.
+async fn lib_cold(dir: &Path, n: usize) -> Result<Vec<(f64, f64)>, String> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n + 2 {
+        let t = Instant::now();
+        let ctx = Arc::new(
+            Ctx::open(dir, clock::system(), &CtxOptions::default(), false)
+                .map_err(|e| e.to_string())?,
+        );
+        let r = run_op(&ctx, exec_true("gluu1")).await;
+        let c = Instant::now();
+        ctx.dialer.close().await;
+        let close = ms(c.elapsed());
+        drop(ctx);
+        let total = ms(t.elapsed());
+        all_ok(&r?)?;
+        if i >= 2 {
+            out.push((total, close));
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------
+// 4. Idle agent memory
+
+async fn idle_memory(res: &mut Results) {
+    eprintln!("[4] idle agent memory");
+    let cluster = Cluster::gluu(1).await;
+    let label = "agent VmRSS, idle after `node add` (Info) and one `ping`";
+    let o = tokio::task::block_in_place(|| cluster.run(&["ping", "--nodes", "gluu1"]));
+    if !o.status.success() {
+        let why = format!("ping failed: {}", clustermgr_tests::stderr(&o).trim());
+        res.add("agent_rss", label, "MiB", Err(why), Some(8.0));
+        return;
+    }
+    let Some(pid) = cluster.agent("gluu1").child.id() else {
+        res.add(
+            "agent_rss",
+            label,
+            "MiB",
+            Err("no agent pid".into()),
+            Some(8.0),
+        );
+        return;
+    };
+    match idle_rss(pid, Duration::from_secs(20)).await {
+        Ok((kib, settled)) => {
+            res.add(
+                "agent_rss",
+                label,
+                "MiB",
+                Ok(vec![kib as f64 / 1024.0]),
+                Some(8.0),
+            );
+            if let Some(hwm) = proc_status_kib(pid, "VmHWM") {
+                res.note(format!(
+                    "idle agent: VmRSS {kib} KiB, peak VmHWM {hwm} KiB, settled {:.1} s after the ping",
+                    settled.as_secs_f64()
+                ));
+            }
+        }
+        Err(e) => res.add("agent_rss", label, "MiB", Err(e), Some(8.0)),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 2. OpenSSH
+
+struct Sshd {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    port: u16,
+    user: String,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_program(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn run_checked(c: &mut StdCommand) -> Result<std::process::Output, String> {
+    let o = c.output().map_err(|e| format!("{c:?}: {e}"))?;
+    if o.status.success() {
+        Ok(o)
+    } else {
+        Err(format!(
+            "{c:?} ended with {}: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))
+    }
+}
+
+fn start_sshd() -> Result<Sshd, String> {
+    let sshd = find_program("sshd", &["/usr/sbin", "/sbin"])
+        .ok_or("sshd is not installed (apt-get install openssh-server)")?;
+    let keygen = find_program("ssh-keygen", &[]).ok_or("ssh-keygen is not installed")?;
+    find_program("ssh", &[]).ok_or("ssh is not installed (apt-get install openssh-client)")?;
+    // Debian's unit creates sshd's privilege separation directory; nothing does in a
+    // container.
+    let privsep = Path::new("/run/sshd");
+    if !privsep.is_dir() {
+        std::fs::create_dir_all(privsep).map_err(|e| {
+            format!("sshd needs /run/sshd, which is missing and cannot be created: {e}")
+        })?;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("cm-bench-ssh")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let d = dir.path();
+    for key in ["host_ed25519", "client_ed25519"] {
+        run_checked(
+            StdCommand::new(&keygen)
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f"])
+                .arg(d.join(key)),
+        )?;
+    }
+    std::fs::copy(d.join("client_ed25519.pub"), d.join("authorized_keys"))
+        .map_err(|e| e.to_string())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let user = String::from_utf8_lossy(&run_checked(StdCommand::new("id").arg("-un"))?.stdout)
+        .trim()
+        .to_string();
+    let config = format!(
+        "Port {port}\n\
+         ListenAddress 127.0.0.1\n\
+         HostKey {d}/host_ed25519\n\
+         PidFile {d}/sshd.pid\n\
+         UsePAM no\n\
+         PermitRootLogin prohibit-password\n\
+         PubkeyAuthentication yes\n\
+         PasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\n\
+         AuthorizedKeysFile {d}/authorized_keys\n\
+         StrictModes no\n\
+         # Debian's bash sources ~/.bashrc in sessions sshd starts when SHLVL says it\n\
+         # is a top-level shell; a heavy ~/.bashrc would be measured instead of ssh.\n\
+         SetEnv SHLVL=1\n",
+        d = d.display()
+    );
+    std::fs::write(d.join("sshd_config"), config).map_err(|e| e.to_string())?;
+    run_checked(
+        StdCommand::new(&sshd)
+            .arg("-t")
+            .arg("-f")
+            .arg(d.join("sshd_config")),
+    )
+    .map_err(|e| format!("sshd rejects its configuration: {e}"))?;
+    let log = std::fs::File::create(d.join("sshd.log")).map_err(|e| e.to_string())?;
+    let child = StdCommand::new(&sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(d.join("sshd_config"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", sshd.display()))?;
+    // The host key is known in advance: never accept one blindly.
+    let host_pub =
+        std::fs::read_to_string(d.join("host_ed25519.pub")).map_err(|e| e.to_string())?;
+    let host_pub: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+    std::fs::write(
+        d.join("known_hosts"),
+        format!("[127.0.0.1]:{port} {}\n", host_pub.join(" ")),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut s = Sshd {
+        child,
+        dir,
+        port,
+        user,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(s);
+        }
+        if let Ok(Some(status)) = s.child.try_wait() {
+            let log = std::fs::read_to_string(s.dir.path().join("sshd.log")).unwrap_or_default();
+            return Err(format!("sshd exited ({status}): {}", log.trim()));
+        }
+        if Instant::now() > deadline {
+            return Err("sshd did not listen within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Sshd {
+    /// `ssh` with this server's key, known_hosts and port, and no user configuration.
+    fn ssh(&self) -> StdCommand {
+        let d = self.dir.path();
+        let mut c = StdCommand::new("ssh");
+        c.arg("-F")
+            .arg("/dev/null")
+            .arg("-i")
+            .arg(d.join("client_ed25519"))
+            .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o"])
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                d.join("known_hosts").display()
+            ))
+            .args([
+                "-o",
+                "GlobalKnownHostsFile=/dev/null",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "LogLevel=ERROR",
+                "-p",
+            ])
+            .arg(self.port.to_string());
+        c
+    }
+
+    fn target(&self) -> String {
+        format!("{}@127.0.0.1", self.user)
+    }
+
+    fn mux_socket(&self) -> PathBuf {
+        self.dir.path().join("mux")
+    }
+}
+
+fn ssh_bench(res: &mut Results) {
+    eprintln!("[2] OpenSSH: starting sshd on loopback");
+    let fresh_label =
+        "`ssh 127.0.0.1 true`, fresh connection (process + TCP + key exchange + auth + session)";
+    let mux_label = "`ssh -S sock 127.0.0.1 true`, warm ControlMaster connection";
+    let sshd = match start_sshd() {
+        Ok(s) => s,
+        Err(e) => {
+            res.note(format!("the OpenSSH comparison was skipped: {e}"));
+            res.add("ssh_fresh", fresh_label, "ms", Err(e.clone()), None);
+            res.add("ssh_mux", mux_label, "ms", Err(e), None);
+            return;
+        }
+    };
+    eprintln!("[2] ssh fresh: {N_SSH_FRESH} runs");
+    let fresh = time_process(N_SSH_FRESH, 2, || {
+        let mut c = sshd.ssh();
+        c.arg(sshd.target()).arg("true");
+        c
+    });
+    res.add("ssh_fresh", fresh_label, "ms", fresh, None);
+
+    eprintln!("[2] ssh multiplexed: {N_SSH_MUX} runs");
+    let mux = (|| {
+        let mut master = sshd
+            .ssh()
+            .arg("-M")
+            .arg("-S")
+            .arg(sshd.mux_socket())
+            .args(["-N", "-o", "ControlPersist=no"])
+            .arg(sshd.target())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start the ControlMaster: {e}"))?;
+        let check = || {
+            sshd.ssh()
+                .arg("-S")
+                .arg(sshd.mux_socket())
+                .args(["-O", "check"])
+                .arg(sshd.target())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ready = loop {
+            if check() {
+                break Ok(());
+            }
+            if let Ok(Some(st)) = master.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = master.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                break Err(format!("the ControlMaster exited ({st}): {}", err.trim()));
+            }
+            if Instant::now() > deadline {
+                break Err("the ControlMaster did not come up within 10 s".to_string());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let r = ready.and_then(|()| {
+            time_process(N_SSH_MUX, 3, || {
+                let mut c = sshd.ssh();
+                c.arg("-S")
+                    .arg(sshd.mux_socket())
+                    .arg(sshd.target())
+                    .arg("true");
+                c
+            })
+        });
+        let _ = master.kill();
+        let _ = master.wait();
+        r
+    })();
+    res.add("ssh_mux", mux_label, "ms", mux, None);
+}
+
+// ---------------------------------------------------------------------------------
+// 3. Fan-out to many agents hosted in a child process
+
+/// The child: starts every agent listed in `dir/nodes.txt` in this process, prints
+/// `listening NAME ADDR` for each and then `ready`, and serves until stdin closes.
+fn agent_host(dir: PathBuf) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("agent host runtime");
+    rt.block_on(async {
+        let mut out = std::io::BufWriter::new(std::io::stdout());
+        let names = std::fs::read_to_string(dir.join("nodes.txt")).unwrap_or_default();
+        let mut handles = Vec::new();
+        for name in names.lines() {
+            let config = dir.join(name).join("etc/agent.toml");
+            match AgentConfig::load(&config)
+                .and_then(Agent::load)
+                .and_then(Agent::start)
+            {
+                Ok(h) => {
+                    let _ = writeln!(out, "listening {name} {}", h.local_addr);
+                    handles.push(h);
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "error {name}: {e}");
+                    let _ = out.flush();
+                    return;
+                }
+            }
+        }
+        let _ = writeln!(out, "ready");
+        let _ = out.flush();
+        // Serve until the benchmark closes our stdin.
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut sink);
+        })
+        .await;
+        drop(handles);
+    });
+    // Skip tearing down a thousand endpoints one by one.
+    std::process::exit(0);
+}
+
+fn toml_path(p: &Path) -> String {
+    p.display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+}
+
+/// Spawns `n` `true` processes, at most [`SPAWN_PARALLEL`] at once, each as the agent
+/// starts commands (own process group, piped output read to the end).
+async fn spawn_true(n: usize) -> Result<Duration, String> {
+    let cap = Arc::new(Semaphore::new(SPAWN_PARALLEL));
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let permit = cap
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        set.spawn(async move {
+            let _permit = permit;
+            tokio::process::Command::new("true")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .kill_on_drop(true)
+                .output()
+                .await
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(o)) if o.status.success() => {}
+            Ok(Ok(o)) => return Err(format!("true ended with {}", o.status)),
+            Ok(Err(e)) => return Err(format!("cannot spawn true: {e}")),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(start.elapsed())
+}
+
+async fn fan_out(res: &mut Results, nodes: usize) {
+    let exec_label =
+        format!("warm `exec -- true` fanned out to {nodes} agents (`--nodes all`), library");
+    let target = if nodes == DEFAULT_NODES {
+        Some(500.0)
+    } else {
+        None
+    };
+    if let Err(e) = fan_out_inner(res, nodes, &exec_label, target).await {
+        res.note(format!("the fan-out benchmark failed: {e}"));
+        if !res.rows.iter().any(|r| r.id == "fan_exec") {
+            res.add("fan_exec", exec_label, "ms", Err(e), target);
+        }
+    }
+}
+
+async fn fan_out_inner(
+    res: &mut Results,
+    nodes: usize,
+    exec_label: &str,
+    target: Option<f64>,
+) -> Result<(), String> {
+    eprintln!("[3] fan-out: enrolling and signing {nodes} agents");
+    let setup = Instant::now();
+    let base = tempfile::Builder::new()
+        .prefix("cm-bench-fanout")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let home = base.path().join("home");
+    let agents_dir = base.path().join("agents");
+    ops::init(&home, "bench", 90, &clock::SystemClock).map_err(|e| e.to_string())?;
+    let ctx = Arc::new(
+        Ctx::open(&home, clock::system(), &CtxOptions::default(), true)
+            .map_err(|e| e.to_string())?,
+    );
+    let names: Vec<String> = (1..=nodes).map(|i| format!("node{i:04}")).collect();
+    let mut certs = Vec::with_capacity(nodes);
+    for name in &names {
+        let node = NodeName::new(name).map_err(|e| e.to_string())?;
+        let dir = agents_dir.join(name);
+        let etc = dir.join("etc");
+        for d in [&etc, &dir.join("state"), &dir.join("root")] {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        // The agent's own enrollment: its key stays in its directory, a CSR comes out.
+        let csr_pem =
+            clustermgr_agent::enroll::enroll(&node, &etc, false).map_err(|e| e.to_string())?;
+        let Report::Signed(signed) = run_op(
+            &ctx,
+            Operation::NodeSign {
+                node: name.clone(),
+                csr_pem,
+            },
+        )
+        .await?
+        else {
+            return Err("node sign did not report a certificate".into());
+        };
+        let w = |file: &str, text: &str| {
+            std::fs::write(etc.join(file), text).map_err(|e| format!("{file}: {e}"))
+        };
+        w("agent.crt", &signed.cert_pem)?;
+        w("ca.crt", ctx.ca.cert_pem())?;
+        w(
+            "agent.toml",
+            &format!(
+                "listen = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\nstate_dir = \"{}\"\nroot = \"{}\"\n",
+                toml_path(&etc.join("agent.crt")),
+                toml_path(&etc.join("agent.key")),
+                toml_path(&etc.join("ca.crt")),
+                toml_path(&dir.join("state")),
+                toml_path(&dir.join("root")),
+            ),
+        )?;
+        certs.push(CertSummary::parse_pem(&signed.cert_pem).map_err(|e| e.to_string())?);
+    }
+    std::fs::write(agents_dir.join("nodes.txt"), names.join("\n")).map_err(|e| e.to_string())?;
+    let signed_in = setup.elapsed();
+
+    eprintln!("[3] fan-out: starting {nodes} agents in one child process");
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut host = tokio::process::Command::new(exe)
+        .env(AGENT_HOST_ENV, &agents_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the agent host: {e}"))?;
+    let host_pid = host.id().unwrap_or(0);
+    let mut lines = BufReader::new(host.stdout.take().ok_or("no stdout")?).lines();
+    let mut addrs = std::collections::HashMap::new();
+    let started = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line == "ready" {
+                return Ok(());
+            }
+            match line
+                .strip_prefix("listening ")
+                .and_then(|l| l.split_once(' '))
+            {
+                Some((name, addr)) => {
+                    addrs.insert(name.to_string(), addr.to_string());
+                }
+                None => return Err(format!("agent host: {line}")),
+            }
+        }
+        Err("the agent host exited before it was ready".to_string())
+    })
+    .await
+    .map_err(|_| "the agent host did not start within 120 s".to_string())?;
+    started?;
+    let agents_up = setup.elapsed();
+
+    // The records `node add` would write; the warm-up ping below then checks each
+    // agent answers as the pinned node, as `node add` does before recording it.
+    let now = clock::SystemClock.unix();
+    let records = names
+        .iter()
+        .zip(&certs)
+        .enumerate()
+        .map(|(i, (name, cert))| {
+            Ok(NodeRecord {
+                name: name.clone(),
+                address: addrs
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| format!("{name} did not report its address"))?,
+                roles: vec![Role::Gluu],
+                primary: i == 0,
+                pinned_key: cert.key_fingerprint.clone(),
+                cert_serial: cert.serial.clone(),
+                cert_not_after: cert.not_after,
+                added_at: now,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    ctx.store.put_nodes(&records).map_err(|e| e.to_string())?;
+
+    eprintln!("[3] fan-out: first contact (handshake + Hello + Info) with {nodes} agents");
+    let t = Instant::now();
+    let first = run_op(
+        &ctx,
+        Operation::Ping {
+            nodes: "all".into(),
+        },
+    )
+    .await?;
+    let first_ms = ms(t.elapsed());
+    let first_ok = all_ok(&first);
+    res.add(
+        "fan_connect",
+        format!(
+            "first contact: connect + Hello + Info to {nodes} agents (32 handshakes in flight)"
+        ),
+        "ms",
+        first_ok.clone().map(|_| vec![first_ms]),
+        None,
+    );
+    first_ok?;
+    let pooled = ctx.pool.as_ref().map_or(0, |p| p.connected().len());
+    if pooled != nodes {
+        return Err(format!("only {pooled} of {nodes} connections are warm"));
+    }
+    res.note(format!(
+        "fan-out setup: {nodes} agents enrolled and signed (`NodeSign` through `ops::run`) in {:.1} s, all listening after {:.1} s, {pooled} warm connections",
+        signed_in.as_secs_f64(),
+        agents_up.as_secs_f64()
+    ));
+
+    eprintln!("[3] fan-out: {N_FANOUT_PING} warm pings to all");
+    let ping = time_op(&ctx, N_FANOUT_PING, || Operation::Ping {
+        nodes: "all".into(),
+    })
+    .await;
+    res.add(
+        "fan_ping",
+        format!("warm `ping` (Info) fanned out to {nodes} agents, library"),
+        "ms",
+        ping,
+        None,
+    );
+
+    eprintln!("[3] fan-out: {N_FANOUT_EXEC} warm execs to all");
+    let exec = time_op(&ctx, N_FANOUT_EXEC, || exec_true("all")).await;
+    res.add("fan_exec", exec_label, "ms", exec, target);
+
+    if let Some(kib) = proc_status_kib(host_pid, "VmRSS") {
+        res.note(format!(
+            "the agent host process holds {nodes} agents and their warm connections in {:.1} MiB ({:.0} KiB per agent)",
+            kib as f64 / 1024.0,
+            kib as f64 / nodes as f64
+        ));
+    }
+    ctx.dialer.close().await;
+    drop(ctx);
+    drop(host.stdin.take());
+    if tokio::time::timeout(Duration::from_secs(10), host.wait())
+        .await
+        .is_err()
+    {
+        let _ = host.kill().await;
+    }
+
+    eprintln!("[3] baseline: spawning {nodes} `true` processes, {N_SPAWN_BASELINE} times");
+    let mut spawn = Vec::new();
+    let mut failed = None;
+    for _ in 0..N_SPAWN_BASELINE {
+        match spawn_true(nodes).await {
+            Ok(d) => spawn.push(ms(d)),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    res.add(
+        "spawn_true",
+        format!("context: spawn and reap {nodes} `true` locally, {SPAWN_PARALLEL} at once (tokio::process)"),
+        "ms",
+        failed.map_or(Ok(spawn), Err),
+        None,
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+
+fn main() {
+    if let Some(dir) = std::env::var_os(AGENT_HOST_ENV) {
+        agent_host(PathBuf::from(dir));
+        return;
+    }
+    let build = Instant::now();
+    let mut nodes = std::env::var(NODES_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(DEFAULT_NODES);
+    eprintln!("building the binaries under test (same profile as this benchmark)");
+    let bins = clustermgr_tests::bin_dir();
+    eprintln!(
+        "binaries: {} (ready after {:.1} s)",
+        bins.display(),
+        build.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    let load_before = loadavg();
+    let mut res = Results::default();
+    if !bins.ends_with("release") {
+        res.note(format!(
+            "the binaries under test are NOT a release build ({}); run through `cargo bench`",
+            bins.display()
+        ));
+    }
+    // Each agent holds a UDP socket; each running command three pipes.
+    let want = (nodes as u64) * 2 + 4096;
+    let limit = raise_nofile(want);
+    if limit < want {
+        let fit = (limit.saturating_sub(4096) / 2) as usize;
+        res.note(format!(
+            "the open-files limit is {limit} (hard limit), too low for {nodes} agents; the fan-out uses {fit} (raise it with `ulimit -n {want}`)"
+        ));
+        nodes = fit.max(1);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        single_node(&mut res).await;
+        idle_memory(&mut res).await;
+        tokio::task::block_in_place(|| ssh_bench(&mut res));
+        fan_out(&mut res, nodes).await;
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    res.note(format!(
+        "load average (1, 5, 15 min) before: {load_before}; after: {} (other work shares this machine)",
+        loadavg()
+    ));
+    print_report(&res, nodes, started.elapsed());
+}
