@@ -229,6 +229,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         opts.connect_timeout = Duration::from_secs_f64(secs);
     }
     let json = cli.json;
+    let connect_timeout = cli.connect_timeout;
     let (op, mode) = match cli.command {
         Cmd::Init { cluster, cert_days } => {
             let meta = ops::init(&home, &cluster, cert_days, &clock::SystemClock)?;
@@ -315,7 +316,12 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         ),
     };
     let mode = if json { OutputMode::Json } else { mode };
-    execute(&home, &opts, Invocation { user: user(), op }, mode).await
+    let inv = Invocation {
+        user: user(),
+        op,
+        connect_timeout_ms: connect_timeout.map(|secs| (secs * 1000.0).round() as u64),
+    };
+    execute(&home, &opts, inv, mode).await
 }
 
 /// Runs an operation through `serve` if it answers, else in this process, rendering

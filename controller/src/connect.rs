@@ -181,28 +181,33 @@ impl Dialer {
 
     /// Connects to `node`, checks its identity, and says Hello.
     pub async fn connect(&self, node: &NodeRecord) -> Result<AgentConn, NodeFailure> {
+        self.connect_within(node, self.connect_timeout).await
+    }
+
+    /// Like [`Dialer::connect`], with its own connect timeout.
+    pub async fn connect_within(
+        &self,
+        node: &NodeRecord,
+        connect_timeout: Duration,
+    ) -> Result<AgentConn, NodeFailure> {
         let name = NodeName::new(&node.name).map_err(|e| NodeFailure::failed(e.to_string()))?;
         let target = address_with_port(&node.address);
-        let addr = match tokio::time::timeout(
-            self.connect_timeout,
-            tokio::net::lookup_host(&target),
-        )
-        .await
-        {
-            Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| {
-                NodeFailure::unreachable(format!("{target} resolves to no address"))
-            })?,
-            Ok(Err(e)) => {
-                return Err(NodeFailure::unreachable(format!(
-                    "cannot resolve {target}: {e}"
-                )));
-            }
-            Err(_) => {
-                return Err(NodeFailure::unreachable(format!(
-                    "resolving {target} timed out"
-                )));
-            }
-        };
+        let addr =
+            match tokio::time::timeout(connect_timeout, tokio::net::lookup_host(&target)).await {
+                Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| {
+                    NodeFailure::unreachable(format!("{target} resolves to no address"))
+                })?,
+                Ok(Err(e)) => {
+                    return Err(NodeFailure::unreachable(format!(
+                        "cannot resolve {target}: {e}"
+                    )));
+                }
+                Err(_) => {
+                    return Err(NodeFailure::unreachable(format!(
+                        "resolving {target} timed out"
+                    )));
+                }
+            };
         let config = controller_client_config(
             &self.creds,
             self.ca.clone(),
@@ -219,11 +224,11 @@ impl Dialer {
             let conn = connecting.await.map_err(|e| describe(e, addr))?;
             self.hello(conn, &name).await
         };
-        match tokio::time::timeout(self.connect_timeout, attempt).await {
+        match tokio::time::timeout(connect_timeout, attempt).await {
             Ok(r) => r,
             Err(_) => Err(NodeFailure::unreachable(format!(
                 "no answer from {addr} within {} s (is clustermgr-agent running there, and is UDP port {} open from this machine?)",
-                self.connect_timeout.as_secs_f32(),
+                connect_timeout.as_secs_f32(),
                 addr.port()
             ))),
         }

@@ -100,6 +100,7 @@ async fn one_shot(ctx: &Arc<Ctx>, op: Operation) -> Result<Report, CtlError> {
         Invocation {
             user: "dev".into(),
             op,
+            connect_timeout_ms: None,
         },
         tx,
     )

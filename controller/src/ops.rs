@@ -116,6 +116,8 @@ pub struct Invocation {
     pub user: String,
     /// The operation.
     pub op: Operation,
+    /// The caller's `--connect-timeout`, if it gave one; else the controller's setting.
+    pub connect_timeout_ms: Option<u64>,
 }
 
 /// Progress of an operation, streamed while it runs.
@@ -555,12 +557,22 @@ impl Ctx {
     /// A greeted connection to `node`: a warm one under `serve`, else a new one. Its
     /// certificate is renewed first if it is past two thirds of its life or expired.
     pub async fn connection(&self, node: &NodeRecord) -> Result<AgentConn, NodeFailure> {
+        self.connection_within(node, self.dialer.connect_timeout)
+            .await
+    }
+
+    /// Like [`Ctx::connection`], with the connect timeout of one operation.
+    pub async fn connection_within(
+        &self,
+        node: &NodeRecord,
+        connect_timeout: Duration,
+    ) -> Result<AgentConn, NodeFailure> {
         if let Some(c) = self.pool.as_ref().and_then(|p| p.get(&node.name)) {
             return Ok(c);
         }
         let mut conn = {
             let _permit = self.handshakes.acquire().await;
-            self.dialer.connect(node).await?
+            self.dialer.connect_within(node, connect_timeout).await?
         };
         self.renew_if_due(&mut conn, node).await?;
         if let Some(pool) = &self.pool {
@@ -709,6 +721,10 @@ pub async fn run(
     events: mpsc::Sender<Event>,
 ) -> Result<Report, CtlError> {
     let user = inv.user.as_str();
+    let within = inv
+        .connect_timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(ctx.dialer.connect_timeout);
     match inv.op {
         Operation::NodeSign { node, csr_pem } => node_sign(&ctx, user, &node, &csr_pem),
         Operation::NodeAdd {
@@ -716,7 +732,7 @@ pub async fn run(
             address,
             roles,
             primary,
-        } => node_add(&ctx, user, &node, &address, roles, primary).await,
+        } => node_add(&ctx, user, &node, &address, roles, primary, within).await,
         Operation::NodeList => Ok(Report::Nodes(
             ctx.store
                 .nodes()?
@@ -727,7 +743,7 @@ pub async fn run(
         Operation::NodeShow { node } => {
             let rec = ctx.store.node(&node)?.ok_or(CtlError::UnknownNode(node))?;
             let mut view = NodeView::from_record(&rec);
-            match info(&ctx, &rec).await {
+            match info(&ctx, &rec, within).await {
                 Ok((info, _)) => view.info = Some(info),
                 Err(f) => view.error = Some(f.message),
             }
@@ -737,23 +753,23 @@ pub async fn run(
         Operation::NodeSetPrimary { node } => set_primary(&ctx, user, &node),
         Operation::Ping { nodes } => {
             let nodes = select(&ctx.store.nodes()?, &nodes)?;
-            Ok(Report::Outcomes(ping(&ctx, nodes, &events).await))
+            Ok(Report::Outcomes(ping(&ctx, nodes, within, &events).await))
         }
         Operation::Exec {
             nodes,
             command,
             timeout_secs,
-        } => exec(&ctx, user, &nodes, command, timeout_secs, &events).await,
+        } => exec(&ctx, user, &nodes, command, timeout_secs, within, &events).await,
         Operation::CertRenew { nodes, rekey } => {
             let nodes = select(&ctx.store.nodes()?, &nodes)?;
             let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
             let detail = if rekey { "new keys" } else { "same keys" };
             ctx.audit(user, "cert renew", &names, detail)?;
             Ok(Report::Outcomes(
-                cert_renew(&ctx, nodes, rekey, &events).await,
+                cert_renew(&ctx, nodes, rekey, within, &events).await,
             ))
         }
-        Operation::Status => status(&ctx, &events).await,
+        Operation::Status => status(&ctx, within, &events).await,
         Operation::CertStatus => cert_status(&ctx),
         Operation::Audit { limit } => Ok(Report::Audit(
             ctx.store
@@ -803,6 +819,7 @@ async fn node_add(
     address: &str,
     roles: Vec<Role>,
     primary: bool,
+    within: Duration,
 ) -> Result<Report, CtlError> {
     NodeName::new(node)?;
     if let Some(existing) = ctx.store.node(node)? {
@@ -848,7 +865,7 @@ async fn node_add(
         added_at: now,
     };
     // Nothing is recorded until the agent has answered as the pinned node.
-    let (info, _) = info(ctx, &rec).await.map_err(|f| CtlError::Agent {
+    let (info, _) = info(ctx, &rec, within).await.map_err(|f| CtlError::Agent {
         node: node.to_string(),
         message: format!("{} (the node was not added)", f.message),
     })?;
@@ -917,8 +934,12 @@ fn set_primary(ctx: &Ctx, user: &str, node: &str) -> Result<Report, CtlError> {
     Ok(Report::Done(format!("{node} is now the primary Gluu node")))
 }
 
-async fn info(ctx: &Ctx, node: &NodeRecord) -> Result<(Box<NodeInfo>, u64), NodeFailure> {
-    let conn = ctx.connection(node).await?;
+async fn info(
+    ctx: &Ctx,
+    node: &NodeRecord,
+    within: Duration,
+) -> Result<(Box<NodeInfo>, u64), NodeFailure> {
+    let conn = ctx.connection_within(node, within).await?;
     let start = Instant::now();
     match conn.unary(&Request::Info, REQUEST_TIMEOUT).await? {
         Reply::Info(info) => Ok((info, start.elapsed().as_micros() as u64)),
@@ -961,10 +982,15 @@ where
     out
 }
 
-async fn ping(ctx: &Ctx, nodes: Vec<NodeRecord>, events: &mpsc::Sender<Event>) -> Vec<NodeOutcome> {
+async fn ping(
+    ctx: &Ctx,
+    nodes: Vec<NodeRecord>,
+    within: Duration,
+    events: &mpsc::Sender<Event>,
+) -> Vec<NodeOutcome> {
     fan_out(nodes, events, |n| async move {
         let start = Instant::now();
-        let mut o = match info(ctx, &n).await {
+        let mut o = match info(ctx, &n, within).await {
             Ok((info, rtt)) => NodeOutcome {
                 rtt_us: Some(rtt),
                 info: Some(info),
@@ -984,6 +1010,7 @@ async fn exec(
     selector: &str,
     command: Command,
     timeout_secs: Option<u64>,
+    within: Duration,
     events: &mpsc::Sender<Event>,
 ) -> Result<Report, CtlError> {
     let nodes = select(&ctx.store.nodes()?, selector)?;
@@ -999,7 +1026,7 @@ async fn exec(
         requested_by: format!("{user}@{}", hostname()),
     };
     let outcomes = fan_out(nodes, events, |n| {
-        exec_on(ctx, n, spec.clone(), events.clone())
+        exec_on(ctx, n, spec.clone(), within, events.clone())
     })
     .await;
     audit.results = outcomes
@@ -1023,10 +1050,11 @@ async fn exec_on(
     ctx: &Ctx,
     node: NodeRecord,
     spec: ExecSpec,
+    within: Duration,
     events: mpsc::Sender<Event>,
 ) -> NodeOutcome {
     let start = Instant::now();
-    let mut o = match exec_stream(ctx, &node, spec, &events).await {
+    let mut o = match exec_stream(ctx, &node, spec, within, &events).await {
         Ok(o) => o,
         Err(f) => NodeOutcome::failure(&node.name, f),
     };
@@ -1038,9 +1066,10 @@ async fn exec_stream(
     ctx: &Ctx,
     node: &NodeRecord,
     spec: ExecSpec,
+    within: Duration,
     events: &mpsc::Sender<Event>,
 ) -> Result<NodeOutcome, NodeFailure> {
-    let conn = ctx.connection(node).await?;
+    let conn = ctx.connection_within(node, within).await?;
     let (mut send, mut recv) = conn.open().await?;
     let started = Instant::now();
     write_message(&mut send, &Request::Exec(spec))
@@ -1105,12 +1134,13 @@ async fn cert_renew(
     ctx: &Ctx,
     nodes: Vec<NodeRecord>,
     rekey: bool,
+    within: Duration,
     events: &mpsc::Sender<Event>,
 ) -> Vec<NodeOutcome> {
     fan_out(nodes, events, |n| async move {
         let start = Instant::now();
         let renewed = async {
-            let conn = ctx.connection(&n).await?;
+            let conn = ctx.connection_within(&n, within).await?;
             // connection() may just have renewed it; work from the record as it is now.
             let current = ctx
                 .store
@@ -1149,11 +1179,15 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "controller".into())
 }
 
-async fn status(ctx: &Ctx, events: &mpsc::Sender<Event>) -> Result<Report, CtlError> {
+async fn status(
+    ctx: &Ctx,
+    within: Duration,
+    events: &mpsc::Sender<Event>,
+) -> Result<Report, CtlError> {
     let nodes = ctx.store.nodes()?;
     let by_name: HashMap<String, NodeRecord> =
         nodes.iter().map(|n| (n.name.clone(), n.clone())).collect();
-    let outcomes = ping(ctx, nodes, events).await;
+    let outcomes = ping(ctx, nodes, within, events).await;
     let now_ms = ctx.clock.now().unix_timestamp_nanos() as i64 / 1_000_000;
     let now = ctx.clock.unix();
     let rows = outcomes

@@ -300,6 +300,7 @@ async fn run_op(ctx: &Arc<Ctx>, op: Operation) -> Result<Report, String> {
         Invocation {
             user: "bench".into(),
             op,
+            connect_timeout_ms: None,
         },
         tx,
     )

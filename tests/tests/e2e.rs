@@ -267,6 +267,16 @@ async fn an_unreachable_node_is_reported_within_the_connect_timeout() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v[0]["state"], "ok");
     assert_eq!(v[1]["state"], "unreachable");
+    // Through serve, the caller's --connect-timeout still applies (serve's own is 3 s).
+    let _serve = c.serve().await;
+    let start = Instant::now();
+    let o = c.run(&["--connect-timeout", "1", "exec", "--", "true"]);
+    assert!(
+        start.elapsed() < Duration::from_millis(2500),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(stderr(&o).contains("within 1 s"), "{}", stderr(&o));
 }
 
 fn pid_alive(pid: u32) -> bool {
