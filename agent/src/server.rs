@@ -114,12 +114,20 @@ impl Agent {
     pub fn start(self) -> Result<AgentHandle, AgentError> {
         let creds = Credentials::from_pem(&self.cert_pem, &self.key_pem)?;
         let server = agent_server_config(creds, self.ca.clone(), &self.cfg.timeouts)?;
-        let endpoint = quinn::Endpoint::server(server, self.cfg.listen).map_err(|source| {
-            AgentError::Listen {
-                addr: self.cfg.listen,
-                source,
-            }
-        })?;
+        let listen_error = |source| AgentError::Listen {
+            addr: self.cfg.listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(self.cfg.listen).map_err(listen_error)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| listen_error(std::io::Error::other("no async runtime")))?;
+        let endpoint = quinn::Endpoint::new(
+            restart_stable_endpoint_config(&self.key_pem),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(listen_error)?;
         let local_addr = endpoint.local_addr().unwrap_or(self.cfg.listen);
         let (abort_tx, abort_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -143,6 +151,31 @@ impl Agent {
             task,
         })
     }
+}
+
+/// An endpoint configuration that survives a restart: the stateless-reset key and the
+/// connection-ID key are derived from the agent's private key instead of drawn at
+/// random. A restarted agent then recognises the connection IDs it handed out before
+/// and answers packets on those dead connections with a stateless reset, so the
+/// controller learns at once that they are gone instead of waiting out its idle
+/// timeout. The derivations are one-way: nothing of the private key is revealed.
+fn restart_stable_endpoint_config(key_pem: &str) -> quinn::EndpointConfig {
+    let derive = |purpose: &[u8]| {
+        let mut input = purpose.to_vec();
+        input.extend_from_slice(key_pem.as_bytes());
+        ring::digest::digest(&ring::digest::SHA256, &input)
+    };
+    let reset = derive(b"clustermgr stateless reset key\0");
+    let mut cfg = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        reset.as_ref(),
+    )));
+    let cid = derive(b"clustermgr connection id key\0");
+    let cid_key = u64::from_le_bytes(cid.as_ref()[..8].try_into().expect("a SHA-256 digest"));
+    cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    cfg
 }
 
 /// Completes a key rotation that a crash interrupted between its two renames.

@@ -384,6 +384,19 @@ impl Pool {
         }
     }
 
+    /// Forgets `conn` if it is still the pooled connection of its node (another task
+    /// may already have put a fresh one there).
+    fn forget(&self, conn: &AgentConn) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let node = conn.node.as_str();
+        if conns
+            .get(node)
+            .is_some_and(|c| c.conn.stable_id() == conn.conn.stable_id())
+        {
+            conns.remove(node);
+        }
+    }
+
     /// Names of nodes with an open connection.
     pub fn connected(&self) -> Vec<String> {
         let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
@@ -590,10 +603,30 @@ impl Ctx {
         let Some(mut conn) = pool.get(&node.name) else {
             return Ok(());
         };
-        if self.renew_if_due(&mut conn, node).await? {
-            pool.put(conn);
+        if conn.status == AgentCertStatus::Valid && !conn.cert.renewal_due(self.clock.unix()) {
+            return Ok(());
         }
+        // Unlike renew_if_due, a failure is returned even while the certificate is still
+        // valid, so the caller can back off before trying again.
+        let summary = self.renew_with(&conn, node, false).await?;
+        conn.cert = summary;
+        conn.status = AgentCertStatus::Valid;
+        pool.put(conn);
         Ok(())
+    }
+
+    /// If `conn` is a warm connection the agent has reset (a restarted agent no longer
+    /// knows it), forgets it so the next request dials anew, and says so.
+    fn forget_if_reset(&self, conn: &AgentConn) -> bool {
+        let reset = matches!(
+            conn.conn.close_reason(),
+            Some(quinn::ConnectionError::Reset)
+        );
+        if reset && let Some(pool) = &self.pool {
+            pool.forget(conn);
+            return true;
+        }
+        false
     }
 
     /// Renews the agent's certificate over `conn` when it is past two thirds of its
@@ -939,9 +972,15 @@ async fn info(
     node: &NodeRecord,
     within: Duration,
 ) -> Result<(Box<NodeInfo>, u64), NodeFailure> {
-    let conn = ctx.connection_within(node, within).await?;
-    let start = Instant::now();
-    match conn.unary(&Request::Info, REQUEST_TIMEOUT).await? {
+    let mut conn = ctx.connection_within(node, within).await?;
+    let mut start = Instant::now();
+    let mut reply = conn.unary(&Request::Info, REQUEST_TIMEOUT).await;
+    if reply.is_err() && ctx.forget_if_reset(&conn) {
+        conn = ctx.connection_within(node, within).await?;
+        start = Instant::now();
+        reply = conn.unary(&Request::Info, REQUEST_TIMEOUT).await;
+    }
+    match reply? {
         Reply::Info(info) => Ok((info, start.elapsed().as_micros() as u64)),
         other => Err(NodeFailure::failed(format!(
             "unexpected reply to Info: {other:?}"
@@ -1070,6 +1109,43 @@ async fn exec_stream(
     events: &mpsc::Sender<Event>,
 ) -> Result<NodeOutcome, NodeFailure> {
     let conn = ctx.connection_within(node, within).await?;
+    match exec_attempt(&conn, node, spec.clone(), events).await {
+        // The agent never heard of the request: safe to send it again, once.
+        Err((_, Heard::Nothing)) if ctx.forget_if_reset(&conn) => {
+            let conn = ctx.connection_within(node, within).await?;
+            exec_attempt(&conn, node, spec, events)
+                .await
+                .map_err(|(f, _)| f)
+        }
+        r => r.map_err(|(f, _)| f),
+    }
+}
+
+/// Whether anything came back from the agent before an exec failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Heard {
+    Nothing,
+    Something,
+}
+
+async fn exec_attempt(
+    conn: &AgentConn,
+    node: &NodeRecord,
+    spec: ExecSpec,
+    events: &mpsc::Sender<Event>,
+) -> Result<NodeOutcome, (NodeFailure, Heard)> {
+    let mut heard = Heard::Nothing;
+    let attempt = exec_on_conn(conn, node, spec, events, &mut heard).await;
+    attempt.map_err(|f| (f, heard))
+}
+
+async fn exec_on_conn(
+    conn: &AgentConn,
+    node: &NodeRecord,
+    spec: ExecSpec,
+    events: &mpsc::Sender<Event>,
+    heard: &mut Heard,
+) -> Result<NodeOutcome, NodeFailure> {
     let (mut send, mut recv) = conn.open().await?;
     let started = Instant::now();
     write_message(&mut send, &Request::Exec(spec))
@@ -1082,6 +1158,7 @@ async fn exec_stream(
         let ev = read_message::<ExecEvent, _>(&mut recv, conn.max_frame(), "exec event")
             .await
             .map_err(NodeFailure::stream)?;
+        *heard = Heard::Something;
         let (stderr, data) = match ev {
             Some(ExecEvent::Started { .. }) => {
                 rtt.get_or_insert(started.elapsed().as_micros() as u64);

@@ -139,8 +139,10 @@ pub fn backoff(failures: u32) -> Duration {
 }
 
 async fn keep_connections(ctx: Arc<Ctx>) {
+    // Per node: consecutive failures and the earliest next attempt, for reconnects and
+    // renewals alike (a node is either connected or not, so one schedule serves both).
     let schedule: Arc<Mutex<HashMap<String, (u32, Instant)>>> = Arc::default();
-    let dialing: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
     let Some(pool) = ctx.pool.as_ref() else {
         return;
     };
@@ -148,46 +150,34 @@ async fn keep_connections(ctx: Arc<Ctx>) {
         let nodes = ctx.store.nodes().unwrap_or_default();
         let now = Instant::now();
         for node in nodes {
-            if let Some(conn) = pool.get(&node.name) {
-                // A warm connection outlives certificates: renew through it when due.
-                if conn.cert.renewal_due(ctx.clock.unix())
-                    && dialing
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(node.name.clone())
-                {
-                    let (ctx, dialing) = (ctx.clone(), dialing.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = ctx.renew_pooled(&node).await {
-                            tracing::warn!("{}: {}", node.name, e.message);
-                        }
-                        dialing
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&node.name);
-                    });
-                }
-                continue;
-            }
+            // A warm connection outlives certificates: renew through it when due.
+            let work = match pool.get(&node.name) {
+                Some(conn) if conn.cert.renewal_due(ctx.clock.unix()) => Work::Renew,
+                Some(_) => continue,
+                None => Work::Connect,
+            };
             let due = schedule
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&node.name)
                 .is_none_or(|(_, at)| *at <= now);
             if !due
-                || !dialing
+                || !busy
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(node.name.clone())
             {
                 continue;
             }
-            let (ctx, schedule, dialing) = (ctx.clone(), schedule.clone(), dialing.clone());
+            let (ctx, schedule, busy) = (ctx.clone(), schedule.clone(), busy.clone());
             tokio::spawn(async move {
-                let result = ctx.connection(&node).await;
+                let result = match work {
+                    Work::Connect => ctx.connection(&node).await.map(|_| ()),
+                    Work::Renew => ctx.renew_pooled(&node).await,
+                };
                 let mut sched = schedule.lock().unwrap_or_else(|p| p.into_inner());
                 match result {
-                    Ok(_) => {
+                    Ok(()) => {
                         sched.remove(&node.name);
                     }
                     Err(f) => {
@@ -202,14 +192,22 @@ async fn keep_connections(ctx: Arc<Ctx>) {
                         sched.insert(node.name.clone(), (failures, Instant::now() + delay));
                     }
                 }
-                dialing
-                    .lock()
+                busy.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&node.name);
             });
         }
         tokio::time::sleep(KEEPER_TICK).await;
     }
+}
+
+/// What the keeper does for one node.
+#[derive(Clone, Copy)]
+enum Work {
+    /// It has no open connection: dial it.
+    Connect,
+    /// Its certificate is due: renew it over the warm connection.
+    Renew,
 }
 
 #[cfg(test)]

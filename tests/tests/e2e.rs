@@ -1120,3 +1120,31 @@ async fn sigterm_does_not_wait_for_idle_connections() {
     .await;
     assert!(start.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_recovers_at_once_when_an_agent_crashes_and_restarts() {
+    let mut c = Cluster::gluu(1).await;
+    let _serve = c.serve().await;
+    // Warm serve's connection, then crash the agent (no CONNECTION_CLOSE) and restart it.
+    assert!(c.run(&["ping"]).status.success());
+    c.restart_agent("gluu1").await;
+    // Without a stable stateless-reset key the old connection would look alive to serve
+    // until its 30 s idle timeout, and this command would hang and fail.
+    let start = Instant::now();
+    let o = c.run(&["exec", "--", "echo", "back"]);
+    assert!(
+        o.status.success(),
+        "after {:?}: {}",
+        start.elapsed(),
+        stderr(&o)
+    );
+    assert_eq!(stdout(&o), "gluu1 | back\n");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    c.restart_agent("gluu1").await;
+    let o = c.run(&["ping"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
