@@ -314,6 +314,7 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
         Report::Nodes(nodes) => {
             if nodes.is_empty() {
                 println!("no nodes yet: add one with `clustermgr node add NODE --address HOST`");
+                return;
             }
             println!(
                 "{:<16} {:<24} {:<14} {:<8} CERT EXPIRES",

@@ -1148,3 +1148,27 @@ async fn serve_recovers_at_once_when_an_agent_crashes_and_restarts() {
     let o = c.run(&["ping"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_output_spills_to_disk_and_comes_back_whole_in_node_order() {
+    let c = Cluster::gluu(2).await;
+    // 6 MB per node, past the 4 MiB kept in memory.
+    let o = c.run(&[
+        "exec",
+        "--group",
+        "--shell",
+        "--",
+        "yes abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz012345678 | head -n 80000",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let g1 = out.find("== gluu1 (ok) ==\n").expect("gluu1 header");
+    let g2 = out.find("== gluu2 (ok) ==\n").expect("gluu2 header");
+    assert!(g1 < g2, "node-name order");
+    let line = "abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz012345678\n";
+    for body in [&out[g1..g2], &out[g2..]] {
+        let body = &body[body.find('\n').unwrap() + 1..];
+        assert_eq!(body.len(), 80_000 * line.len());
+        assert!(body.lines().all(|l| l.len() + 1 == line.len()));
+    }
+}
