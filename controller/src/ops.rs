@@ -102,11 +102,29 @@ pub enum Operation {
     },
 }
 
-/// The audit log's "who": a login name and the uid behind it. The uid is what counts:
-/// `serve` replaces it with the one the kernel reports for its socket's peer.
-pub fn audit_user(name: &str, uid: u32) -> String {
-    let name = name.split(" (uid ").next().unwrap_or(name);
+/// The audit log's "who": the account name of `uid` and the uid. The uid is what counts:
+/// `serve` passes the one the kernel reports for its socket's peer, and the name comes
+/// from the passwd database rather than from the client; `claimed` is used only when
+/// the uid has no passwd entry.
+pub fn audit_user(claimed: &str, uid: u32) -> String {
+    let name = passwd_name(uid).unwrap_or_else(|| {
+        claimed
+            .split(" (uid ")
+            .next()
+            .unwrap_or(claimed)
+            .to_string()
+    });
     format!("{name} (uid {uid})")
+}
+
+fn passwd_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == uid).then(|| name.to_string())
+    })
 }
 
 /// An operation and who asked for it.
