@@ -198,6 +198,12 @@ async fn exec_fans_out_to_every_node_and_is_journaled_and_audited() {
         "{}",
         last.user
     );
+    if uid == 0 {
+        assert_eq!(
+            last.user, "root (uid 0)",
+            "the name comes from the passwd database"
+        );
+    }
     assert_eq!(last.nodes, ["gluu1", "gluu2", "gluu3"]);
     assert!(
         last.results.iter().all(|(_, r)| r == "exit 0"),
