@@ -92,19 +92,16 @@ pub fn agent_binary() -> Result<PathBuf, CtlError> {
     )))
 }
 
-async fn one_shot(ctx: &Arc<Ctx>, op: Operation) -> Result<Report, CtlError> {
-    let (tx, mut rx) = mpsc::channel(16);
+/// Runs one operation in-process as `serve` would, discarding its progress events.
+pub async fn one_shot(ctx: &Arc<Ctx>, user: &str, op: Operation) -> Result<Report, CtlError> {
+    let (tx, mut rx) = mpsc::channel(64);
     let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    let r = ops::run(
-        ctx.clone(),
-        Invocation {
-            user: "dev".into(),
-            op,
-            connect_timeout_ms: None,
-        },
-        tx,
-    )
-    .await;
+    let inv = Invocation {
+        user: user.to_string(),
+        op,
+        connect_timeout_ms: None,
+    };
+    let r = ops::run(ctx.clone(), inv, tx).await;
     let _ = drain.await;
     r
 }
@@ -140,6 +137,7 @@ pub async fn start_agent(
     let csr_pem = String::from_utf8_lossy(&out.stdout).into_owned();
     let Report::Signed(signed) = one_shot(
         ctx,
+        "dev",
         Operation::NodeSign {
             node: spec.name.clone(),
             csr_pem,
@@ -184,6 +182,7 @@ pub async fn start_agent(
     };
     one_shot(
         ctx,
+        "dev",
         Operation::NodeAdd {
             node: spec.name.clone(),
             address: address.to_string(),

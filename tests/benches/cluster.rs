@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clustermgr::clock::{self, Clock};
-use clustermgr::ops::{self, Ctx, CtxOptions, Invocation, NodeState, Operation, Report};
+use clustermgr::ops::{self, Ctx, CtxOptions, NodeState, Operation, Report};
 use clustermgr::store::{AuditRecord, NodeRecord, Role};
 use clustermgr_agent::Agent;
 use clustermgr_agent::config::AgentConfig;
@@ -33,7 +33,7 @@ use clustermgr_protocol::identity::CertSummary;
 use clustermgr_protocol::message::Command;
 use clustermgr_tests::Cluster;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 
 /// Set in the child that hosts the fan-out agents: the directory of their configs.
 const AGENT_HOST_ENV: &str = "CLUSTERMGR_BENCH_AGENT_HOST";
@@ -293,20 +293,9 @@ fn time_process(
 
 /// Runs one operation as `serve` does: events drained as they come.
 async fn run_op(ctx: &Arc<Ctx>, op: Operation) -> Result<Report, String> {
-    let (tx, mut rx) = mpsc::channel(64);
-    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    let r = ops::run(
-        ctx.clone(),
-        Invocation {
-            user: "bench".into(),
-            op,
-            connect_timeout_ms: None,
-        },
-        tx,
-    )
-    .await;
-    let _ = drain.await;
-    r.map_err(|e| e.to_string())
+    clustermgr::dev::one_shot(ctx, "bench", op)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// How many nodes answered Ok; an error naming the first failure otherwise.
