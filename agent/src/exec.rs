@@ -177,7 +177,7 @@ pub async fn run(
         let event = tokio::select! {
             _ = became_true(&mut cancel_rx), if !kill.done => { kill.now(false); None }
             _ = became_true(&mut abort), if !kill.done => { kill.now(false); None }
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if !kill.done && deadline.is_some() => {
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if !kill.done && deadline.is_some() && status.is_none() => {
                 kill.now(true); None
             }
             n = stdout.read(&mut obuf), if !out_eof => match n {
@@ -205,7 +205,7 @@ pub async fn run(
                     r = &mut fut => { send_ok = r.is_ok(); break; }
                     _ = became_true(&mut cancel_rx), if !kill.done => kill.now(false),
                     _ = became_true(&mut abort), if !kill.done => kill.now(false),
-                    _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if !kill.done && deadline.is_some() => kill.now(true),
+                    _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if !kill.done && deadline.is_some() && status.is_none() => kill.now(true),
                 }
             }
             if !send_ok {

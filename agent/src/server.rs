@@ -27,7 +27,6 @@ use crate::journal::Journal;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A configured agent, ready to start.
-#[derive(Debug)]
 pub struct Agent {
     cfg: AgentConfig,
     node: NodeName,
@@ -66,6 +65,15 @@ fn pending_cert_path(cert: &Path) -> PathBuf {
 
 fn pending_key_path(key: &Path) -> PathBuf {
     key.with_extension("key.new")
+}
+
+impl std::fmt::Debug for Agent {
+    // Never the key: a `{:?}` anywhere must not print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Agent {
@@ -500,7 +508,9 @@ fn install_cert(shared: &Shared, cert_pem: &str) -> Result<Reply, AgentError> {
     )
     .map_err(|e| bad(e.to_string()))?;
     if status != AgentCertStatus::Valid {
-        return Err(bad("it is not valid now".into()));
+        return Err(bad(
+            "it is not valid by this host's clock; check the clocks of this host and the controller".into(),
+        ));
     }
     let creds = Credentials::from_pem(cert_pem, &key_pem)?;
     let server = agent_server_config(creds, shared.ca.clone(), &shared.cfg.timeouts)?;

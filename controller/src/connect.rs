@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clustermgr_protocol::frame::{expect_message, write_message};
 use clustermgr_protocol::identity::{
-    AgentCertStatus, CertSummary, Credentials, controller_client_config,
+    AgentCertStatus, CertSummary, Credentials, RefusalNote, controller_client_config_noting,
 };
 use clustermgr_protocol::message::{Hello, HelloReply, Reply, Request};
 use clustermgr_protocol::transport::Timeouts;
@@ -208,12 +208,14 @@ impl Dialer {
                     )));
                 }
             };
-        let config = controller_client_config(
+        let refusal = RefusalNote::default();
+        let config = controller_client_config_noting(
             &self.creds,
             self.ca.clone(),
             name.clone(),
             node.pinned_key.clone(),
             &self.timeouts,
+            refusal.clone(),
         )
         .map_err(|e| NodeFailure::failed(e.to_string()))?;
         let attempt = async {
@@ -221,7 +223,14 @@ impl Dialer {
                 .endpoint
                 .connect_with(config, addr, name.as_str())
                 .map_err(|e| NodeFailure::failed(format!("cannot connect to {addr}: {e}")))?;
-            let conn = connecting.await.map_err(|e| describe(e, addr))?;
+            let conn = connecting.await.map_err(|e| {
+                let ours = refusal.lock().unwrap_or_else(|p| p.into_inner()).take();
+                match ours {
+                    // We refused the agent: say why in our own words.
+                    Some(why) => NodeFailure::failed(format!("refused the agent at {addr}: {why}")),
+                    None => describe(e, addr),
+                }
+            })?;
             self.hello(conn, &name).await
         };
         match tokio::time::timeout(connect_timeout, attempt).await {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 
 use tokio::sync::mpsc;
 
@@ -89,10 +90,12 @@ fn spill_file() -> Option<File> {
             .map(|d| d.as_nanos())
             .unwrap_or(0)
     ));
+    // Owner-only from the start: command output may hold secrets.
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&path)
         .ok()?;
     // Unlinked at once: the space is freed when we exit, however we exit.

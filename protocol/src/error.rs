@@ -42,7 +42,7 @@ pub enum ProtocolError {
     },
     /// The two ends share no protocol version.
     #[error(
-        "no common protocol version: we speak {ours}, the peer speaks {theirs}; upgrade the older side (clustermgr node upgrade, or a newer clustermgr)"
+        "no common protocol version: we speak {ours}, the peer speaks {theirs}; upgrade the older side"
     )]
     NoCommonVersion {
         /// Our supported range.

@@ -157,7 +157,7 @@ pub fn verify_agent_cert(
     let summary = CertSummary::parse(end_entity)?;
     if summary.key_fingerprint != pinned_key {
         return Err(ProtocolError::Identity(format!(
-            "the agent presents key {} but node {node} is pinned to {pinned_key}; if the host was rebuilt, enroll it again (clustermgr node add {node} --reenroll)",
+            "the agent presents key {} but node {node} is pinned to {pinned_key}; if the host was rebuilt, enroll it again: `clustermgr node remove {node}`, then enroll, sign and add it",
             summary.key_fingerprint
         )));
     }
@@ -300,6 +300,10 @@ impl ClientCertVerifier for ControllerVerifier {
     tls13_signatures!();
 }
 
+/// Why the last check of an agent's certificate failed, in words: rustls carries the
+/// error only as a nested debug string, so the dialer reads the sentence from here.
+pub type RefusalNote = Arc<std::sync::Mutex<Option<String>>>;
+
 /// The controller's check of the agent it dialled.
 #[derive(Debug)]
 struct AgentVerifier {
@@ -307,6 +311,7 @@ struct AgentVerifier {
     node: NodeName,
     pinned_key: String,
     algs: WebPkiSupportedAlgorithms,
+    refusal: RefusalNote,
 }
 
 impl ServerCertVerifier for AgentVerifier {
@@ -318,8 +323,12 @@ impl ServerCertVerifier for AgentVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        verify_agent_cert(&self.ca, end_entity, &self.node, &self.pinned_key, now)
-            .map_err(tls_error)?;
+        verify_agent_cert(&self.ca, end_entity, &self.node, &self.pinned_key, now).map_err(
+            |e| {
+                *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                tls_error(e)
+            },
+        )?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -383,12 +392,32 @@ pub fn controller_client_config(
     pinned_key: String,
     timeouts: &Timeouts,
 ) -> Result<quinn::ClientConfig, ProtocolError> {
+    controller_client_config_noting(
+        creds,
+        ca,
+        node,
+        pinned_key,
+        timeouts,
+        RefusalNote::default(),
+    )
+}
+
+/// [`controller_client_config`], writing why it refused the agent into `refusal`.
+pub fn controller_client_config_noting(
+    creds: &Credentials,
+    ca: CertificateDer<'static>,
+    node: NodeName,
+    pinned_key: String,
+    timeouts: &Timeouts,
+    refusal: RefusalNote,
+) -> Result<quinn::ClientConfig, ProtocolError> {
     let provider = provider();
     let verifier = Arc::new(AgentVerifier {
         ca,
         node,
         pinned_key,
         algs: supported_algs(&provider),
+        refusal,
     });
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])

@@ -1178,3 +1178,24 @@ async fn grouped_output_spills_to_disk_and_comes_back_whole_in_node_order() {
         assert!(body.lines().all(|l| l.len() + 1 == line.len()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_does_not_fire_on_a_command_that_already_exited() {
+    let c = Cluster::gluu(1).await;
+    // The command exits 0 at once, but a background child keeps its pipes open past
+    // the 1 s timeout: the result is the exit, not a timeout.
+    let o = c.run(&[
+        "exec",
+        "--json",
+        "--timeout",
+        "1",
+        "--shell",
+        "--",
+        "sleep 3 & echo hi; exit 0",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["state"], "ok", "{v}");
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(v["timed_out"], false);
+    assert!(o.status.success());
+}
