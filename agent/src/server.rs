@@ -190,26 +190,44 @@ fn restart_stable_endpoint_config(key_pem: &str) -> quinn::EndpointConfig {
 fn finish_interrupted_rekey(cfg: &AgentConfig) -> Result<(), AgentError> {
     let new_cert = pending_cert_path(&cfg.cert);
     let new_key = pending_key_path(&cfg.key);
-    if let (Ok(cert), Ok(key)) = (
-        std::fs::read_to_string(&new_cert),
-        std::fs::read_to_string(&new_key),
-    ) {
-        let matches = CertSummary::parse_pem(&cert)
+    let Ok(cert) = std::fs::read_to_string(&new_cert) else {
+        return Ok(());
+    };
+    let Ok(cert_key) = CertSummary::parse_pem(&cert).map(|c| c.key_fingerprint) else {
+        return Ok(());
+    };
+    let fingerprint_of = |path: &Path| {
+        std::fs::read_to_string(path)
             .ok()
-            .zip(key_fingerprint(&key, &new_key).ok())
-            .is_some_and(|(c, k)| c.key_fingerprint == k);
-        if matches {
-            let rename = |from: &Path, to: &Path| {
-                std::fs::rename(from, to).map_err(|source| AgentError::Write {
-                    path: to.to_path_buf(),
-                    source,
-                })
-            };
-            rename(&new_key, &cfg.key)?;
-            rename(&new_cert, &cfg.cert)?;
-        }
+            .and_then(|pem| key_fingerprint(&pem, path).ok())
+    };
+    // Crashed before the first rename: both new files are there. The controller has
+    // the new key as pending already (it records that before sending the certificate),
+    // so finishing is safe.
+    if fingerprint_of(&new_key).as_ref() == Some(&cert_key) {
+        rename_durably(&new_key, &cfg.key)?;
+        rename_durably(&new_cert, &cfg.cert)?;
+    // Crashed between the renames: the key is already the new one.
+    } else if fingerprint_of(&cfg.key).as_ref() == Some(&cert_key) {
+        rename_durably(&new_cert, &cfg.cert)?;
     }
     Ok(())
+}
+
+/// Renames `from` over `to` and fsyncs the directory, so the rename survives a crash.
+fn rename_durably(from: &Path, to: &Path) -> Result<(), AgentError> {
+    let error = |source| AgentError::Write {
+        path: to.to_path_buf(),
+        source,
+    };
+    std::fs::rename(from, to).map_err(error)?;
+    let dir = to
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(error)
 }
 
 /// A running agent.
@@ -503,7 +521,7 @@ fn install_cert(shared: &Shared, cert_pem: &str) -> Result<Reply, AgentError> {
         &shared.ca,
         &der,
         &shared.node,
-        &summary.key_fingerprint,
+        &[summary.key_fingerprint.as_str()],
         UnixTime::now(),
     )
     .map_err(|e| bad(e.to_string()))?;
@@ -525,14 +543,8 @@ fn install_cert(shared: &Shared, cert_pem: &str) -> Result<Reply, AgentError> {
         // Both new files exist before either replaces the old ones; a crash between the
         // two renames is finished by finish_interrupted_rekey at the next start.
         write(&pending_cert_path(cert_path), cert_pem.as_bytes(), 0o644)?;
-        let rename = |from: PathBuf, to: &Path| {
-            std::fs::rename(&from, to).map_err(|source| AgentError::Write {
-                path: to.to_path_buf(),
-                source,
-            })
-        };
-        rename(pending_key_path(&shared.cfg.key), &shared.cfg.key)?;
-        rename(pending_cert_path(cert_path), cert_path)?;
+        rename_durably(&pending_key_path(&shared.cfg.key), &shared.cfg.key)?;
+        rename_durably(&pending_cert_path(cert_path), cert_path)?;
         *shared.key_pem.lock().unwrap_or_else(|p| p.into_inner()) = key_pem;
         *shared.pending_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
     } else {

@@ -213,7 +213,9 @@ impl Dialer {
             &self.creds,
             self.ca.clone(),
             name.clone(),
-            node.pinned_key.clone(),
+            std::iter::once(node.pinned_key.clone())
+                .chain(node.pending_key.clone())
+                .collect(),
             &self.timeouts,
             refusal.clone(),
         )

@@ -389,6 +389,15 @@ impl Pool {
         conns.get(node).filter(|c| c.is_open()).cloned()
     }
 
+    /// The open connection to `node`, only if its agent holds a key `node` pins (a
+    /// connection to an agent since unpinned must never be reused).
+    pub fn get_pinned(&self, node: &NodeRecord) -> Option<AgentConn> {
+        self.get(&node.name).filter(|c| {
+            let key = &c.cert.key_fingerprint;
+            key == &node.pinned_key || node.pending_key.as_ref() == Some(key)
+        })
+    }
+
     fn put(&self, conn: AgentConn) {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.insert(conn.node.to_string(), conn);
@@ -461,6 +470,7 @@ pub struct Ctx {
     /// `serve`'s warm connections; `None` in a one-shot CLI process.
     pub pool: Option<Pool>,
     handshakes: Semaphore,
+    renewals: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -578,6 +588,7 @@ impl Ctx {
             clock,
             pool: serving.then(Pool::default),
             handshakes: Semaphore::new(HANDSHAKES_IN_FLIGHT),
+            renewals: Mutex::default(),
         })
     }
 
@@ -598,16 +609,23 @@ impl Ctx {
         node: &NodeRecord,
         connect_timeout: Duration,
     ) -> Result<AgentConn, NodeFailure> {
-        if let Some(c) = self.pool.as_ref().and_then(|p| p.get(&node.name)) {
+        if let Some(c) = self.pool.as_ref().and_then(|p| p.get_pinned(node)) {
             return Ok(c);
         }
         let mut conn = {
             let _permit = self.handshakes.acquire().await;
             self.dialer.connect_within(node, connect_timeout).await?
         };
+        if let Err(e) = self.settle_pin(&conn, &node.name) {
+            conn.conn.close(quinn::VarInt::from_u32(0), b"node changed");
+            return Err(e);
+        }
         self.renew_if_due(&mut conn, node).await?;
         if let Some(pool) = &self.pool {
-            pool.put(conn.clone());
+            // A node removed while we dialled must not come back through the pool.
+            if matches!(self.store.node(&node.name), Ok(Some(_))) {
+                pool.put(conn.clone());
+            }
         }
         Ok(conn)
     }
@@ -685,6 +703,22 @@ impl Ctx {
         new_key: bool,
     ) -> Result<CertSummary, NodeFailure> {
         let fail = |m: String| NodeFailure::failed(format!("certificate renewal: {m}"));
+        // One renewal of a node at a time: the keeper's and a `cert renew --rekey` must
+        // not interleave their store writes.
+        let lock = self.renewal_lock(&node.name);
+        let _held = lock.lock().await;
+        let rec = self
+            .store
+            .node(&node.name)
+            .map_err(|e| fail(e.to_string()))?
+            .ok_or_else(|| fail(format!("{} was removed", node.name)))?;
+        let current = &conn.cert.key_fingerprint;
+        if current != &rec.pinned_key && rec.pending_key.as_ref() != Some(current) {
+            return Err(fail(format!(
+                "{}'s pinned key changed meanwhile; try again",
+                node.name
+            )));
+        }
         let Reply::Csr { pem } = conn
             .unary(&Request::Csr { new_key }, REQUEST_TIMEOUT)
             .await?
@@ -693,21 +727,29 @@ impl Ctx {
         };
         let name = NodeName::new(&node.name).map_err(|e| fail(e.to_string()))?;
         let key = csr_public_key(&name, &pem).map_err(|e| fail(e.to_string()))?;
-        if new_key && key.fingerprint == node.pinned_key {
+        if new_key && &key.fingerprint == current {
             return Err(fail(
                 "the agent offered its old key for a rekey; refusing".into(),
             ));
         }
-        if !new_key && key.fingerprint != node.pinned_key {
+        if !new_key && &key.fingerprint != current {
             return Err(fail(format!(
-                "the agent's CSR carries key {}, not the pinned {}; refusing",
-                key.fingerprint, node.pinned_key
+                "the agent's CSR carries key {}, not the key {current} it connected with; refusing",
+                key.fingerprint
             )));
         }
         let issued = self
             .ca
             .sign_node(&name, &key, self.clock.now(), self.lifetime())
             .map_err(|e| fail(e.to_string()))?;
+        let record = cert_record(CertKind::Node, Some(&node.name), &issued.summary);
+        if new_key {
+            // The new key is accepted from here on, before the agent switches to it, so
+            // a lost acknowledgement below cannot lock the node out.
+            self.store
+                .begin_rekey(&node.name, current, &record)
+                .map_err(|e| fail(e.to_string()))?;
+        }
         match conn
             .unary(
                 &Request::InstallCert {
@@ -720,20 +762,8 @@ impl Ctx {
             Reply::CertInstalled => {}
             other => return Err(fail(format!("unexpected reply {other:?}"))),
         }
-        let mut rec = self
-            .store
-            .node(&node.name)
-            .map_err(|e| fail(e.to_string()))?
-            .unwrap_or_else(|| node.clone());
-        rec.cert_serial = issued.summary.serial.clone();
-        rec.cert_not_after = issued.summary.not_after;
-        rec.pinned_key = key.fingerprint.clone();
         self.store
-            .renew_node_cert(
-                &rec,
-                &cert_record(CertKind::Node, Some(&node.name), &issued.summary),
-                self.clock.unix(),
-            )
+            .complete_renewal(&node.name, &record, self.clock.unix())
             .map_err(|e| fail(e.to_string()))?;
         tracing::info!(
             "{}: renewed its certificate (serial {}, until {})",
@@ -742,6 +772,44 @@ impl Ctx {
             rfc3339(issued.summary.not_after)
         );
         Ok(issued.summary)
+    }
+
+    fn renewal_lock(&self, node: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.renewals.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(node.to_string()).or_default().clone()
+    }
+
+    /// After connecting: refuses a node removed meanwhile, and settles a rekey whose
+    /// acknowledgement was lost (the agent shows the pending key: it becomes the pin).
+    fn settle_pin(&self, conn: &AgentConn, node: &str) -> Result<(), NodeFailure> {
+        let fail = |m: String| NodeFailure::failed(m);
+        let rec = self
+            .store
+            .node(node)
+            .map_err(|e| fail(e.to_string()))?
+            .ok_or_else(|| fail(format!("{node} was removed from the cluster")))?;
+        let key = &conn.cert.key_fingerprint;
+        if rec.pending_key.as_ref() == Some(key) {
+            let record = self
+                .store
+                .certs()
+                .map_err(|e| fail(e.to_string()))?
+                .into_iter()
+                .filter(|c| c.node.as_deref() == Some(node) && &c.key_fingerprint == key)
+                .max_by_key(|c| c.not_before)
+                .ok_or_else(|| fail(format!("no certificate recorded for {node}'s new key")))?;
+            self.store
+                .complete_renewal(node, &record, self.clock.unix())
+                .map_err(|e| fail(e.to_string()))?;
+            tracing::info!(
+                "{node}: its new key is now pinned (the rekey's acknowledgement had been lost)"
+            );
+        } else if &rec.pinned_key != key {
+            return Err(fail(format!(
+                "{node}'s pinned key changed meanwhile; try again"
+            )));
+        }
+        Ok(())
     }
 
     fn audit(
@@ -897,7 +965,7 @@ async fn node_add(
     } else {
         roles
     };
-    let mut all = ctx.store.nodes()?;
+    let all = ctx.store.nodes()?;
     let gluu = roles.contains(&Role::Gluu);
     if primary && !gluu {
         return Err(CtlError::Usage(format!(
@@ -911,17 +979,32 @@ async fn node_add(
         roles,
         primary,
         pinned_key: cert.key_fingerprint.clone(),
+        pending_key: None,
         cert_serial: cert.serial.clone(),
         cert_not_after: cert.not_after,
         added_at: now,
     };
-    // Nothing is recorded until the agent has answered as the pinned node.
-    let (info, _) = info(ctx, &rec, within).await.map_err(|f| CtlError::Agent {
+    // Nothing is recorded until the agent has answered as the pinned node. The node is
+    // not in the store yet, so this probe dials directly, outside the pool.
+    let probe = async {
+        let conn = ctx.dialer.connect_within(&rec, within).await?;
+        let reply = conn.unary(&Request::Info, REQUEST_TIMEOUT).await;
+        conn.conn.close(quinn::VarInt::from_u32(0), b"probe done");
+        match reply? {
+            Reply::Info(info) => Ok(info),
+            other => Err(NodeFailure::failed(format!(
+                "unexpected reply to Info: {other:?}"
+            ))),
+        }
+    };
+    let info = probe.await.map_err(|f: NodeFailure| CtlError::Agent {
         node: node.to_string(),
         message: format!("{} (the node was not added)", f.message),
     })?;
     let mut changed: Vec<NodeRecord> = Vec::new();
     if primary {
+        // Read again: the records read before the round trip to the agent may be stale.
+        let mut all = ctx.store.nodes()?;
         for n in all.iter_mut().filter(|n| n.primary) {
             n.primary = false;
             changed.push(n.clone());

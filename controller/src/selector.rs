@@ -73,6 +73,7 @@ mod tests {
             roles,
             primary: false,
             pinned_key: String::new(),
+            pending_key: None,
             cert_serial: String::new(),
             cert_not_after: 0,
             added_at: 0,

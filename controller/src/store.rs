@@ -87,6 +87,10 @@ pub struct NodeRecord {
     pub primary: bool,
     /// The agent's public key fingerprint; only this key is accepted for the node.
     pub pinned_key: String,
+    /// A key a rekey in progress is moving the pin to: accepted too, and promoted to
+    /// the pin as soon as the agent is seen with it (so a lost acknowledgement of the
+    /// rekey cannot lock the node out).
+    pub pending_key: Option<String>,
     /// Serial of its newest certificate.
     pub cert_serial: String,
     /// Expiry of its newest certificate, Unix seconds.
@@ -310,24 +314,67 @@ impl Store {
         })
     }
 
-    /// Records a renewed node certificate and points the node at it, in one
-    /// transaction. Certificates of the node for any other key are revoked at `now`
-    /// (after a rekey, the old key is no longer the node).
-    pub fn renew_node_cert(
+    /// Starts a rekey: records the certificate for the node's new key and that key as
+    /// the node's pending key, in one transaction, but only if the node is still pinned
+    /// to `expected_pin` (it was not removed or rekeyed meanwhile).
+    pub fn begin_rekey(
         &self,
-        node: &NodeRecord,
+        node: &str,
+        expected_pin: &str,
+        cert: &CertRecord,
+    ) -> Result<(), CtlError> {
+        self.write(|txn| {
+            let mut nodes = txn.open_table(NODES)?;
+            let mut rec: NodeRecord = match nodes.get(node)? {
+                Some(v) => decode(v.value())?,
+                None => return Err(StoreOpError::Changed(format!("{node} was removed"))),
+            };
+            if rec.pinned_key != expected_pin {
+                return Err(StoreOpError::Changed(format!(
+                    "{node}'s key changed meanwhile"
+                )));
+            }
+            rec.pending_key = Some(cert.key_fingerprint.clone());
+            nodes.insert(node, encode(&rec).as_slice())?;
+            txn.open_table(CERTS)?
+                .insert(cert.serial.as_str(), encode(cert).as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Records a certificate the agent now uses and pins its key, in one transaction:
+    /// the node points at it, a pending key is settled, and certificates of the node for
+    /// any other key are revoked at `now` (after a rekey the old key is no longer the
+    /// node). Refused if the node was removed, or if the key is neither its pinned nor
+    /// its pending one.
+    pub fn complete_renewal(
+        &self,
+        node: &str,
         cert: &CertRecord,
         now: i64,
     ) -> Result<(), CtlError> {
         self.write(|txn| {
+            let mut nodes = txn.open_table(NODES)?;
+            let mut rec: NodeRecord = match nodes.get(node)? {
+                Some(v) => decode(v.value())?,
+                None => return Err(StoreOpError::Changed(format!("{node} was removed"))),
+            };
+            let key = &cert.key_fingerprint;
+            if &rec.pinned_key != key && rec.pending_key.as_ref() != Some(key) {
+                return Err(StoreOpError::Changed(format!(
+                    "{node} is no longer pinned to {key}"
+                )));
+            }
+            rec.pinned_key = key.clone();
+            rec.pending_key = None;
+            rec.cert_serial = cert.serial.clone();
+            rec.cert_not_after = cert.not_after;
+            nodes.insert(node, encode(&rec).as_slice())?;
             let mut certs = txn.open_table(CERTS)?;
             revoke_where(&mut certs, now, |c| {
-                c.node.as_deref() == Some(node.name.as_str())
-                    && c.key_fingerprint != cert.key_fingerprint
+                c.node.as_deref() == Some(node) && &c.key_fingerprint != key
             })?;
             certs.insert(cert.serial.as_str(), encode(cert).as_slice())?;
-            txn.open_table(NODES)?
-                .insert(node.name.as_str(), encode(node).as_slice())?;
             Ok(())
         })
     }
@@ -416,11 +463,14 @@ enum StoreOpError {
     Redb(String),
     Corrupt(String),
     Missing(&'static str),
+    /// A conditional change found the record changed by someone else.
+    Changed(String),
 }
 
 impl StoreOpError {
     fn into_ctl(self, path: &Path) -> CtlError {
         match self {
+            StoreOpError::Changed(m) => CtlError::Refused(m),
             StoreOpError::Redb(m) | StoreOpError::Corrupt(m) => store_error(path, m),
             StoreOpError::Missing(what) => store_error(path, format!("the {what} are missing")),
         }
@@ -456,6 +506,7 @@ mod tests {
             roles: vec![Role::Gluu],
             primary: false,
             pinned_key: "sha256:00".into(),
+            pending_key: None,
             cert_serial: "01".into(),
             cert_not_after: 0,
             added_at: 0,

@@ -145,17 +145,19 @@ fn anchor(
         .map_err(|e| ProtocolError::certificate("the cluster CA certificate is unusable", e))
 }
 
-/// Checks the certificate an agent presents: pinned key, node name, and a chain to the
-/// cluster CA. Expiry alone does not fail a pinned key (see [`AgentCertStatus`]).
+/// Checks the certificate an agent presents: a pinned key (the node's pin, or the key a
+/// rekey in progress moves it to), the node name, and a chain to the cluster CA.
+/// Expiry alone does not fail a pinned key (see [`AgentCertStatus`]).
 pub fn verify_agent_cert(
     ca: &CertificateDer<'_>,
     end_entity: &CertificateDer<'_>,
     node: &NodeName,
-    pinned_key: &str,
+    pinned_keys: &[&str],
     now: UnixTime,
 ) -> Result<AgentCertStatus, ProtocolError> {
     let summary = CertSummary::parse(end_entity)?;
-    if summary.key_fingerprint != pinned_key {
+    let pinned_key = pinned_keys.first().copied().unwrap_or("no key");
+    if !pinned_keys.contains(&summary.key_fingerprint.as_str()) {
         return Err(ProtocolError::Identity(format!(
             "the agent presents key {} but node {node} is pinned to {pinned_key}; if the host was rebuilt, enroll it again: `clustermgr node remove {node}`, then enroll, sign and add it",
             summary.key_fingerprint
@@ -309,7 +311,7 @@ pub type RefusalNote = Arc<std::sync::Mutex<Option<String>>>;
 struct AgentVerifier {
     ca: CertificateDer<'static>,
     node: NodeName,
-    pinned_key: String,
+    pinned_keys: Vec<String>,
     algs: WebPkiSupportedAlgorithms,
     refusal: RefusalNote,
 }
@@ -323,12 +325,11 @@ impl ServerCertVerifier for AgentVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        verify_agent_cert(&self.ca, end_entity, &self.node, &self.pinned_key, now).map_err(
-            |e| {
-                *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                tls_error(e)
-            },
-        )?;
+        let keys: Vec<&str> = self.pinned_keys.iter().map(String::as_str).collect();
+        verify_agent_cert(&self.ca, end_entity, &self.node, &keys, now).map_err(|e| {
+            *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            tls_error(e)
+        })?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -396,18 +397,19 @@ pub fn controller_client_config(
         creds,
         ca,
         node,
-        pinned_key,
+        vec![pinned_key],
         timeouts,
         RefusalNote::default(),
     )
 }
 
-/// [`controller_client_config`], writing why it refused the agent into `refusal`.
+/// [`controller_client_config`] accepting any of `pinned_keys`, and writing why it
+/// refused the agent into `refusal`.
 pub fn controller_client_config_noting(
     creds: &Credentials,
     ca: CertificateDer<'static>,
     node: NodeName,
-    pinned_key: String,
+    pinned_keys: Vec<String>,
     timeouts: &Timeouts,
     refusal: RefusalNote,
 ) -> Result<quinn::ClientConfig, ProtocolError> {
@@ -415,7 +417,7 @@ pub fn controller_client_config_noting(
     let verifier = Arc::new(AgentVerifier {
         ca,
         node,
-        pinned_key,
+        pinned_keys,
         algs: supported_algs(&provider),
         refusal,
     });

@@ -1165,6 +1165,7 @@ async fn fan_out_inner(
                 roles: vec![Role::Gluu],
                 primary: i == 0,
                 pinned_key: cert.key_fingerprint.clone(),
+                pending_key: None,
                 cert_serial: cert.serial.clone(),
                 cert_not_after: cert.not_after,
                 added_at: now,

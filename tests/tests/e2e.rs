@@ -1199,3 +1199,109 @@ async fn a_timeout_does_not_fire_on_a_command_that_already_exited() {
     assert_eq!(v["timed_out"], false);
     assert!(o.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rekey_whose_acknowledgement_was_lost_does_not_lock_the_node_out() {
+    let mut c = Cluster::gluu(1).await;
+    let ctx = c.ctx();
+    let rec = ctx.store.node("gluu1").unwrap().unwrap();
+    let old_pin = rec.pinned_key.clone();
+    let conn = ctx.connection(&rec).await.unwrap();
+    // The rekey's steps as the controller takes them, up to the agent installing the
+    // certificate; then the acknowledgement is "lost": the controller never completes.
+    let Reply::Csr { pem } = conn
+        .unary(&Request::Csr { new_key: true }, Duration::from_secs(10))
+        .await
+        .unwrap()
+    else {
+        panic!("no CSR")
+    };
+    let name = NodeName::new("gluu1").unwrap();
+    let key = csr_public_key(&name, &pem).unwrap();
+    let cert = ctx
+        .ca
+        .sign_node(&name, &key, time::OffsetDateTime::now_utc(), 90 * day())
+        .unwrap();
+    let record = clustermgr::store::CertRecord {
+        serial: cert.summary.serial.clone(),
+        kind: clustermgr::store::CertKind::Node,
+        node: Some("gluu1".into()),
+        not_before: cert.summary.not_before,
+        not_after: cert.summary.not_after,
+        key_fingerprint: key.fingerprint.clone(),
+        revoked_at: None,
+    };
+    ctx.store.begin_rekey("gluu1", &old_pin, &record).unwrap();
+    let installed = conn
+        .unary(
+            &Request::InstallCert { cert_pem: cert.pem },
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(installed, Reply::CertInstalled);
+    ctx.dialer.close().await;
+    drop(ctx);
+    // The agent restarts on its new key; the controller still has the old pin.
+    c.restart_agent("gluu1").await;
+    let o = c.run(&["exec", "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ctx = c.ctx();
+    let rec = ctx.store.node("gluu1").unwrap().unwrap();
+    assert_eq!(
+        rec.pinned_key, key.fingerprint,
+        "the pending key became the pin"
+    );
+    assert_eq!(rec.pending_key, None);
+    let old_certs = ctx.store.certs().unwrap();
+    assert!(
+        old_certs
+            .iter()
+            .filter(|c| c.key_fingerprint == old_pin)
+            .all(|c| c.revoked_at.is_some())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_enrolled_node_is_never_reached_through_serves_old_connection() {
+    let c = Cluster::gluu(2).await;
+    let _serve = c.serve().await;
+    assert!(
+        c.run(&["ping"]).status.success(),
+        "serve holds warm connections"
+    );
+    assert!(c.run(&["node", "remove", "gluu2"]).status.success());
+    // Re-enroll gluu2 with a new key, at an address where nothing listens.
+    let dir = c.home.path().join("rebuilt");
+    let out = std::process::Command::new(clustermgr_tests::agent_bin())
+        .args(["enroll", "--name", "gluu2", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    std::fs::write(dir.join("gluu2.csr"), &out.stdout).unwrap();
+    let csr = dir.join("gluu2.csr");
+    assert!(
+        c.run(&["node", "sign", "gluu2", csr.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let o = c.run(&[
+        "--connect-timeout",
+        "1",
+        "node",
+        "add",
+        "gluu2",
+        "--address",
+        "127.0.0.1:9",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "the old agent must not answer for the new key"
+    );
+    assert!(stderr(&o).contains("not added"), "{}", stderr(&o));
+    assert!(
+        c.journal("gluu2").is_empty(),
+        "nothing ran on the old agent"
+    );
+}
