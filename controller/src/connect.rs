@@ -120,7 +120,8 @@ impl AgentConn {
 /// The controller's side of every agent connection.
 pub struct Dialer {
     endpoint: quinn::Endpoint,
-    creds: Credentials,
+    /// Swapped when the controller's certificate renews while `serve` runs.
+    creds: std::sync::Mutex<std::sync::Arc<Credentials>>,
     ca: CertificateDer<'static>,
     cluster: String,
     /// Keep-alive and idle timeout, the same as the agents'.
@@ -170,13 +171,23 @@ impl Dialer {
             .map_err(|e| CtlError::io("UDP client socket", e))?;
         Ok(Dialer {
             endpoint,
-            creds,
+            creds: std::sync::Mutex::new(std::sync::Arc::new(creds)),
             ca,
             cluster,
             timeouts,
             connect_timeout,
             max_frame,
         })
+    }
+
+    /// The certificate and key new connections present.
+    pub fn credentials(&self) -> std::sync::Arc<Credentials> {
+        self.creds.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Presents `creds` on new connections from now on (open ones keep theirs).
+    pub fn set_credentials(&self, creds: Credentials) {
+        *self.creds.lock().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(creds);
     }
 
     /// Connects to `node`, checks its identity, and says Hello.
@@ -210,7 +221,7 @@ impl Dialer {
             };
         let refusal = RefusalNote::default();
         let config = controller_client_config_noting(
-            &self.creds,
+            &self.credentials(),
             self.ca.clone(),
             name.clone(),
             std::iter::once(node.pinned_key.clone())

@@ -471,6 +471,7 @@ pub struct Ctx {
     pub pool: Option<Pool>,
     handshakes: Semaphore,
     renewals: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    controller_cert: Mutex<CertSummary>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -555,22 +556,9 @@ impl Ctx {
         let meta = store.meta()?;
         let ca_pem = read_file(&home.ca_cert())?;
         let ca = Ca::load(&ca_pem, &read_file(&home.ca_key())?)?;
-        let mut cert_pem = read_file(&home.controller_cert())?;
-        let mut key_pem = read_file(&home.controller_key())?;
+        let cert_pem = read_file(&home.controller_cert())?;
+        let key_pem = read_file(&home.controller_key())?;
         let summary = CertSummary::parse_pem(&cert_pem)?;
-        if summary.renewal_due(clock.unix()) {
-            let lifetime = time::Duration::days(meta.cert_lifetime_days.into());
-            let (issued, key) = ca.issue_controller(&meta.name, clock.now(), lifetime)?;
-            write_file(&home.controller_key(), &key, 0o600)?;
-            write_file(&home.controller_cert(), &issued.pem, 0o644)?;
-            store.put_cert(&cert_record(CertKind::Controller, None, &issued.summary))?;
-            tracing::info!(
-                "renewed the controller certificate (serial {})",
-                issued.summary.serial
-            );
-            cert_pem = issued.pem;
-            key_pem = key;
-        }
         let dialer = Dialer::new(
             Credentials::from_pem(&cert_pem, &key_pem)?,
             cert_from_pem(&ca_pem)?,
@@ -579,7 +567,7 @@ impl Ctx {
             opts.connect_timeout,
             opts.max_frame_bytes,
         )?;
-        Ok(Ctx {
+        let ctx = Ctx {
             home,
             store,
             ca,
@@ -589,7 +577,43 @@ impl Ctx {
             pool: serving.then(Pool::default),
             handshakes: Semaphore::new(HANDSHAKES_IN_FLIGHT),
             renewals: Mutex::default(),
-        })
+            controller_cert: Mutex::new(summary),
+        };
+        ctx.renew_controller_if_due()?;
+        Ok(ctx)
+    }
+
+    /// Renews the controller's own certificate and key once past two thirds of its
+    /// life: at every open, and on every keeper tick while `serve` runs (a serve that
+    /// outlived its certificate would be refused by every agent it reconnects to).
+    pub fn renew_controller_if_due(&self) -> Result<bool, CtlError> {
+        let due = self
+            .controller_cert
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .renewal_due(self.clock.unix());
+        if !due {
+            return Ok(false);
+        }
+        let (issued, key) =
+            self.ca
+                .issue_controller(&self.meta.name, self.clock.now(), self.lifetime())?;
+        let creds = Credentials::from_pem(&issued.pem, &key)?;
+        write_file(&self.home.controller_key(), &key, 0o600)?;
+        write_file(&self.home.controller_cert(), &issued.pem, 0o644)?;
+        self.store
+            .put_cert(&cert_record(CertKind::Controller, None, &issued.summary))?;
+        self.dialer.set_credentials(creds);
+        tracing::info!(
+            "renewed the controller certificate (serial {}, until {})",
+            issued.summary.serial,
+            rfc3339(issued.summary.not_after)
+        );
+        *self
+            .controller_cert
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = issued.summary;
+        Ok(true)
     }
 
     fn lifetime(&self) -> time::Duration {
@@ -1484,5 +1508,43 @@ mod tests {
                 .iter()
                 .any(|c| c.serial == renewed.serial && c.kind == CertKind::Controller)
         );
+    }
+}
+
+#[cfg(test)]
+mod serve_renewal_tests {
+    use super::*;
+
+    /// A clock the test moves.
+    #[derive(Debug)]
+    struct MovableClock(Mutex<time::OffsetDateTime>);
+
+    impl Clock for MovableClock {
+        fn now(&self) -> time::OffsetDateTime {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_running_controller_renews_its_own_certificate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("home");
+        let t0 = time::OffsetDateTime::now_utc();
+        init(&dir, "c", 90, &crate::clock::FixedClock(t0)).unwrap();
+        let clock = Arc::new(MovableClock(Mutex::new(t0)));
+        let ctx = Ctx::open(&dir, clock.clone(), &CtxOptions::default(), true).unwrap();
+        let before = ctx.dialer.credentials().cert.clone();
+        assert!(!ctx.renew_controller_if_due().unwrap());
+        *clock.0.lock().unwrap() = t0 + time::Duration::days(61);
+        assert!(ctx.renew_controller_if_due().unwrap(), "due at day 61");
+        assert_ne!(
+            ctx.dialer.credentials().cert,
+            before,
+            "new connections use the new one"
+        );
+        let on_disk = std::fs::read_to_string(dir.join("controller.crt")).unwrap();
+        let s = CertSummary::parse_pem(&on_disk).unwrap();
+        assert!(!s.renewal_due(clock.unix()));
+        assert!(!ctx.renew_controller_if_due().unwrap(), "and not again");
     }
 }

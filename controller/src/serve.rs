@@ -147,6 +147,9 @@ async fn keep_connections(ctx: Arc<Ctx>) {
         return;
     };
     loop {
+        if let Err(e) = ctx.renew_controller_if_due() {
+            tracing::warn!("renewing the controller certificate failed: {e}");
+        }
         let nodes = ctx.store.nodes().unwrap_or_default();
         let now = Instant::now();
         for node in nodes {
