@@ -276,6 +276,24 @@ pub fn missing_programs() -> Vec<(&'static str, &'static str)> {
         .collect()
 }
 
+/// A new directory under the system's temporary directory, with an unguessable name,
+/// created here (so nobody can have planted it or links inside it) and owner-only.
+fn fresh_temp_dir() -> Result<PathBuf, CtlError> {
+    use ring::rand::SecureRandom;
+    use std::os::unix::fs::DirBuilderExt;
+    let mut bytes = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| CtlError::Usage("the system random source failed".into()))?;
+    let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!("clustermgr-dev-{suffix}"));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| CtlError::io(&dir, e))?;
+    Ok(dir)
+}
+
 /// `clustermgr dev`.
 pub async fn run(home: Option<PathBuf>, nodes: usize, port: u16) -> Result<i32, CtlError> {
     if !(1..=200).contains(&nodes) {
@@ -285,7 +303,7 @@ pub async fn run(home: Option<PathBuf>, nodes: usize, port: u16) -> Result<i32, 
     let temporary = home.is_none();
     let dir = match home {
         Some(d) => d,
-        None => std::env::temp_dir().join(format!("clustermgr-dev-{}", std::process::id())),
+        None => fresh_temp_dir()?,
     };
     ops::init(&dir, "dev", 90, &clock::SystemClock)?;
     let ctx = Arc::new(Ctx::open(

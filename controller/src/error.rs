@@ -30,6 +30,11 @@ pub enum CtlError {
         /// The chmod mode that fixes it.
         fix: &'static str,
     },
+    /// The home is not a directory owned by the user running clustermgr.
+    #[error(
+        "refusing to use {0}: it is not a directory you own; point --home at a directory of your own"
+    )]
+    NotOwned(PathBuf),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -97,6 +102,7 @@ impl CtlError {
             CtlError::HomeMissing(_)
             | CtlError::HomeExists(_)
             | CtlError::Insecure { .. }
+            | CtlError::NotOwned(_)
             | CtlError::Usage(_)
             | CtlError::UnknownNode(_)
             | CtlError::StoreLocked { .. } => 2,

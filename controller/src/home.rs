@@ -57,10 +57,13 @@ impl Home {
     }
 
     fn check_dir(&self) -> Result<(), CtlError> {
-        let mode = std::fs::metadata(&self.dir)
-            .map_err(|e| CtlError::io(&self.dir, e))?
-            .permissions()
-            .mode();
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&self.dir).map_err(|e| CtlError::io(&self.dir, e))?;
+        let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+        if !meta.is_dir() || Some(meta.uid()) != me {
+            return Err(CtlError::NotOwned(self.dir.clone()));
+        }
+        let mode = meta.permissions().mode();
         if mode & 0o022 != 0 {
             return Err(CtlError::Insecure {
                 path: self.dir.clone(),
@@ -126,6 +129,22 @@ pub fn check_private(path: &Path) -> Result<(), CtlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_home_owned_by_someone_else_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("theirs");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // Only root can give a directory away; anyone else already has one that is not
+        // theirs: the root directory.
+        if std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).is_err() {
+            let err = Home::create(Path::new("/")).unwrap_err();
+            return assert!(matches!(err, CtlError::NotOwned(_)), "{err}");
+        }
+        let err = Home::create(&dir).unwrap_err();
+        assert!(matches!(err, CtlError::NotOwned(_)), "{err}");
+    }
 
     #[test]
     fn a_home_writable_by_others_is_refused() {
