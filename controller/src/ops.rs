@@ -1180,7 +1180,12 @@ async fn exec(
     let nodes = select(&ctx.store.nodes()?, selector)?;
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let line = command.display_line();
-    let (audit_id, mut audit) = ctx.audit(user, "exec", &names, &line)?;
+    let (audit_id, audit) = ctx.audit(user, "exec", &names, &line)?;
+    let mut pending = PendingAudit {
+        store: &ctx.store,
+        id: audit_id,
+        rec: Some(audit),
+    };
     let spec = ExecSpec {
         command,
         env: Vec::new(),
@@ -1193,12 +1198,50 @@ async fn exec(
         exec_on(ctx, n, spec.clone(), within, events.clone())
     })
     .await;
-    audit.results = outcomes
-        .iter()
-        .map(|o| (o.node.clone(), outcome_text(o)))
-        .collect();
-    ctx.store.audit_update(audit_id, &audit)?;
+    pending.finish(
+        outcomes
+            .iter()
+            .map(|o| (o.node.clone(), outcome_text(o)))
+            .collect(),
+    )?;
     Ok(Report::Outcomes(outcomes))
+}
+
+/// An exec's audit entry until its results are in. If the operation is dropped first
+/// (Ctrl-C, or the CLI leaving serve), the entry still gets a result for every node:
+/// interrupted, with the node's own journal holding the exact exit.
+struct PendingAudit<'a> {
+    store: &'a Store,
+    id: u64,
+    rec: Option<AuditRecord>,
+}
+
+impl PendingAudit<'_> {
+    fn finish(&mut self, results: Vec<(String, String)>) -> Result<(), CtlError> {
+        let Some(mut rec) = self.rec.take() else {
+            return Ok(());
+        };
+        rec.results = results;
+        self.store.audit_update(self.id, &rec)
+    }
+}
+
+impl Drop for PendingAudit<'_> {
+    fn drop(&mut self) {
+        if let Some(rec) = &self.rec {
+            let results = rec
+                .nodes
+                .iter()
+                .map(|n| {
+                    let why = "interrupted: cancelled by the controller (see the node's journal)";
+                    (n.clone(), why.to_string())
+                })
+                .collect();
+            if let Err(e) = self.finish(results) {
+                tracing::warn!("cannot record an interrupted exec in the audit log: {e}");
+            }
+        }
+    }
 }
 
 fn outcome_text(o: &NodeOutcome) -> String {

@@ -361,6 +361,19 @@ async fn ctrl_c_cancels_the_remote_command_in_process_and_through_serve() {
         2,
         "{j:?}"
     );
+    drop(_serve);
+    let ctx = c.ctx();
+    let audit = ctx.store.audit(10).unwrap();
+    let interrupted: Vec<_> = audit
+        .iter()
+        .filter(|(_, a)| a.action == "exec")
+        .map(|(_, a)| a.results.clone())
+        .collect();
+    assert_eq!(interrupted.len(), 2);
+    for r in interrupted {
+        assert_eq!(r.len(), 1);
+        assert!(r[0].1.starts_with("interrupted"), "{r:?}");
+    }
 }
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
