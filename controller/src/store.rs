@@ -513,28 +513,72 @@ mod tests {
         }
     }
 
+    fn meta() -> ClusterMeta {
+        ClusterMeta {
+            name: "c".into(),
+            cert_lifetime_days: 90,
+            created_at: 1,
+        }
+    }
+
+    fn cert(serial: &str, node: &str, key: &str) -> CertRecord {
+        CertRecord {
+            serial: serial.into(),
+            kind: CertKind::Node,
+            node: Some(node.into()),
+            not_before: 0,
+            not_after: 10,
+            key_fingerprint: key.into(),
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn renewals_change_a_node_only_as_expected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::create(&tmp.path().join("s.redb"), &meta()).unwrap();
+        store.put_nodes(&[node("a")]).unwrap();
+        store.put_cert(&cert("01", "a", "sha256:00")).unwrap();
+        // A rekey must start from the pin it saw.
+        let err = store.begin_rekey("a", "sha256:ff", &cert("02", "a", "sha256:11"));
+        assert!(matches!(err, Err(CtlError::Refused(_))));
+        store
+            .begin_rekey("a", "sha256:00", &cert("02", "a", "sha256:11"))
+            .unwrap();
+        assert_eq!(
+            store.node("a").unwrap().unwrap().pending_key.as_deref(),
+            Some("sha256:11")
+        );
+        // Completing with an unrelated key is refused; with the pending one, it pins it.
+        let err = store.complete_renewal("a", &cert("03", "a", "sha256:22"), 5);
+        assert!(matches!(err, Err(CtlError::Refused(_))));
+        store
+            .complete_renewal("a", &cert("02", "a", "sha256:11"), 5)
+            .unwrap();
+        let a = store.node("a").unwrap().unwrap();
+        assert_eq!((a.pinned_key.as_str(), a.pending_key), ("sha256:11", None));
+        let old = store
+            .certs()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.serial == "01")
+            .unwrap();
+        assert_eq!(old.revoked_at, Some(5));
+        // A removed node is never written back.
+        store.remove_node("a", 6).unwrap();
+        let err = store.complete_renewal("a", &cert("04", "a", "sha256:11"), 7);
+        assert!(matches!(err, Err(CtlError::Refused(_))));
+        assert!(store.node("a").unwrap().is_none());
+    }
+
     #[test]
     fn records_round_trip_and_removal_revokes() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("s.redb");
-        let meta = ClusterMeta {
-            name: "c".into(),
-            cert_lifetime_days: 90,
-            created_at: 1,
-        };
+        let meta = meta();
         let store = Store::create(&path, &meta).unwrap();
         store.put_nodes(&[node("a"), node("b")]).unwrap();
-        store
-            .put_cert(&CertRecord {
-                serial: "01".into(),
-                kind: CertKind::Node,
-                node: Some("a".into()),
-                not_before: 0,
-                not_after: 10,
-                key_fingerprint: "sha256:00".into(),
-                revoked_at: None,
-            })
-            .unwrap();
+        store.put_cert(&cert("01", "a", "sha256:00")).unwrap();
         store.remove_node("a", 42).unwrap();
         drop(store);
         let store = Store::open(&path, Path::new("sock")).unwrap();
@@ -547,11 +591,7 @@ mod tests {
     fn a_second_opener_is_told_the_store_is_locked() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("s.redb");
-        let meta = ClusterMeta {
-            name: "c".into(),
-            cert_lifetime_days: 90,
-            created_at: 1,
-        };
+        let meta = meta();
         let _held = Store::create(&path, &meta).unwrap();
         let err = Store::open(&path, Path::new("/x/serve.sock")).unwrap_err();
         assert!(matches!(err, CtlError::StoreLocked { .. }), "{err}");
