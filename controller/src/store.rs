@@ -265,15 +265,7 @@ impl Store {
 
     /// Every node, by name.
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, CtlError> {
-        self.read(|txn| {
-            let t = txn.open_table(NODES)?;
-            t.iter()?
-                .map(|r| {
-                    let (_, v) = r?;
-                    decode(v.value())
-                })
-                .collect()
-        })
+        self.all(NODES)
     }
 
     /// One node.
@@ -381,13 +373,18 @@ impl Store {
 
     /// Every certificate issued.
     pub fn certs(&self) -> Result<Vec<CertRecord>, CtlError> {
+        self.all(CERTS)
+    }
+
+    /// Every record of a table keyed by name, in key order.
+    fn all<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, CtlError> {
         self.read(|txn| {
-            let t = txn.open_table(CERTS)?;
-            t.iter()?
-                .map(|r| {
-                    let (_, v) = r?;
-                    decode(v.value())
-                })
+            txn.open_table(table)?
+                .iter()?
+                .map(|r| decode(r?.1.value()))
                 .collect()
         })
     }
