@@ -7,6 +7,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod netns;
+
 use clustermgr::clock;
 use clustermgr::dev::{NodeSpec, SandboxAgent, spawn_agent, start_agent};
 use clustermgr::ops::{Ctx, CtxOptions};
