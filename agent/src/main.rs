@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use clustermgr_agent::config::AgentConfig;
 use clustermgr_agent::{Agent, enroll};
 use clustermgr_protocol::NodeName;
+use clustermgr_protocol::atomic_file::write_atomic;
 
 /// The clustermgr agent: one per Gluu, load-balancer and cache host.
 #[derive(Parser)]
@@ -24,6 +25,10 @@ enum Command {
         /// The configuration file.
         #[arg(long, default_value = "/etc/clustermgr/agent.toml")]
         config: PathBuf,
+        /// Write the process id here once listening (hosts without systemd), and
+        /// remove it on a clean exit.
+        #[arg(long, value_name = "FILE")]
+        pidfile: Option<PathBuf>,
     },
     /// Generate this host's private key (kept here, mode 0600) and print a CSR for
     /// `clustermgr node sign`.
@@ -62,7 +67,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => AgentConfig::load(&config).map(|_| {
             println!("{}: ok", config.display());
         }),
-        Command::Run { config } => run(&config),
+        Command::Run { config, pidfile } => run(&config, pidfile.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,7 +78,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: &std::path::Path) -> Result<(), clustermgr_agent::AgentError> {
+fn run(
+    config: &std::path::Path,
+    pidfile: Option<&std::path::Path>,
+) -> Result<(), clustermgr_agent::AgentError> {
     let cfg = AgentConfig::load(config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -88,8 +96,21 @@ fn run(config: &std::path::Path) -> Result<(), clustermgr_agent::AgentError> {
         let handle = agent.start()?;
         // Tests and `clustermgr dev` wait for this line to know the socket is bound.
         println!("listening {}", handle.local_addr);
+        // Written only once the socket is bound, so whoever waits for it (the init
+        // script, SSH bootstrap) knows the agent is ready, not merely started.
+        if let Some(path) = pidfile {
+            write_atomic(path, format!("{}\n", std::process::id()).as_bytes(), 0o644).map_err(
+                |source| clustermgr_agent::AgentError::Write {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            )?;
+        }
         wait_for_signal().await;
         handle.shutdown().await;
+        if let Some(path) = pidfile {
+            let _ = std::fs::remove_file(path);
+        }
         Ok(())
     })
 }

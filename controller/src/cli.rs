@@ -109,20 +109,9 @@ pub enum NodeCmd {
         /// The CSR file.
         csr_file: PathBuf,
     },
-    /// Add an enrolled node: the controller connects and checks it before recording it.
-    Add {
-        /// The node.
-        node: String,
-        /// Where the agent listens: HOST[:PORT] (UDP port 7443 by default).
-        #[arg(long)]
-        address: String,
-        /// Its roles: gluu, lb, cache (comma-separated).
-        #[arg(long, value_delimiter = ',', default_value = "gluu")]
-        role: Vec<Role>,
-        /// Make it the primary Gluu node.
-        #[arg(long)]
-        primary: bool,
-    },
+    /// Add a node. With --ssh, install and enroll its agent over SSH first (the one
+    /// time SSH is used); without, add a node enrolled by hand. --from adds many.
+    Add(Box<AddArgs>),
     /// List the nodes.
     List,
     /// Show a node, with live facts from its agent.
@@ -140,6 +129,46 @@ pub enum NodeCmd {
         /// The node.
         node: String,
     },
+}
+
+/// `node add`.
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// The node's name in the cluster.
+    #[arg(required_unless_present = "from", conflicts_with = "from")]
+    pub node: Option<String>,
+    /// Install the agent over SSH: USER@HOST[:PORT] (~/.ssh/config applies).
+    #[arg(long, value_name = "USER@HOST[:PORT]")]
+    pub ssh: Option<String>,
+    /// Where the controller reaches the agent: HOST[:PORT] (default: the SSH host, UDP
+    /// port 7443).
+    #[arg(long)]
+    pub address: Option<String>,
+    /// Its roles: gluu, lb, cache (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "gluu")]
+    pub role: Vec<Role>,
+    /// Make it the primary Gluu node.
+    #[arg(long)]
+    pub primary: bool,
+    /// The SSH private key (default: ssh-agent and ~/.ssh/config).
+    #[arg(long, value_name = "KEYFILE")]
+    pub identity: Option<PathBuf>,
+    /// Verify SSH host keys against this file instead of ssh's known_hosts.
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Trust a host key not in known_hosts, if its fingerprint is exactly this.
+    #[arg(long, value_name = "SHA256:...")]
+    pub accept_host_key: Option<String>,
+    /// The agent binary to install (default: the packaged baseline build, else the one
+    /// beside clustermgr).
+    #[arg(long, value_name = "PATH")]
+    pub agent_binary: Option<PathBuf>,
+    /// Make the host a new key even if it has one (the pin moves to it).
+    #[arg(long)]
+    pub reenroll: bool,
+    /// Bootstrap every host of a TOML inventory, in parallel.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ssh", "address", "primary", "accept_host_key"])]
+    pub from: Option<PathBuf>,
 }
 
 /// `cert` subcommands.
@@ -257,20 +286,36 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
                 std::fs::read_to_string(&csr_file).map_err(|e| CtlError::io(&csr_file, e))?;
             (Operation::NodeSign { node, csr_pem }, OutputMode::Live)
         }
-        Cmd::Node(NodeCmd::Add {
-            node,
-            address,
-            role,
-            primary,
-        }) => (
-            Operation::NodeAdd {
+        Cmd::Node(NodeCmd::Add(add)) => {
+            let user = user();
+            let timeout_ms = connect_timeout.map(|secs| (secs * 1000.0).round() as u64);
+            if add.ssh.is_some() || add.from.is_some() {
+                return crate::inventory::add_over_ssh(&home, &opts, user, timeout_ms, *add, json)
+                    .await;
+            }
+            let AddArgs {
                 node,
                 address,
-                roles: role,
+                role,
                 primary,
-            },
-            OutputMode::Live,
-        ),
+                ..
+            } = *add;
+            let address = address.ok_or_else(|| {
+                CtlError::Usage(
+                    "node add needs --address HOST[:PORT] for a node enrolled by hand, or --ssh USER@HOST to install and enroll its agent".into(),
+                )
+            })?;
+            (
+                Operation::NodeAdd {
+                    node: node.unwrap_or_default(),
+                    address,
+                    roles: role,
+                    primary,
+                    reenroll: false,
+                },
+                OutputMode::Live,
+            )
+        }
         Cmd::Node(NodeCmd::List) => (Operation::NodeList, OutputMode::Live),
         Cmd::Node(NodeCmd::Show { node }) => (Operation::NodeShow { node }, OutputMode::Live),
         Cmd::Node(NodeCmd::Remove { node }) => (Operation::NodeRemove { node }, OutputMode::Live),

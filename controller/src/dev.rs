@@ -188,6 +188,7 @@ pub async fn start_agent(
             address: address.to_string(),
             roles: spec.roles.clone(),
             primary: false,
+            reenroll: false,
         },
     )
     .await?;

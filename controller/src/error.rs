@@ -86,6 +86,25 @@ pub enum CtlError {
         /// What failed.
         message: String,
     },
+    /// SSH bootstrap of a host failed.
+    #[error("{node} ({host}): {message}")]
+    Bootstrap {
+        /// The node being bootstrapped.
+        node: String,
+        /// The SSH target.
+        host: String,
+        /// What failed and what to do next.
+        message: String,
+    },
+    /// An operation failed inside `clustermgr serve`; its message and exit code as
+    /// serve reported them.
+    #[error("{message}")]
+    Relayed {
+        /// The message.
+        message: String,
+        /// The exit code it maps to.
+        exit_code: i32,
+    },
     /// Talking to `clustermgr serve` failed.
     #[error("clustermgr serve: {0}")]
     Serve(String),
@@ -106,6 +125,7 @@ impl CtlError {
             | CtlError::Usage(_)
             | CtlError::UnknownNode(_)
             | CtlError::StoreLocked { .. } => 2,
+            CtlError::Relayed { exit_code, .. } => *exit_code,
             _ => 1,
         }
     }

@@ -7,14 +7,17 @@
 //! [`ca`] signs, only [`connect`] dials agents.
 #![forbid(unsafe_code)]
 
+pub mod bootstrap;
 pub mod ca;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod connect;
 pub mod dev;
+pub mod elf;
 mod error;
 pub mod home;
+pub mod inventory;
 pub mod local;
 pub mod ops;
 pub mod render;

@@ -91,3 +91,91 @@ pub async fn read_request<R: tokio::io::AsyncRead + Unpin>(
     let inv = expect_message(rd, MAX_FRAME, "invocation").await?;
     Ok((hello, inv))
 }
+
+/// Runs operations for a driver in the CLI process (SSH bootstrap): through `serve` when
+/// it answers, else on a context of its own, opened once and shared by every call.
+#[derive(Clone)]
+pub struct Client {
+    socket: std::path::PathBuf,
+    local: Option<std::sync::Arc<crate::ops::Ctx>>,
+    user: String,
+    connect_timeout_ms: Option<u64>,
+    ca_pem: String,
+}
+
+impl Client {
+    /// Connects to `serve` under `home`, or opens the cluster here when none answers.
+    pub async fn open(
+        home: &Path,
+        opts: &crate::ops::CtxOptions,
+        user: String,
+        connect_timeout_ms: Option<u64>,
+    ) -> Result<Client, CtlError> {
+        let h = crate::home::Home::open(home)?;
+        let ca_pem =
+            std::fs::read_to_string(h.ca_cert()).map_err(|e| CtlError::io(h.ca_cert(), e))?;
+        let socket = h.socket();
+        let local = match connect(&socket).await {
+            Some(_) => None,
+            None => Some(std::sync::Arc::new(crate::ops::Ctx::open(
+                home,
+                crate::clock::system(),
+                opts,
+                false,
+            )?)),
+        };
+        Ok(Client {
+            socket,
+            local,
+            user,
+            connect_timeout_ms,
+            ca_pem,
+        })
+    }
+
+    /// Closes the agent connections of a local context.
+    pub async fn close(&self) {
+        if let Some(ctx) = &self.local {
+            ctx.dialer.close().await;
+        }
+    }
+}
+
+impl crate::bootstrap::Operations for Client {
+    async fn call(&self, op: crate::ops::Operation) -> Result<Report, CtlError> {
+        let inv = Invocation {
+            user: self.user.clone(),
+            op,
+            connect_timeout_ms: self.connect_timeout_ms,
+        };
+        let (tx, mut rx) = mpsc::channel(64);
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let r = match &self.local {
+            Some(ctx) => crate::ops::run(ctx.clone(), inv, tx).await,
+            None => {
+                let stream = connect(&self.socket).await.ok_or_else(|| {
+                    CtlError::Serve(format!("it stopped answering on {}", self.socket.display()))
+                })?;
+                call(stream, &inv, tx)
+                    .await?
+                    .map_err(|e| CtlError::Relayed {
+                        message: e.message,
+                        exit_code: e.exit_code,
+                    })
+            }
+        };
+        let _ = drain.await;
+        r
+    }
+
+    fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    async fn node(&self, name: &str) -> Result<Option<crate::ops::NodeView>, CtlError> {
+        match self.call(crate::ops::Operation::NodeList).await? {
+            Report::Nodes(nodes) => Ok(nodes.into_iter().find(|n| n.name == name)),
+            _ => Ok(None),
+        }
+    }
+}

@@ -52,6 +52,11 @@ pub enum Operation {
         roles: Vec<Role>,
         /// Make it the primary.
         primary: bool,
+        /// The node is already in the cluster and its host made a new key: move the
+        /// pin to it (keeping its roles) once the agent answers with it, and revoke the
+        /// old key's certificates.
+        #[serde(default)]
+        reenroll: bool,
     },
     /// List the nodes.
     NodeList,
@@ -875,7 +880,17 @@ pub async fn run(
             address,
             roles,
             primary,
-        } => node_add(&ctx, user, &node, &address, roles, primary, within).await,
+            reenroll,
+        } => {
+            let add = NodeAdd {
+                node: &node,
+                address: &address,
+                roles,
+                primary,
+                reenroll,
+            };
+            node_add(&ctx, user, add, within).await
+        }
         Operation::NodeList => Ok(Report::Nodes(
             ctx.store
                 .nodes()?
@@ -955,17 +970,33 @@ fn node_sign(ctx: &Ctx, user: &str, node: &str, csr_pem: &str) -> Result<Report,
     }))
 }
 
+/// What `node add` is asked to record.
+struct NodeAdd<'a> {
+    node: &'a str,
+    address: &'a str,
+    roles: Vec<Role>,
+    primary: bool,
+    reenroll: bool,
+}
+
 async fn node_add(
     ctx: &Ctx,
     user: &str,
-    node: &str,
-    address: &str,
-    roles: Vec<Role>,
-    primary: bool,
+    add: NodeAdd<'_>,
     within: Duration,
 ) -> Result<Report, CtlError> {
+    let NodeAdd {
+        node,
+        address,
+        roles,
+        primary,
+        reenroll,
+    } = add;
     NodeName::new(node)?;
-    if let Some(existing) = ctx.store.node(node)? {
+    let existing = ctx.store.node(node)?;
+    if let Some(existing) = &existing
+        && !reenroll
+    {
         return Err(CtlError::Refused(format!(
             "{node} is already in the cluster (at {}); remove it first with `clustermgr node remove {node}`",
             existing.address
@@ -984,10 +1015,11 @@ async fn node_add(
                 "no valid certificate has been signed for {node}: on the host run `clustermgr-agent enroll --name {node}`, sign its CSR with `clustermgr node sign {node} CSR_FILE`, and install the certificate as the agent's cert"
             ))
         })?;
-    let roles = if roles.is_empty() {
-        vec![Role::Gluu]
-    } else {
-        roles
+    // A re-enrolled node keeps what it does; only its key and address change.
+    let (roles, primary) = match &existing {
+        Some(e) => (e.roles.clone(), e.primary),
+        None if roles.is_empty() => (vec![Role::Gluu], primary),
+        None => (roles, primary),
     };
     let all = ctx.store.nodes()?;
     let gluu = roles.contains(&Role::Gluu);
@@ -996,7 +1028,7 @@ async fn node_add(
             "{node} cannot be primary without the gluu role"
         )));
     }
-    let primary = primary || (gluu && !all.iter().any(|n| n.primary));
+    let primary = primary || (gluu && !all.iter().any(|n| n.primary && n.name != node));
     let rec = NodeRecord {
         name: node.to_string(),
         address: address.to_string(),
@@ -1006,7 +1038,7 @@ async fn node_add(
         pending_key: None,
         cert_serial: cert.serial.clone(),
         cert_not_after: cert.not_after,
-        added_at: now,
+        added_at: existing.as_ref().map_or(now, |e| e.added_at),
     };
     // Nothing is recorded until the agent has answered as the pinned node. The node is
     // not in the store yet, so this probe dials directly, outside the pool.
@@ -1025,6 +1057,13 @@ async fn node_add(
         node: node.to_string(),
         message: format!("{} (the node was not added)", f.message),
     })?;
+    if existing.is_some() {
+        ctx.store.repin(&rec, now)?;
+        ctx.audit(user, "node reenroll", &[node.to_string()], &rec.pinned_key)?;
+        let mut view = NodeView::from_record(&rec);
+        view.info = Some(info);
+        return Ok(Report::Node(view));
+    }
     let mut changed: Vec<NodeRecord> = Vec::new();
     if primary {
         // Read again: the records read before the round trip to the agent may be stale.

@@ -297,6 +297,18 @@ impl Store {
         })
     }
 
+    /// Replaces a node's record after it was enrolled again with a new key, and
+    /// revokes the certificates of its other keys, in one transaction.
+    pub fn repin(&self, rec: &NodeRecord, now: i64) -> Result<(), CtlError> {
+        self.write(|txn| {
+            txn.open_table(NODES)?
+                .insert(rec.name.as_str(), encode(rec).as_slice())?;
+            revoke_where(&mut txn.open_table(CERTS)?, now, |c| {
+                c.node.as_deref() == Some(rec.name.as_str()) && c.key_fingerprint != rec.pinned_key
+            })
+        })
+    }
+
     /// Records an issued certificate.
     pub fn put_cert(&self, rec: &CertRecord) -> Result<(), CtlError> {
         self.write(|txn| {

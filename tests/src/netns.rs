@@ -105,7 +105,11 @@ fn sweep(k: u8) {
         .unwrap_or_default();
     let veth = format!("cmtv{k}-");
     for link in links.lines().filter_map(|l| l.split_whitespace().nth(1)) {
-        let name = link.trim_end_matches(':').split('@').next().unwrap_or_default();
+        let name = link
+            .trim_end_matches(':')
+            .split('@')
+            .next()
+            .unwrap_or_default();
         if name.starts_with(&veth) {
             quietly(Command::new("ip").args(["link", "del", name]));
         }
@@ -202,7 +206,16 @@ impl Net {
         let key = dir.path().join("client_key");
         must(
             Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", "clustermgr-tests", "-f"])
+                .args([
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "clustermgr-tests",
+                    "-f",
+                ])
                 .arg(&key),
         );
         std::fs::copy(
@@ -232,7 +245,11 @@ impl Net {
             .map(|h| {
                 let key = std::fs::read_to_string(h.dir.join("ssh_host_ed25519_key.pub"))
                     .expect("host key");
-                format!("{} {}\n", h.ip, key.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+                format!(
+                    "{} {}\n",
+                    h.ip,
+                    key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+                )
             })
             .collect();
         std::fs::write(&path, text).expect("write known_hosts");
@@ -316,7 +333,11 @@ impl Net {
         if line.trim() != "ready" {
             let mut err = String::new();
             use std::io::Read;
-            let _ = anchor.stderr.take().expect("piped").read_to_string(&mut err);
+            let _ = anchor
+                .stderr
+                .take()
+                .expect("piped")
+                .read_to_string(&mut err);
             panic!("host {name} did not come up: {err}");
         }
 
@@ -522,7 +543,11 @@ impl Host {
             if sshds.is_empty() {
                 return;
             }
-            assert!(Instant::now() < deadline, "sshd on {} would not stop", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "sshd on {} would not stop",
+                self.name
+            );
             for p in sshds {
                 quietly(Command::new("kill").args(["-KILL", &p.to_string()]));
             }
@@ -564,7 +589,11 @@ impl Host {
                 .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("state UP"))
         };
         while !(reads("operstate", "up") && reads("brport/state", "3") && inner_up()) {
-            assert!(Instant::now() < deadline, "the link of {} did not come back", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "the link of {} did not come back",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }

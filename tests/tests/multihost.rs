@@ -3,6 +3,7 @@
 
 use std::process::Command;
 
+use clustermgr_tests::clustermgr_bin;
 use clustermgr_tests::netns::{Net, sweep_stale};
 
 fn netns_list() -> String {
@@ -45,12 +46,19 @@ fn hosts_are_isolated_and_reach_each_other() {
     // Cutting a link takes the host off the network; restoring brings it back.
     b.cut_link();
     assert!(!b.tcp_open(22));
-    assert!(!a.run(&["bash", "-c", &format!("timeout 1 bash -c '{reach}'")]).status.success());
+    assert!(
+        !a.run(&["bash", "-c", &format!("timeout 1 bash -c '{reach}'")])
+            .status
+            .success()
+    );
     b.restore_link();
     // The kernel may take up to a second to pass traffic on a link that came back.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !b.tcp_open(22) {
-        assert!(std::time::Instant::now() < deadline, "beta unreachable after restore");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "beta unreachable after restore"
+        );
     }
 }
 
@@ -61,7 +69,14 @@ fn root_logs_in_with_the_key_and_a_verified_host_key() {
     let kh = net.known_hosts();
     let h = net.host("gamma");
     let out = Command::new("ssh")
-        .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ])
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", kh.display()))
         .arg("-i")
@@ -70,13 +85,24 @@ fn root_logs_in_with_the_key_and_a_verified_host_key() {
         .arg("hostname; id -u")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "gamma\n0\n");
 
     // An empty known_hosts: strict checking refuses the host.
     let empty = tempfile::NamedTempFile::new().unwrap();
     let out = Command::new("ssh")
-        .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ])
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", empty.path().display()))
         .arg("-i")
@@ -98,14 +124,20 @@ fn teardown_removes_everything_and_a_crashed_run_is_swept() {
     assert!(has_ns(&ns));
     drop(net);
     assert!(!has_ns(&ns), "namespace {ns} outlived its Net");
-    let link = Command::new("ip").args(["link", "show", &bridge]).output().unwrap();
+    let link = Command::new("ip")
+        .args(["link", "show", &bridge])
+        .output()
+        .unwrap();
     assert!(!link.status.success(), "bridge {bridge} outlived its Net");
 
     // A run that died without tearing down: its claim names a dead process.
     let mut crashed = Net::new();
     crashed.add_host("epsilon");
     let ns = crashed.host("epsilon").netns().to_string();
-    let sshd_pids = Command::new("ip").args(["netns", "pids", &ns]).output().unwrap();
+    let sshd_pids = Command::new("ip")
+        .args(["netns", "pids", &ns])
+        .output()
+        .unwrap();
     assert!(!sshd_pids.stdout.is_empty());
     let mut dead = Command::new("true").spawn().unwrap();
     let dead_pid = dead.id();
@@ -115,5 +147,474 @@ fn teardown_removes_everything_and_a_crashed_run_is_swept() {
     assert!(has_ns(&ns));
 
     sweep_stale();
-    assert!(!has_ns(&ns), "the crashed run's namespace {ns} was not swept");
+    assert!(
+        !has_ns(&ns),
+        "the crashed run's namespace {ns} was not swept"
+    );
+}
+
+/// A controller home, initialised, for bootstrapping the hosts of a `Net`.
+struct Controller {
+    _tmp: tempfile::TempDir,
+    home: std::path::PathBuf,
+}
+
+impl Controller {
+    fn new() -> Controller {
+        let tmp = tempfile::Builder::new().prefix("cm-mh").tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let c = Controller { _tmp: tmp, home };
+        let out = c.run(&["init", "--cluster", "mh"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        c
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(clustermgr_bin());
+        c.arg("--home")
+            .arg(&self.home)
+            .env_remove("CLUSTERMGR_HOME");
+        c.stdin(std::process::Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// `node add NAME --ssh root@HOST --identity KEY ARGS` (`--json` first if given).
+    fn add_json(&self, net: &Net, name: &str, args: &[String]) -> std::process::Output {
+        let (global, rest): (Vec<&String>, Vec<&String>) =
+            args.iter().partition(|a| *a == "--json");
+        let h = net.host(name);
+        self.cmd()
+            .args(global)
+            .args(["node", "add", name, "--ssh", &h.ssh_target(), "--identity"])
+            .arg(net.client_key())
+            .args(rest)
+            .output()
+            .unwrap()
+    }
+
+    /// `node add NAME --ssh root@HOST` with the harness's key.
+    fn add(&self, net: &Net, name: &str, extra: &[&str]) -> std::process::Output {
+        let h = net.host(name);
+        self.cmd()
+            .args(["node", "add", name, "--ssh", &h.ssh_target(), "--identity"])
+            .arg(net.client_key())
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn bootstrap_four_hosts_then_work_without_ssh() {
+    let mut net = Net::new();
+    for h in ["gluu1", "gluu2", "gluu3", "lb1"] {
+        net.add_host(h);
+    }
+    // gluu1 runs Gluu in its container root, as bootstrap should notice.
+    net.host("gluu1")
+        .sh("mkdir -p /opt/gluu-server/opt/gluu/jetty/oxauth");
+    let kh = net.known_hosts();
+    let ctl = Controller::new();
+    let inventory = ctl.home.parent().unwrap().join("hosts.toml");
+    let mut text = format!(
+        "identity = \"{}\"\nknown_hosts = \"{}\"\n",
+        net.client_key().display(),
+        kh.display()
+    );
+    for h in net.hosts() {
+        text.push_str(&format!(
+            "[[node]]\nname = \"{}\"\nssh = \"{}\"\nroles = [\"{}\"]\n{}",
+            h.name,
+            h.ssh_target(),
+            if h.name == "lb1" { "lb" } else { "gluu" },
+            if h.name == "gluu1" {
+                "primary = true\n"
+            } else {
+                ""
+            },
+        ));
+    }
+    std::fs::write(&inventory, text).unwrap();
+    let started = std::time::Instant::now();
+    let out = ctl
+        .cmd()
+        .args(["--json", "node", "add", "--from"])
+        .arg(&inventory)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    eprintln!("bootstrapped 4 hosts in {:?}", started.elapsed());
+    let results: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = results.as_array().unwrap();
+    assert_eq!(results.len(), 4);
+    for r in results {
+        assert_eq!(r["ok"], true, "{r}");
+        let o = &r["outcome"];
+        assert_eq!(o["identity"], "new");
+        assert_eq!(o["binary"], "installed");
+        // No systemd here: the init script, registered with update-rc.d.
+        assert_eq!(o["service"], "init-script", "{o}");
+        assert_eq!(o["facts"]["arch"], std::env::consts::ARCH);
+        assert!(o["facts"]["glibc"].is_string());
+        assert!(o["facts"]["free_kb"].as_u64().unwrap() > 0);
+        assert_eq!(o["facts"]["systemd"], false);
+        let gluu_root = if r["node"] == "gluu1" {
+            serde_json::json!("/opt/gluu-server")
+        } else {
+            serde_json::Value::Null
+        };
+        assert_eq!(o["facts"]["gluu_root"], gluu_root, "{o}");
+    }
+    for h in net.hosts() {
+        // The key was made on the host and stays there; the agent runs from the
+        // installed binary under the init script's pidfile.
+        let key = h.path("/etc/clustermgr/agent.key");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!ctl.home.join(format!("{}.key", h.name)).exists());
+        h.sh("test -x /usr/local/bin/clustermgr-agent && /etc/init.d/clustermgr-agent status");
+    }
+    let list = ctl.run(&["--json", "node", "list"]);
+    let nodes: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let primary: Vec<_> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["primary"] == true)
+        .map(|n| n["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(primary, ["gluu1"]);
+
+    // From here on, no SSH at all.
+    for h in net.hosts_mut() {
+        h.stop_sshd();
+        assert!(!h.tcp_open(22));
+    }
+    let out = ctl.run(&["--json", "exec", "--", "hostname"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut seen: Vec<(String, String)> = stdout(&out)
+        .lines()
+        .map(|l| {
+            let o: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                o["node"].as_str().unwrap().to_string(),
+                o["stdout"].as_str().unwrap_or_default().trim().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let want: Vec<(String, String)> = ["gluu1", "gluu2", "gluu3", "lb1"]
+        .iter()
+        .map(|n| (n.to_string(), n.to_string()))
+        .collect();
+    assert_eq!(seen, want);
+    let out = ctl.run(&["ping"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ctl.run(&["--json", "status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let states: Vec<_> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states, ["ok"; 4], "{status}");
+}
+
+/// The `--json` outcome of a single-host `node add --ssh`.
+fn outcome(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["outcome"].clone()
+}
+
+#[test]
+fn bootstrap_verifies_host_keys_and_keeps_or_renews_identity() {
+    let mut net = Net::new();
+    net.add_host("solo");
+    let known = net.known_hosts();
+    let ctl = Controller::new();
+    let dir = ctl.home.parent().unwrap().to_path_buf();
+    let empty = dir.join("empty_known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    let fp = net.host("solo").host_key_fingerprint();
+    let kh = |p: &std::path::Path| ["--known-hosts".to_string(), p.display().to_string()];
+
+    // Unknown key: refused, showing the fingerprint and the flag to accept it.
+    let out = ctl.add(&net, "solo", &kh(&empty).each_ref().map(|s| s.as_str()));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&fp) && err.contains("--accept-host-key"),
+        "{err}"
+    );
+    assert!(
+        !net.host("solo")
+            .path("/usr/local/bin/clustermgr-agent")
+            .exists()
+    );
+
+    // A fingerprint that is not the host's: refused.
+    let mut args = kh(&empty).to_vec();
+    args.extend([
+        "--accept-host-key".into(),
+        "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+    ]);
+    let out = ctl.add(
+        &net,
+        "solo",
+        &args.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("refusing"), "{}", stderr(&out));
+
+    // A changed key (known_hosts names another key for this address): refused always,
+    // even with the right fingerprint offered.
+    let other = dir.join("other_key");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let other_pub = std::fs::read_to_string(dir.join("other_key.pub")).unwrap();
+    let changed = dir.join("changed_known_hosts");
+    let line: Vec<&str> = other_pub.split_whitespace().take(2).collect();
+    std::fs::write(
+        &changed,
+        format!("{} {}\n", net.host("solo").ip, line.join(" ")),
+    )
+    .unwrap();
+    let mut args = kh(&changed).to_vec();
+    args.extend(["--accept-host-key".into(), fp.clone()]);
+    let out = ctl.add(
+        &net,
+        "solo",
+        &args.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("CHANGED"), "{}", stderr(&out));
+
+    // The right fingerprint: accepted, and the node enrolled.
+    let mut args = vec!["--json".to_string()];
+    args.extend(kh(&empty));
+    args.extend(["--accept-host-key".into(), fp.clone()]);
+    let out = ctl.add_json(&net, "solo", &args);
+    let first = outcome(&out);
+    assert_eq!(first["identity"], "new");
+    let key_before = std::fs::read(net.host("solo").path("/etc/clustermgr/agent.key")).unwrap();
+
+    // Again: nothing changes but what must; the identity stays.
+    let out = ctl.add_json(
+        &net,
+        "solo",
+        &[
+            "--json".into(),
+            kh(&known)[0].clone(),
+            kh(&known)[1].clone(),
+        ],
+    );
+    let again = outcome(&out);
+    assert_eq!(again["identity"], "kept");
+    assert_eq!(again["binary"], "unchanged");
+    assert_eq!(again["key"], first["key"]);
+    assert_eq!(
+        std::fs::read(net.host("solo").path("/etc/clustermgr/agent.key")).unwrap(),
+        key_before
+    );
+
+    // --reenroll: a new key made on the host, pinned, and the old one's certs revoked.
+    let out = ctl.add_json(
+        &net,
+        "solo",
+        &[
+            "--json".into(),
+            kh(&known)[0].clone(),
+            kh(&known)[1].clone(),
+            "--reenroll".into(),
+        ],
+    );
+    let re = outcome(&out);
+    assert_eq!(re["identity"], "reenrolled");
+    assert_ne!(re["key"], first["key"]);
+    assert_ne!(
+        std::fs::read(net.host("solo").path("/etc/clustermgr/agent.key")).unwrap(),
+        key_before
+    );
+    let out = ctl.run(&["ping"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let store = clustermgr::store::Store::open(
+        &ctl.home.join("inventory.redb"),
+        &ctl.home.join("serve.sock"),
+    )
+    .unwrap();
+    let certs = store.certs().unwrap();
+    let old_key = first["key"].as_str().unwrap();
+    let old: Vec<_> = certs
+        .iter()
+        .filter(|c| c.key_fingerprint == old_key)
+        .collect();
+    assert!(!old.is_empty());
+    assert!(old.iter().all(|c| c.revoked_at.is_some()), "{old:?}");
+    assert_eq!(
+        store.node("solo").unwrap().unwrap().pinned_key,
+        re["key"].as_str().unwrap()
+    );
+}
+
+#[test]
+fn bootstrap_errors_name_the_host_and_the_next_step() {
+    let mut net = Net::new();
+    net.add_host("edge");
+    net.add_host("busy");
+    let known = net.known_hosts();
+    let ctl = Controller::new();
+    let dir = ctl.home.parent().unwrap().to_path_buf();
+    let kh = ["--known-hosts".to_string(), known.display().to_string()];
+
+    // A key the host does not accept.
+    let stranger = dir.join("stranger");
+    assert!(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&stranger)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = ctl
+        .cmd()
+        .args([
+            "node",
+            "add",
+            "edge",
+            "--ssh",
+            &net.host("edge").ssh_target(),
+            "--identity",
+        ])
+        .arg(&stranger)
+        .args(&kh)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("edge") && err.contains("refused") && err.contains("--identity"),
+        "{err}"
+    );
+
+    // A login that is neither root nor allowed sudo.
+    // "*" rather than useradd's "!": a locked account cannot log in at all.
+    net.host("edge")
+        .sh("useradd -M -s /bin/sh cmuser && usermod -p '*' cmuser");
+    let out = ctl
+        .cmd()
+        .args(["node", "add", "edge", "--ssh"])
+        .arg(format!("cmuser@{}", net.host("edge").ip))
+        .arg("--identity")
+        .arg(net.client_key())
+        .args(&kh)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not root"), "{}", stderr(&out));
+
+    // A binary for another architecture: refused before anything is uploaded.
+    let mut foreign = std::fs::read(clustermgr_tests::agent_bin()).unwrap();
+    foreign[0x12..0x14].copy_from_slice(&183u16.to_le_bytes());
+    let foreign_path = dir.join("clustermgr-agent-aarch64");
+    std::fs::write(&foreign_path, &foreign).unwrap();
+    let mut args = kh.to_vec();
+    args.extend(["--agent-binary".into(), foreign_path.display().to_string()]);
+    let out = ctl.add(
+        &net,
+        "edge",
+        &args.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("aarch64") && err.contains("--agent-binary"),
+        "{err}"
+    );
+    assert!(
+        !net.host("edge")
+            .path("/usr/local/bin/clustermgr-agent")
+            .exists()
+    );
+
+    // The agent's port is taken on the host: it does not come up, and the error shows
+    // the agent's own last words.
+    net.host_mut("busy").add_service(
+        "squatter",
+        &[
+            "python3",
+            "-c",
+            "import socket,time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 7443)); print('bound', flush=True); time.sleep(3600)",
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !net.host("busy").service_log("squatter").contains("bound") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the squatter did not bind"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = ctl.add(
+        &net,
+        "busy",
+        &kh.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("did not come up") && err.contains("7443"),
+        "{err}"
+    );
+
+    // The agent runs but the controller cannot reach the address given: the error
+    // points at the UDP port between them. Nothing is recorded.
+    let mut args = kh.to_vec();
+    args.extend(["--address".into(), format!("10.213.{}.250:7443", net.k())]);
+    let out = ctl
+        .cmd()
+        .args([
+            "--connect-timeout",
+            "1",
+            "node",
+            "add",
+            "edge",
+            "--ssh",
+            &net.host("edge").ssh_target(),
+            "--identity",
+        ])
+        .arg(net.client_key())
+        .args(&args)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("UDP port 7443") && err.contains("--address"),
+        "{err}"
+    );
+    let list = stdout(&ctl.run(&["node", "list"]));
+    assert!(!list.contains("edge"), "{list}");
 }
