@@ -7,6 +7,7 @@
 //! [`ca`] signs, only [`connect`] dials agents.
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod ca;
 pub mod cli;
 pub mod clock;
@@ -17,6 +18,7 @@ mod error;
 pub mod home;
 pub mod local;
 pub mod ops;
+pub mod passphrase;
 pub mod render;
 pub mod selector;
 pub mod serve;
