@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod archive;
+pub mod backup;
 pub mod ca;
 pub mod cli;
 pub mod clock;
