@@ -167,6 +167,24 @@ impl Ca {
         })
     }
 
+    /// Checks that the key is the one the certificate certifies, and returns what the
+    /// certificate says. A restore checks this before it installs a CA: a mismatched
+    /// pair would sign certificates that no agent's chain check accepts.
+    pub fn checked_summary(&self) -> Result<CertSummary, CtlError> {
+        let summary = CertSummary::parse_pem(&self.cert_pem)?;
+        let key = spki_fingerprint(&self.key.subject_public_key_info());
+        if key != summary.key_fingerprint {
+            return Err(cert_error(
+                "the CA key does not belong to the CA certificate",
+                format!(
+                    "the key is {key}, the certificate's is {}",
+                    summary.key_fingerprint
+                ),
+            ));
+        }
+        Ok(summary)
+    }
+
     /// The CA certificate, PEM.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
@@ -374,6 +392,16 @@ mod tests {
         let err = sign(&bad_pem).unwrap_err().to_string();
         assert!(err.contains("signature does not verify"), "{err}");
         assert!(sign("not a csr").is_err());
+    }
+
+    #[test]
+    fn a_ca_key_of_another_ca_is_caught() {
+        let (mine, my_key) = Ca::create("a", now()).unwrap();
+        let (theirs, _) = Ca::create("b", now()).unwrap();
+        assert!(mine.checked_summary().unwrap().is_ca);
+        let mixed = Ca::load(theirs.cert_pem(), &my_key).unwrap();
+        let err = mixed.checked_summary().unwrap_err().to_string();
+        assert!(err.contains("does not belong"), "{err}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::CtlError;
 use crate::clock;
-use crate::ops::{self, Ctx, CtxOptions, Invocation, Operation};
+use crate::ops::{self, Ctx, CtxOptions, Event, Invocation, Operation, Report};
 use crate::render::{self, OutputMode};
 use crate::store::Role;
 
@@ -77,6 +77,23 @@ pub enum Cmd {
         /// How many of the newest entries.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+    },
+    /// Write an encrypted backup of the home: the CA, the store (nodes and their pinned
+    /// keys, certificates, the audit log) and controller.toml.
+    Backup {
+        /// The archive to write (mode 0600; an existing one is replaced whole).
+        file: PathBuf,
+        /// Read the passphrase from this file (mode 0600) instead of the terminal.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Restore a backup into a new or empty home (--home), with a new controller key.
+    Restore {
+        /// The archive `clustermgr backup` wrote.
+        file: PathBuf,
+        /// Read the passphrase from this file (mode 0600) instead of the terminal.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
     },
     /// Run the long-lived controller: warm connections, renewals, the CLI socket.
     Serve,
@@ -281,6 +298,21 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             return Ok(0);
         }
         Cmd::Dev { nodes, port } => return crate::dev::run(explicit_home, nodes, port).await,
+        Cmd::Backup {
+            file,
+            passphrase_file,
+        } => {
+            let pass = passphrase_file.as_deref();
+            return crate::backup::backup(&home, &opts, &file, pass, user(), json).await;
+        }
+        Cmd::Restore {
+            file,
+            passphrase_file,
+        } => {
+            let pass = passphrase_file.as_deref();
+            let clock = clock::SystemClock;
+            return crate::backup::restore(&home, &file, pass, &user(), &clock, json);
+        }
         Cmd::Node(NodeCmd::Sign { node, csr_file }) => {
             let csr_pem =
                 std::fs::read_to_string(&csr_file).map_err(|e| CtlError::io(&csr_file, e))?;
@@ -380,6 +412,37 @@ pub async fn execute(
     let is_exec = matches!(inv.op, Operation::Exec { .. });
     let (tx, rx) = mpsc::channel(64);
     let printer = tokio::spawn(render::consume(rx, mode, is_exec));
+    let Some(result) = run_operation(home, opts, inv, tx).await? else {
+        eprintln!("clustermgr: interrupted; the commands still running were cancelled");
+        return Ok(130);
+    };
+    let gathered = printer.await.unwrap_or_default();
+    match result {
+        Ok(report) => {
+            let code = report.exit_code();
+            render::report(report, gathered, mode, is_exec);
+            Ok(code)
+        }
+        Err((message, code)) => {
+            eprintln!("clustermgr: {message}");
+            Ok(code)
+        }
+    }
+}
+
+/// An operation's result as the CLI sees it: its report, or its error's message and
+/// exit code (which may come from `serve`).
+pub type Outcome = Result<Report, (String, i32)>;
+
+/// Runs an operation through `serve` if it answers, else in this process, sending its
+/// events to `tx`. `None` if Ctrl-C interrupted it, which cancels the commands it
+/// started.
+pub async fn run_operation(
+    home: &std::path::Path,
+    opts: &CtxOptions,
+    inv: Invocation,
+    tx: mpsc::Sender<Event>,
+) -> Result<Option<Outcome>, CtlError> {
     let socket = crate::home::Home::open(home)
         .map(|h| h.socket())
         .unwrap_or_else(|_| home.join("serve.sock"));
@@ -408,23 +471,7 @@ pub async fn execute(
     if let Some(ctx) = &ctx {
         ctx.dialer.close().await;
     }
-    let Some(result) = result else {
-        eprintln!("clustermgr: interrupted; the commands still running were cancelled");
-        return Ok(130);
-    };
-    let result = result?;
-    let gathered = printer.await.unwrap_or_default();
-    match result {
-        Ok(report) => {
-            let code = report.exit_code();
-            render::report(report, gathered, mode, is_exec);
-            Ok(code)
-        }
-        Err((message, code)) => {
-            eprintln!("clustermgr: {message}");
-            Ok(code)
-        }
-    }
+    result.transpose()
 }
 
 /// Resolves on SIGINT or SIGTERM.

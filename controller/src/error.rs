@@ -16,6 +16,28 @@ pub enum CtlError {
         "{0} already holds a cluster; use another --home, or remove it if you really mean to discard that cluster's CA"
     )]
     HomeExists(PathBuf),
+    /// `restore` was pointed at something other than a new or empty directory.
+    #[error(
+        "{0} exists and is not an empty directory; restore into a new directory (--home DIR), or empty this one first"
+    )]
+    HomeNotEmpty(PathBuf),
+    /// No usable passphrase was given for a backup or a restore.
+    #[error("{0}")]
+    Passphrase(String),
+    /// A file given to `restore` is not a backup this release can read.
+    #[error("{file} is not a clustermgr backup this release can read: {why}")]
+    BackupUnreadable {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A backup's authentication failed: a wrong passphrase, or a file changed since it
+    /// was written. The two cannot be told apart, by design.
+    #[error(
+        "cannot open {0}: the passphrase is wrong, or the file was altered or damaged since it was written. Nothing was restored; try again with the right passphrase, or with another copy of the backup"
+    )]
+    BackupDecrypt(PathBuf),
     /// The home directory or a key file is open to other users.
     #[error(
         "refusing to use {path}: it is {what} (mode {mode:o}); fix it with `chmod {fix} {path}`"
@@ -120,6 +142,8 @@ impl CtlError {
         match self {
             CtlError::HomeMissing(_)
             | CtlError::HomeExists(_)
+            | CtlError::HomeNotEmpty(_)
+            | CtlError::Passphrase(_)
             | CtlError::Insecure { .. }
             | CtlError::NotOwned(_)
             | CtlError::Usage(_)

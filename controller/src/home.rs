@@ -26,12 +26,10 @@ impl Home {
 
     /// Creates a new, empty home (mode 0700). Refuses one that already has a cluster.
     pub fn create(dir: &Path) -> Result<Home, CtlError> {
+        Home::refuse_existing(dir)?;
         let home = Home {
             dir: dir.to_path_buf(),
         };
-        if home.ca_cert().exists() || home.store().exists() {
-            return Err(CtlError::HomeExists(dir.to_path_buf()));
-        }
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -39,6 +37,18 @@ impl Home {
             .map_err(|e| CtlError::io(dir, e))?;
         home.check_dir()?;
         Ok(home)
+    }
+
+    /// Refuses a directory that already holds a cluster: neither `init` nor `restore`
+    /// may overwrite a CA.
+    pub fn refuse_existing(dir: &Path) -> Result<(), CtlError> {
+        let home = Home {
+            dir: dir.to_path_buf(),
+        };
+        if home.ca_cert().exists() || home.store().exists() {
+            return Err(CtlError::HomeExists(dir.to_path_buf()));
+        }
+        Ok(())
     }
 
     /// Opens an existing home, checking that nobody else can write it or read its keys.
@@ -111,6 +121,15 @@ impl Home {
 
 /// Refuses a private key file that group or others can read or write.
 pub fn check_private(path: &Path) -> Result<(), CtlError> {
+    check_owner_only(
+        path,
+        "a private key readable or writable by group or others",
+    )
+}
+
+/// Refuses a secret file that group or others can read or write; `what` says what it
+/// is and what is wrong, for the message.
+pub fn check_owner_only(path: &Path, what: &'static str) -> Result<(), CtlError> {
     let mode = std::fs::metadata(path)
         .map_err(|e| CtlError::io(path, e))?
         .permissions()
@@ -118,7 +137,7 @@ pub fn check_private(path: &Path) -> Result<(), CtlError> {
     if mode & 0o077 != 0 {
         return Err(CtlError::Insecure {
             path: path.to_path_buf(),
-            what: "a private key readable or writable by group or others",
+            what,
             mode: mode & 0o7777,
             fix: "600",
         });

@@ -7,6 +7,8 @@
 //! [`ca`] signs, only [`connect`] dials agents.
 #![forbid(unsafe_code)]
 
+pub mod archive;
+pub mod backup;
 pub mod bootstrap;
 pub mod ca;
 pub mod cli;
@@ -20,6 +22,7 @@ pub mod home;
 pub mod inventory;
 pub mod local;
 pub mod ops;
+pub mod passphrase;
 pub mod render;
 pub mod selector;
 pub mod serve;

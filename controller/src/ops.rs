@@ -105,6 +105,13 @@ pub enum Operation {
         /// How many.
         limit: usize,
     },
+    /// A consistent snapshot of the store for `backup`, sent as [`Event::Snapshot`]
+    /// parts. The CLI adds the CA from the home and seals the archive itself, so no
+    /// key crosses serve's socket.
+    Snapshot {
+        /// The archive it is for, as the audit log records it.
+        file: String,
+    },
 }
 
 /// The audit log's "who": the account name of `uid` and the uid. The uid is what counts:
@@ -157,6 +164,10 @@ pub enum Event {
     },
     /// One node's part is over.
     NodeDone(NodeOutcome),
+    /// The next part of a store snapshot: together, in order, the postcard bytes of a
+    /// [`crate::store::StoreSnapshot`]. In parts because a long audit log can outgrow
+    /// one frame of serve's socket.
+    Snapshot(Vec<u8>),
 }
 
 /// How one node's part of a fan-out went.
@@ -367,6 +378,11 @@ pub enum Report {
     Certs(Vec<CertView>),
     /// `audit`.
     Audit(Vec<AuditView>),
+    /// A store snapshot was sent in [`Event::Snapshot`] parts of this many bytes in all.
+    Snapshot {
+        /// The total length, for the receiver to check that every part arrived.
+        bytes: u64,
+    },
 }
 
 impl Report {
@@ -491,11 +507,11 @@ fn read_file(path: &std::path::Path) -> Result<String, CtlError> {
     std::fs::read_to_string(path).map_err(|e| CtlError::io(path, e))
 }
 
-fn write_file(path: &std::path::Path, text: &str, mode: u32) -> Result<(), CtlError> {
+pub(crate) fn write_file(path: &std::path::Path, text: &str, mode: u32) -> Result<(), CtlError> {
     write_atomic(path, text.as_bytes(), mode).map_err(|e| CtlError::io(path, e))
 }
 
-fn cert_record(kind: CertKind, node: Option<&str>, s: &CertSummary) -> CertRecord {
+pub(crate) fn cert_record(kind: CertKind, node: Option<&str>, s: &CertSummary) -> CertRecord {
     CertRecord {
         serial: s.serial.clone(),
         kind,
@@ -944,6 +960,7 @@ pub async fn run(
                 })
                 .collect(),
         )),
+        Operation::Snapshot { file } => snapshot(&ctx, user, &file, &events).await,
     }
 }
 
@@ -1555,6 +1572,29 @@ fn cert_status(ctx: &Ctx) -> Result<Report, CtlError> {
         }
     }
     Ok(Report::Certs(out))
+}
+
+/// The largest part of a snapshot sent at once, far below serve's frame limit.
+const SNAPSHOT_PART: usize = 1024 * 1024;
+
+async fn snapshot(
+    ctx: &Ctx,
+    user: &str,
+    file: &str,
+    events: &mpsc::Sender<Event>,
+) -> Result<Report, CtlError> {
+    // Audited before the snapshot is read, so the backup carries the record of its own
+    // making (and the restored home shows where it came from).
+    ctx.audit(user, "backup", &[], &format!("to {file}"))?;
+    let bytes = clustermgr_protocol::codec::encode(&ctx.store.snapshot()?);
+    for part in bytes.chunks(SNAPSHOT_PART) {
+        if events.send(Event::Snapshot(part.to_vec())).await.is_err() {
+            break;
+        }
+    }
+    Ok(Report::Snapshot {
+        bytes: bytes.len() as u64,
+    })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use tokio::sync::mpsc;
 
+use crate::backup::{BackupView, RestoreView};
 use crate::ops::{Event, NodeOutcome, NodeState, Report};
 use crate::store::Role;
 
@@ -161,6 +162,8 @@ pub async fn consume(
                     }
                 }
             }
+            // Only `backup` asks for a snapshot, and it collects the parts itself.
+            Event::Snapshot(_) => {}
         }
     }
     gathered
@@ -398,6 +401,8 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 );
             }
         }
+        // `backup` seals a snapshot into an archive and reports that with [`backup`].
+        Report::Snapshot { .. } => {}
         Report::Certs(c) if as_json => json(&c),
         Report::Certs(c) => {
             println!(
@@ -412,6 +417,51 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
             }
         }
     }
+}
+
+/// Prints what `backup` wrote.
+pub fn backup(v: &BackupView, as_json: bool) {
+    if as_json {
+        return json(v);
+    }
+    println!(
+        "wrote {} ({} bytes): cluster {}, {} nodes, {} certificates, {} audit entries",
+        v.file.display(),
+        v.bytes,
+        v.cluster,
+        v.nodes,
+        v.certificates,
+        v.audit_entries
+    );
+    println!(
+        "it holds the cluster CA's key, encrypted under your passphrase ({}): keep it and the passphrase apart, off this machine",
+        v.kdf
+    );
+}
+
+/// Prints what `restore` made.
+pub fn restored(v: &RestoreView, as_json: bool) {
+    if as_json {
+        return json(v);
+    }
+    println!(
+        "restored cluster {} into {} from {} (a backup of {}): {} nodes, {} certificates, {} audit entries",
+        v.cluster,
+        v.home.display(),
+        v.file.display(),
+        v.backup_created,
+        v.nodes,
+        v.certificates,
+        v.audit_entries
+    );
+    println!(
+        "the controller has a new key; the restored CA certified it (serial {}, until {}), so the agents accept it",
+        v.controller_serial, v.controller_expires
+    );
+    println!(
+        "next: `clustermgr --home {} status` to reach every node",
+        v.home.display()
+    );
 }
 
 fn summary(outcomes: &[NodeOutcome]) {
