@@ -564,9 +564,10 @@ fn bootstrap_errors_name_the_host_and_the_next_step() {
     net.host_mut("busy").add_service(
         "squatter",
         &[
-            "python3",
-            "-c",
-            "import socket,time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 7443)); print('bound', flush=True); time.sleep(3600)",
+            "perl",
+            "-MIO::Socket::INET",
+            "-e",
+            "$| = 1; my $s = IO::Socket::INET->new(LocalAddr => '0.0.0.0:7443', Proto => 'udp') or die $!; print qq(bound\n); sleep 3600",
         ],
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
