@@ -13,6 +13,7 @@ mod info;
 mod journal;
 mod server;
 mod sys;
+mod uninstall;
 
 pub use error::AgentError;
 pub use server::{Agent, AgentHandle};

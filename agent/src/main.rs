@@ -106,7 +106,10 @@ fn run(
                 },
             )?;
         }
-        wait_for_signal().await;
+        tokio::select! {
+            _ = wait_for_signal() => {}
+            _ = handle.stop_requested() => {}
+        }
         handle.shutdown().await;
         if let Some(path) = pidfile {
             let _ = std::fs::remove_file(path);

@@ -149,6 +149,7 @@ impl Agent {
             abort: abort_rx,
             inflight: watch::channel(0).0,
             stopping: std::sync::atomic::AtomicBool::new(false),
+            stop: stop_tx.clone(),
             cfg: self.cfg,
         });
         tracing::info!(node = %shared.node, "listening on udp {local_addr}");
@@ -240,6 +241,14 @@ pub struct AgentHandle {
 }
 
 impl AgentHandle {
+    /// Resolves once the agent decided to stop by itself (after an uninstall).
+    pub async fn stop_requested(&self) {
+        let mut rx = self.stop.subscribe();
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+impl AgentHandle {
     /// Stops accepting, lets in-flight work finish within the grace period, cancels
     /// what is left, and closes every connection cleanly.
     pub async fn shutdown(self) {
@@ -261,6 +270,8 @@ struct Shared {
     inflight: watch::Sender<usize>,
     /// Set once shutdown begins: new requests are refused.
     stopping: std::sync::atomic::AtomicBool,
+    /// Stops the agent from inside (uninstall).
+    stop: watch::Sender<bool>,
 }
 
 /// Counts one request in flight while it lives. Taken before the request's task is
@@ -455,6 +466,18 @@ async fn handle_request(
         Request::InstallCert { cert_pem } => {
             install_cert(shared, &cert_pem).unwrap_or_else(internal)
         }
+        Request::Uninstall => match crate::uninstall::begin() {
+            Ok(()) => {
+                let _ = reply(&mut send, Reply::Uninstalling).await;
+                tracing::warn!("uninstall requested by {controller}: stopping");
+                let _ = shared.stop.send(true);
+                return;
+            }
+            Err(message) => Reply::Error(RemoteError {
+                kind: ErrorKind::Refused,
+                message,
+            }),
+        },
     };
     let _ = reply(&mut send, answer).await;
 }

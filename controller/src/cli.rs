@@ -140,6 +140,10 @@ pub enum NodeCmd {
     Remove {
         /// The node.
         node: String,
+        /// First have the agent stop and remove itself from the host (binary,
+        /// service, /etc/clustermgr with its key), through its own connection.
+        #[arg(long)]
+        uninstall: bool,
     },
     /// Make a Gluu node the primary.
     SetPrimary {
@@ -350,7 +354,9 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         }
         Cmd::Node(NodeCmd::List) => (Operation::NodeList, OutputMode::Live),
         Cmd::Node(NodeCmd::Show { node }) => (Operation::NodeShow { node }, OutputMode::Live),
-        Cmd::Node(NodeCmd::Remove { node }) => (Operation::NodeRemove { node }, OutputMode::Live),
+        Cmd::Node(NodeCmd::Remove { node, uninstall }) => {
+            (Operation::NodeRemove { node, uninstall }, OutputMode::Live)
+        }
         Cmd::Node(NodeCmd::SetPrimary { node }) => {
             (Operation::NodeSetPrimary { node }, OutputMode::Live)
         }

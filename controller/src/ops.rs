@@ -69,6 +69,9 @@ pub enum Operation {
     NodeRemove {
         /// The node.
         node: String,
+        /// Have its agent stop and remove itself first.
+        #[serde(default)]
+        uninstall: bool,
     },
     /// Make a node the primary.
     NodeSetPrimary {
@@ -923,7 +926,9 @@ pub async fn run(
             }
             Ok(Report::Node(view))
         }
-        Operation::NodeRemove { node } => node_remove(&ctx, user, &node),
+        Operation::NodeRemove { node, uninstall } => {
+            node_remove(&ctx, user, &node, uninstall, within).await
+        }
         Operation::NodeSetPrimary { node } => set_primary(&ctx, user, &node),
         Operation::Ping { nodes } => {
             let nodes = select(&ctx.store.nodes()?, &nodes)?;
@@ -1098,7 +1103,13 @@ async fn node_add(
     Ok(Report::Node(view))
 }
 
-fn node_remove(ctx: &Ctx, user: &str, node: &str) -> Result<Report, CtlError> {
+async fn node_remove(
+    ctx: &Ctx,
+    user: &str,
+    node: &str,
+    uninstall: bool,
+    within: Duration,
+) -> Result<Report, CtlError> {
     let rec = ctx
         .store
         .node(node)?
@@ -1114,19 +1125,65 @@ fn node_remove(ctx: &Ctx, user: &str, node: &str) -> Result<Report, CtlError> {
             "{node} is the primary Gluu node and other Gluu nodes remain; move the primary first with `clustermgr node set-primary NODE`"
         )));
     }
+    if uninstall {
+        // The agent goes first: once the node is unpinned the controller could no
+        // longer ask it to.
+        let refused = |why: String| CtlError::Agent {
+            node: node.to_string(),
+            message: format!("the agent refused to uninstall: {why} (the node was not removed)"),
+        };
+        let asked = async {
+            let conn = ctx.connection_within(&rec, within).await?;
+            conn.unary(&Request::Uninstall, REQUEST_TIMEOUT).await
+        };
+        match asked.await {
+            Ok(Reply::Uninstalling) => {}
+            Ok(Reply::Error(e)) => {
+                return Err(refused(e.message));
+            }
+            Err(f) if f.kind == FailureKind::Failed => return Err(refused(f.message)),
+            Ok(other) => {
+                return Err(CtlError::Agent {
+                    node: node.to_string(),
+                    message: format!(
+                        "unexpected reply to Uninstall: {other:?} (the node was not removed)"
+                    ),
+                });
+            }
+            Err(f) => {
+                return Err(CtlError::Agent {
+                    node: node.to_string(),
+                    message: format!(
+                        "{}; the node was not removed. To remove it anyway run `clustermgr node remove {node}` and, on the host, `/etc/init.d/clustermgr-agent stop` (or `systemctl disable --now clustermgr-agent`) and delete /usr/local/bin/clustermgr-agent and /etc/clustermgr",
+                        f.message
+                    ),
+                });
+            }
+        }
+    }
     ctx.store.remove_node(node, ctx.clock.unix())?;
     if let Some(pool) = &ctx.pool {
         pool.drop_node(node);
     }
     ctx.audit(
         user,
-        "node remove",
+        if uninstall {
+            "node remove --uninstall"
+        } else {
+            "node remove"
+        },
         &[node.to_string()],
         "unpinned and revoked",
     )?;
-    Ok(Report::Done(format!(
-        "removed {node}: its key is unpinned and its certificates revoked; the controller refuses it from now on"
-    )))
+    Ok(Report::Done(if uninstall {
+        format!(
+            "removed {node}: its agent is stopping and removing itself (binary, service, /etc/clustermgr with its key; its log stays), its key is unpinned and its certificates revoked"
+        )
+    } else {
+        format!(
+            "removed {node}: its key is unpinned and its certificates revoked; the controller refuses it from now on"
+        )
+    }))
 }
 
 fn set_primary(ctx: &Ctx, user: &str, node: &str) -> Result<Report, CtlError> {

@@ -67,6 +67,10 @@ pub enum Request {
         /// The certificate, PEM.
         cert_pem: String,
     },
+    /// Stop the agent and remove what SSH bootstrap installed (binary, service,
+    /// `/etc/clustermgr` with the key, state). Answered by [`Reply::Uninstalling`]
+    /// before the agent stops.
+    Uninstall,
 }
 
 /// The one reply to a unary request.
@@ -83,6 +87,9 @@ pub enum Reply {
     CertInstalled,
     /// The request failed.
     Error(RemoteError),
+    // New variants go last: postcard numbers variants by position.
+    /// The agent is stopping; its files are removed once it has exited.
+    Uninstalling,
 }
 
 /// A failure reported by the agent.

@@ -322,8 +322,8 @@ impl Kind {
         match self {
             Kind::Hello => 1,
             Kind::HelloReply => 2,
-            Kind::Request => 4,
-            Kind::Reply => 4,
+            Kind::Request => 5,
+            Kind::Reply => 5,
             Kind::ExecInput => 3,
             Kind::ExecEvent => 5,
         }
@@ -377,12 +377,14 @@ impl Msg {
                 Request::Exec(_) => 1,
                 Request::Csr { .. } => 2,
                 Request::InstallCert { .. } => 3,
+                Request::Uninstall => 4,
             },
             Msg::Reply(m) => match m {
                 Reply::Info(_) => 0,
                 Reply::Csr { .. } => 1,
                 Reply::CertInstalled => 2,
                 Reply::Error(_) => 3,
+                Reply::Uninstalling => 4,
             },
             Msg::ExecInput(m) => match m {
                 ExecInput::Stdin(_) => 0,
@@ -682,15 +684,17 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
         (Kind::Request, 2) => Msg::Request(Request::Csr {
             new_key: gen_bool(rng),
         }),
-        (Kind::Request, _) => Msg::Request(Request::InstallCert {
+        (Kind::Request, 3) => Msg::Request(Request::InstallCert {
             cert_pem: gen_string(rng),
         }),
+        (Kind::Request, _) => Msg::Request(Request::Uninstall),
         (Kind::Reply, 0) => Msg::Reply(Reply::Info(Box::new(gen_node_info(rng)))),
         (Kind::Reply, 1) => Msg::Reply(Reply::Csr {
             pem: gen_string(rng),
         }),
         (Kind::Reply, 2) => Msg::Reply(Reply::CertInstalled),
-        (Kind::Reply, _) => Msg::Reply(Reply::Error(gen_remote_error(rng))),
+        (Kind::Reply, 3) => Msg::Reply(Reply::Error(gen_remote_error(rng))),
+        (Kind::Reply, _) => Msg::Reply(Reply::Uninstalling),
         (Kind::ExecInput, 0) => Msg::ExecInput(ExecInput::Stdin(gen_bytes(rng))),
         (Kind::ExecInput, 1) => Msg::ExecInput(ExecInput::StdinEnd),
         (Kind::ExecInput, _) => Msg::ExecInput(ExecInput::Cancel),
@@ -771,6 +775,8 @@ fn edge_messages() -> Vec<Msg> {
             cert_pem: String::new(),
         }),
         Msg::Reply(Reply::CertInstalled),
+        Msg::Request(Request::Uninstall),
+        Msg::Reply(Reply::Uninstalling),
         Msg::Reply(Reply::Csr { pem: "-".into() }),
         Msg::Reply(Reply::Error(RemoteError {
             kind: ErrorKind::Internal,

@@ -1318,3 +1318,18 @@ async fn a_re_enrolled_node_is_never_reached_through_serves_old_connection() {
         "nothing ran on the old agent"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_not_installed_by_bootstrap_refuses_to_uninstall_and_the_node_stays() {
+    let c = Cluster::gluu(1).await;
+    let o = c.run(&["node", "remove", "gluu1", "--uninstall"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("refused to uninstall") && err.contains("not removed"),
+        "{err}"
+    );
+    assert!(stdout(&c.run(&["node", "list"])).contains("gluu1"));
+    let o = c.run(&["ping"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

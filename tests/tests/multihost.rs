@@ -619,3 +619,53 @@ fn bootstrap_errors_name_the_host_and_the_next_step() {
     let list = stdout(&ctl.run(&["node", "list"]));
     assert!(!list.contains("edge"), "{list}");
 }
+
+#[test]
+fn remove_uninstall_has_the_agent_remove_itself_without_ssh() {
+    let mut net = Net::new();
+    net.add_host("gone");
+    let known = net.known_hosts();
+    let ctl = Controller::new();
+    let out = ctl.add_json(
+        &net,
+        "gone",
+        &[
+            "--json".into(),
+            "--known-hosts".into(),
+            known.display().to_string(),
+        ],
+    );
+    assert_eq!(outcome(&out)["identity"], "new");
+    net.host_mut("gone").stop_sshd();
+
+    let out = ctl.run(&["node", "remove", "gone", "--uninstall"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let h = net.host("gone");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let installed = [
+        "/usr/local/bin/clustermgr-agent",
+        "/etc/clustermgr",
+        "/etc/init.d/clustermgr-agent",
+        "/var/lib/clustermgr",
+        "/run/clustermgr-agent.pid",
+    ];
+    while installed.iter().any(|p| h.path(p).exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still there: {:?}",
+            installed
+                .iter()
+                .filter(|p| h.path(p).exists())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // No rc links left behind, no agent process, and the log kept.
+    let links = h.sh("ls /etc/rc*.d/ | grep -c clustermgr || true");
+    assert_eq!(links.trim(), "0");
+    let procs = h.sh("for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c '^/usr/local/bin/clustermgr-agent' || true");
+    assert_eq!(procs.trim(), "0");
+    assert!(h.path("/var/log/clustermgr-agent.log").exists());
+    let list = stdout(&ctl.run(&["node", "list"]));
+    assert!(!list.contains("gone"), "{list}");
+}
