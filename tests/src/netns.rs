@@ -555,6 +555,21 @@ impl Host {
         }
     }
 
+    /// The command lines of the processes running on the host (its PID namespace is
+    /// the machine's, so `/proc` inside it shows every host's processes).
+    pub fn processes(&self) -> Vec<String> {
+        ns_pids(&self.ns)
+            .into_iter()
+            .filter_map(|p| std::fs::read(format!("/proc/{p}/cmdline")).ok())
+            .map(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string()
+            })
+            .collect()
+    }
+
     /// Whether a TCP connection to `port` on the host succeeds from the controller.
     pub fn tcp_open(&self, port: u16) -> bool {
         TcpStream::connect_timeout(
