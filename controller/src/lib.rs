@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod connect;
 pub mod dev;
+pub mod elf;
 mod error;
 pub mod home;
 pub mod local;
