@@ -25,55 +25,68 @@ struct Built {
     controller: Deb,
 }
 
-/// Runs `packaging/build` into this test's target directory, once per test binary: a
-/// release build for the baseline takes minutes, and every test here reads its output.
+/// The packages, built once per test binary: a release build for the baseline takes
+/// minutes, and every test here reads its output. A failed build fails every test with
+/// its message, without building again.
 fn built() -> &'static Built {
-    static BUILT: OnceLock<Built> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        // target/<profile>/deps/packaging-xxxx
-        let exe = std::env::current_exe().expect("test executable path");
-        let target = exe.ancestors().nth(3).expect("target dir").to_path_buf();
-        let o = Command::new(workspace_root().join("packaging/build"))
-            .env("CARGO_TARGET_DIR", &target)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run packaging/build");
-        assert!(
-            o.status.success(),
-            "packaging/build failed:\n{}{}",
-            stdout(&o),
-            stderr(&o)
-        );
-        let debs: Vec<PathBuf> = stdout(&o).lines().map(PathBuf::from).collect();
-        let unpacked = target.join("packages/unpacked");
-        let _ = std::fs::remove_dir_all(&unpacked);
-        std::fs::create_dir_all(&unpacked).unwrap();
-        let deb = |name: &str| {
-            let prefix = format!("{name}_");
-            let file = debs
-                .iter()
-                .find(|d| {
-                    d.file_name()
-                        .unwrap()
-                        .to_string_lossy()
-                        .starts_with(&prefix)
-                })
-                .unwrap_or_else(|| panic!("packaging/build printed no {name} .deb: {debs:?}"))
-                .clone();
-            let (root, control) = (unpacked.join(name), unpacked.join(format!("{name}.DEBIAN")));
-            dpkg_deb(&["-x".as_ref(), file.as_os_str(), root.as_os_str()]);
-            dpkg_deb(&["-e".as_ref(), file.as_os_str(), control.as_os_str()]);
-            Deb {
-                file,
-                root,
-                control,
-            }
-        };
-        Built {
-            agent: deb("clustermgr-agent"),
-            controller: deb("clustermgr"),
+    static BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            std::panic::catch_unwind(build).map_err(|panic| {
+                let text = panic.downcast_ref::<&str>().map(|s| s.to_string());
+                text.or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default()
+            })
+        })
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `packaging/build` into this test's target directory and unpacks both .debs.
+fn build() -> Built {
+    // target/<profile>/deps/packaging-xxxx
+    let exe = std::env::current_exe().expect("test executable path");
+    let target = exe.ancestors().nth(3).expect("target dir").to_path_buf();
+    let o = Command::new(workspace_root().join("packaging/build"))
+        .env("CARGO_TARGET_DIR", &target)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run packaging/build");
+    assert!(
+        o.status.success(),
+        "packaging/build failed:\n{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let debs: Vec<PathBuf> = stdout(&o).lines().map(PathBuf::from).collect();
+    let unpacked = target.join("packages/unpacked");
+    let _ = std::fs::remove_dir_all(&unpacked);
+    std::fs::create_dir_all(&unpacked).unwrap();
+    let deb = |name: &str| {
+        let prefix = format!("{name}_");
+        let file = debs
+            .iter()
+            .find(|d| {
+                d.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&prefix)
+            })
+            .unwrap_or_else(|| panic!("packaging/build printed no {name} .deb: {debs:?}"))
+            .clone();
+        let (root, control) = (unpacked.join(name), unpacked.join(format!("{name}.DEBIAN")));
+        dpkg_deb(&["-x".as_ref(), file.as_os_str(), root.as_os_str()]);
+        dpkg_deb(&["-e".as_ref(), file.as_os_str(), control.as_os_str()]);
+        Deb {
+            file,
+            root,
+            control,
         }
-    })
+    };
+    Built {
+        agent: deb("clustermgr-agent"),
+        controller: deb("clustermgr"),
+    }
 }
 
 fn dpkg_deb<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
