@@ -18,7 +18,8 @@ pid=$1
 i=0
 while kill -0 "$pid" 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
 if [ -d /run/systemd/system ] && [ -f /etc/systemd/system/clustermgr-agent.service ]; then
-    systemctl disable clustermgr-agent.service >/dev/null 2>&1
+    # The unit restarts the agent whatever its exit; --now cancels that pending restart.
+    systemctl disable --now clustermgr-agent.service >/dev/null 2>&1
     rm -f /etc/systemd/system/clustermgr-agent.service
     systemctl daemon-reload >/dev/null 2>&1
 fi

@@ -130,6 +130,16 @@ pub enum CtlError {
     /// Talking to `clustermgr serve` failed.
     #[error("clustermgr serve: {0}")]
     Serve(String),
+    /// A file given as an agent binary is not one clustermgr can read as such.
+    #[error(
+        "{path} is not a usable agent binary: {message}. Point at a Linux build of clustermgr-agent (`packaging/build` makes the one for old hosts)"
+    )]
+    Binary {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A certificate or TLS operation failed.
     #[error(transparent)]
     Protocol(#[from] clustermgr_protocol::ProtocolError),

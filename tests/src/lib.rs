@@ -14,6 +14,8 @@ use clustermgr::dev::{NodeSpec, SandboxAgent, spawn_agent, start_agent};
 use clustermgr::ops::{Ctx, CtxOptions};
 use clustermgr::store::Role;
 
+pub mod packaging;
+
 /// Waits for `cond` to hold, checking every 20 ms, failing the test with `what` after
 /// `patience`. The only way tests wait: never a fixed sleep.
 pub async fn eventually<F: FnMut() -> bool>(what: &str, patience: Duration, mut cond: F) {
@@ -88,6 +90,12 @@ impl Cluster {
     /// Initialises a home and starts `specs` as enrolled, added agents. The store is
     /// closed again when this returns, so the CLI can open it.
     pub async fn start(specs: Vec<NodeSpec>) -> Cluster {
+        Cluster::start_with(&agent_bin(), specs).await
+    }
+
+    /// [`Cluster::start`] with another agent program (a packaged build, or a wrapper
+    /// that runs one).
+    pub async fn start_with(agent: &Path, specs: Vec<NodeSpec>) -> Cluster {
         let home = tempfile::Builder::new()
             .prefix("cm-e2e")
             .tempdir()
@@ -100,7 +108,7 @@ impl Cluster {
         let mut agents = Vec::new();
         for spec in &specs {
             agents.push(
-                start_agent(&ctx, &agent_bin(), &home.path().join("nodes"), spec)
+                start_agent(&ctx, agent, &home.path().join("nodes"), spec)
                     .await
                     .unwrap_or_else(|e| panic!("starting {}: {e}", spec.name)),
             );
@@ -138,7 +146,12 @@ impl Cluster {
 
     /// A `clustermgr` command for this cluster.
     pub fn cli(&self) -> Command {
-        let mut c = Command::new(clustermgr_bin());
+        self.cli_of(&clustermgr_bin())
+    }
+
+    /// A command for this cluster with another controller program.
+    pub fn cli_of(&self, program: &Path) -> Command {
+        let mut c = Command::new(program);
         c.arg("--home")
             .arg(self.dir())
             .env_remove("CLUSTERMGR_HOME");
