@@ -32,6 +32,9 @@ use clustermgr_protocol::NodeName;
 use clustermgr_protocol::identity::CertSummary;
 use clustermgr_protocol::message::Command;
 use clustermgr_tests::Cluster;
+use clustermgr_tests::bench::{
+    ControlMaster, Results, cpu_ms, env_count, ms, ssh_command, time_process,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Semaphore;
 
@@ -60,179 +63,29 @@ const N_SPAWN_BASELINE: usize = 5;
 const SPAWN_PARALLEL: usize = 256;
 
 // ---------------------------------------------------------------------------------
-// Results
 
-enum Value {
-    Samples(Vec<f64>),
-    Skipped(String),
-}
-
-struct Row {
-    id: &'static str,
-    label: String,
-    unit: &'static str,
-    value: Value,
-    target: Option<f64>,
-}
-
-#[derive(Default)]
-struct Results {
-    rows: Vec<Row>,
-    notes: Vec<String>,
-}
-
-impl Results {
-    fn add(
-        &mut self,
-        id: &'static str,
-        label: impl Into<String>,
-        unit: &'static str,
-        value: Result<Vec<f64>, String>,
-        target: Option<f64>,
-    ) {
-        let value = match value {
-            Ok(v) if !v.is_empty() => Value::Samples(v),
-            Ok(_) => Value::Skipped("no samples".into()),
-            Err(e) => Value::Skipped(e),
-        };
-        if let Value::Skipped(why) = &value {
-            eprintln!("  {id}: not measured: {why}");
-        }
-        self.rows.push(Row {
-            id,
-            label: label.into(),
-            unit,
-            value,
-            target,
-        });
-    }
-
-    fn note(&mut self, s: impl Into<String>) {
-        let s = s.into();
-        eprintln!("  note: {s}");
-        self.notes.push(s);
-    }
-
-    /// (p50, p90) of a measured row.
-    fn stats(&self, id: &str) -> Option<(f64, f64)> {
-        self.rows
-            .iter()
-            .find(|r| r.id == id)
-            .and_then(|r| match &r.value {
-                Value::Samples(s) => Some(stats(s)),
-                Value::Skipped(_) => None,
-            })
-    }
-}
-
-/// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn stats(samples: &[f64]) -> (f64, f64) {
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    (percentile(&s, 0.5), percentile(&s, 0.9))
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn fmt_value(v: f64, unit: &str) -> String {
-    match unit {
-        "ms" if v < 10.0 => format!("{v:.2} ms"),
-        "ms" => format!("{v:.1} ms"),
-        "MiB" => format!("{v:.2} MiB"),
-        "KiB" => format!("{v:.0} KiB"),
-        _ => format!("{v:.2} {unit}"),
-    }
-}
-
-fn print_report(res: &Results, nodes: usize, elapsed: Duration) {
-    let mut out = String::new();
-    let w = &mut out;
-    use std::fmt::Write as _;
-    let _ = writeln!(w);
-    let _ = writeln!(
-        w,
-        "## clustermgr benchmarks ({} CPUs, fan-out of {nodes}; p50/p90 nearest rank)",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+fn print_report(res: &mut Results, nodes: usize, elapsed: Duration) {
+    let mut w = res.report_head(
+        "clustermgr benchmarks",
+        &format!("fan-out of {nodes}"),
+        &[
+            (
+                "lib_exec",
+                "ssh_mux",
+                "warm exec, library (serve's path) / ssh multiplexed",
+            ),
+            ("cli_serve", "ssh_mux", "CLI via serve / ssh multiplexed"),
+            ("cli_serve", "ssh_fresh", "CLI via serve / ssh fresh"),
+            ("cli_cold", "ssh_fresh", "CLI without serve / ssh fresh"),
+            (
+                "fan_exec",
+                "spawn_true",
+                "fan-out exec / spawning as many `true` locally",
+            ),
+        ],
     );
-    let _ = writeln!(w);
-    let _ = writeln!(w, "| id | measurement | n | p50 | p90 | target | verdict |");
-    let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---|");
-    for r in &res.rows {
-        let target = r
-            .target
-            .map_or("-".to_string(), |t| format!("< {t} {}", r.unit));
-        match &r.value {
-            Value::Samples(s) => {
-                let (p50, p90) = stats(s);
-                let verdict = match r.target {
-                    Some(t) if p50 < t => "met",
-                    Some(_) => "MISSED",
-                    None => "context",
-                };
-                let p90 = if s.len() > 1 {
-                    fmt_value(p90, r.unit)
-                } else {
-                    "-".into()
-                };
-                let _ = writeln!(
-                    w,
-                    "| {} | {} | {} | {} | {} | {} | {} |",
-                    r.id,
-                    r.label,
-                    s.len(),
-                    fmt_value(p50, r.unit),
-                    p90,
-                    target,
-                    verdict
-                );
-            }
-            Value::Skipped(why) => {
-                let _ = writeln!(
-                    w,
-                    "| {} | {} | 0 | - | - | {} | not measured: {} |",
-                    r.id,
-                    r.label,
-                    target,
-                    why.replace('|', "/").replace('\n', " ")
-                );
-            }
-        }
-    }
-    let _ = writeln!(w);
-    let _ = writeln!(w, "### Ratios (p50 / p50, same run)");
-    let _ = writeln!(w);
-    let _ = writeln!(w, "| ratio | value |");
-    let _ = writeln!(w, "|---|---:|");
-    let ratios = [
-        (
-            "lib_exec",
-            "ssh_mux",
-            "warm exec, library (serve's path) / ssh multiplexed",
-        ),
-        ("cli_serve", "ssh_mux", "CLI via serve / ssh multiplexed"),
-        ("cli_serve", "ssh_fresh", "CLI via serve / ssh fresh"),
-        ("cli_cold", "ssh_fresh", "CLI without serve / ssh fresh"),
-        (
-            "fan_exec",
-            "spawn_true",
-            "fan-out exec / spawning as many `true` locally",
-        ),
-    ];
-    for (a, b, label) in ratios {
-        let v = match (res.stats(a), res.stats(b)) {
-            (Some((x, _)), Some((y, _))) if y > 0.0 => format!("{:.3}", x / y),
-            _ => "n/a (not measured)".into(),
-        };
-        let _ = writeln!(w, "| {label} | {v} |");
-    }
     if let (Some((fan, _)), Some((fresh, _))) = (res.stats("fan_exec"), res.stats("ssh_fresh")) {
+        use std::fmt::Write as _;
         let _ = writeln!(
             w,
             "| fan-out exec / {nodes} fresh ssh sessions one after another (extrapolated: {nodes} x ssh fresh p50 = {:.1} s) | {:.4} |",
@@ -240,56 +93,13 @@ fn print_report(res: &Results, nodes: usize, elapsed: Duration) {
             fan / (fresh * nodes as f64)
         );
     }
-    if !res.notes.is_empty() {
-        let _ = writeln!(w);
-        let _ = writeln!(w, "### Notes");
-        let _ = writeln!(w);
-        for n in &res.notes {
-            let _ = writeln!(w, "- {n}");
-        }
-    }
-    let _ = writeln!(w);
-    let _ = writeln!(
-        w,
-        "measuring took {:.1} s (after building the binaries under test)",
-        elapsed.as_secs_f64()
-    );
-    print!("{out}");
+    w.push_str(&res.report_tail(elapsed));
+    print!("{w}");
     let _ = std::io::stdout().flush();
 }
 
 // ---------------------------------------------------------------------------------
 // Helpers
-
-/// Runs the command from `make` `warm + n` times, one after another, and returns the
-/// wall-clock milliseconds of the last `n` (spawn to exit). Any failure fails the lot.
-fn time_process(
-    n: usize,
-    warm: usize,
-    mut make: impl FnMut() -> StdCommand,
-) -> Result<Vec<f64>, String> {
-    let mut out = Vec::with_capacity(n);
-    for i in 0..warm + n {
-        let mut c = make();
-        c.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let t = Instant::now();
-        let o = c.output().map_err(|e| format!("{c:?}: {e}"))?;
-        let el = t.elapsed();
-        if !o.status.success() {
-            return Err(format!(
-                "{c:?} ended with {}: {}",
-                o.status,
-                String::from_utf8_lossy(&o.stderr).trim()
-            ));
-        }
-        if i >= warm {
-            out.push(ms(el));
-        }
-    }
-    Ok(out)
-}
 
 /// Runs one operation as `serve` does: events drained as they come.
 async fn run_op(ctx: &Arc<Ctx>, op: Operation) -> Result<Report, String> {
@@ -349,15 +159,6 @@ fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// User plus system CPU ticks of a process.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; fields after it are fixed.
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
 /// Waits until `pid` is idle: neither its RSS nor its CPU time changes for a whole
 /// second (polled every 50 ms), at most `patience`. Returns its VmRSS in KiB and how
 /// long it took to settle.
@@ -369,7 +170,7 @@ async fn idle_rss(pid: u32, patience: Duration) -> Result<(u64, Duration), Strin
     loop {
         let now = (
             proc_status_kib(pid, "VmRSS").ok_or("the process is gone")?,
-            cpu_ticks(pid).ok_or("the process is gone")?,
+            cpu_ms(pid).ok_or("the process is gone")?.0,
         );
         if last == Some(now) {
             still += 1;
@@ -388,13 +189,6 @@ async fn idle_rss(pid: u32, patience: Duration) -> Result<(u64, Duration), Strin
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The first three fields of /proc/loadavg.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Raises the soft open-files limit towards `want` (as `ulimit -n` would); returns the
@@ -833,26 +627,8 @@ impl Sshd {
     /// `ssh` with this server's key, known_hosts and port, and no user configuration.
     fn ssh(&self) -> StdCommand {
         let d = self.dir.path();
-        let mut c = StdCommand::new("ssh");
-        c.arg("-F")
-            .arg("/dev/null")
-            .arg("-i")
-            .arg(d.join("client_ed25519"))
-            .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o"])
-            .arg(format!(
-                "UserKnownHostsFile={}",
-                d.join("known_hosts").display()
-            ))
-            .args([
-                "-o",
-                "GlobalKnownHostsFile=/dev/null",
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                "LogLevel=ERROR",
-                "-p",
-            ])
-            .arg(self.port.to_string());
+        let mut c = ssh_command(&d.join("client_ed25519"), &d.join("known_hosts"));
+        c.arg("-p").arg(self.port.to_string());
         c
     }
 
@@ -888,61 +664,8 @@ fn ssh_bench(res: &mut Results) {
     res.add("ssh_fresh", fresh_label, "ms", fresh, None);
 
     eprintln!("[2] ssh multiplexed: {N_SSH_MUX} runs");
-    let mux = (|| {
-        let mut master = sshd
-            .ssh()
-            .arg("-M")
-            .arg("-S")
-            .arg(sshd.mux_socket())
-            .args(["-N", "-o", "ControlPersist=no"])
-            .arg(sshd.target())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start the ControlMaster: {e}"))?;
-        let check = || {
-            sshd.ssh()
-                .arg("-S")
-                .arg(sshd.mux_socket())
-                .args(["-O", "check"])
-                .arg(sshd.target())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let ready = loop {
-            if check() {
-                break Ok(());
-            }
-            if let Ok(Some(st)) = master.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = master.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                break Err(format!("the ControlMaster exited ({st}): {}", err.trim()));
-            }
-            if Instant::now() > deadline {
-                break Err("the ControlMaster did not come up within 10 s".to_string());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let r = ready.and_then(|()| {
-            time_process(N_SSH_MUX, 3, || {
-                let mut c = sshd.ssh();
-                c.arg("-S")
-                    .arg(sshd.mux_socket())
-                    .arg(sshd.target())
-                    .arg("true");
-                c
-            })
-        });
-        let _ = master.kill();
-        let _ = master.wait();
-        r
-    })();
+    let mux = ControlMaster::start(|| sshd.ssh(), &sshd.mux_socket(), &sshd.target())
+        .and_then(|master| time_process(N_SSH_MUX, 3, || master.command(sshd.ssh(), &["true"])));
     res.add("ssh_mux", mux_label, "ms", mux, None);
 }
 
@@ -1268,28 +991,8 @@ fn main() {
         agent_host(PathBuf::from(dir));
         return;
     }
-    let build = Instant::now();
-    let mut nodes = std::env::var(NODES_ENV)
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(DEFAULT_NODES);
-    eprintln!("building the binaries under test (same profile as this benchmark)");
-    let bins = clustermgr_tests::bin_dir();
-    eprintln!(
-        "binaries: {} (ready after {:.1} s)",
-        bins.display(),
-        build.elapsed().as_secs_f64()
-    );
-    let started = Instant::now();
-    let load_before = loadavg();
-    let mut res = Results::default();
-    if !bins.ends_with("release") {
-        res.note(format!(
-            "the binaries under test are NOT a release build ({}); run through `cargo bench`",
-            bins.display()
-        ));
-    }
+    let (mut res, started) = clustermgr_tests::bench::begin();
+    let mut nodes = env_count(NODES_ENV, DEFAULT_NODES);
     // Each agent holds a UDP socket; each running command three pipes.
     let want = (nodes as u64) * 2 + 4096;
     let limit = raise_nofile(want);
@@ -1312,9 +1015,5 @@ fn main() {
         fan_out(&mut res, nodes).await;
     });
     rt.shutdown_timeout(Duration::from_secs(1));
-    res.note(format!(
-        "load average (1, 5, 15 min) before: {load_before}; after: {} (other work shares this machine)",
-        loadavg()
-    ));
-    print_report(&res, nodes, started.elapsed());
+    print_report(&mut res, nodes, started.elapsed());
 }

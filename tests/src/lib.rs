@@ -7,6 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod bench;
 pub mod netns;
 
 use clustermgr::clock;
@@ -55,6 +56,18 @@ pub fn bin_dir() -> &'static Path {
         ]);
         if release {
             cmd.arg("--release");
+        }
+        // Cargo runs this test with the tested package's variables set (CARGO_PKG_NAME,
+        // CARGO_MANIFEST_DIR ...). ring's build script watches those with
+        // rerun-if-env-changed, so with them set this build would rebuild ring and all
+        // above it (a minute or two here), and the next plain cargo command again.
+        for (key, _) in std::env::vars_os() {
+            if let Some(k) = key.to_str()
+                && (k.starts_with("CARGO_PKG_")
+                    || matches!(k, "CARGO_MANIFEST_DIR" | "CARGO_MANIFEST_PATH" | "OUT_DIR"))
+            {
+                cmd.env_remove(k);
+            }
         }
         let status = cmd
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -174,20 +187,7 @@ impl Cluster {
 
     /// Starts `clustermgr serve` and waits until its socket answers.
     pub async fn serve(&self) -> Serve {
-        let child = self
-            .cli()
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn serve");
-        let sock = self.dir().join("serve.sock");
-        eventually("serve's socket", Duration::from_secs(10), || {
-            std::os::unix::net::UnixStream::connect(&sock).is_ok()
-        })
-        .await;
-        Serve(child)
+        start_serve(self.cli(), &self.dir()).await
     }
 
     /// Stops an agent (SIGKILL) so it stops answering.
@@ -231,6 +231,134 @@ impl Cluster {
             .lines()
             .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
             .collect()
+    }
+}
+
+/// Starts `clustermgr serve` from `cli` (a `clustermgr` command for the home `home`)
+/// and waits until its socket answers.
+pub async fn start_serve(mut cli: Command, home: &Path) -> Serve {
+    let child = cli
+        .arg("serve")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let sock = home.join("serve.sock");
+    eventually("serve's socket", Duration::from_secs(10), || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+    })
+    .await;
+    Serve(child)
+}
+
+/// An initialised controller home with no nodes, for bootstrapping the hosts of a
+/// [`netns::Net`] over SSH.
+pub struct Controller {
+    _tmp: tempfile::TempDir,
+    /// The home directory (its parent is a temporary directory for other files).
+    pub home: PathBuf,
+}
+
+impl Controller {
+    /// `clustermgr init` in a new temporary home.
+    pub fn new() -> Controller {
+        let tmp = tempfile::Builder::new()
+            .prefix("cm-mh")
+            .tempdir()
+            .expect("tempdir");
+        let home = tmp.path().join("home");
+        let c = Controller { _tmp: tmp, home };
+        let out = c.run(&["init", "--cluster", "mh"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        c
+    }
+
+    /// A `clustermgr` command for this home, with no standard input.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(clustermgr_bin());
+        c.arg("--home")
+            .arg(&self.home)
+            .env_remove("CLUSTERMGR_HOME");
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `clustermgr ARGS` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run clustermgr")
+    }
+
+    /// `node add NAME --ssh root@HOST --identity KEY ARGS` (`--json` first if given).
+    pub fn add_json(&self, net: &netns::Net, name: &str, args: &[String]) -> Output {
+        let (global, rest): (Vec<&String>, Vec<&String>) =
+            args.iter().partition(|a| *a == "--json");
+        let h = net.host(name);
+        self.cmd()
+            .args(global)
+            .args(["node", "add", name, "--ssh", &h.ssh_target(), "--identity"])
+            .arg(net.client_key())
+            .args(rest)
+            .output()
+            .expect("run clustermgr")
+    }
+
+    /// `node add NAME --ssh root@HOST` with the harness's key.
+    pub fn add(&self, net: &netns::Net, name: &str, extra: &[&str]) -> Output {
+        let h = net.host(name);
+        self.cmd()
+            .args(["node", "add", name, "--ssh", &h.ssh_target(), "--identity"])
+            .arg(net.client_key())
+            .args(extra)
+            .output()
+            .expect("run clustermgr")
+    }
+
+    /// Writes a `node add --from` inventory of every host of `net` (the harness's key
+    /// and a fresh known_hosts; role `lb` for hosts named `lb*`, `gluu` for the others;
+    /// `primary` the primary) beside the home, and returns its path.
+    pub fn inventory(&self, net: &netns::Net, primary: &str) -> PathBuf {
+        let kh = net.known_hosts();
+        let path = self
+            .home
+            .parent()
+            .expect("home has a parent")
+            .join("hosts.toml");
+        let mut text = format!(
+            "identity = \"{}\"\nknown_hosts = \"{}\"\n",
+            net.client_key().display(),
+            kh.display()
+        );
+        for h in net.hosts() {
+            text.push_str(&format!(
+                "[[node]]\nname = \"{}\"\nssh = \"{}\"\nroles = [\"{}\"]\n{}",
+                h.name,
+                h.ssh_target(),
+                if h.name.starts_with("lb") {
+                    "lb"
+                } else {
+                    "gluu"
+                },
+                if h.name == primary {
+                    "primary = true\n"
+                } else {
+                    ""
+                },
+            ));
+        }
+        std::fs::write(&path, text).expect("write the inventory");
+        path
+    }
+
+    /// Starts `clustermgr serve` on this home and waits until its socket answers.
+    pub async fn serve(&self) -> Serve {
+        start_serve(self.cmd(), &self.home).await
+    }
+}
+
+impl Default for Controller {
+    fn default() -> Self {
+        Controller::new()
     }
 }
 

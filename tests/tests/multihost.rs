@@ -3,8 +3,8 @@
 
 use std::process::Command;
 
-use clustermgr_tests::clustermgr_bin;
 use clustermgr_tests::netns::{Net, sweep_stale};
+use clustermgr_tests::{Controller, stderr, stdout};
 
 fn netns_list() -> String {
     let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
@@ -153,69 +153,6 @@ fn teardown_removes_everything_and_a_crashed_run_is_swept() {
     );
 }
 
-/// A controller home, initialised, for bootstrapping the hosts of a `Net`.
-struct Controller {
-    _tmp: tempfile::TempDir,
-    home: std::path::PathBuf,
-}
-
-impl Controller {
-    fn new() -> Controller {
-        let tmp = tempfile::Builder::new().prefix("cm-mh").tempdir().unwrap();
-        let home = tmp.path().join("home");
-        let c = Controller { _tmp: tmp, home };
-        let out = c.run(&["init", "--cluster", "mh"]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        c
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(clustermgr_bin());
-        c.arg("--home")
-            .arg(&self.home)
-            .env_remove("CLUSTERMGR_HOME");
-        c.stdin(std::process::Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        self.cmd().args(args).output().unwrap()
-    }
-
-    /// `node add NAME --ssh root@HOST --identity KEY ARGS` (`--json` first if given).
-    fn add_json(&self, net: &Net, name: &str, args: &[String]) -> std::process::Output {
-        let (global, rest): (Vec<&String>, Vec<&String>) =
-            args.iter().partition(|a| *a == "--json");
-        let h = net.host(name);
-        self.cmd()
-            .args(global)
-            .args(["node", "add", name, "--ssh", &h.ssh_target(), "--identity"])
-            .arg(net.client_key())
-            .args(rest)
-            .output()
-            .unwrap()
-    }
-
-    /// `node add NAME --ssh root@HOST` with the harness's key.
-    fn add(&self, net: &Net, name: &str, extra: &[&str]) -> std::process::Output {
-        let h = net.host(name);
-        self.cmd()
-            .args(["node", "add", name, "--ssh", &h.ssh_target(), "--identity"])
-            .arg(net.client_key())
-            .args(extra)
-            .output()
-            .unwrap()
-    }
-}
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 #[test]
 fn bootstrap_four_hosts_then_work_without_ssh() {
     let mut net = Net::new();
@@ -225,28 +162,8 @@ fn bootstrap_four_hosts_then_work_without_ssh() {
     // gluu1 runs Gluu in its container root, as bootstrap should notice.
     net.host("gluu1")
         .sh("mkdir -p /opt/gluu-server/opt/gluu/jetty/oxauth");
-    let kh = net.known_hosts();
     let ctl = Controller::new();
-    let inventory = ctl.home.parent().unwrap().join("hosts.toml");
-    let mut text = format!(
-        "identity = \"{}\"\nknown_hosts = \"{}\"\n",
-        net.client_key().display(),
-        kh.display()
-    );
-    for h in net.hosts() {
-        text.push_str(&format!(
-            "[[node]]\nname = \"{}\"\nssh = \"{}\"\nroles = [\"{}\"]\n{}",
-            h.name,
-            h.ssh_target(),
-            if h.name == "lb1" { "lb" } else { "gluu" },
-            if h.name == "gluu1" {
-                "primary = true\n"
-            } else {
-                ""
-            },
-        ));
-    }
-    std::fs::write(&inventory, text).unwrap();
+    let inventory = ctl.inventory(&net, "gluu1");
     let started = std::time::Instant::now();
     let out = ctl
         .cmd()
