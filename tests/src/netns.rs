@@ -261,6 +261,11 @@ impl Net {
         self.k
     }
 
+    /// The harness's own directory for this network (keys, overlays, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The claim file recording which process owns this network.
     pub fn claim_file(&self) -> PathBuf {
         self.claim.join("pid")

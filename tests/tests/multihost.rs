@@ -143,6 +143,7 @@ fn teardown_removes_everything_and_a_crashed_run_is_swept() {
     let dead_pid = dead.id();
     dead.wait().unwrap();
     std::fs::write(crashed.claim_file(), dead_pid.to_string()).unwrap();
+    let leftover_dir = crashed.dir().to_path_buf();
     std::mem::forget(crashed);
     assert!(has_ns(&ns));
 
@@ -151,6 +152,8 @@ fn teardown_removes_everything_and_a_crashed_run_is_swept() {
         !has_ns(&ns),
         "the crashed run's namespace {ns} was not swept"
     );
+    // A real crash leaves this in /tmp too; the forgotten Net's is removed here.
+    std::fs::remove_dir_all(&leftover_dir).unwrap();
 }
 
 #[test]
