@@ -277,19 +277,21 @@ pub struct AgentBinary {
 }
 
 impl AgentBinary {
-    /// Loads the binary to ship: `explicit`, else the packaged baseline build, else the
-    /// one beside this executable.
+    /// Loads the binary to ship: `explicit`, else the one beside this executable (the
+    /// same build), else the baseline build the controller's package ships.
     pub fn find(explicit: Option<&Path>) -> Result<AgentBinary, CtlError> {
         let path = match explicit {
             Some(p) => p.to_path_buf(),
-            None => {
-                let packaged = Path::new("/usr/lib/clustermgr/clustermgr-agent");
-                if packaged.is_file() {
+            None => match crate::dev::agent_binary() {
+                Ok(beside) => beside,
+                Err(e) => {
+                    let packaged = Path::new("/usr/lib/clustermgr/clustermgr-agent");
+                    if !packaged.is_file() {
+                        return Err(e);
+                    }
                     packaged.to_path_buf()
-                } else {
-                    crate::dev::agent_binary()?
                 }
-            }
+            },
         };
         let facts = crate::elf::inspect(&path)?;
         let bytes = std::fs::read(&path).map_err(|e| CtlError::io(&path, e))?;
@@ -470,7 +472,7 @@ impl Session {
     /// before it refuses an unknown key (so ProxyJump and ssh_config apply). Nothing
     /// is authenticated or run.
     async fn probe_fingerprint(&self, opts: &SshOptions) -> Result<String, CtlError> {
-        let mut probe = Session {
+        let probe = Session {
             node: self.node.clone(),
             target: self.target.clone(),
             dir: tempfile::Builder::new()
@@ -480,7 +482,6 @@ impl Session {
             known_hosts: Some(PathBuf::from("/dev/null")),
             sudo: false,
         };
-        probe.known_hosts = Some(PathBuf::from("/dev/null"));
         let out = probe
             .ssh(
                 opts,
@@ -829,7 +830,6 @@ async fn steps<O: Operations>(
             .await?;
     }
 
-    let key_kept = existing.is_some() && facts.has_key && !plan.reenroll;
     progress("writing the configuration");
     let cfg = format!(
         "set -e; umask 077; mkdir -p {REMOTE_ETC} /var/lib/clustermgr; chmod 0700 {REMOTE_ETC}; cat > {REMOTE_ETC}/agent.toml.new; mv -f {REMOTE_ETC}/agent.toml.new {REMOTE_ETC}/agent.toml"
@@ -878,7 +878,7 @@ async fn steps<O: Operations>(
         None if facts.has_key && !plan.reenroll => Identity::ExistingKey,
         None => Identity::New,
     };
-    if !key_kept || identity != Identity::Kept {
+    if identity != Identity::Kept {
         progress("signing its certificate");
         let Report::Signed(signed) = ops
             .call(Operation::NodeSign {

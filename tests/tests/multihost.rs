@@ -3,6 +3,7 @@
 
 use std::process::Command;
 
+use clustermgr_tests::bench::ssh_command;
 use clustermgr_tests::netns::{Net, sweep_stale};
 use clustermgr_tests::{Controller, stderr, stdout};
 
@@ -68,19 +69,7 @@ fn root_logs_in_with_the_key_and_a_verified_host_key() {
     net.add_host("gamma");
     let kh = net.known_hosts();
     let h = net.host("gamma");
-    let out = Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-        ])
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", kh.display()))
-        .arg("-i")
-        .arg(net.client_key())
+    let out = ssh_command(&net.client_key(), &kh)
         .arg(h.ssh_target())
         .arg("hostname; id -u")
         .output()
@@ -94,19 +83,7 @@ fn root_logs_in_with_the_key_and_a_verified_host_key() {
 
     // An empty known_hosts: strict checking refuses the host.
     let empty = tempfile::NamedTempFile::new().unwrap();
-    let out = Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-        ])
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", empty.path().display()))
-        .arg("-i")
-        .arg(net.client_key())
+    let out = ssh_command(&net.client_key(), empty.path())
         .arg(h.ssh_target())
         .arg("true")
         .output()
