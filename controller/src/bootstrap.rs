@@ -311,7 +311,7 @@ pub trait Operations: Send + Sync {
         op: Operation,
     ) -> impl std::future::Future<Output = Result<Report, CtlError>> + Send;
     /// The cluster CA certificate, PEM.
-    fn ca_pem(&self) -> &str;
+    fn ca_pem(&self) -> Result<String, CtlError>;
     /// The node's record, if it is in the cluster.
     fn node(
         &self,
@@ -847,7 +847,7 @@ async fn steps<O: Operations>(
         &format!(
             "set -e; umask 022; cat > {REMOTE_ETC}/ca.crt.new; mv -f {REMOTE_ETC}/ca.crt.new {REMOTE_ETC}/ca.crt"
         ),
-        Some(ops.ca_pem().as_bytes()),
+        Some(ops.ca_pem()?.as_bytes()),
     )
     .await?;
 

@@ -449,35 +449,13 @@ pub async fn run_operation(
     inv: Invocation,
     tx: mpsc::Sender<Event>,
 ) -> Result<Option<Outcome>, CtlError> {
-    let socket = crate::home::Home::open(home)
-        .map(|h| h.socket())
-        .unwrap_or_else(|_| home.join("serve.sock"));
-    let serve = crate::local::connect(&socket).await;
-    let ctx = match serve {
-        Some(_) => None,
-        None => Some(Arc::new(Ctx::open(home, clock::system(), opts, false)?)),
-    };
-    let work = async {
-        match (serve, &ctx) {
-            (Some(stream), _) => crate::local::call(stream, &inv, tx)
-                .await
-                .map(|r| r.map_err(|e| (e.message, e.exit_code))),
-            (None, Some(ctx)) => Ok(ops::run(ctx.clone(), inv.clone(), tx)
-                .await
-                .map_err(|e| (e.to_string(), e.exit_code()))),
-            (None, None) => unreachable!("a context is opened when serve does not answer"),
-        }
-    };
+    let client = crate::local::Client::open(home, opts, inv.user.clone(), inv.connect_timeout_ms);
     let result = tokio::select! {
-        r = work => Some(r),
+        r = client.run(&inv, tx) => Some(r.map_err(|e| (e.to_string(), e.exit_code()))),
         _ = shutdown_signal() => None,
     };
-    // Closing the connections tells the agents at once, so a cancelled command's
-    // process group is killed now rather than when the connection times out.
-    if let Some(ctx) = &ctx {
-        ctx.dialer.close().await;
-    }
-    result.transpose()
+    client.close().await;
+    Ok(result)
 }
 
 /// Resolves on SIGINT or SIGTERM.

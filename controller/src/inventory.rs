@@ -162,7 +162,7 @@ pub async fn add_over_ssh(
         }
     };
     let binary = Arc::new(AgentBinary::find(binary.as_deref())?);
-    let client = Client::open(home, opts, user, connect_timeout_ms).await?;
+    let client = Client::open(home, opts, user, connect_timeout_ms);
     let many = plans.len() > 1;
     let gate = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
     let mut tasks = Vec::new();

@@ -92,50 +92,85 @@ pub async fn read_request<R: tokio::io::AsyncRead + Unpin>(
     Ok((hello, inv))
 }
 
-/// Runs operations for a driver in the CLI process (SSH bootstrap): through `serve` when
-/// it answers, else on a context of its own, opened once and shared by every call.
+/// The one place the CLI chooses where an operation runs: through `serve` when it
+/// answers on the socket, else on a context of this process's own, opened on first use
+/// and shared by every later call (an inventory's hosts, say).
 #[derive(Clone)]
 pub struct Client {
+    home: std::path::PathBuf,
     socket: std::path::PathBuf,
-    local: Option<std::sync::Arc<crate::ops::Ctx>>,
+    opts: crate::ops::CtxOptions,
+    local: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<crate::ops::Ctx>>>>,
     user: String,
     connect_timeout_ms: Option<u64>,
-    ca_pem: String,
 }
 
 impl Client {
-    /// Connects to `serve` under `home`, or opens the cluster here when none answers.
-    pub async fn open(
+    /// A client for the cluster in `home`, acting as `user`.
+    pub fn open(
         home: &Path,
         opts: &crate::ops::CtxOptions,
         user: String,
         connect_timeout_ms: Option<u64>,
-    ) -> Result<Client, CtlError> {
-        let h = crate::home::Home::open(home)?;
-        let ca_pem =
-            std::fs::read_to_string(h.ca_cert()).map_err(|e| CtlError::io(h.ca_cert(), e))?;
-        let socket = h.socket();
-        let local = match connect(&socket).await {
-            Some(_) => None,
-            None => Some(std::sync::Arc::new(crate::ops::Ctx::open(
-                home,
-                crate::clock::system(),
-                opts,
-                false,
-            )?)),
-        };
-        Ok(Client {
+    ) -> Client {
+        let socket = crate::home::Home::open(home)
+            .map(|h| h.socket())
+            .unwrap_or_else(|_| home.join("serve.sock"));
+        Client {
+            home: home.to_path_buf(),
             socket,
-            local,
+            opts: opts.clone(),
+            local: Default::default(),
             user,
             connect_timeout_ms,
-            ca_pem,
-        })
+        }
     }
 
-    /// Closes the agent connections of a local context.
+    fn local_ctx(&self) -> Result<std::sync::Arc<crate::ops::Ctx>, CtlError> {
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ctx) = local.as_ref() {
+            return Ok(ctx.clone());
+        }
+        let ctx = std::sync::Arc::new(crate::ops::Ctx::open(
+            &self.home,
+            crate::clock::system(),
+            &self.opts,
+            false,
+        )?);
+        *local = Some(ctx.clone());
+        Ok(ctx)
+    }
+
+    /// Runs `inv`, sending its events to `events`.
+    pub async fn run(
+        &self,
+        inv: &Invocation,
+        events: mpsc::Sender<Event>,
+    ) -> Result<Report, CtlError> {
+        // A context of our own holds the store, so serve cannot have started since.
+        let ctx = self.local.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if ctx.is_none()
+            && let Some(stream) = connect(&self.socket).await
+        {
+            return call(stream, inv, events)
+                .await?
+                .map_err(|e| CtlError::Relayed {
+                    message: e.message,
+                    exit_code: e.exit_code,
+                });
+        }
+        let ctx = match ctx {
+            Some(ctx) => ctx,
+            None => self.local_ctx()?,
+        };
+        crate::ops::run(ctx, inv.clone(), events).await
+    }
+
+    /// Closes the agent connections of a local context: the agents learn at once, so
+    /// a cancelled command's process group is killed now, not at the idle timeout.
     pub async fn close(&self) {
-        if let Some(ctx) = &self.local {
+        let ctx = self.local.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(ctx) = ctx {
             ctx.dialer.close().await;
         }
     }
@@ -150,26 +185,14 @@ impl crate::bootstrap::Operations for Client {
         };
         let (tx, mut rx) = mpsc::channel(64);
         let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-        let r = match &self.local {
-            Some(ctx) => crate::ops::run(ctx.clone(), inv, tx).await,
-            None => {
-                let stream = connect(&self.socket).await.ok_or_else(|| {
-                    CtlError::Serve(format!("it stopped answering on {}", self.socket.display()))
-                })?;
-                call(stream, &inv, tx)
-                    .await?
-                    .map_err(|e| CtlError::Relayed {
-                        message: e.message,
-                        exit_code: e.exit_code,
-                    })
-            }
-        };
+        let r = self.run(&inv, tx).await;
         let _ = drain.await;
         r
     }
 
-    fn ca_pem(&self) -> &str {
-        &self.ca_pem
+    fn ca_pem(&self) -> Result<String, CtlError> {
+        let h = crate::home::Home::open(&self.home)?;
+        std::fs::read_to_string(h.ca_cert()).map_err(|e| CtlError::io(h.ca_cert(), e))
     }
 
     async fn node(&self, name: &str) -> Result<Option<crate::ops::NodeView>, CtlError> {
