@@ -47,6 +47,9 @@ pub struct AgentConfig {
     /// Keep-alive and idle timeout; must match the controller's.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// The file this was read from (a self-upgrade has the new binary check it).
+    #[serde(skip)]
+    pub path: PathBuf,
 }
 
 fn default_listen() -> SocketAddr {
@@ -81,7 +84,8 @@ impl AgentConfig {
             path: path.to_path_buf(),
             message,
         };
-        let cfg: AgentConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut cfg: AgentConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        cfg.path = path.to_path_buf();
         for root in &cfg.writable_roots {
             if !root.is_absolute() {
                 return Err(invalid(format!(

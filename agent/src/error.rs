@@ -48,6 +48,16 @@ pub enum AgentError {
         /// Why.
         source: std::io::Error,
     },
+    /// The agent could not restart itself (after an upgrade, or to undo one).
+    #[error(
+        "cannot restart the agent as {program}: {source}; start it again with `systemctl start clustermgr-agent` or `/etc/init.d/clustermgr-agent start`"
+    )]
+    Restart {
+        /// The binary it tried to run.
+        program: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A protocol-level failure.
     #[error(transparent)]
     Protocol(#[from] clustermgr_protocol::ProtocolError),

@@ -1,6 +1,6 @@
 //! `clustermgr-agent`: the daemon on every Gluu, load-balancer and cache host. It
 //! answers the controller over mutual-TLS QUIC: host facts, commands, certificate
-//! renewal. Later issues add file apply, service control, logs, metrics and probes.
+//! renewal, and replacing its own binary. Later issues add file apply, service control, logs, metrics and probes.
 //!
 //! Architecture invariant: only this crate touches the node's files and processes; it
 //! never dials the controller or other agents.
@@ -14,6 +14,7 @@ mod journal;
 mod server;
 mod sys;
 mod uninstall;
+pub mod upgrade;
 
 pub use error::AgentError;
 pub use server::{Agent, AgentHandle};

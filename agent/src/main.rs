@@ -1,12 +1,13 @@
 //! The `clustermgr-agent` binary: thin, the work is in the library.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use clustermgr_agent::config::AgentConfig;
-use clustermgr_agent::{Agent, enroll};
+use clustermgr_agent::{Agent, AgentError, enroll, upgrade};
 use clustermgr_protocol::NodeName;
 use clustermgr_protocol::atomic_file::write_atomic;
 
@@ -78,21 +79,43 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(
-    config: &std::path::Path,
-    pidfile: Option<&std::path::Path>,
-) -> Result<(), clustermgr_agent::AgentError> {
+fn run(config: &Path, pidfile: Option<&Path>) -> Result<(), AgentError> {
     let cfg = AgentConfig::load(config)?;
+    // Finishes or undoes an upgrade first; may put the old binary back and run it.
+    let trial = upgrade::on_start(&cfg)?.map(Arc::new);
+    match serve(cfg, pidfile, trial.clone()) {
+        Ok(None) => Ok(()),
+        Ok(Some(restart)) => Err(restart.exec()),
+        Err(e) => {
+            let reason = format!("the new agent could not start: {e}");
+            match trial.map(|t| t.abandon(&reason)) {
+                Some(Ok(Some(old))) => Err(old.exec()),
+                Some(Err(undo)) => {
+                    eprintln!("clustermgr-agent: {e}");
+                    Err(undo)
+                }
+                _ => Err(e),
+            }
+        }
+    }
+}
+
+/// Serves until stopped; returns the restart the agent asked for, if any.
+fn serve(
+    cfg: AgentConfig,
+    pidfile: Option<&Path>,
+    trial: Option<Arc<upgrade::Trial>>,
+) -> Result<Option<upgrade::Restart>, AgentError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|source| clustermgr_agent::AgentError::Write {
-            path: config.to_path_buf(),
+        .map_err(|source| AgentError::Write {
+            path: cfg.path.clone(),
             source,
         })?;
     runtime.block_on(async {
-        let agent = Agent::load(cfg)?;
+        let agent = Agent::load(cfg)?.on_trial(trial);
         let handle = agent.start()?;
         // Tests and `clustermgr dev` wait for this line to know the socket is bound.
         println!("listening {}", handle.local_addr);
@@ -100,7 +123,7 @@ fn run(
         // script, SSH bootstrap) knows the agent is ready, not merely started.
         if let Some(path) = pidfile {
             write_atomic(path, format!("{}\n", std::process::id()).as_bytes(), 0o644).map_err(
-                |source| clustermgr_agent::AgentError::Write {
+                |source| AgentError::Write {
                     path: path.to_path_buf(),
                     source,
                 },
@@ -110,11 +133,14 @@ fn run(
             _ = wait_for_signal() => {}
             _ = handle.stop_requested() => {}
         }
-        handle.shutdown().await;
-        if let Some(path) = pidfile {
+        let restart = handle.shutdown().await;
+        // A restart keeps the process id, so the pidfile stays true.
+        if restart.is_none()
+            && let Some(path) = pidfile
+        {
             let _ = std::fs::remove_file(path);
         }
-        Ok(())
+        Ok(restart)
     })
 }
 

@@ -22,6 +22,7 @@ use crate::AgentError;
 use crate::config::AgentConfig;
 use crate::exec::{self, ExecContext};
 use crate::journal::Journal;
+use crate::upgrade::{Received, Restart, Trial};
 
 /// How long a new connection has to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +34,7 @@ pub struct Agent {
     ca: CertificateDer<'static>,
     cert_pem: String,
     key_pem: String,
+    trial: Option<Arc<Trial>>,
 }
 
 fn identity_error(path: &Path, message: impl Into<String>) -> AgentError {
@@ -110,7 +112,16 @@ impl Agent {
             ca,
             cert_pem,
             key_pem,
+            trial: None,
         })
+    }
+
+    /// Marks this agent as the new binary of an unconfirmed upgrade (see
+    /// [`crate::upgrade::on_start`]): it answers the controller's confirmation, and
+    /// puts the old binary back if none comes in time.
+    pub fn on_trial(mut self, trial: Option<Arc<Trial>>) -> Self {
+        self.trial = trial;
+        self
     }
 
     /// The node this agent is.
@@ -139,6 +150,7 @@ impl Agent {
         let local_addr = endpoint.local_addr().unwrap_or(self.cfg.listen);
         let (abort_tx, abort_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let restart = Arc::new(Mutex::new(None));
         let shared = Arc::new(Shared {
             journal: Arc::new(Journal::new(self.cfg.state_dir.join("exec-journal.jsonl"))),
             node: self.node,
@@ -150,13 +162,25 @@ impl Agent {
             inflight: watch::channel(0).0,
             stopping: std::sync::atomic::AtomicBool::new(false),
             stop: stop_tx.clone(),
+            restart: restart.clone(),
+            upgrading: tokio::sync::Mutex::new(()),
+            trial: self.trial,
             cfg: self.cfg,
         });
         tracing::info!(node = %shared.node, "listening on udp {local_addr}");
+        if let Some(trial) = shared.trial.clone() {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                if let Some(old) = trial.expire().await {
+                    shared.restart_as(old);
+                }
+            });
+        }
         let task = tokio::spawn(accept_loop(shared, stop_rx, abort_tx));
         Ok(AgentHandle {
             local_addr,
             stop: stop_tx,
+            restart,
             task,
         })
     }
@@ -216,7 +240,7 @@ fn finish_interrupted_rekey(cfg: &AgentConfig) -> Result<(), AgentError> {
 }
 
 /// Renames `from` over `to` and fsyncs the directory, so the rename survives a crash.
-fn rename_durably(from: &Path, to: &Path) -> Result<(), AgentError> {
+pub(crate) fn rename_durably(from: &Path, to: &Path) -> Result<(), AgentError> {
     let error = |source| AgentError::Write {
         path: to.to_path_buf(),
         source,
@@ -237,11 +261,13 @@ pub struct AgentHandle {
     /// The address it listens on.
     pub local_addr: std::net::SocketAddr,
     stop: watch::Sender<bool>,
+    restart: Arc<Mutex<Option<Restart>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl AgentHandle {
-    /// Resolves once the agent decided to stop by itself (after an uninstall).
+    /// Resolves once the agent decided to stop by itself (after an uninstall, or to
+    /// restart as another binary).
     pub async fn stop_requested(&self) {
         let mut rx = self.stop.subscribe();
         let _ = rx.wait_for(|stop| *stop).await;
@@ -250,10 +276,15 @@ impl AgentHandle {
 
 impl AgentHandle {
     /// Stops accepting, lets in-flight work finish within the grace period, cancels
-    /// what is left, and closes every connection cleanly.
-    pub async fn shutdown(self) {
+    /// what is left, and closes every connection cleanly. Returns the restart the agent
+    /// asked for, if it did (an upgrade): the caller [`Restart::exec`]s it.
+    pub async fn shutdown(self) -> Option<Restart> {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        self.restart
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }
 
@@ -270,8 +301,22 @@ struct Shared {
     inflight: watch::Sender<usize>,
     /// Set once shutdown begins: new requests are refused.
     stopping: std::sync::atomic::AtomicBool,
-    /// Stops the agent from inside (uninstall).
+    /// Stops the agent from inside (uninstall, upgrade).
     stop: watch::Sender<bool>,
+    /// What to run once stopped, if not simply exit.
+    restart: Arc<Mutex<Option<Restart>>>,
+    /// Held while an upgrade is received: one at a time.
+    upgrading: tokio::sync::Mutex<()>,
+    /// Set when this process is the new binary of an unconfirmed upgrade.
+    trial: Option<Arc<Trial>>,
+}
+
+impl Shared {
+    /// Stops the agent gracefully, then becomes `restart`'s program.
+    fn restart_as(&self, restart: Restart) {
+        *self.restart.lock().unwrap_or_else(|p| p.into_inner()) = Some(restart);
+        let _ = self.stop.send(true);
+    }
 }
 
 /// Counts one request in flight while it lives. Taken before the request's task is
@@ -478,6 +523,36 @@ async fn handle_request(
                 message,
             }),
         },
+        Request::Upgrade(spec) => {
+            let Ok(_one) = shared.upgrading.try_lock() else {
+                let busy = RemoteError {
+                    kind: ErrorKind::Refused,
+                    message: "another upgrade of this agent is in progress".into(),
+                };
+                let _ = reply(&mut send, Reply::Error(busy)).await;
+                return;
+            };
+            let trial = shared.trial.as_deref();
+            match crate::upgrade::receive(spec, &mut send, &mut recv, &shared.cfg, trial).await {
+                Ok(Received::UpToDate) => Reply::UpToDate {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                },
+                Ok(Received::Staged { to, restart }) => {
+                    let upgrading = Reply::Upgrading {
+                        from: env!("CARGO_PKG_VERSION").into(),
+                        to: to.clone(),
+                    };
+                    let _ = reply(&mut send, upgrading).await;
+                    tracing::warn!("upgrade requested by {controller}: restarting as {to}");
+                    shared.restart_as(restart);
+                    return;
+                }
+                Err(e) => Reply::Error(e),
+            }
+        }
+        Request::UpgradeCommit { sha256 } => {
+            crate::upgrade::commit(shared.trial.as_deref(), &shared.cfg.state_dir, &sha256)
+        }
     };
     let _ = reply(&mut send, answer).await;
 }

@@ -30,6 +30,24 @@ pub fn glibc_version() -> Option<String> {
     s.to_str().ok().map(str::to_string)
 }
 
+/// Bytes free for an unprivileged user on the file system holding `path`.
+pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("a path with a NUL byte"))?;
+    // SAFETY: an all-zero statvfs is a valid value for statvfs(3) to overwrite.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is a valid, writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(
+        clippy::useless_conversion,
+        reason = "fsblkcnt_t and c_ulong are narrower than u64 on 32-bit targets"
+    )]
+    Ok(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+}
+
 unsafe extern "C" {
     fn gnu_get_libc_version() -> *const libc::c_char;
 }

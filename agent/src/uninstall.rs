@@ -5,11 +5,30 @@
 //! deletes anything.
 
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Where SSH bootstrap installs the agent.
-const BOOTSTRAP_BIN: &str = "/usr/local/bin/clustermgr-agent";
+pub(crate) const BOOTSTRAP_BIN: &str = "/usr/local/bin/clustermgr-agent";
+
+/// Checks that this process runs from the binary SSH bootstrap installed, the only
+/// one the agent may remove or replace itself; `refusal` ends the error sentence
+/// (what will not happen, and what to do instead).
+pub(crate) fn require_bootstrap_binary(refusal: &str) -> Result<PathBuf, String> {
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map(|p| {
+            // A binary replaced while running reads as "PATH (deleted)".
+            let s = p.to_string_lossy().into_owned();
+            s.strip_suffix(" (deleted)").unwrap_or(&s).to_string()
+        })
+        .map_err(|e| format!("cannot tell where this agent runs from: {e}"))?;
+    if exe != BOOTSTRAP_BIN {
+        return Err(format!(
+            "this agent runs from {exe}, not from {BOOTSTRAP_BIN} where SSH bootstrap installs it, so {refusal}"
+        ));
+    }
+    Ok(PathBuf::from(exe))
+}
 
 /// Runs after the agent has exited (`$1` is its pid). The log is kept for the
 /// administrator.
@@ -38,18 +57,9 @@ rm -f /usr/local/bin/clustermgr-agent /run/clustermgr-agent.pid
 /// Checks that this agent is one bootstrap installed and starts the remover; the
 /// caller then stops the agent. The error is a sentence for the administrator.
 pub fn begin() -> Result<(), String> {
-    let exe = std::fs::read_link("/proc/self/exe")
-        .map(|p| {
-            // A binary replaced while running reads as "PATH (deleted)".
-            let s = p.to_string_lossy().into_owned();
-            s.strip_suffix(" (deleted)").unwrap_or(&s).to_string()
-        })
-        .map_err(|e| format!("cannot tell where this agent runs from: {e}"))?;
-    if exe != BOOTSTRAP_BIN {
-        return Err(format!(
-            "this agent runs from {exe}, not from {BOOTSTRAP_BIN} where SSH bootstrap installs it, so it will not remove itself: if it came from the .deb, remove it with `apt-get remove clustermgr-agent`; otherwise stop and remove it by hand"
-        ));
-    }
+    require_bootstrap_binary(
+        "it will not remove itself: if it came from the .deb, remove it with `apt-get remove clustermgr-agent`; otherwise stop and remove it by hand",
+    )?;
     let pid = std::process::id().to_string();
     // Under systemd the remover must leave the service's cgroup, or stopping the
     // service would kill it with the agent.

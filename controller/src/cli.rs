@@ -150,6 +150,21 @@ pub enum NodeCmd {
         /// The node.
         node: String,
     },
+    /// Replace the agent binary on nodes through the agents themselves, one node at a
+    /// time: upload, checksum, swap, restart, confirm; a new agent that does not come
+    /// up puts the old one back, and the upgrade stops there.
+    Upgrade {
+        #[command(flatten)]
+        sel: Selection,
+        /// The agent binary to install (default: the one beside clustermgr, else the
+        /// packaged baseline build).
+        #[arg(long, value_name = "PATH")]
+        agent_binary: Option<PathBuf>,
+        /// How long a new agent waits for the controller's confirmation before it
+        /// puts the old binary back, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        commit_within: u64,
+    },
 }
 
 /// `node add`.
@@ -359,6 +374,23 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         }
         Cmd::Node(NodeCmd::SetPrimary { node }) => {
             (Operation::NodeSetPrimary { node }, OutputMode::Live)
+        }
+        Cmd::Node(NodeCmd::Upgrade {
+            sel,
+            agent_binary,
+            commit_within,
+        }) => {
+            // `serve` may run elsewhere in the file system's view: give it a full path.
+            let agent_binary = agent_binary
+                .map(|p| std::path::absolute(&p).map_err(|e| CtlError::io(&p, e)))
+                .transpose()?
+                .map(|p| p.to_string_lossy().into_owned());
+            let op = Operation::NodeUpgrade {
+                nodes: sel.nodes,
+                agent_binary,
+                commit_within_secs: commit_within,
+            };
+            (op, OutputMode::Live)
         }
         Cmd::Ping(sel) => (Operation::Ping { nodes: sel.nodes }, OutputMode::Live),
         Cmd::Exec {

@@ -47,7 +47,8 @@ impl NodeFailure {
         }
     }
 
-    fn unreachable(message: impl Into<String>) -> Self {
+    /// Nothing answered in time.
+    pub(crate) fn unreachable(message: impl Into<String>) -> Self {
         NodeFailure {
             kind: FailureKind::Unreachable,
             message: message.into(),

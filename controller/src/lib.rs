@@ -27,5 +27,6 @@ pub mod render;
 pub mod selector;
 pub mod serve;
 pub mod store;
+mod upgrade;
 
 pub use error::CtlError;

@@ -30,7 +30,7 @@ const FANOUT_CAP: usize = 256;
 const HANDSHAKES_IN_FLIGHT: usize = 32;
 
 /// How long a unary request (Info, CSR, certificate install) may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An operation, as the CLI asks for it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -115,6 +115,15 @@ pub enum Operation {
         /// The archive it is for, as the audit log records it.
         file: String,
     },
+    /// Replace the agents' binary through the agents, one node at a time.
+    NodeUpgrade {
+        /// Node selector.
+        nodes: String,
+        /// The binary to install (absolute); the default agent binary when absent.
+        agent_binary: Option<String>,
+        /// How long each new agent waits for the confirmation before it rolls back.
+        commit_within_secs: u64,
+    },
 }
 
 /// The audit log's "who": the account name of `uid` and the uid. The uid is what counts:
@@ -183,6 +192,20 @@ pub enum NodeState {
     Failed,
     /// The node did not answer in time.
     Unreachable,
+    /// It was not tried, because an earlier node of a one-at-a-time operation failed.
+    Skipped,
+}
+
+impl NodeState {
+    /// The word the CLI prints.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NodeState::Ok => "ok",
+            NodeState::Failed => "failed",
+            NodeState::Unreachable => "unreachable",
+            NodeState::Skipped => "skipped",
+        }
+    }
 }
 
 /// One node's result.
@@ -209,7 +232,7 @@ pub struct NodeOutcome {
 }
 
 impl NodeOutcome {
-    fn new(node: &str) -> Self {
+    pub(crate) fn new(node: &str) -> Self {
         NodeOutcome {
             node: node.to_string(),
             state: NodeState::Ok,
@@ -223,7 +246,7 @@ impl NodeOutcome {
         }
     }
 
-    fn failure(node: &str, f: NodeFailure) -> Self {
+    pub(crate) fn failure(node: &str, f: NodeFailure) -> Self {
         NodeOutcome {
             state: match f.kind {
                 FailureKind::Unreachable => NodeState::Unreachable,
@@ -860,7 +883,7 @@ impl Ctx {
         Ok(())
     }
 
-    fn audit(
+    pub(crate) fn audit(
         &self,
         user: &str,
         action: &str,
@@ -966,6 +989,16 @@ pub async fn run(
                 .collect(),
         )),
         Operation::Snapshot { file } => snapshot(&ctx, user, &file, &events).await,
+        Operation::NodeUpgrade {
+            nodes,
+            agent_binary,
+            commit_within_secs,
+        } => {
+            let commit_within = Duration::from_secs(commit_within_secs);
+            let binary = agent_binary.as_deref();
+            crate::upgrade::node_upgrade(&ctx, user, &nodes, binary, commit_within, within, &events)
+                .await
+        }
     }
 }
 
@@ -1294,11 +1327,7 @@ async fn exec(
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let line = command.display_line();
     let (audit_id, audit) = ctx.audit(user, "exec", &names, &line)?;
-    let mut pending = PendingAudit {
-        store: &ctx.store,
-        id: audit_id,
-        rec: Some(audit),
-    };
+    let mut pending = PendingAudit::new(&ctx.store, audit_id, audit);
     let spec = ExecSpec {
         command,
         env: Vec::new(),
@@ -1323,14 +1352,22 @@ async fn exec(
 /// An exec's audit entry until its results are in. If the operation is dropped first
 /// (Ctrl-C, or the CLI leaving serve), the entry still gets a result for every node:
 /// interrupted, with the node's own journal holding the exact exit.
-struct PendingAudit<'a> {
+pub(crate) struct PendingAudit<'a> {
     store: &'a Store,
     id: u64,
     rec: Option<AuditRecord>,
 }
 
-impl PendingAudit<'_> {
-    fn finish(&mut self, results: Vec<(String, String)>) -> Result<(), CtlError> {
+impl<'a> PendingAudit<'a> {
+    pub(crate) fn new(store: &'a Store, id: u64, rec: AuditRecord) -> Self {
+        PendingAudit {
+            store,
+            id,
+            rec: Some(rec),
+        }
+    }
+
+    pub(crate) fn finish(&mut self, results: Vec<(String, String)>) -> Result<(), CtlError> {
         let Some(mut rec) = self.rec.take() else {
             return Ok(());
         };

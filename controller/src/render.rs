@@ -184,11 +184,7 @@ fn print_line(node: &str, stderr: bool, line: &[u8]) {
 }
 
 fn outcome_sentence(o: &NodeOutcome) -> String {
-    let state = match o.state {
-        NodeState::Ok => "ok",
-        NodeState::Failed => "failed",
-        NodeState::Unreachable => "unreachable",
-    };
+    let state = o.state.as_str();
     match &o.message {
         Some(m) => format!("{state}: {m}"),
         None => state.to_string(),
@@ -347,11 +343,7 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 "NODE", "ROLES", "STATE", "RTT", "SKEW", "CERT"
             );
             for n in &s.nodes {
-                let state = match n.state {
-                    NodeState::Ok => "ok",
-                    NodeState::Failed => "failed",
-                    NodeState::Unreachable => "unreachable",
-                };
+                let state = n.state.as_str();
                 let detail = n.message.clone().unwrap_or_else(|| {
                     format!(
                         "{}{}",
@@ -475,14 +467,7 @@ fn summary(outcomes: &[NodeOutcome]) {
             bad.len(),
             outcomes.len(),
             bad.iter()
-                .map(|o| format!(
-                    "{} ({})",
-                    o.node,
-                    match o.state {
-                        NodeState::Unreachable => "unreachable",
-                        _ => "failed",
-                    }
-                ))
+                .map(|o| format!("{} ({})", o.node, o.state.as_str()))
                 .collect::<Vec<_>>()
                 .join(", ")
         );

@@ -71,6 +71,30 @@ pub enum Request {
     /// `/etc/clustermgr` with the key, state). Answered by [`Reply::Uninstalling`]
     /// before the agent stops.
     Uninstall,
+    /// Replace the agent's binary with the one that follows. Answered first by
+    /// [`Reply::UpgradeReady`] (then exactly `size` raw bytes follow on the stream and
+    /// the controller finishes it) or [`Reply::UpToDate`]; after the bytes, by
+    /// [`Reply::Upgrading`] just before the agent restarts as the new binary.
+    Upgrade(UpgradeSpec),
+    /// Keep the new binary of an upgrade now that it answers: it stops being on
+    /// trial. Answered by [`Reply::UpgradeCommitted`], or by
+    /// [`Reply::UpgradeRolledBack`] when the agent already went back to the old one.
+    UpgradeCommit {
+        /// The SHA-256 of the binary the upgrade installed, lowercase hex.
+        sha256: String,
+    },
+}
+
+/// What [`Request::Upgrade`] brings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeSpec {
+    /// The binary's length in bytes.
+    pub size: u64,
+    /// Its SHA-256, lowercase hex; the agent refuses bytes that do not match.
+    pub sha256: String,
+    /// How long the new binary waits for [`Request::UpgradeCommit`] before it puts the
+    /// old binary back and restarts as it.
+    pub commit_within_ms: u64,
 }
 
 /// The one reply to a unary request.
@@ -90,6 +114,34 @@ pub enum Reply {
     // New variants go last: postcard numbers variants by position.
     /// The agent is stopping; its files are removed once it has exited.
     Uninstalling,
+    /// Send the binary's bytes now.
+    UpgradeReady,
+    /// The agent already runs a binary with that SHA-256; nothing follows.
+    UpToDate {
+        /// The agent's software version.
+        version: String,
+    },
+    /// The new binary is checked, ran once, and is in place; the agent restarts as it
+    /// now, with the same process id.
+    Upgrading {
+        /// The version it had.
+        from: String,
+        /// The version the new binary reports.
+        to: String,
+    },
+    /// The new binary is kept; the old one is gone.
+    UpgradeCommitted {
+        /// The version now running.
+        version: String,
+    },
+    /// The new binary did not come up, or was not confirmed in time: the old one is
+    /// back and running.
+    UpgradeRolledBack {
+        /// The version now running.
+        version: String,
+        /// What went wrong with the new one.
+        reason: String,
+    },
 }
 
 /// A failure reported by the agent.

@@ -33,7 +33,7 @@ use std::task::{Context, Poll};
 use clustermgr_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES, FrameDecoder, HEADER_BYTES};
 use clustermgr_protocol::message::{
     Command, ErrorKind, ExecEvent, ExecInput, ExecSpec, ExitOutcome, GluuInstall, Hello,
-    HelloReply, NodeInfo, RemoteError, Reply, Request,
+    HelloReply, NodeInfo, RemoteError, Reply, Request, UpgradeSpec,
 };
 use clustermgr_protocol::version::VersionRange;
 use clustermgr_protocol::{NodeName, ProtocolError, codec};
@@ -322,8 +322,8 @@ impl Kind {
         match self {
             Kind::Hello => 1,
             Kind::HelloReply => 2,
-            Kind::Request => 5,
-            Kind::Reply => 5,
+            Kind::Request => 7,
+            Kind::Reply => 10,
             Kind::ExecInput => 3,
             Kind::ExecEvent => 5,
         }
@@ -378,6 +378,8 @@ impl Msg {
                 Request::Csr { .. } => 2,
                 Request::InstallCert { .. } => 3,
                 Request::Uninstall => 4,
+                Request::Upgrade(_) => 5,
+                Request::UpgradeCommit { .. } => 6,
             },
             Msg::Reply(m) => match m {
                 Reply::Info(_) => 0,
@@ -385,6 +387,11 @@ impl Msg {
                 Reply::CertInstalled => 2,
                 Reply::Error(_) => 3,
                 Reply::Uninstalling => 4,
+                Reply::UpgradeReady => 5,
+                Reply::UpToDate { .. } => 6,
+                Reply::Upgrading { .. } => 7,
+                Reply::UpgradeCommitted { .. } => 8,
+                Reply::UpgradeRolledBack { .. } => 9,
             },
             Msg::ExecInput(m) => match m {
                 ExecInput::Stdin(_) => 0,
@@ -687,14 +694,37 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
         (Kind::Request, 3) => Msg::Request(Request::InstallCert {
             cert_pem: gen_string(rng),
         }),
-        (Kind::Request, _) => Msg::Request(Request::Uninstall),
+        (Kind::Request, 4) => Msg::Request(Request::Uninstall),
+        (Kind::Request, 5) => Msg::Request(Request::Upgrade(UpgradeSpec {
+            size: gen_u64(rng),
+            sha256: gen_string(rng),
+            commit_within_ms: gen_u64(rng),
+        })),
+        (Kind::Request, _) => Msg::Request(Request::UpgradeCommit {
+            sha256: gen_string(rng),
+        }),
         (Kind::Reply, 0) => Msg::Reply(Reply::Info(Box::new(gen_node_info(rng)))),
         (Kind::Reply, 1) => Msg::Reply(Reply::Csr {
             pem: gen_string(rng),
         }),
         (Kind::Reply, 2) => Msg::Reply(Reply::CertInstalled),
         (Kind::Reply, 3) => Msg::Reply(Reply::Error(gen_remote_error(rng))),
-        (Kind::Reply, _) => Msg::Reply(Reply::Uninstalling),
+        (Kind::Reply, 4) => Msg::Reply(Reply::Uninstalling),
+        (Kind::Reply, 5) => Msg::Reply(Reply::UpgradeReady),
+        (Kind::Reply, 6) => Msg::Reply(Reply::UpToDate {
+            version: gen_string(rng),
+        }),
+        (Kind::Reply, 7) => Msg::Reply(Reply::Upgrading {
+            from: gen_string(rng),
+            to: gen_string(rng),
+        }),
+        (Kind::Reply, 8) => Msg::Reply(Reply::UpgradeCommitted {
+            version: gen_string(rng),
+        }),
+        (Kind::Reply, _) => Msg::Reply(Reply::UpgradeRolledBack {
+            version: gen_string(rng),
+            reason: gen_string(rng),
+        }),
         (Kind::ExecInput, 0) => Msg::ExecInput(ExecInput::Stdin(gen_bytes(rng))),
         (Kind::ExecInput, 1) => Msg::ExecInput(ExecInput::StdinEnd),
         (Kind::ExecInput, _) => Msg::ExecInput(ExecInput::Cancel),
@@ -777,6 +807,19 @@ fn edge_messages() -> Vec<Msg> {
         Msg::Reply(Reply::CertInstalled),
         Msg::Request(Request::Uninstall),
         Msg::Reply(Reply::Uninstalling),
+        Msg::Request(Request::Upgrade(UpgradeSpec {
+            size: u64::MAX,
+            sha256: String::new(),
+            commit_within_ms: 0,
+        })),
+        Msg::Request(Request::UpgradeCommit {
+            sha256: "0".repeat(64),
+        }),
+        Msg::Reply(Reply::UpgradeReady),
+        Msg::Reply(Reply::UpgradeRolledBack {
+            version: String::new(),
+            reason: String::new(),
+        }),
         Msg::Reply(Reply::Csr { pem: "-".into() }),
         Msg::Reply(Reply::Error(RemoteError {
             kind: ErrorKind::Internal,

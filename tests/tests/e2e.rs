@@ -1308,3 +1308,44 @@ async fn an_agent_not_installed_by_bootstrap_refuses_to_uninstall_and_the_node_s
     let o = c.run(&["ping"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_upgrade_refuses_what_it_cannot_do_safely() {
+    let c = Cluster::start(vec![node("gluu1", ""), node("gluu2", "allow_exec = false")]).await;
+    // Not an ELF binary: refused before any node is asked.
+    let text = c.home.path().join("agent.sh");
+    std::fs::write(&text, "#!/bin/sh\n").unwrap();
+    let o = c.run(&[
+        "node",
+        "upgrade",
+        "--agent-binary",
+        &text.display().to_string(),
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains(&text.display().to_string()),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stdout(&c.run(&["audit"])).contains("node upgrade"));
+
+    // A sandbox agent was not installed by bootstrap: it will not replace itself, and
+    // the nodes after it are left alone.
+    let o = c.run(&["--json", "node", "upgrade"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let outcomes: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(outcomes[0]["node"], "gluu1");
+    assert_eq!(outcomes[0]["state"], "failed");
+    let why = outcomes[0]["message"].as_str().unwrap();
+    assert!(
+        why.contains("not from /usr/local/bin/clustermgr-agent"),
+        "{why}"
+    );
+    assert_eq!(outcomes[1]["state"], "skipped", "{outcomes}");
+
+    // allow_exec = false: a new binary would be a way around it.
+    let o = c.run(&["node", "upgrade", "--nodes", "gluu2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("allow_exec = false"), "{}", stdout(&o));
+    assert!(c.run(&["ping"]).status.success());
+}

@@ -570,3 +570,212 @@ fn remove_uninstall_has_the_agent_remove_itself_without_ssh() {
     let list = stdout(&ctl.run(&["node", "list"]));
     assert!(!list.contains("gone"), "{list}");
 }
+
+fn sha256(path: &std::path::Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    stdout(&out).split_whitespace().next().unwrap().to_string()
+}
+
+const AGENT: &str = "/usr/local/bin/clustermgr-agent";
+
+/// The process id in the init script's pidfile.
+fn agent_pid(h: &clustermgr_tests::netns::Host) -> u32 {
+    let text = std::fs::read_to_string(h.path("/run/clustermgr-agent.pid")).unwrap();
+    text.trim().parse().unwrap()
+}
+
+/// Bootstraps every host of `net` over SSH, then stops every sshd.
+fn bootstrapped(net: &mut Net, ctl: &Controller) {
+    let known = net.known_hosts();
+    let names: Vec<String> = net.hosts().iter().map(|h| h.name.clone()).collect();
+    for name in &names {
+        let out = ctl.add(net, name, &["--known-hosts", known.to_str().unwrap()]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+    }
+    for h in net.hosts_mut() {
+        h.stop_sshd();
+    }
+}
+
+/// `node upgrade ARGS --json`: the exit status and the outcome of each node by name.
+fn upgrade(ctl: &Controller, args: &[&str]) -> (bool, Vec<(String, String, String)>) {
+    let out = ctl
+        .cmd()
+        .args(["--json", "node", "upgrade"])
+        .args(args)
+        .output()
+        .unwrap();
+    let outcomes: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&out), stderr(&out)));
+    let outcomes = outcomes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            let s = |k: &str| o[k].as_str().unwrap_or_default().to_string();
+            (s("node"), s("state"), s("message"))
+        })
+        .collect();
+    (out.status.success(), outcomes)
+}
+
+#[test]
+fn upgrade_replaces_each_agent_through_itself_keeping_its_process() {
+    let mut net = Net::new();
+    for h in ["up1", "up2"] {
+        net.add_host(h);
+    }
+    let ctl = Controller::new();
+    bootstrapped(&mut net, &ctl);
+    let pids: Vec<u32> = net.hosts().iter().map(agent_pid).collect();
+    // A new build: the same agent with bytes appended, so its checksum differs.
+    let new = ctl.home.parent().unwrap().join("agent-new");
+    let mut bytes = std::fs::read(clustermgr_tests::agent_bin()).unwrap();
+    bytes.extend_from_slice(b"\nclustermgr upgrade test build\n");
+    std::fs::write(&new, bytes).unwrap();
+    let new_sha = sha256(&new);
+
+    let (ok, outcomes) = upgrade(&ctl, &["--agent-binary", new.to_str().unwrap()]);
+    assert!(ok, "{outcomes:?}");
+    assert_eq!(outcomes.len(), 2);
+    for (node, state, message) in &outcomes {
+        assert_eq!(state, "ok", "{node}: {message}");
+        assert!(message.contains("upgraded from agent"), "{node}: {message}");
+    }
+    for (h, pid) in net.hosts().iter().zip(pids) {
+        assert_eq!(sha256(&h.path(AGENT)), new_sha, "{}", h.name);
+        // The same process, now running the new binary: exec kept its id.
+        assert_eq!(agent_pid(h), pid, "{}", h.name);
+        assert_eq!(
+            sha256(std::path::Path::new(&format!("/proc/{pid}/exe"))),
+            new_sha
+        );
+        // Confirmed: neither the old binary nor the upgrade's state is left.
+        assert!(!h.path("/usr/local/bin/clustermgr-agent.prev").exists());
+        assert!(!h.path("/usr/local/bin/clustermgr-agent.upload").exists());
+        assert!(!h.path("/var/lib/clustermgr/upgrade.json").exists());
+    }
+    let out = ctl.run(&["exec", "--", "true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Once more: nothing to send.
+    let (ok, outcomes) = upgrade(&ctl, &["--agent-binary", new.to_str().unwrap()]);
+    assert!(ok, "{outcomes:?}");
+    for (node, _, message) in &outcomes {
+        assert!(
+            message.contains("already runs this build"),
+            "{node}: {message}"
+        );
+    }
+    let audit = stdout(&ctl.run(&["audit"]));
+    assert!(audit.contains("node upgrade"), "{audit}");
+}
+
+#[test]
+fn upgrade_rolls_back_a_new_agent_that_does_not_come_up_and_stops() {
+    let mut net = Net::new();
+    for h in ["rb1", "rb2"] {
+        net.add_host(h);
+    }
+    let ctl = Controller::new();
+    bootstrapped(&mut net, &ctl);
+    let fake = env!("CARGO_BIN_EXE_agent-that-fails");
+    let h = net.host("rb1");
+    let cmt = h.path("/opt/cmt");
+    std::fs::create_dir_all(&cmt).unwrap();
+    std::fs::copy(clustermgr_tests::agent_bin(), cmt.join("clustermgr-agent")).unwrap();
+    let cfg = std::fs::read_to_string(h.path("/etc/clustermgr/agent.toml")).unwrap();
+    let no_key = cfg.replace("/etc/clustermgr/agent.key", "/opt/cmt/missing.key");
+    std::fs::write(cmt.join("no-key.toml"), no_key).unwrap();
+    let other_port = cfg.replace(":7443", ":7999");
+    assert_ne!(other_port, cfg);
+    std::fs::write(cmt.join("other-port.toml"), other_port).unwrap();
+    let before: Vec<String> = net.hosts().iter().map(|h| sha256(&h.path(AGENT))).collect();
+    let pid = agent_pid(h);
+
+    for (mode, why) in [
+        ("start", "could not start"),
+        ("unreachable", "did not confirm"),
+    ] {
+        std::fs::write(cmt.join("fail-mode"), mode).unwrap();
+        let (ok, outcomes) = upgrade(&ctl, &["--agent-binary", fake, "--commit-within", "3"]);
+        assert!(!ok, "{mode}: {outcomes:?}");
+        let (node, state, message) = &outcomes[0];
+        assert_eq!(
+            (node.as_str(), state.as_str()),
+            ("rb1", "failed"),
+            "{mode}: {message}"
+        );
+        assert!(
+            message.contains("rolled back") && message.contains(why),
+            "{mode}: {message}"
+        );
+        // One node at a time: the next one is not touched.
+        let (node, state, message) = &outcomes[1];
+        assert_eq!(
+            (node.as_str(), state.as_str()),
+            ("rb2", "skipped"),
+            "{mode}: {message}"
+        );
+        for (h, sha) in net.hosts().iter().zip(&before) {
+            assert_eq!(&sha256(&h.path(AGENT)), sha, "{mode}: {}", h.name);
+        }
+        // The old binary runs again, in the same process, and answers.
+        assert_eq!(agent_pid(h), pid, "{mode}");
+        assert_eq!(
+            sha256(std::path::Path::new(&format!("/proc/{pid}/exe"))),
+            before[0]
+        );
+        assert!(!h.path("/usr/local/bin/clustermgr-agent.prev").exists());
+        let out = ctl.run(&["ping", "--nodes", "rb1"]);
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+    }
+
+    // The new agent crashes while on trial and the host's init starts it again (as
+    // systemd's Restart= would): its second start puts the old binary back.
+    std::fs::write(cmt.join("fail-mode"), "unreachable").unwrap();
+    let cli = ctl
+        .cmd()
+        .args([
+            "--json",
+            "node",
+            "upgrade",
+            "--nodes",
+            "rb1",
+            "--agent-binary",
+            fake,
+        ])
+        .args(["--commit-within", "120"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let marker = h.path("/var/lib/clustermgr/upgrade.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let on_trial = || {
+        let m = std::fs::read_to_string(&marker).unwrap_or_default();
+        m.contains("\"Pending\"") && m.contains("\"starts\": 1")
+    };
+    while !on_trial() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new agent never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    h.sh(&format!("kill -9 {pid}"));
+    h.sh("/etc/init.d/clustermgr-agent start");
+    let out = cli.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let message = o[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("rolled back")
+            && message.contains("stopped before the controller confirmed it"),
+        "{message}"
+    );
+    assert_eq!(sha256(&h.path(AGENT)), before[0]);
+    let out = ctl.run(&["ping", "--nodes", "rb1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
