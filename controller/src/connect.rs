@@ -131,6 +131,9 @@ pub struct Dialer {
     pub connect_timeout: Duration,
     /// The frame limit.
     pub max_frame: u32,
+    /// A one-shot process's connections, so [`Dialer::close`] knows when each has told
+    /// its agent goodbye; `None` under `serve`, whose connections come and go.
+    tracked: Option<std::sync::Mutex<Vec<quinn::Connection>>>,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -178,7 +181,14 @@ impl Dialer {
             timeouts,
             connect_timeout,
             max_frame,
+            tracked: None,
         })
+    }
+
+    /// Keeps every connection until [`Dialer::close`], for a process that ends with it
+    /// (the CLI without `serve`), so the close waits exactly until each agent is told.
+    pub fn track_until_close(&mut self) {
+        self.tracked = Some(std::sync::Mutex::default());
     }
 
     /// The certificate and key new connections present.
@@ -245,6 +255,12 @@ impl Dialer {
                     None => describe(e, addr),
                 }
             })?;
+            if let Some(tracked) = &self.tracked {
+                tracked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(conn.clone());
+            }
             self.hello(conn, &name).await
         };
         match tokio::time::timeout(connect_timeout, attempt).await {
@@ -347,14 +363,46 @@ impl Dialer {
 
     /// Closes every connection and waits briefly for the agents to be told.
     pub async fn close(&self) {
+        let open: Vec<quinn::Connection> = self
+            .tracked
+            .as_ref()
+            .map(|t| std::mem::take(&mut *t.lock().unwrap_or_else(|p| p.into_inner())))
+            .unwrap_or_default()
+            .into_iter()
+            // One the agent closed, or that timed out, sends no goodbye.
+            .filter(|c| {
+                c.close_reason()
+                    .is_none_or(|r| r == quinn::ConnectionError::LocallyClosed)
+            })
+            .collect();
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"controller done");
-        // The CONNECTION_CLOSE frame leaves as soon as the endpoint driver runs (well
-        // under a millisecond after close, seen with strace); waiting for wait_idle to
-        // finish would add QUIC's whole draining period (3 PTO, ~100 ms) to every
-        // one-shot CLI command, for nothing the agent needs. If the frame is ever lost,
-        // the agent drops the connection at its idle timeout instead.
-        let _ = tokio::time::timeout(Duration::from_millis(5), self.endpoint.wait_idle()).await;
+        // Waiting for wait_idle would add QUIC's whole draining period (3 PTO, ~100 ms)
+        // to every one-shot CLI command, for nothing the agent needs. What the agent
+        // needs is the CONNECTION_CLOSE datagram, which a connection's driver sends in
+        // the same step that counts it (the step holds the connection's lock), so once
+        // every tracked connection counts one, all are out. Untracked (serve) or if a
+        // send stalls, a short bound; should the frame be lost, the agent drops the
+        // connection at its idle timeout instead.
+        let told = async {
+            let sent = |c: &quinn::Connection| c.stats().frame_tx.connection_close > 0;
+            let mut spins = 0;
+            while !open.iter().all(sent) {
+                // The drivers are woken by the close: let them run, then poll slower.
+                if spins < 8 {
+                    tokio::task::yield_now().await;
+                    spins += 1;
+                } else {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+            }
+        };
+        let bound = Duration::from_millis(5);
+        if self.tracked.is_some() {
+            let _ = tokio::time::timeout(bound, told).await;
+        } else {
+            let _ = tokio::time::timeout(bound, self.endpoint.wait_idle()).await;
+        }
     }
 }
 

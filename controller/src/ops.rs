@@ -606,7 +606,7 @@ impl Ctx {
         let cert_pem = read_file(&home.controller_cert())?;
         let key_pem = read_file(&home.controller_key())?;
         let summary = CertSummary::parse_pem(&cert_pem)?;
-        let dialer = Dialer::new(
+        let mut dialer = Dialer::new(
             Credentials::from_pem(&cert_pem, &key_pem)?,
             cert_from_pem(&ca_pem)?,
             meta.name.clone(),
@@ -614,6 +614,9 @@ impl Ctx {
             opts.connect_timeout,
             opts.max_frame_bytes,
         )?;
+        if !serving {
+            dialer.track_until_close();
+        }
         let ctx = Ctx {
             home,
             store,
