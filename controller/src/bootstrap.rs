@@ -804,60 +804,56 @@ async fn steps<O: Operations>(
             "uploading the agent ({} KiB)",
             binary.bytes.len() / 1024
         ));
+        // One session: receive, check the SHA-256 on the host, run it once before it
+        // replaces anything (a loader or C library mismatch the ELF check missed shows
+        // here, while the old binary still serves), then move it into place.
         let upload = format!(
-            "set -e; umask 022; tmp={bin}.upload; cat > \"$tmp\"; chmod 0755 \"$tmp\"; sha256sum \"$tmp\" | cut -d' ' -f1",
-            bin = REMOTE_BIN
+            "set -e; umask 022; tmp={REMOTE_BIN}.upload; cat > \"$tmp\"; chmod 0755 \"$tmp\"; \
+             got=$(sha256sum \"$tmp\" | cut -d' ' -f1); \
+             if [ \"$got\" != {want} ]; then rm -f \"$tmp\"; echo \"$got\"; exit 3; fi; \
+             if ! e=$(\"$tmp\" --version 2>&1); then rm -f \"$tmp\"; echo \"$e\" >&2; exit 4; fi; \
+             mv -f \"$tmp\" {REMOTE_BIN}",
+            want = binary.facts.sha256
         );
-        let got = s
-            .must(opts, "uploading the agent", &upload, Some(&binary.bytes))
-            .await?;
-        if got.trim() != binary.facts.sha256 {
-            let _ = s
-                .run(opts, &format!("rm -f {REMOTE_BIN}.upload"), None)
-                .await;
-            return Err(err(format!(
-                "the uploaded agent's SHA-256 is {} on the host, not {}: the transfer was damaged; re-run",
-                got.trim(),
-                binary.facts.sha256
-            )));
+        let out = s.run(opts, &upload, Some(&binary.bytes)).await?;
+        match out.status.code() {
+            Some(0) => {}
+            Some(3) => {
+                return Err(err(format!(
+                    "the uploaded agent's SHA-256 is {} on the host, not {}: the transfer was damaged; re-run",
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    binary.facts.sha256
+                )));
+            }
+            Some(4) => {
+                return Err(err(format!(
+                    "running the uploaded agent failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            _ => {
+                return Err(err(format!(
+                    "uploading the agent failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
         }
-        // Run it once before it replaces anything: a loader or C library mismatch the
-        // ELF check missed shows here, while the old binary still serves.
-        let check = format!(
-            "{REMOTE_BIN}.upload --version >/dev/null 2>&1 || {{ e=$({REMOTE_BIN}.upload --version 2>&1); rm -f {REMOTE_BIN}.upload; echo \"$e\" >&2; exit 1; }}; mv -f {REMOTE_BIN}.upload {REMOTE_BIN}"
-        );
-        s.must(opts, "running the uploaded agent", &check, None)
-            .await?;
     }
 
-    progress("writing the configuration");
-    let cfg = format!(
-        "set -e; umask 077; mkdir -p {REMOTE_ETC} /var/lib/clustermgr; chmod 0700 {REMOTE_ETC}; cat > {REMOTE_ETC}/agent.toml.new; mv -f {REMOTE_ETC}/agent.toml.new {REMOTE_ETC}/agent.toml"
-    );
-    s.must(
-        opts,
-        "writing agent.toml",
-        &cfg,
-        Some(agent_toml(port_of(&plan.address)).as_bytes()),
-    )
-    .await?;
-    s.must(
-        opts,
-        "writing the CA certificate",
-        &format!(
-            "set -e; umask 022; cat > {REMOTE_ETC}/ca.crt.new; mv -f {REMOTE_ETC}/ca.crt.new {REMOTE_ETC}/ca.crt"
-        ),
-        Some(ops.ca_pem()?.as_bytes()),
-    )
-    .await?;
-
     progress(if plan.reenroll || !facts.has_key {
-        "making the node's key on the host"
+        "writing the configuration and making the node's key on the host"
     } else {
-        "reading the node's CSR"
+        "writing the configuration and reading the node's CSR"
     });
+    // One session: the configuration and the CA certificate (both public) as
+    // here-documents, then `enroll`, whose CSR comes back on stdout.
     let enroll = format!(
-        "{REMOTE_BIN} enroll --name {} --out {REMOTE_ETC}{}",
+        "set -e; umask 077; mkdir -p {REMOTE_ETC} /var/lib/clustermgr; chmod 0700 {REMOTE_ETC}\n{}umask 022\n{}{REMOTE_BIN} enroll --name {} --out {REMOTE_ETC}{}",
+        here_document(
+            &format!("{REMOTE_ETC}/agent.toml"),
+            &agent_toml(port_of(&plan.address))
+        )?,
+        here_document(&format!("{REMOTE_ETC}/ca.crt"), &ops.ca_pem()?)?,
         sh_quote(plan.node.as_str()),
         if plan.reenroll { " --new-key" } else { "" }
     );
@@ -878,6 +874,7 @@ async fn steps<O: Operations>(
         None if facts.has_key && !plan.reenroll => Identity::ExistingKey,
         None => Identity::New,
     };
+    let mut cert = None;
     if identity != Identity::Kept {
         progress("signing its certificate");
         let Report::Signed(signed) = ops
@@ -889,19 +886,11 @@ async fn steps<O: Operations>(
         else {
             return Err(err("node sign gave no certificate".into()));
         };
-        s.must(
-            opts,
-            "writing the certificate",
-            &format!(
-                "set -e; umask 022; cat > {REMOTE_ETC}/agent.crt.new; mv -f {REMOTE_ETC}/agent.crt.new {REMOTE_ETC}/agent.crt"
-            ),
-            Some(signed.cert_pem.as_bytes()),
-        )
-        .await?;
+        cert = Some(signed.cert_pem);
     }
 
     progress("starting the service");
-    let service = start_service(s, opts, &facts, &node, plan).await?;
+    let service = start_service(s, opts, &facts, &node, plan, cert.as_deref()).await?;
 
     progress(&format!("checking mutual TLS to {}", plan.address));
     match identity {
@@ -963,70 +952,86 @@ fn describe_outcomes(report: &Report) -> String {
 }
 
 /// Installs and (re)starts the service, and waits until the agent listens.
+/// Writes a file on the host from a script: `text` as a quoted here-document (no
+/// expansion), through a temporary file and a rename. Only for public text.
+fn here_document(path: &str, text: &str) -> Result<String, CtlError> {
+    const END: &str = "CLUSTERMGR_END_OF_FILE";
+    if text.lines().any(|l| l == END) {
+        return Err(CtlError::Usage(format!(
+            "{path}: its text holds the line {END}, which bootstrap cannot send"
+        )));
+    }
+    let nl = if text.ends_with('\n') { "" } else { "\n" };
+    Ok(format!(
+        "cat > {path}.new <<'{END}'\n{text}{nl}{END}\nmv -f {path}.new {path}\n"
+    ))
+}
+
+/// Installs the certificate (when it is new) and the service, and starts the agent,
+/// all in one session; on failure the agent's last log lines come back.
 async fn start_service(
     s: &Session,
     opts: &SshOptions,
     facts: &HostFacts,
     node: &str,
     plan: &Plan,
+    cert: Option<&str>,
 ) -> Result<ServiceKind, CtlError> {
     let err = |m: String| ssh_err(node, &plan.ssh, m);
+    let cert = match cert {
+        Some(pem) => here_document(&format!("{REMOTE_ETC}/agent.crt"), pem)?,
+        None => String::new(),
+    };
     if facts.systemd {
-        s.must(
-            opts,
-            "installing the systemd unit",
-            "set -e; umask 022; cat > /etc/systemd/system/clustermgr-agent.service.new; mv -f /etc/systemd/system/clustermgr-agent.service.new /etc/systemd/system/clustermgr-agent.service; systemctl daemon-reload; systemctl enable clustermgr-agent.service >/dev/null 2>&1; systemctl restart clustermgr-agent.service",
-            Some(SYSTEMD_UNIT.as_bytes()),
-        )
-        .await?;
-        let wait = format!(
-            "i=0; while [ $i -lt {} ]; do systemctl is-active --quiet clustermgr-agent.service && exit 0; sleep 1; i=$((i+1)); done; exit 1",
+        let script = format!(
+            "set -e; umask 022\n{cert}\
+             cat > /etc/systemd/system/clustermgr-agent.service.new; mv -f /etc/systemd/system/clustermgr-agent.service.new /etc/systemd/system/clustermgr-agent.service; \
+             systemctl daemon-reload; systemctl enable clustermgr-agent.service >/dev/null 2>&1; systemctl restart clustermgr-agent.service; \
+             i=0; while [ $i -lt {} ]; do systemctl is-active --quiet clustermgr-agent.service && exit 0; sleep 1; i=$((i+1)); done; \
+             journalctl -u clustermgr-agent.service -n 20 --no-pager 2>&1; exit 5",
             AGENT_READY_TIMEOUT.as_secs()
         );
-        if !s.run(opts, &wait, None).await?.status.success() {
-            let log = s
-                .run(
-                    opts,
-                    "journalctl -u clustermgr-agent.service -n 20 --no-pager 2>&1",
-                    None,
-                )
-                .await?;
-            return Err(err(format!(
+        let out = s.run(opts, &script, Some(SYSTEMD_UNIT.as_bytes())).await?;
+        return match out.status.code() {
+            Some(0) => Ok(ServiceKind::Systemd),
+            Some(5) => Err(err(format!(
                 "the agent did not come up under systemd; its last log lines:\n{}",
-                String::from_utf8_lossy(&log.stdout).trim()
-            )));
+                String::from_utf8_lossy(&out.stdout).trim()
+            ))),
+            _ => Err(err(format!(
+                "installing the systemd unit failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))),
+        };
+    }
+    let script = format!(
+        "set -e; umask 022\n{cert}\
+         mkdir -p /etc/init.d; cat > /etc/init.d/clustermgr-agent.new; chmod 0755 /etc/init.d/clustermgr-agent.new; mv -f /etc/init.d/clustermgr-agent.new /etc/init.d/clustermgr-agent; \
+         if command -v update-rc.d >/dev/null 2>&1 && update-rc.d clustermgr-agent defaults >/dev/null 2>&1; then echo registered; \
+         elif command -v chkconfig >/dev/null 2>&1 && chkconfig --add clustermgr-agent >/dev/null 2>&1; then echo registered; \
+         else echo detached; fi; \
+         /etc/init.d/clustermgr-agent restart >/dev/null 2>&1 || {{ echo; tail -n 20 {REMOTE_LOG} 2>&1; exit 5; }}"
+    );
+    let out = s.run(opts, &script, Some(INIT_SCRIPT.as_bytes())).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match out.status.code() {
+        Some(0) => Ok(if text.trim() == "registered" {
+            ServiceKind::InitScript
+        } else {
+            ServiceKind::Detached
+        }),
+        Some(5) => {
+            let log = text.split_once('\n').map_or("", |(_, rest)| rest);
+            Err(err(format!(
+                "the agent did not come up; its last log lines ({REMOTE_LOG}):\n{}",
+                log.trim()
+            )))
         }
-        return Ok(ServiceKind::Systemd);
+        _ => Err(err(format!(
+            "installing /etc/init.d/clustermgr-agent failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
     }
-    let install = "set -e; umask 022; mkdir -p /etc/init.d; cat > /etc/init.d/clustermgr-agent.new; chmod 0755 /etc/init.d/clustermgr-agent.new; mv -f /etc/init.d/clustermgr-agent.new /etc/init.d/clustermgr-agent; \
-        if command -v update-rc.d >/dev/null 2>&1 && update-rc.d clustermgr-agent defaults >/dev/null 2>&1; then echo registered; \
-        elif command -v chkconfig >/dev/null 2>&1 && chkconfig --add clustermgr-agent >/dev/null 2>&1; then echo registered; \
-        else echo detached; fi";
-    let how = s
-        .must(
-            opts,
-            "installing /etc/init.d/clustermgr-agent",
-            install,
-            Some(INIT_SCRIPT.as_bytes()),
-        )
-        .await?;
-    let out = s
-        .run(opts, "/etc/init.d/clustermgr-agent restart 2>&1", None)
-        .await?;
-    if !out.status.success() {
-        let log = s
-            .run(opts, &format!("tail -n 20 {REMOTE_LOG} 2>&1"), None)
-            .await?;
-        return Err(err(format!(
-            "the agent did not come up; its last log lines ({REMOTE_LOG}):\n{}",
-            String::from_utf8_lossy(&log.stdout).trim()
-        )));
-    }
-    Ok(if how.trim() == "registered" {
-        ServiceKind::InitScript
-    } else {
-        ServiceKind::Detached
-    })
 }
 
 #[cfg(test)]

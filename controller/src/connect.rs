@@ -363,31 +363,34 @@ impl Dialer {
 
     /// Closes every connection and waits briefly for the agents to be told.
     pub async fn close(&self) {
-        let open: Vec<quinn::Connection> = self
+        // Each connection still open, with how many datagrams it had sent: the close
+        // is out once it has sent one more. (Closed by the agent or timed out, it
+        // sends nothing more.)
+        let open: Vec<(quinn::Connection, u64)> = self
             .tracked
             .as_ref()
             .map(|t| std::mem::take(&mut *t.lock().unwrap_or_else(|p| p.into_inner())))
             .unwrap_or_default()
             .into_iter()
-            // One the agent closed, or that timed out, sends no goodbye.
-            .filter(|c| {
-                c.close_reason()
-                    .is_none_or(|r| r == quinn::ConnectionError::LocallyClosed)
+            .filter(|c| c.close_reason().is_none())
+            .map(|c| {
+                let sent = c.stats().udp_tx.datagrams;
+                (c, sent)
             })
             .collect();
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"controller done");
         // Waiting for wait_idle would add QUIC's whole draining period (3 PTO, ~100 ms)
         // to every one-shot CLI command, for nothing the agent needs. What the agent
-        // needs is the CONNECTION_CLOSE datagram, which a connection's driver sends in
-        // the same step that counts it (the step holds the connection's lock), so once
-        // every tracked connection counts one, all are out. Untracked (serve) or if a
-        // send stalls, a short bound; should the frame be lost, the agent drops the
-        // connection at its idle timeout instead.
+        // needs is the CONNECTION_CLOSE datagram, which a connection's driver counts and
+        // sends in one step under the connection's lock, so once every tracked
+        // connection has counted another datagram, all are out. Untracked (serve), or
+        // if a send stalls, a short bound; should the frame be lost, the agent drops
+        // the connection at its idle timeout instead.
         let told = async {
-            let sent = |c: &quinn::Connection| c.stats().frame_tx.connection_close > 0;
+            let out = |(c, before): &(quinn::Connection, u64)| c.stats().udp_tx.datagrams > *before;
             let mut spins = 0;
-            while !open.iter().all(sent) {
+            while !open.iter().all(out) {
                 // The drivers are woken by the close: let them run, then poll slower.
                 if spins < 8 {
                     tokio::task::yield_now().await;
