@@ -268,7 +268,7 @@ async fn single_node(res: &mut Results) {
     );
     res.add(
         "lib_close",
-        "context: of which `dialer.close()` (endpoint close + wait_idle)",
+        "context: of which `dialer.close()` (endpoint close, until each close datagram is out)",
         "ms",
         close,
         None,
