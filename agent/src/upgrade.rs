@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use clustermgr_protocol::atomic_file::write_atomic;
 use clustermgr_protocol::frame::write_message;
+use clustermgr_protocol::identity::{hex, sha256_hex};
 use clustermgr_protocol::message::{ErrorKind, RemoteError, Reply, UpgradeSpec};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -378,9 +379,7 @@ pub(crate) async fn receive(
     let sha256 = spec.sha256.to_ascii_lowercase();
     let current = {
         let path = binary.clone();
-        let read = move || {
-            std::fs::read(&path).map(|b| hex(ring::digest::digest(&ring::digest::SHA256, &b)))
-        };
+        let read = move || std::fs::read(&path).map(|b| sha256_hex(&b));
         tokio::task::spawn_blocking(read)
             .await
             .map_err(internal)?
@@ -429,10 +428,6 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn hex(digest: ring::digest::Digest) -> String {
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Receives exactly `size` bytes into `path` (owner-only until checked), returning
 /// their SHA-256.
 async fn receive_bytes(
@@ -475,7 +470,7 @@ async fn receive_bytes(
     tokio::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .await
         .map_err(write_err)?;
-    Ok(hex(hash.finish()))
+    Ok(hex(hash.finish().as_ref()))
 }
 
 /// Runs the new binary twice before it replaces anything: `--version` (it loads and

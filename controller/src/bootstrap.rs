@@ -293,8 +293,8 @@ impl AgentBinary {
                 }
             },
         };
-        let facts = crate::elf::inspect(&path)?;
         let bytes = std::fs::read(&path).map_err(|e| CtlError::io(&path, e))?;
+        let facts = crate::elf::facts(&path, &bytes)?;
         Ok(AgentBinary {
             path,
             bytes: std::sync::Arc::new(bytes),

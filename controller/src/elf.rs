@@ -27,15 +27,19 @@ pub struct BinaryFacts {
 /// Reads the facts of the ELF file at `path`.
 pub fn inspect(path: &Path) -> Result<BinaryFacts, CtlError> {
     let bytes = std::fs::read(path).map_err(|e| CtlError::io(path, e))?;
-    let (arch, glibc_needed) = parse(&bytes).map_err(|message| CtlError::Binary {
+    facts(path, &bytes)
+}
+
+/// The facts of `bytes`, the contents of the file at `path` (named in errors).
+pub fn facts(path: &Path, bytes: &[u8]) -> Result<BinaryFacts, CtlError> {
+    let (arch, glibc_needed) = parse(bytes).map_err(|message| CtlError::Binary {
         path: path.to_path_buf(),
         message,
     })?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
     Ok(BinaryFacts {
         arch: arch.to_string(),
         glibc_needed,
-        sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+        sha256: clustermgr_protocol::identity::sha256_hex(bytes),
     })
 }
 

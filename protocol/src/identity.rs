@@ -48,8 +48,15 @@ pub fn spki_fingerprint(spki_der: &[u8]) -> String {
     format!("sha256:{}", hex(digest.as_ref()))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex, the one way both ends print digests.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 of `bytes` in lowercase hex (as `sha256sum` prints it): how agent
+/// binaries are named and checked on both ends.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 /// What clustermgr needs to know of a certificate.

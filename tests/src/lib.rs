@@ -17,6 +17,18 @@ use clustermgr::store::Role;
 
 pub mod packaging;
 
+/// Like [`eventually`], for tests without an async runtime (the multi-host tests).
+pub fn eventually_blocking<F: FnMut() -> bool>(what: &str, patience: Duration, mut cond: F) {
+    let deadline = Instant::now() + patience;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {patience:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits for `cond` to hold, checking every 20 ms, failing the test with `what` after
 /// `patience`. The only way tests wait: never a fixed sleep.
 pub async fn eventually<F: FnMut() -> bool>(what: &str, patience: Duration, mut cond: F) {

@@ -5,7 +5,11 @@ use std::process::Command;
 
 use clustermgr_tests::bench::ssh_command;
 use clustermgr_tests::netns::{Net, sweep_stale};
-use clustermgr_tests::{Controller, stderr, stdout};
+use clustermgr_tests::{Controller, eventually_blocking, stderr, stdout};
+
+fn secs(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n)
+}
 
 fn netns_list() -> String {
     let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
@@ -54,13 +58,9 @@ fn hosts_are_isolated_and_reach_each_other() {
     );
     b.restore_link();
     // The kernel may take up to a second to pass traffic on a link that came back.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !b.tcp_open(22) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "beta unreachable after restore"
-        );
-    }
+    eventually_blocking("beta to be reachable after restore", secs(10), || {
+        b.tcp_open(22)
+    });
 }
 
 #[test]
@@ -467,14 +467,9 @@ fn bootstrap_errors_name_the_host_and_the_next_step() {
             "$| = 1; my $s = IO::Socket::INET->new(LocalAddr => '0.0.0.0:7443', Proto => 'udp') or die $!; print qq(bound\n); sleep 3600",
         ],
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !net.host("busy").service_log("squatter").contains("bound") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the squatter did not bind"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    eventually_blocking("the squatter to bind", secs(10), || {
+        net.host("busy").service_log("squatter").contains("bound")
+    });
     let out = ctl.add(
         &net,
         "busy",
@@ -752,18 +747,10 @@ fn upgrade_rolls_back_a_new_agent_that_does_not_come_up_and_stops() {
         .spawn()
         .unwrap();
     let marker = h.path("/var/lib/clustermgr/upgrade.json");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let on_trial = || {
+    eventually_blocking("the new agent to start on trial", secs(60), || {
         let m = std::fs::read_to_string(&marker).unwrap_or_default();
         m.contains("\"Pending\"") && m.contains("\"starts\": 1")
-    };
-    while !on_trial() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new agent never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    });
     h.sh(&format!("kill -9 {pid}"));
     h.sh("/etc/init.d/clustermgr-agent start");
     let out = cli.wait_with_output().unwrap();
