@@ -32,8 +32,10 @@ pub struct AgentConfig {
     /// directory under `clustermgr dev`. Gluu markers are looked up below it.
     #[serde(default = "default_root")]
     pub root: PathBuf,
-    /// Directories that config pushes may write under. Never `/etc/clustermgr`.
-    #[serde(default)]
+    /// Directories (or single files) that config pushes may write under. Never
+    /// `/etc/clustermgr`. The default is every path the generated Gluu cluster
+    /// configuration uses ([`DEFAULT_WRITABLE_ROOTS`]).
+    #[serde(default = "default_writable_roots")]
     pub writable_roots: Vec<PathBuf>,
     /// Whether the controller may run commands here.
     #[serde(default = "default_true")]
@@ -50,6 +52,29 @@ pub struct AgentConfig {
     /// The file this was read from (a self-upgrade has the new binary check it).
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// What config pushes may write when `agent.toml` does not say: the files the
+/// controller generates for a Gluu cluster (nginx, csync2, stunnel and their services,
+/// the `/etc/hosts` block) and the Gluu container.
+pub const DEFAULT_WRITABLE_ROOTS: &[&str] = &[
+    "/etc/nginx",
+    "/etc/stunnel",
+    "/etc/csync2.cfg",
+    "/etc/csync2.key",
+    "/etc/csync2_ssl_key.pem",
+    "/etc/csync2_ssl_cert.pem",
+    "/etc/hosts",
+    "/etc/cron.d/clustermgr-csync2",
+    "/etc/init.d/clustermgr-csync2",
+    "/etc/init.d/clustermgr-stunnel",
+    "/etc/systemd/system/clustermgr-csync2.service",
+    "/etc/systemd/system/clustermgr-stunnel.service",
+    "/opt/gluu-server",
+];
+
+fn default_writable_roots() -> Vec<PathBuf> {
+    DEFAULT_WRITABLE_ROOTS.iter().map(PathBuf::from).collect()
 }
 
 fn default_listen() -> SocketAddr {
@@ -119,6 +144,8 @@ mod tests {
         let cfg = AgentConfig::load(&path).unwrap();
         assert_eq!(cfg.listen.port(), 7443);
         assert!(cfg.allow_exec);
+        // The example spells out the defaults, so an admin editing it starts from them.
+        assert_eq!(cfg.writable_roots, default_writable_roots());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! Architecture invariant: only this crate touches the node's files and processes; it
 //! never dials the controller or other agents.
 
+pub mod apply;
 pub mod config;
 pub mod enroll;
 mod error;

@@ -151,7 +151,14 @@ impl Agent {
         let (abort_tx, abort_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = watch::channel(false);
         let restart = Arc::new(Mutex::new(None));
+        let apply = Arc::new(crate::apply::Engine::new(Arc::new(self.cfg.clone())));
+        // A change set a crash interrupted is finished or undone before the controller
+        // can see the node, so it never reads a half-applied set.
+        if let Some(what) = apply.recover() {
+            tracing::warn!("config apply recovery: {what}");
+        }
         let shared = Arc::new(Shared {
+            apply,
             journal: Arc::new(Journal::new(self.cfg.state_dir.join("exec-journal.jsonl"))),
             node: self.node,
             ca: self.ca,
@@ -309,6 +316,8 @@ struct Shared {
     upgrading: tokio::sync::Mutex<()>,
     /// Set when this process is the new binary of an unconfirmed upgrade.
     trial: Option<Arc<Trial>>,
+    /// Config plan, apply and restore.
+    apply: Arc<crate::apply::Engine>,
 }
 
 impl Shared {
@@ -493,13 +502,7 @@ async fn handle_request(
         };
     let answer = match request {
         Request::Exec(spec) => {
-            let ctx = ExecContext {
-                journal: shared.journal.clone(),
-                allow_exec: shared.cfg.allow_exec,
-                controller,
-                max_frame: shared.cfg.max_frame_bytes,
-                abort: shared.abort.clone(),
-            };
+            let ctx = exec_context(shared, controller);
             return exec::run(spec, send, recv, ctx).await;
         }
         Request::Info => Reply::Info(Box::new(crate::info::node_info(
@@ -553,8 +556,80 @@ async fn handle_request(
         Request::UpgradeCommit { sha256 } => {
             crate::upgrade::commit(shared.trial.as_deref(), &shared.cfg.state_dir, &sha256)
         }
+        Request::Plan(set) => blocking(shared, move |e| e.plan(&set).map(Reply::Planned)).await,
+        Request::Apply(set) => {
+            tracing::info!(
+                "apply of revision {} ({} entries) requested by {}",
+                set.revision,
+                set.entries.len(),
+                set.requested_by
+            );
+            blocking(shared, move |e| {
+                e.apply(&set).map(|r| Reply::Applied(Box::new(r)))
+            })
+            .await
+        }
+        Request::Backups { path, scope } => {
+            blocking(shared, move |e| {
+                e.backups(&path, &scope).map(Reply::Backups)
+            })
+            .await
+        }
+        Request::Restore(spec) => {
+            tracing::info!(
+                "restore of {} generation {} requested by {}",
+                spec.path,
+                spec.generation,
+                spec.requested_by
+            );
+            blocking(shared, move |e| {
+                e.restore(&spec).map(|r| Reply::Applied(Box::new(r)))
+            })
+            .await
+        }
+        Request::HostKey { path, scope } => {
+            let node = shared.node.clone();
+            blocking(shared, move |e| {
+                e.host_key(&path, &scope, &node)
+                    .map(|pem| Reply::Csr { pem })
+            })
+            .await
+        }
+        Request::ExecInContainer { root, spec } => {
+            let ctx = exec_context(shared, controller);
+            match crate::apply::container_exec(&shared.cfg, &root, spec) {
+                Ok(spec) => return exec::run(spec, send, recv, ctx).await,
+                Err(e) => Reply::Error(e),
+            }
+        }
     };
     let _ = reply(&mut send, answer).await;
+}
+
+fn exec_context(shared: &Shared, controller: String) -> ExecContext {
+    ExecContext {
+        journal: shared.journal.clone(),
+        allow_exec: shared.cfg.allow_exec,
+        controller,
+        max_frame: shared.cfg.max_frame_bytes,
+        abort: shared.abort.clone(),
+    }
+}
+
+/// Runs file work off the async threads (it fsyncs, and runs validators and reloads).
+async fn blocking(
+    shared: &Shared,
+    work: impl FnOnce(&crate::apply::Engine) -> Result<Reply, RemoteError> + Send + 'static,
+) -> Reply {
+    let engine = shared.apply.clone();
+    match tokio::task::spawn_blocking(move || work(&engine)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Reply::Error(e),
+        Err(e) => Reply::Error(RemoteError {
+            kind: ErrorKind::Internal,
+            message: format!("the apply task failed: {e}"),
+        }),
+    }
 }
 
 fn internal(e: AgentError) -> Reply {

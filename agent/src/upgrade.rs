@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use clustermgr_protocol::atomic_file::write_atomic;
 use clustermgr_protocol::frame::write_message;
 use clustermgr_protocol::identity::{hex, sha256_hex};
-use clustermgr_protocol::message::{ErrorKind, RemoteError, Reply, UpgradeSpec};
+use clustermgr_protocol::message::{RemoteError, Reply, UpgradeSpec};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
@@ -256,27 +256,6 @@ impl Trial {
     }
 }
 
-fn refused(message: String) -> RemoteError {
-    RemoteError {
-        kind: ErrorKind::Refused,
-        message,
-    }
-}
-
-fn invalid(message: String) -> RemoteError {
-    RemoteError {
-        kind: ErrorKind::Invalid,
-        message,
-    }
-}
-
-fn internal(e: impl std::fmt::Display) -> RemoteError {
-    RemoteError {
-        kind: ErrorKind::Internal,
-        message: e.to_string(),
-    }
-}
-
 /// [`Request::UpgradeCommit`](clustermgr_protocol::message::Request::UpgradeCommit):
 /// keeps the new binary, or tells how the upgrade to it ended.
 pub(crate) fn commit(trial: Option<&Trial>, state_dir: &Path, sha256: &str) -> Reply {
@@ -291,7 +270,7 @@ pub(crate) fn commit(trial: Option<&Trial>, state_dir: &Path, sha256: &str) -> R
                 let done = remove_durably(&path)
                     .and_then(|()| prev.as_deref().map_or(Ok(()), remove_durably));
                 if let Err(e) = done {
-                    return Reply::Error(internal(e));
+                    return Reply::Error(RemoteError::internal(e));
                 }
                 *state = TrialState::Committed;
                 tracing::info!(
@@ -319,10 +298,10 @@ pub(crate) fn commit(trial: Option<&Trial>, state_dir: &Path, sha256: &str) -> R
             version: VERSION.into(),
             reason,
         },
-        Some(m) if m.sha256 == sha256 => Reply::Error(refused(
-            "this is still the old agent, stopping to restart as the new one; ask again once it is back".into(),
+        Some(m) if m.sha256 == sha256 => Reply::Error(RemoteError::refused(
+            "this is still the old agent, stopping to restart as the new one; ask again once it is back",
         )),
-        _ => Reply::Error(invalid(format!(
+        _ => Reply::Error(RemoteError::invalid(format!(
             "no upgrade to the binary with SHA-256 {sha256} is pending on this agent"
         ))),
     }
@@ -353,28 +332,28 @@ pub(crate) async fn receive(
     trial: Option<&Trial>,
 ) -> Result<Received, RemoteError> {
     if !cfg.allow_exec {
-        return Err(refused(format!(
+        return Err(RemoteError::refused(format!(
             "{} sets allow_exec = false, and a new binary from the controller would get round it; upgrade this agent with its package, or re-run `clustermgr node add NODE --ssh USER@HOST` over SSH",
             cfg.path.display()
         )));
     }
     if trial.is_some_and(Trial::pending) {
-        return Err(refused(
-            "this agent is itself a new binary still waiting for its confirmation; try again in a moment".into(),
+        return Err(RemoteError::refused(
+            "this agent is itself a new binary still waiting for its confirmation; try again in a moment",
         ));
     }
     let binary = crate::uninstall::require_bootstrap_binary(
         "it will not replace itself: if it came from the .deb, upgrade the package (`apt-get install ./clustermgr-agent_VERSION_amd64.deb`); otherwise re-run `clustermgr node add NODE --ssh USER@HOST`",
     )
-    .map_err(refused)?;
+    .map_err(RemoteError::refused)?;
     if spec.size == 0 || spec.size > MAX_BINARY_BYTES {
-        return Err(invalid(format!(
+        return Err(RemoteError::invalid(format!(
             "a binary of {} bytes is not an agent (the limit is {MAX_BINARY_BYTES})",
             spec.size
         )));
     }
     if spec.sha256.len() != 64 || !spec.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(invalid("the SHA-256 must be 64 hex digits".into()));
+        return Err(RemoteError::invalid("the SHA-256 must be 64 hex digits"));
     }
     let sha256 = spec.sha256.to_ascii_lowercase();
     let current = {
@@ -382,16 +361,16 @@ pub(crate) async fn receive(
         let read = move || std::fs::read(&path).map(|b| sha256_hex(&b));
         tokio::task::spawn_blocking(read)
             .await
-            .map_err(internal)?
-            .map_err(|e| internal(format!("cannot read {}: {e}", binary.display())))?
+            .map_err(RemoteError::internal)?
+            .map_err(|e| RemoteError::internal(format!("cannot read {}: {e}", binary.display())))?
     };
     if current == sha256 {
         return Ok(Received::UpToDate);
     }
     let dir = binary.parent().unwrap_or(Path::new("/"));
-    let free = crate::sys::free_bytes(dir).map_err(internal)?;
+    let free = crate::sys::free_bytes(dir).map_err(RemoteError::internal)?;
     if free < spec.size + SPACE_MARGIN_BYTES {
-        return Err(refused(format!(
+        return Err(RemoteError::refused(format!(
             "not enough space in {}: {} MiB free, {} MiB needed; free some space and try again",
             dir.display(),
             free >> 20,
@@ -400,20 +379,20 @@ pub(crate) async fn receive(
     }
     write_message(send, &Reply::UpgradeReady)
         .await
-        .map_err(internal)?;
+        .map_err(RemoteError::internal)?;
 
     let upload = suffixed(&binary, ".upload");
     let result = async {
         let got = receive_bytes(recv, &upload, spec.size).await?;
         if got != sha256 {
-            return Err(invalid(format!(
+            return Err(RemoteError::invalid(format!(
                 "the received binary's SHA-256 is {got}, not {sha256}: the transfer was damaged; try again"
             )));
         }
         let to = smoke_run(&upload, cfg).await?;
         swap_in(&binary, &upload, &sha256, &to, spec.commit_within_ms, cfg)
             .map(|restart| Received::Staged { to, restart })
-            .map_err(internal)
+            .map_err(RemoteError::internal)
     }
     .await;
     if result.is_err() {
@@ -435,7 +414,8 @@ async fn receive_bytes(
     path: &Path,
     size: u64,
 ) -> Result<String, RemoteError> {
-    let write_err = |e: std::io::Error| internal(format!("cannot write {}: {e}", path.display()));
+    let write_err =
+        |e: std::io::Error| RemoteError::internal(format!("cannot write {}: {e}", path.display()));
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -446,14 +426,12 @@ async fn receive_bytes(
         .map_err(write_err)?;
     let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
     let mut got = 0u64;
-    while let Some(chunk) = recv
-        .read_chunk(1 << 20, true)
-        .await
-        .map_err(|e| internal(format!("the upload broke off after {got} bytes: {e}")))?
-    {
+    while let Some(chunk) = recv.read_chunk(1 << 20, true).await.map_err(|e| {
+        RemoteError::internal(format!("the upload broke off after {got} bytes: {e}"))
+    })? {
         got += chunk.bytes.len() as u64;
         if got > size {
-            return Err(invalid(format!(
+            return Err(RemoteError::invalid(format!(
                 "the controller sent more than the {size} bytes it announced"
             )));
         }
@@ -461,7 +439,7 @@ async fn receive_bytes(
         file.write_all(&chunk.bytes).await.map_err(write_err)?;
     }
     if got != size {
-        return Err(invalid(format!(
+        return Err(RemoteError::invalid(format!(
             "the controller sent {got} of the {size} bytes it announced"
         )));
     }
@@ -482,7 +460,7 @@ async fn smoke_run(binary: &Path, cfg: &AgentConfig) -> Result<String, RemoteErr
         .trim()
         .strip_prefix("clustermgr-agent ")
         .ok_or_else(|| {
-            invalid(format!(
+            RemoteError::invalid(format!(
                 "the new binary is not a clustermgr agent: `--version` printed {:?}; the old agent keeps running",
                 version.trim()
             ))
@@ -522,7 +500,7 @@ async fn run_once(binary: &Path, args: &[&std::ffi::OsStr]) -> Result<String, Re
             }
             Ok(r) => break r,
             Err(_) => {
-                return Err(invalid(format!(
+                return Err(RemoteError::invalid(format!(
                     "the new binary did not finish `{shown}` within {} s; the old agent keeps running",
                     SMOKE_TIMEOUT.as_secs()
                 )));
@@ -530,13 +508,13 @@ async fn run_once(binary: &Path, args: &[&std::ffi::OsStr]) -> Result<String, Re
         }
     };
     let out = child.map_err(|e| {
-        invalid(format!(
+        RemoteError::invalid(format!(
             "the new binary cannot be run here ({e}); the old agent keeps running"
         ))
     })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(invalid(format!(
+        return Err(RemoteError::invalid(format!(
             "the new binary failed `{shown}` here ({}): {}; the old agent keeps running",
             out.status,
             stderr.trim()
@@ -681,7 +659,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(
-            matches!(commit(None, dir, &"cd".repeat(32)), Reply::Error(e) if e.kind == ErrorKind::Invalid)
+            matches!(commit(None, dir, &"cd".repeat(32)), Reply::Error(e) if e.kind == clustermgr_protocol::message::ErrorKind::Invalid)
         );
         // The next start is an ordinary one.
         assert!(on_start(&s.cfg).unwrap().is_none());
@@ -691,7 +669,9 @@ mod tests {
     fn the_old_agent_still_stopping_is_not_confirmed() {
         let s = pending();
         let r = commit(None, &s.cfg.state_dir, &"ab".repeat(32));
-        assert!(matches!(r, Reply::Error(e) if e.kind == ErrorKind::Refused));
+        assert!(
+            matches!(r, Reply::Error(e) if e.kind == clustermgr_protocol::message::ErrorKind::Refused)
+        );
         assert_eq!(state(&s), Some(State::Pending));
     }
 

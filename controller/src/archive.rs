@@ -43,7 +43,7 @@ pub const ENVELOPE_FORMAT: u8 = 1;
 
 /// The format byte in front of the postcard contents. Bump it with any change to
 /// [`BackupContents`] or to the store records it carries.
-pub const CONTENTS_FORMAT: u8 = 1;
+pub const CONTENTS_FORMAT: u8 = 2;
 
 const SALT_LEN: usize = 16;
 const KEY_LEN: usize = 32;

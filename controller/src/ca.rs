@@ -131,12 +131,25 @@ impl Ca {
     /// Creates a new CA for `cluster`; returns it and its key PEM for the caller to
     /// store (mode 0600).
     pub fn create(cluster: &str, now: OffsetDateTime) -> Result<(Ca, String), CtlError> {
+        Ca::create_named(&format!("clustermgr CA {cluster}"), cluster, now)
+    }
+
+    /// Creates the tunnel CA: the one stunnel and csync2 peers verify each other with,
+    /// separate from the agents' CA so a tunnel certificate can never act as an agent
+    /// (or the controller), and revocable on its own list.
+    pub fn create_tunnel(cluster: &str, now: OffsetDateTime) -> Result<(Ca, String), CtlError> {
+        Ca::create_named(&format!("clustermgr tunnel CA {cluster}"), cluster, now)
+    }
+
+    fn create_named(
+        cn: &str,
+        cluster: &str,
+        now: OffsetDateTime,
+    ) -> Result<(Ca, String), CtlError> {
         let key = KeyPair::generate().map_err(|e| cert_error("cannot generate the CA key", e))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("clustermgr CA {cluster}"));
+        params.distinguished_name.push(DnType::CommonName, cn);
         params
             .distinguished_name
             .push(DnType::OrganizationName, cluster);
@@ -207,6 +220,25 @@ impl Ca {
         params
     }
 
+    /// Leaf parameters naming `node` as common name and only DNS name.
+    fn named_leaf(
+        &self,
+        node: &NodeName,
+        now: OffsetDateTime,
+        lifetime: Duration,
+    ) -> Result<CertificateParams, CtlError> {
+        let mut params = self.leaf_params(now, lifetime);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, node.as_str());
+        params.subject_alt_names = vec![SanType::DnsName(
+            node.as_str()
+                .try_into()
+                .map_err(|e| cert_error("node name", e))?,
+        )];
+        Ok(params)
+    }
+
     /// Issues a new controller key and certificate: client authentication only, with
     /// the controller identity. Returns the certificate and the key PEM.
     pub fn issue_controller(
@@ -242,20 +274,74 @@ impl Ca {
         now: OffsetDateTime,
         lifetime: Duration,
     ) -> Result<Issued, CtlError> {
-        let mut params = self.leaf_params(now, lifetime);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, node.as_str());
-        params.subject_alt_names = vec![SanType::DnsName(
-            node.as_str()
-                .try_into()
-                .map_err(|e| cert_error("node name", e))?,
-        )];
+        let mut params = self.named_leaf(node, now, lifetime)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params
             .signed_by(&key.key, &self.issuer()?)
             .map_err(|e| cert_error("cannot sign the node certificate", e))?;
         issued(cert)
+    }
+}
+
+impl Ca {
+    /// Signs a tunnel certificate (stunnel, csync2) for the key of a checked CSR: the
+    /// node name as its only name, server and client authentication, not a CA.
+    pub fn sign_tunnel(
+        &self,
+        node: &NodeName,
+        key: &CsrKey,
+        now: OffsetDateTime,
+        lifetime: Duration,
+    ) -> Result<Issued, CtlError> {
+        let mut params = self.named_leaf(node, now, lifetime)?;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params
+            .signed_by(&key.key, &self.issuer()?)
+            .map_err(|e| cert_error("cannot sign the tunnel certificate", e))?;
+        issued(cert)
+    }
+
+    /// A revocation list of `revoked` (serial in hex, revocation time in Unix seconds),
+    /// valid for a year; `number` must grow with each new list.
+    pub fn crl(
+        &self,
+        revoked: &[(String, i64)],
+        now: OffsetDateTime,
+        number: u64,
+    ) -> Result<String, CtlError> {
+        let mut revoked_certs = Vec::new();
+        for (serial, at) in revoked {
+            let bytes = (0..serial.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(serial.get(i..i + 2).unwrap_or("zz"), 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .map_err(|e| cert_error("a revoked serial is not hex", e))?;
+            revoked_certs.push(rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&bytes),
+                revocation_time: OffsetDateTime::from_unix_timestamp(*at)
+                    .map_err(|e| cert_error("a revocation time", e))?,
+                reason_code: None,
+                invalidity_date: None,
+            });
+        }
+        rcgen::CertificateRevocationListParams {
+            this_update: now - BACKDATE,
+            next_update: now + Duration::days(365),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer()?)
+        .and_then(|crl| crl.pem())
+        .map_err(|e| cert_error("cannot sign the revocation list", e))
     }
 }
 

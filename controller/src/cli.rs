@@ -63,6 +63,9 @@ pub enum Cmd {
         /// Run the words as one line of /bin/sh instead of a program and arguments.
         #[arg(long)]
         shell: bool,
+        /// Run inside the Gluu container (chrooted into the cluster's gluu-root).
+        #[arg(long)]
+        in_container: bool,
         /// The command (after `--`).
         #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
         command: Vec<String>,
@@ -95,6 +98,61 @@ pub enum Cmd {
         #[arg(long, value_name = "FILE")]
         passphrase_file: Option<PathBuf>,
     },
+    /// The cluster model: the settings every node's configuration is generated from.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Show what `apply` would change on each node: diffs (never of secrets), the
+    /// validators and the service reloads.
+    Plan(Selection),
+    /// Apply the desired configuration: previewed, validated, all or nothing per node.
+    Apply {
+        #[command(flatten)]
+        sel: Selection,
+        /// Apply without asking (the plan is still printed).
+        #[arg(long)]
+        yes: bool,
+        /// One node at a time, stopping at the first that fails.
+        #[arg(long)]
+        rolling: bool,
+    },
+    /// Report managed files edited on the nodes since clustermgr applied them (exit 2
+    /// when there are any). Nothing is reverted.
+    Drift(Selection),
+    /// The history of every file clustermgr changed: when, where, hashes, result, who.
+    History {
+        #[command(flatten)]
+        sel: Selection,
+        /// Only this path.
+        #[arg(long, value_name = "PATH")]
+        path: Option<String>,
+        /// How many of the newest lines.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Put back a kept previous version of a managed file, and hold it there until the
+    /// desired state changes.
+    Rollback {
+        /// The node.
+        node: String,
+        /// The managed path.
+        path: String,
+        /// Which kept version: 1 is the newest.
+        #[arg(long, value_name = "GENERATION")]
+        to: Option<u32>,
+        /// List the kept versions instead.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Mark a Gluu node down on the load balancer, so it can be worked on.
+    Drain {
+        /// The Gluu node.
+        node: String,
+    },
+    /// Put a drained Gluu node back in the load balancer.
+    Undrain {
+        /// The Gluu node.
+        node: String,
+    },
     /// Run the long-lived controller: warm connections, renewals, the CLI socket.
     Serve,
     /// Run a complete local sandbox cluster of real agents on loopback addresses.
@@ -106,6 +164,21 @@ pub enum Cmd {
         #[arg(long, default_value_t = 7443)]
         port: u16,
     },
+}
+
+/// `cluster` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Change a setting: hostname, gluu-version, gluu-root, lb-session,
+    /// replicated-paths, cache, manage-hosts; or tls-cert FILE / tls-key FILE.
+    Set {
+        /// The setting.
+        key: String,
+        /// Its value (for tls-cert and tls-key: the PEM file to read).
+        value: String,
+    },
+    /// Show the settings (secrets only as hashes).
+    Show,
 }
 
 /// Which nodes.
@@ -398,6 +471,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             timeout,
             group,
             shell,
+            in_container,
             command,
         } => {
             let command = if shell {
@@ -415,10 +489,104 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
                     nodes: sel.nodes,
                     command,
                     timeout_secs: timeout,
+                    in_container,
                 },
                 mode,
             )
         }
+        Cmd::Cluster(ClusterCmd::Set { key, value }) => {
+            if crate::desired::SECRET_KEYS.contains(&key.as_str()) {
+                let path = PathBuf::from(&value);
+                let text = std::fs::read_to_string(&path).map_err(|e| CtlError::io(&path, e))?;
+                let pem = crate::desired::SecretText(text);
+                (Operation::ClusterSetSecret { key, pem }, OutputMode::Live)
+            } else {
+                (Operation::ClusterSet { key, value }, OutputMode::Live)
+            }
+        }
+        Cmd::Cluster(ClusterCmd::Show) => (Operation::ClusterShow, OutputMode::Live),
+        Cmd::Plan(sel) => (
+            Operation::Plan {
+                nodes: sel.nodes,
+                drift: false,
+            },
+            OutputMode::Live,
+        ),
+        Cmd::Drift(sel) => (
+            Operation::Plan {
+                nodes: sel.nodes,
+                drift: true,
+            },
+            OutputMode::Live,
+        ),
+        Cmd::Apply { sel, yes, rolling } => {
+            let mode = if json {
+                OutputMode::Json
+            } else {
+                OutputMode::Live
+            };
+            if !yes {
+                let timeout_ms = connect_timeout.map(|secs| (secs * 1000.0).round() as u64);
+                let plan = Invocation {
+                    user: user(),
+                    op: Operation::Plan {
+                        nodes: sel.nodes.clone(),
+                        drift: false,
+                    },
+                    connect_timeout_ms: timeout_ms,
+                };
+                let code = execute(&home, &opts, plan, OutputMode::Live).await?;
+                if code != 0 {
+                    eprintln!("clustermgr: not applying, because the plan failed on some node");
+                    return Ok(code);
+                }
+                if !confirm("Apply these changes?")? {
+                    eprintln!("clustermgr: nothing was applied");
+                    return Ok(1);
+                }
+            }
+            let op = Operation::Apply {
+                nodes: sel.nodes,
+                rolling,
+            };
+            (op, mode)
+        }
+        Cmd::History { sel, path, limit } => (
+            Operation::History {
+                nodes: sel.nodes,
+                path,
+                limit,
+            },
+            OutputMode::Live,
+        ),
+        Cmd::Rollback {
+            node,
+            path,
+            to,
+            list,
+        } => (
+            Operation::Rollback {
+                node,
+                path,
+                generation: to,
+                list,
+            },
+            OutputMode::Live,
+        ),
+        Cmd::Drain { node } => (
+            Operation::Drain {
+                node,
+                undrain: false,
+            },
+            OutputMode::Live,
+        ),
+        Cmd::Undrain { node } => (
+            Operation::Drain {
+                node,
+                undrain: true,
+            },
+            OutputMode::Live,
+        ),
         Cmd::Status => (Operation::Status, OutputMode::Live),
         Cmd::Audit { limit } => (Operation::Audit { limit }, OutputMode::Live),
         Cmd::Cert(CertCmd::Status) => (Operation::CertStatus, OutputMode::Live),
@@ -488,6 +656,24 @@ pub async fn run_operation(
     };
     client.close().await;
     Ok(result)
+}
+
+/// Asks a yes/no question on the terminal; without one, says to use `--yes`.
+fn confirm(question: &str) -> Result<bool, CtlError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(CtlError::Usage(
+            "apply asks before changing anything, and there is no terminal to ask on; review `clustermgr plan` and run `clustermgr apply --yes`".into(),
+        ));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| CtlError::io(std::path::Path::new("stdin"), e))?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -91,6 +91,8 @@ pub enum Operation {
         command: Command,
         /// Kill it after this many seconds.
         timeout_secs: Option<u64>,
+        /// Run it inside the Gluu container (chrooted into `gluu-root`).
+        in_container: bool,
     },
     /// Renew node certificates now, optionally with new keys.
     CertRenew {
@@ -107,6 +109,65 @@ pub enum Operation {
     Audit {
         /// How many.
         limit: usize,
+    },
+    /// Change a cluster setting.
+    ClusterSet {
+        /// The setting.
+        key: String,
+        /// Its new value.
+        value: String,
+    },
+    /// Store a secret setting (the cluster's TLS certificate or key), read from a file
+    /// by the CLI.
+    ClusterSetSecret {
+        /// The setting.
+        key: String,
+        /// The file's text.
+        pem: crate::desired::SecretText,
+    },
+    /// Show the cluster settings.
+    ClusterShow,
+    /// Compare the desired configuration with the nodes (or, with `drift`, what was
+    /// last applied with the nodes).
+    Plan {
+        /// Node selector.
+        nodes: String,
+        /// Report hand edits since the last apply instead.
+        drift: bool,
+    },
+    /// Apply the desired configuration.
+    Apply {
+        /// Node selector.
+        nodes: String,
+        /// One node at a time, stopping at the first failure.
+        rolling: bool,
+    },
+    /// The change history.
+    History {
+        /// Node selector.
+        nodes: String,
+        /// Only this path.
+        path: Option<String>,
+        /// How many of the newest lines.
+        limit: usize,
+    },
+    /// Restore a kept version of a managed file, or list them.
+    Rollback {
+        /// The node.
+        node: String,
+        /// The path.
+        path: String,
+        /// The generation (1 is the newest).
+        generation: Option<u32>,
+        /// List the generations instead.
+        list: bool,
+    },
+    /// Mark a Gluu node down (or up again) on the load balancer.
+    Drain {
+        /// The node.
+        node: String,
+        /// Put it back instead.
+        undrain: bool,
     },
     /// A consistent snapshot of the store for `backup`, sent as [`Event::Snapshot`]
     /// parts. The CLI adds the CA from the home and seals the archive itself, so no
@@ -404,6 +465,28 @@ pub enum Report {
     Certs(Vec<CertView>),
     /// `audit`.
     Audit(Vec<AuditView>),
+    /// `plan`, `drift`.
+    Plan {
+        /// Per node.
+        views: Vec<crate::desired::NodePlanView>,
+        /// Whether this is a drift report.
+        drift: bool,
+    },
+    /// `apply`, `drain`, `rollback`.
+    Applied(Vec<crate::desired::NodeApplyView>),
+    /// `history`.
+    History(Vec<crate::desired::ChangeView>),
+    /// `cluster show`.
+    Cluster(crate::desired::ClusterView),
+    /// `rollback --list`.
+    Generations {
+        /// The node.
+        node: String,
+        /// The path.
+        path: String,
+        /// The kept versions.
+        generations: Vec<crate::desired::GenerationView>,
+    },
     /// A store snapshot was sent in [`Event::Snapshot`] parts of this many bytes in all.
     Snapshot {
         /// The total length, for the receiver to check that every part arrived.
@@ -418,6 +501,10 @@ impl Report {
         match self {
             Report::Outcomes(o) if o.iter().any(|o| bad(&o.state)) => 1,
             Report::Status(s) if s.nodes.iter().any(|n| bad(&n.state)) => 1,
+            Report::Plan { views, .. } if views.iter().any(|v| bad(&v.state)) => 1,
+            // `drift` exits 2 when it found hand edits, so monitoring can call it.
+            Report::Plan { views, drift: true } if views.iter().any(|v| !v.entries.is_empty()) => 2,
+            Report::Applied(v) if v.iter().any(|v| bad(&v.state)) => 1,
             _ => 0,
         }
     }
@@ -964,7 +1051,15 @@ pub async fn run(
             nodes,
             command,
             timeout_secs,
-        } => exec(&ctx, user, &nodes, command, timeout_secs, within, &events).await,
+            in_container,
+        } => {
+            let run = ExecRun {
+                command,
+                timeout_secs,
+                in_container,
+            };
+            exec(&ctx, user, &nodes, run, within, &events).await
+        }
         Operation::CertRenew { nodes, rekey } => {
             let nodes = select(&ctx.store.nodes()?, &nodes)?;
             let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
@@ -992,6 +1087,31 @@ pub async fn run(
                 .collect(),
         )),
         Operation::Snapshot { file } => snapshot(&ctx, user, &file, &events).await,
+        Operation::ClusterSet { key, value } => {
+            crate::desired::cluster_set(&ctx, user, &key, &value)
+        }
+        Operation::ClusterSetSecret { key, pem } => {
+            crate::desired::cluster_set_secret(&ctx, user, &key, &pem)
+        }
+        Operation::ClusterShow => crate::desired::cluster_show(&ctx),
+        Operation::Plan { nodes, drift } => {
+            crate::desired::plan(&ctx, &nodes, drift, within, &events).await
+        }
+        Operation::Apply { nodes, rolling } => {
+            crate::desired::apply(&ctx, user, &nodes, rolling, within, &events).await
+        }
+        Operation::History { nodes, path, limit } => {
+            crate::desired::history(&ctx, &nodes, path.as_deref(), limit)
+        }
+        Operation::Rollback {
+            node,
+            path,
+            generation,
+            list,
+        } => crate::desired::rollback(&ctx, user, &node, &path, generation, list, within).await,
+        Operation::Drain { node, undrain } => {
+            crate::desired::drain(&ctx, user, &node, !undrain, within, &events).await
+        }
         Operation::NodeUpgrade {
             nodes,
             agent_binary,
@@ -1198,6 +1318,11 @@ async fn node_remove(
         }
     }
     ctx.store.remove_node(node, ctx.clock.unix())?;
+    crate::desired::revoke_tunnel(ctx, node)?;
+    ctx.store.update_model(|m| {
+        m.drained.retain(|n| n != node);
+        Ok(())
+    })?;
     if let Some(pool) = &ctx.pool {
         pool.drop_node(node);
     }
@@ -1317,30 +1442,44 @@ async fn ping(
     .await
 }
 
+/// What `exec` runs, and where.
+struct ExecRun {
+    command: Command,
+    timeout_secs: Option<u64>,
+    in_container: bool,
+}
+
 async fn exec(
     ctx: &Ctx,
     user: &str,
     selector: &str,
-    command: Command,
-    timeout_secs: Option<u64>,
+    run: ExecRun,
     within: Duration,
     events: &mpsc::Sender<Event>,
 ) -> Result<Report, CtlError> {
     let nodes = select(&ctx.store.nodes()?, selector)?;
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
-    let line = command.display_line();
+    let line = run.command.display_line();
     let (audit_id, audit) = ctx.audit(user, "exec", &names, &line)?;
     let mut pending = PendingAudit::new(&ctx.store, audit_id, audit);
     let spec = ExecSpec {
-        command,
+        command: run.command,
         env: Vec::new(),
         cwd: None,
         stdin: false,
-        timeout_ms: timeout_secs.map(|s| s.saturating_mul(1000)),
+        timeout_ms: run.timeout_secs.map(|s| s.saturating_mul(1000)),
         requested_by: format!("{user}@{}", hostname()),
     };
+    let req = if run.in_container {
+        Request::ExecInContainer {
+            root: ctx.store.model()?.gluu_root,
+            spec,
+        }
+    } else {
+        Request::Exec(spec)
+    };
     let outcomes = fan_out(nodes, events, |n| {
-        exec_on(ctx, n, spec.clone(), within, events.clone())
+        exec_on(ctx, n, req.clone(), within, events.clone())
     })
     .await;
     pending.finish(
@@ -1409,7 +1548,7 @@ fn outcome_text(o: &NodeOutcome) -> String {
 async fn exec_on(
     ctx: &Ctx,
     node: NodeRecord,
-    spec: ExecSpec,
+    spec: Request,
     within: Duration,
     events: mpsc::Sender<Event>,
 ) -> NodeOutcome {
@@ -1425,7 +1564,7 @@ async fn exec_on(
 async fn exec_stream(
     ctx: &Ctx,
     node: &NodeRecord,
-    spec: ExecSpec,
+    spec: Request,
     within: Duration,
     events: &mpsc::Sender<Event>,
 ) -> Result<NodeOutcome, NodeFailure> {
@@ -1452,7 +1591,7 @@ enum Heard {
 async fn exec_attempt(
     conn: &AgentConn,
     node: &NodeRecord,
-    spec: ExecSpec,
+    spec: Request,
     events: &mpsc::Sender<Event>,
 ) -> Result<NodeOutcome, (NodeFailure, Heard)> {
     let mut heard = Heard::Nothing;
@@ -1463,13 +1602,13 @@ async fn exec_attempt(
 async fn exec_on_conn(
     conn: &AgentConn,
     node: &NodeRecord,
-    spec: ExecSpec,
+    spec: Request,
     events: &mpsc::Sender<Event>,
     heard: &mut Heard,
 ) -> Result<NodeOutcome, NodeFailure> {
     let (mut send, mut recv) = conn.open().await?;
     let started = Instant::now();
-    write_message(&mut send, &Request::Exec(spec))
+    write_message(&mut send, &spec)
         .await
         .map_err(NodeFailure::stream)?;
     // `send` stays open until the result is in: the agent takes the end of our side

@@ -333,6 +333,70 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 );
             }
         }
+        Report::Plan { views, .. } if as_json => json(&views),
+        Report::Plan { views, drift } => {
+            for v in &views {
+                print_plan(v, drift);
+            }
+        }
+        Report::Applied(views) if as_json => json(&views),
+        Report::Applied(views) => {
+            for v in &views {
+                print_applied(v);
+            }
+        }
+        Report::History(lines) if as_json => json(&lines),
+        Report::History(lines) => {
+            for l in lines {
+                let r = &l.record;
+                let short = |h: &str| h.get(..12).unwrap_or(h).to_string();
+                println!(
+                    "{:>5} {} {:<10} {:<9} r{:<4} {:<14} {} {} {}→{} {}",
+                    l.id,
+                    l.time,
+                    r.user,
+                    r.action,
+                    r.revision,
+                    r.node,
+                    r.path,
+                    r.change,
+                    r.old_sha256
+                        .as_deref()
+                        .map(short)
+                        .unwrap_or_else(|| "-".into()),
+                    short(&r.new_sha256),
+                    r.result
+                );
+            }
+        }
+        Report::Cluster(c) if as_json => json(&c),
+        Report::Cluster(c) => {
+            for (k, v) in c.settings.iter().chain(&c.secrets) {
+                println!("{k:<18} {v}");
+            }
+        }
+        Report::Generations {
+            node,
+            path,
+            generations,
+        } if as_json => {
+            json(&serde_json::json!({ "node": node, "path": path, "generations": generations }))
+        }
+        Report::Generations {
+            node,
+            path,
+            generations,
+        } => {
+            if generations.is_empty() {
+                println!("{node}: no kept versions of {path}");
+            }
+            for g in generations {
+                println!(
+                    "{node} {path} generation {}: replaced {} sha256 {} {}",
+                    g.generation, g.replaced_at, g.sha256, g.metadata
+                );
+            }
+        }
         Report::Done(msg) if as_json => json(&serde_json::json!({ "result": msg })),
         Report::Done(msg) => println!("{msg}"),
         Report::Status(s) if as_json => json(&s),
@@ -471,5 +535,104 @@ fn summary(outcomes: &[NodeOutcome]) {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+    }
+}
+
+fn print_entry(e: &crate::desired::EntryView) {
+    let short = |h: &str| h.get(..12).unwrap_or(h).to_string();
+    let mut line = format!("  {} {} ({})", e.change, e.path, e.scope);
+    if e.drift {
+        line.push_str(" [edited on the node since the last apply]");
+    }
+    if e.secret {
+        line.push_str(&format!(
+            " secret: sha256 {} -> {}",
+            e.old_sha256
+                .as_deref()
+                .map(short)
+                .unwrap_or_else(|| "none".into()),
+            short(&e.new_sha256)
+        ));
+    }
+    println!("{line}");
+    if let Some(m) = &e.metadata {
+        println!("    metadata {m}");
+    }
+    if let Some(d) = &e.diff {
+        for l in d.lines() {
+            println!("    {l}");
+        }
+    }
+}
+
+fn print_plan(v: &crate::desired::NodePlanView, drift: bool) {
+    if v.state != NodeState::Ok {
+        println!(
+            "{}: {}: {}",
+            v.node,
+            v.state.as_str(),
+            v.message.as_deref().unwrap_or("")
+        );
+        return;
+    }
+    let changes = v.entries.iter().filter(|e| e.change != "waiting").count();
+    if drift {
+        if changes == 0 {
+            println!("{}: no drift ({} entries as applied)", v.node, v.unchanged);
+        } else {
+            println!(
+                "{}: {changes} edited on the node since the last apply",
+                v.node
+            );
+        }
+    } else if changes == 0 {
+        println!(
+            "{}: no changes ({} entries up to date)",
+            v.node, v.unchanged
+        );
+    } else {
+        println!(
+            "{}: {changes} to change, {} up to date",
+            v.node, v.unchanged
+        );
+    }
+    for e in &v.entries {
+        print_entry(e);
+    }
+    for s in &v.validators {
+        println!("  validate: {s}");
+    }
+    for s in &v.actions {
+        println!("  then: {s}");
+    }
+    for (p, g) in &v.held {
+        println!(
+            "  held: {p} at backup generation {g} (a rollback) until the desired state changes"
+        );
+    }
+    if let Some(r) = v.pending_revision {
+        println!("  pending: revision {r} has not reached this node yet");
+    }
+    for w in &v.waiting {
+        println!("  waiting: {w}");
+    }
+}
+
+fn print_applied(v: &crate::desired::NodeApplyView) {
+    match &v.message {
+        Some(m) => println!("{}: {} (revision {}): {m}", v.node, v.result, v.revision),
+        None => println!("{}: {} (revision {})", v.node, v.result, v.revision),
+    }
+    for e in &v.entries {
+        println!("  {} {}", e.change, e.path);
+    }
+    for s in &v.steps {
+        let mark = if s.ok { "ok" } else { "FAILED" };
+        println!("  {mark}: {}", s.step);
+        if !s.ok && !s.output.is_empty() {
+            for l in s.output.lines() {
+                println!("    {l}");
+            }
+        }
     }
 }

@@ -156,6 +156,7 @@ async fn keep_connections(ctx: Arc<Ctx>) {
             // A warm connection outlives certificates: renew through it when due.
             let work = match pool.get(&node.name) {
                 Some(conn) if conn.cert.renewal_due(ctx.clock.unix()) => Work::Renew,
+                Some(_) if has_pending(&ctx, &node.name) => Work::Reconcile,
                 Some(_) => continue,
                 None => Work::Connect,
             };
@@ -177,6 +178,10 @@ async fn keep_connections(ctx: Arc<Ctx>) {
                 let result = match work {
                     Work::Connect => ctx.connection(&node).await.map(|_| ()),
                     Work::Renew => ctx.renew_pooled(&node).await,
+                    Work::Reconcile => {
+                        reconcile(&ctx, &node).await;
+                        Ok(())
+                    }
                 };
                 let mut sched = schedule.lock().unwrap_or_else(|p| p.into_inner());
                 match result {
@@ -204,9 +209,30 @@ async fn keep_connections(ctx: Arc<Ctx>) {
     }
 }
 
+fn has_pending(ctx: &Ctx, node: &str) -> bool {
+    ctx.store.desired(node).is_ok_and(|d| d.pending.is_some())
+}
+
+/// Sends a node the desired-state revision it missed while unreachable.
+async fn reconcile(ctx: &Ctx, node: &crate::store::NodeRecord) {
+    match crate::desired::reconcile(ctx, node).await {
+        Ok(Some(v)) => tracing::info!(
+            "{}: revision {} it missed: {}{}",
+            node.name,
+            v.revision,
+            v.result,
+            v.message.map(|m| format!(": {m}")).unwrap_or_default()
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("{}: sending the revision it missed failed: {e}", node.name),
+    }
+}
+
 /// What the keeper does for one node.
 #[derive(Clone, Copy)]
 enum Work {
+    /// It is connected and has a desired-state revision it has not received.
+    Reconcile,
     /// It has no open connection: dial it.
     Connect,
     /// Its certificate is due: renew it over the warm connection.

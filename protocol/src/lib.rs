@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod atomic_file;
+pub mod changeset;
 pub mod codec;
 mod error;
 pub mod frame;

@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::NodeName;
+use crate::changeset::{ApplyReport, BackupInfo, ChangeSet, EntryPlan, RestoreSpec, Scope};
 use crate::version::VersionRange;
 
 /// The first frame of a connection, controller to agent.
@@ -67,6 +68,7 @@ pub enum Request {
         /// The certificate, PEM.
         cert_pem: String,
     },
+    // New variants go last: postcard numbers variants by position.
     /// Stop the agent and remove what SSH bootstrap installed (binary, service,
     /// `/etc/clustermgr` with the key, state). Answered by [`Reply::Uninstalling`]
     /// before the agent stops.
@@ -82,6 +84,37 @@ pub enum Request {
     UpgradeCommit {
         /// The SHA-256 of the binary the upgrade installed, lowercase hex.
         sha256: String,
+    },
+    /// Compare a change set with the disk, writing nothing. Answered by
+    /// [`Reply::Planned`].
+    Plan(ChangeSet),
+    /// Apply a change set: all of it or none. Answered by [`Reply::Applied`].
+    Apply(ChangeSet),
+    /// List the kept previous versions of a file. Answered by [`Reply::Backups`].
+    Backups {
+        /// The path.
+        path: String,
+        /// Its scope.
+        scope: Scope,
+    },
+    /// Put a kept previous version back. Answered by [`Reply::Applied`].
+    Restore(RestoreSpec),
+    /// Run a command inside a Gluu container (chrooted into `root`). Answered like
+    /// [`Request::Exec`].
+    ExecInContainer {
+        /// The container root on the host.
+        root: String,
+        /// The command.
+        spec: ExecSpec,
+    },
+    /// Make sure a private key for a tunnel (stunnel, csync2) exists at `path` on the
+    /// node, generating it there if not, and make a CSR for it with the node's name.
+    /// Answered by [`Reply::Csr`]. The key never leaves the node.
+    HostKey {
+        /// Where the key lives.
+        path: String,
+        /// Its scope.
+        scope: Scope,
     },
 }
 
@@ -142,6 +175,12 @@ pub enum Reply {
         /// What went wrong with the new one.
         reason: String,
     },
+    /// How each entry of a change set compares with the disk.
+    Planned(Vec<EntryPlan>),
+    /// What an apply or a restore did.
+    Applied(Box<ApplyReport>),
+    /// The kept previous versions of a file, newest first.
+    Backups(Vec<BackupInfo>),
 }
 
 /// A failure reported by the agent.
@@ -151,6 +190,32 @@ pub struct RemoteError {
     pub kind: ErrorKind,
     /// A sentence for the operator.
     pub message: String,
+}
+
+impl RemoteError {
+    /// The agent's policy forbids it.
+    pub fn refused(message: impl Into<String>) -> Self {
+        RemoteError {
+            kind: ErrorKind::Refused,
+            message: message.into(),
+        }
+    }
+
+    /// The request was malformed or impossible.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        RemoteError {
+            kind: ErrorKind::Invalid,
+            message: message.into(),
+        }
+    }
+
+    /// Something failed on the node.
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        RemoteError {
+            kind: ErrorKind::Internal,
+            message: message.to_string(),
+        }
+    }
 }
 
 /// Kinds of agent-side failure.

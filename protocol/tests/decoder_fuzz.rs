@@ -30,6 +30,10 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use clustermgr_protocol::changeset::{
+    Action, ApplyReport, ApplyResult, BackupInfo, Change, ChangeSet, Content, Entry, EntryPlan,
+    Meta, RestoreSpec, Scope, ServiceVerb, StepRun, Validator,
+};
 use clustermgr_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES, FrameDecoder, HEADER_BYTES};
 use clustermgr_protocol::message::{
     Command, ErrorKind, ExecEvent, ExecInput, ExecSpec, ExitOutcome, GluuInstall, Hello,
@@ -51,12 +55,18 @@ const OVERSIZE_CASES: u64 = 100_000;
 const READ_FRAME_CASES: u64 = 100_000;
 
 /// What one `codec::decode` call may allocate at once beyond what its input justifies:
-/// serde preallocates at most 1 MiB for a sequence whatever length it announces.
+/// serde preallocates at most 1 MiB for a sequence whatever length it announces. (postcard
+/// passes the count on only when at least that many bytes are left, so below the cap a
+/// sequence preallocates its element's size per byte left: up to 192 for an `Entry`.)
 const DECODE_PREALLOC_ALLOWANCE: usize = 1024 * 1024;
-/// What one `codec::decode` call may allocate per input byte: a sequence element takes at
-/// least one input byte and at most 48 bytes in memory (`(String, String)`), doubled for
-/// amortised `Vec` growth, rounded up.
-const DECODE_BYTES_PER_INPUT_BYTE: usize = 128;
+/// What one `codec::decode` call may allocate per input byte besides that: a `Vec` grows
+/// only as its elements arrive, to at most twice (amortised growth) the memory of those
+/// decoded, and each took at least its smallest encoding. Memory per smallest-encoding byte
+/// is at most 24: `String` (24 bytes from 1), `(String, String)` (48 from 2) and `Entry`
+/// (192 from 8); then `EntryPlan` (160 from 8), `StepRun` (56 from 3), `Action` (40 from
+/// 3), `BackupInfo` (48 from 6), `u8`. Doubled, 48; rounded up, 64.
+/// `dense_sequences_allocate_in_proportion` checks each ratio and measures the growth.
+const DECODE_BYTES_PER_INPUT_BYTE: usize = 64;
 /// What one `read_frame` call may allocate beyond twice its input: it reads the payload in
 /// chunks of (today) 64 KiB, so it allocates ahead of the data by at most a chunk or two.
 const READ_FRAME_ALLOWANCE: usize = 1024 * 1024;
@@ -322,8 +332,8 @@ impl Kind {
         match self {
             Kind::Hello => 1,
             Kind::HelloReply => 2,
-            Kind::Request => 7,
-            Kind::Reply => 10,
+            Kind::Request => 13,
+            Kind::Reply => 13,
             Kind::ExecInput => 3,
             Kind::ExecEvent => 5,
         }
@@ -380,6 +390,12 @@ impl Msg {
                 Request::Uninstall => 4,
                 Request::Upgrade(_) => 5,
                 Request::UpgradeCommit { .. } => 6,
+                Request::Plan(_) => 7,
+                Request::Apply(_) => 8,
+                Request::Backups { .. } => 9,
+                Request::Restore(_) => 10,
+                Request::ExecInContainer { .. } => 11,
+                Request::HostKey { .. } => 12,
             },
             Msg::Reply(m) => match m {
                 Reply::Info(_) => 0,
@@ -392,6 +408,9 @@ impl Msg {
                 Reply::Upgrading { .. } => 7,
                 Reply::UpgradeCommitted { .. } => 8,
                 Reply::UpgradeRolledBack { .. } => 9,
+                Reply::Planned(_) => 10,
+                Reply::Applied(_) => 11,
+                Reply::Backups(_) => 12,
             },
             Msg::ExecInput(m) => match m {
                 ExecInput::Stdin(_) => 0,
@@ -409,7 +428,8 @@ impl Msg {
     }
 
     /// Places in the encoding that hold a tag with a fixed number of valid values: the
-    /// top-level variant, and nested tags whose offset is known without a parser.
+    /// top-level variant, and nested tags whose offset follows from the message without a
+    /// parser.
     fn tag_slots(&self) -> Vec<Slot> {
         let mut slots = Vec::new();
         let kind = self.kind();
@@ -429,9 +449,96 @@ impl Msg {
             Msg::Reply(Reply::Error(_)) => slots.push(Slot::Varint { at: 1, valid: 3 }),
             // ExitOutcome starts with `code: Option<i32>`: one byte, 0 or 1.
             Msg::ExecEvent(ExecEvent::Finished(_)) => slots.push(Slot::Byte { at: 1, valid: 2 }),
+            // A change set starts with its revision and entry count; the first entry with
+            // its path, then its Scope and Content variants.
+            Msg::Request(Request::Plan(set) | Request::Apply(set)) => {
+                if let Some(entry) = set.entries.first() {
+                    let entries = 1 + varint_len(set.revision);
+                    let at = after_str(entries + varint_len(set.entries.len() as u64), &entry.path);
+                    slots.push(Slot::Varint { at, valid: 2 });
+                    slots.push(Slot::Varint {
+                        at: after_scope(at, &entry.scope),
+                        valid: 3,
+                    });
+                }
+            }
+            // The Scope variant follows the path.
+            Msg::Request(Request::Backups { path, .. }) => slots.push(Slot::Varint {
+                at: after_str(1, path),
+                valid: 2,
+            }),
+            // RestoreSpec: path, Scope, generation, then `validate: Option<Validator>`.
+            Msg::Request(Request::Restore(spec)) => {
+                let at = after_str(1, &spec.path);
+                slots.push(Slot::Varint { at, valid: 2 });
+                slots.push(Slot::Byte {
+                    at: after_scope(at, &spec.scope) + varint_len(u64::from(spec.generation)),
+                    valid: 2,
+                });
+            }
+            // The ExecSpec, so its Command variant, follows the root.
+            Msg::Request(Request::ExecInContainer { root, .. }) => slots.push(Slot::Varint {
+                at: after_str(1, root),
+                valid: 2,
+            }),
+            // The Scope variant follows the path.
+            Msg::Request(Request::HostKey { path, .. }) => slots.push(Slot::Varint {
+                at: after_str(1, path),
+                valid: 2,
+            }),
+            // The first EntryPlan's Change variant follows its path, then
+            // `old_sha256: Option<String>`.
+            Msg::Reply(Reply::Planned(plans)) => {
+                if let Some(plan) = plans.first() {
+                    let at = after_str(1 + varint_len(plans.len() as u64), &plan.path);
+                    slots.push(Slot::Varint { at, valid: 5 });
+                    slots.push(Slot::Byte {
+                        at: at + 1,
+                        valid: 2,
+                    });
+                }
+            }
+            // ApplyReport: revision, entries (the first as in Planned), then the ApplyResult
+            // variant, whose offset is known when there are no entries.
+            Msg::Reply(Reply::Applied(report)) => {
+                let entries = 1 + varint_len(report.revision);
+                match report.entries.first() {
+                    None => slots.push(Slot::Varint {
+                        at: entries + 1,
+                        valid: 3,
+                    }),
+                    Some(plan) => slots.push(Slot::Varint {
+                        at: after_str(
+                            entries + varint_len(report.entries.len() as u64),
+                            &plan.path,
+                        ),
+                        valid: 5,
+                    }),
+                }
+            }
             _ => {}
         }
         slots
+    }
+}
+
+/// How many bytes the postcard varint of `v` takes.
+fn varint_len(v: u64) -> usize {
+    let mut out = Vec::new();
+    push_varint(&mut out, v);
+    out.len()
+}
+
+/// Where what follows a string encoded at `at` starts.
+fn after_str(at: usize, s: &str) -> usize {
+    at + varint_len(s.len() as u64) + s.len()
+}
+
+/// Where what follows a Scope encoded at `at` starts.
+fn after_scope(at: usize, scope: &Scope) -> usize {
+    match scope {
+        Scope::Host => at + 1,
+        Scope::Container { root } => after_str(at + 1, root),
     }
 }
 
@@ -617,13 +724,17 @@ fn gen_remote_error(rng: &mut Rng) -> RemoteError {
     }
 }
 
-fn gen_exec_spec(rng: &mut Rng) -> ExecSpec {
-    let command = if rng.bool() {
+fn gen_command(rng: &mut Rng) -> Command {
+    if rng.bool() {
         let n = rng.below(6);
         Command::Argv((0..n).map(|_| gen_string(rng)).collect())
     } else {
         Command::Shell(gen_string(rng))
-    };
+    }
+}
+
+fn gen_exec_spec(rng: &mut Rng) -> ExecSpec {
+    let command = gen_command(rng);
     let n = rng.below(5);
     let env = (0..n).map(|_| (gen_string(rng), gen_string(rng))).collect();
     ExecSpec {
@@ -669,6 +780,176 @@ fn gen_exit(rng: &mut Rng) -> ExitOutcome {
     }
 }
 
+fn gen_u32(rng: &mut Rng) -> u32 {
+    match rng.below(4) {
+        0 => *rng.pick(&[0, 1, 127, 128, 0o644, 0o7777, 16_383, 16_384, u32::MAX]),
+        1 => rng.u32(),
+        _ => rng.below(70_000) as u32,
+    }
+}
+
+/// A SHA-256 as the agent writes it, or any string.
+fn gen_sha256(rng: &mut Rng) -> String {
+    if rng.bool() {
+        (0..64)
+            .map(|_| char::from(*rng.pick(b"0123456789abcdef")))
+            .collect()
+    } else {
+        gen_string(rng)
+    }
+}
+
+fn gen_scope(rng: &mut Rng) -> Scope {
+    if rng.bool() {
+        Scope::Host
+    } else {
+        Scope::Container {
+            root: gen_string(rng),
+        }
+    }
+}
+
+fn gen_content(rng: &mut Rng) -> Content {
+    match rng.below(3) {
+        0 => Content::File {
+            bytes: gen_bytes(rng),
+            mode: gen_u32(rng),
+            owner: gen_option(rng, gen_string),
+            group: gen_option(rng, gen_string),
+        },
+        1 => Content::Property {
+            key: gen_string(rng),
+            value: gen_string(rng),
+        },
+        _ => Content::Block {
+            name: gen_string(rng),
+            body: gen_string(rng),
+        },
+    }
+}
+
+fn gen_validator(rng: &mut Rng) -> Validator {
+    if rng.bool() {
+        Validator::Nginx
+    } else {
+        Validator::Command(gen_command(rng))
+    }
+}
+
+fn gen_actions(rng: &mut Rng) -> Vec<Action> {
+    let n = rng.below(4);
+    (0..n)
+        .map(|_| {
+            if rng.bool() {
+                Action::Service {
+                    name: gen_string(rng),
+                    verb: *rng.pick(&[ServiceVerb::Reload, ServiceVerb::Restart]),
+                }
+            } else {
+                Action::Command(gen_command(rng))
+            }
+        })
+        .collect()
+}
+
+fn gen_change_set(rng: &mut Rng) -> ChangeSet {
+    let n = rng.below(5);
+    ChangeSet {
+        revision: gen_u64(rng),
+        entries: (0..n)
+            .map(|_| Entry {
+                path: gen_string(rng),
+                scope: gen_scope(rng),
+                content: gen_content(rng),
+                secret: gen_bool(rng),
+                validate: gen_option(rng, gen_validator),
+                on_change: gen_actions(rng),
+            })
+            .collect(),
+        requested_by: gen_string(rng),
+    }
+}
+
+fn gen_meta(rng: &mut Rng) -> Meta {
+    Meta {
+        mode: gen_u32(rng),
+        uid: gen_u32(rng),
+        gid: gen_u32(rng),
+    }
+}
+
+fn gen_entry_plans(rng: &mut Rng) -> Vec<EntryPlan> {
+    const CHANGES: [Change; 5] = [
+        Change::Unchanged,
+        Change::Create,
+        Change::Modify,
+        Change::Metadata,
+        Change::Waiting,
+    ];
+    let n = rng.below(5);
+    (0..n)
+        .map(|_| EntryPlan {
+            path: gen_string(rng),
+            change: *rng.pick(&CHANGES),
+            old_sha256: gen_option(rng, gen_sha256),
+            new_sha256: gen_sha256(rng),
+            old_meta: gen_option(rng, gen_meta),
+            new_meta: gen_option(rng, gen_meta),
+            old_text: gen_option(rng, gen_string),
+            new_text: gen_option(rng, gen_string),
+        })
+        .collect()
+}
+
+fn gen_apply_report(rng: &mut Rng) -> ApplyReport {
+    let entries = gen_entry_plans(rng);
+    let result = match rng.below(3) {
+        0 => ApplyResult::Unchanged,
+        1 => ApplyResult::Applied,
+        _ => ApplyResult::RolledBack {
+            step: gen_string(rng),
+            output: gen_string(rng),
+            restored_cleanly: gen_bool(rng),
+        },
+    };
+    let n = rng.below(4);
+    ApplyReport {
+        revision: gen_u64(rng),
+        entries,
+        result,
+        steps: (0..n)
+            .map(|_| StepRun {
+                step: gen_string(rng),
+                ok: gen_bool(rng),
+                output: gen_string(rng),
+            })
+            .collect(),
+    }
+}
+
+fn gen_backups(rng: &mut Rng) -> Vec<BackupInfo> {
+    let n = rng.below(5);
+    (0..n)
+        .map(|_| BackupInfo {
+            generation: gen_u32(rng),
+            replaced_at_ms: gen_i64(rng),
+            sha256: gen_sha256(rng),
+            meta: gen_meta(rng),
+        })
+        .collect()
+}
+
+fn gen_restore_spec(rng: &mut Rng) -> RestoreSpec {
+    RestoreSpec {
+        path: gen_string(rng),
+        scope: gen_scope(rng),
+        generation: gen_u32(rng),
+        validate: gen_option(rng, gen_validator),
+        on_change: gen_actions(rng),
+        requested_by: gen_string(rng),
+    }
+}
+
 /// A random valid message of `kind`, top-level variant `variant`.
 fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
     let msg = match (kind, variant) {
@@ -700,8 +981,23 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
             sha256: gen_string(rng),
             commit_within_ms: gen_u64(rng),
         })),
-        (Kind::Request, _) => Msg::Request(Request::UpgradeCommit {
+        (Kind::Request, 6) => Msg::Request(Request::UpgradeCommit {
             sha256: gen_string(rng),
+        }),
+        (Kind::Request, 7) => Msg::Request(Request::Plan(gen_change_set(rng))),
+        (Kind::Request, 8) => Msg::Request(Request::Apply(gen_change_set(rng))),
+        (Kind::Request, 9) => Msg::Request(Request::Backups {
+            path: gen_string(rng),
+            scope: gen_scope(rng),
+        }),
+        (Kind::Request, 10) => Msg::Request(Request::Restore(gen_restore_spec(rng))),
+        (Kind::Request, 11) => Msg::Request(Request::ExecInContainer {
+            root: gen_string(rng),
+            spec: gen_exec_spec(rng),
+        }),
+        (Kind::Request, _) => Msg::Request(Request::HostKey {
+            path: gen_string(rng),
+            scope: gen_scope(rng),
         }),
         (Kind::Reply, 0) => Msg::Reply(Reply::Info(Box::new(gen_node_info(rng)))),
         (Kind::Reply, 1) => Msg::Reply(Reply::Csr {
@@ -721,10 +1017,13 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
         (Kind::Reply, 8) => Msg::Reply(Reply::UpgradeCommitted {
             version: gen_string(rng),
         }),
-        (Kind::Reply, _) => Msg::Reply(Reply::UpgradeRolledBack {
+        (Kind::Reply, 9) => Msg::Reply(Reply::UpgradeRolledBack {
             version: gen_string(rng),
             reason: gen_string(rng),
         }),
+        (Kind::Reply, 10) => Msg::Reply(Reply::Planned(gen_entry_plans(rng))),
+        (Kind::Reply, 11) => Msg::Reply(Reply::Applied(Box::new(gen_apply_report(rng)))),
+        (Kind::Reply, _) => Msg::Reply(Reply::Backups(gen_backups(rng))),
         (Kind::ExecInput, 0) => Msg::ExecInput(ExecInput::Stdin(gen_bytes(rng))),
         (Kind::ExecInput, 1) => Msg::ExecInput(ExecInput::StdinEnd),
         (Kind::ExecInput, _) => Msg::ExecInput(ExecInput::Cancel),
@@ -753,6 +1052,33 @@ fn edge_messages() -> Vec<Msg> {
         timed_out: flag,
         cancelled: flag,
         duration_ms,
+    };
+    let meta = |n| Meta {
+        mode: n,
+        uid: n,
+        gid: n,
+    };
+    let plan = |path: &str, change, present: bool| EntryPlan {
+        path: path.into(),
+        change,
+        old_sha256: present.then(String::new),
+        new_sha256: if present {
+            "0".repeat(64)
+        } else {
+            String::new()
+        },
+        old_meta: present.then(|| meta(0)),
+        new_meta: present.then(|| meta(u32::MAX)),
+        old_text: present.then(String::new),
+        new_text: present.then(|| "é\n".repeat(5)),
+    };
+    let spec = |command, env, cwd, stdin| ExecSpec {
+        command,
+        env,
+        cwd,
+        stdin,
+        timeout_ms: stdin.then_some(u64::MAX),
+        requested_by: String::new(),
     };
     vec![
         Msg::Hello(Hello {
@@ -842,6 +1168,200 @@ fn edge_messages() -> Vec<Msg> {
             }),
             exec_allowed: true,
         }))),
+        Msg::Request(Request::Plan(ChangeSet {
+            revision: 0,
+            entries: vec![],
+            requested_by: String::new(),
+        })),
+        Msg::Request(Request::Apply(ChangeSet {
+            revision: u64::MAX,
+            entries: vec![
+                Entry {
+                    path: "/etc/nginx/nginx.conf".into(),
+                    scope: Scope::Host,
+                    content: Content::File {
+                        bytes: vec![],
+                        mode: 0,
+                        owner: None,
+                        group: None,
+                    },
+                    secret: false,
+                    validate: Some(Validator::Nginx),
+                    on_change: vec![Action::Service {
+                        name: "nginx".into(),
+                        verb: ServiceVerb::Reload,
+                    }],
+                },
+                Entry {
+                    path: String::new(),
+                    scope: Scope::Container {
+                        root: "/opt/gluu-server".into(),
+                    },
+                    content: Content::File {
+                        bytes: vec![0xFF; 3],
+                        mode: u32::MAX,
+                        owner: Some(String::new()),
+                        group: Some("0".into()),
+                    },
+                    secret: true,
+                    validate: Some(Validator::Command(Command::Argv(vec![]))),
+                    on_change: vec![
+                        Action::Service {
+                            name: String::new(),
+                            verb: ServiceVerb::Restart,
+                        },
+                        Action::Command(Command::Shell(String::new())),
+                    ],
+                },
+                Entry {
+                    path: "/etc/gluu/conf/gluu.properties".into(),
+                    scope: Scope::Container {
+                        root: String::new(),
+                    },
+                    content: Content::Property {
+                        key: String::new(),
+                        value: String::new(),
+                    },
+                    secret: false,
+                    validate: None,
+                    on_change: vec![],
+                },
+                Entry {
+                    path: "/".into(),
+                    scope: Scope::Host,
+                    content: Content::Block {
+                        name: "🦀".into(),
+                        body: "\n".repeat(3),
+                    },
+                    secret: true,
+                    validate: Some(Validator::Command(Command::Shell("{}".into()))),
+                    on_change: vec![Action::Command(Command::Argv(vec![String::new()]))],
+                },
+            ],
+            requested_by: "root@controller".into(),
+        })),
+        Msg::Request(Request::Backups {
+            path: String::new(),
+            scope: Scope::Host,
+        }),
+        Msg::Request(Request::Backups {
+            path: "/etc/hosts".into(),
+            scope: Scope::Container { root: "/".into() },
+        }),
+        Msg::Request(Request::Restore(RestoreSpec {
+            path: String::new(),
+            scope: Scope::Host,
+            generation: 0,
+            validate: None,
+            on_change: vec![],
+            requested_by: String::new(),
+        })),
+        Msg::Request(Request::Restore(RestoreSpec {
+            path: "/etc/stunnel/stunnel.conf".into(),
+            scope: Scope::Container {
+                root: "/opt/gluu-server".into(),
+            },
+            generation: u32::MAX,
+            validate: Some(Validator::Nginx),
+            on_change: vec![Action::Service {
+                name: "stunnel4".into(),
+                verb: ServiceVerb::Restart,
+            }],
+            requested_by: "🦀".into(),
+        })),
+        Msg::Request(Request::ExecInContainer {
+            root: String::new(),
+            spec: spec(Command::Argv(vec![]), vec![], None, false),
+        }),
+        Msg::Request(Request::ExecInContainer {
+            root: "/opt/gluu-server".into(),
+            spec: spec(
+                Command::Shell("true".into()),
+                vec![(String::new(), String::new())],
+                Some("/".into()),
+                true,
+            ),
+        }),
+        Msg::Request(Request::HostKey {
+            path: String::new(),
+            scope: Scope::Host,
+        }),
+        Msg::Request(Request::HostKey {
+            path: "/etc/stunnel/clustermgr/host.key".into(),
+            scope: Scope::Container {
+                root: "/opt/gluu-server".into(),
+            },
+        }),
+        Msg::Reply(Reply::Planned(vec![])),
+        Msg::Reply(Reply::Planned(vec![
+            plan("", Change::Unchanged, false),
+            plan("/etc/nginx/nginx.conf", Change::Create, true),
+            plan("/", Change::Modify, false),
+            plan("/etc/hosts", Change::Metadata, true),
+            plan("/etc/gluu/conf/gluu.properties", Change::Waiting, false),
+        ])),
+        Msg::Reply(Reply::Applied(Box::new(ApplyReport {
+            revision: 0,
+            entries: vec![],
+            result: ApplyResult::Unchanged,
+            steps: vec![],
+        }))),
+        Msg::Reply(Reply::Applied(Box::new(ApplyReport {
+            revision: u64::MAX,
+            entries: vec![plan("/etc/nginx/nginx.conf", Change::Modify, true)],
+            result: ApplyResult::Applied,
+            steps: vec![
+                StepRun {
+                    step: "nginx -t -c /etc/nginx/nginx.conf".into(),
+                    ok: true,
+                    output: String::new(),
+                },
+                StepRun {
+                    step: "reload nginx".into(),
+                    ok: true,
+                    output: "\u{0}".into(),
+                },
+            ],
+        }))),
+        Msg::Reply(Reply::Applied(Box::new(ApplyReport {
+            revision: 1,
+            entries: vec![plan("", Change::Create, false)],
+            result: ApplyResult::RolledBack {
+                step: String::new(),
+                output: String::new(),
+                restored_cleanly: false,
+            },
+            steps: vec![StepRun {
+                step: String::new(),
+                ok: false,
+                output: String::new(),
+            }],
+        }))),
+        Msg::Reply(Reply::Applied(Box::new(ApplyReport {
+            revision: 128,
+            entries: vec![],
+            result: ApplyResult::RolledBack {
+                step: "reload nginx".into(),
+                output: "🦀".repeat(40),
+                restored_cleanly: true,
+            },
+            steps: vec![],
+        }))),
+        Msg::Reply(Reply::Backups(vec![])),
+        Msg::Reply(Reply::Backups(vec![
+            BackupInfo {
+                generation: 0,
+                replaced_at_ms: i64::MIN,
+                sha256: String::new(),
+                meta: meta(0),
+            },
+            BackupInfo {
+                generation: u32::MAX,
+                replaced_at_ms: i64::MAX,
+                sha256: "f".repeat(64),
+                meta: meta(u32::MAX),
+            },
+        ])),
         Msg::ExecInput(ExecInput::Stdin(vec![])),
         Msg::ExecInput(ExecInput::Stdin(vec![0xFF; 3])),
         Msg::ExecInput(ExecInput::StdinEnd),
@@ -873,6 +1393,7 @@ fn big_messages(rng: &mut Rng) -> Vec<Msg> {
     };
     let stdout = bytes(100_000);
     let stdin = bytes(70_000);
+    let file = bytes(90_000);
     vec![
         Msg::ExecEvent(ExecEvent::Stdout(stdout)),
         Msg::ExecInput(ExecInput::Stdin(stdin)),
@@ -882,6 +1403,35 @@ fn big_messages(rng: &mut Rng) -> Vec<Msg> {
         Msg::Reply(Reply::Csr {
             pem: "é".repeat(40_000),
         }),
+        Msg::Request(Request::Apply(ChangeSet {
+            revision: 1,
+            entries: vec![Entry {
+                path: "/etc/certs/oxauth-keys.jks".into(),
+                scope: Scope::Container {
+                    root: "/opt/gluu-server".into(),
+                },
+                content: Content::File {
+                    bytes: file,
+                    mode: 0o600,
+                    owner: Some("jetty".into()),
+                    group: Some("jetty".into()),
+                },
+                secret: true,
+                validate: None,
+                on_change: vec![],
+            }],
+            requested_by: "root@controller".into(),
+        })),
+        Msg::Reply(Reply::Planned(vec![EntryPlan {
+            path: "/etc/nginx/nginx.conf".into(),
+            change: Change::Modify,
+            old_sha256: Some("0".repeat(64)),
+            new_sha256: "1".repeat(64),
+            old_meta: None,
+            new_meta: None,
+            old_text: Some("server {}\n".repeat(4_000)),
+            new_text: Some("server { }\n".repeat(4_000)),
+        }])),
     ]
 }
 
@@ -2219,6 +2769,20 @@ fn announced_length_is_never_allocated() {
             (Kind::Request, &[1u8, 0][..]),    // Exec(Command::Argv(Vec<String>))
             (Kind::Request, &[1u8, 1, 0][..]), // Exec: Shell(""), then env: Vec<(String, String)>
             (Kind::Hello, &[1u8, 1][..]),      // versions, then identity: String
+            (Kind::Request, &[7u8, 0][..]),    // Plan: revision 0, then entries: Vec<Entry>
+            // Apply: revision 0, one entry: path "", Host, File, then bytes: Vec<u8>
+            (Kind::Request, &[8u8, 0, 1, 0, 0, 0][..]),
+            // Restore: path "", Host, generation 0, no validator, then on_change: Vec<Action>
+            (Kind::Request, &[10u8, 0, 0, 0, 0][..]),
+            // Plan: one entry: path "", Host, Property "" = "", not secret, a Command
+            // validator, then Argv(Vec<String>)
+            (Kind::Request, &[7u8, 0, 1, 0, 0, 1, 0, 0, 0, 1, 1, 0][..]),
+            (Kind::Request, &[11u8, 0, 0][..]), // ExecInContainer: root "", then Argv(Vec<String>)
+            (Kind::Reply, &[10u8][..]),         // Planned(Vec<EntryPlan>)
+            (Kind::Reply, &[11u8, 0][..]),      // Applied: revision 0, then entries: Vec<EntryPlan>
+            // Applied: revision 0, no entries, Unchanged, then steps: Vec<StepRun>
+            (Kind::Reply, &[11u8, 0, 0, 0][..]),
+            (Kind::Reply, &[12u8][..]), // Backups(Vec<BackupInfo>)
         ] {
             ctx.case = cases;
             cases += 1;
@@ -2240,4 +2804,177 @@ fn announced_length_is_never_allocated() {
     }
     drop(ctx);
     println!("decoder_fuzz announced_length_is_never_allocated: {cases} cases");
+}
+
+/// (d) Sequences of their smallest elements, long enough to outgrow serde's preallocation:
+/// the `Vec` grows as its elements arrive, and the largest allocation stays within
+/// `DECODE_BYTES_PER_INPUT_BYTE` per input byte with no allowance at all, for every
+/// sequence type in the messages.
+#[test]
+fn dense_sequences_allocate_in_proportion() {
+    /// A sequence in a message, to fill with its smallest elements.
+    struct Dense {
+        /// The sequence's type.
+        what: &'static str,
+        /// The message type that holds it.
+        kind: Kind,
+        /// The bytes before its count.
+        before: &'static [u8],
+        /// Its smallest element.
+        element: &'static [u8],
+        /// The bytes after the elements.
+        after: &'static [u8],
+        /// The element's size in memory.
+        size: usize,
+    }
+
+    let seed = seed();
+    let mut ctx = CaseContext::new("dense_sequences_allocate_in_proportion", seed);
+    let mut rng = Rng::for_case(seed, 9, 0);
+    let mut stats = DecodeStats::default();
+    let mut scratch = Vec::new();
+    let mut worst = 0;
+
+    let sequences = [
+        // ExecInput::Stdin; also ExecEvent::Stdout and Stderr, Content::File.
+        Dense {
+            what: "Vec<u8>",
+            kind: Kind::ExecInput,
+            before: &[0],
+            element: &[0x2A],
+            after: &[],
+            size: size_of::<u8>(),
+        },
+        // Request::Exec: Argv of empty strings, no env, cwd, stdin, timeout, requester.
+        // Also ExecInContainer, validators, actions and GluuInstall::components.
+        Dense {
+            what: "Vec<String>",
+            kind: Kind::Request,
+            before: &[1, 0],
+            element: &[0],
+            after: &[0, 0, 0, 0, 0],
+            size: size_of::<String>(),
+        },
+        // Request::Exec: Shell(""), then env of empty pairs.
+        Dense {
+            what: "Vec<(String, String)>",
+            kind: Kind::Request,
+            before: &[1, 1, 0],
+            element: &[0, 0],
+            after: &[0, 0, 0, 0],
+            size: size_of::<(String, String)>(),
+        },
+        // Request::Plan, revision 0: entries of path "", Host, Property "" = "", not
+        // secret, no validator, no actions; no requester.
+        Dense {
+            what: "Vec<Entry>",
+            kind: Kind::Request,
+            before: &[7, 0],
+            element: &[0, 0, 1, 0, 0, 0, 0, 0],
+            after: &[0],
+            size: size_of::<Entry>(),
+        },
+        // Request::Restore of "", Host, generation 0, no validator: on_change of
+        // Command(Argv([])); no requester. Also Entry::on_change.
+        Dense {
+            what: "Vec<Action>",
+            kind: Kind::Request,
+            before: &[10, 0, 0, 0, 0],
+            element: &[1, 0, 0],
+            after: &[0],
+            size: size_of::<Action>(),
+        },
+        // Reply::Planned: path "", Unchanged, every option None, new_sha256 "". Also
+        // ApplyReport::entries.
+        Dense {
+            what: "Vec<EntryPlan>",
+            kind: Kind::Reply,
+            before: &[10],
+            element: &[0; 8],
+            after: &[],
+            size: size_of::<EntryPlan>(),
+        },
+        // Reply::Applied, revision 0, no entries, Unchanged: steps of "", failed, "".
+        Dense {
+            what: "Vec<StepRun>",
+            kind: Kind::Reply,
+            before: &[11, 0, 0, 0],
+            element: &[0; 3],
+            after: &[],
+            size: size_of::<StepRun>(),
+        },
+        // Reply::Backups: all zero.
+        Dense {
+            what: "Vec<BackupInfo>",
+            kind: Kind::Reply,
+            before: &[12],
+            element: &[0; 6],
+            after: &[],
+            size: size_of::<BackupInfo>(),
+        },
+    ];
+    for (case, dense) in sequences.into_iter().enumerate() {
+        let Dense {
+            what,
+            kind,
+            before,
+            element,
+            after,
+            size,
+        } = dense;
+        ctx.case = case as u64;
+        ctx.detail = format!("({what} in a {kind:?})");
+        // The reasoning behind the constant, per element type.
+        assert!(
+            2 * size <= DECODE_BYTES_PER_INPUT_BYTE * element.len(),
+            "{what}: an element of {size} bytes in memory from {} input bytes needs more than \
+             DECODE_BYTES_PER_INPUT_BYTE = {DECODE_BYTES_PER_INPUT_BYTE}",
+            element.len()
+        );
+        // One element more than 1 MiB holds: whatever serde preallocates, the Vec grows.
+        let count = DECODE_PREALLOC_ALLOWANCE / size + 1;
+        let input = &mut ctx.input;
+        input.clear();
+        input.extend_from_slice(before);
+        push_varint(input, count as u64);
+        for _ in 0..count {
+            input.extend_from_slice(element);
+        }
+        input.extend_from_slice(after);
+        let input = &ctx.input;
+
+        allocation_reset();
+        let result = decode_as(kind, input);
+        let largest = allocation_largest();
+        if let Err(e) = result {
+            panic!("{count} smallest elements do not decode: {e}");
+        }
+        assert!(
+            largest > DECODE_PREALLOC_ALLOWANCE,
+            "the Vec did not outgrow the preallocation: {largest} bytes"
+        );
+        assert!(
+            largest <= DECODE_BYTES_PER_INPUT_BYTE * input.len(),
+            "decoding {} bytes allocated {largest} bytes at once",
+            input.len()
+        );
+        let per_byte = largest as f64 / input.len() as f64;
+        println!(
+            "decoder_fuzz dense_sequences_allocate_in_proportion: {what} ({size} bytes from {}): \
+             {count} elements in {} bytes, largest allocation {largest} bytes ({per_byte:.1} per \
+             input byte)",
+            element.len(),
+            input.len(),
+        );
+        worst = worst.max(largest.div_ceil(input.len()));
+        match check_decode(kind, input, &mut rng, &mut scratch, &mut stats) {
+            Verdict::Ok(_) => {}
+            _ => panic!("{count} smallest elements do not decode"),
+        }
+    }
+    drop(ctx);
+    println!(
+        "decoder_fuzz dense_sequences_allocate_in_proportion: at most {worst} bytes allocated per \
+         input byte (allowed {DECODE_BYTES_PER_INPUT_BYTE})"
+    );
 }

@@ -134,6 +134,7 @@ fn exec_true(nodes: &str) -> Operation {
         nodes: nodes.into(),
         command: Command::Argv(vec!["true".into()]),
         timeout_secs: None,
+        in_container: false,
     }
 }
 

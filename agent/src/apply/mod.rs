@@ -1,0 +1,860 @@
+//! Desired-state apply on the node: plan, apply, list backups and restore, all through
+//! one staging routine, so a plan never claims a change an apply would not make.
+//!
+//! An apply is a transaction journaled in `STATE_DIR/config/txn.json` before each
+//! phase: *staging* (temp files beside their targets and backups of the old files),
+//! *swapping* (renames, then validators), *acting* (service reloads), *rolling back*.
+//! A crash anywhere is finished at the next start ([`Engine::recover`]): before the
+//! actions, the old files come back; once the actions began, the new set stands and
+//! the actions run again. Either way each set is wholly old or wholly new.
+
+mod backup;
+mod edit;
+mod path;
+mod step;
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use clustermgr_protocol::atomic_file::write_atomic;
+use clustermgr_protocol::changeset::{
+    ApplyReport, ApplyResult, BackupInfo, Change, ChangeSet, Content, Entry, EntryPlan, Meta,
+    RestoreSpec, Scope, StepRun,
+};
+use clustermgr_protocol::identity::sha256_hex;
+use clustermgr_protocol::message::{ErrorKind, RemoteError};
+use serde::{Deserialize, Serialize};
+
+use crate::config::AgentConfig;
+use crate::journal::now_ms;
+use backup::{BackupMeta, Backups};
+pub use path::check_normalized;
+use step::Step;
+
+/// How many previous versions of each file are kept.
+pub const KEEP_BACKUPS: usize = 5;
+
+/// The largest file whose text a plan carries for a diff.
+const DIFF_TEXT_LIMIT: usize = 256 * 1024;
+
+/// The apply engine of one agent. One change set at a time.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: Arc<AgentConfig>,
+    dir: PathBuf,
+    backups: Backups,
+    lock: Mutex<()>,
+}
+
+/// An entry compared with the disk.
+struct Staged {
+    res: path::Resolved,
+    old: Option<(Vec<u8>, Meta)>,
+    /// The bytes and metadata to write; `None` when the entry waits for its file.
+    new: Option<(Vec<u8>, Meta)>,
+    plan: EntryPlan,
+}
+
+/// A journaled transaction.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Txn {
+    id: i64,
+    revision: u64,
+    phase: Phase,
+    items: Vec<Item>,
+    /// Actions to run, already resolved; run again after a rollback once they began.
+    actions: Vec<StepSpec>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Phase {
+    Staging,
+    Swapping,
+    Acting,
+    RollingBack { acted: bool },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Item {
+    real: PathBuf,
+    temp: PathBuf,
+    /// The backup of the old file; `None` when there was none (undo = remove).
+    backup: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StepSpec {
+    label: String,
+    argv: Vec<String>,
+    reload_or_start: Option<(Vec<String>, Vec<String>)>,
+}
+
+impl From<&Step> for StepSpec {
+    fn from(s: &Step) -> Self {
+        StepSpec {
+            label: s.label.clone(),
+            argv: s.argv.clone(),
+            reload_or_start: s.reload_or_start.clone(),
+        }
+    }
+}
+
+impl From<&StepSpec> for Step {
+    fn from(s: &StepSpec) -> Self {
+        Step {
+            label: s.label.clone(),
+            argv: s.argv.clone(),
+            reload_or_start: s.reload_or_start.clone(),
+        }
+    }
+}
+
+fn meta_of(m: &std::fs::Metadata) -> Meta {
+    Meta {
+        mode: m.permissions().mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+    }
+}
+
+fn own_ids() -> (u32, u32) {
+    std::fs::metadata("/proc/self").map_or((0, 0), |m| (m.uid(), m.gid()))
+}
+
+fn text_for_diff(bytes: &[u8]) -> Option<String> {
+    if bytes.len() > DIFF_TEXT_LIMIT {
+        return None;
+    }
+    String::from_utf8(bytes.to_vec()).ok()
+}
+
+impl Engine {
+    /// The engine for an agent configured by `cfg`.
+    pub fn new(cfg: Arc<AgentConfig>) -> Self {
+        let dir = cfg.state_dir.join("config");
+        Engine {
+            backups: Backups::new(dir.join("backups"), KEEP_BACKUPS),
+            dir,
+            cfg,
+            lock: Mutex::new(()),
+        }
+    }
+
+    fn txn_path(&self) -> PathBuf {
+        self.dir.join("txn.json")
+    }
+
+    fn scratch(&self) -> PathBuf {
+        self.dir.join(".step-output")
+    }
+
+    /// Refuses commands when `allow_exec` is off, before anything is read or written.
+    fn check_policy(&self, entries: &[Entry]) -> Result<(), RemoteError> {
+        if self.cfg.allow_exec {
+            return Ok(());
+        }
+        for e in entries {
+            let v = e.validate.as_ref().is_some_and(step::validator_needs_exec);
+            let a = e.on_change.iter().any(step::action_needs_exec);
+            if v || a {
+                return Err(RemoteError {
+                    kind: ErrorKind::Refused,
+                    message: format!(
+                        "{}: its {} a command, and this agent has allow_exec = false; only the built-in nginx test and service reload or restart may run here",
+                        e.path,
+                        if v { "validator is" } else { "actions include" }
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares one entry with the disk.
+    fn stage(&self, e: &Entry) -> Result<Staged, String> {
+        let res = path::resolve(&self.cfg, &e.scope, &e.path)?;
+        let old = match std::fs::read(&res.real) {
+            Ok(bytes) => {
+                let m = std::fs::metadata(&res.real).map_err(|err| format!("{err}"))?;
+                Some((bytes, meta_of(&m)))
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+            Err(err) => return Err(format!("cannot be read: {err}")),
+        };
+        let (own_uid, own_gid) = own_ids();
+        let (new, old_text, new_text) = match &e.content {
+            Content::File {
+                bytes,
+                mode,
+                owner,
+                group,
+            } => {
+                if *mode > 0o7777 {
+                    return Err(format!("has an invalid mode {mode:o}"));
+                }
+                let uid = match owner {
+                    Some(o) => path::lookup_id(&res.base, o, false)?,
+                    None => old.as_ref().map_or(own_uid, |(_, m)| m.uid),
+                };
+                let gid = match group {
+                    Some(g) => path::lookup_id(&res.base, g, true)?,
+                    None => old.as_ref().map_or(own_gid, |(_, m)| m.gid),
+                };
+                let meta = Meta {
+                    mode: *mode,
+                    uid,
+                    gid,
+                };
+                let (ot, nt) = if e.secret {
+                    (None, None)
+                } else {
+                    (
+                        old.as_ref().and_then(|(b, _)| text_for_diff(b)),
+                        text_for_diff(bytes),
+                    )
+                };
+                (Some((bytes.clone(), meta)), ot, nt)
+            }
+            Content::Property { key, value } => match &old {
+                None => (None, None, None),
+                Some((bytes, meta)) => {
+                    let text = std::str::from_utf8(bytes)
+                        .map_err(|_| "is not a text file, so it cannot be edited".to_string())?;
+                    let ed = edit::set_property(text, key, value);
+                    (
+                        Some((ed.text.into_bytes(), meta.clone())),
+                        Some(ed.old_part),
+                        Some(ed.new_part),
+                    )
+                }
+            },
+            Content::Block { name, body } => match &old {
+                None => (None, None, None),
+                Some((bytes, meta)) => {
+                    let text = std::str::from_utf8(bytes)
+                        .map_err(|_| "is not a text file, so it cannot be edited".to_string())?;
+                    let ed = edit::set_block(text, name, body)?;
+                    (
+                        Some((ed.text.into_bytes(), meta.clone())),
+                        Some(ed.old_part),
+                        Some(ed.new_part),
+                    )
+                }
+            },
+        };
+        let change = match (&old, &new) {
+            (_, None) => Change::Waiting,
+            (None, Some(_)) => Change::Create,
+            (Some((ob, om)), Some((nb, nm))) => {
+                if ob != nb {
+                    Change::Modify
+                } else if om != nm {
+                    Change::Metadata
+                } else {
+                    Change::Unchanged
+                }
+            }
+        };
+        let (old_text, new_text) = if e.secret {
+            (None, None)
+        } else {
+            (old_text, new_text)
+        };
+        let plan = EntryPlan {
+            path: e.path.clone(),
+            change,
+            old_sha256: old.as_ref().map(|(b, _)| sha256_hex(b)),
+            new_sha256: new.as_ref().map(|(b, _)| sha256_hex(b)).unwrap_or_default(),
+            old_meta: old.as_ref().map(|(_, m)| m.clone()),
+            new_meta: new.as_ref().map(|(_, m)| m.clone()),
+            old_text,
+            new_text,
+        };
+        Ok(Staged {
+            res,
+            old,
+            new,
+            plan,
+        })
+    }
+
+    fn stage_all(&self, entries: &[Entry]) -> Result<Vec<Staged>, RemoteError> {
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::with_capacity(entries.len());
+        let mut errors = Vec::new();
+        for e in entries {
+            match self.stage(e) {
+                Ok(s) => {
+                    if !seen.insert(s.res.real.clone()) {
+                        errors.push(format!(
+                            "{}: is named twice in one change set (as {})",
+                            e.path,
+                            s.res.real.display()
+                        ));
+                    }
+                    out.push(s);
+                }
+                Err(why) => errors.push(format!("{}: {why}", e.path)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(RemoteError::invalid(format!(
+                "nothing was changed, because {}",
+                errors.join("; ")
+            )))
+        }
+    }
+
+    /// How `set` compares with the disk; writes nothing.
+    pub fn plan(&self, set: &ChangeSet) -> Result<Vec<EntryPlan>, RemoteError> {
+        self.check_policy(&set.entries)?;
+        Ok(self
+            .stage_all(&set.entries)?
+            .into_iter()
+            .map(|s| s.plan)
+            .collect())
+    }
+
+    /// Applies `set`: all of it or none.
+    pub fn apply(&self, set: &ChangeSet) -> Result<ApplyReport, RemoteError> {
+        self.check_policy(&set.entries)?;
+        let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let staged = self.stage_all(&set.entries)?;
+        self.run_txn(set.revision, &set.entries, staged)
+    }
+
+    fn run_txn(
+        &self,
+        revision: u64,
+        entries: &[Entry],
+        staged: Vec<Staged>,
+    ) -> Result<ApplyReport, RemoteError> {
+        let plans: Vec<EntryPlan> = staged.iter().map(|s| s.plan.clone()).collect();
+        if !staged.iter().any(|s| s.plan.change.writes()) {
+            return Ok(ApplyReport {
+                revision,
+                entries: plans,
+                result: ApplyResult::Unchanged,
+                steps: Vec::new(),
+            });
+        }
+        // Validators of every entry that is in place, since a changed certificate can
+        // break an unchanged config that names it; actions only of changed entries.
+        let mut validators: Vec<Step> = Vec::new();
+        let mut actions: Vec<Step> = Vec::new();
+        let written: BTreeSet<&Path> = staged
+            .iter()
+            .filter(|s| s.new.is_some())
+            .map(|s| s.res.real.as_path())
+            .collect();
+        let written = |p: &Path| written.contains(p);
+        for (e, s) in entries.iter().zip(&staged) {
+            if let Some(v) = &e.validate
+                && s.new.is_some()
+            {
+                let st = step::validator_step(v, &e.scope, &s.res.base, &s.res.real, &e.path);
+                if !validators.contains(&st) {
+                    validators.push(st);
+                }
+            }
+            if s.plan.change.writes() {
+                for a in &e.on_change {
+                    let st = step::action_step(a, &e.scope, &s.res.base, &self.cfg.root, &written)
+                        .map_err(|why| {
+                            RemoteError::invalid(format!("{}: {why}; nothing was changed", e.path))
+                        })?;
+                    if !actions.contains(&st) {
+                        actions.push(st);
+                    }
+                }
+            }
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| {
+            RemoteError::internal(format!("cannot create {}: {e}", self.dir.display()))
+        })?;
+        let id = now_ms();
+        let mut txn = Txn {
+            id,
+            revision,
+            phase: Phase::Staging,
+            items: Vec::new(),
+            actions: actions.iter().map(StepSpec::from).collect(),
+        };
+        let changed: Vec<&Staged> = staged.iter().filter(|s| s.plan.change.writes()).collect();
+        for s in &changed {
+            let backup = s
+                .old
+                .as_ref()
+                .map(|_| self.backups.next_counter(&s.res.real));
+            txn.items.push(Item {
+                real: s.res.real.clone(),
+                temp: temp_beside(&s.res.real, id, ""),
+                backup,
+            });
+        }
+        self.write_txn(&txn)?;
+        if let Err(e) = self.stage_files(&txn, &changed) {
+            self.discard_staging(&txn);
+            return Err(e);
+        }
+        txn.phase = Phase::Swapping;
+        self.write_txn(&txn)?;
+        if let Err(e) = swap(&txn) {
+            let restored = self.roll_back(&mut txn, false);
+            return Ok(self.report(
+                revision,
+                plans,
+                ApplyResult::RolledBack {
+                    step: "putting the files in place".into(),
+                    output: e.to_string(),
+                    restored_cleanly: restored.iter().all(|r| r.ok),
+                },
+                restored,
+            ));
+        }
+        let mut steps = Vec::new();
+        for v in &validators {
+            let r = step::run(v, step::VALIDATE_TIMEOUT, &self.scratch());
+            let failed = (!r.ok).then(|| r.clone());
+            steps.push(r);
+            if let Some(failed) = failed {
+                steps.extend(self.roll_back(&mut txn, false));
+                return Ok(self.report(
+                    revision,
+                    plans,
+                    ApplyResult::RolledBack {
+                        step: failed.step,
+                        output: failed.output,
+                        restored_cleanly: true,
+                    },
+                    steps,
+                ));
+            }
+        }
+        txn.phase = Phase::Acting;
+        self.write_txn(&txn)?;
+        for a in &actions {
+            let r = step::run(a, step::ACTION_TIMEOUT, &self.scratch());
+            let failed = (!r.ok).then(|| r.clone());
+            steps.push(r);
+            if let Some(failed) = failed {
+                let again = self.roll_back(&mut txn, true);
+                let clean = again.iter().all(|r| r.ok);
+                steps.extend(again);
+                return Ok(self.report(
+                    revision,
+                    plans,
+                    ApplyResult::RolledBack {
+                        step: failed.step,
+                        output: failed.output,
+                        restored_cleanly: clean,
+                    },
+                    steps,
+                ));
+            }
+        }
+        for item in &txn.items {
+            self.backups.prune(&item.real);
+        }
+        self.clear_txn();
+        Ok(self.report(revision, plans, ApplyResult::Applied, steps))
+    }
+
+    fn report(
+        &self,
+        revision: u64,
+        entries: Vec<EntryPlan>,
+        result: ApplyResult,
+        steps: Vec<StepRun>,
+    ) -> ApplyReport {
+        ApplyReport {
+            revision,
+            entries,
+            result,
+            steps,
+        }
+    }
+
+    fn write_txn(&self, txn: &Txn) -> Result<(), RemoteError> {
+        let json = serde_json::to_vec(txn).map_err(|e| RemoteError::internal(e.to_string()))?;
+        write_atomic(&self.txn_path(), &json, 0o600).map_err(|e| {
+            RemoteError::internal(format!(
+                "cannot write the apply journal {}: {e}",
+                self.txn_path().display()
+            ))
+        })
+    }
+
+    fn clear_txn(&self) {
+        let _ = std::fs::remove_file(self.txn_path());
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+    }
+
+    /// Writes the backups and the temp files of a transaction.
+    fn stage_files(&self, txn: &Txn, changed: &[&Staged]) -> Result<(), RemoteError> {
+        for (item, s) in txn.items.iter().zip(changed) {
+            if let (Some(counter), Some((bytes, meta))) = (item.backup, &s.old) {
+                let bm = BackupMeta {
+                    replaced_at_ms: txn.id,
+                    sha256: sha256_hex(bytes),
+                    meta: meta.clone(),
+                };
+                self.backups
+                    .save(&item.real, counter, bytes, &bm)
+                    .map_err(|e| {
+                        RemoteError::internal(format!(
+                            "cannot keep a backup of {}: {e}; nothing was changed",
+                            item.real.display()
+                        ))
+                    })?;
+            }
+            let (bytes, meta) = s
+                .new
+                .as_ref()
+                .ok_or_else(|| RemoteError::internal("no content"))?;
+            write_temp(&item.temp, bytes, meta).map_err(|e| {
+                RemoteError::internal(format!(
+                    "cannot write {}: {e}; nothing was changed",
+                    item.temp.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Undoes a transaction that never swapped: its temps and backups go.
+    fn discard_staging(&self, txn: &Txn) {
+        for item in &txn.items {
+            let _ = std::fs::remove_file(&item.temp);
+            if let Some(c) = item.backup {
+                self.backups.remove(&item.real, c);
+            }
+        }
+        self.clear_txn();
+    }
+
+    /// Puts every old file back, and runs the actions again if they ran on the new
+    /// ones. Returns the steps it ran.
+    fn roll_back(&self, txn: &mut Txn, acted: bool) -> Vec<StepRun> {
+        txn.phase = Phase::RollingBack { acted };
+        if let Err(e) = self.write_txn(txn) {
+            tracing::error!("{}", e.message);
+        }
+        let mut failures = Vec::new();
+        for item in &txn.items {
+            let _ = std::fs::remove_file(&item.temp);
+            if let Err(e) = self.restore_item(txn.id, item) {
+                failures.push(format!("{}: {e}", item.real.display()));
+            }
+        }
+        let mut steps = Vec::new();
+        if !failures.is_empty() {
+            // Keep the journal and the backups: the next start tries again.
+            let msg = format!(
+                "could not put back the old files ({}); the agent retries at its next start",
+                failures.join("; ")
+            );
+            tracing::error!("{msg}");
+            steps.push(StepRun {
+                step: "restoring the old files".into(),
+                ok: false,
+                output: msg,
+            });
+            return steps;
+        }
+        if acted {
+            for a in &txn.actions {
+                steps.push(step::run(
+                    &Step::from(a),
+                    step::ACTION_TIMEOUT,
+                    &self.scratch(),
+                ));
+            }
+        }
+        for item in &txn.items {
+            if let Some(c) = item.backup {
+                self.backups.remove(&item.real, c);
+            }
+        }
+        self.clear_txn();
+        steps
+    }
+
+    fn restore_item(&self, id: i64, item: &Item) -> io::Result<()> {
+        match item.backup {
+            None => match std::fs::remove_file(&item.real) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            },
+            Some(counter) => {
+                let bytes = self.backups.read(&item.real, counter)?;
+                let meta = self
+                    .backups
+                    .list(&item.real)
+                    .into_iter()
+                    .find(|(c, _)| *c == counter)
+                    .map(|(_, m)| m.meta)
+                    .ok_or_else(|| io::Error::other("its backup has no metadata"))?;
+                let temp = temp_beside(&item.real, id, "-undo");
+                write_temp(&temp, &bytes, &meta)?;
+                std::fs::rename(&temp, &item.real)?;
+            }
+        }
+        sync_parent(&item.real)
+    }
+
+    /// Finishes or undoes a transaction a crash interrupted. Returns what it did, for
+    /// the log.
+    pub fn recover(&self) -> Option<String> {
+        let text = std::fs::read(self.txn_path()).ok()?;
+        let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut txn: Txn = match serde_json::from_slice(&text) {
+            Ok(t) => t,
+            Err(e) => {
+                // write_atomic never leaves a partial journal; this is a hand edit.
+                return Some(format!(
+                    "the apply journal {} is unreadable ({e}); it was left in place for inspection",
+                    self.txn_path().display()
+                ));
+            }
+        };
+        let what = match txn.phase {
+            Phase::Staging => {
+                self.discard_staging(&txn);
+                "an apply interrupted while staging was discarded; no file had changed".into()
+            }
+            Phase::Swapping => {
+                let steps = self.roll_back(&mut txn, false);
+                outcome(
+                    "an apply interrupted before its actions was rolled back",
+                    &steps,
+                )
+            }
+            Phase::RollingBack { acted } => {
+                let steps = self.roll_back(&mut txn, acted);
+                outcome("an interrupted rollback was finished", &steps)
+            }
+            Phase::Acting => {
+                let mut steps = Vec::new();
+                let mut ok = true;
+                for a in &txn.actions {
+                    let r = step::run(&Step::from(a), step::ACTION_TIMEOUT, &self.scratch());
+                    ok &= r.ok;
+                    steps.push(r);
+                }
+                if ok {
+                    for item in &txn.items {
+                        self.backups.prune(&item.real);
+                    }
+                    self.clear_txn();
+                    outcome(
+                        "an apply interrupted during its actions was completed",
+                        &steps,
+                    )
+                } else {
+                    steps.extend(self.roll_back(&mut txn, true));
+                    outcome(
+                        "an apply interrupted during its actions failed them again and was rolled back",
+                        &steps,
+                    )
+                }
+            }
+        };
+        Some(format!("revision {}: {what}", txn.revision))
+    }
+
+    /// The kept previous versions of `path`.
+    pub fn backups(&self, path: &str, scope: &Scope) -> Result<Vec<BackupInfo>, RemoteError> {
+        let res = path::resolve(&self.cfg, scope, path)
+            .map_err(|w| RemoteError::invalid(format!("{path}: {w}")))?;
+        Ok(self
+            .backups
+            .list(&res.real)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (_, m))| BackupInfo {
+                generation: i as u32 + 1,
+                replaced_at_ms: m.replaced_at_ms,
+                sha256: m.sha256,
+                meta: m.meta,
+            })
+            .collect())
+    }
+
+    /// Puts a kept version back, as a one-entry apply (so it is itself backed up,
+    /// validated, and its actions run).
+    pub fn restore(&self, spec: &RestoreSpec) -> Result<ApplyReport, RemoteError> {
+        let res = path::resolve(&self.cfg, &spec.scope, &spec.path)
+            .map_err(|w| RemoteError::invalid(format!("{}: {w}", spec.path)))?;
+        let list = self.backups.list(&res.real);
+        let Some((counter, meta)) = (spec.generation as usize)
+            .checked_sub(1)
+            .and_then(|i| list.get(i))
+        else {
+            return Err(RemoteError::invalid(format!(
+                "{}: there is no backup generation {} on this node ({} kept); list them with `clustermgr rollback NODE PATH --list`",
+                spec.path,
+                spec.generation,
+                list.len()
+            )));
+        };
+        let bytes = self.backups.read(&res.real, *counter).map_err(|e| {
+            RemoteError::internal(format!("cannot read the backup of {}: {e}", spec.path))
+        })?;
+        let entry = Entry {
+            path: spec.path.clone(),
+            scope: spec.scope.clone(),
+            content: Content::File {
+                bytes,
+                mode: meta.meta.mode,
+                owner: Some(meta.meta.uid.to_string()),
+                group: Some(meta.meta.gid.to_string()),
+            },
+            // The plan this returns is not shown as a diff; keep backups' text out of it.
+            secret: true,
+            validate: spec.validate.clone(),
+            on_change: spec.on_change.clone(),
+        };
+        let entries = [entry];
+        self.check_policy(&entries)?;
+        let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let staged = self.stage_all(&entries)?;
+        self.run_txn(0, &entries, staged)
+    }
+}
+
+impl Engine {
+    /// Makes sure a tunnel key exists at `path` (generated here if not, mode 0600,
+    /// under the writable roots like any entry) and returns a CSR for it naming `node`.
+    pub fn host_key(
+        &self,
+        path: &str,
+        scope: &Scope,
+        node: &clustermgr_protocol::NodeName,
+    ) -> Result<String, RemoteError> {
+        let res = path::resolve(&self.cfg, scope, path)
+            .map_err(|w| RemoteError::invalid(format!("{path}: {w}")))?;
+        let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let pem = match std::fs::read_to_string(&res.real) {
+            Ok(pem) => pem,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let pem = crate::enroll::generate_key_pem()
+                    .map_err(|e| RemoteError::internal(e.to_string()))?;
+                if let Some(dir) = res.real.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        RemoteError::internal(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+                write_atomic(&res.real, pem.as_bytes(), 0o600)
+                    .map_err(|e| RemoteError::internal(format!("cannot write {path}: {e}")))?;
+                tracing::info!("generated a tunnel key at {path}");
+                pem
+            }
+            Err(e) => return Err(RemoteError::internal(format!("cannot read {path}: {e}"))),
+        };
+        crate::enroll::csr_pem(&pem, node, &res.real).map_err(|e| {
+            RemoteError::invalid(format!(
+                "{e}; remove it on the node to have a new key generated"
+            ))
+        })
+    }
+}
+
+/// `spec` turned into the same command run chrooted into the container at `root`.
+pub fn container_exec(
+    cfg: &AgentConfig,
+    root: &str,
+    mut spec: clustermgr_protocol::message::ExecSpec,
+) -> Result<clustermgr_protocol::message::ExecSpec, RemoteError> {
+    use clustermgr_protocol::message::Command;
+    let base = path::scope_base(cfg, &Scope::Container { root: root.into() })
+        .map_err(RemoteError::invalid)?;
+    if !base.join("bin/sh").exists() && !base.join("usr/bin/sh").exists() {
+        return Err(RemoteError::invalid(format!(
+            "{} does not look like a Gluu container (it has no /bin/sh); check `clustermgr cluster show` for gluu-root",
+            base.display()
+        )));
+    }
+    let mut argv = vec!["chroot".to_string(), base.display().to_string()];
+    match spec.command {
+        Command::Argv(a) => argv.extend(a),
+        Command::Shell(line) => argv.extend(["/bin/sh".to_string(), "-c".to_string(), line]),
+    }
+    spec.command = Command::Argv(argv);
+    Ok(spec)
+}
+
+fn outcome(what: &str, steps: &[StepRun]) -> String {
+    let failed: Vec<String> = steps
+        .iter()
+        .filter(|s| !s.ok)
+        .map(|s| format!("{} failed: {}", s.step, s.output))
+        .collect();
+    if failed.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what}; {}", failed.join("; "))
+    }
+}
+
+/// A temp file's name in the target's own directory (so the rename is atomic).
+fn temp_beside(real: &Path, id: i64, tag: &str) -> PathBuf {
+    let name = real
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    real.with_file_name(format!(".{name}.clustermgr-{id}{tag}"))
+}
+
+/// Writes a temp file with its final mode and owner before any byte, then fsyncs it.
+fn write_temp(temp: &Path, bytes: &[u8], meta: &Meta) -> io::Result<()> {
+    if let Some(dir) = temp.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(temp)?;
+    let (uid, gid) = own_ids();
+    if (meta.uid, meta.gid) != (uid, gid) {
+        std::os::unix::fs::fchown(&f, Some(meta.uid), Some(meta.gid))?;
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(meta.mode))?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Renames every temp over its target, then fsyncs each directory once.
+fn swap(txn: &Txn) -> io::Result<()> {
+    let mut dirs = BTreeSet::new();
+    for item in &txn.items {
+        std::fs::rename(&item.temp, &item.real)?;
+        if let Some(d) = item.real.parent() {
+            dirs.insert(d.to_path_buf());
+        }
+    }
+    for d in dirs {
+        File::open(&d)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn sync_parent(p: &Path) -> io::Result<()> {
+    match p.parent() {
+        Some(d) => File::open(d)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,315 @@
+//! Running an apply's validators and actions: the built-in ones (nginx's own test,
+//! service reload and restart, allowed even with `allow_exec = false`) and commands,
+//! each in its own process group with a timeout and its output captured.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use clustermgr_protocol::changeset::{Action, Scope, ServiceVerb, StepRun, Validator};
+use clustermgr_protocol::message::Command;
+
+use crate::sys::kill_process_group;
+
+/// How long a validator may run.
+pub const VALIDATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an action may run (a Java service restart is slow).
+pub const ACTION_TIMEOUT: Duration = Duration::from_secs(180);
+/// The most output kept from one step (its end, where tools put the error).
+const OUTPUT_CAP: u64 = 64 * 1024;
+
+/// A step ready to run: what to call it, and its argument vector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// The words for output (`nginx -t -c /etc/nginx/nginx.conf`, `reload nginx`).
+    pub label: String,
+    /// The program and its arguments; several for a service reload of a stopped
+    /// service (status, then start).
+    pub argv: Vec<String>,
+    /// Service reloads first ask for the status and start a stopped service instead.
+    pub reload_or_start: Option<(Vec<String>, Vec<String>)>,
+}
+
+/// Whether running `v` needs `allow_exec`.
+pub fn validator_needs_exec(v: &Validator) -> bool {
+    matches!(v, Validator::Command(_))
+}
+
+/// Whether running `a` needs `allow_exec`.
+pub fn action_needs_exec(a: &Action) -> bool {
+    matches!(a, Action::Command(_))
+}
+
+fn in_scope(scope: &Scope, base: &Path, argv: Vec<String>) -> Vec<String> {
+    match scope {
+        Scope::Host => argv,
+        Scope::Container { .. } => {
+            let mut out = vec!["chroot".to_string(), base.display().to_string()];
+            out.extend(argv);
+            out
+        }
+    }
+}
+
+fn command_argv(c: &Command, path: Option<&str>) -> Vec<String> {
+    let fill = |s: &str, quote: bool| match path {
+        Some(p) if quote => s.replace("{}", &sh_quote(p)),
+        Some(p) => s.replace("{}", p),
+        None => s.to_string(),
+    };
+    match c {
+        Command::Argv(argv) => argv.iter().map(|a| fill(a, false)).collect(),
+        Command::Shell(line) => vec!["/bin/sh".into(), "-c".into(), fill(line, true)],
+    }
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The step that runs validator `v` of the entry at `entry_path` (`real` on the host).
+pub fn validator_step(
+    v: &Validator,
+    scope: &Scope,
+    base: &Path,
+    real: &Path,
+    entry_path: &str,
+) -> Step {
+    // Inside a container the command sees the container's paths; on the host the real
+    // path (the same on a node, the sandbox's under `clustermgr dev`).
+    let seen = match scope {
+        Scope::Host => real.display().to_string(),
+        Scope::Container { .. } => entry_path.to_string(),
+    };
+    let argv = match v {
+        Validator::Nginx => vec!["nginx".into(), "-t".into(), "-c".into(), seen.clone()],
+        Validator::Command(c) => command_argv(c, Some(&seen)),
+    };
+    let argv = in_scope(scope, base, argv);
+    Step {
+        label: match v {
+            Validator::Nginx => format!("nginx -t -c {entry_path}"),
+            Validator::Command(c) => format!("validate {entry_path}: {}", c.display_line()),
+        },
+        argv,
+        reload_or_start: None,
+    }
+}
+
+/// The step that runs action `a` in `scope`. `host_root` is the agent's `root`
+/// setting: services are driven by systemd only on a real host (`/`) that runs it.
+/// `written` says whether the change set itself writes a file (an init script it
+/// brings along counts as there).
+pub fn action_step(
+    a: &Action,
+    scope: &Scope,
+    base: &Path,
+    host_root: &Path,
+    written: &dyn Fn(&Path) -> bool,
+) -> Result<Step, String> {
+    match a {
+        Action::Command(c) => Ok(Step {
+            label: c.display_line(),
+            argv: in_scope(scope, base, command_argv(c, None)),
+            reload_or_start: None,
+        }),
+        Action::Service { name, verb } => {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"@._-".contains(&b))
+            {
+                return Err(format!("{name:?} is not a service name"));
+            }
+            let label = format!("{} {name}", verb.as_str());
+            let systemd = matches!(scope, Scope::Host)
+                && host_root == Path::new("/")
+                && Path::new("/run/systemd/system").is_dir();
+            if systemd {
+                let v = match verb {
+                    ServiceVerb::Reload => "reload-or-restart",
+                    ServiceVerb::Restart => "restart",
+                };
+                // A unit file the same change set wrote is only read after a
+                // daemon-reload.
+                return Ok(Step {
+                    label,
+                    argv: vec![
+                        "/bin/sh".into(),
+                        "-c".into(),
+                        format!("systemctl daemon-reload && systemctl {v} \"$1\""),
+                        "sh".into(),
+                        name.clone(),
+                    ],
+                    reload_or_start: None,
+                });
+            }
+            let script: PathBuf = base.join("etc/init.d").join(name);
+            if !script.exists() && !written(&script) {
+                return Err(format!(
+                    "cannot {} {name}: no systemd, and no init script {}",
+                    verb.as_str(),
+                    script.display()
+                ));
+            }
+            let run = |word: &str| {
+                let inside = match scope {
+                    Scope::Host => script.display().to_string(),
+                    Scope::Container { .. } => format!("/etc/init.d/{name}"),
+                };
+                in_scope(scope, base, vec![inside, word.to_string()])
+            };
+            Ok(Step {
+                label,
+                argv: run(verb.as_str()),
+                reload_or_start: match verb {
+                    ServiceVerb::Reload => Some((run("status"), run("start"))),
+                    ServiceVerb::Restart => None,
+                },
+            })
+        }
+    }
+}
+
+/// Runs `step`, its output going to `scratch` (a file, not a pipe: a daemon an init
+/// script starts inherits it, and a pipe would never reach its end).
+pub fn run(step: &Step, timeout: Duration, scratch: &Path) -> StepRun {
+    let argv = match &step.reload_or_start {
+        Some((status, start)) => {
+            if run_argv(status, timeout, scratch).0 {
+                &step.argv
+            } else {
+                start
+            }
+        }
+        None => &step.argv,
+    };
+    let (ok, output) = run_argv(argv, timeout, scratch);
+    StepRun {
+        step: step.label.clone(),
+        ok,
+        output,
+    }
+}
+
+fn run_argv(argv: &[String], timeout: Duration, scratch: &Path) -> (bool, String) {
+    let Some((program, args)) = argv.split_first() else {
+        return (false, "empty command".into());
+    };
+    let out = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(scratch)
+    {
+        Ok(f) => f,
+        Err(e) => return (false, format!("cannot open {}: {e}", scratch.display())),
+    };
+    let _ = std::fs::remove_file(scratch);
+    let (Ok(o1), Ok(o2)) = (out.try_clone(), out.try_clone()) else {
+        return (false, "cannot duplicate the output file".into());
+    };
+    let child = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(o1)
+        .stderr(o2)
+        .process_group(0)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return (false, format!("cannot run {program}: {e}")),
+    };
+    let pgid = child.id();
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let (status, timed_out) = match rx.recv_timeout(timeout) {
+        Ok(s) => (s.ok(), false),
+        Err(_) => {
+            kill_process_group(pgid);
+            (rx.recv().ok().and_then(Result::ok), true)
+        }
+    };
+    let _ = waiter.join();
+    let mut text = tail(out);
+    let ok = !timed_out && status.is_some_and(|s| s.success());
+    if timed_out {
+        text.push_str(&format!("\n(killed after {} s)", timeout.as_secs()));
+    } else if let Some(s) = status
+        && !s.success()
+    {
+        match (s.code(), s.signal()) {
+            (Some(c), _) => text.push_str(&format!("\n(exit status {c})")),
+            (None, Some(sig)) => text.push_str(&format!("\n(killed by signal {sig})")),
+            _ => {}
+        }
+    }
+    (ok, text.trim().to_string())
+}
+
+fn tail(mut f: std::fs::File) -> String {
+    let len = f.seek(SeekFrom::End(0)).unwrap_or(0);
+    let start = len.saturating_sub(OUTPUT_CAP);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_ok() {
+        let _ = f.read_to_end(&mut buf);
+    }
+    let mut s = String::from_utf8_lossy(&buf).into_owned();
+    if start > 0 {
+        s.insert(0, '…');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_and_failure_are_captured() {
+        let t = tempfile::tempdir().unwrap();
+        let step = Step {
+            label: "x".into(),
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo out; echo err >&2; exit 3".into(),
+            ],
+            reload_or_start: None,
+        };
+        let r = run(&step, Duration::from_secs(5), &t.path().join("o"));
+        assert!(!r.ok);
+        assert!(
+            r.output.contains("out") && r.output.contains("err"),
+            "{}",
+            r.output
+        );
+        assert!(r.output.contains("exit status 3"), "{}", r.output);
+    }
+
+    #[test]
+    fn a_step_past_its_timeout_is_killed_with_its_children() {
+        let t = tempfile::tempdir().unwrap();
+        let step = Step {
+            label: "x".into(),
+            argv: vec!["/bin/sh".into(), "-c".into(), "sleep 30 & sleep 30".into()],
+            reload_or_start: None,
+        };
+        let start = std::time::Instant::now();
+        let r = run(&step, Duration::from_millis(200), &t.path().join("o"));
+        assert!(!r.ok && r.output.contains("killed after"), "{}", r.output);
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_path_in_a_shell_validator_is_quoted() {
+        let argv = command_argv(&Command::Shell("test -s {}".into()), Some("/a b/c'd"));
+        assert_eq!(argv[2], "test -s '/a b/c'\\''d'");
+    }
+}

@@ -1,0 +1,457 @@
+//! The engine's own tests: plan and apply agree, sets are all or nothing, crashes at
+//! each journaled phase are finished or undone at the next start.
+
+use std::path::Path;
+
+use clustermgr_protocol::changeset::{Action, ServiceVerb, Validator};
+use clustermgr_protocol::message::Command;
+
+use super::*;
+
+struct Sandbox {
+    _t: tempfile::TempDir,
+    root: PathBuf,
+    engine: Engine,
+}
+
+fn sandbox(extra: &str) -> Sandbox {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    std::fs::create_dir_all(root.join("etc/app")).unwrap();
+    let text = format!(
+        "cert = \"c\"\nkey = \"k\"\nca = \"a\"\nstate_dir = \"{}\"\nroot = \"{}\"\nwritable_roots = [\"{}\"]\n{extra}",
+        t.path().join("state").display(),
+        root.display(),
+        root.join("etc/app").display(),
+    );
+    let cfg = AgentConfig::parse(Path::new("agent.toml"), &text).unwrap();
+    Sandbox {
+        engine: Engine::new(Arc::new(cfg)),
+        root,
+        _t: t,
+    }
+}
+
+fn file(path: &str, text: &str) -> Entry {
+    Entry {
+        path: path.into(),
+        scope: Scope::Host,
+        content: Content::File {
+            bytes: text.as_bytes().to_vec(),
+            mode: 0o640,
+            owner: None,
+            group: None,
+        },
+        secret: false,
+        validate: None,
+        on_change: Vec::new(),
+    }
+}
+
+fn set(entries: Vec<Entry>) -> ChangeSet {
+    ChangeSet {
+        revision: 1,
+        entries,
+        requested_by: "test".into(),
+    }
+}
+
+fn shell(line: &str) -> Command {
+    Command::Shell(line.into())
+}
+
+impl Sandbox {
+    fn read(&self, p: &str) -> Option<String> {
+        std::fs::read_to_string(self.root.join(p.trim_start_matches('/'))).ok()
+    }
+    fn write(&self, p: &str, text: &str) {
+        std::fs::write(self.root.join(p.trim_start_matches('/')), text).unwrap();
+    }
+    fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.root.join("etc/app"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect()
+    }
+}
+
+#[test]
+fn plan_and_apply_agree_and_a_second_apply_changes_nothing() {
+    let s = sandbox("");
+    s.write("/etc/app/b.conf", "old\n");
+    let cs = set(vec![
+        file("/etc/app/a.conf", "a\n"),
+        file("/etc/app/b.conf", "new\n"),
+    ]);
+    let plan = s.engine.plan(&cs).unwrap();
+    assert_eq!(plan[0].change, Change::Create);
+    assert_eq!(plan[1].change, Change::Modify);
+    assert_eq!(plan[1].old_text.as_deref(), Some("old\n"));
+    let report = s.engine.apply(&cs).unwrap();
+    assert_eq!(report.result, ApplyResult::Applied);
+    assert_eq!(report.entries, plan, "apply reports what the plan said");
+    assert_eq!(s.read("/etc/app/b.conf").as_deref(), Some("new\n"));
+    let meta = std::fs::metadata(s.root.join("etc/app/a.conf")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+    let again = s.engine.plan(&cs).unwrap();
+    assert!(
+        again.iter().all(|p| p.change == Change::Unchanged),
+        "{again:?}"
+    );
+    assert_eq!(s.engine.apply(&cs).unwrap().result, ApplyResult::Unchanged);
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}
+
+#[test]
+fn a_mode_change_alone_is_metadata_and_runs_the_actions() {
+    let s = sandbox("");
+    let marker = s.root.join("etc/app/ran");
+    let mut e = file("/etc/app/a.conf", "a\n");
+    e.on_change = vec![Action::Command(shell(&format!(
+        "echo x >> {}",
+        marker.display()
+    )))];
+    s.engine.apply(&set(vec![e.clone()])).unwrap();
+    if let Content::File { mode, .. } = &mut e.content {
+        *mode = 0o600;
+    }
+    let plan = s.engine.plan(&set(vec![e.clone()])).unwrap();
+    assert_eq!(plan[0].change, Change::Metadata);
+    s.engine.apply(&set(vec![e.clone()])).unwrap();
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "x\nx\n");
+    s.engine.apply(&set(vec![e])).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "x\nx\n",
+        "unchanged: no action"
+    );
+}
+
+#[test]
+fn a_failing_validator_puts_every_file_back() {
+    let s = sandbox("");
+    s.write("/etc/app/a.conf", "a1\n");
+    s.write("/etc/app/b.conf", "b1\n");
+    let mut b = file("/etc/app/b.conf", "b2\n");
+    b.validate = Some(Validator::Command(shell(
+        "echo checked {}; grep -q good {}",
+    )));
+    let cs = set(vec![
+        file("/etc/app/a.conf", "a2\n"),
+        b,
+        file("/etc/app/c.conf", "c\n"),
+    ]);
+    let report = s.engine.apply(&cs).unwrap();
+    let ApplyResult::RolledBack { step, output, .. } = &report.result else {
+        panic!("{report:?}");
+    };
+    assert!(step.contains("validate /etc/app/b.conf"), "{step}");
+    assert!(
+        output.contains("checked") && output.contains("exit status 1"),
+        "{output}"
+    );
+    assert_eq!(s.read("/etc/app/a.conf").as_deref(), Some("a1\n"));
+    assert_eq!(s.read("/etc/app/b.conf").as_deref(), Some("b1\n"));
+    assert_eq!(
+        s.read("/etc/app/c.conf"),
+        None,
+        "a created file is removed again"
+    );
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+    let backups = s.engine.backups("/etc/app/a.conf", &Scope::Host).unwrap();
+    assert!(
+        backups.is_empty(),
+        "an undone apply leaves no backup: {backups:?}"
+    );
+}
+
+#[test]
+fn a_failing_action_rolls_back_and_runs_the_actions_again() {
+    let s = sandbox("");
+    s.write("/etc/app/a.conf", "good\n");
+    let log = s.root.join("etc/app/log");
+    let mut a = file("/etc/app/a.conf", "bad\n");
+    a.on_change = vec![Action::Command(shell(&format!(
+        "cat {0} >> {1}; grep -q good {0}",
+        s.root.join("etc/app/a.conf").display(),
+        log.display()
+    )))];
+    let report = s.engine.apply(&set(vec![a])).unwrap();
+    assert!(
+        matches!(
+            report.result,
+            ApplyResult::RolledBack {
+                restored_cleanly: true,
+                ..
+            }
+        ),
+        "{report:?}"
+    );
+    assert_eq!(s.read("/etc/app/a.conf").as_deref(), Some("good\n"));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "bad\ngood\n");
+}
+
+#[test]
+fn secrets_never_come_back_as_text() {
+    let s = sandbox("");
+    s.write("/etc/app/key", "old-secret\n");
+    let mut e = file("/etc/app/key", "new-secret\n");
+    e.secret = true;
+    let plan = s.engine.plan(&set(vec![e.clone()])).unwrap();
+    assert_eq!(plan[0].change, Change::Modify);
+    assert!(plan[0].old_text.is_none() && plan[0].new_text.is_none());
+    let report = s.engine.apply(&set(vec![e])).unwrap();
+    assert!(!format!("{report:?}").contains("secret\n"), "{report:?}");
+}
+
+#[test]
+fn edits_touch_only_their_part() {
+    let s = sandbox("");
+    s.write(
+        "/etc/app/ldap.properties",
+        "bindPassword: hush\nservers: a:1636\n",
+    );
+    s.write("/etc/app/hosts", "127.0.0.1 localhost\n");
+    let prop = Entry {
+        content: Content::Property {
+            key: "servers".into(),
+            value: "b:1636,a:1636".into(),
+        },
+        ..file("/etc/app/ldap.properties", "")
+    };
+    let block = Entry {
+        content: Content::Block {
+            name: "hosts".into(),
+            body: "10.0.0.1 a\n".into(),
+        },
+        ..file("/etc/app/hosts", "")
+    };
+    let waiting = Entry {
+        content: Content::Property {
+            key: "k".into(),
+            value: "v".into(),
+        },
+        ..file("/etc/app/absent.properties", "")
+    };
+    let cs = set(vec![prop, block, waiting]);
+    let plan = s.engine.plan(&cs).unwrap();
+    assert_eq!(plan[0].old_text.as_deref(), Some("servers: a:1636\n"));
+    assert_eq!(
+        plan[0].new_text.as_deref(),
+        Some("servers: b:1636,a:1636\n")
+    );
+    assert!(!format!("{plan:?}").contains("hush"));
+    assert_eq!(plan[2].change, Change::Waiting);
+    s.engine.apply(&cs).unwrap();
+    assert_eq!(
+        s.read("/etc/app/ldap.properties").as_deref(),
+        Some("bindPassword: hush\nservers: b:1636,a:1636\n")
+    );
+    assert!(
+        s.read("/etc/app/hosts")
+            .unwrap()
+            .contains("10.0.0.1 a\n# END")
+    );
+    assert_eq!(s.read("/etc/app/absent.properties"), None);
+}
+
+#[test]
+fn without_allow_exec_only_built_in_steps_are_accepted() {
+    let s = sandbox("allow_exec = false\n");
+    let mut e = file("/etc/app/a.conf", "a\n");
+    e.on_change = vec![Action::Command(shell("true"))];
+    let err = s.engine.plan(&set(vec![e.clone()])).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Refused);
+    assert!(
+        err.message.contains("allow_exec = false"),
+        "{}",
+        err.message
+    );
+    assert!(s.engine.apply(&set(vec![e])).is_err());
+    assert_eq!(s.read("/etc/app/a.conf"), None);
+    // A built-in service action is allowed; with no init script it fails clearly.
+    let mut e = file("/etc/app/a.conf", "a\n");
+    e.on_change = vec![Action::Service {
+        name: "nginx".into(),
+        verb: ServiceVerb::Reload,
+    }];
+    let err = s.engine.apply(&set(vec![e])).unwrap_err();
+    assert!(err.message.contains("no init script"), "{}", err.message);
+    assert_eq!(s.read("/etc/app/a.conf"), None);
+}
+
+#[test]
+fn bad_entries_change_nothing_and_name_every_problem() {
+    let s = sandbox("");
+    let cs = set(vec![
+        file("/etc/app/ok.conf", "x"),
+        file("/etc/other/x", "x"),
+        file("/etc/app/../x", "x"),
+    ]);
+    let err = s.engine.apply(&cs).unwrap_err();
+    assert!(
+        err.message.contains("/etc/other/x: is outside"),
+        "{}",
+        err.message
+    );
+    assert!(
+        err.message.contains("/etc/app/../x: is not normalized"),
+        "{}",
+        err.message
+    );
+    assert_eq!(s.read("/etc/app/ok.conf"), None);
+}
+
+#[test]
+fn backups_are_kept_pruned_and_restorable() {
+    let s = sandbox("");
+    for i in 0..8 {
+        s.engine
+            .apply(&set(vec![file("/etc/app/a.conf", &format!("v{i}\n"))]))
+            .unwrap();
+    }
+    let list = s.engine.backups("/etc/app/a.conf", &Scope::Host).unwrap();
+    assert_eq!(list.len(), KEEP_BACKUPS);
+    assert_eq!(list[0].generation, 1);
+    assert_eq!(list[0].sha256, sha256_hex(b"v6\n"));
+    let spec = RestoreSpec {
+        path: "/etc/app/a.conf".into(),
+        scope: Scope::Host,
+        generation: 2,
+        validate: None,
+        on_change: Vec::new(),
+        requested_by: "t".into(),
+    };
+    let r = s.engine.restore(&spec).unwrap();
+    assert_eq!(r.result, ApplyResult::Applied);
+    assert_eq!(s.read("/etc/app/a.conf").as_deref(), Some("v5\n"));
+    let err = s
+        .engine
+        .restore(&RestoreSpec {
+            generation: 9,
+            ..spec
+        })
+        .unwrap_err();
+    assert!(
+        err.message.contains("no backup generation 9"),
+        "{}",
+        err.message
+    );
+}
+
+/// Runs an apply's phases by hand up to `stop`, as a crash there would leave them.
+fn crash_at(s: &Sandbox, cs: &ChangeSet, stop: Phase, swapped: usize) {
+    let staged = s.engine.stage_all(&cs.entries).unwrap();
+    let changed: Vec<&Staged> = staged.iter().filter(|x| x.plan.change.writes()).collect();
+    std::fs::create_dir_all(&s.engine.dir).unwrap();
+    let actions: Vec<StepSpec> = cs
+        .entries
+        .iter()
+        .flat_map(|e| e.on_change.iter())
+        .map(|a| {
+            StepSpec::from(
+                &step::action_step(a, &Scope::Host, &s.root, &s.root, &|_| false).unwrap(),
+            )
+        })
+        .collect();
+    let mut txn = Txn {
+        id: 7,
+        revision: 1,
+        phase: Phase::Staging,
+        items: changed
+            .iter()
+            .map(|c| Item {
+                real: c.res.real.clone(),
+                temp: temp_beside(&c.res.real, 7, ""),
+                backup: c
+                    .old
+                    .as_ref()
+                    .map(|_| s.engine.backups.next_counter(&c.res.real)),
+            })
+            .collect(),
+        actions,
+    };
+    s.engine.write_txn(&txn).unwrap();
+    s.engine.stage_files(&txn, &changed).unwrap();
+    if stop == Phase::Staging {
+        return;
+    }
+    txn.phase = Phase::Swapping;
+    s.engine.write_txn(&txn).unwrap();
+    for item in txn.items.iter().take(swapped) {
+        std::fs::rename(&item.temp, &item.real).unwrap();
+    }
+    if stop == Phase::Swapping {
+        return;
+    }
+    txn.phase = stop;
+    s.engine.write_txn(&txn).unwrap();
+}
+
+#[test]
+fn a_crash_before_the_actions_leaves_the_old_set() {
+    for (phase, swapped) in [
+        (Phase::Staging, 0),
+        (Phase::Swapping, 1),
+        (Phase::Swapping, 3),
+    ] {
+        let s = sandbox("");
+        s.write("/etc/app/a.conf", "a1\n");
+        s.write("/etc/app/b.conf", "b1\n");
+        let cs = set(vec![
+            file("/etc/app/a.conf", "a2\n"),
+            file("/etc/app/b.conf", "b2\n"),
+            file("/etc/app/c.conf", "c2\n"),
+        ]);
+        crash_at(&s, &cs, phase, swapped);
+        let what = s.engine.recover().expect("a journal to recover");
+        assert!(what.contains("revision 1"), "{what}");
+        assert_eq!(
+            s.read("/etc/app/a.conf").as_deref(),
+            Some("a1\n"),
+            "{phase:?}"
+        );
+        assert_eq!(
+            s.read("/etc/app/b.conf").as_deref(),
+            Some("b1\n"),
+            "{phase:?}"
+        );
+        assert_eq!(s.read("/etc/app/c.conf"), None, "{phase:?}");
+        assert!(s.leftovers().is_empty(), "{phase:?}: {:?}", s.leftovers());
+        assert!(s.engine.recover().is_none(), "the journal is gone");
+        assert!(
+            s.engine
+                .backups("/etc/app/a.conf", &Scope::Host)
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
+
+#[test]
+fn a_crash_during_the_actions_keeps_the_new_set_and_runs_them_again() {
+    let s = sandbox("");
+    s.write("/etc/app/a.conf", "a1\n");
+    let log = s.root.join("etc/app/log");
+    let mut a = file("/etc/app/a.conf", "a2\n");
+    a.on_change = vec![Action::Command(shell(&format!(
+        "echo ran >> {}",
+        log.display()
+    )))];
+    let cs = set(vec![a, file("/etc/app/b.conf", "b2\n")]);
+    crash_at(&s, &cs, Phase::Acting, 2);
+    let what = s.engine.recover().unwrap();
+    assert!(what.contains("completed"), "{what}");
+    assert_eq!(s.read("/etc/app/a.conf").as_deref(), Some("a2\n"));
+    assert_eq!(s.read("/etc/app/b.conf").as_deref(), Some("b2\n"));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "ran\n");
+    assert_eq!(
+        s.engine
+            .backups("/etc/app/a.conf", &Scope::Host)
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -1,0 +1,1171 @@
+//! Desired-state operations: `cluster set/show`, `plan`, `apply`, `drift`, `history`,
+//! `rollback`, `drain` and `undrain`, and serve's reconcile of revisions a node missed.
+//!
+//! Every path goes through [`desired_for`] (the generators' output for a node, minus
+//! the paths a rollback holds) and the agent's one staging routine, so `plan` and
+//! `apply` cannot disagree. Secrets reach the agents inside change sets, and come
+//! back only as hashes: nothing here formats an entry's content except a diff of a
+//! non-secret entry's text that the agent returned.
+
+use std::time::Duration;
+
+use clustermgr_protocol::changeset::{
+    Action, ApplyReport, ApplyResult, ChangeSet, Entry, EntryPlan, Meta, RestoreSpec, Scope,
+    Validator,
+};
+use clustermgr_protocol::message::{Reply, Request};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::CtlError;
+use crate::clock::rfc3339;
+use crate::connect::NodeFailure;
+use crate::generate::{self, Inputs, Secrets, TunnelMaterial};
+use crate::ops::{Ctx, Event, NodeOutcome, NodeState, Report};
+use crate::selector::select;
+use crate::store::{ChangeRecord, DesiredRecord, Hold, NodeRecord, Role};
+
+/// How long an agent may take to compare a change set with its disk.
+const PLAN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an apply may take: validators and service restarts (a Java app is slow).
+const APPLY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// One entry of a node's plan, as shown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryView {
+    /// The path, inside its scope.
+    pub path: String,
+    /// `host`, or `container /opt/gluu-server`.
+    pub scope: String,
+    /// `create`, `modify`, `metadata`, `unchanged`, `waiting`, `held`.
+    pub change: String,
+    /// Whether its content is secret (no diff, only hashes).
+    pub secret: bool,
+    /// SHA-256 on the node now.
+    pub old_sha256: Option<String>,
+    /// SHA-256 as it would be.
+    pub new_sha256: String,
+    /// `0644 root:root → 0600 root:root`, when the metadata changes.
+    pub metadata: Option<String>,
+    /// A unified diff of the governed text (never for secrets).
+    pub diff: Option<String>,
+    /// The node's copy was edited by hand since clustermgr last applied it.
+    pub drift: bool,
+}
+
+/// A node's plan or drift report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodePlanView {
+    /// The node.
+    pub node: String,
+    /// Whether the node answered.
+    pub state: NodeState,
+    /// Why not.
+    pub message: Option<String>,
+    /// Entries that would change (or drifted), in change-set order.
+    pub entries: Vec<EntryView>,
+    /// How many entries already match.
+    pub unchanged: usize,
+    /// Validators that would run.
+    pub validators: Vec<String>,
+    /// Actions that would run.
+    pub actions: Vec<String>,
+    /// What the generators wait for before they can configure more of this node.
+    pub waiting: Vec<String>,
+    /// Paths a rollback holds, with the generation restored.
+    pub held: Vec<(String, u32)>,
+    /// A revision that the node has not received yet.
+    pub pending_revision: Option<u64>,
+}
+
+/// One step an apply ran, as shown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepView {
+    /// What ran.
+    pub step: String,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Its output.
+    pub output: String,
+}
+
+/// How an apply went on one node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeApplyView {
+    /// The node.
+    pub node: String,
+    /// ok, failed, unreachable or skipped.
+    pub state: NodeState,
+    /// `applied`, `unchanged`, `rolled back`, `pending` (unreachable: serve sends it
+    /// when the node is back), `skipped`, `failed`.
+    pub result: String,
+    /// What went wrong, in words.
+    pub message: Option<String>,
+    /// The revision.
+    pub revision: u64,
+    /// The entries that changed (or would have).
+    pub entries: Vec<EntryView>,
+    /// The validators and actions that ran.
+    pub steps: Vec<StepView>,
+}
+
+/// A line of `history`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeView {
+    /// Its number.
+    pub id: u64,
+    /// When, RFC 3339.
+    pub time: String,
+    /// The record.
+    pub record: ChangeRecord,
+}
+
+/// `cluster show`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// Every setting and its value.
+    pub settings: Vec<(String, String)>,
+    /// Every secret: `set (sha256 …)` or `not set`.
+    pub secrets: Vec<(String, String)>,
+}
+
+/// A kept backup, as `rollback --list` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GenerationView {
+    /// 1 is the newest.
+    pub generation: u32,
+    /// When it was replaced.
+    pub replaced_at: String,
+    /// Its SHA-256.
+    pub sha256: String,
+    /// Mode and owner.
+    pub metadata: String,
+}
+
+/// What a node should get, and what it is waiting for.
+struct NodeDesired {
+    node: NodeRecord,
+    /// The entries to send (held paths left out).
+    entries: Vec<Entry>,
+    waiting: Vec<String>,
+    record: DesiredRecord,
+    /// The holds still in force (their desired entry has not changed).
+    holds: Vec<Hold>,
+}
+
+fn scope_text(s: &Scope) -> String {
+    match s {
+        Scope::Host => "host".into(),
+        Scope::Container { root } => format!("container {root}"),
+    }
+}
+
+fn describe_action(a: &Action) -> String {
+    match a {
+        Action::Service { name, verb } => format!("{} {name}", verb.as_str()),
+        Action::Command(c) => c.display_line(),
+    }
+}
+
+fn describe_validator(v: &Validator, path: &str) -> String {
+    match v {
+        Validator::Nginx => format!("nginx -t -c {path}"),
+        Validator::Command(c) => c.display_line(),
+    }
+}
+
+fn meta_text(m: &Meta) -> String {
+    format!("{:04o} {}:{}", m.mode, m.uid, m.gid)
+}
+
+fn now_ms(ctx: &Ctx) -> i64 {
+    (ctx.clock.now().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// A random csync2 key: 64 characters of csync2's own key alphabet.
+fn new_csync2_key() -> Result<Vec<u8>, CtlError> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._";
+    let mut raw = [0u8; 64];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+        .map_err(|_| CtlError::Usage("the system random generator failed".into()))?;
+    Ok(raw.iter().map(|b| ALPHABET[(*b & 63) as usize]).collect())
+}
+
+/// The generators' output for `selected`, with the cluster's secrets generated once.
+fn desired_for(ctx: &Ctx, selected: &[NodeRecord]) -> Result<Vec<NodeDesired>, CtlError> {
+    let all = ctx.store.nodes()?;
+    let model = ctx.store.model()?;
+    let mut stored = ctx.store.secrets()?;
+    if stored.csync2_key.is_none() && all.iter().filter(|n| n.has_role(Role::Gluu)).count() > 1 {
+        let key = new_csync2_key()?;
+        stored = ctx.store.update_secrets(|s| {
+            s.csync2_key.get_or_insert(key);
+        })?;
+    }
+    let secrets = Secrets {
+        csync2_key: stored.csync2_key.clone(),
+        tls: stored.tls_cert_pem.clone().zip(stored.tls_key_pem.clone()),
+    };
+    let tunnel = match ctx.store.tunnel()? {
+        Some(t) => {
+            let pick = |purpose: &str| {
+                t.certs
+                    .iter()
+                    .filter_map(|(k, (pem, _, _))| {
+                        let (p, node) = k.split_once('/')?;
+                        (p == purpose).then(|| (node.to_string(), pem.clone()))
+                    })
+                    .collect()
+            };
+            TunnelMaterial {
+                ca_pem: t.ca_cert_pem.clone(),
+                crl_pem: t.crl_pem.clone(),
+                certs: pick("stunnel"),
+                csync2_certs: pick("csync2"),
+            }
+        }
+        None => TunnelMaterial::default(),
+    };
+    let mut rendered = generate::render(&Inputs {
+        model: &model,
+        nodes: &all,
+        secrets: &secrets,
+        tunnel: &tunnel,
+    });
+    let mut out = Vec::new();
+    for node in selected {
+        let cfg = rendered.remove(&node.name).unwrap_or_default();
+        let record = ctx.store.desired(&node.name)?;
+        let mut holds = Vec::new();
+        let mut entries = Vec::new();
+        for e in cfg.entries {
+            match record
+                .holds
+                .iter()
+                .find(|h| h.path == e.path && h.desired.scope == e.scope)
+            {
+                Some(h) if h.desired == e => holds.push(h.clone()),
+                _ => entries.push(e),
+            }
+        }
+        out.push(NodeDesired {
+            node: node.clone(),
+            entries,
+            waiting: cfg.waiting,
+            record,
+            holds,
+        });
+    }
+    Ok(out)
+}
+
+/// The view of one entry compared by the agent.
+fn entry_view(e: &Entry, p: &EntryPlan, applied: &[Entry]) -> EntryView {
+    let diff = match (&p.old_text, &p.new_text) {
+        (Some(old), Some(new)) if !e.secret && old != new => Some(unified(&e.path, old, new)),
+        (None, Some(new)) if !e.secret && p.old_sha256.is_none() => Some(unified(&e.path, "", new)),
+        _ => None,
+    };
+    let metadata = match (&p.old_meta, &p.new_meta) {
+        (Some(o), Some(n)) if o != n => Some(format!("{} → {}", meta_text(o), meta_text(n))),
+        _ => None,
+    };
+    EntryView {
+        path: e.path.clone(),
+        scope: scope_text(&e.scope),
+        change: p.change.as_str().into(),
+        secret: e.secret,
+        old_sha256: p.old_sha256.clone(),
+        new_sha256: p.new_sha256.clone(),
+        metadata,
+        diff,
+        // The desired entry is what was last applied, yet the disk differs: a hand edit.
+        drift: p.change.writes() && applied.contains(e),
+    }
+}
+
+fn unified(path: &str, old: &str, new: &str) -> String {
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(
+            &format!("{path} (on the node)"),
+            &format!("{path} (desired)"),
+        )
+        .to_string()
+}
+
+/// The steps an entry list would run if these entries change.
+fn steps_of(entries: &[Entry], plans: &[EntryPlan]) -> (Vec<String>, Vec<String>) {
+    let mut validators = Vec::new();
+    let mut actions = Vec::new();
+    if !plans.iter().any(|p| p.change.writes()) {
+        return (validators, actions);
+    }
+    for (e, p) in entries.iter().zip(plans) {
+        if let Some(v) = &e.validate {
+            let d = describe_validator(v, &e.path);
+            if !validators.contains(&d) {
+                validators.push(d);
+            }
+        }
+        if p.change.writes() {
+            for a in &e.on_change {
+                let d = describe_action(a);
+                if !actions.contains(&d) {
+                    actions.push(d);
+                }
+            }
+        }
+    }
+    (validators, actions)
+}
+
+async fn agent_plan(
+    ctx: &Ctx,
+    node: &NodeRecord,
+    entries: &[Entry],
+    within: Duration,
+) -> Result<Vec<EntryPlan>, NodeFailure> {
+    let conn = ctx.connection_within(node, within).await?;
+    let set = ChangeSet {
+        revision: 0,
+        entries: entries.to_vec(),
+        requested_by: String::new(),
+    };
+    match conn.unary(&Request::Plan(set), PLAN_TIMEOUT).await? {
+        Reply::Planned(p) if p.len() == entries.len() => Ok(p),
+        Reply::Error(e) => Err(NodeFailure::failed(e.message)),
+        other => Err(NodeFailure::failed(format!(
+            "unexpected reply to a plan: {}",
+            reply_kind(&other)
+        ))),
+    }
+}
+
+/// A reply's variant, for messages (never its contents).
+fn reply_kind(r: &Reply) -> &'static str {
+    match r {
+        Reply::Planned(_) => "Planned",
+        Reply::Applied(_) => "Applied",
+        Reply::Error(_) => "Error",
+        _ => "another reply",
+    }
+}
+
+fn failed_plan(d: &NodeDesired, f: NodeFailure) -> NodePlanView {
+    let o = NodeOutcome::failure(&d.node.name, f);
+    NodePlanView {
+        node: d.node.name.clone(),
+        state: o.state,
+        message: o.message,
+        entries: Vec::new(),
+        unchanged: 0,
+        validators: Vec::new(),
+        actions: Vec::new(),
+        waiting: d.waiting.clone(),
+        held: held_list(&d.holds),
+        pending_revision: d.record.pending.as_ref().map(|p| p.0),
+    }
+}
+
+fn held_list(holds: &[Hold]) -> Vec<(String, u32)> {
+    holds
+        .iter()
+        .map(|h| (h.path.clone(), h.generation))
+        .collect()
+}
+
+/// `plan` (what `apply` would do) or, with `drift`, what was edited on the nodes since
+/// clustermgr last applied (their last applied entries compared with the disk).
+pub async fn plan(
+    ctx: &Ctx,
+    selector: &str,
+    drift: bool,
+    within: Duration,
+    events: &mpsc::Sender<Event>,
+) -> Result<Report, CtlError> {
+    let selected = select(&ctx.store.nodes()?, selector)?;
+    let mut desired = desired_for(ctx, &selected)?;
+    if drift {
+        for d in &mut desired {
+            d.entries = d.record.applied.clone();
+            d.waiting.clear();
+        }
+    }
+    let futures = desired.iter().map(|d| async move {
+        match agent_plan(ctx, &d.node, &d.entries, within).await {
+            Ok(plans) => plan_view(d, &plans, drift),
+            Err(f) => failed_plan(d, f),
+        }
+    });
+    let mut views = futures_util::future::join_all(futures).await;
+    views.sort_by(|a, b| a.node.cmp(&b.node));
+    let _ = events;
+    Ok(Report::Plan { views, drift })
+}
+
+fn plan_view(d: &NodeDesired, plans: &[EntryPlan], drift: bool) -> NodePlanView {
+    let applied = &d.record.applied;
+    let mut entries = Vec::new();
+    let mut unchanged = 0;
+    for (e, p) in d.entries.iter().zip(plans) {
+        if p.change.writes()
+            || (!drift && p.change == clustermgr_protocol::changeset::Change::Waiting)
+        {
+            let mut v = entry_view(e, p, applied);
+            if drift {
+                v.drift = p.change.writes();
+            }
+            entries.push(v);
+        } else {
+            unchanged += 1;
+        }
+    }
+    let (validators, actions) = if drift {
+        (Vec::new(), Vec::new())
+    } else {
+        steps_of(&d.entries, plans)
+    };
+    NodePlanView {
+        node: d.node.name.clone(),
+        state: NodeState::Ok,
+        message: None,
+        entries,
+        unchanged,
+        validators,
+        actions,
+        waiting: d.waiting.clone(),
+        held: held_list(&d.holds),
+        pending_revision: d.record.pending.as_ref().map(|p| p.0),
+    }
+}
+
+/// `apply`: every selected node at once, or one at a time with `rolling`, stopping at
+/// the first node that does not come through.
+pub async fn apply(
+    ctx: &Ctx,
+    user: &str,
+    selector: &str,
+    rolling: bool,
+    within: Duration,
+    events: &mpsc::Sender<Event>,
+) -> Result<Report, CtlError> {
+    let selected = select(&ctx.store.nodes()?, selector)?;
+    ensure_tunnel(ctx, &selected, within).await?;
+    let desired = desired_for(ctx, &selected)?;
+    let revision = ctx.store.next_revision()?;
+    let names: Vec<String> = selected.iter().map(|n| n.name.clone()).collect();
+    let detail = format!(
+        "revision {revision}{}",
+        if rolling { ", rolling" } else { "" }
+    );
+    let (audit_id, audit) = ctx.audit(user, "apply", &names, &detail)?;
+    let mut pending = crate::ops::PendingAudit::new(&ctx.store, audit_id, audit);
+    let by = format!("{user}@{}", ctx.meta.name);
+    let mut views = Vec::new();
+    if rolling {
+        let mut stop = false;
+        for d in &desired {
+            if stop {
+                views.push(skipped(d, revision));
+                continue;
+            }
+            let v = apply_one(ctx, user, &by, d, revision, "apply", within).await?;
+            stop = v.state != NodeState::Ok;
+            let _ = events.send(Event::NodeDone(done(&v))).await;
+            views.push(v);
+        }
+    } else {
+        let futures = desired.iter().map(|d| async {
+            let v = apply_one(ctx, user, &by, d, revision, "apply", within).await;
+            if let Ok(v) = &v {
+                let _ = events.send(Event::NodeDone(done(v))).await;
+            }
+            v
+        });
+        for v in futures_util::future::join_all(futures).await {
+            views.push(v?);
+        }
+    }
+    views.sort_by(|a, b| a.node.cmp(&b.node));
+    pending.finish(
+        views
+            .iter()
+            .map(|v| (v.node.clone(), v.result.clone()))
+            .collect(),
+    )?;
+    Ok(Report::Applied(views))
+}
+
+fn done(v: &NodeApplyView) -> NodeOutcome {
+    NodeOutcome {
+        state: v.state.clone(),
+        message: Some(v.message.clone().unwrap_or_else(|| v.result.clone())),
+        ..NodeOutcome::new(&v.node)
+    }
+}
+
+fn skipped(d: &NodeDesired, revision: u64) -> NodeApplyView {
+    NodeApplyView {
+        node: d.node.name.clone(),
+        state: NodeState::Skipped,
+        result: "skipped".into(),
+        message: Some("not tried: an earlier node of this rolling apply failed".into()),
+        revision,
+        entries: Vec::new(),
+        steps: Vec::new(),
+    }
+}
+
+/// Applies one node's desired entries and records the outcome.
+async fn apply_one(
+    ctx: &Ctx,
+    user: &str,
+    by: &str,
+    d: &NodeDesired,
+    revision: u64,
+    action: &str,
+    within: Duration,
+) -> Result<NodeApplyView, CtlError> {
+    let set = ChangeSet {
+        revision,
+        entries: d.entries.clone(),
+        requested_by: by.to_string(),
+    };
+    let reply = match ctx.connection_within(&d.node, within).await {
+        Ok(conn) => conn.unary(&Request::Apply(set), APPLY_TIMEOUT).await,
+        Err(f) => Err(f),
+    };
+    let mut record = d.record.clone();
+    record.node = d.node.name.clone();
+    let report = match reply {
+        Ok(Reply::Applied(r)) => *r,
+        Ok(Reply::Error(e)) => {
+            return Ok(failed_apply(d, revision, e.message));
+        }
+        Ok(other) => {
+            return Ok(failed_apply(
+                d,
+                revision,
+                format!("unexpected reply to an apply: {}", reply_kind(&other)),
+            ));
+        }
+        Err(f) => {
+            let o = NodeOutcome::failure(&d.node.name, f);
+            if o.state == NodeState::Unreachable {
+                // Kept for serve, which sends it as soon as the node answers again.
+                record.pending = Some((revision, d.entries.clone()));
+                record.holds = d.holds.clone();
+                ctx.store.record_desired(&record, &[])?;
+                return Ok(NodeApplyView {
+                    node: d.node.name.clone(),
+                    state: NodeState::Unreachable,
+                    result: "pending".into(),
+                    message: Some(format!(
+                        "{}; revision {revision} is kept for it, and `clustermgr serve` applies it when the node answers again",
+                        o.message.unwrap_or_default()
+                    )),
+                    revision,
+                    entries: Vec::new(),
+                    steps: Vec::new(),
+                });
+            }
+            return Ok(failed_apply(d, revision, o.message.unwrap_or_default()));
+        }
+    };
+    record_apply(ctx, user, d, record, revision, action, report)
+}
+
+fn failed_apply(d: &NodeDesired, revision: u64, message: String) -> NodeApplyView {
+    NodeApplyView {
+        node: d.node.name.clone(),
+        state: NodeState::Failed,
+        result: "failed".into(),
+        message: Some(message),
+        revision,
+        entries: Vec::new(),
+        steps: Vec::new(),
+    }
+}
+
+/// Stores what an agent's apply report means: the new applied state and the history.
+fn record_apply(
+    ctx: &Ctx,
+    user: &str,
+    d: &NodeDesired,
+    mut record: DesiredRecord,
+    revision: u64,
+    action: &str,
+    report: ApplyReport,
+) -> Result<NodeApplyView, CtlError> {
+    let (state, result, message) = match &report.result {
+        ApplyResult::Applied => (NodeState::Ok, "applied".to_string(), None),
+        ApplyResult::Unchanged => (NodeState::Ok, "unchanged".to_string(), None),
+        ApplyResult::RolledBack {
+            step,
+            output,
+            restored_cleanly,
+        } => (
+            NodeState::Failed,
+            "rolled back".to_string(),
+            Some(format!(
+                "{step} failed, so the previous files were put back{}: {output}",
+                if *restored_cleanly {
+                    ""
+                } else {
+                    " (but re-running the actions on them failed too: see the steps)"
+                }
+            )),
+        ),
+    };
+    let ok = state == NodeState::Ok;
+    let time_ms = now_ms(ctx);
+    let history: Vec<ChangeRecord> = d
+        .entries
+        .iter()
+        .zip(&report.entries)
+        .filter(|(_, p)| p.change.writes())
+        .map(|(_, p)| ChangeRecord {
+            time_ms,
+            user: user.to_string(),
+            action: action.to_string(),
+            revision,
+            node: d.node.name.clone(),
+            path: p.path.clone(),
+            change: p.change.as_str().into(),
+            old_sha256: p.old_sha256.clone(),
+            new_sha256: p.new_sha256.clone(),
+            result: if ok {
+                "applied".into()
+            } else {
+                format!("rolled back: {}", message.clone().unwrap_or_default())
+            },
+        })
+        .collect();
+    if ok {
+        // Held paths keep the entry they were last applied with.
+        let mut applied = d.entries.clone();
+        for h in &d.holds {
+            if let Some(prev) = record.applied.iter().find(|e| e.path == h.path) {
+                applied.push(prev.clone());
+            }
+        }
+        record.applied = applied;
+        record.applied_revision = revision;
+        record.pending = None;
+        record.holds = d.holds.clone();
+    }
+    ctx.store.record_desired(&record, &history)?;
+    let entries = d
+        .entries
+        .iter()
+        .zip(&report.entries)
+        .filter(|(_, p)| p.change.writes())
+        .map(|(e, p)| entry_view(e, p, &d.record.applied))
+        .collect();
+    Ok(NodeApplyView {
+        node: d.node.name.clone(),
+        state,
+        result,
+        message,
+        revision,
+        entries,
+        steps: report
+            .steps
+            .into_iter()
+            .map(|s| StepView {
+                step: s.step,
+                ok: s.ok,
+                output: s.output,
+            })
+            .collect(),
+    })
+}
+
+/// serve's reconcile: sends a node the revision it missed while unreachable, only the
+/// entries that differ from what it last applied (so neither a hand edit of an
+/// unchanged entry nor a rollback's hold is undone).
+pub async fn reconcile(ctx: &Ctx, node: &NodeRecord) -> Result<Option<NodeApplyView>, CtlError> {
+    let record = ctx.store.desired(&node.name)?;
+    let Some((revision, entries)) = record.pending.clone() else {
+        return Ok(None);
+    };
+    let holds: Vec<Hold> = record.holds.clone();
+    let send: Vec<Entry> = entries
+        .into_iter()
+        .filter(|e| !record.applied.contains(e))
+        .filter(|e| !holds.iter().any(|h| &h.desired == e))
+        .collect();
+    let mut keep = record.applied.clone();
+    keep.retain(|a| !send.iter().any(|s| s.path == a.path && s.scope == a.scope));
+    let d = NodeDesired {
+        node: node.clone(),
+        entries: send,
+        waiting: Vec::new(),
+        record: record.clone(),
+        holds,
+    };
+    let set = ChangeSet {
+        revision,
+        entries: d.entries.clone(),
+        requested_by: format!("serve@{}", ctx.meta.name),
+    };
+    let conn = match ctx.connection(node).await {
+        Ok(c) => c,
+        Err(_) => return Ok(None),
+    };
+    let report = match conn.unary(&Request::Apply(set), APPLY_TIMEOUT).await {
+        Ok(Reply::Applied(r)) => *r,
+        Ok(Reply::Error(e)) => {
+            let mut rec = record;
+            rec.pending = None;
+            ctx.store.record_desired(&rec, &[])?;
+            return Ok(Some(failed_apply(&d, revision, e.message)));
+        }
+        _ => return Ok(None),
+    };
+    let mut rec = record;
+    let view = record_apply(ctx, "serve", &d, rec.clone(), revision, "reconcile", report)?;
+    if view.state == NodeState::Ok {
+        // The unchanged entries stay applied beside the ones just sent.
+        rec = ctx.store.desired(&node.name)?;
+        rec.applied.extend(keep);
+        ctx.store.record_desired(&rec, &[])?;
+    } else {
+        // A revision the node refuses is not retried on every reconnect.
+        rec = ctx.store.desired(&node.name)?;
+        rec.pending = None;
+        ctx.store.record_desired(&rec, &[])?;
+    }
+    Ok(Some(view))
+}
+
+/// `history`.
+pub fn history(
+    ctx: &Ctx,
+    selector: &str,
+    path: Option<&str>,
+    limit: usize,
+) -> Result<Report, CtlError> {
+    let nodes: Vec<String> = if selector == "all" {
+        Vec::new()
+    } else {
+        select(&ctx.store.nodes()?, selector)?
+            .into_iter()
+            .map(|n| n.name)
+            .collect()
+    };
+    let lines = ctx.store.changes(limit, |c| {
+        (nodes.is_empty() || nodes.contains(&c.node)) && path.is_none_or(|p| c.path == p)
+    })?;
+    Ok(Report::History(
+        lines
+            .into_iter()
+            .map(|(id, record)| ChangeView {
+                id,
+                time: rfc3339(record.time_ms.div_euclid(1000)),
+                record,
+            })
+            .collect(),
+    ))
+}
+
+/// `cluster set`.
+pub fn cluster_set(ctx: &Ctx, user: &str, key: &str, value: &str) -> Result<Report, CtlError> {
+    let model = ctx.store.update_model(|m| m.set(key, value))?;
+    ctx.audit(user, "cluster set", &[], &format!("{key} = {value}"))?;
+    let shown = model
+        .rows()
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    Ok(Report::Done(format!(
+        "{key} = {shown}; run `clustermgr plan` to see what changes on the nodes"
+    )))
+}
+
+/// The secrets `cluster set` takes from a file.
+pub const SECRET_KEYS: &[&str] = &["tls-cert", "tls-key"];
+
+/// `cluster set tls-cert FILE` / `tls-key FILE`: the PEM text, read by the CLI.
+pub fn cluster_set_secret(
+    ctx: &Ctx,
+    user: &str,
+    key: &str,
+    pem: &SecretText,
+) -> Result<Report, CtlError> {
+    let text = pem.0.trim().to_string() + "\n";
+    match key {
+        "tls-cert" => {
+            if !text.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(CtlError::Usage(
+                    "tls-cert: the file holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+                        .into(),
+                ));
+            }
+            ctx.store.update_secrets(|s| s.tls_cert_pem = Some(text))?;
+        }
+        "tls-key" => {
+            if !text.contains("PRIVATE KEY-----") {
+                return Err(CtlError::Usage(
+                    "tls-key: the file holds no PEM private key (-----BEGIN ... PRIVATE KEY-----)"
+                        .into(),
+                ));
+            }
+            ctx.store.update_secrets(|s| s.tls_key_pem = Some(text))?;
+        }
+        other => {
+            return Err(CtlError::Usage(format!(
+                "{other} is not a setting read from a file; those are {}",
+                SECRET_KEYS.join(", ")
+            )));
+        }
+    }
+    ctx.audit(
+        user,
+        "cluster set",
+        &[],
+        &format!("{key} (secret, from a file)"),
+    )?;
+    Ok(Report::Done(format!(
+        "{key} stored; run `clustermgr plan` to see what changes on the load balancer"
+    )))
+}
+
+/// Text that is a secret: its Debug form never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretText(..)")
+    }
+}
+
+/// `cluster show`.
+pub fn cluster_show(ctx: &Ctx) -> Result<Report, CtlError> {
+    let model = ctx.store.model()?;
+    let s = ctx.store.secrets()?;
+    let hash = |b: Option<&[u8]>| match b {
+        Some(b) => format!(
+            "set (sha256 {})",
+            &clustermgr_protocol::identity::sha256_hex(b)[..16]
+        ),
+        None => "not set".into(),
+    };
+    Ok(Report::Cluster(ClusterView {
+        settings: model
+            .rows()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        secrets: vec![
+            ("csync2-key".into(), hash(s.csync2_key.as_deref())),
+            (
+                "tls-cert".into(),
+                hash(s.tls_cert_pem.as_deref().map(str::as_bytes)),
+            ),
+            (
+                "tls-key".into(),
+                hash(s.tls_key_pem.as_deref().map(str::as_bytes)),
+            ),
+        ],
+    }))
+}
+
+/// `drain` / `undrain`: marks a Gluu node down (or up) in the load balancer's nginx,
+/// and applies that on the load balancers.
+pub async fn drain(
+    ctx: &Ctx,
+    user: &str,
+    node: &str,
+    down: bool,
+    within: Duration,
+    events: &mpsc::Sender<Event>,
+) -> Result<Report, CtlError> {
+    let rec = ctx
+        .store
+        .node(node)?
+        .ok_or_else(|| CtlError::UnknownNode(node.to_string()))?;
+    if !rec.has_role(Role::Gluu) {
+        return Err(CtlError::Usage(format!(
+            "{node} is not a Gluu node; only Gluu nodes sit behind the load balancer"
+        )));
+    }
+    if !ctx.store.nodes()?.iter().any(|n| n.has_role(Role::Lb)) {
+        return Err(CtlError::Usage(
+            "the cluster has no load balancer (a node with role lb) to drain from".into(),
+        ));
+    }
+    ctx.store.update_model(|m| {
+        m.drained.retain(|n| n != node);
+        if down {
+            m.drained.push(node.to_string());
+            m.drained.sort();
+        }
+        Ok(())
+    })?;
+    apply(ctx, user, "role:lb", false, within, events).await
+}
+
+/// `rollback NODE PATH [--to G] [--list]`.
+pub async fn rollback(
+    ctx: &Ctx,
+    user: &str,
+    node: &str,
+    path: &str,
+    generation: Option<u32>,
+    list: bool,
+    within: Duration,
+) -> Result<Report, CtlError> {
+    let rec = ctx
+        .store
+        .node(node)?
+        .ok_or_else(|| CtlError::UnknownNode(node.to_string()))?;
+    let mut desired = desired_for(ctx, std::slice::from_ref(&rec))?;
+    let d = desired
+        .pop()
+        .ok_or_else(|| CtlError::UnknownNode(node.to_string()))?;
+    let managed = d
+        .entries
+        .iter()
+        .chain(d.holds.iter().map(|h| &h.desired))
+        .chain(d.record.applied.iter())
+        .find(|e| e.path == path)
+        .cloned()
+        .ok_or_else(|| {
+            CtlError::Usage(format!(
+                "{path} is not a file clustermgr manages on {node}; `clustermgr plan --nodes {node}` lists them"
+            ))
+        })?;
+    let conn = ctx
+        .connection_within(&rec, within)
+        .await
+        .map_err(|f| CtlError::Usage(format!("{node}: {}", f.message)))?;
+    if list {
+        let req = Request::Backups {
+            path: path.to_string(),
+            scope: managed.scope.clone(),
+        };
+        return match conn.unary(&req, PLAN_TIMEOUT).await {
+            Ok(Reply::Backups(list)) => Ok(Report::Generations {
+                node: node.to_string(),
+                path: path.to_string(),
+                generations: list
+                    .into_iter()
+                    .map(|b| GenerationView {
+                        generation: b.generation,
+                        replaced_at: rfc3339(b.replaced_at_ms.div_euclid(1000)),
+                        sha256: b.sha256,
+                        metadata: meta_text(&b.meta),
+                    })
+                    .collect(),
+            }),
+            Ok(Reply::Error(e)) => Err(CtlError::Usage(format!("{node}: {}", e.message))),
+            Ok(_) => Err(CtlError::Usage(format!("{node}: unexpected reply"))),
+            Err(f) => Err(CtlError::Usage(format!("{node}: {}", f.message))),
+        };
+    }
+    let generation = generation.unwrap_or(1);
+    let spec = RestoreSpec {
+        path: path.to_string(),
+        scope: managed.scope.clone(),
+        generation,
+        validate: managed.validate.clone(),
+        on_change: managed.on_change.clone(),
+        requested_by: format!("{user}@{}", ctx.meta.name),
+    };
+    let (audit_id, audit) = ctx.audit(
+        user,
+        "rollback",
+        &[node.to_string()],
+        &format!("{path} to generation {generation}"),
+    )?;
+    let mut pending = crate::ops::PendingAudit::new(&ctx.store, audit_id, audit);
+    let report = match conn.unary(&Request::Restore(spec), APPLY_TIMEOUT).await {
+        Ok(Reply::Applied(r)) => *r,
+        Ok(Reply::Error(e)) => {
+            pending.finish(vec![(node.to_string(), format!("failed: {}", e.message))])?;
+            return Err(CtlError::Usage(format!("{node}: {}", e.message)));
+        }
+        Ok(_) => return Err(CtlError::Usage(format!("{node}: unexpected reply"))),
+        Err(f) => {
+            pending.finish(vec![(node.to_string(), f.message.clone())])?;
+            return Err(CtlError::Usage(format!("{node}: {}", f.message)));
+        }
+    };
+    let restore_entry = Entry {
+        secret: true,
+        ..managed.clone()
+    };
+    let hold_desired = d
+        .entries
+        .iter()
+        .find(|e| e.path == path)
+        .cloned()
+        .unwrap_or(managed);
+    let mut record = d.record.clone();
+    record.node = node.to_string();
+    let ok = matches!(report.result, ApplyResult::Applied | ApplyResult::Unchanged);
+    if ok {
+        record.holds.retain(|h| h.path != path);
+        record.holds.push(Hold {
+            path: path.to_string(),
+            desired: hold_desired,
+            generation,
+            at_ms: now_ms(ctx),
+        });
+    }
+    let rd = NodeDesired {
+        node: rec.clone(),
+        entries: vec![restore_entry],
+        waiting: Vec::new(),
+        record: d.record.clone(),
+        holds: record.holds.clone(),
+    };
+    let mut view = record_apply(ctx, user, &rd, d.record.clone(), 0, "rollback", report)?;
+    // record_apply would treat the restore as the new applied state; it is a hold.
+    ctx.store.record_desired(&record, &[])?;
+    if view.state == NodeState::Ok {
+        view.result =
+            format!("restored generation {generation}, held until the desired state changes");
+    }
+    pending.finish(vec![(node.to_string(), view.result.clone())])?;
+    Ok(Report::Applied(vec![view]))
+}
+
+/// How long tunnel certificates are valid.
+const TUNNEL_CERT_DAYS: i64 = 365;
+/// A revocation list is renewed when less than this is left of it.
+const CRL_RENEW_BEFORE_SECS: i64 = 60 * 86_400;
+
+/// The tunnel keys `nodes` need: (purpose, node, where the key lives).
+fn wanted_tunnel_keys(
+    model: &crate::model::ClusterModel,
+    all: &[NodeRecord],
+    nodes: &[NodeRecord],
+) -> Vec<(&'static str, NodeRecord, &'static str)> {
+    let gluu = all.iter().filter(|n| n.has_role(Role::Gluu)).count();
+    let mut out = Vec::new();
+    for n in nodes {
+        if gluu >= 2 && n.has_role(Role::Gluu) {
+            out.push(("csync2", n.clone(), generate::CSYNC2_KEY));
+        }
+        if model.cache == crate::model::Cache::Redis
+            && (n.has_role(Role::Gluu) || n.has_role(Role::Cache))
+        {
+            out.push(("stunnel", n.clone(), generate::STUNNEL_KEY));
+        }
+    }
+    out
+}
+
+/// Has every selected node that needs a tunnel key make one (on the node) and certifies
+/// it with the tunnel CA, made on first need. A node whose key changed gets a new
+/// certificate and the old one is revoked. Unreachable nodes are left waiting.
+async fn ensure_tunnel(
+    ctx: &Ctx,
+    selected: &[NodeRecord],
+    within: Duration,
+) -> Result<(), CtlError> {
+    let model = ctx.store.model()?;
+    let all = ctx.store.nodes()?;
+    let wanted = wanted_tunnel_keys(&model, &all, selected);
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let now = ctx.clock.now();
+    let mut rec = match ctx.store.tunnel()? {
+        Some(r) => r,
+        None => {
+            let (ca, key_pem) = crate::ca::Ca::create_tunnel(&ctx.meta.name, now)?;
+            crate::store::TunnelRecord {
+                ca_cert_pem: ca.cert_pem().to_string(),
+                ca_key_pem: key_pem,
+                ..Default::default()
+            }
+        }
+    };
+    let ca = crate::ca::Ca::load(&rec.ca_cert_pem, &rec.ca_key_pem)?;
+    let csrs = futures_util::future::join_all(wanted.iter().map(|(_, node, path)| async move {
+        let conn = ctx.connection_within(node, within).await.ok()?;
+        let req = Request::HostKey {
+            path: path.to_string(),
+            scope: Scope::Host,
+        };
+        match conn.unary(&req, PLAN_TIMEOUT).await {
+            Ok(Reply::Csr { pem }) => Some(pem),
+            Ok(Reply::Error(e)) => {
+                tracing::warn!("{}: no tunnel key: {}", node.name, e.message);
+                None
+            }
+            _ => None,
+        }
+    }))
+    .await;
+    let mut changed = false;
+    for ((purpose, node, _), csr) in wanted.iter().zip(csrs) {
+        let Some(csr) = csr else { continue };
+        let name = clustermgr_protocol::NodeName::new(&node.name)?;
+        let key = crate::ca::csr_public_key(&name, &csr)?;
+        let slot = format!("{purpose}/{}", node.name);
+        if rec
+            .certs
+            .get(&slot)
+            .is_some_and(|(_, _, fp)| *fp == key.fingerprint)
+        {
+            continue;
+        }
+        let issued = ca.sign_tunnel(&name, &key, now, time::Duration::days(TUNNEL_CERT_DAYS))?;
+        if let Some((_, old, _)) = rec.certs.insert(
+            slot,
+            (issued.pem, issued.summary.serial, key.fingerprint.clone()),
+        ) {
+            rec.revoked.push((old, now.unix_timestamp()));
+        }
+        changed = true;
+    }
+    if changed || rec.crl_next_update - now.unix_timestamp() < CRL_RENEW_BEFORE_SECS {
+        renew_crl(&ca, &mut rec, now)?;
+    }
+    ctx.store.put_tunnel(&rec)
+}
+
+fn renew_crl(
+    ca: &crate::ca::Ca,
+    rec: &mut crate::store::TunnelRecord,
+    now: time::OffsetDateTime,
+) -> Result<(), CtlError> {
+    rec.crl_number += 1;
+    rec.crl_pem = ca.crl(&rec.revoked, now, rec.crl_number)?;
+    rec.crl_next_update = (now + time::Duration::days(365)).unix_timestamp();
+    Ok(())
+}
+
+/// `node remove`: revokes the node's tunnel certificates (the new revocation list
+/// reaches the other nodes at the next `apply`).
+pub fn revoke_tunnel(ctx: &Ctx, node: &str) -> Result<(), CtlError> {
+    let Some(mut rec) = ctx.store.tunnel()? else {
+        return Ok(());
+    };
+    let now = ctx.clock.now();
+    let gone: Vec<String> = rec
+        .certs
+        .keys()
+        .filter(|k| k.split_once('/').is_some_and(|(_, n)| n == node))
+        .cloned()
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    for k in gone {
+        if let Some((_, serial, _)) = rec.certs.remove(&k) {
+            rec.revoked.push((serial, now.unix_timestamp()));
+        }
+    }
+    let ca = crate::ca::Ca::load(&rec.ca_cert_pem, &rec.ca_key_pem)?;
+    renew_crl(&ca, &mut rec, now)?;
+    ctx.store.put_tunnel(&rec)
+}

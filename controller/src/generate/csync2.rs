@@ -1,0 +1,129 @@
+//! csync2 on the Gluu nodes: one group over every Gluu node with the replicated paths
+//! and the per-node files excluded, the shared key, each node's TLS certificate, a
+//! listener on 30865, and a sync every two minutes, staggered per node.
+
+use std::collections::BTreeMap;
+
+use clustermgr_protocol::changeset::ServiceVerb;
+
+use super::{HEADER, Inputs, NodeConfig, Sorted, file, service, service_files};
+use crate::store::Role;
+
+/// The service that runs the listener.
+pub const SERVICE: &str = "clustermgr-csync2";
+/// Where csync2 (Debian's build) looks for its certificate (its key, generated on the
+/// node, is `/etc/csync2_ssl_key.pem` beside it).
+pub const SSL_CERT: &str = "/etc/csync2_ssl_cert.pem";
+
+/// Files that must differ per node, inside the container root: each node's LDAP
+/// client list names its own server first, the salt encodes its passwords, and the
+/// log rotation of oxTrust is per node. (Excluding only the 3.x name, as the existing
+/// Cluster Manager does, lets 4.x nodes overwrite each other's `servers:` line.)
+const PER_NODE: &[&str] = &[
+    "/etc/gluu/conf/gluu-ldap.properties",
+    "/etc/gluu/conf/ox-ldap.properties",
+    "/etc/gluu/conf/salt",
+    "/opt/gluu/jetty/identity/resources/log4j2.xml",
+];
+
+fn inside(root: &str, path: &str) -> String {
+    if root == "/" {
+        path.to_string()
+    } else {
+        format!("{}{path}", root.trim_end_matches('/'))
+    }
+}
+
+pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String, NodeConfig>) {
+    let gluu = sorted.with(Role::Gluu);
+    if gluu.len() < 2 {
+        return;
+    }
+    let Some(key) = &inputs.secrets.csync2_key else {
+        for n in &gluu {
+            out.entry(n.name.clone())
+                .or_default()
+                .waiting
+                .push("csync2 waits for the cluster's csync2 key".into());
+        }
+        return;
+    };
+    let root = inputs.model.gluu_root.as_str();
+    let mut cfg = format!("{HEADER}group gluu {{\n");
+    for n in &gluu {
+        cfg.push_str(&format!("    host {};\n", n.name));
+    }
+    cfg.push_str("    key /etc/csync2.key;\n");
+    for p in &inputs.model.replicated_paths {
+        cfg.push_str(&format!("    include {};\n", inside(root, p)));
+    }
+    for p in PER_NODE {
+        cfg.push_str(&format!("    exclude {};\n", inside(root, p)));
+    }
+    let shib = [
+        inside(root, "/opt/shibboleth-idp/conf/*"),
+        inside(root, "/opt/gluu/jetty/identity/conf/shibboleth3/idp/*"),
+    ];
+    let restart = if root == "/" {
+        "/etc/init.d/identity restart; /etc/init.d/idp restart".to_string()
+    } else {
+        format!("chroot {root} /etc/init.d/identity restart; chroot {root} /etc/init.d/idp restart")
+    };
+    cfg.push_str(&format!(
+        "    backup-directory /var/backups/csync2;\n    backup-generations 3;\n    auto younger;\n\n    # Shibboleth reads its configuration at start: restart it where it changed.\n    action {{\n        pattern {};\n        pattern {};\n        exec \"{restart}\";\n        logfile \"/var/log/csync2_action.log\";\n        do-local;\n    }}\n}}\n",
+        shib[0], shib[1]
+    ));
+    let restart_listener = service(SERVICE, ServiceVerb::Restart);
+    for (i, n) in gluu.iter().enumerate() {
+        let node_cfg = out.entry(n.name.clone()).or_default();
+        let Some(cert) = inputs.tunnel.csync2_certs.get(&n.name) else {
+            node_cfg.waiting.push(format!(
+                "csync2 waits for {}'s key: `clustermgr apply` has it generated on the node",
+                n.name
+            ));
+            continue;
+        };
+        node_cfg.entries.push(file(
+            "/etc/csync2.cfg",
+            cfg.clone(),
+            0o644,
+            restart_listener.clone(),
+        ));
+        let mut k = file(
+            "/etc/csync2.key",
+            String::from_utf8_lossy(key).into_owned() + "\n",
+            0o600,
+            restart_listener.clone(),
+        );
+        k.secret = true;
+        node_cfg.entries.push(k);
+        node_cfg.entries.push(file(
+            SSL_CERT,
+            // csync2 sends only this file as its chain, and a peer's GnuTLS does not
+            // send its own certificate to a server whose trusted list lacks the CA
+            // (LINBIT/csync2#38): the host's certificate, then the CA's.
+            format!("{cert}{}", inputs.tunnel.ca_pem),
+            0o644,
+            restart_listener.clone(),
+        ));
+        node_cfg.entries.extend(service_files(
+            SERVICE,
+            "csync2 listener for the Gluu cluster (clustermgr)",
+            "/usr/sbin/csync2",
+            &format!("-ii -N {}", n.name),
+            false,
+            &restart_listener,
+        ));
+        node_cfg.entries.push(file(
+            "/etc/cron.d/clustermgr-csync2",
+            format!(
+                "{HEADER}SHELL=/bin/sh\n{}-59/2 * * * * root sleep {}; /usr/sbin/csync2 -x -N {} >/dev/null 2>&1\n",
+                i % 2,
+                (i * 20) % 60,
+                n.name
+            ),
+            0o644,
+            Vec::new(),
+        ));
+    }
+}

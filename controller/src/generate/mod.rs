@@ -1,0 +1,207 @@
+//! The generators: every node's desired configuration, derived from the cluster model
+//! and the inventory alone (so nodes can be prepared before Gluu is on them).
+//! Deterministic: the same inputs give the same bytes, which the snapshot tests hold.
+
+use std::collections::BTreeMap;
+
+use clustermgr_protocol::changeset::Entry;
+
+use crate::model::ClusterModel;
+use crate::store::NodeRecord;
+
+/// Secrets the generators place on nodes. Never printed; plans show only their hashes.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    /// The csync2 group key, generated once by the controller.
+    pub csync2_key: Option<Vec<u8>>,
+    /// The cluster's TLS certificate chain (PEM) and key (PEM), for the load balancer.
+    pub tls: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets").finish_non_exhaustive()
+    }
+}
+
+/// The tunnel CA's public material: what stunnel (and csync2) peers verify each other with.
+#[derive(Clone, Debug, Default)]
+pub struct TunnelMaterial {
+    /// The tunnel CA certificate, PEM.
+    pub ca_pem: String,
+    /// Its current revocation list, PEM.
+    pub crl_pem: String,
+    /// Each node's stunnel certificate, PEM, by node name; a node without one yet is
+    /// waiting for its key to be generated on it.
+    pub certs: BTreeMap<String, String>,
+    /// Each Gluu node's csync2 certificate (csync2 pins its peers' on first contact).
+    pub csync2_certs: BTreeMap<String, String>,
+}
+
+/// Everything the generators read.
+#[derive(Clone, Copy, Debug)]
+pub struct Inputs<'a> {
+    /// The cluster settings.
+    pub model: &'a ClusterModel,
+    /// Every node, sorted by name.
+    pub nodes: &'a [NodeRecord],
+    /// The secrets.
+    pub secrets: &'a Secrets,
+    /// The tunnel certificates.
+    pub tunnel: &'a TunnelMaterial,
+}
+
+/// One node's desired configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// The entries, in a fixed order.
+    pub entries: Vec<Entry>,
+    /// What some generator is waiting for before it can produce its part for this
+    /// node, as sentences (`the load balancer's nginx waits for `cluster set hostname``).
+    pub waiting: Vec<String>,
+}
+
+mod csync2;
+mod hosts;
+mod nginx;
+mod stunnel;
+#[cfg(test)]
+mod tests;
+
+use clustermgr_protocol::changeset::{Action, Content, Scope, ServiceVerb};
+
+use crate::store::Role;
+
+/// Where each host's stunnel key is generated (on the host; never an entry).
+pub const STUNNEL_KEY: &str = stunnel::KEY;
+/// Where each Gluu node's csync2 key is generated: csync2 reads it from there.
+pub const CSYNC2_KEY: &str = "/etc/csync2_ssl_key.pem";
+
+/// Every node's desired configuration. Nodes without any part get an empty config.
+pub fn render(inputs: &Inputs) -> BTreeMap<String, NodeConfig> {
+    let mut nodes: Vec<&NodeRecord> = inputs.nodes.iter().collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out: BTreeMap<String, NodeConfig> = nodes
+        .iter()
+        .map(|n| (n.name.clone(), NodeConfig::default()))
+        .collect();
+    let sorted = Sorted { nodes };
+    nginx::render(inputs, &sorted, &mut out);
+    csync2::render(inputs, &sorted, &mut out);
+    stunnel::render(inputs, &sorted, &mut out);
+    hosts::render(inputs, &sorted, &mut out);
+    out
+}
+
+/// The nodes, sorted by name.
+struct Sorted<'a> {
+    nodes: Vec<&'a NodeRecord>,
+}
+
+impl<'a> Sorted<'a> {
+    fn with(&self, role: Role) -> Vec<&'a NodeRecord> {
+        self.nodes
+            .iter()
+            .copied()
+            .filter(|n| n.has_role(role))
+            .collect()
+    }
+}
+
+/// The host part of a node's agent address: its IP (brackets kept off IPv6).
+fn ip_of(n: &NodeRecord) -> String {
+    let a = n.address.as_str();
+    if let Some(rest) = a.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest).to_string();
+    }
+    match a.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h.into(),
+        _ => a.to_string(),
+    }
+}
+
+/// `ip:port`, bracketing IPv6.
+fn ip_port(n: &NodeRecord, port: u16) -> String {
+    let ip = ip_of(n);
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// The line every generated text file starts with (in `#` comment syntax).
+const HEADER: &str =
+    "# Written by clustermgr from the cluster model; an edit here is reported as drift.\n";
+
+/// A whole file on the host, owned by root.
+fn file(path: &str, text: String, mode: u32, on_change: Vec<Action>) -> Entry {
+    Entry {
+        path: path.to_string(),
+        scope: Scope::Host,
+        content: Content::File {
+            bytes: text.into_bytes(),
+            mode,
+            owner: Some("root".into()),
+            group: Some("root".into()),
+        },
+        secret: false,
+        validate: None,
+        on_change,
+    }
+}
+
+fn service(name: &str, verb: ServiceVerb) -> Vec<Action> {
+    vec![Action::Service {
+        name: name.to_string(),
+        verb,
+    }]
+}
+
+/// A service run as a supervised foreground process under systemd, and by an LSB init
+/// script elsewhere, under one name so an action never depends on the init system.
+fn service_files(
+    name: &str,
+    description: &str,
+    program: &str,
+    args: &str,
+    daemonizes: bool,
+    on_change: &[Action],
+) -> Vec<Entry> {
+    // csync2's actions restart Gluu services from inside the listener: with systemd's
+    // default kill mode, restarting the listener would take them down too.
+    let unit = format!(
+        "{HEADER}[Unit]\nDescription={description}\nAfter=network-online.target\n\n[Service]\n{}ExecStart={program} {args}\nRestart=always\nRestartSec=2\nKillMode=process\n\n[Install]\nWantedBy=multi-user.target\n",
+        if daemonizes {
+            format!("Type=forking\nPIDFile=/run/{name}.pid\n")
+        } else {
+            String::new()
+        }
+    );
+    // start-stop-daemon backgrounds a program that stays in the foreground; one that
+    // daemonizes itself writes the pid file on its own.
+    let start = if daemonizes {
+        format!("start-stop-daemon --start --quiet --pidfile $PIDFILE --exec {program} -- {args}")
+    } else {
+        format!(
+            "start-stop-daemon --start --quiet --background --make-pidfile --pidfile $PIDFILE --exec {program} -- {args}"
+        )
+    };
+    let script = format!(
+        "#!/bin/sh\n{HEADER}### BEGIN INIT INFO\n# Provides:          {name}\n# Required-Start:    $network $remote_fs\n# Required-Stop:     $network $remote_fs\n# Default-Start:     2 3 4 5\n# Default-Stop:      0 1 6\n# Short-Description: {description}\n### END INIT INFO\nPIDFILE=/run/{name}.pid\ncase \"$1\" in\n  start)\n    start-stop-daemon --status --pidfile $PIDFILE --exec {program} && exit 0\n    {start}\n    ;;\n  stop)\n    start-stop-daemon --stop --quiet --retry 5 --oknodo --pidfile $PIDFILE --exec {program}\n    rm -f $PIDFILE\n    ;;\n  restart|reload|force-reload)\n    \"$0\" stop && \"$0\" start\n    ;;\n  status)\n    start-stop-daemon --status --pidfile $PIDFILE --exec {program}\n    ;;\n  *)\n    echo \"usage: $0 start|stop|restart|status\" >&2\n    exit 3\n    ;;\nesac\n"
+    );
+    vec![
+        file(
+            &format!("/etc/systemd/system/{name}.service"),
+            unit,
+            0o644,
+            on_change.to_vec(),
+        ),
+        file(
+            &format!("/etc/init.d/{name}"),
+            script,
+            0o755,
+            on_change.to_vec(),
+        ),
+    ]
+}

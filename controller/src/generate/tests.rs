@@ -1,0 +1,313 @@
+//! Snapshot tests of the generators: fixed inputs, the whole output as readable text,
+//! compared with a committed file (`UPDATE_SNAPSHOTS=1` rewrites them). Plus the
+//! properties a snapshot cannot show: determinism, order, secrets.
+
+use std::path::Path;
+
+use clustermgr_protocol::changeset::{Content, Scope};
+use clustermgr_protocol::identity::sha256_hex;
+
+use super::*;
+use crate::model::{Cache, ClusterModel};
+use crate::store::{NodeRecord, Role};
+
+fn node(name: &str, ip: &str, role: Role) -> NodeRecord {
+    NodeRecord {
+        name: name.into(),
+        address: format!("{ip}:7443"),
+        roles: vec![role],
+        primary: name == "gluu1",
+        pinned_key: String::new(),
+        pending_key: None,
+        cert_serial: String::new(),
+        cert_not_after: 0,
+        added_at: 0,
+    }
+}
+
+fn nodes() -> Vec<NodeRecord> {
+    vec![
+        node("lb1", "10.0.0.10", Role::Lb),
+        node("gluu1", "10.0.0.11", Role::Gluu),
+        node("gluu2", "10.0.0.12", Role::Gluu),
+        node("gluu3", "10.0.0.13", Role::Gluu),
+        node("cache1", "10.0.0.14", Role::Cache),
+    ]
+}
+
+const KEY_PEM: &str =
+    "-----BEGIN PRIVATE KEY-----\nSECRETSECRETSECRET\n-----END PRIVATE KEY-----\n";
+const CSYNC2_KEY: &[u8] = b"csync2keycsync2keycsync2keycsync2keycsync2keycsync2keycsync2key00";
+
+fn secrets() -> Secrets {
+    Secrets {
+        csync2_key: Some(CSYNC2_KEY.to_vec()),
+        tls: Some((
+            "-----BEGIN CERTIFICATE-----\nCLUSTER\n-----END CERTIFICATE-----\n".into(),
+            KEY_PEM.into(),
+        )),
+    }
+}
+
+fn tunnel(names: &[&str]) -> TunnelMaterial {
+    let cert = |n: &str| format!("-----BEGIN CERTIFICATE-----\n{n}\n-----END CERTIFICATE-----\n");
+    TunnelMaterial {
+        ca_pem: cert("TUNNEL-CA"),
+        crl_pem: "-----BEGIN X509 CRL-----\nCRL\n-----END X509 CRL-----\n".into(),
+        certs: names.iter().map(|n| (n.to_string(), cert(n))).collect(),
+        csync2_certs: names
+            .iter()
+            .map(|n| (n.to_string(), cert(&format!("csync2 {n}"))))
+            .collect(),
+    }
+}
+
+fn model() -> ClusterModel {
+    let mut m = ClusterModel::default();
+    m.set("hostname", "idp.example.org").unwrap();
+    m.set("gluu-version", "4.2.3").unwrap();
+    m.cache = Cache::Redis;
+    m
+}
+
+/// Every node's config as text; secrets only as their hash.
+fn dump(out: &BTreeMap<String, NodeConfig>) -> String {
+    let mut s = String::new();
+    for (node, cfg) in out {
+        s.push_str(&format!("=== {node}\n"));
+        for w in &cfg.waiting {
+            s.push_str(&format!("waiting: {w}\n"));
+        }
+        for e in &cfg.entries {
+            let scope = match &e.scope {
+                Scope::Host => "host".to_string(),
+                Scope::Container { root } => format!("container {root}"),
+            };
+            s.push_str(&format!(
+                "--- {} ({scope}) validate={:?} on_change={:?}\n",
+                e.path, e.validate, e.on_change
+            ));
+            match &e.content {
+                Content::File {
+                    bytes, mode, owner, ..
+                } => {
+                    s.push_str(&format!("file {mode:04o} {owner:?}\n"));
+                    if e.secret {
+                        s.push_str(&format!("<secret sha256 {}>\n", sha256_hex(bytes)));
+                    } else {
+                        s.push_str(&String::from_utf8_lossy(bytes));
+                    }
+                }
+                Content::Property { key, value } => {
+                    s.push_str(&format!("property {key} = {value}\n"))
+                }
+                Content::Block { name, body } => s.push_str(&format!("block {name}\n{body}")),
+            }
+        }
+    }
+    s
+}
+
+fn snapshot(name: &str, text: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/generate/snapshots")
+        .join(format!("{name}.txt"));
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "no snapshot {}: run with UPDATE_SNAPSHOTS=1 and review it",
+            path.display()
+        )
+    });
+    if want != text {
+        let diff = similar::TextDiff::from_lines(want.as_str(), text)
+            .unified_diff()
+            .header("snapshot", "now")
+            .to_string();
+        panic!("{name} differs from its snapshot (UPDATE_SNAPSHOTS=1 to accept):\n{diff}");
+    }
+}
+
+fn render_with(
+    m: &ClusterModel,
+    n: &[NodeRecord],
+    s: &Secrets,
+    t: &TunnelMaterial,
+) -> BTreeMap<String, NodeConfig> {
+    render(&Inputs {
+        model: m,
+        nodes: n,
+        secrets: s,
+        tunnel: t,
+    })
+}
+
+#[test]
+fn a_full_cluster_matches_its_snapshot() {
+    let t = tunnel(&["gluu1", "gluu2", "gluu3", "cache1"]);
+    let out = render_with(&model(), &nodes(), &secrets(), &t);
+    let text = dump(&out);
+    snapshot("full", &text);
+    assert!(!text.contains("SECRETSECRET"));
+    assert!(!text.contains(std::str::from_utf8(CSYNC2_KEY).unwrap()));
+}
+
+#[test]
+fn a_new_cluster_waits_and_says_for_what() {
+    let m = ClusterModel::default();
+    let out = render_with(
+        &m,
+        &nodes(),
+        &Secrets::default(),
+        &TunnelMaterial::default(),
+    );
+    snapshot("waiting", &dump(&out));
+    let lb = &out["lb1"];
+    assert!(
+        lb.waiting
+            .iter()
+            .any(|w| w.contains("cluster set hostname")),
+        "{lb:?}"
+    );
+    assert!(lb.entries.iter().all(|e| !e.path.starts_with("/etc/nginx")));
+}
+
+#[test]
+fn output_is_deterministic_and_independent_of_node_order() {
+    let t = tunnel(&["gluu1", "gluu2", "gluu3", "cache1"]);
+    let a = dump(&render_with(&model(), &nodes(), &secrets(), &t));
+    let mut reversed = nodes();
+    reversed.reverse();
+    let b = dump(&render_with(&model(), &reversed, &secrets(), &t));
+    assert_eq!(a, b);
+}
+
+#[test]
+fn a_drained_node_is_down_in_both_upstreams() {
+    let mut m = model();
+    m.drained = vec!["gluu2".into()];
+    let t = tunnel(&[]);
+    let out = render_with(&m, &nodes(), &secrets(), &t);
+    let text = dump(&out);
+    assert_eq!(
+        text.matches("server 10.0.0.12:443 max_fails=2 fail_timeout=10s down;")
+            .count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(text.matches(" down;").count(), 2);
+}
+
+#[test]
+fn ipv6_nodes_are_bracketed() {
+    let mut n = nodes();
+    n[1].address = "[fd00::11]:7443".into();
+    let out = render_with(&model(), &n, &secrets(), &tunnel(&[]));
+    let text = dump(&out);
+    assert!(text.contains("server [fd00::11]:443 "), "{text}");
+    assert!(text.contains("fd00::11 gluu1\n"), "{text}");
+}
+
+#[test]
+fn the_ldap_servers_line_puts_the_node_first_and_uses_the_3x_name_on_3x() {
+    let mut m = model();
+    m.set("gluu-version", "3.1.6").unwrap();
+    let out = render_with(&m, &nodes(), &secrets(), &tunnel(&[]));
+    let e = out["gluu2"]
+        .entries
+        .iter()
+        .find(|e| e.path.ends_with("ldap.properties"))
+        .unwrap();
+    assert_eq!(e.path, "/etc/gluu/conf/ox-ldap.properties");
+    assert_eq!(
+        e.content,
+        Content::Property {
+            key: "servers".into(),
+            value: "gluu2:1636,gluu1:1636,gluu3:1636".into()
+        }
+    );
+}
+
+#[test]
+fn nginx_accepts_the_generated_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["idp.example.org".into()]).unwrap();
+    let (crt, key) = (dir.path().join("c.crt"), dir.path().join("c.key"));
+    std::fs::write(&crt, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let out = render_with(&model(), &nodes(), &secrets(), &tunnel(&[]));
+    let conf = out["lb1"]
+        .entries
+        .iter()
+        .find(|e| e.path == nginx::CONF)
+        .unwrap();
+    let Content::File { bytes, .. } = &conf.content else {
+        panic!()
+    };
+    let text = String::from_utf8(bytes.clone())
+        .unwrap()
+        .replace(nginx::CERT, &crt.display().to_string())
+        .replace(nginx::KEY, &key.display().to_string())
+        .replace(
+            "pid /run/nginx.pid;",
+            &format!("pid {}/nginx.pid;", dir.path().display()),
+        );
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, text).unwrap();
+    let run = std::process::Command::new("nginx")
+        .arg("-t")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("nginx is installed (tests/run installs it)");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+#[test]
+fn csync2_accepts_the_generated_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = render_with(
+        &model(),
+        &nodes(),
+        &secrets(),
+        &tunnel(&["gluu1", "gluu2", "gluu3"]),
+    );
+    for e in &out["gluu1"].entries {
+        let Content::File { bytes, .. } = &e.content else {
+            continue;
+        };
+        if e.path == "/etc/csync2.cfg" {
+            let text = String::from_utf8(bytes.clone()).unwrap().replace(
+                "key /etc/csync2.key;",
+                &format!("key {}/csync2.key;", dir.path().display()),
+            );
+            std::fs::write(dir.path().join("csync2.cfg"), text).unwrap();
+        } else if e.path == "/etc/csync2.key" {
+            std::fs::write(dir.path().join("csync2.key"), bytes).unwrap();
+        }
+    }
+    let db = dir.path().join("db");
+    std::fs::create_dir(&db).unwrap();
+    let run = std::process::Command::new("csync2")
+        .env("CSYNC2_SYSTEM_DIR", dir.path())
+        .args(["-N", "gluu1", "-D"])
+        .arg(&db)
+        .arg("-M")
+        .output()
+        .expect("csync2 is installed (tests/run installs it)");
+    // -M exits 2 for an empty dirty list: the config parsed and names this host.
+    assert_eq!(
+        run.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}

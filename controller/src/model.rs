@@ -1,0 +1,283 @@
+//! The cluster model: the settings `clustermgr cluster set` changes, from which the
+//! generators derive every node's configuration. Stored in the inventory store.
+
+use serde::{Deserialize, Serialize};
+
+use crate::CtlError;
+
+/// Where Gluu 3.x and 4.x install their container.
+pub const DEFAULT_GLUU_ROOT: &str = "/opt/gluu-server";
+
+/// The paths csync2 replicates by default, inside the container root (from
+/// GLUU-REFERENCE.md).
+pub const DEFAULT_REPLICATED_PATHS: &[&str] = &[
+    "/opt/gluu/python/libs",
+    "/opt/gluu/jetty/oxauth/custom",
+    "/opt/gluu/jetty/identity/custom",
+    "/opt/gluu/jetty/casa/static",
+    "/opt/gluu/jetty/casa/plugins",
+    "/opt/gluu/jetty/identity/conf/shibboleth3/idp",
+    "/opt/gluu/jetty/identity/conf/shibboleth3/sp",
+    "/opt/shibboleth-idp/conf",
+    "/opt/shibboleth-idp/metadata",
+    "/opt/shibboleth-idp/sp",
+    "/opt/shibboleth-idp/temp_metadata",
+    "/etc/gluu/conf",
+];
+
+/// How the load balancer keeps a browser on one node for the apps that hold sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LbSession {
+    /// nginx's `ip_hash`.
+    IpHash,
+    /// The third-party sticky module's `sticky` cookie.
+    Sticky,
+}
+
+/// Which cache the Gluu nodes share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cache {
+    /// None: each node keeps its own.
+    None,
+    /// Redis on the cache host, reached through stunnel.
+    Redis,
+}
+
+/// The cluster's settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterModel {
+    /// The public name the load balancer serves.
+    pub hostname: Option<String>,
+    /// The Gluu Server version the nodes run (`4.2.3`).
+    pub gluu_version: Option<String>,
+    /// The container root on the Gluu nodes.
+    pub gluu_root: String,
+    /// Session affinity for `/identity`, `/idp`, `/passport`, `/casa`.
+    pub lb_session: LbSession,
+    /// What csync2 keeps equal across the Gluu nodes, inside the container root.
+    pub replicated_paths: Vec<String>,
+    /// The shared cache.
+    pub cache: Cache,
+    /// Whether the nodes' `/etc/hosts` get a block naming every node.
+    pub manage_hosts: bool,
+    /// Gluu nodes the load balancer marks `down`.
+    pub drained: Vec<String>,
+}
+
+impl Default for ClusterModel {
+    fn default() -> Self {
+        ClusterModel {
+            hostname: None,
+            gluu_version: None,
+            gluu_root: DEFAULT_GLUU_ROOT.to_string(),
+            lb_session: LbSession::IpHash,
+            replicated_paths: DEFAULT_REPLICATED_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            cache: Cache::None,
+            manage_hosts: true,
+            drained: Vec::new(),
+        }
+    }
+}
+
+/// The keys `cluster set` knows, with what each takes.
+pub const KEYS: &[(&str, &str)] = &[
+    (
+        "hostname",
+        "the cluster's public DNS name, served by the load balancer",
+    ),
+    ("gluu-version", "the Gluu Server version, such as 4.2.3"),
+    (
+        "gluu-root",
+        "the container root on the Gluu nodes (absolute path)",
+    ),
+    ("lb-session", "ip_hash or sticky"),
+    (
+        "replicated-paths",
+        "comma-separated absolute paths inside the container, or `default`",
+    ),
+    ("cache", "none or redis"),
+    ("manage-hosts", "true or false"),
+];
+
+fn valid_keys() -> String {
+    KEYS.iter()
+        .map(|(k, what)| format!("  {k}: {what}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ClusterModel {
+    /// Sets one key from its command-line form.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), CtlError> {
+        let bad = |why: &str| CtlError::Usage(format!("{key}: {why}"));
+        match key {
+            "hostname" => {
+                let name = value.trim_end_matches('.').to_ascii_lowercase();
+                clustermgr_protocol::NodeName::new(&name).map_err(|_| {
+                    bad(&format!(
+                        "{value:?} is not a DNS name; give the name clients use, such as idp.example.org"
+                    ))
+                })?;
+                self.hostname = Some(name);
+            }
+            "gluu-version" => {
+                let ok = !value.is_empty()
+                    && value.split('.').all(|p| {
+                        !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    })
+                    && value.starts_with(|c: char| c.is_ascii_digit());
+                if !ok {
+                    return Err(bad(&format!(
+                        "{value:?} is not a version; use the form 4.2.3"
+                    )));
+                }
+                self.gluu_version = Some(value.to_string());
+            }
+            "gluu-root" => {
+                self.gluu_root = normalized_path(value).map_err(|why| bad(&why))?;
+            }
+            "lb-session" => {
+                self.lb_session = match value {
+                    "ip_hash" => LbSession::IpHash,
+                    "sticky" => LbSession::Sticky,
+                    _ => return Err(bad(&format!("{value:?}: use ip_hash or sticky"))),
+                }
+            }
+            "replicated-paths" => {
+                if value == "default" {
+                    self.replicated_paths = ClusterModel::default().replicated_paths;
+                } else {
+                    let mut paths = Vec::new();
+                    for p in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                        paths.push(normalized_path(p).map_err(|why| bad(&why))?);
+                    }
+                    if paths.is_empty() {
+                        return Err(bad("give at least one path, or `default`"));
+                    }
+                    paths.sort();
+                    paths.dedup();
+                    self.replicated_paths = paths;
+                }
+            }
+            "cache" => {
+                self.cache = match value {
+                    "none" => Cache::None,
+                    "redis" => Cache::Redis,
+                    _ => return Err(bad(&format!("{value:?}: use none or redis"))),
+                }
+            }
+            "manage-hosts" => {
+                self.manage_hosts = match value {
+                    "true" | "yes" | "on" => true,
+                    "false" | "no" | "off" => false,
+                    _ => return Err(bad(&format!("{value:?}: use true or false"))),
+                }
+            }
+            _ => {
+                return Err(CtlError::Usage(format!(
+                    "unknown cluster setting {key:?}; the settings are:\n{}",
+                    valid_keys()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every key with its value, as `cluster show` prints them.
+    pub fn rows(&self) -> Vec<(&'static str, String)> {
+        let or_unset = |v: &Option<String>| v.clone().unwrap_or_else(|| "(not set)".into());
+        vec![
+            ("hostname", or_unset(&self.hostname)),
+            ("gluu-version", or_unset(&self.gluu_version)),
+            ("gluu-root", self.gluu_root.clone()),
+            (
+                "lb-session",
+                match self.lb_session {
+                    LbSession::IpHash => "ip_hash",
+                    LbSession::Sticky => "sticky",
+                }
+                .into(),
+            ),
+            ("replicated-paths", self.replicated_paths.join(",")),
+            (
+                "cache",
+                match self.cache {
+                    Cache::None => "none",
+                    Cache::Redis => "redis",
+                }
+                .into(),
+            ),
+            ("manage-hosts", self.manage_hosts.to_string()),
+            ("drained", self.drained.join(",")),
+        ]
+    }
+}
+
+/// An absolute path with no `.`, `..`, empty components or trailing slash.
+fn normalized_path(p: &str) -> Result<String, String> {
+    if !p.starts_with('/') {
+        return Err(format!("{p:?} is not an absolute path"));
+    }
+    let parts: Vec<&str> = p.split('/').skip(1).collect();
+    if p == "/" {
+        return Ok(p.to_string());
+    }
+    if parts
+        .iter()
+        .any(|c| c.is_empty() || *c == "." || *c == ".." || c.contains('\0'))
+    {
+        return Err(format!(
+            "{p:?} is not a normalized path (no `.`, `..`, `//` or trailing `/`)"
+        ));
+    }
+    Ok(p.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_list_the_valid_ones() {
+        let err = ClusterModel::default()
+            .set("hostnme", "x")
+            .unwrap_err()
+            .to_string();
+        for (k, _) in KEYS {
+            assert!(err.contains(k), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused_and_leave_the_model_alone() {
+        let mut m = ClusterModel::default();
+        for (k, v) in [
+            ("hostname", "not a name"),
+            ("gluu-root", "opt/gluu"),
+            ("gluu-root", "/opt/../etc"),
+            ("lb-session", "round_robin"),
+            ("cache", "memcached"),
+            ("manage-hosts", "maybe"),
+            ("replicated-paths", "/a,relative"),
+            ("gluu-version", "latest"),
+        ] {
+            let err = m.set(k, v).unwrap_err().to_string();
+            assert!(err.starts_with(k), "{err}");
+        }
+        assert_eq!(m, ClusterModel::default());
+    }
+
+    #[test]
+    fn values_are_normalized() {
+        let mut m = ClusterModel::default();
+        m.set("hostname", "IdP.Example.org.").unwrap();
+        m.set("replicated-paths", "/b, /a,/b").unwrap();
+        assert_eq!(m.hostname.as_deref(), Some("idp.example.org"));
+        assert_eq!(m.replicated_paths, ["/a", "/b"]);
+        m.set("replicated-paths", "default").unwrap();
+        assert_eq!(m.replicated_paths, ClusterModel::default().replicated_paths);
+    }
+}

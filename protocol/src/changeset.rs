@@ -1,0 +1,298 @@
+//! Desired-state configuration on the wire: the change set the controller sends a node,
+//! and what the agent answers when it plans, applies or restores one.
+//!
+//! The agent computes every answer with one routine (stage the entries, compare them
+//! with the disk), so a plan never claims a change that an apply would not make. Secret
+//! entries travel with their content (inside the TLS connection) but nothing the agent
+//! sends back carries it: only hashes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::Command;
+
+/// What one node should have: whole files and edits of files it owns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeSet {
+    /// The controller's desired-state revision (0 for a one-off such as a restore).
+    pub revision: u64,
+    /// The entries, applied together: all of them or none.
+    pub entries: Vec<Entry>,
+    /// Who asked, for the agent's journal (`user@controller`).
+    pub requested_by: String,
+}
+
+/// One path of a change set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Absolute, normalized path, inside `scope`.
+    pub path: String,
+    /// Where the path (and the validator and actions) live.
+    pub scope: Scope,
+    /// What the path should hold.
+    pub content: Content,
+    /// Its content never appears in a plan, a diff, a log or the history: only a hash.
+    pub secret: bool,
+    /// Run once the whole set is in place, before any action; failure rolls back.
+    pub validate: Option<Validator>,
+    /// Run when this entry changed, after every validator passed; each action runs once
+    /// per set however many entries name it.
+    pub on_change: Vec<Action>,
+}
+
+/// Where an entry's path, validator and actions live.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Scope {
+    /// The host itself.
+    Host,
+    /// Inside the Gluu container whose root directory (on the host) is given. Paths
+    /// and symlinks are resolved inside it, commands run chrooted into it.
+    Container {
+        /// The container root on the host (`/opt/gluu-server`).
+        root: String,
+    },
+}
+
+/// What an entry's path should hold. Its `Debug` shows a file's length and hash, never
+/// its bytes (they may be a key).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Content {
+    /// The whole file.
+    File {
+        /// Its bytes.
+        bytes: Vec<u8>,
+        /// Permission bits (`0o644`).
+        mode: u32,
+        /// Owner name (or number), looked up in the scope's `/etc/passwd`; `None`
+        /// leaves an existing file's owner and gives a new one the agent's.
+        owner: Option<String>,
+        /// Group, like `owner`.
+        group: Option<String>,
+    },
+    /// One `key: value` (or `key=value`) line of a properties file; the rest of the
+    /// file is never read by the controller. The line is appended if the key is absent.
+    /// A missing file is left alone (the edit waits until the file exists).
+    Property {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// A block between `# BEGIN clustermgr NAME` and `# END clustermgr NAME` lines,
+    /// appended if absent; the rest of the file is left alone.
+    Block {
+        /// The marker's name.
+        name: String,
+        /// The lines between the markers (each ending in a newline).
+        body: String,
+    },
+}
+
+impl std::fmt::Debug for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Content::File {
+                bytes,
+                mode,
+                owner,
+                group,
+            } => f
+                .debug_struct("File")
+                .field("len", &bytes.len())
+                .field("sha256", &crate::identity::sha256_hex(bytes))
+                .field("mode", &format_args!("{mode:04o}"))
+                .field("owner", owner)
+                .field("group", group)
+                .finish(),
+            Content::Property { key, .. } => f
+                .debug_struct("Property")
+                .field("key", key)
+                .finish_non_exhaustive(),
+            Content::Block { name, .. } => f
+                .debug_struct("Block")
+                .field("name", name)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// A check of the staged result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Validator {
+    /// `nginx -t -c PATH`: built in, allowed with `allow_exec = false`.
+    Nginx,
+    /// A command; `{}` in an argument stands for the entry's path. Needs `allow_exec`.
+    Command(Command),
+}
+
+/// What to do when an entry changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Reload or restart a service: built in, allowed with `allow_exec = false`.
+    Service {
+        /// The service's name (`nginx`, `stunnel4`).
+        name: String,
+        /// What to do with it.
+        verb: ServiceVerb,
+    },
+    /// A command. Needs `allow_exec`.
+    Command(Command),
+}
+
+/// What to do with a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ServiceVerb {
+    /// Reload its configuration.
+    Reload,
+    /// Restart it.
+    Restart,
+}
+
+impl ServiceVerb {
+    /// The verb as `systemctl` and init scripts spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceVerb::Reload => "reload",
+            ServiceVerb::Restart => "restart",
+        }
+    }
+}
+
+/// A file's metadata, as compared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Group gid.
+    pub gid: u32,
+}
+
+/// How an entry compares with the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// Content and metadata already match: nothing is written, nothing runs.
+    Unchanged,
+    /// The file does not exist and will be created.
+    Create,
+    /// The content differs.
+    Modify,
+    /// Only the mode or ownership differ.
+    Metadata,
+    /// An edit of a file that does not exist yet: left alone until it does.
+    Waiting,
+}
+
+impl Change {
+    /// Whether applying would write something.
+    pub fn writes(self) -> bool {
+        matches!(self, Change::Create | Change::Modify | Change::Metadata)
+    }
+
+    /// The word for output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Unchanged => "unchanged",
+            Change::Create => "create",
+            Change::Modify => "modify",
+            Change::Metadata => "metadata",
+            Change::Waiting => "waiting",
+        }
+    }
+}
+
+/// How one entry compares with the disk: the agent's answer to a plan, and part of
+/// an apply's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryPlan {
+    /// The entry's path, as sent.
+    pub path: String,
+    /// What applying does to it.
+    pub change: Change,
+    /// SHA-256 of the file now, lowercase hex; `None` if absent.
+    pub old_sha256: Option<String>,
+    /// SHA-256 of the file as it would be.
+    pub new_sha256: String,
+    /// Metadata now.
+    pub old_meta: Option<Meta>,
+    /// Metadata as it would be.
+    pub new_meta: Option<Meta>,
+    /// For a diff: the old text of what the entry governs (the whole file, or only the
+    /// edited line or block). `None` for secrets, binary or very large files.
+    pub old_text: Option<String>,
+    /// The new text, like `old_text`.
+    pub new_text: Option<String>,
+}
+
+/// How an apply ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyResult {
+    /// Every entry already matched: nothing was written or run.
+    Unchanged,
+    /// The set is in place, validated, and its actions ran.
+    Applied,
+    /// A validator or an action failed: the previous files are back (and the actions
+    /// ran again on them).
+    RolledBack {
+        /// What failed (`nginx -t on /etc/nginx/nginx.conf`, `reload nginx`).
+        step: String,
+        /// The tool's own output.
+        output: String,
+        /// Whether the actions after restoring also succeeded.
+        restored_cleanly: bool,
+    },
+}
+
+/// One command the agent ran for an apply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRun {
+    /// What ran (`nginx -t -c /etc/nginx/nginx.conf`, `reload nginx`).
+    pub step: String,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Its output (stdout then stderr), capped.
+    pub output: String,
+}
+
+/// The agent's answer to an apply or a restore.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    /// The revision applied.
+    pub revision: u64,
+    /// Every entry, as it compared before the apply.
+    pub entries: Vec<EntryPlan>,
+    /// How it ended.
+    pub result: ApplyResult,
+    /// The validators and actions that ran, in order.
+    pub steps: Vec<StepRun>,
+}
+
+/// A kept previous version of a file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    /// Its generation: 1 is the newest.
+    pub generation: u32,
+    /// When it was replaced, Unix milliseconds.
+    pub replaced_at_ms: i64,
+    /// SHA-256 of its content.
+    pub sha256: String,
+    /// Its metadata.
+    pub meta: Meta,
+}
+
+/// A request to put a backup back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreSpec {
+    /// The path, as in its change set.
+    pub path: String,
+    /// Its scope.
+    pub scope: Scope,
+    /// Which backup: 1 is the newest.
+    pub generation: u32,
+    /// The validator to run on it.
+    pub validate: Option<Validator>,
+    /// The actions to run after.
+    pub on_change: Vec<Action>,
+    /// Who asked.
+    pub requested_by: String,
+}

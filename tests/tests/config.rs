@@ -1,0 +1,525 @@
+//! Desired-state configuration on the multi-host harness, with the real programs: the
+//! load balancer's nginx in front of HTTPS stand-ins on the Gluu hosts, following the
+//! inventory, draining, refusing a config `nginx -t` rejects, and drift reported but
+//! never reverted. No secret appears in any output.
+
+use std::path::Path;
+use std::process::Output;
+
+use clustermgr_tests::netns::{Host, Net};
+use clustermgr_tests::{Controller, eventually_blocking, stderr, stdout};
+
+fn secs(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n)
+}
+
+/// Every output a test produced, to scan for secrets at the end.
+#[derive(Default)]
+struct Transcript(String);
+
+impl Transcript {
+    fn keep(&mut self, o: &Output) {
+        self.0.push_str(&stdout(o));
+        self.0.push_str(&stderr(o));
+    }
+}
+
+fn ok(t: &mut Transcript, o: Output, what: &str) -> String {
+    t.keep(&o);
+    assert!(
+        o.status.success(),
+        "{what} failed:\n{}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+/// A controller with every host of `net` bootstrapped from an inventory (`gluu1`
+/// primary).
+fn bootstrapped(t: &mut Transcript, net: &Net) -> Controller {
+    let ctl = Controller::new();
+    let inventory = ctl.inventory(net, "gluu1").display().to_string();
+    ok(
+        t,
+        ctl.run(&["node", "add", "--from", &inventory]),
+        "node add --from",
+    );
+    ctl
+}
+
+/// A self-signed certificate and key for `name` in `dir`, made with openssl.
+fn self_signed(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (crt, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={name}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", stderr(&out));
+    (crt, key)
+}
+
+/// Starts an HTTPS stand-in for Gluu on `h`'s 443 that answers with the host's name.
+fn start_backend(h: &mut Host, dir: &Path) {
+    let (crt, key) = self_signed(dir, &format!("backend-{}", h.name));
+    let conf = format!(
+        "pid /run/backend.pid;\nerror_log stderr;\nevents {{}}\nhttp {{\n access_log off;\n server {{\n  listen 443 ssl;\n  ssl_certificate {};\n  ssl_certificate_key {};\n  location / {{ return 200 \"{}\\n\"; }}\n }}\n}}\n",
+        crt.display(),
+        key.display(),
+        h.name
+    );
+    let path = dir.join(format!("backend-{}.conf", h.name));
+    std::fs::write(&path, conf).unwrap();
+    let path = path.display().to_string();
+    h.add_service("backend", &["nginx", "-c", &path, "-g", "daemon off;"]);
+    let name = h.name.clone();
+    eventually_blocking(&format!("the backend on {name}"), secs(10), || {
+        h.tcp_open(443)
+    });
+}
+
+/// Which backend answered one request through the load balancer.
+fn through_lb(lb: &Host) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--max-time", "5", "--resolve"])
+        .arg(format!("idp.test:443:{}", lb.ip))
+        .arg("https://idp.test/oxauth/")
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The backends that answered `n` requests through the load balancer.
+fn answering(lb: &Host, n: usize) -> std::collections::BTreeSet<String> {
+    (0..n).map(|_| through_lb(lb)).collect()
+}
+
+#[test]
+fn the_load_balancer_follows_the_inventory_drains_and_refuses_a_broken_config() {
+    let mut t = Transcript::default();
+    let mut net = Net::new();
+    for name in ["lb", "gluu1", "gluu2", "gluu3"] {
+        net.add_host(name);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["gluu1", "gluu2", "gluu3"] {
+        start_backend(net.host_mut(name), dir.path());
+    }
+    let ctl = bootstrapped(&mut t, &net);
+    // Before the cluster has a name and a certificate, the LB's nginx waits for them.
+    let plan = ok(&mut t, ctl.run(&["plan", "--nodes", "lb"]), "plan");
+    assert!(
+        plan.contains("waiting:") && plan.contains("hostname"),
+        "{plan}"
+    );
+
+    let (crt, key) = self_signed(dir.path(), "idp.test");
+    let key_body = std::fs::read_to_string(&key).unwrap();
+    ok(
+        &mut t,
+        ctl.run(&["cluster", "set", "hostname", "idp.test"]),
+        "set hostname",
+    );
+    ok(
+        &mut t,
+        ctl.run(&["cluster", "set", "tls-cert", &crt.display().to_string()]),
+        "set tls-cert",
+    );
+    ok(
+        &mut t,
+        ctl.run(&["cluster", "set", "tls-key", &key.display().to_string()]),
+        "set tls-key",
+    );
+    let shown = ok(&mut t, ctl.run(&["cluster", "show"]), "cluster show");
+    assert!(
+        shown.contains("tls-key") && shown.contains("set (sha256"),
+        "{shown}"
+    );
+
+    let plan = ok(&mut t, ctl.run(&["plan", "--nodes", "lb"]), "plan");
+    assert!(
+        plan.contains("create /etc/nginx/ssl/clustermgr/cluster.key"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("validate: nginx -t -c /etc/nginx/nginx.conf"),
+        "{plan}"
+    );
+    assert!(plan.contains("then: reload nginx"), "{plan}");
+    // Without a terminal, apply asks for --yes instead of applying.
+    let refused = ctl.run(&["apply"]);
+    t.keep(&refused);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("--yes"), "{}", stderr(&refused));
+
+    ok(&mut t, ctl.run(&["apply", "--yes"]), "apply");
+    let lb = net.host("lb");
+    eventually_blocking("nginx on the LB to serve", secs(10), || lb.tcp_open(443));
+    let seen = answering(lb, 12);
+    let three: std::collections::BTreeSet<String> = ["gluu1", "gluu2", "gluu3"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(seen, three, "round robin over the three Gluu nodes");
+
+    // An applied cluster plans no change.
+    let plan = ok(&mut t, ctl.run(&["plan"]), "plan");
+    assert!(!plan.contains(" to change"), "{plan}");
+
+    // A fourth Gluu node joins the upstreams once applied.
+    net.add_host("gluu4");
+    start_backend(net.host_mut("gluu4"), dir.path());
+    let kh = net.known_hosts().display().to_string();
+    ok(
+        &mut t,
+        ctl.add(&net, "gluu4", &["--role", "gluu", "--known-hosts", &kh]),
+        "node add gluu4",
+    );
+    let lb = net.host("lb");
+    let plan = ok(&mut t, ctl.run(&["plan", "--nodes", "lb"]), "plan");
+    assert!(plan.contains("modify /etc/nginx/nginx.conf"), "{plan}");
+    let added = format!("+        server {}:443 max_fails=2", net.host("gluu4").ip);
+    assert_eq!(plan.matches(&added).count(), 2, "in both upstreams: {plan}");
+    ok(&mut t, ctl.run(&["apply", "--yes"]), "apply");
+    eventually_blocking("gluu4 to answer through the LB", secs(10), || {
+        through_lb(lb) == "gluu4"
+    });
+
+    // Drained, a node gets no more requests.
+    ok(&mut t, ctl.run(&["drain", "gluu2"]), "drain");
+    // nginx's old workers finish what they accepted before the reload.
+    eventually_blocking("gluu2 to be drained", secs(10), || {
+        !answering(lb, 8).contains("gluu2")
+    });
+    let seen = answering(lb, 16);
+    assert!(!seen.contains("gluu2") && seen.len() == 3, "{seen:?}");
+    ok(&mut t, ctl.run(&["undrain", "gluu2"]), "undrain");
+    eventually_blocking("gluu2 back behind the LB", secs(10), || {
+        through_lb(lb) == "gluu2"
+    });
+
+    // A config nginx -t rejects (stock nginx has no sticky module) is rolled back, and
+    // nginx keeps serving the old one.
+    let before = std::fs::read_to_string(lb.path("/etc/nginx/nginx.conf")).unwrap();
+    ok(
+        &mut t,
+        ctl.run(&["cluster", "set", "lb-session", "sticky"]),
+        "set sticky",
+    );
+    let out = ctl.run(&["apply", "--yes", "--nodes", "lb"]);
+    t.keep(&out);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("rolled back"), "{text}");
+    assert!(text.contains("sticky"), "nginx's own words: {text}");
+    assert_eq!(
+        std::fs::read_to_string(lb.path("/etc/nginx/nginx.conf")).unwrap(),
+        before
+    );
+    assert_eq!(answering(lb, 16).len(), 4, "still serving the old config");
+    ok(
+        &mut t,
+        ctl.run(&["cluster", "set", "lb-session", "ip_hash"]),
+        "unset sticky",
+    );
+
+    // A hand edit shows in plan and drift, exactly, and serve leaves it alone.
+    lb.sh("echo '# emergency edit' >> /etc/nginx/nginx.conf");
+    let drift = ctl.run(&["drift", "--nodes", "lb"]);
+    t.keep(&drift);
+    assert_eq!(drift.status.code(), Some(2), "{}", stdout(&drift));
+    let text = stdout(&drift);
+    assert!(text.contains("-# emergency edit"), "{text}");
+    let changed: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            (l.starts_with("    -") && !l.starts_with("    ---"))
+                || (l.starts_with("    +") && !l.starts_with("    +++"))
+        })
+        .collect();
+    assert_eq!(
+        changed,
+        ["    -# emergency edit"],
+        "exactly the edit: {text:?}"
+    );
+    let plan = ok(&mut t, ctl.run(&["plan", "--nodes", "lb"]), "plan");
+    assert!(
+        plan.contains("[edited on the node since the last apply]"),
+        "{plan}"
+    );
+
+    let history = ok(&mut t, ctl.run(&["history", "--nodes", "lb"]), "history");
+    assert!(history.contains("/etc/nginx/nginx.conf"), "{history}");
+    assert!(history.contains("rolled back"), "{history}");
+    let json = ok(&mut t, ctl.run(&["--json", "history"]), "history --json");
+    assert!(json.trim_start().starts_with('['), "{json}");
+    ok(&mut t, ctl.run(&["--json", "plan"]), "plan --json");
+
+    // No secret in anything printed.
+    let body: String = key_body
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    for chunk in body.as_bytes().chunks(24) {
+        let chunk = std::str::from_utf8(chunk).unwrap();
+        assert!(!t.0.contains(chunk), "the TLS key leaked into output");
+    }
+    assert!(
+        !t.0.contains("PRIVATE KEY"),
+        "a private key leaked into output"
+    );
+}
+
+/// The content every file of version `v` has.
+fn versioned(i: usize, v: usize) -> String {
+    format!("file {i} of version {v}\n{}\n", "x".repeat(4096))
+}
+
+/// Which version each of `n` files under `dir` holds (`None`: absent).
+fn versions_on_disk(dir: &Path, n: usize) -> Vec<Option<usize>> {
+    (0..n)
+        .map(|i| {
+            let text = std::fs::read_to_string(dir.join(format!("f{i}.conf"))).ok()?;
+            let v = text.lines().next()?.rsplit(' ').next()?.parse().ok()?;
+            assert_eq!(text, versioned(i, v), "file {i} is whole");
+            Some(v)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_set_killed_at_any_moment_is_wholly_old_or_wholly_new() {
+    use clustermgr_protocol::changeset::{Action, ChangeSet, Content, Entry, Scope, Validator};
+    use clustermgr_protocol::message::{Command, Request};
+
+    const FILES: usize = 20;
+    let mut c = clustermgr_tests::Cluster::gluu(1).await;
+    let root = c.agent("gluu1").dir.join("root");
+    let dir = root.join("etc/app");
+    std::fs::create_dir_all(&dir).unwrap();
+    let set = |v: usize| ChangeSet {
+        revision: v as u64,
+        entries: (0..FILES)
+            .map(|i| Entry {
+                path: format!("/etc/app/f{i}.conf"),
+                scope: Scope::Host,
+                content: Content::File {
+                    bytes: versioned(i, v).into_bytes(),
+                    mode: 0o644,
+                    owner: None,
+                    group: None,
+                },
+                secret: false,
+                validate: (i == 0)
+                    .then(|| Validator::Command(Command::Shell("sleep 0.02; test -s {}".into()))),
+                // The actions take a while, so kills land in every phase.
+                on_change: vec![Action::Command(Command::Shell(format!(
+                    "sleep 0.0{}",
+                    i % 4
+                )))],
+            })
+            .collect(),
+        requested_by: "test".into(),
+    };
+    let ctx = c.ctx();
+    let rec = ctx.store.node("gluu1").unwrap().unwrap();
+    let mut previous: Vec<Option<usize>> = vec![None; FILES];
+    let (mut old, mut new) = (0, 0);
+    for round in 1..=16usize {
+        let conn = ctx.connection(&rec).await.expect("agent answers");
+        let req = Request::Apply(set(round));
+        let apply =
+            tokio::spawn(async move { conn.unary(&req, std::time::Duration::from_secs(30)).await });
+        // Spread the kills over the apply: staging, swapping, validating, acting.
+        tokio::time::sleep(std::time::Duration::from_millis((round as u64 * 7) % 110)).await;
+        c.restart_agent("gluu1").await;
+        // Its answer, if any, no longer matters: the disk is what the test judges (and
+        // a request waiting on the killed agent would only end at the next keep-alive).
+        apply.abort();
+        let now = versions_on_disk(&dir, FILES);
+        let wholly_new = now.iter().all(|v| *v == Some(round));
+        let wholly_old = now == previous;
+        assert!(
+            wholly_new || wholly_old,
+            "round {round}: a mixed set on disk: {now:?} (before: {previous:?})"
+        );
+        if wholly_new {
+            new += 1;
+        } else {
+            old += 1;
+        }
+        let leftovers: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "round {round}: {leftovers:?}");
+        previous = now;
+    }
+    eprintln!("killed 16 applies: {new} ended wholly new, {old} wholly old");
+    // The agent still applies normally afterwards.
+    let conn = ctx.connection(&rec).await.unwrap();
+    let reply = conn
+        .unary(&Request::Apply(set(99)), std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply, clustermgr_protocol::message::Reply::Applied(_)),
+        "{reply:?}"
+    );
+    assert!(versions_on_disk(&dir, FILES).iter().all(|v| *v == Some(99)));
+}
+
+/// `redis-cli PING` on `h` through the tunnel's local end on `port`.
+fn redis_ping(h: &Host, port: u16) -> String {
+    let out = h.run(&[
+        "timeout",
+        "5",
+        "redis-cli",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "PING",
+    ]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn csync2_replicates_and_stunnel_verifies_both_ends() {
+    let mut t = Transcript::default();
+    let mut net = Net::new();
+    for name in ["gluu1", "gluu2", "gluu3"] {
+        net.add_host(name);
+    }
+    let ctl = bootstrapped(&mut t, &net);
+    net.add_host("cache");
+    let kh = net.known_hosts().display().to_string();
+    ok(
+        &mut t,
+        ctl.add(&net, "cache", &["--role", "cache", "--known-hosts", &kh]),
+        "node add cache",
+    );
+    net.host_mut("cache").add_service(
+        "redis",
+        &[
+            "redis-server",
+            "--port",
+            "6379",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ],
+    );
+    ok(
+        &mut t,
+        ctl.run(&["cluster", "set", "cache", "redis"]),
+        "set cache",
+    );
+    let custom = "/opt/gluu-server/opt/gluu/jetty/oxauth/custom";
+    for h in net.hosts() {
+        h.sh(&format!("mkdir -p {custom} /opt/gluu-server/etc/gluu/conf"));
+    }
+    let plan = ok(&mut t, ctl.run(&["plan"]), "plan");
+    assert!(
+        plan.contains("waiting: csync2 waits for gluu1's key"),
+        "{plan}"
+    );
+
+    let applied = ok(&mut t, ctl.run(&["apply", "--yes"]), "apply");
+    assert!(applied.contains("restart clustermgr-csync2"), "{applied}");
+    // Keys were made on the hosts, owner-only, and never left them.
+    let g1 = net.host("gluu1");
+    let mode = g1.sh("stat -c %a /etc/csync2_ssl_key.pem /etc/stunnel/clustermgr/host.key");
+    assert_eq!(mode, "600\n600\n");
+    let plan = ok(&mut t, ctl.run(&["plan"]), "plan");
+    assert!(
+        !plan.contains(" to change"),
+        "an applied cluster plans nothing: {plan}"
+    );
+
+    // csync2: a file under a replicated path reaches the other two; a per-node one not.
+    for h in ["gluu1", "gluu2", "gluu3"] {
+        let h = net.host(h);
+        eventually_blocking(&format!("csync2 listening on {}", h.name), secs(10), || {
+            h.tcp_open(30865)
+        });
+    }
+    g1.sh(&format!(
+        "echo shared > {custom}/login.xhtml && echo mine > /opt/gluu-server/etc/gluu/conf/salt"
+    ));
+    let sync = g1.run(&["csync2", "-x", "-N", "gluu1"]);
+    assert!(
+        sync.status.success(),
+        "csync2 -x: {:?} {}",
+        sync.status,
+        String::from_utf8_lossy(&sync.stderr)
+    );
+    for h in ["gluu2", "gluu3"] {
+        let h = net.host(h);
+        assert_eq!(
+            std::fs::read_to_string(h.path(&format!("{custom}/login.xhtml"))).ok(),
+            Some("shared\n".into()),
+            "on {}",
+            h.name
+        );
+        assert!(!h.path("/opt/gluu-server/etc/gluu/conf/salt").exists());
+    }
+
+    // stunnel: a Gluu node reaches Redis on the cache host only through the tunnel.
+    let cache = net.host("cache");
+    eventually_blocking("the tunnel's server end", secs(10), || {
+        cache.tcp_open(16379)
+    });
+    eventually_blocking("PONG through the tunnel", secs(10), || {
+        redis_ping(g1, 16379) == "PONG"
+    });
+    // A client with a certificate from another CA is refused.
+    let d = "/etc/stunnel/rogue";
+    g1.sh(&format!(
+        "mkdir -p {d} && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=gluu1 -keyout {d}/k.pem -out {d}/c.pem 2>/dev/null"
+    ));
+    g1.sh(&format!(
+        "printf 'pid = /run/rogue.pid\\n[r]\\nclient = yes\\naccept = 0.0.0.0:26379\\nconnect = {}:16379\\ncert = {d}/c.pem\\nkey = {d}/k.pem\\n' > {d}/s.conf && stunnel4 {d}/s.conf",
+        cache.ip
+    ));
+    eventually_blocking("the rogue client's port", secs(10), || g1.tcp_open(26379));
+    assert_ne!(
+        redis_ping(g1, 26379),
+        "PONG",
+        "another CA's certificate got through"
+    );
+
+    // A removed node's certificate is revoked: once the cache host has the new list,
+    // its tunnel is refused.
+    let g3 = net.host("gluu3");
+    assert_eq!(redis_ping(g3, 16379), "PONG");
+    ok(&mut t, ctl.run(&["node", "remove", "gluu3"]), "node remove");
+    let applied = ok(&mut t, ctl.run(&["apply", "--yes"]), "apply");
+    assert!(applied.contains("crl.pem"), "{applied}");
+    eventually_blocking("gluu3 refused", secs(10), || {
+        redis_ping(g3, 16379) != "PONG"
+    });
+    assert_eq!(redis_ping(g1, 16379), "PONG", "the others still pass");
+    assert!(
+        !t.0.contains("PRIVATE KEY"),
+        "a private key leaked into output"
+    );
+}
