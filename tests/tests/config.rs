@@ -523,3 +523,193 @@ fn csync2_replicates_and_stunnel_verifies_both_ends() {
         "a private key leaked into output"
     );
 }
+
+/// A minimal Gluu container on `h`: busybox in `/opt/gluu-server` and a
+/// `gluu-ldap.properties` whose bind password must never leave the node.
+fn make_container(h: &Host) {
+    h.sh(
+        "set -e; r=/opt/gluu-server; mkdir -p $r/bin $r/etc/gluu/conf; cp /bin/busybox $r/bin/busybox; \
+         for t in sh grep ls cat; do ln -sf busybox $r/bin/$t; done; \
+         printf 'bindDN: cn=directory manager\\nbindPassword: c2VjcmV0LXBhc3N3b3Jk\\nservers: localhost:1636\\nuseSSL: true\\n' > $r/etc/gluu/conf/gluu-ldap.properties",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gluu_nodes_are_configured_inside_their_container_and_a_returning_node_catches_up() {
+    let mut t = Transcript::default();
+    let mut net = Net::new();
+    for name in ["gluu1", "gluu2"] {
+        net.add_host(name);
+        make_container(net.host(name));
+    }
+    let ctl = bootstrapped(&mut t, &net);
+    let ldap = "/etc/gluu/conf/gluu-ldap.properties";
+
+    // The servers line is an edit inside the container: the plan shows that line only.
+    let plan = ok(&mut t, ctl.run(&["plan", "--nodes", "gluu1"]), "plan");
+    assert!(
+        plan.contains(&format!("modify {ldap} (container /opt/gluu-server)")),
+        "{plan}"
+    );
+    assert!(plan.contains("-servers: localhost:1636"), "{plan}");
+    assert!(plan.contains("+servers: gluu1:1636,gluu2:1636"), "{plan}");
+    ok(&mut t, ctl.run(&["apply", "--yes"]), "apply");
+    let g1 = net.host("gluu1");
+    let text = std::fs::read_to_string(g1.path(&format!("/opt/gluu-server{ldap}"))).unwrap();
+    assert_eq!(
+        text,
+        "bindDN: cn=directory manager\nbindPassword: c2VjcmV0LXBhc3N3b3Jk\nservers: gluu1:1636,gluu2:1636\nuseSSL: true\n"
+    );
+    // exec --in-container runs chrooted into the container.
+    let out = ok(
+        &mut t,
+        ctl.run(&[
+            "exec",
+            "--in-container",
+            "--nodes",
+            "gluu2",
+            "--",
+            "grep",
+            "servers",
+            ldap,
+        ]),
+        "exec --in-container",
+    );
+    assert!(out.contains("servers: gluu2:1636,gluu1:1636"), "{out}");
+    let out = ok(
+        &mut t,
+        ctl.run(&[
+            "exec",
+            "--in-container",
+            "--nodes",
+            "gluu2",
+            "--",
+            "ls",
+            "/",
+        ]),
+        "exec --in-container ls",
+    );
+    assert_eq!(
+        out.lines()
+            .map(|l| l.rsplit(' ').next().unwrap())
+            .collect::<Vec<_>>(),
+        ["bin", "etc"],
+        "{out}"
+    );
+
+    // gluu2 is away for an apply: it keeps the revision, and serve sends it when the node
+    // is back, without undoing a hand edit of an entry that did not change.
+    let g2 = net.host("gluu2");
+    g2.sh("sed -i '/^# END clustermgr hosts/i 10.9.9.9 emergency' /etc/hosts");
+    g2.cut_link();
+    ok(
+        &mut t,
+        ctl.run(&[
+            "cluster",
+            "set",
+            "replicated-paths",
+            "/opt/gluu/jetty/oxauth/custom",
+        ]),
+        "set replicated-paths",
+    );
+    let out = ctl.run(&["apply", "--yes", "--connect-timeout", "1"]);
+    t.keep(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stdout(&out).contains("gluu2: pending"), "{}", stdout(&out));
+    let cfg = |h: &Host| std::fs::read_to_string(h.path("/etc/csync2.cfg")).unwrap();
+    assert!(
+        !cfg(g1).contains("include /opt/gluu-server/opt/shibboleth-idp/conf;"),
+        "gluu1 has the new revision"
+    );
+    assert!(
+        cfg(g2).contains("include /opt/gluu-server/opt/shibboleth-idp/conf;"),
+        "gluu2 still has the old one"
+    );
+    let _serve = ctl.serve().await;
+    g2.restore_link();
+    clustermgr_tests::eventually("serve to send gluu2 its missed revision", secs(60), || {
+        !cfg(g2).contains("include /opt/gluu-server/opt/shibboleth-idp/conf;")
+    })
+    .await;
+    let hosts = std::fs::read_to_string(g2.path("/etc/hosts")).unwrap();
+    assert!(
+        hosts.contains("10.9.9.9 emergency"),
+        "the hand edit stays: {hosts}"
+    );
+    // The node has the files a moment before serve has recorded its answer.
+    clustermgr_tests::eventually("the reconcile in the history", secs(10), || {
+        let out = ctl.run(&["history", "--nodes", "gluu2"]);
+        stdout(&out).contains("reconcile")
+    })
+    .await;
+    let drift = ctl.run(&["drift", "--nodes", "gluu2"]);
+    t.keep(&drift);
+    assert_eq!(drift.status.code(), Some(2));
+    assert!(
+        stdout(&drift).contains("-10.9.9.9 emergency"),
+        "{}",
+        stdout(&drift)
+    );
+
+    // A rollback restores the previous csync2.cfg and holds it there through an apply.
+    let list = ok(
+        &mut t,
+        ctl.run(&["rollback", "gluu1", "/etc/csync2.cfg", "--list"]),
+        "rollback --list",
+    );
+    assert!(list.contains("generation 1"), "{list}");
+    ok(
+        &mut t,
+        ctl.run(&["rollback", "gluu1", "/etc/csync2.cfg"]),
+        "rollback",
+    );
+    assert!(
+        cfg(g1).contains("include /opt/gluu-server/opt/shibboleth-idp/conf;"),
+        "the previous version is back"
+    );
+    let plan = ok(&mut t, ctl.run(&["plan", "--nodes", "gluu1"]), "plan");
+    assert!(plan.contains("held: /etc/csync2.cfg"), "{plan}");
+    ok(
+        &mut t,
+        ctl.run(&["apply", "--yes", "--nodes", "gluu1"]),
+        "apply",
+    );
+    assert!(
+        cfg(g1).contains("include /opt/gluu-server/opt/shibboleth-idp/conf;"),
+        "held through an apply"
+    );
+    // A new desired state ends the hold.
+    ok(
+        &mut t,
+        ctl.run(&["cluster", "set", "replicated-paths", "default"]),
+        "default",
+    );
+    ok(
+        &mut t,
+        ctl.run(&[
+            "cluster",
+            "set",
+            "replicated-paths",
+            "/opt/gluu/python/libs",
+        ]),
+        "libs",
+    );
+    ok(
+        &mut t,
+        ctl.run(&["apply", "--yes", "--nodes", "gluu1"]),
+        "apply",
+    );
+    assert!(
+        !cfg(g1).contains("include /opt/gluu-server/opt/shibboleth-idp/conf;")
+            && cfg(g1).contains("python/libs")
+    );
+
+    assert!(
+        !t.0.contains("c2VjcmV0LXBhc3N3b3Jk"),
+        "the bind password left the node"
+    );
+    assert!(
+        !t.0.contains("PRIVATE KEY"),
+        "a private key leaked into output"
+    );
+}
