@@ -595,6 +595,7 @@ async fn handle_request(
             })
             .await
         }
+        Request::Probe(spec) => blocking(shared, move |e| Ok(Reply::Probed(e.probe(&spec)))).await,
         Request::ExecInContainer { root, spec } => {
             let ctx = exec_context(shared, controller);
             match crate::apply::container_exec(&shared.cfg, &root, spec) {

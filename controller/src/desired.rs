@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use clustermgr_protocol::changeset::{
-    Action, ApplyReport, ApplyResult, ChangeSet, Entry, EntryPlan, Meta, RestoreSpec, Scope,
-    Validator,
+    Action, ApplyReport, ApplyResult, ChangeSet, Entry, EntryPlan, HttpsProbe, Meta, ProbeSpec,
+    RestoreSpec, Scope, Validator,
 };
 use clustermgr_protocol::message::{Reply, Request};
 use serde::{Deserialize, Serialize};
@@ -465,13 +465,14 @@ pub async fn apply(
     let by = format!("{user}@{}", ctx.meta.name);
     let mut views = Vec::new();
     if rolling {
+        let gate = Gate::of(ctx)?;
         let mut stop = false;
         for d in &desired {
             if stop {
                 views.push(skipped(d, revision));
                 continue;
             }
-            let v = apply_one(ctx, user, &by, d, revision, "apply", within).await?;
+            let v = rolling_one(ctx, user, &by, d, revision, &gate, within).await?;
             stop = v.state != NodeState::Ok;
             let _ = events.send(Event::NodeDone(done(&v))).await;
             views.push(v);
@@ -496,6 +497,192 @@ pub async fn apply(
             .collect(),
     )?;
     Ok(Report::Applied(views))
+}
+
+/// What a rolling apply checks after each node: the cluster certificate the Gluu nodes
+/// must answer HTTPS with, and whether there is a load balancer to drain from.
+struct Gate {
+    https: Option<(String, String)>,
+    has_lb: bool,
+}
+
+impl Gate {
+    fn of(ctx: &Ctx) -> Result<Gate, CtlError> {
+        let model = ctx.store.model()?;
+        let secrets = ctx.store.secrets()?;
+        let https = match (model.hostname, secrets.tls_cert_pem) {
+            (Some(host), Some(pem)) => {
+                let der = clustermgr_protocol::identity::cert_from_pem(&pem)?;
+                Some((host, clustermgr_protocol::identity::sha256_hex(&der)))
+            }
+            _ => None,
+        };
+        Ok(Gate {
+            https,
+            has_lb: ctx.store.nodes()?.iter().any(|n| n.has_role(Role::Lb)),
+        })
+    }
+}
+
+/// One node of a rolling apply: drained from the load balancer while it changes (a
+/// Gluu node with changes), applied, checked (its validators passed, the services its
+/// change touched run, and a Gluu node answers HTTPS with the cluster certificate),
+/// and put back. A node that fails its check stays drained.
+async fn rolling_one(
+    ctx: &Ctx,
+    user: &str,
+    by: &str,
+    d: &NodeDesired,
+    revision: u64,
+    gate: &Gate,
+    within: Duration,
+) -> Result<NodeApplyView, CtlError> {
+    let gluu = d.node.has_role(Role::Gluu);
+    let changes = match agent_plan(ctx, &d.node, &d.entries, within).await {
+        Ok(p) => p.iter().any(|e| e.change.writes()),
+        Err(_) => true,
+    };
+    let already = ctx.store.model()?.drained.contains(&d.node.name);
+    let drain = gluu && gate.has_lb && changes && !already;
+    if drain {
+        set_drained(ctx, &d.node.name, true)?;
+        if let Err(why) = push_lb(ctx, user, by, within).await {
+            set_drained(ctx, &d.node.name, false)?;
+            return Ok(failed_apply(
+                d,
+                revision,
+                format!("could not drain it from the load balancer first: {why}"),
+            ));
+        }
+    }
+    let mut v = apply_one(ctx, user, by, d, revision, "apply", within).await?;
+    if v.state == NodeState::Ok && v.result == "applied" {
+        let services: Vec<String> = d
+            .entries
+            .iter()
+            .filter(|e| e.scope == Scope::Host && v.entries.iter().any(|c| c.path == e.path))
+            .flat_map(|e| e.on_change.iter())
+            .filter_map(|a| match a {
+                Action::Service { name, .. } => Some(name.clone()),
+                Action::Command(_) => None,
+            })
+            .fold(Vec::new(), |mut acc, n| {
+                if !acc.contains(&n) {
+                    acc.push(n);
+                }
+                acc
+            });
+        let https = match (&gate.https, gluu) {
+            (Some((host, sha)), true) => Some(HttpsProbe {
+                port: 443,
+                host: host.clone(),
+                path: "/".into(),
+                cert_sha256: sha.clone(),
+            }),
+            _ => None,
+        };
+        if !services.is_empty() || https.is_some() {
+            let spec = ProbeSpec { services, https };
+            let checks = match ctx.connection_within(&d.node, within).await {
+                Ok(conn) => match conn.unary(&Request::Probe(spec), PLAN_TIMEOUT).await {
+                    Ok(Reply::Probed(steps)) => steps,
+                    Ok(other) => vec![probe_failure(format!(
+                        "unexpected reply: {}",
+                        reply_kind(&other)
+                    ))],
+                    Err(f) => vec![probe_failure(f.message)],
+                },
+                Err(f) => vec![probe_failure(f.message)],
+            };
+            let failed: Vec<String> = checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| format!("{}: {}", c.step, c.output))
+                .collect();
+            v.steps.extend(checks.into_iter().map(|c| StepView {
+                step: c.step,
+                ok: c.ok,
+                output: c.output,
+            }));
+            if !failed.is_empty() {
+                v.state = NodeState::Failed;
+                v.result = "check failed".into();
+                v.message = Some(format!(
+                    "the change is in place but the node's check failed ({}){}; the rolling apply stops here",
+                    failed.join("; "),
+                    if drain || already {
+                        format!(
+                            ", and it stays drained: `clustermgr undrain {}` once it is fixed",
+                            d.node.name
+                        )
+                    } else {
+                        String::new()
+                    }
+                ));
+                return Ok(v);
+            }
+        }
+    }
+    if drain && v.state == NodeState::Ok {
+        set_drained(ctx, &d.node.name, false)?;
+        if let Err(why) = push_lb(ctx, user, by, within).await {
+            v.message = Some(format!(
+                "applied, but putting it back in the load balancer failed: {why}; run `clustermgr undrain {}`",
+                d.node.name
+            ));
+            v.state = NodeState::Failed;
+        }
+    } else if drain {
+        // The node failed to apply: it stays out of the load balancer until fixed.
+        let note = format!(
+            "; it stays drained: `clustermgr undrain {}` once it is fixed",
+            d.node.name
+        );
+        v.message = Some(v.message.unwrap_or_default() + &note);
+    }
+    Ok(v)
+}
+
+fn probe_failure(message: String) -> clustermgr_protocol::changeset::StepRun {
+    clustermgr_protocol::changeset::StepRun {
+        step: "the check".into(),
+        ok: false,
+        output: message,
+    }
+}
+
+fn set_drained(ctx: &Ctx, node: &str, down: bool) -> Result<(), CtlError> {
+    ctx.store.update_model(|m| {
+        m.drained.retain(|n| n != node);
+        if down {
+            m.drained.push(node.to_string());
+            m.drained.sort();
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Applies the load balancers' desired state (after a drain or undrain).
+async fn push_lb(ctx: &Ctx, user: &str, by: &str, within: Duration) -> Result<(), String> {
+    let lbs: Vec<NodeRecord> = ctx
+        .store
+        .nodes()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|n| n.has_role(Role::Lb))
+        .collect();
+    let desired = desired_for(ctx, &lbs).map_err(|e| e.to_string())?;
+    let revision = ctx.store.next_revision().map_err(|e| e.to_string())?;
+    for d in &desired {
+        let v = apply_one(ctx, user, by, d, revision, "drain", within)
+            .await
+            .map_err(|e| e.to_string())?;
+        if v.state != NodeState::Ok {
+            return Err(format!("{}: {}", v.node, v.message.unwrap_or(v.result)));
+        }
+    }
+    Ok(())
 }
 
 fn done(v: &NodeApplyView) -> NodeOutcome {
@@ -899,14 +1086,7 @@ pub async fn drain(
             "the cluster has no load balancer (a node with role lb) to drain from".into(),
         ));
     }
-    ctx.store.update_model(|m| {
-        m.drained.retain(|n| n != node);
-        if down {
-            m.drained.push(node.to_string());
-            m.drained.sort();
-        }
-        Ok(())
-    })?;
+    set_drained(ctx, node, down)?;
     apply(ctx, user, "role:lb", false, within, events).await
 }
 

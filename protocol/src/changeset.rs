@@ -296,3 +296,26 @@ pub struct RestoreSpec {
     /// Who asked.
     pub requested_by: String,
 }
+
+/// The check a rolling apply makes of a node after changing it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeSpec {
+    /// Services (on the host) that must be running.
+    pub services: Vec<String>,
+    /// An HTTPS request to the node itself, for Gluu nodes.
+    pub https: Option<HttpsProbe>,
+}
+
+/// An HTTPS request to `127.0.0.1:port` on the node, verified against a pinned
+/// certificate (the cluster's), never accepted blindly.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpsProbe {
+    /// The port (443).
+    pub port: u16,
+    /// The name to ask for (SNI and `Host:`), the cluster's hostname.
+    pub host: String,
+    /// The path to request.
+    pub path: String,
+    /// SHA-256 of the DER certificate the node must present, lowercase hex.
+    pub cert_sha256: String,
+}

@@ -309,6 +309,71 @@ impl ClientCertVerifier for ControllerVerifier {
     tls13_signatures!();
 }
 
+/// A TLS client configuration that accepts exactly one server certificate, the one
+/// whose DER has SHA-256 `cert_sha256` (the handshake signature is checked with its key
+/// as usual). For the rolling apply's HTTPS probe of a Gluu node, which must present
+/// the cluster's certificate; TLS 1.2 too, since that is what older nginx speaks.
+pub fn pinned_client_config(cert_sha256: &str) -> Result<rustls::ClientConfig, ProtocolError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedVerifier {
+        sha256: cert_sha256.to_string(),
+        algs: provider.signature_verification_algorithms,
+    });
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProtocolError::TlsConfig(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+#[derive(Debug)]
+struct PinnedVerifier {
+    sha256: String,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if sha256_hex(end_entity) == self.sha256 {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "the server presented a certificate other than the pinned one".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
 /// Why the last check of an agent's certificate failed, in words: rustls carries the
 /// error only as a nested debug string, so the dialer reads the sentence from here.
 pub type RefusalNote = Arc<std::sync::Mutex<Option<String>>>;

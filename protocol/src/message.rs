@@ -14,7 +14,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::NodeName;
-use crate::changeset::{ApplyReport, BackupInfo, ChangeSet, EntryPlan, RestoreSpec, Scope};
+use crate::changeset::{
+    ApplyReport, BackupInfo, ChangeSet, EntryPlan, ProbeSpec, RestoreSpec, Scope, StepRun,
+};
 use crate::version::VersionRange;
 
 /// The first frame of a connection, controller to agent.
@@ -116,6 +118,9 @@ pub enum Request {
         /// Its scope.
         scope: Scope,
     },
+    /// Check that services run and the node answers HTTPS (a rolling apply's gate).
+    /// Answered by [`Reply::Probed`].
+    Probe(ProbeSpec),
 }
 
 /// What [`Request::Upgrade`] brings.
@@ -181,6 +186,8 @@ pub enum Reply {
     Applied(Box<ApplyReport>),
     /// The kept previous versions of a file, newest first.
     Backups(Vec<BackupInfo>),
+    /// Each check of a [`Request::Probe`], in order.
+    Probed(Vec<StepRun>),
 }
 
 /// A failure reported by the agent.

@@ -32,7 +32,7 @@ use std::task::{Context, Poll};
 
 use clustermgr_protocol::changeset::{
     Action, ApplyReport, ApplyResult, BackupInfo, Change, ChangeSet, Content, Entry, EntryPlan,
-    Meta, RestoreSpec, Scope, ServiceVerb, StepRun, Validator,
+    HttpsProbe, Meta, ProbeSpec, RestoreSpec, Scope, ServiceVerb, StepRun, Validator,
 };
 use clustermgr_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES, FrameDecoder, HEADER_BYTES};
 use clustermgr_protocol::message::{
@@ -332,8 +332,8 @@ impl Kind {
         match self {
             Kind::Hello => 1,
             Kind::HelloReply => 2,
-            Kind::Request => 13,
-            Kind::Reply => 13,
+            Kind::Request => 14,
+            Kind::Reply => 14,
             Kind::ExecInput => 3,
             Kind::ExecEvent => 5,
         }
@@ -396,6 +396,7 @@ impl Msg {
                 Request::Restore(_) => 10,
                 Request::ExecInContainer { .. } => 11,
                 Request::HostKey { .. } => 12,
+                Request::Probe(_) => 13,
             },
             Msg::Reply(m) => match m {
                 Reply::Info(_) => 0,
@@ -411,6 +412,7 @@ impl Msg {
                 Reply::Planned(_) => 10,
                 Reply::Applied(_) => 11,
                 Reply::Backups(_) => 12,
+                Reply::Probed(_) => 13,
             },
             Msg::ExecInput(m) => match m {
                 ExecInput::Stdin(_) => 0,
@@ -912,18 +914,35 @@ fn gen_apply_report(rng: &mut Rng) -> ApplyReport {
             restored_cleanly: gen_bool(rng),
         },
     };
-    let n = rng.below(4);
     ApplyReport {
         revision: gen_u64(rng),
         entries,
         result,
-        steps: (0..n)
-            .map(|_| StepRun {
-                step: gen_string(rng),
-                ok: gen_bool(rng),
-                output: gen_string(rng),
-            })
-            .collect(),
+        steps: gen_steps(rng),
+    }
+}
+
+fn gen_steps(rng: &mut Rng) -> Vec<StepRun> {
+    let n = rng.below(4);
+    (0..n)
+        .map(|_| StepRun {
+            step: gen_string(rng),
+            ok: gen_bool(rng),
+            output: gen_string(rng),
+        })
+        .collect()
+}
+
+fn gen_probe(rng: &mut Rng) -> ProbeSpec {
+    let n = rng.below(4);
+    ProbeSpec {
+        services: (0..n).map(|_| gen_string(rng)).collect(),
+        https: gen_bool(rng).then(|| HttpsProbe {
+            port: gen_u16(rng),
+            host: gen_string(rng),
+            path: gen_string(rng),
+            cert_sha256: gen_string(rng),
+        }),
     }
 }
 
@@ -995,10 +1014,11 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
             root: gen_string(rng),
             spec: gen_exec_spec(rng),
         }),
-        (Kind::Request, _) => Msg::Request(Request::HostKey {
+        (Kind::Request, 12) => Msg::Request(Request::HostKey {
             path: gen_string(rng),
             scope: gen_scope(rng),
         }),
+        (Kind::Request, _) => Msg::Request(Request::Probe(gen_probe(rng))),
         (Kind::Reply, 0) => Msg::Reply(Reply::Info(Box::new(gen_node_info(rng)))),
         (Kind::Reply, 1) => Msg::Reply(Reply::Csr {
             pem: gen_string(rng),
@@ -1023,7 +1043,8 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
         }),
         (Kind::Reply, 10) => Msg::Reply(Reply::Planned(gen_entry_plans(rng))),
         (Kind::Reply, 11) => Msg::Reply(Reply::Applied(Box::new(gen_apply_report(rng)))),
-        (Kind::Reply, _) => Msg::Reply(Reply::Backups(gen_backups(rng))),
+        (Kind::Reply, 12) => Msg::Reply(Reply::Backups(gen_backups(rng))),
+        (Kind::Reply, _) => Msg::Reply(Reply::Probed(gen_steps(rng))),
         (Kind::ExecInput, 0) => Msg::ExecInput(ExecInput::Stdin(gen_bytes(rng))),
         (Kind::ExecInput, 1) => Msg::ExecInput(ExecInput::StdinEnd),
         (Kind::ExecInput, _) => Msg::ExecInput(ExecInput::Cancel),
@@ -1347,6 +1368,20 @@ fn edge_messages() -> Vec<Msg> {
             },
             steps: vec![],
         }))),
+        Msg::Request(Request::Probe(ProbeSpec {
+            services: vec![],
+            https: None,
+        })),
+        Msg::Request(Request::Probe(ProbeSpec {
+            services: vec!["nginx".into(), String::new()],
+            https: Some(HttpsProbe {
+                port: u16::MAX,
+                host: "idp.example.org".into(),
+                path: "/".into(),
+                cert_sha256: "0".repeat(64),
+            }),
+        })),
+        Msg::Reply(Reply::Probed(vec![])),
         Msg::Reply(Reply::Backups(vec![])),
         Msg::Reply(Reply::Backups(vec![
             BackupInfo {

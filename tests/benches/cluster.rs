@@ -58,6 +58,11 @@ const N_FANOUT_EXEC: usize = 7;
 const N_FANOUT_PING: usize = 5;
 const N_SPAWN_BASELINE: usize = 5;
 
+/// The desired-state benchmark: a change set of this many files on this many agents.
+const CONFIG_FILES: usize = 20;
+const CONFIG_NODES: usize = 100;
+const N_CONFIG: usize = 10;
+
 /// How many processes the agents' fan-out runs at once (the controller's FANOUT_CAP),
 /// used for the process-spawning baseline.
 const SPAWN_PARALLEL: usize = 256;
@@ -91,6 +96,18 @@ fn print_report(res: &mut Results, nodes: usize, elapsed: Duration) {
             "| fan-out exec / {nodes} fresh ssh sessions one after another (extrapolated: {nodes} x ssh fresh p50 = {:.1} s) | {:.4} |",
             fresh * nodes as f64 / 1e3,
             fan / (fresh * nodes as f64)
+        );
+    }
+    if let (Some((apply, _)), Some((fresh, _))) =
+        (res.stats("config_apply"), res.stats("ssh_fresh"))
+    {
+        use std::fmt::Write as _;
+        let n = nodes.min(CONFIG_NODES);
+        let _ = writeln!(
+            w,
+            "| apply on {n} agents / {n} fresh ssh sessions one after another, the existing Cluster Manager's way (extrapolated: {n} x ssh fresh p50 = {:.1} s, before any file is copied) | {:.4} |",
+            fresh * n as f64 / 1e3,
+            apply / (fresh * n as f64)
         );
     }
     w.push_str(&res.report_tail(elapsed));
@@ -824,11 +841,12 @@ async fn fan_out_inner(
         w(
             "agent.toml",
             &format!(
-                "listen = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\nstate_dir = \"{}\"\nroot = \"{}\"\n",
+                "listen = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\nstate_dir = \"{}\"\nroot = \"{}\"\nwritable_roots = [\"{}\"]\n",
                 toml_path(&etc.join("agent.crt")),
                 toml_path(&etc.join("agent.key")),
                 toml_path(&etc.join("ca.crt")),
                 toml_path(&dir.join("state")),
+                toml_path(&dir.join("root")),
                 toml_path(&dir.join("root")),
             ),
         )?;
@@ -946,6 +964,11 @@ async fn fan_out_inner(
     let exec = time_op(&ctx, N_FANOUT_EXEC, || exec_true("all")).await;
     res.add("fan_exec", exec_label, "ms", exec, target);
 
+    let config_nodes = &records[..records.len().min(CONFIG_NODES)];
+    if let Err(e) = config_bench(res, &ctx, config_nodes).await {
+        res.note(format!("the config benchmark failed: {e}"));
+    }
+
     if let Some(kib) = proc_status_kib(host_pid, "VmRSS") {
         res.note(format!(
             "the agent host process holds {nodes} agents and their warm connections in {:.1} MiB ({:.0} KiB per agent)",
@@ -981,6 +1004,99 @@ async fn fan_out_inner(
         "ms",
         failed.map_or(Ok(spawn), Err),
         None,
+    );
+    Ok(())
+}
+
+/// A 20-file change set, every file a few KiB of config-like text, version `v`.
+fn config_set(v: usize) -> clustermgr_protocol::changeset::ChangeSet {
+    use clustermgr_protocol::changeset::{ChangeSet, Content, Entry, Scope};
+    ChangeSet {
+        revision: v as u64,
+        entries: (0..CONFIG_FILES)
+            .map(|i| Entry {
+                path: format!("/etc/app/f{i}.conf"),
+                scope: Scope::Host,
+                content: Content::File {
+                    bytes: format!("# version {v}\n{}", "key = value\n".repeat(300)).into_bytes(),
+                    mode: 0o644,
+                    owner: None,
+                    group: None,
+                },
+                secret: i == 0,
+                validate: None,
+                on_change: Vec::new(),
+            })
+            .collect(),
+        requested_by: "bench".into(),
+    }
+}
+
+/// Sends `req` to every node at once over the warm connections; every answer must be
+/// `want`.
+async fn config_round(
+    ctx: &Arc<Ctx>,
+    nodes: &[NodeRecord],
+    req: &clustermgr_protocol::message::Request,
+    want: fn(&clustermgr_protocol::message::Reply) -> bool,
+) -> Result<f64, String> {
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in nodes {
+        let (ctx, n, req) = (ctx.clone(), n.clone(), req.clone());
+        tasks.spawn(async move {
+            let conn = ctx.connection(&n).await.map_err(|f| f.message)?;
+            conn.unary(&req, Duration::from_secs(60))
+                .await
+                .map_err(|f| f.message)
+        });
+    }
+    let mut replies = Vec::with_capacity(nodes.len());
+    while let Some(r) = tasks.join_next().await {
+        replies.push(r.map_err(|e| e.to_string())?);
+    }
+    let elapsed = ms(t.elapsed());
+    for r in replies {
+        let r = r?;
+        if !want(&r) {
+            return Err(format!("unexpected answer {r:?}"));
+        }
+    }
+    Ok(elapsed)
+}
+
+/// `plan` of an unchanged 20-file set and `apply` of a changed one on 100 agents.
+async fn config_bench(
+    res: &mut Results,
+    ctx: &Arc<Ctx>,
+    nodes: &[NodeRecord],
+) -> Result<(), String> {
+    use clustermgr_protocol::changeset::{ApplyResult, Change};
+    use clustermgr_protocol::message::{Reply, Request};
+    let n = nodes.len();
+    eprintln!("[3] config: plan and apply of {CONFIG_FILES} files on {n} agents");
+    let applied = |r: &Reply| matches!(r, Reply::Applied(a) if a.result == ApplyResult::Applied);
+    let unchanged = |r: &Reply| matches!(r, Reply::Planned(p) if p.iter().all(|e| e.change == Change::Unchanged));
+    let (mut plan, mut apply) = (Vec::new(), Vec::new());
+    // The first apply creates the files (and their directory); not timed.
+    config_round(ctx, nodes, &Request::Apply(config_set(0)), applied).await?;
+    for round in 1..=N_CONFIG {
+        apply.push(config_round(ctx, nodes, &Request::Apply(config_set(round)), applied).await?);
+        plan.push(config_round(ctx, nodes, &Request::Plan(config_set(round)), unchanged).await?);
+    }
+    res.add(
+        "config_plan",
+        format!("`plan` of an unchanged {CONFIG_FILES}-file change set on {n} agents, library"),
+        "ms",
+        Ok(plan),
+        (n == CONFIG_NODES).then_some(300.0),
+    );
+    res.add(
+        "config_apply",
+        format!("`apply` of a {CONFIG_FILES}-file change set (every file changed) on {n} agents, library"),
+        "ms",
+        Ok(apply),
+        (n == CONFIG_NODES).then_some(2000.0),
     );
     Ok(())
 }

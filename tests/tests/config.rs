@@ -74,9 +74,9 @@ fn self_signed(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBu
     (crt, key)
 }
 
-/// Starts an HTTPS stand-in for Gluu on `h`'s 443 that answers with the host's name.
-fn start_backend(h: &mut Host, dir: &Path) {
-    let (crt, key) = self_signed(dir, &format!("backend-{}", h.name));
+/// Starts an HTTPS stand-in for Gluu on `h`'s 443 that answers with the host's name,
+/// with the cluster's certificate as Gluu nodes have it.
+fn start_backend(h: &mut Host, dir: &Path, (crt, key): (&Path, &Path)) {
     let conf = format!(
         "pid /run/backend.pid;\nerror_log stderr;\nevents {{}}\nhttp {{\n access_log off;\n server {{\n  listen 443 ssl;\n  ssl_certificate {};\n  ssl_certificate_key {};\n  location / {{ return 200 \"{}\\n\"; }}\n }}\n}}\n",
         crt.display(),
@@ -117,8 +117,9 @@ fn the_load_balancer_follows_the_inventory_drains_and_refuses_a_broken_config() 
         net.add_host(name);
     }
     let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = self_signed(dir.path(), "idp.test");
     for name in ["gluu1", "gluu2", "gluu3"] {
-        start_backend(net.host_mut(name), dir.path());
+        start_backend(net.host_mut(name), dir.path(), (&crt, &key));
     }
     let ctl = bootstrapped(&mut t, &net);
     // Before the cluster has a name and a certificate, the LB's nginx waits for them.
@@ -128,7 +129,6 @@ fn the_load_balancer_follows_the_inventory_drains_and_refuses_a_broken_config() 
         "{plan}"
     );
 
-    let (crt, key) = self_signed(dir.path(), "idp.test");
     let key_body = std::fs::read_to_string(&key).unwrap();
     ok(
         &mut t,
@@ -183,7 +183,7 @@ fn the_load_balancer_follows_the_inventory_drains_and_refuses_a_broken_config() 
 
     // A fourth Gluu node joins the upstreams once applied.
     net.add_host("gluu4");
-    start_backend(net.host_mut("gluu4"), dir.path());
+    start_backend(net.host_mut("gluu4"), dir.path(), (&crt, &key));
     let kh = net.known_hosts().display().to_string();
     ok(
         &mut t,
@@ -269,6 +269,65 @@ fn the_load_balancer_follows_the_inventory_drains_and_refuses_a_broken_config() 
     let json = ok(&mut t, ctl.run(&["--json", "history"]), "history --json");
     assert!(json.trim_start().starts_with('['), "{json}");
     ok(&mut t, ctl.run(&["--json", "plan"]), "plan --json");
+
+    // A rolling apply drains each Gluu node while it changes, checks it (the service
+    // its change restarts runs, and it answers HTTPS with the cluster certificate),
+    // and puts it back.
+    ok(
+        &mut t,
+        ctl.run(&[
+            "cluster",
+            "set",
+            "replicated-paths",
+            "/opt/gluu/python/libs",
+        ]),
+        "set replicated-paths",
+    );
+    let rolled = ok(
+        &mut t,
+        ctl.run(&["apply", "--yes", "--rolling"]),
+        "apply --rolling",
+    );
+    for node in ["gluu1", "gluu2", "gluu3", "gluu4"] {
+        assert!(rolled.contains(&format!("{node}: applied")), "{rolled}");
+    }
+    assert_eq!(
+        rolled.matches("ok: clustermgr-csync2 running").count(),
+        4,
+        "{rolled}"
+    );
+    assert_eq!(
+        rolled.matches("ok: HTTPS GET / on port 443").count(),
+        4,
+        "{rolled}"
+    );
+    let shown = ok(&mut t, ctl.run(&["cluster", "show"]), "cluster show");
+    assert!(
+        shown.lines().any(|l| l.trim() == "drained"),
+        "none left drained: {shown}"
+    );
+    // A node that stops answering fails its check: the rolling apply stops there, and
+    // it stays out of the load balancer.
+    // The bracket keeps pkill from matching its own shell.
+    net.host("gluu2").sh("pkill -f 'backend-gluu[2].conf'");
+    ok(
+        &mut t,
+        ctl.run(&["cluster", "set", "replicated-paths", "default"]),
+        "default",
+    );
+    let out = ctl.run(&["apply", "--yes", "--rolling"]);
+    t.keep(&out);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("gluu1: applied"), "{text}");
+    assert!(text.contains("gluu2: check failed"), "{text}");
+    assert!(text.contains("undrain gluu2"), "{text}");
+    assert!(text.contains("gluu3: skipped"), "{text}");
+    let shown = ok(&mut t, ctl.run(&["cluster", "show"]), "cluster show");
+    assert!(shown.contains("drained            gluu2"), "{shown}");
+    eventually_blocking("gluu2 out of the load balancer", secs(10), || {
+        !answering(lb, 8).contains("gluu2")
+    });
 
     // No secret in anything printed.
     let body: String = key_body

@@ -11,6 +11,7 @@
 mod backup;
 mod edit;
 mod path;
+mod probe;
 mod step;
 
 use std::collections::BTreeSet;
@@ -765,6 +766,14 @@ impl Engine {
                 "{e}; remove it on the node to have a new key generated"
             ))
         })
+    }
+}
+
+impl Engine {
+    /// A rolling apply's gate: services running, HTTPS answered.
+    pub fn probe(&self, spec: &clustermgr_protocol::changeset::ProbeSpec) -> Vec<StepRun> {
+        let _ = std::fs::create_dir_all(&self.dir);
+        probe::probe(&self.cfg, spec, &self.dir.join(".probe-output"))
     }
 }
 

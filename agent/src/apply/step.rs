@@ -174,6 +174,30 @@ pub fn action_step(
     }
 }
 
+/// The step that asks whether service `name` (on the host) is running.
+pub fn status_step(name: &str, host_root: &Path) -> Result<Step, String> {
+    let label = format!("{name} running");
+    if host_root == Path::new("/") && Path::new("/run/systemd/system").is_dir() {
+        return Ok(Step {
+            label,
+            argv: vec!["systemctl".into(), "is-active".into(), name.to_string()],
+            reload_or_start: None,
+        });
+    }
+    let script = host_root.join("etc/init.d").join(name);
+    if !script.exists() {
+        return Err(format!(
+            "no systemd, and no init script {} to ask",
+            script.display()
+        ));
+    }
+    Ok(Step {
+        label,
+        argv: vec![script.display().to_string(), "status".into()],
+        reload_or_start: None,
+    })
+}
+
 /// Runs `step`, its output going to `scratch` (a file, not a pipe: a daemon an init
 /// script starts inherits it, and a pipe would never reach its end).
 pub fn run(step: &Step, timeout: Duration, scratch: &Path) -> StepRun {
