@@ -116,8 +116,13 @@ pub async fn start_agent(
     NodeName::new(&spec.name)?;
     let dir = base.join(&spec.name);
     let etc = dir.join("etc");
-    for d in [&etc, &dir.join("state"), &dir.join("root")] {
+    for d in [&etc, &dir.join("state"), &dir.join("root/etc")] {
         std::fs::create_dir_all(d).map_err(|e| CtlError::io(d, e))?;
+    }
+    // The sandbox's own /etc/hosts, so `apply` has the cluster's hosts block to show.
+    let hosts = dir.join("root/etc/hosts");
+    if !hosts.exists() {
+        std::fs::write(&hosts, "127.0.0.1 localhost\n").map_err(|e| CtlError::io(&hosts, e))?;
     }
     let out = Command::new(agent_bin)
         .args(["enroll", "--name", &spec.name, "--out"])

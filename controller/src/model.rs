@@ -178,7 +178,7 @@ impl ClusterModel {
             }
             _ => {
                 return Err(CtlError::Usage(format!(
-                    "unknown cluster setting {key:?}; the settings are:\n{}",
+                    "unknown cluster setting {key:?}; the settings are:\n{}\n  tls-cert FILE, tls-key FILE: the cluster's TLS certificate and key, read from the files",
                     valid_keys()
                 )));
             }

@@ -540,6 +540,13 @@ fn summary(outcomes: &[NodeOutcome]) {
 
 fn print_entry(e: &crate::desired::EntryView) {
     let short = |h: &str| h.get(..12).unwrap_or(h).to_string();
+    if e.change == "waiting" {
+        println!(
+            "  waiting for {} ({}) to exist: the edit is made once it does",
+            e.path, e.scope
+        );
+        return;
+    }
     let mut line = format!("  {} {} ({})", e.change, e.path, e.scope);
     if e.drift {
         line.push_str(" [edited on the node since the last apply]");

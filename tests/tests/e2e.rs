@@ -355,6 +355,15 @@ async fn ctrl_c_cancels_the_remote_command_in_process_and_through_serve() {
     interrupt_cancels(&c).await;
     let _serve = c.serve().await;
     interrupt_cancels(&c).await;
+    // The agent journals the end after the kill, a moment after the process is gone.
+    eventually("both cancels in the journal", PATIENCE, || {
+        c.journal("gluu1")
+            .iter()
+            .filter(|e| e["event"] == "finish")
+            .count()
+            >= 2
+    })
+    .await;
     let j = c.journal("gluu1");
     assert_eq!(
         j.iter().filter(|e| e["cancelled"] == true).count(),

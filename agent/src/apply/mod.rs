@@ -359,7 +359,14 @@ impl Engine {
             if let Some(v) = &e.validate
                 && s.new.is_some()
             {
-                let st = step::validator_step(v, &e.scope, &s.res.base, &s.res.real, &e.path);
+                let st = step::validator_step(
+                    v,
+                    &e.scope,
+                    &s.res.base,
+                    &s.res.real,
+                    &e.path,
+                    &self.cfg.root,
+                );
                 if !validators.contains(&st) {
                     validators.push(st);
                 }

@@ -77,7 +77,11 @@ pub fn validator_step(
     base: &Path,
     real: &Path,
     entry_path: &str,
+    host_root: &Path,
 ) -> Step {
+    if matches!(v, Validator::Nginx) && host_root != Path::new("/") {
+        return sandboxed(format!("nginx -t -c {entry_path}"));
+    }
     // Inside a container the command sees the container's paths; on the host the real
     // path (the same on a node, the sandbox's under `clustermgr dev`).
     let seen = match scope {
@@ -117,6 +121,9 @@ pub fn action_step(
             reload_or_start: None,
         }),
         Action::Service { name, verb } => {
+            if host_root != Path::new("/") {
+                return Ok(sandboxed(format!("{} {name}", verb.as_str())));
+            }
             if name.is_empty()
                 || !name
                     .bytes()
@@ -174,10 +181,24 @@ pub fn action_step(
     }
 }
 
+/// A built-in step not run under a sandbox root (`clustermgr dev`): its nodes share
+/// this machine's services, `/run` and the absolute paths a generated config names, so
+/// reloading "their" nginx or starting "their" csync2 would act on the real machine.
+fn sandboxed(label: String) -> Step {
+    Step {
+        label: format!("{label} (sandbox: not run)"),
+        argv: vec!["true".into()],
+        reload_or_start: None,
+    }
+}
+
 /// The step that asks whether service `name` (on the host) is running.
 pub fn status_step(name: &str, host_root: &Path) -> Result<Step, String> {
     let label = format!("{name} running");
-    if host_root == Path::new("/") && Path::new("/run/systemd/system").is_dir() {
+    if host_root != Path::new("/") {
+        return Ok(sandboxed(label));
+    }
+    if Path::new("/run/systemd/system").is_dir() {
         return Ok(Step {
             label,
             argv: vec!["systemctl".into(), "is-active".into(), name.to_string()],
