@@ -534,6 +534,12 @@ fn csync2_replicates_and_stunnel_verifies_both_ends() {
     assert!(applied.contains("restart clustermgr-csync2"), "{applied}");
     // Keys were made on the hosts, owner-only, and never left them.
     let g1 = net.host("gluu1");
+    // The generated services start at boot too.
+    let links = g1.sh("ls /etc/rc2.d");
+    assert!(
+        links.contains("clustermgr-csync2") && links.contains("clustermgr-stunnel"),
+        "{links}"
+    );
     let mode = g1.sh("stat -c %a /etc/csync2_ssl_key.pem /etc/stunnel/clustermgr/host.key");
     assert_eq!(mode, "600\n600\n");
     let plan = ok(&mut t, ctl.run(&["plan"]), "plan");

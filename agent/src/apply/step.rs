@@ -141,13 +141,18 @@ pub fn action_step(
                     ServiceVerb::Restart => "restart",
                 };
                 // A unit file the same change set wrote is only read after a
-                // daemon-reload.
+                // daemon-reload; a service the configuration restarts is one it runs,
+                // so it is enabled at boot too.
+                let enable = match verb {
+                    ServiceVerb::Restart => "systemctl enable --quiet \"$1\" && ",
+                    ServiceVerb::Reload => "",
+                };
                 return Ok(Step {
                     label,
                     argv: vec![
                         "/bin/sh".into(),
                         "-c".into(),
-                        format!("systemctl daemon-reload && systemctl {v} \"$1\""),
+                        format!("systemctl daemon-reload && {enable}systemctl {v} \"$1\""),
                         "sh".into(),
                         name.clone(),
                     ],
@@ -169,9 +174,25 @@ pub fn action_step(
                 };
                 in_scope(scope, base, vec![inside, word.to_string()])
             };
+            let argv = match (verb, scope) {
+                // Enabled at boot as well, with whichever tool the host has (Debian's
+                // update-rc.d, Red Hat's chkconfig).
+                (ServiceVerb::Restart, Scope::Host) => vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "if command -v update-rc.d >/dev/null; then update-rc.d \"$1\" defaults >/dev/null; \
+                     elif command -v chkconfig >/dev/null; then chkconfig --add \"$1\"; fi; \
+                     exec \"$2\" restart"
+                        .into(),
+                    "sh".into(),
+                    name.clone(),
+                    script.display().to_string(),
+                ],
+                _ => run(verb.as_str()),
+            };
             Ok(Step {
                 label,
-                argv: run(verb.as_str()),
+                argv,
                 reload_or_start: match verb {
                     ServiceVerb::Reload => Some((run("status"), run("start"))),
                     ServiceVerb::Restart => None,
