@@ -525,7 +525,9 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             } else {
                 OutputMode::Live
             };
-            if !yes {
+            // The plan is shown first, with --yes too (then without asking); --json
+            // prints only the apply's report, which carries every change.
+            if !json {
                 let timeout_ms = connect_timeout.map(|secs| (secs * 1000.0).round() as u64);
                 let plan = Invocation {
                     user: user(),
@@ -536,11 +538,14 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
                     connect_timeout_ms: timeout_ms,
                 };
                 let code = execute(&home, &opts, plan, OutputMode::Live).await?;
-                if code != 0 {
+                // Asked interactively, a failed plan stops here; with --yes the apply
+                // goes on, and a node that does not answer keeps the revision for
+                // `serve` to send when it is back.
+                if code != 0 && !yes {
                     eprintln!("clustermgr: not applying, because the plan failed on some node");
                     return Ok(code);
                 }
-                if !confirm("Apply these changes?")? {
+                if !yes && !confirm("Apply these changes?")? {
                     eprintln!("clustermgr: nothing was applied");
                     return Ok(1);
                 }

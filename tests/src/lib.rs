@@ -249,11 +249,16 @@ impl Cluster {
 /// Starts `clustermgr serve` from `cli` (a `clustermgr` command for the home `home`)
 /// and waits until its socket answers.
 pub async fn start_serve(mut cli: Command, home: &Path) -> Serve {
+    // Its log goes beside the home, for tests that scan it (for secrets, say).
+    let log = home
+        .parent()
+        .map(|p| p.join("serve.log"))
+        .and_then(|p| std::fs::File::create(p).ok());
     let child = cli
         .arg("serve")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log.map_or_else(Stdio::null, Stdio::from))
         .spawn()
         .expect("spawn serve");
     let sock = home.join("serve.sock");

@@ -40,6 +40,9 @@ impl Transcript {
         }
         // The scan reads the agents' real logs, where every apply is logged.
         assert!(logs.contains("apply of revision"), "no agent log found");
+        if let Some(dir) = ctl.home.parent() {
+            logs.push_str(&std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default());
+        }
         self.0.push_str(&logs);
         for args in [&["--json", "history"][..], &["--json", "plan"][..]] {
             let o = ctl.run(args);
@@ -802,6 +805,8 @@ async fn gluu_nodes_are_configured_inside_their_container_and_a_returning_node_c
             && cfg(g1).contains("python/libs")
     );
 
+    let serve_log = std::fs::read_to_string(ctl.home.parent().unwrap().join("serve.log")).unwrap();
+    assert!(serve_log.contains("revision 2 it missed"), "{serve_log}");
     let csync2_key = std::fs::read_to_string(g1.path("/etc/csync2.key")).unwrap();
     t.assert_no_secrets(
         &ctl,
