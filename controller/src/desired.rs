@@ -1256,19 +1256,6 @@ async fn ensure_tunnel(
     if wanted.is_empty() {
         return Ok(());
     }
-    let now = ctx.clock.now();
-    let mut rec = match ctx.store.tunnel()? {
-        Some(r) => r,
-        None => {
-            let (ca, key_pem) = crate::ca::Ca::create_tunnel(&ctx.meta.name, now)?;
-            crate::store::TunnelRecord {
-                ca_cert_pem: ca.cert_pem().to_string(),
-                ca_key_pem: key_pem,
-                ..Default::default()
-            }
-        }
-    };
-    let ca = crate::ca::Ca::load(&rec.ca_cert_pem, &rec.ca_key_pem)?;
     let csrs = futures_util::future::join_all(wanted.iter().map(|(_, node, path)| async move {
         let conn = ctx.connection_within(node, within).await.ok()?;
         let req = Request::HostKey {
@@ -1285,32 +1272,48 @@ async fn ensure_tunnel(
         }
     }))
     .await;
-    let mut changed = false;
-    for ((purpose, node, _), csr) in wanted.iter().zip(csrs) {
-        let Some(csr) = csr else { continue };
-        let name = clustermgr_protocol::NodeName::new(&node.name)?;
-        let key = crate::ca::csr_public_key(&name, &csr)?;
-        let slot = format!("{purpose}/{}", node.name);
-        if rec
-            .certs
-            .get(&slot)
-            .is_some_and(|(_, _, fp)| *fp == key.fingerprint)
-        {
-            continue;
+    let now = ctx.clock.now();
+    ctx.store.update_tunnel(|slot| {
+        let rec = match slot {
+            Some(r) => r,
+            None => {
+                let (ca, key_pem) = crate::ca::Ca::create_tunnel(&ctx.meta.name, now)?;
+                slot.insert(crate::store::TunnelRecord {
+                    ca_cert_pem: ca.cert_pem().to_string(),
+                    ca_key_pem: key_pem,
+                    ..Default::default()
+                })
+            }
+        };
+        let ca = crate::ca::Ca::load(&rec.ca_cert_pem, &rec.ca_key_pem)?;
+        let mut changed = false;
+        for ((purpose, node, _), csr) in wanted.iter().zip(csrs) {
+            let Some(csr) = csr else { continue };
+            let name = clustermgr_protocol::NodeName::new(&node.name)?;
+            let key = crate::ca::csr_public_key(&name, &csr)?;
+            let slot = format!("{purpose}/{}", node.name);
+            if rec
+                .certs
+                .get(&slot)
+                .is_some_and(|(_, _, fp)| *fp == key.fingerprint)
+            {
+                continue;
+            }
+            let issued =
+                ca.sign_tunnel(&name, &key, now, time::Duration::days(TUNNEL_CERT_DAYS))?;
+            if let Some((_, old, _)) = rec.certs.insert(
+                slot,
+                (issued.pem, issued.summary.serial, key.fingerprint.clone()),
+            ) {
+                rec.revoked.push((old, now.unix_timestamp()));
+            }
+            changed = true;
         }
-        let issued = ca.sign_tunnel(&name, &key, now, time::Duration::days(TUNNEL_CERT_DAYS))?;
-        if let Some((_, old, _)) = rec.certs.insert(
-            slot,
-            (issued.pem, issued.summary.serial, key.fingerprint.clone()),
-        ) {
-            rec.revoked.push((old, now.unix_timestamp()));
+        if changed || rec.crl_next_update - now.unix_timestamp() < CRL_RENEW_BEFORE_SECS {
+            renew_crl(&ca, rec, now)?;
         }
-        changed = true;
-    }
-    if changed || rec.crl_next_update - now.unix_timestamp() < CRL_RENEW_BEFORE_SECS {
-        renew_crl(&ca, &mut rec, now)?;
-    }
-    ctx.store.put_tunnel(&rec)
+        Ok(())
+    })
 }
 
 fn renew_crl(
@@ -1327,25 +1330,26 @@ fn renew_crl(
 /// `node remove`: revokes the node's tunnel certificates (the new revocation list
 /// reaches the other nodes at the next `apply`).
 pub fn revoke_tunnel(ctx: &Ctx, node: &str) -> Result<(), CtlError> {
-    let Some(mut rec) = ctx.store.tunnel()? else {
-        return Ok(());
-    };
     let now = ctx.clock.now();
-    let gone: Vec<String> = rec
-        .certs
-        .keys()
-        .filter(|k| k.split_once('/').is_some_and(|(_, n)| n == node))
-        .cloned()
-        .collect();
-    if gone.is_empty() {
-        return Ok(());
-    }
-    for k in gone {
-        if let Some((_, serial, _)) = rec.certs.remove(&k) {
-            rec.revoked.push((serial, now.unix_timestamp()));
+    ctx.store.update_tunnel(|slot| {
+        let Some(rec) = slot else {
+            return Ok(());
+        };
+        let gone: Vec<String> = rec
+            .certs
+            .keys()
+            .filter(|k| k.split_once('/').is_some_and(|(_, n)| n == node))
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
         }
-    }
-    let ca = crate::ca::Ca::load(&rec.ca_cert_pem, &rec.ca_key_pem)?;
-    renew_crl(&ca, &mut rec, now)?;
-    ctx.store.put_tunnel(&rec)
+        for k in gone {
+            if let Some((_, serial, _)) = rec.certs.remove(&k) {
+                rec.revoked.push((serial, now.unix_timestamp()));
+            }
+        }
+        let ca = crate::ca::Ca::load(&rec.ca_cert_pem, &rec.ca_key_pem)?;
+        renew_crl(&ca, rec, now)
+    })
 }

@@ -771,13 +771,30 @@ impl Store {
         })
     }
 
-    /// Stores the tunnel CA record.
-    pub fn put_tunnel(&self, rec: &TunnelRecord) -> Result<(), CtlError> {
-        self.write(|txn| {
-            txn.open_table(CONFIG)?
-                .insert("tunnel", encode(rec).as_slice())?;
+    /// Changes the tunnel CA record (`None` until it is made) with `f`, in one
+    /// transaction, so two applies issuing certificates at once cannot lose one.
+    pub fn update_tunnel(
+        &self,
+        f: impl FnOnce(&mut Option<TunnelRecord>) -> Result<(), CtlError>,
+    ) -> Result<(), CtlError> {
+        let mut failed = None;
+        let out = self.write(|txn| {
+            let mut t = txn.open_table(CONFIG)?;
+            let mut rec: Option<TunnelRecord> =
+                t.get("tunnel")?.map(|v| decode(v.value())).transpose()?;
+            if let Err(e) = f(&mut rec) {
+                failed = Some(e);
+                return Ok(());
+            }
+            if let Some(rec) = &rec {
+                t.insert("tunnel", encode(rec).as_slice())?;
+            }
             Ok(())
-        })
+        });
+        match failed {
+            Some(e) => Err(e),
+            None => out,
+        }
     }
 
     /// Issues the next desired-state revision number.

@@ -159,6 +159,15 @@ pub fn action_step(
                     reload_or_start: None,
                 });
             }
+            if let Scope::Container { .. } = scope
+                && Path::new("/run/systemd/system").is_dir()
+            {
+                return Ok(Step {
+                    label,
+                    argv: container_service(base, name, verb.as_str()),
+                    reload_or_start: None,
+                });
+            }
             let script: PathBuf = base.join("etc/init.d").join(name);
             if !script.exists() && !written(&script) {
                 return Err(format!(
@@ -200,6 +209,27 @@ pub fn action_step(
             })
         }
     }
+}
+
+/// A service inside a Gluu container on a systemd host. Gluu 4.x runs its container as a
+/// systemd-nspawn machine (`gluu_server`, or `gluu_server_VERSION`) with its own
+/// systemd: the machine whose root directory is the container root gets the verb
+/// through `systemctl --machine`. A 3.x chroot has no machine, and gets the
+/// container's init script, chrooted.
+fn container_service(base: &Path, name: &str, verb: &str) -> Vec<String> {
+    let script = "for m in $(machinectl list --no-legend 2>/dev/null | awk '{print $1}'); do \
+                  if [ \"$(machinectl show \"$m\" -p RootDirectory --value 2>/dev/null)\" = \"$1\" ]; then \
+                  exec systemctl --machine=\"$m\" \"$3\" \"$2\"; fi; done; \
+                  exec chroot \"$1\" \"/etc/init.d/$2\" \"$3\"";
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        script.into(),
+        "sh".into(),
+        base.display().to_string(),
+        name.to_string(),
+        verb.to_string(),
+    ]
 }
 
 /// A built-in step not run under a sandbox root (`clustermgr dev`): its nodes share
@@ -371,6 +401,55 @@ mod tests {
         let r = run(&step, Duration::from_millis(200), &t.path().join("o"));
         assert!(!r.ok && r.output.contains("killed after"), "{}", r.output);
         assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    /// Runs `argv` with `bin` first on PATH; its stdout.
+    fn run_with_path(argv: &[String], bin: &Path) -> String {
+        let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn a_container_service_goes_to_its_nspawn_machine_else_to_its_chroot() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let (base, bin) = (t.path().join("gluu"), t.path().join("bin"));
+        for d in [base.join("bin"), base.join("etc/init.d"), bin.clone()] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let exe = |p: &Path, text: &str| {
+            std::fs::write(p, text).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        // A 3.x chroot: busybox for the container's shell, and its init script.
+        std::fs::copy("/bin/busybox", base.join("bin/busybox")).unwrap();
+        std::os::unix::fs::symlink("busybox", base.join("bin/sh")).unwrap();
+        exe(
+            &base.join("etc/init.d/oxauth"),
+            "#!/bin/sh\necho chroot oxauth $1\n",
+        );
+        exe(&bin.join("machinectl"), "#!/bin/sh\nexit 0\n");
+        let argv = container_service(&base, "oxauth", "restart");
+        assert_eq!(run_with_path(&argv, &bin), "chroot oxauth restart\n");
+        // A 4.x machine whose root is the container root: its own systemd.
+        exe(
+            &bin.join("machinectl"),
+            &format!(
+                "#!/bin/sh\ncase $1 in list) echo 'other container'; echo 'gluu_server container';; \
+                 show) [ $2 = gluu_server ] && echo {} || echo /var/lib/machines/other;; esac\n",
+                base.display()
+            ),
+        );
+        exe(&bin.join("systemctl"), "#!/bin/sh\necho systemctl \"$@\"\n");
+        assert_eq!(
+            run_with_path(&argv, &bin),
+            "systemctl --machine=gluu_server restart oxauth\n"
+        );
     }
 
     #[test]
