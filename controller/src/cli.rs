@@ -299,6 +299,7 @@ pub enum CertCmd {
 
 /// Parses the command line, runs it, and returns the exit code.
 pub fn main() -> i32 {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -661,6 +662,27 @@ pub async fn run_operation(
     };
     client.close().await;
     Ok(result)
+}
+
+/// Ends the process quietly, as a shell tool does, when what reads its output goes away
+/// (`clustermgr history | head`): `println!` panics on EPIPE, and a backtrace there is
+/// noise. Only that panic is turned into an exit; every other panic keeps its report.
+/// (SIGPIPE itself stays ignored, so `serve` and bootstrap's pipes to ssh still see
+/// the error instead of being killed.)
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 /// Asks a yes/no question on the terminal; without one, says to use `--yes`.

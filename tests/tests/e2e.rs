@@ -1358,3 +1358,25 @@ async fn node_upgrade_refuses_what_it_cannot_do_safely() {
     assert!(stdout(&o).contains("allow_exec = false"), "{}", stdout(&o));
     assert!(c.run(&["ping"]).status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_goes_away_ends_the_cli_quietly() {
+    let c = Cluster::gluu(1).await;
+    let mut child = c
+        .cli()
+        .args(["node", "list"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reading end closes before anything is written: the first line meets EPIPE.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("panicked"),
+        "no backtrace: {}",
+        stderr(&out)
+    );
+}
