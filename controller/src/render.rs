@@ -369,7 +369,17 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 );
             }
         }
-        Report::Cluster(c) if as_json => json(&c),
+        Report::Cluster(c) if as_json => {
+            let map = |rows: &[(String, String)]| {
+                rows.iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect::<serde_json::Map<_, _>>()
+            };
+            json(&serde_json::json!({
+                "settings": map(&c.settings),
+                "secrets": map(&c.secrets),
+            }))
+        }
         Report::Cluster(c) => {
             for (k, v) in c.settings.iter().chain(&c.secrets) {
                 println!("{k:<18} {v}");

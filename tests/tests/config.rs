@@ -631,6 +631,7 @@ fn make_container(h: &Host) {
     h.sh(
         "set -e; r=/opt/gluu-server; mkdir -p $r/bin $r/etc/gluu/conf; cp /bin/busybox $r/bin/busybox; \
          for t in sh grep ls cat; do ln -sf busybox $r/bin/$t; done; \
+         echo '127.0.0.1 localhost' > $r/etc/hosts; \
          printf 'bindDN: cn=directory manager\\nbindPassword: c2VjcmV0LXBhc3N3b3Jk\\nservers: localhost:1636\\nuseSSL: true\\n' > $r/etc/gluu/conf/gluu-ldap.properties",
     );
 }
@@ -660,6 +661,12 @@ async fn gluu_nodes_are_configured_inside_their_container_and_a_returning_node_c
     assert_eq!(
         text,
         "bindDN: cn=directory manager\nbindPassword: c2VjcmV0LXBhc3N3b3Jk\nservers: gluu1:1636,gluu2:1636\nuseSSL: true\n"
+    );
+    // The container's own /etc/hosts names the nodes too, for the LDAP servers line.
+    let hosts = std::fs::read_to_string(g1.path("/opt/gluu-server/etc/hosts")).unwrap();
+    assert!(
+        hosts.contains(&format!("{} gluu2\n", net.host("gluu2").ip)),
+        "{hosts}"
     );
     // exec --in-container runs chrooted into the container.
     let out = ok(

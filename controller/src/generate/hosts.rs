@@ -15,18 +15,27 @@ pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String
             .iter()
             .map(|n| format!("{} {}\n", ip_of(n), n.name))
             .collect();
+        let block = |scope: Scope| Entry {
+            path: "/etc/hosts".into(),
+            scope,
+            content: Content::Block {
+                name: "hosts".into(),
+                body: body.clone(),
+            },
+            secret: false,
+            validate: None,
+            on_change: Vec::new(),
+        };
         for n in &sorted.nodes {
-            out.entry(n.name.clone()).or_default().entries.push(Entry {
-                path: "/etc/hosts".into(),
-                scope: Scope::Host,
-                content: Content::Block {
-                    name: "hosts".into(),
-                    body: body.clone(),
-                },
-                secret: false,
-                validate: None,
-                on_change: Vec::new(),
-            });
+            let cfg = out.entry(n.name.clone()).or_default();
+            cfg.entries.push(block(Scope::Host));
+            // The Gluu apps resolve the LDAP servers' names inside their container,
+            // which has an /etc/hosts of its own.
+            if n.has_role(Role::Gluu) && inputs.model.gluu_root != "/" {
+                cfg.entries.push(block(Scope::Container {
+                    root: inputs.model.gluu_root.clone(),
+                }));
+            }
         }
     }
     let gluu = sorted.with(Role::Gluu);
