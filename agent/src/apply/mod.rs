@@ -39,6 +39,21 @@ use step::Step;
 /// How many previous versions of each file are kept.
 pub const KEEP_BACKUPS: usize = 5;
 
+/// Where a file is run later by the system (cron, init, systemd, login shells, sudo):
+/// refused with `allow_exec = false`, in either scope.
+const RUNS_LATER: &[&str] = &[
+    "/etc/cron",
+    "/etc/anacrontab",
+    "/etc/init.d/",
+    "/etc/rc",
+    "/etc/systemd/",
+    "/lib/systemd/",
+    "/usr/lib/systemd/",
+    "/etc/profile",
+    "/etc/sudoers",
+    "/etc/ld.so.preload",
+];
+
 /// The largest file whose text a plan carries for a diff.
 const DIFF_TEXT_LIMIT: usize = 256 * 1024;
 
@@ -171,6 +186,16 @@ impl Engine {
                     ),
                 });
             }
+            // A file that runs as root later (a cron job, an init script or unit, an
+            // executable) is a command too: with exec off, a config push must not be
+            // a way round it.
+            let executable = matches!(&e.content, Content::File { mode, .. } if mode & 0o111 != 0);
+            if executable || RUNS_LATER.iter().any(|p| e.path.starts_with(p)) {
+                return Err(RemoteError::refused(format!(
+                    "{}: a file that would run as a command later, and this agent has allow_exec = false; set allow_exec = true on this node to let clustermgr manage its services",
+                    e.path
+                )));
+            }
         }
         Ok(())
     }
@@ -178,11 +203,8 @@ impl Engine {
     /// Compares one entry with the disk.
     fn stage(&self, e: &Entry) -> Result<Staged, String> {
         let res = path::resolve(&self.cfg, &e.scope, &e.path)?;
-        let old = match std::fs::read(&res.real) {
-            Ok(bytes) => {
-                let m = std::fs::metadata(&res.real).map_err(|err| format!("{err}"))?;
-                Some((bytes, meta_of(&m)))
-            }
+        let old = match read_nofollow(&res.real) {
+            Ok(found) => Some(found),
             Err(err) if err.kind() == io::ErrorKind::NotFound => None,
             Err(err) => return Err(format!("cannot be read: {err}")),
         };
@@ -326,6 +348,7 @@ impl Engine {
     pub fn apply(&self, set: &ChangeSet) -> Result<ApplyReport, RemoteError> {
         self.check_policy(&set.entries)?;
         let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.settle_earlier()?;
         let staged = self.stage_all(&set.entries)?;
         self.run_txn(set.revision, &set.entries, staged)
     }
@@ -412,7 +435,10 @@ impl Engine {
             return Err(e);
         }
         txn.phase = Phase::Swapping;
-        self.write_txn(&txn)?;
+        if let Err(e) = self.write_txn(&txn) {
+            self.discard_staging(&txn);
+            return Err(e);
+        }
         if let Err(e) = swap(&txn) {
             let restored = self.roll_back(&mut txn, false);
             return Ok(self.report(
@@ -432,21 +458,39 @@ impl Engine {
             let failed = (!r.ok).then(|| r.clone());
             steps.push(r);
             if let Some(failed) = failed {
-                steps.extend(self.roll_back(&mut txn, false));
+                let undo = self.roll_back(&mut txn, false);
+                let clean = undo.iter().all(|r| r.ok);
+                steps.extend(undo);
                 return Ok(self.report(
                     revision,
                     plans,
                     ApplyResult::RolledBack {
                         step: failed.step,
                         output: failed.output,
-                        restored_cleanly: true,
+                        restored_cleanly: clean,
                     },
                     steps,
                 ));
             }
         }
         txn.phase = Phase::Acting;
-        self.write_txn(&txn)?;
+        if let Err(e) = self.write_txn(&txn) {
+            // Without the journal saying so, a crash now would undo a set whose actions
+            // ran: put the old files back while nothing has loaded the new ones.
+            let undo = self.roll_back(&mut txn, false);
+            let clean = undo.iter().all(|r| r.ok);
+            steps.extend(undo);
+            return Ok(self.report(
+                revision,
+                plans,
+                ApplyResult::RolledBack {
+                    step: "journaling the apply".into(),
+                    output: e.message,
+                    restored_cleanly: clean,
+                },
+                steps,
+            ));
+        }
         for a in &actions {
             let r = step::run(a, step::ACTION_TIMEOUT, &self.scratch());
             let failed = (!r.ok).then(|| r.clone());
@@ -622,8 +666,30 @@ impl Engine {
     /// Finishes or undoes a transaction a crash interrupted. Returns what it did, for
     /// the log.
     pub fn recover(&self) -> Option<String> {
-        let text = std::fs::read(self.txn_path()).ok()?;
         let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.recover_locked()
+    }
+
+    /// Finishes an earlier transaction before a new one starts (one whose journal a
+    /// failed write or a failed restore left behind), or refuses to start.
+    fn settle_earlier(&self) -> Result<(), RemoteError> {
+        if !self.txn_path().exists() {
+            return Ok(());
+        }
+        if let Some(what) = self.recover_locked() {
+            tracing::warn!("before this apply: {what}");
+        }
+        if self.txn_path().exists() {
+            return Err(RemoteError::internal(format!(
+                "an earlier apply on this node could not be finished or undone, and its journal {} is still there; see the agent's log, fix the cause, and restart the agent to retry",
+                self.txn_path().display()
+            )));
+        }
+        Ok(())
+    }
+
+    fn recover_locked(&self) -> Option<String> {
+        let text = std::fs::read(self.txn_path()).ok()?;
         let mut txn: Txn = match serde_json::from_slice(&text) {
             Ok(t) => t,
             Err(e) => {
@@ -734,6 +800,7 @@ impl Engine {
         let entries = [entry];
         self.check_policy(&entries)?;
         let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.settle_earlier()?;
         let staged = self.stage_all(&entries)?;
         self.run_txn(0, &entries, staged)
     }
@@ -830,15 +897,39 @@ fn temp_beside(real: &Path, id: i64, tag: &str) -> PathBuf {
     real.with_file_name(format!(".{name}.clustermgr-{id}{tag}"))
 }
 
+/// Reads a file and its metadata through one handle that refuses a symlink, so what
+/// was resolved and checked is what is read (a link swapped in since is an error).
+fn read_nofollow(real: &Path) -> io::Result<(Vec<u8>, Meta)> {
+    use std::io::Read;
+    let mut f = OpenOptions::new()
+        .read(true)
+        // Non-blocking too: a FIFO swapped in would otherwise hang the open.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(real)?;
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(io::Error::other("it is not a regular file"));
+    }
+    let mut bytes = Vec::with_capacity(m.len() as usize);
+    f.read_to_end(&mut bytes)?;
+    Ok((bytes, meta_of(&m)))
+}
+
 /// Writes a temp file with its final mode and owner before any byte, then fsyncs it.
 fn write_temp(temp: &Path, bytes: &[u8], meta: &Meta) -> io::Result<()> {
     if let Some(dir) = temp.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    // Never through whatever sits at the temp name (a link planted there would make
+    // the agent write and chown its target): remove it, then create afresh.
+    match std::fs::remove_file(temp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut f = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(temp)?;
     let (uid, gid) = own_ids();

@@ -50,7 +50,18 @@ pub fn scope_base(cfg: &AgentConfig, scope: &Scope) -> Result<PathBuf, String> {
         Scope::Host => Ok(cfg.root.clone()),
         Scope::Container { root } => {
             check_normalized(root).map_err(|why| format!("container root {root:?} {why}"))?;
-            Ok(cfg.root.join(root.trim_start_matches('/')))
+            let base = cfg.root.join(root.trim_start_matches('/'));
+            // The root itself must be a plain directory path: through a symlink (or
+            // /proc/N/root) it could stand for any directory of the host.
+            let real = follow(&cfg.root, root)
+                .map_err(|e| format!("container root {root:?} cannot be resolved: {e}"))?;
+            if real != base {
+                return Err(format!(
+                    "container root {root:?} goes through a symlink (to {}); give its real path with `clustermgr cluster set gluu-root`",
+                    real.display()
+                ));
+            }
+            Ok(base)
         }
     }
 }
@@ -61,13 +72,17 @@ pub fn resolve(cfg: &AgentConfig, scope: &Scope, path: &str) -> Result<Resolved,
     check_normalized(path)?;
     let base = scope_base(cfg, scope)?;
     let real = follow(&base, path).map_err(|e| format!("cannot be resolved: {e}"))?;
+    // The agent's identity, its own state (a pushed journal would be replayed at the
+    // next start) and its binary.
     let reserved = [
         cfg.root.join(RESERVED_DIR.trim_start_matches('/')),
         PathBuf::from(RESERVED_DIR),
+        cfg.state_dir.clone(),
+        PathBuf::from(crate::uninstall::BOOTSTRAP_BIN),
     ];
     if reserved.iter().any(|r| real.starts_with(r)) {
         return Err(format!(
-            "resolves to {}, in the agent's own directory, which config pushes never write",
+            "resolves to {}, the agent's own directory, state or binary, which config pushes never write",
             real.display()
         ));
     }
@@ -271,6 +286,31 @@ mod tests {
         symlink("/etc/clustermgr/agent.key", root.join("agent.key")).unwrap();
         let c = cfg(root, &[root]);
         let err = resolve(&c, &Scope::Host, "/agent.key").unwrap_err();
+        assert!(err.contains("agent's own directory"), "{err}");
+    }
+
+    #[test]
+    fn a_container_root_through_a_symlink_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        std::fs::create_dir_all(root.join("opt/gluu-server")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        symlink("/etc", root.join("opt/gluu-server/hostetc")).unwrap();
+        let c = cfg(root, &[&root.join("opt/gluu-server")]);
+        let scope = Scope::Container {
+            root: "/opt/gluu-server/hostetc".into(),
+        };
+        let err = resolve(&c, &scope, "/passwd").unwrap_err();
+        assert!(err.contains("goes through a symlink"), "{err}");
+    }
+
+    #[test]
+    fn the_agents_state_is_refused_even_under_a_writable_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let mut c = cfg(root, &[root]);
+        c.state_dir = root.join("state");
+        let err = resolve(&c, &Scope::Host, "/state/config/txn.json").unwrap_err();
         assert!(err.contains("agent's own directory"), "{err}");
     }
 

@@ -124,13 +124,7 @@ pub fn action_step(
             if host_root != Path::new("/") {
                 return Ok(sandboxed(format!("{} {name}", verb.as_str())));
             }
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"@._-".contains(&b))
-            {
-                return Err(format!("{name:?} is not a service name"));
-            }
+            check_service_name(name)?;
             let label = format!("{} {name}", verb.as_str());
             let systemd = matches!(scope, Scope::Host)
                 && host_root == Path::new("/")
@@ -232,6 +226,21 @@ fn container_service(base: &Path, name: &str, verb: &str) -> Vec<String> {
     ]
 }
 
+/// A service name is a file name under `/etc/init.d` and a unit name: never a path
+/// (joined to a directory, an absolute one would replace it) or an option.
+fn check_service_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"@._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a service name"))
+    }
+}
+
 /// A built-in step not run under a sandbox root (`clustermgr dev`): its nodes share
 /// this machine's services, `/run` and the absolute paths a generated config names, so
 /// reloading "their" nginx or starting "their" csync2 would act on the real machine.
@@ -245,6 +254,7 @@ fn sandboxed(label: String) -> Step {
 
 /// The step that asks whether service `name` (on the host) is running.
 pub fn status_step(name: &str, host_root: &Path) -> Result<Step, String> {
+    check_service_name(name)?;
     let label = format!("{name} running");
     if host_root != Path::new("/") {
         return Ok(sandboxed(label));
@@ -450,6 +460,30 @@ mod tests {
             run_with_path(&argv, &bin),
             "systemctl --machine=gluu_server restart oxauth\n"
         );
+    }
+
+    #[test]
+    fn service_names_are_never_paths_or_options() {
+        for bad in [
+            "",
+            "/opt/gluu-server/tmp/x",
+            "../../bin/sh",
+            "..",
+            "-x",
+            "a b",
+        ] {
+            assert!(status_step(bad, Path::new("/")).is_err(), "{bad:?}");
+            let a = Action::Service {
+                name: bad.into(),
+                verb: ServiceVerb::Restart,
+            };
+            assert!(
+                action_step(&a, &Scope::Host, Path::new("/"), Path::new("/"), &|_| true).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(check_service_name("clustermgr-csync2").is_ok());
+        assert!(check_service_name("systemd-nspawn@gluu_server.service").is_ok());
     }
 
     #[test]

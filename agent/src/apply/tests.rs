@@ -271,6 +271,20 @@ fn without_allow_exec_only_built_in_steps_are_accepted() {
     );
     assert!(s.engine.apply(&set(vec![e])).is_err());
     assert_eq!(s.read("/etc/app/a.conf"), None);
+    // So is a file that something runs later: an executable, a cron job.
+    let mut exe = file("/etc/app/tool", "#!/bin/sh\n");
+    if let Content::File { mode, .. } = &mut exe.content {
+        *mode = 0o755;
+    }
+    for e in [exe, file("/etc/cron.d/job", "* * * * * root id\n")] {
+        let err = s.engine.apply(&set(vec![e])).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Refused, "{}", err.message);
+        assert!(
+            err.message.contains("run as a command later"),
+            "{}",
+            err.message
+        );
+    }
     // A built-in service action is allowed; under a sandbox root it is not run, since
     // the machine's own nginx is not the sandbox's.
     let mut e = file("/etc/app/a.conf", "a\n");
@@ -462,5 +476,53 @@ fn a_crash_during_the_actions_keeps_the_new_set_and_runs_them_again() {
             .unwrap()
             .len(),
         1
+    );
+}
+
+#[test]
+fn a_journal_left_behind_is_settled_before_the_next_apply() {
+    let s = sandbox("");
+    s.write("/etc/app/a.conf", "a1\n");
+    let cs = set(vec![file("/etc/app/a.conf", "a2\n")]);
+    // A set in place whose journal says Swapping (its next journal write failed): the
+    // next apply must not take the disk as it finds it and leave that journal to undo
+    // it at some later start.
+    crash_at(&s, &cs, Phase::Swapping, 1);
+    assert_eq!(s.read("/etc/app/a.conf").as_deref(), Some("a2\n"));
+    let r = s.engine.apply(&cs).unwrap();
+    assert_eq!(
+        r.result,
+        ApplyResult::Applied,
+        "the earlier set was undone first"
+    );
+    assert_eq!(s.read("/etc/app/a.conf").as_deref(), Some("a2\n"));
+    assert!(s.engine.recover().is_none(), "no journal is left");
+    assert_eq!(s.read("/etc/app/a.conf").as_deref(), Some("a2\n"));
+}
+
+#[test]
+fn a_link_planted_at_a_temp_name_is_never_written_through() {
+    let s = sandbox("");
+    let victim = s.root.join("victim");
+    std::fs::write(&victim, "untouched\n").unwrap();
+    let temp = temp_beside(&s.root.join("etc/app/a.conf"), 7, "");
+    std::os::unix::fs::symlink(&victim, &temp).unwrap();
+    write_temp(
+        &temp,
+        b"new\n",
+        &Meta {
+            mode: 0o644,
+            uid: own_ids().0,
+            gid: own_ids().1,
+        },
+    )
+    .unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+    assert_eq!(std::fs::read_to_string(&temp).unwrap(), "new\n");
+    assert!(
+        !std::fs::symlink_metadata(&temp)
+            .unwrap()
+            .file_type()
+            .is_symlink()
     );
 }
