@@ -458,57 +458,25 @@ impl Engine {
             let failed = (!r.ok).then(|| r.clone());
             steps.push(r);
             if let Some(failed) = failed {
-                let undo = self.roll_back(&mut txn, false);
-                let clean = undo.iter().all(|r| r.ok);
-                steps.extend(undo);
-                return Ok(self.report(
-                    revision,
-                    plans,
-                    ApplyResult::RolledBack {
-                        step: failed.step,
-                        output: failed.output,
-                        restored_cleanly: clean,
-                    },
-                    steps,
-                ));
+                let result = self.undo(&mut txn, false, failed.step, failed.output, &mut steps);
+                return Ok(self.report(revision, plans, result, steps));
             }
         }
         txn.phase = Phase::Acting;
         if let Err(e) = self.write_txn(&txn) {
             // Without the journal saying so, a crash now would undo a set whose actions
             // ran: put the old files back while nothing has loaded the new ones.
-            let undo = self.roll_back(&mut txn, false);
-            let clean = undo.iter().all(|r| r.ok);
-            steps.extend(undo);
-            return Ok(self.report(
-                revision,
-                plans,
-                ApplyResult::RolledBack {
-                    step: "journaling the apply".into(),
-                    output: e.message,
-                    restored_cleanly: clean,
-                },
-                steps,
-            ));
+            let step = "journaling the apply".to_string();
+            let result = self.undo(&mut txn, false, step, e.message, &mut steps);
+            return Ok(self.report(revision, plans, result, steps));
         }
         for a in &actions {
             let r = step::run(a, step::ACTION_TIMEOUT, &self.scratch());
             let failed = (!r.ok).then(|| r.clone());
             steps.push(r);
             if let Some(failed) = failed {
-                let again = self.roll_back(&mut txn, true);
-                let clean = again.iter().all(|r| r.ok);
-                steps.extend(again);
-                return Ok(self.report(
-                    revision,
-                    plans,
-                    ApplyResult::RolledBack {
-                        step: failed.step,
-                        output: failed.output,
-                        restored_cleanly: clean,
-                    },
-                    steps,
-                ));
+                let result = self.undo(&mut txn, true, failed.step, failed.output, &mut steps);
+                return Ok(self.report(revision, plans, result, steps));
             }
         }
         for item in &txn.items {
@@ -516,6 +484,26 @@ impl Engine {
         }
         self.clear_txn();
         Ok(self.report(revision, plans, ApplyResult::Applied, steps))
+    }
+
+    /// Rolls a transaction back after `step` failed with `output`, adding the steps the
+    /// rollback ran, and says how it ended.
+    fn undo(
+        &self,
+        txn: &mut Txn,
+        acted: bool,
+        step: String,
+        output: String,
+        steps: &mut Vec<StepRun>,
+    ) -> ApplyResult {
+        let undo = self.roll_back(txn, acted);
+        let restored_cleanly = undo.iter().all(|r| r.ok);
+        steps.extend(undo);
+        ApplyResult::RolledBack {
+            step,
+            output,
+            restored_cleanly,
+        }
     }
 
     fn report(
