@@ -1218,6 +1218,8 @@ pub async fn rollback(
 
 /// How long tunnel certificates are valid.
 const TUNNEL_CERT_DAYS: i64 = 365;
+/// A tunnel certificate is issued anew when less than this is left of it.
+const TUNNEL_RENEW_BEFORE_SECS: i64 = 60 * 86_400;
 /// A revocation list is renewed when less than this is left of it.
 const CRL_RENEW_BEFORE_SECS: i64 = 60 * 86_400;
 
@@ -1292,11 +1294,13 @@ async fn ensure_tunnel(
             let name = clustermgr_protocol::NodeName::new(&node.name)?;
             let key = crate::ca::csr_public_key(&name, &csr)?;
             let slot = format!("{purpose}/{}", node.name);
-            if rec
+            // Kept while it certifies the host's key and has time left; a certificate
+            // near its end is issued anew (and the old one revoked) at any apply.
+            let current = rec
                 .certs
                 .get(&slot)
-                .is_some_and(|(_, _, fp)| *fp == key.fingerprint)
-            {
+                .is_some_and(|(pem, _, fp)| tunnel_cert_current(pem, fp, &key.fingerprint, now));
+            if current {
                 continue;
             }
             let issued =
@@ -1314,6 +1318,19 @@ async fn ensure_tunnel(
         }
         Ok(())
     })
+}
+
+/// Whether an issued tunnel certificate is kept: it certifies the key the host has
+/// now, and has more than [`TUNNEL_RENEW_BEFORE_SECS`] left.
+fn tunnel_cert_current(
+    pem: &str,
+    fingerprint: &str,
+    host_key: &str,
+    now: time::OffsetDateTime,
+) -> bool {
+    fingerprint == host_key
+        && clustermgr_protocol::identity::CertSummary::parse_pem(pem)
+            .is_ok_and(|c| c.not_after - now.unix_timestamp() > TUNNEL_RENEW_BEFORE_SECS)
 }
 
 fn renew_crl(
@@ -1352,4 +1369,39 @@ pub fn revoke_tunnel(ctx: &Ctx, node: &str) -> Result<(), CtlError> {
         let ca = crate::ca::Ca::load(&rec.ca_cert_pem, &rec.ca_key_pem)?;
         renew_crl(&ca, rec, now)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tunnel_certificate_is_kept_until_its_key_changes_or_its_end_nears() {
+        let now = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let (ca, _) = crate::ca::Ca::create_tunnel("t", now).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let name = clustermgr_protocol::NodeName::new("gluu1").unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["gluu1".into()]).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "gluu1");
+        let csr = p.serialize_request(&key).unwrap().pem().unwrap();
+        let k = crate::ca::csr_public_key(&name, &csr).unwrap();
+        let year = time::Duration::days(TUNNEL_CERT_DAYS);
+        let pem = ca.sign_tunnel(&name, &k, now, year).unwrap().pem;
+        let fp = k.fingerprint.as_str();
+        assert!(tunnel_cert_current(&pem, fp, fp, now));
+        assert!(tunnel_cert_current(
+            &pem,
+            fp,
+            fp,
+            now + time::Duration::days(300)
+        ));
+        assert!(!tunnel_cert_current(
+            &pem,
+            fp,
+            fp,
+            now + time::Duration::days(310)
+        ));
+        assert!(!tunnel_cert_current(&pem, fp, "sha256:other", now));
+    }
 }
