@@ -142,6 +142,9 @@ pub enum Cmd {
         /// List the kept versions instead.
         #[arg(long)]
         list: bool,
+        /// The copy inside the Gluu container (`/etc/hosts` is in both).
+        #[arg(long)]
+        in_container: bool,
     },
     /// Mark a Gluu node down on the load balancer, so it can be worked on.
     Drain {
@@ -570,12 +573,14 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             path,
             to,
             list,
+            in_container,
         } => (
             Operation::Rollback {
                 node,
                 path,
                 generation: to,
                 list,
+                in_container,
             },
             OutputMode::Live,
         ),

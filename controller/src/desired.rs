@@ -389,7 +389,19 @@ pub async fn plan(
     let mut desired = desired_for(ctx, &selected)?;
     if drift {
         for d in &mut desired {
-            d.entries = d.record.applied.clone();
+            // A held path differs from what was applied on purpose: not drift.
+            d.entries = d
+                .record
+                .applied
+                .iter()
+                .filter(|e| {
+                    !d.record
+                        .holds
+                        .iter()
+                        .any(|h| h.path == e.path && h.desired.scope == e.scope)
+                })
+                .cloned()
+                .collect();
             d.waiting.clear();
         }
     }
@@ -560,7 +572,12 @@ async fn rolling_one(
         let services: Vec<String> = d
             .entries
             .iter()
-            .filter(|e| e.scope == Scope::Host && v.entries.iter().any(|c| c.path == e.path))
+            .filter(|e| {
+                e.scope == Scope::Host
+                    && v.entries
+                        .iter()
+                        .any(|c| c.path == e.path && c.scope == scope_text(&e.scope))
+            })
             .flat_map(|e| e.on_change.iter())
             .filter_map(|a| match a {
                 Action::Service { name, .. } => Some(name.clone()),
@@ -834,7 +851,11 @@ fn record_apply(
         // Held paths keep the entry they were last applied with.
         let mut applied = d.entries.clone();
         for h in &d.holds {
-            if let Some(prev) = record.applied.iter().find(|e| e.path == h.path) {
+            if let Some(prev) = record
+                .applied
+                .iter()
+                .find(|e| e.path == h.path && e.scope == h.desired.scope)
+            {
                 applied.push(prev.clone());
             }
         }
@@ -1090,16 +1111,35 @@ pub async fn drain(
     apply(ctx, user, "role:lb", false, within, events).await
 }
 
-/// `rollback NODE PATH [--to G] [--list]`.
+/// What `rollback` was asked.
+#[derive(Clone, Copy, Debug)]
+pub struct RollbackSpec<'a> {
+    /// The node.
+    pub node: &'a str,
+    /// The managed path.
+    pub path: &'a str,
+    /// The backup generation (1, the newest, by default).
+    pub generation: Option<u32>,
+    /// List the generations instead.
+    pub list: bool,
+    /// The copy inside the Gluu container.
+    pub in_container: bool,
+}
+
+/// `rollback NODE PATH [--to G] [--list] [--in-container]`.
 pub async fn rollback(
     ctx: &Ctx,
     user: &str,
-    node: &str,
-    path: &str,
-    generation: Option<u32>,
-    list: bool,
+    what: &RollbackSpec<'_>,
     within: Duration,
 ) -> Result<Report, CtlError> {
+    let RollbackSpec {
+        node,
+        path,
+        generation,
+        list,
+        in_container,
+    } = *what;
     let rec = ctx
         .store
         .node(node)?
@@ -1113,7 +1153,7 @@ pub async fn rollback(
         .iter()
         .chain(d.holds.iter().map(|h| &h.desired))
         .chain(d.record.applied.iter())
-        .find(|e| e.path == path)
+        .find(|e| e.path == path && matches!(e.scope, Scope::Container { .. }) == in_container)
         .cloned()
         .ok_or_else(|| {
             CtlError::Usage(format!(
@@ -1183,14 +1223,16 @@ pub async fn rollback(
     let hold_desired = d
         .entries
         .iter()
-        .find(|e| e.path == path)
+        .find(|e| e.path == path && e.scope == managed.scope)
         .cloned()
         .unwrap_or(managed);
     let mut record = d.record.clone();
     record.node = node.to_string();
     let ok = matches!(report.result, ApplyResult::Applied | ApplyResult::Unchanged);
     if ok {
-        record.holds.retain(|h| h.path != path);
+        record
+            .holds
+            .retain(|h| !(h.path == path && h.desired.scope == hold_desired.scope));
         record.holds.push(Hold {
             path: path.to_string(),
             desired: hold_desired,

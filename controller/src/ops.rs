@@ -161,6 +161,8 @@ pub enum Operation {
         generation: Option<u32>,
         /// List the generations instead.
         list: bool,
+        /// The copy inside the Gluu container (for a path in both scopes).
+        in_container: bool,
     },
     /// Mark a Gluu node down (or up again) on the load balancer.
     Drain {
@@ -1108,7 +1110,17 @@ pub async fn run(
             path,
             generation,
             list,
-        } => crate::desired::rollback(&ctx, user, &node, &path, generation, list, within).await,
+            in_container,
+        } => {
+            let what = crate::desired::RollbackSpec {
+                node: &node,
+                path: &path,
+                generation,
+                list,
+                in_container,
+            };
+            crate::desired::rollback(&ctx, user, &what, within).await
+        }
         Operation::Drain { node, undrain } => {
             crate::desired::drain(&ctx, user, &node, !undrain, within, &events).await
         }

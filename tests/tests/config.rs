@@ -812,6 +812,20 @@ async fn gluu_nodes_are_configured_inside_their_container_and_a_returning_node_c
             && cfg(g1).contains("python/libs")
     );
 
+    // /etc/hosts is managed on the host and inside the container: --in-container picks
+    // the container's copy, and a held file is not reported as drift.
+    ok(
+        &mut t,
+        ctl.run(&["rollback", "gluu1", "/etc/hosts", "--in-container"]),
+        "rollback --in-container",
+    );
+    let inside = std::fs::read_to_string(g1.path("/opt/gluu-server/etc/hosts")).unwrap();
+    assert_eq!(inside, "127.0.0.1 localhost\n");
+    let outside = std::fs::read_to_string(g1.path("/etc/hosts")).unwrap();
+    assert!(outside.contains("# BEGIN clustermgr hosts"), "{outside}");
+    let drift = ctl.run(&["drift", "--nodes", "gluu1"]);
+    t.keep(&drift);
+    assert_eq!(drift.status.code(), Some(0), "{}", stdout(&drift));
     let serve_log = std::fs::read_to_string(ctl.home.parent().unwrap().join("serve.log")).unwrap();
     assert!(serve_log.contains("revision 2 it missed"), "{serve_log}");
     let csync2_key = std::fs::read_to_string(g1.path("/etc/csync2.key")).unwrap();
