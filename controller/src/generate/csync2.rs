@@ -109,7 +109,7 @@ pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String
         node_cfg.entries.extend(service_files(
             SERVICE,
             "csync2 listener for the Gluu cluster (clustermgr)",
-            "/usr/sbin/csync2",
+            &["/usr/sbin/csync2"],
             &format!("-ii -N {}", n.name),
             false,
             &restart_listener,

@@ -160,18 +160,29 @@ fn service(name: &str, verb: ServiceVerb) -> Vec<Action> {
 
 /// A service run as a supervised foreground process under systemd, and by an LSB init
 /// script elsewhere, under one name so an action never depends on the init system.
+/// `programs` are the program's names across distributions (Debian's `stunnel4` is
+/// Red Hat's `stunnel`): the first one the host has runs.
 fn service_files(
     name: &str,
     description: &str,
-    program: &str,
+    programs: &[&str],
     args: &str,
     daemonizes: bool,
     on_change: &[Action],
 ) -> Vec<Entry> {
+    let found = programs
+        .iter()
+        .map(|p| format!("command -v {p}"))
+        .collect::<Vec<_>>()
+        .join(" || ");
+    let exec = match programs {
+        [one] => format!("{one} {args}"),
+        _ => format!("/bin/sh -c 'exec \"$$({found})\" {args}'"),
+    };
     // csync2's actions restart Gluu services from inside the listener: with systemd's
     // default kill mode, restarting the listener would take them down too.
     let unit = format!(
-        "{HEADER}[Unit]\nDescription={description}\nAfter=network-online.target\n\n[Service]\n{}ExecStart={program} {args}\nRestart=always\nRestartSec=2\nKillMode=process\n\n[Install]\nWantedBy=multi-user.target\n",
+        "{HEADER}[Unit]\nDescription={description}\nAfter=network-online.target\n\n[Service]\n{}ExecStart={exec}\nRestart=always\nRestartSec=2\nKillMode=process\n\n[Install]\nWantedBy=multi-user.target\n",
         if daemonizes {
             format!("Type=forking\nPIDFile=/run/{name}.pid\n")
         } else {
@@ -181,14 +192,14 @@ fn service_files(
     // start-stop-daemon backgrounds a program that stays in the foreground; one that
     // daemonizes itself writes the pid file on its own.
     let start = if daemonizes {
-        format!("start-stop-daemon --start --quiet --pidfile $PIDFILE --exec {program} -- {args}")
+        format!("start-stop-daemon --start --quiet --pidfile $PIDFILE --exec \"$DAEMON\" -- {args}")
     } else {
         format!(
-            "start-stop-daemon --start --quiet --background --make-pidfile --pidfile $PIDFILE --exec {program} -- {args}"
+            "start-stop-daemon --start --quiet --background --make-pidfile --pidfile $PIDFILE --exec \"$DAEMON\" -- {args}"
         )
     };
     let script = format!(
-        "#!/bin/sh\n{HEADER}### BEGIN INIT INFO\n# Provides:          {name}\n# Required-Start:    $network $remote_fs\n# Required-Stop:     $network $remote_fs\n# Default-Start:     2 3 4 5\n# Default-Stop:      0 1 6\n# Short-Description: {description}\n### END INIT INFO\nPIDFILE=/run/{name}.pid\ncase \"$1\" in\n  start)\n    start-stop-daemon --status --pidfile $PIDFILE --exec {program} && exit 0\n    {start}\n    ;;\n  stop)\n    start-stop-daemon --stop --quiet --retry 5 --oknodo --pidfile $PIDFILE --exec {program}\n    rm -f $PIDFILE\n    ;;\n  restart|reload|force-reload)\n    \"$0\" stop && \"$0\" start\n    ;;\n  status)\n    start-stop-daemon --status --pidfile $PIDFILE --exec {program}\n    ;;\n  *)\n    echo \"usage: $0 start|stop|restart|status\" >&2\n    exit 3\n    ;;\nesac\n"
+        "#!/bin/sh\n{HEADER}### BEGIN INIT INFO\n# Provides:          {name}\n# Required-Start:    $network $remote_fs\n# Required-Stop:     $network $remote_fs\n# Default-Start:     2 3 4 5\n# Default-Stop:      0 1 6\n# Short-Description: {description}\n### END INIT INFO\nPIDFILE=/run/{name}.pid\nDAEMON=$({found})\ncase \"$1\" in\n  start)\n    start-stop-daemon --status --pidfile $PIDFILE --exec \"$DAEMON\" && exit 0\n    {start}\n    ;;\n  stop)\n    start-stop-daemon --stop --quiet --retry 5 --oknodo --pidfile $PIDFILE --exec \"$DAEMON\"\n    rm -f $PIDFILE\n    ;;\n  restart|reload|force-reload)\n    \"$0\" stop && \"$0\" start\n    ;;\n  status)\n    start-stop-daemon --status --pidfile $PIDFILE --exec \"$DAEMON\"\n    ;;\n  *)\n    echo \"usage: $0 start|stop|restart|status\" >&2\n    exit 3\n    ;;\nesac\n"
     );
     vec![
         file(

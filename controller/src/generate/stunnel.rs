@@ -103,7 +103,7 @@ pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String
         cfg.entries.extend(service_files(
             SERVICE,
             "stunnel for the Gluu cluster's cache (clustermgr)",
-            "/usr/bin/stunnel4",
+            &["stunnel4", "stunnel"],
             CONF,
             true,
             &restart,
