@@ -281,9 +281,7 @@ impl Ca {
             .map_err(|e| cert_error("cannot sign the node certificate", e))?;
         issued(cert)
     }
-}
 
-impl Ca {
     /// Signs a tunnel certificate (stunnel, csync2) for the key of a checked CSR: the
     /// node name as its only name, server and client authentication, not a CA.
     pub fn sign_tunnel(

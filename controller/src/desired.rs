@@ -383,7 +383,6 @@ pub async fn plan(
     selector: &str,
     drift: bool,
     within: Duration,
-    events: &mpsc::Sender<Event>,
 ) -> Result<Report, CtlError> {
     let selected = select(&ctx.store.nodes()?, selector)?;
     let mut desired = desired_for(ctx, &selected)?;
@@ -413,7 +412,6 @@ pub async fn plan(
     });
     let mut views = futures_util::future::join_all(futures).await;
     views.sort_by(|a, b| a.node.cmp(&b.node));
-    let _ = events;
     Ok(Report::Plan { views, drift })
 }
 

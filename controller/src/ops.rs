@@ -1096,9 +1096,7 @@ pub async fn run(
             crate::desired::cluster_set_secret(&ctx, user, &key, &pem)
         }
         Operation::ClusterShow => crate::desired::cluster_show(&ctx),
-        Operation::Plan { nodes, drift } => {
-            crate::desired::plan(&ctx, &nodes, drift, within, &events).await
-        }
+        Operation::Plan { nodes, drift } => crate::desired::plan(&ctx, &nodes, drift, within).await,
         Operation::Apply { nodes, rolling } => {
             crate::desired::apply(&ctx, user, &nodes, rolling, within, &events).await
         }
