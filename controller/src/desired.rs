@@ -735,12 +735,14 @@ async fn apply_one(
         entries: d.entries.clone(),
         requested_by: by.to_string(),
     };
+    let lock = ctx.config_lock(&d.node.name);
+    let _changing = lock.lock().await;
     let reply = match ctx.connection_within(&d.node, within).await {
         Ok(conn) => conn.unary(&Request::Apply(set), APPLY_TIMEOUT).await,
         Err(f) => Err(f),
     };
-    let mut record = d.record.clone();
-    record.node = d.node.name.clone();
+    // Read again under the lock: a reconcile or a rollback may have changed it since.
+    let mut record = ctx.store.desired(&d.node.name)?;
     let report = match reply {
         Ok(Reply::Applied(r)) => *r,
         Ok(Reply::Error(e)) => {
@@ -802,6 +804,19 @@ fn record_apply(
     report: ApplyReport,
 ) -> Result<NodeApplyView, CtlError> {
     let (state, result, message) = match &report.result {
+        ApplyResult::Stale { applied } => {
+            // Also what a store restored from an older backup meets: the next apply
+            // must get a revision the nodes accept.
+            ctx.store.raise_revision(*applied)?;
+            return Ok(NodeApplyView {
+                message: Some(format!(
+                    "{} already applied revision {applied}, later than {revision} (another apply reached it first); nothing was changed. Run `clustermgr plan --nodes {}` to see where it stands",
+                    d.node.name, d.node.name
+                )),
+                result: "stale".into(),
+                ..failed_apply(d, revision, String::new())
+            });
+        }
         ApplyResult::Applied => (NodeState::Ok, "applied".to_string(), None),
         ApplyResult::Unchanged => (NodeState::Ok, "unchanged".to_string(), None),
         ApplyResult::RolledBack {
@@ -893,6 +908,8 @@ fn record_apply(
 /// entries that differ from what it last applied (so neither a hand edit of an
 /// unchanged entry nor a rollback's hold is undone).
 pub async fn reconcile(ctx: &Ctx, node: &NodeRecord) -> Result<Option<NodeApplyView>, CtlError> {
+    let lock = ctx.config_lock(&node.name);
+    let _changing = lock.lock().await;
     let record = ctx.store.desired(&node.name)?;
     let Some((revision, entries)) = record.pending.clone() else {
         return Ok(None);
@@ -1142,6 +1159,8 @@ pub async fn rollback(
         .store
         .node(node)?
         .ok_or_else(|| CtlError::UnknownNode(node.to_string()))?;
+    let lock = ctx.config_lock(node);
+    let _changing = lock.lock().await;
     let mut desired = desired_for(ctx, std::slice::from_ref(&rec))?;
     let d = desired
         .pop()

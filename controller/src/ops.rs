@@ -588,6 +588,17 @@ impl Default for CtxOptions {
     }
 }
 
+/// One async lock per node, made on first use.
+#[derive(Default)]
+struct NodeLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl NodeLocks {
+    fn of(&self, node: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(node.to_string()).or_default().clone()
+    }
+}
+
 /// Everything an operation needs: the home, the store, the CA, the dialer, the clock,
 /// and (under `serve`) the warm connections.
 pub struct Ctx {
@@ -606,7 +617,8 @@ pub struct Ctx {
     /// `serve`'s warm connections; `None` in a one-shot CLI process.
     pub pool: Option<Pool>,
     handshakes: Semaphore,
-    renewals: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    renewals: NodeLocks,
+    config_changes: NodeLocks,
     controller_cert: Mutex<CertSummary>,
 }
 
@@ -715,7 +727,8 @@ impl Ctx {
             clock,
             pool: serving.then(Pool::default),
             handshakes: Semaphore::new(HANDSHAKES_IN_FLIGHT),
-            renewals: Mutex::default(),
+            renewals: NodeLocks::default(),
+            config_changes: NodeLocks::default(),
             controller_cert: Mutex::new(summary),
         };
         ctx.renew_controller_if_due()?;
@@ -938,8 +951,13 @@ impl Ctx {
     }
 
     fn renewal_lock(&self, node: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.renewals.lock().unwrap_or_else(|p| p.into_inner());
-        locks.entry(node.to_string()).or_default().clone()
+        self.renewals.of(node)
+    }
+
+    /// Held while a node's files change (apply, reconcile, rollback), so two of them
+    /// never interleave their reads and writes of its desired-state record.
+    pub fn config_lock(&self, node: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.config_changes.of(node)
     }
 
     /// After connecting: refuses a node removed meanwhile, and settles a rekey whose

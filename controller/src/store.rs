@@ -799,6 +799,13 @@ impl Store {
 
     /// Issues the next desired-state revision number.
     pub fn next_revision(&self) -> Result<u64, CtlError> {
+        self.raise_revision(0)
+    }
+
+    /// Makes the next revision at least `floor + 1`, and returns it: a node that applied
+    /// revision `floor` (from a store since restored from an older backup) must accept
+    /// the next apply.
+    pub fn raise_revision(&self, floor: u64) -> Result<u64, CtlError> {
         self.write(|txn| {
             let mut t = txn.open_table(CONFIG)?;
             let last: u64 = t
@@ -806,8 +813,9 @@ impl Store {
                 .map(|v| decode(v.value()))
                 .transpose()?
                 .unwrap_or(0);
-            t.insert("revision", encode(&(last + 1)).as_slice())?;
-            Ok(last + 1)
+            let next = last.max(floor) + 1;
+            t.insert("revision", encode(&next).as_slice())?;
+            Ok(next)
         })
     }
 
@@ -1115,6 +1123,19 @@ mod tests {
         drop(store);
         // And it stays upgraded.
         Store::open(&path, Path::new("sock")).unwrap();
+    }
+
+    #[test]
+    fn revisions_only_grow_and_a_node_ahead_raises_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::create(&tmp.path().join("a.redb"), &meta()).unwrap();
+        assert_eq!(store.next_revision().unwrap(), 1);
+        assert_eq!(store.next_revision().unwrap(), 2);
+        // A node applied 40 from a store since restored: the next one passes it.
+        assert_eq!(store.raise_revision(40).unwrap(), 41);
+        assert_eq!(store.next_revision().unwrap(), 42);
+        // A lower floor never lowers them.
+        assert_eq!(store.raise_revision(3).unwrap(), 43);
     }
 
     #[test]

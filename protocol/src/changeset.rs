@@ -241,6 +241,13 @@ pub enum ApplyResult {
         /// Whether the actions after restoring also succeeded.
         restored_cleanly: bool,
     },
+    // New variants go last: postcard numbers variants by position.
+    /// Refused: the node already applied a later revision (another apply reached it
+    /// first); nothing was changed.
+    Stale {
+        /// The revision the node applied last.
+        applied: u64,
+    },
 }
 
 /// One command the agent ran for an apply.

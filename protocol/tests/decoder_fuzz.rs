@@ -905,9 +905,12 @@ fn gen_entry_plans(rng: &mut Rng) -> Vec<EntryPlan> {
 
 fn gen_apply_report(rng: &mut Rng) -> ApplyReport {
     let entries = gen_entry_plans(rng);
-    let result = match rng.below(3) {
+    let result = match rng.below(4) {
         0 => ApplyResult::Unchanged,
         1 => ApplyResult::Applied,
+        2 => ApplyResult::Stale {
+            applied: gen_u64(rng),
+        },
         _ => ApplyResult::RolledBack {
             step: gen_string(rng),
             output: gen_string(rng),
@@ -1357,6 +1360,12 @@ fn edge_messages() -> Vec<Msg> {
                 ok: false,
                 output: String::new(),
             }],
+        }))),
+        Msg::Reply(Reply::Applied(Box::new(ApplyReport {
+            revision: 3,
+            entries: vec![],
+            result: ApplyResult::Stale { applied: u64::MAX },
+            steps: vec![],
         }))),
         Msg::Reply(Reply::Applied(Box::new(ApplyReport {
             revision: 128,

@@ -9,15 +9,16 @@
 //! the actions run again. Either way each set is wholly old or wholly new.
 
 mod backup;
+mod dir;
 mod edit;
 mod path;
 mod probe;
 mod step;
 
 use std::collections::BTreeSet;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::AgentConfig;
 use crate::journal::now_ms;
 use backup::{BackupMeta, Backups};
+use dir::Dir;
 pub use path::check_normalized;
 use step::Step;
 
@@ -349,8 +351,48 @@ impl Engine {
         self.check_policy(&set.entries)?;
         let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.settle_earlier()?;
+        let applied = self.last_revision();
+        if set.revision < applied {
+            // Two applies crossed (a reconcile of an old revision behind a new apply):
+            // the older one must not undo the newer one.
+            return Ok(self.report(
+                set.revision,
+                Vec::new(),
+                ApplyResult::Stale { applied },
+                Vec::new(),
+            ));
+        }
         let staged = self.stage_all(&set.entries)?;
-        self.run_txn(set.revision, &set.entries, staged)
+        let report = self.run_txn(set.revision, &set.entries, staged)?;
+        if matches!(report.result, ApplyResult::Applied | ApplyResult::Unchanged) {
+            self.note_revision(set.revision);
+        }
+        Ok(report)
+    }
+
+    fn revision_path(&self) -> PathBuf {
+        self.dir.join("revision")
+    }
+
+    /// The highest revision this node applied; 0 before the first.
+    fn last_revision(&self) -> u64 {
+        std::fs::read_to_string(self.revision_path())
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn note_revision(&self, revision: u64) {
+        if revision <= self.last_revision() {
+            return;
+        }
+        let text = format!("{revision}\n");
+        if let Err(e) = write_atomic(&self.revision_path(), text.as_bytes(), 0o600) {
+            tracing::warn!(
+                "cannot record revision {revision} in {}: {e}",
+                self.revision_path().display()
+            );
+        }
     }
 
     fn run_txn(
@@ -573,7 +615,7 @@ impl Engine {
     /// Undoes a transaction that never swapped: its temps and backups go.
     fn discard_staging(&self, txn: &Txn) {
         for item in &txn.items {
-            let _ = std::fs::remove_file(&item.temp);
+            let _ = remove_nofollow(&item.temp);
             if let Some(c) = item.backup {
                 self.backups.remove(&item.real, c);
             }
@@ -590,7 +632,7 @@ impl Engine {
         }
         let mut failures = Vec::new();
         for item in &txn.items {
-            let _ = std::fs::remove_file(&item.temp);
+            let _ = remove_nofollow(&item.temp);
             if let Err(e) = self.restore_item(txn.id, item) {
                 failures.push(format!("{}: {e}", item.real.display()));
             }
@@ -630,10 +672,7 @@ impl Engine {
 
     fn restore_item(&self, id: i64, item: &Item) -> io::Result<()> {
         match item.backup {
-            None => match std::fs::remove_file(&item.real) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            },
+            None => remove_nofollow(&item.real)?,
             Some(counter) => {
                 let bytes = self.backups.read(&item.real, counter)?;
                 let meta = self
@@ -645,10 +684,10 @@ impl Engine {
                     .ok_or_else(|| io::Error::other("its backup has no metadata"))?;
                 let temp = temp_beside(&item.real, id, "-undo");
                 write_temp(&temp, &bytes, &meta)?;
-                std::fs::rename(&temp, &item.real)?;
+                rename_into_place(&temp, &item.real)?;
             }
         }
-        sync_parent(&item.real)
+        Ok(())
     }
 
     /// Finishes or undoes a transaction a crash interrupted. Returns what it did, for
@@ -717,6 +756,7 @@ impl Engine {
                         self.backups.prune(&item.real);
                     }
                     self.clear_txn();
+                    self.note_revision(txn.revision);
                     outcome(
                         "an apply interrupted during its actions was completed",
                         &steps,
@@ -806,18 +846,28 @@ impl Engine {
         let res = path::resolve(&self.cfg, scope, path)
             .map_err(|w| RemoteError::invalid(format!("{path}: {w}")))?;
         let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let pem = match std::fs::read_to_string(&res.real) {
-            Ok(pem) => pem,
+        let pem = match read_nofollow(&res.real) {
+            Ok((bytes, _)) => String::from_utf8(bytes).map_err(|_| {
+                RemoteError::invalid(format!(
+                    "{path} is not a PEM key; remove it on the node to have a new key generated"
+                ))
+            })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let pem = crate::enroll::generate_key_pem()
                     .map_err(|e| RemoteError::internal(e.to_string()))?;
-                if let Some(dir) = res.real.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        RemoteError::internal(format!("cannot create {}: {e}", dir.display()))
+                let (uid, gid) = own_ids();
+                let meta = Meta {
+                    mode: 0o600,
+                    uid,
+                    gid,
+                };
+                let temp = temp_beside(&res.real, now_ms(), "-key");
+                write_temp(&temp, pem.as_bytes(), &meta)
+                    .and_then(|()| rename_into_place(&temp, &res.real))
+                    .map_err(|e| {
+                        let _ = remove_nofollow(&temp);
+                        RemoteError::internal(format!("cannot write {path}: {e}"))
                     })?;
-                }
-                write_atomic(&res.real, pem.as_bytes(), 0o600)
-                    .map_err(|e| RemoteError::internal(format!("cannot write {path}: {e}")))?;
                 tracing::info!("generated a tunnel key at {path}");
                 pem
             }
@@ -885,70 +935,48 @@ fn temp_beside(real: &Path, id: i64, tag: &str) -> PathBuf {
     real.with_file_name(format!(".{name}.clustermgr-{id}{tag}"))
 }
 
-/// Reads a file and its metadata through one handle that refuses a symlink, so what
-/// was resolved and checked is what is read (a link swapped in since is an error).
+/// Reads a file and its metadata through handles that refuse a symlink, so what was
+/// resolved and checked is what is read (a link swapped in since is an error).
 fn read_nofollow(real: &Path) -> io::Result<(Vec<u8>, Meta)> {
-    use std::io::Read;
-    let mut f = OpenOptions::new()
-        .read(true)
-        // Non-blocking too: a FIFO swapped in would otherwise hang the open.
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(real)?;
-    let m = f.metadata()?;
-    if !m.is_file() {
-        return Err(io::Error::other("it is not a regular file"));
-    }
-    let mut bytes = Vec::with_capacity(m.len() as usize);
-    f.read_to_end(&mut bytes)?;
-    Ok((bytes, meta_of(&m)))
+    let (dir, name) = Dir::of(real, false)?;
+    dir.read(name)
 }
 
-/// Writes a temp file with its final mode and owner before any byte, then fsyncs it.
+/// Writes a temp file with its final mode and owner before any byte, then fsyncs it,
+/// creating its directory if need be.
 fn write_temp(temp: &Path, bytes: &[u8], meta: &Meta) -> io::Result<()> {
-    if let Some(dir) = temp.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    // Never through whatever sits at the temp name (a link planted there would make
-    // the agent write and chown its target): remove it, then create afresh.
-    match std::fs::remove_file(temp) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(temp)?;
-    let (uid, gid) = own_ids();
-    if (meta.uid, meta.gid) != (uid, gid) {
-        std::os::unix::fs::fchown(&f, Some(meta.uid), Some(meta.gid))?;
-    }
-    f.set_permissions(std::fs::Permissions::from_mode(meta.mode))?;
-    f.write_all(bytes)?;
-    f.sync_all()
+    let (dir, name) = Dir::of(temp, true)?;
+    dir.write_new(name, bytes, meta)
 }
 
-/// Renames every temp over its target, then fsyncs each directory once.
-fn swap(txn: &Txn) -> io::Result<()> {
-    let mut dirs = BTreeSet::new();
-    for item in &txn.items {
-        std::fs::rename(&item.temp, &item.real)?;
-        if let Some(d) = item.real.parent() {
-            dirs.insert(d.to_path_buf());
+/// Removes a file durably; one that is not there is fine.
+fn remove_nofollow(file: &Path) -> io::Result<()> {
+    match Dir::of(file, false) {
+        Ok((dir, name)) => {
+            dir.remove(name)?;
+            dir.sync()
         }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
-    for d in dirs {
-        File::open(&d)?.sync_all()?;
+}
+
+/// Renames `temp` over `real` (the same directory) and fsyncs the directory.
+fn rename_into_place(temp: &Path, real: &Path) -> io::Result<()> {
+    let (dir, name) = Dir::of(real, false)?;
+    let from = temp
+        .file_name()
+        .ok_or_else(|| io::Error::other("the temp path names no file"))?;
+    dir.rename(from, name)?;
+    dir.sync()
+}
+
+/// Renames every temp over its target.
+fn swap(txn: &Txn) -> io::Result<()> {
+    for item in &txn.items {
+        rename_into_place(&item.temp, &item.real)?;
     }
     Ok(())
-}
-
-fn sync_parent(p: &Path) -> io::Result<()> {
-    match p.parent() {
-        Some(d) => File::open(d)?.sync_all(),
-        None => Ok(()),
-    }
 }
 
 #[cfg(test)]

@@ -526,3 +526,62 @@ fn a_link_planted_at_a_temp_name_is_never_written_through() {
             .is_symlink()
     );
 }
+
+#[test]
+fn a_directory_swapped_for_a_link_after_the_check_is_never_written_through() {
+    let s = sandbox("");
+    let elsewhere = s.root.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("a.conf"), "theirs\n").unwrap();
+    let app = s.root.join("etc/app");
+    let real = app.join("a.conf");
+    let temp = temp_beside(&real, 9, "");
+    let meta = Meta {
+        mode: 0o644,
+        uid: own_ids().0,
+        gid: own_ids().1,
+    };
+    write_temp(&temp, b"ours\n", &meta).unwrap();
+    // The swap happens between the check (and the staging) and the rename.
+    std::fs::rename(&app, s.root.join("etc/app.moved")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &app).unwrap();
+    let err = rename_into_place(&temp, &real).unwrap_err();
+    assert!(
+        err.to_string().contains("replaced by a symlink"),
+        "unexpected error: {err}"
+    );
+    let err = write_temp(&temp, b"ours\n", &meta).unwrap_err();
+    assert!(err.to_string().contains("replaced by a symlink"), "{err}");
+    assert!(read_nofollow(&real).is_err());
+    assert_eq!(
+        std::fs::read_to_string(elsewhere.join("a.conf")).unwrap(),
+        "theirs\n"
+    );
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 1);
+}
+
+#[test]
+fn an_older_revision_is_refused_once_a_newer_one_applied() {
+    let s = sandbox("");
+    let set = |revision: u64, text: &str| ChangeSet {
+        revision,
+        entries: vec![file("/etc/app/a.conf", text)],
+        requested_by: "test".into(),
+    };
+    assert_eq!(
+        s.engine.apply(&set(7, "seven\n")).unwrap().result,
+        ApplyResult::Applied
+    );
+    let late = s.engine.apply(&set(6, "six\n")).unwrap();
+    assert_eq!(late.result, ApplyResult::Stale { applied: 7 });
+    assert_eq!(s.read("/etc/app/a.conf").as_deref(), Some("seven\n"));
+    // The same revision again is fine (a retry), and so is a later one.
+    assert_eq!(
+        s.engine.apply(&set(7, "seven\n")).unwrap().result,
+        ApplyResult::Unchanged
+    );
+    assert_eq!(
+        s.engine.apply(&set(8, "eight\n")).unwrap().result,
+        ApplyResult::Applied
+    );
+}
