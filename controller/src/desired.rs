@@ -565,6 +565,17 @@ async fn rolling_one(
             ));
         }
     }
+    // A load balancer that an earlier node's drain already brought a later revision
+    // gets the current state under a new one (the agent refuses to go back).
+    let current;
+    let (d, revision) = if ctx.store.desired(&d.node.name)?.applied_revision > revision {
+        current = desired_for(ctx, std::slice::from_ref(&d.node))?
+            .pop()
+            .ok_or_else(|| CtlError::UnknownNode(d.node.name.clone()))?;
+        (&current, ctx.store.next_revision()?)
+    } else {
+        (d, revision)
+    };
     let mut v = apply_one(ctx, user, by, d, revision, "apply", within).await?;
     if v.state == NodeState::Ok && v.result == "applied" {
         let services: Vec<String> = d

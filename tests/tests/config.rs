@@ -223,9 +223,12 @@ fn the_load_balancer_follows_the_inventory_drains_and_refuses_a_broken_config() 
     let plan = ok(&mut t, ctl.run(&["plan"]), "plan");
     assert!(!plan.contains(" to change"), "{plan}");
 
-    // A fourth Gluu node joins the upstreams once applied.
+    // A fourth Gluu node joins the upstreams once applied; first with a certificate
+    // of the right name that is not the cluster's, which the LB refuses to talk to.
     net.add_host("gluu4");
-    start_backend(net.host_mut("gluu4"), dir.path(), (&crt, &key));
+    let impostor = tempfile::tempdir().unwrap();
+    let (fake_crt, fake_key) = self_signed(impostor.path(), "idp.test");
+    start_backend(net.host_mut("gluu4"), dir.path(), (&fake_crt, &fake_key));
     let kh = net.known_hosts().display().to_string();
     ok(
         &mut t,
@@ -238,7 +241,20 @@ fn the_load_balancer_follows_the_inventory_drains_and_refuses_a_broken_config() 
     let added = format!("+        server {}:443 max_fails=2", net.host("gluu4").ip);
     assert_eq!(plan.matches(&added).count(), 2, "in both upstreams: {plan}");
     ok(&mut t, ctl.run(&["apply", "--yes"]), "apply");
-    eventually_blocking("gluu4 to answer through the LB", secs(10), || {
+    let lb_errors =
+        || std::fs::read_to_string(lb.path("/var/log/nginx/error.log")).unwrap_or_default();
+    eventually_blocking("the LB to refuse gluu4's certificate", secs(10), || {
+        answering(lb, 4).len() == 3 && lb_errors().contains("upstream SSL certificate verify error")
+    });
+    let seen = answering(lb, 16);
+    assert!(!seen.contains("gluu4") && seen.len() == 3, "{seen:?}");
+    // With the cluster certificate it is let in.
+    let h = net.host_mut("gluu4");
+    h.sh("kill $(cat /run/backend.pid)");
+    eventually_blocking("the impostor to stop", secs(10), || !h.tcp_open(443));
+    start_backend(h, dir.path(), (&crt, &key));
+    let lb = net.host("lb");
+    eventually_blocking("gluu4 to answer through the LB", secs(30), || {
         through_lb(lb) == "gluu4"
     });
 

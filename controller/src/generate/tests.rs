@@ -35,6 +35,11 @@ fn nodes() -> Vec<NodeRecord> {
     ]
 }
 
+/// Certificates made once with openssl (fixed, so the snapshots are stable).
+const SELF_SIGNED: &str = include_str!("testdata/self-signed.pem");
+const LEAF: &str = include_str!("testdata/leaf.pem");
+const ROOT: &str = include_str!("testdata/root.pem");
+
 const KEY_PEM: &str =
     "-----BEGIN PRIVATE KEY-----\nSECRETSECRETSECRET\n-----END PRIVATE KEY-----\n";
 const CSYNC2_KEY: &[u8] = b"csync2keycsync2keycsync2keycsync2keycsync2keycsync2keycsync2key00";
@@ -42,10 +47,7 @@ const CSYNC2_KEY: &[u8] = b"csync2keycsync2keycsync2keycsync2keycsync2keycsync2k
 fn secrets() -> Secrets {
     Secrets {
         csync2_key: Some(CSYNC2_KEY.to_vec()),
-        tls: Some((
-            "-----BEGIN CERTIFICATE-----\nCLUSTER\n-----END CERTIFICATE-----\n".into(),
-            KEY_PEM.into(),
-        )),
+        tls: Some((SELF_SIGNED.into(), KEY_PEM.into())),
     }
 }
 
@@ -309,5 +311,38 @@ fn csync2_accepts_the_generated_configuration() {
         Some(2),
         "{}",
         String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+#[test]
+fn the_load_balancer_verifies_the_nodes_only_against_a_chain_that_ends_at_its_root() {
+    let nodes = nodes();
+    let conf = |cert: &str| {
+        let secrets = Secrets {
+            tls: Some((cert.to_string(), KEY_PEM.into())),
+            ..secrets()
+        };
+        let out = render_with(&model(), &nodes, &secrets, &tunnel(&[]));
+        let lb = &out["lb1"];
+        let text = lb
+            .entries
+            .iter()
+            .find(|e| e.path == nginx::CONF)
+            .and_then(|e| match &e.content {
+                Content::File { bytes, .. } => Some(String::from_utf8_lossy(bytes).into_owned()),
+                _ => None,
+            })
+            .unwrap();
+        (text.contains("proxy_ssl_verify on;"), lb.waiting.clone())
+    };
+    for chain in [SELF_SIGNED.to_string(), format!("{LEAF}{ROOT}")] {
+        let (on, waiting) = conf(&chain);
+        assert!(on && waiting.is_empty(), "{waiting:?}");
+    }
+    let (on, waiting) = conf(LEAF);
+    assert!(!on);
+    assert!(
+        waiting.iter().any(|w| w.contains("append the root")),
+        "{waiting:?}"
     );
 }
