@@ -80,8 +80,18 @@ pub struct AgentConn {
 }
 
 impl AgentConn {
-    /// Sends a unary request and reads its reply.
+    /// Sends a unary request and reads its reply; the agent's refusal is a failure.
     pub async fn unary(&self, req: &Request, timeout: Duration) -> Result<Reply, NodeFailure> {
+        match self.request(req, timeout).await {
+            Ok(Reply::Error(e)) => Err(NodeFailure::failed(e.message)),
+            r => r,
+        }
+    }
+
+    /// Sends a unary request and reads its reply, the agent's refusal
+    /// ([`Reply::Error`]) included: for callers that treat a refusal differently from
+    /// a broken exchange.
+    pub async fn request(&self, req: &Request, timeout: Duration) -> Result<Reply, NodeFailure> {
         let exchange = async {
             let (mut send, mut recv) = self.conn.open_bi().await.map_err(NodeFailure::stream)?;
             write_message(&mut send, req)
@@ -93,7 +103,6 @@ impl AgentConn {
                 .map_err(NodeFailure::stream)
         };
         match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(Reply::Error(e))) => Err(NodeFailure::failed(e.message)),
             Ok(r) => r,
             Err(_) => Err(NodeFailure::unreachable(format!(
                 "no reply within {} s",

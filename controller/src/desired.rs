@@ -7,6 +7,7 @@
 //! back only as hashes: nothing here formats an entry's content except a diff of a
 //! non-secret entry's text that the agent returned.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clustermgr_protocol::changeset::{
@@ -333,7 +334,7 @@ async fn agent_plan(
         entries: entries.to_vec(),
         requested_by: String::new(),
     };
-    match conn.unary(&Request::Plan(set), PLAN_TIMEOUT).await? {
+    match conn.request(&Request::Plan(set), PLAN_TIMEOUT).await? {
         Reply::Planned(p) if p.len() == entries.len() => Ok(p),
         Reply::Error(e) => Err(NodeFailure::failed(e.message)),
         other => Err(NodeFailure::failed(format!(
@@ -462,7 +463,7 @@ pub async fn apply(
     events: &mpsc::Sender<Event>,
 ) -> Result<Report, CtlError> {
     let selected = select(&ctx.store.nodes()?, selector)?;
-    ensure_tunnel(ctx, &selected, within).await?;
+    let key_problems = ensure_tunnel(ctx, &selected, within).await?;
     let desired = desired_for(ctx, &selected)?;
     let revision = ctx.store.next_revision()?;
     let names: Vec<String> = selected.iter().map(|n| n.name.clone()).collect();
@@ -497,6 +498,18 @@ pub async fn apply(
         });
         for v in futures_util::future::join_all(futures).await {
             views.push(v?);
+        }
+    }
+    for v in &mut views {
+        if let Some(problem) = key_problems.get(&v.node) {
+            // What it waits for is the administrator's to fix: not a success.
+            v.state = NodeState::Failed;
+            let note =
+                format!("its tunnel key could not be made or read, so its tunnels wait: {problem}");
+            v.message = Some(match v.message.take() {
+                Some(m) => format!("{m}; {note}"),
+                None => note,
+            });
         }
     }
     views.sort_by(|a, b| a.node.cmp(&b.node));
@@ -749,7 +762,7 @@ async fn apply_one(
     let lock = ctx.config_lock(&d.node.name);
     let _changing = lock.lock().await;
     let reply = match ctx.connection_within(&d.node, within).await {
-        Ok(conn) => conn.unary(&Request::Apply(set), APPLY_TIMEOUT).await,
+        Ok(conn) => conn.request(&Request::Apply(set), APPLY_TIMEOUT).await,
         Err(f) => Err(f),
     };
     // Read again under the lock: a reconcile or a rollback may have changed it since.
@@ -949,7 +962,7 @@ pub async fn reconcile(ctx: &Ctx, node: &NodeRecord) -> Result<Option<NodeApplyV
         Ok(c) => c,
         Err(_) => return Ok(None),
     };
-    let report = match conn.unary(&Request::Apply(set), APPLY_TIMEOUT).await {
+    let report = match conn.request(&Request::Apply(set), APPLY_TIMEOUT).await {
         Ok(Reply::Applied(r)) => *r,
         Ok(Reply::Error(e)) => {
             let mut rec = record;
@@ -1197,7 +1210,7 @@ pub async fn rollback(
             path: path.to_string(),
             scope: managed.scope.clone(),
         };
-        return match conn.unary(&req, PLAN_TIMEOUT).await {
+        return match conn.request(&req, PLAN_TIMEOUT).await {
             Ok(Reply::Backups(list)) => Ok(Report::Generations {
                 node: node.to_string(),
                 path: path.to_string(),
@@ -1232,7 +1245,7 @@ pub async fn rollback(
         &format!("{path} to generation {generation}"),
     )?;
     let mut pending = crate::ops::PendingAudit::new(&ctx.store, audit_id, audit);
-    let report = match conn.unary(&Request::Restore(spec), APPLY_TIMEOUT).await {
+    let report = match conn.request(&Request::Restore(spec), APPLY_TIMEOUT).await {
         Ok(Reply::Applied(r)) => *r,
         Ok(Reply::Error(e)) => {
             pending.finish(vec![(node.to_string(), format!("failed: {}", e.message))])?;
@@ -1316,34 +1329,51 @@ fn wanted_tunnel_keys(
 
 /// Has every selected node that needs a tunnel key make one (on the node) and certifies
 /// it with the tunnel CA, made on first need. A node whose key changed gets a new
-/// certificate and the old one is revoked. Unreachable nodes are left waiting.
+/// certificate and the old one is revoked. Unreachable nodes are left waiting; the
+/// nodes whose agent could not make or read its key are returned with the reason.
 async fn ensure_tunnel(
     ctx: &Ctx,
     selected: &[NodeRecord],
     within: Duration,
-) -> Result<(), CtlError> {
+) -> Result<BTreeMap<String, String>, CtlError> {
     let model = ctx.store.model()?;
     let all = ctx.store.nodes()?;
     let wanted = wanted_tunnel_keys(&model, &all, selected);
+    let mut problems = BTreeMap::new();
     if wanted.is_empty() {
-        return Ok(());
+        return Ok(problems);
     }
-    let csrs = futures_util::future::join_all(wanted.iter().map(|(_, node, path)| async move {
+    let answers = futures_util::future::join_all(wanted.iter().map(|(_, node, path)| async move {
         let conn = ctx.connection_within(node, within).await.ok()?;
         let req = Request::HostKey {
             path: path.to_string(),
             scope: Scope::Host,
         };
-        match conn.unary(&req, PLAN_TIMEOUT).await {
-            Ok(Reply::Csr { pem }) => Some(pem),
-            Ok(Reply::Error(e)) => {
-                tracing::warn!("{}: no tunnel key: {}", node.name, e.message);
-                None
-            }
+        match conn.request(&req, PLAN_TIMEOUT).await {
+            Ok(Reply::Csr { pem }) => Some(Ok(pem)),
+            Ok(Reply::Error(e)) => Some(Err(e.message)),
             _ => None,
         }
     }))
     .await;
+    let mut csrs = Vec::new();
+    for ((_, node, _), answer) in wanted.iter().zip(answers) {
+        csrs.push(match answer {
+            Some(Ok(pem)) => Some(pem),
+            Some(Err(why)) => {
+                tracing::warn!("{}: no tunnel key: {why}", node.name);
+                problems
+                    .entry(node.name.clone())
+                    .and_modify(|p: &mut String| {
+                        p.push_str("; ");
+                        p.push_str(&why)
+                    })
+                    .or_insert(why);
+                None
+            }
+            None => None,
+        });
+    }
     let now = ctx.clock.now();
     ctx.store.update_tunnel(|slot| {
         let rec = match slot {
@@ -1387,7 +1417,8 @@ async fn ensure_tunnel(
             renew_crl(&ca, rec, now)?;
         }
         Ok(())
-    })
+    })?;
+    Ok(problems)
 }
 
 /// Whether an issued tunnel certificate is kept: it certifies the key the host has

@@ -630,6 +630,47 @@ fn csync2_replicates_and_stunnel_verifies_both_ends() {
         redis_ping(g3, 16379) != "PONG"
     });
     assert_eq!(redis_ping(g1, 16379), "PONG", "the others still pass");
+
+    // A tunnel key the node cannot use is reported by apply, for that node, with the
+    // file to fix; the others apply.
+    let g2 = net.host("gluu2");
+    let k = "/etc/stunnel/clustermgr/host.key";
+    g2.sh(&format!(
+        "mv {k} {k}.good && echo junk > {k} && chmod 600 {k}"
+    ));
+    let out = ctl.run(&["apply", "--yes"]);
+    t.keep(&out);
+    assert!(
+        !out.status.success(),
+        "{}{}{}",
+        stdout(&out),
+        stderr(&out),
+        g2.sh(&format!("ls -la {k}*; cat {k}"))
+    );
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("gluu2") && l.contains("(revision"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("tunnel key")
+            && line.contains(k)
+            && line.contains("not a usable private key"),
+        "{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("gluu1") && l.contains("tunnel key")),
+        "{text}"
+    );
+    g2.sh(&format!("mv {k}.good {k}"));
+    ok(
+        &mut t,
+        ctl.run(&["apply", "--yes"]),
+        "apply with the key back",
+    );
+
     let host_secrets: Vec<String> = [
         "/etc/csync2.key",
         "/etc/csync2_ssl_key.pem",

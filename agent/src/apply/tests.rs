@@ -585,3 +585,22 @@ fn an_older_revision_is_refused_once_a_newer_one_applied() {
         ApplyResult::Applied
     );
 }
+
+#[test]
+fn a_host_key_that_is_not_a_key_is_reported_with_its_path() {
+    let s = sandbox("");
+    let node = clustermgr_protocol::NodeName::new("n1").unwrap();
+    let first = s.engine.host_key("/etc/app/host.key", &Scope::Host, &node);
+    assert!(first.unwrap().contains("CERTIFICATE REQUEST"));
+    std::fs::write(s.root.join("etc/app/host.key"), "junk\n").unwrap();
+    let err = s
+        .engine
+        .host_key("/etc/app/host.key", &Scope::Host, &node)
+        .unwrap_err();
+    assert!(
+        err.message.contains("not a usable private key"),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("host.key"), "{}", err.message);
+}

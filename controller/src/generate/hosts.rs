@@ -6,14 +6,29 @@ use std::collections::BTreeMap;
 use clustermgr_protocol::changeset::{Content, Entry, Scope};
 
 use super::{Inputs, NodeConfig, Sorted, ip_of};
-use crate::store::Role;
+use crate::store::{NodeRecord, Role};
 
 pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String, NodeConfig>) {
     if inputs.model.manage_hosts {
-        let body: String = sorted
+        // An /etc/hosts line must start with an address; a node reached by a DNS name
+        // is left out (its name has to resolve as its address does) and the plan says so.
+        let (by_ip, by_name): (Vec<&NodeRecord>, Vec<&NodeRecord>) = sorted
             .nodes
             .iter()
+            .partition(|n| ip_of(n).parse::<std::net::IpAddr>().is_ok());
+        let body: String = by_ip
+            .iter()
             .map(|n| format!("{} {}\n", ip_of(n), n.name))
+            .collect();
+        let left_out: Vec<String> = by_name
+            .iter()
+            .map(|n| {
+                format!(
+                    "the /etc/hosts block to name {}: its address {} is a DNS name, not an IP address, so it is left out; re-add the node with `--address IP`, or make its name resolve and run `clustermgr cluster set manage-hosts false`",
+                    n.name,
+                    ip_of(n)
+                )
+            })
             .collect();
         let block = |scope: Scope| Entry {
             path: "/etc/hosts".into(),
@@ -28,6 +43,7 @@ pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String
         };
         for n in &sorted.nodes {
             let cfg = out.entry(n.name.clone()).or_default();
+            cfg.waiting.extend(left_out.iter().cloned());
             cfg.entries.push(block(Scope::Host));
             // The Gluu apps resolve the LDAP servers' names inside their container,
             // which has an /etc/hosts of its own.

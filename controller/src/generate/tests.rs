@@ -346,3 +346,29 @@ fn the_load_balancer_verifies_the_nodes_only_against_a_chain_that_ends_at_its_ro
         "{waiting:?}"
     );
 }
+
+#[test]
+fn a_node_reached_by_a_dns_name_is_left_out_of_the_hosts_block_and_said_so() {
+    let mut nodes = nodes();
+    nodes[1].address = "gluu1.example.org:7443".into();
+    let out = render_with(&model(), &nodes, &secrets(), &tunnel(&[]));
+    for (name, cfg) in &out {
+        let block = cfg
+            .entries
+            .iter()
+            .find_map(|e| match &e.content {
+                Content::Block { body, .. } if e.scope == Scope::Host => Some(body.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert!(!block.contains("gluu1"), "{name}: {block}");
+        assert!(block.contains("10.0.0.12 gluu2"), "{name}: {block}");
+        assert!(
+            cfg.waiting
+                .iter()
+                .any(|w| w.contains("gluu1.example.org is a DNS name")),
+            "{name}: {:?}",
+            cfg.waiting
+        );
+    }
+}
