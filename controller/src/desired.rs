@@ -1301,6 +1301,8 @@ pub async fn rollback(
 
 /// How long tunnel certificates are valid.
 const TUNNEL_CERT_DAYS: i64 = 365;
+/// How long csync2 certificates are valid: csync2 pins them and ignores their dates.
+const CSYNC2_CERT_DAYS: i64 = 3650;
 /// A tunnel certificate is issued anew when less than this is left of it.
 const TUNNEL_RENEW_BEFORE_SECS: i64 = 60 * 86_400;
 /// A revocation list is renewed when less than this is left of it.
@@ -1396,15 +1398,25 @@ async fn ensure_tunnel(
             let slot = format!("{purpose}/{}", node.name);
             // Kept while it certifies the host's key and has time left; a certificate
             // near its end is issued anew (and the old one revoked) at any apply.
-            let current = rec
-                .certs
-                .get(&slot)
-                .is_some_and(|(pem, _, fp)| tunnel_cert_current(pem, fp, &key.fingerprint, now));
+            // csync2 pins its peers' certificates and never checks their dates: a new
+            // one would only break the pins, so it changes with the key alone.
+            let pinned = *purpose == "csync2";
+            let current = rec.certs.get(&slot).is_some_and(|(pem, _, fp)| {
+                if pinned {
+                    *fp == key.fingerprint
+                } else {
+                    tunnel_cert_current(pem, fp, &key.fingerprint, now)
+                }
+            });
             if current {
                 continue;
             }
-            let issued =
-                ca.sign_tunnel(&name, &key, now, time::Duration::days(TUNNEL_CERT_DAYS))?;
+            let days = if pinned {
+                CSYNC2_CERT_DAYS
+            } else {
+                TUNNEL_CERT_DAYS
+            };
+            let issued = ca.sign_tunnel(&name, &key, now, time::Duration::days(days))?;
             if let Some((_, old, _)) = rec.certs.insert(
                 slot,
                 (issued.pem, issued.summary.serial, key.fingerprint.clone()),
@@ -1419,6 +1431,97 @@ async fn ensure_tunnel(
         Ok(())
     })?;
     Ok(problems)
+}
+
+/// serve's tunnel keeper: when a stunnel certificate nears its end or the revocation
+/// list is due, renews them (asking the connected nodes for a CSR of the key they
+/// have), and gives each node that carries them a pending revision that differs from
+/// what it applied only in those files, which the keeper's reconcile delivers. An
+/// administrator's model changes not applied yet, and hand edits, are left alone.
+/// Returns the nodes given a revision.
+pub async fn renew_tunnel(ctx: &Ctx, within: Duration) -> Result<Vec<String>, CtlError> {
+    let Some(rec) = ctx.store.tunnel()? else {
+        return Ok(Vec::new());
+    };
+    let now = ctx.clock.now();
+    let crl_due = rec.crl_next_update - now.unix_timestamp() < CRL_RENEW_BEFORE_SECS;
+    let all = ctx.store.nodes()?;
+    let due: Vec<NodeRecord> = all
+        .iter()
+        .filter(|n| {
+            rec.certs
+                .get(&format!("stunnel/{}", n.name))
+                .is_some_and(|(pem, _, fp)| !tunnel_cert_current(pem, fp, fp, now))
+        })
+        .cloned()
+        .collect();
+    if due.is_empty() && !crl_due {
+        return Ok(Vec::new());
+    }
+    for (node, why) in ensure_tunnel(ctx, &due, within).await? {
+        tracing::warn!("{node}: its tunnel certificate cannot be renewed: {why}");
+    }
+    if crl_due {
+        // ensure_tunnel renews a due list only when it has a node to ask.
+        ctx.store.update_tunnel(|slot| {
+            if let Some(rec) = slot.as_mut() {
+                let ca = crate::ca::Ca::load(&rec.ca_cert_pem, &rec.ca_key_pem)?;
+                if rec.crl_next_update - now.unix_timestamp() < CRL_RENEW_BEFORE_SECS {
+                    renew_crl(&ca, rec, now)?;
+                }
+            }
+            Ok(())
+        })?;
+    }
+    let carriers: Vec<NodeRecord> = all
+        .into_iter()
+        .filter(|n| {
+            ctx.store
+                .desired(&n.name)
+                .is_ok_and(|d| d.applied.iter().any(is_renewed))
+        })
+        .collect();
+    let mut given = Vec::new();
+    for d in desired_for(ctx, &carriers)? {
+        let lock = ctx.config_lock(&d.node.name);
+        let _changing = lock.lock().await;
+        let mut record = ctx.store.desired(&d.node.name)?;
+        // On top of what it has (or what it is already due to get).
+        let base = match &record.pending {
+            Some((_, entries)) => entries.clone(),
+            None => record.applied.clone(),
+        };
+        let mut changed = false;
+        let entries: Vec<Entry> = base
+            .into_iter()
+            .map(|e| {
+                if !is_renewed(&e) {
+                    return e;
+                }
+                match d
+                    .entries
+                    .iter()
+                    .find(|n| n.path == e.path && n.scope == e.scope)
+                {
+                    Some(n) if *n != e => {
+                        changed = true;
+                        n.clone()
+                    }
+                    _ => e,
+                }
+            })
+            .collect();
+        if changed {
+            record.pending = Some((ctx.store.next_revision()?, entries));
+            ctx.store.record_desired(&record, &[])?;
+            given.push(d.node.name.clone());
+        }
+    }
+    Ok(given)
+}
+
+fn is_renewed(e: &Entry) -> bool {
+    e.scope == Scope::Host && generate::TUNNEL_RENEWED.contains(&e.path.as_str())
 }
 
 /// Whether an issued tunnel certificate is kept: it certifies the key the host has

@@ -23,6 +23,9 @@ const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// How often the keeper looks at the connections.
 const KEEPER_TICK: Duration = Duration::from_millis(500);
+/// How often serve looks at the tunnel certificates' and revocation list's dates:
+/// they are renewed 60 days ahead, so hourly is plenty.
+const TUNNEL_CHECK: Duration = Duration::from_secs(3600);
 
 /// Runs `serve` until `shutdown` resolves.
 pub async fn serve(
@@ -38,6 +41,7 @@ pub async fn serve(
         .map_err(|e| CtlError::io(&socket, e))?;
     tracing::info!("serving the CLI on {}", socket.display());
     let keeper = tokio::spawn(keep_connections(ctx.clone()));
+    let tunnel_keeper = tokio::spawn(keep_tunnel(ctx.clone()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -51,6 +55,7 @@ pub async fn serve(
         }
     }
     keeper.abort();
+    tunnel_keeper.abort();
     let _ = std::fs::remove_file(&socket);
     ctx.dialer.close().await;
     Ok(())
@@ -206,6 +211,22 @@ async fn keep_connections(ctx: Arc<Ctx>) {
             });
         }
         tokio::time::sleep(KEEPER_TICK).await;
+    }
+}
+
+/// Renews the stunnel certificates and the revocation list before they expire; the
+/// connection keeper delivers them as pending revisions.
+async fn keep_tunnel(ctx: Arc<Ctx>) {
+    loop {
+        match crate::desired::renew_tunnel(&ctx, ctx.dialer.connect_timeout).await {
+            Ok(nodes) if !nodes.is_empty() => tracing::info!(
+                "renewed tunnel certificates or their revocation list; sending them to {}",
+                nodes.join(", ")
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("renewing the tunnel certificates failed: {e}"),
+        }
+        tokio::time::sleep(TUNNEL_CHECK).await;
     }
 }
 

@@ -892,3 +892,139 @@ async fn gluu_nodes_are_configured_inside_their_container_and_a_returning_node_c
         &["c2VjcmV0LXBhc3N3b3Jk".to_string(), csync2_key],
     );
 }
+
+/// The tunnel keeper of `serve`, once the tunnel certificates near their end: the
+/// stunnel certificates and the revocation list are renewed and delivered as a revision
+/// of those files alone, so neither a hand edit nor a model change not applied yet
+/// goes out with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_certificates_are_renewed_before_they_end_and_nothing_else_is_sent() {
+    use clustermgr::store::Role;
+    let mut cache = clustermgr_tests::node("cache", "");
+    cache.roles = vec![Role::Cache];
+    let c = clustermgr_tests::Cluster::start(vec![
+        clustermgr_tests::node("gluu1", ""),
+        clustermgr_tests::node("gluu2", ""),
+        cache,
+    ])
+    .await;
+    let run = |args: &[&str]| {
+        let out = c.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        stdout(&out)
+    };
+    run(&["cluster", "set", "cache", "redis"]);
+    run(&["apply", "--yes"]);
+    let file = |node: &str, path: &str| {
+        std::fs::read_to_string(
+            c.agent(node)
+                .dir
+                .join("root")
+                .join(path.trim_start_matches('/')),
+        )
+        .unwrap_or_else(|e| panic!("{node}:{path}: {e}"))
+    };
+    let not_after = |pem: &str| {
+        clustermgr_protocol::identity::CertSummary::parse_pem(pem)
+            .unwrap()
+            .not_after
+    };
+    let crt = "/etc/stunnel/clustermgr/host.crt";
+    let crl = "/etc/stunnel/clustermgr/crl.pem";
+    let conf = "/etc/stunnel/clustermgr/stunnel.conf";
+    let (old_crt, old_crl) = (file("gluu1", crt), file("cache", crl));
+    // A hand edit, and a model change nobody applied yet.
+    let edited = c
+        .agent("gluu1")
+        .dir
+        .join("root")
+        .join(conf.trim_start_matches('/'));
+    let mut text = std::fs::read_to_string(&edited).unwrap();
+    text.push_str("# emergency edit\n");
+    std::fs::write(&edited, &text).unwrap();
+    run(&["cluster", "set", "replicated-paths", "/opt/not-applied"]);
+
+    // Today nothing is due.
+    let ctx = c.ctx();
+    let given = clustermgr::desired::renew_tunnel(&ctx, secs(5))
+        .await
+        .unwrap();
+    assert!(given.is_empty(), "{given:?}");
+
+    // Then the stunnel certificates and the list are 30 days from their end (made so
+    // by certifying the hosts' keys again for 30 days: the agents check real time, so
+    // the controller's clock cannot simply be moved).
+    let mut csrs = Vec::new();
+    for name in ["gluu1", "gluu2"] {
+        let node = ctx.store.node(name).unwrap().unwrap();
+        let conn = ctx.connection(&node).await.unwrap();
+        let req = clustermgr_protocol::message::Request::HostKey {
+            path: clustermgr::generate::STUNNEL_KEY.into(),
+            scope: clustermgr_protocol::changeset::Scope::Host,
+        };
+        match conn.unary(&req, secs(5)).await.unwrap() {
+            clustermgr_protocol::message::Reply::Csr { pem } => csrs.push((name, pem)),
+            other => panic!("{other:?}"),
+        }
+    }
+    let now = time::OffsetDateTime::now_utc();
+    ctx.store
+        .update_tunnel(|slot| {
+            let rec = slot.as_mut().expect("a tunnel CA");
+            let ca = clustermgr::ca::Ca::load(&rec.ca_cert_pem, &rec.ca_key_pem)?;
+            for (name, csr) in &csrs {
+                let node = clustermgr_protocol::NodeName::new(name).unwrap();
+                let key = clustermgr::ca::csr_public_key(&node, csr)?;
+                let issued = ca.sign_tunnel(&node, &key, now, time::Duration::days(30))?;
+                rec.certs.insert(
+                    format!("stunnel/{name}"),
+                    (issued.pem, issued.summary.serial, key.fingerprint),
+                );
+            }
+            rec.crl_next_update = (now + time::Duration::days(30)).unix_timestamp();
+            Ok(())
+        })
+        .unwrap();
+    let mut given = clustermgr::desired::renew_tunnel(&ctx, secs(5))
+        .await
+        .unwrap();
+    given.sort();
+    assert_eq!(given, ["cache", "gluu1", "gluu2"]);
+    for node in ctx.store.nodes().unwrap() {
+        let v = clustermgr::desired::reconcile(&ctx, &node)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{} got nothing", node.name));
+        assert_eq!(v.state, clustermgr::ops::NodeState::Ok, "{:?}", v.message);
+        let mut paths: Vec<&str> = v.entries.iter().map(|e| e.path.as_str()).collect();
+        paths.sort();
+        let want: &[&str] = if node.name == "cache" {
+            &[crl]
+        } else {
+            &[crl, crt]
+        };
+        assert_eq!(paths, want, "{}: only the renewed files", node.name);
+    }
+    let new_crt = file("gluu1", crt);
+    assert_ne!(new_crt, old_crt);
+    assert!(not_after(&new_crt) > now.unix_timestamp() + 300 * 86_400);
+    assert_ne!(file("cache", crl), old_crl);
+    assert!(file("gluu1", conf).ends_with("# emergency edit\n"));
+    assert!(!file("gluu1", "/etc/csync2.cfg").contains("/opt/not-applied"));
+    // Delivered: nothing is pending any more, and a second pass renews nothing.
+    for node in ["cache", "gluu1", "gluu2"] {
+        assert!(ctx.store.desired(node).unwrap().pending.is_none(), "{node}");
+    }
+    assert!(
+        clustermgr::desired::renew_tunnel(&ctx, secs(5))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    ctx.dialer.close().await;
+}

@@ -72,6 +72,8 @@ use clustermgr_protocol::changeset::{Action, Content, Scope, ServiceVerb};
 
 use crate::store::Role;
 
+/// The stunnel files `serve` renews without an apply.
+pub const TUNNEL_RENEWED: &[&str] = stunnel::RENEWED;
 /// Where each host's stunnel key is generated (on the host; never an entry).
 pub const STUNNEL_KEY: &str = stunnel::KEY;
 /// Where each Gluu node's csync2 key is generated: csync2 reads it from there.

@@ -16,6 +16,13 @@ pub const SERVICE: &str = "clustermgr-stunnel";
 /// The host's tunnel key, generated on the host; never an entry.
 pub const KEY: &str = "/etc/stunnel/clustermgr/host.key";
 const DIR: &str = "/etc/stunnel/clustermgr";
+/// The files `serve` renews on its own (certificates and revocation list), without
+/// an `apply`: they expire, and nothing else changes with them.
+pub const RENEWED: &[&str] = &[
+    "/etc/stunnel/clustermgr/ca.crt",
+    "/etc/stunnel/clustermgr/crl.pem",
+    "/etc/stunnel/clustermgr/host.crt",
+];
 /// Where the tunnel ends on the cache host.
 pub const PORT: u16 = 16379;
 /// The configuration: in its own directory, since Debian's `stunnel4` service starts
@@ -77,23 +84,19 @@ pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String
             )
         };
         cfg.entries.push(file(
-            &format!("{DIR}/ca.crt"),
+            RENEWED[0],
             inputs.tunnel.ca_pem.clone(),
             0o644,
             restart.clone(),
         ));
         cfg.entries.push(file(
-            &format!("{DIR}/crl.pem"),
+            RENEWED[1],
             inputs.tunnel.crl_pem.clone(),
             0o644,
             restart.clone(),
         ));
-        cfg.entries.push(file(
-            &format!("{DIR}/host.crt"),
-            cert.clone(),
-            0o644,
-            restart.clone(),
-        ));
+        cfg.entries
+            .push(file(RENEWED[2], cert.clone(), 0o644, restart.clone()));
         cfg.entries.push(file(
             CONF,
             format!("{common}{service_conf}"),
