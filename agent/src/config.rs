@@ -49,6 +49,9 @@ pub struct AgentConfig {
     /// Keep-alive and idle timeout; must match the controller's.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Log and metric collection.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// The file this was read from (a self-upgrade has the new binary check it).
     #[serde(skip)]
     pub path: PathBuf,
@@ -72,6 +75,36 @@ pub const DEFAULT_WRITABLE_ROOTS: &[&str] = &[
     "/etc/systemd/system/clustermgr-stunnel.service",
     "/opt/gluu-server",
 ];
+
+/// The `[telemetry]` section: what the agent collects and how much it keeps while no
+/// controller takes it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Whether to collect at all.
+    pub enabled: bool,
+    /// Seconds between metric samples (1 at least).
+    pub metrics_interval_secs: u64,
+    /// The spool's size bound in MiB; the oldest records go first.
+    pub spool_mib: u64,
+    /// Whether to follow the Gluu, LDAP, web server, nginx, csync2, stunnel and agent
+    /// logs where they usually are (files that do not exist are followed once they do).
+    pub default_logs: bool,
+    /// More files to follow, as `NAME=PATH` (the path on the host).
+    pub logs: Vec<String>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            enabled: true,
+            metrics_interval_secs: 10,
+            spool_mib: 256,
+            default_logs: true,
+            logs: Vec::new(),
+        }
+    }
+}
 
 fn default_writable_roots() -> Vec<PathBuf> {
     DEFAULT_WRITABLE_ROOTS.iter().map(PathBuf::from).collect()
@@ -125,6 +158,25 @@ impl AgentConfig {
                 )));
             }
         }
+        let t = &cfg.telemetry;
+        if t.metrics_interval_secs == 0 {
+            return Err(invalid(
+                "telemetry.metrics_interval_secs must be 1 or more".to_string(),
+            ));
+        }
+        if t.spool_mib == 0 {
+            return Err(invalid("telemetry.spool_mib must be 1 or more".to_string()));
+        }
+        for l in &t.logs {
+            match l.split_once('=') {
+                Some((name, path)) if !name.is_empty() && Path::new(path).is_absolute() => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "telemetry.logs entry {l:?} is not NAME=/absolute/path"
+                    )));
+                }
+            }
+        }
         if cfg.max_frame_bytes < 64 * 1024 {
             return Err(invalid(
                 "max_frame_bytes must be at least 65536".to_string(),
@@ -146,6 +198,39 @@ mod tests {
         assert!(cfg.allow_exec);
         // The example spells out the defaults, so an admin editing it starts from them.
         assert_eq!(cfg.writable_roots, default_writable_roots());
+        let (t, d) = (&cfg.telemetry, TelemetryConfig::default());
+        assert_eq!(
+            (
+                t.enabled,
+                t.metrics_interval_secs,
+                t.spool_mib,
+                t.default_logs,
+                &t.logs
+            ),
+            (
+                d.enabled,
+                d.metrics_interval_secs,
+                d.spool_mib,
+                d.default_logs,
+                &d.logs
+            )
+        );
+    }
+
+    #[test]
+    fn bad_telemetry_settings_are_named() {
+        let base = "cert = \"/c\"\nkey = \"/k\"\nca = \"/a\"\nstate_dir = \"/s\"\n[telemetry]\n";
+        for (bad, says) in [
+            ("metrics_interval_secs = 0", "metrics_interval_secs"),
+            ("spool_mib = 0", "spool_mib"),
+            ("logs = [\"nopath\"]", "NAME=/absolute/path"),
+            ("logs = [\"x=relative\"]", "NAME=/absolute/path"),
+        ] {
+            let err = AgentConfig::parse(Path::new("t.toml"), &format!("{base}{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

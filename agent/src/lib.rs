@@ -14,6 +14,7 @@ mod info;
 mod journal;
 mod server;
 mod sys;
+pub mod telemetry;
 mod uninstall;
 pub mod upgrade;
 

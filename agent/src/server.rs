@@ -157,7 +157,24 @@ impl Agent {
         if let Some(what) = apply.recover() {
             tracing::warn!("config apply recovery: {what}");
         }
+        // Collection runs whether or not a controller is connected; a spool that cannot
+        // open leaves the agent serving everything else.
+        let (telemetry, collector) = if self.cfg.telemetry.enabled {
+            match crate::telemetry::start(&self.cfg) {
+                Ok((h, c)) => (Some(h), Some(c)),
+                Err(e) => {
+                    tracing::error!(
+                        "telemetry is off: its spool in {} cannot be used: {e}",
+                        self.cfg.state_dir.join("telemetry").display()
+                    );
+                    (None, None)
+                }
+            }
+        } else {
+            (None, None)
+        };
         let shared = Arc::new(Shared {
+            telemetry,
             apply,
             journal: Arc::new(Journal::new(self.cfg.state_dir.join("exec-journal.jsonl"))),
             node: self.node,
@@ -189,6 +206,7 @@ impl Agent {
             stop: stop_tx,
             restart,
             task,
+            collector,
         })
     }
 }
@@ -270,6 +288,7 @@ pub struct AgentHandle {
     stop: watch::Sender<bool>,
     restart: Arc<Mutex<Option<Restart>>>,
     task: tokio::task::JoinHandle<()>,
+    collector: Option<crate::telemetry::Collector>,
 }
 
 impl AgentHandle {
@@ -288,6 +307,10 @@ impl AgentHandle {
     pub async fn shutdown(self) -> Option<Restart> {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        if let Some(c) = self.collector {
+            // Held lines written, the spool flushed, the log positions saved.
+            let _ = tokio::task::spawn_blocking(move || c.stop()).await;
+        }
         self.restart
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -318,6 +341,8 @@ struct Shared {
     trial: Option<Arc<Trial>>,
     /// Config plan, apply and restore.
     apply: Arc<crate::apply::Engine>,
+    /// The telemetry spool's readers; `None` when collection is off.
+    telemetry: Option<crate::telemetry::Handle>,
 }
 
 impl Shared {
@@ -596,6 +621,9 @@ async fn handle_request(
             .await
         }
         Request::Probe(spec) => blocking(shared, move |e| Ok(Reply::Probed(e.probe(&spec)))).await,
+        Request::Telemetry { after } => {
+            return telemetry_stream(shared, after, send, recv).await;
+        }
         Request::ExecInContainer { root, spec } => {
             let ctx = exec_context(shared, controller);
             match crate::apply::container_exec(&shared.cfg, &root, spec) {
@@ -638,6 +666,91 @@ fn internal(e: AgentError) -> Reply {
         kind: ErrorKind::Internal,
         message: e.to_string(),
     })
+}
+
+/// The most records, and roughly the most bytes, in one telemetry frame.
+const TELEMETRY_BATCH: usize = 2048;
+const TELEMETRY_BATCH_BYTES: usize = 256 * 1024;
+
+/// Streams the spool from the record after `after` until the controller closes the
+/// stream or the agent stops; the controller's acknowledgements free the spool.
+async fn telemetry_stream(
+    shared: &Shared,
+    after: u64,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    use clustermgr_protocol::telemetry::{Body, TelemetryAck, TelemetryFrame};
+    let Some(handle) = shared.telemetry.clone() else {
+        let _ = write_message(
+            &mut send,
+            &TelemetryFrame::Refused(RemoteError::refused(
+                "telemetry is off on this node (telemetry.enabled = false in agent.toml, or its spool could not be opened: see the agent's log)",
+            )),
+        )
+        .await;
+        let _ = send.finish();
+        return;
+    };
+    let max_frame = shared.cfg.max_frame_bytes;
+    let acks = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(a)) = clustermgr_protocol::frame::read_message::<TelemetryAck, _>(
+                &mut recv, max_frame, "ack",
+            )
+            .await
+            {
+                handle.ack(a.stored_through);
+            }
+        })
+    };
+    let mut stop = shared.stop.subscribe();
+    let mut watch = handle.watch();
+    let mut reader = Some(handle.reader(after));
+    loop {
+        let Some(mut r) = reader.take() else {
+            break;
+        };
+        let read = tokio::task::spawn_blocking(move || {
+            let (mut batch, mut bytes) = (Vec::new(), 0usize);
+            while batch.len() < TELEMETRY_BATCH && bytes < TELEMETRY_BATCH_BYTES {
+                let Some(rec) = r.next_record() else { break };
+                bytes += 24
+                    + match &rec.body {
+                        Body::Log { source, line } => source.len() + line.len(),
+                        Body::Metrics(s) => s.len() * 64,
+                        Body::Gap { why, .. } => why.len(),
+                    };
+                batch.push(rec);
+            }
+            (r, batch)
+        })
+        .await;
+        let Ok((r, batch)) = read else { break };
+        reader = Some(r);
+        if !batch.is_empty() {
+            // Waits while the controller is slow: back-pressure reaches only this
+            // stream; the collector writes to disk regardless.
+            if write_message(&mut send, &TelemetryFrame::Batch(batch))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            continue;
+        }
+        tokio::select! {
+            changed = watch.changed() => if changed.is_err() { break },
+            _ = stop.wait_for(|s| *s) => break,
+            _ = send.stopped() => break,
+        }
+        if acks.is_finished() {
+            break;
+        }
+    }
+    acks.abort();
+    let _ = send.finish();
 }
 
 async fn reply(send: &mut quinn::SendStream, answer: Reply) -> Result<(), AgentError> {

@@ -14,6 +14,7 @@ pub mod frame;
 pub mod identity;
 pub mod message;
 mod name;
+pub mod telemetry;
 pub mod transport;
 pub mod version;
 

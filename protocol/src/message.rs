@@ -121,6 +121,13 @@ pub enum Request {
     /// Check that services run and the node answers HTTPS (a rolling apply's gate).
     /// Answered by [`Reply::Probed`].
     Probe(ProbeSpec),
+    /// Stream the agent's telemetry from the record after `after` (0: all it has).
+    /// Answered by [`crate::telemetry::TelemetryFrame`]s until the stream is closed;
+    /// the controller sends [`crate::telemetry::TelemetryAck`]s on its half.
+    Telemetry {
+        /// The last sequence number the controller stored.
+        after: u64,
+    },
 }
 
 /// What [`Request::Upgrade`] brings.

@@ -39,6 +39,7 @@ use clustermgr_protocol::message::{
     Command, ErrorKind, ExecEvent, ExecInput, ExecSpec, ExitOutcome, GluuInstall, Hello,
     HelloReply, NodeInfo, RemoteError, Reply, Request, UpgradeSpec,
 };
+use clustermgr_protocol::telemetry::{Body, Record, Sample, TelemetryAck, TelemetryFrame};
 use clustermgr_protocol::version::VersionRange;
 use clustermgr_protocol::{NodeName, ProtocolError, codec};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -303,15 +304,19 @@ enum Kind {
     Reply,
     ExecInput,
     ExecEvent,
+    TelemetryFrame,
+    TelemetryAck,
 }
 
-const KINDS: [Kind; 6] = [
+const KINDS: [Kind; 8] = [
     Kind::Hello,
     Kind::HelloReply,
     Kind::Request,
     Kind::Reply,
     Kind::ExecInput,
     Kind::ExecEvent,
+    Kind::TelemetryFrame,
+    Kind::TelemetryAck,
 ];
 
 impl Kind {
@@ -323,24 +328,34 @@ impl Kind {
             Kind::Reply => "Reply",
             Kind::ExecInput => "ExecInput",
             Kind::ExecEvent => "ExecEvent",
+            Kind::TelemetryFrame => "TelemetryFrame",
+            Kind::TelemetryAck => "TelemetryAck",
         }
     }
 
-    /// Variants of the top-level enum (1 for the struct `Hello`). Kept in step with the
+    /// Whether the top-level type is a struct (no variant tag leads its encoding).
+    fn is_struct(self) -> bool {
+        matches!(self, Kind::Hello | Kind::TelemetryAck)
+    }
+
+    /// Variants of the top-level enum (1 for the structs `Hello` and `TelemetryAck`). Kept in step with the
     /// message types by [`Msg::variant`], whose matches are exhaustive.
     fn variants(self) -> u32 {
         match self {
             Kind::Hello => 1,
             Kind::HelloReply => 2,
-            Kind::Request => 14,
+            Kind::Request => 15,
             Kind::Reply => 14,
             Kind::ExecInput => 3,
             Kind::ExecEvent => 5,
+            Kind::TelemetryFrame => 2,
+            Kind::TelemetryAck => 1,
         }
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+// PartialEq only: samples carry f64 (the generators never make a NaN).
+#[derive(Clone, Debug, PartialEq)]
 enum Msg {
     Hello(Hello),
     HelloReply(HelloReply),
@@ -348,6 +363,8 @@ enum Msg {
     Reply(Reply),
     ExecInput(ExecInput),
     ExecEvent(ExecEvent),
+    TelemetryFrame(TelemetryFrame),
+    TelemetryAck(TelemetryAck),
 }
 
 impl Msg {
@@ -359,6 +376,8 @@ impl Msg {
             Msg::Reply(_) => Kind::Reply,
             Msg::ExecInput(_) => Kind::ExecInput,
             Msg::ExecEvent(_) => Kind::ExecEvent,
+            Msg::TelemetryFrame(_) => Kind::TelemetryFrame,
+            Msg::TelemetryAck(_) => Kind::TelemetryAck,
         }
     }
 
@@ -370,6 +389,8 @@ impl Msg {
             Msg::Reply(m) => codec::encode(m),
             Msg::ExecInput(m) => codec::encode(m),
             Msg::ExecEvent(m) => codec::encode(m),
+            Msg::TelemetryFrame(m) => codec::encode(m),
+            Msg::TelemetryAck(m) => codec::encode(m),
         }
     }
 
@@ -397,6 +418,7 @@ impl Msg {
                 Request::ExecInContainer { .. } => 11,
                 Request::HostKey { .. } => 12,
                 Request::Probe(_) => 13,
+                Request::Telemetry { .. } => 14,
             },
             Msg::Reply(m) => match m {
                 Reply::Info(_) => 0,
@@ -426,6 +448,11 @@ impl Msg {
                 ExecEvent::Finished(_) => 3,
                 ExecEvent::Refused(_) => 4,
             },
+            Msg::TelemetryFrame(m) => match m {
+                TelemetryFrame::Batch(_) => 0,
+                TelemetryFrame::Refused(_) => 1,
+            },
+            Msg::TelemetryAck(TelemetryAck { .. }) => 0,
         }
     }
 
@@ -435,7 +462,7 @@ impl Msg {
     fn tag_slots(&self) -> Vec<Slot> {
         let mut slots = Vec::new();
         let kind = self.kind();
-        if kind != Kind::Hello {
+        if !kind.is_struct() {
             slots.push(Slot::Varint {
                 at: 0,
                 valid: kind.variants(),
@@ -553,6 +580,8 @@ fn decode_as(kind: Kind, bytes: &[u8]) -> Result<Msg, ProtocolError> {
         Kind::Reply => Msg::Reply(codec::decode(what, bytes)?),
         Kind::ExecInput => Msg::ExecInput(codec::decode(what, bytes)?),
         Kind::ExecEvent => Msg::ExecEvent(codec::decode(what, bytes)?),
+        Kind::TelemetryFrame => Msg::TelemetryFrame(codec::decode(what, bytes)?),
+        Kind::TelemetryAck => Msg::TelemetryAck(codec::decode(what, bytes)?),
     })
 }
 
@@ -973,6 +1002,45 @@ fn gen_restore_spec(rng: &mut Rng) -> RestoreSpec {
 }
 
 /// A random valid message of `kind`, top-level variant `variant`.
+fn gen_f64(rng: &mut Rng) -> f64 {
+    match rng.below(4) {
+        0 => 0.0,
+        1 => f64::from(rng.u32()),
+        2 => -1.5e300,
+        _ => f64::from_bits(gen_u64(rng) & !(0x7ff << 52)),
+    }
+}
+
+fn gen_records(rng: &mut Rng) -> Vec<Record> {
+    (0..rng.below(4))
+        .map(|_| Record {
+            seq: gen_u64(rng),
+            time_ms: gen_i64(rng),
+            body: match rng.below(3) {
+                0 => Body::Log {
+                    source: gen_string(rng),
+                    line: gen_string(rng),
+                },
+                1 => Body::Metrics(
+                    (0..rng.below(3))
+                        .map(|_| Sample {
+                            name: gen_string(rng),
+                            labels: (0..rng.below(3))
+                                .map(|_| (gen_string(rng), gen_string(rng)))
+                                .collect(),
+                            value: gen_f64(rng),
+                        })
+                        .collect(),
+                ),
+                _ => Body::Gap {
+                    lost: gen_u64(rng),
+                    why: gen_string(rng),
+                },
+            },
+        })
+        .collect()
+}
+
 fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
     let msg = match (kind, variant) {
         (Kind::Hello, _) => Msg::Hello(Hello {
@@ -1021,7 +1089,10 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
             path: gen_string(rng),
             scope: gen_scope(rng),
         }),
-        (Kind::Request, _) => Msg::Request(Request::Probe(gen_probe(rng))),
+        (Kind::Request, 13) => Msg::Request(Request::Probe(gen_probe(rng))),
+        (Kind::Request, _) => Msg::Request(Request::Telemetry {
+            after: gen_u64(rng),
+        }),
         (Kind::Reply, 0) => Msg::Reply(Reply::Info(Box::new(gen_node_info(rng)))),
         (Kind::Reply, 1) => Msg::Reply(Reply::Csr {
             pem: gen_string(rng),
@@ -1056,6 +1127,13 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
         (Kind::ExecEvent, 2) => Msg::ExecEvent(ExecEvent::Stderr(gen_bytes(rng))),
         (Kind::ExecEvent, 3) => Msg::ExecEvent(ExecEvent::Finished(gen_exit(rng))),
         (Kind::ExecEvent, _) => Msg::ExecEvent(ExecEvent::Refused(gen_remote_error(rng))),
+        (Kind::TelemetryFrame, 0) => Msg::TelemetryFrame(TelemetryFrame::Batch(gen_records(rng))),
+        (Kind::TelemetryFrame, _) => {
+            Msg::TelemetryFrame(TelemetryFrame::Refused(gen_remote_error(rng)))
+        }
+        (Kind::TelemetryAck, _) => Msg::TelemetryAck(TelemetryAck {
+            stored_through: gen_u64(rng),
+        }),
     };
     assert_eq!(msg.variant(), variant.min(kind.variants() - 1));
     msg
@@ -1410,6 +1488,38 @@ fn edge_messages() -> Vec<Msg> {
         Msg::ExecInput(ExecInput::Stdin(vec![0xFF; 3])),
         Msg::ExecInput(ExecInput::StdinEnd),
         Msg::ExecInput(ExecInput::Cancel),
+        Msg::TelemetryFrame(TelemetryFrame::Batch(vec![])),
+        Msg::TelemetryFrame(TelemetryFrame::Batch(vec![
+            Record {
+                seq: u64::MAX,
+                time_ms: i64::MIN,
+                body: Body::Log {
+                    source: String::new(),
+                    line: "\u{0}🦀".into(),
+                },
+            },
+            Record {
+                seq: 1,
+                time_ms: 0,
+                body: Body::Metrics(vec![Sample {
+                    name: "node_load1".into(),
+                    labels: vec![],
+                    value: f64::INFINITY,
+                }]),
+            },
+            Record {
+                seq: 2,
+                time_ms: -1,
+                body: Body::Gap {
+                    lost: 0,
+                    why: String::new(),
+                },
+            },
+        ])),
+        Msg::TelemetryAck(TelemetryAck { stored_through: 0 }),
+        Msg::TelemetryAck(TelemetryAck {
+            stored_through: u64::MAX,
+        }),
         Msg::ExecEvent(ExecEvent::Started { pid: 0 }),
         Msg::ExecEvent(ExecEvent::Started { pid: u32::MAX }),
         Msg::ExecEvent(ExecEvent::Stdout(vec![0x80, 0x00])),
@@ -1506,7 +1616,7 @@ impl Corpus {
         let big_payloads = big_msgs.iter().map(Msg::encode).collect();
         for (msg, payload) in msgs.iter().zip(&payloads) {
             assert!(!payload.is_empty(), "{msg:?} encodes to nothing");
-            if msg.kind() != Kind::Hello {
+            if !msg.kind().is_struct() {
                 assert_eq!(u32::from(payload[0]), msg.variant(), "{msg:?}");
             }
         }

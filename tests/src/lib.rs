@@ -208,6 +208,18 @@ impl Cluster {
         let _ = a.child.kill().await;
     }
 
+    /// Stops an agent as its service manager would (SIGTERM), and waits for it to exit.
+    pub async fn stop_agent(&mut self, name: &str) {
+        let a = self.agent_mut(name);
+        if let Some(pid) = a.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let exited = tokio::time::timeout(Duration::from_secs(20), a.child.wait()).await;
+        assert!(exited.is_ok(), "{name} did not stop within 20 s of SIGTERM");
+    }
+
     /// Starts an agent again from its configuration, on the address it had (which the
     /// store knows it by).
     pub async fn restart_agent(&mut self, name: &str) -> std::net::SocketAddr {

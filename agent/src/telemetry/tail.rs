@@ -1,0 +1,297 @@
+//! Following log files: new lines as they are written, through rotation by rename
+//! (the old file is read to its end first), truncation (copytruncate: read again from
+//! the start), files that appear later and partial last lines. Java stack traces are
+//! joined to the line they belong to; an absurdly long line is cut with a marker.
+//!
+//! Copytruncate has a window no reader can close (logrotate's own limitation): lines
+//! written between the copy and the truncation are in the copy, not in the file. What
+//! is visible, the truncation, is handled; the README says so.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// The longest line kept whole; the rest is cut and counted in a marker.
+pub const MAX_LINE: usize = 64 * 1024;
+/// How long a line waits for a continuation (a stack trace's next line) once the
+/// file has nothing more to read.
+pub const HOLD: Duration = Duration::from_millis(40);
+
+/// A file to follow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    /// Its name in the records (`oxauth`, `nginx-access`).
+    pub name: String,
+    /// The file, on the host.
+    pub path: PathBuf,
+}
+
+/// Where a follower is in its file, kept across restarts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Device and inode of the file being read.
+    pub dev: u64,
+    /// Its inode.
+    pub ino: u64,
+    /// Bytes consumed: the start of the first line not yet emitted.
+    pub offset: u64,
+}
+
+/// One followed file.
+#[derive(Debug)]
+pub struct Follower {
+    /// What it follows.
+    pub source: Source,
+    file: Option<File>,
+    pos: Position,
+    /// Bytes after the last newline read.
+    partial: Vec<u8>,
+    /// Bytes of an over-long line dropped so far (0 when not dropping).
+    dropping: usize,
+    /// A line waiting for a possible continuation, and since when.
+    held: Option<(String, Instant)>,
+    /// Offset up to which lines are emitted (the held line's end not included).
+    committed: u64,
+    /// Offset of the first byte of the line being read (`partial`'s start).
+    line_start: u64,
+    buf: Vec<u8>,
+}
+
+/// Whether a line is a Java exception's first line (`java.io.IOException: x`),
+/// which log frameworks print on the line after the message that logged it.
+fn exception_header(line: &str) -> bool {
+    let name = line.split_once(": ").map_or(line, |(n, _)| n);
+    (name.ends_with("Exception") || name.ends_with("Error") || name.ends_with("Throwable"))
+        && name.contains('.')
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '_' || c == '$')
+        })
+}
+
+/// Whether a line continues the one before it (a Java stack trace).
+fn continues(line: &str) -> bool {
+    exception_header(line)
+        || line.starts_with('\t')
+        || line.starts_with("    at ")
+        || line.starts_with("  at ")
+        || line.starts_with("Caused by: ")
+        || line.starts_with("\tCaused by: ")
+        || (line.starts_with("\t... ") || line.starts_with("    ... ")) && line.ends_with(" more")
+}
+
+impl Follower {
+    /// A follower of `source`, resuming at `pos` if that is still the same file;
+    /// a file seen for the first time is read from its end (`from_start` for one
+    /// that appeared after the agent started, so nothing written to it is missed).
+    pub fn new(source: Source, pos: Option<Position>, from_start: bool) -> Follower {
+        let mut f = Follower {
+            source,
+            file: None,
+            pos: Position::default(),
+            partial: Vec::new(),
+            dropping: 0,
+            held: None,
+            committed: 0,
+            line_start: 0,
+            buf: vec![0; 64 * 1024],
+        };
+        if let Ok(file) = File::open(&f.source.path)
+            && let Ok(m) = file.metadata()
+        {
+            let offset = match pos {
+                Some(p) if p.dev == m.dev() && p.ino == m.ino() && p.offset <= m.len() => p.offset,
+                _ if from_start => 0,
+                _ => m.len(),
+            };
+            f.open_at(file, &m, offset);
+        }
+        f
+    }
+
+    fn open_at(&mut self, mut file: File, m: &std::fs::Metadata, offset: u64) {
+        if file.seek(SeekFrom::Start(offset)).is_ok() {
+            self.pos = Position {
+                dev: m.dev(),
+                ino: m.ino(),
+                offset,
+            };
+            self.committed = offset;
+            self.line_start = offset;
+            self.held = None;
+            self.partial.clear();
+            self.dropping = 0;
+            self.file = Some(file);
+        }
+    }
+
+    /// Where to resume after a restart: before any line not yet emitted.
+    pub fn position(&self) -> Option<Position> {
+        self.file.as_ref().map(|_| Position {
+            offset: self.committed,
+            ..self.pos
+        })
+    }
+
+    /// Reads what is new and calls `emit` for each finished line (joined, capped).
+    /// Returns when the next held line is due, if one is held.
+    pub fn poll(&mut self, now: Instant, emit: &mut dyn FnMut(String)) -> Option<Instant> {
+        self.read_available(emit);
+        // Rotation or truncation: only visible through the path.
+        match std::fs::metadata(&self.source.path) {
+            Ok(m) if self.file.is_none() => {
+                if let Ok(file) = File::open(&self.source.path) {
+                    // Appeared since: everything in it is new.
+                    self.open_at(file, &m, 0);
+                    self.read_available(emit);
+                }
+            }
+            Ok(m) if (m.dev(), m.ino()) != (self.pos.dev, self.pos.ino) => {
+                // Renamed away and replaced: the old file was read to its end above.
+                self.release_held(emit);
+                self.end_partial(emit);
+                if let Ok(file) = File::open(&self.source.path) {
+                    self.open_at(file, &m, 0);
+                    self.read_available(emit);
+                }
+            }
+            Ok(m) if m.len() < self.pos.offset => {
+                // Truncated in place: start over from its beginning.
+                self.release_held(emit);
+                self.partial.clear();
+                self.dropping = 0;
+                if let Some(file) = self.file.take() {
+                    self.open_at(file, &m, 0);
+                }
+                self.read_available(emit);
+            }
+            _ => {}
+        }
+        match &self.held {
+            Some((_, since)) if now.duration_since(*since) >= HOLD => {
+                self.release_held(emit);
+                None
+            }
+            Some((_, since)) => Some(*since + HOLD),
+            None => None,
+        }
+    }
+
+    /// Whether a held line is due to be emitted at `now`.
+    pub fn holds_line_due(&self, now: Instant) -> bool {
+        self.held
+            .as_ref()
+            .is_some_and(|(_, since)| now.duration_since(*since) >= HOLD)
+    }
+
+    /// Emits the held line now (the agent is stopping).
+    pub fn finish(&mut self, emit: &mut dyn FnMut(String)) {
+        self.release_held(emit);
+    }
+
+    fn release_held(&mut self, emit: &mut dyn FnMut(String)) {
+        if let Some((line, _)) = self.held.take() {
+            emit(line);
+        }
+        self.committed = self.line_start;
+    }
+
+    /// A file that was replaced ends without a newline: its last bytes are a line.
+    fn end_partial(&mut self, emit: &mut dyn FnMut(String)) {
+        if !self.partial.is_empty() {
+            let line = String::from_utf8_lossy(&self.partial).into_owned();
+            self.partial.clear();
+            emit(line);
+        }
+    }
+
+    fn read_available(&mut self, emit: &mut dyn FnMut(String)) {
+        let mut buf = std::mem::take(&mut self.buf);
+        while let Some(file) = self.file.as_mut() {
+            let n = match file.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            self.pos.offset += n as u64;
+            let mut rest = &buf[..n];
+            while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+                let piece = &rest[..nl];
+                rest = &rest[nl + 1..];
+                let line = if self.dropping > 0 {
+                    let dropped = self.dropping + piece.len();
+                    self.dropping = 0;
+                    let mut keep = std::mem::take(&mut self.partial);
+                    keep.truncate(MAX_LINE);
+                    let mut s = String::from_utf8_lossy(&keep).into_owned();
+                    s.push_str(&format!(" [clustermgr: {dropped} more bytes cut]"));
+                    s
+                } else if self.partial.is_empty() {
+                    String::from_utf8_lossy(piece).into_owned()
+                } else {
+                    self.partial.extend_from_slice(piece);
+                    let s = String::from_utf8_lossy(&self.partial).into_owned();
+                    self.partial.clear();
+                    s
+                };
+                let line = line.strip_suffix('\r').map(str::to_string).unwrap_or(line);
+                let start = self.line_start;
+                self.line_start = self.pos.offset - rest.len() as u64;
+                self.take_line(line, start, emit);
+            }
+            if self.dropping > 0 {
+                self.dropping += rest.len();
+            } else {
+                self.partial.extend_from_slice(rest);
+                if self.partial.len() > MAX_LINE {
+                    self.dropping = self.partial.len() - MAX_LINE;
+                    self.partial.truncate(MAX_LINE);
+                }
+            }
+        }
+        self.buf = buf;
+    }
+
+    fn take_line(&mut self, line: String, start: u64, emit: &mut dyn FnMut(String)) {
+        match self.held.as_mut() {
+            Some((held, _)) if continues(&line) && held.len() + line.len() < MAX_LINE => {
+                held.push('\n');
+                held.push_str(&line);
+            }
+            Some(_) => {
+                if let Some((prev, _)) = self.held.take() {
+                    emit(prev);
+                }
+                // Everything before this line is emitted now.
+                self.committed = start;
+                self.held = Some((line, Instant::now()));
+            }
+            None => self.held = Some((line, Instant::now())),
+        }
+    }
+}
+
+/// Reads a saved position map.
+pub fn load_positions(path: &Path) -> std::collections::BTreeMap<String, Position> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Saves the position map atomically.
+pub fn save_positions(
+    path: &Path,
+    map: &std::collections::BTreeMap<String, Position>,
+) -> io::Result<()> {
+    let json = serde_json::to_vec(map).map_err(io::Error::other)?;
+    clustermgr_protocol::atomic_file::write_atomic(path, &json, 0o600)
+}
+
+#[cfg(test)]
+mod tests;
