@@ -30,6 +30,7 @@ pub mod render;
 pub mod selector;
 pub mod serve;
 pub mod store;
+pub mod telemetry;
 mod upgrade;
 
 pub use error::CtlError;

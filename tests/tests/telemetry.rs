@@ -133,6 +133,15 @@ async fn lines_and_samples_stream_live_and_resume_exactly_once_across_a_restart(
         })
         .await;
     let all: Vec<Record> = got.into_iter().chain(more).collect();
+    // Ticks carry their scheduled times: exactly the interval apart.
+    let ticks: Vec<i64> = all
+        .iter()
+        .filter(|r| matches!(r.body, Body::Metrics(_)))
+        .map(|r| r.time_ms)
+        .collect();
+    for w in ticks.windows(2) {
+        assert_eq!(w[1] - w[0], 1000, "{ticks:?}");
+    }
     let sample = all
         .iter()
         .find_map(|r| match &r.body {

@@ -226,6 +226,9 @@ impl Loop {
         let mut watched: BTreeSet<PathBuf> = BTreeSet::new();
         let mut sampler = metrics::Sampler::new();
         let mut next_sample = Instant::now();
+        // Ticks are stamped with their scheduled time, so a steady series' timestamps
+        // differ by exactly the interval (one bit each in the controller's store).
+        let mut anchor = (next_sample, now_ms());
         let mut next_sweep = Instant::now();
         let mut last_saved = saved;
         let mut dirty: BTreeSet<usize> = BTreeSet::new();
@@ -275,11 +278,21 @@ impl Loop {
             }
             dirty.clear();
             if now >= next_sample {
+                let stamp = anchor.1 + next_sample.duration_since(anchor.0).as_millis() as i64;
+                // Re-anchored when the wall clock moved (NTP) or the loop fell behind.
+                let stamp = if (stamp - now_ms()).abs() > 1000 {
+                    anchor = (now, now_ms());
+                    next_sample = now;
+                    anchor.1
+                } else {
+                    stamp
+                };
                 next_sample += self.interval;
                 if next_sample < now {
+                    anchor = (now, now_ms());
                     next_sample = now + self.interval;
                 }
-                let _ = self.spool.append(now_ms(), Body::Metrics(sampler.sample()));
+                let _ = self.spool.append(stamp, Body::Metrics(sampler.sample()));
             }
             let skip = self.skip.swap(0, Ordering::SeqCst);
             if skip > 0

@@ -1,0 +1,3 @@
+//! Telemetry on the controller: the on-disk encodings of the telemetry store.
+
+pub mod gorilla;
