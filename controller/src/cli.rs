@@ -118,6 +118,27 @@ pub enum Cmd {
     /// Report managed files edited on the nodes since clustermgr applied them (exit 2
     /// when there are any). Nothing is reverted.
     Drift(Selection),
+    /// Log lines the agents collected, merged across nodes in time order (from the
+    /// telemetry store `serve` fills; -f keeps following as lines arrive).
+    Logs {
+        #[command(flatten)]
+        sel: Selection,
+        /// Keep printing lines as `serve` stores them (Ctrl-C ends).
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only this source (oxauth, identity, nginx-access, ...).
+        #[arg(long, value_name = "NAME")]
+        source: Option<String>,
+        /// Only lines since then: 90s, 10m, 2h, 7d, or 2026-11-25T10:00:00Z.
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only lines this regular expression matches.
+        #[arg(long, value_name = "REGEX")]
+        grep: Option<String>,
+        /// How many of the newest lines, without --since.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// The history of every file clustermgr changed: when, where, hashes, result, who.
     History {
         #[command(flatten)]
@@ -560,6 +581,28 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             };
             (op, mode)
         }
+        Cmd::Logs {
+            sel,
+            follow,
+            source,
+            since,
+            grep,
+            limit,
+        } => (
+            Operation::Logs(crate::telemetry::LogsSpec {
+                nodes: sel.nodes,
+                source,
+                since,
+                grep,
+                follow,
+                limit,
+            }),
+            if json {
+                OutputMode::Json
+            } else {
+                OutputMode::Live
+            },
+        ),
         Cmd::History { sel, path, limit } => (
             Operation::History {
                 nodes: sel.nodes,
@@ -627,9 +670,14 @@ pub async fn execute(
     mode: OutputMode,
 ) -> Result<i32, CtlError> {
     let is_exec = matches!(inv.op, Operation::Exec { .. });
+    let following = matches!(&inv.op, Operation::Logs(s) if s.follow);
     let (tx, rx) = mpsc::channel(64);
     let printer = tokio::spawn(render::consume(rx, mode, is_exec));
     let Some(result) = run_operation(home, opts, inv, tx).await? else {
+        if following {
+            // Ctrl-C is how `logs -f` ends.
+            return Ok(0);
+        }
         eprintln!("clustermgr: interrupted; the commands still running were cancelled");
         return Ok(130);
     };

@@ -109,6 +109,10 @@ impl Home {
     pub fn store(&self) -> PathBuf {
         self.dir.join("inventory.redb")
     }
+    /// The telemetry store: logs and metrics, apart from the inventory.
+    pub fn telemetry(&self) -> PathBuf {
+        self.dir.join("telemetry.redb")
+    }
     /// The controller's settings (`controller.toml`).
     pub fn config(&self) -> PathBuf {
         self.dir.join("controller.toml")

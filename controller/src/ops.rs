@@ -142,6 +142,8 @@ pub enum Operation {
         /// One node at a time, stopping at the first failure.
         rolling: bool,
     },
+    /// Log lines from the telemetry store, and with `follow` as they come.
+    Logs(crate::telemetry::LogsSpec),
     /// The change history.
     History {
         /// Node selector.
@@ -243,6 +245,8 @@ pub enum Event {
     /// [`crate::store::StoreSnapshot`]. In parts because a long audit log can outgrow
     /// one frame of serve's socket.
     Snapshot(Vec<u8>),
+    /// A log line, for `logs -f`.
+    Log(crate::telemetry::store::NodeLine),
 }
 
 /// How one node's part of a fan-out went.
@@ -478,6 +482,8 @@ pub enum Report {
     Applied(Vec<crate::desired::NodeApplyView>),
     /// `history`.
     History(Vec<crate::desired::ChangeView>),
+    /// Log lines (`logs`; empty after `logs -f`, whose lines came as events).
+    Logs(Vec<crate::telemetry::store::NodeLine>),
     /// `cluster show`.
     Cluster(crate::desired::ClusterView),
     /// `rollback --list`.
@@ -588,6 +594,9 @@ impl Default for CtxOptions {
     }
 }
 
+/// Live log lines `serve` keeps for a follower that fell behind before it is told so.
+const LIVE_LOG_LINES: usize = 8192;
+
 /// One async lock per node, made on first use.
 #[derive(Default)]
 struct NodeLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
@@ -619,6 +628,9 @@ pub struct Ctx {
     handshakes: Semaphore,
     renewals: NodeLocks,
     config_changes: NodeLocks,
+    telemetry: std::sync::OnceLock<Arc<crate::telemetry::store::TelemetryStore>>,
+    /// Log lines as `serve` stores them, for `logs -f`.
+    pub live_logs: tokio::sync::broadcast::Sender<crate::telemetry::store::NodeLine>,
     controller_cert: Mutex<CertSummary>,
 }
 
@@ -729,6 +741,8 @@ impl Ctx {
             handshakes: Semaphore::new(HANDSHAKES_IN_FLIGHT),
             renewals: NodeLocks::default(),
             config_changes: NodeLocks::default(),
+            telemetry: std::sync::OnceLock::new(),
+            live_logs: tokio::sync::broadcast::channel(LIVE_LOG_LINES).0,
             controller_cert: Mutex::new(summary),
         };
         ctx.renew_controller_if_due()?;
@@ -954,6 +968,18 @@ impl Ctx {
         self.renewals.of(node)
     }
 
+    /// The telemetry store, opened on first use (by `serve`, which holds it while it
+    /// runs; a CLI without `serve` opens it for its one query).
+    pub fn telemetry(&self) -> Result<Arc<crate::telemetry::store::TelemetryStore>, CtlError> {
+        if let Some(t) = self.telemetry.get() {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(crate::telemetry::store::TelemetryStore::open(
+            &self.home.telemetry(),
+        )?);
+        Ok(self.telemetry.get_or_init(|| t).clone())
+    }
+
     /// Held while a node's files change (apply, reconcile, rollback), so two of them
     /// never interleave their reads and writes of its desired-state record.
     pub fn config_lock(&self, node: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -1118,6 +1144,7 @@ pub async fn run(
         Operation::Apply { nodes, rolling } => {
             crate::desired::apply(&ctx, user, &nodes, rolling, within, &events).await
         }
+        Operation::Logs(spec) => crate::telemetry::logs(&ctx, &spec, &events).await,
         Operation::History { nodes, path, limit } => {
             crate::desired::history(&ctx, &nodes, path.as_deref(), limit)
         }

@@ -10,6 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use tokio::sync::mpsc;
 
 use crate::backup::{BackupView, RestoreView};
+use crate::clock::rfc3339;
 use crate::ops::{Event, NodeOutcome, NodeState, Report};
 use crate::store::Role;
 
@@ -164,9 +165,25 @@ pub async fn consume(
             }
             // Only `backup` asks for a snapshot, and it collects the parts itself.
             Event::Snapshot(_) => {}
+            Event::Log(l) => match mode {
+                OutputMode::Json => println!("{}", serde_json::to_string(&l).unwrap_or_default()),
+                _ => print_log(&l),
+            },
         }
     }
     gathered
+}
+
+/// One log line: time (UTC, milliseconds), node, source, text.
+fn print_log(l: &crate::telemetry::store::NodeLine) {
+    let t = l.time_ms;
+    let stamp = rfc3339(t.div_euclid(1000));
+    // 2026-11-25T10:00:00Z → 2026-11-25T10:00:00.123Z
+    let stamp = match stamp.strip_suffix('Z') {
+        Some(s) => format!("{s}.{:03}Z", t.rem_euclid(1000)),
+        None => stamp,
+    };
+    println!("{stamp} {} {} | {}", l.node, l.source, l.line);
 }
 
 fn print_line(node: &str, stderr: bool, line: &[u8]) {
@@ -343,6 +360,12 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
         Report::Applied(views) => {
             for v in &views {
                 print_applied(v);
+            }
+        }
+        Report::Logs(lines) if as_json => json(&lines),
+        Report::Logs(lines) => {
+            for l in &lines {
+                print_log(l);
             }
         }
         Report::History(lines) if as_json => json(&lines),

@@ -42,6 +42,7 @@ pub async fn serve(
     tracing::info!("serving the CLI on {}", socket.display());
     let keeper = tokio::spawn(keep_connections(ctx.clone()));
     let tunnel_keeper = tokio::spawn(keep_tunnel(ctx.clone()));
+    let telemetry_keeper = tokio::spawn(keep_telemetry(ctx.clone()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -56,6 +57,7 @@ pub async fn serve(
     }
     keeper.abort();
     tunnel_keeper.abort();
+    telemetry_keeper.abort();
     let _ = std::fs::remove_file(&socket);
     ctx.dialer.close().await;
     Ok(())
@@ -227,6 +229,117 @@ async fn keep_tunnel(ctx: Arc<Ctx>) {
             Err(e) => tracing::warn!("renewing the tunnel certificates failed: {e}"),
         }
         tokio::time::sleep(TUNNEL_CHECK).await;
+    }
+}
+
+/// Keeps one telemetry stream open per connected node, resuming each from the last
+/// record the store holds; a stream that fails is tried again with the backoff.
+async fn keep_telemetry(ctx: Arc<Ctx>) {
+    let store = match ctx.telemetry() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("telemetry is not stored: {e}");
+            return;
+        }
+    };
+    let Some(pool) = ctx.pool.as_ref() else {
+        return;
+    };
+    let streaming: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut retry: HashMap<String, (u32, Instant)> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Result<(), String>)>();
+    loop {
+        while let Ok((node, result)) = done_rx.try_recv() {
+            streaming
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&node);
+            match result {
+                Ok(()) => {
+                    retry.remove(&node);
+                }
+                Err(why) => {
+                    let failures = retry.get(&node).map_or(1, |(n, _)| n + 1);
+                    let delay = backoff(failures);
+                    tracing::info!(
+                        "{node}: telemetry stream: {why} (again in {:.1} s)",
+                        delay.as_secs_f32()
+                    );
+                    retry.insert(node, (failures, Instant::now() + delay));
+                }
+            }
+        }
+        let now = Instant::now();
+        for node in ctx.store.nodes().unwrap_or_default() {
+            if retry.get(&node.name).is_some_and(|(_, at)| *at > now)
+                || streaming
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&node.name)
+            {
+                continue;
+            }
+            let Some(conn) = pool.get_pinned(&node) else {
+                continue;
+            };
+            streaming
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(node.name.clone());
+            let (ctx, store, done) = (ctx.clone(), store.clone(), done_tx.clone());
+            tokio::spawn(async move {
+                let r = stream_telemetry(&ctx, &store, &node.name, conn).await;
+                let _ = done.send((node.name, r));
+            });
+        }
+        tokio::time::sleep(KEEPER_TICK).await;
+    }
+}
+
+/// One node's telemetry stream: store each batch (once), acknowledge it, and hand its
+/// lines to the `logs -f` followers.
+async fn stream_telemetry(
+    ctx: &Ctx,
+    store: &Arc<crate::telemetry::store::TelemetryStore>,
+    node: &str,
+    conn: crate::connect::AgentConn,
+) -> Result<(), String> {
+    use clustermgr_protocol::frame::read_message;
+    use clustermgr_protocol::message::Request;
+    use clustermgr_protocol::telemetry::{TelemetryAck, TelemetryFrame};
+    let after = store.cursor(node).map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open().await.map_err(|f| f.message)?;
+    write_message(&mut send, &Request::Telemetry { after })
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let frame = read_message::<TelemetryFrame, _>(&mut recv, conn.max_frame(), "telemetry")
+            .await
+            .map_err(|e| e.to_string())?;
+        let records = match frame {
+            None => return Ok(()),
+            Some(TelemetryFrame::Refused(e)) => return Err(e.message),
+            Some(TelemetryFrame::Batch(records)) => records,
+        };
+        let (s, n) = (store.clone(), node.to_string());
+        let ingested = tokio::task::spawn_blocking(move || s.ingest(&n, &records))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        for line in ingested.new_lines {
+            // No follower is fine.
+            let _ = ctx
+                .live_logs
+                .send(crate::telemetry::store::NodeLine::of(node, line));
+        }
+        write_message(
+            &mut send,
+            &TelemetryAck {
+                stored_through: ingested.cursor,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
     }
 }
 

@@ -94,15 +94,22 @@ fn append(path: &std::path::Path, from: usize, to: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lines_and_samples_stream_live_and_resume_exactly_once_across_a_restart() {
+/// One agent following `app.log` in a directory of its own (returned), sampling
+/// every second.
+async fn one_node_following_app_log() -> (tempfile::TempDir, Cluster) {
     let logs = tempfile::tempdir().unwrap();
-    let log = logs.path().join("app.log");
     let extra = format!(
         "[telemetry]\nmetrics_interval_secs = 1\ndefault_logs = false\nlogs = [\"app={}\"]\n",
-        log.display()
+        logs.path().join("app.log").display()
     );
-    let mut c = Cluster::start(vec![node("gluu1", &extra)]).await;
+    let c = Cluster::start(vec![node("gluu1", &extra)]).await;
+    (logs, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_and_samples_stream_live_and_resume_exactly_once_across_a_restart() {
+    let (logs, mut c) = one_node_following_app_log().await;
+    let log = logs.path().join("app.log");
 
     // A file that appears after the agent started is read from its start, live.
     let mut s = Stream::open(&c, 0).await;
@@ -189,4 +196,97 @@ async fn lines_and_samples_stream_live_and_resume_exactly_once_across_a_restart(
     );
     let unique: BTreeSet<&String> = after.iter().collect();
     assert_eq!(unique.len(), after.len());
+}
+
+/// `clustermgr logs -f`'s stdout, line by line, from a thread.
+fn follow(c: &Cluster, args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = c
+        .cli()
+        .args(["logs", "-f"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for a line containing `want`, returning how long it took.
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, want: &str, patience: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let left = patience.saturating_sub(start.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains(want) => return start.elapsed(),
+            Ok(_) => {}
+            Err(_) => panic!("no line with {want:?} within {patience:?}"),
+        }
+    }
+}
+
+fn stored_lines(c: &Cluster) -> Vec<String> {
+    let out = c.run(&["logs", "--source", "app", "--limit", "100000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(" | ").map(|(_, t)| t.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stores_the_streams_and_logs_follows_them_across_restarts_exactly_once() {
+    let (logs, mut c) = one_node_following_app_log().await;
+    let log = logs.path().join("app.log");
+    append(&log, 0, 10);
+    let serve = c.serve().await;
+    let (mut tail, rx) = follow(&c, &["--source", "app"]);
+    // The ten lines written before serve started come first, from the store.
+    wait_line(&rx, "line 9", Duration::from_secs(10));
+    // A new line shows within a second.
+    append(&log, 10, 11);
+    let took = wait_line(&rx, "line 10", Duration::from_secs(5));
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let _ = tail.kill();
+    let _ = tail.wait();
+
+    // serve is killed mid-stream while lines keep coming, then the agent restarts
+    // too; every line is stored once.
+    append(&log, 11, 500);
+    drop(serve);
+    append(&log, 500, 600);
+    c.stop_agent("gluu1").await;
+    append(&log, 600, 650);
+    c.restart_agent("gluu1").await;
+    append(&log, 650, 700);
+    let serve = c.serve().await;
+    let (mut tail, rx) = follow(&c, &["--source", "app", "--grep", "line 699$"]);
+    wait_line(&rx, "line 699", Duration::from_secs(15));
+    let _ = tail.kill();
+    let _ = tail.wait();
+    drop(serve);
+    let stored = stored_lines(&c);
+    assert_eq!(
+        stored,
+        (0..700).map(|i| format!("line {i}")).collect::<Vec<_>>(),
+        "every line once, in order"
+    );
+    // And the samples are in the store.
+    let out = c.run(&["--json", "logs", "--since", "1h", "--grep", "^line 4[0-9]$"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json.as_array().map(Vec::len), Some(10), "{json}");
 }

@@ -1,0 +1,489 @@
+//! The telemetry store (`HOME/telemetry.redb`, apart from the inventory): each node's
+//! ingest cursor, log lines in compressed blocks, and metric samples in Gorilla chunks
+//! per series. One transaction per ingested batch moves the cursor with the data, so a
+//! record is stored once however often it is delivered.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use clustermgr_protocol::telemetry::{Body, Record};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::gorilla::{self, Encoder};
+use crate::CtlError;
+
+/// Node → the highest sequence number stored.
+const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+/// (last line's time, node, first seq) → a compressed block of log lines.
+const LOGS: TableDefinition<(i64, &str, u64), &[u8]> = TableDefinition::new("logs");
+/// `node` NUL `series` → series id.
+const SERIES: TableDefinition<&str, u32> = TableDefinition::new("series");
+/// (series id, first sample's time) → a Gorilla chunk (raw tier).
+const CHUNKS: TableDefinition<(u32, i64), &[u8]> = TableDefinition::new("chunks_raw");
+/// `format`, `next_series`.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The store's layout version.
+const FORMAT: u64 = 1;
+/// A log block's encoding: lz4 (size-prepended) of the postcard lines.
+const LOG_BLOCK_FORMAT: u8 = 1;
+/// Samples in a raw chunk before a new one starts (two hours at 10 s).
+pub const CHUNK_SAMPLES: usize = 720;
+/// The largest block accepted when reading back (a damaged size prefix is not
+/// allocated).
+const MAX_BLOCK: usize = 64 << 20;
+
+/// One stored log line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// The agent's sequence number.
+    pub seq: u64,
+    /// When the agent read it, Unix milliseconds.
+    pub time_ms: i64,
+    /// The source's name.
+    pub source: String,
+    /// The text.
+    pub line: String,
+}
+
+/// A log line and its node, as queries return them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLine {
+    /// The node.
+    pub node: String,
+    /// The agent's sequence number.
+    pub seq: u64,
+    /// When the agent read it, Unix milliseconds.
+    pub time_ms: i64,
+    /// The source's name.
+    pub source: String,
+    /// The text.
+    pub line: String,
+}
+
+impl NodeLine {
+    /// `line` of `node`.
+    pub fn of(node: &str, line: LogLine) -> NodeLine {
+        NodeLine {
+            node: node.to_string(),
+            seq: line.seq,
+            time_ms: line.time_ms,
+            source: line.source,
+            line: line.line,
+        }
+    }
+}
+
+/// What `logs` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct LogQuery {
+    /// Only these nodes (empty: all).
+    pub nodes: Vec<String>,
+    /// Only this source.
+    pub source: Option<String>,
+    /// Only lines at or after this time, Unix milliseconds.
+    pub since_ms: Option<i64>,
+    /// The last this many lines (after the other filters).
+    pub limit: Option<usize>,
+}
+
+/// One series' samples.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeriesData {
+    /// The node.
+    pub node: String,
+    /// The series (`name{labels}`).
+    pub series: String,
+    /// (time in Unix milliseconds, value), in time order.
+    pub samples: Vec<(i64, f64)>,
+}
+
+/// What one ingest stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ingested {
+    /// The node's cursor after it.
+    pub cursor: u64,
+    /// Log lines stored.
+    pub lines: usize,
+    /// Metric samples stored.
+    pub samples: usize,
+    /// Records dropped as already stored.
+    pub duplicates: usize,
+    /// The log lines stored, for `logs -f`.
+    pub new_lines: Vec<LogLine>,
+}
+
+/// The telemetry store.
+pub struct TelemetryStore {
+    db: Database,
+    path: PathBuf,
+    /// The open chunk of each series: (its start time, its encoder). Cleared when a
+    /// transaction fails, so it never runs ahead of the file.
+    open: Mutex<HashMap<u32, (i64, Encoder)>>,
+}
+
+impl std::fmt::Debug for TelemetryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An error inside a transaction, in words.
+#[derive(Debug)]
+struct TxErr(String);
+
+impl std::fmt::Display for TxErr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+macro_rules! tx_err_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for TxErr {
+            fn from(e: $t) -> Self {
+                TxErr(e.to_string())
+            }
+        }
+    )*};
+}
+tx_err_from!(redb::TableError, redb::StorageError, String, &str);
+
+fn series_key(node: &str, series: &str) -> String {
+    format!("{node}\u{0}{series}")
+}
+
+fn encode_block(lines: &[LogLine]) -> Vec<u8> {
+    let raw = clustermgr_protocol::codec::encode(&lines);
+    let mut out = vec![LOG_BLOCK_FORMAT];
+    out.extend(lz4_flex::compress_prepend_size(&raw));
+    out
+}
+
+fn decode_block(bytes: &[u8]) -> Result<Vec<LogLine>, String> {
+    match bytes.split_first() {
+        Some((&LOG_BLOCK_FORMAT, rest)) => {
+            let size = rest
+                .get(..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .ok_or("a log block without its size")?;
+            if size > MAX_BLOCK {
+                return Err(format!("a log block claims {size} bytes"));
+            }
+            let raw = lz4_flex::decompress_size_prepended(rest).map_err(|e| e.to_string())?;
+            clustermgr_protocol::codec::decode("log block", &raw).map_err(|e| e.to_string())
+        }
+        Some((other, _)) => Err(format!(
+            "a log block has format {other}, this clustermgr reads format {LOG_BLOCK_FORMAT}"
+        )),
+        None => Err("an empty log block".into()),
+    }
+}
+
+impl TelemetryStore {
+    /// Opens the store at `path`, making it if there is none.
+    pub fn open(path: &Path) -> Result<TelemetryStore, CtlError> {
+        let err = |e: &dyn std::fmt::Display| CtlError::Store {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => err(
+                &"another clustermgr process (serve) has it open; run the command while serve runs, and it goes through serve",
+            ),
+            e => err(&e),
+        })?;
+        let store = TelemetryStore {
+            db,
+            path: path.to_path_buf(),
+            open: Mutex::new(HashMap::new()),
+        };
+        store.write(|txn| {
+            let mut meta = txn.open_table(META)?;
+            let format = meta.get("format")?.map(|v| v.value());
+            match format {
+                None => {
+                    meta.insert("format", FORMAT)?;
+                }
+                Some(FORMAT) => {}
+                Some(other) => {
+                    return Err(TxErr(format!(
+                        "the telemetry store has layout {other}, this clustermgr reads layout {FORMAT}; use the release that wrote it, or move the file aside to start a new one"
+                    )));
+                }
+            }
+            txn.open_table(CURSORS)?;
+            txn.open_table(LOGS)?;
+            txn.open_table(SERIES)?;
+            txn.open_table(CHUNKS)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> CtlError {
+        CtlError::Store {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, TxErr>,
+    ) -> Result<T, CtlError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let out = f(&txn).map_err(|e| self.err(e))?;
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, TxErr>,
+    ) -> Result<T, CtlError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        f(&txn).map_err(|e| self.err(e))
+    }
+
+    /// The highest sequence number stored for `node` (0: none).
+    pub fn cursor(&self, node: &str) -> Result<u64, CtlError> {
+        self.read(|txn| {
+            let t = txn.open_table(CURSORS).map_err(|e| e.to_string())?;
+            Ok(t.get(node)
+                .map_err(|e| e.to_string())?
+                .map_or(0, |v| v.value()))
+        })
+    }
+
+    /// Stores a batch from `node`: what is past its cursor, once.
+    pub fn ingest(&self, node: &str, records: &[Record]) -> Result<Ingested, CtlError> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.write(|txn| ingest_in(txn, node, records, &mut open));
+        if result.is_err() {
+            open.clear();
+        }
+        result
+    }
+
+    /// Log lines matching `q`, in time order across nodes.
+    pub fn logs(&self, q: &LogQuery) -> Result<Vec<NodeLine>, CtlError> {
+        self.read(|txn| {
+            let t = txn.open_table(LOGS).map_err(|e| e.to_string())?;
+            let since = q.since_ms.unwrap_or(i64::MIN);
+            let mut out = Vec::new();
+            for row in t.range((since, "", 0u64)..).map_err(|e| e.to_string())? {
+                let (k, v) = row.map_err(|e| e.to_string())?;
+                let (_, node, _) = k.value();
+                if !q.nodes.is_empty() && !q.nodes.iter().any(|n| n == node) {
+                    continue;
+                }
+                let node = node.to_string();
+                for line in decode_block(v.value())? {
+                    if line.time_ms < since || q.source.as_ref().is_some_and(|s| *s != line.source)
+                    {
+                        continue;
+                    }
+                    out.push(NodeLine::of(&node, line));
+                }
+            }
+            out.sort_by(|a, b| (a.time_ms, &a.node, a.seq).cmp(&(b.time_ms, &b.node, b.seq)));
+            if let Some(n) = q.limit
+                && out.len() > n
+            {
+                out.drain(..out.len() - n);
+            }
+            Ok(out)
+        })
+    }
+
+    /// The series of `nodes` (empty: all) whose name is `metric` (or all), with their
+    /// samples at or after `since_ms`.
+    pub fn series(
+        &self,
+        nodes: &[String],
+        metric: Option<&str>,
+        since_ms: i64,
+    ) -> Result<Vec<SeriesData>, CtlError> {
+        self.read(|txn| {
+            let series = txn.open_table(SERIES).map_err(|e| e.to_string())?;
+            let chunks = txn.open_table(CHUNKS).map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            for row in series.iter().map_err(|e| e.to_string())? {
+                let (k, id) = row.map_err(|e| e.to_string())?;
+                let key = k.value();
+                let Some((node, s)) = key.split_once('\u{0}') else {
+                    continue;
+                };
+                let name = s.split('{').next().unwrap_or(s);
+                if !nodes.is_empty() && !nodes.iter().any(|n| n == node)
+                    || metric.is_some_and(|m| m != name)
+                {
+                    continue;
+                }
+                let id = id.value();
+                let mut samples = Vec::new();
+                for c in chunks
+                    .range((id, i64::MIN)..=(id, i64::MAX))
+                    .map_err(|e| e.to_string())?
+                {
+                    let (_, v) = c.map_err(|e| e.to_string())?;
+                    samples.extend(
+                        gorilla::decode(v.value())?
+                            .into_iter()
+                            .filter(|(t, _)| *t >= since_ms),
+                    );
+                }
+                if !samples.is_empty() {
+                    out.push(SeriesData {
+                        node: node.to_string(),
+                        series: s.to_string(),
+                        samples,
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Bytes the file takes on disk.
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+}
+
+fn ingest_in(
+    txn: &redb::WriteTransaction,
+    node: &str,
+    records: &[Record],
+    open: &mut HashMap<u32, (i64, Encoder)>,
+) -> Result<Ingested, TxErr> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let mut cursors = txn.open_table(CURSORS).map_err(|x| e(&x))?;
+    let mut cursor = cursors
+        .get(node)
+        .map_err(|x| e(&x))?
+        .map_or(0, |v| v.value());
+    let mut out = Ingested::default();
+    let mut lines = Vec::new();
+    // Chunks touched in this batch: id → start.
+    let mut touched: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut series = txn.open_table(SERIES).map_err(|x| e(&x))?;
+    let mut chunks = txn.open_table(CHUNKS).map_err(|x| e(&x))?;
+    let mut meta = txn.open_table(META).map_err(|x| e(&x))?;
+    for rec in records {
+        if rec.seq <= cursor {
+            out.duplicates += 1;
+            continue;
+        }
+        cursor = rec.seq;
+        match &rec.body {
+            Body::Log { source, line } => lines.push(LogLine {
+                seq: rec.seq,
+                time_ms: rec.time_ms,
+                source: source.clone(),
+                line: line.clone(),
+            }),
+            // Told where it happened, among the node's lines.
+            Body::Gap { lost, why } => lines.push(LogLine {
+                seq: rec.seq,
+                time_ms: rec.time_ms,
+                source: "clustermgr".into(),
+                line: format!("{lost} records from this node were lost: {why}"),
+            }),
+            Body::Metrics(samples) => {
+                for s in samples {
+                    let key = series_key(node, &s.series());
+                    let known = series
+                        .get(key.as_str())
+                        .map_err(|x| e(&x))?
+                        .map(|v| v.value());
+                    let id = match known {
+                        Some(id) => id,
+                        None => {
+                            let next = meta
+                                .get("next_series")
+                                .map_err(|x| e(&x))?
+                                .map_or(1, |v| v.value());
+                            let id = u32::try_from(next)
+                                .map_err(|_| "the store has run out of series numbers")?;
+                            meta.insert("next_series", next + 1).map_err(|x| e(&x))?;
+                            series.insert(key.as_str(), id).map_err(|x| e(&x))?;
+                            id
+                        }
+                    };
+                    if let std::collections::hash_map::Entry::Vacant(v) = open.entry(id) {
+                        // The series' newest chunk, continued if it has room.
+                        let last = chunks
+                            .range((id, i64::MIN)..=(id, i64::MAX))
+                            .map_err(|x| e(&x))?
+                            .next_back()
+                            .transpose()
+                            .map_err(|x| e(&x))?;
+                        if let Some((k, bytes)) = last {
+                            let (_, start) = k.value();
+                            if let Ok(enc) = Encoder::resume(bytes.value())
+                                && enc.len() < CHUNK_SAMPLES
+                            {
+                                v.insert((start, enc));
+                            }
+                        }
+                    }
+                    let fits = match open.get_mut(&id) {
+                        Some((_, enc)) if enc.len() < CHUNK_SAMPLES => {
+                            if rec.time_ms <= enc.last_time() {
+                                // Already stored (a sample can come twice only if
+                                // the cursor was lost); never out of order.
+                                continue;
+                            }
+                            enc.push(rec.time_ms, s.value)
+                        }
+                        _ => false,
+                    };
+                    if !fits {
+                        if let Some((start, enc)) = open.get(&id) {
+                            chunks
+                                .insert((id, *start), enc.bytes().as_slice())
+                                .map_err(|x| e(&x))?;
+                        }
+                        open.insert(id, (rec.time_ms, Encoder::new(rec.time_ms, s.value)));
+                    }
+                    if let Some((start, _)) = open.get(&id) {
+                        touched.insert(id, *start);
+                    }
+                    out.samples += 1;
+                }
+            }
+        }
+    }
+    for (id, start) in touched {
+        if let Some((_, enc)) = open.get(&id) {
+            chunks
+                .insert((id, start), enc.bytes().as_slice())
+                .map_err(|x| e(&x))?;
+        }
+    }
+    if let Some(last) = lines.last() {
+        let mut logs = txn.open_table(LOGS).map_err(|x| e(&x))?;
+        let key_time = lines
+            .iter()
+            .map(|l| l.time_ms)
+            .max()
+            .unwrap_or(last.time_ms);
+        let first = lines[0].seq;
+        logs.insert((key_time, node, first), encode_block(&lines).as_slice())
+            .map_err(|x| e(&x))?;
+    }
+    out.lines = lines.len();
+    out.new_lines = lines;
+    cursors.insert(node, cursor).map_err(|x| e(&x))?;
+    out.cursor = cursor;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,180 @@
+//! The telemetry store: exactly-once ingest, log queries across nodes, series back.
+
+use clustermgr_protocol::telemetry::Sample;
+
+use super::*;
+
+fn log(seq: u64, t: i64, source: &str, line: &str) -> Record {
+    Record {
+        seq,
+        time_ms: t,
+        body: Body::Log {
+            source: source.into(),
+            line: line.into(),
+        },
+    }
+}
+
+fn tick(seq: u64, t: i64, load: f64, bytes: f64) -> Record {
+    Record {
+        seq,
+        time_ms: t,
+        body: Body::Metrics(vec![
+            Sample {
+                name: "node_load1".into(),
+                labels: vec![],
+                value: load,
+            },
+            Sample {
+                name: "node_network_receive_bytes_total".into(),
+                labels: vec![("device".into(), "eth0".into())],
+                value: bytes,
+            },
+        ]),
+    }
+}
+
+#[test]
+fn a_batch_delivered_twice_is_stored_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TelemetryStore::open(&tmp.path().join("t.redb")).unwrap();
+    let batch = vec![
+        log(1, 1000, "app", "a"),
+        log(2, 1001, "app", "b"),
+        tick(3, 1002, 0.5, 10.0),
+    ];
+    let first = s.ingest("n1", &batch).unwrap();
+    assert_eq!((first.cursor, first.lines, first.samples), (3, 2, 2));
+    // Redelivered after a reconnect, with one new record.
+    let mut again = batch.clone();
+    again.push(log(4, 1003, "app", "c"));
+    let second = s.ingest("n1", &again).unwrap();
+    assert_eq!((second.cursor, second.lines, second.duplicates), (4, 1, 3));
+    let lines: Vec<String> = s
+        .logs(&LogQuery::default())
+        .unwrap()
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert_eq!(lines, ["a", "b", "c"]);
+    assert_eq!(s.cursor("n1").unwrap(), 4);
+    assert_eq!(s.cursor("n2").unwrap(), 0);
+}
+
+#[test]
+fn logs_merge_across_nodes_in_time_order_and_filter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TelemetryStore::open(&tmp.path().join("t.redb")).unwrap();
+    s.ingest(
+        "n1",
+        &[
+            log(1, 100, "oxauth", "n1 early"),
+            log(2, 300, "nginx", "n1 late"),
+        ],
+    )
+    .unwrap();
+    s.ingest(
+        "n2",
+        &[
+            log(1, 200, "oxauth", "n2 middle"),
+            Record {
+                seq: 9,
+                time_ms: 400,
+                body: Body::Gap {
+                    lost: 7,
+                    why: "the spool was full".into(),
+                },
+            },
+        ],
+    )
+    .unwrap();
+    let all = s.logs(&LogQuery::default()).unwrap();
+    let text: Vec<(&str, &str)> = all
+        .iter()
+        .map(|l| (l.node.as_str(), l.line.as_str()))
+        .collect();
+    assert_eq!(
+        text,
+        [
+            ("n1", "n1 early"),
+            ("n2", "n2 middle"),
+            ("n1", "n1 late"),
+            (
+                "n2",
+                "7 records from this node were lost: the spool was full"
+            ),
+        ]
+    );
+    let q = LogQuery {
+        nodes: vec!["n1".into()],
+        source: Some("oxauth".into()),
+        ..LogQuery::default()
+    };
+    assert_eq!(s.logs(&q).unwrap().len(), 1);
+    let since = LogQuery {
+        since_ms: Some(250),
+        ..LogQuery::default()
+    };
+    assert_eq!(s.logs(&since).unwrap().len(), 2);
+    let last = LogQuery {
+        limit: Some(1),
+        ..LogQuery::default()
+    };
+    assert_eq!(s.logs(&last).unwrap()[0].seq, 9);
+}
+
+#[test]
+fn series_come_back_across_chunks_and_a_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("t.redb");
+    let n = CHUNK_SAMPLES as u64 * 2 + 50;
+    {
+        let s = TelemetryStore::open(&path).unwrap();
+        for i in 1..=n / 2 {
+            s.ingest(
+                "n1",
+                &[tick(i, i as i64 * 1000, 0.01 * i as f64, (i * 1500) as f64)],
+            )
+            .unwrap();
+        }
+    }
+    let s = TelemetryStore::open(&path).unwrap();
+    for i in n / 2 + 1..=n {
+        s.ingest(
+            "n1",
+            &[tick(i, i as i64 * 1000, 0.01 * i as f64, (i * 1500) as f64)],
+        )
+        .unwrap();
+    }
+    let got = s
+        .series(&[], Some("node_network_receive_bytes_total"), 0)
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].series,
+        "node_network_receive_bytes_total{device=\"eth0\"}"
+    );
+    assert_eq!(got[0].samples.len() as u64, n);
+    for (i, (t, v)) in got[0].samples.iter().enumerate() {
+        let i = i as u64 + 1;
+        assert_eq!((*t, *v), (i as i64 * 1000, (i * 1500) as f64));
+    }
+    let load = s
+        .series(&["n1".into()], Some("node_load1"), 1_000_000)
+        .unwrap();
+    assert_eq!(load[0].samples.first().unwrap().0, 1_000_000);
+    assert!(s.series(&["n2".into()], None, 0).unwrap().is_empty());
+}
+
+#[test]
+fn a_damaged_block_is_an_error_that_names_the_store() {
+    assert!(decode_block(&[9, 0, 0]).unwrap_err().contains("format 9"));
+    assert!(decode_block(&[LOG_BLOCK_FORMAT, 255, 255, 255, 255]).is_err());
+    let good = encode_block(&[LogLine {
+        seq: 1,
+        time_ms: 2,
+        source: "s".into(),
+        line: "l".into(),
+    }]);
+    assert_eq!(decode_block(&good).unwrap().len(), 1);
+}
