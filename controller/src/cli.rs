@@ -139,6 +139,22 @@ pub enum Cmd {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// Metric values the agents sampled (from the telemetry store): without --metric,
+    /// the metrics there are; with it, each series' last value, range and a chart
+    /// (counters as rates per second).
+    Metrics {
+        #[command(flatten)]
+        sel: Selection,
+        /// The metric (node_load1, node_cpu_seconds_total, ...).
+        #[arg(long, value_name = "NAME")]
+        metric: Option<String>,
+        /// From when: 90s, 10m, 2h, 7d, or 2026-11-25T10:00:00Z (default 1h).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Seconds per point (default: the range in 60 points).
+        #[arg(long, value_name = "SECS")]
+        step: Option<u64>,
+    },
     /// The history of every file clustermgr changed: when, where, hashes, result, who.
     History {
         #[command(flatten)]
@@ -602,6 +618,20 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             } else {
                 OutputMode::Live
             },
+        ),
+        Cmd::Metrics {
+            sel,
+            metric,
+            since,
+            step,
+        } => (
+            Operation::Metrics(crate::telemetry::MetricsSpec {
+                nodes: sel.nodes,
+                metric,
+                since,
+                step_secs: step,
+            }),
+            OutputMode::Live,
         ),
         Cmd::History { sel, path, limit } => (
             Operation::History {

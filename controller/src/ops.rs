@@ -144,6 +144,8 @@ pub enum Operation {
     },
     /// Log lines from the telemetry store, and with `follow` as they come.
     Logs(crate::telemetry::LogsSpec),
+    /// Metric values from the telemetry store.
+    Metrics(crate::telemetry::MetricsSpec),
     /// The change history.
     History {
         /// Node selector.
@@ -484,6 +486,10 @@ pub enum Report {
     History(Vec<crate::desired::ChangeView>),
     /// Log lines (`logs`; empty after `logs -f`, whose lines came as events).
     Logs(Vec<crate::telemetry::store::NodeLine>),
+    /// The metrics there are.
+    MetricNames(Vec<crate::telemetry::MetricName>),
+    /// One metric's series.
+    Metrics(Vec<crate::telemetry::SeriesView>),
     /// `cluster show`.
     Cluster(crate::desired::ClusterView),
     /// `rollback --list`.
@@ -1145,6 +1151,7 @@ pub async fn run(
             crate::desired::apply(&ctx, user, &nodes, rolling, within, &events).await
         }
         Operation::Logs(spec) => crate::telemetry::logs(&ctx, &spec, &events).await,
+        Operation::Metrics(spec) => crate::telemetry::metrics(&ctx, &spec),
         Operation::History { nodes, path, limit } => {
             crate::desired::history(&ctx, &nodes, path.as_deref(), limit)
         }

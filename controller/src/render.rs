@@ -174,6 +174,59 @@ pub async fn consume(
     gathered
 }
 
+/// A number short enough for a table: three decimals at most and an SI prefix.
+fn short_number(v: f64) -> String {
+    if !v.is_finite() {
+        return "-".into();
+    }
+    let (x, p) = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
+        .into_iter()
+        .find(|(s, _)| v.abs() >= *s)
+        .map_or((v, ""), |(s, p)| (v / s, p));
+    let s = format!("{x:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    format!("{s}{p}")
+}
+
+/// A series: its last value, its range, and a small chart of its points.
+fn print_series(v: &crate::telemetry::SeriesView) {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let values: Vec<f64> = v
+        .points
+        .iter()
+        .map(|p| p.1)
+        .filter(|x| x.is_finite())
+        .collect();
+    let (min, max) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        });
+    let chart: String = values
+        .iter()
+        .map(|&x| {
+            if max > min {
+                BARS[(((x - min) / (max - min)) * 7.0).round() as usize]
+            } else {
+                BARS[0]
+            }
+        })
+        .collect();
+    let last = values.last().copied().unwrap_or(f64::NAN);
+    let unit = if v.unit.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", v.unit)
+    };
+    println!("{} {}", v.node, v.series);
+    println!(
+        "  last {}{unit}  min {}  max {}  {chart}",
+        short_number(last),
+        short_number(min),
+        short_number(max)
+    );
+}
+
 /// One log line: time (UTC, milliseconds), node, source, text.
 fn print_log(l: &crate::telemetry::store::NodeLine) {
     let t = l.time_ms;
@@ -360,6 +413,19 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
         Report::Applied(views) => {
             for v in &views {
                 print_applied(v);
+            }
+        }
+        Report::MetricNames(names) if as_json => json(&names),
+        Report::MetricNames(names) => {
+            println!("{:<44} SERIES", "METRIC");
+            for n in names {
+                println!("{:<44} {}", n.name, n.series);
+            }
+        }
+        Report::Metrics(views) if as_json => json(&views),
+        Report::Metrics(views) => {
+            for v in &views {
+                print_series(v);
             }
         }
         Report::Logs(lines) if as_json => json(&lines),

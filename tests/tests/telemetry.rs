@@ -278,15 +278,68 @@ async fn serve_stores_the_streams_and_logs_follows_them_across_restarts_exactly_
     wait_line(&rx, "line 699", Duration::from_secs(15));
     let _ = tail.kill();
     let _ = tail.wait();
-    drop(serve);
     let stored = stored_lines(&c);
     assert_eq!(
         stored,
         (0..700).map(|i| format!("line {i}")).collect::<Vec<_>>(),
         "every line once, in order"
     );
-    // And the samples are in the store.
     let out = c.run(&["--json", "logs", "--since", "1h", "--grep", "^line 4[0-9]$"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json.as_array().map(Vec::len), Some(10), "{json}");
+
+    // And the samples: the metrics there are, and one as rates per second.
+    let out = c.run(&["metrics"]);
+    let names = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        names.contains("node_load1") && names.contains("gluu_processes"),
+        "{names}"
+    );
+    let idle = || {
+        let out = c.run(&[
+            "--json",
+            "metrics",
+            "--metric",
+            "node_cpu_seconds_total",
+            "--since",
+            "10m",
+            "--step",
+            "1",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["series"] == "node_cpu_seconds_total{mode=\"idle\"}")
+            .cloned()
+            .unwrap_or_else(|| panic!("{json}"))
+    };
+    clustermgr_tests::eventually_blocking(
+        "three rates of CPU time",
+        Duration::from_secs(10),
+        || idle()["points"].as_array().is_some_and(|p| p.len() >= 3),
+    );
+    let idle = idle();
+    assert_eq!(idle["unit"], "per second");
+    let points = idle["points"].as_array().unwrap();
+    // CPU seconds per second of one mode: between 0 and the machine's CPU count.
+    for p in points {
+        let rate = p[1].as_f64().unwrap();
+        assert!((0.0..=64.0).contains(&rate), "{rate}");
+    }
+    let out = c.run(&["metrics", "--metric", "node_load1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("gluu1 node_load1") && text.contains("last "),
+        "{text}"
+    );
+    let out = c.run(&["metrics", "--metric", "no_such_metric"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lists the metrics there are"));
+    drop(serve);
 }

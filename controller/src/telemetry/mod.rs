@@ -151,9 +151,154 @@ pub async fn logs(
     Ok(Report::Logs(Vec::new()))
 }
 
+/// What `clustermgr metrics` asks for.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct MetricsSpec {
+    /// Node selector.
+    pub nodes: String,
+    /// The metric's name; `None` lists the metrics there are.
+    pub metric: Option<String>,
+    /// From when (`--since`), default one hour back.
+    pub since: Option<String>,
+    /// Seconds per point; default: the range in 60 points.
+    pub step_secs: Option<u64>,
+}
+
+/// One series as `metrics` shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SeriesView {
+    /// The node.
+    pub node: String,
+    /// The series, `name{labels}`.
+    pub series: String,
+    /// `per second` for a counter (shown as its rate), else empty.
+    pub unit: String,
+    /// (time in Unix milliseconds, value) per step; a step without samples is left out.
+    pub points: Vec<(i64, f64)>,
+}
+
+/// A metric name and how many series (node and labels) it has.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MetricName {
+    /// The name.
+    pub name: String,
+    /// Its series.
+    pub series: usize,
+}
+
+/// Resamples a series to one point per `step_ms` from `from_ms`: a gauge's last value
+/// in each step, a counter's average rate per second over it (a counter that went
+/// down was reset, and counts from zero).
+pub fn resample(
+    samples: &[(i64, f64)],
+    counter: bool,
+    from_ms: i64,
+    step_ms: i64,
+) -> Vec<(i64, f64)> {
+    let step_ms = step_ms.max(1);
+    let bucket = |t: i64| from_ms + (t - from_ms).div_euclid(step_ms) * step_ms;
+    let mut out: Vec<(i64, f64)> = Vec::new();
+    if !counter {
+        for &(t, v) in samples {
+            match out.last_mut() {
+                Some((b, last)) if *b == bucket(t) => *last = v,
+                _ => out.push((bucket(t), v)),
+            }
+        }
+        return out;
+    }
+    // (bucket, increase, seconds covered)
+    let mut acc: Vec<(i64, f64, f64)> = Vec::new();
+    for w in samples.windows(2) {
+        let ((t0, v0), (t1, v1)) = (w[0], w[1]);
+        let inc = if v1 >= v0 { v1 - v0 } else { v1 };
+        let secs = (t1 - t0) as f64 / 1000.0;
+        match acc.last_mut() {
+            Some((b, i, s)) if *b == bucket(t1) => {
+                *i += inc;
+                *s += secs;
+            }
+            _ => acc.push((bucket(t1), inc, secs)),
+        }
+    }
+    acc.into_iter()
+        .filter(|(_, _, s)| *s > 0.0)
+        .map(|(b, i, s)| (b, i / s))
+        .collect()
+}
+
+/// `metrics`: the names there are, or one metric's series resampled.
+pub fn metrics(ctx: &Ctx, spec: &MetricsSpec) -> Result<Report, CtlError> {
+    let nodes: Vec<String> = select(&ctx.store.nodes()?, &spec.nodes)?
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    let now_ms = ctx.clock.now().unix_timestamp() * 1000;
+    let from_ms = match spec.since.as_deref() {
+        Some(s) => parse_since(s, now_ms)?,
+        None => now_ms - 3_600_000,
+    };
+    let store = ctx.telemetry()?;
+    let Some(metric) = spec.metric.as_deref() else {
+        let mut names: std::collections::BTreeMap<String, usize> = Default::default();
+        for s in store.series(&nodes, None, from_ms)? {
+            let name = s.series.split('{').next().unwrap_or(&s.series).to_string();
+            *names.entry(name).or_default() += 1;
+        }
+        return Ok(Report::MetricNames(
+            names
+                .into_iter()
+                .map(|(name, series)| MetricName { name, series })
+                .collect(),
+        ));
+    };
+    let step_ms = match spec.step_secs {
+        Some(0) => return Err(CtlError::Usage("--step must be 1 second or more".into())),
+        Some(s) => s as i64 * 1000,
+        None => ((now_ms - from_ms) / 60).max(1000),
+    };
+    let counter = metric.ends_with("_total");
+    let views: Vec<SeriesView> = store
+        .series(&nodes, Some(metric), from_ms)?
+        .into_iter()
+        .map(|s| SeriesView {
+            points: resample(&s.samples, counter, from_ms, step_ms),
+            node: s.node,
+            series: s.series,
+            unit: if counter {
+                "per second".into()
+            } else {
+                String::new()
+            },
+        })
+        .collect();
+    if views.is_empty() {
+        return Err(CtlError::Usage(format!(
+            "no samples of {metric} since then on the selected nodes; `clustermgr metrics` lists the metrics there are"
+        )));
+    }
+    Ok(Report::Metrics(views))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gauges_keep_their_last_value_per_step_and_counters_become_rates() {
+        let s: Vec<(i64, f64)> = (0..10).map(|i| (i * 1000, i as f64 * 10.0)).collect();
+        assert_eq!(
+            super::resample(&s, false, 0, 5000),
+            [(0, 40.0), (5000, 90.0)]
+        );
+        // 10 a second, with a reset (a restarted process) in the middle.
+        let mut c: Vec<(i64, f64)> = (0..5)
+            .map(|i| (i * 1000, 100.0 + i as f64 * 10.0))
+            .collect();
+        c.extend((5..10).map(|i| (i * 1000, (i - 5) as f64 * 10.0 + 10.0)));
+        let r = super::resample(&c, true, 0, 5000);
+        assert_eq!(r, [(0, 10.0), (5000, 10.0)]);
+    }
 
     #[test]
     fn since_takes_durations_and_times() {
