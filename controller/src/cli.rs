@@ -194,7 +194,20 @@ pub enum Cmd {
         node: String,
     },
     /// Run the long-lived controller: warm connections, renewals, the CLI socket.
-    Serve,
+    Serve {
+        /// Also answer Prometheus scrapes of every node's metrics at ADDR (host:port,
+        /// path /metrics).
+        #[arg(long, value_name = "ADDR")]
+        prometheus: Option<std::net::SocketAddr>,
+        /// Also write every sample to InfluxDB as line protocol, posted to URL
+        /// (http://host:8086/write?db=NAME for 1.x, .../api/v2/write?org=O&bucket=B
+        /// for 2.x).
+        #[arg(long, value_name = "URL")]
+        influxdb: Option<String>,
+        /// InfluxDB's token, read from this file (owner-only): never an argument.
+        #[arg(long, value_name = "FILE", requires = "influxdb")]
+        influxdb_token_file: Option<std::path::PathBuf>,
+    },
     /// Run a complete local sandbox cluster of real agents on loopback addresses.
     Dev {
         /// How many nodes (from 4 on, the last is a load balancer).
@@ -344,7 +357,7 @@ pub fn main() -> i32 {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CLUSTERMGR_LOG").unwrap_or_else(|_| {
-                if matches!(cli.command, Cmd::Serve | Cmd::Dev { .. }) {
+                if matches!(cli.command, Cmd::Serve { .. } | Cmd::Dev { .. }) {
                     "info"
                 } else {
                     "warn"
@@ -425,9 +438,29 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             }
             return Ok(0);
         }
-        Cmd::Serve => {
+        Cmd::Serve {
+            prometheus,
+            influxdb,
+            influxdb_token_file,
+        } => {
+            let influxdb_token = match &influxdb_token_file {
+                Some(f) => {
+                    crate::home::check_owner_only(
+                        f,
+                        "an InfluxDB token file readable or writable by group or others",
+                    )?;
+                    let t = std::fs::read_to_string(f).map_err(|e| CtlError::io(f, e))?;
+                    Some(t.trim().to_string())
+                }
+                None => None,
+            };
+            let exports = crate::telemetry::export::ExportOptions {
+                prometheus,
+                influxdb,
+                influxdb_token,
+            };
             let ctx = Arc::new(Ctx::open(&home, clock::system(), &opts, true)?);
-            crate::serve::serve(ctx, shutdown_signal()).await?;
+            crate::serve::serve(ctx, shutdown_signal(), &exports).await?;
             return Ok(0);
         }
         Cmd::Dev { nodes, port } => return crate::dev::run(explicit_home, nodes, port).await,

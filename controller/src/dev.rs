@@ -366,7 +366,12 @@ pub async fn run(home: Option<PathBuf>, nodes: usize, port: u16) -> Result<i32, 
             ""
         }
     );
-    crate::serve::serve(ctx.clone(), crate::cli::shutdown_signal()).await?;
+    crate::serve::serve(
+        ctx.clone(),
+        crate::cli::shutdown_signal(),
+        &crate::telemetry::export::ExportOptions::default(),
+    )
+    .await?;
     eprintln!("stopping the sandbox agents");
     stop_agents(agents).await;
     drop(ctx);

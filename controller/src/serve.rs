@@ -31,7 +31,9 @@ const TUNNEL_CHECK: Duration = Duration::from_secs(3600);
 pub async fn serve(
     ctx: Arc<Ctx>,
     shutdown: impl std::future::Future<Output = ()>,
+    exports: &crate::telemetry::export::ExportOptions,
 ) -> Result<(), CtlError> {
+    let exports = crate::telemetry::export::start(exports).await?;
     let socket = ctx.home.socket();
     // We hold the store's lock, so no other serve is alive: a socket file left here is
     // stale.
@@ -42,7 +44,7 @@ pub async fn serve(
     tracing::info!("serving the CLI on {}", socket.display());
     let keeper = tokio::spawn(keep_connections(ctx.clone()));
     let tunnel_keeper = tokio::spawn(keep_tunnel(ctx.clone()));
-    let telemetry_keeper = tokio::spawn(keep_telemetry(ctx.clone()));
+    let telemetry_keeper = tokio::spawn(keep_telemetry(ctx.clone(), exports));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -234,7 +236,7 @@ async fn keep_tunnel(ctx: Arc<Ctx>) {
 
 /// Keeps one telemetry stream open per connected node, resuming each from the last
 /// record the store holds; a stream that fails is tried again with the backoff.
-async fn keep_telemetry(ctx: Arc<Ctx>) {
+async fn keep_telemetry(ctx: Arc<Ctx>, exports: Arc<crate::telemetry::export::Exports>) {
     let store = match ctx.telemetry() {
         Ok(s) => s,
         Err(e) => {
@@ -287,8 +289,9 @@ async fn keep_telemetry(ctx: Arc<Ctx>) {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(node.name.clone());
             let (ctx, store, done) = (ctx.clone(), store.clone(), done_tx.clone());
+            let exports = exports.clone();
             tokio::spawn(async move {
-                let r = stream_telemetry(&ctx, &store, &node.name, conn).await;
+                let r = stream_telemetry(&ctx, &store, &exports, &node.name, conn).await;
                 let _ = done.send((node.name, r));
             });
         }
@@ -301,6 +304,7 @@ async fn keep_telemetry(ctx: Arc<Ctx>) {
 async fn stream_telemetry(
     ctx: &Ctx,
     store: &Arc<crate::telemetry::store::TelemetryStore>,
+    exports: &crate::telemetry::export::Exports,
     node: &str,
     conn: crate::connect::AgentConn,
 ) -> Result<(), String> {
@@ -326,6 +330,9 @@ async fn stream_telemetry(
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+        for (t, samples) in &ingested.new_metrics {
+            exports.samples(node, *t, samples);
+        }
         for line in ingested.new_lines {
             // No follower is fine.
             let _ = ctx

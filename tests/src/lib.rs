@@ -260,7 +260,12 @@ impl Cluster {
 
 /// Starts `clustermgr serve` from `cli` (a `clustermgr` command for the home `home`)
 /// and waits until its socket answers.
-pub async fn start_serve(mut cli: Command, home: &Path) -> Serve {
+pub async fn start_serve(cli: Command, home: &Path) -> Serve {
+    start_serve_with(cli, home, &[]).await
+}
+
+/// [`start_serve`] with more arguments for `serve`.
+pub async fn start_serve_with(mut cli: Command, home: &Path, args: &[&str]) -> Serve {
     // Its log goes beside the home, for tests that scan it (for secrets, say).
     let log = home
         .parent()
@@ -268,6 +273,7 @@ pub async fn start_serve(mut cli: Command, home: &Path) -> Serve {
         .and_then(|p| std::fs::File::create(p).ok());
     let child = cli
         .arg("serve")
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log.map_or_else(Stdio::null, Stdio::from))

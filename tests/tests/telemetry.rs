@@ -343,3 +343,187 @@ async fn serve_stores_the_streams_and_logs_follows_them_across_restarts_exactly_
     assert!(String::from_utf8_lossy(&out.stderr).contains("lists the metrics there are"));
     drop(serve);
 }
+
+/// A loopback TCP port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A program the test started, killed when dropped; its output goes to `log`.
+struct Daemon {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(program: &str, args: &[String], log: std::path::PathBuf) -> Daemon {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        Daemon { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `curl -s` of a loopback URL; the body, or "" when nothing answers.
+fn curl(args: &[&str]) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_serve_and_a_real_influxdb_gets_every_sample_once() {
+    let (_logs, c) = one_node_following_app_log().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // InfluxDB 1.x (Debian's), on loopback only, with a database for clustermgr.
+    let (influx_http, influx_rpc) = (free_port(), free_port());
+    std::fs::write(
+        d.join("influxdb.conf"),
+        format!(
+            "reporting-disabled = true\nbind-address = \"127.0.0.1:{influx_rpc}\"\n[meta]\n  dir = \"{0}/meta\"\n[data]\n  dir = \"{0}/data\"\n  wal-dir = \"{0}/wal\"\n[http]\n  bind-address = \"127.0.0.1:{influx_http}\"\n  log-enabled = false\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let influxd = Daemon::start(
+        "influxd",
+        &[
+            "-config".into(),
+            d.join("influxdb.conf").display().to_string(),
+        ],
+        d.join("influxd.log"),
+    );
+    let influx = format!("http://127.0.0.1:{influx_http}");
+    clustermgr_tests::eventually_blocking("InfluxDB to answer", Duration::from_secs(30), || {
+        curl(&[
+            "-XPOST",
+            &format!("{influx}/query"),
+            "--data-urlencode",
+            "q=CREATE DATABASE clustermgr",
+        ])
+        .contains("results")
+    });
+
+    // serve, exporting to both.
+    let prom_export = free_port();
+    let serve = clustermgr_tests::start_serve_with(
+        c.cli(),
+        &c.dir(),
+        &[
+            "--prometheus",
+            &format!("127.0.0.1:{prom_export}"),
+            "--influxdb",
+            &format!("{influx}/write?db=clustermgr"),
+        ],
+    )
+    .await;
+
+    // Prometheus (Debian's) scraping serve every second.
+    let prom_web = free_port();
+    std::fs::write(
+        d.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: clustermgr\n    static_configs:\n      - targets: ['127.0.0.1:{prom_export}']\n"
+        ),
+    )
+    .unwrap();
+    let prometheus = Daemon::start(
+        "prometheus",
+        &[
+            format!("--config.file={}", d.join("prometheus.yml").display()),
+            format!("--storage.tsdb.path={}", d.join("prom").display()),
+            format!("--web.listen-address=127.0.0.1:{prom_web}"),
+        ],
+        d.join("prometheus.log"),
+    );
+    let query = |q: &str| {
+        curl(&[
+            "-G",
+            &format!("http://127.0.0.1:{prom_web}/api/v1/query"),
+            "--data-urlencode",
+            &format!("query={q}"),
+        ])
+    };
+    let patience = Duration::from_secs(60);
+    clustermgr_tests::eventually_blocking(
+        "Prometheus to have node_load1 of gluu1",
+        patience,
+        || query("node_load1{node=\"gluu1\"}").contains("\"node\":\"gluu1\""),
+    );
+    let up = query("up{job=\"clustermgr\"}");
+    assert!(
+        up.contains("\"value\":[") && up.contains(",\"1\"]"),
+        "{up}\n{}",
+        prometheus.log()
+    );
+    // Counters are typed as such: Prometheus computes their rates.
+    clustermgr_tests::eventually_blocking("a rate of idle CPU time", patience, || {
+        query("rate(node_cpu_seconds_total{node=\"gluu1\",mode=\"idle\"}[10s])")
+            .contains("\"mode\":\"idle\"")
+    });
+
+    // InfluxDB has every node_load1 sample the store has, each once.
+    let influx_count = || {
+        let r = curl(&[
+            "-G",
+            &format!("{influx}/query"),
+            "--data-urlencode",
+            "db=clustermgr",
+            "--data-urlencode",
+            "q=SELECT count(value) FROM node_load1 WHERE node='gluu1'",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&r).unwrap_or_default();
+        v["results"][0]["series"][0]["values"][0][1]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    clustermgr_tests::eventually_blocking("InfluxDB to have samples", patience, || {
+        influx_count() >= 3
+    });
+    drop(serve);
+    let stored = {
+        let out = c.run(&[
+            "--json",
+            "metrics",
+            "--metric",
+            "node_load1",
+            "--since",
+            "1h",
+            "--step",
+            "1",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["points"].as_array().unwrap().len() as u64
+    };
+    clustermgr_tests::eventually_blocking(
+        "InfluxDB to match the store",
+        Duration::from_secs(10),
+        || influx_count() == stored,
+    );
+    assert!(stored >= 3, "{stored}\n{}", influxd.log());
+}

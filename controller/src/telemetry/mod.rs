@@ -1,6 +1,7 @@
 //! Telemetry on the controller: the store (`store.rs`) and its encodings
 //! (`gorilla.rs`), and the `logs` operation over it.
 
+pub mod export;
 pub mod gorilla;
 pub mod store;
 

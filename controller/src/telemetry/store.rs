@@ -101,7 +101,7 @@ pub struct SeriesData {
 }
 
 /// What one ingest stored.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Ingested {
     /// The node's cursor after it.
     pub cursor: u64,
@@ -113,6 +113,8 @@ pub struct Ingested {
     pub duplicates: usize,
     /// The log lines stored, for `logs -f`.
     pub new_lines: Vec<LogLine>,
+    /// The metric ticks stored, for the exports.
+    pub new_metrics: Vec<(i64, Vec<clustermgr_protocol::telemetry::Sample>)>,
 }
 
 /// The telemetry store.
@@ -396,6 +398,7 @@ fn ingest_in(
                 line: format!("{lost} records from this node were lost: {why}"),
             }),
             Body::Metrics(samples) => {
+                out.new_metrics.push((rec.time_ms, samples.clone()));
                 for s in samples {
                     let key = series_key(node, &s.series());
                     let known = series

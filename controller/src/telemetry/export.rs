@@ -1,0 +1,455 @@
+//! Export for when the numbers should end up elsewhere too: `serve --prometheus ADDR`
+//! answers Prometheus scrapes with each series' latest value, and `serve --influxdb
+//! URL` posts every stored sample as InfluxDB line protocol.
+//!
+//! Both see a sample once: what the store took in (a batch delivered twice is
+//! exported once, as it is stored once).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clustermgr_protocol::telemetry::Sample;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::CtlError;
+
+/// A series not updated for this long is left out of scrapes (its node is gone).
+const STALE_MS: i64 = 5 * 60 * 1000;
+/// The most lines waiting for InfluxDB while it does not answer; older ones go.
+const INFLUX_BACKLOG: usize = 200_000;
+/// Lines per write.
+const INFLUX_BATCH: usize = 5000;
+
+/// Where `serve` exports to.
+#[derive(Clone, Debug, Default)]
+pub struct ExportOptions {
+    /// Answer Prometheus scrapes here (`/metrics`).
+    pub prometheus: Option<SocketAddr>,
+    /// Post line protocol to this URL (`http://host:8086/write?db=NAME` for 1.x,
+    /// `http://host:8086/api/v2/write?org=O&bucket=B` for 2.x).
+    pub influxdb: Option<String>,
+    /// The token for InfluxDB's `Authorization: Token` header, read from a file.
+    pub influxdb_token: Option<String>,
+}
+
+/// What exporters take from the ingest.
+#[derive(Debug, Default)]
+pub struct Exports {
+    latest: Option<Mutex<BTreeMap<(String, String), Latest>>>,
+    influx: Option<mpsc::Sender<String>>,
+}
+
+#[derive(Debug)]
+struct Latest {
+    name: String,
+    labels: Vec<(String, String)>,
+    time_ms: i64,
+    value: f64,
+}
+
+impl Exports {
+    /// Samples `node` stored at `time_ms`.
+    pub fn samples(&self, node: &str, time_ms: i64, samples: &[Sample]) {
+        if let Some(latest) = &self.latest {
+            let mut map = latest.lock().unwrap_or_else(|p| p.into_inner());
+            for s in samples {
+                let e = map
+                    .entry((node.to_string(), s.series()))
+                    .or_insert_with(|| Latest {
+                        name: s.name.clone(),
+                        labels: s.labels.clone(),
+                        time_ms,
+                        value: s.value,
+                    });
+                if time_ms >= e.time_ms {
+                    e.time_ms = time_ms;
+                    e.value = s.value;
+                }
+            }
+        }
+        if let Some(tx) = &self.influx {
+            let mut lines = String::new();
+            for s in samples {
+                line_protocol(&mut lines, node, time_ms, s);
+            }
+            // A full queue means InfluxDB is far behind: the store keeps everything.
+            let _ = tx.try_send(lines);
+        }
+    }
+}
+
+/// The Prometheus text format (0.0.4) of the series updated within [`STALE_MS`] of
+/// `now_ms`, each with a `node` label.
+fn exposition(map: &BTreeMap<(String, String), Latest>, now_ms: i64) -> String {
+    let mut by_name: BTreeMap<&str, Vec<(&str, &Latest)>> = BTreeMap::new();
+    for ((node, _), l) in map {
+        if now_ms - l.time_ms <= STALE_MS {
+            by_name.entry(&l.name).or_default().push((node, l));
+        }
+    }
+    let mut out = String::new();
+    for (name, rows) in by_name {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (node, l) in rows {
+            let mut labels = vec![("node".to_string(), node.to_string())];
+            labels.extend(l.labels.iter().cloned());
+            let key = clustermgr_protocol::telemetry::series_key(name, &labels);
+            let _ = writeln!(out, "{key} {}", prom_value(l.value));
+        }
+    }
+    out
+}
+
+fn prom_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Appends one sample as InfluxDB line protocol: the metric as measurement, the node
+/// and labels as tags, `value` as the field, nanoseconds.
+fn line_protocol(out: &mut String, node: &str, time_ms: i64, s: &Sample) {
+    if !s.value.is_finite() {
+        // Line protocol has no NaN or infinity.
+        return;
+    }
+    let esc = |text: &str, also_eq: bool| {
+        let mut o = String::with_capacity(text.len());
+        for c in text.chars() {
+            if c == ',' || c == ' ' || (also_eq && c == '=') || c == '\\' {
+                o.push('\\');
+            }
+            if c == '\n' {
+                o.push_str("\\n");
+                continue;
+            }
+            o.push(c);
+        }
+        o
+    };
+    out.push_str(&esc(&s.name, false));
+    let _ = write!(out, ",node={}", esc(node, true));
+    for (k, v) in &s.labels {
+        if !v.is_empty() {
+            let _ = write!(out, ",{}={}", esc(k, true), esc(v, true));
+        }
+    }
+    let _ = writeln!(out, " value={} {}", s.value, time_ms as i128 * 1_000_000);
+}
+
+/// Starts what `opts` asks for; returns what the ingest feeds. A Prometheus address
+/// that cannot be bound, or an InfluxDB URL that cannot be used, is an error now, not
+/// a silent absence.
+pub async fn start(opts: &ExportOptions) -> Result<Arc<Exports>, CtlError> {
+    let listener = match opts.prometheus {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            CtlError::Usage(format!("--prometheus {addr}: cannot listen there: {e}"))
+        })?),
+        None => None,
+    };
+    let influx = match &opts.influxdb {
+        Some(url) => {
+            let target = Target::parse(url)?;
+            let (tx, rx) = mpsc::channel(1024);
+            tokio::spawn(influx(target, opts.influxdb_token.clone(), rx));
+            Some(tx)
+        }
+        None => None,
+    };
+    let exports = Arc::new(Exports {
+        latest: listener.is_some().then(|| Mutex::new(BTreeMap::new())),
+        influx,
+    });
+    if let Some(l) = listener {
+        tokio::spawn(prometheus(l, exports.clone()));
+    }
+    Ok(exports)
+}
+
+async fn prometheus(listener: tokio::net::TcpListener, exports: Arc<Exports>) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let exports = exports.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => return,
+                }
+            }
+            let first = String::from_utf8_lossy(&head);
+            let path = first.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) = if first.starts_with("GET ")
+                && (path == "/metrics" || path.starts_with("/metrics?"))
+            {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+                let body = exports
+                    .latest
+                    .as_ref()
+                    .map(|m| exposition(&m.lock().unwrap_or_else(|p| p.into_inner()), now))
+                    .unwrap_or_default();
+                ("200 OK", body)
+            } else {
+                (
+                    "404 Not Found",
+                    "clustermgr serves /metrics only\n".to_string(),
+                )
+            };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(reply.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+/// An `http://host:port/path?query` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Target {
+    host: String,
+    port: u16,
+    path: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Target, CtlError> {
+        let bad = |why: &str| CtlError::Usage(format!("--influxdb {url}: {why}"));
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            if url.starts_with("https://") {
+                bad("https is not supported; reach InfluxDB over http on a private network or loopback (a local proxy can add TLS)")
+            } else {
+                bad("give an http:// URL, such as http://127.0.0.1:8086/write?db=clustermgr")
+            }
+        })?;
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h.to_string(),
+                p.parse().map_err(|_| bad("the port is not a number"))?,
+            ),
+            _ => (authority.to_string(), 8086),
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        Ok(Target {
+            host,
+            port,
+            path: if path.is_empty() {
+                "/write?db=clustermgr".into()
+            } else {
+                path.into()
+            },
+        })
+    }
+}
+
+/// POSTs `body`; returns the status code and the body's first bytes.
+async fn post(t: &Target, token: Option<&str>, body: &str) -> Result<(u16, String), String> {
+    let connect = tokio::net::TcpStream::connect((t.host.trim_matches(['[', ']']), t.port));
+    let mut sock = tokio::time::timeout(Duration::from_secs(10), connect)
+        .await
+        .map_err(|_| "no answer within 10 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let auth = token.map_or(String::new(), |tok| {
+        format!("Authorization: Token {tok}\r\n")
+    });
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n",
+        t.path,
+        t.host,
+        t.port,
+        body.len()
+    );
+    let exchange = async {
+        sock.write_all(head.as_bytes()).await?;
+        sock.write_all(body.as_bytes()).await?;
+        let mut reply = Vec::new();
+        sock.read_to_end(&mut reply).await?;
+        Ok::<_, std::io::Error>(reply)
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .map_err(|_| "no reply within 30 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&reply);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| "not an HTTP reply".to_string())?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((code, body.chars().take(300).collect()))
+}
+
+/// Writes queued lines to InfluxDB in batches, retrying with a growing pause while it
+/// does not take them; the oldest go when the backlog is full.
+async fn influx(t: Target, token: Option<String>, mut rx: mpsc::Receiver<String>) {
+    let mut backlog: std::collections::VecDeque<String> = Default::default();
+    let mut pause = Duration::from_millis(500);
+    let mut dropped = 0usize;
+    loop {
+        if backlog.is_empty() {
+            match rx.recv().await {
+                Some(l) => backlog.push_back(l),
+                None => return,
+            }
+        }
+        // Take what else is there, briefly, to write in bulk.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while let Ok(l) = rx.try_recv() {
+            backlog.push_back(l);
+        }
+        while backlog.len() > INFLUX_BACKLOG {
+            backlog.pop_front();
+            dropped += 1;
+        }
+        let n = backlog.len().min(INFLUX_BATCH);
+        let body: String = backlog.iter().take(n).map(String::as_str).collect();
+        match post(&t, token.as_deref(), &body).await {
+            Ok((code, _)) if (200..300).contains(&code) => {
+                backlog.drain(..n);
+                pause = Duration::from_millis(500);
+                if dropped > 0 {
+                    tracing::warn!(
+                        "InfluxDB was behind: {dropped} batches were not sent (the store has them)"
+                    );
+                    dropped = 0;
+                }
+            }
+            Ok((code, reply)) if (400..500).contains(&code) && code != 429 => {
+                // Refused for what it is: sending it again cannot help.
+                tracing::warn!(
+                    "InfluxDB refused a write ({code}: {}); check --influxdb and its token",
+                    reply.trim()
+                );
+                backlog.drain(..n);
+            }
+            Ok((code, reply)) => {
+                tracing::info!(
+                    "InfluxDB answered {code} ({}); retrying in {:.1} s",
+                    reply.trim(),
+                    pause.as_secs_f32()
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
+            Err(e) => {
+                tracing::info!(
+                    "InfluxDB at {}:{}: {e}; retrying in {:.1} s",
+                    t.host,
+                    t.port,
+                    pause.as_secs_f32()
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(name: &str, labels: &[(&str, &str)], value: f64) -> Sample {
+        Sample {
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            value,
+        }
+    }
+
+    #[test]
+    fn exposition_groups_by_name_types_counters_and_drops_stale_series() {
+        let e = Exports {
+            latest: Some(Mutex::new(BTreeMap::new())),
+            influx: None,
+        };
+        e.samples("n1", 1000, &[sample("node_load1", &[], 0.5)]);
+        e.samples("n2", 1000, &[sample("node_load1", &[], 1.5)]);
+        e.samples(
+            "n1",
+            1000,
+            &[sample("node_cpu_seconds_total", &[("mode", "idle")], 42.0)],
+        );
+        // An older sample delivered late does not replace a newer one.
+        e.samples("n1", 500, &[sample("node_load1", &[], 9.0)]);
+        e.samples("gone", -STALE_MS, &[sample("node_load1", &[], 3.0)]);
+        let text = exposition(&e.latest.as_ref().unwrap().lock().unwrap(), 2000);
+        assert_eq!(
+            text,
+            "# TYPE node_cpu_seconds_total counter\nnode_cpu_seconds_total{node=\"n1\",mode=\"idle\"} 42\n# TYPE node_load1 gauge\nnode_load1{node=\"n1\"} 0.5\nnode_load1{node=\"n2\"} 1.5\n"
+        );
+    }
+
+    #[test]
+    fn line_protocol_escapes_what_it_must() {
+        let mut out = String::new();
+        line_protocol(
+            &mut out,
+            "gluu 1",
+            1500,
+            &sample(
+                "node_filesystem_avail_bytes",
+                &[("mount", "/var/a,b=c")],
+                1e9,
+            ),
+        );
+        line_protocol(&mut out, "n", 0, &sample("x", &[], f64::NAN));
+        assert_eq!(
+            out,
+            "node_filesystem_avail_bytes,node=gluu\\ 1,mount=/var/a\\,b\\=c value=1000000000 1500000000\n"
+        );
+    }
+
+    #[test]
+    fn influx_urls_are_checked_before_serve_starts() {
+        assert_eq!(
+            Target::parse("http://127.0.0.1:8086/write?db=x").unwrap(),
+            Target {
+                host: "127.0.0.1".into(),
+                port: 8086,
+                path: "/write?db=x".into()
+            }
+        );
+        assert_eq!(Target::parse("http://influx").unwrap().port, 8086);
+        assert!(
+            Target::parse("https://influx")
+                .unwrap_err()
+                .to_string()
+                .contains("https")
+        );
+        assert!(
+            Target::parse("influx:8086")
+                .unwrap_err()
+                .to_string()
+                .contains("http://")
+        );
+        assert!(Target::parse("http://h:x/").is_err());
+    }
+}
