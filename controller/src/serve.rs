@@ -44,7 +44,7 @@ pub async fn serve(
     tracing::info!("serving the CLI on {}", socket.display());
     let keeper = tokio::spawn(keep_connections(ctx.clone()));
     let tunnel_keeper = tokio::spawn(keep_tunnel(ctx.clone()));
-    let telemetry_keeper = tokio::spawn(keep_telemetry(ctx.clone(), exports));
+    let telemetry_keeper = tokio::spawn(keep_telemetry(ctx.clone(), exports.clone()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -60,6 +60,7 @@ pub async fn serve(
     keeper.abort();
     tunnel_keeper.abort();
     telemetry_keeper.abort();
+    exports.close(Duration::from_secs(10)).await;
     let _ = std::fs::remove_file(&socket);
     ctx.dialer.close().await;
     Ok(())

@@ -410,6 +410,23 @@ pub fn node(name: &str, extra: &str) -> NodeSpec {
 /// A running `clustermgr serve`, killed when dropped.
 pub struct Serve(pub std::process::Child);
 
+impl Serve {
+    /// Stops serve as its service manager would (SIGTERM) and waits for it to exit.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("serve did not stop within 30 s of SIGTERM");
+    }
+}
+
 impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.0.kill();

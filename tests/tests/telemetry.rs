@@ -505,7 +505,8 @@ async fn a_real_prometheus_scrapes_serve_and_a_real_influxdb_gets_every_sample_o
     clustermgr_tests::eventually_blocking("InfluxDB to have samples", patience, || {
         influx_count() >= 3
     });
-    drop(serve);
+    // Stopped as a service manager stops it, serve sends InfluxDB what it holds.
+    serve.stop();
     let stored = {
         let out = c.run(&[
             "--json",

@@ -41,6 +41,7 @@ pub struct ExportOptions {
 pub struct Exports {
     latest: Option<Mutex<BTreeMap<(String, String), Latest>>>,
     influx: Option<mpsc::Sender<String>>,
+    influx_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Debug)]
@@ -52,6 +53,29 @@ struct Latest {
 }
 
 impl Exports {
+    /// Stops taking samples and gives the InfluxDB writer up to `within` to send what
+    /// it holds (`serve` stopping).
+    pub async fn close(&self, within: Duration) {
+        let task = self
+            .influx_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(tx) = &self.influx {
+            // The writer ends once the queue is empty and every sender is gone; the
+            // stream tasks may hold theirs a moment longer, so it is told directly.
+            let _ = tx.send(String::new()).await;
+        }
+        if let Some(task) = task
+            && tokio::time::timeout(within, task).await.is_err()
+        {
+            tracing::warn!(
+                "InfluxDB did not take the last samples within {} s; the store has them",
+                within.as_secs()
+            );
+        }
+    }
+
     /// Samples `node` stored at `time_ms`.
     pub fn samples(&self, node: &str, time_ms: i64, samples: &[Sample]) {
         if let Some(latest) = &self.latest {
@@ -162,18 +186,19 @@ pub async fn start(opts: &ExportOptions) -> Result<Arc<Exports>, CtlError> {
         })?),
         None => None,
     };
-    let influx = match &opts.influxdb {
+    let (influx, influx_task) = match &opts.influxdb {
         Some(url) => {
             let target = Target::parse(url)?;
             let (tx, rx) = mpsc::channel(1024);
-            tokio::spawn(influx(target, opts.influxdb_token.clone(), rx));
-            Some(tx)
+            let task = tokio::spawn(influx(target, opts.influxdb_token.clone(), rx));
+            (Some(tx), Some(task))
         }
-        None => None,
+        None => (None, None),
     };
     let exports = Arc::new(Exports {
         latest: listener.is_some().then(|| Mutex::new(BTreeMap::new())),
         influx,
+        influx_task: Mutex::new(influx_task),
     });
     if let Some(l) = listener {
         tokio::spawn(prometheus(l, exports.clone()));
@@ -309,17 +334,32 @@ async fn influx(t: Target, token: Option<String>, mut rx: mpsc::Receiver<String>
     let mut backlog: std::collections::VecDeque<String> = Default::default();
     let mut pause = Duration::from_millis(500);
     let mut dropped = 0usize;
+    // An empty message is `close`: send what is held, then end.
+    let mut closing = false;
     loop {
         if backlog.is_empty() {
+            if closing {
+                return;
+            }
             match rx.recv().await {
+                Some(l) if l.is_empty() => closing = true,
                 Some(l) => backlog.push_back(l),
                 None => return,
             }
         }
         // Take what else is there, briefly, to write in bulk.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !closing {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         while let Ok(l) = rx.try_recv() {
-            backlog.push_back(l);
+            if l.is_empty() {
+                closing = true;
+            } else {
+                backlog.push_back(l);
+            }
+        }
+        if backlog.is_empty() {
+            continue;
         }
         while backlog.len() > INFLUX_BACKLOG {
             backlog.pop_front();
@@ -388,7 +428,7 @@ mod tests {
     fn exposition_groups_by_name_types_counters_and_drops_stale_series() {
         let e = Exports {
             latest: Some(Mutex::new(BTreeMap::new())),
-            influx: None,
+            ..Exports::default()
         };
         e.samples("n1", 1000, &[sample("node_load1", &[], 0.5)]);
         e.samples("n2", 1000, &[sample("node_load1", &[], 1.5)]);
