@@ -25,6 +25,8 @@ pub struct ControllerConfig {
     pub max_frame_bytes: u32,
     /// Keep-alive and idle timeout; must match the agents'.
     pub timeouts: Timeouts,
+    /// What `serve` keeps of the telemetry.
+    pub retention: crate::telemetry::store::Retention,
 }
 
 impl Default for ControllerConfig {
@@ -33,6 +35,7 @@ impl Default for ControllerConfig {
             connect_timeout_ms: 3_000,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             timeouts: Timeouts::default(),
+            retention: Default::default(),
         }
     }
 }

@@ -45,6 +45,7 @@ pub async fn serve(
     let keeper = tokio::spawn(keep_connections(ctx.clone()));
     let tunnel_keeper = tokio::spawn(keep_tunnel(ctx.clone()));
     let telemetry_keeper = tokio::spawn(keep_telemetry(ctx.clone(), exports.clone()));
+    let telemetry_upkeep = tokio::spawn(maintain_telemetry(ctx.clone()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -60,6 +61,7 @@ pub async fn serve(
     keeper.abort();
     tunnel_keeper.abort();
     telemetry_keeper.abort();
+    telemetry_upkeep.abort();
     exports.close(Duration::from_secs(10)).await;
     let _ = std::fs::remove_file(&socket);
     ctx.dialer.close().await;
@@ -232,6 +234,44 @@ async fn keep_tunnel(ctx: Arc<Ctx>) {
             Err(e) => tracing::warn!("renewing the tunnel certificates failed: {e}"),
         }
         tokio::time::sleep(TUNNEL_CHECK).await;
+    }
+}
+
+/// How often serve rolls samples up into the 1-minute and 1-hour tiers and applies
+/// the retention.
+const TELEMETRY_UPKEEP: Duration = Duration::from_secs(60);
+
+/// Rolls up and prunes the telemetry store every [`TELEMETRY_UPKEEP`].
+async fn maintain_telemetry(ctx: Arc<Ctx>) {
+    // The size bound is checked hourly: it reads every stored value.
+    let mut size_checked = Instant::now();
+    loop {
+        tokio::time::sleep(TELEMETRY_UPKEEP).await;
+        let keep = match crate::config::ControllerConfig::load(&ctx.home.config()) {
+            Ok(c) => c.retention,
+            Err(e) => {
+                tracing::warn!("{e}; the telemetry retention defaults apply");
+                Default::default()
+            }
+        };
+        let Ok(store) = ctx.telemetry() else {
+            continue;
+        };
+        let now = ctx.clock.now().unix_timestamp() * 1000;
+        let check_size = size_checked.elapsed() >= Duration::from_secs(3600);
+        if check_size {
+            size_checked = Instant::now();
+        }
+        match tokio::task::spawn_blocking(move || store.maintain(now, &keep, check_size)).await {
+            Ok(Ok(m)) if m.removed > 0 => tracing::info!(
+                "telemetry: {} points rolled up, {} old chunks and log blocks removed",
+                m.rolled_up,
+                m.removed
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("telemetry upkeep: {e}"),
+            Err(e) => tracing::warn!("telemetry upkeep: {e}"),
+        }
     }
 }
 

@@ -240,9 +240,19 @@ pub fn metrics(ctx: &Ctx, spec: &MetricsSpec) -> Result<Report, CtlError> {
         None => now_ms - 3_600_000,
     };
     let store = ctx.telemetry()?;
+    let keep = crate::config::ControllerConfig::load(&ctx.home.config())?.retention;
+    // The finest tier that still reaches back that far.
+    let day = 86_400_000i64;
+    let tier = if from_ms >= now_ms - i64::from(keep.raw_days) * day {
+        store::Tier::Raw
+    } else if from_ms >= now_ms - i64::from(keep.minute_days) * day {
+        store::Tier::Minute
+    } else {
+        store::Tier::Hour
+    };
     let Some(metric) = spec.metric.as_deref() else {
         let mut names: std::collections::BTreeMap<String, usize> = Default::default();
-        for s in store.series(&nodes, None, from_ms)? {
+        for s in store.series_in(tier, &nodes, None, from_ms)? {
             let name = s.series.split('{').next().unwrap_or(&s.series).to_string();
             *names.entry(name).or_default() += 1;
         }
@@ -260,7 +270,7 @@ pub fn metrics(ctx: &Ctx, spec: &MetricsSpec) -> Result<Report, CtlError> {
     };
     let counter = metric.ends_with("_total");
     let views: Vec<SeriesView> = store
-        .series(&nodes, Some(metric), from_ms)?
+        .series_in(tier, &nodes, Some(metric), from_ms)?
         .into_iter()
         .map(|s| SeriesView {
             points: resample(&s.samples, counter, from_ms, step_ms),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use clustermgr_protocol::telemetry::{Body, Record};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::gorilla::{self, Encoder};
@@ -22,8 +22,86 @@ const LOGS: TableDefinition<(i64, &str, u64), &[u8]> = TableDefinition::new("log
 const SERIES: TableDefinition<&str, u32> = TableDefinition::new("series");
 /// (series id, first sample's time) → a Gorilla chunk (raw tier).
 const CHUNKS: TableDefinition<(u32, i64), &[u8]> = TableDefinition::new("chunks_raw");
+/// (series id, first point's time) → a chunk of 1-minute points.
+const CHUNKS_1M: TableDefinition<(u32, i64), &[u8]> = TableDefinition::new("chunks_1m");
+/// (series id, first point's time) → a chunk of 1-hour points.
+const CHUNKS_1H: TableDefinition<(u32, i64), &[u8]> = TableDefinition::new("chunks_1h");
+/// (tier, series id) → the end of the last bucket rolled up into that tier.
+const ROLLED: TableDefinition<(u8, u32), i64> = TableDefinition::new("rolled");
+/// Node → the time of the newest metric tick stored: buckets ending before it are
+/// complete (a node's records arrive in order, also after a partition).
+const WATERMARK: TableDefinition<&str, i64> = TableDefinition::new("watermark");
 /// `format`, `next_series`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// A metric tier: raw samples, or points per minute or hour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// As sampled.
+    Raw,
+    /// One point a minute: a gauge's average, a counter's last value.
+    Minute,
+    /// One point an hour.
+    Hour,
+}
+
+impl Tier {
+    fn table(self) -> TableDefinition<'static, (u32, i64), &'static [u8]> {
+        match self {
+            Tier::Raw => CHUNKS,
+            Tier::Minute => CHUNKS_1M,
+            Tier::Hour => CHUNKS_1H,
+        }
+    }
+
+    fn bucket_ms(self) -> i64 {
+        match self {
+            Tier::Raw => 1,
+            Tier::Minute => 60_000,
+            Tier::Hour => 3_600_000,
+        }
+    }
+}
+
+/// How long each kind of telemetry is kept, and how large the store may grow.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Raw samples, in days.
+    pub raw_days: u32,
+    /// 1-minute points, in days.
+    pub minute_days: u32,
+    /// 1-hour points, in days.
+    pub hour_days: u32,
+    /// Log lines, in days.
+    pub log_days: u32,
+    /// The most the stored logs and samples may take, in MiB; beyond it the oldest
+    /// log blocks and raw chunks go first.
+    pub max_mib: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            raw_days: 7,
+            minute_days: 90,
+            hour_days: 730,
+            log_days: 30,
+            max_mib: 10 * 1024,
+        }
+    }
+}
+
+/// What one maintenance pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Maintained {
+    /// Points written to the 1-minute and 1-hour tiers.
+    pub rolled_up: usize,
+    /// Chunks and log blocks removed by age or size.
+    pub removed: usize,
+    /// Bytes of stored values after it.
+    pub stored_bytes: u64,
+}
 
 /// The store's layout version.
 const FORMAT: u64 = 1;
@@ -222,6 +300,10 @@ impl TelemetryStore {
             txn.open_table(LOGS)?;
             txn.open_table(SERIES)?;
             txn.open_table(CHUNKS)?;
+            txn.open_table(CHUNKS_1M)?;
+            txn.open_table(CHUNKS_1H)?;
+            txn.open_table(ROLLED)?;
+            txn.open_table(WATERMARK)?;
             Ok(())
         })?;
         Ok(store)
@@ -311,9 +393,20 @@ impl TelemetryStore {
         metric: Option<&str>,
         since_ms: i64,
     ) -> Result<Vec<SeriesData>, CtlError> {
+        self.series_in(Tier::Raw, nodes, metric, since_ms)
+    }
+
+    /// [`TelemetryStore::series`] from one tier.
+    pub fn series_in(
+        &self,
+        tier: Tier,
+        nodes: &[String],
+        metric: Option<&str>,
+        since_ms: i64,
+    ) -> Result<Vec<SeriesData>, CtlError> {
         self.read(|txn| {
             let series = txn.open_table(SERIES).map_err(|e| e.to_string())?;
-            let chunks = txn.open_table(CHUNKS).map_err(|e| e.to_string())?;
+            let chunks = txn.open_table(tier.table()).map_err(|e| e.to_string())?;
             let mut out = Vec::new();
             for row in series.iter().map_err(|e| e.to_string())? {
                 let (k, id) = row.map_err(|e| e.to_string())?;
@@ -352,6 +445,119 @@ impl TelemetryStore {
         })
     }
 
+    /// Rolls complete buckets up into the 1-minute and 1-hour tiers, then drops what
+    /// `keep` no longer keeps by age, and with `check_size` by size (which reads every
+    /// stored value, so callers do it seldom; only when the file is larger than the
+    /// bound, which it always is when the values are). Stateless: what was rolled up
+    /// is in the store, so a restart costs nothing. One transaction per series.
+    pub fn maintain(
+        &self,
+        now_ms: i64,
+        keep: &Retention,
+        check_size: bool,
+    ) -> Result<Maintained, CtlError> {
+        let mut done = Maintained::default();
+        let ids: Vec<(String, u32)> = self.read(|txn| {
+            let t = txn.open_table(SERIES)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push((k.value().to_string(), v.value()));
+            }
+            Ok(out)
+        })?;
+        for (key, id) in ids {
+            let (node, series) = key.split_once('\u{0}').unwrap_or((&key, ""));
+            let counter = series
+                .split('{')
+                .next()
+                .unwrap_or(series)
+                .ends_with("_total");
+            done.rolled_up += self.write(|txn| {
+                let Some(wm) = txn.open_table(WATERMARK)?.get(node)?.map(|v| v.value()) else {
+                    return Ok(0);
+                };
+                let mut n = 0;
+                for (tag, tier) in [(1u8, Tier::Minute), (2u8, Tier::Hour)] {
+                    n += roll_up(txn, id, tag, tier, counter, wm)?;
+                }
+                Ok(n)
+            })?;
+            let day = 86_400_000i64;
+            done.removed += self.write(|txn| {
+                let rolled = |tag: u8| -> Result<i64, TxErr> {
+                    Ok(txn
+                        .open_table(ROLLED)?
+                        .get((tag, id))?
+                        .map_or(i64::MIN, |v| v.value()))
+                };
+                // Raw chunks go once their tiers have them, and the tiers' by age.
+                let raw_cut = (now_ms - i64::from(keep.raw_days) * day).min(rolled(2)?);
+                let mut n = drop_older(txn, Tier::Raw, id, raw_cut)?;
+                n += drop_older(
+                    txn,
+                    Tier::Minute,
+                    id,
+                    now_ms - i64::from(keep.minute_days) * day,
+                )?;
+                n += drop_older(
+                    txn,
+                    Tier::Hour,
+                    id,
+                    now_ms - i64::from(keep.hour_days) * day,
+                )?;
+                Ok(n)
+            })?;
+        }
+        let log_cut = now_ms - i64::from(keep.log_days) * 86_400_000;
+        done.removed += self.write(|txn| {
+            let mut logs = txn.open_table(LOGS)?;
+            let old: Vec<(i64, String, u64)> = logs
+                .range(..(log_cut, "", 0u64))?
+                .map(|r| {
+                    r.map(|(k, _)| {
+                        let (t, n, s) = k.value();
+                        (t, n.to_string(), s)
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            for (t, n, s) in &old {
+                logs.remove((*t, n.as_str(), *s))?;
+            }
+            Ok(old.len())
+        })?;
+        // Then by size: the oldest log blocks and raw chunks, a tenth at a time.
+        let max = keep.max_mib.saturating_mul(1 << 20);
+        while check_size && self.file_bytes() > max {
+            done.stored_bytes = self.stored_bytes()?;
+            if done.stored_bytes <= max {
+                break;
+            }
+            let removed = self.write(shed_oldest)?;
+            if removed == 0 {
+                break;
+            }
+            done.removed += removed;
+        }
+        Ok(done)
+    }
+
+    /// Bytes of every stored value (log blocks and chunks of every tier).
+    pub fn stored_bytes(&self) -> Result<u64, CtlError> {
+        self.read(|txn| {
+            let mut total = 0u64;
+            for row in txn.open_table(LOGS)?.iter()? {
+                total += row?.1.value().len() as u64;
+            }
+            for tier in [Tier::Raw, Tier::Minute, Tier::Hour] {
+                for row in txn.open_table(tier.table())?.iter()? {
+                    total += row?.1.value().len() as u64;
+                }
+            }
+            Ok(total)
+        })
+    }
+
     /// Bytes the file takes on disk.
     pub fn file_bytes(&self) -> u64 {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
@@ -372,6 +578,7 @@ fn ingest_in(
         .map_or(0, |v| v.value());
     let mut out = Ingested::default();
     let mut lines = Vec::new();
+    let mut watermark = i64::MIN;
     // Chunks touched in this batch: id → start.
     let mut touched: BTreeMap<u32, i64> = BTreeMap::new();
     let mut series = txn.open_table(SERIES).map_err(|x| e(&x))?;
@@ -399,6 +606,7 @@ fn ingest_in(
             }),
             Body::Metrics(samples) => {
                 out.new_metrics.push((rec.time_ms, samples.clone()));
+                watermark = watermark.max(rec.time_ms);
                 for s in samples {
                     let key = series_key(node, &s.series());
                     let known = series
@@ -481,11 +689,150 @@ fn ingest_in(
         logs.insert((key_time, node, first), encode_block(&lines).as_slice())
             .map_err(|x| e(&x))?;
     }
+    if watermark > i64::MIN {
+        let mut w = txn.open_table(WATERMARK).map_err(|x| e(&x))?;
+        let old = w.get(node).map_err(|x| e(&x))?.map(|v| v.value());
+        if old.is_none_or(|o| o < watermark) {
+            w.insert(node, watermark).map_err(|x| e(&x))?;
+        }
+    }
     out.lines = lines.len();
     out.new_lines = lines;
     cursors.insert(node, cursor).map_err(|x| e(&x))?;
     out.cursor = cursor;
     Ok(out)
+}
+
+/// Appends one tier's complete buckets of series `id` up to the watermark; returns the
+/// points written.
+fn roll_up(
+    txn: &redb::WriteTransaction,
+    id: u32,
+    tag: u8,
+    tier: Tier,
+    counter: bool,
+    watermark: i64,
+) -> Result<usize, TxErr> {
+    let bucket = tier.bucket_ms();
+    let mut rolled = txn.open_table(ROLLED)?;
+    let from = rolled.get((tag, id))?.map_or(i64::MIN, |v| v.value());
+    // The bucket holding the watermark may still get samples.
+    let until = watermark.div_euclid(bucket) * bucket;
+    if until <= from {
+        return Ok(0);
+    }
+    let raw = txn.open_table(CHUNKS)?;
+    // Start at the chunk that holds `from`, not at the series' first.
+    let start = raw
+        .range((id, i64::MIN)..=(id, from.max(i64::MIN + 1)))?
+        .next_back()
+        .transpose()?
+        .map_or(i64::MIN, |(k, _)| k.value().1);
+    // bucket start → (sum, count, last)
+    let mut buckets: BTreeMap<i64, (f64, u32, f64)> = BTreeMap::new();
+    for row in raw.range((id, start)..=(id, until))? {
+        let (_, v) = row?;
+        for (t, x) in gorilla::decode(v.value())? {
+            if t < from || t >= until {
+                continue;
+            }
+            let b = buckets
+                .entry(t.div_euclid(bucket) * bucket)
+                .or_insert((0.0, 0, x));
+            b.0 += x;
+            b.1 += 1;
+            b.2 = x;
+        }
+    }
+    drop(raw);
+    let mut table = txn.open_table(tier.table())?;
+    let last = table
+        .range((id, i64::MIN)..=(id, i64::MAX))?
+        .next_back()
+        .transpose()?
+        .map(|(k, v)| (k.value().1, v.value().to_vec()));
+    let mut open: Option<(i64, Encoder)> = match last {
+        Some((start, bytes)) => match Encoder::resume(&bytes) {
+            Ok(e) if e.len() < CHUNK_SAMPLES => Some((start, e)),
+            _ => None,
+        },
+        None => None,
+    };
+    let mut n = 0;
+    for (t, (sum, count, last)) in buckets {
+        let v = if counter {
+            last
+        } else {
+            sum / f64::from(count)
+        };
+        let fits = open
+            .as_mut()
+            .is_some_and(|(_, e)| e.len() < CHUNK_SAMPLES && e.push(t, v));
+        if !fits {
+            if let Some((s, e)) = &open {
+                table.insert((id, *s), e.bytes().as_slice())?;
+            }
+            open = Some((t, Encoder::new(t, v)));
+        }
+        n += 1;
+    }
+    if let Some((s, e)) = &open {
+        table.insert((id, *s), e.bytes().as_slice())?;
+    }
+    rolled.insert((tag, id), until)?;
+    Ok(n)
+}
+
+/// Removes the chunks of series `id` in `tier` whose every point is before `cut`
+/// (those followed by a chunk starting at or before it); returns how many.
+fn drop_older(txn: &redb::WriteTransaction, tier: Tier, id: u32, cut: i64) -> Result<usize, TxErr> {
+    let mut table = txn.open_table(tier.table())?;
+    let starts: Vec<i64> = table
+        .range((id, i64::MIN)..=(id, cut))?
+        .map(|r| r.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    // All but the last start at or before `cut` are wholly before it.
+    let old = starts.len().saturating_sub(1);
+    for s in &starts[..old] {
+        table.remove((id, *s))?;
+    }
+    Ok(old)
+}
+
+/// Removes about a tenth of the log blocks (the oldest) and each series' oldest raw
+/// chunk (never its newest); returns how many went.
+fn shed_oldest(txn: &redb::WriteTransaction) -> Result<usize, TxErr> {
+    let mut n = 0;
+    let mut logs = txn.open_table(LOGS)?;
+    let count = logs.len()? as usize;
+    let old: Vec<(i64, String, u64)> = logs
+        .iter()?
+        .take(count.div_ceil(10))
+        .map(|r| {
+            r.map(|(k, _)| {
+                let (t, node, s) = k.value();
+                (t, node.to_string(), s)
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    for (t, node, s) in &old {
+        logs.remove((*t, node.as_str(), *s))?;
+        n += 1;
+    }
+    let mut raw = txn.open_table(CHUNKS)?;
+    let mut firsts: BTreeMap<u32, (i64, usize)> = BTreeMap::new();
+    for row in raw.iter()? {
+        let (k, _) = row?;
+        let (id, start) = k.value();
+        firsts.entry(id).or_insert((start, 0)).1 += 1;
+    }
+    for (id, (start, chunks)) in firsts {
+        if chunks > 1 {
+            raw.remove((id, start))?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -178,3 +178,128 @@ fn a_damaged_block_is_an_error_that_names_the_store() {
     }]);
     assert_eq!(decode_block(&good).unwrap().len(), 1);
 }
+
+/// Three hours of 10-second ticks from 00:00: load cycles 0..5, bytes grow by 1000.
+fn three_hours(s: &TelemetryStore) -> i64 {
+    // A whole hour (1.8e12 ms is one).
+    let start = 1_800_000_000_000;
+    let batch: Vec<Record> = (0..1080u64)
+        .map(|i| {
+            tick(
+                i + 1,
+                start + i as i64 * 10_000,
+                (i % 6) as f64,
+                (i * 1000) as f64,
+            )
+        })
+        .collect();
+    for b in batch.chunks(100) {
+        s.ingest("n1", b).unwrap();
+    }
+    start
+}
+
+#[test]
+fn complete_buckets_roll_up_once_into_minutes_and_hours() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TelemetryStore::open(&tmp.path().join("t.redb")).unwrap();
+    let start = three_hours(&s);
+    let keep = Retention::default();
+    let m = s.maintain(start + 3 * 3_600_000, &keep, true).unwrap();
+    let minute = s
+        .series_in(Tier::Minute, &[], Some("node_load1"), 0)
+        .unwrap();
+    // The bucket holding the newest tick may still grow: 179 complete minutes.
+    assert_eq!(minute[0].samples.len(), 179);
+    // Six ticks a minute, load 0..5: the average is 2.5.
+    assert!(
+        minute[0].samples.iter().all(|(_, v)| *v == 2.5),
+        "{:?}",
+        &minute[0].samples[..3]
+    );
+    assert_eq!(minute[0].samples[1].0 - minute[0].samples[0].0, 60_000);
+    let bytes = s
+        .series_in(
+            Tier::Minute,
+            &[],
+            Some("node_network_receive_bytes_total"),
+            0,
+        )
+        .unwrap();
+    // A counter keeps its last value in each minute.
+    assert_eq!(bytes[0].samples[0], (start, 5000.0));
+    let hour = s.series_in(Tier::Hour, &[], Some("node_load1"), 0).unwrap();
+    assert_eq!(hour[0].samples, [(start, 2.5), (start + 3_600_000, 2.5)]);
+    assert_eq!(m.rolled_up, 2 * (179 + 2));
+    // Again: nothing new.
+    assert_eq!(
+        s.maintain(start + 3 * 3_600_000, &keep, true)
+            .unwrap()
+            .rolled_up,
+        0
+    );
+}
+
+#[test]
+fn old_samples_and_lines_go_by_age_but_raw_waits_for_its_rollup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TelemetryStore::open(&tmp.path().join("t.redb")).unwrap();
+    let start = three_hours(&s);
+    s.ingest("n1", &[log(2000, start, "app", "old line")])
+        .unwrap();
+    let raw_before = s.series(&[], Some("node_load1"), 0).unwrap()[0]
+        .samples
+        .len();
+    assert_eq!(raw_before, 1080);
+    // Ten days on: the raw samples are past their 7 days, but those after the last
+    // complete hour are not in the hour tier yet, so their chunk stays.
+    let now = start + 10 * 86_400_000;
+    let m = s.maintain(now, &Retention::default(), true).unwrap();
+    assert!(m.removed > 0);
+    let raw = s.series(&[], Some("node_load1"), 0).unwrap();
+    let kept = &raw[0].samples;
+    assert!(kept.len() < raw_before, "{}", kept.len());
+    assert!(
+        kept.last().unwrap().0 == start + 1079 * 10_000,
+        "the newest stay"
+    );
+    assert!(
+        kept.first().unwrap().0 <= start + 2 * 3_600_000,
+        "what the hours lack stays"
+    );
+    // Lines are kept 30 days.
+    assert_eq!(s.logs(&LogQuery::default()).unwrap().len(), 1);
+    s.maintain(start + 31 * 86_400_000, &Retention::default(), true)
+        .unwrap();
+    assert!(s.logs(&LogQuery::default()).unwrap().is_empty());
+    // The minute points outlive the raw samples.
+    let minute = s
+        .series_in(Tier::Minute, &[], Some("node_load1"), 0)
+        .unwrap();
+    assert_eq!(minute[0].samples.len(), 179);
+}
+
+#[test]
+fn beyond_its_size_the_store_sheds_its_oldest_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TelemetryStore::open(&tmp.path().join("t.redb")).unwrap();
+    let start = three_hours(&s);
+    for i in 0..50u64 {
+        s.ingest(
+            "n1",
+            &[log(5000 + i, start + i as i64, "app", &"x".repeat(2000))],
+        )
+        .unwrap();
+    }
+    let before = s.stored_bytes().unwrap();
+    let keep = Retention {
+        max_mib: 0,
+        ..Retention::default()
+    };
+    let m = s.maintain(start + 3 * 3_600_000, &keep, true).unwrap();
+    assert!(m.stored_bytes < before, "{} of {before}", m.stored_bytes);
+    // Each series keeps its newest chunk, with the newest samples.
+    let raw = s.series(&[], Some("node_load1"), 0).unwrap();
+    assert_eq!(raw[0].samples.last().unwrap().0, start + 1079 * 10_000);
+    assert!(s.logs(&LogQuery::default()).unwrap().is_empty());
+}
