@@ -258,6 +258,54 @@ impl Cluster {
     }
 }
 
+/// `clustermgr logs -f ARGS` on `c`: the child, and its stdout's lines, each with the
+/// moment it was read (from a thread).
+pub fn follow_logs(
+    c: &Cluster,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<(Instant, String)>,
+) {
+    use std::io::BufRead;
+    let mut child = c
+        .cli()
+        .args(["logs", "-f"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("logs -f");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send((Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Reads `rx` (from [`follow_logs`]) until a line contains `want`; when it was read.
+pub fn wait_for_line(
+    rx: &std::sync::mpsc::Receiver<(Instant, String)>,
+    want: &str,
+    patience: Duration,
+) -> Result<Instant, String> {
+    let end = Instant::now() + patience;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((at, l)) if l.contains(want) => return Ok(at),
+            Ok(_) => {}
+            Err(_) => return Err(format!("no line with {want:?} within {patience:?}")),
+        }
+    }
+}
+
 /// Starts `clustermgr serve` from `cli` (a `clustermgr` command for the home `home`)
 /// and waits until its socket answers.
 pub async fn start_serve(cli: Command, home: &Path) -> Serve {

@@ -198,41 +198,15 @@ async fn lines_and_samples_stream_live_and_resume_exactly_once_across_a_restart(
     assert_eq!(unique.len(), after.len());
 }
 
-/// `clustermgr logs -f`'s stdout, line by line, from a thread.
-fn follow(c: &Cluster, args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-    use std::io::BufRead;
-    let mut child = c
-        .cli()
-        .args(["logs", "-f"])
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
-}
-
 /// Waits for a line containing `want`, returning how long it took.
-fn wait_line(rx: &std::sync::mpsc::Receiver<String>, want: &str, patience: Duration) -> Duration {
+fn wait_line(
+    rx: &std::sync::mpsc::Receiver<(Instant, String)>,
+    want: &str,
+    patience: Duration,
+) -> Duration {
     let start = Instant::now();
-    loop {
-        let left = patience.saturating_sub(start.elapsed());
-        match rx.recv_timeout(left) {
-            Ok(l) if l.contains(want) => return start.elapsed(),
-            Ok(_) => {}
-            Err(_) => panic!("no line with {want:?} within {patience:?}"),
-        }
-    }
+    let at = clustermgr_tests::wait_for_line(rx, want, patience).unwrap_or_else(|e| panic!("{e}"));
+    at.duration_since(start)
 }
 
 fn stored_lines(c: &Cluster) -> Vec<String> {
@@ -254,7 +228,7 @@ async fn serve_stores_the_streams_and_logs_follows_them_across_restarts_exactly_
     let log = logs.path().join("app.log");
     append(&log, 0, 10);
     let serve = c.serve().await;
-    let (mut tail, rx) = follow(&c, &["--source", "app"]);
+    let (mut tail, rx) = clustermgr_tests::follow_logs(&c, &["--source", "app"]);
     // The ten lines written before serve started come first, from the store.
     wait_line(&rx, "line 9", Duration::from_secs(10));
     // A new line shows within a second.
@@ -274,7 +248,8 @@ async fn serve_stores_the_streams_and_logs_follows_them_across_restarts_exactly_
     c.restart_agent("gluu1").await;
     append(&log, 650, 700);
     let serve = c.serve().await;
-    let (mut tail, rx) = follow(&c, &["--source", "app", "--grep", "line 699$"]);
+    let (mut tail, rx) =
+        clustermgr_tests::follow_logs(&c, &["--source", "app", "--grep", "line 699$"]);
     wait_line(&rx, "line 699", Duration::from_secs(15));
     let _ = tail.kill();
     let _ = tail.wait();

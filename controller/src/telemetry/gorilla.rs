@@ -291,6 +291,16 @@ impl Encoder {
     }
 }
 
+/// How many samples a chunk holds, from its header alone (0 for a damaged one).
+pub fn sample_count(bytes: &[u8]) -> usize {
+    match bytes {
+        [FORMAT, _, lo, hi, ..] if bytes.len() >= HEADER => {
+            usize::from(u16::from_le_bytes([*lo, *hi]))
+        }
+        _ => 0,
+    }
+}
+
 /// Reads a chunk back.
 pub fn decode(bytes: &[u8]) -> Result<Vec<(i64, f64)>, String> {
     if bytes.len() < HEADER {

@@ -542,6 +542,20 @@ impl TelemetryStore {
         Ok(done)
     }
 
+    /// (bytes, samples) of `tier`'s chunks: what a stored sample costs.
+    pub fn tier_stats(&self, tier: Tier) -> Result<(u64, u64), CtlError> {
+        self.read(|txn| {
+            let (mut bytes, mut samples) = (0u64, 0u64);
+            for row in txn.open_table(tier.table())?.iter()? {
+                let v = row?.1;
+                let v = v.value();
+                bytes += v.len() as u64;
+                samples += gorilla::sample_count(v) as u64;
+            }
+            Ok((bytes, samples))
+        })
+    }
+
     /// Bytes of every stored value (log blocks and chunks of every tier).
     pub fn stored_bytes(&self) -> Result<u64, CtlError> {
         self.read(|txn| {

@@ -1,0 +1,266 @@
+//! `cargo bench -p clustermgr-tests --bench telemetry`: log throughput from one agent's
+//! file into the controller's store, latency from a write to `clustermgr logs -f`,
+//! the agent's cost while tailing and sampling, and bytes per stored sample. Real
+//! agent and `serve` processes on loopback; results for BENCHMARKS.md.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clustermgr::telemetry::store::{TelemetryStore, Tier};
+use clustermgr_tests::bench::env_count;
+use clustermgr_tests::{Cluster, node};
+
+/// MiB written per throughput run.
+const THROUGHPUT_MIB_ENV: &str = "TELEMETRY_BENCH_MIB";
+/// Throughput runs.
+const RUNS: usize = 3;
+/// Lines timed for latency.
+const LATENCY_LINES: usize = 300;
+/// Seconds the agent's cost is measured over.
+const COST_SECS: u64 = 20;
+
+fn appender(path: &Path) -> std::io::BufWriter<std::fs::File> {
+    std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open log"),
+    )
+}
+
+/// A cluster of one agent following `files` log files in `dir`, sampling every
+/// `interval` seconds.
+async fn agent(dir: &Path, files: usize, interval: u64) -> Cluster {
+    let logs: Vec<String> = (0..files)
+        .map(|i| format!("\"app{i}={}\"", dir.join(format!("app{i}.log")).display()))
+        .collect();
+    let extra = format!(
+        "[telemetry]\nmetrics_interval_secs = {interval}\ndefault_logs = false\nlogs = [{}]\n",
+        logs.join(", ")
+    );
+    Cluster::start(vec![node("gluu1", &extra)]).await
+}
+
+/// CPU seconds a process has used (user + system).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[i.clamp(1, v.len()) - 1]
+}
+
+fn main() {
+    let (mut res, started) = clustermgr_tests::bench::begin();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mib = env_count(THROUGHPUT_MIB_ENV, 128);
+    rt.block_on(async {
+        // ---- 1 and 2. Throughput and latency, one agent and serve.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = agent(dir.path(), 1, 10).await;
+        let serve = c.serve().await;
+        let log = dir.path().join("app0.log");
+        let (mut tail, rx) = clustermgr_tests::follow_logs(&c, &["--grep", "^(READY|END|LAT) "]);
+        let mut w = appender(&log);
+        writeln!(w, "READY 0").unwrap();
+        w.flush().unwrap();
+        if let Err(e) = clustermgr_tests::wait_for_line(&rx, "READY", Duration::from_secs(30)) {
+            res.note(format!("the stream did not start: {e}"));
+        }
+        // 200-byte lines, like a busy access log.
+        let filler = "x".repeat(180);
+        let lines_per_run = mib * 1048576 / 200;
+        let (mut rate, mut lines_rate) = (Vec::new(), Vec::new());
+        for run in 0..RUNS {
+            let t0 = Instant::now();
+            for i in 0..lines_per_run {
+                writeln!(w, "{run:02} {i:012} {filler}").unwrap();
+            }
+            writeln!(w, "END {run}").unwrap();
+            w.flush().unwrap();
+            let written = t0.elapsed();
+            match clustermgr_tests::wait_for_line(&rx, &format!("END {run}"), Duration::from_secs(600)) {
+                Ok(at) => {
+                    let secs = at.duration_since(t0).as_secs_f64();
+                    rate.push(mib as f64 / secs);
+                    lines_rate.push(lines_per_run as f64 / secs);
+                    eprintln!(
+                        "  run {run}: {mib} MiB written in {:.2} s, in the store and printed after {secs:.2} s",
+                        written.as_secs_f64()
+                    );
+                }
+                Err(e) => res.note(format!("throughput run {run}: {e}")),
+            }
+        }
+        res.add(
+            "log_mib_per_s",
+            format!("log throughput: {mib} MiB of 200-byte lines from one agent's file into the store (agent tail, spool, QUIC, serve's ingest), MiB/s, higher is better"),
+            "MiB/s",
+            Ok(rate),
+            None,
+        );
+        res.add(
+            "log_lines_per_s",
+            "the same, in lines per second",
+            "lines/s",
+            Ok(lines_rate),
+            None,
+        );
+        // Latency: a line every 10 ms carrying the moment it was written.
+        let base = Instant::now();
+        let (ltx, lrx) = mpsc::channel::<f64>();
+        let reader = std::thread::spawn(move || {
+            let mut n = 0;
+            while n < LATENCY_LINES {
+                let Ok((at, l)) = rx.recv_timeout(Duration::from_secs(30)) else {
+                    break;
+                };
+                if let Some(us) = l.split(" LAT ").nth(1).and_then(|v| v.trim().parse::<u64>().ok()) {
+                    let written = base + Duration::from_micros(us);
+                    let _ = ltx.send(at.duration_since(written).as_secs_f64() * 1000.0);
+                    n += 1;
+                }
+            }
+        });
+        for _ in 0..LATENCY_LINES {
+            writeln!(w, "LAT {}", base.elapsed().as_micros()).unwrap();
+            w.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = reader.join();
+        let mut lat: Vec<f64> = lrx.try_iter().collect();
+        if !lat.is_empty() {
+            let p99 = percentile(&mut lat.clone(), 99.0);
+            res.note(format!(
+                "write to `logs -f` latency: p99 {p99:.1} ms over {} lines (target p99 < 100 ms: {})",
+                lat.len(),
+                if p99 < 100.0 { "met" } else { "MISSED" }
+            ));
+            lat.sort_by(|a, b| a.total_cmp(b));
+        }
+        res.add(
+            "log_latency",
+            "a line appended to a followed file, until `clustermgr logs -f` (through serve) prints it; one every 10 ms",
+            "ms",
+            Ok(lat),
+            Some(100.0),
+        );
+        let _ = tail.kill();
+        let _ = tail.wait();
+        serve.stop();
+        drop(c);
+
+        // ---- 3 and 4. The agent's cost: 5 files at 1,000 lines/s each, metrics every
+        // second, then idle; and what a stored sample costs.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = agent(dir.path(), 5, 1).await;
+        let serve = c.serve().await;
+        let pid = c.agent("gluu1").child.id().unwrap_or(0);
+        std::thread::sleep(Duration::from_secs(3));
+        let idle_cpu0 = cpu_secs(pid);
+        std::thread::sleep(Duration::from_secs(10));
+        let idle_pct = (cpu_secs(pid) - idle_cpu0) / 10.0 * 100.0;
+        let idle_rss = rss_mib(pid);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..5)
+            .map(|i| {
+                let path = dir.path().join(format!("app{i}.log"));
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut w = appender(&path);
+                    let start = Instant::now();
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        // 10 lines every 10 ms: 1,000 a second.
+                        for _ in 0..10 {
+                            writeln!(w, "2026-11-25 10:00:00,000 INFO [qtp-{n}] org.gluu.oxauth.Thing - request {n} handled in 3 ms").unwrap();
+                            n += 1;
+                        }
+                        w.flush().unwrap();
+                        let due = start + Duration::from_millis(n / 10 * 10);
+                        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    }
+                    n
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(3));
+        let cpu0 = cpu_secs(pid);
+        let t0 = Instant::now();
+        let mut rss = Vec::new();
+        while t0.elapsed() < Duration::from_secs(COST_SECS) {
+            std::thread::sleep(Duration::from_secs(1));
+            rss.push(rss_mib(pid));
+        }
+        let busy_pct = (cpu_secs(pid) - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let written: u64 = writers.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+        res.add(
+            "agent_cpu_busy",
+            format!("agent CPU, % of one core, tailing 5 files at 1,000 lines/s each and sampling every second ({COST_SECS} s)"),
+            "%",
+            Ok(vec![busy_pct]),
+            Some(2.0),
+        );
+        res.add("agent_rss_busy", "agent resident memory while doing that, sampled each second", "MiB", Ok(rss), Some(20.0));
+        res.add("agent_cpu_idle", "agent CPU, % of one core, idle (5 quiet files, sampling every second)", "%", Ok(vec![idle_pct]), None);
+        res.add("agent_rss_idle", "agent resident memory, idle", "MiB", Ok(vec![idle_rss]), Some(8.0));
+        res.note(format!("the writers appended {written} lines in all"));
+        // Let serve store the last of it, then read the store's own figures.
+        std::thread::sleep(Duration::from_secs(3));
+        serve.stop();
+        match TelemetryStore::open(&c.dir().join("telemetry.redb")).and_then(|s| s.tier_stats(Tier::Raw)) {
+            Ok((bytes, samples)) if samples > 0 => {
+                res.add(
+                    "bytes_per_sample",
+                    format!("raw tier: bytes per stored sample (one agent, every second, {samples} samples in all; open chunks hold few samples each, so a longer run costs less)"),
+                    "B",
+                    Ok(vec![bytes as f64 / samples as f64]),
+                    Some(1.0),
+                );
+            }
+            Ok(_) => res.note("no samples were stored"),
+            Err(e) => res.note(format!("cannot read the telemetry store: {e}")),
+        }
+    });
+    let elapsed = started.elapsed();
+    let mut w = res.report_head("Telemetry on loopback", "one agent process and serve", &[]);
+    w.push_str(
+        "\nPeer: Vector's published file-to-TCP throughput is 76.7 MiB/s (not measured here).\n",
+    );
+    if let Some((p50, _)) = res.stats("log_mib_per_s") {
+        w.push_str(&format!(
+            "log_mib_per_s / Vector's 76.7 MiB/s = {:.2}\n",
+            p50 / 76.7
+        ));
+    }
+    w.push_str(&res.report_tail(elapsed));
+    print!("{w}");
+    let _ = std::io::stdout().flush();
+}
