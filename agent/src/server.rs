@@ -669,8 +669,8 @@ fn internal(e: AgentError) -> Reply {
 }
 
 /// The most records, and roughly the most bytes, in one telemetry frame.
-const TELEMETRY_BATCH: usize = 2048;
-const TELEMETRY_BATCH_BYTES: usize = 256 * 1024;
+const TELEMETRY_BATCH: usize = 8192;
+const TELEMETRY_BATCH_BYTES: usize = 1 << 20;
 
 /// Streams the spool from the record after `after` until the controller closes the
 /// stream or the agent stops; the controller's acknowledgements free the spool.
@@ -714,7 +714,9 @@ async fn telemetry_stream(
         };
         let read = tokio::task::spawn_blocking(move || {
             let (mut batch, mut bytes) = (Vec::new(), 0usize);
-            while batch.len() < TELEMETRY_BATCH && bytes < TELEMETRY_BATCH_BYTES {
+            // Well under the frame limit, which may be as low as 64 KiB.
+            let max_bytes = TELEMETRY_BATCH_BYTES.min(max_frame as usize / 4);
+            while batch.len() < TELEMETRY_BATCH && bytes < max_bytes {
                 let Some(rec) = r.next_record() else { break };
                 bytes += 24
                     + match &rec.body {

@@ -25,8 +25,12 @@ use tail::{Follower, Source};
 /// directories that did not exist yet, missed events).
 const SWEEP: Duration = Duration::from_millis(500);
 /// The shortest time between two rounds of reading: events in between are taken
-/// together.
-const ROUND: Duration = Duration::from_millis(5);
+/// together (a busy file would otherwise wake the collector for every write).
+const ROUND: Duration = Duration::from_millis(20);
+/// How often the file positions are saved while lines keep coming (and always when
+/// stopping): each save is an fsynced rename. A `kill -9` can repeat what was spooled
+/// since the last save.
+const SAVE_POSITIONS: Duration = Duration::from_secs(1);
 
 /// Log files followed by default, inside the Gluu container root.
 const CONTAINER_LOGS: &[(&str, &str)] = &[
@@ -231,6 +235,7 @@ impl Loop {
         let mut anchor = (next_sample, now_ms());
         let mut next_sweep = Instant::now();
         let mut last_saved = saved;
+        let mut saved_at = Instant::now();
         let mut dirty: BTreeSet<usize> = BTreeSet::new();
         loop {
             let stopping = self.stop.load(Ordering::SeqCst);
@@ -310,11 +315,12 @@ impl Loop {
                 .iter()
                 .filter_map(|f| Some((position_key(&f.source), f.position()?)))
                 .collect();
-            if positions != last_saved {
+            if positions != last_saved && (stopping || saved_at.elapsed() >= SAVE_POSITIONS) {
                 if let Err(e) = tail::save_positions(&self.positions_path, &positions) {
                     tracing::warn!("cannot save the log positions: {e}");
                 }
                 last_saved = positions;
+                saved_at = Instant::now();
             }
             if stopping {
                 return;
