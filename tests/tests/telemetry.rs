@@ -84,13 +84,18 @@ fn lines(recs: &[Record]) -> Vec<String> {
 }
 
 fn append(path: &std::path::Path, from: usize, to: usize) {
+    append_tagged(path, "line", from, to);
+}
+
+/// Appends `TAG N` for each N in `from..to`.
+fn append_tagged(path: &std::path::Path, tag: &str, from: usize, to: usize) {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .unwrap();
     for i in from..to {
-        writeln!(f, "line {i}").unwrap();
+        writeln!(f, "{tag} {i}").unwrap();
     }
 }
 
@@ -209,8 +214,8 @@ fn wait_line(
     at.duration_since(start)
 }
 
-fn stored_lines(c: &Cluster) -> Vec<String> {
-    let out = c.run(&["logs", "--source", "app", "--limit", "100000"]);
+/// The text of each line `clustermgr logs` printed.
+fn texts(out: &std::process::Output) -> Vec<String> {
     assert!(
         out.status.success(),
         "{}",
@@ -220,6 +225,10 @@ fn stored_lines(c: &Cluster) -> Vec<String> {
         .lines()
         .filter_map(|l| l.split_once(" | ").map(|(_, t)| t.to_string()))
         .collect()
+}
+
+fn stored_lines(c: &Cluster) -> Vec<String> {
+    texts(&c.run(&["logs", "--source", "app", "--limit", "100000"]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,24 +491,113 @@ async fn a_real_prometheus_scrapes_serve_and_a_real_influxdb_gets_every_sample_o
     });
     // Stopped as a service manager stops it, serve sends InfluxDB what it holds.
     serve.stop();
-    let stored = {
-        let out = c.run(&[
-            "--json",
-            "metrics",
-            "--metric",
-            "node_load1",
-            "--since",
-            "1h",
-            "--step",
-            "1",
-        ]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v[0]["points"].as_array().unwrap().len() as u64
-    };
+    let stored = load_times(&|a| c.run(a)).len() as u64;
     clustermgr_tests::eventually_blocking(
         "InfluxDB to match the store",
         Duration::from_secs(10),
         || influx_count() == stored,
     );
     assert!(stored >= 3, "{stored}\n{}", influxd.log());
+}
+
+/// The lines of `source` on `node` in the store, through `ctl`.
+fn host_lines(ctl: &clustermgr_tests::Controller, node: &str, source: &str) -> Vec<String> {
+    texts(&ctl.run(&[
+        "logs", "--nodes", node, "--source", source, "--limit", "100000",
+    ]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cut_off_for_a_minute_delivers_every_line_and_sample_of_the_gap_once() {
+    use clustermgr_tests::netns::Net;
+    let mut net = Net::new();
+    for name in ["gluu1", "gluu2"] {
+        net.add_host(name);
+    }
+    let ctl = clustermgr_tests::Controller::new();
+    let inventory = ctl.inventory(&net, "gluu1").display().to_string();
+    let out = ctl.run(&["node", "add", "--from", &inventory]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let serve = ctl.serve().await;
+    let g1 = net.host("gluu1");
+    // The default sources include nginx's access log, on the host.
+    g1.sh("mkdir -p /var/log/nginx && echo READY >> /var/log/nginx/access.log");
+    let log = g1.path("/var/log/nginx/access.log");
+    clustermgr_tests::eventually_blocking("gluu1's stream to run", Duration::from_secs(60), || {
+        host_lines(&ctl, "gluu1", "nginx-access").contains(&"READY".to_string())
+    });
+
+    // A minute without a link, writing a line every 100 ms and sampling as usual.
+    g1.cut_link();
+    let cut_at = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(60) {
+        append_tagged(&log, "gap", i, i + 1);
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let healed_at = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    g1.restore_link();
+    let last = format!("gap {}", i - 1);
+    clustermgr_tests::eventually_blocking(
+        "the gap's lines to arrive",
+        Duration::from_secs(120),
+        || host_lines(&ctl, "gluu1", "nginx-access").contains(&last),
+    );
+    let got: Vec<String> = host_lines(&ctl, "gluu1", "nginx-access")
+        .into_iter()
+        .filter(|l| l.starts_with("gap "))
+        .collect();
+    assert_eq!(
+        got,
+        (0..i).map(|n| format!("gap {n}")).collect::<Vec<_>>(),
+        "every line of the gap, once, in order"
+    );
+    // And the samples taken during the gap: every 10 s, none twice, none missing.
+    clustermgr_tests::eventually_blocking(
+        "a sample after the gap",
+        Duration::from_secs(60),
+        || {
+            load_times(&|a| ctl.run(a))
+                .last()
+                .is_some_and(|t| *t > healed_at)
+        },
+    );
+    let times = load_times(&|a| ctl.run(a));
+    let during: Vec<i64> = times
+        .iter()
+        .copied()
+        .filter(|t| *t > cut_at && *t < healed_at)
+        .collect();
+    assert!(during.len() >= 5, "{during:?}");
+    for w in times.windows(2) {
+        assert_eq!(w[1] - w[0], 10_000, "ticks exactly 10 s apart: {times:?}");
+    }
+    drop(serve);
+}
+
+/// The times of gluu1's stored `node_load1` samples, through `run` (a CLI).
+fn load_times(run: &dyn Fn(&[&str]) -> std::process::Output) -> Vec<i64> {
+    let out = run(&[
+        "--json",
+        "metrics",
+        "--nodes",
+        "gluu1",
+        "--metric",
+        "node_load1",
+        "--since",
+        "1h",
+        "--step",
+        "1",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v[0]["points"]
+        .as_array()
+        .map(|p| p.iter().filter_map(|x| x[0].as_i64()).collect())
+        .unwrap_or_default()
 }
