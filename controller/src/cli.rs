@@ -155,6 +155,10 @@ pub enum Cmd {
         #[arg(long, value_name = "SECS")]
         step: Option<u64>,
     },
+    /// A live table of the nodes (CPU, memory, disk, network, load, connection),
+    /// refreshed every second from what `serve` receives; Ctrl-C ends it. Without a
+    /// terminal (or with --json), one table.
+    Top(Selection),
     /// The history of every file clustermgr changed: when, where, hashes, result, who.
     History {
         #[command(flatten)]
@@ -579,6 +583,36 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             }
         }
         Cmd::Cluster(ClusterCmd::Show) => (Operation::ClusterShow, OutputMode::Live),
+        Cmd::Top(sel) => {
+            use std::io::IsTerminal;
+            let live = !json && std::io::stdout().is_terminal();
+            let mode = if json {
+                OutputMode::Json
+            } else {
+                OutputMode::Live
+            };
+            loop {
+                let inv = Invocation {
+                    user: user(),
+                    op: Operation::Top {
+                        nodes: sel.nodes.clone(),
+                    },
+                    connect_timeout_ms: connect_timeout.map(|secs| (secs * 1000.0).round() as u64),
+                };
+                if live {
+                    // Home, then clear: the table is redrawn in place.
+                    print!("\x1b[H\x1b[2J");
+                }
+                let code = execute(&home, &opts, inv, mode).await?;
+                if !live || code != 0 {
+                    return Ok(code);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown_signal() => return Ok(0),
+                }
+            }
+        }
         Cmd::Plan(sel) => (
             Operation::Plan {
                 nodes: sel.nodes,

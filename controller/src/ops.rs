@@ -146,6 +146,11 @@ pub enum Operation {
     Logs(crate::telemetry::LogsSpec),
     /// Metric values from the telemetry store.
     Metrics(crate::telemetry::MetricsSpec),
+    /// A row per node from the latest ticks (`serve` only).
+    Top {
+        /// Node selector.
+        nodes: String,
+    },
     /// The change history.
     History {
         /// Node selector.
@@ -490,6 +495,8 @@ pub enum Report {
     MetricNames(Vec<crate::telemetry::MetricName>),
     /// One metric's series.
     Metrics(Vec<crate::telemetry::SeriesView>),
+    /// `top`'s rows.
+    Top(Vec<crate::telemetry::top::TopRow>),
     /// `cluster show`.
     Cluster(crate::desired::ClusterView),
     /// `rollback --list`.
@@ -637,6 +644,8 @@ pub struct Ctx {
     telemetry: std::sync::OnceLock<Arc<crate::telemetry::store::TelemetryStore>>,
     /// Log lines as `serve` stores them, for `logs -f`.
     pub live_logs: tokio::sync::broadcast::Sender<crate::telemetry::store::NodeLine>,
+    /// Each node's last two metric ticks as `serve` stores them, for `top`.
+    pub recent: crate::telemetry::top::Recent,
     controller_cert: Mutex<CertSummary>,
 }
 
@@ -749,6 +758,7 @@ impl Ctx {
             config_changes: NodeLocks::default(),
             telemetry: std::sync::OnceLock::new(),
             live_logs: tokio::sync::broadcast::channel(LIVE_LOG_LINES).0,
+            recent: Default::default(),
             controller_cert: Mutex::new(summary),
         };
         ctx.renew_controller_if_due()?;
@@ -1152,6 +1162,7 @@ pub async fn run(
         }
         Operation::Logs(spec) => crate::telemetry::logs(&ctx, &spec, &events).await,
         Operation::Metrics(spec) => crate::telemetry::metrics(&ctx, &spec),
+        Operation::Top { nodes } => crate::telemetry::top(&ctx, &nodes),
         Operation::History { nodes, path, limit } => {
             crate::desired::history(&ctx, &nodes, path.as_deref(), limit)
         }

@@ -227,6 +227,31 @@ fn print_series(v: &crate::telemetry::SeriesView) {
     );
 }
 
+/// `top`'s table.
+fn print_top(rows: &[crate::telemetry::top::TopRow]) {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.1}%"));
+    let num = |v: Option<f64>| v.map_or("-".to_string(), short_number);
+    let bps = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{}B/s", short_number(x)));
+    println!(
+        "{:<16} {:<14} {:>7} {:>7} {:>7} {:>11} {:>11} {:>6} {:>6}",
+        "NODE", "STATE", "CPU", "MEM", "DISK", "RX", "TX", "LOAD1", "AGE"
+    );
+    for r in rows {
+        println!(
+            "{:<16} {:<14} {:>7} {:>7} {:>7} {:>11} {:>11} {:>6} {:>6}",
+            r.node,
+            r.state,
+            pct(r.cpu_pct),
+            pct(r.mem_pct),
+            pct(r.disk_pct),
+            bps(r.rx_bps),
+            bps(r.tx_bps),
+            num(r.load1),
+            r.age_secs.map_or("-".to_string(), |a| format!("{a:.0}s")),
+        );
+    }
+}
+
 /// One log line: time (UTC, milliseconds), node, source, text.
 fn print_log(l: &crate::telemetry::store::NodeLine) {
     let t = l.time_ms;
@@ -428,6 +453,8 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 print_series(v);
             }
         }
+        Report::Top(rows) if as_json => json(&rows),
+        Report::Top(rows) => print_top(&rows),
         Report::Logs(lines) if as_json => json(&lines),
         Report::Logs(lines) => {
             for l in &lines {

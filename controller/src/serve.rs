@@ -373,6 +373,7 @@ async fn stream_telemetry(
             .map_err(|e| e.to_string())?;
         for (t, samples) in &ingested.new_metrics {
             exports.samples(node, *t, samples);
+            ctx.recent.tick(node, *t, samples);
         }
         for line in ingested.new_lines {
             // No follower is fine.

@@ -325,7 +325,32 @@ async fn serve_stores_the_streams_and_logs_follows_them_across_restarts_exactly_
     let out = c.run(&["metrics", "--metric", "no_such_metric"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("lists the metrics there are"));
+
+    // top, without a terminal: one table, from the ticks serve received last.
+    let top = || {
+        let out = c.run(&["--json", "top"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    clustermgr_tests::eventually_blocking(
+        "top to have two ticks of gluu1",
+        Duration::from_secs(10),
+        || top()[0]["cpu_pct"].is_number(),
+    );
+    let row = top()[0].clone();
+    assert_eq!(row["node"], "gluu1");
+    assert_eq!(row["state"], "connected");
+    let cpu = row["cpu_pct"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&cpu), "{row}");
+    assert!(row["mem_pct"].as_f64().is_some_and(|m| m > 0.0), "{row}");
+    let text = String::from_utf8_lossy(&c.run(&["top"]).stdout).into_owned();
+    assert!(
+        text.starts_with("NODE") && text.contains("gluu1") && text.contains("connected"),
+        "{text}"
+    );
     drop(serve);
+    let out = c.run(&["top"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("start `clustermgr serve`"));
 }
 
 /// A loopback TCP port nothing listens on now.

@@ -412,17 +412,7 @@ async fn influx(t: Target, token: Option<String>, mut rx: mpsc::Receiver<String>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample(name: &str, labels: &[(&str, &str)], value: f64) -> Sample {
-        Sample {
-            name: name.into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            value,
-        }
-    }
+    use crate::telemetry::sample;
 
     #[test]
     fn exposition_groups_by_name_types_counters_and_drops_stale_series() {

@@ -4,6 +4,7 @@
 pub mod export;
 pub mod gorilla;
 pub mod store;
+pub mod top;
 
 use std::collections::HashMap;
 
@@ -152,6 +153,22 @@ pub async fn logs(
     Ok(Report::Logs(Vec::new()))
 }
 
+/// `top`: a row per node from the ticks `serve` received last.
+pub fn top(ctx: &Ctx, nodes: &str) -> Result<Report, CtlError> {
+    let Some(pool) = ctx.pool.as_ref() else {
+        return Err(CtlError::Usage(
+            "`top` shows what `clustermgr serve` receives from the agents; start `clustermgr serve` and run this again".into(),
+        ));
+    };
+    let now_ms = ctx.clock.now().unix_timestamp() * 1000;
+    Ok(Report::Top(
+        select(&ctx.store.nodes()?, nodes)?
+            .iter()
+            .map(|n| top::row(&n.name, pool.get_pinned(n).is_some(), &ctx.recent, now_ms))
+            .collect(),
+    ))
+}
+
 /// What `clustermgr metrics` asks for.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MetricsSpec {
@@ -289,6 +306,23 @@ pub fn metrics(ctx: &Ctx, spec: &MetricsSpec) -> Result<Report, CtlError> {
         )));
     }
     Ok(Report::Metrics(views))
+}
+
+/// A sample from string pairs (tests).
+#[cfg(test)]
+pub(crate) fn sample(
+    name: &str,
+    labels: &[(&str, &str)],
+    value: f64,
+) -> clustermgr_protocol::telemetry::Sample {
+    clustermgr_protocol::telemetry::Sample {
+        name: name.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        value,
+    }
 }
 
 #[cfg(test)]
