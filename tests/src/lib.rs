@@ -267,9 +267,20 @@ pub fn follow_logs(
     std::process::Child,
     std::sync::mpsc::Receiver<(Instant, String)>,
 ) {
+    follow_with(c.cli(), args)
+}
+
+/// `logs -f ARGS` run by `cli` (a `clustermgr` command for some home), as
+/// [`follow_logs`].
+pub fn follow_with(
+    mut cli: Command,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<(Instant, String)>,
+) {
     use std::io::BufRead;
-    let mut child = c
-        .cli()
+    let mut child = cli
         .args(["logs", "-f"])
         .args(args)
         .stdin(Stdio::null())

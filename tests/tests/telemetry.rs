@@ -525,6 +525,17 @@ async fn a_real_prometheus_scrapes_serve_and_a_real_influxdb_gets_every_sample_o
     assert!(stored >= 3, "{stored}\n{}", influxd.log());
 }
 
+/// `clustermgr logs -f ARGS` for a harness controller.
+fn follow_ctl(
+    ctl: &clustermgr_tests::Controller,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<(Instant, String)>,
+) {
+    clustermgr_tests::follow_with(ctl.cmd(), args)
+}
+
 /// The lines of `source` on `node` in the store, through `ctl`.
 fn host_lines(ctl: &clustermgr_tests::Controller, node: &str, source: &str) -> Vec<String> {
     texts(&ctl.run(&[
@@ -533,7 +544,7 @@ fn host_lines(ctl: &clustermgr_tests::Controller, node: &str, source: &str) -> V
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_cut_off_for_a_minute_delivers_every_line_and_sample_of_the_gap_once() {
+async fn on_a_harness_host_lines_survive_rotation_and_a_minute_cut_off_once_each() {
     use clustermgr_tests::netns::Net;
     let mut net = Net::new();
     for name in ["gluu1", "gluu2"] {
@@ -555,6 +566,53 @@ async fn a_host_cut_off_for_a_minute_delivers_every_line_and_sample_of_the_gap_o
     clustermgr_tests::eventually_blocking("gluu1's stream to run", Duration::from_secs(60), || {
         host_lines(&ctl, "gluu1", "nginx-access").contains(&"READY".to_string())
     });
+
+    // A line appended to a Gluu log inside the container shows in `logs -f` within a
+    // second (the file did not exist when the agent started).
+    let (mut tail, rx) = follow_ctl(&ctl, &["--source", "oxauth"]);
+    g1.sh("mkdir -p /opt/gluu-server/opt/gluu/jetty/oxauth/logs && touch /opt/gluu-server/opt/gluu/jetty/oxauth/logs/oxauth.log");
+    let oxauth = g1.path("/opt/gluu-server/opt/gluu/jetty/oxauth/logs/oxauth.log");
+    // Until the agent follows the new file, a probe line may come first.
+    clustermgr_tests::eventually_blocking(
+        "the agent to follow oxauth.log",
+        Duration::from_secs(30),
+        || {
+            append_tagged(&oxauth, "probe", 0, 1);
+            clustermgr_tests::wait_for_line(&rx, "probe 0", Duration::from_millis(1500)).is_ok()
+        },
+    );
+    let written = Instant::now();
+    append_tagged(&oxauth, "INFO oxauth request", 1, 2);
+    let at = clustermgr_tests::wait_for_line(&rx, "INFO oxauth request 1", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let took = at.duration_since(written);
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let _ = tail.kill();
+    let _ = tail.wait();
+
+    // Rotation by rename mid-stream, then copytruncate with the writer paused across
+    // it: every line once.
+    let access = |from: usize, to: usize| append_tagged(&log, "rot", from, to);
+    access(0, 300);
+    g1.sh("mv /var/log/nginx/access.log /var/log/nginx/access.log.1");
+    access(300, 600);
+    let stored = |last: &str| {
+        clustermgr_tests::eventually_blocking(last, Duration::from_secs(30), || {
+            host_lines(&ctl, "gluu1", "nginx-access").contains(&last.to_string())
+        })
+    };
+    stored("rot 599");
+    g1.sh("cp /var/log/nginx/access.log /var/log/nginx/access.log.2 && truncate -s 0 /var/log/nginx/access.log");
+    access(600, 900);
+    stored("rot 899");
+    let rot: Vec<String> = host_lines(&ctl, "gluu1", "nginx-access")
+        .into_iter()
+        .filter(|l| l.starts_with("rot "))
+        .collect();
+    assert_eq!(
+        rot,
+        (0..900).map(|n| format!("rot {n}")).collect::<Vec<_>>()
+    );
 
     // A minute without a link, writing a line every 100 ms and sampling as usual.
     g1.cut_link();

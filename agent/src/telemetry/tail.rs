@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 /// The longest line kept whole; the rest is cut and counted in a marker.
 pub const MAX_LINE: usize = 64 * 1024;
+/// Bytes kept from just before the read position to recognise a file truncated and
+/// written again past it between two looks.
+const MARK: usize = 32;
 /// How long a line waits for a continuation (a stack trace's next line) once the
 /// file has nothing more to read.
 pub const HOLD: Duration = Duration::from_millis(40);
@@ -58,6 +61,8 @@ pub struct Follower {
     committed: u64,
     /// Offset of the first byte of the line being read (`partial`'s start).
     line_start: u64,
+    /// The last bytes read before the position (at most [`MARK`]).
+    mark: Vec<u8>,
     buf: Vec<u8>,
 }
 
@@ -100,6 +105,7 @@ impl Follower {
             held: None,
             committed: 0,
             line_start: 0,
+            mark: Vec::new(),
             buf: vec![0; 64 * 1024],
         };
         if let Ok(file) = File::open(&f.source.path)
@@ -124,6 +130,7 @@ impl Follower {
             };
             self.committed = offset;
             self.line_start = offset;
+            self.mark.clear();
             self.held = None;
             self.partial.clear();
             self.dropping = 0;
@@ -161,8 +168,9 @@ impl Follower {
                     self.read_available(emit);
                 }
             }
-            Ok(m) if m.len() < self.pos.offset => {
-                // Truncated in place: start over from its beginning.
+            Ok(m) if m.len() < self.pos.offset || self.rewritten() => {
+                // Truncated in place (and perhaps written past where we were since):
+                // start over from its beginning.
                 self.release_held(emit);
                 self.partial.clear();
                 self.dropping = 0;
@@ -188,6 +196,24 @@ impl Follower {
         self.held
             .as_ref()
             .is_some_and(|(_, since)| now.duration_since(*since) >= HOLD)
+    }
+
+    /// Whether the bytes just before the read position are no longer the ones read
+    /// there: the file was truncated and has grown back past the position since the
+    /// last look (copytruncate between two polls).
+    fn rewritten(&self) -> bool {
+        use std::os::unix::fs::FileExt;
+        let (Some(file), n) = (self.file.as_ref(), self.mark.len()) else {
+            return false;
+        };
+        if n == 0 || self.pos.offset < n as u64 {
+            return false;
+        }
+        let mut now = vec![0u8; n];
+        match file.read_exact_at(&mut now, self.pos.offset - n as u64) {
+            Ok(()) => now != self.mark,
+            Err(_) => true,
+        }
     }
 
     /// Emits the held line now (the agent is stopping).
@@ -219,6 +245,15 @@ impl Follower {
                 Ok(n) => n,
             };
             self.pos.offset += n as u64;
+            // The last bytes read, to recognise the file at the next look.
+            let keep = MARK.min(n);
+            if keep == MARK {
+                self.mark.clear();
+            } else {
+                let drop = (self.mark.len() + keep).saturating_sub(MARK);
+                self.mark.drain(..drop);
+            }
+            self.mark.extend_from_slice(&buf[n - keep..n]);
             let mut rest = &buf[..n];
             while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
                 let piece = &rest[..nl];

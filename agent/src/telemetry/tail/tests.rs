@@ -41,6 +41,24 @@ impl T {
         f.write_all(text.as_bytes()).unwrap();
     }
 
+    /// Writes `TAG N` lines for `range`, and expects them.
+    fn lines(&self, tag: &str, range: std::ops::Range<usize>, want: &mut Vec<String>) {
+        for i in range {
+            self.write(&format!("{tag} {i:03}\n"));
+            want.push(format!("{tag} {i:03}"));
+        }
+    }
+
+    /// Truncates the file in place, as copytruncate does.
+    fn truncate(&self) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+    }
+
     /// Polls as if time had passed beyond the hold.
     fn poll(&mut self) {
         let later = Instant::now() + HOLD * 2;
@@ -98,23 +116,12 @@ fn rotation_by_rename_loses_and_repeats_nothing() {
 fn copytruncate_with_the_writer_paused_loses_and_repeats_nothing() {
     let mut t = T::new();
     let mut want = Vec::new();
-    for i in 0..50 {
-        t.write(&format!("line {i}\n"));
-        want.push(format!("line {i}"));
-    }
+    t.lines("line", 0..50, &mut want);
     t.poll();
     std::fs::copy(&t.path, t.path.with_extension("log.1")).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&t.path)
-        .unwrap()
-        .set_len(0)
-        .unwrap();
+    t.truncate();
     t.poll();
-    for i in 50..60 {
-        t.write(&format!("line {i}\n"));
-        want.push(format!("line {i}"));
-    }
+    t.lines("line", 50..60, &mut want);
     t.poll();
     assert_eq!(t.got, want);
 }
@@ -174,4 +181,17 @@ fn a_file_that_appears_later_is_read_from_its_start() {
     f.poll(Instant::now() + HOLD * 2, &mut |l| got.push(l));
     f.poll(Instant::now() + HOLD * 4, &mut |l| got.push(l));
     assert_eq!(got, ["first"]);
+}
+
+#[test]
+fn a_truncation_hidden_by_new_writes_between_two_looks_is_still_seen() {
+    let mut t = T::new();
+    let mut want = Vec::new();
+    t.lines("old", 0..10, &mut want);
+    t.poll();
+    // Truncated and written back to more than it was before the next look.
+    t.truncate();
+    t.lines("new", 0..12, &mut want);
+    t.poll();
+    assert_eq!(t.got, want);
 }
