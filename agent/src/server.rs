@@ -712,6 +712,9 @@ async fn telemetry_stream(
         let Some(mut r) = reader.take() else {
             break;
         };
+        // Seen before reading: a flush after this point wakes the wait below, one
+        // before it is in what is read.
+        watch.borrow_and_update();
         let read = tokio::task::spawn_blocking(move || {
             let (mut batch, mut bytes) = (Vec::new(), 0usize);
             // Well under the frame limit, which may be as low as 64 KiB.
@@ -726,10 +729,11 @@ async fn telemetry_stream(
                     };
                 batch.push(rec);
             }
-            (r, batch)
+            let full = batch.len() >= TELEMETRY_BATCH || bytes >= max_bytes;
+            (r, batch, full)
         })
         .await;
-        let Ok((r, batch)) = read else { break };
+        let Ok((r, batch, full)) = read else { break };
         reader = Some(r);
         if !batch.is_empty() {
             // Waits while the controller is slow: back-pressure reaches only this
@@ -740,7 +744,10 @@ async fn telemetry_stream(
             {
                 break;
             }
-            continue;
+            if full {
+                // More is waiting: no need to be told.
+                continue;
+            }
         }
         tokio::select! {
             changed = watch.changed() => if changed.is_err() { break },

@@ -26,7 +26,7 @@ use tail::{Follower, Source};
 const SWEEP: Duration = Duration::from_millis(500);
 /// The shortest time between two rounds of reading: events in between are taken
 /// together (a busy file would otherwise wake the collector for every write).
-const ROUND: Duration = Duration::from_millis(20);
+const ROUND: Duration = Duration::from_millis(30);
 /// How often the file positions are saved while lines keep coming (and always when
 /// stopping): each save is an fsynced rename. A `kill -9` can repeat what was spooled
 /// since the last save.
