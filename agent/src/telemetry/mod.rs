@@ -6,15 +6,15 @@
 pub mod metrics;
 pub mod spool;
 pub mod tail;
+mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clustermgr_protocol::telemetry::Body;
-use notify::Watcher;
 
 use crate::config::AgentConfig;
 use crate::journal::now_ms;
@@ -129,7 +129,7 @@ impl Handle {
 #[derive(Debug)]
 pub struct Collector {
     stop: Arc<AtomicBool>,
-    wake: mpsc::Sender<PathBuf>,
+    wake: watch::Waker,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -141,7 +141,7 @@ impl Collector {
 
     fn stop_now(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = self.wake.send(PathBuf::new());
+        self.wake.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -168,7 +168,7 @@ pub fn start(cfg: &AgentConfig) -> std::io::Result<(Handle, Collector)> {
         acked: Arc::new(AtomicU64::new(0)),
         skip: Arc::new(AtomicU64::new(0)),
     };
-    let (wake, events) = mpsc::channel::<PathBuf>();
+    let (watcher, wake) = watch::Watcher::new()?;
     let stop = Arc::new(AtomicBool::new(false));
     let state = Loop {
         spool,
@@ -179,12 +179,9 @@ pub fn start(cfg: &AgentConfig) -> std::io::Result<(Handle, Collector)> {
         skip: handle.skip.clone(),
         stop: stop.clone(),
     };
-    let thread = {
-        let wake = wake.clone();
-        std::thread::Builder::new()
-            .name("telemetry".into())
-            .spawn(move || state.run(wake, events))?
-    };
+    let thread = std::thread::Builder::new()
+        .name("telemetry".into())
+        .spawn(move || state.run(watcher))?;
     Ok((
         handle,
         Collector {
@@ -206,7 +203,7 @@ struct Loop {
 }
 
 impl Loop {
-    fn run(mut self, wake: mpsc::Sender<PathBuf>, events: mpsc::Receiver<PathBuf>) {
+    fn run(mut self, mut watcher: watch::Watcher) {
         let saved = tail::load_positions(&self.positions_path);
         let mut followers: Vec<Follower> = self
             .sources
@@ -216,18 +213,6 @@ impl Loop {
                 Follower::new(s.clone(), saved.get(&key).copied(), false)
             })
             .collect();
-        // Directory events wake the loop; a watcher that cannot start leaves the sweep.
-        let tx = wake.clone();
-        let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
-            if let Ok(e) = e {
-                for p in e.paths {
-                    let _ = tx.send(p);
-                }
-            }
-        })
-        .map_err(|e| tracing::warn!("cannot watch log files ({e}); polling them instead"))
-        .ok();
-        let mut watched: BTreeSet<PathBuf> = BTreeSet::new();
         let mut sampler = metrics::Sampler::new();
         let mut next_sample = Instant::now();
         // Ticks are stamped with their scheduled time, so a steady series' timestamps
@@ -243,14 +228,13 @@ impl Loop {
             let sweep = now >= next_sweep;
             if sweep {
                 next_sweep = now + SWEEP;
-                if let Some(w) = watcher.as_mut() {
-                    for f in &followers {
-                        if let Some(d) = f.source.path.parent()
-                            && !watched.contains(d)
-                            && w.watch(d, notify::RecursiveMode::NonRecursive).is_ok()
-                        {
-                            watched.insert(d.to_path_buf());
-                        }
+                // Directories that appeared since are watched from now on.
+                for f in &followers {
+                    if let Some(d) = f.source.path.parent()
+                        && !watcher.watches(d)
+                        && d.is_dir()
+                    {
+                        let _ = watcher.watch(d);
                     }
                 }
             }
@@ -330,16 +314,20 @@ impl Loop {
                 wait = wait.min(h);
             }
             let timeout = wait.saturating_duration_since(Instant::now());
-            match events.recv_timeout(timeout) {
-                Ok(p) => {
-                    mark(&followers, &p, &mut dirty);
-                    std::thread::sleep(ROUND);
-                    while let Ok(p) = events.try_recv() {
-                        mark(&followers, &p, &mut dirty);
-                    }
+            let changes = watcher.wait(timeout);
+            let take = |c: watch::Changes, dirty: &mut BTreeSet<usize>| {
+                if c.overflow {
+                    dirty.extend(0..followers.len());
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                for p in &c.paths {
+                    mark(&followers, p, dirty);
+                }
+            };
+            if !changes.paths.is_empty() || changes.overflow {
+                take(changes, &mut dirty);
+                // Writes in the next moment are read together.
+                std::thread::sleep(ROUND);
+                take(watcher.drain(), &mut dirty);
             }
         }
     }
