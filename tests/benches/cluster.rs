@@ -841,7 +841,10 @@ async fn fan_out_inner(
         w(
             "agent.toml",
             &format!(
-                "listen = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\nstate_dir = \"{}\"\nroot = \"{}\"\nwritable_roots = [\"{}\"]\n",
+                // Telemetry off: this bench measures requests, and a thousand collectors
+                // sampling /proc in one process would be a load of their own (the
+                // telemetry bench measures collection).
+                "listen = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\nstate_dir = \"{}\"\nroot = \"{}\"\nwritable_roots = [\"{}\"]\n[telemetry]\nenabled = false\n",
                 toml_path(&etc.join("agent.crt")),
                 toml_path(&etc.join("agent.key")),
                 toml_path(&etc.join("ca.crt")),
