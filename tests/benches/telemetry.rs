@@ -20,6 +20,10 @@ const RUNS: usize = 3;
 const LATENCY_LINES: usize = 300;
 /// Seconds the agent's cost is measured over.
 const COST_SECS: u64 = 20;
+/// Agents for the ingest stage.
+const INGEST_AGENTS_ENV: &str = "TELEMETRY_BENCH_AGENTS";
+/// Seconds serve's ingest is measured over.
+const INGEST_SECS: u64 = 30;
 
 fn appender(path: &Path) -> std::io::BufWriter<std::fs::File> {
     std::io::BufWriter::with_capacity(
@@ -247,6 +251,50 @@ fn main() {
             }
             Ok(_) => res.note("no samples were stored"),
             Err(e) => res.note(format!("cannot read the telemetry store: {e}")),
+        }
+        drop(c);
+
+        // ---- 5. serve ingesting from many agents, each sampling every second.
+        let n = env_count(INGEST_AGENTS_ENV, 100);
+        eprintln!("[5] ingest: starting {n} agents sampling every second");
+        let extra = "[telemetry]\nmetrics_interval_secs = 1\ndefault_logs = false\n";
+        let c = Cluster::start((1..=n).map(|i| node(&format!("gluu{i}"), extra)).collect()).await;
+        let collecting = Instant::now();
+        let serve = c.serve().await;
+        let serve_pid = serve.0.id();
+        // Past the backlog the agents spooled before serve started.
+        std::thread::sleep(Duration::from_secs(10));
+        let cpu0 = cpu_secs(serve_pid);
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(INGEST_SECS));
+        let secs = t0.elapsed().as_secs_f64();
+        let serve_pct = (cpu_secs(serve_pid) - cpu0) / secs * 100.0;
+        let serve_rss = rss_mib(serve_pid);
+        serve.stop();
+        let lifetime = collecting.elapsed().as_secs_f64();
+        match TelemetryStore::open(&c.dir().join("telemetry.redb")).and_then(|s| s.tier_stats(Tier::Raw)) {
+            Ok((bytes, samples)) if samples > 0 => {
+                res.note(format!(
+                    "ingest: {samples} samples from {n} agents stored over {lifetime:.0} s of collecting, {:.0} samples/s; serve's resident memory {serve_rss:.1} MiB",
+                    samples as f64 / lifetime
+                ));
+                res.add(
+                    "ingest_serve_cpu",
+                    format!("serve CPU, % of one core, ingesting {n} agents' ticks every second ({INGEST_SECS} s)"),
+                    "%",
+                    Ok(vec![serve_pct]),
+                    None,
+                );
+                res.add(
+                    "ingest_bytes_per_sample",
+                    format!("raw tier: bytes per stored sample after that run ({n} agents)"),
+                    "B",
+                    Ok(vec![bytes as f64 / samples as f64]),
+                    Some(1.0),
+                );
+            }
+            Ok(_) => res.note("ingest: no samples were stored"),
+            Err(e) => res.note(format!("ingest: cannot read the telemetry store: {e}")),
         }
     });
     let elapsed = started.elapsed();
