@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clustermgr::telemetry::store::{TelemetryStore, Tier};
-use clustermgr_tests::bench::env_count;
+use clustermgr_tests::bench::{env_count, rss_mib};
 use clustermgr_tests::{Cluster, node};
 
 /// MiB written per throughput run.
@@ -59,15 +59,6 @@ fn cpu_secs(pid: u32) -> f64 {
         .collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {

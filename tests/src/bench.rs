@@ -42,6 +42,16 @@ pub struct Results {
     load_before: String,
 }
 
+/// A process's resident memory, MiB (0 when it is gone).
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
 /// A positive count from the environment variable `name`, else `default`.
 pub fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -51,7 +51,13 @@ impl Stream {
                 read_message::<TelemetryFrame, _>(&mut self.recv, 16 << 20, "telemetry"),
             )
             .await
-            .unwrap_or_else(|_| panic!("{what}: not within {patience:?}; got {got:?}"))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{what}: not within {patience:?}; got {} records, the last {:?}",
+                    got.len(),
+                    got.last()
+                )
+            })
             .expect("a frame")
             .expect("the stream goes on");
             match frame {
@@ -523,6 +529,61 @@ async fn a_real_prometheus_scrapes_serve_and_a_real_influxdb_gets_every_sample_o
         || influx_count() == stored,
     );
     assert!(stored >= 3, "{stored}\n{}", influxd.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_that_does_not_read_slows_its_stream_not_the_node() {
+    let (logs, c) = one_node_following_app_log().await;
+    let log = logs.path().join("app.log");
+    // A stream nobody reads while 40 MiB of lines are written: far more than QUIC's
+    // windows hold, so the agent must wait on the stream, and keep collecting.
+    let mut s = Stream::open(&c, 0).await;
+    let n = 400_000;
+    {
+        let mut w = std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap(),
+        );
+        for i in 0..n {
+            writeln!(w, "line {i:08} {}", "x".repeat(80)).unwrap();
+        }
+    }
+    let spool = c.agent("gluu1").dir.join("state/telemetry/spool");
+    let spooled = || -> u64 {
+        std::fs::read_dir(&spool)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    clustermgr_tests::eventually_blocking(
+        "the agent to spool every line",
+        Duration::from_secs(60),
+        || spooled() > 40 << 20,
+    );
+    let pid = c.agent("gluu1").child.id().unwrap();
+    let rss = clustermgr_tests::bench::rss_mib(pid);
+    assert!(
+        rss < 30.0,
+        "the agent holds {rss:.1} MiB while its reader stalls"
+    );
+    // Reading again, every line arrives, in order.
+    let got = s
+        .until("every line", Duration::from_secs(120), |r| {
+            r.iter().rev().take(64).any(|x| {
+                matches!(&x.body, Body::Log { line, .. } if line.starts_with(&format!("line {:08}", n - 1)))
+            })
+        })
+        .await;
+    let got = lines(&got);
+    assert_eq!(got.len(), n);
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order");
 }
 
 /// `clustermgr logs -f ARGS` for a harness controller.
