@@ -109,6 +109,8 @@ const FORMAT: u64 = 1;
 const LOG_BLOCK_FORMAT: u8 = 1;
 /// Samples in a raw chunk before a new one starts (two hours at 10 s).
 pub const CHUNK_SAMPLES: usize = 720;
+/// Series rolled up and pruned per transaction by [`TelemetryStore::maintain`].
+const SERIES_PER_UPKEEP: usize = 256;
 /// The largest block accepted when reading back (a damaged size prefix is not
 /// allocated).
 const MAX_BLOCK: usize = 64 << 20;
@@ -466,48 +468,51 @@ impl TelemetryStore {
             }
             Ok(out)
         })?;
-        for (key, id) in ids {
-            let (node, series) = key.split_once('\u{0}').unwrap_or((&key, ""));
-            let counter = series
-                .split('{')
-                .next()
-                .unwrap_or(series)
-                .ends_with("_total");
-            done.rolled_up += self.write(|txn| {
-                let Some(wm) = txn.open_table(WATERMARK)?.get(node)?.map(|v| v.value()) else {
-                    return Ok(0);
-                };
-                let mut n = 0;
-                for (tag, tier) in [(1u8, Tier::Minute), (2u8, Tier::Hour)] {
-                    n += roll_up(txn, id, tag, tier, counter, wm)?;
-                }
-                Ok(n)
-            })?;
-            let day = 86_400_000i64;
-            done.removed += self.write(|txn| {
-                let rolled = |tag: u8| -> Result<i64, TxErr> {
-                    Ok(txn
+        let day = 86_400_000i64;
+        // A few hundred series per transaction: one commit (and fsync) per series would
+        // be thousands a minute with a hundred nodes, and one for all would hold up the
+        // ingest for the whole pass.
+        for batch in ids.chunks(SERIES_PER_UPKEEP) {
+            let (rolled_up, removed) = self.write(|txn| {
+                let (mut rolled_up, mut removed) = (0, 0);
+                for (key, id) in batch {
+                    let id = *id;
+                    let (node, series) = key.split_once('\u{0}').unwrap_or((key, ""));
+                    let counter = series
+                        .split('{')
+                        .next()
+                        .unwrap_or(series)
+                        .ends_with("_total");
+                    let wm = txn.open_table(WATERMARK)?.get(node)?.map(|v| v.value());
+                    if let Some(wm) = wm {
+                        for (tag, tier) in [(1u8, Tier::Minute), (2u8, Tier::Hour)] {
+                            rolled_up += roll_up(txn, id, tag, tier, counter, wm)?;
+                        }
+                    }
+                    let hours_have = txn
                         .open_table(ROLLED)?
-                        .get((tag, id))?
-                        .map_or(i64::MIN, |v| v.value()))
-                };
-                // Raw chunks go once their tiers have them, and the tiers' by age.
-                let raw_cut = (now_ms - i64::from(keep.raw_days) * day).min(rolled(2)?);
-                let mut n = drop_older(txn, Tier::Raw, id, raw_cut)?;
-                n += drop_older(
-                    txn,
-                    Tier::Minute,
-                    id,
-                    now_ms - i64::from(keep.minute_days) * day,
-                )?;
-                n += drop_older(
-                    txn,
-                    Tier::Hour,
-                    id,
-                    now_ms - i64::from(keep.hour_days) * day,
-                )?;
-                Ok(n)
+                        .get((2u8, id))?
+                        .map_or(i64::MIN, |v| v.value());
+                    // Raw chunks go once the hour tier has them; the tiers by age.
+                    let raw_cut = (now_ms - i64::from(keep.raw_days) * day).min(hours_have);
+                    removed += drop_older(txn, Tier::Raw, id, raw_cut)?;
+                    removed += drop_older(
+                        txn,
+                        Tier::Minute,
+                        id,
+                        now_ms - i64::from(keep.minute_days) * day,
+                    )?;
+                    removed += drop_older(
+                        txn,
+                        Tier::Hour,
+                        id,
+                        now_ms - i64::from(keep.hour_days) * day,
+                    )?;
+                }
+                Ok((rolled_up, removed))
             })?;
+            done.rolled_up += rolled_up;
+            done.removed += removed;
         }
         let log_cut = now_ms - i64::from(keep.log_days) * 86_400_000;
         done.removed += self.write(|txn| {
