@@ -100,7 +100,8 @@ impl Exports {
             for s in samples {
                 line_protocol(&mut lines, node, time_ms, s);
             }
-            // A full queue means InfluxDB is far behind: the store keeps everything.
+            // The writer empties this queue into its bounded backlog even while InfluxDB
+            // is away; full, it means serve itself is overloaded (the store keeps all).
             let _ = tx.try_send(lines);
         }
     }
@@ -328,6 +329,38 @@ async fn post(t: &Target, token: Option<&str>, body: &str) -> Result<(u16, Strin
     Ok((code, body.chars().take(300).collect()))
 }
 
+/// Waits `for_` while moving what the ingest sends into `backlog` (the queue between
+/// them is small: while InfluxDB is away, the backlog, with its bound and its count
+/// of what it dropped, is where samples wait). An empty message is `close`.
+async fn wait_taking(
+    rx: &mut mpsc::Receiver<String>,
+    backlog: &mut std::collections::VecDeque<String>,
+    closing: &mut bool,
+    for_: Duration,
+) {
+    let until = tokio::time::Instant::now() + for_;
+    loop {
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(l) if l.is_empty() => *closing = true,
+                Some(l) => backlog.push_back(l),
+                None => {
+                    *closing = true;
+                    break;
+                }
+            },
+            _ = tokio::time::sleep_until(until) => break,
+        }
+    }
+    while let Ok(l) = rx.try_recv() {
+        if l.is_empty() {
+            *closing = true;
+        } else {
+            backlog.push_back(l);
+        }
+    }
+}
+
 /// Writes queued lines to InfluxDB in batches, retrying with a growing pause while it
 /// does not take them; the oldest go when the backlog is full.
 async fn influx(t: Target, token: Option<String>, mut rx: mpsc::Receiver<String>) {
@@ -347,17 +380,13 @@ async fn influx(t: Target, token: Option<String>, mut rx: mpsc::Receiver<String>
                 None => return,
             }
         }
-        // Take what else is there, briefly, to write in bulk.
-        if !closing {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        while let Ok(l) = rx.try_recv() {
-            if l.is_empty() {
-                closing = true;
-            } else {
-                backlog.push_back(l);
-            }
-        }
+        // Take what else comes, briefly, to write in bulk.
+        let gather = if closing {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(200)
+        };
+        wait_taking(&mut rx, &mut backlog, &mut closing, gather).await;
         if backlog.is_empty() {
             continue;
         }
@@ -392,7 +421,7 @@ async fn influx(t: Target, token: Option<String>, mut rx: mpsc::Receiver<String>
                     reply.trim(),
                     pause.as_secs_f32()
                 );
-                tokio::time::sleep(pause).await;
+                wait_taking(&mut rx, &mut backlog, &mut closing, pause).await;
                 pause = (pause * 2).min(Duration::from_secs(60));
             }
             Err(e) => {
@@ -402,7 +431,7 @@ async fn influx(t: Target, token: Option<String>, mut rx: mpsc::Receiver<String>
                     t.port,
                     pause.as_secs_f32()
                 );
-                tokio::time::sleep(pause).await;
+                wait_taking(&mut rx, &mut backlog, &mut closing, pause).await;
                 pause = (pause * 2).min(Duration::from_secs(60));
             }
         }
