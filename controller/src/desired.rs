@@ -1342,7 +1342,8 @@ async fn ensure_tunnel(
     let all = ctx.store.nodes()?;
     let wanted = wanted_tunnel_keys(&model, &all, selected);
     let mut problems = BTreeMap::new();
-    if wanted.is_empty() {
+    // With nothing to certify, only a tunnel CA that exists has a list to renew.
+    if wanted.is_empty() && ctx.store.tunnel()?.is_none() {
         return Ok(problems);
     }
     let answers = futures_util::future::join_all(wanted.iter().map(|(_, node, path)| async move {
@@ -1460,18 +1461,6 @@ pub async fn renew_tunnel(ctx: &Ctx, within: Duration) -> Result<Vec<String>, Ct
     }
     for (node, why) in ensure_tunnel(ctx, &due, within).await? {
         tracing::warn!("{node}: its tunnel certificate cannot be renewed: {why}");
-    }
-    if crl_due {
-        // ensure_tunnel renews a due list only when it has a node to ask.
-        ctx.store.update_tunnel(|slot| {
-            if let Some(rec) = slot.as_mut() {
-                let ca = crate::ca::Ca::load(&rec.ca_cert_pem, &rec.ca_key_pem)?;
-                if rec.crl_next_update - now.unix_timestamp() < CRL_RENEW_BEFORE_SECS {
-                    renew_crl(&ca, rec, now)?;
-                }
-            }
-            Ok(())
-        })?;
     }
     let carriers: Vec<NodeRecord> = all
         .into_iter()
