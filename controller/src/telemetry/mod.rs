@@ -97,20 +97,22 @@ pub async fn logs(
         nodes: nodes.clone(),
         source: spec.source.clone(),
         since_ms,
-        limit: None,
+        // With --since, every line since then; else the newest `limit`.
+        limit: since_ms.is_none().then_some(spec.limit),
     };
-    let mut lines = tokio::task::spawn_blocking(move || store.logs(&q))
-        .await
-        .map_err(|e| CtlError::Refused(e.to_string()))??;
+    let grep_text = grep.clone();
+    let lines = tokio::task::spawn_blocking(move || {
+        store.logs(&q, &|l| {
+            grep_text.as_ref().is_none_or(|g| g.is_match(&l.line))
+        })
+    })
+    .await
+    .map_err(|e| CtlError::Refused(e.to_string()))??;
     let wanted = |n: &NodeLine| {
         nodes.contains(&n.node)
             && spec.source.as_ref().is_none_or(|s| *s == n.source)
             && grep.as_ref().is_none_or(|g| g.is_match(&n.line))
     };
-    lines.retain(|l| wanted(l));
-    if lines.len() > spec.limit && since_ms.is_none() {
-        lines.drain(..lines.len() - spec.limit);
-    }
     let Some(live) = live.as_mut() else {
         return Ok(Report::Logs(lines));
     };

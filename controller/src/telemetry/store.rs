@@ -165,7 +165,7 @@ pub struct LogQuery {
     pub source: Option<String>,
     /// Only lines at or after this time, Unix milliseconds.
     pub since_ms: Option<i64>,
-    /// The last this many lines (after the other filters).
+    /// The last this many lines (after the other filters); older blocks are not read.
     pub limit: Option<usize>,
 }
 
@@ -357,22 +357,45 @@ impl TelemetryStore {
     }
 
     /// Log lines matching `q`, in time order across nodes.
-    pub fn logs(&self, q: &LogQuery) -> Result<Vec<NodeLine>, CtlError> {
+    pub fn logs(
+        &self,
+        q: &LogQuery,
+        matches: &dyn Fn(&LogLine) -> bool,
+    ) -> Result<Vec<NodeLine>, CtlError> {
+        use std::cmp::Reverse;
         self.read(|txn| {
             let t = txn.open_table(LOGS).map_err(|e| e.to_string())?;
             let since = q.since_ms.unwrap_or(i64::MIN);
             let mut out = Vec::new();
-            for row in t.range((since, "", 0u64)..).map_err(|e| e.to_string())? {
+            // The newest `limit` times seen: once the oldest of them is newer than a
+            // block's newest line, no older block can place a line among the last.
+            let mut newest: std::collections::BinaryHeap<Reverse<i64>> = Default::default();
+            let mut rows = t.range((since, "", 0u64)..).map_err(|e| e.to_string())?;
+            while let Some(row) = rows.next_back() {
                 let (k, v) = row.map_err(|e| e.to_string())?;
-                let (_, node, _) = k.value();
+                let (block_newest, node, _) = k.value();
+                if let Some(n) = q.limit
+                    && newest.len() >= n
+                    && newest.peek().is_some_and(|Reverse(t)| *t > block_newest)
+                {
+                    break;
+                }
                 if !q.nodes.is_empty() && !q.nodes.iter().any(|n| n == node) {
                     continue;
                 }
                 let node = node.to_string();
                 for line in decode_block(v.value())? {
-                    if line.time_ms < since || q.source.as_ref().is_some_and(|s| *s != line.source)
+                    if line.time_ms < since
+                        || q.source.as_ref().is_some_and(|s| *s != line.source)
+                        || !matches(&line)
                     {
                         continue;
+                    }
+                    if let Some(n) = q.limit {
+                        newest.push(Reverse(line.time_ms));
+                        if newest.len() > n {
+                            newest.pop();
+                        }
                     }
                     out.push(NodeLine::of(&node, line));
                 }

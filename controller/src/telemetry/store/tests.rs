@@ -51,7 +51,7 @@ fn a_batch_delivered_twice_is_stored_once() {
     let second = s.ingest("n1", &again).unwrap();
     assert_eq!((second.cursor, second.lines, second.duplicates), (4, 1, 3));
     let lines: Vec<String> = s
-        .logs(&LogQuery::default())
+        .logs(&LogQuery::default(), &|_| true)
         .unwrap()
         .into_iter()
         .map(|l| l.line)
@@ -88,7 +88,7 @@ fn logs_merge_across_nodes_in_time_order_and_filter() {
         ],
     )
     .unwrap();
-    let all = s.logs(&LogQuery::default()).unwrap();
+    let all = s.logs(&LogQuery::default(), &|_| true).unwrap();
     let text: Vec<(&str, &str)> = all
         .iter()
         .map(|l| (l.node.as_str(), l.line.as_str()))
@@ -110,17 +110,17 @@ fn logs_merge_across_nodes_in_time_order_and_filter() {
         source: Some("oxauth".into()),
         ..LogQuery::default()
     };
-    assert_eq!(s.logs(&q).unwrap().len(), 1);
+    assert_eq!(s.logs(&q, &|_| true).unwrap().len(), 1);
     let since = LogQuery {
         since_ms: Some(250),
         ..LogQuery::default()
     };
-    assert_eq!(s.logs(&since).unwrap().len(), 2);
+    assert_eq!(s.logs(&since, &|_| true).unwrap().len(), 2);
     let last = LogQuery {
         limit: Some(1),
         ..LogQuery::default()
     };
-    assert_eq!(s.logs(&last).unwrap()[0].seq, 9);
+    assert_eq!(s.logs(&last, &|_| true).unwrap()[0].seq, 9);
 }
 
 #[test]
@@ -268,10 +268,10 @@ fn old_samples_and_lines_go_by_age_but_raw_waits_for_its_rollup() {
         "what the hours lack stays"
     );
     // Lines are kept 30 days.
-    assert_eq!(s.logs(&LogQuery::default()).unwrap().len(), 1);
+    assert_eq!(s.logs(&LogQuery::default(), &|_| true).unwrap().len(), 1);
     s.maintain(start + 31 * 86_400_000, &Retention::default(), true)
         .unwrap();
-    assert!(s.logs(&LogQuery::default()).unwrap().is_empty());
+    assert!(s.logs(&LogQuery::default(), &|_| true).unwrap().is_empty());
     // The minute points outlive the raw samples.
     let minute = s
         .series_in(Tier::Minute, &[], Some("node_load1"), 0)
@@ -301,5 +301,47 @@ fn beyond_its_size_the_store_sheds_its_oldest_first() {
     // Each series keeps its newest chunk, with the newest samples.
     let raw = s.series(&[], Some("node_load1"), 0).unwrap();
     assert_eq!(raw[0].samples.last().unwrap().0, start + 1079 * 10_000);
-    assert!(s.logs(&LogQuery::default()).unwrap().is_empty());
+    assert!(s.logs(&LogQuery::default(), &|_| true).unwrap().is_empty());
+}
+
+#[test]
+fn the_newest_lines_come_from_the_newest_blocks_however_their_lines_interleave() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TelemetryStore::open(&tmp.path().join("t.redb")).unwrap();
+    // Old blocks first, then one from n1 whose lines span a long backlog, and one
+    // from n2 in the middle of it.
+    for i in 0..50u64 {
+        s.ingest("n1", &[log(i + 1, i as i64, "app", &format!("old {i}"))])
+            .unwrap();
+    }
+    s.ingest(
+        "n1",
+        &[
+            log(100, 100, "app", "backlog"),
+            log(101, 900, "app", "n1 new"),
+        ],
+    )
+    .unwrap();
+    s.ingest(
+        "n2",
+        &[log(1, 800, "app", "n2 new"), log(2, 850, "db", "n2 other")],
+    )
+    .unwrap();
+    let q = LogQuery {
+        limit: Some(2),
+        ..LogQuery::default()
+    };
+    let text = |v: Vec<NodeLine>| v.into_iter().map(|l| l.line).collect::<Vec<_>>();
+    assert_eq!(text(s.logs(&q, &|_| true).unwrap()), ["n2 other", "n1 new"]);
+    let only_new = |l: &LogLine| l.line.contains("new");
+    assert_eq!(text(s.logs(&q, &only_new).unwrap()), ["n2 new", "n1 new"]);
+    let q = LogQuery {
+        limit: Some(3),
+        source: Some("app".into()),
+        ..LogQuery::default()
+    };
+    assert_eq!(
+        text(s.logs(&q, &|_| true).unwrap()),
+        ["backlog", "n2 new", "n1 new"]
+    );
 }
