@@ -271,8 +271,10 @@ impl Sampler {
         if self.ticks.is_multiple_of(RESCAN_EVERY) {
             self.rescan();
         }
-        // app → (cpu seconds, resident bytes, processes)
-        let mut per_app: BTreeMap<String, (f64, f64, u32)> = BTreeMap::new();
+        // app → (clock ticks, resident pages, processes). Summed as integers and
+        // divided once, so the seconds stay exact hundredths, which the controller
+        // stores in a byte or two where a float would take six.
+        let mut per_app: BTreeMap<String, (u64, u64, u32)> = BTreeMap::new();
         let mut gone = false;
         for (pid, app) in &self.procs {
             let dir = self.proc.join(pid.to_string());
@@ -287,21 +289,23 @@ impl Sampler {
                 gone = true;
                 continue;
             }
-            let utime: f64 = f[11].parse().unwrap_or(0.0);
-            let stime: f64 = f[12].parse().unwrap_or(0.0);
-            let rss: f64 = f[21].parse().unwrap_or(0.0);
+            let utime: u64 = f[11].parse().unwrap_or(0);
+            let stime: u64 = f[12].parse().unwrap_or(0);
+            let rss: u64 = f[21].parse().unwrap_or(0);
             let e = per_app.entry(app.clone()).or_default();
-            e.0 += (utime + stime) / self.clock_ticks;
-            e.1 += rss * self.page;
+            e.0 += utime + stime;
+            e.1 += rss;
             e.2 += 1;
         }
         if gone {
             // Counted from the survivors this tick; the table is walked again next.
             self.ticks = RESCAN_EVERY - 1;
         }
-        for (app, (cpu, rss, n)) in per_app {
+        for (app, (ticks, pages, n)) in per_app {
             let labels = [("app", app.as_str())];
+            let cpu = ticks as f64 / self.clock_ticks;
             out.push(sample("gluu_process_cpu_seconds_total", &labels, cpu));
+            let rss = pages as f64 * self.page;
             out.push(sample("gluu_process_resident_memory_bytes", &labels, rss));
             out.push(sample("gluu_processes", &labels, f64::from(n)));
         }

@@ -14,37 +14,90 @@ pub const MAX_SAMPLES: usize = u16::MAX as usize;
 
 const HEADER: usize = 1 + 1 + 2 + 8 + 8;
 
-/// How a chunk's values are encoded.
+/// How a chunk's values are encoded. A chunk takes the narrowest kind that holds all
+/// its values, and widens (re-encoding itself) when a value needs it: whole numbers
+/// are hundredths, hundredths are thousandths, and everything is a float.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     /// XOR of successive IEEE 754 bit patterns.
-    Xor = 0,
-    /// Delta-of-delta of whole numbers (exact up to 2^53).
-    Int = 1,
+    Xor,
+    /// Delta-of-delta of whole numbers (exact up to 2^53) that are all multiples of
+    /// 2^shift, stored divided by it: bytes counted in sectors, pages or KiB move by
+    /// multiples of 512, 4096 or 1024, and those low bits would be spent on every
+    /// sample.
+    Int(u32),
     /// Delta-of-delta of hundredths: values that are exactly `n / 100.0` (CPU seconds
     /// from clock ticks, load averages).
-    Centi = 2,
+    Centi,
+    /// Delta-of-delta of thousandths: seconds from milliseconds (disk busy time).
+    Milli,
+}
+
+/// The largest power of two an integer chunk divides its values by.
+const MAX_SHIFT: u32 = 32;
+
+impl Kind {
+    /// The header byte: the kind in the low two bits, an integer chunk's shift above.
+    fn byte(self) -> u8 {
+        match self {
+            Kind::Xor => 0,
+            Kind::Int(shift) => 1 | ((shift.min(MAX_SHIFT) as u8) << 2),
+            Kind::Centi => 2,
+            Kind::Milli => 3,
+        }
+    }
+
+    fn from_byte(b: u8) -> Result<Kind, String> {
+        match (b & 3, b >> 2) {
+            (0, 0) => Ok(Kind::Xor),
+            (1, shift) if u32::from(shift) <= MAX_SHIFT => Ok(Kind::Int(u32::from(shift))),
+            (2, 0) => Ok(Kind::Centi),
+            (3, 0) => Ok(Kind::Milli),
+            _ => Err(format!("unknown value encoding {b}")),
+        }
+    }
+}
+
+/// The narrowest kind that holds every one of `values`.
+fn fitting(values: &[f64]) -> Kind {
+    if values.iter().all(|v| integral(*v)) {
+        let shift = values
+            .iter()
+            .map(|v| (*v as i64).trailing_zeros())
+            .fold(MAX_SHIFT, u32::min);
+        return Kind::Int(shift);
+    }
+    [Kind::Centi, Kind::Milli]
+        .into_iter()
+        .find(|k| values.iter().all(|v| scaled(*k, *v).is_some()))
+        .unwrap_or(Kind::Xor)
 }
 
 /// The integer a value is stored as in a chunk of `kind`, if it fits that kind.
 fn scaled(kind: Kind, v: f64) -> Option<i64> {
+    let decimal = |per: f64| {
+        let i = (v * per).round();
+        (i.abs() <= (1u64 << 53) as f64
+            && (i / per).to_bits() == v.to_bits()
+            && !(v == 0.0 && v.is_sign_negative()))
+        .then_some(i as i64)
+    };
     match kind {
         Kind::Xor => None,
-        Kind::Int => integral(v).then_some(v as i64),
-        Kind::Centi => {
-            let i = (v * 100.0).round();
-            (i.abs() <= (1u64 << 53) as f64
-                && (i / 100.0).to_bits() == v.to_bits()
-                && !(v == 0.0 && v.is_sign_negative()))
-            .then_some(i as i64)
+        Kind::Int(shift) => {
+            (integral(v) && (v as i64).trailing_zeros() >= shift).then_some((v as i64) >> shift)
         }
+        Kind::Centi => decimal(100.0),
+        Kind::Milli => decimal(1000.0),
     }
 }
 
 fn unscaled(kind: Kind, i: i64) -> f64 {
     match kind {
+        Kind::Int(shift) => i.wrapping_shl(shift) as f64,
         Kind::Centi => i as f64 / 100.0,
-        _ => i as f64,
+        Kind::Milli => i as f64 / 1000.0,
+        Kind::Xor => i as f64,
     }
 }
 
@@ -175,11 +228,12 @@ pub struct Encoder {
 impl Encoder {
     /// A chunk starting with `(t, v)`.
     pub fn new(t: i64, v: f64) -> Encoder {
+        Encoder::of_kind(fitting(&[v]), t, v)
+    }
+
+    fn of_kind(kind: Kind, t: i64, v: f64) -> Encoder {
         let mut e = Encoder {
-            kind: [Kind::Int, Kind::Centi]
-                .into_iter()
-                .find(|k| scaled(*k, v).is_some())
-                .unwrap_or(Kind::Xor),
+            kind,
             count: 1,
             first: (t, v),
             w: BitWriter::default(),
@@ -210,22 +264,41 @@ impl Encoder {
         self.last_t
     }
 
-    /// Adds a sample; `false` when it does not fit this chunk (full, out of order, or
-    /// a fraction in a chunk of whole numbers): seal this one and start another.
+    /// Adds a sample; `false` when it does not fit this chunk (full, or not after the
+    /// last sample): seal this one and start another.
     pub fn push(&mut self, t: i64, v: f64) -> bool {
         if self.len() >= MAX_SAMPLES || t <= self.last_t {
             return false;
         }
         let i = scaled(self.kind, v);
         if self.kind != Kind::Xor && i.is_none() {
-            return false;
+            // Widened: a kind changes at most a few times in a chunk, mostly while it
+            // is young, so re-encoding costs little.
+            let Ok(mut samples) = decode(&self.bytes()) else {
+                return false;
+            };
+            samples.push((t, v));
+            let values: Vec<f64> = samples.iter().map(|s| s.1).collect();
+            let mut e = Encoder::of_kind(fitting(&values), samples[0].0, samples[0].1);
+            for &(t, v) in &samples[1..] {
+                e.append(t, v, scaled(e.kind, v));
+            }
+            *self = e;
+            return true;
         }
+        self.append(t, v, i);
+        true
+    }
+
+    /// Adds a sample known to fit: after the last, and `i` is its scaled value when
+    /// the kind has one.
+    fn append(&mut self, t: i64, v: f64, i: Option<i64>) {
         let dt = t.wrapping_sub(self.last_t);
         put_dod(&mut self.w, dt.wrapping_sub(self.last_dt));
         self.last_dt = dt;
         self.last_t = t;
         match self.kind {
-            Kind::Int | Kind::Centi => {
+            Kind::Int(_) | Kind::Centi | Kind::Milli => {
                 let i = i.unwrap_or(0);
                 let di = i.wrapping_sub(self.last_i);
                 put_dod(&mut self.w, di.wrapping_sub(self.last_di));
@@ -261,14 +334,13 @@ impl Encoder {
             }
         }
         self.count += 1;
-        true
     }
 
     /// The chunk's bytes.
     pub fn bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER + self.w.bytes.len());
         out.push(FORMAT);
-        out.push(self.kind as u8);
+        out.push(self.kind.byte());
         out.extend_from_slice(&self.count.to_le_bytes());
         out.extend_from_slice(&self.first.0.to_le_bytes());
         out.extend_from_slice(&self.first.1.to_bits().to_le_bytes());
@@ -281,11 +353,13 @@ impl Encoder {
         let samples = decode(bytes)?;
         let mut it = samples.into_iter();
         let (t, v) = it.next().ok_or("an empty chunk")?;
-        let mut e = Encoder::new(t, v);
+        let mut e = Encoder::of_kind(Kind::from_byte(bytes[1])?, t, v);
         for (t, v) in it {
-            if !e.push(t, v) {
-                return Err("the chunk's samples are out of order".into());
+            let i = scaled(e.kind, v);
+            if t <= e.last_t || (e.kind != Kind::Xor && i.is_none()) {
+                return Err("the chunk's samples do not fit its encoding".into());
             }
+            e.append(t, v, i);
         }
         Ok(e)
     }
@@ -312,12 +386,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<(i64, f64)>, String> {
             bytes[0]
         ));
     }
-    let kind = match bytes[1] {
-        0 => Kind::Xor,
-        1 => Kind::Int,
-        2 => Kind::Centi,
-        k => return Err(format!("unknown value encoding {k}")),
-    };
+    let kind = Kind::from_byte(bytes[1])?;
     let count = u16::from_le_bytes([bytes[2], bytes[3]]) as usize;
     let word = |at: usize| {
         let mut b = [0u8; 8];
@@ -339,7 +408,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<(i64, f64)>, String> {
         dt = dt.wrapping_add(get_dod(&mut r)?);
         t = t.wrapping_add(dt);
         let v = match kind {
-            Kind::Int | Kind::Centi => {
+            Kind::Int(_) | Kind::Centi | Kind::Milli => {
                 di = di.wrapping_add(get_dod(&mut r)?);
                 i = i.wrapping_add(di);
                 unscaled(kind, i)
@@ -431,13 +500,35 @@ mod tests {
     }
 
     #[test]
-    fn a_sample_that_does_not_fit_asks_for_a_new_chunk() {
-        let mut e = Encoder::new(100, 1.0);
+    fn a_chunk_widens_its_encoding_for_a_value_that_needs_it() {
+        let mut e = Encoder::new(100, 8192.0);
+        assert_eq!(e.kind, Kind::Int(13));
         assert!(!e.push(100, 2.0), "not after the last");
-        assert!(!e.push(200, 2.5), "a fraction in a chunk of whole numbers");
-        assert!(e.push(200, 2.0));
+        let values = [
+            (200, 3072.0, Kind::Int(10)),
+            (300, 3073.0, Kind::Int(0)),
+            (400, 2.5, Kind::Centi),
+            (500, 2.125, Kind::Milli),
+            (600, 7.0, Kind::Milli),
+            (700, 1.0 / 3.0, Kind::Xor),
+            (800, 4.0, Kind::Xor),
+        ];
+        for (t, v, kind) in values {
+            assert!(e.push(t, v), "{v} at {t}");
+            assert_eq!(e.kind, kind, "after {v}");
+        }
+        let back = decode(&e.bytes()).unwrap();
+        let want: Vec<(i64, f64)> = std::iter::once((100, 8192.0))
+            .chain(values.iter().map(|(t, v, _)| (*t, *v)))
+            .collect();
+        assert_eq!(back.len(), want.len());
+        for (a, b) in back.iter().zip(&want) {
+            assert_eq!((a.0, a.1.to_bits()), (b.0, b.1.to_bits()));
+        }
+        assert_eq!(Encoder::resume(&e.bytes()).unwrap().bytes(), e.bytes());
         let mut x = Encoder::new(100, 0.5);
         assert!(x.push(200, 2.0), "whole numbers fit a float chunk");
+        assert_eq!(x.kind, Kind::Centi);
     }
 
     #[test]
@@ -468,10 +559,15 @@ mod tests {
         let t = |i: i64| 1_700_000_000_000 + i * 10_000;
         let (mut total, mut samples) = (0usize, 0usize);
         let series: Vec<Box<dyn Fn(i64) -> f64>> = vec![
-            Box::new(|_| 8_589_934_592.0),                           // memory total
-            Box::new(|i| 4e9 - ((i * 7919) % 1000) as f64 * 4096.0), // memory available
-            Box::new(|i| (i * 1234 + (i * 7) % 100) as f64),         // a byte counter
-            Box::new(|i| (i * 3) as f64),                            // a packet counter
+            Box::new(|_| 8_589_934_592.0), // memory total
+            // Memory available, from /proc/meminfo's KiB.
+            Box::new(|i| (4_000_000 - (i * 7919) % 1000) as f64 * 1024.0),
+            // Sectors written, in bytes.
+            Box::new(|i| (i * 800 + (i * 13) % 64) as f64 * 512.0),
+            // Disk busy seconds, from milliseconds.
+            Box::new(|i| (i * 37 + (i * 7) % 11) as f64 / 1000.0),
+            Box::new(|i| (i * 1234 + (i * 7) % 100) as f64), // a byte counter
+            Box::new(|i| (i * 3) as f64),                    // a packet counter
             // CPU seconds, from clock ticks as the agent computes them.
             Box::new(|i| (i * 987 + (i * 31) % 7) as f64 / 100.0),
             // A load average wandering by hundredths.
