@@ -22,8 +22,16 @@ const LATENCY_LINES: usize = 300;
 const COST_SECS: u64 = 20;
 /// Agents for the ingest stage.
 const INGEST_AGENTS_ENV: &str = "TELEMETRY_BENCH_AGENTS";
-/// Seconds serve's ingest is measured over.
-const INGEST_SECS: u64 = 30;
+/// Seconds serve's ingest is measured over (more gives the steady-state bytes per
+/// sample: a raw chunk fills at 720 samples, 12 minutes at one a second).
+const INGEST_SECS_ENV: &str = "TELEMETRY_BENCH_INGEST_SECS";
+/// Which stages run: a comma-separated list of `throughput` (with latency), `cost`
+/// (the agent's CPU and memory, and bytes per sample) and `ingest`; all by default.
+const STAGES_ENV: &str = "TELEMETRY_BENCH_STAGES";
+
+fn stage(name: &str) -> bool {
+    std::env::var(STAGES_ENV).map_or(true, |v| v.split(',').any(|s| s.trim() == name))
+}
 
 fn appender(path: &Path) -> std::io::BufWriter<std::fs::File> {
     std::io::BufWriter::with_capacity(
@@ -76,6 +84,7 @@ fn main() {
         .expect("runtime");
     let mib = env_count(THROUGHPUT_MIB_ENV, 128);
     rt.block_on(async {
+      if stage("throughput") {
         // ---- 1 and 2. Throughput and latency, one agent and serve.
         let dir = tempfile::tempdir().expect("tempdir");
         let c = agent(dir.path(), 1, 10).await;
@@ -170,7 +179,9 @@ fn main() {
         let _ = tail.wait();
         serve.stop();
         drop(c);
+      }
 
+      if stage("cost") {
         // ---- 3 and 4. The agent's cost: 5 files at 1,000 lines/s each, metrics every
         // second, then idle; and what a stored sample costs.
         let dir = tempfile::tempdir().expect("tempdir");
@@ -244,7 +255,9 @@ fn main() {
             Err(e) => res.note(format!("cannot read the telemetry store: {e}")),
         }
         drop(c);
+      }
 
+      if stage("ingest") {
         // ---- 5. serve ingesting from many agents, each sampling every second.
         let n = env_count(INGEST_AGENTS_ENV, 100);
         eprintln!("[5] ingest: starting {n} agents sampling every second");
@@ -257,7 +270,8 @@ fn main() {
         std::thread::sleep(Duration::from_secs(10));
         let cpu0 = cpu_secs(serve_pid);
         let t0 = Instant::now();
-        std::thread::sleep(Duration::from_secs(INGEST_SECS));
+        let ingest_secs = env_count(INGEST_SECS_ENV, 30) as u64;
+        std::thread::sleep(Duration::from_secs(ingest_secs));
         let secs = t0.elapsed().as_secs_f64();
         let serve_pct = (cpu_secs(serve_pid) - cpu0) / secs * 100.0;
         let serve_rss = rss_mib(serve_pid);
@@ -271,7 +285,7 @@ fn main() {
                 ));
                 res.add(
                     "ingest_serve_cpu",
-                    format!("serve CPU, % of one core, ingesting {n} agents' ticks every second ({INGEST_SECS} s)"),
+                    format!("serve CPU, % of one core, ingesting {n} agents' ticks every second ({ingest_secs} s)"),
                     "%",
                     Ok(vec![serve_pct]),
                     None,
@@ -287,6 +301,24 @@ fn main() {
             Ok(_) => res.note("ingest: no samples were stored"),
             Err(e) => res.note(format!("ingest: cannot read the telemetry store: {e}")),
         }
+        if let Ok(by) = TelemetryStore::open(&c.dir().join("telemetry.redb"))
+            .and_then(|s| s.tier_stats_by_metric(Tier::Raw))
+        {
+            let mut by: Vec<_> = by.into_iter().collect();
+            by.sort_by_key(|(_, (bytes, _, _))| std::cmp::Reverse(*bytes));
+            let parts: Vec<String> = by
+                .iter()
+                .take(12)
+                .map(|(name, (bytes, samples, chunks))| {
+                    format!(
+                        "{name} {:.2} B/sample over {chunks} chunks",
+                        *bytes as f64 / (*samples).max(1) as f64
+                    )
+                })
+                .collect();
+            res.note(format!("ingest: the metrics taking the most bytes: {}", parts.join("; ")));
+        }
+      }
     });
     let elapsed = started.elapsed();
     let mut w = res.report_head("Telemetry on loopback", "one agent process and serve", &[]);

@@ -584,6 +584,34 @@ impl TelemetryStore {
         })
     }
 
+    /// [`Self::tier_stats`] per metric name (every node and label set together):
+    /// name → (bytes, samples, chunks). For finding what the encoding spends on.
+    pub fn tier_stats_by_metric(
+        &self,
+        tier: Tier,
+    ) -> Result<BTreeMap<String, (u64, u64, u64)>, CtlError> {
+        self.read(|txn| {
+            let mut names: HashMap<u32, String> = HashMap::new();
+            for row in txn.open_table(SERIES)?.iter()? {
+                let (k, id) = row?;
+                let key = k.value();
+                let series = key.split_once('\u{0}').map_or(key, |(_, s)| s);
+                let name = series.split_once('{').map_or(series, |(n, _)| n);
+                names.insert(id.value(), name.to_string());
+            }
+            let mut out: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+            for row in txn.open_table(tier.table())?.iter()? {
+                let (k, v) = row?;
+                let name = names.get(&k.value().0).cloned().unwrap_or_default();
+                let e = out.entry(name).or_default();
+                e.0 += v.value().len() as u64;
+                e.1 += gorilla::sample_count(v.value()) as u64;
+                e.2 += 1;
+            }
+            Ok(out)
+        })
+    }
+
     /// Bytes of every stored value (log blocks and chunks of every tier).
     pub fn stored_bytes(&self) -> Result<u64, CtlError> {
         self.read(|txn| {
