@@ -680,7 +680,9 @@ async fn telemetry_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    use clustermgr_protocol::telemetry::{Body, TelemetryAck, TelemetryFrame};
+    use clustermgr_protocol::codec;
+    use clustermgr_protocol::frame::write_frame;
+    use clustermgr_protocol::telemetry::{TelemetryAck, TelemetryFrame};
     let Some(handle) = shared.telemetry.clone() else {
         let _ = write_message(
             &mut send,
@@ -708,6 +710,10 @@ async fn telemetry_stream(
     let mut stop = shared.stop.subscribe();
     let mut watch = handle.watch();
     let mut reader = Some(handle.reader(after));
+    // Catching up reads megabytes, which may come from disk: off the async threads.
+    // At the tail a read is one collector round, just written and in the page cache,
+    // and a blocking-pool hand-off would cost more than the read itself.
+    let mut catching_up = true;
     loop {
         let Some(mut r) = reader.take() else {
             break;
@@ -715,33 +721,36 @@ async fn telemetry_stream(
         // Seen before reading: a flush after this point wakes the wait below, one
         // before it is in what is read.
         watch.borrow_and_update();
-        let read = tokio::task::spawn_blocking(move || {
-            let (mut batch, mut bytes) = (Vec::new(), 0usize);
+        let read = move || {
+            // Forwarded as the spool holds them, encoded.
+            let (mut records, mut count) = (Vec::new(), 0usize);
             // Well under the frame limit, which may be as low as 64 KiB.
             let max_bytes = TELEMETRY_BATCH_BYTES.min(max_frame as usize / 4);
-            while batch.len() < TELEMETRY_BATCH && bytes < max_bytes {
-                let Some(rec) = r.next_record() else { break };
-                bytes += 24
-                    + match &rec.body {
-                        Body::Log { source, line } => source.len() + line.len(),
-                        Body::Metrics(s) => s.len() * 64,
-                        Body::Gap { why, .. } => why.len(),
-                    };
-                batch.push(rec);
+            while count < TELEMETRY_BATCH && records.len() < max_bytes {
+                if r.next_encoded(&mut records).is_none() {
+                    break;
+                }
+                count += 1;
             }
-            let full = batch.len() >= TELEMETRY_BATCH || bytes >= max_bytes;
+            let full = count >= TELEMETRY_BATCH || records.len() >= max_bytes;
+            let batch =
+                (count > 0).then(|| TelemetryFrame::pack(codec::telemetry_batch(count, &records)));
             (r, batch, full)
-        })
-        .await;
-        let Ok((r, batch, full)) = read else { break };
+        };
+        let (r, batch, full) = if catching_up {
+            let Ok(read) = tokio::task::spawn_blocking(read).await else {
+                break;
+            };
+            read
+        } else {
+            read()
+        };
+        catching_up = full;
         reader = Some(r);
-        if !batch.is_empty() {
+        if let Some(batch) = batch {
             // Waits while the controller is slow: back-pressure reaches only this
             // stream; the collector writes to disk regardless.
-            if write_message(&mut send, &TelemetryFrame::Batch(batch))
-                .await
-                .is_err()
-            {
+            if write_frame(&mut send, &batch).await.is_err() {
                 break;
             }
             if full {

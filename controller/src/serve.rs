@@ -349,23 +349,61 @@ async fn stream_telemetry(
     node: &str,
     conn: crate::connect::AgentConn,
 ) -> Result<(), String> {
-    use clustermgr_protocol::frame::read_message;
     use clustermgr_protocol::message::Request;
-    use clustermgr_protocol::telemetry::{TelemetryAck, TelemetryFrame};
+    use clustermgr_protocol::telemetry::TelemetryAck;
     let after = store.cursor(node).map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn.open().await.map_err(|f| f.message)?;
     write_message(&mut send, &Request::Telemetry { after })
         .await
         .map_err(|e| e.to_string())?;
+    // Acknowledgements only free the agent's spool, so a few a second do: one per
+    // frame would wake the agent for every collector round. What is stored but not
+    // yet acknowledged when the stream breaks is sent again and skipped at ingest.
+    let (stored, mut to_ack) = tokio::sync::watch::channel(after);
+    let acker = tokio::spawn(async move {
+        while to_ack.changed().await.is_ok() {
+            let stored_through = *to_ack.borrow_and_update();
+            if write_message(&mut send, &TelemetryAck { stored_through })
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(TELEMETRY_ACK_EVERY).await;
+        }
+    });
+    let result = ingest_frames(ctx, store, exports, node, &conn, &mut recv, &stored).await;
+    drop(stored);
+    let _ = acker.await;
+    result
+}
+
+/// The least time between two acknowledgements of a telemetry stream.
+const TELEMETRY_ACK_EVERY: Duration = Duration::from_millis(250);
+
+/// Stores a telemetry stream's frames until it ends, publishing what is stored.
+async fn ingest_frames(
+    ctx: &Ctx,
+    store: &Arc<crate::telemetry::store::TelemetryStore>,
+    exports: &crate::telemetry::export::Exports,
+    node: &str,
+    conn: &crate::connect::AgentConn,
+    recv: &mut quinn::RecvStream,
+    stored: &tokio::sync::watch::Sender<u64>,
+) -> Result<(), String> {
+    use clustermgr_protocol::frame::read_message;
+    use clustermgr_protocol::telemetry::TelemetryFrame;
     loop {
-        let frame = read_message::<TelemetryFrame, _>(&mut recv, conn.max_frame(), "telemetry")
+        let frame = read_message::<TelemetryFrame, _>(recv, conn.max_frame(), "telemetry")
             .await
             .map_err(|e| e.to_string())?;
-        let records = match frame {
-            None => return Ok(()),
-            Some(TelemetryFrame::Refused(e)) => return Err(e.message),
-            Some(TelemetryFrame::Batch(records)) => records,
-        };
+        let Some(frame) = frame else { return Ok(()) };
+        // A frame unpacks to no more than four frames' worth; the agent packs a
+        // quarter of one at most.
+        let unpacked = frame
+            .unpacked(conn.max_frame() as usize * 4)
+            .map_err(|e| e.to_string())?;
+        let records = unpacked.map_err(|e| e.message)?;
         let (s, n) = (store.clone(), node.to_string());
         let ingested = tokio::task::spawn_blocking(move || s.ingest(&n, &records))
             .await
@@ -381,14 +419,7 @@ async fn stream_telemetry(
                 .live_logs
                 .send(crate::telemetry::store::NodeLine::of(node, line));
         }
-        write_message(
-            &mut send,
-            &TelemetryAck {
-                stored_through: ingested.cursor,
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        stored.send_replace(ingested.cursor);
     }
 }
 

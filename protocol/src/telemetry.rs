@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ProtocolError;
 use crate::message::RemoteError;
 
 /// What the agent sends on a telemetry stream.
@@ -21,7 +22,61 @@ pub enum TelemetryFrame {
     Batch(Vec<Record>),
     /// The agent cannot serve telemetry; the stream ends.
     Refused(RemoteError),
+    /// A `Batch` frame's bytes, LZ4-compressed with their length in front: log text
+    /// shrinks several times over, and with it the packets to send and acknowledge.
+    Packed(Vec<u8>),
     // New variants go last: postcard numbers variants by position.
+}
+
+/// Batches this small go as they are: compressing them would save a few bytes.
+const PACK_FROM: usize = 512;
+
+impl TelemetryFrame {
+    /// The bytes to send for a batch whose encoding is `batch`
+    /// ([`crate::codec::telemetry_batch`]): packed when that makes it smaller.
+    pub fn pack(batch: Vec<u8>) -> Vec<u8> {
+        if batch.len() < PACK_FROM {
+            return batch;
+        }
+        let packed = lz4_flex::compress_prepend_size(&batch);
+        if packed.len() + 8 >= batch.len() {
+            return batch;
+        }
+        crate::codec::encode(&TelemetryFrame::Packed(packed))
+    }
+
+    /// The records a frame carries, or the agent's refusal. A packed frame may unpack
+    /// to no more than `max_unpacked` bytes, which bounds what a peer can make the
+    /// reader allocate.
+    pub fn unpacked(
+        self,
+        max_unpacked: usize,
+    ) -> Result<Result<Vec<Record>, RemoteError>, ProtocolError> {
+        let packed = match self {
+            TelemetryFrame::Batch(records) => return Ok(Ok(records)),
+            TelemetryFrame::Refused(e) => return Ok(Err(e)),
+            TelemetryFrame::Packed(p) => p,
+        };
+        let malformed = |detail: String| ProtocolError::Malformed {
+            what: "packed telemetry",
+            detail,
+        };
+        let size = packed
+            .get(..4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or_else(|| malformed("shorter than its length".into()))?;
+        if size > max_unpacked {
+            return Err(malformed(format!(
+                "it unpacks to {size} bytes, more than the {max_unpacked} allowed"
+            )));
+        }
+        let bytes =
+            lz4_flex::decompress_size_prepended(&packed).map_err(|e| malformed(e.to_string()))?;
+        match crate::codec::decode::<TelemetryFrame>("packed telemetry", &bytes)? {
+            TelemetryFrame::Batch(records) => Ok(Ok(records)),
+            _ => Err(malformed("it holds something other than a batch".into())),
+        }
+    }
 }
 
 /// What the controller sends back: everything up to `stored_through` is stored, so
@@ -115,6 +170,45 @@ pub fn series_key(name: &str, labels: &[(String, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_packed_batch_unpacks_to_its_records_and_no_further() {
+        let records: Vec<Record> = (1..=500)
+            .map(|seq| Record {
+                seq,
+                time_ms: 1_700_000_000_000 + seq as i64,
+                body: Body::Log {
+                    source: "oxauth".into(),
+                    line: format!("2026-11-25 INFO [qtp-{seq}] request handled in 3 ms"),
+                },
+            })
+            .collect();
+        let plain = crate::codec::encode(&TelemetryFrame::Batch(records.clone()));
+        let sent = TelemetryFrame::pack(plain.clone());
+        assert!(
+            sent.len() * 4 < plain.len(),
+            "{} of {}",
+            sent.len(),
+            plain.len()
+        );
+        let frame: TelemetryFrame = crate::codec::decode("t", &sent).unwrap();
+        assert!(matches!(frame, TelemetryFrame::Packed(_)));
+        assert_eq!(frame.clone().unpacked(1 << 20).unwrap().unwrap(), records);
+        let err = frame.unpacked(1000).unwrap_err().to_string();
+        assert!(err.contains("more than the 1000 allowed"), "{err}");
+        // Small batches go as they are.
+        let small = crate::codec::encode(&TelemetryFrame::Batch(records[..1].to_vec()));
+        assert_eq!(TelemetryFrame::pack(small.clone()), small);
+        // A packed frame inside a packed frame, or junk, is refused.
+        let nested = lz4_flex::compress_prepend_size(&sent);
+        assert!(TelemetryFrame::Packed(nested).unpacked(1 << 20).is_err());
+        assert!(
+            TelemetryFrame::Packed(vec![9, 0, 0, 0, 1])
+                .unpacked(1 << 20)
+                .is_err()
+        );
+        assert!(TelemetryFrame::Packed(vec![]).unpacked(1 << 20).is_err());
+    }
 
     #[test]
     fn series_keys_read_as_prometheus_prints_them() {

@@ -348,7 +348,7 @@ impl Kind {
             Kind::Reply => 14,
             Kind::ExecInput => 3,
             Kind::ExecEvent => 5,
-            Kind::TelemetryFrame => 2,
+            Kind::TelemetryFrame => 3,
             Kind::TelemetryAck => 1,
         }
     }
@@ -451,6 +451,7 @@ impl Msg {
             Msg::TelemetryFrame(m) => match m {
                 TelemetryFrame::Batch(_) => 0,
                 TelemetryFrame::Refused(_) => 1,
+                TelemetryFrame::Packed(_) => 2,
             },
             Msg::TelemetryAck(TelemetryAck { .. }) => 0,
         }
@@ -1128,9 +1129,10 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
         (Kind::ExecEvent, 3) => Msg::ExecEvent(ExecEvent::Finished(gen_exit(rng))),
         (Kind::ExecEvent, _) => Msg::ExecEvent(ExecEvent::Refused(gen_remote_error(rng))),
         (Kind::TelemetryFrame, 0) => Msg::TelemetryFrame(TelemetryFrame::Batch(gen_records(rng))),
-        (Kind::TelemetryFrame, _) => {
+        (Kind::TelemetryFrame, 1) => {
             Msg::TelemetryFrame(TelemetryFrame::Refused(gen_remote_error(rng)))
         }
+        (Kind::TelemetryFrame, _) => Msg::TelemetryFrame(TelemetryFrame::Packed(gen_bytes(rng))),
         (Kind::TelemetryAck, _) => Msg::TelemetryAck(TelemetryAck {
             stored_through: gen_u64(rng),
         }),
@@ -1489,6 +1491,7 @@ fn edge_messages() -> Vec<Msg> {
         Msg::ExecInput(ExecInput::StdinEnd),
         Msg::ExecInput(ExecInput::Cancel),
         Msg::TelemetryFrame(TelemetryFrame::Batch(vec![])),
+        Msg::TelemetryFrame(TelemetryFrame::Packed(vec![])),
         Msg::TelemetryFrame(TelemetryFrame::Batch(vec![
             Record {
                 seq: u64::MAX,

@@ -60,9 +60,9 @@ impl Stream {
             })
             .expect("a frame")
             .expect("the stream goes on");
-            match frame {
-                TelemetryFrame::Batch(b) => got.extend(b),
-                TelemetryFrame::Refused(e) => panic!("refused: {}", e.message),
+            match frame.unpacked(64 << 20).expect("a frame that unpacks") {
+                Ok(b) => got.extend(b),
+                Err(e) => panic!("refused: {}", e.message),
             }
         }
         got

@@ -77,9 +77,20 @@ fn list(dir: &Path) -> io::Result<Vec<(u64, u64)>> {
 
 /// Reads one frame; `Ok(None)` at a clean end, `Err` for a torn or corrupt one.
 fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Option<Record>> {
+    if !read_checked(r, buf)? {
+        return Ok(None);
+    }
+    codec::decode("spool record", buf)
+        .map(Some)
+        .map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// Reads one frame's record, still encoded, into `buf` once its checksum holds;
+/// `false` at the end.
+fn read_checked(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<bool> {
     let mut head = [0u8; HEADER];
     match r.read(&mut head[..1])? {
-        0 => return Ok(None),
+        0 => return Ok(false),
         _ => r.read_exact(&mut head[1..])?,
     }
     let len = u32::from_le_bytes(head[..4].try_into().unwrap_or_default()) as usize;
@@ -94,9 +105,7 @@ fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Option<Record>
     if crc32fast::hash(buf) != crc {
         return Err(io::Error::other("a record fails its checksum"));
     }
-    codec::decode("spool record", buf)
-        .map(Some)
-        .map_err(|e| io::Error::other(e.to_string()))
+    Ok(true)
 }
 
 impl Spool {
@@ -312,6 +321,14 @@ impl Reader {
     /// The next record, a gap, or `None` when everything published has been read.
     /// Problems (a corrupt segment) are logged and come back as gaps.
     pub fn next_record(&mut self) -> Option<Record> {
+        let mut one = Vec::new();
+        self.next_encoded(&mut one)?;
+        codec::decode("spool record", &one).ok()
+    }
+
+    /// [`Self::next_record`], appended to `out` as it is encoded on the wire; returns
+    /// the bytes appended.
+    pub fn next_encoded(&mut self, out: &mut Vec<u8>) -> Option<usize> {
         let flushed = self
             .published
             .lock()
@@ -335,9 +352,11 @@ impl Reader {
                 };
                 if let Some(end) = hole_end {
                     // The records before the oldest segment are gone.
-                    return Some(
-                        self.gap(end, "the spool was full and dropped its oldest records"),
-                    );
+                    return Some(self.gap(
+                        out,
+                        end,
+                        "the spool was full and dropped its oldest records",
+                    ));
                 }
                 let path = self.dir.join(segment_name(first));
                 match File::open(&path) {
@@ -348,11 +367,18 @@ impl Reader {
             }
             let (first, r) = self.current.as_mut()?;
             let first = *first;
-            match read_frame(r, &mut self.buf) {
-                Ok(Some(rec)) if rec.seq < self.expect => continue,
-                Ok(Some(rec)) => {
-                    self.expect = rec.seq + 1;
-                    return Some(rec);
+            let read = read_checked(r, &mut self.buf).and_then(|more| match more {
+                false => Ok(None),
+                true => codec::record_seq(&self.buf)
+                    .map(Some)
+                    .ok_or_else(|| io::Error::other("a record has no sequence number")),
+            });
+            match read {
+                Ok(Some(seq)) if seq < self.expect => continue,
+                Ok(Some(seq)) => {
+                    self.expect = seq + 1;
+                    out.extend_from_slice(&self.buf);
+                    return Some(self.buf.len());
                 }
                 Ok(None) => {
                     // The end of this segment: on to the next, if there is one. The
@@ -368,7 +394,7 @@ impl Reader {
                             reread = false;
                             self.current = None;
                             if f > self.expect {
-                                return Some(self.gap(f, "records were cut from the spool"));
+                                return Some(self.gap(out, f, "records were cut from the spool"));
                             }
                         }
                         None => return None,
@@ -396,16 +422,18 @@ impl Reader {
                     );
                     self.current = None;
                     if f > self.expect {
-                        return Some(
-                            self.gap(f, &format!("a corrupt spool segment was moved aside ({e})")),
-                        );
+                        return Some(self.gap(
+                            out,
+                            f,
+                            &format!("a corrupt spool segment was moved aside ({e})"),
+                        ));
                     }
                 }
             }
         }
     }
 
-    fn gap(&mut self, until: u64, why: &str) -> Record {
+    fn gap(&mut self, out: &mut Vec<u8>, until: u64, why: &str) -> usize {
         let lost = until - self.expect;
         let rec = Record {
             seq: until - 1,
@@ -416,7 +444,9 @@ impl Reader {
             },
         };
         self.expect = until;
-        rec
+        let bytes = codec::encode(&rec);
+        out.extend_from_slice(&bytes);
+        bytes.len()
     }
 }
 
