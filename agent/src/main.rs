@@ -106,8 +106,7 @@ fn serve(
     pidfile: Option<&Path>,
     trial: Option<Arc<upgrade::Trial>>,
 ) -> Result<Option<upgrade::Restart>, AgentError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|source| AgentError::Write {

@@ -26,7 +26,7 @@ use tail::{Follower, Source};
 const SWEEP: Duration = Duration::from_millis(500);
 /// The shortest time between two rounds of reading: events in between are taken
 /// together (a busy file would otherwise wake the collector for every write).
-const ROUND: Duration = Duration::from_millis(30);
+const ROUND: Duration = Duration::from_millis(50);
 /// How often the file positions are saved while lines keep coming (and always when
 /// stopping): each save is an fsynced rename. A `kill -9` can repeat what was spooled
 /// since the last save.
@@ -334,9 +334,13 @@ impl Loop {
 }
 
 /// Marks the followers an event path concerns: the file itself, or its directory.
+/// Event paths are the watched directory joined with a name, so comparing bytes
+/// suffices (and a busy file makes hundreds of events a second).
 fn mark(followers: &[Follower], p: &Path, dirty: &mut BTreeSet<usize>) {
+    let p = p.as_os_str();
     for (i, f) in followers.iter().enumerate() {
-        if f.source.path == p || f.source.path.parent() == Some(p) {
+        if f.source.path.as_os_str() == p || f.source.path.parent().map(Path::as_os_str) == Some(p)
+        {
             dirty.insert(i);
         }
     }
