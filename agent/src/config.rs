@@ -52,6 +52,9 @@ pub struct AgentConfig {
     /// Log and metric collection.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The node's LDAP server, when the Gluu configuration does not say.
+    #[serde(default)]
+    pub ldap: LdapConfig,
     /// The file this was read from (a self-upgrade has the new binary check it).
     #[serde(skip)]
     pub path: PathBuf,
@@ -102,6 +105,36 @@ impl Default for TelemetryConfig {
             spool_mib: 256,
             default_logs: true,
             logs: Vec::new(),
+        }
+    }
+}
+
+/// The `[ldap]` section: how the agent reaches its node's LDAP server for the health
+/// checks. Without `url` the agent reads the Gluu installation's own settings
+/// (`gluu-ldap.properties` or `ox-ldap.properties`, decoded with the node's salt).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LdapConfig {
+    /// `ldaps://host:port`, or `ldap://` to a loopback address.
+    pub url: Option<String>,
+    /// The DN to bind as.
+    pub bind_dn: Option<String>,
+    /// A file on this node holding the password (mode 0600; one line).
+    pub password_file: Option<PathBuf>,
+    /// The LDAP server's certificate (PEM), pinned for `ldaps://`.
+    pub cert_file: Option<PathBuf>,
+    /// The deadline of every LDAP connect, read and write, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for LdapConfig {
+    fn default() -> Self {
+        LdapConfig {
+            url: None,
+            bind_dn: None,
+            password_file: None,
+            cert_file: None,
+            timeout_ms: 5000,
         }
     }
 }

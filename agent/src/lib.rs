@@ -12,6 +12,7 @@ mod error;
 mod exec;
 mod info;
 mod journal;
+pub mod ldap;
 mod server;
 mod sys;
 pub mod telemetry;

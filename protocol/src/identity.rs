@@ -312,7 +312,9 @@ impl ClientCertVerifier for ControllerVerifier {
 /// A TLS client configuration that accepts exactly one server certificate, the one
 /// whose DER has SHA-256 `cert_sha256` (the handshake signature is checked with its key
 /// as usual). For the rolling apply's HTTPS probe of a Gluu node, which must present
-/// the cluster's certificate; TLS 1.2 too, since that is what older nginx speaks.
+/// the cluster's certificate, and the agent's LDAPS connection to its node's directory
+/// server, whose self-signed certificate it pins; TLS 1.2 too, since that is what older
+/// nginx and LDAP servers speak.
 pub fn pinned_client_config(cert_sha256: &str) -> Result<rustls::ClientConfig, ProtocolError> {
     let provider = provider();
     let verifier = Arc::new(PinnedVerifier {

@@ -16,6 +16,7 @@ use clustermgr::ops::{Ctx, CtxOptions};
 use clustermgr::store::Role;
 
 pub mod packaging;
+pub mod slapd;
 
 /// Like [`eventually`], for tests without an async runtime (the multi-host tests).
 pub fn eventually_blocking<F: FnMut() -> bool>(what: &str, patience: Duration, mut cond: F) {

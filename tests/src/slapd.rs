@@ -1,0 +1,194 @@
+//! Real OpenLDAP servers for the tests: Debian's slapd, configured through `cn=config`
+//! in a temporary directory, listening on loopback with plain LDAP and LDAPS, with the
+//! `o=gluu` suffix and the monitor database, as a Gluu 3.1 node's.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The suffix's administrator, as Gluu names it.
+pub const ROOT_DN: &str = "cn=directory manager,o=gluu";
+
+/// One running slapd; killed when dropped.
+#[derive(Debug)]
+pub struct Slapd {
+    /// Its directory (config, data, certificate, log).
+    pub dir: tempfile::TempDir,
+    /// `ldap://127.0.0.1:PORT`.
+    pub ldap_port: u16,
+    /// `ldaps://127.0.0.1:PORT`.
+    pub ldaps_port: u16,
+    /// The administrator's password.
+    pub root_pw: String,
+    /// The server certificate (PEM), self-signed for `localhost` and 127.0.0.1.
+    pub cert_pem: String,
+    child: Child,
+}
+
+/// A loopback TCP port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn config_ldif(dir: &Path, root_pw: &str) -> String {
+    let d = dir.display();
+    format!(
+        "dn: cn=config
+objectClass: olcGlobal
+cn: config
+olcPidFile: {d}/slapd.pid
+olcTLSCertificateFile: {d}/server.crt
+olcTLSCertificateKeyFile: {d}/server.key
+
+dn: cn=module{{0}},cn=config
+objectClass: olcModuleList
+cn: module{{0}}
+olcModulePath: /usr/lib/ldap
+olcModuleLoad: back_mdb
+olcModuleLoad: syncprov
+
+dn: cn=schema,cn=config
+objectClass: olcSchemaConfig
+cn: schema
+
+include: file:///etc/ldap/schema/core.ldif
+include: file:///etc/ldap/schema/cosine.ldif
+include: file:///etc/ldap/schema/inetorgperson.ldif
+
+dn: olcDatabase={{-1}}frontend,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcFrontendConfig
+olcDatabase: {{-1}}frontend
+
+dn: olcDatabase={{0}}config,cn=config
+objectClass: olcDatabaseConfig
+olcDatabase: {{0}}config
+olcRootDN: cn=admin,cn=config
+olcRootPW: {root_pw}
+
+dn: olcDatabase={{1}}mdb,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcMdbConfig
+olcDatabase: {{1}}mdb
+olcSuffix: o=gluu
+olcRootDN: {ROOT_DN}
+olcRootPW: {root_pw}
+olcDbDirectory: {d}/data
+olcDbMaxSize: 67108864
+olcDbIndex: objectClass eq
+
+dn: olcDatabase={{2}}monitor,cn=config
+objectClass: olcDatabaseConfig
+olcDatabase: {{2}}monitor
+olcAccess: to * by dn.exact=\"{ROOT_DN}\" read by * none
+"
+    )
+}
+
+/// A self-signed certificate for `names` and its key, both PEM.
+pub fn self_signed(names: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+    (cert.pem(), key.serialize_pem())
+}
+
+impl Slapd {
+    /// Configures and starts a slapd, and waits until it accepts connections.
+    pub fn start() -> Slapd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root_pw = format!("pw-{}", std::process::id());
+        let (cert_pem, key_pem) = self_signed(&["localhost", "127.0.0.1"]);
+        std::fs::write(dir.path().join("server.crt"), &cert_pem).expect("cert");
+        std::fs::write(dir.path().join("server.key"), key_pem).expect("key");
+        std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+        std::fs::create_dir_all(dir.path().join("slapd.d")).expect("config dir");
+        let ldif = dir.path().join("config.ldif");
+        std::fs::write(&ldif, config_ldif(dir.path(), &root_pw)).expect("config");
+        let out = Command::new("slapadd")
+            .args(["-n0", "-F"])
+            .arg(dir.path().join("slapd.d"))
+            .arg("-l")
+            .arg(&ldif)
+            .output()
+            .expect("slapadd (install slapd: tests/run does)");
+        assert!(
+            out.status.success(),
+            "slapadd of the test configuration failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (ldap_port, ldaps_port) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("slapd.log")).expect("log");
+        let child = Command::new("slapd")
+            .arg("-F")
+            .arg(dir.path().join("slapd.d"))
+            .arg("-h")
+            .arg(format!(
+                "ldap://127.0.0.1:{ldap_port}/ ldaps://127.0.0.1:{ldaps_port}/"
+            ))
+            // In the foreground, so the test owns the process.
+            .args(["-d", "0"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("slapd");
+        let s = Slapd {
+            dir,
+            ldap_port,
+            ldaps_port,
+            root_pw,
+            cert_pem,
+            child,
+        };
+        crate::eventually_blocking(
+            "slapd to accept connections",
+            Duration::from_secs(20),
+            || {
+                TcpStream::connect(("127.0.0.1", s.ldap_port)).is_ok()
+                    && TcpStream::connect(("127.0.0.1", s.ldaps_port)).is_ok()
+            },
+        );
+        s
+    }
+
+    /// Plain LDAP on loopback.
+    pub fn ldap_url(&self) -> String {
+        format!("ldap://127.0.0.1:{}", self.ldap_port)
+    }
+
+    /// LDAPS, by the name its certificate holds.
+    pub fn ldaps_url(&self) -> String {
+        format!("ldaps://localhost:{}", self.ldaps_port)
+    }
+
+    /// The server's process id (to stop or freeze it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("slapd.log")).unwrap_or_default()
+    }
+
+    /// A file in its directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        // A frozen server must be thawed to die of SIGTERM; SIGKILL needs no thaw.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,172 @@
+//! The agent's LDAP client against a real slapd: binds, reads and writes, the
+//! monitor, the pinned certificate, and a frozen server ending in a timeout.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use clustermgr_agent::config::AgentConfig;
+use clustermgr_agent::ldap::{self, client::Failure, client::Scope};
+use clustermgr_tests::slapd::{self, ROOT_DN, Slapd};
+
+fn agent_config(dir: &Path, ldap_section: &str) -> AgentConfig {
+    let text = format!(
+        "cert = \"c\"\nkey = \"k\"\nca = \"a\"\nstate_dir = \"s\"\nroot = \"{}\"\n{ldap_section}",
+        dir.display()
+    );
+    AgentConfig::parse(&dir.join("agent.toml"), &text).expect("agent.toml")
+}
+
+/// `[ldap]` for `slapd`, over `url`, with the password in an owner-only file.
+fn access(s: &Slapd, url: &str, password: &str, timeout_ms: u64) -> ldap::Access {
+    let pw = s.path(&format!("pw-{}", password.len()));
+    std::fs::write(&pw, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let cert = s.path("server.crt");
+    let cfg = agent_config(
+        s.dir.path(),
+        &format!(
+            "[ldap]\nurl = \"{url}\"\nbind_dn = \"{ROOT_DN}\"\npassword_file = \"{}\"\ncert_file = \"{}\"\ntimeout_ms = {timeout_ms}\n",
+            pw.display(),
+            cert.display()
+        ),
+    );
+    ldap::access(&cfg).expect("access").expect("configured")
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[test]
+fn the_agent_reads_and_writes_a_real_slapd_over_ldap_and_pinned_ldaps() {
+    let s = Slapd::start();
+    let plain = access(&s, &s.ldap_url(), &s.root_pw, 5000);
+    let mut c = plain
+        .connect()
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+    let org = |o: &str| {
+        vec![
+            ("objectClass", vec!["organization".into()]),
+            ("o", vec![o.into()]),
+        ]
+    };
+    c.add("o=gluu", &org("gluu")).expect("add the suffix entry");
+    let again = c.add("o=gluu", &org("gluu")).unwrap_err();
+    assert!(
+        matches!(
+            again,
+            Failure::Result {
+                code: ldap::client::ALREADY_EXISTS,
+                ..
+            }
+        ),
+        "{again}"
+    );
+    c.add(
+        "ou=clustermgr,o=gluu",
+        &[
+            ("objectClass", vec!["organizationalUnit".into()]),
+            ("ou", vec!["clustermgr".into()]),
+            ("description", vec!["first".into()]),
+        ],
+    )
+    .expect("add an entry");
+    c.replace(
+        "ou=clustermgr,o=gluu",
+        &[("description", vec!["second (with *)".into()])],
+    )
+    .expect("replace a value");
+    let filter = format!("(description={})", ldap::client::escape("second (with *)"));
+    let found = c
+        .search("o=gluu", Scope::Sub, &filter, &["description", "entryCSN"])
+        .expect("search");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].dn, "ou=clustermgr,o=gluu");
+    assert_eq!(
+        found[0].first("description").as_deref(),
+        Some("second (with *)")
+    );
+    assert!(
+        found[0].first("entryCSN").is_some(),
+        "operational attributes by name"
+    );
+    let missing = c
+        .search("ou=nowhere,o=gluu", Scope::Base, "(objectClass=*)", &[])
+        .unwrap_err();
+    assert!(
+        matches!(
+            missing,
+            Failure::Result {
+                code: ldap::client::NO_SUCH_OBJECT,
+                ..
+            }
+        ),
+        "{missing}"
+    );
+    let suffix = c
+        .search("o=gluu", Scope::Base, "(objectClass=*)", &["contextCSN"])
+        .expect("the suffix");
+    assert_eq!(suffix.len(), 1);
+    c.unbind();
+
+    // LDAPS with the server's certificate pinned; the monitor is readable.
+    let tls = access(&s, &s.ldaps_url(), &s.root_pw, 5000);
+    let mut c = tls.connect().unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+    let monitor = c
+        .search("cn=Monitor", Scope::Sub, "(objectClass=*)", &["*", "+"])
+        .expect("read cn=Monitor");
+    assert!(
+        monitor
+            .iter()
+            .any(|e| e.dn.eq_ignore_ascii_case("cn=Operations,cn=Monitor")),
+        "{:?}",
+        monitor.iter().map(|e| &e.dn).collect::<Vec<_>>()
+    );
+
+    // A wrong password is an answer, not a transport failure, and says whose.
+    let wrong = access(&s, &s.ldap_url(), "not-it", 5000);
+    let err = wrong.connect().unwrap_err();
+    assert!(err.contains("invalid credentials (49)"), "{err}");
+    assert!(err.contains(ROOT_DN) && err.contains("[ldap]"), "{err}");
+    assert!(
+        !err.contains("not-it"),
+        "the password stays out of messages: {err}"
+    );
+
+    // Another certificate than the server's is refused.
+    std::fs::write(s.path("server.crt"), slapd::self_signed(&["localhost"]).0).unwrap();
+    let impostor = access(&s, &s.ldaps_url(), &s.root_pw, 5000);
+    let err = impostor.connect().unwrap_err();
+    assert!(err.contains("pinned"), "{err}");
+}
+
+#[test]
+fn a_frozen_slapd_is_a_timeout_not_a_hang() {
+    let s = Slapd::start();
+    let a = access(&s, &s.ldap_url(), &s.root_pw, 700);
+    let mut c = a.connect().unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+    c.search("cn=Monitor", Scope::Base, "(objectClass=*)", &[])
+        .expect("answers while running");
+    signal(s.pid(), "-STOP");
+    let t0 = Instant::now();
+    let err = c
+        .search("cn=Monitor", Scope::Base, "(objectClass=*)", &[])
+        .unwrap_err();
+    let took = t0.elapsed();
+    assert_eq!(err, Failure::Timeout(Duration::from_millis(700)));
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // A new connection is accepted by the kernel, and its bind times out.
+    let t0 = Instant::now();
+    let err = a.connect().unwrap_err();
+    assert!(err.contains("no answer within 0.7 s"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    signal(s.pid(), "-CONT");
+    let mut c = a.connect().expect("answers again once thawed");
+    c.search("cn=Monitor", Scope::Base, "(objectClass=*)", &[])
+        .expect("search after the thaw");
+}
