@@ -192,3 +192,84 @@ impl Drop for Slapd {
         let _ = self.child.wait();
     }
 }
+
+/// `n` slapds replicating `o=gluu` to each other (multi-provider, each a consumer of
+/// every other), configured online through `cn=config` as an administrator would:
+/// serverIDs, the syncprov overlay, then the consumers. Returns them once the suffix
+/// entry written on the first has reached all.
+pub fn replicating(n: usize) -> Vec<Slapd> {
+    use clustermgr_agent::ldap::client::{Connection, Scope, Target};
+    let servers: Vec<Slapd> = (0..n).map(|_| Slapd::start()).collect();
+    let ids: Vec<String> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{} {}/", i + 1, s.ldap_url()))
+        .collect();
+    let open = |s: &Slapd, dn: &str| {
+        let target = Target {
+            addr: format!("127.0.0.1:{}", s.ldap_port),
+            tls: None,
+        };
+        let mut c = Connection::open(&target, Duration::from_secs(5)).expect("connect");
+        c.bind(dn, s.root_pw.as_bytes()).expect("bind");
+        c
+    };
+    for s in &servers {
+        let mut c = open(s, "cn=admin,cn=config");
+        c.replace("cn=config", &[("olcServerID", ids.clone())])
+            .unwrap_or_else(|e| panic!("olcServerID: {e}\n{}", s.log()));
+        c.add(
+            "olcOverlay=syncprov,olcDatabase={1}mdb,cn=config",
+            &[
+                (
+                    "objectClass",
+                    vec!["olcOverlayConfig".into(), "olcSyncProvConfig".into()],
+                ),
+                ("olcOverlay", vec!["syncprov".into()]),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("syncprov: {e}\n{}", s.log()));
+        let consumers: Vec<String> = servers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                format!(
+                    "rid={:03} provider={} binddn=\"{ROOT_DN}\" bindmethod=simple credentials={} searchbase=\"o=gluu\" type=refreshAndPersist retry=\"1 +\" timeout=2 network-timeout=2",
+                    i + 1,
+                    p.ldap_url(),
+                    p.root_pw
+                )
+            })
+            .collect();
+        c.replace(
+            "olcDatabase={1}mdb,cn=config",
+            &[
+                ("olcSyncrepl", consumers),
+                ("olcMultiProvider", vec!["TRUE".into()]),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("syncrepl: {e}\n{}", s.log()));
+        c.unbind();
+    }
+    let mut c = open(&servers[0], ROOT_DN);
+    c.add(
+        "o=gluu",
+        &[
+            ("objectClass", vec!["organization".into()]),
+            ("o", vec!["gluu".into()]),
+        ],
+    )
+    .expect("the suffix entry");
+    for s in &servers {
+        crate::eventually_blocking(
+            "the suffix entry to replicate",
+            Duration::from_secs(20),
+            || {
+                open(s, ROOT_DN)
+                    .search("o=gluu", Scope::Base, "(objectClass=*)", &[])
+                    .is_ok()
+            },
+        );
+    }
+    servers
+}

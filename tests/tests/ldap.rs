@@ -170,3 +170,51 @@ fn a_frozen_slapd_is_a_timeout_not_a_hang() {
     c.search("cn=Monitor", Scope::Base, "(objectClass=*)", &[])
         .expect("search after the thaw");
 }
+
+#[test]
+fn three_slapds_configured_through_cn_config_replicate_every_way() {
+    let servers = slapd::replicating(3);
+    let conns: Vec<_> = servers
+        .iter()
+        .map(|s| {
+            access(s, &s.ldap_url(), &s.root_pw, 5000)
+                .connect()
+                .unwrap_or_else(|e| panic!("{e}\n{}", s.log()))
+        })
+        .collect();
+    let mut conns = conns;
+    conns[2]
+        .add(
+            "ou=people,o=gluu",
+            &[
+                ("objectClass", vec!["organizationalUnit".into()]),
+                ("ou", vec!["people".into()]),
+            ],
+        )
+        .expect("a write on the third");
+    for (i, c) in conns.iter_mut().enumerate() {
+        clustermgr_tests::eventually_blocking(
+            &format!("the third's write on server {}", i + 1),
+            Duration::from_secs(20),
+            || {
+                c.search("ou=people,o=gluu", Scope::Base, "(objectClass=*)", &[])
+                    .is_ok()
+            },
+        );
+    }
+    // Each server's suffix entry carries a contextCSN per serverID that wrote: the
+    // first (the suffix entry) and the third.
+    for (i, c) in conns.iter_mut().enumerate() {
+        clustermgr_tests::eventually_blocking(
+            &format!("server {} to hold both writers' CSNs", i + 1),
+            Duration::from_secs(20),
+            || {
+                let csns = c
+                    .search("o=gluu", Scope::Base, "(objectClass=*)", &["contextCSN"])
+                    .map(|e| e[0].values("contextCSN"))
+                    .unwrap_or_default();
+                csns.iter().any(|v| v.contains("#001#")) && csns.iter().any(|v| v.contains("#003#"))
+            },
+        );
+    }
+}
