@@ -349,52 +349,22 @@ async fn stream_telemetry(
     node: &str,
     conn: crate::connect::AgentConn,
 ) -> Result<(), String> {
+    use clustermgr_protocol::frame::read_message;
     use clustermgr_protocol::message::Request;
-    use clustermgr_protocol::telemetry::TelemetryAck;
+    use clustermgr_protocol::telemetry::{TelemetryAck, TelemetryFrame};
     let after = store.cursor(node).map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn.open().await.map_err(|f| f.message)?;
     write_message(&mut send, &Request::Telemetry { after })
         .await
         .map_err(|e| e.to_string())?;
     // Acknowledgements only free the agent's spool, so a few a second do: one per
-    // frame would wake the agent for every collector round. What is stored but not
-    // yet acknowledged when the stream breaks is sent again and skipped at ingest.
-    let (stored, mut to_ack) = tokio::sync::watch::channel(after);
-    let acker = tokio::spawn(async move {
-        while to_ack.changed().await.is_ok() {
-            let stored_through = *to_ack.borrow_and_update();
-            if write_message(&mut send, &TelemetryAck { stored_through })
-                .await
-                .is_err()
-            {
-                break;
-            }
-            tokio::time::sleep(TELEMETRY_ACK_EVERY).await;
-        }
-    });
-    let result = ingest_frames(ctx, store, exports, node, &conn, &mut recv, &stored).await;
-    drop(stored);
-    let _ = acker.await;
-    result
-}
-
-/// The least time between two acknowledgements of a telemetry stream.
-const TELEMETRY_ACK_EVERY: Duration = Duration::from_millis(250);
-
-/// Stores a telemetry stream's frames until it ends, publishing what is stored.
-async fn ingest_frames(
-    ctx: &Ctx,
-    store: &Arc<crate::telemetry::store::TelemetryStore>,
-    exports: &crate::telemetry::export::Exports,
-    node: &str,
-    conn: &crate::connect::AgentConn,
-    recv: &mut quinn::RecvStream,
-    stored: &tokio::sync::watch::Sender<u64>,
-) -> Result<(), String> {
-    use clustermgr_protocol::frame::read_message;
-    use clustermgr_protocol::telemetry::TelemetryFrame;
+    // frame would wake the agent for every collector round. A frame within
+    // `TELEMETRY_ACK_EVERY` of the last acknowledgement is acknowledged with the next
+    // one (the agent sends its metrics at least every interval). What is stored but
+    // not yet acknowledged when the stream breaks is sent again and skipped at ingest.
+    let mut acked_at: Option<tokio::time::Instant> = None;
     loop {
-        let frame = read_message::<TelemetryFrame, _>(recv, conn.max_frame(), "telemetry")
+        let frame = read_message::<TelemetryFrame, _>(&mut recv, conn.max_frame(), "telemetry")
             .await
             .map_err(|e| e.to_string())?;
         let Some(frame) = frame else { return Ok(()) };
@@ -419,9 +389,22 @@ async fn ingest_frames(
                 .live_logs
                 .send(crate::telemetry::store::NodeLine::of(node, line));
         }
-        stored.send_replace(ingested.cursor);
+        if acked_at.is_none_or(|t| t.elapsed() >= TELEMETRY_ACK_EVERY) {
+            acked_at = Some(tokio::time::Instant::now());
+            write_message(
+                &mut send,
+                &TelemetryAck {
+                    stored_through: ingested.cursor,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        }
     }
 }
+
+/// The least time between two acknowledgements of a telemetry stream.
+const TELEMETRY_ACK_EVERY: Duration = Duration::from_millis(250);
 
 fn has_pending(ctx: &Ctx, node: &str) -> bool {
     ctx.store.desired(node).is_ok_and(|d| d.pending.is_some())
