@@ -125,6 +125,11 @@ pub struct LdapConfig {
     pub cert_file: Option<PathBuf>,
     /// The deadline of every LDAP connect, read and write, in milliseconds.
     pub timeout_ms: u64,
+    /// The replicated suffix the heartbeat entries live under.
+    pub suffix: String,
+    /// Whether this node writes its heartbeat entry (every check interval), by which
+    /// its peers measure replication lag.
+    pub heartbeat: bool,
 }
 
 impl Default for LdapConfig {
@@ -135,6 +140,8 @@ impl Default for LdapConfig {
             password_file: None,
             cert_file: None,
             timeout_ms: 5000,
+            suffix: "o=gluu".into(),
+            heartbeat: true,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod enroll;
 mod error;
 mod exec;
+pub mod health;
 mod info;
 mod journal;
 pub mod ldap;

@@ -173,7 +173,12 @@ impl Agent {
         } else {
             (None, None)
         };
+        let heartbeats = crate::health::Heartbeats::start(&self.cfg, self.node.as_str())
+            .map_err(|e| tracing::error!("the LDAP heartbeat cannot start: {e}"))
+            .ok()
+            .map(Arc::new);
         let shared = Arc::new(Shared {
+            heartbeats,
             telemetry,
             apply,
             journal: Arc::new(Journal::new(self.cfg.state_dir.join("exec-journal.jsonl"))),
@@ -343,6 +348,8 @@ struct Shared {
     apply: Arc<crate::apply::Engine>,
     /// The telemetry spool's readers; `None` when collection is off.
     telemetry: Option<crate::telemetry::Handle>,
+    /// The LDAP heartbeat writer; `None` when its thread could not start.
+    heartbeats: Option<Arc<crate::health::Heartbeats>>,
 }
 
 impl Shared {
@@ -623,6 +630,28 @@ async fn handle_request(
         Request::Probe(spec) => blocking(shared, move |e| Ok(Reply::Probed(e.probe(&spec)))).await,
         Request::Telemetry { after } => {
             return telemetry_stream(shared, after, send, recv).await;
+        }
+        Request::Checks(spec) => {
+            let deadline = Duration::from_millis(spec.deadline_ms.max(100));
+            let (cfg, beats) = (shared.cfg.clone(), shared.heartbeats.clone());
+            let work = tokio::task::spawn_blocking(move || {
+                crate::health::round(&cfg, &spec, beats.as_deref())
+            });
+            match tokio::time::timeout(deadline, work).await {
+                Ok(Ok(report)) => Reply::Checks(report),
+                Ok(Err(e)) => Reply::Error(RemoteError {
+                    kind: ErrorKind::Internal,
+                    message: format!("the checks failed: {e}"),
+                }),
+                // The probes end at their own deadlines; the round is answered now.
+                Err(_) => Reply::Error(RemoteError {
+                    kind: ErrorKind::Internal,
+                    message: format!(
+                        "the checks did not finish within the round's {} ms",
+                        deadline.as_millis()
+                    ),
+                }),
+            }
         }
         Request::ExecInContainer { root, spec } => {
             let ctx = exec_context(shared, controller);

@@ -11,6 +11,7 @@ pub mod changeset;
 pub mod codec;
 mod error;
 pub mod frame;
+pub mod health;
 pub mod identity;
 pub mod message;
 mod name;

@@ -128,6 +128,8 @@ pub enum Request {
         /// The last sequence number the controller stored.
         after: u64,
     },
+    /// Run this round's health checks; answered by [`Reply::Checks`].
+    Checks(crate::health::CheckSpec),
 }
 
 /// What [`Request::Upgrade`] brings.
@@ -195,6 +197,8 @@ pub enum Reply {
     Backups(Vec<BackupInfo>),
     /// Each check of a [`Request::Probe`], in order.
     Probed(Vec<StepRun>),
+    /// What [`Request::Checks`] found.
+    Checks(crate::health::CheckReport),
 }
 
 /// A failure reported by the agent.

@@ -35,6 +35,9 @@ use clustermgr_protocol::changeset::{
     HttpsProbe, Meta, ProbeSpec, RestoreSpec, Scope, ServiceVerb, StepRun, Validator,
 };
 use clustermgr_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES, FrameDecoder, HEADER_BYTES};
+use clustermgr_protocol::health::{
+    CheckReport, CheckSpec, Consumer, Csn, Heartbeat, LdapServer, LdapState, OpenDjReplica,
+};
 use clustermgr_protocol::message::{
     Command, ErrorKind, ExecEvent, ExecInput, ExecSpec, ExitOutcome, GluuInstall, Hello,
     HelloReply, NodeInfo, RemoteError, Reply, Request, UpgradeSpec,
@@ -344,8 +347,8 @@ impl Kind {
         match self {
             Kind::Hello => 1,
             Kind::HelloReply => 2,
-            Kind::Request => 15,
-            Kind::Reply => 14,
+            Kind::Request => 16,
+            Kind::Reply => 15,
             Kind::ExecInput => 3,
             Kind::ExecEvent => 5,
             Kind::TelemetryFrame => 3,
@@ -419,6 +422,7 @@ impl Msg {
                 Request::HostKey { .. } => 12,
                 Request::Probe(_) => 13,
                 Request::Telemetry { .. } => 14,
+                Request::Checks(_) => 15,
             },
             Msg::Reply(m) => match m {
                 Reply::Info(_) => 0,
@@ -435,6 +439,7 @@ impl Msg {
                 Reply::Applied(_) => 11,
                 Reply::Backups(_) => 12,
                 Reply::Probed(_) => 13,
+                Reply::Checks(_) => 14,
             },
             Msg::ExecInput(m) => match m {
                 ExecInput::Stdin(_) => 0,
@@ -955,6 +960,59 @@ fn gen_apply_report(rng: &mut Rng) -> ApplyReport {
     }
 }
 
+fn gen_check_report(rng: &mut Rng) -> CheckReport {
+    let ldap = gen_option(rng, |rng| {
+        if gen_bool(rng) {
+            return Err(gen_string(rng));
+        }
+        let n = rng.below(3);
+        Ok(LdapState {
+            server: [LdapServer::OpenLdap, LdapServer::OpenDj, LdapServer::Other][rng.below(3)],
+            took_ms: gen_u64(rng),
+            csns: (0..n)
+                .map(|_| Csn {
+                    server_id: gen_string(rng),
+                    csn: gen_string(rng),
+                })
+                .collect(),
+            consumers: (0..n)
+                .map(|_| Consumer {
+                    name: gen_string(rng),
+                    provider: gen_string(rng),
+                    connected: gen_bool(rng),
+                    phase: gen_string(rng),
+                    last_contact_ms: gen_option(rng, gen_i64),
+                    next_connect_ms: gen_option(rng, gen_i64),
+                })
+                .collect(),
+            replicas: (0..n)
+                .map(|_| OpenDjReplica {
+                    dn: gen_string(rng),
+                    domain: gen_string(rng),
+                    server_id: gen_string(rng),
+                    missing_changes: gen_option(rng, gen_i64),
+                    approximate_delay_ms: gen_option(rng, gen_i64),
+                    oldest_unsynced_ms: gen_option(rng, gen_i64),
+                    generation_id: gen_option(rng, gen_string),
+                    connected_to: gen_option(rng, gen_string),
+                })
+                .collect(),
+            heartbeats: (0..n)
+                .map(|_| Heartbeat {
+                    node: gen_string(rng),
+                    written_ms: gen_i64(rng),
+                    read_ms: gen_i64(rng),
+                })
+                .collect(),
+            heartbeat_error: gen_option(rng, gen_string),
+        })
+    });
+    CheckReport {
+        started_ms: gen_i64(rng),
+        ldap,
+    }
+}
+
 fn gen_steps(rng: &mut Rng) -> Vec<StepRun> {
     let n = rng.below(4);
     (0..n)
@@ -1091,9 +1149,13 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
             scope: gen_scope(rng),
         }),
         (Kind::Request, 13) => Msg::Request(Request::Probe(gen_probe(rng))),
-        (Kind::Request, _) => Msg::Request(Request::Telemetry {
+        (Kind::Request, 14) => Msg::Request(Request::Telemetry {
             after: gen_u64(rng),
         }),
+        (Kind::Request, _) => Msg::Request(Request::Checks(CheckSpec {
+            interval_ms: gen_u64(rng),
+            deadline_ms: gen_u64(rng),
+        })),
         (Kind::Reply, 0) => Msg::Reply(Reply::Info(Box::new(gen_node_info(rng)))),
         (Kind::Reply, 1) => Msg::Reply(Reply::Csr {
             pem: gen_string(rng),
@@ -1119,7 +1181,8 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
         (Kind::Reply, 10) => Msg::Reply(Reply::Planned(gen_entry_plans(rng))),
         (Kind::Reply, 11) => Msg::Reply(Reply::Applied(Box::new(gen_apply_report(rng)))),
         (Kind::Reply, 12) => Msg::Reply(Reply::Backups(gen_backups(rng))),
-        (Kind::Reply, _) => Msg::Reply(Reply::Probed(gen_steps(rng))),
+        (Kind::Reply, 13) => Msg::Reply(Reply::Probed(gen_steps(rng))),
+        (Kind::Reply, _) => Msg::Reply(Reply::Checks(gen_check_report(rng))),
         (Kind::ExecInput, 0) => Msg::ExecInput(ExecInput::Stdin(gen_bytes(rng))),
         (Kind::ExecInput, 1) => Msg::ExecInput(ExecInput::StdinEnd),
         (Kind::ExecInput, _) => Msg::ExecInput(ExecInput::Cancel),
@@ -1471,6 +1534,14 @@ fn edge_messages() -> Vec<Msg> {
             }),
         })),
         Msg::Reply(Reply::Probed(vec![])),
+        Msg::Reply(Reply::Checks(CheckReport {
+            started_ms: i64::MIN,
+            ldap: None,
+        })),
+        Msg::Request(Request::Checks(CheckSpec {
+            interval_ms: 0,
+            deadline_ms: u64::MAX,
+        })),
         Msg::Reply(Reply::Backups(vec![])),
         Msg::Reply(Reply::Backups(vec![
             BackupInfo {

@@ -169,6 +169,12 @@ impl Slapd {
         format!("ldaps://localhost:{}", self.ldaps_port)
     }
 
+    /// Stops the server for good, keeping its files.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The server's process id (to stop or freeze it).
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -1,5 +1,6 @@
-//! The agent's LDAP client against a real slapd: binds, reads and writes, the
-//! monitor, the pinned certificate, and a frozen server ending in a timeout.
+//! The agent's LDAP client and health checks against real slapd: binds, reads and
+//! writes, the monitor, the pinned certificate, a frozen server ending in a timeout,
+//! and rounds on three replicating servers (CSNs, consumers, heartbeats).
 
 use std::path::Path;
 use std::process::Command;
@@ -18,20 +19,25 @@ fn agent_config(dir: &Path, ldap_section: &str) -> AgentConfig {
 }
 
 /// `[ldap]` for `slapd`, over `url`, with the password in an owner-only file.
-fn access(s: &Slapd, url: &str, password: &str, timeout_ms: u64) -> ldap::Access {
+fn ldap_config(s: &Slapd, url: &str, password: &str, timeout_ms: u64) -> AgentConfig {
     let pw = s.path(&format!("pw-{}", password.len()));
     std::fs::write(&pw, format!("{password}\n")).unwrap();
     std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let cert = s.path("server.crt");
-    let cfg = agent_config(
+    agent_config(
         s.dir.path(),
         &format!(
             "[ldap]\nurl = \"{url}\"\nbind_dn = \"{ROOT_DN}\"\npassword_file = \"{}\"\ncert_file = \"{}\"\ntimeout_ms = {timeout_ms}\n",
             pw.display(),
             cert.display()
         ),
-    );
-    ldap::access(&cfg).expect("access").expect("configured")
+    )
+}
+
+fn access(s: &Slapd, url: &str, password: &str, timeout_ms: u64) -> ldap::Access {
+    ldap::access(&ldap_config(s, url, password, timeout_ms))
+        .expect("access")
+        .expect("configured")
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -217,4 +223,105 @@ fn three_slapds_configured_through_cn_config_replicate_every_way() {
             },
         );
     }
+}
+
+#[test]
+fn health_rounds_see_csns_consumers_and_every_nodes_fresh_heartbeat() {
+    use clustermgr_agent::health::{self, Heartbeats};
+    use clustermgr_protocol::health::{CheckSpec, LdapServer, LdapState};
+    let mut servers = slapd::replicating(3);
+    let names = ["gluu1", "gluu2", "gluu3"];
+    let cfgs: Vec<AgentConfig> = servers
+        .iter()
+        .map(|s| ldap_config(s, &s.ldap_url(), &s.root_pw, 1000))
+        .collect();
+    let spec = CheckSpec {
+        interval_ms: 300,
+        deadline_ms: 5000,
+    };
+    let beats: Vec<Heartbeats> = cfgs
+        .iter()
+        .zip(names)
+        .map(|(c, n)| {
+            let b = Heartbeats::start(c, n).expect("heartbeat thread");
+            // The round tells the writer the interval.
+            health::round(c, &spec, Some(&b));
+            b
+        })
+        .collect();
+    let state = |i: usize| -> LdapState {
+        let r = health::round(&cfgs[i], &spec, Some(&beats[i]));
+        r.ldap.expect("an LDAP server").expect("readable")
+    };
+    for i in 0..3 {
+        clustermgr_tests::eventually_blocking(
+            &format!("{} to hold every node's fresh heartbeat", names[i]),
+            Duration::from_secs(20),
+            || {
+                let s = state(i);
+                names.iter().all(|n| {
+                    s.heartbeats
+                        .iter()
+                        .any(|h| h.node == *n && h.read_ms - h.written_ms < 3000)
+                })
+            },
+        );
+    }
+    let s = state(0);
+    assert_eq!(s.server, LdapServer::OpenLdap);
+    assert_eq!(s.heartbeat_error, None);
+    for sid in ["001", "002", "003"] {
+        assert!(
+            s.csns.iter().any(|c| c.server_id == sid),
+            "every node wrote its heartbeat, so every serverID has a CSN: {:?}",
+            s.csns
+        );
+    }
+    let peer_urls: Vec<String> = servers[1..].iter().map(|p| p.ldap_url()).collect();
+    for url in &peer_urls {
+        let c = s
+            .consumers
+            .iter()
+            .find(|c| c.provider.starts_with(url.as_str()))
+            .unwrap_or_else(|| panic!("a consumer of {url}: {:?}", s.consumers));
+        assert!(c.connected && c.phase == "Persist", "{c:?}");
+    }
+
+    // The third server goes away: the first's consumer of it loses its link, and the
+    // third's heartbeat stops advancing there while the second's goes on.
+    let third_url = servers[2].ldap_url();
+    servers[2].kill();
+    let before = state(0);
+    let seen = |s: &LdapState, n: &str| {
+        s.heartbeats
+            .iter()
+            .find(|h| h.node == n)
+            .map(|h| h.written_ms)
+            .unwrap_or(0)
+    };
+    clustermgr_tests::eventually_blocking(
+        "the first server's consumer of the third to lose its link",
+        Duration::from_secs(20),
+        || {
+            state(0)
+                .consumers
+                .iter()
+                .any(|c| c.provider.starts_with(third_url.as_str()) && !c.connected)
+        },
+    );
+    clustermgr_tests::eventually_blocking(
+        "the second's heartbeat to advance on the first",
+        Duration::from_secs(20),
+        || seen(&state(0), "gluu2") > seen(&before, "gluu2"),
+    );
+    assert_eq!(
+        seen(&state(0), "gluu3"),
+        seen(&before, "gluu3"),
+        "the third's heartbeat stays where it stopped"
+    );
+    let err = health::round(&cfgs[2], &spec, Some(&beats[2]))
+        .ldap
+        .expect("configured")
+        .unwrap_err();
+    assert!(err.contains("cannot connect"), "{err}");
 }

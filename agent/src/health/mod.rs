@@ -1,0 +1,117 @@
+//! Health checks on the node: one round per controller request ([`round`]), and the
+//! LDAP heartbeat, written on a thread of its own ([`Heartbeats`]) so peers see fresh
+//! heartbeats even while no controller asks.
+
+pub mod ldap;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use clustermgr_protocol::health::{CheckReport, CheckSpec};
+
+use crate::config::AgentConfig;
+use crate::journal::now_ms;
+
+/// The heartbeat interval before any controller said: the default check interval.
+const DEFAULT_INTERVAL_MS: u64 = 10_000;
+/// The shortest interval a controller may set: a typo must not hammer the directory.
+const MIN_INTERVAL_MS: u64 = 200;
+
+/// The heartbeat writer's shared state.
+#[derive(Debug)]
+struct Shared {
+    interval_ms: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// The running heartbeat writer; stops when dropped (without waiting for a write in
+/// progress, which ends at its own deadline).
+#[derive(Debug)]
+pub struct Heartbeats {
+    shared: Arc<Shared>,
+    _stop: mpsc::Sender<()>,
+}
+
+impl Heartbeats {
+    /// Starts writing this node's heartbeat every interval, while `[ldap] heartbeat`
+    /// is on and the node has an LDAP server.
+    pub fn start(cfg: &AgentConfig, node: &str) -> std::io::Result<Heartbeats> {
+        let shared = Arc::new(Shared {
+            interval_ms: AtomicU64::new(DEFAULT_INTERVAL_MS),
+            last_error: Mutex::new(None),
+        });
+        let (stop, stopped) = mpsc::channel::<()>();
+        let (cfg, node, s) = (cfg.clone(), node.to_string(), shared.clone());
+        std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || {
+                loop {
+                    let error = beat(&cfg, &node).err();
+                    if let Some(e) = &error {
+                        tracing::debug!("{e}");
+                    }
+                    *s.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+                    let wait = Duration::from_millis(s.interval_ms.load(Ordering::Relaxed));
+                    match stopped.recv_timeout(wait) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                }
+            })?;
+        Ok(Heartbeats {
+            shared,
+            _stop: stop,
+        })
+    }
+
+    /// Follows the controller's check interval from now on.
+    fn set_interval(&self, ms: u64) {
+        self.shared
+            .interval_ms
+            .store(ms.max(MIN_INTERVAL_MS), Ordering::Relaxed);
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.shared
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Writes the heartbeat once; `Ok` also when there is nothing to write to.
+fn beat(cfg: &AgentConfig, node: &str) -> Result<(), String> {
+    if !cfg.ldap.heartbeat {
+        return Ok(());
+    }
+    let Some(access) = crate::ldap::access(cfg)? else {
+        return Ok(());
+    };
+    let mut c = access.connect()?;
+    let r = ldap::write_heartbeat(&mut c, &cfg.ldap.suffix, node, now_ms());
+    c.unbind();
+    r
+}
+
+/// One round of checks (blocking: every probe has its own deadline).
+pub fn round(cfg: &AgentConfig, spec: &CheckSpec, heartbeats: Option<&Heartbeats>) -> CheckReport {
+    let started_ms = now_ms();
+    if let Some(h) = heartbeats {
+        h.set_interval(spec.interval_ms);
+    }
+    let ldap = match crate::ldap::access(cfg) {
+        Ok(None) => None,
+        Err(e) => Some(Err(e)),
+        Ok(Some(access)) => Some(access.connect().and_then(|mut c| {
+            let state = ldap::state(&mut c, &cfg.ldap.suffix, now_ms);
+            c.unbind();
+            state.map(|mut s| {
+                s.heartbeat_error = heartbeats.and_then(Heartbeats::last_error);
+                s
+            })
+        })),
+    };
+    CheckReport { started_ms, ldap }
+}

@@ -1,0 +1,215 @@
+//! Health checks on the wire: what the controller asks an agent to check each round
+//! ([`CheckSpec`]), and what the agent found on its own host ([`CheckReport`]). The
+//! agent reports facts; verdicts are the controller's, which compares across nodes.
+
+use serde::{Deserialize, Serialize};
+
+/// One round's request: what the agent cannot know alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckSpec {
+    /// The check interval; the agent writes its LDAP heartbeat this often.
+    pub interval_ms: u64,
+    /// The time the whole report must be ready within; each probe's own deadline is
+    /// shorter.
+    pub deadline_ms: u64,
+}
+
+/// What an agent found this round.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckReport {
+    /// The agent's clock when it began the round, Unix milliseconds (clock skew).
+    pub started_ms: i64,
+    /// The node's LDAP server: `None` when the node has none (no Gluu LDAP settings
+    /// and no `[ldap]`); `Some(Err)` says why it could not be read.
+    pub ldap: Option<Result<LdapState, String>>,
+    // New fields go last, each a new protocol version.
+}
+
+/// Which LDAP server a node runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LdapServer {
+    /// OpenLDAP (Gluu 3.1 and earlier): syncrepl, `contextCSN`.
+    OpenLdap,
+    /// OpenDJ (Gluu 4.x): its replication monitor.
+    OpenDj,
+    /// Something else answering; only the bind and heartbeats are read.
+    Other,
+}
+
+/// The LDAP facts of one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LdapState {
+    /// Which server.
+    pub server: LdapServer,
+    /// How long the bind and reads took, milliseconds.
+    pub took_ms: u64,
+    /// OpenLDAP: the suffix entry's `contextCSN` values, one per serverID that wrote.
+    pub csns: Vec<Csn>,
+    /// OpenLDAP: the syncrepl consumers' state from `cn=Monitor`.
+    pub consumers: Vec<Consumer>,
+    /// OpenDJ: the replication domains' monitor entries.
+    pub replicas: Vec<OpenDjReplica>,
+    /// Every node's heartbeat entry as this node's server holds it.
+    pub heartbeats: Vec<Heartbeat>,
+    /// Why this node's own heartbeat could not be written this round, if it could not.
+    pub heartbeat_error: Option<String>,
+}
+
+/// One `contextCSN` value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Csn {
+    /// The serverID that made the change (the CSN's third field, hex: `001`).
+    pub server_id: String,
+    /// The whole CSN (`20261125133015.043388Z#000000#001#000000`): CSNs of one
+    /// serverID order as strings.
+    pub csn: String,
+}
+
+impl Csn {
+    /// Parses a CSN value; `None` when it is not one.
+    pub fn parse(v: &str) -> Option<Csn> {
+        let mut parts = v.split('#');
+        let (time, _count, sid, _m) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || !time.ends_with('Z') || sid.is_empty() {
+            return None;
+        }
+        Some(Csn {
+            server_id: sid.to_string(),
+            csn: v.to_string(),
+        })
+    }
+
+    /// The CSN's time, Unix milliseconds.
+    pub fn time_ms(&self) -> Option<i64> {
+        generalized_time_ms(self.csn.split('#').next()?)
+    }
+}
+
+/// One syncrepl consumer (`olmSyncReplInstance`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consumer {
+    /// Its name under `cn=Monitor` (`Consumer 002`).
+    pub name: String,
+    /// The provider it replicates from (`olmSRProviderURIList`).
+    pub provider: String,
+    /// Whether it holds a connection to the provider (`olmSRConnection` set).
+    pub connected: bool,
+    /// `olmSRSyncPhase`: `Persist` when following changes live, `Refresh` while
+    /// catching up or reconnecting.
+    pub phase: String,
+    /// `olmSRLastContact`, Unix milliseconds.
+    pub last_contact_ms: Option<i64>,
+    /// `olmSRNextConnect`, Unix milliseconds, when a reconnect is scheduled.
+    pub next_connect_ms: Option<i64>,
+}
+
+/// One OpenDJ replication domain as its server's monitor shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenDjReplica {
+    /// The monitor entry's DN.
+    pub dn: String,
+    /// `domain-name`: the replicated base DN (`o=gluu`).
+    pub domain: String,
+    /// `server-id`.
+    pub server_id: String,
+    /// `missing-changes`.
+    pub missing_changes: Option<i64>,
+    /// `approximate-delay`, milliseconds.
+    pub approximate_delay_ms: Option<i64>,
+    /// `approx-older-change-not-synchronized-millis`: the age of the oldest change
+    /// not yet replayed.
+    pub oldest_unsynced_ms: Option<i64>,
+    /// `generation-id`: replicas of one domain must agree.
+    pub generation_id: Option<String>,
+    /// `connected-to`: the replication server this replica talks to, if any.
+    pub connected_to: Option<String>,
+}
+
+/// A node's heartbeat entry as read on one server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The node that wrote it.
+    pub node: String,
+    /// When it wrote it, by its own clock, Unix milliseconds.
+    pub written_ms: i64,
+    /// When this node read it, by this node's clock.
+    pub read_ms: i64,
+}
+
+/// LDAP generalized time (`20261125133015.043388Z`, `20261125133015Z`) as Unix
+/// milliseconds.
+pub fn generalized_time_ms(v: &str) -> Option<i64> {
+    let v = v.strip_suffix('Z')?;
+    let (whole, frac) = v.split_once('.').unwrap_or((v, ""));
+    if whole.len() != 14 || !whole.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| whole[r].parse::<i64>().ok();
+    let (y, mo, d) = (n(0..4)?, n(4..6)?, n(6..8)?);
+    let (h, mi, s) = (n(8..10)?, n(10..12)?, n(12..14)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (yy, mm) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * mm + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let millis = match frac.len() {
+        0 => 0,
+        _ => {
+            let digits: String = frac.chars().take(3).collect();
+            if !frac.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            format!("{digits:0<3}").parse::<i64>().ok()?
+        }
+    };
+    Some(((days * 24 + h) * 60 + mi) * 60_000 + s * 1000 + millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csns_and_generalized_times_parse() {
+        let c = Csn::parse("20261125133015.043388Z#000000#001#000000").unwrap();
+        assert_eq!(c.server_id, "001");
+        // 2026-11-25T13:30:15.043Z
+        assert_eq!(c.time_ms(), Some(1_795_613_415_043));
+        assert_eq!(generalized_time_ms("19700101000000Z"), Some(0));
+        assert_eq!(
+            generalized_time_ms("20000229235959.5Z"),
+            Some(951_868_799_500)
+        );
+        assert_eq!(
+            generalized_time_ms("00000101000000Z").map(|v| v < 0),
+            Some(true)
+        );
+        for bad in [
+            "",
+            "2026112513301Z",
+            "20261325000000Z",
+            "20261125133015",
+            "2026112513301xZ",
+        ] {
+            assert_eq!(generalized_time_ms(bad), None, "{bad}");
+        }
+        for bad in [
+            "",
+            "x#y",
+            "20261125133015Z#0#1",
+            "20261125133015Z#0##0",
+            "a#b#c#d#e",
+        ] {
+            assert_eq!(Csn::parse(bad), None, "{bad}");
+        }
+    }
+}
