@@ -159,6 +159,11 @@ pub enum Cmd {
     /// refreshed every second from what `serve` receives; Ctrl-C ends it. Without a
     /// terminal (or with --json), one table.
     Top(Selection),
+    /// The health of every node: the agent, its LDAP server, replication links, CSNs
+    /// and heartbeat lag, each ok, warning, critical or unknown with the reason. Exits
+    /// 0 ok, 1 warning, 2 critical, 3 unknown (also for a usage error), as Nagios-style
+    /// monitoring expects.
+    Health(Selection),
     /// The history of every file clustermgr changed: when, where, hashes, result, who.
     History {
         #[command(flatten)]
@@ -357,7 +362,21 @@ pub enum CertCmd {
 /// Parses the command line, runs it, and returns the exit code.
 pub fn main() -> i32 {
     quiet_on_closed_stdout();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        // `health` is called by monitoring, for which anything but a verdict is
+        // "unknown" (3), a usage error included.
+        Err(e)
+            if !matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) && std::env::args().any(|a| a == "health") =>
+        {
+            let _ = e.print();
+            return 3;
+        }
+        Err(e) => e.exit(),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CLUSTERMGR_LOG").unwrap_or_else(|_| {
@@ -403,11 +422,13 @@ fn login_name() -> String {
 }
 
 async fn run(cli: Cli) -> i32 {
+    let health = matches!(cli.command, Cmd::Health(_));
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("clustermgr: {e}");
-            e.exit_code()
+            // For monitoring, a health check that could not run is unknown.
+            if health { 3 } else { e.exit_code() }
         }
     }
 }
@@ -739,6 +760,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             OutputMode::Live,
         ),
         Cmd::Status => (Operation::Status, OutputMode::Live),
+        Cmd::Health(sel) => (Operation::Health { nodes: sel.nodes }, OutputMode::Live),
         Cmd::Audit { limit } => (Operation::Audit { limit }, OutputMode::Live),
         Cmd::Cert(CertCmd::Status) => (Operation::CertStatus, OutputMode::Live),
         Cmd::Cert(CertCmd::Renew { sel, rekey }) => (
@@ -767,6 +789,7 @@ pub async fn execute(
     mode: OutputMode,
 ) -> Result<i32, CtlError> {
     let is_exec = matches!(inv.op, Operation::Exec { .. });
+    let is_health = matches!(inv.op, Operation::Health { .. });
     let following = matches!(&inv.op, Operation::Logs(s) if s.follow);
     let (tx, rx) = mpsc::channel(64);
     let printer = tokio::spawn(render::consume(rx, mode, is_exec));
@@ -787,7 +810,8 @@ pub async fn execute(
         }
         Err((message, code)) => {
             eprintln!("clustermgr: {message}");
-            Ok(code)
+            // A health check that could not run is unknown to monitoring.
+            Ok(if is_health { 3 } else { code })
         }
     }
 }

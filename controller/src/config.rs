@@ -27,6 +27,23 @@ pub struct ControllerConfig {
     pub timeouts: Timeouts,
     /// What `serve` keeps of the telemetry.
     pub retention: crate::telemetry::store::Retention,
+    /// How often the health checks run.
+    pub health: HealthConfig,
+}
+
+/// The `[health]` section.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Seconds between two rounds of checks; also how often each node writes its LDAP
+    /// heartbeat.
+    pub interval_secs: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig { interval_secs: 10 }
+    }
 }
 
 impl Default for ControllerConfig {
@@ -36,6 +53,7 @@ impl Default for ControllerConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             timeouts: Timeouts::default(),
             retention: Default::default(),
+            health: Default::default(),
         }
     }
 }
@@ -55,6 +73,9 @@ impl ControllerConfig {
         let cfg: ControllerConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         if cfg.connect_timeout_ms == 0 {
             return Err(invalid("connect_timeout_ms must be above 0".into()));
+        }
+        if cfg.health.interval_secs == 0 {
+            return Err(invalid("health.interval_secs must be above 0".into()));
         }
         if cfg.max_frame_bytes < 64 * 1024 {
             return Err(invalid("max_frame_bytes must be at least 65536".into()));

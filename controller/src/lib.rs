@@ -20,6 +20,7 @@ pub mod dev;
 pub mod elf;
 mod error;
 pub mod generate;
+pub mod health;
 pub mod home;
 pub mod inventory;
 pub mod local;

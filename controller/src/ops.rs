@@ -151,6 +151,11 @@ pub enum Operation {
         /// Node selector.
         nodes: String,
     },
+    /// One round of health checks, judged across the cluster.
+    Health {
+        /// Node selector (of the nodes shown; every node is asked).
+        nodes: String,
+    },
     /// The change history.
     History {
         /// Node selector.
@@ -497,6 +502,8 @@ pub enum Report {
     Metrics(Vec<crate::telemetry::SeriesView>),
     /// `top`'s rows.
     Top(Vec<crate::telemetry::top::TopRow>),
+    /// `health`.
+    Health(crate::health::HealthView),
     /// `cluster show`.
     Cluster(crate::desired::ClusterView),
     /// `rollback --list`.
@@ -526,6 +533,8 @@ impl Report {
             // `drift` exits 2 when it found hand edits, so monitoring can call it.
             Report::Plan { views, drift: true } if views.iter().any(|v| !v.entries.is_empty()) => 2,
             Report::Applied(v) if v.iter().any(|v| bad(&v.state)) => 1,
+            // Nagios-style: 0 ok, 1 warning, 2 critical, 3 unknown.
+            Report::Health(h) => h.worst.exit_code(),
             _ => 0,
         }
     }
@@ -1163,6 +1172,7 @@ pub async fn run(
         Operation::Logs(spec) => crate::telemetry::logs(&ctx, &spec, &events).await,
         Operation::Metrics(spec) => crate::telemetry::metrics(&ctx, &spec),
         Operation::Top { nodes } => crate::telemetry::top(&ctx, &nodes),
+        Operation::Health { nodes } => crate::health::health(&ctx, &nodes, within).await,
         Operation::History { nodes, path, limit } => {
             crate::desired::history(&ctx, &nodes, path.as_deref(), limit)
         }

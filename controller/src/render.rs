@@ -252,6 +252,20 @@ fn print_top(rows: &[crate::telemetry::top::TopRow]) {
     }
 }
 
+fn print_health(h: &crate::health::HealthView) {
+    println!("{:<16} {:<11} {:<9} REASON", "NODE", "CHECK", "STATE");
+    for v in &h.verdicts {
+        println!(
+            "{:<16} {:<11} {:<9} {}",
+            v.node,
+            v.check,
+            v.level.as_str(),
+            v.reason
+        );
+    }
+    println!("overall: {}", h.worst.as_str());
+}
+
 /// One log line: time (UTC, milliseconds), node, source, text.
 fn print_log(l: &crate::telemetry::store::NodeLine) {
     let t = l.time_ms;
@@ -453,6 +467,8 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 print_series(v);
             }
         }
+        Report::Health(h) if as_json => json(&h),
+        Report::Health(h) => print_health(&h),
         Report::Top(rows) if as_json => json(&rows),
         Report::Top(rows) => print_top(&rows),
         Report::Logs(lines) if as_json => json(&lines),

@@ -30,7 +30,8 @@ struct Shared {
 #[derive(Debug)]
 pub struct Heartbeats {
     shared: Arc<Shared>,
-    _stop: mpsc::Sender<()>,
+    /// A message wakes the writer (the interval changed); dropping it stops it.
+    wake: mpsc::Sender<()>,
 }
 
 impl Heartbeats {
@@ -54,22 +55,21 @@ impl Heartbeats {
                     *s.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
                     let wait = Duration::from_millis(s.interval_ms.load(Ordering::Relaxed));
                     match stopped.recv_timeout(wait) {
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        _ => return,
+                        Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
                 }
             })?;
-        Ok(Heartbeats {
-            shared,
-            _stop: stop,
-        })
+        Ok(Heartbeats { shared, wake: stop })
     }
 
-    /// Follows the controller's check interval from now on.
+    /// Follows the controller's check interval from now on; a new interval starts
+    /// with a heartbeat now, so a shorter one is not waited out at the old length.
     fn set_interval(&self, ms: u64) {
-        self.shared
-            .interval_ms
-            .store(ms.max(MIN_INTERVAL_MS), Ordering::Relaxed);
+        let ms = ms.max(MIN_INTERVAL_MS);
+        if self.shared.interval_ms.swap(ms, Ordering::Relaxed) != ms {
+            let _ = self.wake.send(());
+        }
     }
 
     fn last_error(&self) -> Option<String> {

@@ -1,0 +1,410 @@
+//! Verdicts from the agents' reports: pure functions of this round, the round before
+//! (when `serve` has one), and each node's clock skew, so every rule is tested on
+//! recorded reports.
+
+use std::collections::BTreeMap;
+
+use clustermgr_protocol::health::{CheckReport, Csn, LdapServer, LdapState};
+use serde::{Deserialize, Serialize};
+
+/// A check's state, in the order of Nagios-style exit codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Fine.
+    Ok,
+    /// Needs a look.
+    Warning,
+    /// Broken.
+    Critical,
+    /// Could not be checked.
+    Unknown,
+}
+
+impl Level {
+    /// The exit code monitoring expects: 0, 1, 2, 3.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Level::Ok => 0,
+            Level::Warning => 1,
+            Level::Critical => 2,
+            Level::Unknown => 3,
+        }
+    }
+
+    /// How bad, for picking the worst: critical, then warning, then unknown.
+    fn severity(self) -> u8 {
+        match self {
+            Level::Ok => 0,
+            Level::Unknown => 1,
+            Level::Warning => 2,
+            Level::Critical => 3,
+        }
+    }
+
+    /// The worst of `levels` (`Ok` for none).
+    pub fn worst(levels: impl IntoIterator<Item = Level>) -> Level {
+        levels
+            .into_iter()
+            .max_by_key(|l| l.severity())
+            .unwrap_or(Level::Ok)
+    }
+
+    /// The word shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Warning => "warning",
+            Level::Critical => "critical",
+            Level::Unknown => "unknown",
+        }
+    }
+}
+
+/// One check of one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// The node.
+    pub node: String,
+    /// The check: `agent`, `ldap`, `ldap-links`, `ldap-csn`, `heartbeat`.
+    pub check: String,
+    /// Its state.
+    pub level: Level,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// What one node gave this round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeRound {
+    /// Its report, and its clock's offset from the controller's (positive: ahead).
+    Report {
+        /// The report.
+        report: CheckReport,
+        /// Its clock minus the controller's, milliseconds.
+        skew_ms: i64,
+    },
+    /// It answered, but could not run its checks.
+    Failed(String),
+    /// It did not answer.
+    Unreachable(String),
+}
+
+/// The nodes a round concerns: name → (whether it runs a Gluu server, and so LDAP;
+/// the host part of its address, to tell which node a replication provider is).
+#[derive(Clone, Debug, Default)]
+pub struct Members {
+    /// Per node.
+    pub nodes: BTreeMap<String, Member>,
+}
+
+/// One member.
+#[derive(Clone, Debug)]
+pub struct Member {
+    /// Whether it runs Gluu (and so an LDAP server).
+    pub gluu: bool,
+    /// Its host (address without the port).
+    pub host: String,
+}
+
+impl Members {
+    /// The node an LDAP URL points at, when exactly one node has that host.
+    fn node_of_url(&self, url: &str) -> Option<&str> {
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let hostport = rest.split('/').next().unwrap_or(rest);
+        let host = match hostport.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => h,
+            _ => hostport,
+        }
+        .trim_matches(['[', ']']);
+        let mut found = self
+            .nodes
+            .iter()
+            .filter(|(name, m)| m.host == host || name.as_str() == host);
+        let first = found.next()?;
+        found.next().is_none().then_some(first.0.as_str())
+    }
+}
+
+/// Every verdict of a round. `previous` is the round one interval earlier, when there
+/// is one; `interval_ms` the check interval.
+pub fn verdicts(
+    members: &Members,
+    now: &BTreeMap<String, NodeRound>,
+    previous: Option<&BTreeMap<String, NodeRound>>,
+    interval_ms: i64,
+) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    let unreachable = |n: &str| matches!(now.get(n), Some(NodeRound::Unreachable(_)) | None);
+    for (name, member) in &members.nodes {
+        let v = |check: &str, level: Level, reason: String| Verdict {
+            node: name.clone(),
+            check: check.into(),
+            level,
+            reason,
+        };
+        let ldap_checks = ["ldap", "ldap-links", "ldap-csn", "heartbeat"];
+        match now.get(name) {
+            None | Some(NodeRound::Unreachable(_)) => {
+                let why = match now.get(name) {
+                    Some(NodeRound::Unreachable(m)) => m.clone(),
+                    _ => "it was not asked".into(),
+                };
+                out.push(v("agent", Level::Critical, format!("unreachable: {why}")));
+                if member.gluu {
+                    for c in ldap_checks {
+                        out.push(v(c, Level::Unknown, "the node did not answer".into()));
+                    }
+                }
+            }
+            Some(NodeRound::Failed(why)) => {
+                out.push(v("agent", Level::Ok, "answered".into()));
+                if member.gluu {
+                    for c in ldap_checks {
+                        out.push(v(
+                            c,
+                            Level::Unknown,
+                            format!("the checks did not run: {why}"),
+                        ));
+                    }
+                }
+            }
+            Some(NodeRound::Report { report, skew_ms }) => {
+                out.push(v("agent", Level::Ok, "answered".into()));
+                match &report.ldap {
+                    None if member.gluu => out.push(v(
+                        "ldap",
+                        Level::Unknown,
+                        "the agent finds no LDAP server: no Gluu LDAP settings and no [ldap] in agent.toml".into(),
+                    )),
+                    None => {}
+                    Some(Err(e)) => {
+                        out.push(v("ldap", Level::Critical, e.clone()));
+                        for c in &ldap_checks[1..] {
+                            out.push(v(c, Level::Unknown, "its LDAP server cannot be read".into()));
+                        }
+                    }
+                    Some(Ok(state)) => {
+                        out.push(v(
+                            "ldap",
+                            Level::Ok,
+                            format!("{} answered in {} ms", server_name(state.server), state.took_ms),
+                        ));
+                        let (level, reason) = links(members, state, &unreachable);
+                        out.push(v("ldap-links", level, reason));
+                        let (level, reason) = csn(name, state, now, previous, interval_ms);
+                        out.push(v("ldap-csn", level, reason));
+                        let (level, reason) =
+                            heartbeats(name, members, state, *skew_ms, now, &unreachable, interval_ms);
+                        out.push(v("heartbeat", level, reason));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn server_name(s: LdapServer) -> &'static str {
+    match s {
+        LdapServer::OpenLdap => "OpenLDAP",
+        LdapServer::OpenDj => "OpenDJ",
+        LdapServer::Other => "the LDAP server",
+    }
+}
+
+/// The replication links this node's server holds: syncrepl consumers (OpenLDAP) or
+/// the replication server connection (OpenDJ). A link to a node that did not answer
+/// this round counts against that node, not this one.
+fn links(
+    members: &Members,
+    state: &LdapState,
+    unreachable: &dyn Fn(&str) -> bool,
+) -> (Level, String) {
+    let mut broken = Vec::new();
+    let mut catching_up = Vec::new();
+    for c in &state.consumers {
+        let peer = members.node_of_url(&c.provider);
+        if peer.is_some_and(unreachable) {
+            continue;
+        }
+        let who = peer.map_or_else(|| c.provider.clone(), |p| format!("{p} ({})", c.provider));
+        if !c.connected {
+            broken.push(who);
+        } else if c.phase != "Persist" {
+            catching_up.push(format!("{who}: {}", c.phase));
+        }
+    }
+    for r in &state.replicas {
+        if r.connected_to.is_none() {
+            broken.push(format!(
+                "{} (server-id {}): no replication server",
+                r.domain, r.server_id
+            ));
+        }
+    }
+    if !broken.is_empty() {
+        return (Level::Critical, format!("no link to {}", broken.join(", ")));
+    }
+    if !catching_up.is_empty() {
+        return (
+            Level::Warning,
+            format!("catching up from {}", catching_up.join(", ")),
+        );
+    }
+    match (state.consumers.len(), state.replicas.len()) {
+        (0, 0) => (Level::Ok, "no replication configured".into()),
+        (n, 0) => (Level::Ok, format!("{n} syncrepl links live")),
+        (_, n) => (Level::Ok, format!("{n} replication domains connected")),
+    }
+}
+
+/// Whether this node is behind: for OpenLDAP, per serverID, its `contextCSN` against
+/// the newest the other nodes reported a round earlier (this round's, one interval
+/// older, without a previous round); for OpenDJ, its missing changes.
+fn csn(
+    name: &str,
+    state: &LdapState,
+    now: &BTreeMap<String, NodeRound>,
+    previous: Option<&BTreeMap<String, NodeRound>>,
+    interval_ms: i64,
+) -> (Level, String) {
+    let missing: i64 = state
+        .replicas
+        .iter()
+        .filter_map(|r| r.missing_changes)
+        .sum();
+    if missing > 0 {
+        let delay = state
+            .replicas
+            .iter()
+            .filter_map(|r| r.approximate_delay_ms)
+            .max()
+            .unwrap_or(0);
+        return (
+            Level::Warning,
+            format!(
+                "{missing} changes not replayed yet (about {} s behind)",
+                delay / 1000
+            ),
+        );
+    }
+    let mine: BTreeMap<&str, &Csn> = state
+        .csns
+        .iter()
+        .map(|c| (c.server_id.as_str(), c))
+        .collect();
+    // The reference: others' CSNs from the previous round, else this round's minus an
+    // interval (CSNs read moments apart differ under load; an interval does not).
+    let (reference, slack) = match previous {
+        Some(p) => (p, 0),
+        None => (now, interval_ms),
+    };
+    let mut behind = Vec::new();
+    for (other, round) in reference {
+        if other == name {
+            continue;
+        }
+        let NodeRound::Report { report, .. } = round else {
+            continue;
+        };
+        let Some(Ok(theirs)) = &report.ldap else {
+            continue;
+        };
+        for c in &theirs.csns {
+            let Some(their_ms) = c.time_ms() else {
+                continue;
+            };
+            let my = mine.get(c.server_id.as_str());
+            if my.is_some_and(|m| m.csn >= c.csn) {
+                continue;
+            }
+            let lag = match my.and_then(|m| m.time_ms()) {
+                Some(m) => their_ms - m,
+                None => i64::MAX,
+            };
+            if lag > slack {
+                behind.push((c.server_id.clone(), other.clone(), lag));
+            }
+        }
+    }
+    if behind.is_empty() {
+        return (
+            Level::Ok,
+            format!("in step for {} serverIDs", state.csns.len()),
+        );
+    }
+    behind.sort();
+    behind.dedup_by(|a, b| a.0 == b.0);
+    let words: Vec<String> = behind
+        .iter()
+        .map(|(sid, other, lag)| match *lag {
+            i64::MAX => format!("no change from serverID {sid} yet ({other} has some)"),
+            l => format!("serverID {sid} {:.1} s behind {other}", l as f64 / 1000.0),
+        })
+        .collect();
+    let worst = behind.iter().map(|b| b.2).max().unwrap_or(0);
+    let level = if worst > 6 * interval_ms {
+        Level::Critical
+    } else {
+        Level::Warning
+    };
+    (level, format!("behind: {}", words.join("; ")))
+}
+
+/// How old every peer's heartbeat is as this node's server holds it, clocks corrected:
+/// replication lag in seconds, and a cut link on an idle cluster.
+fn heartbeats(
+    name: &str,
+    members: &Members,
+    state: &LdapState,
+    skew_ms: i64,
+    now: &BTreeMap<String, NodeRound>,
+    unreachable: &dyn Fn(&str) -> bool,
+    interval_ms: i64,
+) -> (Level, String) {
+    let skew_of = |n: &str| match now.get(n) {
+        Some(NodeRound::Report { skew_ms, .. }) => *skew_ms,
+        _ => 0,
+    };
+    let (mut worst, mut notes, mut ages) = (Level::Ok, Vec::new(), Vec::new());
+    for (peer, m) in &members.nodes {
+        if peer == name || !m.gluu || unreachable(peer) {
+            continue;
+        }
+        let Some(h) = state.heartbeats.iter().find(|h| &h.node == peer) else {
+            worst = Level::worst([worst, Level::Warning]);
+            notes.push(format!("none from {peer} yet"));
+            continue;
+        };
+        // Both times on the controller's clock.
+        let age = (h.read_ms - skew_ms) - (h.written_ms - skew_of(peer));
+        ages.push(age);
+        let level = if age > 6 * interval_ms {
+            Level::Critical
+        } else if age > 3 * interval_ms {
+            Level::Warning
+        } else {
+            Level::Ok
+        };
+        if level != Level::Ok {
+            notes.push(format!("{peer}'s is {:.0} s old", age as f64 / 1000.0));
+        }
+        worst = Level::worst([worst, level]);
+    }
+    if notes.is_empty() {
+        let newest = ages.iter().max().copied().unwrap_or(0).max(0);
+        return (
+            Level::Ok,
+            format!(
+                "{} peers' heartbeats, the oldest {:.1} s",
+                ages.len(),
+                newest as f64 / 1000.0
+            ),
+        );
+    }
+    (worst, notes.join("; "))
+}
+
+#[cfg(test)]
+mod tests;

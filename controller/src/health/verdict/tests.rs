@@ -1,0 +1,317 @@
+//! The verdict rules on recorded-style reports: healthy, unreachable, a broken link
+//! hidden from the CSNs, a node behind, skewed clocks, and OpenDJ.
+
+use clustermgr_protocol::health::{Consumer, Heartbeat, OpenDjReplica};
+
+use super::*;
+
+const T0: i64 = 1_795_613_415_000;
+const INTERVAL: i64 = 10_000;
+
+fn csn(sid: &str, ms: i64) -> Csn {
+    // As slapd writes them: generalized time with microseconds.
+    let secs = ms.div_euclid(1000);
+    let t = time::OffsetDateTime::from_unix_timestamp(secs).unwrap();
+    Csn {
+        server_id: sid.into(),
+        csn: format!(
+            "{:04}{:02}{:02}{:02}{:02}{:02}.{:06}Z#000000#{sid}#000000",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            ms.rem_euclid(1000) * 1000
+        ),
+    }
+}
+
+fn members() -> Members {
+    let mut m = Members::default();
+    for (i, n) in ["gluu1", "gluu2", "gluu3"].iter().enumerate() {
+        m.nodes.insert(
+            n.to_string(),
+            Member {
+                gluu: true,
+                host: format!("10.0.0.{}", i + 1),
+            },
+        );
+    }
+    m.nodes.insert(
+        "lb1".into(),
+        Member {
+            gluu: false,
+            host: "10.0.0.9".into(),
+        },
+    );
+    m
+}
+
+/// A healthy node's state at `at`: linked to its two peers, every serverID's CSN at
+/// `at - 1 s`, every heartbeat written 2 s before it was read.
+fn state(me: usize, at: i64) -> LdapState {
+    let peers: Vec<usize> = (1..=3).filter(|p| *p != me).collect();
+    LdapState {
+        server: LdapServer::OpenLdap,
+        took_ms: 3,
+        csns: (1..=3)
+            .map(|s| csn(&format!("{s:03}"), at - 1000))
+            .collect(),
+        consumers: peers
+            .iter()
+            .map(|p| Consumer {
+                name: format!("Consumer {p:03}"),
+                provider: format!("ldap://10.0.0.{p}:389"),
+                connected: true,
+                phase: "Persist".into(),
+                last_contact_ms: Some(at - 500),
+                next_connect_ms: None,
+            })
+            .collect(),
+        replicas: Vec::new(),
+        heartbeats: (1..=3)
+            .map(|n| Heartbeat {
+                node: format!("gluu{n}"),
+                written_ms: at - 2000,
+                read_ms: at,
+            })
+            .collect(),
+        heartbeat_error: None,
+    }
+}
+
+fn report(s: LdapState, skew_ms: i64) -> NodeRound {
+    NodeRound::Report {
+        report: CheckReport {
+            started_ms: T0 + skew_ms,
+            ldap: Some(Ok(s)),
+        },
+        skew_ms,
+    }
+}
+
+fn round(states: Vec<(usize, NodeRound)>) -> BTreeMap<String, NodeRound> {
+    let mut r: BTreeMap<String, NodeRound> = states
+        .into_iter()
+        .map(|(i, s)| (format!("gluu{i}"), s))
+        .collect();
+    r.insert(
+        "lb1".into(),
+        NodeRound::Report {
+            report: CheckReport {
+                started_ms: T0,
+                ldap: None,
+            },
+            skew_ms: 0,
+        },
+    );
+    r
+}
+
+fn healthy() -> BTreeMap<String, NodeRound> {
+    round((1..=3).map(|i| (i, report(state(i, T0), 0))).collect())
+}
+
+fn level(v: &[Verdict], node: &str, check: &str) -> (Level, String) {
+    let x = v
+        .iter()
+        .find(|v| v.node == node && v.check == check)
+        .unwrap_or_else(|| panic!("no {check} verdict for {node}: {v:#?}"));
+    (x.level, x.reason.clone())
+}
+
+#[test]
+fn a_healthy_cluster_is_all_ok() {
+    let v = verdicts(&members(), &healthy(), Some(&healthy()), INTERVAL);
+    assert!(v.iter().all(|v| v.level == Level::Ok), "{v:#?}");
+    // The LB has no LDAP checks.
+    assert!(!v.iter().any(|v| v.node == "lb1" && v.check != "agent"));
+    assert_eq!(level(&v, "gluu1", "ldap-links").1, "2 syncrepl links live");
+    assert_eq!(Level::worst(v.iter().map(|v| v.level)).exit_code(), 0);
+}
+
+#[test]
+fn an_unreachable_node_is_critical_its_checks_unknown_and_its_peers_stay_green() {
+    let mut now = healthy();
+    now.insert(
+        "gluu3".into(),
+        NodeRound::Unreachable("no reply within 3 s".into()),
+    );
+    for i in [1, 2] {
+        let mut s = state(i, T0);
+        // Its link to the dead node is down, and its heartbeat is stale.
+        for c in &mut s.consumers {
+            if c.provider.contains("10.0.0.3") {
+                c.connected = false;
+            }
+        }
+        for h in &mut s.heartbeats {
+            if h.node == "gluu3" {
+                h.written_ms = T0 - 600_000;
+            }
+        }
+        now.insert(format!("gluu{i}"), report(s, 0));
+    }
+    let v = verdicts(&members(), &now, None, INTERVAL);
+    let (l, why) = level(&v, "gluu3", "agent");
+    assert_eq!(l, Level::Critical);
+    assert!(why.contains("unreachable: no reply"), "{why}");
+    for c in ["ldap", "ldap-links", "ldap-csn", "heartbeat"] {
+        assert_eq!(level(&v, "gluu3", c).0, Level::Unknown, "{c}");
+    }
+    for n in ["gluu1", "gluu2"] {
+        assert!(
+            v.iter()
+                .filter(|v| v.node == n)
+                .all(|v| v.level == Level::Ok),
+            "{n}: {v:#?}"
+        );
+    }
+    assert_eq!(Level::worst(v.iter().map(|v| v.level)).exit_code(), 2);
+}
+
+#[test]
+fn a_broken_link_shows_even_when_the_csns_agree() {
+    let mut now = healthy();
+    let mut s = state(2, T0);
+    s.consumers[0].connected = false;
+    s.consumers[0].phase = "Refresh".into();
+    now.insert("gluu2".into(), report(s, 0));
+    let v = verdicts(&members(), &now, Some(&healthy()), INTERVAL);
+    let (l, why) = level(&v, "gluu2", "ldap-links");
+    assert_eq!(l, Level::Critical);
+    assert_eq!(why, "no link to gluu1 (ldap://10.0.0.1:389)");
+    assert_eq!(level(&v, "gluu2", "ldap-csn").0, Level::Ok);
+    // Connected but still refreshing is a warning.
+    let mut s = state(2, T0);
+    s.consumers[0].phase = "Refresh".into();
+    now.insert("gluu2".into(), report(s, 0));
+    let v = verdicts(&members(), &now, None, INTERVAL);
+    assert_eq!(level(&v, "gluu2", "ldap-links").0, Level::Warning);
+}
+
+#[test]
+fn a_node_behind_the_previous_round_is_behind_and_moments_apart_is_not() {
+    // Previous round: gluu1 had serverID 001's change at T0 - 1 s.
+    let previous = healthy();
+    // Now gluu3 still has 001 at T0 - 40 s: behind what gluu1 had a round ago.
+    let mut now = healthy();
+    let mut s = state(3, T0 + INTERVAL);
+    s.csns[0] = csn("001", T0 - 40_000);
+    now.insert("gluu3".into(), report(s, 0));
+    let v = verdicts(&members(), &now, Some(&previous), INTERVAL);
+    let (l, why) = level(&v, "gluu3", "ldap-csn");
+    assert_eq!(l, Level::Warning);
+    assert!(why.contains("serverID 001 39.0 s behind gluu1"), "{why}");
+    // More than six intervals: critical.
+    let mut s = state(3, T0 + INTERVAL);
+    s.csns[0] = csn("001", T0 - 90_000);
+    now.insert("gluu3".into(), report(s, 0));
+    let v = verdicts(&members(), &now, Some(&previous), INTERVAL);
+    assert_eq!(level(&v, "gluu3", "ldap-csn").0, Level::Critical);
+    // Without a previous round, CSNs read moments apart under load are in step.
+    let mut now = healthy();
+    let mut s = state(3, T0);
+    s.csns[0] = csn("001", T0 - 1300);
+    now.insert("gluu3".into(), report(s, 0));
+    let v = verdicts(&members(), &now, None, INTERVAL);
+    assert_eq!(level(&v, "gluu3", "ldap-csn").0, Level::Ok);
+    // A serverID another node has and this one never saw.
+    let mut s = state(3, T0);
+    s.csns.remove(1);
+    now.insert("gluu3".into(), report(s, 0));
+    let v = verdicts(&members(), &now, None, INTERVAL);
+    let (l, why) = level(&v, "gluu3", "ldap-csn");
+    assert_eq!(l, Level::Critical);
+    assert!(why.contains("no change from serverID 002 yet"), "{why}");
+}
+
+#[test]
+fn heartbeat_ages_are_measured_on_the_controllers_clock() {
+    // gluu2's clock is 30 s ahead: its heartbeats look 30 s old on gluu1's clock, but
+    // are fresh on the controller's.
+    let mut now = healthy();
+    for i in 1..=3 {
+        let skew = if i == 2 { 30_000 } else { 0 };
+        let mut s = state(i, T0 + skew);
+        for h in &mut s.heartbeats {
+            let writer_skew = if h.node == "gluu2" { 30_000 } else { 0 };
+            h.written_ms = T0 - 2000 + writer_skew;
+            h.read_ms = T0 + skew;
+        }
+        now.insert(format!("gluu{i}"), report(s, skew));
+    }
+    let v = verdicts(&members(), &now, None, INTERVAL);
+    for i in 1..=3 {
+        assert_eq!(
+            level(&v, &format!("gluu{i}"), "heartbeat").0,
+            Level::Ok,
+            "{v:#?}"
+        );
+    }
+    // A peer's heartbeat 45 s old (a cut link on an idle cluster): warning; 2 min:
+    // critical. gluu2 wrote it by its own clock, 30 s ahead.
+    let mut s = state(1, T0);
+    s.heartbeats[1].written_ms = T0 + 30_000 - 45_000;
+    now.insert("gluu1".into(), report(s.clone(), 0));
+    let v = verdicts(&members(), &now, None, INTERVAL);
+    let (l, why) = level(&v, "gluu1", "heartbeat");
+    assert_eq!((l, why.as_str()), (Level::Warning, "gluu2's is 45 s old"));
+    s.heartbeats[1].written_ms = T0 + 30_000 - 120_000;
+    now.insert("gluu1".into(), report(s, 0));
+    let v = verdicts(&members(), &now, None, INTERVAL);
+    assert_eq!(level(&v, "gluu1", "heartbeat").0, Level::Critical);
+}
+
+#[test]
+fn opendj_replication_reads_from_its_monitor() {
+    let replica = |missing: i64, connected: bool| OpenDjReplica {
+        dn: "cn=Directory server DS(27137),cn=o_gluu,cn=Replication,cn=monitor".into(),
+        domain: "o=gluu".into(),
+        server_id: "27137".into(),
+        missing_changes: Some(missing),
+        approximate_delay_ms: Some(4200),
+        oldest_unsynced_ms: Some(5000),
+        generation_id: Some("o=gluu 7649".into()),
+        connected_to: connected.then(|| "Replication Server 8989 31338".into()),
+    };
+    let mut now = healthy();
+    let mut s = state(1, T0);
+    s.server = LdapServer::OpenDj;
+    s.consumers.clear();
+    s.csns.clear();
+    s.replicas = vec![replica(0, true)];
+    now.insert("gluu1".into(), report(s.clone(), 0));
+    let v = verdicts(&members(), &now, None, INTERVAL);
+    assert_eq!(level(&v, "gluu1", "ldap-links").0, Level::Ok);
+    assert!(level(&v, "gluu1", "ldap").1.starts_with("OpenDJ answered"));
+    s.replicas = vec![replica(12, true)];
+    now.insert("gluu1".into(), report(s.clone(), 0));
+    let v = verdicts(&members(), &now, None, INTERVAL);
+    let (l, why) = level(&v, "gluu1", "ldap-csn");
+    assert_eq!(l, Level::Warning);
+    assert_eq!(why, "12 changes not replayed yet (about 4 s behind)");
+    s.replicas = vec![replica(0, false)];
+    now.insert("gluu1".into(), report(s, 0));
+    let v = verdicts(&members(), &now, None, INTERVAL);
+    assert_eq!(level(&v, "gluu1", "ldap-links").0, Level::Critical);
+}
+
+#[test]
+fn levels_order_as_monitoring_expects() {
+    assert_eq!(Level::worst([Level::Ok, Level::Unknown]), Level::Unknown);
+    assert_eq!(
+        Level::worst([Level::Unknown, Level::Warning]),
+        Level::Warning
+    );
+    assert_eq!(
+        Level::worst([Level::Warning, Level::Critical]),
+        Level::Critical
+    );
+    assert_eq!(Level::worst([]), Level::Ok);
+    assert_eq!(
+        [Level::Ok, Level::Warning, Level::Critical, Level::Unknown].map(Level::exit_code),
+        [0, 1, 2, 3]
+    );
+}

@@ -1,0 +1,124 @@
+//! `clustermgr health` end to end: real agents, each bound to its own real slapd, the
+//! three replicating; verdicts and exit codes as monitoring reads them.
+
+use std::time::Duration;
+
+use clustermgr_tests::slapd::{self, ROOT_DN, Slapd};
+use clustermgr_tests::{Cluster, node};
+
+/// `[ldap]` for an agent whose server is `s`, its password in an owner-only file.
+fn ldap_section(s: &Slapd) -> String {
+    let pw = s.path("agent-ldap.secret");
+    std::fs::write(&pw, format!("{}\n", s.root_pw)).unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    format!(
+        "[telemetry]\nenabled = false\n[ldap]\nurl = \"{}\"\nbind_dn = \"{ROOT_DN}\"\npassword_file = \"{}\"\ntimeout_ms = 1000\n",
+        s.ldap_url(),
+        pw.display()
+    )
+}
+
+/// `health --json`: the exit code and the verdicts (node, check, level, reason).
+fn health(c: &Cluster, args: &[&str]) -> (i32, Vec<(String, String, String, String)>) {
+    let mut all = vec!["--json", "health"];
+    all.extend_from_slice(args);
+    let out = c.run(&all);
+    let code = out.status.code().unwrap_or(-1);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let rows = v["verdicts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                    (s("node"), s("check"), s("level"), s("reason"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (code, rows)
+}
+
+fn level_of(rows: &[(String, String, String, String)], node: &str, check: &str) -> String {
+    rows.iter()
+        .find(|r| r.0 == node && r.1 == check)
+        .map(|r| r.2.clone())
+        .unwrap_or_else(|| panic!("no {check} verdict for {node}: {rows:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_judges_real_replication_and_exits_as_monitoring_expects() {
+    let mut servers = slapd::replicating(3);
+    let specs = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| node(&format!("gluu{}", i + 1), &ldap_section(s)))
+        .collect();
+    let mut c = Cluster::start(specs).await;
+    std::fs::write(
+        c.dir().join("controller.toml"),
+        "[health]\ninterval_secs = 1\n",
+    )
+    .unwrap();
+
+    // Healthy: every check of every node is ok, exit 0. The first rounds wait for every
+    // node's heartbeat to reach every other.
+    let mut last = (0, Vec::new());
+    clustermgr_tests::eventually("a healthy cluster", Duration::from_secs(30), || {
+        last = health(&c, &[]);
+        last.0 == 0
+    })
+    .await;
+    let (_, rows) = &last;
+    for n in ["gluu1", "gluu2", "gluu3"] {
+        for check in ["agent", "ldap", "ldap-links", "ldap-csn", "heartbeat"] {
+            assert_eq!(level_of(rows, n, check), "ok", "{n} {check}: {rows:#?}");
+        }
+    }
+
+    // The third node's slapd stops: its LDAP is critical, and its peers' links to it
+    // break; exit 2.
+    servers[2].kill();
+    clustermgr_tests::eventually("slapd stopped on gluu3", Duration::from_secs(30), || {
+        last = health(&c, &[]);
+        last.0 == 2
+            && level_of(&last.1, "gluu3", "ldap") == "critical"
+            && level_of(&last.1, "gluu1", "ldap-links") == "critical"
+    })
+    .await;
+    let reason = last
+        .1
+        .iter()
+        .find(|r| r.0 == "gluu3" && r.1 == "ldap")
+        .map(|r| r.3.clone())
+        .unwrap_or_default();
+    assert!(reason.contains("cannot connect"), "{reason}");
+    assert!(
+        !reason.contains(&servers[2].root_pw),
+        "no password in reasons"
+    );
+    // --nodes shows only the selected node; the exit code is still its worst.
+    let (code, rows) = health(&c, &["--nodes", "gluu2"]);
+    assert!(rows.iter().all(|r| r.0 == "gluu2"), "{rows:#?}");
+    assert_eq!(code, 2, "gluu2's link to gluu3 is down: {rows:#?}");
+
+    // The third's agent stops too: unreachable is critical, its own checks unknown.
+    c.stop_agent("gluu3").await;
+    let (code, rows) = health(&c, &[]);
+    assert_eq!(code, 2);
+    assert_eq!(level_of(&rows, "gluu3", "agent"), "critical");
+    for check in ["ldap", "ldap-links", "ldap-csn", "heartbeat"] {
+        assert_eq!(level_of(&rows, "gluu3", check), "unknown", "{check}");
+    }
+
+    // A usage error is unknown to monitoring: 3.
+    let out = c.run(&["health", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(3));
+    let out = c.run(&["health", "--nodes", "nosuchnode"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
