@@ -113,6 +113,7 @@ fn serve(
             path: cfg.path.clone(),
             source,
         })?;
+    let cfg_path = cfg.path.clone();
     runtime.block_on(async {
         let agent = Agent::load(cfg)?.on_trial(trial);
         let handle = agent.start()?;
@@ -128,9 +129,20 @@ fn serve(
                 },
             )?;
         }
-        tokio::select! {
-            _ = wait_for_signal() => {}
-            _ = handle.stop_requested() => {}
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .expect("SIGHUP handler");
+        loop {
+            tokio::select! {
+                _ = wait_for_signal() => break,
+                _ = handle.stop_requested() => break,
+                _ = hup.recv() => match handle.reload() {
+                    Ok(()) => tracing::info!(
+                        "re-read {}: [ldap] applies from the next check; other settings at the next restart",
+                        cfg_path.display()
+                    ),
+                    Err(e) => tracing::error!("{e}; the settings in force stay"),
+                },
+            }
         }
         let restart = handle.shutdown().await;
         // A restart keeps the process id, so the pidfile stays true.

@@ -173,11 +173,15 @@ impl Agent {
         } else {
             (None, None)
         };
-        let heartbeats = crate::health::Heartbeats::start(&self.cfg, self.node.as_str())
-            .map_err(|e| tracing::error!("the LDAP heartbeat cannot start: {e}"))
-            .ok()
-            .map(Arc::new);
+        let ldap: crate::health::LiveLdap = Arc::new(Mutex::new(self.cfg.ldap.clone()));
+        let heartbeats =
+            crate::health::Heartbeats::start(&self.cfg, self.node.as_str(), ldap.clone())
+                .map_err(|e| tracing::error!("the LDAP heartbeat cannot start: {e}"))
+                .ok()
+                .map(Arc::new);
+        let config_path = self.cfg.path.clone();
         let shared = Arc::new(Shared {
+            ldap: ldap.clone(),
             heartbeats,
             telemetry,
             apply,
@@ -212,6 +216,8 @@ impl Agent {
             restart,
             task,
             collector,
+            ldap,
+            config_path,
         })
     }
 }
@@ -294,9 +300,20 @@ pub struct AgentHandle {
     restart: Arc<Mutex<Option<Restart>>>,
     task: tokio::task::JoinHandle<()>,
     collector: Option<crate::telemetry::Collector>,
+    ldap: crate::health::LiveLdap,
+    config_path: std::path::PathBuf,
 }
 
 impl AgentHandle {
+    /// Re-reads `agent.toml` (SIGHUP): its `[ldap]` section takes effect at the next
+    /// round and heartbeat; the rest at the next restart. A file that does not parse
+    /// changes nothing, and the error names it.
+    pub fn reload(&self) -> Result<(), AgentError> {
+        let cfg = AgentConfig::load(&self.config_path)?;
+        *self.ldap.lock().unwrap_or_else(|p| p.into_inner()) = cfg.ldap;
+        Ok(())
+    }
+
     /// Resolves once the agent decided to stop by itself (after an uninstall, or to
     /// restart as another binary).
     pub async fn stop_requested(&self) {
@@ -350,6 +367,8 @@ struct Shared {
     telemetry: Option<crate::telemetry::Handle>,
     /// The LDAP heartbeat writer; `None` when its thread could not start.
     heartbeats: Option<Arc<crate::health::Heartbeats>>,
+    /// The `[ldap]` section in force (re-read on SIGHUP).
+    ldap: crate::health::LiveLdap,
 }
 
 impl Shared {
@@ -633,7 +652,8 @@ async fn handle_request(
         }
         Request::Checks(spec) => {
             let deadline = Duration::from_millis(spec.deadline_ms.max(100));
-            let (cfg, beats) = (shared.cfg.clone(), shared.heartbeats.clone());
+            let cfg = crate::health::with_live(&shared.cfg, &shared.ldap);
+            let beats = shared.heartbeats.clone();
             let work = tokio::task::spawn_blocking(move || {
                 crate::health::round(&cfg, &spec, beats.as_deref())
             });

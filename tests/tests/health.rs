@@ -122,3 +122,52 @@ async fn health_judges_real_replication_and_exits_as_monitoring_expects() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_takes_a_new_ldap_section_on_sighup_and_keeps_the_old_on_a_bad_file() {
+    let s = Slapd::start();
+    let mut c = Cluster::start(vec![node("gluu1", "[telemetry]\nenabled = false\n")]).await;
+    std::fs::write(
+        c.dir().join("controller.toml"),
+        "[health]\ninterval_secs = 1\n",
+    )
+    .unwrap();
+    // No Gluu installation and no [ldap]: the LDAP checks cannot run.
+    let (code, rows) = health(&c, &[]);
+    assert_eq!(code, 3, "{rows:#?}");
+    assert_eq!(level_of(&rows, "gluu1", "ldap"), "unknown");
+    let agent_toml = c.agent("gluu1").config();
+    let before = std::fs::read_to_string(&agent_toml).unwrap();
+    let pid = c
+        .agent("gluu1")
+        .child
+        .id()
+        .expect("a running agent")
+        .to_string();
+    let hup = || {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -HUP");
+    };
+    // A file that does not parse changes nothing, and the agent keeps serving.
+    std::fs::write(&agent_toml, format!("{before}\n[ldap\n")).unwrap();
+    hup();
+    let (code, _) = health(&c, &[]);
+    assert_eq!(code, 3);
+    // The [ldap] section, then SIGHUP: the next round binds.
+    let section = ldap_section(&s).replace("[telemetry]\nenabled = false\n", "");
+    std::fs::write(&agent_toml, format!("{before}\n{section}")).unwrap();
+    hup();
+    let mut last = (0, Vec::new());
+    clustermgr_tests::eventually("the new [ldap] to apply", Duration::from_secs(20), || {
+        last = health(&c, &[]);
+        last.0 == 0
+    })
+    .await;
+    assert_eq!(level_of(&last.1, "gluu1", "ldap"), "ok", "{:#?}", last.1);
+    let log = std::fs::read_to_string(c.agent("gluu1").dir.join("agent.log")).unwrap_or_default();
+    assert!(log.contains("settings in force stay"), "{log}");
+    c.stop_agent("gluu1").await;
+}

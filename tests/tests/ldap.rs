@@ -243,7 +243,8 @@ fn health_rounds_see_csns_consumers_and_every_nodes_fresh_heartbeat() {
         .iter()
         .zip(names)
         .map(|(c, n)| {
-            let b = Heartbeats::start(c, n).expect("heartbeat thread");
+            let live = std::sync::Arc::new(std::sync::Mutex::new(c.ldap.clone()));
+            let b = Heartbeats::start(c, n, live).expect("heartbeat thread");
             // The round tells the writer the interval.
             health::round(c, &spec, Some(&b));
             b

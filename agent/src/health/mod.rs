@@ -10,7 +10,18 @@ use std::time::Duration;
 
 use clustermgr_protocol::health::{CheckReport, CheckSpec};
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, LdapConfig};
+
+/// The `[ldap]` section in force: replaced when the agent re-reads `agent.toml` on
+/// SIGHUP, read by every round and every heartbeat.
+pub type LiveLdap = Arc<Mutex<LdapConfig>>;
+
+/// `cfg` with the `[ldap]` section in force now.
+pub fn with_live(cfg: &AgentConfig, ldap: &LiveLdap) -> AgentConfig {
+    let mut c = cfg.clone();
+    c.ldap = ldap.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    c
+}
 use crate::journal::now_ms;
 
 /// The heartbeat interval before any controller said: the default check interval.
@@ -37,7 +48,7 @@ pub struct Heartbeats {
 impl Heartbeats {
     /// Starts writing this node's heartbeat every interval, while `[ldap] heartbeat`
     /// is on and the node has an LDAP server.
-    pub fn start(cfg: &AgentConfig, node: &str) -> std::io::Result<Heartbeats> {
+    pub fn start(cfg: &AgentConfig, node: &str, ldap: LiveLdap) -> std::io::Result<Heartbeats> {
         let shared = Arc::new(Shared {
             interval_ms: AtomicU64::new(DEFAULT_INTERVAL_MS),
             last_error: Mutex::new(None),
@@ -48,7 +59,7 @@ impl Heartbeats {
             .name("heartbeat".into())
             .spawn(move || {
                 loop {
-                    let error = beat(&cfg, &node).err();
+                    let error = beat(&with_live(&cfg, &ldap), &node).err();
                     if let Some(e) = &error {
                         tracing::debug!("{e}");
                     }
