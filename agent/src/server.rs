@@ -159,8 +159,9 @@ impl Agent {
         }
         // Collection runs whether or not a controller is connected; a spool that cannot
         // open leaves the agent serving everything else.
+        let ldap_samples = crate::health::LdapSamples::default();
         let (telemetry, collector) = if self.cfg.telemetry.enabled {
-            match crate::telemetry::start(&self.cfg) {
+            match crate::telemetry::start(&self.cfg, ldap_samples.clone()) {
                 Ok((h, c)) => (Some(h), Some(c)),
                 Err(e) => {
                     tracing::error!(
@@ -174,11 +175,15 @@ impl Agent {
             (None, None)
         };
         let ldap: crate::health::LiveLdap = Arc::new(Mutex::new(self.cfg.ldap.clone()));
-        let heartbeats =
-            crate::health::Heartbeats::start(&self.cfg, self.node.as_str(), ldap.clone())
-                .map_err(|e| tracing::error!("the LDAP heartbeat cannot start: {e}"))
-                .ok()
-                .map(Arc::new);
+        let heartbeats = crate::health::Heartbeats::start(
+            &self.cfg,
+            self.node.as_str(),
+            ldap.clone(),
+            ldap_samples,
+        )
+        .map_err(|e| tracing::error!("the LDAP heartbeat cannot start: {e}"))
+        .ok()
+        .map(Arc::new);
         let config_path = self.cfg.path.clone();
         let shared = Arc::new(Shared {
             ldap: ldap.clone(),

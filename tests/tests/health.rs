@@ -171,3 +171,41 @@ async fn the_agent_takes_a_new_ldap_section_on_sighup_and_keeps_the_old_on_a_bad
     assert!(log.contains("settings in force stay"), "{log}");
     c.stop_agent("gluu1").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldap_operation_counters_reach_the_metrics_store() {
+    let s = Slapd::start();
+    let section = ldap_section(&s).replace(
+        "[telemetry]\nenabled = false\n",
+        "[telemetry]\nmetrics_interval_secs = 1\ndefault_logs = false\n",
+    );
+    let c = Cluster::start(vec![node("gluu1", &section)]).await;
+    let serve = c.serve().await;
+    let mut shown = String::new();
+    clustermgr_tests::eventually(
+        "LDAP counters in `metrics`",
+        Duration::from_secs(30),
+        || {
+            let out = c.run(&[
+                "--json",
+                "metrics",
+                "--metric",
+                "ldap_operations_total",
+                "--since",
+                "5m",
+            ]);
+            shown = String::from_utf8_lossy(&out.stdout).into_owned();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v.as_array().is_some_and(|series| {
+                series.iter().any(|x| {
+                    x["node"] == "gluu1"
+                        && x["series"] == r#"ldap_operations_total{op="search"}"#
+                        && x["points"].as_array().is_some_and(|p| !p.is_empty())
+                })
+            })
+        },
+    )
+    .await;
+    assert!(shown.contains("gluu1"), "{shown}");
+    serve.stop();
+}

@@ -244,7 +244,7 @@ fn health_rounds_see_csns_consumers_and_every_nodes_fresh_heartbeat() {
         .zip(names)
         .map(|(c, n)| {
             let live = std::sync::Arc::new(std::sync::Mutex::new(c.ldap.clone()));
-            let b = Heartbeats::start(c, n, live).expect("heartbeat thread");
+            let b = Heartbeats::start(c, n, live, Default::default()).expect("heartbeat thread");
             // The round tells the writer the interval.
             health::round(c, &spec, Some(&b));
             b
@@ -325,4 +325,39 @@ fn health_rounds_see_csns_consumers_and_every_nodes_fresh_heartbeat() {
         .expect("configured")
         .unwrap_err();
     assert!(err.contains("cannot connect"), "{err}");
+}
+
+#[test]
+fn the_ldap_thread_reads_slapds_operation_counters_for_the_metrics() {
+    use clustermgr_agent::health::{Heartbeats, LdapSamples};
+    let s = Slapd::start();
+    let cfg = ldap_config(&s, &s.ldap_url(), &s.root_pw, 1000);
+    let live = std::sync::Arc::new(std::sync::Mutex::new(cfg.ldap.clone()));
+    let samples = LdapSamples::default();
+    let _beats = Heartbeats::start(&cfg, "gluu1", live, samples.clone()).expect("thread");
+    clustermgr_tests::eventually_blocking(
+        "the operation counters",
+        Duration::from_secs(10),
+        || {
+            let got = samples.lock().unwrap();
+            let has = |name: &str, op: Option<&str>| {
+                got.iter().any(|x| {
+                    x.name == name
+                        && op.is_none_or(|o| x.labels == vec![("op".to_string(), o.to_string())])
+                })
+            };
+            has("ldap_operations_total", Some("search"))
+                && has("ldap_operations_total", Some("bind"))
+                && has("ldap_connections_total", None)
+                && has("ldap_connections", None)
+        },
+    );
+    let binds = samples
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|x| x.labels == vec![("op".to_string(), "bind".to_string())])
+        .map(|x| x.value)
+        .unwrap_or(0.0);
+    assert!(binds >= 1.0, "the thread's own bind was counted: {binds}");
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use clustermgr_protocol::health::{
     Consumer, Csn, Heartbeat, LdapServer, LdapState, OpenDjReplica, generalized_time_ms,
 };
+use clustermgr_protocol::telemetry::Sample;
 
 use crate::ldap::client::{self, Connection, Entry, Failure, Scope};
 
@@ -20,15 +21,7 @@ fn heartbeat_base(suffix: &str) -> String {
 /// Reads this node's LDAP facts over `c` (bound). `now` gives this node's clock.
 pub fn state(c: &mut Connection, suffix: &str, now: impl Fn() -> i64) -> Result<LdapState, String> {
     let t0 = Instant::now();
-    let root = c
-        .search(
-            "",
-            Scope::Base,
-            "(objectClass=*)",
-            &["vendorName", "vendorVersion", "configContext"],
-        )
-        .map_err(|e| format!("reading the root DSE: {e}"))?;
-    let server = root.first().map_or(LdapServer::Other, server_of);
+    let server = server(c)?;
     let csns = match c.search(suffix, Scope::Base, "(objectClass=*)", &["contextCSN"]) {
         Ok(e) => e
             .first()
@@ -107,6 +100,97 @@ fn monitor(c: &mut Connection, filter: &str) -> Result<Vec<Entry>, String> {
         }) => Ok(Vec::new()),
         Err(e) => Err(format!("reading cn=monitor: {e}")),
     }
+}
+
+/// The server's kind, from its root DSE.
+pub fn server(c: &mut Connection) -> Result<LdapServer, String> {
+    let root = c
+        .search(
+            "",
+            Scope::Base,
+            "(objectClass=*)",
+            &["vendorName", "vendorVersion", "configContext"],
+        )
+        .map_err(|e| format!("reading the root DSE: {e}"))?;
+    Ok(root.first().map_or(LdapServer::Other, server_of))
+}
+
+/// OpenDJ's per-handler request counters, and the operation each counts.
+const OPENDJ_COUNTERS: &[(&str, &str)] = &[
+    ("bindRequests", "bind"),
+    ("searchRequests", "search"),
+    ("addRequests", "add"),
+    ("modifyRequests", "modify"),
+    ("deleteRequests", "delete"),
+    ("modifyDNRequests", "modrdn"),
+    ("compareRequests", "compare"),
+];
+
+/// The server's operation counters as metrics: `ldap_operations_total{op}` (completed
+/// operations) and, for OpenLDAP, `ldap_connections_total` and `ldap_connections`.
+/// Empty when the monitor is not readable to this bind.
+pub fn counters(c: &mut Connection, server: LdapServer) -> Result<Vec<Sample>, String> {
+    let entries = match server {
+        LdapServer::OpenLdap => monitor(c, "(|(monitorOpCompleted=*)(monitorCounter=*))")?,
+        LdapServer::OpenDj => monitor(c, "(searchRequests=*)")?,
+        LdapServer::Other => Vec::new(),
+    };
+    Ok(counters_of(&entries, server))
+}
+
+/// [`counters`] from the monitor entries read.
+pub fn counters_of(entries: &[Entry], server: LdapServer) -> Vec<Sample> {
+    let sample = |name: &str, op: Option<&str>, value: f64| Sample {
+        name: name.into(),
+        labels: op
+            .map(|o| vec![("op".to_string(), o.to_string())])
+            .unwrap_or_default(),
+        value,
+    };
+    let mut out = Vec::new();
+    match server {
+        LdapServer::OpenLdap => {
+            for e in entries {
+                let dn = e.dn.to_ascii_lowercase();
+                let cn = e.first("cn").unwrap_or_default().to_ascii_lowercase();
+                let num = |a: &str| e.first(a).and_then(|v| v.trim().parse::<f64>().ok());
+                if dn.ends_with(",cn=operations,cn=monitor") {
+                    if let Some(v) = num("monitorOpCompleted") {
+                        out.push(sample("ldap_operations_total", Some(&cn), v));
+                    }
+                } else if dn == "cn=total,cn=connections,cn=monitor" {
+                    if let Some(v) = num("monitorCounter") {
+                        out.push(sample("ldap_connections_total", None, v));
+                    }
+                } else if dn == "cn=current,cn=connections,cn=monitor"
+                    && let Some(v) = num("monitorCounter")
+                {
+                    out.push(sample("ldap_connections", None, v));
+                }
+            }
+        }
+        LdapServer::OpenDj => {
+            // Summed over the connection handlers (LDAP and LDAPS).
+            let mut sums = vec![0f64; OPENDJ_COUNTERS.len()];
+            let mut seen = false;
+            for e in entries {
+                seen = true;
+                for (i, (attr, _)) in OPENDJ_COUNTERS.iter().enumerate() {
+                    sums[i] += e
+                        .first(attr)
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                        .unwrap_or(0.0);
+                }
+            }
+            if seen {
+                for (i, (_, op)) in OPENDJ_COUNTERS.iter().enumerate() {
+                    out.push(sample("ldap_operations_total", Some(op), sums[i]));
+                }
+            }
+        }
+        LdapServer::Other => {}
+    }
+    out
 }
 
 /// Which server the root DSE describes.
@@ -318,6 +402,38 @@ mod tests {
         ));
         assert!(!down.connected);
         assert!(down.next_connect_ms.is_some());
+    }
+
+    #[test]
+    fn opendj_counters_are_summed_over_its_connection_handlers() {
+        // As the existing Cluster Manager reads them: the LDAP and LDAPS handlers'
+        // statistics entries under cn=monitor.
+        let handler = |port: &str, searches: &str| {
+            entry(
+                &format!("cn=LDAPS Connection Handler 0.0.0.0 port {port} Statistics,cn=monitor"),
+                &[
+                    ("searchRequests", searches),
+                    ("addRequests", "2"),
+                    ("modifyRequests", "7"),
+                    ("deleteRequests", "1"),
+                    ("bindRequests", "40"),
+                ],
+            )
+        };
+        let got = counters_of(
+            &[handler("1636", "100"), handler("1389", "5")],
+            LdapServer::OpenDj,
+        );
+        let get = |op: &str| {
+            got.iter()
+                .find(|s| s.labels == vec![("op".to_string(), op.to_string())])
+                .map(|s| s.value)
+        };
+        assert_eq!(get("search"), Some(105.0));
+        assert_eq!(get("modify"), Some(14.0));
+        assert_eq!(get("compare"), Some(0.0));
+        assert!(got.iter().all(|s| s.name == "ldap_operations_total"));
+        assert!(counters_of(&[], LdapServer::OpenDj).is_empty());
     }
 
     #[test]

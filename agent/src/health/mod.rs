@@ -16,6 +16,10 @@ use crate::config::{AgentConfig, LdapConfig};
 /// SIGHUP, read by every round and every heartbeat.
 pub type LiveLdap = Arc<Mutex<LdapConfig>>;
 
+/// The LDAP operation counters read last, waiting for the telemetry collector's next
+/// tick (which takes them, so each reading is sent once).
+pub type LdapSamples = Arc<Mutex<Vec<clustermgr_protocol::telemetry::Sample>>>;
+
 /// `cfg` with the `[ldap]` section in force now.
 pub fn with_live(cfg: &AgentConfig, ldap: &LiveLdap) -> AgentConfig {
     let mut c = cfg.clone();
@@ -48,7 +52,13 @@ pub struct Heartbeats {
 impl Heartbeats {
     /// Starts writing this node's heartbeat every interval, while `[ldap] heartbeat`
     /// is on and the node has an LDAP server.
-    pub fn start(cfg: &AgentConfig, node: &str, ldap: LiveLdap) -> std::io::Result<Heartbeats> {
+    /// Each beat also reads the server's operation counters into `samples`.
+    pub fn start(
+        cfg: &AgentConfig,
+        node: &str,
+        ldap: LiveLdap,
+        samples: LdapSamples,
+    ) -> std::io::Result<Heartbeats> {
         let shared = Arc::new(Shared {
             interval_ms: AtomicU64::new(DEFAULT_INTERVAL_MS),
             last_error: Mutex::new(None),
@@ -59,7 +69,7 @@ impl Heartbeats {
             .name("heartbeat".into())
             .spawn(move || {
                 loop {
-                    let error = beat(&with_live(&cfg, &ldap), &node).err();
+                    let error = beat(&with_live(&cfg, &ldap), &node, &samples).err();
                     if let Some(e) = &error {
                         tracing::debug!("{e}");
                     }
@@ -92,16 +102,26 @@ impl Heartbeats {
     }
 }
 
-/// Writes the heartbeat once; `Ok` also when there is nothing to write to.
-fn beat(cfg: &AgentConfig, node: &str) -> Result<(), String> {
-    if !cfg.ldap.heartbeat {
-        return Ok(());
-    }
+/// Writes the heartbeat once and reads the operation counters; `Ok` also when there
+/// is no LDAP server. The error is the heartbeat's: counters that cannot be read are
+/// left out of the metrics (and logged at debug).
+fn beat(cfg: &AgentConfig, node: &str, samples: &LdapSamples) -> Result<(), String> {
     let Some(access) = crate::ldap::access(cfg)? else {
         return Ok(());
     };
     let mut c = access.connect()?;
-    let r = ldap::write_heartbeat(&mut c, &cfg.ldap.suffix, node, now_ms());
+    let r = if cfg.ldap.heartbeat {
+        ldap::write_heartbeat(&mut c, &cfg.ldap.suffix, node, now_ms())
+    } else {
+        Ok(())
+    };
+    match ldap::server(&mut c).and_then(|s| ldap::counters(&mut c, s)) {
+        Ok(read) if !read.is_empty() => {
+            *samples.lock().unwrap_or_else(|p| p.into_inner()) = read;
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!("LDAP counters: {e}"),
+    }
     c.unbind();
     r
 }

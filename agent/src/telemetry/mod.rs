@@ -155,7 +155,12 @@ impl Drop for Collector {
 }
 
 /// Opens the spool and starts the collector thread.
-pub fn start(cfg: &AgentConfig) -> std::io::Result<(Handle, Collector)> {
+/// `ldap` holds the LDAP operation counters the heartbeat thread read last; each tick
+/// takes what is there.
+pub fn start(
+    cfg: &AgentConfig,
+    ldap: crate::health::LdapSamples,
+) -> std::io::Result<(Handle, Collector)> {
     let dir = cfg.state_dir.join("telemetry");
     let (spool, problems) = Spool::open(&dir.join("spool"), cfg.telemetry.spool_mib << 20)?;
     for p in problems {
@@ -178,6 +183,7 @@ pub fn start(cfg: &AgentConfig) -> std::io::Result<(Handle, Collector)> {
         acked: handle.acked.clone(),
         skip: handle.skip.clone(),
         stop: stop.clone(),
+        ldap,
     };
     let thread = std::thread::Builder::new()
         .name("telemetry".into())
@@ -200,6 +206,7 @@ struct Loop {
     acked: Arc<AtomicU64>,
     skip: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    ldap: crate::health::LdapSamples,
 }
 
 impl Loop {
@@ -281,7 +288,9 @@ impl Loop {
                     anchor = (now, now_ms());
                     next_sample = now + self.interval;
                 }
-                let _ = self.spool.append(stamp, Body::Metrics(sampler.sample()));
+                let mut samples = sampler.sample();
+                samples.append(&mut self.ldap.lock().unwrap_or_else(|p| p.into_inner()));
+                let _ = self.spool.append(stamp, Body::Metrics(samples));
             }
             let skip = self.skip.swap(0, Ordering::SeqCst);
             if skip > 0
