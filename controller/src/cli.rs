@@ -164,6 +164,19 @@ pub enum Cmd {
     /// 0 ok, 1 warning, 2 critical, 3 unknown (also for a usage error), as Nagios-style
     /// monitoring expects.
     Health(Selection),
+    /// The history of health changes `serve` saw (a check going from one state to
+    /// another, with why); with -f, each new one as it happens (Ctrl-C ends).
+    Events {
+        /// Keep printing new changes (needs `serve`).
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only changes since then: 90s, 10m, 2h, 7d, or 2026-11-25T10:00:00Z.
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// How many of the newest.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// The history of every file clustermgr changed: when, where, hashes, result, who.
     History {
         #[command(flatten)]
@@ -607,11 +620,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         Cmd::Top(sel) => {
             use std::io::IsTerminal;
             let live = !json && std::io::stdout().is_terminal();
-            let mode = if json {
-                OutputMode::Json
-            } else {
-                OutputMode::Live
-            };
+            let mode = json_or_live(json);
             loop {
                 let inv = Invocation {
                     user: user(),
@@ -649,11 +658,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             OutputMode::Live,
         ),
         Cmd::Apply { sel, yes, rolling } => {
-            let mode = if json {
-                OutputMode::Json
-            } else {
-                OutputMode::Live
-            };
+            let mode = json_or_live(json);
             // The plan is shown first, with --yes too (then without asking); --json
             // prints only the apply's report, which carries every change.
             if !json {
@@ -701,11 +706,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
                 follow,
                 limit,
             }),
-            if json {
-                OutputMode::Json
-            } else {
-                OutputMode::Live
-            },
+            json_or_live(json),
         ),
         Cmd::Metrics {
             sel,
@@ -761,6 +762,18 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         ),
         Cmd::Status => (Operation::Status, OutputMode::Live),
         Cmd::Health(sel) => (Operation::Health { nodes: sel.nodes }, OutputMode::Live),
+        Cmd::Events {
+            follow,
+            since,
+            limit,
+        } => (
+            Operation::Events {
+                since,
+                follow,
+                limit,
+            },
+            json_or_live(json),
+        ),
         Cmd::Audit { limit } => (Operation::Audit { limit }, OutputMode::Live),
         Cmd::Cert(CertCmd::Status) => (Operation::CertStatus, OutputMode::Live),
         Cmd::Cert(CertCmd::Renew { sel, rekey }) => (
@@ -857,6 +870,15 @@ fn quiet_on_closed_stdout() {
         }
         default(info);
     }));
+}
+
+/// Whole JSON documents with `--json`, else output as it comes.
+fn json_or_live(json: bool) -> OutputMode {
+    if json {
+        OutputMode::Json
+    } else {
+        OutputMode::Live
+    }
 }
 
 /// Asks a yes/no question on the terminal; without one, says to use `--yes`.

@@ -156,6 +156,15 @@ pub enum Operation {
         /// Node selector (of the nodes shown; every node is asked).
         nodes: String,
     },
+    /// The stored health changes, and with `follow` each new one.
+    Events {
+        /// Only since then (`10m`, an RFC 3339 time).
+        since: Option<String>,
+        /// Keep printing new ones (`serve` only).
+        follow: bool,
+        /// How many of the newest.
+        limit: usize,
+    },
     /// The change history.
     History {
         /// Node selector.
@@ -259,6 +268,8 @@ pub enum Event {
     Snapshot(Vec<u8>),
     /// A log line, for `logs -f`.
     Log(crate::telemetry::store::NodeLine),
+    /// A health change, for `events -f`.
+    Health(crate::health::HealthEvent),
 }
 
 /// How one node's part of a fan-out went.
@@ -504,6 +515,8 @@ pub enum Report {
     Top(Vec<crate::telemetry::top::TopRow>),
     /// `health`.
     Health(crate::health::HealthView),
+    /// `events` (empty after `events -f`, whose events came as [`Event::Health`]).
+    Events(Vec<crate::health::HealthEvent>),
     /// `cluster show`.
     Cluster(crate::desired::ClusterView),
     /// `rollback --list`.
@@ -655,6 +668,8 @@ pub struct Ctx {
     pub live_logs: tokio::sync::broadcast::Sender<crate::telemetry::store::NodeLine>,
     /// Each node's last two metric ticks as `serve` stores them, for `top`.
     pub recent: crate::telemetry::top::Recent,
+    /// Health changes as `serve`'s watch stores them, for `events -f`.
+    pub health_events: tokio::sync::broadcast::Sender<crate::health::HealthEvent>,
     controller_cert: Mutex<CertSummary>,
 }
 
@@ -768,6 +783,7 @@ impl Ctx {
             telemetry: std::sync::OnceLock::new(),
             live_logs: tokio::sync::broadcast::channel(LIVE_LOG_LINES).0,
             recent: Default::default(),
+            health_events: tokio::sync::broadcast::channel(1024).0,
             controller_cert: Mutex::new(summary),
         };
         ctx.renew_controller_if_due()?;
@@ -1173,6 +1189,11 @@ pub async fn run(
         Operation::Metrics(spec) => crate::telemetry::metrics(&ctx, &spec),
         Operation::Top { nodes } => crate::telemetry::top(&ctx, &nodes),
         Operation::Health { nodes } => crate::health::health(&ctx, &nodes, within).await,
+        Operation::Events {
+            since,
+            follow,
+            limit,
+        } => crate::health::events(&ctx, since.as_deref(), follow, limit, &events).await,
         Operation::History { nodes, path, limit } => {
             crate::desired::history(&ctx, &nodes, path.as_deref(), limit)
         }

@@ -169,6 +169,10 @@ pub async fn consume(
                 OutputMode::Json => println!("{}", serde_json::to_string(&l).unwrap_or_default()),
                 _ => print_log(&l),
             },
+            Event::Health(e) => match mode {
+                OutputMode::Json => println!("{}", serde_json::to_string(&e).unwrap_or_default()),
+                _ => print_event(&e),
+            },
         }
     }
     gathered
@@ -250,6 +254,19 @@ fn print_top(rows: &[crate::telemetry::top::TopRow]) {
             r.age_secs.map_or("-".to_string(), |a| format!("{a:.0}s")),
         );
     }
+}
+
+/// One health change: time (UTC), node, check, from -> to, why.
+fn print_event(e: &crate::health::HealthEvent) {
+    println!(
+        "{} {:<16} {:<11} {} -> {}: {}",
+        rfc3339(e.time_ms.div_euclid(1000)),
+        e.node,
+        e.check,
+        e.from.as_str(),
+        e.to.as_str(),
+        e.reason
+    );
 }
 
 fn print_health(h: &crate::health::HealthView) {
@@ -467,6 +484,8 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 print_series(v);
             }
         }
+        Report::Events(e) if as_json => json(&e),
+        Report::Events(e) => e.iter().for_each(print_event),
         Report::Health(h) if as_json => json(&h),
         Report::Health(h) => print_health(&h),
         Report::Top(rows) if as_json => json(&rows),

@@ -46,6 +46,7 @@ pub async fn serve(
     let tunnel_keeper = tokio::spawn(keep_tunnel(ctx.clone()));
     let telemetry_keeper = tokio::spawn(keep_telemetry(ctx.clone(), exports.clone()));
     let telemetry_upkeep = tokio::spawn(maintain_telemetry(ctx.clone()));
+    let health_watch = tokio::spawn(crate::health::watch(ctx.clone()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -62,6 +63,7 @@ pub async fn serve(
     tunnel_keeper.abort();
     telemetry_keeper.abort();
     telemetry_upkeep.abort();
+    health_watch.abort();
     exports.close(Duration::from_secs(10)).await;
     let _ = std::fs::remove_file(&socket);
     ctx.dialer.close().await;

@@ -89,6 +89,29 @@ olcAccess: to * by dn.exact=\"{ROOT_DN}\" read by * none
     )
 }
 
+/// Runs slapd on the configuration in `dir`, in the foreground (so the test owns the
+/// process), logging to `dir/slapd.log`.
+fn spawn(dir: &Path, ldap_port: u16, ldaps_port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("slapd.log"))
+        .expect("log");
+    Command::new("slapd")
+        .arg("-F")
+        .arg(dir.join("slapd.d"))
+        .arg("-h")
+        .arg(format!(
+            "ldap://127.0.0.1:{ldap_port}/ ldaps://127.0.0.1:{ldaps_port}/"
+        ))
+        .args(["-d", "0"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("slapd")
+}
+
 /// A self-signed certificate for `names` and its key, both PEM.
 pub fn self_signed(names: &[&str]) -> (String, String) {
     let key = rcgen::KeyPair::generate().expect("key");
@@ -125,22 +148,8 @@ impl Slapd {
             String::from_utf8_lossy(&out.stderr)
         );
         let (ldap_port, ldaps_port) = (free_port(), free_port());
-        let log = std::fs::File::create(dir.path().join("slapd.log")).expect("log");
-        let child = Command::new("slapd")
-            .arg("-F")
-            .arg(dir.path().join("slapd.d"))
-            .arg("-h")
-            .arg(format!(
-                "ldap://127.0.0.1:{ldap_port}/ ldaps://127.0.0.1:{ldaps_port}/"
-            ))
-            // In the foreground, so the test owns the process.
-            .args(["-d", "0"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("slapd");
-        let s = Slapd {
+        let child = spawn(dir.path(), ldap_port, ldaps_port);
+        let mut s = Slapd {
             dir,
             ldap_port,
             ldaps_port,
@@ -148,15 +157,26 @@ impl Slapd {
             cert_pem,
             child,
         };
+        s.wait_ready();
+        s
+    }
+
+    fn wait_ready(&mut self) {
         crate::eventually_blocking(
             "slapd to accept connections",
             Duration::from_secs(20),
             || {
-                TcpStream::connect(("127.0.0.1", s.ldap_port)).is_ok()
-                    && TcpStream::connect(("127.0.0.1", s.ldaps_port)).is_ok()
+                TcpStream::connect(("127.0.0.1", self.ldap_port)).is_ok()
+                    && TcpStream::connect(("127.0.0.1", self.ldaps_port)).is_ok()
             },
         );
-        s
+    }
+
+    /// Starts a killed server again, with its configuration and data, on its ports.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn(self.dir.path(), self.ldap_port, self.ldaps_port);
+        self.wait_ready();
     }
 
     /// Plain LDAP on loopback.

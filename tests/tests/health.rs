@@ -39,6 +39,23 @@ fn health(c: &Cluster, args: &[&str]) -> (i32, Vec<(String, String, String, Stri
     (code, rows)
 }
 
+/// Real agents named gluu1.., each bound to one of `servers`, with health checks every
+/// second.
+async fn cluster_on(servers: &[Slapd]) -> Cluster {
+    let specs = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| node(&format!("gluu{}", i + 1), &ldap_section(s)))
+        .collect();
+    let c = Cluster::start(specs).await;
+    std::fs::write(
+        c.dir().join("controller.toml"),
+        "[health]\ninterval_secs = 1\n",
+    )
+    .unwrap();
+    c
+}
+
 fn level_of(rows: &[(String, String, String, String)], node: &str, check: &str) -> String {
     rows.iter()
         .find(|r| r.0 == node && r.1 == check)
@@ -49,17 +66,7 @@ fn level_of(rows: &[(String, String, String, String)], node: &str, check: &str) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_judges_real_replication_and_exits_as_monitoring_expects() {
     let mut servers = slapd::replicating(3);
-    let specs = servers
-        .iter()
-        .enumerate()
-        .map(|(i, s)| node(&format!("gluu{}", i + 1), &ldap_section(s)))
-        .collect();
-    let mut c = Cluster::start(specs).await;
-    std::fs::write(
-        c.dir().join("controller.toml"),
-        "[health]\ninterval_secs = 1\n",
-    )
-    .unwrap();
+    let mut c = cluster_on(&servers).await;
 
     // Healthy: every check of every node is ok, exit 0. The first rounds wait for every
     // node's heartbeat to reach every other.
@@ -208,4 +215,85 @@ async fn ldap_operation_counters_reach_the_metrics_store() {
     .await;
     assert!(shown.contains("gluu1"), "{shown}");
     serve.stop();
+}
+
+/// `events --json`: (node, check, from, to) of each stored change.
+fn events(c: &Cluster) -> Vec<(String, String, String, String)> {
+    let out = c.run(&["--json", "events"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                    (s("node"), s("check"), s("from"), s("to"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_watches_health_and_records_each_change_once() {
+    let mut servers = slapd::replicating(3);
+    let c = cluster_on(&servers).await;
+    let serve = c.serve().await;
+    // Quiet once healthy: a check first seen ok is not an event; whatever warned
+    // while the heartbeats first spread has cleared.
+    let settled = |ev: &[(String, String, String, String)]| {
+        let mut last: std::collections::BTreeMap<(String, String), String> = Default::default();
+        for e in ev {
+            last.insert((e.0.clone(), e.1.clone()), e.3.clone());
+        }
+        last.values().all(|to| to == "ok")
+    };
+    clustermgr_tests::eventually("a settled healthy cluster", Duration::from_secs(30), || {
+        settled(&events(&c)) && health(&c, &[]).0 == 0
+    })
+    .await;
+    let before = events(&c).len();
+    // slapd stops on gluu3: within two intervals its ldap check turns critical.
+    let t0 = std::time::Instant::now();
+    servers[2].kill();
+    clustermgr_tests::eventually("the change to be recorded", Duration::from_secs(10), || {
+        events(&c)[before..]
+            .iter()
+            .any(|e| e.0 == "gluu3" && e.1 == "ldap" && e.2 == "ok" && e.3 == "critical")
+    })
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    // Healed: it clears, and the critical was recorded once.
+    servers[2].restart();
+    clustermgr_tests::eventually("the change back to ok", Duration::from_secs(30), || {
+        events(&c)[before..]
+            .iter()
+            .any(|e| e.0 == "gluu3" && e.1 == "ldap" && e.2 == "critical" && e.3 == "ok")
+    })
+    .await;
+    let ev = events(&c);
+    let downs = ev[before..]
+        .iter()
+        .filter(|e| e.0 == "gluu3" && e.1 == "ldap" && e.3 == "critical")
+        .count();
+    assert_eq!(downs, 1, "{ev:#?}");
+    // A restarted serve repeats none of it.
+    serve.stop();
+    let count = events(&c).len();
+    let serve = c.serve().await;
+    let health_ok = || health(&c, &[]).0 == 0;
+    clustermgr_tests::eventually("health again", Duration::from_secs(30), health_ok).await;
+    let mut plain = c.cli();
+    let out = plain.args(["events", "--since", "10m"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("gluu3") && text.contains("ok -> critical"),
+        "{text}"
+    );
+    serve.stop();
+    let after: Vec<_> = events(&c)[count..]
+        .iter()
+        .filter(|e| e.0 == "gluu3" && e.1 == "ldap")
+        .cloned()
+        .collect();
+    assert!(after.is_empty(), "no repeat after a restart: {after:#?}");
 }

@@ -129,3 +129,234 @@ pub async fn health(
         verdicts,
     }))
 }
+
+/// A check's state as stored between rounds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthState {
+    /// Its level.
+    pub level: Level,
+    /// Why, when it was last judged.
+    pub reason: String,
+}
+
+/// A check that changed state: what `events` lists and the alerts carry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthEvent {
+    /// Its number in the store, from 1.
+    pub id: u64,
+    /// When it was seen, Unix milliseconds.
+    pub time_ms: i64,
+    /// The node.
+    pub node: String,
+    /// The check.
+    pub check: String,
+    /// The state before (`unknown` for a check seen the first time).
+    pub from: Level,
+    /// The state now.
+    pub to: Level,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// The changes `verdicts` make to `state` (which they update): a check whose level
+/// moved, or one seen for the first time in any state but ok.
+pub fn changes(
+    state: &mut BTreeMap<(String, String), HealthState>,
+    verdicts: &[Verdict],
+    time_ms: i64,
+) -> Vec<HealthEvent> {
+    let mut out = Vec::new();
+    for v in verdicts {
+        let key = (v.node.clone(), v.check.clone());
+        let before = state.get(&key).map(|s| s.level);
+        if before != Some(v.level) && !(before.is_none() && v.level == Level::Ok) {
+            out.push(HealthEvent {
+                id: 0,
+                time_ms,
+                node: v.node.clone(),
+                check: v.check.clone(),
+                from: before.unwrap_or(Level::Unknown),
+                to: v.level,
+                reason: v.reason.clone(),
+            });
+        }
+        state.insert(
+            key,
+            HealthState {
+                level: v.level,
+                reason: v.reason.clone(),
+            },
+        );
+    }
+    out
+}
+
+/// `serve`'s health watch: a round every `[health] interval_secs`, judged against the
+/// round before; each change stored as an event and told to `events -f`.
+pub async fn watch(ctx: std::sync::Arc<Ctx>) {
+    let mut previous: Option<BTreeMap<String, NodeRound>> = None;
+    let mut state = match ctx.telemetry().and_then(|s| s.health_state()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("health: {e}; watching without the stored states");
+            BTreeMap::new()
+        }
+    };
+    loop {
+        let interval = match crate::config::ControllerConfig::load(&ctx.home.config()) {
+            Ok(c) => Duration::from_secs(c.health.interval_secs),
+            Err(e) => {
+                tracing::warn!("{e}; health checks every 10 s");
+                Duration::from_secs(10)
+            }
+        };
+        let started = tokio::time::Instant::now();
+        let nodes = match ctx.store.nodes() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("health: {e}");
+                tokio::time::sleep(interval).await;
+                continue;
+            }
+        };
+        let now = round(&ctx, &nodes, interval, ctx.dialer.connect_timeout).await;
+        let verdicts = verdict::verdicts(
+            &members(&nodes),
+            &now,
+            previous.as_ref(),
+            interval.as_millis() as i64,
+        );
+        let time_ms = ctx.clock.now().unix_timestamp_nanos() as i64 / 1_000_000;
+        let events = changes(&mut state, &verdicts, time_ms);
+        let states: Vec<(String, String, HealthState)> = verdicts
+            .iter()
+            .map(|v| {
+                (
+                    v.node.clone(),
+                    v.check.clone(),
+                    HealthState {
+                        level: v.level,
+                        reason: v.reason.clone(),
+                    },
+                )
+            })
+            .collect();
+        let stored = match ctx.telemetry() {
+            Ok(store) => tokio::task::spawn_blocking(move || store.record_health(events, &states))
+                .await
+                .map_err(|e| CtlError::Refused(e.to_string()))
+                .and_then(|r| r),
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(events) => {
+                for e in events {
+                    tracing::info!(
+                        "health: {} {} {} -> {}: {}",
+                        e.node,
+                        e.check,
+                        e.from.as_str(),
+                        e.to.as_str(),
+                        e.reason
+                    );
+                    let _ = ctx.health_events.send(e);
+                }
+            }
+            Err(e) => tracing::error!("health: storing the round failed: {e}"),
+        }
+        previous = Some(now);
+        tokio::time::sleep_until(started + interval).await;
+    }
+}
+
+/// `clustermgr events [--since T] [-f]`: the stored changes, then (with `-f`) each new
+/// one as `serve` sees it.
+pub async fn events(
+    ctx: &Ctx,
+    since: Option<&str>,
+    follow: bool,
+    limit: usize,
+    out: &tokio::sync::mpsc::Sender<crate::ops::Event>,
+) -> Result<crate::ops::Report, CtlError> {
+    if follow && ctx.pool.is_none() {
+        return Err(CtlError::Usage(
+            "`events -f` follows the checks `clustermgr serve` runs; start `clustermgr serve` and run this again (`events` without -f reads what is stored)".into(),
+        ));
+    }
+    let since_ms = since
+        .map(|s| crate::telemetry::parse_since(s, ctx.clock.now().unix_timestamp() * 1000))
+        .transpose()?;
+    // Subscribed before the query, so no event falls between the two.
+    let mut live = follow.then(|| ctx.health_events.subscribe());
+    let store = ctx.telemetry()?;
+    let stored = tokio::task::spawn_blocking(move || store.health_events(since_ms, limit))
+        .await
+        .map_err(|e| CtlError::Refused(e.to_string()))??;
+    let Some(live) = live.as_mut() else {
+        return Ok(crate::ops::Report::Events(stored));
+    };
+    let mut last = 0;
+    for e in stored {
+        last = e.id;
+        if out.send(crate::ops::Event::Health(e)).await.is_err() {
+            return Ok(crate::ops::Report::Events(Vec::new()));
+        }
+    }
+    loop {
+        match live.recv().await {
+            Ok(e) if e.id > last => {
+                last = e.id;
+                if out.send(crate::ops::Event::Health(e)).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+        }
+    }
+    Ok(crate::ops::Report::Events(Vec::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(node: &str, check: &str, level: Level) -> Verdict {
+        Verdict {
+            node: node.into(),
+            check: check.into(),
+            level,
+            reason: format!("{check} is {}", level.as_str()),
+        }
+    }
+
+    #[test]
+    fn only_moves_between_levels_are_events() {
+        let mut state = BTreeMap::new();
+        // First seen: ok is silent, anything else is a change from unknown.
+        let e = changes(
+            &mut state,
+            &[v("a", "ldap", Level::Ok), v("b", "ldap", Level::Warning)],
+            1,
+        );
+        assert_eq!(e.len(), 1);
+        assert_eq!(
+            (e[0].node.as_str(), e[0].from, e[0].to),
+            ("b", Level::Unknown, Level::Warning)
+        );
+        // The same levels again, even with new reasons: nothing.
+        let mut again = v("b", "ldap", Level::Warning);
+        again.reason = "other words".into();
+        assert!(changes(&mut state, &[v("a", "ldap", Level::Ok), again], 2).is_empty());
+        // A move: one event, from and to.
+        let e = changes(&mut state, &[v("a", "ldap", Level::Critical)], 3);
+        assert_eq!(
+            (e[0].from, e[0].to, e[0].time_ms),
+            (Level::Ok, Level::Critical, 3)
+        );
+        assert_eq!(
+            state[&("a".to_string(), "ldap".to_string())].level,
+            Level::Critical
+        );
+    }
+}

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 
 use clustermgr_protocol::telemetry::{Body, Record};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::health::{HealthEvent, HealthState};
 use serde::{Deserialize, Serialize};
 
 use super::gorilla::{self, Encoder};
@@ -33,6 +35,11 @@ const ROLLED: TableDefinition<(u8, u32), i64> = TableDefinition::new("rolled");
 const WATERMARK: TableDefinition<&str, i64> = TableDefinition::new("watermark");
 /// `format`, `next_series`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// id → a health check's change of state (postcard of [`HealthEvent`]).
+const HEALTH_EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("health_events");
+/// `node\0check` → the check's state now (postcard of [`HealthState`]), so a restarted
+/// `serve` neither repeats nor misses a change.
+const HEALTH_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("health_state");
 
 /// A metric tier: raw samples, or points per minute or hour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -306,9 +313,77 @@ impl TelemetryStore {
             txn.open_table(CHUNKS_1H)?;
             txn.open_table(ROLLED)?;
             txn.open_table(WATERMARK)?;
+            txn.open_table(HEALTH_EVENTS)?;
+            txn.open_table(HEALTH_STATE)?;
             Ok(())
         })?;
         Ok(store)
+    }
+
+    /// Every check's last known state: (node, check) → state.
+    pub fn health_state(&self) -> Result<BTreeMap<(String, String), HealthState>, CtlError> {
+        self.read(|txn| {
+            let mut out = BTreeMap::new();
+            for row in txn.open_table(HEALTH_STATE)?.iter()? {
+                let (k, v) = row?;
+                let (node, check) = k.value().split_once('\u{0}').unwrap_or((k.value(), ""));
+                let state: HealthState =
+                    clustermgr_protocol::codec::decode("health state", v.value())
+                        .map_err(|e| TxErr(e.to_string()))?;
+                out.insert((node.to_string(), check.to_string()), state);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Stores a round: its changes as numbered events (returned with their numbers)
+    /// and every check's state, in one transaction.
+    pub fn record_health(
+        &self,
+        changes: Vec<HealthEvent>,
+        states: &[(String, String, HealthState)],
+    ) -> Result<Vec<HealthEvent>, CtlError> {
+        self.write(|txn| {
+            let mut events = txn.open_table(HEALTH_EVENTS)?;
+            let first = events.last()?.map_or(1, |(k, _)| k.value() + 1);
+            let mut out = Vec::with_capacity(changes.len());
+            for (id, mut e) in (first..).zip(changes) {
+                e.id = id;
+                events.insert(e.id, clustermgr_protocol::codec::encode(&e).as_slice())?;
+                out.push(e);
+            }
+            let mut table = txn.open_table(HEALTH_STATE)?;
+            for (node, check, state) in states {
+                table.insert(
+                    format!("{node}\u{0}{check}").as_str(),
+                    clustermgr_protocol::codec::encode(state).as_slice(),
+                )?;
+            }
+            Ok(out)
+        })
+    }
+
+    /// The health events since `since_ms` (all, without), oldest first; at most the
+    /// newest `limit`.
+    pub fn health_events(
+        &self,
+        since_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<HealthEvent>, CtlError> {
+        self.read(|txn| {
+            let mut out = Vec::new();
+            for row in txn.open_table(HEALTH_EVENTS)?.iter()?.rev() {
+                let (_, v) = row?;
+                let e: HealthEvent = clustermgr_protocol::codec::decode("health event", v.value())
+                    .map_err(|e| TxErr(e.to_string()))?;
+                if since_ms.is_some_and(|s| e.time_ms < s) || out.len() >= limit {
+                    break;
+                }
+                out.push(e);
+            }
+            out.reverse();
+            Ok(out)
+        })
     }
 
     fn err(&self, e: impl std::fmt::Display) -> CtlError {
