@@ -22,6 +22,7 @@ mod error;
 pub mod generate;
 pub mod health;
 pub mod home;
+pub mod http;
 pub mod inventory;
 pub mod local;
 pub mod model;

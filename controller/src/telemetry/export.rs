@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::CtlError;
+use crate::http::{Target, post};
 
 /// A series not updated for this long is left out of scrapes (its node is gone).
 const STALE_MS: i64 = 5 * 60 * 1000;
@@ -189,7 +190,7 @@ pub async fn start(opts: &ExportOptions) -> Result<Arc<Exports>, CtlError> {
     };
     let (influx, influx_task) = match &opts.influxdb {
         Some(url) => {
-            let target = Target::parse(url)?;
+            let target = Target::parse(url, "--influxdb", 8086, "/write?db=clustermgr")?;
             let (tx, rx) = mpsc::channel(1024);
             let task = tokio::spawn(influx(target, opts.influxdb_token.clone(), rx));
             (Some(tx), Some(task))
@@ -248,85 +249,6 @@ async fn prometheus(listener: tokio::net::TcpListener, exports: Arc<Exports>) {
             let _ = sock.shutdown().await;
         });
     }
-}
-
-/// An `http://host:port/path?query` URL.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Target {
-    host: String,
-    port: u16,
-    path: String,
-}
-
-impl Target {
-    fn parse(url: &str) -> Result<Target, CtlError> {
-        let bad = |why: &str| CtlError::Usage(format!("--influxdb {url}: {why}"));
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            if url.starts_with("https://") {
-                bad("https is not supported; reach InfluxDB over http on a private network or loopback (a local proxy can add TLS)")
-            } else {
-                bad("give an http:// URL, such as http://127.0.0.1:8086/write?db=clustermgr")
-            }
-        })?;
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-                h.to_string(),
-                p.parse().map_err(|_| bad("the port is not a number"))?,
-            ),
-            _ => (authority.to_string(), 8086),
-        };
-        if host.is_empty() {
-            return Err(bad("no host"));
-        }
-        Ok(Target {
-            host,
-            port,
-            path: if path.is_empty() {
-                "/write?db=clustermgr".into()
-            } else {
-                path.into()
-            },
-        })
-    }
-}
-
-/// POSTs `body`; returns the status code and the body's first bytes.
-async fn post(t: &Target, token: Option<&str>, body: &str) -> Result<(u16, String), String> {
-    let connect = tokio::net::TcpStream::connect((t.host.trim_matches(['[', ']']), t.port));
-    let mut sock = tokio::time::timeout(Duration::from_secs(10), connect)
-        .await
-        .map_err(|_| "no answer within 10 s".to_string())?
-        .map_err(|e| e.to_string())?;
-    let auth = token.map_or(String::new(), |tok| {
-        format!("Authorization: Token {tok}\r\n")
-    });
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n",
-        t.path,
-        t.host,
-        t.port,
-        body.len()
-    );
-    let exchange = async {
-        sock.write_all(head.as_bytes()).await?;
-        sock.write_all(body.as_bytes()).await?;
-        let mut reply = Vec::new();
-        sock.read_to_end(&mut reply).await?;
-        Ok::<_, std::io::Error>(reply)
-    };
-    let reply = tokio::time::timeout(Duration::from_secs(30), exchange)
-        .await
-        .map_err(|_| "no reply within 30 s".to_string())?
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&reply);
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| "not an HTTP reply".to_string())?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Ok((code, body.chars().take(300).collect()))
 }
 
 /// Waits `for_` while moving what the ingest sends into `backlog` (the queue between
@@ -396,7 +318,8 @@ async fn influx(t: Target, token: Option<String>, mut rx: mpsc::Receiver<String>
         }
         let n = backlog.len().min(INFLUX_BATCH);
         let body: String = backlog.iter().take(n).map(String::as_str).collect();
-        match post(&t, token.as_deref(), &body).await {
+        let auth = token.as_deref().map(|tok| format!("Token {tok}"));
+        match post(&t, "text/plain; charset=utf-8", auth.as_deref(), body.as_bytes()).await {
             Ok((code, _)) if (200..300).contains(&code) => {
                 backlog.drain(..n);
                 pause = Duration::from_millis(500);
@@ -484,31 +407,5 @@ mod tests {
             out,
             "node_filesystem_avail_bytes,node=gluu\\ 1,mount=/var/a\\,b\\=c value=1000000000 1500000000\n"
         );
-    }
-
-    #[test]
-    fn influx_urls_are_checked_before_serve_starts() {
-        assert_eq!(
-            Target::parse("http://127.0.0.1:8086/write?db=x").unwrap(),
-            Target {
-                host: "127.0.0.1".into(),
-                port: 8086,
-                path: "/write?db=x".into()
-            }
-        );
-        assert_eq!(Target::parse("http://influx").unwrap().port, 8086);
-        assert!(
-            Target::parse("https://influx")
-                .unwrap_err()
-                .to_string()
-                .contains("https")
-        );
-        assert!(
-            Target::parse("influx:8086")
-                .unwrap_err()
-                .to_string()
-                .contains("http://")
-        );
-        assert!(Target::parse("http://h:x/").is_err());
     }
 }

@@ -1,0 +1,129 @@
+//! A minimal HTTP/1.1 client for posting to the administrator's own services (InfluxDB,
+//! an alert webhook) on a private network or loopback: plain http only, one request
+//! per connection, with deadlines.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::CtlError;
+
+/// An `http://host:port/path?query` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The host (a name or an address; IPv6 in brackets).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// The path and query.
+    pub path: String,
+}
+
+impl Target {
+    /// Parses `url`, given as `what` (the flag or setting, for messages), with the
+    /// port and path used when it names none.
+    pub fn parse(
+        url: &str,
+        what: &str,
+        default_port: u16,
+        default_path: &str,
+    ) -> Result<Target, CtlError> {
+        let bad = |why: &str| CtlError::Usage(format!("{what} {url}: {why}"));
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            if url.starts_with("https://") {
+                bad("https is not supported; reach it over http on a private network or loopback (a local proxy can add TLS)")
+            } else {
+                bad(&format!(
+                    "give an http:// URL, such as http://127.0.0.1:{default_port}{default_path}"
+                ))
+            }
+        })?;
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h.to_string(),
+                p.parse().map_err(|_| bad("the port is not a number"))?,
+            ),
+            _ => (authority.to_string(), default_port),
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        Ok(Target {
+            host,
+            port,
+            path: if path.is_empty() {
+                default_path.into()
+            } else {
+                path.into()
+            },
+        })
+    }
+}
+
+/// POSTs `body` as `content_type`, with an `Authorization` header when given; returns
+/// the status code and the reply body's first bytes.
+pub async fn post(
+    t: &Target,
+    content_type: &str,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> Result<(u16, String), String> {
+    let connect = tokio::net::TcpStream::connect((t.host.trim_matches(['[', ']']), t.port));
+    let mut sock = tokio::time::timeout(Duration::from_secs(10), connect)
+        .await
+        .map_err(|_| "no answer within 10 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n",
+        t.path,
+        t.host,
+        t.port,
+        body.len()
+    );
+    let exchange = async {
+        sock.write_all(head.as_bytes()).await?;
+        sock.write_all(body).await?;
+        let mut reply = Vec::new();
+        sock.read_to_end(&mut reply).await?;
+        Ok::<_, std::io::Error>(reply)
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .map_err(|_| "no reply within 30 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&reply);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| "not an HTTP reply".to_string())?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((code, body.chars().take(300).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_before_serve_starts() {
+        let parse = |u: &str| Target::parse(u, "--influxdb", 8086, "/write?db=clustermgr");
+        assert_eq!(
+            parse("http://127.0.0.1:8086/write?db=x").unwrap(),
+            Target {
+                host: "127.0.0.1".into(),
+                port: 8086,
+                path: "/write?db=x".into()
+            }
+        );
+        assert_eq!(parse("http://influx").unwrap().port, 8086);
+        assert_eq!(parse("http://influx").unwrap().path, "/write?db=clustermgr");
+        let https = parse("https://influx").unwrap_err().to_string();
+        assert!(https.contains("--influxdb https://influx: https"), "{https}");
+        assert!(parse("influx:8086").unwrap_err().to_string().contains("http://"));
+        assert!(parse("http://h:x/").is_err());
+        assert!(parse("http://:80/").is_err());
+    }
+}
