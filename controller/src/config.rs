@@ -29,6 +29,20 @@ pub struct ControllerConfig {
     pub retention: crate::telemetry::store::Retention,
     /// How often the health checks run.
     pub health: HealthConfig,
+    /// Where `serve` sends each health change.
+    pub alerts: AlertsConfig,
+}
+
+/// The `[alerts]` section: each health change (an event) goes to a command, a
+/// webhook, or both, once, with retries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// A program and its arguments (no shell), run for each event with the event as
+    /// JSON on its standard input; exit 0 means delivered.
+    pub command: Vec<String>,
+    /// An `http://` URL the event is POSTed to as JSON; a 2xx answer means delivered.
+    pub webhook: Option<String>,
 }
 
 /// The `[health]` section.
@@ -54,6 +68,7 @@ impl Default for ControllerConfig {
             timeouts: Timeouts::default(),
             retention: Default::default(),
             health: Default::default(),
+            alerts: Default::default(),
         }
     }
 }
@@ -73,6 +88,19 @@ impl ControllerConfig {
         let cfg: ControllerConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         if cfg.connect_timeout_ms == 0 {
             return Err(invalid("connect_timeout_ms must be above 0".into()));
+        }
+        if let Some(url) = &cfg.alerts.webhook {
+            crate::http::Target::parse(url, "[alerts] webhook", 80, "/")?;
+        }
+        if cfg
+            .alerts
+            .command
+            .first()
+            .is_some_and(|p| !p.starts_with('/'))
+        {
+            return Err(invalid(
+                "[alerts] command must start with an absolute path (no shell runs it)".into(),
+            ));
         }
         if cfg.health.interval_secs == 0 {
             return Err(invalid("health.interval_secs must be above 0".into()));

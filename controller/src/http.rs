@@ -121,8 +121,16 @@ mod tests {
         assert_eq!(parse("http://influx").unwrap().port, 8086);
         assert_eq!(parse("http://influx").unwrap().path, "/write?db=clustermgr");
         let https = parse("https://influx").unwrap_err().to_string();
-        assert!(https.contains("--influxdb https://influx: https"), "{https}");
-        assert!(parse("influx:8086").unwrap_err().to_string().contains("http://"));
+        assert!(
+            https.contains("--influxdb https://influx: https"),
+            "{https}"
+        );
+        assert!(
+            parse("influx:8086")
+                .unwrap_err()
+                .to_string()
+                .contains("http://")
+        );
         assert!(parse("http://h:x/").is_err());
         assert!(parse("http://:80/").is_err());
     }

@@ -47,6 +47,7 @@ pub async fn serve(
     let telemetry_keeper = tokio::spawn(keep_telemetry(ctx.clone(), exports.clone()));
     let telemetry_upkeep = tokio::spawn(maintain_telemetry(ctx.clone()));
     let health_watch = tokio::spawn(crate::health::watch(ctx.clone()));
+    let alerts = tokio::spawn(crate::health::alerts::deliver(ctx.clone()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -64,6 +65,7 @@ pub async fn serve(
     telemetry_keeper.abort();
     telemetry_upkeep.abort();
     health_watch.abort();
+    alerts.abort();
     exports.close(Duration::from_secs(10)).await;
     let _ = std::fs::remove_file(&socket);
     ctx.dialer.close().await;

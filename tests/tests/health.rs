@@ -297,3 +297,127 @@ async fn serve_watches_health_and_records_each_change_once() {
         .collect();
     assert!(after.is_empty(), "no repeat after a restart: {after:#?}");
 }
+
+/// A webhook receiver on loopback that answers 500 to the first request and 200 after:
+/// the bodies it took, in order.
+async fn webhook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let bodies = got.clone();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Headers, then Content-Length bytes of body.
+            let body = loop {
+                let Ok(n) = sock.read(&mut chunk).await else {
+                    break None;
+                };
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break Some(body.to_string());
+                    }
+                }
+            };
+            let status = if first {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            if !first && let Some(b) = body {
+                bodies.lock().unwrap().push(b);
+            }
+            first = false;
+            let _ = sock
+                .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                .await;
+        }
+    });
+    (url, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_change_reaches_the_alert_command_and_the_webhook_once() {
+    let mut servers = slapd::replicating(3);
+    let c = cluster_on(&servers).await;
+    let out = c.dir().join("alerts.jsonl");
+    let (url, hooked) = webhook().await;
+    std::fs::write(
+        c.dir().join("controller.toml"),
+        format!(
+            "[health]\ninterval_secs = 1\n[alerts]\ncommand = [\"/bin/sh\", \"-c\", \"cat >> {}\"]\nwebhook = \"{url}\"\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let serve = c.serve().await;
+    clustermgr_tests::eventually("a healthy cluster", Duration::from_secs(30), || {
+        health(&c, &[]).0 == 0
+    })
+    .await;
+    let before = events(&c).len();
+    servers[2].kill();
+    clustermgr_tests::eventually("the stop recorded", Duration::from_secs(10), || {
+        events(&c).len() > before
+    })
+    .await;
+    servers[2].restart();
+    clustermgr_tests::eventually("healthy again", Duration::from_secs(30), || {
+        health(&c, &[]).0 == 0
+    })
+    .await;
+    // Every stored change after the alerts began, once each, in order, by both sinks.
+    let ids = |text: &str| -> Vec<u64> {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("one JSON event a line");
+                assert!(v["cluster"].is_string() && v["check"].is_string(), "{l}");
+                v["id"].as_u64().expect("an id")
+            })
+            .collect()
+    };
+    let stored = {
+        let o = c.run(&["--json", "events"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["id"].as_u64())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let wanted: Vec<u64> = stored
+        .into_iter()
+        .filter(|id| *id as usize > before)
+        .collect();
+    assert!(
+        wanted.len() >= 2,
+        "a stop and a recovery at least: {wanted:?}"
+    );
+    clustermgr_tests::eventually("both sinks to catch up", Duration::from_secs(30), || {
+        let by_command = ids(&std::fs::read_to_string(&out).unwrap_or_default());
+        let by_hook = ids(&hooked.lock().unwrap().concat());
+        by_command.ends_with(&wanted) && by_hook.ends_with(&wanted)
+    })
+    .await;
+    let by_command = ids(&std::fs::read_to_string(&out).unwrap_or_default());
+    let mut unique = by_command.clone();
+    unique.dedup();
+    assert_eq!(unique, by_command, "each event once");
+    serve.stop();
+}

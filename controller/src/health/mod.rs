@@ -1,6 +1,7 @@
 //! Cluster health: a round asks every node's agent for its checks
 //! (`Request::Checks`), and [`verdict`] compares the reports across nodes.
 
+pub mod alerts;
 pub mod verdict;
 
 use std::collections::BTreeMap;

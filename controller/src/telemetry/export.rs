@@ -319,7 +319,14 @@ async fn influx(t: Target, token: Option<String>, mut rx: mpsc::Receiver<String>
         let n = backlog.len().min(INFLUX_BATCH);
         let body: String = backlog.iter().take(n).map(String::as_str).collect();
         let auth = token.as_deref().map(|tok| format!("Token {tok}"));
-        match post(&t, "text/plain; charset=utf-8", auth.as_deref(), body.as_bytes()).await {
+        match post(
+            &t,
+            "text/plain; charset=utf-8",
+            auth.as_deref(),
+            body.as_bytes(),
+        )
+        .await
+        {
             Ok((code, _)) if (200..300).contains(&code) => {
                 backlog.drain(..n);
                 pause = Duration::from_millis(500);

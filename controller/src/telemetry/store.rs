@@ -363,6 +363,59 @@ impl TelemetryStore {
         })
     }
 
+    /// The health events after number `after`, oldest first, at most `limit`.
+    pub fn health_events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<HealthEvent>, CtlError> {
+        self.read(|txn| {
+            let mut out = Vec::new();
+            for row in txn
+                .open_table(HEALTH_EVENTS)?
+                .range(after + 1..)?
+                .take(limit)
+            {
+                let (_, v) = row?;
+                out.push(
+                    clustermgr_protocol::codec::decode("health event", v.value())
+                        .map_err(|e| TxErr(e.to_string()))?,
+                );
+            }
+            Ok(out)
+        })
+    }
+
+    /// The number of the newest health event (0 when there is none).
+    pub fn last_health_event(&self) -> Result<u64, CtlError> {
+        self.read(|txn| {
+            Ok(txn
+                .open_table(HEALTH_EVENTS)?
+                .last()?
+                .map_or(0, |(k, _)| k.value()))
+        })
+    }
+
+    /// How far alert sink `sink` has delivered: the last event number, if it ever
+    /// started.
+    pub fn alert_cursor(&self, sink: &str) -> Result<Option<u64>, CtlError> {
+        self.read(|txn| {
+            Ok(txn
+                .open_table(META)?
+                .get(format!("alerts:{sink}").as_str())?
+                .map(|v| v.value()))
+        })
+    }
+
+    /// Records that `sink` delivered (or gave up on) everything up to `id`.
+    pub fn set_alert_cursor(&self, sink: &str, id: u64) -> Result<(), CtlError> {
+        self.write(|txn| {
+            txn.open_table(META)?
+                .insert(format!("alerts:{sink}").as_str(), id)?;
+            Ok(())
+        })
+    }
+
     /// The health events since `since_ms` (all, without), oldest first; at most the
     /// newest `limit`.
     pub fn health_events(
