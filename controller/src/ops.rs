@@ -664,6 +664,9 @@ pub struct Ctx {
     renewals: NodeLocks,
     config_changes: NodeLocks,
     telemetry: std::sync::OnceLock<Arc<crate::telemetry::store::TelemetryStore>>,
+    /// Held while the telemetry store is opened: redb refuses a second open of the same
+    /// file, so two tasks asking at once must not both try.
+    telemetry_opening: Mutex<()>,
     /// Log lines as `serve` stores them, for `logs -f`.
     pub live_logs: tokio::sync::broadcast::Sender<crate::telemetry::store::NodeLine>,
     /// Each node's last two metric ticks as `serve` stores them, for `top`.
@@ -781,6 +784,7 @@ impl Ctx {
             renewals: NodeLocks::default(),
             config_changes: NodeLocks::default(),
             telemetry: std::sync::OnceLock::new(),
+            telemetry_opening: Mutex::new(()),
             live_logs: tokio::sync::broadcast::channel(LIVE_LOG_LINES).0,
             recent: Default::default(),
             health_events: tokio::sync::broadcast::channel(1024).0,
@@ -1012,6 +1016,13 @@ impl Ctx {
     /// The telemetry store, opened on first use (by `serve`, which holds it while it
     /// runs; a CLI without `serve` opens it for its one query).
     pub fn telemetry(&self) -> Result<Arc<crate::telemetry::store::TelemetryStore>, CtlError> {
+        if let Some(t) = self.telemetry.get() {
+            return Ok(t.clone());
+        }
+        let _one = self
+            .telemetry_opening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(t) = self.telemetry.get() {
             return Ok(t.clone());
         }

@@ -745,3 +745,26 @@ fn load_times(run: &dyn Fn(&[&str]) -> std::process::Output) -> Vec<i64> {
         .map(|p| p.iter().filter_map(|x| x[0].as_i64()).collect())
         .unwrap_or_default()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_telemetry_store_opens_once_however_many_ask_at_once() {
+    // serve's tasks (streams, upkeep, health, alerts) all ask for it as serve starts;
+    // redb refuses a second open of one file, so only one may open it.
+    let c = Cluster::start(vec![node("gluu1", "[telemetry]\nenabled = false\n")]).await;
+    let ctx = std::sync::Arc::new(c.ctx());
+    let ready = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let askers: Vec<_> = (0..8)
+        .map(|_| {
+            let (ctx, ready) = (ctx.clone(), ready.clone());
+            std::thread::spawn(move || {
+                ready.wait();
+                ctx.telemetry().map(|_| ())
+            })
+        })
+        .collect();
+    for a in askers {
+        a.join()
+            .expect("no panic")
+            .expect("every caller gets the store");
+    }
+}
