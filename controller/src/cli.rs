@@ -164,6 +164,10 @@ pub enum Cmd {
     /// 0 ok, 1 warning, 2 critical, 3 unknown (also for a usage error), as Nagios-style
     /// monitoring expects.
     Health(Selection),
+    /// The replication picture behind `health`, from one round: how old each node's
+    /// LDAP heartbeat is on every other (replication lag), the contextCSN per serverID
+    /// on each node, and each node's replication links.
+    Replication,
     /// The history of health changes `serve` saw (a check going from one state to
     /// another, with why); with -f, each new one as it happens (Ctrl-C ends).
     Events {
@@ -762,6 +766,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         ),
         Cmd::Status => (Operation::Status, OutputMode::Live),
         Cmd::Health(sel) => (Operation::Health { nodes: sel.nodes }, OutputMode::Live),
+        Cmd::Replication => (Operation::Replication, OutputMode::Live),
         Cmd::Events {
             follow,
             since,

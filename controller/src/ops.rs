@@ -156,6 +156,8 @@ pub enum Operation {
         /// Node selector (of the nodes shown; every node is asked).
         nodes: String,
     },
+    /// One round's replication picture: heartbeat lags, CSNs, links.
+    Replication,
     /// The stored health changes, and with `follow` each new one.
     Events {
         /// Only since then (`10m`, an RFC 3339 time).
@@ -515,6 +517,8 @@ pub enum Report {
     Top(Vec<crate::telemetry::top::TopRow>),
     /// `health`.
     Health(crate::health::HealthView),
+    /// `replication`.
+    Replication(crate::health::replication::ReplicationView),
     /// `events` (empty after `events -f`, whose events came as [`Event::Health`]).
     Events(Vec<crate::health::HealthEvent>),
     /// `cluster show`.
@@ -1200,6 +1204,7 @@ pub async fn run(
         Operation::Metrics(spec) => crate::telemetry::metrics(&ctx, &spec),
         Operation::Top { nodes } => crate::telemetry::top(&ctx, &nodes),
         Operation::Health { nodes } => crate::health::health(&ctx, &nodes, within).await,
+        Operation::Replication => crate::health::replication(&ctx, within).await,
         Operation::Events {
             since,
             follow,

@@ -256,6 +256,76 @@ fn print_top(rows: &[crate::telemetry::top::TopRow]) {
     }
 }
 
+fn print_replication(r: &crate::health::replication::ReplicationView) {
+    let writers = r.writers();
+    println!("HEARTBEAT AGE, s (rows: where read; columns: whose)");
+    print!("{:<16}", "");
+    for w in &writers {
+        print!(" {w:>10}");
+    }
+    println!();
+    for n in &r.nodes {
+        print!("{n:<16}");
+        for w in &writers {
+            match r.heartbeat_age_ms.get(n).and_then(|m| m.get(w)) {
+                Some(ms) => print!(" {:>10.1}", *ms as f64 / 1000.0),
+                None => print!(" {:>10}", "-"),
+            }
+        }
+        println!();
+    }
+    let ids = r.server_ids();
+    if !ids.is_empty() {
+        println!("\nCONTEXTCSN (rows: node; columns: serverID)");
+        for n in &r.nodes {
+            let csns = r.csns.get(n);
+            let cells: Vec<String> = ids
+                .iter()
+                .map(|id| {
+                    format!(
+                        "{id}={}",
+                        csns.and_then(|m| m.get(id))
+                            .map_or("-", |c| c.split('#').next().unwrap_or(c))
+                    )
+                })
+                .collect();
+            println!("{n:<16} {}", cells.join("  "));
+        }
+    }
+    if !r.links.is_empty() || !r.replicas.is_empty() {
+        println!("\nLINKS");
+        for (n, consumers) in &r.links {
+            for c in consumers {
+                println!(
+                    "{n:<16} <- {:<32} {:<13} {}",
+                    c.provider,
+                    if c.connected {
+                        "connected"
+                    } else {
+                        "NOT CONNECTED"
+                    },
+                    c.phase
+                );
+            }
+        }
+        for (n, replicas) in &r.replicas {
+            for d in replicas {
+                println!(
+                    "{n:<16} {} server-id {}: {} missing, {} ms behind, {}",
+                    d.domain,
+                    d.server_id,
+                    d.missing_changes.map_or("?".into(), |m| m.to_string()),
+                    d.approximate_delay_ms.map_or("?".into(), |m| m.to_string()),
+                    d.connected_to.as_deref().unwrap_or("NO REPLICATION SERVER")
+                );
+            }
+        }
+    }
+    for (n, why) in &r.unread {
+        println!("{n}: not read: {why}");
+    }
+}
+
 /// One health change: time (UTC), node, check, from -> to, why.
 fn print_event(e: &crate::health::HealthEvent) {
     println!(
@@ -484,6 +554,8 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 print_series(v);
             }
         }
+        Report::Replication(r) if as_json => json(&r),
+        Report::Replication(r) => print_replication(&r),
         Report::Events(e) if as_json => json(&e),
         Report::Events(e) => e.iter().for_each(print_event),
         Report::Health(h) if as_json => json(&h),

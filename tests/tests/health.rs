@@ -83,6 +83,25 @@ async fn health_judges_real_replication_and_exits_as_monitoring_expects() {
         }
     }
 
+    // The replication picture behind it: every node's heartbeat read on every node,
+    // a CSN per serverID, and the links.
+    let out = c.run(&["--json", "replication"]);
+    assert_eq!(out.status.code(), Some(0));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    for n in ["gluu1", "gluu2", "gluu3"] {
+        for w in ["gluu1", "gluu2", "gluu3"] {
+            let age = r["heartbeat_age_ms"][n][w].as_i64();
+            assert!(age.is_some_and(|a| a < 5000), "{n} reading {w}: {age:?}");
+        }
+        assert!(r["csns"][n]["001"].is_string(), "{r}");
+        assert_eq!(r["links"][n].as_array().map(Vec::len), Some(3), "{r}");
+    }
+    let text = String::from_utf8_lossy(&c.run(&["replication"]).stdout).into_owned();
+    assert!(
+        text.contains("HEARTBEAT AGE") && text.contains("CONTEXTCSN"),
+        "{text}"
+    );
+
     // The third node's slapd stops: its LDAP is critical, and its peers' links to it
     // break; exit 2.
     servers[2].kill();

@@ -2,6 +2,7 @@
 //! (`Request::Checks`), and [`verdict`] compares the reports across nodes.
 
 pub mod alerts;
+pub mod replication;
 pub mod verdict;
 
 use std::collections::BTreeMap;
@@ -129,6 +130,18 @@ pub async fn health(
         worst: Level::worst(verdicts.iter().map(|v| v.level)),
         verdicts,
     }))
+}
+
+/// `clustermgr replication`: one round's raw replication picture.
+pub async fn replication(ctx: &Ctx, within: Duration) -> Result<crate::ops::Report, CtlError> {
+    let all = ctx.store.nodes()?;
+    let cfg = crate::config::ControllerConfig::load(&ctx.home.config())?;
+    let interval = Duration::from_secs(cfg.health.interval_secs);
+    let now = round(ctx, &all, interval, within).await;
+    Ok(crate::ops::Report::Replication(replication::view(
+        &members(&all),
+        &now,
+    )))
 }
 
 /// A check's state as stored between rounds.
