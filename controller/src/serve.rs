@@ -282,11 +282,21 @@ async fn maintain_telemetry(ctx: Arc<Ctx>) {
 /// Keeps one telemetry stream open per connected node, resuming each from the last
 /// record the store holds; a stream that fails is tried again with the backoff.
 async fn keep_telemetry(ctx: Arc<Ctx>, exports: Arc<crate::telemetry::export::Exports>) {
-    let store = match ctx.telemetry() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("telemetry is not stored: {e}");
-            return;
+    // A store that cannot open now (a full disk, a file locked by another process) is
+    // tried again: the agents keep spooling meanwhile.
+    let mut failures = 0;
+    let store = loop {
+        match ctx.telemetry() {
+            Ok(s) => break s,
+            Err(e) => {
+                failures += 1;
+                let delay = backoff(failures);
+                tracing::error!(
+                    "telemetry is not stored: {e}; trying again in {:.0} s (the agents keep it meanwhile)",
+                    delay.as_secs_f32()
+                );
+                tokio::time::sleep(delay).await;
+            }
         }
     };
     let Some(pool) = ctx.pool.as_ref() else {
