@@ -258,15 +258,27 @@ fn print_top(rows: &[crate::telemetry::top::TopRow]) {
 
 fn print_replication(r: &crate::health::replication::ReplicationView) {
     let writers = r.writers();
+    if r.nodes.is_empty() {
+        println!("No node's LDAP server could be read.");
+    } else {
+        print_heartbeat_matrix(r, &writers);
+    }
+    print_csns_and_links(r);
+    for (n, why) in &r.unread {
+        println!("{n}: not read: {why}");
+    }
+}
+
+fn print_heartbeat_matrix(r: &crate::health::replication::ReplicationView, writers: &[String]) {
     println!("HEARTBEAT AGE, s (rows: where read; columns: whose)");
     print!("{:<16}", "");
-    for w in &writers {
+    for w in writers {
         print!(" {w:>10}");
     }
     println!();
     for n in &r.nodes {
         print!("{n:<16}");
-        for w in &writers {
+        for w in writers {
             match r.heartbeat_age_ms.get(n).and_then(|m| m.get(w)) {
                 Some(ms) => print!(" {:>10.1}", *ms as f64 / 1000.0),
                 None => print!(" {:>10}", "-"),
@@ -274,6 +286,9 @@ fn print_replication(r: &crate::health::replication::ReplicationView) {
         }
         println!();
     }
+}
+
+fn print_csns_and_links(r: &crate::health::replication::ReplicationView) {
     let ids = r.server_ids();
     if !ids.is_empty() {
         println!("\nCONTEXTCSN (rows: node; columns: serverID)");
@@ -320,9 +335,6 @@ fn print_replication(r: &crate::health::replication::ReplicationView) {
                 );
             }
         }
-    }
-    for (n, why) in &r.unread {
-        println!("{n}: not read: {why}");
     }
 }
 

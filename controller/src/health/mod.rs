@@ -173,7 +173,8 @@ pub struct HealthEvent {
 }
 
 /// The changes `verdicts` make to `state` (which they update): a check whose level
-/// moved, or one seen for the first time in any state but ok.
+/// moved, or one seen for the first time as warning or critical (a check starts
+/// unknown, so a first ok or unknown is no news).
 pub fn changes(
     state: &mut BTreeMap<(String, String), HealthState>,
     verdicts: &[Verdict],
@@ -183,7 +184,8 @@ pub fn changes(
     for v in verdicts {
         let key = (v.node.clone(), v.check.clone());
         let before = state.get(&key).map(|s| s.level);
-        if before != Some(v.level) && !(before.is_none() && v.level == Level::Ok) {
+        let first_quiet = before.is_none() && matches!(v.level, Level::Ok | Level::Unknown);
+        if before != Some(v.level) && !first_quiet {
             out.push(HealthEvent {
                 id: 0,
                 time_ms,
@@ -347,10 +349,14 @@ mod tests {
     #[test]
     fn only_moves_between_levels_are_events() {
         let mut state = BTreeMap::new();
-        // First seen: ok is silent, anything else is a change from unknown.
+        // First seen: ok and unknown are silent, worse is a change from unknown.
         let e = changes(
             &mut state,
-            &[v("a", "ldap", Level::Ok), v("b", "ldap", Level::Warning)],
+            &[
+                v("a", "ldap", Level::Ok),
+                v("b", "ldap", Level::Warning),
+                v("c", "ldap", Level::Unknown),
+            ],
             1,
         );
         assert_eq!(e.len(), 1);
@@ -363,7 +369,15 @@ mod tests {
         again.reason = "other words".into();
         assert!(changes(&mut state, &[v("a", "ldap", Level::Ok), again], 2).is_empty());
         // A move: one event, from and to.
-        let e = changes(&mut state, &[v("a", "ldap", Level::Critical)], 3);
+        let e = changes(
+            &mut state,
+            &[
+                v("a", "ldap", Level::Critical),
+                v("c", "ldap", Level::Unknown),
+            ],
+            3,
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!(
             (e[0].from, e[0].to, e[0].time_ms),
             (Level::Ok, Level::Critical, 3)
