@@ -52,11 +52,19 @@ pub struct HealthConfig {
     /// Seconds between two rounds of checks; also how often each node writes its LDAP
     /// heartbeat.
     pub interval_secs: u64,
+    /// A file system fuller than this (percent) is a warning.
+    pub disk_warning_pct: u8,
+    /// Fuller than this is critical.
+    pub disk_critical_pct: u8,
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
-        HealthConfig { interval_secs: 10 }
+        HealthConfig {
+            interval_secs: 10,
+            disk_warning_pct: 90,
+            disk_critical_pct: 95,
+        }
     }
 }
 
@@ -100,6 +108,14 @@ impl ControllerConfig {
         {
             return Err(invalid(
                 "[alerts] command must start with an absolute path (no shell runs it)".into(),
+            ));
+        }
+        if !(cfg.health.disk_warning_pct <= cfg.health.disk_critical_pct
+            && cfg.health.disk_critical_pct <= 100)
+        {
+            return Err(invalid(
+                "health.disk_warning_pct must not exceed health.disk_critical_pct, nor that 100"
+                    .into(),
             ));
         }
         if cfg.health.interval_secs == 0 {

@@ -22,7 +22,20 @@ pub struct CheckReport {
     /// The node's LDAP server: `None` when the node has none (no Gluu LDAP settings
     /// and no `[ldap]`); `Some(Err)` says why it could not be read.
     pub ldap: Option<Result<LdapState, String>>,
+    /// The node's real file systems.
+    pub disks: Vec<DiskUse>,
     // New fields go last, each a new protocol version.
+}
+
+/// One file system's space.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskUse {
+    /// Where it is mounted.
+    pub mount: String,
+    /// Its size, bytes.
+    pub size_bytes: u64,
+    /// What is left for writers other than root, bytes.
+    pub avail_bytes: u64,
 }
 
 /// Which LDAP server a node runs.

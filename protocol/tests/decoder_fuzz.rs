@@ -36,7 +36,7 @@ use clustermgr_protocol::changeset::{
 };
 use clustermgr_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES, FrameDecoder, HEADER_BYTES};
 use clustermgr_protocol::health::{
-    CheckReport, CheckSpec, Consumer, Csn, Heartbeat, LdapServer, LdapState, OpenDjReplica,
+    CheckReport, CheckSpec, Consumer, Csn, DiskUse, Heartbeat, LdapServer, LdapState, OpenDjReplica,
 };
 use clustermgr_protocol::message::{
     Command, ErrorKind, ExecEvent, ExecInput, ExecSpec, ExitOutcome, GluuInstall, Hello,
@@ -1007,9 +1007,17 @@ fn gen_check_report(rng: &mut Rng) -> CheckReport {
             heartbeat_error: gen_option(rng, gen_string),
         })
     });
+    let n = rng.below(3);
     CheckReport {
         started_ms: gen_i64(rng),
         ldap,
+        disks: (0..n)
+            .map(|_| DiskUse {
+                mount: gen_string(rng),
+                size_bytes: gen_u64(rng),
+                avail_bytes: gen_u64(rng),
+            })
+            .collect(),
     }
 }
 
@@ -1537,6 +1545,7 @@ fn edge_messages() -> Vec<Msg> {
         Msg::Reply(Reply::Checks(CheckReport {
             started_ms: i64::MIN,
             ldap: None,
+            disks: vec![],
         })),
         Msg::Request(Request::Checks(CheckSpec {
             interval_ms: 0,

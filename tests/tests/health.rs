@@ -6,6 +6,10 @@ use std::time::Duration;
 use clustermgr_tests::slapd::{self, ROOT_DN, Slapd};
 use clustermgr_tests::{Cluster, node};
 
+/// Checks every second; this machine's own disk fill is no business of these tests.
+const HEALTH_TOML: &str =
+    "[health]\ninterval_secs = 1\ndisk_warning_pct = 100\ndisk_critical_pct = 100\n";
+
 /// `[ldap]` for an agent whose server is `s`, its password in an owner-only file.
 fn ldap_section(s: &Slapd) -> String {
     let pw = s.path("agent-ldap.secret");
@@ -48,11 +52,7 @@ async fn cluster_on(servers: &[Slapd]) -> Cluster {
         .map(|(i, s)| node(&format!("gluu{}", i + 1), &ldap_section(s)))
         .collect();
     let c = Cluster::start(specs).await;
-    std::fs::write(
-        c.dir().join("controller.toml"),
-        "[health]\ninterval_secs = 1\n",
-    )
-    .unwrap();
+    std::fs::write(c.dir().join("controller.toml"), HEALTH_TOML).unwrap();
     c
 }
 
@@ -78,9 +78,21 @@ async fn health_judges_real_replication_and_exits_as_monitoring_expects() {
     .await;
     let (_, rows) = &last;
     for n in ["gluu1", "gluu2", "gluu3"] {
-        for check in ["agent", "ldap", "ldap-links", "ldap-csn", "heartbeat"] {
+        for check in [
+            "agent",
+            "clock",
+            "ldap",
+            "ldap-links",
+            "ldap-csn",
+            "heartbeat",
+        ] {
             assert_eq!(level_of(rows, n, check), "ok", "{n} {check}: {rows:#?}");
         }
+        // This machine's own disks: the check runs, whatever their fill.
+        assert!(
+            rows.iter()
+                .any(|r| r.0 == n && r.1 == "disk" && r.3.contains("% used"))
+        );
     }
 
     // The replication picture behind it: every node's heartbeat read on every node,
@@ -133,7 +145,14 @@ async fn health_judges_real_replication_and_exits_as_monitoring_expects() {
     let (code, rows) = health(&c, &[]);
     assert_eq!(code, 2);
     assert_eq!(level_of(&rows, "gluu3", "agent"), "critical");
-    for check in ["ldap", "ldap-links", "ldap-csn", "heartbeat"] {
+    for check in [
+        "clock",
+        "disk",
+        "ldap",
+        "ldap-links",
+        "ldap-csn",
+        "heartbeat",
+    ] {
         assert_eq!(level_of(&rows, "gluu3", check), "unknown", "{check}");
     }
 
@@ -153,11 +172,7 @@ async fn health_judges_real_replication_and_exits_as_monitoring_expects() {
 async fn the_agent_takes_a_new_ldap_section_on_sighup_and_keeps_the_old_on_a_bad_file() {
     let s = Slapd::start();
     let mut c = Cluster::start(vec![node("gluu1", "[telemetry]\nenabled = false\n")]).await;
-    std::fs::write(
-        c.dir().join("controller.toml"),
-        "[health]\ninterval_secs = 1\n",
-    )
-    .unwrap();
+    std::fs::write(c.dir().join("controller.toml"), HEALTH_TOML).unwrap();
     // No Gluu installation and no [ldap]: the LDAP checks cannot run.
     let (code, rows) = health(&c, &[]);
     assert_eq!(code, 3, "{rows:#?}");
@@ -377,7 +392,7 @@ async fn each_change_reaches_the_alert_command_and_the_webhook_once() {
     std::fs::write(
         c.dir().join("controller.toml"),
         format!(
-            "[health]\ninterval_secs = 1\n[alerts]\ncommand = [\"/bin/sh\", \"-c\", \"cat >> {}\"]\nwebhook = \"{url}\"\n",
+            "{HEALTH_TOML}[alerts]\ncommand = [\"/bin/sh\", \"-c\", \"cat >> {}\"]\nwebhook = \"{url}\"\n",
             out.display()
         ),
     )

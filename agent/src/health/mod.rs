@@ -144,5 +144,17 @@ pub fn round(cfg: &AgentConfig, spec: &CheckSpec, heartbeats: Option<&Heartbeats
             })
         })),
     };
-    CheckReport { started_ms, ldap }
+    let disks = crate::telemetry::metrics::filesystems(std::path::Path::new("/proc"))
+        .into_iter()
+        .map(|f| clustermgr_protocol::health::DiskUse {
+            mount: f.mount,
+            size_bytes: f.size_bytes,
+            avail_bytes: f.avail_bytes,
+        })
+        .collect();
+    CheckReport {
+        started_ms,
+        ldap,
+        disks,
+    }
 }

@@ -177,37 +177,23 @@ impl Sampler {
     }
 
     fn filesystems(&self, out: &mut Vec<Sample>) {
-        let text = read(&self.proc.join("mounts"));
-        let mut seen = std::collections::BTreeSet::new();
-        for line in text.lines() {
-            let mut f = line.split_whitespace();
-            let (Some(dev), Some(mount), Some(fstype)) = (f.next(), f.next(), f.next()) else {
-                continue;
-            };
-            if !REAL_FS.contains(&fstype) || !seen.insert(dev.to_string()) {
-                continue;
-            }
-            // /proc/mounts escapes spaces and the like as octal.
-            let mount = mount.replace("\\040", " ");
-            if let Ok(st) = rustix::fs::statvfs(mount.as_str()) {
-                let frsize = st.f_frsize as f64;
-                let labels = [("mount", mount.as_str()), ("fstype", fstype)];
-                out.push(sample(
-                    "node_filesystem_size_bytes",
-                    &labels,
-                    st.f_blocks as f64 * frsize,
-                ));
-                out.push(sample(
-                    "node_filesystem_avail_bytes",
-                    &labels,
-                    st.f_bavail as f64 * frsize,
-                ));
-                out.push(sample(
-                    "node_filesystem_free_bytes",
-                    &labels,
-                    st.f_bfree as f64 * frsize,
-                ));
-            }
+        for fs in filesystems(&self.proc) {
+            let labels = [("mount", fs.mount.as_str()), ("fstype", fs.fstype.as_str())];
+            out.push(sample(
+                "node_filesystem_size_bytes",
+                &labels,
+                fs.size_bytes as f64,
+            ));
+            out.push(sample(
+                "node_filesystem_avail_bytes",
+                &labels,
+                fs.avail_bytes as f64,
+            ));
+            out.push(sample(
+                "node_filesystem_free_bytes",
+                &labels,
+                fs.free_bytes as f64,
+            ));
         }
     }
 
@@ -332,6 +318,49 @@ impl Sampler {
             }
         }
     }
+}
+
+/// One real file system's space.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsUse {
+    /// Where it is mounted.
+    pub mount: String,
+    /// Its type (ext4, xfs ...).
+    pub fstype: String,
+    /// Its size.
+    pub size_bytes: u64,
+    /// What an unprivileged writer may still use.
+    pub avail_bytes: u64,
+    /// What is free, the root reserve included.
+    pub free_bytes: u64,
+}
+
+/// The real file systems in `proc`'s mount table, each device once.
+pub fn filesystems(proc: &Path) -> Vec<FsUse> {
+    let text = read(&proc.join("mounts"));
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(dev), Some(mount), Some(fstype)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if !REAL_FS.contains(&fstype) || !seen.insert(dev.to_string()) {
+            continue;
+        }
+        // /proc/mounts escapes spaces and the like as octal.
+        let mount = mount.replace("\\040", " ");
+        if let Ok(st) = rustix::fs::statvfs(mount.as_str()) {
+            out.push(FsUse {
+                size_bytes: st.f_blocks * st.f_frsize,
+                avail_bytes: st.f_bavail * st.f_frsize,
+                free_bytes: st.f_bfree * st.f_frsize,
+                mount,
+                fstype: fstype.to_string(),
+            });
+        }
+    }
+    out
 }
 
 impl Default for Sampler {

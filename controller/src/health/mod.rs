@@ -26,9 +26,13 @@ pub struct HealthView {
     pub verdicts: Vec<Verdict>,
 }
 
-/// The members a round concerns, from the inventory.
-pub fn members(nodes: &[NodeRecord]) -> Members {
+/// The members a round concerns, from the inventory, judged by `cfg`'s limits.
+pub fn members(nodes: &[NodeRecord], cfg: &crate::config::HealthConfig) -> Members {
     Members {
+        limits: verdict::Limits {
+            disk_warning_pct: f64::from(cfg.disk_warning_pct),
+            disk_critical_pct: f64::from(cfg.disk_critical_pct),
+        },
         nodes: nodes
             .iter()
             .map(|n| {
@@ -121,11 +125,15 @@ pub async fn health(
     let cfg = crate::config::ControllerConfig::load(&ctx.home.config())?;
     let interval = Duration::from_secs(cfg.health.interval_secs);
     let now = round(ctx, &all, interval, within).await;
-    let verdicts: Vec<Verdict> =
-        verdict::verdicts(&members(&all), &now, None, interval.as_millis() as i64)
-            .into_iter()
-            .filter(|v| shown.contains(&v.node))
-            .collect();
+    let verdicts: Vec<Verdict> = verdict::verdicts(
+        &members(&all, &cfg.health),
+        &now,
+        None,
+        interval.as_millis() as i64,
+    )
+    .into_iter()
+    .filter(|v| shown.contains(&v.node))
+    .collect();
     Ok(crate::ops::Report::Health(HealthView {
         worst: Level::worst(verdicts.iter().map(|v| v.level)),
         verdicts,
@@ -139,7 +147,7 @@ pub async fn replication(ctx: &Ctx, within: Duration) -> Result<crate::ops::Repo
     let interval = Duration::from_secs(cfg.health.interval_secs);
     let now = round(ctx, &all, interval, within).await;
     Ok(crate::ops::Report::Replication(replication::view(
-        &members(&all),
+        &members(&all, &cfg.health),
         &now,
     )))
 }
@@ -219,13 +227,14 @@ pub async fn watch(ctx: std::sync::Arc<Ctx>) {
         }
     };
     loop {
-        let interval = match crate::config::ControllerConfig::load(&ctx.home.config()) {
-            Ok(c) => Duration::from_secs(c.health.interval_secs),
+        let cfg = match crate::config::ControllerConfig::load(&ctx.home.config()) {
+            Ok(c) => c.health,
             Err(e) => {
-                tracing::warn!("{e}; health checks every 10 s");
-                Duration::from_secs(10)
+                tracing::warn!("{e}; the [health] defaults apply");
+                Default::default()
             }
         };
+        let interval = Duration::from_secs(cfg.interval_secs);
         let started = tokio::time::Instant::now();
         let nodes = match ctx.store.nodes() {
             Ok(n) => n,
@@ -237,7 +246,7 @@ pub async fn watch(ctx: std::sync::Arc<Ctx>) {
         };
         let now = round(&ctx, &nodes, interval, ctx.dialer.connect_timeout).await;
         let verdicts = verdict::verdicts(
-            &members(&nodes),
+            &members(&nodes, &cfg),
             &now,
             previous.as_ref(),
             interval.as_millis() as i64,

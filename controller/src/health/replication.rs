@@ -153,6 +153,7 @@ mod tests {
                 report: CheckReport {
                     started_ms: 0,
                     ldap: Some(Ok(state(3000))),
+                    disks: Vec::new(),
                 },
                 skew_ms: 0,
             },
@@ -164,6 +165,7 @@ mod tests {
                 report: CheckReport {
                     started_ms: 0,
                     ldap: Some(Ok(state(5000 + 3000))),
+                    disks: Vec::new(),
                 },
                 skew_ms: 5000,
             },

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use clustermgr_protocol::health::{CheckReport, Csn, LdapServer, LdapState};
+use clustermgr_protocol::health::{CheckReport, Csn, DiskUse, LdapServer, LdapState};
 use serde::{Deserialize, Serialize};
 
 /// A check's state, in the order of Nagios-style exit codes.
@@ -66,7 +66,8 @@ impl Level {
 pub struct Verdict {
     /// The node.
     pub node: String,
-    /// The check: `agent`, `ldap`, `ldap-links`, `ldap-csn`, `heartbeat`.
+    /// The check: `agent`, `clock`, `disk`, `ldap`, `ldap-links`, `ldap-csn`,
+    /// `heartbeat`.
     pub check: String,
     /// Its state.
     pub level: Level,
@@ -96,6 +97,26 @@ pub enum NodeRound {
 pub struct Members {
     /// Per node.
     pub nodes: BTreeMap<String, Member>,
+    /// The limits they are judged by.
+    pub limits: Limits,
+}
+
+/// Thresholds an administrator may move (`[health]` in controller.toml).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// A file system fuller than this, in percent, is a warning.
+    pub disk_warning_pct: f64,
+    /// Fuller than this is critical.
+    pub disk_critical_pct: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            disk_warning_pct: 90.0,
+            disk_critical_pct: 95.0,
+        }
+    }
 }
 
 /// One member.
@@ -151,6 +172,9 @@ pub fn verdicts(
                     _ => "it was not asked".into(),
                 };
                 out.push(v("agent", Level::Critical, format!("unreachable: {why}")));
+                for c in ["clock", "disk"] {
+                    out.push(v(c, Level::Unknown, "the node did not answer".into()));
+                }
                 if member.gluu {
                     for c in ldap_checks {
                         out.push(v(c, Level::Unknown, "the node did not answer".into()));
@@ -159,6 +183,13 @@ pub fn verdicts(
             }
             Some(NodeRound::Failed(why)) => {
                 out.push(v("agent", Level::Ok, "answered".into()));
+                for c in ["clock", "disk"] {
+                    out.push(v(
+                        c,
+                        Level::Unknown,
+                        format!("the checks did not run: {why}"),
+                    ));
+                }
                 if member.gluu {
                     for c in ldap_checks {
                         out.push(v(
@@ -171,6 +202,10 @@ pub fn verdicts(
             }
             Some(NodeRound::Report { report, skew_ms }) => {
                 out.push(v("agent", Level::Ok, "answered".into()));
+                let (level, reason) = clock(*skew_ms);
+                out.push(v("clock", level, reason));
+                let (level, reason) = disk(&report.disks, &members.limits);
+                out.push(v("disk", level, reason));
                 match &report.ldap {
                     None if member.gluu => out.push(v(
                         "ldap",
@@ -203,6 +238,77 @@ pub fn verdicts(
         }
     }
     out
+}
+
+/// A node's clock against the controller's: LDAP replication orders changes by time,
+/// and tokens expire by it, so a few seconds matter.
+fn clock(skew_ms: i64) -> (Level, String) {
+    let secs = skew_ms as f64 / 1000.0;
+    let words = if skew_ms >= 0 { "ahead of" } else { "behind" };
+    match skew_ms.unsigned_abs() {
+        0..=2000 => (
+            Level::Ok,
+            format!("within {:.1} s of the controller's", secs.abs()),
+        ),
+        2001..=30_000 => (
+            Level::Warning,
+            format!("{:.1} s {words} the controller's: check NTP", secs.abs()),
+        ),
+        _ => (
+            Level::Critical,
+            format!(
+                "{:.0} s {words} the controller's: replication and tokens go wrong; fix NTP",
+                secs.abs()
+            ),
+        ),
+    }
+}
+
+/// The fullest file systems against the limits (LDAP and csync2 stop writing when
+/// full).
+fn disk(disks: &[DiskUse], limits: &Limits) -> (Level, String) {
+    let used = |d: &DiskUse| {
+        if d.size_bytes == 0 {
+            0.0
+        } else {
+            100.0 * (1.0 - d.avail_bytes as f64 / d.size_bytes as f64)
+        }
+    };
+    let Some(fullest) = disks.iter().max_by(|a, b| used(a).total_cmp(&used(b))) else {
+        return (Level::Unknown, "the agent reported no file systems".into());
+    };
+    let mut full: Vec<&DiskUse> = disks
+        .iter()
+        .filter(|d| used(d) > limits.disk_warning_pct)
+        .collect();
+    if full.is_empty() {
+        return (
+            Level::Ok,
+            format!(
+                "the fullest, {}, is {:.0} % used",
+                fullest.mount,
+                used(fullest)
+            ),
+        );
+    }
+    full.sort_by(|a, b| used(b).total_cmp(&used(a)));
+    let words: Vec<String> = full
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {:.0} % used ({:.1} GiB left)",
+                d.mount,
+                used(d),
+                d.avail_bytes as f64 / (1u64 << 30) as f64
+            )
+        })
+        .collect();
+    let level = if used(full[0]) > limits.disk_critical_pct {
+        Level::Critical
+    } else {
+        Level::Warning
+    };
+    (level, words.join("; "))
 }
 
 fn server_name(s: LdapServer) -> &'static str {

@@ -1,7 +1,7 @@
 //! The verdict rules on recorded-style reports: healthy, unreachable, a broken link
 //! hidden from the CSNs, a node behind, skewed clocks, and OpenDJ.
 
-use clustermgr_protocol::health::{Consumer, Heartbeat, OpenDjReplica};
+use clustermgr_protocol::health::{Consumer, DiskUse, Heartbeat, OpenDjReplica};
 
 use super::*;
 
@@ -86,9 +86,26 @@ fn report(s: LdapState, skew_ms: i64) -> NodeRound {
         report: CheckReport {
             started_ms: T0 + skew_ms,
             ldap: Some(Ok(s)),
+            disks: disks(50),
         },
         skew_ms,
     }
+}
+
+/// A root file system `used_pct` full, and an empty data disk.
+fn disks(used_pct: u64) -> Vec<DiskUse> {
+    vec![
+        DiskUse {
+            mount: "/".into(),
+            size_bytes: 100 << 30,
+            avail_bytes: (100 - used_pct) << 30,
+        },
+        DiskUse {
+            mount: "/opt".into(),
+            size_bytes: 500 << 30,
+            avail_bytes: 500 << 30,
+        },
+    ]
 }
 
 fn round(states: Vec<(usize, NodeRound)>) -> BTreeMap<String, NodeRound> {
@@ -102,6 +119,7 @@ fn round(states: Vec<(usize, NodeRound)>) -> BTreeMap<String, NodeRound> {
             report: CheckReport {
                 started_ms: T0,
                 ldap: None,
+                disks: disks(50),
             },
             skew_ms: 0,
         },
@@ -126,7 +144,10 @@ fn a_healthy_cluster_is_all_ok() {
     let v = verdicts(&members(), &healthy(), Some(&healthy()), INTERVAL);
     assert!(v.iter().all(|v| v.level == Level::Ok), "{v:#?}");
     // The LB has no LDAP checks.
-    assert!(!v.iter().any(|v| v.node == "lb1" && v.check != "agent"));
+    assert!(
+        !v.iter()
+            .any(|v| v.node == "lb1" && v.check.starts_with("ldap"))
+    );
     assert_eq!(level(&v, "gluu1", "ldap-links").1, "2 syncrepl links live");
     assert_eq!(Level::worst(v.iter().map(|v| v.level)).exit_code(), 0);
 }
@@ -296,6 +317,40 @@ fn opendj_replication_reads_from_its_monitor() {
     now.insert("gluu1".into(), report(s, 0));
     let v = verdicts(&members(), &now, None, INTERVAL);
     assert_eq!(level(&v, "gluu1", "ldap-links").0, Level::Critical);
+}
+
+#[test]
+fn clocks_and_disks_are_judged_on_every_node() {
+    let mut now = healthy();
+    let lb = |skew_ms: i64, used: u64| NodeRound::Report {
+        report: CheckReport {
+            started_ms: T0 + skew_ms,
+            ldap: None,
+            disks: disks(used),
+        },
+        skew_ms,
+    };
+    now.insert("lb1".into(), lb(-5000, 93));
+    let v = verdicts(&members(), &now, None, INTERVAL);
+    let (l, why) = level(&v, "lb1", "clock");
+    assert_eq!(
+        (l, why.as_str()),
+        (Level::Warning, "5.0 s behind the controller's: check NTP")
+    );
+    let (l, why) = level(&v, "lb1", "disk");
+    assert_eq!(
+        (l, why.as_str()),
+        (Level::Warning, "/ 93 % used (7.0 GiB left)")
+    );
+    now.insert("lb1".into(), lb(120_000, 97));
+    let v = verdicts(&members(), &now, None, INTERVAL);
+    assert_eq!(level(&v, "lb1", "clock").0, Level::Critical);
+    assert_eq!(level(&v, "lb1", "disk").0, Level::Critical);
+    assert_eq!(level(&v, "gluu1", "disk").1, "the fullest, /, is 50 % used");
+    now.insert("lb1".into(), NodeRound::Unreachable("gone".into()));
+    let v = verdicts(&members(), &now, None, INTERVAL);
+    assert_eq!(level(&v, "lb1", "disk").0, Level::Unknown);
+    assert_eq!(level(&v, "lb1", "clock").0, Level::Unknown);
 }
 
 #[test]
