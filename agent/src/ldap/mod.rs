@@ -182,7 +182,7 @@ fn target(url: &str, cert: Option<&Path>, from: &str) -> Result<client::Target, 
     let hostport = rest.trim_end_matches('/');
     let addr = if hostport
         .rsplit_once(':')
-        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok() && !p.is_empty())
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
     {
         hostport.to_string()
     } else {

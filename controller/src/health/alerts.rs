@@ -20,18 +20,25 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the sinks look for events even without being told.
 const POLL: Duration = Duration::from_secs(5);
 
-/// Delivers until `serve` stops.
+/// Delivers until `serve` stops. Each sink runs on its own, so a webhook that does
+/// not answer never holds back the command.
 pub async fn deliver(ctx: Arc<Ctx>) {
+    tokio::join!(sink(ctx.clone(), "command"), sink(ctx, "webhook"));
+}
+
+/// One sink's loop: drain, then wait to be told of an event (or poll).
+async fn sink(ctx: Arc<Ctx>, name: &'static str) {
     let mut told = ctx.health_events.subscribe();
     loop {
         let cfg = crate::config::ControllerConfig::load(&ctx.home.config())
             .map(|c| c.alerts)
             .unwrap_or_default();
-        if !cfg.command.is_empty() {
-            drain(&ctx, "command", &cfg).await;
-        }
-        if cfg.webhook.is_some() {
-            drain(&ctx, "webhook", &cfg).await;
+        let configured = match name {
+            "command" => !cfg.command.is_empty(),
+            _ => cfg.webhook.is_some(),
+        };
+        if configured {
+            drain(&ctx, name, &cfg).await;
         }
         tokio::select! {
             _ = told.recv() => {}

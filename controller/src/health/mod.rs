@@ -180,20 +180,27 @@ pub struct HealthEvent {
     pub reason: String,
 }
 
-/// The changes `verdicts` make to `state` (which they update): a check whose level
-/// moved, or one seen for the first time as warning or critical (a check starts
-/// unknown, so a first ok or unknown is no news).
+/// The checks whose state must be stored: new ones and those whose level moved.
+pub type StateChanges = Vec<(String, String, HealthState)>;
+
+/// The changes `verdicts` make to `state` (which they update): the events (a check
+/// whose level moved, or one seen for the first time as warning or critical: a check
+/// starts unknown, so a first ok or unknown is no news), and the states to store.
+/// A reason that changes while the level stays (a heartbeat's age) is neither.
 pub fn changes(
     state: &mut BTreeMap<(String, String), HealthState>,
     verdicts: &[Verdict],
     time_ms: i64,
-) -> Vec<HealthEvent> {
-    let mut out = Vec::new();
+) -> (Vec<HealthEvent>, StateChanges) {
+    let (mut out, mut dirty) = (Vec::new(), Vec::new());
     for v in verdicts {
         let key = (v.node.clone(), v.check.clone());
         let before = state.get(&key).map(|s| s.level);
+        if before == Some(v.level) {
+            continue;
+        }
         let first_quiet = before.is_none() && matches!(v.level, Level::Ok | Level::Unknown);
-        if before != Some(v.level) && !first_quiet {
+        if !first_quiet {
             out.push(HealthEvent {
                 id: 0,
                 time_ms,
@@ -204,15 +211,14 @@ pub fn changes(
                 reason: v.reason.clone(),
             });
         }
-        state.insert(
-            key,
-            HealthState {
-                level: v.level,
-                reason: v.reason.clone(),
-            },
-        );
+        let now = HealthState {
+            level: v.level,
+            reason: v.reason.clone(),
+        };
+        dirty.push((v.node.clone(), v.check.clone(), now.clone()));
+        state.insert(key, now);
     }
-    out
+    (out, dirty)
 }
 
 /// `serve`'s health watch: a round every `[health] interval_secs`, judged against the
@@ -252,20 +258,14 @@ pub async fn watch(ctx: std::sync::Arc<Ctx>) {
             interval.as_millis() as i64,
         );
         let time_ms = ctx.clock.now().unix_timestamp_nanos() as i64 / 1_000_000;
-        let events = changes(&mut state, &verdicts, time_ms);
-        let states: Vec<(String, String, HealthState)> = verdicts
-            .iter()
-            .map(|v| {
-                (
-                    v.node.clone(),
-                    v.check.clone(),
-                    HealthState {
-                        level: v.level,
-                        reason: v.reason.clone(),
-                    },
-                )
-            })
-            .collect();
+        // Taken only once stored: a round that cannot be stored is judged again.
+        let mut next = state.clone();
+        let (events, states) = changes(&mut next, &verdicts, time_ms);
+        previous = Some(now);
+        if states.is_empty() {
+            tokio::time::sleep_until(started + interval).await;
+            continue;
+        }
         let stored = match ctx.telemetry() {
             Ok(store) => tokio::task::spawn_blocking(move || store.record_health(events, &states))
                 .await
@@ -275,6 +275,7 @@ pub async fn watch(ctx: std::sync::Arc<Ctx>) {
         };
         match stored {
             Ok(events) => {
+                state = next;
                 for e in events {
                     tracing::info!(
                         "health: {} {} {} -> {}: {}",
@@ -289,7 +290,6 @@ pub async fn watch(ctx: std::sync::Arc<Ctx>) {
             }
             Err(e) => tracing::error!("health: storing the round failed: {e}"),
         }
-        previous = Some(now);
         tokio::time::sleep_until(started + interval).await;
     }
 }
@@ -328,15 +328,25 @@ pub async fn events(
         }
     }
     loop {
-        match live.recv().await {
-            Ok(e) if e.id > last => {
-                last = e.id;
-                if out.send(crate::ops::Event::Health(e)).await.is_err() {
-                    break;
-                }
+        let news = match live.recv().await {
+            Ok(e) => vec![e],
+            // Fell behind the broadcast: the store has every one that was skipped.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                let store = ctx.telemetry()?;
+                tokio::task::spawn_blocking(move || store.health_events_after(last, usize::MAX))
+                    .await
+                    .map_err(|e| CtlError::Refused(e.to_string()))??
             }
-            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
             Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+        };
+        for e in news {
+            if e.id <= last {
+                continue;
+            }
+            last = e.id;
+            if out.send(crate::ops::Event::Health(e)).await.is_err() {
+                return Ok(crate::ops::Report::Events(Vec::new()));
+            }
         }
     }
     Ok(crate::ops::Report::Events(Vec::new()))
@@ -359,7 +369,7 @@ mod tests {
     fn only_moves_between_levels_are_events() {
         let mut state = BTreeMap::new();
         // First seen: ok and unknown are silent, worse is a change from unknown.
-        let e = changes(
+        let (e, stored) = changes(
             &mut state,
             &[
                 v("a", "ldap", Level::Ok),
@@ -369,6 +379,7 @@ mod tests {
             1,
         );
         assert_eq!(e.len(), 1);
+        assert_eq!(stored.len(), 3, "every new check's state is stored");
         assert_eq!(
             (e[0].node.as_str(), e[0].from, e[0].to),
             ("b", Level::Unknown, Level::Warning)
@@ -376,9 +387,13 @@ mod tests {
         // The same levels again, even with new reasons: nothing.
         let mut again = v("b", "ldap", Level::Warning);
         again.reason = "other words".into();
-        assert!(changes(&mut state, &[v("a", "ldap", Level::Ok), again], 2).is_empty());
+        let (e, stored) = changes(&mut state, &[v("a", "ldap", Level::Ok), again], 2);
+        assert!(
+            e.is_empty() && stored.is_empty(),
+            "nothing to store: {stored:?}"
+        );
         // A move: one event, from and to.
-        let e = changes(
+        let (e, stored) = changes(
             &mut state,
             &[
                 v("a", "ldap", Level::Critical),
@@ -386,6 +401,7 @@ mod tests {
             ],
             3,
         );
+        assert_eq!(stored.len(), 1);
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!(
             (e[0].from, e[0].to, e[0].time_ms),
