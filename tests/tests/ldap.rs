@@ -159,6 +159,19 @@ fn a_frozen_slapd_is_a_timeout_not_a_hang() {
     c.search("cn=Monitor", Scope::Base, "(objectClass=*)", &[])
         .expect("answers while running");
     signal(s.pid(), "-STOP");
+    // kill(2) only queues the signal: wait until every thread of slapd is stopped, or
+    // one may still answer.
+    clustermgr_tests::eventually_blocking("slapd to be stopped", Duration::from_secs(10), || {
+        std::fs::read_dir(format!("/proc/{}/task", s.pid()))
+            .map(|tasks| {
+                tasks.flatten().all(|t| {
+                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                    stat.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('T'))
+                })
+            })
+            .unwrap_or(false)
+    });
     let t0 = Instant::now();
     let err = c
         .search("cn=Monitor", Scope::Base, "(objectClass=*)", &[])
