@@ -663,7 +663,7 @@ async fn handle_request(
                 crate::health::round(&cfg, &spec, beats.as_deref())
             });
             match tokio::time::timeout(deadline, work).await {
-                Ok(Ok(report)) => Reply::Checks(report),
+                Ok(Ok(report)) => Reply::Checks(Box::new(report)),
                 Ok(Err(e)) => Reply::Error(RemoteError {
                     kind: ErrorKind::Internal,
                     message: format!("the checks failed: {e}"),

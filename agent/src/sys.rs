@@ -18,6 +18,31 @@ pub fn kill_process_group(pgid: u32) {
     }
 }
 
+/// Waits for `child` (spawned in a process group of its own) with `finish`, on a
+/// thread, for at most `timeout`; past it, kills the whole group and returns `None`.
+pub fn wait_or_kill<T: Send + 'static>(
+    child: std::process::Child,
+    timeout: std::time::Duration,
+    finish: impl FnOnce(std::process::Child) -> T + Send + 'static,
+) -> Option<T> {
+    let pgid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(finish(child));
+    });
+    let done = match rx.recv_timeout(timeout) {
+        Ok(t) => Some(t),
+        Err(_) => {
+            kill_process_group(pgid);
+            // Reaped, so no zombie is left; what it returns no longer counts.
+            let _ = rx.recv();
+            None
+        }
+    };
+    let _ = waiter.join();
+    done
+}
+
 /// The running C library's version when it is glibc.
 pub fn glibc_version() -> Option<String> {
     // SAFETY: gnu_get_libc_version returns a pointer to a static NUL-terminated string.

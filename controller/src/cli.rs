@@ -168,6 +168,11 @@ pub enum Cmd {
     /// LDAP heartbeat is on every other (replication lag), the contextCSN per serverID
     /// on each node, and each node's replication links.
     Replication,
+    /// The port matrix from one round: every port each node must reach on its peers
+    /// for its role (LDAPS, csync2, OpenDJ's on Gluu 4, the cache's tunnel, and the load
+    /// balancer to each node's HTTPS), tried from that node, with what is missing.
+    /// Exits 0 when all are open, 2 when one is missing, 3 when a node could not try.
+    Ports,
     /// The history of health changes `serve` saw (a check going from one state to
     /// another, with why); with -f, each new one as it happens (Ctrl-C ends).
     Events {
@@ -439,7 +444,7 @@ fn login_name() -> String {
 }
 
 async fn run(cli: Cli) -> i32 {
-    let health = matches!(cli.command, Cmd::Health(_));
+    let health = matches!(cli.command, Cmd::Health(_) | Cmd::Ports);
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -767,6 +772,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         Cmd::Status => (Operation::Status, OutputMode::Live),
         Cmd::Health(sel) => (Operation::Health { nodes: sel.nodes }, OutputMode::Live),
         Cmd::Replication => (Operation::Replication, OutputMode::Live),
+        Cmd::Ports => (Operation::Ports, OutputMode::Live),
         Cmd::Events {
             follow,
             since,

@@ -158,6 +158,8 @@ pub enum Operation {
     },
     /// One round's replication picture: heartbeat lags, CSNs, links.
     Replication,
+    /// One round's port matrix.
+    Ports,
     /// The stored health changes, and with `follow` each new one.
     Events {
         /// Only since then (`10m`, an RFC 3339 time).
@@ -519,6 +521,8 @@ pub enum Report {
     Health(crate::health::HealthView),
     /// `replication`.
     Replication(crate::health::replication::ReplicationView),
+    /// `ports`.
+    Ports(crate::health::ports::PortsView),
     /// `events` (empty after `events -f`, whose events came as [`Event::Health`]).
     Events(Vec<crate::health::HealthEvent>),
     /// `cluster show`.
@@ -552,6 +556,7 @@ impl Report {
             Report::Applied(v) if v.iter().any(|v| bad(&v.state)) => 1,
             // Nagios-style: 0 ok, 1 warning, 2 critical, 3 unknown.
             Report::Health(h) => h.worst.exit_code(),
+            Report::Ports(p) => p.worst.map_or(0, |l| l.exit_code()),
             _ => 0,
         }
     }
@@ -1205,6 +1210,7 @@ pub async fn run(
         Operation::Top { nodes } => crate::telemetry::top(&ctx, &nodes),
         Operation::Health { nodes } => crate::health::health(&ctx, &nodes, within).await,
         Operation::Replication => crate::health::replication(&ctx, within).await,
+        Operation::Ports => crate::health::ports(&ctx, within).await,
         Operation::Events {
             since,
             follow,

@@ -267,6 +267,44 @@ fn print_replication(r: &crate::health::replication::ReplicationView) {
     for (n, why) in &r.unread {
         println!("{n}: not read: {why}");
     }
+    print_csync2(r);
+}
+
+fn print_csync2(r: &crate::health::replication::ReplicationView) {
+    if r.csync2.is_empty() {
+        return;
+    }
+    println!("\nCSYNC2");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    for (n, c) in &r.csync2 {
+        let listener = match &c.listener {
+            Ok(()) => "listening".to_string(),
+            Err(e) => format!("NOT LISTENING ({e})"),
+        };
+        let last = c.last_sync_ms.map_or("never".to_string(), |t| {
+            format!("{:.0} s ago", (now - t).max(0) as f64 / 1000.0)
+        });
+        println!(
+            "{n:<16} {listener}; {} dirty; last good sync {last}",
+            c.dirty_total
+        );
+        if let Some(e) = &c.error {
+            println!("{:<16} check failed: {e}", "");
+        }
+        for d in &c.dirty {
+            println!("{:<16} waits for {:<16} {}", "", d.peer, d.path);
+        }
+        for k in &c.kept {
+            println!(
+                "{:<16} kept {} ({})",
+                "",
+                k.path,
+                rfc3339(k.time_ms.div_euclid(1000))
+            );
+        }
+    }
 }
 
 fn print_heartbeat_matrix(r: &crate::health::replication::ReplicationView, writers: &[String]) {
@@ -348,6 +386,41 @@ fn print_event(e: &crate::health::HealthEvent) {
         e.from.as_str(),
         e.to.as_str(),
         e.reason
+    );
+}
+
+/// `ports`: the matrix by source, then what is missing.
+fn print_ports(p: &crate::health::ports::PortsView) {
+    use crate::health::verdict::Level;
+    if p.cells.is_empty() {
+        println!("No node needs a peer's port (one Gluu node and no load balancer).");
+        return;
+    }
+    println!(
+        "{:<16} {:<16} {:>5} {:<18} {:<8} DETAIL",
+        "FROM", "TO", "PORT", "SERVICE", "STATE"
+    );
+    for c in &p.cells {
+        let state = match c.level {
+            Level::Ok => "open",
+            Level::Critical => "MISSING",
+            _ => "unknown",
+        };
+        println!(
+            "{:<16} {:<16} {:>5} {:<18} {:<8} {}",
+            c.from, c.to, c.port, c.service, state, c.detail
+        );
+    }
+    let missing = p
+        .cells
+        .iter()
+        .filter(|c| c.level == Level::Critical)
+        .count();
+    let unknown = p.cells.iter().filter(|c| c.level == Level::Unknown).count();
+    println!(
+        "{} of {} open, {missing} missing, {unknown} not tried",
+        p.cells.len() - missing - unknown,
+        p.cells.len()
     );
 }
 
@@ -568,6 +641,8 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
         }
         Report::Replication(r) if as_json => json(&r),
         Report::Replication(r) => print_replication(&r),
+        Report::Ports(p) if as_json => json(&p),
+        Report::Ports(p) => print_ports(&p),
         Report::Events(e) if as_json => json(&e),
         Report::Events(e) => e.iter().for_each(print_event),
         Report::Health(h) if as_json => json(&h),

@@ -67,17 +67,7 @@ mod tests {
     use super::*;
 
     fn nodes() -> Vec<NodeRecord> {
-        let mk = |name: &str, roles: Vec<Role>| NodeRecord {
-            name: name.into(),
-            address: String::new(),
-            roles,
-            primary: false,
-            pinned_key: String::new(),
-            pending_key: None,
-            cert_serial: String::new(),
-            cert_not_after: 0,
-            added_at: 0,
-        };
+        let mk = |name: &str, roles: Vec<Role>| NodeRecord::for_tests(name, "", &roles);
         vec![
             mk("gluu-1", vec![Role::Gluu]),
             mk("gluu-2", vec![Role::Gluu]),

@@ -109,6 +109,22 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
+    /// A node with only a name, an address and roles, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(name: &str, address: &str, roles: &[Role]) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            address: address.into(),
+            roles: roles.to_vec(),
+            primary: false,
+            pinned_key: String::new(),
+            pending_key: None,
+            cert_serial: String::new(),
+            cert_not_after: 0,
+            added_at: 0,
+        }
+    }
+
     /// Whether the node has `role`.
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role)

@@ -4,6 +4,14 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The file the generated csync2 cron job touches after each `csync2 -x` that
+/// succeeded: the agent reports its age as the last good sync.
+pub const CSYNC2_SYNCED_STAMP: &str = "/var/lib/csync2/clustermgr-synced";
+/// csync2's port.
+pub const CSYNC2_PORT: u16 = 30865;
+/// Where the generated cron job leaves the output of the last `csync2 -x`.
+pub const CSYNC2_LOG: &str = "/var/log/csync2.log";
+
 /// One round's request: what the agent cannot know alone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckSpec {
@@ -12,6 +20,74 @@ pub struct CheckSpec {
     /// The time the whole report must be ready within; each probe's own deadline is
     /// shorter.
     pub deadline_ms: u64,
+    /// The peers' ports this node must reach: its row of the port matrix.
+    pub reach: Vec<PortProbe>,
+    /// The node's csync2 name, when it is a member of the cluster's csync2 group (the
+    /// controller generated its configuration).
+    pub csync2: Option<String>,
+}
+
+/// One port of one peer to try.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortProbe {
+    /// The peer.
+    pub node: String,
+    /// Its address (without the port).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+/// Whether a peer's port answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortReach {
+    /// The probe.
+    pub probe: PortProbe,
+    /// How long the connection took, milliseconds; or why it failed.
+    pub result: Result<u32, String>,
+}
+
+/// The node's csync2 as its agent found it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Csync2State {
+    /// Whether the listener (port 30865) accepted a connection; why not otherwise.
+    pub listener: Result<(), String>,
+    /// Files changed here and not yet sent (`csync2 -cr` then `-M`), at most
+    /// [`Csync2State::DIRTY_SHOWN`].
+    pub dirty: Vec<Dirty>,
+    /// How many dirty entries there are in all.
+    pub dirty_total: u32,
+    /// When `csync2 -x` last finished without an error, Unix milliseconds.
+    pub last_sync_ms: Option<i64>,
+    /// The copies csync2 kept in the last day before overwriting a file with a peer's
+    /// version (where the losing side of an `auto younger` conflict went), newest
+    /// first, at most [`Csync2State::DIRTY_SHOWN`].
+    pub kept: Vec<KeptCopy>,
+    /// Why the check (`-cr`, `-M`) could not run, when it could not.
+    pub error: Option<String>,
+}
+
+impl Csync2State {
+    /// How many dirty entries and kept copies a report carries by name.
+    pub const DIRTY_SHOWN: usize = 20;
+}
+
+/// One file waiting to be sent to one peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dirty {
+    /// The peer it waits for.
+    pub peer: String,
+    /// The file.
+    pub path: String,
+}
+
+/// A copy csync2 kept before overwriting a file with a peer's version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptCopy {
+    /// Where the copy is.
+    pub path: String,
+    /// When it was kept, Unix milliseconds.
+    pub time_ms: i64,
 }
 
 /// What an agent found this round.
@@ -24,6 +100,10 @@ pub struct CheckReport {
     pub ldap: Option<Result<LdapState, String>>,
     /// The node's real file systems.
     pub disks: Vec<DiskUse>,
+    /// The spec's ports, tried.
+    pub ports: Vec<PortReach>,
+    /// csync2, when the spec named the node a member.
+    pub csync2: Option<Csync2State>,
     // New fields go last, each a new protocol version.
 }
 

@@ -198,7 +198,7 @@ pub enum Reply {
     /// Each check of a [`Request::Probe`], in order.
     Probed(Vec<StepRun>),
     /// What [`Request::Checks`] found.
-    Checks(crate::health::CheckReport),
+    Checks(Box<crate::health::CheckReport>),
 }
 
 /// A failure reported by the agent.

@@ -36,7 +36,8 @@ use clustermgr_protocol::changeset::{
 };
 use clustermgr_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES, FrameDecoder, HEADER_BYTES};
 use clustermgr_protocol::health::{
-    CheckReport, CheckSpec, Consumer, Csn, DiskUse, Heartbeat, LdapServer, LdapState, OpenDjReplica,
+    CheckReport, CheckSpec, Consumer, Csn, Csync2State, Dirty, DiskUse, Heartbeat, KeptCopy,
+    LdapServer, LdapState, OpenDjReplica, PortProbe, PortReach,
 };
 use clustermgr_protocol::message::{
     Command, ErrorKind, ExecEvent, ExecInput, ExecSpec, ExitOutcome, GluuInstall, Hello,
@@ -1018,6 +1019,46 @@ fn gen_check_report(rng: &mut Rng) -> CheckReport {
                 avail_bytes: gen_u64(rng),
             })
             .collect(),
+        ports: (0..n)
+            .map(|_| PortReach {
+                probe: gen_port_probe(rng),
+                result: if gen_bool(rng) {
+                    Ok(rng.below(1000) as u32)
+                } else {
+                    Err(gen_string(rng))
+                },
+            })
+            .collect(),
+        csync2: gen_option(rng, |rng| Csync2State {
+            listener: if gen_bool(rng) {
+                Ok(())
+            } else {
+                Err(gen_string(rng))
+            },
+            dirty: (0..n)
+                .map(|_| Dirty {
+                    peer: gen_string(rng),
+                    path: gen_string(rng),
+                })
+                .collect(),
+            dirty_total: rng.below(100) as u32,
+            last_sync_ms: gen_option(rng, gen_i64),
+            kept: (0..n)
+                .map(|_| KeptCopy {
+                    path: gen_string(rng),
+                    time_ms: gen_i64(rng),
+                })
+                .collect(),
+            error: gen_option(rng, gen_string),
+        }),
+    }
+}
+
+fn gen_port_probe(rng: &mut Rng) -> PortProbe {
+    PortProbe {
+        node: gen_string(rng),
+        host: gen_string(rng),
+        port: rng.below(65536) as u16,
     }
 }
 
@@ -1163,6 +1204,8 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
         (Kind::Request, _) => Msg::Request(Request::Checks(CheckSpec {
             interval_ms: gen_u64(rng),
             deadline_ms: gen_u64(rng),
+            reach: (0..rng.below(3)).map(|_| gen_port_probe(rng)).collect(),
+            csync2: gen_option(rng, gen_string),
         })),
         (Kind::Reply, 0) => Msg::Reply(Reply::Info(Box::new(gen_node_info(rng)))),
         (Kind::Reply, 1) => Msg::Reply(Reply::Csr {
@@ -1190,7 +1233,7 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
         (Kind::Reply, 11) => Msg::Reply(Reply::Applied(Box::new(gen_apply_report(rng)))),
         (Kind::Reply, 12) => Msg::Reply(Reply::Backups(gen_backups(rng))),
         (Kind::Reply, 13) => Msg::Reply(Reply::Probed(gen_steps(rng))),
-        (Kind::Reply, _) => Msg::Reply(Reply::Checks(gen_check_report(rng))),
+        (Kind::Reply, _) => Msg::Reply(Reply::Checks(Box::new(gen_check_report(rng)))),
         (Kind::ExecInput, 0) => Msg::ExecInput(ExecInput::Stdin(gen_bytes(rng))),
         (Kind::ExecInput, 1) => Msg::ExecInput(ExecInput::StdinEnd),
         (Kind::ExecInput, _) => Msg::ExecInput(ExecInput::Cancel),
@@ -1542,14 +1585,18 @@ fn edge_messages() -> Vec<Msg> {
             }),
         })),
         Msg::Reply(Reply::Probed(vec![])),
-        Msg::Reply(Reply::Checks(CheckReport {
+        Msg::Reply(Reply::Checks(Box::new(CheckReport {
             started_ms: i64::MIN,
             ldap: None,
             disks: vec![],
-        })),
+            ports: vec![],
+            csync2: None,
+        }))),
         Msg::Request(Request::Checks(CheckSpec {
             interval_ms: 0,
             deadline_ms: u64::MAX,
+            reach: vec![],
+            csync2: None,
         })),
         Msg::Reply(Reply::Backups(vec![])),
         Msg::Reply(Reply::Backups(vec![

@@ -251,6 +251,8 @@ fn health_rounds_see_csns_consumers_and_every_nodes_fresh_heartbeat() {
     let spec = CheckSpec {
         interval_ms: 300,
         deadline_ms: 5000,
+        reach: Vec::new(),
+        csync2: None,
     };
     let beats: Vec<Heartbeats> = cfgs
         .iter()

@@ -6,13 +6,12 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use clustermgr_protocol::changeset::{Action, Scope, ServiceVerb, StepRun, Validator};
 use clustermgr_protocol::message::Command;
 
-use crate::sys::kill_process_group;
+use crate::sys::wait_or_kill;
 
 /// How long a validator may run.
 pub const VALIDATE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -326,23 +325,14 @@ fn run_argv(argv: &[String], timeout: Duration, scratch: &Path) -> (bool, String
         .stderr(o2)
         .process_group(0)
         .spawn();
-    let mut child = match child {
+    let child = match child {
         Ok(c) => c,
         Err(e) => return (false, format!("cannot run {program}: {e}")),
     };
-    let pgid = child.id();
-    let (tx, rx) = mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let _ = tx.send(child.wait());
-    });
-    let (status, timed_out) = match rx.recv_timeout(timeout) {
-        Ok(s) => (s.ok(), false),
-        Err(_) => {
-            kill_process_group(pgid);
-            (rx.recv().ok().and_then(Result::ok), true)
-        }
+    let (status, timed_out) = match wait_or_kill(child, timeout, |mut c| c.wait()) {
+        Some(s) => (s.ok(), false),
+        None => (None, true),
     };
-    let _ = waiter.join();
     let mut text = tail(out);
     let ok = !timed_out && status.is_some_and(|s| s.success());
     if timed_out {

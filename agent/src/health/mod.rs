@@ -2,13 +2,14 @@
 //! LDAP heartbeat, written on a thread of its own ([`Heartbeats`]) so peers see fresh
 //! heartbeats even while no controller asks.
 
+pub mod csync2;
 pub mod ldap;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use clustermgr_protocol::health::{CheckReport, CheckSpec};
+use clustermgr_protocol::health::{CheckReport, CheckSpec, PortProbe, PortReach};
 
 use crate::config::{AgentConfig, LdapConfig};
 
@@ -126,24 +127,33 @@ fn beat(cfg: &AgentConfig, node: &str, samples: &LdapSamples) -> Result<(), Stri
     r
 }
 
-/// One round of checks (blocking: every probe has its own deadline).
+/// How long a peer's port has to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One round of checks (blocking: every probe has its own deadline, and the LDAP,
+/// csync2 and port checks run side by side, so a frozen server costs its timeout
+/// once).
 pub fn round(cfg: &AgentConfig, spec: &CheckSpec, heartbeats: Option<&Heartbeats>) -> CheckReport {
     let started_ms = now_ms();
     if let Some(h) = heartbeats {
         h.set_interval(spec.interval_ms);
     }
-    let ldap = match crate::ldap::access(cfg) {
-        Ok(None) => None,
-        Err(e) => Some(Err(e)),
-        Ok(Some(access)) => Some(access.connect().and_then(|mut c| {
-            let state = ldap::state(&mut c, &cfg.ldap.suffix, now_ms);
-            c.unbind();
-            state.map(|mut s| {
-                s.heartbeat_error = heartbeats.and_then(Heartbeats::last_error);
-                s
-            })
-        })),
-    };
+    // csync2 walks the replicated trees; it gets most of the round, not all of it.
+    let csync2_timeout = Duration::from_millis(spec.deadline_ms.max(500) * 4 / 5);
+    let (ldap, csync2, ports) = std::thread::scope(|s| {
+        let csync2 = s.spawn(|| {
+            spec.csync2
+                .as_deref()
+                .map(|name| csync2::state(&cfg.root, name, csync2_timeout))
+        });
+        let ports = s.spawn(|| reach(&spec.reach));
+        let ldap = ldap_state(cfg, heartbeats);
+        (
+            ldap,
+            csync2.join().unwrap_or(None),
+            ports.join().unwrap_or_default(),
+        )
+    });
     let disks = crate::telemetry::metrics::filesystems(std::path::Path::new("/proc"))
         .into_iter()
         .map(|f| clustermgr_protocol::health::DiskUse {
@@ -156,5 +166,59 @@ pub fn round(cfg: &AgentConfig, spec: &CheckSpec, heartbeats: Option<&Heartbeats
         started_ms,
         ldap,
         disks,
+        ports,
+        csync2,
     }
+}
+
+fn ldap_state(
+    cfg: &AgentConfig,
+    heartbeats: Option<&Heartbeats>,
+) -> Option<Result<clustermgr_protocol::health::LdapState, String>> {
+    match crate::ldap::access(cfg) {
+        Ok(None) => None,
+        Err(e) => Some(Err(e)),
+        Ok(Some(access)) => Some(access.connect().and_then(|mut c| {
+            let state = ldap::state(&mut c, &cfg.ldap.suffix, now_ms);
+            c.unbind();
+            state.map(|mut s| {
+                s.heartbeat_error = heartbeats.and_then(Heartbeats::last_error);
+                s
+            })
+        })),
+    }
+}
+
+/// Tries every probe at once, each for at most [`CONNECT_TIMEOUT`].
+pub fn reach(probes: &[PortProbe]) -> Vec<PortReach> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let one = |p: &PortProbe| -> Result<u32, String> {
+        let started = std::time::Instant::now();
+        let addrs: Vec<_> = (p.host.as_str(), p.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {}: {e}", p.host))?
+            .collect();
+        let mut last = format!("{} has no address", p.host);
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+                Ok(_) => return Ok(started.elapsed().as_millis() as u32),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    last = format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
+    };
+    std::thread::scope(|s| {
+        let tries: Vec<_> = probes.iter().map(|p| s.spawn(move || one(p))).collect();
+        probes
+            .iter()
+            .zip(tries)
+            .map(|(p, t)| PortReach {
+                probe: p.clone(),
+                result: t.join().unwrap_or_else(|_| Err("the probe failed".into())),
+            })
+            .collect()
+    })
 }

@@ -1,10 +1,13 @@
 //! csync2 on the Gluu nodes: one group over every Gluu node with the replicated paths
 //! and the per-node files excluded, the shared key, each node's TLS certificate, a
-//! listener on 30865, and a sync every two minutes, staggered per node.
+//! listener on 30865, and a sync every two minutes, staggered per node, which leaves
+//! its output in `/var/log/csync2.log` and, when it succeeded, touches a stamp the
+//! agent's health check reads.
 
 use std::collections::BTreeMap;
 
 use clustermgr_protocol::changeset::ServiceVerb;
+use clustermgr_protocol::health::{CSYNC2_LOG, CSYNC2_SYNCED_STAMP};
 
 use super::{HEADER, Inputs, NodeConfig, Sorted, file, service, service_files};
 use crate::store::Role;
@@ -117,7 +120,7 @@ pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String
         node_cfg.entries.push(file(
             "/etc/cron.d/clustermgr-csync2",
             format!(
-                "{HEADER}SHELL=/bin/sh\n{}-59/2 * * * * root sleep {}; /usr/sbin/csync2 -x -N {} >/dev/null 2>&1\n",
+                "{HEADER}SHELL=/bin/sh\n{}-59/2 * * * * root sleep {}; /usr/sbin/csync2 -x -N {} >{CSYNC2_LOG} 2>&1 && touch {CSYNC2_SYNCED_STAMP}\n",
                 i % 2,
                 (i * 20) % 60,
                 n.name

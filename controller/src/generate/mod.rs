@@ -64,7 +64,7 @@ pub struct NodeConfig {
 mod csync2;
 mod hosts;
 mod nginx;
-mod stunnel;
+pub(crate) mod stunnel;
 #[cfg(test)]
 mod tests;
 
@@ -111,7 +111,7 @@ impl<'a> Sorted<'a> {
 }
 
 /// The host part of a node's agent address: its IP (brackets kept off IPv6).
-fn ip_of(n: &NodeRecord) -> String {
+pub(crate) fn ip_of(n: &NodeRecord) -> String {
     let a = n.address.as_str();
     if let Some(rest) = a.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest).to_string();

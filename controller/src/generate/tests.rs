@@ -12,17 +12,9 @@ use crate::model::{Cache, ClusterModel};
 use crate::store::{NodeRecord, Role};
 
 fn node(name: &str, ip: &str, role: Role) -> NodeRecord {
-    NodeRecord {
-        name: name.into(),
-        address: format!("{ip}:7443"),
-        roles: vec![role],
-        primary: name == "gluu1",
-        pinned_key: String::new(),
-        pending_key: None,
-        cert_serial: String::new(),
-        cert_not_after: 0,
-        added_at: 0,
-    }
+    let mut n = NodeRecord::for_tests(name, &format!("{ip}:7443"), &[role]);
+    n.primary = name == "gluu1";
+    n
 }
 
 fn nodes() -> Vec<NodeRecord> {

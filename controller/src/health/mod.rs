@@ -2,6 +2,7 @@
 //! (`Request::Checks`), and [`verdict`] compares the reports across nodes.
 
 pub mod alerts;
+pub mod ports;
 pub mod replication;
 pub mod verdict;
 
@@ -26,8 +27,15 @@ pub struct HealthView {
     pub verdicts: Vec<Verdict>,
 }
 
-/// The members a round concerns, from the inventory, judged by `cfg`'s limits.
-pub fn members(nodes: &[NodeRecord], cfg: &crate::config::HealthConfig) -> Members {
+/// The members a round concerns, from the inventory and the cluster's settings,
+/// judged by `cfg`'s limits.
+pub fn members(
+    nodes: &[NodeRecord],
+    model: &crate::model::ClusterModel,
+    cfg: &crate::config::HealthConfig,
+) -> Members {
+    let mut reach = ports::matrix(nodes, model);
+    let gluu = nodes.iter().filter(|n| n.has_role(Role::Gluu)).count();
     Members {
         limits: verdict::Limits {
             disk_warning_pct: f64::from(cfg.disk_warning_pct),
@@ -36,17 +44,14 @@ pub fn members(nodes: &[NodeRecord], cfg: &crate::config::HealthConfig) -> Membe
         nodes: nodes
             .iter()
             .map(|n| {
-                let host = match n.address.rsplit_once(':') {
-                    Some((h, p)) if p.parse::<u16>().is_ok() => h,
-                    _ => n.address.as_str(),
-                }
-                .trim_matches(['[', ']'])
-                .to_string();
                 (
                     n.name.clone(),
                     Member {
                         gluu: n.has_role(Role::Gluu),
-                        host,
+                        host: crate::generate::ip_of(n),
+                        reach: reach.remove(&n.name).unwrap_or_default(),
+                        // The generated csync2 group: every Gluu node, from two on.
+                        csync2: n.has_role(Role::Gluu) && gluu >= 2,
                     },
                 )
             })
@@ -58,6 +63,7 @@ pub fn members(nodes: &[NodeRecord], cfg: &crate::config::HealthConfig) -> Membe
 pub async fn round(
     ctx: &Ctx,
     nodes: &[NodeRecord],
+    members: &Members,
     interval: Duration,
     within: Duration,
 ) -> BTreeMap<String, NodeRound> {
@@ -66,14 +72,16 @@ pub async fn round(
     let deadline = interval
         .saturating_sub(Duration::from_millis(500))
         .max(Duration::from_secs(1));
-    let spec = CheckSpec {
-        interval_ms: interval.as_millis() as u64,
-        deadline_ms: deadline.as_millis() as u64,
-    };
     let mut asks: FuturesUnordered<_> = nodes
         .iter()
         .map(|n| {
-            let spec = spec.clone();
+            let m = members.nodes.get(&n.name);
+            let spec = CheckSpec {
+                interval_ms: interval.as_millis() as u64,
+                deadline_ms: deadline.as_millis() as u64,
+                reach: m.map(|m| m.reach.clone()).unwrap_or_default(),
+                csync2: m.filter(|m| m.csync2).map(|_| n.name.clone()),
+            };
             async move {
                 let got = ask(ctx, n, spec, deadline + Duration::from_secs(1), within).await;
                 (n.name.clone(), got)
@@ -102,12 +110,26 @@ async fn ask(
     match conn.request(&Request::Checks(spec), timeout).await {
         Ok(Reply::Checks(report)) => NodeRound::Report {
             skew_ms: report.started_ms - sent_ms,
-            report,
+            report: *report,
         },
         Ok(Reply::Error(e)) => NodeRound::Failed(e.message),
         Ok(other) => NodeRound::Failed(format!("it answered the checks with {other:?}")),
         Err(f) => NodeRound::Unreachable(f.message),
     }
+}
+
+/// One round now over every node, for the one-shot commands: the members, the round
+/// and the interval it was asked with.
+async fn one_round(
+    ctx: &Ctx,
+    within: Duration,
+) -> Result<(Members, BTreeMap<String, NodeRound>, Duration), CtlError> {
+    let all = ctx.store.nodes()?;
+    let cfg = crate::config::ControllerConfig::load(&ctx.home.config())?;
+    let interval = Duration::from_secs(cfg.health.interval_secs);
+    let members = members(&all, &ctx.store.model()?, &cfg.health);
+    let now = round(ctx, &all, &members, interval, within).await;
+    Ok((members, now, interval))
 }
 
 /// `clustermgr health`: one round now, judged against the whole cluster, shown for
@@ -117,23 +139,16 @@ pub async fn health(
     selector: &str,
     within: Duration,
 ) -> Result<crate::ops::Report, CtlError> {
-    let all = ctx.store.nodes()?;
-    let shown: Vec<String> = crate::selector::select(&all, selector)?
+    let shown: Vec<String> = crate::selector::select(&ctx.store.nodes()?, selector)?
         .into_iter()
         .map(|n| n.name)
         .collect();
-    let cfg = crate::config::ControllerConfig::load(&ctx.home.config())?;
-    let interval = Duration::from_secs(cfg.health.interval_secs);
-    let now = round(ctx, &all, interval, within).await;
-    let verdicts: Vec<Verdict> = verdict::verdicts(
-        &members(&all, &cfg.health),
-        &now,
-        None,
-        interval.as_millis() as i64,
-    )
-    .into_iter()
-    .filter(|v| shown.contains(&v.node))
-    .collect();
+    let (members, now, interval) = one_round(ctx, within).await?;
+    let verdicts: Vec<Verdict> =
+        verdict::verdicts(&members, &now, None, interval.as_millis() as i64)
+            .into_iter()
+            .filter(|v| shown.contains(&v.node))
+            .collect();
     Ok(crate::ops::Report::Health(HealthView {
         worst: Level::worst(verdicts.iter().map(|v| v.level)),
         verdicts,
@@ -142,14 +157,16 @@ pub async fn health(
 
 /// `clustermgr replication`: one round's raw replication picture.
 pub async fn replication(ctx: &Ctx, within: Duration) -> Result<crate::ops::Report, CtlError> {
-    let all = ctx.store.nodes()?;
-    let cfg = crate::config::ControllerConfig::load(&ctx.home.config())?;
-    let interval = Duration::from_secs(cfg.health.interval_secs);
-    let now = round(ctx, &all, interval, within).await;
+    let (members, now, _) = one_round(ctx, within).await?;
     Ok(crate::ops::Report::Replication(replication::view(
-        &members(&all, &cfg.health),
-        &now,
+        &members, &now,
     )))
+}
+
+/// `clustermgr ports`: one round's port matrix, with what is missing.
+pub async fn ports(ctx: &Ctx, within: Duration) -> Result<crate::ops::Report, CtlError> {
+    let (members, now, _) = one_round(ctx, within).await?;
+    Ok(crate::ops::Report::Ports(ports::view(&members, &now)))
 }
 
 /// A check's state as stored between rounds.
@@ -242,17 +259,18 @@ pub async fn watch(ctx: std::sync::Arc<Ctx>) {
         };
         let interval = Duration::from_secs(cfg.interval_secs);
         let started = tokio::time::Instant::now();
-        let nodes = match ctx.store.nodes() {
-            Ok(n) => n,
+        let (nodes, model) = match ctx.store.nodes().and_then(|n| Ok((n, ctx.store.model()?))) {
+            Ok(got) => got,
             Err(e) => {
                 tracing::warn!("health: {e}");
                 tokio::time::sleep(interval).await;
                 continue;
             }
         };
-        let now = round(&ctx, &nodes, interval, ctx.dialer.connect_timeout).await;
+        let members = members(&nodes, &model, &cfg);
+        let now = round(&ctx, &nodes, &members, interval, ctx.dialer.connect_timeout).await;
         let verdicts = verdict::verdicts(
-            &members(&nodes, &cfg),
+            &members,
             &now,
             previous.as_ref(),
             interval.as_millis() as i64,

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use clustermgr_protocol::health::{Consumer, OpenDjReplica};
+use clustermgr_protocol::health::{Consumer, Csync2State, OpenDjReplica};
 use serde::{Deserialize, Serialize};
 
 use super::verdict::{Members, NodeRound};
@@ -25,6 +25,8 @@ pub struct ReplicationView {
     pub links: BTreeMap<String, Vec<Consumer>>,
     /// Node → its OpenDJ replication domains.
     pub replicas: BTreeMap<String, Vec<OpenDjReplica>>,
+    /// Node → its csync2 state.
+    pub csync2: BTreeMap<String, Csync2State>,
 }
 
 /// The view of a round.
@@ -35,6 +37,11 @@ pub fn view(members: &Members, round: &BTreeMap<String, NodeRound>) -> Replicati
         _ => 0,
     };
     for (name, m) in &members.nodes {
+        if let Some(NodeRound::Report { report, .. }) = round.get(name)
+            && let Some(c) = &report.csync2
+        {
+            v.csync2.insert(name.clone(), c.clone());
+        }
         if !m.gluu {
             continue;
         }
@@ -123,6 +130,7 @@ mod tests {
                 Member {
                     gluu: true,
                     host: n.into(),
+                    ..Member::default()
                 },
             );
         }
@@ -154,6 +162,8 @@ mod tests {
                     started_ms: 0,
                     ldap: Some(Ok(state(3000))),
                     disks: Vec::new(),
+                    ports: Vec::new(),
+                    csync2: None,
                 },
                 skew_ms: 0,
             },
@@ -166,6 +176,8 @@ mod tests {
                     started_ms: 0,
                     ldap: Some(Ok(state(5000 + 3000))),
                     disks: Vec::new(),
+                    ports: Vec::new(),
+                    csync2: None,
                 },
                 skew_ms: 5000,
             },

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use clustermgr_protocol::health::{CheckReport, Csn, DiskUse, LdapServer, LdapState};
+use clustermgr_protocol::health::{
+    CheckReport, Csn, Csync2State, DiskUse, LdapServer, LdapState, PortProbe, PortReach,
+};
 use serde::{Deserialize, Serialize};
 
 /// A check's state, in the order of Nagios-style exit codes.
@@ -77,6 +79,10 @@ pub struct Verdict {
 
 /// What one node gave this round.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per node per round, nearly always a report"
+)]
 pub enum NodeRound {
     /// Its report, and its clock's offset from the controller's (positive: ahead).
     Report {
@@ -120,12 +126,16 @@ impl Default for Limits {
 }
 
 /// One member.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Member {
     /// Whether it runs Gluu (and so an LDAP server).
     pub gluu: bool,
     /// Its host (address without the port).
     pub host: String,
+    /// The peers' ports it must reach: its row of the port matrix.
+    pub reach: Vec<PortProbe>,
+    /// Whether it is a member of the csync2 group.
+    pub csync2: bool,
 }
 
 impl Members {
@@ -172,32 +182,18 @@ pub fn verdicts(
                     _ => "it was not asked".into(),
                 };
                 out.push(v("agent", Level::Critical, format!("unreachable: {why}")));
-                for c in ["clock", "disk"] {
+                for c in own_checks(member) {
                     out.push(v(c, Level::Unknown, "the node did not answer".into()));
-                }
-                if member.gluu {
-                    for c in ldap_checks {
-                        out.push(v(c, Level::Unknown, "the node did not answer".into()));
-                    }
                 }
             }
             Some(NodeRound::Failed(why)) => {
                 out.push(v("agent", Level::Ok, "answered".into()));
-                for c in ["clock", "disk"] {
+                for c in own_checks(member) {
                     out.push(v(
                         c,
                         Level::Unknown,
                         format!("the checks did not run: {why}"),
                     ));
-                }
-                if member.gluu {
-                    for c in ldap_checks {
-                        out.push(v(
-                            c,
-                            Level::Unknown,
-                            format!("the checks did not run: {why}"),
-                        ));
-                    }
                 }
             }
             Some(NodeRound::Report { report, skew_ms }) => {
@@ -206,6 +202,13 @@ pub fn verdicts(
                 out.push(v("clock", level, reason));
                 let (level, reason) = disk(&report.disks, &members.limits);
                 out.push(v("disk", level, reason));
+                let (level, reason) = ports(&member.reach, &report.ports, &unreachable);
+                out.push(v("ports", level, reason));
+                if member.csync2 {
+                    let (level, reason) =
+                        csync2(report.csync2.as_ref(), &unreachable, report.started_ms);
+                    out.push(v("csync2", level, reason));
+                }
                 match &report.ldap {
                     None if member.gluu => out.push(v(
                         "ldap",
@@ -238,6 +241,134 @@ pub fn verdicts(
         }
     }
     out
+}
+
+/// The checks of a node's own, which are unknown when it cannot run them.
+fn own_checks(member: &Member) -> Vec<&'static str> {
+    let mut c = vec!["clock", "disk", "ports"];
+    if member.csync2 {
+        c.push("csync2");
+    }
+    if member.gluu {
+        c.extend(["ldap", "ldap-links", "ldap-csn", "heartbeat"]);
+    }
+    c
+}
+
+/// The node's row of the port matrix. A port of a node that did not answer this
+/// round counts against that node, not this one.
+fn ports(
+    wanted: &[PortProbe],
+    tried: &[PortReach],
+    unreachable: &dyn Fn(&str) -> bool,
+) -> (Level, String) {
+    let (mut open, mut missing, mut untried, mut skipped) = (0, Vec::new(), Vec::new(), 0);
+    for p in wanted {
+        if unreachable(&p.node) {
+            skipped += 1;
+            continue;
+        }
+        let name = super::ports::port_name(p.port);
+        let what = if name.is_empty() {
+            format!("{}:{}", p.node, p.port)
+        } else {
+            format!("{}:{} ({name})", p.node, p.port)
+        };
+        match tried.iter().find(|t| &t.probe == p).map(|t| &t.result) {
+            Some(Ok(_)) => open += 1,
+            Some(Err(e)) => missing.push(format!("{what}: {e}")),
+            None => untried.push(what),
+        }
+    }
+    if !missing.is_empty() {
+        return (
+            Level::Critical,
+            format!("cannot reach {}", missing.join("; ")),
+        );
+    }
+    if !untried.is_empty() {
+        return (
+            Level::Unknown,
+            format!("the agent did not try {}", untried.join(", ")),
+        );
+    }
+    let also = if skipped > 0 {
+        format!(" ({skipped} of unreachable nodes left out)")
+    } else {
+        String::new()
+    };
+    match open {
+        0 if skipped == 0 => (Level::Ok, "no peer ports to reach".into()),
+        n => (Level::Ok, format!("{n} peer ports open{also}")),
+    }
+}
+
+/// How long dirty files may wait for a sync that keeps failing: the generated cron
+/// job syncs every two minutes, so this is five missed syncs.
+const CSYNC2_STALE_MS: i64 = 10 * 60 * 1000;
+
+/// csync2 on the node: its listener, files waiting to be sent, the last good sync, and
+/// the copies kept where a peer's version won. Files waiting only for nodes that did
+/// not answer count against those nodes.
+fn csync2(
+    state: Option<&Csync2State>,
+    unreachable: &dyn Fn(&str) -> bool,
+    now_ms: i64,
+) -> (Level, String) {
+    let Some(s) = state else {
+        return (
+            Level::Unknown,
+            "the agent did not check csync2 (an agent older than the controller?)".into(),
+        );
+    };
+    if let Err(e) = &s.listener {
+        return (Level::Critical, format!("listener: {e}"));
+    }
+    if let Some(e) = &s.error {
+        return (Level::Warning, e.clone());
+    }
+    let age = |ms: i64| format!("{:.0} s", (now_ms - ms).max(0) as f64 / 1000.0);
+    let last = s.last_sync_ms.map_or_else(
+        || "no sync recorded yet".to_string(),
+        |t| format!("last sync {} ago", age(t)),
+    );
+    let kept = match s.kept.first() {
+        Some(k) => format!(
+            "; {} copies kept in the last day where a peer's version won, newest {}",
+            s.kept.len(),
+            k.path
+        ),
+        None => String::new(),
+    };
+    if s.dirty_total == 0 {
+        return (Level::Ok, format!("in sync; {last}{kept}"));
+    }
+    let mut peers: Vec<&str> = s.dirty.iter().map(|d| d.peer.as_str()).collect();
+    peers.sort();
+    peers.dedup();
+    let (down, up): (Vec<&str>, Vec<&str>) = peers.into_iter().partition(|p| unreachable(p));
+    let first = s.dirty.first().map(|d| d.path.as_str()).unwrap_or_default();
+    let words = format!(
+        "{} changed files wait to be sent (first {first}) to {}; {last}{kept}",
+        s.dirty_total,
+        up.iter()
+            .chain(&down)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if up.is_empty() {
+        return (Level::Ok, format!("{words} (only unreachable nodes wait)"));
+    }
+    let stale = s.last_sync_ms.is_none_or(|t| now_ms - t > CSYNC2_STALE_MS);
+    (
+        if stale {
+            Level::Critical
+        } else {
+            Level::Warning
+        },
+        words,
+    )
 }
 
 /// A node's clock against the controller's: LDAP replication orders changes by time,

@@ -1,7 +1,7 @@
 //! The verdict rules on recorded-style reports: healthy, unreachable, a broken link
 //! hidden from the CSNs, a node behind, skewed clocks, and OpenDJ.
 
-use clustermgr_protocol::health::{Consumer, DiskUse, Heartbeat, OpenDjReplica};
+use clustermgr_protocol::health::{Consumer, Dirty, DiskUse, Heartbeat, KeptCopy, OpenDjReplica};
 
 use super::*;
 
@@ -27,14 +27,26 @@ fn csn(sid: &str, ms: i64) -> Csn {
     }
 }
 
+/// Three Gluu nodes reaching each other's LDAPS and csync2, in one csync2 group, and
+/// a load balancer reaching their HTTPS.
 fn members() -> Members {
+    let probe = |i: usize, port: u16| PortProbe {
+        node: format!("gluu{i}"),
+        host: format!("10.0.0.{i}"),
+        port,
+    };
     let mut m = Members::default();
-    for (i, n) in ["gluu1", "gluu2", "gluu3"].iter().enumerate() {
+    for i in 1..=3 {
         m.nodes.insert(
-            n.to_string(),
+            format!("gluu{i}"),
             Member {
                 gluu: true,
-                host: format!("10.0.0.{}", i + 1),
+                host: format!("10.0.0.{i}"),
+                reach: (1..=3)
+                    .filter(|p| *p != i)
+                    .flat_map(|p| [probe(p, 1636), probe(p, 30865)])
+                    .collect(),
+                csync2: true,
             },
         );
     }
@@ -43,9 +55,23 @@ fn members() -> Members {
         Member {
             gluu: false,
             host: "10.0.0.9".into(),
+            reach: (1..=3).map(|p| probe(p, 443)).collect(),
+            csync2: false,
         },
     );
     m
+}
+
+/// csync2 with nothing waiting, synced a minute before `T0`.
+fn synced() -> Csync2State {
+    Csync2State {
+        listener: Ok(()),
+        dirty: Vec::new(),
+        dirty_total: 0,
+        last_sync_ms: Some(T0 - 60_000),
+        kept: Vec::new(),
+        error: None,
+    }
 }
 
 /// A healthy node's state at `at`: linked to its two peers, every serverID's CSN at
@@ -81,12 +107,15 @@ fn state(me: usize, at: i64) -> LdapState {
     }
 }
 
-fn report(s: LdapState, skew_ms: i64) -> NodeRound {
+/// `node`'s report: its LDAP state, every port it must reach open, csync2 in sync.
+fn report(node: &str, s: LdapState, skew_ms: i64) -> NodeRound {
     NodeRound::Report {
         report: CheckReport {
             started_ms: T0 + skew_ms,
             ldap: Some(Ok(s)),
             disks: disks(50),
+            ports: all_open(node),
+            csync2: Some(synced()),
         },
         skew_ms,
     }
@@ -120,15 +149,36 @@ fn round(states: Vec<(usize, NodeRound)>) -> BTreeMap<String, NodeRound> {
                 started_ms: T0,
                 ldap: None,
                 disks: disks(50),
+                ports: Vec::new(),
+                csync2: None,
             },
             skew_ms: 0,
         },
     );
+    if let Some(NodeRound::Report { report, .. }) = r.get_mut("lb1") {
+        report.ports = all_open("lb1");
+    }
     r
 }
 
+/// Every port `node` must reach, open.
+fn all_open(node: &str) -> Vec<PortReach> {
+    members().nodes[node]
+        .reach
+        .iter()
+        .map(|p| PortReach {
+            probe: p.clone(),
+            result: Ok(1),
+        })
+        .collect()
+}
+
 fn healthy() -> BTreeMap<String, NodeRound> {
-    round((1..=3).map(|i| (i, report(state(i, T0), 0))).collect())
+    round(
+        (1..=3)
+            .map(|i| (i, report(&format!("gluu{i}"), state(i, T0), 0)))
+            .collect(),
+    )
 }
 
 fn level(v: &[Verdict], node: &str, check: &str) -> (Level, String) {
@@ -172,15 +222,44 @@ fn an_unreachable_node_is_critical_its_checks_unknown_and_its_peers_stay_green()
                 h.written_ms = T0 - 600_000;
             }
         }
-        now.insert(format!("gluu{i}"), report(s, 0));
+        now.insert(format!("gluu{i}"), report(&format!("gluu{i}"), s, 0));
+        // Its ports are shut, and files wait for it.
+        if let Some(NodeRound::Report { report, .. }) = now.get_mut(&format!("gluu{i}")) {
+            for p in &mut report.ports {
+                if p.probe.node == "gluu3" {
+                    p.result = Err("no answer within 1 s".into());
+                }
+            }
+            let c = report.csync2.as_mut().unwrap();
+            c.dirty = vec![Dirty {
+                peer: "gluu3".into(),
+                path: "/opt/x".into(),
+            }];
+            c.dirty_total = 1;
+        }
     }
     let v = verdicts(&members(), &now, None, INTERVAL);
     let (l, why) = level(&v, "gluu3", "agent");
     assert_eq!(l, Level::Critical);
     assert!(why.contains("unreachable: no reply"), "{why}");
-    for c in ["ldap", "ldap-links", "ldap-csn", "heartbeat"] {
+    for c in [
+        "ldap",
+        "ldap-links",
+        "ldap-csn",
+        "heartbeat",
+        "ports",
+        "csync2",
+        "clock",
+        "disk",
+    ] {
         assert_eq!(level(&v, "gluu3", c).0, Level::Unknown, "{c}");
     }
+    assert!(
+        level(&v, "gluu1", "csync2")
+            .1
+            .contains("only unreachable nodes wait"),
+        "{v:#?}"
+    );
     for n in ["gluu1", "gluu2"] {
         assert!(
             v.iter()
@@ -198,7 +277,7 @@ fn a_broken_link_shows_even_when_the_csns_agree() {
     let mut s = state(2, T0);
     s.consumers[0].connected = false;
     s.consumers[0].phase = "Refresh".into();
-    now.insert("gluu2".into(), report(s, 0));
+    now.insert("gluu2".into(), report("gluu2", s, 0));
     let v = verdicts(&members(), &now, Some(&healthy()), INTERVAL);
     let (l, why) = level(&v, "gluu2", "ldap-links");
     assert_eq!(l, Level::Critical);
@@ -207,7 +286,7 @@ fn a_broken_link_shows_even_when_the_csns_agree() {
     // Connected but still refreshing is a warning.
     let mut s = state(2, T0);
     s.consumers[0].phase = "Refresh".into();
-    now.insert("gluu2".into(), report(s, 0));
+    now.insert("gluu2".into(), report("gluu2", s, 0));
     let v = verdicts(&members(), &now, None, INTERVAL);
     assert_eq!(level(&v, "gluu2", "ldap-links").0, Level::Warning);
 }
@@ -220,7 +299,7 @@ fn a_node_behind_the_previous_round_is_behind_and_moments_apart_is_not() {
     let mut now = healthy();
     let mut s = state(3, T0 + INTERVAL);
     s.csns[0] = csn("001", T0 - 40_000);
-    now.insert("gluu3".into(), report(s, 0));
+    now.insert("gluu3".into(), report("gluu3", s, 0));
     let v = verdicts(&members(), &now, Some(&previous), INTERVAL);
     let (l, why) = level(&v, "gluu3", "ldap-csn");
     assert_eq!(l, Level::Warning);
@@ -228,20 +307,20 @@ fn a_node_behind_the_previous_round_is_behind_and_moments_apart_is_not() {
     // More than six intervals: critical.
     let mut s = state(3, T0 + INTERVAL);
     s.csns[0] = csn("001", T0 - 90_000);
-    now.insert("gluu3".into(), report(s, 0));
+    now.insert("gluu3".into(), report("gluu3", s, 0));
     let v = verdicts(&members(), &now, Some(&previous), INTERVAL);
     assert_eq!(level(&v, "gluu3", "ldap-csn").0, Level::Critical);
     // Without a previous round, CSNs read moments apart under load are in step.
     let mut now = healthy();
     let mut s = state(3, T0);
     s.csns[0] = csn("001", T0 - 1300);
-    now.insert("gluu3".into(), report(s, 0));
+    now.insert("gluu3".into(), report("gluu3", s, 0));
     let v = verdicts(&members(), &now, None, INTERVAL);
     assert_eq!(level(&v, "gluu3", "ldap-csn").0, Level::Ok);
     // A serverID another node has and this one never saw.
     let mut s = state(3, T0);
     s.csns.remove(1);
-    now.insert("gluu3".into(), report(s, 0));
+    now.insert("gluu3".into(), report("gluu3", s, 0));
     let v = verdicts(&members(), &now, None, INTERVAL);
     let (l, why) = level(&v, "gluu3", "ldap-csn");
     assert_eq!(l, Level::Critical);
@@ -261,7 +340,7 @@ fn heartbeat_ages_are_measured_on_the_controllers_clock() {
             h.written_ms = T0 - 2000 + writer_skew;
             h.read_ms = T0 + skew;
         }
-        now.insert(format!("gluu{i}"), report(s, skew));
+        now.insert(format!("gluu{i}"), report(&format!("gluu{i}"), s, skew));
     }
     let v = verdicts(&members(), &now, None, INTERVAL);
     for i in 1..=3 {
@@ -275,12 +354,12 @@ fn heartbeat_ages_are_measured_on_the_controllers_clock() {
     // critical. gluu2 wrote it by its own clock, 30 s ahead.
     let mut s = state(1, T0);
     s.heartbeats[1].written_ms = T0 + 30_000 - 45_000;
-    now.insert("gluu1".into(), report(s.clone(), 0));
+    now.insert("gluu1".into(), report("gluu1", s.clone(), 0));
     let v = verdicts(&members(), &now, None, INTERVAL);
     let (l, why) = level(&v, "gluu1", "heartbeat");
     assert_eq!((l, why.as_str()), (Level::Warning, "gluu2's is 45 s old"));
     s.heartbeats[1].written_ms = T0 + 30_000 - 120_000;
-    now.insert("gluu1".into(), report(s, 0));
+    now.insert("gluu1".into(), report("gluu1", s, 0));
     let v = verdicts(&members(), &now, None, INTERVAL);
     assert_eq!(level(&v, "gluu1", "heartbeat").0, Level::Critical);
 }
@@ -303,18 +382,18 @@ fn opendj_replication_reads_from_its_monitor() {
     s.consumers.clear();
     s.csns.clear();
     s.replicas = vec![replica(0, true)];
-    now.insert("gluu1".into(), report(s.clone(), 0));
+    now.insert("gluu1".into(), report("gluu1", s.clone(), 0));
     let v = verdicts(&members(), &now, None, INTERVAL);
     assert_eq!(level(&v, "gluu1", "ldap-links").0, Level::Ok);
     assert!(level(&v, "gluu1", "ldap").1.starts_with("OpenDJ answered"));
     s.replicas = vec![replica(12, true)];
-    now.insert("gluu1".into(), report(s.clone(), 0));
+    now.insert("gluu1".into(), report("gluu1", s.clone(), 0));
     let v = verdicts(&members(), &now, None, INTERVAL);
     let (l, why) = level(&v, "gluu1", "ldap-csn");
     assert_eq!(l, Level::Warning);
     assert_eq!(why, "12 changes not replayed yet (about 4 s behind)");
     s.replicas = vec![replica(0, false)];
-    now.insert("gluu1".into(), report(s, 0));
+    now.insert("gluu1".into(), report("gluu1", s, 0));
     let v = verdicts(&members(), &now, None, INTERVAL);
     assert_eq!(level(&v, "gluu1", "ldap-links").0, Level::Critical);
 }
@@ -327,6 +406,8 @@ fn clocks_and_disks_are_judged_on_every_node() {
             started_ms: T0 + skew_ms,
             ldap: None,
             disks: disks(used),
+            ports: Vec::new(),
+            csync2: None,
         },
         skew_ms,
     };
@@ -369,4 +450,106 @@ fn levels_order_as_monitoring_expects() {
         [Level::Ok, Level::Warning, Level::Critical, Level::Unknown].map(Level::exit_code),
         [0, 1, 2, 3]
     );
+}
+
+#[test]
+fn a_missing_port_is_critical_on_the_node_that_cannot_reach_it() {
+    let mut now = healthy();
+    if let Some(NodeRound::Report { report, .. }) = now.get_mut("lb1") {
+        report.ports[1].result = Err("Connection refused (os error 111)".into());
+    }
+    if let Some(NodeRound::Report { report, .. }) = now.get_mut("gluu1") {
+        report
+            .ports
+            .retain(|p| p.probe.port != 30865 || p.probe.node != "gluu3");
+    }
+    let v = verdicts(&members(), &now, None, INTERVAL);
+    let (l, why) = level(&v, "lb1", "ports");
+    assert_eq!(l, Level::Critical);
+    assert_eq!(
+        why,
+        "cannot reach gluu2:443 (https): Connection refused (os error 111)"
+    );
+    // A probe the agent did not answer for is unknown, never ok.
+    let (l, why) = level(&v, "gluu1", "ports");
+    assert_eq!(l, Level::Unknown);
+    assert!(why.contains("gluu3:30865 (csync2)"), "{why}");
+    assert_eq!(level(&v, "gluu2", "ports").1, "4 peer ports open");
+}
+
+#[test]
+fn csync2_judges_the_listener_waiting_files_and_the_last_sync() {
+    let judge = |c: Csync2State| {
+        let mut now = healthy();
+        if let Some(NodeRound::Report { report, .. }) = now.get_mut("gluu2") {
+            report.csync2 = Some(c);
+        }
+        level(
+            &verdicts(&members(), &now, None, INTERVAL),
+            "gluu2",
+            "csync2",
+        )
+    };
+    let (l, why) = judge(synced());
+    assert_eq!(
+        (l, why.as_str()),
+        (Level::Ok, "in sync; last sync 60 s ago")
+    );
+    let mut c = synced();
+    c.listener = Err("nothing answers on port 30865: Connection refused".into());
+    assert_eq!(judge(c).0, Level::Critical);
+    // A file changed here and not yet sent: a warning, naming the file and the peers.
+    let mut c = synced();
+    c.dirty = vec![
+        Dirty {
+            peer: "gluu3".into(),
+            path: "/opt/a".into(),
+        },
+        Dirty {
+            peer: "gluu1".into(),
+            path: "/opt/a".into(),
+        },
+    ];
+    c.dirty_total = 2;
+    let (l, why) = judge(c.clone());
+    assert_eq!(l, Level::Warning);
+    assert!(
+        why.starts_with("2 changed files wait to be sent (first /opt/a) to gluu1, gluu3"),
+        "{why}"
+    );
+    // ... critical once syncs have failed for ten minutes.
+    c.last_sync_ms = Some(T0 - 11 * 60_000);
+    assert_eq!(judge(c.clone()).0, Level::Critical);
+    c.last_sync_ms = None;
+    assert_eq!(judge(c).0, Level::Critical);
+    // The check could not run: a warning with csync2's words.
+    let mut c = synced();
+    c.error = Some("/etc/csync2.cfg is missing: `clustermgr apply` writes it".into());
+    let (l, why) = judge(c);
+    assert_eq!(l, Level::Warning);
+    assert!(why.contains("clustermgr apply"), "{why}");
+    // Where a peer's version won, the kept copy is named.
+    let mut c = synced();
+    c.kept = vec![KeptCopy {
+        path: "/var/backups/csync2/opt/a.1".into(),
+        time_ms: T0 - 1000,
+    }];
+    let (l, why) = judge(c);
+    assert_eq!(l, Level::Ok);
+    assert!(why.contains("newest /var/backups/csync2/opt/a.1"), "{why}");
+    // An agent that did not check: unknown.
+    assert_eq!(judge_none(), Level::Unknown);
+}
+
+fn judge_none() -> Level {
+    let mut now = healthy();
+    if let Some(NodeRound::Report { report, .. }) = now.get_mut("gluu2") {
+        report.csync2 = None;
+    }
+    level(
+        &verdicts(&members(), &now, None, INTERVAL),
+        "gluu2",
+        "csync2",
+    )
+    .0
 }
