@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod bench;
+pub mod gluu;
 pub mod netns;
 
 use clustermgr::clock;
@@ -492,6 +493,18 @@ impl Drop for Serve {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The stdout of a command that must have succeeded; panics with both outputs when it
+/// did not.
+pub fn succeeded(o: Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed:\n{}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
 }
 
 /// Text of a command's stdout.

@@ -438,6 +438,50 @@ impl Host {
         c
     }
 
+    /// The command prefix that runs a program inside the host (its network, mount and
+    /// UTS namespaces): for processes a test owns itself, as [`crate::slapd`] does.
+    pub fn enter_argv(&self) -> Vec<String> {
+        [
+            "nsenter",
+            "-t",
+            &self.anchor.id().to_string(),
+            "-m",
+            "-u",
+            "-n",
+            "--",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// Drops, on arrival at this host, the packets each of `rules` matches (nftables
+    /// match expressions: `ip saddr 10.213.1.3`, `ip saddr 10.213.1.2 tcp dport 1636`),
+    /// replacing the rules set before; none lifts them all. A drop, not a reject: a cut
+    /// cable or a firewall as the other side sees them, connections left ESTABLISHED.
+    pub fn drop_incoming(&self, rules: &[String]) {
+        quietly(Command::new("ip").args([
+            "netns", "exec", &self.ns, "nft", "delete", "table", "inet", "cmt",
+        ]));
+        if rules.is_empty() {
+            return;
+        }
+        let body: String = rules.iter().map(|r| format!("    {r} drop\n")).collect();
+        let file = self.dir.join("nft.rules");
+        std::fs::write(
+            &file,
+            format!(
+                "table inet cmt {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n{body}  }}\n}}\n"
+            ),
+        )
+        .expect("write the rules");
+        must(
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns, "nft", "-f"])
+                .arg(&file),
+        );
+    }
+
     /// `root@ADDRESS`, for ssh.
     pub fn ssh_target(&self) -> String {
         format!("root@{}", self.ip)

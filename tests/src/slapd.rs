@@ -1,8 +1,9 @@
 //! Real OpenLDAP servers for the tests: Debian's slapd, configured through `cn=config`
-//! in a temporary directory, listening on loopback with plain LDAP and LDAPS, with the
-//! `o=gluu` suffix and the monitor database, as a Gluu 3.1 node's.
+//! in a temporary directory, listening with plain LDAP and LDAPS (on loopback, or on a
+//! harness host's address, its ports 389 and 1636), with the `o=gluu` suffix and the
+//! monitor database, as a Gluu 3.1 node's.
 
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -15,14 +16,18 @@ pub const ROOT_DN: &str = "cn=directory manager,o=gluu";
 pub struct Slapd {
     /// Its directory (config, data, certificate, log).
     pub dir: tempfile::TempDir,
-    /// `ldap://127.0.0.1:PORT`.
+    /// The address it listens on.
+    pub ip: Ipv4Addr,
+    /// `ldap://IP:PORT`.
     pub ldap_port: u16,
-    /// `ldaps://127.0.0.1:PORT`.
+    /// `ldaps://IP:PORT`.
     pub ldaps_port: u16,
     /// The administrator's password.
     pub root_pw: String,
-    /// The server certificate (PEM), self-signed for `localhost` and 127.0.0.1.
+    /// The server certificate (PEM), self-signed for `localhost` and its address.
     pub cert_pem: String,
+    /// The prefix that runs it inside a harness host; empty on this machine.
+    enter: Vec<String>,
     child: Child,
 }
 
@@ -90,19 +95,22 @@ olcAccess: to * by dn.exact=\"{ROOT_DN}\" read by * none
 }
 
 /// Runs slapd on the configuration in `dir`, in the foreground (so the test owns the
-/// process), logging to `dir/slapd.log`.
-fn spawn(dir: &Path, ldap_port: u16, ldaps_port: u16) -> Child {
+/// process: nsenter execs it), logging to `dir/slapd.log`.
+fn spawn(enter: &[String], dir: &Path, ip: Ipv4Addr, ldap_port: u16, ldaps_port: u16) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("slapd.log"))
         .expect("log");
-    Command::new("slapd")
+    let mut argv = enter.to_vec();
+    argv.push("slapd".into());
+    Command::new(&argv[0])
+        .args(&argv[1..])
         .arg("-F")
         .arg(dir.join("slapd.d"))
         .arg("-h")
         .arg(format!(
-            "ldap://127.0.0.1:{ldap_port}/ ldaps://127.0.0.1:{ldaps_port}/"
+            "ldap://{ip}:{ldap_port}/ ldaps://{ip}:{ldaps_port}/"
         ))
         .args(["-d", "0"])
         .stdin(Stdio::null())
@@ -124,11 +132,22 @@ pub fn self_signed(names: &[&str]) -> (String, String) {
 }
 
 impl Slapd {
-    /// Configures and starts a slapd, and waits until it accepts connections.
+    /// Configures and starts a slapd on loopback, and waits until it accepts
+    /// connections.
     pub fn start() -> Slapd {
+        Slapd::start_with(Vec::new(), Ipv4Addr::LOCALHOST, free_port(), free_port())
+    }
+
+    /// Configures and starts a slapd on a harness host, on its address's ports 389 and
+    /// 1636, as a Gluu node's.
+    pub fn start_on(host: &crate::netns::Host) -> Slapd {
+        Slapd::start_with(host.enter_argv(), host.ip, 389, 1636)
+    }
+
+    fn start_with(enter: Vec<String>, ip: Ipv4Addr, ldap_port: u16, ldaps_port: u16) -> Slapd {
         let dir = tempfile::tempdir().expect("tempdir");
         let root_pw = format!("pw-{}", std::process::id());
-        let (cert_pem, key_pem) = self_signed(&["localhost", "127.0.0.1"]);
+        let (cert_pem, key_pem) = self_signed(&["localhost", &ip.to_string()]);
         std::fs::write(dir.path().join("server.crt"), &cert_pem).expect("cert");
         std::fs::write(dir.path().join("server.key"), key_pem).expect("key");
         std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
@@ -147,10 +166,11 @@ impl Slapd {
             "slapadd of the test configuration failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let (ldap_port, ldaps_port) = (free_port(), free_port());
-        let child = spawn(dir.path(), ldap_port, ldaps_port);
+        let child = spawn(&enter, dir.path(), ip, ldap_port, ldaps_port);
         let mut s = Slapd {
             dir,
+            ip,
+            enter,
             ldap_port,
             ldaps_port,
             root_pw,
@@ -166,8 +186,8 @@ impl Slapd {
             "slapd to accept connections",
             Duration::from_secs(20),
             || {
-                TcpStream::connect(("127.0.0.1", self.ldap_port)).is_ok()
-                    && TcpStream::connect(("127.0.0.1", self.ldaps_port)).is_ok()
+                TcpStream::connect((self.ip, self.ldap_port)).is_ok()
+                    && TcpStream::connect((self.ip, self.ldaps_port)).is_ok()
             },
         );
     }
@@ -175,18 +195,28 @@ impl Slapd {
     /// Starts a killed server again, with its configuration and data, on its ports.
     pub fn restart(&mut self) {
         self.kill();
-        self.child = spawn(self.dir.path(), self.ldap_port, self.ldaps_port);
+        self.child = spawn(
+            &self.enter,
+            self.dir.path(),
+            self.ip,
+            self.ldap_port,
+            self.ldaps_port,
+        );
         self.wait_ready();
     }
 
-    /// Plain LDAP on loopback.
+    /// Plain LDAP.
     pub fn ldap_url(&self) -> String {
-        format!("ldap://127.0.0.1:{}", self.ldap_port)
+        format!("ldap://{}:{}", self.ip, self.ldap_port)
     }
 
-    /// LDAPS, by the name its certificate holds.
+    /// LDAPS, by a name its certificate holds (`localhost` on loopback).
     pub fn ldaps_url(&self) -> String {
-        format!("ldaps://localhost:{}", self.ldaps_port)
+        if self.ip.is_loopback() {
+            format!("ldaps://localhost:{}", self.ldaps_port)
+        } else {
+            format!("ldaps://{}:{}", self.ip, self.ldaps_port)
+        }
     }
 
     /// Stops the server for good, keeping its files.
@@ -219,13 +249,18 @@ impl Drop for Slapd {
     }
 }
 
-/// `n` slapds replicating `o=gluu` to each other (multi-provider, each a consumer of
-/// every other), configured online through `cn=config` as an administrator would:
-/// serverIDs, the syncprov overlay, then the consumers. Returns them once the suffix
-/// entry written on the first has reached all.
+/// `n` slapds on loopback replicating `o=gluu` to each other: [`replicate`].
 pub fn replicating(n: usize) -> Vec<Slapd> {
+    replicate((0..n).map(|_| Slapd::start()).collect())
+}
+
+/// `servers` replicating `o=gluu` to each other (multi-provider, each a consumer of
+/// every other), configured online through `cn=config` as an administrator would:
+/// serverIDs, the syncprov overlay, then the consumers, with TCP keepalive so a
+/// silently dropped link is noticed in seconds. Returns them once the suffix entry
+/// written on the first has reached all.
+pub fn replicate(servers: Vec<Slapd>) -> Vec<Slapd> {
     use clustermgr_agent::ldap::client::{Connection, Scope, Target};
-    let servers: Vec<Slapd> = (0..n).map(|_| Slapd::start()).collect();
     let ids: Vec<String> = servers
         .iter()
         .enumerate()
@@ -233,7 +268,7 @@ pub fn replicating(n: usize) -> Vec<Slapd> {
         .collect();
     let open = |s: &Slapd, dn: &str| {
         let target = Target {
-            addr: format!("127.0.0.1:{}", s.ldap_port),
+            addr: format!("{}:{}", s.ip, s.ldap_port),
             tls: None,
         };
         let mut c = Connection::open(&target, Duration::from_secs(5)).expect("connect");
@@ -260,7 +295,7 @@ pub fn replicating(n: usize) -> Vec<Slapd> {
             .enumerate()
             .map(|(i, p)| {
                 format!(
-                    "rid={:03} provider={} binddn=\"{ROOT_DN}\" bindmethod=simple credentials={} searchbase=\"o=gluu\" type=refreshAndPersist retry=\"1 +\" timeout=2 network-timeout=2",
+                    "rid={:03} provider={} binddn=\"{ROOT_DN}\" bindmethod=simple credentials={} searchbase=\"o=gluu\" type=refreshAndPersist retry=\"1 +\" timeout=2 network-timeout=2 keepalive=2:2:1",
                     i + 1,
                     p.ldap_url(),
                     p.root_pw

@@ -68,13 +68,7 @@ impl Transcript {
 
 fn ok(t: &mut Transcript, o: Output, what: &str) -> String {
     t.keep(&o);
-    assert!(
-        o.status.success(),
-        "{what} failed:\n{}\n{}",
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
+    clustermgr_tests::succeeded(o, what)
 }
 
 /// A controller with every host of `net` bootstrapped from an inventory (`gluu1`

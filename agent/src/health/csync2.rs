@@ -2,7 +2,7 @@
 //! (`-cr` first: `-M` and `-T` read csync2's database, not the disk), when a sync last
 //! succeeded, and the copies csync2 kept where it overwrote a file.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -20,12 +20,7 @@ const KEPT_FOR: Duration = Duration::from_secs(24 * 3600);
 
 /// The node's csync2 (its `-N` name is `name`), each command within `timeout`.
 pub fn state(root: &Path, name: &str, timeout: Duration) -> Csync2State {
-    let listener = TcpStream::connect_timeout(
-        &SocketAddr::from((Ipv4Addr::LOCALHOST, PORT)),
-        Duration::from_secs(1),
-    )
-    .map(drop)
-    .map_err(|e| format!("nothing answers on port {PORT}: {e}"));
+    let listener = listening(name);
     let (dirty, dirty_total, error) = match dirty(root, name, timeout) {
         Ok((d, n)) => (d, n, None),
         Err(e) => (Vec::new(), 0, Some(e)),
@@ -41,6 +36,23 @@ pub fn state(root: &Path, name: &str, timeout: Duration) -> Csync2State {
         kept: kept(&root.join(BACKUPS.trim_start_matches('/'))),
         error,
     }
+}
+
+/// Whether the listener answers where it binds: `csync2 -N NAME` listens on the
+/// address NAME resolves to (the managed `/etc/hosts` block names every node).
+fn listening(name: &str) -> Result<(), String> {
+    let addrs: Vec<SocketAddr> = (name, PORT)
+        .to_socket_addrs()
+        .map_err(|e| format!("{name} does not resolve, so csync2 cannot listen: {e}"))?
+        .collect();
+    let mut last = format!("{name} has no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, Duration::from_secs(1)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = format!("nothing answers on {a}: {e}"),
+        }
+    }
+    Err(last)
 }
 
 fn unix_ms(t: SystemTime) -> i64 {

@@ -1,0 +1,331 @@
+//! A Gluu-like cluster on the multi-host harness for the health tests and the
+//! fault-to-verdict benchmark: three Gluu hosts bootstrapped over SSH, csync2 as
+//! `apply` configures it, a real slapd on each (multi-provider through `cn=config`,
+//! listening on the host's 389 and 1636), every agent bound to its node's slapd over
+//! pinned LDAPS, and `serve` watching with an alert command. The faults are the real
+//! thing: processes stopped or frozen, packets dropped by nftables in the hosts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::netns::{Host, Net};
+use crate::slapd::{self, ROOT_DN, Slapd};
+use crate::{Controller, Serve, succeeded as ok};
+
+/// The Gluu hosts.
+pub const NODES: [&str; 3] = ["gluu1", "gluu2", "gluu3"];
+/// Inside the container root the generated csync2 group replicates.
+pub const CUSTOM: &str = "/opt/gluu-server/opt/gluu/jetty/oxauth/custom";
+
+/// One check's state as `health --json` or `events --json` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    /// The node.
+    pub node: String,
+    /// The check.
+    pub check: String,
+    /// `from` (events only).
+    pub from: String,
+    /// The level (`to` for an event).
+    pub level: String,
+    /// Why.
+    pub reason: String,
+    /// The event's id and time (events only).
+    pub id: u64,
+    /// Unix milliseconds (events only).
+    pub time_ms: i64,
+}
+
+/// The running cluster; everything stops when it drops.
+pub struct GluuCluster {
+    /// The hosts.
+    pub net: Net,
+    /// The controller's home.
+    pub ctl: Controller,
+    /// The slapds, in [`NODES`] order.
+    pub servers: Vec<Slapd>,
+    /// `serve`, once started.
+    pub serve: Option<Serve>,
+    /// Where the alert command appends each event.
+    pub alerts: PathBuf,
+    /// The check interval.
+    pub interval: Duration,
+}
+
+impl GluuCluster {
+    /// Builds the cluster and starts `serve` checking every `interval_secs`.
+    pub async fn start(interval_secs: u64) -> GluuCluster {
+        let mut net = Net::new();
+        for n in NODES {
+            net.add_host(n);
+        }
+        let ctl = Controller::new();
+        let inventory = ctl.inventory(&net, "gluu1").display().to_string();
+        ok(
+            ctl.run(&["node", "add", "--from", &inventory]),
+            "node add --from",
+        );
+        for h in net.hosts() {
+            h.sh(&format!("mkdir -p {CUSTOM} /opt/gluu-server/etc/gluu/conf"));
+        }
+        ok(ctl.run(&["apply", "--yes"]), "apply");
+        for h in net.hosts() {
+            crate::eventually_blocking(
+                &format!("csync2 listening on {}", h.name),
+                Duration::from_secs(10),
+                || h.tcp_open(30865),
+            );
+        }
+        let servers = slapd::replicate(net.hosts().iter().map(Slapd::start_on).collect());
+        for (h, s) in net.hosts().iter().zip(&servers) {
+            bind_agent(h, s);
+        }
+        let alerts = ctl
+            .home
+            .parent()
+            .expect("home's parent")
+            .join("alerts.jsonl");
+        std::fs::write(
+            ctl.home.join("controller.toml"),
+            format!(
+                "[health]\ninterval_secs = {interval_secs}\ndisk_warning_pct = 100\ndisk_critical_pct = 100\n[alerts]\ncommand = [\"/bin/sh\", \"-c\", \"cat >> {}\"]\n",
+                alerts.display()
+            ),
+        )
+        .expect("controller.toml");
+        let mut c = GluuCluster {
+            net,
+            ctl,
+            servers,
+            serve: None,
+            alerts,
+            interval: Duration::from_secs(interval_secs),
+        };
+        // csync2 sends what `apply` wrote the first time it runs, as cron would.
+        for n in NODES {
+            c.sync(n);
+        }
+        c.serve = Some(c.ctl.serve().await);
+        c
+    }
+
+    /// The host called `name`.
+    pub fn host(&self, name: &str) -> &Host {
+        self.net.host(name)
+    }
+
+    /// The slapd of `name`.
+    pub fn slapd(&mut self, name: &str) -> &mut Slapd {
+        let i = NODES.iter().position(|n| *n == name).expect("a Gluu node");
+        &mut self.servers[i]
+    }
+
+    /// Runs the generated cron job's command on `name` now (what cron runs every two
+    /// minutes), and requires it to succeed.
+    pub fn sync(&self, name: &str) {
+        let h = self.host(name);
+        let cron = std::fs::read_to_string(h.path("/etc/cron.d/clustermgr-csync2"))
+            .expect("the generated cron job");
+        let line = cron
+            .lines()
+            .find(|l| l.contains("csync2 -x"))
+            .expect("a csync2 line");
+        // `M H d m w user sleep N; COMMAND`: the command, without the stagger.
+        let command = line
+            .split_once("; ")
+            .map(|(_, c)| c)
+            .expect("a staggered command");
+        h.sh(command);
+    }
+
+    /// `health --json`: the exit code and every verdict.
+    pub fn health(&self) -> (i32, Vec<Row>) {
+        let out = self.ctl.run(&["--json", "health"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (
+            out.status.code().unwrap_or(-1),
+            rows(&v["verdicts"], "level"),
+        )
+    }
+
+    /// `events --json`: every stored change, oldest first.
+    pub fn events(&self) -> Vec<Row> {
+        let out = self.ctl.run(&["--json", "events"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        rows(&v, "to")
+    }
+
+    /// Waits until `serve`'s last word on every check is ok: the last event of each
+    /// (node, check) went to ok, and a one-shot round agrees (exit 0).
+    pub async fn settled(&self, patience: Duration) {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            let mut last = std::collections::BTreeMap::new();
+            for e in self.events() {
+                last.insert((e.node.clone(), e.check.clone()), e);
+            }
+            let (code, rows) = self.health();
+            if last.values().all(|e| e.level == "ok") && code == 0 {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                let events: Vec<&Row> = last.values().filter(|e| e.level != "ok").collect();
+                let rows: Vec<&Row> = rows.iter().filter(|r| r.level != "ok").collect();
+                panic!(
+                    "not every check ok after {patience:?}: serve's last word {events:#?}; a round now (exit {code}) {rows:#?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for the first event after `after` (an event id) that `matches`, and
+    /// returns it with how long after `since` it was seen by `serve`.
+    pub async fn wait_event(
+        &self,
+        after: u64,
+        since_ms: i64,
+        patience: Duration,
+        what: &str,
+        matches: impl Fn(&Row) -> bool,
+    ) -> (Row, Duration) {
+        let mut found = None;
+        crate::eventually(what, patience, || {
+            found = self
+                .events()
+                .into_iter()
+                .find(|e| e.id > after && matches(e));
+            found.is_some()
+        })
+        .await;
+        let e = found.expect("found");
+        let took = Duration::from_millis((e.time_ms - since_ms).max(0) as u64);
+        (e, took)
+    }
+
+    /// The newest event's id (0 for none).
+    pub fn last_event(&self) -> u64 {
+        self.events().last().map_or(0, |e| e.id)
+    }
+
+    /// The ids of the events the alert command received, in order.
+    pub fn alerted(&self) -> Vec<u64> {
+        std::fs::read_to_string(&self.alerts)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("one event a line");
+                v["id"].as_u64().expect("an id")
+            })
+            .collect()
+    }
+
+    /// Cuts every packet between the two hosts (both ways), the controller still
+    /// reaching both.
+    pub fn cut(&self, a: &str, b: &str) {
+        let (ha, hb) = (self.host(a), self.host(b));
+        ha.drop_incoming(&[format!("ip saddr {}", hb.ip)]);
+        hb.drop_incoming(&[format!("ip saddr {}", ha.ip)]);
+    }
+
+    /// Cuts `name` off from every other Gluu host, the controller still reaching it.
+    pub fn partition(&self, name: &str) {
+        let me = self.host(name);
+        let others: Vec<&Host> = NODES
+            .iter()
+            .filter(|n| **n != name)
+            .map(|n| self.host(n))
+            .collect();
+        me.drop_incoming(
+            &others
+                .iter()
+                .map(|h| format!("ip saddr {}", h.ip))
+                .collect::<Vec<_>>(),
+        );
+        for h in others {
+            h.drop_incoming(&[format!("ip saddr {}", me.ip)]);
+        }
+    }
+
+    /// Lifts every drop on every host.
+    pub fn heal(&self) {
+        for h in self.net.hosts() {
+            h.drop_incoming(&[]);
+        }
+    }
+
+    /// Writes `n` entries on `name`'s slapd (changes the others must replicate).
+    pub fn write_entries(&mut self, name: &str, tag: &str, n: usize) {
+        use clustermgr_agent::ldap::client::{Connection, Target};
+        let s = self.slapd(name);
+        let target = Target {
+            addr: format!("{}:{}", s.ip, s.ldap_port),
+            tls: None,
+        };
+        let mut c = Connection::open(&target, Duration::from_secs(5)).expect("connect");
+        c.bind(ROOT_DN, s.root_pw.as_bytes()).expect("bind");
+        for i in 0..n {
+            c.add(
+                &format!("ou={tag}-{i},o=gluu"),
+                &[
+                    ("objectClass", vec!["organizationalUnit".into()]),
+                    ("ou", vec![format!("{tag}-{i}")]),
+                ],
+            )
+            .expect("add an entry");
+        }
+        c.unbind();
+    }
+
+    /// The controller's clock, Unix milliseconds.
+    pub fn now_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+}
+
+/// The rows of a `--json` array of verdicts or events.
+fn rows(v: &serde_json::Value, level_key: &str) -> Vec<Row> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                    Row {
+                        node: s("node"),
+                        check: s("check"),
+                        from: s("from"),
+                        level: s(level_key),
+                        reason: s("reason"),
+                        id: r["id"].as_u64().unwrap_or(0),
+                        time_ms: r["time_ms"].as_i64().unwrap_or(0),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Gives `h`'s agent its node's slapd over LDAPS, pinned to the server's certificate,
+/// the password in an owner-only file on the host, and has it re-read its settings
+/// (the init script's `reload`: SIGHUP).
+fn bind_agent(h: &Host, s: &Slapd) {
+    let (pw, crt) = ("/etc/clustermgr/ldap.secret", "/etc/clustermgr/ldap.crt");
+    std::fs::write(h.path(pw), format!("{}\n", s.root_pw)).expect("password file");
+    std::fs::set_permissions(
+        h.path(pw),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+    std::fs::write(h.path(crt), &s.cert_pem).expect("certificate");
+    let toml = h.path("/etc/clustermgr/agent.toml");
+    let mut text = std::fs::read_to_string(&toml).expect("agent.toml");
+    text.push_str(&format!(
+        "\n[ldap]\nurl = \"{}\"\nbind_dn = \"{ROOT_DN}\"\npassword_file = \"{pw}\"\ncert_file = \"{crt}\"\ntimeout_ms = 800\n",
+        s.ldaps_url()
+    ));
+    std::fs::write(&toml, text).expect("agent.toml");
+    h.sh("/etc/init.d/clustermgr-agent reload");
+}
