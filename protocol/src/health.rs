@@ -25,6 +25,28 @@ pub struct CheckSpec {
     /// The node's csync2 name, when it is a member of the cluster's csync2 group (the
     /// controller generated its configuration).
     pub csync2: Option<String>,
+    /// Certificate files to watch for expiry (the agent adds its LDAP server's).
+    pub certs: Vec<CertProbe>,
+}
+
+/// A certificate file on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertProbe {
+    /// What it is, in words (`cluster TLS certificate`).
+    pub label: String,
+    /// Where it is on the node.
+    pub path: String,
+}
+
+/// A watched certificate as the agent read it (one whose file is missing is left
+/// out: the software it belongs to is not installed yet).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertState {
+    /// The probe.
+    pub probe: CertProbe,
+    /// Its subject's common name and end of validity (Unix seconds), or why it could
+    /// not be read.
+    pub result: Result<(String, i64), String>,
 }
 
 /// One port of one peer to try.
@@ -104,6 +126,8 @@ pub struct CheckReport {
     pub ports: Vec<PortReach>,
     /// csync2, when the spec named the node a member.
     pub csync2: Option<Csync2State>,
+    /// The watched certificates.
+    pub certs: Vec<CertState>,
     // New fields go last, each a new protocol version.
 }
 

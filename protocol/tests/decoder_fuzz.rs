@@ -36,8 +36,8 @@ use clustermgr_protocol::changeset::{
 };
 use clustermgr_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES, FrameDecoder, HEADER_BYTES};
 use clustermgr_protocol::health::{
-    CheckReport, CheckSpec, Consumer, Csn, Csync2State, Dirty, DiskUse, Heartbeat, KeptCopy,
-    LdapServer, LdapState, OpenDjReplica, PortProbe, PortReach,
+    CertProbe, CertState, CheckReport, CheckSpec, Consumer, Csn, Csync2State, Dirty, DiskUse,
+    Heartbeat, KeptCopy, LdapServer, LdapState, OpenDjReplica, PortProbe, PortReach,
 };
 use clustermgr_protocol::message::{
     Command, ErrorKind, ExecEvent, ExecInput, ExecSpec, ExitOutcome, GluuInstall, Hello,
@@ -1051,6 +1051,23 @@ fn gen_check_report(rng: &mut Rng) -> CheckReport {
                 .collect(),
             error: gen_option(rng, gen_string),
         }),
+        certs: (0..n)
+            .map(|_| CertState {
+                probe: gen_cert_probe(rng),
+                result: if gen_bool(rng) {
+                    Ok((gen_string(rng), gen_i64(rng)))
+                } else {
+                    Err(gen_string(rng))
+                },
+            })
+            .collect(),
+    }
+}
+
+fn gen_cert_probe(rng: &mut Rng) -> CertProbe {
+    CertProbe {
+        label: gen_string(rng),
+        path: gen_string(rng),
     }
 }
 
@@ -1206,6 +1223,7 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
             deadline_ms: gen_u64(rng),
             reach: (0..rng.below(3)).map(|_| gen_port_probe(rng)).collect(),
             csync2: gen_option(rng, gen_string),
+            certs: (0..rng.below(3)).map(|_| gen_cert_probe(rng)).collect(),
         })),
         (Kind::Reply, 0) => Msg::Reply(Reply::Info(Box::new(gen_node_info(rng)))),
         (Kind::Reply, 1) => Msg::Reply(Reply::Csr {
@@ -1591,12 +1609,14 @@ fn edge_messages() -> Vec<Msg> {
             disks: vec![],
             ports: vec![],
             csync2: None,
+            certs: vec![],
         }))),
         Msg::Request(Request::Checks(CheckSpec {
             interval_ms: 0,
             deadline_ms: u64::MAX,
             reach: vec![],
             csync2: None,
+            certs: vec![],
         })),
         Msg::Reply(Reply::Backups(vec![])),
         Msg::Reply(Reply::Backups(vec![

@@ -332,5 +332,28 @@ pub fn replicate(servers: Vec<Slapd>) -> Vec<Slapd> {
             },
         );
     }
+    // A consumer that started before its provider had syncprov retries a second later:
+    // wait until every link is live, so tests begin from a settled cluster.
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    };
+    for s in &servers {
+        crate::eventually_blocking(
+            "every syncrepl consumer to be live",
+            Duration::from_secs(20),
+            || {
+                let mut c = open(s, ROOT_DN);
+                clustermgr_agent::health::ldap::state(&mut c, "o=gluu", now_ms).is_ok_and(|st| {
+                    st.consumers.len() == servers.len()
+                        && st
+                            .consumers
+                            .iter()
+                            .all(|c| c.connected && c.phase == "Persist")
+                })
+            },
+        );
+    }
     servers
 }

@@ -74,6 +74,7 @@ async fn faults_on_real_hosts_are_reported_within_two_intervals_and_alerted_once
             "disk",
             "ports",
             "csync2",
+            "certs",
             "ldap",
             "ldap-links",
             "ldap-csn",
@@ -235,6 +236,23 @@ async fn faults_on_real_hosts_are_reported_within_two_intervals_and_alerted_once
     assert!(text.contains("11 of 12 open, 1 missing"), "{text}");
     stayed_green(&c, &m, &["gluu2", "gluu3"]);
     c.heal();
+    c.settled(secs(60)).await;
+
+    // The cluster's TLS certificate on gluu2 three days from expiry: critical, named.
+    let m = mark(&c);
+    let crt = "/opt/gluu-server/etc/certs/httpd.crt";
+    c.host("gluu2").sh(&format!(
+        "mkdir -p /opt/gluu-server/etc/certs && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3 -subj /CN=idp.example.org -keyout /tmp/httpd.key -out {crt} 2>/dev/null"
+    ));
+    let e = detected(&c, &m, "a certificate near expiry", |e| {
+        is(e, "gluu2", "certs", &["critical"])
+    })
+    .await;
+    assert!(
+        e.reason.contains("cluster TLS certificate (idp.example.org, /opt/gluu-server/etc/certs/httpd.crt) expires in 2 days"),
+        "{e:?}"
+    );
+    c.host("gluu2").sh(&format!("rm {crt}"));
     c.settled(secs(60)).await;
 
     // The controller cut from gluu3's agent: unreachable, its own checks unknown, and

@@ -253,6 +253,7 @@ fn health_rounds_see_csns_consumers_and_every_nodes_fresh_heartbeat() {
         deadline_ms: 5000,
         reach: Vec::new(),
         csync2: None,
+        certs: Vec::new(),
     };
     let beats: Vec<Heartbeats> = cfgs
         .iter()

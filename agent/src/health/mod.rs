@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use clustermgr_protocol::health::{CheckReport, CheckSpec, PortProbe, PortReach};
+use clustermgr_protocol::health::{
+    CertProbe, CertState, CheckReport, CheckSpec, PortProbe, PortReach,
+};
 
 use crate::config::{AgentConfig, LdapConfig};
 
@@ -140,6 +142,7 @@ pub fn round(cfg: &AgentConfig, spec: &CheckSpec, heartbeats: Option<&Heartbeats
     }
     // csync2 walks the replicated trees; it gets most of the round, not all of it.
     let csync2_timeout = Duration::from_millis(spec.deadline_ms.max(500) * 4 / 5);
+    let access = crate::ldap::access(cfg);
     let (ldap, csync2, ports) = std::thread::scope(|s| {
         let csync2 = s.spawn(|| {
             spec.csync2
@@ -147,7 +150,7 @@ pub fn round(cfg: &AgentConfig, spec: &CheckSpec, heartbeats: Option<&Heartbeats
                 .map(|name| csync2::state(&cfg.root, name, csync2_timeout))
         });
         let ports = s.spawn(|| reach(&spec.reach));
-        let ldap = ldap_state(cfg, heartbeats);
+        let ldap = ldap_state(cfg, &access, heartbeats);
         (
             ldap,
             csync2.join().unwrap_or(None),
@@ -162,22 +165,60 @@ pub fn round(cfg: &AgentConfig, spec: &CheckSpec, heartbeats: Option<&Heartbeats
             avail_bytes: f.avail_bytes,
         })
         .collect();
+    // The controller names node paths (below the sandbox under `clustermgr dev`); the
+    // LDAP certificate's path is the one the agent reads.
+    let mut watched: Vec<(CertProbe, std::path::PathBuf)> = spec
+        .certs
+        .iter()
+        .map(|p| (p.clone(), cfg.root.join(p.path.trim_start_matches('/'))))
+        .collect();
+    if let Ok(Some(a)) = &access
+        && let Some(cert) = &a.cert
+    {
+        let probe = CertProbe {
+            label: "LDAP server certificate".into(),
+            path: cert.display().to_string(),
+        };
+        watched.push((probe, cert.clone()));
+    }
     CheckReport {
         started_ms,
         ldap,
         disks,
         ports,
         csync2,
+        certs: certs(watched),
     }
+}
+
+/// Reads each certificate's subject and expiry; a missing file is left out.
+pub fn certs(probes: Vec<(CertProbe, std::path::PathBuf)>) -> Vec<CertState> {
+    probes
+        .into_iter()
+        .filter_map(|(probe, path)| {
+            let pem = match std::fs::read_to_string(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+                Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+                Ok(pem) => Ok(pem),
+            };
+            let result = pem.and_then(|pem| {
+                clustermgr_protocol::identity::CertSummary::parse_pem(&pem)
+                    .map(|s| (s.common_name, s.not_after))
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            });
+            Some(CertState { probe, result })
+        })
+        .collect()
 }
 
 fn ldap_state(
     cfg: &AgentConfig,
+    access: &Result<Option<crate::ldap::Access>, String>,
     heartbeats: Option<&Heartbeats>,
 ) -> Option<Result<clustermgr_protocol::health::LdapState, String>> {
-    match crate::ldap::access(cfg) {
+    match access {
         Ok(None) => None,
-        Err(e) => Some(Err(e)),
+        Err(e) => Some(Err(e.clone())),
         Ok(Some(access)) => Some(access.connect().and_then(|mut c| {
             let state = ldap::state(&mut c, &cfg.ldap.suffix, now_ms);
             c.unbind();

@@ -49,6 +49,8 @@ pub struct Access {
     pub from: String,
     /// The deadline of every connect, read and write.
     pub timeout: Duration,
+    /// The server certificate LDAPS is pinned to, whose expiry the health checks watch.
+    pub cert: Option<std::path::PathBuf>,
 }
 
 impl Access {
@@ -103,6 +105,7 @@ pub fn access(cfg: &AgentConfig) -> Result<Option<Access>, String> {
             password,
             from,
             timeout,
+            cert: l.cert_file.clone(),
         }));
     }
     let Some(gluu) = crate::info::detect_gluu(&cfg.root) else {
@@ -166,6 +169,7 @@ pub fn access(cfg: &AgentConfig) -> Result<Option<Access>, String> {
         password,
         from,
         timeout,
+        cert,
     }))
 }
 

@@ -63,7 +63,7 @@ pub struct NodeConfig {
 
 mod csync2;
 mod hosts;
-mod nginx;
+pub(crate) mod nginx;
 pub(crate) mod stunnel;
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@ pub mod verdict;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use clustermgr_protocol::health::CheckSpec;
+use clustermgr_protocol::health::{CertProbe, CheckSpec};
 use clustermgr_protocol::message::{Reply, Request};
 use serde::{Deserialize, Serialize};
 
@@ -52,11 +52,34 @@ pub fn members(
                         reach: reach.remove(&n.name).unwrap_or_default(),
                         // The generated csync2 group: every Gluu node, from two on.
                         csync2: n.has_role(Role::Gluu) && gluu >= 2,
+                        certs: watched_certs(n, model),
                     },
                 )
             })
             .collect(),
     }
+}
+
+/// The certificates a node's agent watches besides its LDAP server's: the cluster's
+/// TLS certificate, in the Gluu container (Apache's) or the load balancer's nginx.
+fn watched_certs(n: &NodeRecord, model: &crate::model::ClusterModel) -> Vec<CertProbe> {
+    let mut out = Vec::new();
+    if n.has_role(Role::Gluu) {
+        out.push(CertProbe {
+            label: "cluster TLS certificate".into(),
+            path: format!(
+                "{}/etc/certs/httpd.crt",
+                model.gluu_root.trim_end_matches('/')
+            ),
+        });
+    }
+    if n.has_role(Role::Lb) {
+        out.push(CertProbe {
+            label: "load balancer's TLS certificate".into(),
+            path: crate::generate::nginx::CERT.into(),
+        });
+    }
+    out
 }
 
 /// Asks every node for its checks at once; each has `interval` to answer.
@@ -81,6 +104,7 @@ pub async fn round(
                 deadline_ms: deadline.as_millis() as u64,
                 reach: m.map(|m| m.reach.clone()).unwrap_or_default(),
                 csync2: m.filter(|m| m.csync2).map(|_| n.name.clone()),
+                certs: m.map(|m| m.certs.clone()).unwrap_or_default(),
             };
             async move {
                 let got = ask(ctx, n, spec, deadline + Duration::from_secs(1), within).await;

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use clustermgr_protocol::health::{
-    CheckReport, Csn, Csync2State, DiskUse, LdapServer, LdapState, PortProbe, PortReach,
+    CertProbe, CertState, CheckReport, Csn, Csync2State, DiskUse, LdapServer, LdapState, PortProbe,
+    PortReach,
 };
 use serde::{Deserialize, Serialize};
 
@@ -136,6 +137,8 @@ pub struct Member {
     pub reach: Vec<PortProbe>,
     /// Whether it is a member of the csync2 group.
     pub csync2: bool,
+    /// The certificates its agent watches (besides its LDAP server's).
+    pub certs: Vec<CertProbe>,
 }
 
 impl Members {
@@ -198,12 +201,14 @@ pub fn verdicts(
             }
             Some(NodeRound::Report { report, skew_ms }) => {
                 out.push(v("agent", Level::Ok, "answered".into()));
-                let (level, reason) = clock(*skew_ms);
+                let (level, reason) = clock(name, *skew_ms, now);
                 out.push(v("clock", level, reason));
                 let (level, reason) = disk(&report.disks, &members.limits);
                 out.push(v("disk", level, reason));
                 let (level, reason) = ports(&member.reach, &report.ports, &unreachable);
                 out.push(v("ports", level, reason));
+                let (level, reason) = certs(&report.certs, report.started_ms - skew_ms);
+                out.push(v("certs", level, reason));
                 if member.csync2 {
                     let (level, reason) =
                         csync2(report.csync2.as_ref(), &unreachable, report.started_ms);
@@ -245,7 +250,7 @@ pub fn verdicts(
 
 /// The checks of a node's own, which are unknown when it cannot run them.
 fn own_checks(member: &Member) -> Vec<&'static str> {
-    let mut c = vec!["clock", "disk", "ports"];
+    let mut c = vec!["clock", "disk", "ports", "certs"];
     if member.csync2 {
         c.push("csync2");
     }
@@ -300,6 +305,63 @@ fn ports(
     match open {
         0 if skipped == 0 => (Level::Ok, "no peer ports to reach".into()),
         n => (Level::Ok, format!("{n} peer ports open{also}")),
+    }
+}
+
+/// Days before expiry that warn, and that are critical.
+const CERT_WARNING_DAYS: i64 = 30;
+const CERT_CRITICAL_DAYS: i64 = 7;
+
+/// The watched certificates' expiry at `now_ms` (the controller's clock).
+fn certs(certs: &[CertState], now_ms: i64) -> (Level, String) {
+    let now = now_ms.div_euclid(1000);
+    let (mut worst, mut notes, mut soonest) = (Level::Ok, Vec::new(), None::<(i64, &str)>);
+    for c in certs {
+        let label = &c.probe.label;
+        match &c.result {
+            Err(e) => {
+                worst = Level::worst([worst, Level::Warning]);
+                notes.push(format!("{label}: {e}"));
+            }
+            Ok((subject, not_after)) => {
+                let days = (not_after - now).div_euclid(86_400);
+                let level = if *not_after <= now || days < CERT_CRITICAL_DAYS {
+                    Level::Critical
+                } else if days < CERT_WARNING_DAYS {
+                    Level::Warning
+                } else {
+                    Level::Ok
+                };
+                if *not_after <= now {
+                    notes.push(format!(
+                        "{label} ({subject}, {}) has expired: renew it",
+                        c.probe.path
+                    ));
+                } else if level != Level::Ok {
+                    notes.push(format!(
+                        "{label} ({subject}, {}) expires in {days} days: renew it",
+                        c.probe.path
+                    ));
+                }
+                worst = Level::worst([worst, level]);
+                if soonest.is_none_or(|(d, _)| days < d) {
+                    soonest = Some((days, label));
+                }
+            }
+        }
+    }
+    if !notes.is_empty() {
+        return (worst, notes.join("; "));
+    }
+    match soonest {
+        None => (Level::Ok, "no certificates to watch yet".into()),
+        Some((days, label)) => (
+            Level::Ok,
+            format!(
+                "{} certificates; the first to expire, the {label}, in {days} days",
+                certs.len()
+            ),
+        ),
     }
 }
 
@@ -371,28 +433,49 @@ fn csync2(
     )
 }
 
-/// A node's clock against the controller's: LDAP replication orders changes by time,
-/// and tokens expire by it, so a few seconds matter.
-fn clock(skew_ms: i64) -> (Level, String) {
-    let secs = skew_ms as f64 / 1000.0;
-    let words = if skew_ms >= 0 { "ahead of" } else { "behind" };
-    match skew_ms.unsigned_abs() {
-        0..=2000 => (
-            Level::Ok,
-            format!("within {:.1} s of the controller's", secs.abs()),
-        ),
-        2001..=30_000 => (
-            Level::Warning,
-            format!("{:.1} s {words} the controller's: check NTP", secs.abs()),
-        ),
-        _ => (
-            Level::Critical,
-            format!(
-                "{:.0} s {words} the controller's: replication and tokens go wrong; fix NTP",
-                secs.abs()
-            ),
-        ),
+/// A node's clock against the controller's and against the other nodes' (two nodes
+/// each 1.9 s off the controller's, either way, are 3.8 s apart): LDAP replication
+/// orders changes by time, and tokens expire by it, so a few seconds matter.
+fn clock(name: &str, skew_ms: i64, now: &BTreeMap<String, NodeRound>) -> (Level, String) {
+    let judge = |ms: i64| match ms.unsigned_abs() {
+        0..=2000 => Level::Ok,
+        2001..=30_000 => Level::Warning,
+        _ => Level::Critical,
+    };
+    let secs = |ms: i64| ms.unsigned_abs() as f64 / 1000.0;
+    let words = |ms: i64| if ms >= 0 { "ahead of" } else { "behind" };
+    // Only between nodes each within bounds of the controller's: a node far off the
+    // controller's is its own verdict, not its peers'.
+    let farthest = now
+        .iter()
+        .filter(|(n, _)| n.as_str() != name)
+        .filter_map(|(n, r)| match r {
+            NodeRound::Report {
+                skew_ms: theirs, ..
+            } if judge(*theirs) == Level::Ok => Some((n, skew_ms - theirs)),
+            _ => None,
+        })
+        .filter(|_| judge(skew_ms) == Level::Ok)
+        .max_by_key(|(_, d)| d.unsigned_abs());
+    let mut level = judge(skew_ms);
+    let mut reason = match level {
+        Level::Ok => format!("within {:.1} s of the controller's", secs(skew_ms)),
+        _ => format!("{:.1} s {} the controller's", secs(skew_ms), words(skew_ms)),
+    };
+    if let Some((peer, d)) = farthest
+        && judge(d) != Level::Ok
+    {
+        level = Level::worst([level, judge(d)]);
+        reason.push_str(&format!("; {:.1} s {} {peer}'s", secs(d), words(d)));
     }
+    match level {
+        Level::Ok => {}
+        Level::Critical => {
+            reason.push_str(": replication and tokens go wrong; fix NTP");
+        }
+        _ => reason.push_str(": check NTP"),
+    }
+    (level, reason)
 }
 
 /// The fullest file systems against the limits (LDAP and csync2 stop writing when

@@ -1,7 +1,9 @@
 //! The verdict rules on recorded-style reports: healthy, unreachable, a broken link
 //! hidden from the CSNs, a node behind, skewed clocks, and OpenDJ.
 
-use clustermgr_protocol::health::{Consumer, Dirty, DiskUse, Heartbeat, KeptCopy, OpenDjReplica};
+use clustermgr_protocol::health::{
+    CertProbe, CertState, Consumer, Dirty, DiskUse, Heartbeat, KeptCopy, OpenDjReplica,
+};
 
 use super::*;
 
@@ -47,6 +49,7 @@ fn members() -> Members {
                     .flat_map(|p| [probe(p, 1636), probe(p, 30865)])
                     .collect(),
                 csync2: true,
+                certs: Vec::new(),
             },
         );
     }
@@ -57,6 +60,7 @@ fn members() -> Members {
             host: "10.0.0.9".into(),
             reach: (1..=3).map(|p| probe(p, 443)).collect(),
             csync2: false,
+            certs: Vec::new(),
         },
     );
     m
@@ -116,6 +120,7 @@ fn report(node: &str, s: LdapState, skew_ms: i64) -> NodeRound {
             disks: disks(50),
             ports: all_open(node),
             csync2: Some(synced()),
+            certs: Vec::new(),
         },
         skew_ms,
     }
@@ -151,6 +156,7 @@ fn round(states: Vec<(usize, NodeRound)>) -> BTreeMap<String, NodeRound> {
                 disks: disks(50),
                 ports: Vec::new(),
                 csync2: None,
+                certs: Vec::new(),
             },
             skew_ms: 0,
         },
@@ -408,6 +414,7 @@ fn clocks_and_disks_are_judged_on_every_node() {
             disks: disks(used),
             ports: Vec::new(),
             csync2: None,
+            certs: Vec::new(),
         },
         skew_ms,
     };
@@ -552,4 +559,70 @@ fn judge_none() -> Level {
         "csync2",
     )
     .0
+}
+
+#[test]
+fn certificates_warn_a_month_ahead_and_are_critical_a_week_ahead() {
+    let judge = |days: i64| {
+        let mut now = healthy();
+        if let Some(NodeRound::Report { report, .. }) = now.get_mut("gluu1") {
+            report.certs = vec![CertState {
+                probe: CertProbe {
+                    label: "cluster TLS certificate".into(),
+                    path: "/opt/gluu-server/etc/certs/httpd.crt".into(),
+                },
+                result: Ok(("idp.example.org".into(), T0 / 1000 + days * 86_400 + 60)),
+            }];
+        }
+        level(
+            &verdicts(&members(), &now, None, INTERVAL),
+            "gluu1",
+            "certs",
+        )
+    };
+    let (l, why) = judge(200);
+    assert_eq!(l, Level::Ok);
+    assert_eq!(
+        why,
+        "1 certificates; the first to expire, the cluster TLS certificate, in 200 days"
+    );
+    let (l, why) = judge(20);
+    assert_eq!(l, Level::Warning);
+    assert!(why.contains("expires in 20 days: renew it"), "{why}");
+    assert!(why.contains("idp.example.org"), "{why}");
+    assert_eq!(judge(3).0, Level::Critical);
+    let (l, why) = judge(-2);
+    assert_eq!(l, Level::Critical);
+    assert!(why.contains("has expired"), "{why}");
+    // None yet (Gluu not installed): ok, and said so.
+    assert_eq!(judge_none_certs(), "no certificates to watch yet");
+}
+
+fn judge_none_certs() -> String {
+    level(
+        &verdicts(&members(), &healthy(), None, INTERVAL),
+        "gluu1",
+        "certs",
+    )
+    .1
+}
+
+#[test]
+fn two_clocks_each_near_the_controllers_can_be_too_far_apart() {
+    let mut now = healthy();
+    for (n, skew) in [("gluu1", 1900), ("gluu2", -1900)] {
+        if let Some(NodeRound::Report { skew_ms, .. }) = now.get_mut(n) {
+            *skew_ms = skew;
+        }
+    }
+    let v = verdicts(&members(), &now, None, INTERVAL);
+    let (l, why) = level(&v, "gluu1", "clock");
+    assert_eq!(l, Level::Warning);
+    assert_eq!(
+        why,
+        "within 1.9 s of the controller's; 3.8 s ahead of gluu2's: check NTP"
+    );
+    assert_eq!(level(&v, "gluu2", "clock").0, Level::Warning);
+    // gluu3, 1.9 s from each, is fine.
+    assert_eq!(level(&v, "gluu3", "clock").0, Level::Ok);
 }
