@@ -27,6 +27,55 @@ pub struct CheckSpec {
     pub csync2: Option<String>,
     /// Certificate files to watch for expiry (the agent adds its LDAP server's).
     pub certs: Vec<CertProbe>,
+    /// Services to try (the load balancer's endpoints, the cache, the tunnels).
+    pub services: Vec<ServiceProbe>,
+    /// The cluster's hostname, when the node runs Gluu: the agent tries the health
+    /// endpoints of the Gluu components it finds installed, by this name.
+    pub gluu_endpoints: Option<String>,
+}
+
+/// A service to try on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceProbe {
+    /// What it is, in words (`oxAuth through the load balancer`).
+    pub label: String,
+    /// How to try it.
+    pub kind: ServiceKind,
+}
+
+/// How a service is tried.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceKind {
+    /// `GET path` over TLS to 127.0.0.1:`port`, asking for `host`, the server's
+    /// certificate pinned to the node's file `cert`; healthy when the status is 2xx
+    /// and the body holds `expect`.
+    Https {
+        /// The port.
+        port: u16,
+        /// The name asked for (SNI and `Host:`).
+        host: String,
+        /// The path.
+        path: String,
+        /// What the body must hold.
+        expect: String,
+        /// The certificate file the server must present.
+        cert: String,
+    },
+    /// A Redis `PING` at `addr` (the cache itself, or through the tunnel to it);
+    /// healthy on `+PONG` (or Redis asking for its password, which proves it answers).
+    RedisPing {
+        /// `host:port`.
+        addr: String,
+    },
+}
+
+/// A service as the agent found it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    /// What it is.
+    pub label: String,
+    /// What answered, or why it failed.
+    pub result: Result<String, String>,
 }
 
 /// A certificate file on the node.
@@ -128,6 +177,8 @@ pub struct CheckReport {
     pub csync2: Option<Csync2State>,
     /// The watched certificates.
     pub certs: Vec<CertState>,
+    /// The services tried.
+    pub services: Vec<ServiceState>,
     // New fields go last, each a new protocol version.
 }
 

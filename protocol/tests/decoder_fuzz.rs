@@ -37,7 +37,8 @@ use clustermgr_protocol::changeset::{
 use clustermgr_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES, FrameDecoder, HEADER_BYTES};
 use clustermgr_protocol::health::{
     CertProbe, CertState, CheckReport, CheckSpec, Consumer, Csn, Csync2State, Dirty, DiskUse,
-    Heartbeat, KeptCopy, LdapServer, LdapState, OpenDjReplica, PortProbe, PortReach,
+    Heartbeat, KeptCopy, LdapServer, LdapState, OpenDjReplica, PortProbe, PortReach, ServiceKind,
+    ServiceProbe, ServiceState,
 };
 use clustermgr_protocol::message::{
     Command, ErrorKind, ExecEvent, ExecInput, ExecSpec, ExitOutcome, GluuInstall, Hello,
@@ -1061,6 +1062,35 @@ fn gen_check_report(rng: &mut Rng) -> CheckReport {
                 },
             })
             .collect(),
+        services: (0..n)
+            .map(|_| ServiceState {
+                label: gen_string(rng),
+                result: if gen_bool(rng) {
+                    Ok(gen_string(rng))
+                } else {
+                    Err(gen_string(rng))
+                },
+            })
+            .collect(),
+    }
+}
+
+fn gen_service_probe(rng: &mut Rng) -> ServiceProbe {
+    ServiceProbe {
+        label: gen_string(rng),
+        kind: if gen_bool(rng) {
+            ServiceKind::Https {
+                port: rng.below(65536) as u16,
+                host: gen_string(rng),
+                path: gen_string(rng),
+                expect: gen_string(rng),
+                cert: gen_string(rng),
+            }
+        } else {
+            ServiceKind::RedisPing {
+                addr: gen_string(rng),
+            }
+        },
     }
 }
 
@@ -1224,6 +1254,8 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
             reach: (0..rng.below(3)).map(|_| gen_port_probe(rng)).collect(),
             csync2: gen_option(rng, gen_string),
             certs: (0..rng.below(3)).map(|_| gen_cert_probe(rng)).collect(),
+            services: (0..rng.below(3)).map(|_| gen_service_probe(rng)).collect(),
+            gluu_endpoints: gen_option(rng, gen_string),
         })),
         (Kind::Reply, 0) => Msg::Reply(Reply::Info(Box::new(gen_node_info(rng)))),
         (Kind::Reply, 1) => Msg::Reply(Reply::Csr {
@@ -1610,6 +1642,7 @@ fn edge_messages() -> Vec<Msg> {
             ports: vec![],
             csync2: None,
             certs: vec![],
+            services: vec![],
         }))),
         Msg::Request(Request::Checks(CheckSpec {
             interval_ms: 0,
@@ -1617,6 +1650,8 @@ fn edge_messages() -> Vec<Msg> {
             reach: vec![],
             csync2: None,
             certs: vec![],
+            services: vec![],
+            gluu_endpoints: None,
         })),
         Msg::Reply(Reply::Backups(vec![])),
         Msg::Reply(Reply::Backups(vec![

@@ -16,6 +16,10 @@ use crate::{Controller, Serve, succeeded as ok};
 pub const NODES: [&str; 3] = ["gluu1", "gluu2", "gluu3"];
 /// Inside the container root the generated csync2 group replicates.
 pub const CUSTOM: &str = "/opt/gluu-server/opt/gluu/jetty/oxauth/custom";
+/// The cluster's public name.
+pub const HOSTNAME: &str = "idp.example.org";
+/// Apache's certificate in the Gluu container, which the health endpoints are pinned to.
+pub const HTTPD_CRT: &str = "/opt/gluu-server/etc/certs/httpd.crt";
 
 /// One check's state as `health --json` or `events --json` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,8 +69,13 @@ impl GluuCluster {
             ctl.run(&["node", "add", "--from", &inventory]),
             "node add --from",
         );
+        ok(
+            ctl.run(&["cluster", "set", "hostname", HOSTNAME]),
+            "cluster set hostname",
+        );
         for h in net.hosts() {
             h.sh(&format!("mkdir -p {CUSTOM} /opt/gluu-server/etc/gluu/conf"));
+            start_oxauth(h);
         }
         ok(ctl.run(&["apply", "--yes"]), "apply");
         for h in net.hosts() {
@@ -118,6 +127,17 @@ impl GluuCluster {
     pub fn slapd(&mut self, name: &str) -> &mut Slapd {
         let i = NODES.iter().position(|n| *n == name).expect("a Gluu node");
         &mut self.servers[i]
+    }
+
+    /// Stops `name`'s oxAuth stand-in.
+    pub fn stop_oxauth(&self, name: &str) {
+        self.host(name)
+            .sh("nginx -c /opt/gluu-server/oxauth-standin.conf -s stop");
+    }
+
+    /// Starts `name`'s oxAuth stand-in again.
+    pub fn start_oxauth(&self, name: &str) {
+        start_oxauth(self.host(name));
     }
 
     /// Runs the generated cron job's command on `name` now (what cron runs every two
@@ -306,6 +326,33 @@ fn rows(v: &serde_json::Value, level_key: &str) -> Vec<Row> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A stand-in for a Gluu node's oxAuth behind Apache (the Gluu web applications cannot
+/// run here): the component's marker in the container, Apache's certificate, and nginx
+/// on the host's 443 answering the health endpoint as oxAuth does. Made once per host;
+/// started again after [`GluuCluster::stop_oxauth`].
+fn start_oxauth(h: &Host) {
+    let conf = "/opt/gluu-server/oxauth-standin.conf";
+    if !h.path(conf).exists() {
+        let (crt, key) = crate::slapd::self_signed(&[HOSTNAME]);
+        h.sh("mkdir -p /opt/gluu-server/opt/gluu/jetty/oxauth /opt/gluu-server/etc/certs");
+        std::fs::write(h.path(HTTPD_CRT), crt).expect("httpd.crt");
+        std::fs::write(h.path("/opt/gluu-server/etc/certs/httpd.key"), key).expect("httpd.key");
+        std::fs::write(
+            h.path(conf),
+            format!(
+                "pid /run/oxauth-standin.pid;\nerror_log /var/log/oxauth-standin.log;\nevents {{}}\nhttp {{\n access_log off;\n server {{\n  listen 443 ssl;\n  ssl_certificate {HTTPD_CRT};\n  ssl_certificate_key /opt/gluu-server/etc/certs/httpd.key;\n  location = /oxauth/restv1/health-check {{ default_type application/json; return 200 '{{\"status\": \"running\", \"db_status\": \"online\"}}'; }}\n }}\n}}\n"
+            ),
+        )
+        .expect("stand-in config");
+    }
+    h.sh(&format!("nginx -c {conf}"));
+    crate::eventually_blocking(
+        &format!("the oxAuth stand-in on {}", h.name),
+        Duration::from_secs(10),
+        || h.tcp_open(443),
+    );
 }
 
 /// Gives `h`'s agent its node's slapd over LDAPS, pinned to the server's certificate,

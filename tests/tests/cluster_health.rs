@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use clustermgr_tests::gluu::{CUSTOM, GluuCluster, NODES, Row};
+use clustermgr_tests::gluu::{CUSTOM, GluuCluster, HTTPD_CRT, NODES, Row};
 
 const INTERVAL_SECS: u64 = 2;
 
@@ -75,6 +75,7 @@ async fn faults_on_real_hosts_are_reported_within_two_intervals_and_alerted_once
             "ports",
             "csync2",
             "certs",
+            "services",
             "ldap",
             "ldap-links",
             "ldap-csn",
@@ -87,11 +88,38 @@ async fn faults_on_real_hosts_are_reported_within_two_intervals_and_alerted_once
             );
         }
     }
+    let services = rows
+        .iter()
+        .find(|r| r.node == "gluu1" && r.check == "services")
+        .expect("a services verdict");
+    assert!(
+        services
+            .reason
+            .starts_with("oxAuth on the node answers (200 in"),
+        "{services:?}"
+    );
     let ports = c.ctl.run(&["ports"]);
     let text = String::from_utf8_lossy(&ports.stdout).into_owned();
     assert_eq!(ports.status.code(), Some(0), "{text}");
     assert!(text.contains("12 of 12 open, 0 missing"), "{text}");
     let start = mark(&c);
+
+    // oxAuth down on gluu1: its health endpoint does not answer.
+    let m = mark(&c);
+    c.stop_oxauth("gluu1");
+    let e = detected(&c, &m, "oxAuth down", |e| {
+        is(e, "gluu1", "services", &["critical"])
+    })
+    .await;
+    assert!(
+        e.reason.starts_with(
+            "oxAuth on the node: GET https://idp.example.org:443/oxauth/restv1/health-check"
+        ),
+        "{e:?}"
+    );
+    stayed_green(&c, &m, &["gluu2", "gluu3"]);
+    c.start_oxauth("gluu1");
+    c.settled(secs(60)).await;
 
     // slapd stopped on gluu3: its LDAP is critical.
     let m = mark(&c);
@@ -240,9 +268,9 @@ async fn faults_on_real_hosts_are_reported_within_two_intervals_and_alerted_once
 
     // The cluster's TLS certificate on gluu2 three days from expiry: critical, named.
     let m = mark(&c);
-    let crt = "/opt/gluu-server/etc/certs/httpd.crt";
+    let crt = HTTPD_CRT;
     c.host("gluu2").sh(&format!(
-        "mkdir -p /opt/gluu-server/etc/certs && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3 -subj /CN=idp.example.org -keyout /tmp/httpd.key -out {crt} 2>/dev/null"
+        "cp {crt} {crt}.good && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3 -subj /CN=idp.example.org -keyout /tmp/httpd.key -out {crt} 2>/dev/null"
     ));
     let e = detected(&c, &m, "a certificate near expiry", |e| {
         is(e, "gluu2", "certs", &["critical"])
@@ -252,7 +280,7 @@ async fn faults_on_real_hosts_are_reported_within_two_intervals_and_alerted_once
         e.reason.contains("cluster TLS certificate (idp.example.org, /opt/gluu-server/etc/certs/httpd.crt) expires in 2 days"),
         "{e:?}"
     );
-    c.host("gluu2").sh(&format!("rm {crt}"));
+    c.host("gluu2").sh(&format!("mv {crt}.good {crt}"));
     c.settled(secs(60)).await;
 
     // The controller cut from gluu3's agent: unreachable, its own checks unknown, and

@@ -254,6 +254,8 @@ fn health_rounds_see_csns_consumers_and_every_nodes_fresh_heartbeat() {
         reach: Vec::new(),
         csync2: None,
         certs: Vec::new(),
+        services: Vec::new(),
+        gluu_endpoints: None,
     };
     let beats: Vec<Heartbeats> = cfgs
         .iter()

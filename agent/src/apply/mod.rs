@@ -12,7 +12,7 @@ mod backup;
 mod dir;
 mod edit;
 mod path;
-mod probe;
+pub(crate) mod probe;
 mod step;
 
 use std::collections::BTreeSet;

@@ -47,23 +47,29 @@ pub fn probe(cfg: &AgentConfig, spec: &ProbeSpec, scratch: &std::path::Path) -> 
     out
 }
 
-fn status_code(line: &str) -> Option<u16> {
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// The status line of `GET path` over TLS to this host's `port`.
 fn https_get(p: &HttpsProbe) -> Result<String, String> {
+    https_fetch(p, TIMEOUT, 0).map(|(line, _)| line)
+}
+
+/// `GET path` over TLS to this host's `port`, the certificate pinned: the status line
+/// and up to `body_limit` bytes of the body, each read and write within `timeout`.
+pub fn https_fetch(
+    p: &HttpsProbe,
+    timeout: Duration,
+    body_limit: usize,
+) -> Result<(String, String), String> {
     let config = clustermgr_protocol::identity::pinned_client_config(&p.cert_sha256)
         .map_err(|e| e.to_string())?;
     let name = ServerName::try_from(p.host.clone()).map_err(|e| format!("{}: {e}", p.host))?;
     let mut conn =
         rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, p.port));
-    let mut sock = TcpStream::connect_timeout(&addr, TIMEOUT)
+    let mut sock = TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    sock.set_read_timeout(Some(TIMEOUT))
+    sock.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    sock.set_write_timeout(Some(TIMEOUT))
+    sock.set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     let mut tls = rustls::Stream::new(&mut conn, &mut sock);
     let request = format!(
@@ -72,18 +78,39 @@ fn https_get(p: &HttpsProbe) -> Result<String, String> {
     );
     tls.write_all(request.as_bytes())
         .map_err(|e| format!("TLS with {addr} failed: {e}"))?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while head.len() < 1024 && !head.ends_with(b"\r\n") {
-        match tls.read(&mut byte) {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Headers (up to 16 KiB) and then the body up to its limit.
+    loop {
+        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n");
+        let enough = match head_end {
+            Some(h) => got.len() >= h + 4 + body_limit,
+            None => got.len() >= 16 * 1024,
+        };
+        if enough || (body_limit == 0 && got.windows(2).any(|w| w == b"\r\n")) {
+            break;
+        }
+        match tls.read(&mut chunk) {
             Ok(0) => break,
-            Ok(_) => head.push(byte[0]),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            // A server closing without TLS close_notify has still sent what it sent.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !got.is_empty() => break,
             Err(e) => return Err(format!("no answer from {addr}: {e}")),
         }
     }
-    let line = String::from_utf8_lossy(&head).trim().to_string();
+    let text = String::from_utf8_lossy(&got);
+    let line = text.lines().next().unwrap_or_default().trim().to_string();
     if status_code(&line).is_none() {
         return Err(format!("{addr} did not answer HTTP: {line:?}"));
     }
-    Ok(line)
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.chars().take(body_limit).collect())
+        .unwrap_or_default();
+    Ok((line, body))
+}
+
+/// The HTTP status code of a status line.
+pub fn status_code(line: &str) -> Option<u16> {
+    line.split_whitespace().nth(1)?.parse().ok()
 }

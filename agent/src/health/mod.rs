@@ -4,6 +4,7 @@
 
 pub mod csync2;
 pub mod ldap;
+pub mod services;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -143,18 +144,26 @@ pub fn round(cfg: &AgentConfig, spec: &CheckSpec, heartbeats: Option<&Heartbeats
     // csync2 walks the replicated trees; it gets most of the round, not all of it.
     let csync2_timeout = Duration::from_millis(spec.deadline_ms.max(500) * 4 / 5);
     let access = crate::ldap::access(cfg);
-    let (ldap, csync2, ports) = std::thread::scope(|s| {
+    let (ldap, csync2, ports, services) = std::thread::scope(|s| {
         let csync2 = s.spawn(|| {
             spec.csync2
                 .as_deref()
                 .map(|name| csync2::state(&cfg.root, name, csync2_timeout))
         });
         let ports = s.spawn(|| reach(&spec.reach));
+        let services = s.spawn(|| {
+            let mut probes = spec.services.clone();
+            if let Some(host) = &spec.gluu_endpoints {
+                probes.extend(services::gluu_endpoints(&cfg.root, host));
+            }
+            services::try_all(&cfg.root, &probes)
+        });
         let ldap = ldap_state(cfg, &access, heartbeats);
         (
             ldap,
             csync2.join().unwrap_or(None),
             ports.join().unwrap_or_default(),
+            services.join().unwrap_or_default(),
         )
     });
     let disks = crate::telemetry::metrics::filesystems(std::path::Path::new("/proc"))
@@ -188,6 +197,7 @@ pub fn round(cfg: &AgentConfig, spec: &CheckSpec, heartbeats: Option<&Heartbeats
         ports,
         csync2,
         certs: certs(watched),
+        services,
     }
 }
 

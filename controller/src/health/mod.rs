@@ -9,7 +9,7 @@ pub mod verdict;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use clustermgr_protocol::health::{CertProbe, CheckSpec};
+use clustermgr_protocol::health::{CertProbe, CheckSpec, ServiceKind, ServiceProbe};
 use clustermgr_protocol::message::{Reply, Request};
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +53,8 @@ pub fn members(
                         // The generated csync2 group: every Gluu node, from two on.
                         csync2: n.has_role(Role::Gluu) && gluu >= 2,
                         certs: watched_certs(n, model),
+                        services: tried_services(n, nodes, model),
+                        gluu_endpoints: model.hostname.clone().filter(|_| n.has_role(Role::Gluu)),
                     },
                 )
             })
@@ -82,6 +84,56 @@ fn watched_certs(n: &NodeRecord, model: &crate::model::ClusterModel) -> Vec<Cert
     out
 }
 
+/// The services a node's agent tries besides its Gluu endpoints: on the load
+/// balancer, oxAuth and oxTrust through nginx by the cluster's name; Redis on the cache
+/// host, and the cache through each Gluu node's tunnel.
+fn tried_services(
+    n: &NodeRecord,
+    nodes: &[NodeRecord],
+    model: &crate::model::ClusterModel,
+) -> Vec<ServiceProbe> {
+    let mut out = Vec::new();
+    if n.has_role(Role::Lb)
+        && let Some(host) = &model.hostname
+    {
+        for (name, path) in [
+            ("oxAuth", "/oxauth/restv1/health-check"),
+            ("oxTrust", "/identity/restv1/health-check"),
+        ] {
+            out.push(ServiceProbe {
+                label: format!("{name} through the load balancer"),
+                kind: ServiceKind::Https {
+                    port: ports::HTTPS,
+                    host: host.clone(),
+                    path: path.into(),
+                    expect: "running".into(),
+                    cert: crate::generate::nginx::CERT.into(),
+                },
+            });
+        }
+    }
+    let has_cache = nodes.iter().any(|c| c.has_role(Role::Cache));
+    if model.cache == crate::model::Cache::Redis && has_cache {
+        if n.has_role(Role::Cache) {
+            out.push(ServiceProbe {
+                label: "Redis".into(),
+                kind: ServiceKind::RedisPing {
+                    addr: "127.0.0.1:6379".into(),
+                },
+            });
+        }
+        if n.has_role(Role::Gluu) {
+            out.push(ServiceProbe {
+                label: "the cache through the stunnel tunnel".into(),
+                kind: ServiceKind::RedisPing {
+                    addr: format!("127.0.0.1:{}", crate::generate::stunnel::PORT),
+                },
+            });
+        }
+    }
+    out
+}
+
 /// Asks every node for its checks at once; each has `interval` to answer.
 pub async fn round(
     ctx: &Ctx,
@@ -105,6 +157,8 @@ pub async fn round(
                 reach: m.map(|m| m.reach.clone()).unwrap_or_default(),
                 csync2: m.filter(|m| m.csync2).map(|_| n.name.clone()),
                 certs: m.map(|m| m.certs.clone()).unwrap_or_default(),
+                services: m.map(|m| m.services.clone()).unwrap_or_default(),
+                gluu_endpoints: m.and_then(|m| m.gluu_endpoints.clone()),
             };
             async move {
                 let got = ask(ctx, n, spec, deadline + Duration::from_secs(1), within).await;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use clustermgr_protocol::health::{
     CertProbe, CertState, CheckReport, Csn, Csync2State, DiskUse, LdapServer, LdapState, PortProbe,
-    PortReach,
+    PortReach, ServiceProbe, ServiceState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -139,6 +139,10 @@ pub struct Member {
     pub csync2: bool,
     /// The certificates its agent watches (besides its LDAP server's).
     pub certs: Vec<CertProbe>,
+    /// The services its agent tries (besides the Gluu endpoints it finds).
+    pub services: Vec<ServiceProbe>,
+    /// The cluster's hostname, for a Gluu node's own endpoints.
+    pub gluu_endpoints: Option<String>,
 }
 
 impl Members {
@@ -209,6 +213,8 @@ pub fn verdicts(
                 out.push(v("ports", level, reason));
                 let (level, reason) = certs(&report.certs, report.started_ms - skew_ms);
                 out.push(v("certs", level, reason));
+                let (level, reason) = services(&report.services);
+                out.push(v("services", level, reason));
                 if member.csync2 {
                     let (level, reason) =
                         csync2(report.csync2.as_ref(), &unreachable, report.started_ms);
@@ -250,7 +256,7 @@ pub fn verdicts(
 
 /// The checks of a node's own, which are unknown when it cannot run them.
 fn own_checks(member: &Member) -> Vec<&'static str> {
-    let mut c = vec!["clock", "disk", "ports", "certs"];
+    let mut c = vec!["clock", "disk", "ports", "certs", "services"];
     if member.csync2 {
         c.push("csync2");
     }
@@ -305,6 +311,40 @@ fn ports(
     match open {
         0 if skipped == 0 => (Level::Ok, "no peer ports to reach".into()),
         n => (Level::Ok, format!("{n} peer ports open{also}")),
+    }
+}
+
+/// The services tried on the node: one that does not answer as it should is
+/// critical.
+fn services(tried: &[ServiceState]) -> (Level, String) {
+    let failed: Vec<String> = tried
+        .iter()
+        .filter_map(|s| s.result.as_ref().err().map(|e| format!("{}: {e}", s.label)))
+        .collect();
+    if !failed.is_empty() {
+        return (Level::Critical, failed.join("; "));
+    }
+    match tried {
+        [] => (Level::Ok, "no services to try here".into()),
+        [one] => (
+            Level::Ok,
+            format!(
+                "{} answers ({})",
+                one.label,
+                one.result.as_deref().unwrap_or("")
+            ),
+        ),
+        all => (
+            Level::Ok,
+            format!(
+                "{} services answer: {}",
+                all.len(),
+                all.iter()
+                    .map(|s| s.label.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
     }
 }
 

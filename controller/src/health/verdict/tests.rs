@@ -49,7 +49,7 @@ fn members() -> Members {
                     .flat_map(|p| [probe(p, 1636), probe(p, 30865)])
                     .collect(),
                 csync2: true,
-                certs: Vec::new(),
+                ..Member::default()
             },
         );
     }
@@ -60,7 +60,7 @@ fn members() -> Members {
             host: "10.0.0.9".into(),
             reach: (1..=3).map(|p| probe(p, 443)).collect(),
             csync2: false,
-            certs: Vec::new(),
+            ..Member::default()
         },
     );
     m
@@ -121,6 +121,7 @@ fn report(node: &str, s: LdapState, skew_ms: i64) -> NodeRound {
             ports: all_open(node),
             csync2: Some(synced()),
             certs: Vec::new(),
+            services: Vec::new(),
         },
         skew_ms,
     }
@@ -157,6 +158,7 @@ fn round(states: Vec<(usize, NodeRound)>) -> BTreeMap<String, NodeRound> {
                 ports: Vec::new(),
                 csync2: None,
                 certs: Vec::new(),
+                services: Vec::new(),
             },
             skew_ms: 0,
         },
@@ -415,6 +417,7 @@ fn clocks_and_disks_are_judged_on_every_node() {
             ports: Vec::new(),
             csync2: None,
             certs: Vec::new(),
+            services: Vec::new(),
         },
         skew_ms,
     };
@@ -625,4 +628,48 @@ fn two_clocks_each_near_the_controllers_can_be_too_far_apart() {
     assert_eq!(level(&v, "gluu2", "clock").0, Level::Warning);
     // gluu3, 1.9 s from each, is fine.
     assert_eq!(level(&v, "gluu3", "clock").0, Level::Ok);
+}
+
+#[test]
+fn a_service_that_does_not_answer_is_critical_with_its_words() {
+    let judge = |services: Vec<ServiceState>| {
+        let mut now = healthy();
+        if let Some(NodeRound::Report { report, .. }) = now.get_mut("lb1") {
+            report.services = services;
+        }
+        level(
+            &verdicts(&members(), &now, None, INTERVAL),
+            "lb1",
+            "services",
+        )
+    };
+    let up = |label: &str| ServiceState {
+        label: label.into(),
+        result: Ok("200 in 3 ms".into()),
+    };
+    assert_eq!(
+        judge(vec![]),
+        (Level::Ok, "no services to try here".to_string())
+    );
+    assert_eq!(
+        judge(vec![up("oxAuth through the load balancer")]),
+        (
+            Level::Ok,
+            "oxAuth through the load balancer answers (200 in 3 ms)".to_string()
+        )
+    );
+    let (l, why) = judge(vec![
+        up("oxAuth through the load balancer"),
+        ServiceState {
+            label: "oxTrust through the load balancer".into(),
+            result: Err(
+                "GET /identity/restv1/health-check answered HTTP/1.1 502 Bad Gateway: ".into(),
+            ),
+        },
+    ]);
+    assert_eq!(l, Level::Critical);
+    assert!(
+        why.starts_with("oxTrust through the load balancer: GET /identity"),
+        "{why}"
+    );
 }
