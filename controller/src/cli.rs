@@ -159,11 +159,20 @@ pub enum Cmd {
     /// refreshed every second from what `serve` receives; Ctrl-C ends it. Without a
     /// terminal (or with --json), one table.
     Top(Selection),
-    /// The health of every node: the agent, its LDAP server, replication links, CSNs
-    /// and heartbeat lag, each ok, warning, critical or unknown with the reason. Exits
-    /// 0 ok, 1 warning, 2 critical, 3 unknown (also for a usage error), as Nagios-style
-    /// monitoring expects.
-    Health(Selection),
+    /// The health of every node: the agent, clock, disk, ports, certificates, services,
+    /// csync2, its LDAP server, replication links, CSNs and heartbeat lag, each ok,
+    /// warning, critical or unknown with the reason. While `serve` runs, its latest round
+    /// (judged against the one before); otherwise a round now. Exits 0 ok, 1 warning,
+    /// 2 critical, 3 unknown (also for a usage error), as Nagios-style monitoring
+    /// expects.
+    Health {
+        #[command(flatten)]
+        sel: Selection,
+        /// Show it again every check interval until Ctrl-C (with --json, one JSON
+        /// object a line).
+        #[arg(long)]
+        watch: bool,
+    },
     /// The replication picture behind `health`, from one round: how old each node's
     /// LDAP heartbeat is on every other (replication lag), the contextCSN per serverID
     /// on each node, and each node's replication links.
@@ -444,7 +453,7 @@ fn login_name() -> String {
 }
 
 async fn run(cli: Cli) -> i32 {
-    let health = matches!(cli.command, Cmd::Health(_) | Cmd::Ports);
+    let health = matches!(cli.command, Cmd::Health { .. } | Cmd::Ports);
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -770,7 +779,37 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             OutputMode::Live,
         ),
         Cmd::Status => (Operation::Status, OutputMode::Live),
-        Cmd::Health(sel) => (Operation::Health { nodes: sel.nodes }, OutputMode::Live),
+        Cmd::Health { sel, watch: false } => {
+            (Operation::Health { nodes: sel.nodes }, OutputMode::Live)
+        }
+        Cmd::Health { sel, watch: true } => {
+            use std::io::IsTerminal;
+            let live = !json && std::io::stdout().is_terminal();
+            let mode = json_or_live(json);
+            let interval = crate::config::ControllerConfig::load(&home.join("controller.toml"))
+                .map(|c| Duration::from_secs(c.health.interval_secs))?;
+            loop {
+                let inv = Invocation {
+                    user: user(),
+                    op: Operation::Health {
+                        nodes: sel.nodes.clone(),
+                    },
+                    connect_timeout_ms: connect_timeout.map(|secs| (secs * 1000.0).round() as u64),
+                };
+                if live {
+                    // Home, then clear: the table is redrawn in place.
+                    print!("\x1b[H\x1b[2J");
+                }
+                let code = execute(&home, &opts, inv, mode).await?;
+                if !live && !json {
+                    println!();
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = shutdown_signal() => return Ok(code),
+                }
+            }
+        }
         Cmd::Replication => (Operation::Replication, OutputMode::Live),
         Cmd::Ports => (Operation::Ports, OutputMode::Live),
         Cmd::Events {

@@ -476,14 +476,14 @@ pub async fn apply(
     let by = format!("{user}@{}", ctx.meta.name);
     let mut views = Vec::new();
     if rolling {
-        let gate = Gate::of(ctx)?;
+        let mut gate = Gate::of(ctx, within).await?;
         let mut stop = false;
         for d in &desired {
             if stop {
                 views.push(skipped(d, revision));
                 continue;
             }
-            let v = rolling_one(ctx, user, &by, d, revision, &gate, within).await?;
+            let v = rolling_one(ctx, user, &by, d, revision, &mut gate, within).await?;
             stop = v.state != NodeState::Ok;
             let _ = events.send(Event::NodeDone(done(&v))).await;
             views.push(v);
@@ -527,10 +527,11 @@ pub async fn apply(
 struct Gate {
     https: Option<(String, String)>,
     has_lb: bool,
+    health: crate::health::HealthGate,
 }
 
 impl Gate {
-    fn of(ctx: &Ctx) -> Result<Gate, CtlError> {
+    async fn of(ctx: &Ctx, within: Duration) -> Result<Gate, CtlError> {
         let model = ctx.store.model()?;
         let secrets = ctx.store.secrets()?;
         let https = match (model.hostname, secrets.tls_cert_pem) {
@@ -543,6 +544,7 @@ impl Gate {
         Ok(Gate {
             https,
             has_lb: ctx.store.nodes()?.iter().any(|n| n.has_role(Role::Lb)),
+            health: crate::health::HealthGate::before(ctx, within).await?,
         })
     }
 }
@@ -557,7 +559,7 @@ async fn rolling_one(
     by: &str,
     d: &NodeDesired,
     revision: u64,
-    gate: &Gate,
+    gate: &mut Gate,
     within: Duration,
 ) -> Result<NodeApplyView, CtlError> {
     let gluu = d.node.has_role(Role::Gluu);
@@ -620,9 +622,10 @@ async fn rolling_one(
             }),
             _ => None,
         };
+        let mut checks = Vec::new();
         if !services.is_empty() || https.is_some() {
             let spec = ProbeSpec { services, https };
-            let checks = match ctx.connection_within(&d.node, within).await {
+            checks = match ctx.connection_within(&d.node, within).await {
                 Ok(conn) => match conn.unary(&Request::Probe(spec), PLAN_TIMEOUT).await {
                     Ok(Reply::Probed(steps)) => steps,
                     Ok(other) => vec![probe_failure(format!(
@@ -633,33 +636,46 @@ async fn rolling_one(
                 },
                 Err(f) => vec![probe_failure(f.message)],
             };
-            let failed: Vec<String> = checks
-                .iter()
-                .filter(|c| !c.ok)
-                .map(|c| format!("{}: {}", c.step, c.output))
-                .collect();
-            v.steps.extend(checks.into_iter().map(|c| StepView {
-                step: c.step,
-                ok: c.ok,
-                output: c.output,
-            }));
-            if !failed.is_empty() {
-                v.state = NodeState::Failed;
-                v.result = "check failed".into();
-                v.message = Some(format!(
-                    "the change is in place but the node's check failed ({}){}; the rolling apply stops here",
-                    failed.join("; "),
-                    if drain || already {
-                        format!(
-                            ", and it stays drained: `clustermgr undrain {}` once it is fixed",
-                            d.node.name
-                        )
-                    } else {
-                        String::new()
-                    }
-                ));
-                return Ok(v);
-            }
+        }
+        // The cluster's health checks, once the node's own passed: no check worse
+        // than before the rollout.
+        if checks.iter().all(|c| c.ok) {
+            let (ok, output) = match gate.health.after(ctx, within).await {
+                Ok(words) => (true, words),
+                Err(words) => (false, words),
+            };
+            checks.push(clustermgr_protocol::changeset::StepRun {
+                step: "the cluster's health".into(),
+                ok,
+                output,
+            });
+        }
+        let failed: Vec<String> = checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: {}", c.step, c.output))
+            .collect();
+        v.steps.extend(checks.into_iter().map(|c| StepView {
+            step: c.step,
+            ok: c.ok,
+            output: c.output,
+        }));
+        if !failed.is_empty() {
+            v.state = NodeState::Failed;
+            v.result = "check failed".into();
+            v.message = Some(format!(
+                "the change is in place but the node's check failed ({}){}; the rolling apply stops here",
+                failed.join("; "),
+                if drain || already {
+                    format!(
+                        ", and it stays drained: `clustermgr undrain {}` once it is fixed",
+                        d.node.name
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+            return Ok(v);
         }
     }
     if drain && v.state == NodeState::Ok {

@@ -682,6 +682,8 @@ pub struct Ctx {
     pub recent: crate::telemetry::top::Recent,
     /// Health changes as `serve`'s watch stores them, for `events -f`.
     pub health_events: tokio::sync::broadcast::Sender<crate::health::HealthEvent>,
+    /// `serve`'s latest health round, for `health`, `replication`, `ports` and `top`.
+    pub health_latest: Mutex<Option<Arc<crate::health::Latest>>>,
     controller_cert: Mutex<CertSummary>,
 }
 
@@ -797,6 +799,7 @@ impl Ctx {
             live_logs: tokio::sync::broadcast::channel(LIVE_LOG_LINES).0,
             recent: Default::default(),
             health_events: tokio::sync::broadcast::channel(1024).0,
+            health_latest: Mutex::new(None),
             controller_cert: Mutex::new(summary),
         };
         ctx.renew_controller_if_due()?;

@@ -237,12 +237,12 @@ fn print_top(rows: &[crate::telemetry::top::TopRow]) {
     let num = |v: Option<f64>| v.map_or("-".to_string(), short_number);
     let bps = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{}B/s", short_number(x)));
     println!(
-        "{:<16} {:<14} {:>7} {:>7} {:>7} {:>11} {:>11} {:>6} {:>6}",
+        "{:<16} {:<14} {:>7} {:>7} {:>7} {:>11} {:>11} {:>6} {:>6}  HEALTH",
         "NODE", "STATE", "CPU", "MEM", "DISK", "RX", "TX", "LOAD1", "AGE"
     );
     for r in rows {
         println!(
-            "{:<16} {:<14} {:>7} {:>7} {:>7} {:>11} {:>11} {:>6} {:>6}",
+            "{:<16} {:<14} {:>7} {:>7} {:>7} {:>11} {:>11} {:>6} {:>6}  {}",
             r.node,
             r.state,
             pct(r.cpu_pct),
@@ -252,6 +252,7 @@ fn print_top(rows: &[crate::telemetry::top::TopRow]) {
             bps(r.tx_bps),
             num(r.load1),
             r.age_secs.map_or("-".to_string(), |a| format!("{a:.0}s")),
+            r.health.as_deref().unwrap_or("-"),
         );
     }
 }
@@ -435,7 +436,14 @@ fn print_health(h: &crate::health::HealthView) {
             v.reason
         );
     }
-    println!("overall: {}", h.worst.as_str());
+    match h.as_of_ms {
+        Some(t) => println!(
+            "overall: {} (serve's round at {})",
+            h.worst.as_str(),
+            rfc3339(t.div_euclid(1000))
+        ),
+        None => println!("overall: {}", h.worst.as_str()),
+    }
 }
 
 /// One log line: time (UTC, milliseconds), node, source, text.

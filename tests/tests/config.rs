@@ -353,6 +353,12 @@ fn the_load_balancer_follows_the_inventory_drains_and_refuses_a_broken_config() 
         4,
         "{rolled}"
     );
+    // ... and the cluster's health checks after each: nothing newly critical.
+    assert_eq!(
+        rolled.matches("ok: the cluster's health").count(),
+        4,
+        "{rolled}"
+    );
     let shown = ok(&mut t, ctl.run(&["cluster", "show"]), "cluster show");
     assert!(
         shown.lines().any(|l| l.trim() == "drained"),

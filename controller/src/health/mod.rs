@@ -25,6 +25,49 @@ pub struct HealthView {
     pub worst: Level,
     /// Every check of every selected node.
     pub verdicts: Vec<Verdict>,
+    /// When `serve` ran the round shown (Unix milliseconds); `None` when this command
+    /// ran its own.
+    pub as_of_ms: Option<i64>,
+}
+
+/// `serve`'s latest round, judged: what `health`, `replication`, `ports` and `top`
+/// show while it runs.
+#[derive(Debug)]
+pub struct Latest {
+    /// Who was asked.
+    pub members: Members,
+    /// What they said.
+    pub round: BTreeMap<String, NodeRound>,
+    /// The verdicts, against the round before.
+    pub verdicts: Vec<Verdict>,
+    /// When it ran, Unix milliseconds.
+    pub at_ms: i64,
+    /// The interval it ran at.
+    pub interval: Duration,
+}
+
+impl Latest {
+    /// The worst state of `node`'s checks, with the first check in that state.
+    pub fn worst_of(&self, node: &str) -> Option<(Level, &str)> {
+        let mine = self.verdicts.iter().filter(|v| v.node == node);
+        let worst = Level::worst(mine.clone().map(|v| v.level));
+        mine.into_iter()
+            .find(|v| v.level == worst)
+            .map(|v| (worst, v.check.as_str()))
+    }
+}
+
+/// `serve`'s latest round when it is recent (within two intervals and a moment): a
+/// round older than that means the watch is stuck, and a round of one's own is better.
+pub(crate) fn latest(ctx: &Ctx) -> Option<std::sync::Arc<Latest>> {
+    let l = ctx
+        .health_latest
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()?;
+    let now_ms = ctx.clock.now().unix_timestamp_nanos() as i64 / 1_000_000;
+    let fresh = now_ms - l.at_ms <= 2 * l.interval.as_millis() as i64 + 5000;
+    fresh.then_some(l)
 }
 
 /// The members a round concerns, from the inventory and the cluster's settings,
@@ -196,12 +239,15 @@ async fn ask(
     }
 }
 
-/// One round now over every node, for the one-shot commands: the members, the round
-/// and the interval it was asked with.
+/// One round over every node, for the one-shot commands: `serve`'s latest when it is
+/// recent, else one now; the members, the round and the interval it was asked with.
 async fn one_round(
     ctx: &Ctx,
     within: Duration,
 ) -> Result<(Members, BTreeMap<String, NodeRound>, Duration), CtlError> {
+    if let Some(l) = latest(ctx) {
+        return Ok((l.members.clone(), l.round.clone(), l.interval));
+    }
     let all = ctx.store.nodes()?;
     let cfg = crate::config::ControllerConfig::load(&ctx.home.config())?;
     let interval = Duration::from_secs(cfg.health.interval_secs);
@@ -221,15 +267,22 @@ pub async fn health(
         .into_iter()
         .map(|n| n.name)
         .collect();
-    let (members, now, interval) = one_round(ctx, within).await?;
-    let verdicts: Vec<Verdict> =
-        verdict::verdicts(&members, &now, None, interval.as_millis() as i64)
-            .into_iter()
-            .filter(|v| shown.contains(&v.node))
-            .collect();
+    let (all, as_of_ms) = match latest(ctx) {
+        Some(l) => (l.verdicts.clone(), Some(l.at_ms)),
+        None => {
+            let (members, now, interval) = one_round(ctx, within).await?;
+            let v = verdict::verdicts(&members, &now, None, interval.as_millis() as i64);
+            (v, None)
+        }
+    };
+    let verdicts: Vec<Verdict> = all
+        .into_iter()
+        .filter(|v| shown.contains(&v.node))
+        .collect();
     Ok(crate::ops::Report::Health(HealthView {
         worst: Level::worst(verdicts.iter().map(|v| v.level)),
         verdicts,
+        as_of_ms,
     }))
 }
 
@@ -245,6 +298,100 @@ pub async fn replication(ctx: &Ctx, within: Duration) -> Result<crate::ops::Repo
 pub async fn ports(ctx: &Ctx, within: Duration) -> Result<crate::ops::Report, CtlError> {
     let (members, now, _) = one_round(ctx, within).await?;
     Ok(crate::ops::Report::Ports(ports::view(&members, &now)))
+}
+
+/// The rolling apply's health gate: the cluster's checks before the rollout began,
+/// and the last round, so each node's change is judged by whether it left the cluster
+/// worse than it found it (a check that was already failing does not block the
+/// rollout; one that breaks after a node's change does).
+pub struct HealthGate {
+    baseline: BTreeMap<(String, String), Level>,
+    previous: Option<BTreeMap<String, NodeRound>>,
+}
+
+/// A round of the gate's own: `serve`'s latest may predate the change it judges.
+async fn fresh_round(
+    ctx: &Ctx,
+    previous: Option<&BTreeMap<String, NodeRound>>,
+    within: Duration,
+) -> Result<(Vec<Verdict>, BTreeMap<String, NodeRound>, Duration), CtlError> {
+    let all = ctx.store.nodes()?;
+    let cfg = crate::config::ControllerConfig::load(&ctx.home.config())?;
+    let interval = Duration::from_secs(cfg.health.interval_secs);
+    let members = members(&all, &ctx.store.model()?, &cfg.health);
+    let now = round(ctx, &all, &members, interval, within).await;
+    let v = verdict::verdicts(&members, &now, previous, interval.as_millis() as i64);
+    Ok((v, now, interval))
+}
+
+impl HealthGate {
+    /// The cluster's checks now, before anything changes.
+    pub async fn before(ctx: &Ctx, within: Duration) -> Result<HealthGate, CtlError> {
+        let (v, now, _) = fresh_round(ctx, None, within).await?;
+        Ok(HealthGate {
+            baseline: v
+                .into_iter()
+                .map(|v| ((v.node, v.check), v.level))
+                .collect(),
+            previous: Some(now),
+        })
+    }
+
+    /// A gate whose baseline is `verdicts`, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(verdicts: &[Verdict]) -> HealthGate {
+        HealthGate {
+            baseline: verdicts
+                .iter()
+                .map(|v| ((v.node.clone(), v.check.clone()), v.level))
+                .collect(),
+            previous: None,
+        }
+    }
+
+    /// The checks critical in `verdicts` that were not before the rollout. Warnings do
+    /// not stop it: files waiting for the next csync2 sync after a change of the
+    /// replicated paths are the change working, not breaking.
+    pub(crate) fn regressions(&self, verdicts: &[Verdict]) -> Vec<String> {
+        verdicts
+            .iter()
+            .filter(|v| v.level == Level::Critical)
+            .filter(|v| {
+                self.baseline.get(&(v.node.clone(), v.check.clone())) != Some(&Level::Critical)
+            })
+            .map(|v| format!("{} {} {}: {}", v.node, v.check, v.level.as_str(), v.reason))
+            .collect()
+    }
+
+    /// After a node's change: rounds until no check is worse than before the rollout,
+    /// for up to three check intervals (ten seconds at least), so a service that
+    /// restarts has time to come back. The words for the apply's report, or what got
+    /// worse.
+    pub async fn after(&mut self, ctx: &Ctx, within: Duration) -> Result<String, String> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let (v, now, interval) = fresh_round(ctx, self.previous.as_ref(), within)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.previous = Some(now);
+            let worse = self.regressions(&v);
+            if worse.is_empty() {
+                return Ok(format!(
+                    "no check is worse than before the rollout ({} checks)",
+                    v.len()
+                ));
+            }
+            let patience = (interval * 3).max(Duration::from_secs(10));
+            if started.elapsed() >= patience {
+                return Err(format!(
+                    "worse than before the rollout after {} s: {}",
+                    patience.as_secs(),
+                    worse.join("; ")
+                ));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
 }
 
 /// A check's state as stored between rounds.
@@ -357,6 +504,14 @@ pub async fn watch(ctx: std::sync::Arc<Ctx>) {
         // Taken only once stored: a round that cannot be stored is judged again.
         let mut next = state.clone();
         let (events, states) = changes(&mut next, &verdicts, time_ms);
+        *ctx.health_latest.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::sync::Arc::new(Latest {
+                members,
+                round: now.clone(),
+                verdicts,
+                at_ms: time_ms,
+                interval,
+            }));
         previous = Some(now);
         if states.is_empty() {
             tokio::time::sleep_until(started + interval).await;

@@ -462,7 +462,9 @@ fn csync2(
     if up.is_empty() {
         return (Level::Ok, format!("{words} (only unreachable nodes wait)"));
     }
-    let stale = s.last_sync_ms.is_none_or(|t| now_ms - t > CSYNC2_STALE_MS);
+    // Never synced is a cluster being set up (its first rollout), not a sync that
+    // stopped working.
+    let stale = s.last_sync_ms.is_some_and(|t| now_ms - t > CSYNC2_STALE_MS);
     (
         if stale {
             Level::Critical

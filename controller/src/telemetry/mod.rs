@@ -163,10 +163,22 @@ pub fn top(ctx: &Ctx, nodes: &str) -> Result<Report, CtlError> {
         ));
     };
     let now_ms = ctx.clock.now().unix_timestamp() * 1000;
+    let health = crate::health::latest(ctx);
     Ok(Report::Top(
         select(&ctx.store.nodes()?, nodes)?
             .iter()
-            .map(|n| top::row(&n.name, pool.get_pinned(n).is_some(), &ctx.recent, now_ms))
+            .map(|n| {
+                let mut r = top::row(&n.name, pool.get_pinned(n).is_some(), &ctx.recent, now_ms);
+                r.health =
+                    health
+                        .as_ref()
+                        .and_then(|l| l.worst_of(&n.name))
+                        .map(|(level, check)| match level {
+                            crate::health::verdict::Level::Ok => "ok".to_string(),
+                            l => format!("{}: {check}", l.as_str()),
+                        });
+                r
+            })
             .collect(),
     ))
 }

@@ -57,6 +57,9 @@ pub struct TopRow {
     pub tx_bps: Option<f64>,
     /// Load average over a minute.
     pub load1: Option<f64>,
+    /// The worst of its health checks in `serve`'s latest round, and which check
+    /// (`critical: ldap`); `None` before the first round.
+    pub health: Option<String>,
 }
 
 fn sum(s: &[Sample], name: &str, pick: impl Fn(&Sample) -> bool) -> Option<f64> {
@@ -92,6 +95,7 @@ pub fn row(node: &str, connected: bool, recent: &Recent, now_ms: i64) -> TopRow 
         rx_bps: None,
         tx_bps: None,
         load1: None,
+        health: None,
     };
     let Some(((t0, a), (t1, b))) = recent.ticks(node) else {
         return r;

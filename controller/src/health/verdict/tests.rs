@@ -530,8 +530,9 @@ fn csync2_judges_the_listener_waiting_files_and_the_last_sync() {
     // ... critical once syncs have failed for ten minutes.
     c.last_sync_ms = Some(T0 - 11 * 60_000);
     assert_eq!(judge(c.clone()).0, Level::Critical);
+    // Never synced: a cluster being set up, a warning.
     c.last_sync_ms = None;
-    assert_eq!(judge(c).0, Level::Critical);
+    assert_eq!(judge(c).0, Level::Warning);
     // The check could not run: a warning with csync2's words.
     let mut c = synced();
     c.error = Some("/etc/csync2.cfg is missing: `clustermgr apply` writes it".into());
@@ -671,5 +672,43 @@ fn a_service_that_does_not_answer_is_critical_with_its_words() {
     assert!(
         why.starts_with("oxTrust through the load balancer: GET /identity"),
         "{why}"
+    );
+}
+
+#[test]
+fn the_gate_stops_on_what_broke_not_on_what_was_already_broken_or_warns() {
+    let v = |node: &str, check: &str, level: Level| Verdict {
+        node: node.into(),
+        check: check.into(),
+        level,
+        reason: "why".into(),
+    };
+    let gate = crate::health::HealthGate::for_tests(&[
+        v("gluu1", "ports", Level::Critical),
+        v("gluu1", "csync2", Level::Warning),
+        v("gluu2", "ldap", Level::Unknown),
+    ]);
+    assert!(
+        gate.regressions(&[
+            v("gluu1", "ports", Level::Critical),
+            v("gluu1", "csync2", Level::Warning),
+            v("gluu2", "ldap", Level::Unknown),
+            v("gluu3", "disk", Level::Ok),
+            // A new warning (files waiting for the next sync) does not stop a rollout.
+            v("gluu3", "csync2", Level::Warning),
+        ])
+        .is_empty()
+    );
+    assert_eq!(
+        gate.regressions(&[
+            v("gluu1", "csync2", Level::Critical),
+            v("gluu2", "ldap", Level::Critical),
+            v("gluu3", "agent", Level::Critical),
+        ]),
+        [
+            "gluu1 csync2 critical: why",
+            "gluu2 ldap critical: why",
+            "gluu3 agent critical: why"
+        ]
     );
 }
