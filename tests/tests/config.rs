@@ -603,6 +603,16 @@ fn csync2_replicates_and_stunnel_verifies_both_ends() {
     eventually_blocking("PONG through the tunnel", secs(10), || {
         redis_ping(g1, 16379) == "PONG"
     });
+    // Health tries the cache on its host and through each Gluu node's tunnel.
+    eventually_blocking("the cache checked through the tunnel", secs(20), || {
+        let (level, why) = services(&ctl, "gluu1");
+        level == "ok" && why.contains("the cache through the stunnel tunnel answers (PONG")
+    });
+    let (level, why) = services(&ctl, "cache");
+    assert!(
+        level == "ok" && why.contains("Redis answers (PONG"),
+        "{why}"
+    );
     // A client with a certificate from another CA is refused.
     let d = "/etc/stunnel/rogue";
     g1.sh(&format!(
@@ -671,6 +681,18 @@ fn csync2_replicates_and_stunnel_verifies_both_ends() {
         "apply with the key back",
     );
 
+    // Redis down: the cache host's check and every tunnel's fail, in words.
+    cache.sh("redis-cli -p 6379 shutdown nosave || true");
+    eventually_blocking("Redis down in the health checks", secs(20), || {
+        let (level, why) = services(&ctl, "gluu1");
+        level == "critical" && why.contains("the cache through the stunnel tunnel")
+    });
+    let (level, why) = services(&ctl, "cache");
+    assert!(
+        level == "critical" && why.contains("Redis: cannot connect to 127.0.0.1:6379"),
+        "{why}"
+    );
+
     let host_secrets: Vec<String> = [
         "/etc/csync2.key",
         "/etc/csync2_ssl_key.pem",
@@ -680,6 +702,25 @@ fn csync2_replicates_and_stunnel_verifies_both_ends() {
     .map(|f| std::fs::read_to_string(g1.path(f)).unwrap())
     .collect();
     t.assert_no_secrets(&ctl, &net, &host_secrets);
+}
+
+/// The `services` health check of `node`: its level and reason.
+fn services(ctl: &Controller, node: &str) -> (String, String) {
+    let out = ctl.run(&["--json", "health"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["verdicts"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|r| r["node"] == node && r["check"] == "services")
+                .map(|r| {
+                    (
+                        r["level"].as_str().unwrap_or_default().to_string(),
+                        r["reason"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+        })
+        .unwrap_or_default()
 }
 
 /// A minimal Gluu container on `h`: busybox in `/opt/gluu-server` and a
