@@ -169,7 +169,7 @@ pub enum Cmd {
         #[command(flatten)]
         sel: Selection,
         /// Show it again every check interval until Ctrl-C (with --json, one JSON
-        /// object a line).
+        /// document a round).
         #[arg(long)]
         watch: bool,
     },

@@ -349,9 +349,13 @@ pub async fn run(home: Option<PathBuf>, nodes: usize, port: u16) -> Result<i32, 
     println!("    export CLUSTERMGR_HOME={}", dir.display());
     println!("    clustermgr status");
     println!("    clustermgr exec -- uname -a");
+    println!("    clustermgr health");
     println!(
         "Each node's files are under {}/NODE (root/ stands for its /).",
         base.display()
+    );
+    println!(
+        "The sandbox runs no Gluu, LDAP, csync2 or tunnels, so `health` shows their checks unknown,\nwaiting for `apply`, or failing (ports and services): what a real cluster would fix."
     );
     for (prog, feature) in missing_programs() {
         println!(

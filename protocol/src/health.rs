@@ -121,6 +121,9 @@ pub struct PortReach {
 /// The node's csync2 as its agent found it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Csync2State {
+    /// Whether `/etc/csync2.cfg` exists: before the first `apply` nothing else is
+    /// tried.
+    pub configured: bool,
     /// Whether the listener (port 30865) accepted a connection; why not otherwise.
     pub listener: Result<(), String>,
     /// Files changed here and not yet sent (`csync2 -cr` then `-M`), at most

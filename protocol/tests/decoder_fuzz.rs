@@ -1031,6 +1031,7 @@ fn gen_check_report(rng: &mut Rng) -> CheckReport {
             })
             .collect(),
         csync2: gen_option(rng, |rng| Csync2State {
+            configured: gen_bool(rng),
             listener: if gen_bool(rng) {
                 Ok(())
             } else {

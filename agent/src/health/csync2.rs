@@ -20,12 +20,24 @@ const KEPT_FOR: Duration = Duration::from_secs(24 * 3600);
 
 /// The node's csync2 (its `-N` name is `name`), each command within `timeout`.
 pub fn state(root: &Path, name: &str, timeout: Duration) -> Csync2State {
+    if !root.join("etc/csync2.cfg").exists() {
+        return Csync2State {
+            configured: false,
+            listener: Err("not configured".into()),
+            dirty: Vec::new(),
+            dirty_total: 0,
+            last_sync_ms: None,
+            kept: Vec::new(),
+            error: None,
+        };
+    }
     let listener = listening(name);
     let (dirty, dirty_total, error) = match dirty(root, name, timeout) {
         Ok((d, n)) => (d, n, None),
         Err(e) => (Vec::new(), 0, Some(e)),
     };
     Csync2State {
+        configured: true,
         listener,
         dirty,
         dirty_total,
@@ -62,13 +74,6 @@ fn unix_ms(t: SystemTime) -> i64 {
 
 /// Marks what changed on disk dirty, then lists the dirty entries.
 fn dirty(root: &Path, name: &str, timeout: Duration) -> Result<(Vec<Dirty>, u32), String> {
-    let cfg = root.join("etc/csync2.cfg");
-    if !cfg.exists() {
-        return Err(format!(
-            "{} is missing: `clustermgr apply` writes it",
-            cfg.display()
-        ));
-    }
     let check = csync2(root, &["-N", name, "-cr", "/"], timeout)?;
     if check.0 != 0 {
         return Err(format!(

@@ -423,6 +423,12 @@ fn csync2(
             "the agent did not check csync2 (an agent older than the controller?)".into(),
         );
     };
+    if !s.configured {
+        return (
+            Level::Warning,
+            "csync2 is not set up on this node yet (no /etc/csync2.cfg): `clustermgr apply` writes it".into(),
+        );
+    }
     if let Err(e) = &s.listener {
         return (Level::Critical, format!("listener: {e}"));
     }

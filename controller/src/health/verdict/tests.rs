@@ -69,6 +69,7 @@ fn members() -> Members {
 /// csync2 with nothing waiting, synced a minute before `T0`.
 fn synced() -> Csync2State {
     Csync2State {
+        configured: true,
         listener: Ok(()),
         dirty: Vec::new(),
         dirty_total: 0,
@@ -533,12 +534,18 @@ fn csync2_judges_the_listener_waiting_files_and_the_last_sync() {
     // Never synced: a cluster being set up, a warning.
     c.last_sync_ms = None;
     assert_eq!(judge(c).0, Level::Warning);
-    // The check could not run: a warning with csync2's words.
+    // Not set up yet (before the first apply): a warning saying what to do.
     let mut c = synced();
-    c.error = Some("/etc/csync2.cfg is missing: `clustermgr apply` writes it".into());
+    c.configured = false;
     let (l, why) = judge(c);
     assert_eq!(l, Level::Warning);
-    assert!(why.contains("clustermgr apply"), "{why}");
+    assert!(why.contains("`clustermgr apply` writes it"), "{why}");
+    // The check could not run: a warning with csync2's words.
+    let mut c = synced();
+    c.error = Some("`csync2 -M` failed (exit status 1): database is locked".into());
+    let (l, why) = judge(c);
+    assert_eq!(l, Level::Warning);
+    assert!(why.contains("database is locked"), "{why}");
     // Where a peer's version won, the kept copy is named.
     let mut c = synced();
     c.kept = vec![KeptCopy {
