@@ -143,6 +143,17 @@ impl GluuCluster {
     /// Runs the generated cron job's command on `name` now (what cron runs every two
     /// minutes), and requires it to succeed.
     pub fn sync(&self, name: &str) {
+        let out = self.try_sync(name);
+        assert!(
+            out.status.success(),
+            "csync2 -x on {name}: {}",
+            std::fs::read_to_string(self.host(name).path("/var/log/csync2.log"))
+                .unwrap_or_default()
+        );
+    }
+
+    /// Runs the generated cron job's command on `name` now, whatever its outcome.
+    pub fn try_sync(&self, name: &str) -> std::process::Output {
         let h = self.host(name);
         let cron = std::fs::read_to_string(h.path("/etc/cron.d/clustermgr-csync2"))
             .expect("the generated cron job");
@@ -155,7 +166,7 @@ impl GluuCluster {
             .split_once("; ")
             .map(|(_, c)| c)
             .expect("a staggered command");
-        h.sh(command);
+        h.run(&["sh", "-c", command])
     }
 
     /// `health --json`: the exit code and every verdict.

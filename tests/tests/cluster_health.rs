@@ -239,6 +239,49 @@ async fn faults_on_real_hosts_are_reported_within_two_intervals_and_alerted_once
         Some("changed\n".into())
     );
 
+    // A conflict: one file edited on two hosts. `auto younger` keeps the younger edit,
+    // and the older side's copy lands in its backup directory, which its check names.
+    let f = format!("{CUSTOM}/conflict.txt");
+    c.host("gluu2")
+        .sh(&format!("echo older > {f} && touch -d '-1 min' {f}"));
+    c.host("gluu1").sh(&format!("echo younger > {f}"));
+    let log = |n: &str| {
+        std::fs::read_to_string(c.host(n).path("/var/log/csync2.log")).unwrap_or_default()
+    };
+    let lost = c.try_sync("gluu2");
+    assert!(!lost.status.success(), "the older edit cannot win");
+    assert!(
+        log("gluu2").contains("Lost 'younger/older' test"),
+        "{}",
+        log("gluu2")
+    );
+    c.sync("gluu1");
+    assert!(
+        log("gluu1").contains("Won 'younger/older' test"),
+        "{}",
+        log("gluu1")
+    );
+    for n in NODES {
+        assert_eq!(
+            std::fs::read_to_string(c.host(n).path(&f)).ok(),
+            Some("younger\n".into()),
+            "on {n}"
+        );
+    }
+    clustermgr_tests::eventually("the kept copy named", secs(30), || {
+        let (_, rows) = c.health();
+        rows.iter().any(|r| {
+            r.node == "gluu2"
+                && r.check == "csync2"
+                && r.reason.contains(
+                    "kept in the last day where a peer's version won, newest /var/backups/csync2",
+                )
+        })
+    })
+    .await;
+    let _ = c.try_sync("gluu2");
+    c.settled(secs(60)).await;
+
     // LDAPS blocked from gluu1 to gluu2 (replication here runs on 389): only gluu1's
     // row of the matrix is missing it.
     let m = mark(&c);
