@@ -111,10 +111,11 @@ fn self_signed(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBu
 }
 
 /// Starts an HTTPS stand-in for Gluu on `h`'s 443 that answers with the host's name,
-/// with the cluster's certificate as Gluu nodes have it.
+/// and oxAuth's and oxTrust's health checks as they do, with the cluster's certificate
+/// as Gluu nodes have it.
 fn start_backend(h: &mut Host, dir: &Path, (crt, key): (&Path, &Path)) {
     let conf = format!(
-        "pid /run/backend.pid;\nerror_log stderr;\nevents {{}}\nhttp {{\n access_log off;\n server {{\n  listen 443 ssl;\n  ssl_certificate {};\n  ssl_certificate_key {};\n  location / {{ return 200 \"{}\\n\"; }}\n }}\n}}\n",
+        "pid /run/backend.pid;\nerror_log stderr;\nevents {{}}\nhttp {{\n access_log off;\n server {{\n  listen 443 ssl;\n  ssl_certificate {};\n  ssl_certificate_key {};\n  location / {{ return 200 \"{}\\n\"; }}\n  location ~ ^/(oxauth|identity)/restv1/health-check$ {{ return 200 '{{\"status\": \"running\"}}'; }}\n }}\n}}\n",
         crt.display(),
         key.display(),
         h.name
@@ -212,6 +213,13 @@ fn the_load_balancer_follows_the_inventory_drains_and_refuses_a_broken_config() 
         .map(|s| s.to_string())
         .collect();
     assert_eq!(seen, three, "round robin over the three Gluu nodes");
+    // Health tries oxAuth and oxTrust through the LB, its certificate pinned.
+    eventually_blocking("the LB's endpoints checked", secs(20), || {
+        let (level, why) = services(&ctl, "lb");
+        level == "ok"
+            && why
+                == "2 services answer: oxAuth through the load balancer, oxTrust through the load balancer"
+    });
 
     // An applied cluster plans no change.
     let plan = ok(&mut t, ctl.run(&["plan"]), "plan");
@@ -385,6 +393,16 @@ fn the_load_balancer_follows_the_inventory_drains_and_refuses_a_broken_config() 
     assert!(shown.contains("drained            gluu2"), "{shown}");
     eventually_blocking("gluu2 out of the load balancer", secs(10), || {
         !answering(lb, 8).contains("gluu2")
+    });
+    // Every backend down: the LB's health check says what nginx answered.
+    for n in ["gluu1", "gluu3", "gluu4"] {
+        net.host(n)
+            .sh(&format!("pkill -f 'backend-{}[.]conf' || true", n));
+    }
+    eventually_blocking("the LB's endpoints failing", secs(30), || {
+        let (level, why) = services(&ctl, "lb");
+        level == "critical"
+            && why.contains("oxAuth through the load balancer: GET /oxauth/restv1/health-check answered HTTP/1.1 50")
     });
 
     // No secret in anything printed, logged or journaled.
