@@ -56,6 +56,12 @@ const SETUP_MARKERS: &[&str] = &[
     "install/community-edition-setup/setup.properties.last.enc",
 ];
 
+/// Where a Gluu install keeps Apache's certificate (the cluster's TLS certificate, the
+/// one the node answers HTTPS with), as a path on the node.
+pub fn httpd_cert(gluu: &GluuInstall) -> std::path::PathBuf {
+    Path::new(&gluu.root).join("etc/certs/httpd.crt")
+}
+
 /// Looks for a Gluu container under `root/opt` (`gluu-server`, `gluu-server-<ver>`),
 /// then for a nochroot install in `root` itself.
 pub fn detect_gluu(root: &Path) -> Option<GluuInstall> {

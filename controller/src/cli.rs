@@ -638,28 +638,9 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         Cmd::Top(sel) => {
             use std::io::IsTerminal;
             let live = !json && std::io::stdout().is_terminal();
-            let mode = json_or_live(json);
-            loop {
-                let inv = Invocation {
-                    user: user(),
-                    op: Operation::Top {
-                        nodes: sel.nodes.clone(),
-                    },
-                    connect_timeout_ms: connect_timeout.map(|secs| (secs * 1000.0).round() as u64),
-                };
-                if live {
-                    // Home, then clear: the table is redrawn in place.
-                    print!("\x1b[H\x1b[2J");
-                }
-                let code = execute(&home, &opts, inv, mode).await?;
-                if !live || code != 0 {
-                    return Ok(code);
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown_signal() => return Ok(0),
-                }
-            }
+            let op = Operation::Top { nodes: sel.nodes };
+            let every = live.then_some(Duration::from_secs(1));
+            return repeatedly(&home, &opts, op, json, connect_timeout, every, true).await;
         }
         Cmd::Plan(sel) => (
             Operation::Plan {
@@ -783,32 +764,19 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             (Operation::Health { nodes: sel.nodes }, OutputMode::Live)
         }
         Cmd::Health { sel, watch: true } => {
-            use std::io::IsTerminal;
-            let live = !json && std::io::stdout().is_terminal();
-            let mode = json_or_live(json);
             let interval = crate::config::ControllerConfig::load(&home.join("controller.toml"))
                 .map(|c| Duration::from_secs(c.health.interval_secs))?;
-            loop {
-                let inv = Invocation {
-                    user: user(),
-                    op: Operation::Health {
-                        nodes: sel.nodes.clone(),
-                    },
-                    connect_timeout_ms: connect_timeout.map(|secs| (secs * 1000.0).round() as u64),
-                };
-                if live {
-                    // Home, then clear: the table is redrawn in place.
-                    print!("\x1b[H\x1b[2J");
-                }
-                let code = execute(&home, &opts, inv, mode).await?;
-                if !live && !json {
-                    println!();
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = shutdown_signal() => return Ok(code),
-                }
-            }
+            let op = Operation::Health { nodes: sel.nodes };
+            return repeatedly(
+                &home,
+                &opts,
+                op,
+                json,
+                connect_timeout,
+                Some(interval),
+                false,
+            )
+            .await;
         }
         Cmd::Replication => (Operation::Replication, OutputMode::Live),
         Cmd::Ports => (Operation::Ports, OutputMode::Live),
@@ -841,6 +809,56 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         connect_timeout_ms: connect_timeout.map(|secs| (secs * 1000.0).round() as u64),
     };
     execute(&home, &opts, inv, mode).await
+}
+
+/// Runs `op` once, or with `every` again and again until Ctrl-C: redrawn in place on a
+/// terminal, one after another otherwise. `stop_on_failure` ends it at the first
+/// non-zero exit code (`top`); otherwise a failure is shown and the next try follows
+/// (`health --watch`, whose exit code is the cluster's state).
+async fn repeatedly(
+    home: &std::path::Path,
+    opts: &CtxOptions,
+    op: Operation,
+    json: bool,
+    connect_timeout: Option<f64>,
+    every: Option<Duration>,
+    stop_on_failure: bool,
+) -> Result<i32, CtlError> {
+    use std::io::IsTerminal;
+    let live = !json && std::io::stdout().is_terminal();
+    let mode = json_or_live(json);
+    loop {
+        let inv = Invocation {
+            user: user(),
+            op: op.clone(),
+            connect_timeout_ms: connect_timeout.map(|secs| (secs * 1000.0).round() as u64),
+        };
+        if live && every.is_some() {
+            // Home, then clear: the table is redrawn in place.
+            print!("\x1b[H\x1b[2J");
+        }
+        let code = match execute(home, opts, inv, mode).await {
+            Ok(code) => code,
+            Err(e) if !stop_on_failure && every.is_some() => {
+                eprintln!("clustermgr: {e}; trying again");
+                3
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(every) = every else {
+            return Ok(code);
+        };
+        if stop_on_failure && code != 0 {
+            return Ok(code);
+        }
+        if !live && !json {
+            println!();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown_signal() => return Ok(code),
+        }
+    }
 }
 
 /// Runs an operation through `serve` if it answers, else in this process, rendering

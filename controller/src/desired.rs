@@ -640,7 +640,7 @@ async fn rolling_one(
         // The cluster's health checks, once the node's own passed: no check worse
         // than before the rollout.
         if checks.iter().all(|c| c.ok) {
-            let (ok, output) = match gate.health.after(ctx, within).await {
+            let (ok, output) = match gate.health.after(ctx, &d.node.name, within).await {
                 Ok(words) => (true, words),
                 Err(words) => (false, words),
             };
@@ -1330,10 +1330,9 @@ fn wanted_tunnel_keys(
     all: &[NodeRecord],
     nodes: &[NodeRecord],
 ) -> Vec<(&'static str, NodeRecord, &'static str)> {
-    let gluu = all.iter().filter(|n| n.has_role(Role::Gluu)).count();
     let mut out = Vec::new();
     for n in nodes {
-        if gluu >= 2 && n.has_role(Role::Gluu) {
+        if generate::csync2::member(n, all) {
             out.push(("csync2", n.clone(), generate::CSYNC2_KEY));
         }
         if model.cache == crate::model::Cache::Redis

@@ -134,8 +134,9 @@ pub struct Csync2State {
     /// When `csync2 -x` last finished without an error, Unix milliseconds.
     pub last_sync_ms: Option<i64>,
     /// The copies csync2 kept in the last day before overwriting a file with a peer's
-    /// version (where the losing side of an `auto younger` conflict went), newest
-    /// first, at most [`Csync2State::DIRTY_SHOWN`].
+    /// version (it keeps one at every incoming update; the losing side of an `auto
+    /// younger` conflict goes there too), newest first, at most
+    /// [`Csync2State::DIRTY_SHOWN`].
     pub kept: Vec<KeptCopy>,
     /// Why the check (`-cr`, `-M`) could not run, when it could not.
     pub error: Option<String>,

@@ -187,7 +187,7 @@ impl GluuCluster {
     }
 
     /// Waits until `serve`'s last word on every check is ok: the last event of each
-    /// (node, check) went to ok, and a one-shot round agrees (exit 0).
+    /// (node, check) went to ok, and `health` (serve's latest round) exits 0.
     pub async fn settled(&self, patience: Duration) {
         let deadline = std::time::Instant::now() + patience;
         loop {

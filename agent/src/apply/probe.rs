@@ -53,7 +53,8 @@ fn https_get(p: &HttpsProbe) -> Result<String, String> {
 }
 
 /// `GET path` over TLS to this host's `port`, the certificate pinned: the status line
-/// and up to `body_limit` bytes of the body, each read and write within `timeout`.
+/// and up to `body_limit` bytes of the body, all within `timeout` (a server that
+/// trickles its answer is cut off there, not given `timeout` per read).
 pub fn https_fetch(
     p: &HttpsProbe,
     timeout: Duration,
@@ -65,11 +66,17 @@ pub fn https_fetch(
     let mut conn =
         rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, p.port));
+    let deadline = std::time::Instant::now() + timeout;
     let mut sock = TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    sock.set_read_timeout(Some(timeout))
+    let left = || {
+        deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    sock.set_write_timeout(Some(left()))
         .map_err(|e| e.to_string())?;
-    sock.set_write_timeout(Some(timeout))
+    sock.set_read_timeout(Some(left()))
         .map_err(|e| e.to_string())?;
     let mut tls = rustls::Stream::new(&mut conn, &mut sock);
     let request = format!(
@@ -90,6 +97,15 @@ pub fn https_fetch(
         if enough || (body_limit == 0 && got.windows(2).any(|w| w == b"\r\n")) {
             break;
         }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{addr} did not finish answering within {} s",
+                timeout.as_secs()
+            ));
+        }
+        tls.sock
+            .set_read_timeout(Some(left()))
+            .map_err(|e| e.to_string())?;
         match tls.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => got.extend_from_slice(&chunk[..n]),

@@ -2,11 +2,10 @@
 //! (`-cr` first: `-M` and `-T` read csync2's database, not the disk), when a sync last
 //! succeeded, and the copies csync2 kept where it overwrote a file.
 
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use clustermgr_protocol::health::{
     CSYNC2_PORT as PORT, CSYNC2_SYNCED_STAMP, Csync2State, Dirty, KeptCopy,
@@ -18,8 +17,8 @@ const CSYNC2: &str = "/usr/sbin/csync2";
 /// What a kept copy must be younger than to be reported.
 const KEPT_FOR: Duration = Duration::from_secs(24 * 3600);
 
-/// The node's csync2 (its `-N` name is `name`), each command within `timeout`.
-pub fn state(root: &Path, name: &str, timeout: Duration) -> Csync2State {
+/// The node's csync2 (its `-N` name is `name`), everything done by `deadline`.
+pub fn state(root: &Path, name: &str, deadline: Instant) -> Csync2State {
     if !root.join("etc/csync2.cfg").exists() {
         return Csync2State {
             configured: false,
@@ -31,8 +30,12 @@ pub fn state(root: &Path, name: &str, timeout: Duration) -> Csync2State {
             error: None,
         };
     }
-    let listener = listening(name);
-    let (dirty, dirty_total, error) = match dirty(root, name, timeout) {
+    // Where `csync2 -N NAME` binds: the address NAME resolves to (the managed
+    // `/etc/hosts` block names every node).
+    let listener = super::connect(name, PORT, Duration::from_secs(1))
+        .map(drop)
+        .map_err(|e| format!("csync2 on {name}:{PORT}: {e}"));
+    let (dirty, dirty_total, error) = match dirty(root, name, deadline) {
         Ok((d, n)) => (d, n, None),
         Err(e) => (Vec::new(), 0, Some(e)),
     };
@@ -50,48 +53,36 @@ pub fn state(root: &Path, name: &str, timeout: Duration) -> Csync2State {
     }
 }
 
-/// Whether the listener answers where it binds: `csync2 -N NAME` listens on the
-/// address NAME resolves to (the managed `/etc/hosts` block names every node).
-fn listening(name: &str) -> Result<(), String> {
-    let addrs: Vec<SocketAddr> = (name, PORT)
-        .to_socket_addrs()
-        .map_err(|e| format!("{name} does not resolve, so csync2 cannot listen: {e}"))?
-        .collect();
-    let mut last = format!("{name} has no address");
-    for a in addrs {
-        match TcpStream::connect_timeout(&a, Duration::from_secs(1)) {
-            Ok(_) => return Ok(()),
-            Err(e) => last = format!("nothing answers on {a}: {e}"),
-        }
-    }
-    Err(last)
-}
-
 fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Marks what changed on disk dirty, then lists the dirty entries.
-fn dirty(root: &Path, name: &str, timeout: Duration) -> Result<(Vec<Dirty>, u32), String> {
-    let check = csync2(root, &["-N", name, "-cr", "/"], timeout)?;
-    if check.0 != 0 {
+fn dirty(root: &Path, name: &str, deadline: Instant) -> Result<(Vec<Dirty>, u32), String> {
+    let (code, out, err) = csync2(root, &["-N", name, "-cr", "/"], deadline)?;
+    if code != 0 {
         return Err(format!(
-            "`csync2 -cr /` failed (exit status {}): {}",
-            check.0,
-            check.2.trim()
+            "`csync2 -cr /` failed (exit status {code}): {}",
+            said(&out, &err)
         ));
     }
-    let (code, out, err) = csync2(root, &["-N", name, "-M"], timeout)?;
+    let (code, out, err) = csync2(root, &["-N", name, "-M"], deadline)?;
     // -M exits 2 when nothing is dirty, 0 when it listed something, 1 on an error.
     match code {
         2 => Ok((Vec::new(), 0)),
         0 => Ok(parse_dirty(&out)),
         c => Err(format!(
             "`csync2 -M` failed (exit status {c}): {}",
-            err.trim()
+            said(&out, &err)
         )),
     }
+}
+
+/// What csync2 said about a failure: it prints some (a stale `csync2.lock`) on stdout.
+fn said(out: &str, err: &str) -> String {
+    let text = if err.trim().is_empty() { out } else { err };
+    text.trim().chars().take(300).collect()
 }
 
 /// `-M`'s lines: `chary|force <TAB> me <TAB> peer <TAB> file`.
@@ -115,8 +106,15 @@ fn parse_dirty(out: &str) -> (Vec<Dirty>, u32) {
 }
 
 /// Runs csync2 on the configuration and database below `root` (a sandbox's under
-/// `clustermgr dev`): its exit code, stdout and stderr.
-fn csync2(root: &Path, args: &[&str], timeout: Duration) -> Result<(i32, String, String), String> {
+/// `clustermgr dev`), killed at `deadline`: its exit code, stdout and stderr.
+fn csync2(root: &Path, args: &[&str], deadline: Instant) -> Result<(i32, String, String), String> {
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    if timeout < Duration::from_millis(100) {
+        return Err(format!(
+            "no time was left in the round for `csync2 {}`",
+            args.join(" ")
+        ));
+    }
     let mut cmd = Command::new(CSYNC2);
     if root != Path::new("/") {
         cmd.env("CSYNC2_SYSTEM_DIR", root.join("etc"))
@@ -134,7 +132,7 @@ fn csync2(root: &Path, args: &[&str], timeout: Duration) -> Result<(i32, String,
     let out = crate::sys::wait_or_kill(child, timeout, |c| c.wait_with_output())
         .ok_or_else(|| {
             format!(
-                "`csync2 {}` did not finish within {} ms: is a stale csync2.lock holding it?",
+                "`csync2 {}` did not finish within {} ms (its database busy with a sync, or the replicated trees slow to walk)",
                 args.join(" "),
                 timeout.as_millis()
             )

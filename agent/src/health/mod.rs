@@ -142,13 +142,14 @@ pub fn round(cfg: &AgentConfig, spec: &CheckSpec, heartbeats: Option<&Heartbeats
         h.set_interval(spec.interval_ms);
     }
     // csync2 walks the replicated trees; it gets most of the round, not all of it.
-    let csync2_timeout = Duration::from_millis(spec.deadline_ms.max(500) * 4 / 5);
+    let csync2_deadline =
+        std::time::Instant::now() + Duration::from_millis(spec.deadline_ms.max(500) * 4 / 5);
     let access = crate::ldap::access(cfg);
     let (ldap, csync2, ports, services) = std::thread::scope(|s| {
         let csync2 = s.spawn(|| {
             spec.csync2
                 .as_deref()
-                .map(|name| csync2::state(&cfg.root, name, csync2_timeout))
+                .map(|name| csync2::state(&cfg.root, name, csync2_deadline))
         });
         let ports = s.spawn(|| reach(&spec.reach));
         let services = s.spawn(|| {
@@ -175,12 +176,28 @@ pub fn round(cfg: &AgentConfig, spec: &CheckSpec, heartbeats: Option<&Heartbeats
         })
         .collect();
     // The controller names node paths (below the sandbox under `clustermgr dev`); the
-    // LDAP certificate's path is the one the agent reads.
-    let mut watched: Vec<(CertProbe, std::path::PathBuf)> = spec
+    // LDAP certificate's path is the one the agent reads. Those the node must have are
+    // reported missing; the others are left out until their software is installed.
+    let mut watched: Vec<(CertProbe, std::path::PathBuf, bool)> = spec
         .certs
         .iter()
-        .map(|p| (p.clone(), cfg.root.join(p.path.trim_start_matches('/'))))
+        .map(|p| {
+            (
+                p.clone(),
+                cfg.root.join(p.path.trim_start_matches('/')),
+                false,
+            )
+        })
         .collect();
+    if let Some(gluu) = crate::info::detect_gluu(&cfg.root) {
+        let cert = crate::info::httpd_cert(&gluu);
+        let probe = CertProbe {
+            label: "cluster TLS certificate".into(),
+            path: cert.display().to_string(),
+        };
+        let on_disk = cfg.root.join(cert.strip_prefix("/").unwrap_or(&cert));
+        watched.push((probe, on_disk, true));
+    }
     if let Ok(Some(a)) = &access
         && let Some(cert) = &a.cert
     {
@@ -188,7 +205,7 @@ pub fn round(cfg: &AgentConfig, spec: &CheckSpec, heartbeats: Option<&Heartbeats
             label: "LDAP server certificate".into(),
             path: cert.display().to_string(),
         };
-        watched.push((probe, cert.clone()));
+        watched.push((probe, cert.clone(), true));
     }
     CheckReport {
         started_ms,
@@ -201,13 +218,14 @@ pub fn round(cfg: &AgentConfig, spec: &CheckSpec, heartbeats: Option<&Heartbeats
     }
 }
 
-/// Reads each certificate's subject and expiry; a missing file is left out.
-pub fn certs(probes: Vec<(CertProbe, std::path::PathBuf)>) -> Vec<CertState> {
+/// Reads each certificate's subject and expiry; a missing file is left out unless
+/// the node must have it.
+pub fn certs(probes: Vec<(CertProbe, std::path::PathBuf, bool)>) -> Vec<CertState> {
     probes
         .into_iter()
-        .filter_map(|(probe, path)| {
+        .filter_map(|(probe, path, required)| {
             let pem = match std::fs::read_to_string(&path) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return None,
                 Err(e) => Err(format!("cannot read {}: {e}", path.display())),
                 Ok(pem) => Ok(pem),
             };
@@ -240,29 +258,35 @@ fn ldap_state(
     }
 }
 
+/// A TCP connection to `host:port` within `timeout` (each of its addresses): how long
+/// it took, milliseconds, or why not.
+pub fn connect(host: &str, port: u16, timeout: Duration) -> Result<u32, String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let started = std::time::Instant::now();
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    let mut last = format!("{host} has no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(_) => return Ok(started.elapsed().as_millis() as u32),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                last = format!("no answer within {} s", timeout.as_secs_f32())
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
 /// Tries every probe at once, each for at most [`CONNECT_TIMEOUT`].
 pub fn reach(probes: &[PortProbe]) -> Vec<PortReach> {
-    use std::net::{TcpStream, ToSocketAddrs};
-    let one = |p: &PortProbe| -> Result<u32, String> {
-        let started = std::time::Instant::now();
-        let addrs: Vec<_> = (p.host.as_str(), p.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {}: {e}", p.host))?
-            .collect();
-        let mut last = format!("{} has no address", p.host);
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-                Ok(_) => return Ok(started.elapsed().as_millis() as u32),
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    last = format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())
-                }
-                Err(e) => last = e.to_string(),
-            }
-        }
-        Err(last)
-    };
     std::thread::scope(|s| {
-        let tries: Vec<_> = probes.iter().map(|p| s.spawn(move || one(p))).collect();
+        let tries: Vec<_> = probes
+            .iter()
+            .map(|p| s.spawn(move || connect(&p.host, p.port, CONNECT_TIMEOUT)))
+            .collect();
         probes
             .iter()
             .zip(tries)

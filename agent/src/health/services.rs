@@ -41,7 +41,7 @@ pub fn gluu_endpoints(root: &Path, hostname: &str) -> Vec<ServiceProbe> {
     let Some(gluu) = crate::info::detect_gluu(root) else {
         return Vec::new();
     };
-    let cert = Path::new(&gluu.root).join("etc/certs/httpd.crt");
+    let cert = crate::info::httpd_cert(&gluu);
     ENDPOINTS
         .iter()
         .filter(|(component, ..)| gluu.components.iter().any(|c| c == component))

@@ -10,7 +10,13 @@ use clustermgr_protocol::changeset::ServiceVerb;
 use clustermgr_protocol::health::{CSYNC2_LOG, CSYNC2_SYNCED_STAMP};
 
 use super::{HEADER, Inputs, NodeConfig, Sorted, file, service, service_files};
-use crate::store::Role;
+use crate::store::{NodeRecord, Role};
+
+/// Whether `node` is in the cluster's csync2 group: every Gluu node, once there are
+/// two (one node has nothing to sync with).
+pub fn member<'a>(node: &NodeRecord, all: impl IntoIterator<Item = &'a NodeRecord>) -> bool {
+    node.has_role(Role::Gluu) && all.into_iter().filter(|n| n.has_role(Role::Gluu)).count() >= 2
+}
 
 /// The service that runs the listener.
 pub const SERVICE: &str = "clustermgr-csync2";
@@ -39,7 +45,10 @@ fn inside(root: &str, path: &str) -> String {
 
 pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String, NodeConfig>) {
     let gluu = sorted.with(Role::Gluu);
-    if gluu.len() < 2 {
+    if !gluu
+        .first()
+        .is_some_and(|n| member(n, sorted.nodes.iter().copied()))
+    {
         return;
     }
     let Some(key) = &inputs.secrets.csync2_key else {

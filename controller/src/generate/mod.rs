@@ -61,7 +61,7 @@ pub struct NodeConfig {
     pub waiting: Vec<String>,
 }
 
-mod csync2;
+pub(crate) mod csync2;
 mod hosts;
 pub(crate) mod nginx;
 pub(crate) mod stunnel;

@@ -78,7 +78,6 @@ pub fn members(
     cfg: &crate::config::HealthConfig,
 ) -> Members {
     let mut reach = ports::matrix(nodes, model);
-    let gluu = nodes.iter().filter(|n| n.has_role(Role::Gluu)).count();
     Members {
         limits: verdict::Limits {
             disk_warning_pct: f64::from(cfg.disk_warning_pct),
@@ -93,9 +92,8 @@ pub fn members(
                         gluu: n.has_role(Role::Gluu),
                         host: crate::generate::ip_of(n),
                         reach: reach.remove(&n.name).unwrap_or_default(),
-                        // The generated csync2 group: every Gluu node, from two on.
-                        csync2: n.has_role(Role::Gluu) && gluu >= 2,
-                        certs: watched_certs(n, model),
+                        csync2: crate::generate::csync2::member(n, nodes),
+                        certs: watched_certs(n),
                         services: tried_services(n, nodes, model),
                         gluu_endpoints: model.hostname.clone().filter(|_| n.has_role(Role::Gluu)),
                     },
@@ -105,19 +103,10 @@ pub fn members(
     }
 }
 
-/// The certificates a node's agent watches besides its LDAP server's: the cluster's
-/// TLS certificate, in the Gluu container (Apache's) or the load balancer's nginx.
-fn watched_certs(n: &NodeRecord, model: &crate::model::ClusterModel) -> Vec<CertProbe> {
+/// The certificates a node's agent watches besides those it finds itself (its LDAP
+/// server's, and Apache's in the Gluu install it detects): the load balancer's nginx.
+fn watched_certs(n: &NodeRecord) -> Vec<CertProbe> {
     let mut out = Vec::new();
-    if n.has_role(Role::Gluu) {
-        out.push(CertProbe {
-            label: "cluster TLS certificate".into(),
-            path: format!(
-                "{}/etc/certs/httpd.crt",
-                model.gluu_root.trim_end_matches('/')
-            ),
-        });
-    }
     if n.has_role(Role::Lb) {
         out.push(CertProbe {
             label: "load balancer's TLS certificate".into(),
@@ -248,6 +237,14 @@ async fn one_round(
     if let Some(l) = latest(ctx) {
         return Ok((l.members.clone(), l.round.clone(), l.interval));
     }
+    own_round(ctx, within).await
+}
+
+/// A round asked now, whatever `serve` has.
+async fn own_round(
+    ctx: &Ctx,
+    within: Duration,
+) -> Result<(Members, BTreeMap<String, NodeRound>, Duration), CtlError> {
     let all = ctx.store.nodes()?;
     let cfg = crate::config::ControllerConfig::load(&ctx.home.config())?;
     let interval = Duration::from_secs(cfg.health.interval_secs);
@@ -305,36 +302,53 @@ pub async fn ports(ctx: &Ctx, within: Duration) -> Result<crate::ops::Report, Ct
 /// worse than it found it (a check that was already failing does not block the
 /// rollout; one that breaks after a node's change does).
 pub struct HealthGate {
-    baseline: BTreeMap<(String, String), Level>,
+    baseline: BTreeMap<(String, String), (Level, String)>,
     previous: Option<BTreeMap<String, NodeRound>>,
 }
 
-/// A round of the gate's own: `serve`'s latest may predate the change it judges.
-async fn fresh_round(
-    ctx: &Ctx,
-    previous: Option<&BTreeMap<String, NodeRound>>,
-    within: Duration,
-) -> Result<(Vec<Verdict>, BTreeMap<String, NodeRound>, Duration), CtlError> {
-    let all = ctx.store.nodes()?;
-    let cfg = crate::config::ControllerConfig::load(&ctx.home.config())?;
-    let interval = Duration::from_secs(cfg.health.interval_secs);
-    let members = members(&all, &ctx.store.model()?, &cfg.health);
-    let now = round(ctx, &all, &members, interval, within).await;
-    let v = verdict::verdicts(&members, &now, previous, interval.as_millis() as i64);
-    Ok((v, now, interval))
+/// The checks whose reason lists failing items (ports, services, certificates), one
+/// item each between `; `: a new item is a new failure even when the check was
+/// already critical.
+const ITEMISED: [&str; 3] = ["ports", "services", "certs"];
+
+fn items(reason: &str) -> Vec<&str> {
+    reason
+        .trim_start_matches("cannot reach ")
+        .split("; ")
+        .collect()
 }
 
 impl HealthGate {
+    /// A round of the gate's own (`serve`'s latest may predate the change it judges),
+    /// judged against the gate's previous round.
+    async fn judge(
+        &mut self,
+        ctx: &Ctx,
+        within: Duration,
+    ) -> Result<(Vec<Verdict>, Duration), CtlError> {
+        let (members, now, interval) = own_round(ctx, within).await?;
+        let v = verdict::verdicts(
+            &members,
+            &now,
+            self.previous.as_ref(),
+            interval.as_millis() as i64,
+        );
+        self.previous = Some(now);
+        Ok((v, interval))
+    }
+
     /// The cluster's checks now, before anything changes.
     pub async fn before(ctx: &Ctx, within: Duration) -> Result<HealthGate, CtlError> {
-        let (v, now, _) = fresh_round(ctx, None, within).await?;
-        Ok(HealthGate {
-            baseline: v
-                .into_iter()
-                .map(|v| ((v.node, v.check), v.level))
-                .collect(),
-            previous: Some(now),
-        })
+        let mut gate = HealthGate {
+            baseline: BTreeMap::new(),
+            previous: None,
+        };
+        let (v, _) = gate.judge(ctx, within).await?;
+        gate.baseline = v
+            .into_iter()
+            .map(|v| ((v.node, v.check), (v.level, v.reason)))
+            .collect();
+        Ok(gate)
     }
 
     /// A gate whose baseline is `verdicts`, for unit tests.
@@ -343,38 +357,70 @@ impl HealthGate {
         HealthGate {
             baseline: verdicts
                 .iter()
-                .map(|v| ((v.node.clone(), v.check.clone()), v.level))
+                .map(|v| {
+                    (
+                        (v.node.clone(), v.check.clone()),
+                        (v.level, v.reason.clone()),
+                    )
+                })
                 .collect(),
             previous: None,
         }
     }
 
-    /// The checks critical in `verdicts` that were not before the rollout. Warnings do
-    /// not stop it: files waiting for the next csync2 sync after a change of the
-    /// replicated paths are the change working, not breaking.
-    pub(crate) fn regressions(&self, verdicts: &[Verdict]) -> Vec<String> {
-        verdicts
-            .iter()
-            .filter(|v| v.level == Level::Critical)
-            .filter(|v| {
-                self.baseline.get(&(v.node.clone(), v.check.clone())) != Some(&Level::Critical)
-            })
-            .map(|v| format!("{} {} {}: {}", v.node, v.check, v.level.as_str(), v.reason))
-            .collect()
+    /// What in `verdicts` is worse than before the rollout: a check critical that was
+    /// not; a new failing item of a check that was (another port, service or
+    /// certificate); and on `changed`, the node just changed, a check that was ok or
+    /// warning and now cannot be judged. Warnings do not stop it: files waiting for the
+    /// next csync2 sync after a change of the replicated paths are the change working.
+    pub(crate) fn regressions(&self, verdicts: &[Verdict], changed: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for v in verdicts {
+            let before = self.baseline.get(&(v.node.clone(), v.check.clone()));
+            let was = before.map_or(Level::Ok, |b| b.0);
+            let worse = match v.level {
+                Level::Critical if was != Level::Critical => Some(v.reason.clone()),
+                Level::Critical if ITEMISED.contains(&v.check.as_str()) => {
+                    let old = items(before.map_or("", |b| b.1.as_str()));
+                    let new: Vec<&str> = items(&v.reason)
+                        .into_iter()
+                        .filter(|i| !old.contains(i))
+                        .collect();
+                    (!new.is_empty()).then(|| new.join("; "))
+                }
+                Level::Unknown
+                    if v.node == changed && matches!(was, Level::Ok | Level::Warning) =>
+                {
+                    Some(format!("cannot be checked after its change: {}", v.reason))
+                }
+                _ => None,
+            };
+            if let Some(why) = worse {
+                out.push(format!(
+                    "{} {} {}: {why}",
+                    v.node,
+                    v.check,
+                    v.level.as_str()
+                ));
+            }
+        }
+        out
     }
 
-    /// After a node's change: rounds until no check is worse than before the rollout,
+    /// After `changed`'s change: rounds until nothing is worse than before the rollout,
     /// for up to three check intervals (ten seconds at least), so a service that
     /// restarts has time to come back. The words for the apply's report, or what got
     /// worse.
-    pub async fn after(&mut self, ctx: &Ctx, within: Duration) -> Result<String, String> {
+    pub async fn after(
+        &mut self,
+        ctx: &Ctx,
+        changed: &str,
+        within: Duration,
+    ) -> Result<String, String> {
         let started = tokio::time::Instant::now();
         loop {
-            let (v, now, interval) = fresh_round(ctx, self.previous.as_ref(), within)
-                .await
-                .map_err(|e| e.to_string())?;
-            self.previous = Some(now);
-            let worse = self.regressions(&v);
+            let (v, interval) = self.judge(ctx, within).await.map_err(|e| e.to_string())?;
+            let worse = self.regressions(&v, changed);
             if worse.is_empty() {
                 return Ok(format!(
                     "no check is worse than before the rollout ({} checks)",

@@ -44,7 +44,10 @@ pub fn matrix(nodes: &[NodeRecord], model: &ClusterModel) -> BTreeMap<String, Ve
         .and_then(|v| v.split('.').next()?.parse::<u32>().ok())
         .is_some_and(|major| major >= 4);
     let mut peer_ports = vec![LDAPS];
-    if gluu.len() >= 2 {
+    if gluu
+        .first()
+        .is_some_and(|n| crate::generate::csync2::member(n, nodes))
+    {
         peer_ports.push(clustermgr_protocol::health::CSYNC2_PORT);
     }
     if opendj {
@@ -112,7 +115,15 @@ pub fn view(members: &Members, round: &BTreeMap<String, NodeRound>) -> PortsView
             Some(NodeRound::Unreachable(e)) => (&[], Some(format!("unreachable: {e}"))),
             None => (&[], Some("it was not asked".into())),
         };
-        for p in &m.reach {
+        let report = match round.get(from) {
+            Some(NodeRound::Report { report, .. }) => Some(report),
+            _ => None,
+        };
+        for p in m
+            .reach
+            .iter()
+            .filter(|p| report.is_none_or(|r| super::verdict::needed(p, r)))
+        {
             let found = tried.iter().find(|t| &t.probe == p);
             let (level, detail) = match (found, &why) {
                 (_, Some(why)) => (Level::Unknown, why.clone()),

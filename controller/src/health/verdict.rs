@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use clustermgr_protocol::health::{
     CertProbe, CertState, CheckReport, Csn, Csync2State, DiskUse, LdapServer, LdapState, PortProbe,
-    PortReach, ServiceProbe, ServiceState,
+    ServiceProbe, ServiceState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -209,15 +209,30 @@ pub fn verdicts(
                 out.push(v("clock", level, reason));
                 let (level, reason) = disk(&report.disks, &members.limits);
                 out.push(v("disk", level, reason));
-                let (level, reason) = ports(&member.reach, &report.ports, &unreachable);
+                let (level, reason) = ports(&member.reach, report, &unreachable);
                 out.push(v("ports", level, reason));
                 let (level, reason) = certs(&report.certs, report.started_ms - skew_ms);
                 out.push(v("certs", level, reason));
                 let (level, reason) = services(&report.services);
                 out.push(v("services", level, reason));
                 if member.csync2 {
-                    let (level, reason) =
-                        csync2(report.csync2.as_ref(), &unreachable, report.started_ms);
+                    // A peer csync2 cannot reach fails every `csync2 -x`, so the stamp
+                    // of the last good sync says nothing while one is down.
+                    let peer_down = members
+                        .nodes
+                        .iter()
+                        .any(|(peer, m)| peer != name && m.csync2 && unreachable(peer))
+                        || report.ports.iter().any(|p| {
+                            p.probe.port == clustermgr_protocol::health::CSYNC2_PORT
+                                && p.result.is_err()
+                        });
+                    let (level, reason) = csync2(
+                        report.csync2.as_ref(),
+                        &unreachable,
+                        peer_down,
+                        // The stamp's time is the node's clock, as is this.
+                        report.started_ms,
+                    );
                     out.push(v("csync2", level, reason));
                 }
                 match &report.ldap {
@@ -270,11 +285,12 @@ fn own_checks(member: &Member) -> Vec<&'static str> {
 /// round counts against that node, not this one.
 fn ports(
     wanted: &[PortProbe],
-    tried: &[PortReach],
+    report: &CheckReport,
     unreachable: &dyn Fn(&str) -> bool,
 ) -> (Level, String) {
+    let tried = &report.ports;
     let (mut open, mut missing, mut untried, mut skipped) = (0, Vec::new(), Vec::new(), 0);
-    for p in wanted {
+    for p in wanted.iter().filter(|p| needed(p, report)) {
         if unreachable(&p.node) {
             skipped += 1;
             continue;
@@ -405,23 +421,29 @@ fn certs(certs: &[CertState], now_ms: i64) -> (Level, String) {
     }
 }
 
+/// Whether a port of the matrix is needed yet: csync2's only once csync2 is set up on
+/// the node that would reach it (before the first `apply` nothing listens, and the
+/// `csync2` check says to apply).
+pub fn needed(p: &PortProbe, report: &CheckReport) -> bool {
+    p.port != clustermgr_protocol::health::CSYNC2_PORT
+        || report.csync2.as_ref().is_none_or(|c| c.configured)
+}
+
 /// How long dirty files may wait for a sync that keeps failing: the generated cron
 /// job syncs every two minutes, so this is five missed syncs.
 const CSYNC2_STALE_MS: i64 = 10 * 60 * 1000;
 
 /// csync2 on the node: its listener, files waiting to be sent, the last good sync, and
-/// the copies kept where a peer's version won. Files waiting only for nodes that did
+/// the copies kept where a peer's version replaced a file. Files waiting only for nodes that did
 /// not answer count against those nodes.
 fn csync2(
     state: Option<&Csync2State>,
     unreachable: &dyn Fn(&str) -> bool,
+    peer_down: bool,
     now_ms: i64,
 ) -> (Level, String) {
     let Some(s) = state else {
-        return (
-            Level::Unknown,
-            "the agent did not check csync2 (an agent older than the controller?)".into(),
-        );
+        return (Level::Unknown, "the agent did not report csync2".into());
     };
     if !s.configured {
         return (
@@ -442,7 +464,7 @@ fn csync2(
     );
     let kept = match s.kept.first() {
         Some(k) => format!(
-            "; {} copies kept in the last day where a peer's version won, newest {}",
+            "; {} copies kept in the last day where a peer's version replaced a file (a lost conflict's among them), newest {}",
             s.kept.len(),
             k.path
         ),
@@ -469,8 +491,8 @@ fn csync2(
         return (Level::Ok, format!("{words} (only unreachable nodes wait)"));
     }
     // Never synced is a cluster being set up (its first rollout), not a sync that
-    // stopped working.
-    let stale = s.last_sync_ms.is_some_and(|t| now_ms - t > CSYNC2_STALE_MS);
+    // stopped working; nor is a stale stamp while a peer is down (see the caller).
+    let stale = !peer_down && s.last_sync_ms.is_some_and(|t| now_ms - t > CSYNC2_STALE_MS);
     (
         if stale {
             Level::Critical

@@ -2,7 +2,7 @@
 //! hidden from the CSNs, a node behind, skewed clocks, and OpenDJ.
 
 use clustermgr_protocol::health::{
-    CertProbe, CertState, Consumer, Dirty, DiskUse, Heartbeat, KeptCopy, OpenDjReplica,
+    CertProbe, CertState, Consumer, Dirty, DiskUse, Heartbeat, KeptCopy, OpenDjReplica, PortReach,
 };
 
 use super::*;
@@ -531,6 +531,15 @@ fn csync2_judges_the_listener_waiting_files_and_the_last_sync() {
     // ... critical once syncs have failed for ten minutes.
     c.last_sync_ms = Some(T0 - 11 * 60_000);
     assert_eq!(judge(c.clone()).0, Level::Critical);
+    // ... but not while a peer is down, which fails every sync: the files waiting
+    // for the others go at the next one.
+    let mut now = healthy();
+    now.insert("gluu3".into(), NodeRound::Unreachable("no reply".into()));
+    if let Some(NodeRound::Report { report, .. }) = now.get_mut("gluu2") {
+        report.csync2 = Some(c.clone());
+    }
+    let v = verdicts(&members(), &now, None, INTERVAL);
+    assert_eq!(level(&v, "gluu2", "csync2").0, Level::Warning, "{v:#?}");
     // Never synced: a cluster being set up, a warning.
     c.last_sync_ms = None;
     assert_eq!(judge(c).0, Level::Warning);
@@ -546,7 +555,7 @@ fn csync2_judges_the_listener_waiting_files_and_the_last_sync() {
     let (l, why) = judge(c);
     assert_eq!(l, Level::Warning);
     assert!(why.contains("database is locked"), "{why}");
-    // Where a peer's version won, the kept copy is named.
+    // Where a peer's version replaced a file, the kept copy is named.
     let mut c = synced();
     c.kept = vec![KeptCopy {
         path: "/var/backups/csync2/opt/a.1".into(),
@@ -684,38 +693,66 @@ fn a_service_that_does_not_answer_is_critical_with_its_words() {
 
 #[test]
 fn the_gate_stops_on_what_broke_not_on_what_was_already_broken_or_warns() {
-    let v = |node: &str, check: &str, level: Level| Verdict {
+    let v = |node: &str, check: &str, level: Level, reason: &str| Verdict {
         node: node.into(),
         check: check.into(),
         level,
-        reason: "why".into(),
+        reason: reason.into(),
     };
     let gate = crate::health::HealthGate::for_tests(&[
-        v("gluu1", "ports", Level::Critical),
-        v("gluu1", "csync2", Level::Warning),
-        v("gluu2", "ldap", Level::Unknown),
+        v(
+            "gluu1",
+            "ports",
+            Level::Critical,
+            "cannot reach gluu2:1636 (ldaps): refused",
+        ),
+        v("gluu1", "csync2", Level::Warning, "files wait"),
+        v("gluu2", "ldap", Level::Unknown, "no LDAP"),
+        v("gluu3", "disk", Level::Ok, "fine"),
     ]);
-    assert!(
-        gate.regressions(&[
-            v("gluu1", "ports", Level::Critical),
-            v("gluu1", "csync2", Level::Warning),
-            v("gluu2", "ldap", Level::Unknown),
-            v("gluu3", "disk", Level::Ok),
-            // A new warning (files waiting for the next sync) does not stop a rollout.
-            v("gluu3", "csync2", Level::Warning),
-        ])
-        .is_empty()
-    );
+    let same = [
+        v(
+            "gluu1",
+            "ports",
+            Level::Critical,
+            "cannot reach gluu2:1636 (ldaps): refused",
+        ),
+        v("gluu1", "csync2", Level::Warning, "files wait"),
+        v("gluu2", "ldap", Level::Unknown, "no LDAP"),
+        v("gluu3", "disk", Level::Ok, "fine"),
+        // A new warning (files waiting for the next sync) does not stop a rollout.
+        v("gluu3", "csync2", Level::Warning, "files wait"),
+    ];
+    assert!(gate.regressions(&same, "gluu1").is_empty());
     assert_eq!(
-        gate.regressions(&[
-            v("gluu1", "csync2", Level::Critical),
-            v("gluu2", "ldap", Level::Critical),
-            v("gluu3", "agent", Level::Critical),
-        ]),
+        gate.regressions(
+            &[
+                // Already critical, but a port more is missing.
+                v(
+                    "gluu1",
+                    "ports",
+                    Level::Critical,
+                    "cannot reach gluu2:1636 (ldaps): refused; gluu3:30865 (csync2): refused"
+                ),
+                v("gluu1", "csync2", Level::Critical, "listener down"),
+                v("gluu2", "ldap", Level::Critical, "refused"),
+                v("gluu3", "agent", Level::Critical, "unreachable"),
+                // The changed node's check that can no longer be judged.
+                v("gluu3", "disk", Level::Unknown, "the checks did not run"),
+            ],
+            "gluu3"
+        ),
         [
-            "gluu1 csync2 critical: why",
-            "gluu2 ldap critical: why",
-            "gluu3 agent critical: why"
+            "gluu1 ports critical: gluu3:30865 (csync2): refused",
+            "gluu1 csync2 critical: listener down",
+            "gluu2 ldap critical: refused",
+            "gluu3 agent critical: unreachable",
+            "gluu3 disk unknown: cannot be checked after its change: the checks did not run"
         ]
+    );
+    // Unknown elsewhere than on the changed node is not the change's doing.
+    assert!(
+        gate.regressions(&[v("gluu3", "disk", Level::Unknown, "x")], "gluu1")
+            .is_empty()
     );
 }
