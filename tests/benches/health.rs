@@ -67,8 +67,9 @@ const FAULTS: [Fault; 8] = [
     Fault::AgentCut,
 ];
 
-/// One awaited event: which fault, what `serve` must record, and the samples (seconds
-/// from the fault; `None` for not seen within [`PATIENCE`]).
+/// One awaited event: which fault, what `serve` must record, and the samples: where in
+/// the interval the fault was made (0 to 1), and the seconds until the event (`None`
+/// for not seen within [`PATIENCE`]).
 struct Measure {
     id: &'static str,
     fault: Fault,
@@ -77,7 +78,7 @@ struct Measure {
     node: &'static str,
     check: &'static str,
     levels: &'static [&'static str],
-    samples: Vec<Option<f64>>,
+    samples: Vec<(f64, Option<f64>)>,
 }
 
 fn measures() -> Vec<Measure> {
@@ -343,6 +344,14 @@ async fn run(res: &mut Results, reps: usize, rounds: usize) -> String {
     eprintln!("building the Gluu cluster (3 hosts, slapd, csync2, serve every {INTERVAL_SECS} s)");
     let t = Instant::now();
     let mut c = GluuCluster::start(INTERVAL_SECS).await;
+    // The harness overlays neither /var/backups nor its csync2 directory, so every
+    // host's csync2 would keep what it overwrites in the machine's own
+    // /var/backups/csync2, where other tests' hosts (and the csync2 check's "copies
+    // kept") see them. The unsynced-file fault overwrites a file each run.
+    for n in NODES {
+        c.host(n)
+            .sh("mount -t tmpfs -o mode=0700 tmpfs /var/backups");
+    }
     c.settled(SETTLE).await;
     eprintln!("cluster healthy after {:.0} s", t.elapsed().as_secs_f64());
     let interval = c.interval;
@@ -420,7 +429,8 @@ async fn run(res: &mut Results, reps: usize, rounds: usize) -> String {
                     ),
                     None => eprintln!("    {}: NOT SEEN within {PATIENCE:?}", m.id),
                 }
-                m.samples.push(got.map(|(_, took)| secs(took)));
+                m.samples
+                    .push((schedule.phase(at), got.map(|(_, took)| secs(took))));
             }
             heal(&mut c, *f);
             c.settled(SETTLE).await;
@@ -429,7 +439,7 @@ async fn run(res: &mut Results, reps: usize, rounds: usize) -> String {
     w.push_str(&fault_table(&ms));
     let missed: Vec<String> = ms
         .iter()
-        .filter(|m| m.samples.iter().any(Option::is_none))
+        .filter(|m| m.samples.iter().any(|s| s.1.is_none()))
         .map(|m| m.id.to_string())
         .collect();
     if !missed.is_empty() {
@@ -459,15 +469,15 @@ fn fault_table(ms: &[Measure]) -> String {
     let _ = writeln!(w, "\n### Fault to `serve`'s event\n");
     let _ = writeln!(
         w,
-        "| id | fault | event awaited | n | median | max | target | verdict (median) | median / {PEER_POLL_S:.0} s | max / {PEER_POLL_S:.0} s |"
+        "| id | fault | event awaited | n | median | max | target | verdict (median) | median / {PEER_POLL_S:.0} s | max / {PEER_POLL_S:.0} s | samples (s @ phase of the interval) |"
     );
-    let _ = writeln!(w, "|---|---|---|---:|---:|---:|---:|---|---:|---:|");
+    let _ = writeln!(w, "|---|---|---|---:|---:|---:|---:|---|---:|---:|---|");
     for m in ms {
         // A fault not seen counts as slower than any that was.
         let mut s: Vec<f64> = m
             .samples
             .iter()
-            .map(|v| v.unwrap_or(f64::INFINITY))
+            .map(|v| v.1.unwrap_or(f64::INFINITY))
             .collect();
         s.sort_by(f64::total_cmp);
         if s.is_empty() {
@@ -493,9 +503,18 @@ fn fault_table(ms: &[Measure]) -> String {
             (true, false) => "met; max MISSED",
             (false, _) => "MISSED",
         };
+        let mut by_phase = m.samples.clone();
+        by_phase.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let each: Vec<String> = by_phase
+            .iter()
+            .map(|(p, v)| match v {
+                Some(v) => format!("{v:.2} @ {p:.2}"),
+                None => format!("none @ {p:.2}"),
+            })
+            .collect();
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} | {} | < {TARGET_S:.0} s | {verdict} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | < {TARGET_S:.0} s | {verdict} | {} | {} | {} |",
             m.id,
             m.what,
             m.event,
@@ -503,7 +522,8 @@ fn fault_table(ms: &[Measure]) -> String {
             show(med),
             show(max),
             ratio(med),
-            ratio(max)
+            ratio(max),
+            each.join(", ")
         );
     }
     w
