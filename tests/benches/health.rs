@@ -10,11 +10,14 @@
 //!    commands they ran and reaped) over a healthy window of whole check rounds with
 //!    `serve` running, and, as context, over a window of the same length with `serve`
 //!    stopped (no rounds asked, no telemetry streamed; the heartbeat and the metrics
-//!    collector go on).
+//!    collector go on). `CLUSTERMGR_BENCH_CPU_ROUNDS` sets the rounds in a window
+//!    (default 6).
 //! 2. The faults of `tests/tests/cluster_health.rs`, one after another, each healed
 //!    and the cluster settled before the next; the whole sequence
-//!    `CLUSTERMGR_BENCH_REPS` times (default 3). A sample is the event's stamp (the end
-//!    of the round that judged it) minus the moment just before the fault was made.
+//!    `CLUSTERMGR_BENCH_REPS` times (default 3), `serve` restarted before each, and
+//!    each fault's runs spread evenly over the round's interval. A sample is the
+//!    event's stamp (the end of the round that judged it) minus the moment just before
+//!    the fault was made.
 //!
 //! The peer is Gluu's own Cluster Manager, which polls every 5 minutes: each median is
 //! also shown as a ratio to 300 s.
@@ -249,24 +252,6 @@ struct Schedule {
     interval: Duration,
 }
 
-/// Stops `serve` as its init script would (SIGTERM: it closes the store cleanly).
-fn stop_serve(c: &mut GluuCluster) {
-    if let Some(mut s) = c.serve.take() {
-        signal(s.0.id(), "-TERM");
-        let _ = s.0.wait();
-    }
-}
-
-/// Starts `serve` afresh: its round schedule starts now.
-async fn restart_serve(c: &mut GluuCluster) -> Schedule {
-    stop_serve(c);
-    c.serve = Some(c.ctl.serve().await);
-    Schedule {
-        t0: Instant::now(),
-        interval: c.interval,
-    }
-}
-
 impl Schedule {
     /// Where `at` falls in its interval, 0 to 1.
     fn phase(&self, at: Instant) -> f64 {
@@ -289,6 +274,24 @@ impl Schedule {
         }
         let at = self.t0 + Duration::from_secs_f64((k + frac) * iv);
         tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+/// Stops `serve` as a service manager would (SIGTERM: it closes the store cleanly).
+fn stop_serve(c: &mut GluuCluster) {
+    if let Some(mut s) = c.serve.take() {
+        signal(s.0.id(), "-TERM");
+        let _ = s.0.wait();
+    }
+}
+
+/// Starts `serve` afresh: its round schedule starts now.
+async fn restart_serve(c: &mut GluuCluster) -> Schedule {
+    stop_serve(c);
+    c.serve = Some(c.ctl.serve().await);
+    Schedule {
+        t0: Instant::now(),
+        interval: c.interval,
     }
 }
 
@@ -333,8 +336,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let report = rt.block_on(run(&mut res, reps, rounds));
-    let mut w = report;
+    let mut w = rt.block_on(run(&mut res, reps, rounds));
     w.push_str(&res.report_tail(started.elapsed()));
     print!("{w}");
     let _ = std::io::stdout().flush();
