@@ -129,7 +129,7 @@ pub struct Csync2State {
     /// Files changed here and not yet sent (`csync2 -cr` then `-M`), at most
     /// [`Csync2State::DIRTY_SHOWN`].
     pub dirty: Vec<Dirty>,
-    /// How many dirty entries there are in all.
+    /// How many files are dirty in all (an entry is a file and a peer).
     pub dirty_total: u32,
     /// When `csync2 -x` last finished without an error, Unix milliseconds.
     pub last_sync_ms: Option<i64>,

@@ -346,14 +346,6 @@ async fn run(res: &mut Results, reps: usize, rounds: usize) -> String {
     eprintln!("building the Gluu cluster (3 hosts, slapd, csync2, serve every {INTERVAL_SECS} s)");
     let t = Instant::now();
     let mut c = GluuCluster::start(INTERVAL_SECS).await;
-    // The harness overlays neither /var/backups nor its csync2 directory, so every
-    // host's csync2 would keep what it overwrites in the machine's own
-    // /var/backups/csync2, where other tests' hosts (and the csync2 check's "copies
-    // kept") see them. The unsynced-file fault overwrites a file each run.
-    for n in NODES {
-        c.host(n)
-            .sh("mount -t tmpfs -o mode=0700 tmpfs /var/backups");
-    }
     c.settled(SETTLE).await;
     eprintln!("cluster healthy after {:.0} s", t.elapsed().as_secs_f64());
     let interval = c.interval;

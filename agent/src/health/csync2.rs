@@ -85,16 +85,17 @@ fn said(out: &str, err: &str) -> String {
     text.trim().chars().take(300).collect()
 }
 
-/// `-M`'s lines: `chary|force <TAB> me <TAB> peer <TAB> file`.
+/// `-M`'s lines, one per file and peer: `chary|force <TAB> me <TAB> peer <TAB> file`.
+/// The entries shown, and how many files are dirty.
 fn parse_dirty(out: &str) -> (Vec<Dirty>, u32) {
     let mut shown = Vec::new();
-    let mut total = 0u32;
+    let mut files = std::collections::HashSet::new();
     for line in out.lines() {
         let f: Vec<&str> = line.split('\t').collect();
         let [_, _, peer, path] = f.as_slice() else {
             continue;
         };
-        total += 1;
+        files.insert(*path);
         if shown.len() < Csync2State::DIRTY_SHOWN {
             shown.push(Dirty {
                 peer: peer.to_string(),
@@ -102,7 +103,7 @@ fn parse_dirty(out: &str) -> (Vec<Dirty>, u32) {
             });
         }
     }
-    (shown, total)
+    (shown, files.len() as u32)
 }
 
 /// Runs csync2 on the configuration and database below `root` (a sandbox's under
@@ -185,9 +186,9 @@ mod tests {
 
     #[test]
     fn dirty_lines_parse_and_the_rest_is_skipped() {
-        let out = "chary\tgluu1\tgluu2\t/opt/a\nforce\tgluu1\tgluu3\t/opt/b c\nnoise\n";
+        let out = "chary\tgluu1\tgluu2\t/opt/a\nforce\tgluu1\tgluu3\t/opt/b c\nchary\tgluu1\tgluu3\t/opt/a\nnoise\n";
         let (d, n) = parse_dirty(out);
-        assert_eq!(n, 2);
+        assert_eq!(n, 2, "two files, one of them for two peers");
         assert_eq!(
             d,
             vec![
@@ -198,6 +199,10 @@ mod tests {
                 Dirty {
                     peer: "gluu3".into(),
                     path: "/opt/b c".into()
+                },
+                Dirty {
+                    peer: "gluu3".into(),
+                    path: "/opt/a".into()
                 }
             ]
         );

@@ -179,6 +179,10 @@ pub async fn round(
     let deadline = interval
         .saturating_sub(Duration::from_millis(500))
         .max(Duration::from_secs(1));
+    // A node that does not answer is given up on within the interval (the agent's
+    // deadline is half a second under it), so one cut agent never makes the round
+    // outlast it and delay every other node's verdicts.
+    let reply_timeout = interval.max(deadline + Duration::from_millis(500));
     let mut asks: FuturesUnordered<_> = nodes
         .iter()
         .map(|n| {
@@ -193,7 +197,18 @@ pub async fn round(
                 gluu_endpoints: m.and_then(|m| m.gluu_endpoints.clone()),
             };
             async move {
-                let got = ask(ctx, n, spec, deadline + Duration::from_secs(1), within).await;
+                let got = match tokio::time::timeout(
+                    reply_timeout,
+                    ask(ctx, n, spec, reply_timeout, within),
+                )
+                .await
+                {
+                    Ok(got) => got,
+                    Err(_) => NodeRound::Unreachable(format!(
+                        "no reply within {:.1} s",
+                        reply_timeout.as_secs_f64()
+                    )),
+                };
                 (n.name.clone(), got)
             }
         })
