@@ -479,8 +479,11 @@ fn csync2(
     let (down, up): (Vec<&str>, Vec<&str>) = peers.into_iter().partition(|p| unreachable(p));
     let first = s.dirty.first().map(|d| d.path.as_str()).unwrap_or_default();
     let words = format!(
-        "{} changed files wait to be sent (first {first}) to {}; {last}{kept}",
-        s.dirty_total,
+        "{} to be sent (first {first}) to {}; {last}{kept}",
+        match s.dirty_total {
+            1 => "1 changed file waits".to_string(),
+            n => format!("{n} changed files wait"),
+        },
         up.iter()
             .chain(&down)
             .copied()
