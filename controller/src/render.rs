@@ -280,6 +280,10 @@ fn print_csync2(r: &crate::health::replication::ReplicationView) {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     for (n, c) in &r.csync2 {
+        if !c.configured {
+            println!("{n:<16} not set up yet (no /etc/csync2.cfg): `clustermgr apply` writes it");
+            continue;
+        }
         let listener = match &c.listener {
             Ok(()) => "listening".to_string(),
             Err(e) => format!("NOT LISTENING ({e})"),
