@@ -216,10 +216,21 @@ impl ClusterModel {
     }
 }
 
-/// An absolute path with no `.`, `..`, empty components or trailing slash.
+/// An absolute path with no `.`, `..`, empty components or trailing slash, of the
+/// characters the generated configurations can carry as they are: these paths go into
+/// csync2's `include` lines and the shell command of its action, where a space, a
+/// quote, `;` or a brace would break the file or run something else.
 fn normalized_path(p: &str) -> Result<String, String> {
     if !p.starts_with('/') {
         return Err(format!("{p:?} is not an absolute path"));
+    }
+    if let Some(c) = p
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "/._-+@=".contains(*c)))
+    {
+        return Err(format!(
+            "{p:?} has {c:?}, which the generated csync2 configuration cannot carry: use letters, digits and / . _ - + @ ="
+        ));
     }
     let parts: Vec<&str> = p.split('/').skip(1).collect();
     if p == "/" {
@@ -262,6 +273,10 @@ mod tests {
             ("cache", "memcached"),
             ("manage-hosts", "maybe"),
             ("replicated-paths", "/a,relative"),
+            ("replicated-paths", "/opt/a b"),
+            ("replicated-paths", "/opt/a;b"),
+            ("gluu-root", "/opt/gluu\"; rm -rf /; \""),
+            ("gluu-root", "/opt/{x}"),
             ("gluu-version", "latest"),
         ] {
             let err = m.set(k, v).unwrap_err().to_string();
