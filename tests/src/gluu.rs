@@ -171,11 +171,19 @@ impl GluuCluster {
 
     /// `health --json`: the exit code and every verdict.
     pub fn health(&self) -> (i32, Vec<Row>) {
+        let (code, rows, _) = self.health_as_of();
+        (code, rows)
+    }
+
+    /// `health --json` with when `serve` judged the round shown (`None`: the command
+    /// ran a round of its own).
+    pub fn health_as_of(&self) -> (i32, Vec<Row>, Option<i64>) {
         let out = self.ctl.run(&["--json", "health"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         (
             out.status.code().unwrap_or(-1),
             rows(&v["verdicts"], "level"),
+            v["as_of_ms"].as_i64(),
         )
     }
 
@@ -187,16 +195,21 @@ impl GluuCluster {
     }
 
     /// Waits until `serve`'s last word on every check is ok: the last event of each
-    /// (node, check) went to ok, and `health` (serve's latest round) exits 0.
+    /// (node, check) went to ok, and a round `serve` judged after this began exits 0
+    /// (a round of `health`'s own, before serve has one, is not serve's word).
     pub async fn settled(&self, patience: Duration) {
         let deadline = std::time::Instant::now() + patience;
+        let since = GluuCluster::now_ms();
         loop {
             let mut last = std::collections::BTreeMap::new();
             for e in self.events() {
                 last.insert((e.node.clone(), e.check.clone()), e);
             }
-            let (code, rows) = self.health();
-            if last.values().all(|e| e.level == "ok") && code == 0 {
+            let (code, rows, as_of) = self.health_as_of();
+            if as_of.is_some_and(|t| t >= since)
+                && last.values().all(|e| e.level == "ok")
+                && code == 0
+            {
                 return;
             }
             if std::time::Instant::now() > deadline {
