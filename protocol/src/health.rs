@@ -9,6 +9,51 @@ use serde::{Deserialize, Serialize};
 pub const CSYNC2_SYNCED_STAMP: &str = "/var/lib/csync2/clustermgr-synced";
 /// csync2's port.
 pub const CSYNC2_PORT: u16 = 30865;
+
+/// Where Redis listens on the cache host (the tunnel's far end connects there).
+pub const REDIS_ADDR: &str = "127.0.0.1:6379";
+
+/// A Gluu component's health endpoint: the component (as the agent's Gluu detection
+/// names it), its name in words, the path, and what a healthy body holds.
+pub struct GluuEndpoint {
+    /// The component (`oxauth`).
+    pub component: &'static str,
+    /// Its name (`oxAuth`).
+    pub name: &'static str,
+    /// The path.
+    pub path: &'static str,
+    /// What a healthy answer's body holds.
+    pub expect: &'static str,
+}
+
+/// Every Gluu component with a health endpoint; oxAuth and oxTrust, which every Gluu
+/// node runs, come first (the load balancer's checks take those two).
+pub const GLUU_ENDPOINTS: &[GluuEndpoint] = &[
+    GluuEndpoint {
+        component: "oxauth",
+        name: "oxAuth",
+        path: "/oxauth/restv1/health-check",
+        expect: "running",
+    },
+    GluuEndpoint {
+        component: "identity",
+        name: "oxTrust",
+        path: "/identity/restv1/health-check",
+        expect: "running",
+    },
+    GluuEndpoint {
+        component: "shibboleth",
+        name: "the Shibboleth IdP",
+        path: "/idp/shibboleth",
+        expect: "X509Certificate",
+    },
+    GluuEndpoint {
+        component: "casa",
+        name: "Casa",
+        path: "/casa/health-check",
+        expect: "ok",
+    },
+];
 /// Where the generated cron job leaves the output of the last `csync2 -x`.
 pub const CSYNC2_LOG: &str = "/var/log/csync2.log";
 

@@ -145,6 +145,7 @@ pub fn round(cfg: &AgentConfig, spec: &CheckSpec, heartbeats: Option<&Heartbeats
     let csync2_deadline =
         std::time::Instant::now() + Duration::from_millis(spec.deadline_ms.max(500) * 4 / 5);
     let access = crate::ldap::access(cfg);
+    let gluu = crate::info::detect_gluu(&cfg.root);
     let (ldap, csync2, ports, services) = std::thread::scope(|s| {
         let csync2 = s.spawn(|| {
             spec.csync2
@@ -154,8 +155,8 @@ pub fn round(cfg: &AgentConfig, spec: &CheckSpec, heartbeats: Option<&Heartbeats
         let ports = s.spawn(|| reach(&spec.reach));
         let services = s.spawn(|| {
             let mut probes = spec.services.clone();
-            if let Some(host) = &spec.gluu_endpoints {
-                probes.extend(services::gluu_endpoints(&cfg.root, host));
+            if let (Some(host), Some(gluu)) = (&spec.gluu_endpoints, &gluu) {
+                probes.extend(services::gluu_endpoints(gluu, host));
             }
             services::try_all(&cfg.root, &probes)
         });
@@ -189,8 +190,8 @@ pub fn round(cfg: &AgentConfig, spec: &CheckSpec, heartbeats: Option<&Heartbeats
             )
         })
         .collect();
-    if let Some(gluu) = crate::info::detect_gluu(&cfg.root) {
-        let cert = crate::info::httpd_cert(&gluu);
+    if let Some(gluu) = &gluu {
+        let cert = crate::info::httpd_cert(gluu);
         let probe = CertProbe {
             label: "cluster TLS certificate".into(),
             path: cert.display().to_string(),
@@ -282,18 +283,27 @@ pub fn connect(host: &str, port: u16, timeout: Duration) -> Result<u32, String> 
 
 /// Tries every probe at once, each for at most [`CONNECT_TIMEOUT`].
 pub fn reach(probes: &[PortProbe]) -> Vec<PortReach> {
+    in_parallel(probes, |p| connect(&p.host, p.port, CONNECT_TIMEOUT))
+        .into_iter()
+        .zip(probes)
+        .map(|(result, p)| PortReach {
+            probe: p.clone(),
+            result,
+        })
+        .collect()
+}
+
+/// `probe` run on each of `items` at once, a thread each (each has its own deadline,
+/// so the slowest sets the time), the results in order.
+fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    probe: impl Fn(&T) -> Result<R, String> + Sync,
+) -> Vec<Result<R, String>> {
     std::thread::scope(|s| {
-        let tries: Vec<_> = probes
-            .iter()
-            .map(|p| s.spawn(move || connect(&p.host, p.port, CONNECT_TIMEOUT)))
-            .collect();
-        probes
-            .iter()
-            .zip(tries)
-            .map(|(p, t)| PortReach {
-                probe: p.clone(),
-                result: t.join().unwrap_or_else(|_| Err("the probe failed".into())),
-            })
+        let tries: Vec<_> = items.iter().map(|i| s.spawn(|| probe(i))).collect();
+        tries
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| Err("the probe failed".into())))
             .collect()
     })
 }

@@ -9,49 +9,28 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clustermgr_protocol::changeset::HttpsProbe;
-use clustermgr_protocol::health::{ServiceKind, ServiceProbe, ServiceState};
+use clustermgr_protocol::health::{GLUU_ENDPOINTS, ServiceKind, ServiceProbe, ServiceState};
+use clustermgr_protocol::message::GluuInstall;
 
 /// How long one service has for each connect, read and write.
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// How much of a body is read to find what it must hold.
 const BODY_LIMIT: usize = 64 * 1024;
 
-/// Gluu components (as [`crate::info::detect_gluu`] names them) and their health
-/// endpoints: name, path, what a healthy body holds.
-const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
-    ("oxauth", "oxAuth", "/oxauth/restv1/health-check", "running"),
-    (
-        "identity",
-        "oxTrust",
-        "/identity/restv1/health-check",
-        "running",
-    ),
-    (
-        "shibboleth",
-        "the Shibboleth IdP",
-        "/idp/shibboleth",
-        "X509Certificate",
-    ),
-    ("casa", "Casa", "/casa/health-check", "ok"),
-];
-
-/// The health endpoints of the Gluu components installed below `root`, asked for by
+/// The health endpoints of the Gluu components installed in `gluu`, asked for by
 /// `hostname` on the node's own 443, Apache's certificate pinned.
-pub fn gluu_endpoints(root: &Path, hostname: &str) -> Vec<ServiceProbe> {
-    let Some(gluu) = crate::info::detect_gluu(root) else {
-        return Vec::new();
-    };
-    let cert = crate::info::httpd_cert(&gluu);
-    ENDPOINTS
+pub fn gluu_endpoints(gluu: &GluuInstall, hostname: &str) -> Vec<ServiceProbe> {
+    let cert = crate::info::httpd_cert(gluu);
+    GLUU_ENDPOINTS
         .iter()
-        .filter(|(component, ..)| gluu.components.iter().any(|c| c == component))
-        .map(|(_, name, path, expect)| ServiceProbe {
-            label: format!("{name} on the node"),
+        .filter(|e| gluu.components.iter().any(|c| c == e.component))
+        .map(|e| ServiceProbe {
+            label: format!("{} on the node", e.name),
             kind: ServiceKind::Https {
                 port: 443,
                 host: hostname.to_string(),
-                path: path.to_string(),
-                expect: expect.to_string(),
+                path: e.path.to_string(),
+                expect: e.expect.to_string(),
                 cert: cert.display().to_string(),
             },
         })
@@ -60,20 +39,14 @@ pub fn gluu_endpoints(root: &Path, hostname: &str) -> Vec<ServiceProbe> {
 
 /// Tries every probe at once.
 pub fn try_all(root: &Path, probes: &[ServiceProbe]) -> Vec<ServiceState> {
-    std::thread::scope(|s| {
-        let tries: Vec<_> = probes
-            .iter()
-            .map(|p| s.spawn(move || try_one(root, &p.kind)))
-            .collect();
-        probes
-            .iter()
-            .zip(tries)
-            .map(|(p, t)| ServiceState {
-                label: p.label.clone(),
-                result: t.join().unwrap_or_else(|_| Err("the probe failed".into())),
-            })
-            .collect()
-    })
+    super::in_parallel(probes, |p| try_one(root, &p.kind))
+        .into_iter()
+        .zip(probes)
+        .map(|(result, p)| ServiceState {
+            label: p.label.clone(),
+            result,
+        })
+        .collect()
 }
 
 fn try_one(root: &Path, kind: &ServiceKind) -> Result<String, String> {
@@ -161,7 +134,8 @@ mod tests {
         for m in ["opt/gluu/jetty/oxauth", "opt/gluu/jetty/identity"] {
             std::fs::create_dir_all(c.join(m)).unwrap();
         }
-        let e = gluu_endpoints(t.path(), "idp.example.org");
+        let gluu = crate::info::detect_gluu(t.path()).unwrap();
+        let e = gluu_endpoints(&gluu, "idp.example.org");
         let labels: Vec<&str> = e.iter().map(|p| p.label.as_str()).collect();
         assert_eq!(labels, ["oxAuth on the node", "oxTrust on the node"]);
         let ServiceKind::Https { cert, host, .. } = &e[0].kind else {
@@ -169,7 +143,6 @@ mod tests {
         };
         assert_eq!(cert, "/opt/gluu-server/etc/certs/httpd.crt");
         assert_eq!(host, "idp.example.org");
-        assert!(gluu_endpoints(&t.path().join("none"), "x").is_empty());
     }
 
     #[test]

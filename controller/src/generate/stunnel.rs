@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use clustermgr_protocol::changeset::ServiceVerb;
+use clustermgr_protocol::health::REDIS_ADDR;
 
 use super::{HEADER, Inputs, NodeConfig, Sorted, file, ip_of, service, service_files};
 use crate::model::Cache;
@@ -73,7 +74,7 @@ pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String
         };
         let service_conf = if n.name == cache.name {
             format!(
-                "[redis]\naccept = {}\nconnect = 127.0.0.1:6379\n{tls}",
+                "[redis]\naccept = {}\nconnect = {REDIS_ADDR}\n{tls}",
                 addr(cache, PORT)
             )
         } else {

@@ -9,7 +9,9 @@ pub mod verdict;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use clustermgr_protocol::health::{CertProbe, CheckSpec, ServiceKind, ServiceProbe};
+use clustermgr_protocol::health::{
+    CertProbe, CheckSpec, GLUU_ENDPOINTS, REDIS_ADDR, ServiceKind, ServiceProbe,
+};
 use clustermgr_protocol::message::{Reply, Request};
 use serde::{Deserialize, Serialize};
 
@@ -128,17 +130,15 @@ fn tried_services(
     if n.has_role(Role::Lb)
         && let Some(host) = &model.hostname
     {
-        for (name, path) in [
-            ("oxAuth", "/oxauth/restv1/health-check"),
-            ("oxTrust", "/identity/restv1/health-check"),
-        ] {
+        // oxAuth and oxTrust, which every Gluu node runs.
+        for e in &GLUU_ENDPOINTS[..2] {
             out.push(ServiceProbe {
-                label: format!("{name} through the load balancer"),
+                label: format!("{} through the load balancer", e.name),
                 kind: ServiceKind::Https {
                     port: ports::HTTPS,
                     host: host.clone(),
-                    path: path.into(),
-                    expect: "running".into(),
+                    path: e.path.into(),
+                    expect: e.expect.into(),
                     cert: crate::generate::nginx::CERT.into(),
                 },
             });
@@ -150,7 +150,7 @@ fn tried_services(
             out.push(ServiceProbe {
                 label: "Redis".into(),
                 kind: ServiceKind::RedisPing {
-                    addr: "127.0.0.1:6379".into(),
+                    addr: REDIS_ADDR.into(),
                 },
             });
         }
