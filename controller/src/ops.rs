@@ -556,7 +556,7 @@ impl Report {
             Report::Applied(v) if v.iter().any(|v| bad(&v.state)) => 1,
             // Nagios-style: 0 ok, 1 warning, 2 critical, 3 unknown.
             Report::Health(h) => h.worst.exit_code(),
-            Report::Ports(p) => p.worst.map_or(0, |l| l.exit_code()),
+            Report::Ports(p) => p.worst.exit_code(),
             _ => 0,
         }
     }

@@ -97,10 +97,10 @@ pub struct PortCell {
 }
 
 /// What `clustermgr ports` shows.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortsView {
-    /// The worst cell: the exit code.
-    pub worst: Option<Level>,
+    /// The worst cell: the exit code (ok with no cells).
+    pub worst: Level,
     /// Every port of every pair, by source.
     pub cells: Vec<PortCell>,
 }
@@ -109,16 +109,13 @@ pub struct PortsView {
 pub fn view(members: &Members, round: &BTreeMap<String, NodeRound>) -> PortsView {
     let mut cells = Vec::new();
     for (from, m) in &members.nodes {
-        let (tried, why): (&[PortReach], Option<String>) = match round.get(from) {
-            Some(NodeRound::Report { report, .. }) => (&report.ports, None),
-            Some(NodeRound::Failed(e)) => (&[], Some(format!("its checks did not run: {e}"))),
-            Some(NodeRound::Unreachable(e)) => (&[], Some(format!("unreachable: {e}"))),
-            None => (&[], Some("it was not asked".into())),
+        let (report, why) = match round.get(from) {
+            Some(NodeRound::Report { report, .. }) => (Some(report), None),
+            Some(NodeRound::Failed(e)) => (None, Some(format!("its checks did not run: {e}"))),
+            Some(NodeRound::Unreachable(e)) => (None, Some(format!("unreachable: {e}"))),
+            None => (None, Some("it was not asked".into())),
         };
-        let report = match round.get(from) {
-            Some(NodeRound::Report { report, .. }) => Some(report),
-            _ => None,
-        };
+        let tried: &[PortReach] = report.map_or(&[], |r| &r.ports);
         for p in m
             .reach
             .iter()
@@ -144,7 +141,7 @@ pub fn view(members: &Members, round: &BTreeMap<String, NodeRound>) -> PortsView
         }
     }
     PortsView {
-        worst: Some(Level::worst(cells.iter().map(|c| c.level))),
+        worst: Level::worst(cells.iter().map(|c| c.level)),
         cells,
     }
 }
