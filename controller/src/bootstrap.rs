@@ -378,10 +378,7 @@ impl Session {
         let node = plan.node.to_string();
         let target = plan.ssh.clone();
         let err = |m: String| ssh_err(&node, &target, m);
-        let dir = tempfile::Builder::new()
-            .prefix("cm-ssh")
-            .tempdir()
-            .map_err(|e| CtlError::io(std::env::temp_dir(), e))?;
+        let dir = private_tempdir()?;
         let mut s = Session {
             node: node.clone(),
             target: target.clone(),
@@ -475,10 +472,7 @@ impl Session {
         let probe = Session {
             node: self.node.clone(),
             target: self.target.clone(),
-            dir: tempfile::Builder::new()
-                .prefix("cm-ssh")
-                .tempdir()
-                .map_err(|e| CtlError::io(std::env::temp_dir(), e))?,
+            dir: private_tempdir()?,
             known_hosts: Some(PathBuf::from("/dev/null")),
             sudo: false,
         };
@@ -1034,6 +1028,23 @@ async fn start_service(
     }
 }
 
+/// A directory for the ControlMaster socket, its log and a session's known_hosts that
+/// only this user can enter: in a shared `/tmp`, another user could otherwise reach
+/// the master socket or swap the known_hosts file read before anything runs.
+fn private_tempdir() -> Result<tempfile::TempDir, CtlError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("cm-ssh")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .map_err(|e| CtlError::io(std::env::temp_dir(), e))?;
+    // The mode given at creation is filtered by the umask, which only takes bits away;
+    // set it exactly anyway, so the directory is owner-only whatever happened.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| CtlError::io(dir.path(), e))?;
+    Ok(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1120,5 +1131,13 @@ mod tests {
             MasterError::classify("ssh: connect to host 10.0.0.2 port 22: Connection refused"),
             MasterError::Unreachable(_)
         ));
+    }
+
+    #[test]
+    fn the_ssh_session_directory_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = super::private_tempdir().unwrap();
+        let mode = std::fs::metadata(d.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 }

@@ -265,6 +265,14 @@ fn entry_view(e: &Entry, p: &EntryPlan, applied: &[Entry]) -> EntryView {
     let diff = match (&p.old_text, &p.new_text) {
         (Some(old), Some(new)) if !e.secret && old != new => Some(unified(&e.path, old, new)),
         (None, Some(new)) if !e.secret && p.old_sha256.is_none() => Some(unified(&e.path, "", new)),
+        // The agent keeps a file's text on the node unless it wrote the file itself,
+        // anyone there may read it and it is no known secret (README, Security): show
+        // what the file will hold, and say why the other side is missing.
+        (None, Some(new)) if !e.secret && p.change.writes() => Some(format!(
+            "--- {path} (on the node: text not sent, since clustermgr did not write this file, or it is not readable by others, or it holds secrets)\n+++ {path} (desired)\n{}",
+            new.lines().map(|l| format!("+{l}\n")).collect::<String>(),
+            path = e.path
+        )),
         _ => None,
     };
     let metadata = match (&p.old_meta, &p.new_meta) {

@@ -35,6 +35,11 @@ impl Home {
             .mode(0o700)
             .create(dir)
             .map_err(|e| CtlError::io(dir, e))?;
+        // A directory that was already there (made by hand, mode 0755) holds no cluster
+        // yet: make it owner-only before any key goes in. Someone else's is refused.
+        home.check_owner()?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| CtlError::io(dir, e))?;
         home.check_dir()?;
         Ok(home)
     }
@@ -66,18 +71,24 @@ impl Home {
         Ok(home)
     }
 
-    fn check_dir(&self) -> Result<(), CtlError> {
+    fn check_owner(&self) -> Result<std::fs::Metadata, CtlError> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(&self.dir).map_err(|e| CtlError::io(&self.dir, e))?;
         let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
         if !meta.is_dir() || Some(meta.uid()) != me {
             return Err(CtlError::NotOwned(self.dir.clone()));
         }
-        let mode = meta.permissions().mode();
-        if mode & 0o022 != 0 {
+        Ok(meta)
+    }
+
+    /// Refuses a home that is not ours or that anyone else may enter: it holds the CA
+    /// key, the stores (with the cluster's TLS key and tunnel keys) and serve's socket.
+    fn check_dir(&self) -> Result<(), CtlError> {
+        let mode = self.check_owner()?.permissions().mode();
+        if mode & 0o077 != 0 {
             return Err(CtlError::Insecure {
                 path: self.dir.clone(),
-                what: "writable by group or others",
+                what: "open to group or others",
                 mode: mode & 0o7777,
                 fix: "700",
             });
@@ -120,6 +131,27 @@ impl Home {
     /// `serve`'s local socket (0600).
     pub fn socket(&self) -> PathBuf {
         self.dir.join("serve.sock")
+    }
+}
+
+/// Makes `path` an empty owner-only file if there is none (created without following
+/// a link), else refuses one that group or others can read or write: the stores hold
+/// private keys and secrets, and a store file is made before its database opens it.
+pub fn private_file(path: &Path) -> Result<(), CtlError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => check_owner_only(
+            path,
+            "a store holding private keys, readable or writable by group or others",
+        ),
+        Err(e) => Err(CtlError::io(path, e)),
     }
 }
 
@@ -175,10 +207,30 @@ mod tests {
         let dir = tmp.path().join("h");
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let err = Home::create(&dir).unwrap_err().to_string();
+        // An empty directory of ours is made owner-only by init ...
+        let home = Home::create(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // ... and a home someone opened up since is refused at every open.
+        std::fs::write(home.ca_cert(), "x").unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = Home::open(&dir).unwrap_err().to_string();
         assert!(
-            err.contains("writable by group or others") && err.contains("chmod 700"),
+            err.contains("open to group or others") && err.contains("chmod 700"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn store_files_are_made_owner_only_and_checked_at_every_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("inventory.redb");
+        private_file(&f).unwrap();
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        private_file(&f).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = private_file(&f).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
     }
 }

@@ -152,7 +152,16 @@ impl ClusterModel {
                 } else {
                     let mut paths = Vec::new();
                     for p in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                        paths.push(normalized_path(p).map_err(|why| bad(&why))?);
+                        let p = normalized_path(p).map_err(|why| bad(&why))?;
+                        // csync2 runs as root and copies files with their modes: a
+                        // replicated cron or init directory, or the agent's identity,
+                        // would let one node's files run or act on every other.
+                        if let Some(r) = clustermgr_protocol::runs_later::reserved_overlap(&p) {
+                            return Err(bad(&format!(
+                                "{p:?} is or holds {r}, which csync2 (running as root) must not copy between nodes: the agent's own files, or files the system runs later; name the directories of Gluu's own files instead"
+                            )));
+                        }
+                        paths.push(p);
                     }
                     if paths.is_empty() {
                         return Err(bad("give at least one path, or `default`"));
@@ -275,6 +284,11 @@ mod tests {
             ("replicated-paths", "/a,relative"),
             ("replicated-paths", "/opt/a b"),
             ("replicated-paths", "/opt/a;b"),
+            ("replicated-paths", "/etc/clustermgr"),
+            ("replicated-paths", "/opt/gluu/x,/etc/cron.d"),
+            ("replicated-paths", "/etc"),
+            ("replicated-paths", "/"),
+            ("replicated-paths", "/etc/init.d/x"),
             ("gluu-root", "/opt/gluu\"; rm -rf /; \""),
             ("gluu-root", "/opt/{x}"),
             ("gluu-version", "latest"),
@@ -283,6 +297,9 @@ mod tests {
             assert!(err.starts_with(k), "{err}");
         }
         assert_eq!(m, ClusterModel::default());
+        // Gluu's own directories, the default, are not reserved.
+        m.set("replicated-paths", &DEFAULT_REPLICATED_PATHS.join(","))
+            .unwrap();
     }
 
     #[test]

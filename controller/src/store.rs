@@ -355,6 +355,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Creates a new store holding `meta`.
     pub fn create(path: &Path, meta: &ClusterMeta) -> Result<Store, CtlError> {
+        crate::home::private_file(path)?;
         let db = Database::create(path).map_err(|e| store_error(path, e))?;
         let store = Store {
             db,
@@ -415,6 +416,12 @@ impl Store {
     /// Opens an existing store. `socket` names serve's socket for the message when
     /// another process holds the store.
     pub fn open(path: &Path, socket: &Path) -> Result<Store, CtlError> {
+        if path.exists() {
+            crate::home::check_owner_only(
+                path,
+                "a store holding private keys, readable or writable by group or others",
+            )?;
+        }
         let db = Database::open(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => CtlError::StoreLocked {
                 store: path.to_path_buf(),

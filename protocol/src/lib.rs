@@ -15,6 +15,7 @@ pub mod health;
 pub mod identity;
 pub mod message;
 mod name;
+pub mod runs_later;
 pub mod telemetry;
 pub mod transport;
 pub mod version;

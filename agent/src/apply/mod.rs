@@ -11,7 +11,9 @@
 mod backup;
 mod dir;
 mod edit;
+mod nginx_conf;
 mod path;
+mod policy;
 pub(crate) mod probe;
 mod step;
 
@@ -28,7 +30,7 @@ use clustermgr_protocol::changeset::{
     RestoreSpec, Scope, StepRun,
 };
 use clustermgr_protocol::identity::sha256_hex;
-use clustermgr_protocol::message::{ErrorKind, RemoteError};
+use clustermgr_protocol::message::RemoteError;
 use serde::{Deserialize, Serialize};
 
 use crate::config::AgentConfig;
@@ -40,21 +42,6 @@ use step::Step;
 
 /// How many previous versions of each file are kept.
 pub const KEEP_BACKUPS: usize = 5;
-
-/// Where a file is run later by the system (cron, init, systemd, login shells, sudo):
-/// refused with `allow_exec = false`, in either scope.
-const RUNS_LATER: &[&str] = &[
-    "/etc/cron",
-    "/etc/anacrontab",
-    "/etc/init.d/",
-    "/etc/rc",
-    "/etc/systemd/",
-    "/lib/systemd/",
-    "/usr/lib/systemd/",
-    "/etc/profile",
-    "/etc/sudoers",
-    "/etc/ld.so.preload",
-];
 
 /// The largest file whose text a plan carries for a diff.
 const DIFF_TEXT_LIMIT: usize = 256 * 1024;
@@ -171,45 +158,39 @@ impl Engine {
     }
 
     /// Refuses commands when `allow_exec` is off, before anything is read or written.
-    fn check_policy(&self, entries: &[Entry]) -> Result<(), RemoteError> {
+    fn check_commands(&self, entries: &[Entry]) -> Result<(), RemoteError> {
         if self.cfg.allow_exec {
             return Ok(());
         }
-        for e in entries {
-            let v = e.validate.as_ref().is_some_and(step::validator_needs_exec);
-            let a = e.on_change.iter().any(step::action_needs_exec);
-            if v || a {
-                return Err(RemoteError {
-                    kind: ErrorKind::Refused,
-                    message: format!(
-                        "{}: its {} a command, and this agent has allow_exec = false; only the built-in nginx test and service reload or restart may run here",
-                        e.path,
-                        if v { "validator is" } else { "actions include" }
-                    ),
-                });
-            }
-            // A file that runs as root later (a cron job, an init script or unit, an
-            // executable) is a command too: with exec off, a config push must not be
-            // a way round it.
-            let executable = matches!(&e.content, Content::File { mode, .. } if mode & 0o111 != 0);
-            if executable || RUNS_LATER.iter().any(|p| e.path.starts_with(p)) {
-                return Err(RemoteError::refused(format!(
-                    "{}: a file that would run as a command later, and this agent has allow_exec = false; set allow_exec = true on this node to let clustermgr manage its services",
-                    e.path
-                )));
-            }
+        policy::check_commands(entries)
+    }
+
+    /// Stages `entries` and, when `allow_exec` is off, judges what they would write.
+    fn stage_checked(&self, entries: &[Entry]) -> Result<Vec<Staged>, RemoteError> {
+        self.check_commands(entries)?;
+        let staged = self.stage_all(entries)?;
+        if !self.cfg.allow_exec {
+            policy::check_staged(&self.cfg, entries, &staged)?;
         }
-        Ok(())
+        Ok(staged)
     }
 
     /// Compares one entry with the disk.
-    fn stage(&self, e: &Entry) -> Result<Staged, String> {
+    fn stage(&self, e: &Entry, managed: &BTreeSet<PathBuf>) -> Result<Staged, String> {
         let res = path::resolve(&self.cfg, &e.scope, &e.path)?;
         let old = match read_nofollow(&res.real) {
             Ok(found) => Some(found),
             Err(err) if err.kind() == io::ErrorKind::NotFound => None,
             Err(err) => return Err(format!("cannot be read: {err}")),
         };
+        // What the node holds goes back only for a file this agent wrote, that anyone
+        // on the node may read anyway, and that is not a known secret: a plan must
+        // not be a way to read the container's shadow file or Gluu's salt.
+        let old_shown = old.as_ref().is_some_and(|(_, m)| {
+            managed.contains(&res.real)
+                && m.mode & 0o004 != 0
+                && !policy::secret_path(&policy::host_path(&self.cfg, &res.real))
+        });
         let (own_uid, own_gid) = own_ids();
         let (new, old_text, new_text) = match &e.content {
             Content::File {
@@ -238,7 +219,9 @@ impl Engine {
                     (None, None)
                 } else {
                     (
-                        old.as_ref().and_then(|(b, _)| text_for_diff(b)),
+                        old.as_ref()
+                            .filter(|(b, _)| old_shown || b == bytes)
+                            .and_then(|(b, _)| text_for_diff(b)),
                         text_for_diff(bytes),
                     )
                 };
@@ -252,7 +235,7 @@ impl Engine {
                     let ed = edit::set_property(text, key, value);
                     (
                         Some((ed.text.into_bytes(), meta.clone())),
-                        Some(ed.old_part),
+                        (old_shown || ed.old_part == ed.new_part).then_some(ed.old_part),
                         Some(ed.new_part),
                     )
                 }
@@ -265,7 +248,7 @@ impl Engine {
                     let ed = edit::set_block(text, name, body)?;
                     (
                         Some((ed.text.into_bytes(), meta.clone())),
-                        Some(ed.old_part),
+                        (old_shown || ed.old_part == ed.new_part).then_some(ed.old_part),
                         Some(ed.new_part),
                     )
                 }
@@ -311,8 +294,9 @@ impl Engine {
         let mut seen = BTreeSet::new();
         let mut out = Vec::with_capacity(entries.len());
         let mut errors = Vec::new();
+        let managed = self.managed();
         for e in entries {
-            match self.stage(e) {
+            match self.stage(e, &managed) {
                 Ok(s) => {
                     if !seen.insert(s.res.real.clone()) {
                         errors.push(format!(
@@ -338,9 +322,8 @@ impl Engine {
 
     /// How `set` compares with the disk; writes nothing.
     pub fn plan(&self, set: &ChangeSet) -> Result<Vec<EntryPlan>, RemoteError> {
-        self.check_policy(&set.entries)?;
         Ok(self
-            .stage_all(&set.entries)?
+            .stage_checked(&set.entries)?
             .into_iter()
             .map(|s| s.plan)
             .collect())
@@ -348,7 +331,7 @@ impl Engine {
 
     /// Applies `set`: all of it or none.
     pub fn apply(&self, set: &ChangeSet) -> Result<ApplyReport, RemoteError> {
-        self.check_policy(&set.entries)?;
+        self.check_commands(&set.entries)?;
         let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.settle_earlier()?;
         let applied = self.last_revision();
@@ -362,12 +345,39 @@ impl Engine {
                 Vec::new(),
             ));
         }
-        let staged = self.stage_all(&set.entries)?;
+        let staged = self.stage_checked(&set.entries)?;
         let report = self.run_txn(set.revision, &set.entries, staged)?;
         if matches!(report.result, ApplyResult::Applied | ApplyResult::Unchanged) {
             self.note_revision(set.revision);
         }
         Ok(report)
+    }
+
+    fn managed_path(&self) -> PathBuf {
+        self.dir.join("managed.json")
+    }
+
+    /// The files this agent has written: the only ones whose text a plan may show.
+    fn managed(&self) -> BTreeSet<PathBuf> {
+        std::fs::read(self.managed_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn note_managed(&self, txn: &Txn) {
+        let mut managed = self.managed();
+        let before = managed.len();
+        managed.extend(txn.items.iter().map(|i| i.real.clone()));
+        if managed.len() == before {
+            return;
+        }
+        let written = serde_json::to_vec(&managed)
+            .map_err(io::Error::other)
+            .and_then(|b| write_atomic(&self.managed_path(), &b, 0o600));
+        if let Err(e) = written {
+            tracing::warn!("cannot record the files this agent manages: {e}");
+        }
     }
 
     fn revision_path(&self) -> PathBuf {
@@ -524,6 +534,7 @@ impl Engine {
         for item in &txn.items {
             self.backups.prune(&item.real);
         }
+        self.note_managed(&txn);
         self.clear_txn();
         Ok(self.report(revision, plans, ApplyResult::Applied, steps))
     }
@@ -755,6 +766,7 @@ impl Engine {
                     for item in &txn.items {
                         self.backups.prune(&item.real);
                     }
+                    self.note_managed(&txn);
                     self.clear_txn();
                     self.note_revision(txn.revision);
                     outcome(
@@ -826,10 +838,10 @@ impl Engine {
             on_change: spec.on_change.clone(),
         };
         let entries = [entry];
-        self.check_policy(&entries)?;
+        self.check_commands(&entries)?;
         let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.settle_earlier()?;
-        let staged = self.stage_all(&entries)?;
+        let staged = self.stage_checked(&entries)?;
         self.run_txn(0, &entries, staged)
     }
 }

@@ -121,7 +121,7 @@ pub fn resolve(cfg: &AgentConfig, scope: &Scope, path: &str) -> Result<Resolved,
 
 /// Follows `path` component by component below `base`, as a chroot into `base`
 /// would: absolute symlink targets restart at `base`, `..` never climbs above it.
-fn follow(base: &Path, path: &str) -> io::Result<PathBuf> {
+pub(super) fn follow(base: &Path, path: &str) -> io::Result<PathBuf> {
     let mut rest: VecDeque<OsString> = Path::new(path)
         .components()
         .filter_map(|c| match c {
@@ -144,6 +144,7 @@ fn follow(base: &Path, path: &str) -> io::Result<PathBuf> {
         let next = cur.join(&c);
         match std::fs::symlink_metadata(&next) {
             Ok(m) if m.file_type().is_symlink() => {
+                trusted_link(&next, &m, &cur)?;
                 links += 1;
                 if links > MAX_LINKS {
                     return Err(io::Error::other("too many levels of symbolic links"));
@@ -178,6 +179,24 @@ fn follow(base: &Path, path: &str) -> io::Result<PathBuf> {
         }
     }
     Ok(cur)
+}
+
+/// Refuses a link that neither root, this agent's user nor the owner of its directory
+/// made: anyone else who can write there (a service account with a group-writable
+/// directory, any user in a sticky one) could otherwise point root's write anywhere
+/// it may go. The kernel's `protected_symlinks` rule, applied everywhere.
+fn trusted_link(link: &Path, m: &std::fs::Metadata, dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let own = std::fs::metadata("/proc/self").map_or(0, |s| s.uid());
+    let dir_owner = std::fs::symlink_metadata(dir)?.uid();
+    if m.uid() == 0 || m.uid() == own || m.uid() == dir_owner {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "{} is a symlink owned by uid {}, who does not own its directory; the agent follows only links owned by root or by the directory's owner",
+        link.display(),
+        m.uid()
+    )))
 }
 
 /// A user or group name (or number) as an id, from `etc/passwd` or `etc/group` below
@@ -312,6 +331,27 @@ mod tests {
         c.state_dir = root.join("state");
         let err = resolve(&c, &Scope::Host, "/state/config/txn.json").unwrap_err();
         assert!(err.contains("agent's own directory"), "{err}");
+    }
+
+    #[test]
+    fn a_link_planted_by_someone_else_is_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        std::fs::create_dir_all(root.join("etc/shared")).unwrap();
+        std::fs::create_dir_all(root.join("etc/svc")).unwrap();
+        let c = cfg(root, &[root]);
+        // A user's link in root's directory: refused.
+        symlink("/etc/target", root.join("etc/shared/hosts")).unwrap();
+        std::os::unix::fs::lchown(root.join("etc/shared/hosts"), Some(4242), Some(4242))
+            .expect("the unit tests run as root, as tests/run does");
+        let err = resolve(&c, &Scope::Host, "/etc/shared/hosts").unwrap_err();
+        assert!(err.contains("owned by uid 4242"), "{err}");
+        // The same user's link in its own directory: followed (then judged as usual).
+        std::os::unix::fs::chown(root.join("etc/svc"), Some(4242), Some(4242)).unwrap();
+        symlink("/etc/target", root.join("etc/svc/x")).unwrap();
+        std::os::unix::fs::lchown(root.join("etc/svc/x"), Some(4242), Some(4242)).unwrap();
+        let r = resolve(&c, &Scope::Host, "/etc/svc/x").unwrap();
+        assert_eq!(r.real, root.join("etc/target"));
     }
 
     #[test]

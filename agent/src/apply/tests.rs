@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use clustermgr_protocol::changeset::{Action, ServiceVerb, Validator};
-use clustermgr_protocol::message::Command;
+use clustermgr_protocol::message::{Command, ErrorKind};
 
 use super::*;
 
@@ -15,14 +15,23 @@ struct Sandbox {
 }
 
 fn sandbox(extra: &str) -> Sandbox {
+    sandbox_with_roots(extra, &["/etc/app"])
+}
+
+/// A sandbox whose writable roots are `roots` (paths below its root).
+fn sandbox_with_roots(extra: &str, roots: &[&str]) -> Sandbox {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");
     std::fs::create_dir_all(root.join("etc/app")).unwrap();
+    let roots: Vec<String> = roots
+        .iter()
+        .map(|r| format!("\"{}\"", root.join(r.trim_start_matches('/')).display()))
+        .collect();
     let text = format!(
-        "cert = \"c\"\nkey = \"k\"\nca = \"a\"\nstate_dir = \"{}\"\nroot = \"{}\"\nwritable_roots = [\"{}\"]\n{extra}",
+        "cert = \"c\"\nkey = \"k\"\nca = \"a\"\nstate_dir = \"{}\"\nroot = \"{}\"\nwritable_roots = [{}]\n{extra}",
         t.path().join("state").display(),
         root.display(),
-        root.join("etc/app").display(),
+        roots.join(", "),
     );
     let cfg = AgentConfig::parse(Path::new("agent.toml"), &text).unwrap();
     Sandbox {
@@ -65,7 +74,13 @@ impl Sandbox {
         std::fs::read_to_string(self.root.join(p.trim_start_matches('/'))).ok()
     }
     fn write(&self, p: &str, text: &str) {
-        std::fs::write(self.root.join(p.trim_start_matches('/')), text).unwrap();
+        let path = self.root.join(p.trim_start_matches('/'));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    fn chmod(&self, p: &str, mode: u32) {
+        let path = self.root.join(p.trim_start_matches('/'));
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
     fn leftovers(&self) -> Vec<String> {
         std::fs::read_dir(self.root.join("etc/app"))
@@ -88,7 +103,8 @@ fn plan_and_apply_agree_and_a_second_apply_changes_nothing() {
     let plan = s.engine.plan(&cs).unwrap();
     assert_eq!(plan[0].change, Change::Create);
     assert_eq!(plan[1].change, Change::Modify);
-    assert_eq!(plan[1].old_text.as_deref(), Some("old\n"));
+    // A file this agent never wrote: its text stays on the node.
+    assert_eq!(plan[1].old_text, None);
     let report = s.engine.apply(&cs).unwrap();
     assert_eq!(report.result, ApplyResult::Applied);
     assert_eq!(report.entries, plan, "apply reports what the plan said");
@@ -237,7 +253,8 @@ fn edits_touch_only_their_part() {
     };
     let cs = set(vec![prop, block, waiting]);
     let plan = s.engine.plan(&cs).unwrap();
-    assert_eq!(plan[0].old_text.as_deref(), Some("servers: a:1636\n"));
+    // Not written by this agent yet: the line it replaces is not sent back.
+    assert_eq!(plan[0].old_text, None);
     assert_eq!(
         plan[0].new_text.as_deref(),
         Some("servers: b:1636,a:1636\n")
@@ -259,7 +276,7 @@ fn edits_touch_only_their_part() {
 
 #[test]
 fn without_allow_exec_only_built_in_steps_are_accepted() {
-    let s = sandbox("allow_exec = false\n");
+    let s = sandbox_with_roots("allow_exec = false\n", &["/etc/app", "/etc/cron.d"]);
     let mut e = file("/etc/app/a.conf", "a\n");
     e.on_change = vec![Action::Command(shell("true"))];
     let err = s.engine.plan(&set(vec![e.clone()])).unwrap_err();
@@ -603,4 +620,235 @@ fn a_host_key_that_is_not_a_key_is_reported_with_its_path() {
         err.message
     );
     assert!(err.message.contains("host.key"), "{}", err.message);
+}
+
+fn with_mode(mut e: Entry, m: u32) -> Entry {
+    if let Content::File { mode, .. } = &mut e.content {
+        *mode = m;
+    }
+    e
+}
+
+fn refused(s: &Sandbox, entries: Vec<Entry>, why: &str) {
+    let cs = set(entries);
+    for err in [
+        s.engine.plan(&cs).unwrap_err(),
+        s.engine.apply(&cs).unwrap_err(),
+    ] {
+        assert_eq!(err.kind, ErrorKind::Refused, "{}", err.message);
+        assert!(err.message.contains(why), "{why:?} not in {}", err.message);
+    }
+}
+
+#[test]
+fn a_plan_sends_back_only_text_this_agent_wrote_that_others_may_read_and_no_secret() {
+    let s = sandbox("");
+    s.write("/etc/app/b.conf", "theirs\n");
+    s.chmod("/etc/app/b.conf", 0o644);
+    let plan = s
+        .engine
+        .plan(&set(vec![file("/etc/app/b.conf", "x\n")]))
+        .unwrap();
+    assert_eq!(plan[0].old_text, None, "never written by this agent");
+    // Once written, a world-readable file's text is shown.
+    s.engine
+        .apply(&set(vec![with_mode(
+            file("/etc/app/b.conf", "ours\n"),
+            0o644,
+        )]))
+        .unwrap();
+    let plan = s
+        .engine
+        .plan(&set(vec![file("/etc/app/b.conf", "x\n")]))
+        .unwrap();
+    assert_eq!(plan[0].old_text.as_deref(), Some("ours\n"));
+    // Not readable by others: kept.
+    s.engine
+        .apply(&set(vec![with_mode(
+            file("/etc/app/c.conf", "ours\n"),
+            0o640,
+        )]))
+        .unwrap();
+    let plan = s
+        .engine
+        .plan(&set(vec![file("/etc/app/c.conf", "x\n")]))
+        .unwrap();
+    assert_eq!(plan[0].old_text, None, "mode 0640");
+    // A known secret path (the container's shadow file, Gluu's salt), whoever wrote it.
+    for p in ["/etc/app/etc/shadow", "/etc/app/etc/gluu/conf/salt"] {
+        s.engine
+            .apply(&set(vec![with_mode(file(p, "ours\n"), 0o644)]))
+            .unwrap();
+        let plan = s.engine.plan(&set(vec![file(p, "x\n")])).unwrap();
+        assert_eq!(plan[0].old_text, None, "{p}");
+    }
+    // An edit's line follows the same rule: someone else's line stays on the node.
+    s.write("/etc/app/l.properties", "bindPassword: hush\n");
+    s.chmod("/etc/app/l.properties", 0o644);
+    let edit = Entry {
+        content: Content::Property {
+            key: "bindPassword".into(),
+            value: "x".into(),
+        },
+        ..file("/etc/app/l.properties", "")
+    };
+    let plan = s.engine.plan(&set(vec![edit])).unwrap();
+    assert_eq!(plan[0].old_text, None);
+    assert!(!format!("{plan:?}").contains("hush"));
+}
+
+#[test]
+fn without_allow_exec_an_entry_is_judged_where_the_kernel_opens_it() {
+    let s = sandbox_with_roots("allow_exec = false\n", &["/etc/app", "/opt/gluu-server"]);
+    std::fs::create_dir_all(s.root.join("opt/gluu-server/etc/cron.d")).unwrap();
+    std::fs::create_dir_all(s.root.join("opt/gluu-server/etc/init.d")).unwrap();
+    let container = Scope::Container {
+        root: "/opt/gluu-server".into(),
+    };
+    // The container's cron, from the host's scope and from the container's.
+    refused(
+        &s,
+        vec![file(
+            "/opt/gluu-server/etc/cron.d/job",
+            "* * * * * root id\n",
+        )],
+        "run as a command later",
+    );
+    refused(
+        &s,
+        vec![Entry {
+            scope: container.clone(),
+            ..file("/etc/cron.d/job", "* * * * * root id\n")
+        }],
+        "run as a command later",
+    );
+    // A link in a harmless place to an init script.
+    std::os::unix::fs::symlink(
+        "/opt/gluu-server/etc/init.d/oxauth",
+        s.root.join("etc/app/innocent.conf"),
+    )
+    .unwrap();
+    refused(
+        &s,
+        vec![file("/etc/app/innocent.conf", "x\n")],
+        "/opt/gluu-server/etc/init.d/oxauth on the host",
+    );
+    assert!(!s.root.join("opt/gluu-server/etc/init.d/oxauth").exists());
+    // With exec allowed, the same cron file is an ordinary write.
+    let open = sandbox_with_roots("", &["/opt/gluu-server"]);
+    let r = open
+        .engine
+        .apply(&set(vec![file("/opt/gluu-server/etc/cron.d/job", "x\n")]))
+        .unwrap();
+    assert_eq!(r.result, ApplyResult::Applied);
+}
+
+#[test]
+fn without_allow_exec_an_edit_of_an_executable_is_refused() {
+    let s = sandbox("allow_exec = false\n");
+    s.write("/etc/app/run.sh", "#!/bin/sh\nA=1\n# BEGIN x\n# END x\n");
+    s.chmod("/etc/app/run.sh", 0o755);
+    let prop = Entry {
+        content: Content::Property {
+            key: "A".into(),
+            value: "1; id".into(),
+        },
+        ..file("/etc/app/run.sh", "")
+    };
+    let block = Entry {
+        content: Content::Block {
+            name: "x".into(),
+            body: "id\n".into(),
+        },
+        ..file("/etc/app/run.sh", "")
+    };
+    refused(&s, vec![prop], "an edit of an executable");
+    refused(&s, vec![block], "an edit of an executable");
+    assert_eq!(
+        s.read("/etc/app/run.sh").as_deref(),
+        Some("#!/bin/sh\nA=1\n# BEGIN x\n# END x\n")
+    );
+    // Replacing it with a file nobody can run is allowed.
+    let r = s
+        .engine
+        .apply(&set(vec![with_mode(file("/etc/app/run.sh", "x\n"), 0o644)]))
+        .unwrap();
+    assert_eq!(r.result, ApplyResult::Applied);
+}
+
+#[test]
+fn without_allow_exec_nginx_may_not_load_code_a_push_could_write() {
+    let s = sandbox_with_roots("allow_exec = false\n", &["/etc/nginx", "/opt/mods"]);
+    s.write("/opt/mods/evil.so", "\x7fELF...");
+    s.write("/usr/lib/nginx/modules/ok.so", "\x7fELF...");
+    let conf = |text: &str| Entry {
+        validate: Some(Validator::Nginx),
+        ..file("/etc/nginx/nginx.conf", text)
+    };
+    // A shared object, by its bytes or its name.
+    refused(
+        &s,
+        vec![file("/etc/nginx/m.so", "\x7fELF\x02")],
+        "shared object",
+    );
+    refused(&s, vec![file("/etc/nginx/m.so.1", "x")], "shared object");
+    // A module from a writable root, directly, through an include, or in the set.
+    refused(
+        &s,
+        vec![conf("load_module /opt/mods/evil.so;\nevents {}\n")],
+        "load_module /opt/mods/evil.so loads a module from where config pushes write",
+    );
+    s.write(
+        "/etc/nginx/conf.d/x.conf",
+        "load_module \"/opt/mods/evil.so\";\n",
+    );
+    refused(
+        &s,
+        vec![conf("include /etc/nginx/conf.d/*.conf;\n")],
+        "/etc/nginx/conf.d/x.conf: load_module",
+    );
+    std::fs::remove_file(s.root.join("etc/nginx/conf.d/x.conf")).unwrap();
+    refused(
+        &s,
+        vec![
+            conf("include conf.d/*.conf;\n"),
+            file(
+                "/etc/nginx/conf.d/new.conf",
+                "load_module /opt/mods/new.so;\n",
+            ),
+        ],
+        "load_module /opt/mods/new.so",
+    );
+    refused(
+        &s,
+        vec![conf("perl_modules /opt/mods;\n")],
+        "`perl_modules`",
+    );
+    // A reload without a validator reads the main configuration, which includes it.
+    s.write(
+        "/etc/nginx/nginx.conf",
+        "include /etc/nginx/conf.d/*.conf;\n",
+    );
+    refused(
+        &s,
+        vec![Entry {
+            on_change: vec![Action::Service {
+                name: "nginx".into(),
+                verb: ServiceVerb::Reload,
+            }],
+            ..file(
+                "/etc/nginx/conf.d/y.conf",
+                "load_module /opt/mods/evil.so;\n",
+            )
+        }],
+        "load_module /opt/mods/evil.so",
+    );
+    // The distribution's modules, outside every writable root, load as before.
+    let r = s
+        .engine
+        .apply(&set(vec![conf(
+            "load_module /usr/lib/nginx/modules/ok.so;\nevents {}\n",
+        )]))
+        .unwrap();
+    assert_eq!(r.result, ApplyResult::Applied);
 }

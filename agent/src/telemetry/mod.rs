@@ -4,6 +4,7 @@
 //! what it stored ([`Handle::ack`]), which frees the spool.
 
 pub mod metrics;
+mod open_log;
 pub mod spool;
 pub mod tail;
 mod watch;

@@ -15,11 +15,17 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::open_log::{Refusal, open_log};
+
 /// The longest line kept whole; the rest is cut and counted in a marker.
 pub const MAX_LINE: usize = 64 * 1024;
 /// Bytes kept from just before the read position to recognise a file truncated and
 /// written again past it between two looks.
 const MARK: usize = 32;
+/// The most bytes read from one file in one look: a huge or endless file (a sparse
+/// file someone planted) must not hold the collector from every other file and from
+/// stopping. What is left is read at the next look, which comes at once.
+pub const READ_PER_POLL: u64 = 4 * 1024 * 1024;
 /// How long a line waits for a continuation (a stack trace's next line) once the
 /// file has nothing more to read.
 pub const HOLD: Duration = Duration::from_millis(40);
@@ -64,6 +70,12 @@ pub struct Follower {
     /// The last bytes read before the position (at most [`MARK`]).
     mark: Vec<u8>,
     buf: Vec<u8>,
+    /// Why the file at the path is not followed, once said (so it is said once).
+    refused: Option<String>,
+    /// A refusal not yet said in the file's own lines.
+    announce: bool,
+    /// The last look stopped at [`READ_PER_POLL`] with more to read.
+    backlog: bool,
 }
 
 /// Whether a line is a Java exception's first line (`java.io.IOException: x`),
@@ -107,10 +119,11 @@ impl Follower {
             line_start: 0,
             mark: Vec::new(),
             buf: vec![0; 64 * 1024],
+            refused: None,
+            announce: false,
+            backlog: false,
         };
-        if let Ok(file) = File::open(&f.source.path)
-            && let Ok(m) = file.metadata()
-        {
+        if let Some((file, m)) = f.open() {
             let offset = match pos {
                 Some(p) if p.dev == m.dev() && p.ino == m.ino() && p.offset <= m.len() => p.offset,
                 _ if from_start => 0,
@@ -119,6 +132,25 @@ impl Follower {
             f.open_at(file, &m, offset);
         }
         f
+    }
+
+    /// Opens the file at the path as [`open_log`] allows, noting a refusal.
+    fn open(&mut self) -> Option<(File, std::fs::Metadata)> {
+        match open_log(&self.source.path) {
+            Ok(found) => {
+                self.refused = None;
+                Some(found)
+            }
+            Err(Refusal::Missing) => None,
+            Err(Refusal::Refused(why)) => {
+                if self.refused.as_deref() != Some(why.as_str()) {
+                    tracing::warn!("log {}: not followed: {why}", self.source.name);
+                    self.refused = Some(why);
+                    self.announce = true;
+                }
+                None
+            }
+        }
     }
 
     fn open_at(&mut self, mut file: File, m: &std::fs::Metadata, offset: u64) {
@@ -149,11 +181,16 @@ impl Follower {
     /// Reads what is new and calls `emit` for each finished line (joined, capped).
     /// Returns when the next held line is due, if one is held.
     pub fn poll(&mut self, now: Instant, emit: &mut dyn FnMut(String)) -> Option<Instant> {
+        self.announce_refusal(emit);
         self.read_available(emit);
+        if self.backlog {
+            // Rotation and truncation are looked for once this file is caught up.
+            return Some(now);
+        }
         // Rotation or truncation: only visible through the path.
         match std::fs::metadata(&self.source.path) {
-            Ok(m) if self.file.is_none() => {
-                if let Ok(file) = File::open(&self.source.path) {
+            Ok(_) if self.file.is_none() => {
+                if let Some((file, m)) = self.open() {
                     // Appeared since: everything in it is new.
                     self.open_at(file, &m, 0);
                     self.read_available(emit);
@@ -163,7 +200,7 @@ impl Follower {
                 // Renamed away and replaced: the old file was read to its end above.
                 self.release_held(emit);
                 self.end_partial(emit);
-                if let Ok(file) = File::open(&self.source.path) {
+                if let Some((file, m)) = self.open() {
                     self.open_at(file, &m, 0);
                     self.read_available(emit);
                 }
@@ -181,6 +218,10 @@ impl Follower {
             }
             _ => {}
         }
+        self.announce_refusal(emit);
+        if self.backlog {
+            return Some(now);
+        }
         match &self.held {
             Some((_, since)) if now.duration_since(*since) >= HOLD => {
                 self.release_held(emit);
@@ -191,11 +232,24 @@ impl Follower {
         }
     }
 
-    /// Whether a held line is due to be emitted at `now`.
+    /// Whether a held line is due to be emitted at `now`, or the file has more to read
+    /// than the last look took.
     pub fn holds_line_due(&self, now: Instant) -> bool {
-        self.held
-            .as_ref()
-            .is_some_and(|(_, since)| now.duration_since(*since) >= HOLD)
+        self.backlog
+            || self
+                .held
+                .as_ref()
+                .is_some_and(|(_, since)| now.duration_since(*since) >= HOLD)
+    }
+
+    /// Says once, in the file's own lines, why the file at its path is not followed.
+    fn announce_refusal(&mut self, emit: &mut dyn FnMut(String)) {
+        if self.announce
+            && let Some(why) = &self.refused
+        {
+            emit(format!("[clustermgr: not following this log: {why}]"));
+            self.announce = false;
+        }
     }
 
     /// Whether the bytes just before the read position are no longer the ones read
@@ -239,11 +293,18 @@ impl Follower {
 
     fn read_available(&mut self, emit: &mut dyn FnMut(String)) {
         let mut buf = std::mem::take(&mut self.buf);
+        let mut taken = 0u64;
+        self.backlog = false;
         while let Some(file) = self.file.as_mut() {
+            if taken >= READ_PER_POLL {
+                self.backlog = true;
+                break;
+            }
             let n = match file.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            taken += n as u64;
             self.pos.offset += n as u64;
             // The last bytes read, to recognise the file at the next look.
             let keep = MARK.min(n);

@@ -280,6 +280,7 @@ impl TelemetryStore {
             path: path.to_path_buf(),
             message: e.to_string(),
         };
+        crate::home::private_file(path)?;
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => err(
                 &"another clustermgr process (serve) has it open; run the command while serve runs, and it goes through serve",

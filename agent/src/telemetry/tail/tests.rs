@@ -195,3 +195,47 @@ fn a_truncation_hidden_by_new_writes_between_two_looks_is_still_seen() {
     t.poll();
     assert_eq!(t.got, want);
 }
+
+#[test]
+fn a_planted_link_is_refused_once_and_the_real_file_is_followed_when_it_returns() {
+    let mut t = T::new();
+    let dir = t.path.parent().unwrap().to_path_buf();
+    std::os::unix::fs::chown(&dir, Some(4242), Some(4242)).expect("tests run as root");
+    // The service account replaces its log with a link to a root-only file.
+    std::fs::remove_file(&t.path).unwrap();
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "root:secret-hash\n").unwrap();
+    std::os::unix::fs::symlink(secret.path(), &t.path).unwrap();
+    std::os::unix::fs::lchown(&t.path, Some(4242), Some(4242)).unwrap();
+    for _ in 0..3 {
+        t.poll();
+    }
+    assert_eq!(t.got.len(), 1, "said once, not per look: {:?}", t.got);
+    assert!(t.got[0].contains("not following this log"), "{:?}", t.got);
+    assert!(!t.got.concat().contains("secret-hash"));
+    // A real file again: followed from its start.
+    std::fs::remove_file(&t.path).unwrap();
+    t.write("back\n");
+    t.poll();
+    assert_eq!(t.got.last().map(String::as_str), Some("back"));
+}
+
+#[test]
+fn one_look_reads_a_bounded_amount_and_asks_to_come_back() {
+    let mut t = T::new();
+    let line = "x".repeat(1023);
+    let n = 3 * (READ_PER_POLL as usize) / 1024;
+    t.write(&format!("{line}\n").repeat(n));
+    let mut looks = 0;
+    loop {
+        looks += 1;
+        let got = &mut t.got;
+        let due = t.f.poll(Instant::now() + HOLD * 2, &mut |l| got.push(l));
+        if due.is_none() && !t.f.holds_line_due(Instant::now()) {
+            break;
+        }
+        assert!(looks < 10, "never caught up");
+    }
+    assert!(looks >= 3, "{looks} looks for {n} KiB");
+    assert_eq!(t.got.len(), n);
+}
