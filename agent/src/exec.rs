@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clustermgr_protocol::frame::{read_message, write_message};
+use clustermgr_protocol::frame::write_message;
 use clustermgr_protocol::message::{
     Command, ErrorKind, ExecEvent, ExecInput, ExecSpec, ExitOutcome, RemoteError,
 };
@@ -34,6 +34,8 @@ pub struct ExecContext {
     pub controller: String,
     /// The frame limit for the controller's input frames.
     pub max_frame: u32,
+    /// The agent's budget for the request bytes it holds.
+    pub budget: crate::budget::RequestBudget,
     /// Becomes true when in-flight work must stop (end of the shutdown grace).
     pub abort: watch::Receiver<bool>,
 }
@@ -152,7 +154,13 @@ pub async fn run(
     let (cancel_tx, mut cancel_rx) = watch::channel(false);
     let stdin = child.stdin.take();
     let max_frame = ctx.max_frame;
-    let input = tokio::spawn(pump_input(recv, stdin, max_frame, cancel_tx));
+    let input = tokio::spawn(pump_input(
+        recv,
+        stdin,
+        max_frame,
+        ctx.budget.clone(),
+        cancel_tx,
+    ));
 
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
@@ -245,10 +253,12 @@ async fn pump_input(
     mut recv: quinn::RecvStream,
     mut stdin: Option<tokio::process::ChildStdin>,
     max_frame: u32,
+    budget: crate::budget::RequestBudget,
     cancel: watch::Sender<bool>,
 ) {
     loop {
-        match read_message::<ExecInput, _>(&mut recv, max_frame, "exec input").await {
+        let input = budget.read::<ExecInput, _>(&mut recv, max_frame, "exec input");
+        match input.await.map(|m| m.map(|(input, _held)| input)) {
             Ok(Some(ExecInput::Stdin(bytes))) => {
                 if let Some(s) = stdin.as_mut()
                     && s.write_all(&bytes).await.is_err()

@@ -6,6 +6,7 @@
 //! never dials the controller or other agents.
 
 pub mod apply;
+mod budget;
 pub mod config;
 pub mod enroll;
 mod error;

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use clustermgr_protocol::NodeName;
 use clustermgr_protocol::atomic_file::write_atomic;
-use clustermgr_protocol::frame::{expect_message, write_message};
+use clustermgr_protocol::frame::write_message;
+use clustermgr_protocol::throttle::Throttle;
+
+use crate::budget::RequestBudget;
 use clustermgr_protocol::identity::{
     AgentCertStatus, CertSummary, Credentials, agent_server_config, cert_from_pem,
     spki_fingerprint, verify_agent_cert,
@@ -26,6 +29,8 @@ use crate::upgrade::{Received, Restart, Trial};
 
 /// How long a new connection has to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often refused handshakes are logged (with a count of those in between).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// A configured agent, ready to start.
 pub struct Agent {
@@ -186,6 +191,8 @@ impl Agent {
         .map(Arc::new);
         let config_path = self.cfg.path.clone();
         let shared = Arc::new(Shared {
+            budget: RequestBudget::new(self.cfg.max_frame_bytes),
+            refusals: Mutex::new(Throttle::new(REFUSAL_LOG_EVERY)),
             ldap: ldap.clone(),
             heartbeats,
             telemetry,
@@ -374,6 +381,10 @@ struct Shared {
     heartbeats: Option<Arc<crate::health::Heartbeats>>,
     /// The `[ldap]` section in force (re-read on SIGHUP).
     ldap: crate::health::LiveLdap,
+    /// What every stream's frames may hold in memory together.
+    budget: RequestBudget,
+    /// Refused handshakes, logged as a count rather than one line each.
+    refusals: Mutex<Throttle>,
 }
 
 impl Shared {
@@ -447,7 +458,23 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
-            tracing::info!("refused a connection from {remote}: {e}");
+            // Anyone who reaches the port can fail a handshake at will: a count and
+            // the latest, once a minute, not a line each (the agent follows its own
+            // log into telemetry, too).
+            let admitted = shared
+                .refusals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .admit(std::time::Instant::now());
+            if let Some(earlier) = admitted {
+                if earlier > 0 {
+                    tracing::info!(
+                        "refused a connection from {remote}: {e} (and {earlier} more since the last such line)"
+                    );
+                } else {
+                    tracing::info!("refused a connection from {remote}: {e}");
+                }
+            }
             return;
         }
     };
@@ -497,9 +524,17 @@ async fn hello(conn: &quinn::Connection, shared: &Shared) -> Result<Option<Strin
         .await
         .map_err(|_| clustermgr_protocol::ProtocolError::Stream("no Hello within 10 s".into()))?
         .map_err(|e| clustermgr_protocol::ProtocolError::Stream(e.to_string()))?;
-    let hello: Hello = tokio::time::timeout(HELLO_TIMEOUT, expect_message(&mut recv, max, "Hello"))
-        .await
-        .map_err(|_| clustermgr_protocol::ProtocolError::Stream("no Hello within 10 s".into()))??;
+    let (hello, _held): (Hello, _) =
+        tokio::time::timeout(HELLO_TIMEOUT, shared.budget.read(&mut recv, max, "Hello"))
+            .await
+            .map_err(|_| {
+                clustermgr_protocol::ProtocolError::Stream("no Hello within 10 s".into())
+            })??
+            .ok_or_else(|| {
+                clustermgr_protocol::ProtocolError::Stream(
+                    "the peer closed the stream before its Hello message".into(),
+                )
+            })?;
     let ours = VersionRange::ours();
     match negotiate(ours, hello.versions) {
         Ok(version) => {
@@ -540,22 +575,32 @@ async fn handle_request(
     shared: &Shared,
     controller: String,
 ) {
-    let request: Request =
-        match expect_message(&mut recv, shared.cfg.max_frame_bytes, "request").await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::info!("bad request from {controller}: {e}");
-                let _ = reply(
-                    &mut send,
-                    Reply::Error(RemoteError {
-                        kind: ErrorKind::Invalid,
-                        message: e.to_string(),
-                    }),
-                )
-                .await;
-                return;
-            }
-        };
+    // The request's bytes stay counted in the budget until it has been served.
+    let closed = || {
+        clustermgr_protocol::ProtocolError::Stream(
+            "the peer closed the stream before its request message".into(),
+        )
+    };
+    let (request, _held): (Request, _) = match shared
+        .budget
+        .read(&mut recv, shared.cfg.max_frame_bytes, "request")
+        .await
+        .and_then(|r| r.ok_or_else(closed))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!("bad request from {controller}: {e}");
+            let _ = reply(
+                &mut send,
+                Reply::Error(RemoteError {
+                    kind: ErrorKind::Invalid,
+                    message: e.to_string(),
+                }),
+            )
+            .await;
+            return;
+        }
+    };
     let answer = match request {
         Request::Exec(spec) => {
             let ctx = exec_context(shared, controller);
@@ -695,6 +740,7 @@ fn exec_context(shared: &Shared, controller: String) -> ExecContext {
         allow_exec: shared.cfg.allow_exec,
         controller,
         max_frame: shared.cfg.max_frame_bytes,
+        budget: shared.budget.clone(),
         abort: shared.abort.clone(),
     }
 }
@@ -751,11 +797,11 @@ async fn telemetry_stream(
     let max_frame = shared.cfg.max_frame_bytes;
     let acks = {
         let handle = handle.clone();
+        let budget = shared.budget.clone();
         tokio::spawn(async move {
-            while let Ok(Some(a)) = clustermgr_protocol::frame::read_message::<TelemetryAck, _>(
-                &mut recv, max_frame, "ack",
-            )
-            .await
+            while let Ok(Some((a, _held))) = budget
+                .read::<TelemetryAck, _>(&mut recv, max_frame, "ack")
+                .await
             {
                 handle.ack(a.stored_through);
             }

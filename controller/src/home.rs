@@ -36,8 +36,17 @@ impl Home {
             .create(dir)
             .map_err(|e| CtlError::io(dir, e))?;
         // A directory that was already there (made by hand, mode 0755) holds no cluster
-        // yet: make it owner-only before any key goes in. Someone else's is refused.
-        home.check_owner()?;
+        // yet: make it owner-only before any key goes in. Someone else's is refused,
+        // and so is one that others could write (they may have put something in it).
+        let mode = home.check_owner()?.permissions().mode();
+        if mode & 0o022 != 0 {
+            return Err(CtlError::Insecure {
+                path: dir.to_path_buf(),
+                what: "writable by group or others",
+                mode: mode & 0o7777,
+                fix: "700",
+            });
+        }
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| CtlError::io(dir, e))?;
         home.check_dir()?;
@@ -207,7 +216,13 @@ mod tests {
         let dir = tmp.path().join("h");
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        // An empty directory of ours is made owner-only by init ...
+        let err = Home::create(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("writable by group or others") && err.contains("chmod 700"),
+            "{err}"
+        );
+        // An empty directory of ours that others may only read is made owner-only ...
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let home = Home::create(&dir).unwrap();
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);

@@ -7,6 +7,7 @@
 //! [`ca`] signs, only [`connect`] dials agents.
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod archive;
 pub mod backup;
 pub mod bootstrap;

@@ -27,6 +27,12 @@ const KEEPER_TICK: Duration = Duration::from_millis(500);
 /// they are renewed 60 days ahead, so hourly is plenty.
 const TUNNEL_CHECK: Duration = Duration::from_secs(3600);
 
+/// CLI connections served at once (each `logs -f` or `exec` holds one while it runs);
+/// more wait in the socket's backlog.
+const CLI_CONNECTIONS: usize = 128;
+/// One deadline for a CLI's whole request, which it sends at once.
+const CLI_REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Runs `serve` until `shutdown` resolves.
 pub async fn serve(
     ctx: Arc<Ctx>,
@@ -48,17 +54,13 @@ pub async fn serve(
     let telemetry_upkeep = tokio::spawn(maintain_telemetry(ctx.clone()));
     let health_watch = tokio::spawn(crate::health::watch(ctx.clone()));
     let alerts = tokio::spawn(crate::health::alerts::deliver(ctx.clone()));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(client(ctx.clone(), stream));
-                }
-                Err(e) => tracing::warn!("accepting a CLI connection failed: {e}"),
-            },
-        }
+    let cli_ctx = ctx.clone();
+    let accepting = crate::accept::serve_bounded(listener, CLI_CONNECTIONS, "CLI", move |stream| {
+        client(cli_ctx.clone(), stream)
+    });
+    tokio::select! {
+        _ = shutdown => {}
+        _ = accepting => {}
     }
     keeper.abort();
     tunnel_keeper.abort();
@@ -75,13 +77,16 @@ pub async fn serve(
 async fn client(ctx: Arc<Ctx>, stream: UnixStream) {
     let peer_uid = stream.peer_cred().map(|c| c.uid()).ok();
     let (mut rd, mut wr) = stream.into_split();
-    let (hello, mut inv) = match read_request(&mut rd).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::info!("a CLI client sent a bad request: {e}");
-            return;
-        }
-    };
+    let (hello, mut inv) =
+        match tokio::time::timeout(CLI_REQUEST_DEADLINE, read_request(&mut rd)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::info!("a CLI client sent a bad request: {e}");
+                return;
+            }
+            // Its slot goes to someone else; not logged, since anyone could repeat it.
+            Err(_) => return,
+        };
     let ours = env!("CARGO_PKG_VERSION");
     if hello.software != ours {
         let _ = write_message(

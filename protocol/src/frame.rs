@@ -104,6 +104,19 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max: u32,
 ) -> Result<Option<Vec<u8>>, ProtocolError> {
+    match read_frame_len(r, max).await? {
+        Some(len) => read_payload(r, len).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads a frame's header and checks its length against `max`; `Ok(None)` at a clean
+/// end of stream. The payload ([`read_payload`]) follows: a reader that must account
+/// for what it buffers learns the size before a byte of it is read.
+pub async fn read_frame_len<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: u32,
+) -> Result<Option<usize>, ProtocolError> {
     let mut header = [0u8; HEADER_BYTES];
     let mut got = 0;
     while got < HEADER_BYTES {
@@ -120,7 +133,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
         got += n;
     }
-    let len = check_header(header, max)?;
+    check_header(header, max).map(Some)
+}
+
+/// Reads a payload of `len` bytes, growing the buffer only with bytes that arrive.
+pub async fn read_payload<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: usize,
+) -> Result<Vec<u8>, ProtocolError> {
     let mut payload = Vec::new();
     while payload.len() < len {
         let want = (len - payload.len()).min(READ_CHUNK);
@@ -135,7 +155,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             });
         }
     }
-    Ok(Some(payload))
+    Ok(payload)
 }
 
 /// Writes one frame.

@@ -455,8 +455,17 @@ pub fn agent_server_config(
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(config_error)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(transport_config(timeouts));
+    // Handshakes not yet accepted, and the bytes they may buffer: anyone who reaches
+    // the port can start one, and only the controller should ever need many (quinn's
+    // defaults are 65,536 and 100 MiB).
+    cfg.max_incoming(MAX_INCOMING_HANDSHAKES);
+    cfg.incoming_buffer_size(16 * 1024);
+    cfg.incoming_buffer_size_total(MAX_INCOMING_HANDSHAKES as u64 * 16 * 1024);
     Ok(cfg)
 }
+
+/// The handshakes an agent holds before refusing more.
+const MAX_INCOMING_HANDSHAKES: usize = 256;
 
 /// The controller's QUIC client configuration for reaching one node: our controller
 /// certificate, and [`verify_agent_cert`] for that node's name and pinned key.

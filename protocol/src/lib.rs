@@ -17,6 +17,7 @@ pub mod message;
 mod name;
 pub mod runs_later;
 pub mod telemetry;
+pub mod throttle;
 pub mod transport;
 pub mod version;
 

@@ -31,6 +31,10 @@ impl Default for Timeouts {
 /// bounds a single controller's parallel work on one agent, not the cluster's.
 const MAX_CONCURRENT_REQUESTS: u32 = 256;
 
+/// The bytes one connection may have in flight towards a reader: room for the largest
+/// frame twice over.
+const CONNECTION_RECEIVE_WINDOW: u32 = 32 * 1024 * 1024;
+
 /// The transport configuration both ends use.
 pub fn transport_config(t: &Timeouts) -> Arc<quinn::TransportConfig> {
     let mut cfg = quinn::TransportConfig::default();
@@ -40,5 +44,8 @@ pub fn transport_config(t: &Timeouts) -> Arc<quinn::TransportConfig> {
     cfg.max_idle_timeout(Some(idle));
     cfg.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_CONCURRENT_REQUESTS));
     cfg.max_concurrent_uni_streams(quinn::VarInt::from_u32(16));
+    // What a peer may send ahead of this end's reads, across all its streams (quinn's
+    // default is unbounded: each stream's window times the streams allowed).
+    cfg.receive_window(quinn::VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
     Arc::new(cfg)
 }

@@ -1087,6 +1087,33 @@ async fn init_refuses_a_home_others_can_write_and_an_existing_cluster() {
     assert_eq!(mode(&home), 0o700);
     assert_eq!(mode(&home.join("ca.key")), 0o600);
     assert_eq!(mode(&home.join("controller.key")), 0o600);
+    // The store holds the cluster's TLS and tunnel keys once they are set.
+    assert_eq!(mode(&home.join("inventory.redb")), 0o600);
+    // A home made by hand, readable by others, is made owner-only by init.
+    let made = tmp.path().join("made");
+    std::fs::create_dir(&made).unwrap();
+    std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(run(&made, &["init"]).status.success());
+    assert_eq!(mode(&made), 0o700);
+    // One opened up since is refused by every command.
+    std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let o = run(&made, &["node", "list"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("open to group or others"),
+        "{}",
+        stderr(&o)
+    );
+    // A store others can read is refused too.
+    std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(
+        made.join("inventory.redb"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let o = run(&made, &["node", "list"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("chmod 600"), "{}", stderr(&o));
     let o = run(&home, &["init"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(

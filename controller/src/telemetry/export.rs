@@ -208,47 +208,65 @@ pub async fn start(opts: &ExportOptions) -> Result<Arc<Exports>, CtlError> {
     Ok(exports)
 }
 
+/// Scrapes served at once; more wait in the kernel's backlog.
+const PROMETHEUS_CONNECTIONS: usize = 32;
+/// One deadline for a scrape's whole request head, and one for the whole answer.
+const PROMETHEUS_HEAD_DEADLINE: Duration = Duration::from_secs(5);
+const PROMETHEUS_REPLY_DEADLINE: Duration = Duration::from_secs(30);
+
 async fn prometheus(listener: tokio::net::TcpListener, exports: Arc<Exports>) {
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
-        };
-        let exports = exports.clone();
-        tokio::spawn(async move {
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-                match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
-                    _ => return,
-                }
+    crate::accept::serve_bounded(
+        listener,
+        PROMETHEUS_CONNECTIONS,
+        "Prometheus",
+        move |sock| scrape(sock, exports.clone()),
+    )
+    .await;
+}
+
+/// Answers one scrape; a client that sends its head too slowly, or reads the answer
+/// too slowly, is dropped.
+async fn scrape(mut sock: tokio::net::TcpStream, exports: Arc<Exports>) {
+    let head = async {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match sock.read(&mut buf).await {
+                Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                _ => return None,
             }
-            let first = String::from_utf8_lossy(&head);
-            let path = first.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = if first.starts_with("GET ")
-                && (path == "/metrics" || path.starts_with("/metrics?"))
-            {
-                let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
-                let body = exports
-                    .latest
-                    .as_ref()
-                    .map(|m| exposition(&m.lock().unwrap_or_else(|p| p.into_inner()), now))
-                    .unwrap_or_default();
-                ("200 OK", body)
-            } else {
-                (
-                    "404 Not Found",
-                    "clustermgr serves /metrics only\n".to_string(),
-                )
-            };
-            let reply = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(reply.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        });
-    }
+        }
+        Some(head)
+    };
+    let Ok(Some(head)) = tokio::time::timeout(PROMETHEUS_HEAD_DEADLINE, head).await else {
+        return;
+    };
+    let first = String::from_utf8_lossy(&head);
+    let path = first.split_whitespace().nth(1).unwrap_or("");
+    let (status, body) =
+        if first.starts_with("GET ") && (path == "/metrics" || path.starts_with("/metrics?")) {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+            let body = exports
+                .latest
+                .as_ref()
+                .map(|m| exposition(&m.lock().unwrap_or_else(|p| p.into_inner()), now))
+                .unwrap_or_default();
+            ("200 OK", body)
+        } else {
+            (
+                "404 Not Found",
+                "clustermgr serves /metrics only\n".to_string(),
+            )
+        };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(PROMETHEUS_REPLY_DEADLINE, async {
+        let _ = sock.write_all(reply.as_bytes()).await;
+        let _ = sock.shutdown().await;
+    })
+    .await;
 }
 
 /// Waits `for_` while moving what the ingest sends into `backlog` (the queue between
