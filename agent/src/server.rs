@@ -3,6 +3,7 @@
 //! and shuts down gracefully.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -137,7 +138,13 @@ impl Agent {
     /// Binds the UDP socket and starts serving.
     pub fn start(self) -> Result<AgentHandle, AgentError> {
         let creds = Credentials::from_pem(&self.cert_pem, &self.key_pem)?;
-        let server = agent_server_config(creds, self.ca.clone(), &self.cfg.timeouts)?;
+        let newest = NewestController::load(&self.cfg.state_dir);
+        let server = agent_server_config(
+            creds,
+            self.ca.clone(),
+            &self.cfg.timeouts,
+            newest.seen.clone(),
+        )?;
         let listen_error = |source| AgentError::Listen {
             addr: self.cfg.listen,
             source,
@@ -191,6 +198,7 @@ impl Agent {
         .map(Arc::new);
         let config_path = self.cfg.path.clone();
         let shared = Arc::new(Shared {
+            newest,
             budget: RequestBudget::new(self.cfg.max_frame_bytes),
             refusals: Mutex::new(Throttle::new(REFUSAL_LOG_EVERY)),
             ldap: ldap.clone(),
@@ -383,6 +391,8 @@ struct Shared {
     ldap: crate::health::LiveLdap,
     /// What every stream's frames may hold in memory together.
     budget: RequestBudget,
+    /// The newest controller certificate seen; older ones are refused.
+    newest: NewestController,
     /// Refused handshakes, logged as a count rather than one line each.
     refusals: Mutex<Throttle>,
 }
@@ -488,6 +498,13 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         }
     };
     tracing::debug!("controller {controller} connected from {remote}");
+    // This controller certificate supersedes every older one: from now on they are
+    // refused at the handshake, and their open connections are closed.
+    let issued = controller_not_before(&conn);
+    if let Some(t) = issued {
+        shared.newest.saw(t, &shared.cfg.state_dir).await;
+    }
+    let mut newest = shared.newest.changed.subscribe();
     let mut abort = shared.abort.clone();
     loop {
         let (mut send, recv) = tokio::select! {
@@ -496,6 +513,11 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
                 Err(_) => return,
             },
             _ = crate::exec::became_true(&mut abort) => return,
+            _ = superseded(&mut newest, issued) => {
+                tracing::info!("closing a connection of controller {controller}: a newer controller certificate has been seen");
+                conn.close(quinn::VarInt::from_u32(3), b"controller certificate superseded");
+                return;
+            }
         };
         if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             let refusal = Reply::Error(RemoteError {
@@ -514,6 +536,75 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             handle_request(send, recv, &guard.0, controller).await;
             drop(guard);
         });
+    }
+}
+
+/// The start of validity of the certificate the controller on `conn` presented.
+fn controller_not_before(conn: &quinn::Connection) -> Option<i64> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    CertSummary::parse(certs.first()?)
+        .ok()
+        .map(|s| s.not_before)
+}
+
+/// Resolves once a controller certificate newer than `issued` has been seen.
+async fn superseded(newest: &mut watch::Receiver<i64>, issued: Option<i64>) {
+    let Some(issued) = issued else {
+        return std::future::pending().await;
+    };
+    if newest.wait_for(|n| *n > issued).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The newest controller certificate this agent has seen (its start of validity, Unix
+/// seconds), kept in `STATE_DIR/controller-newest` across restarts: the TLS verifier
+/// refuses any older one, so a renewal, a restore or `clustermgr cert
+/// revoke-controller` retires the old controller key at each agent it reaches.
+#[derive(Debug)]
+struct NewestController {
+    seen: Arc<AtomicI64>,
+    changed: watch::Sender<i64>,
+}
+
+impl NewestController {
+    fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("controller-newest")
+    }
+
+    fn load(state_dir: &Path) -> Self {
+        let t = std::fs::read_to_string(Self::path(state_dir))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(i64::MIN);
+        NewestController {
+            seen: Arc::new(AtomicI64::new(t)),
+            changed: watch::channel(t).0,
+        }
+    }
+
+    /// Notes a controller certificate issued at `t`.
+    async fn saw(&self, t: i64, state_dir: &Path) {
+        if self.seen.fetch_max(t, Ordering::SeqCst) >= t {
+            return;
+        }
+        let path = Self::path(state_dir);
+        let text = format!("{}\n", self.seen.load(Ordering::SeqCst));
+        let written =
+            tokio::task::spawn_blocking(move || write_atomic(&path, text.as_bytes(), 0o600)).await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!(
+                "cannot record the newest controller certificate in {}: {e}; older ones are refused until the agent restarts",
+                Self::path(state_dir).display()
+            );
+        }
+        tracing::info!(
+            "a newer controller certificate was seen: older ones are refused from now on"
+        );
+        self.changed.send_replace(self.seen.load(Ordering::SeqCst));
     }
 }
 
@@ -936,7 +1027,12 @@ fn install_cert(shared: &Shared, cert_pem: &str) -> Result<Reply, AgentError> {
         ));
     }
     let creds = Credentials::from_pem(cert_pem, &key_pem)?;
-    let server = agent_server_config(creds, shared.ca.clone(), &shared.cfg.timeouts)?;
+    let server = agent_server_config(
+        creds,
+        shared.ca.clone(),
+        &shared.cfg.timeouts,
+        shared.newest.seen.clone(),
+    )?;
     let write = |path: &Path, bytes: &[u8], mode| {
         write_atomic(path, bytes, mode).map_err(|source| AgentError::Write {
             path: path.to_path_buf(),

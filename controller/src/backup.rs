@@ -4,9 +4,10 @@
 //! What travels: the CA's certificate and key, every store record (nodes with their
 //! pinned keys, certificates, the audit log) and `controller.toml`. What does not: the
 //! controller's own key. A restore makes a new one and has the restored CA certify it.
-//! Agents accept any certificate their CA signed with the controller identity (see
-//! `clustermgr_protocol::identity::verify_controller_cert`); they pin nothing of the
-//! controller's, so they accept the new home at once, and the archive carries one
+//! Agents accept any certificate their CA signed with the controller identity that is
+//! not older than the newest they have seen (see
+//! `clustermgr_protocol::identity::verify_controller_cert`), so they accept the new home
+//! at once, refuse the old one once they have seen the new, and the archive carries one
 //! secret fewer.
 
 use std::path::{Path, PathBuf};
@@ -64,6 +65,10 @@ pub struct RestoreView {
     pub controller_serial: String,
     /// Its expiry.
     pub controller_expires: String,
+    /// The nodes reached with it, which refuse the old controller key from now on.
+    pub reached: Vec<String>,
+    /// The nodes not reached, which refuse it at their next contact with this home.
+    pub not_reached: Vec<String>,
 }
 
 /// `clustermgr backup FILE`: snapshots the store (through `serve` when it runs, since
@@ -161,8 +166,9 @@ pub async fn backup(
 
 /// `clustermgr restore FILE`: decrypts the archive, then builds the home `dir` beside
 /// it and renames it into place, so a failure at any step leaves no home at all.
-pub fn restore(
+pub async fn restore(
     dir: &Path,
+    opts: &CtxOptions,
     file: &Path,
     passphrase_file: Option<&Path>,
     user: &str,
@@ -177,9 +183,43 @@ pub fn restore(
     let passphrase = passphrase::read(passphrase_file, Purpose::Restore)?;
     let plaintext = archive::open(file, passphrase.as_bytes(), &archive)?;
     let contents = BackupContents::decode(file, &plaintext)?;
-    let view = restore_home(dir, file, &contents, user, clock)?;
+    let mut view = restore_home(dir, file, &contents, user, clock)?;
+    announce(dir, opts, user, &mut view).await?;
     crate::render::restored(&view, json);
     Ok(0)
+}
+
+/// Reaches every node with the restored home's new controller certificate, which
+/// supersedes the old one at each agent that sees it: the backed-up machine's key (on
+/// a machine that may be lost) is refused from then on. A node not reached now learns
+/// it at its next contact with this home.
+async fn announce(
+    dir: &Path,
+    opts: &CtxOptions,
+    user: &str,
+    view: &mut RestoreView,
+) -> Result<(), CtlError> {
+    let inv = Invocation {
+        user: user.to_string(),
+        op: Operation::Ping {
+            nodes: "all".into(),
+        },
+        connect_timeout_ms: None,
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let outcome = crate::cli::run_operation(dir, opts, inv, tx).await?;
+    let _ = drain.await;
+    if let Some(Ok(Report::Outcomes(outcomes))) = outcome {
+        for o in outcomes {
+            if o.state == crate::ops::NodeState::Ok {
+                view.reached.push(o.node);
+            } else {
+                view.not_reached.push(o.node);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a target that holds a cluster or anything else: a restore makes a home, it
@@ -249,7 +289,17 @@ pub fn restore_home(
     let meta = &contents.store.meta;
     let now = clock.now();
     let lifetime = time::Duration::days(meta.cert_lifetime_days.into());
-    let (controller, controller_key) = ca.issue_controller(&meta.name, now, lifetime)?;
+    // The new controller certificate supersedes the backed-up home's: each agent that
+    // sees it refuses the old one from then on (the old key may be on a lost machine).
+    let newest_old = contents
+        .store
+        .certs
+        .iter()
+        .filter(|c| c.kind == CertKind::Controller)
+        .map(|c| c.not_before)
+        .max();
+    let (controller, controller_key) =
+        ca.issue_controller(&meta.name, now, lifetime, newest_old)?;
 
     let staging = Staging {
         dir: staging_dir(dir)?,
@@ -298,6 +348,8 @@ pub fn restore_home(
         audit_entries,
         controller_serial: controller.summary.serial,
         controller_expires: rfc3339(controller.summary.not_after),
+        reached: Vec::new(),
+        not_reached: Vec::new(),
     })
 }
 

@@ -241,14 +241,25 @@ impl Ca {
 
     /// Issues a new controller key and certificate: client authentication only, with
     /// the controller identity. Returns the certificate and the key PEM.
+    ///
+    /// Agents refuse a controller certificate older than the newest they have seen, so
+    /// one that replaces another (`supersedes`: the start of the old one's validity,
+    /// Unix seconds) starts strictly after it, even within the same second.
     pub fn issue_controller(
         &self,
         cluster: &str,
         now: OffsetDateTime,
         lifetime: Duration,
+        supersedes: Option<i64>,
     ) -> Result<(Issued, String), CtlError> {
         let key = KeyPair::generate().map_err(|e| cert_error("cannot generate a key", e))?;
         let mut params = self.leaf_params(now, lifetime);
+        if let Some(old) = supersedes
+            && let Ok(after) = OffsetDateTime::from_unix_timestamp(old + 1)
+            && after > params.not_before
+        {
+            params.not_before = after;
+        }
         params.distinguished_name.push(
             DnType::CommonName,
             format!("clustermgr controller {cluster}"),
@@ -489,9 +500,41 @@ mod tests {
     }
 
     #[test]
+    fn a_replacement_controller_certificate_supersedes_the_old_one_at_the_agents() {
+        let ca = ca();
+        let ca_der = clustermgr_protocol::identity::cert_from_pem(ca.cert_pem()).unwrap();
+        let (old, _) = ca
+            .issue_controller("test", now(), Duration::days(90), None)
+            .unwrap();
+        // Issued in the same second, yet strictly after.
+        let (new, _) = ca
+            .issue_controller(
+                "test",
+                now(),
+                Duration::days(90),
+                Some(old.summary.not_before),
+            )
+            .unwrap();
+        assert!(new.summary.not_before > old.summary.not_before);
+        let verify = |pem: &str, newest: i64| {
+            let der = clustermgr_protocol::identity::cert_from_pem(pem).unwrap();
+            let at = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+                now().unix_timestamp() as u64 + 60,
+            ));
+            clustermgr_protocol::identity::verify_controller_cert(&ca_der, &der, at, newest)
+        };
+        verify(&old.pem, i64::MIN).unwrap();
+        verify(&new.pem, new.summary.not_before).unwrap();
+        let err = verify(&old.pem, new.summary.not_before)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("superseded"), "{err}");
+    }
+
+    #[test]
     fn the_controller_certificate_is_client_auth_only_with_its_identity() {
         let (issued, _) = ca()
-            .issue_controller("test", now(), Duration::days(90))
+            .issue_controller("test", now(), Duration::days(90), None)
             .unwrap();
         let der = clustermgr_protocol::identity::cert_from_pem(&issued.pem).unwrap();
         let (_, cert) = parse_x509_certificate(&der).unwrap();

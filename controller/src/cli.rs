@@ -388,6 +388,14 @@ pub enum CertCmd {
         #[arg(long)]
         rekey: bool,
     },
+    /// Give the controller a new key and certificate now, and have every agent refuse
+    /// the old one: after a controller machine or a copy of its home was lost, or
+    /// someone who had its key left. Agents not reached now refuse it at their next
+    /// contact with this controller.
+    #[command(
+        after_help = "Examples:\n  clustermgr cert revoke-controller\n  clustermgr cert revoke-controller --json"
+    )]
+    RevokeController,
 }
 
 /// Parses the command line, runs it, and returns the exit code.
@@ -533,7 +541,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         } => {
             let pass = passphrase_file.as_deref();
             let clock = clock::SystemClock;
-            return crate::backup::restore(&home, &file, pass, &user(), &clock, json);
+            return crate::backup::restore(&home, &opts, &file, pass, &user(), &clock, json).await;
         }
         Cmd::Node(NodeCmd::Sign { node, csr_file }) => {
             let csr_pem =
@@ -794,6 +802,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         ),
         Cmd::Audit { limit } => (Operation::Audit { limit }, OutputMode::Live),
         Cmd::Cert(CertCmd::Status) => (Operation::CertStatus, OutputMode::Live),
+        Cmd::Cert(CertCmd::RevokeController) => (Operation::ControllerRevoke, OutputMode::Live),
         Cmd::Cert(CertCmd::Renew { sel, rekey }) => (
             Operation::CertRenew {
                 nodes: sel.nodes,

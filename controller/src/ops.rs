@@ -105,6 +105,9 @@ pub enum Operation {
     Status,
     /// Every certificate's expiry.
     CertStatus,
+    /// Give the controller a new key and certificate now, and have every agent it
+    /// reaches refuse the old one.
+    ControllerRevoke,
     /// The newest entries of the audit log.
     Audit {
         /// How many.
@@ -492,6 +495,8 @@ pub enum Report {
     Done(String),
     /// `ping`, `exec`: one outcome per node.
     Outcomes(Vec<NodeOutcome>),
+    /// `cert revoke-controller`: the certificates, and which agents know.
+    ControllerRevoked(ControllerRevokedView),
     /// `status`.
     Status(StatusView),
     /// `cert status`.
@@ -587,6 +592,18 @@ impl Pool {
     fn put(&self, conn: AgentConn) {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.insert(conn.node.to_string(), conn);
+    }
+
+    /// Forgets and closes every connection (they were made with a controller
+    /// certificate that is no longer ours).
+    pub fn close_all(&self) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, c) in conns.drain() {
+            c.conn.close(
+                quinn::VarInt::from_u32(0),
+                b"controller certificate replaced",
+            );
+        }
     }
 
     /// Forgets (and closes) the connection to `node`.
@@ -736,7 +753,7 @@ pub fn init(
     let now = clock.now();
     let (ca, ca_key) = Ca::create(cluster, now)?;
     let lifetime = time::Duration::days(cert_lifetime_days.into());
-    let (ctrl, ctrl_key) = ca.issue_controller(cluster, now, lifetime)?;
+    let (ctrl, ctrl_key) = ca.issue_controller(cluster, now, lifetime, None)?;
     write_file(&home.ca_key(), &ca_key, 0o600)?;
     write_file(&home.controller_key(), &ctrl_key, 0o600)?;
     write_file(&home.controller_cert(), &ctrl.pem, 0o644)?;
@@ -818,25 +835,44 @@ impl Ctx {
         if !due {
             return Ok(false);
         }
-        let (issued, key) =
-            self.ca
-                .issue_controller(&self.meta.name, self.clock.now(), self.lifetime())?;
+        let issued = self.replace_controller_cert()?;
+        tracing::info!(
+            "renewed the controller certificate (serial {}, until {})",
+            issued.serial,
+            rfc3339(issued.not_after)
+        );
+        Ok(true)
+    }
+
+    /// Issues the controller a new key and certificate, which supersedes the current
+    /// one at every agent that sees it, and uses it for every new connection. Returns
+    /// the new certificate; the old one is recorded as revoked.
+    pub fn replace_controller_cert(&self) -> Result<CertSummary, CtlError> {
+        let old = self
+            .controller_cert
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (issued, key) = self.ca.issue_controller(
+            &self.meta.name,
+            self.clock.now(),
+            self.lifetime(),
+            Some(old.not_before),
+        )?;
         let creds = Credentials::from_pem(&issued.pem, &key)?;
         write_file(&self.home.controller_key(), &key, 0o600)?;
         write_file(&self.home.controller_cert(), &issued.pem, 0o644)?;
         self.store
             .put_cert(&cert_record(CertKind::Controller, None, &issued.summary))?;
+        let mut retired = cert_record(CertKind::Controller, None, &old);
+        retired.revoked_at = Some(self.clock.unix());
+        self.store.put_cert(&retired)?;
         self.dialer.set_credentials(creds);
-        tracing::info!(
-            "renewed the controller certificate (serial {}, until {})",
-            issued.summary.serial,
-            rfc3339(issued.summary.not_after)
-        );
         *self
             .controller_cert
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = issued.summary;
-        Ok(true)
+            .unwrap_or_else(|p| p.into_inner()) = issued.summary.clone();
+        Ok(issued.summary)
     }
 
     fn lifetime(&self) -> time::Duration {
@@ -1181,6 +1217,7 @@ pub async fn run(
         }
         Operation::Status => status(&ctx, within, &events).await,
         Operation::CertStatus => cert_status(&ctx),
+        Operation::ControllerRevoke => controller_revoke(&ctx, user, within, &events).await,
         Operation::Audit { limit } => Ok(Report::Audit(
             ctx.store
                 .audit(limit)?
@@ -1547,6 +1584,55 @@ where
     }
     out.sort_by(|a, b| a.node.cmp(&b.node));
     out
+}
+
+/// What `cert revoke-controller` reports.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ControllerRevokedView {
+    /// The certificate no agent that was reached accepts any more.
+    pub revoked_serial: String,
+    /// The controller's certificate from now on.
+    pub serial: String,
+    /// Its end.
+    pub expires: String,
+    /// Each node: reached (it refuses the old key now) or not (it learns at its next
+    /// contact with this controller).
+    pub nodes: Vec<NodeOutcome>,
+}
+
+/// Replaces the controller's key and certificate, drops the connections made with the
+/// old one, and reaches every node with the new one: an agent that sees it refuses
+/// every older controller certificate from then on.
+async fn controller_revoke(
+    ctx: &Ctx,
+    user: &str,
+    within: Duration,
+    events: &mpsc::Sender<Event>,
+) -> Result<Report, CtlError> {
+    let old = ctx
+        .controller_cert
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .serial
+        .clone();
+    let new = ctx.replace_controller_cert()?;
+    if let Some(pool) = &ctx.pool {
+        pool.close_all();
+    }
+    let nodes = ctx.store.nodes()?;
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    ctx.audit(
+        user,
+        "cert revoke-controller",
+        &names,
+        &format!("revoked controller certificate {old}; new {}", new.serial),
+    )?;
+    Ok(Report::ControllerRevoked(ControllerRevokedView {
+        revoked_serial: old,
+        serial: new.serial,
+        expires: rfc3339(new.not_after),
+        nodes: ping(ctx, nodes, within, events).await,
+    }))
 }
 
 async fn ping(

@@ -563,6 +563,26 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
             }
             summary(&outcomes);
         }
+        Report::ControllerRevoked(v) if as_json => json(&v),
+        Report::ControllerRevoked(v) => {
+            println!(
+                "revoked controller certificate {}; the controller now uses {} (until {})",
+                v.revoked_serial, v.serial, v.expires
+            );
+            for o in &v.nodes {
+                match o.state {
+                    NodeState::Ok => {
+                        println!("{:<16} refuses the old certificate from now on", o.node)
+                    }
+                    _ => println!(
+                        "{:<16} not reached ({}): it refuses the old certificate at its next contact with this controller",
+                        o.node,
+                        outcome_sentence(o)
+                    ),
+                }
+            }
+            summary(&v.nodes);
+        }
         Report::Signed(s) if as_json => json(&s),
         Report::Signed(s) => print!("{}", s.cert_pem),
         Report::Node(n) if as_json => json(&n),
@@ -846,6 +866,21 @@ pub fn restored(v: &RestoreView, as_json: bool) {
         "the controller has a new key; the restored CA certified it (serial {}, until {}), so the agents accept it",
         v.controller_serial, v.controller_expires
     );
+    if !v.reached.is_empty() {
+        println!(
+            "{} node(s) reached, which refuse the backed-up controller's key from now on: {}",
+            v.reached.len(),
+            v.reached.join(", ")
+        );
+    }
+    if !v.not_reached.is_empty() {
+        println!(
+            "{} node(s) not reached, which still accept the old key until their next contact with this home: {}; run `clustermgr --home {} ping` once they are back",
+            v.not_reached.len(),
+            v.not_reached.join(", "),
+            v.home.display()
+        );
+    }
     println!(
         "next: `clustermgr --home {} status` to reach every node",
         v.home.display()

@@ -9,6 +9,7 @@
 //!   signed by its cluster CA and within its validity.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -216,6 +217,7 @@ pub fn verify_controller_cert(
     ca: &CertificateDer<'_>,
     end_entity: &CertificateDer<'_>,
     now: UnixTime,
+    newest_seen: i64,
 ) -> Result<(), ProtocolError> {
     let anchors = [anchor(ca)?];
     let ee = webpki::EndEntityCert::try_from(end_entity)
@@ -239,6 +241,15 @@ pub fn verify_controller_cert(
         return Err(ProtocolError::Identity(format!(
             "the client certificate ({}) does not carry the controller identity {CONTROLLER_URI}",
             summary.common_name
+        )));
+    }
+    // Each controller certificate supersedes every one issued before it: an agent
+    // that has seen a newer one refuses the older (a renewal, a restore, or `cert
+    // revoke-controller` left it behind, maybe on a lost machine).
+    if summary.not_before < newest_seen {
+        return Err(ProtocolError::Identity(format!(
+            "the controller certificate {} was issued before the newest this agent has seen, so it has been superseded (renewed, restored elsewhere or revoked); use the controller home that holds the current one",
+            summary.serial
         )));
     }
     Ok(())
@@ -289,6 +300,8 @@ macro_rules! tls13_signatures {
 struct ControllerVerifier {
     ca: CertificateDer<'static>,
     algs: WebPkiSupportedAlgorithms,
+    /// The start of validity of the newest controller certificate the agent has seen.
+    newest: Arc<AtomicI64>,
 }
 
 impl ClientCertVerifier for ControllerVerifier {
@@ -302,7 +315,8 @@ impl ClientCertVerifier for ControllerVerifier {
         _intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        verify_controller_cert(&self.ca, end_entity, now).map_err(tls_error)?;
+        let newest = self.newest.load(Ordering::SeqCst);
+        verify_controller_cert(&self.ca, end_entity, now, newest).map_err(tls_error)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -434,16 +448,20 @@ fn config_error(e: impl std::fmt::Display) -> ProtocolError {
 }
 
 /// The agent's QUIC server configuration: TLS 1.3 only, our ALPN, client certificates
-/// required and checked by [`verify_controller_cert`].
+/// required and checked by [`verify_controller_cert`] against `newest_controller`, the
+/// start of validity (Unix seconds) of the newest controller certificate the agent has
+/// seen, which the agent raises as it sees newer ones.
 pub fn agent_server_config(
     creds: Credentials,
     ca: CertificateDer<'static>,
     timeouts: &Timeouts,
+    newest_controller: Arc<AtomicI64>,
 ) -> Result<quinn::ServerConfig, ProtocolError> {
     let provider = provider();
     let verifier = Arc::new(ControllerVerifier {
         ca,
         algs: supported_algs(&provider),
+        newest: newest_controller,
     });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])

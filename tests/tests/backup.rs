@@ -85,6 +85,18 @@ async fn a_backup_taken_under_serve_restores_into_a_home_the_agents_accept() {
     let restore = [&["restore", s(&archive)][..], &args].concat();
     let report = json_of(run_in(&new_home, &restore));
     assert_eq!(report["nodes"], 2);
+    // The restore reached every agent with its new controller certificate ...
+    assert_eq!(report["reached"], serde_json::json!(["gluu1", "gluu2"]));
+    assert_eq!(report["not_reached"], serde_json::json!([]));
+    // ... so the backed-up machine's controller key (maybe on a lost machine) is
+    // refused by them from now on.
+    let o = c.run(&["ping"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("gluu1") && stdout(&o).contains("gluu2"),
+        "{}",
+        stdout(&o)
+    );
     assert_eq!(mode(&new_home), 0o700);
     assert_eq!(mode(&new_home.join("ca.key")), 0o600);
     assert_eq!(mode(&new_home.join("controller.key")), 0o600);

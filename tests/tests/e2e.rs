@@ -565,7 +565,9 @@ async fn the_agent_refuses_bad_controller_certificates() {
 
     // A certificate from another cluster's CA.
     let (other, _) = Ca::create("other", now).unwrap();
-    let (cert, key) = other.issue_controller("other", now, 90 * day()).unwrap();
+    let (cert, key) = other
+        .issue_controller("other", now, 90 * day(), None)
+        .unwrap();
     refused_with_creds(&c, Credentials::from_pem(&cert.pem, &key).unwrap()).await;
 
     // Another agent's certificate (same CA) presented as the controller.
@@ -578,7 +580,7 @@ async fn the_agent_refuses_bad_controller_certificates() {
 
     // The right CA, the controller identity, but expired.
     let (cert, key) = home_ca(&c)
-        .issue_controller("e2e", now - 200 * day(), 90 * day())
+        .issue_controller("e2e", now - 200 * day(), 90 * day(), None)
         .unwrap();
     refused_with_creds(&c, Credentials::from_pem(&cert.pem, &key).unwrap()).await;
 
@@ -1406,4 +1408,97 @@ async fn a_reader_that_goes_away_ends_the_cli_quietly() {
         "no backtrace: {}",
         stderr(&out)
     );
+}
+
+/// `creds`' TLS configuration for reaching `node`.
+fn tls_for(c: &Cluster, creds: Credentials, node: &str) -> quinn::ClientConfig {
+    controller_client_config(
+        &creds,
+        ca_der(c),
+        NodeName::new(node).unwrap(),
+        pin_of(c, node),
+        &Timeouts::default(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_controller_key_is_refused_where_the_new_one_was_seen_and_elsewhere_at_next_contact()
+ {
+    let mut c = Cluster::gluu(2).await;
+    // A copy of the controller's key, as someone who left (or a lost machine) has it.
+    let (cert, key) = (
+        read(&c.dir().join("controller.crt")),
+        read(&c.dir().join("controller.key")),
+    );
+    let old = move || Credentials::from_pem(&cert, &key).unwrap();
+    let marker = c.home.path().join("marker");
+    exec_with(
+        tls_for(&c, old(), "gluu1"),
+        c.agent("gluu1").address,
+        "gluu1",
+        &marker,
+    )
+    .await
+    .expect("the key works before it is revoked");
+    c.stop_agent("gluu2").await;
+
+    let o = c.run(&["cert", "revoke-controller", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    assert_eq!(v["nodes"][0]["node"], "gluu1");
+    assert_eq!(v["nodes"][0]["state"], "ok");
+    assert_eq!(v["nodes"][1]["state"], "unreachable");
+    assert_ne!(v["serial"], v["revoked_serial"]);
+
+    // gluu1 saw the new certificate: the old one is refused, also after a restart.
+    let refused = |c: &Cluster, node: &'static str| {
+        let tls = tls_for(c, old(), node);
+        let addr = c.agent(node).address;
+        let marker = c.home.path().join(format!("marker-{node}"));
+        async move {
+            let err = exec_with(tls, addr, node, &marker).await.unwrap_err();
+            assert!(!marker.exists(), "{node} ran a command for the old key");
+            err
+        }
+    };
+    refused(&c, "gluu1").await;
+    c.restart_agent("gluu1").await;
+    refused(&c, "gluu1").await;
+
+    // gluu2 was away: it still takes the old key until this controller reaches it. A
+    // connection the old key holds open then is closed.
+    c.restart_agent("gluu2").await;
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let held = ep
+        .connect_with(
+            tls_for(&c, old(), "gluu2"),
+            c.agent("gluu2").address,
+            "gluu2",
+        )
+        .unwrap()
+        .await
+        .expect("not yet told");
+    let (mut s, mut r) = held.open_bi().await.unwrap();
+    let hello = Hello {
+        versions: VersionRange::ours(),
+        identity: "old".into(),
+        software: "test".into(),
+    };
+    write_message(&mut s, &hello).await.unwrap();
+    let reply = expect_message::<HelloReply, _>(&mut r, 1 << 20, "reply").await;
+    assert!(
+        matches!(reply, Ok(HelloReply::Accepted { .. })),
+        "{reply:?}"
+    );
+    let o = c.run(&["ping"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    tokio::time::timeout(Duration::from_secs(5), held.closed())
+        .await
+        .expect("the old key's open connection is closed once the new one is seen");
+    refused(&c, "gluu2").await;
+    // The current key works everywhere.
+    let o = c.run(&["exec", "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let audit = stdout(&c.run(&["audit"]));
+    assert!(audit.contains("cert revoke-controller"), "{audit}");
 }
