@@ -489,7 +489,12 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         }
     };
     let controller = match hello(&conn, &shared).await {
-        Ok(Some(id)) => id,
+        // Who is on the other end is what its certificate says, not what its Hello
+        // claims: the journal records the certificate.
+        Ok(Some(_claimed)) => controller_cert(&conn).map_or_else(
+            || "a controller whose certificate cannot be read".to_string(),
+            |c| format!("{} (certificate {})", c.common_name, c.serial),
+        ),
         Ok(None) => return,
         Err(e) => {
             tracing::info!("connection from {remote} failed before its Hello: {e}");
@@ -500,7 +505,7 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     tracing::debug!("controller {controller} connected from {remote}");
     // This controller certificate supersedes every older one: from now on they are
     // refused at the handshake, and their open connections are closed.
-    let issued = controller_not_before(&conn);
+    let issued = controller_cert(&conn).map(|c| c.not_before);
     if let Some(t) = issued {
         shared.newest.saw(t, &shared.cfg.state_dir).await;
     }
@@ -539,15 +544,13 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     }
 }
 
-/// The start of validity of the certificate the controller on `conn` presented.
-fn controller_not_before(conn: &quinn::Connection) -> Option<i64> {
+/// The certificate the controller on `conn` presented.
+fn controller_cert(conn: &quinn::Connection) -> Option<CertSummary> {
     let certs = conn
         .peer_identity()?
         .downcast::<Vec<CertificateDer<'static>>>()
         .ok()?;
-    CertSummary::parse(certs.first()?)
-        .ok()
-        .map(|s| s.not_before)
+    CertSummary::parse(certs.first()?).ok()
 }
 
 /// Resolves once a controller certificate newer than `issued` has been seen.

@@ -77,13 +77,14 @@ impl KdfParams {
     };
 
     /// The most an archive may ask for. The header is read before it can be
-    /// authenticated, so without a ceiling a doctored file could make `restore`
-    /// allocate without bound. Well above [`KdfParams::DEFAULT`], so later releases
-    /// can raise their defaults.
+    /// authenticated, so a doctored file could otherwise make `restore` spend a minute
+    /// and a GiB before the passphrase is even checked. `backup` only ever writes
+    /// [`KdfParams::DEFAULT`]: twice its memory and passes is the margin (a release
+    /// that raises its default raises this with it, and reads its own archives).
     const CEILING: KdfParams = KdfParams {
-        memory_kib: 1 << 20,
-        passes: 64,
-        lanes: 64,
+        memory_kib: 2 * KdfParams::DEFAULT.memory_kib,
+        passes: 2 * KdfParams::DEFAULT.passes,
+        lanes: 2 * KdfParams::DEFAULT.lanes,
     };
 
     fn argon2(&self) -> Result<Argon2<'static>, String> {
@@ -436,6 +437,11 @@ mod tests {
         let mut archive = sealed();
         archive[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_unreadable(&archive, "beyond");
+        // Not even what the old ceiling allowed (1 GiB): a backup only ever writes the
+        // default, and the ceiling is twice that.
+        let mut archive = sealed();
+        archive[9..13].copy_from_slice(&(1u32 << 20).to_be_bytes());
+        assert_unreadable(&archive, "beyond the 131072 KiB");
         let mut archive = sealed();
         archive[17..21].copy_from_slice(&0u32.to_be_bytes());
         assert_unreadable(&archive, "invalid");

@@ -451,13 +451,7 @@ fn user() -> String {
     let uid = std::fs::metadata("/proc/self")
         .map(|m| m.uid())
         .unwrap_or(u32::MAX);
-    crate::ops::audit_user(&login_name(), uid)
-}
-
-fn login_name() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    crate::ops::audit_user(uid)
 }
 
 async fn run(cli: Cli) -> i32 {

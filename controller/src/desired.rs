@@ -1060,6 +1060,35 @@ pub fn cluster_set(ctx: &Ctx, user: &str, key: &str, value: &str) -> Result<Repo
 /// The secrets `cluster set` takes from a file.
 pub const SECRET_KEYS: &[&str] = &["tls-cert", "tls-key"];
 
+/// The certificate chain of a `tls-cert` file: its CERTIFICATE blocks only, since the
+/// load balancer gets it in a file anyone there may read and `plan` prints it. A file
+/// that also holds a private key is refused, so the key is not kept by mistake.
+fn certificate_blocks(text: &str) -> Result<String, CtlError> {
+    if text.contains("PRIVATE KEY-----") {
+        return Err(CtlError::Usage(
+            "tls-cert: the file also holds a private key; give the certificate (and its chain) alone with `cluster set tls-cert FILE`, and the key with `cluster set tls-key FILE`".into(),
+        ));
+    }
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(len) = rest[start..].find(END) else {
+            break;
+        };
+        out.push_str(&rest[start..start + len + END.len()]);
+        out.push('\n');
+        rest = &rest[start + len + END.len()..];
+    }
+    if out.is_empty() {
+        return Err(CtlError::Usage(
+            "tls-cert: the file holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+        ));
+    }
+    Ok(out)
+}
+
 /// `cluster set tls-cert FILE` / `tls-key FILE`: the PEM text, read by the CLI.
 pub fn cluster_set_secret(
     ctx: &Ctx,
@@ -1070,12 +1099,7 @@ pub fn cluster_set_secret(
     let text = pem.0.trim().to_string() + "\n";
     match key {
         "tls-cert" => {
-            if !text.contains("-----BEGIN CERTIFICATE-----") {
-                return Err(CtlError::Usage(
-                    "tls-cert: the file holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
-                        .into(),
-                ));
-            }
+            let text = certificate_blocks(&text)?;
             ctx.store.update_secrets(|s| s.tls_cert_pem = Some(text))?;
         }
         "tls-key" => {
@@ -1590,6 +1614,22 @@ pub fn revoke_tunnel(ctx: &Ctx, node: &str) -> Result<(), CtlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tls_cert_file_keeps_its_certificates_only_and_one_with_a_key_is_refused() {
+        let cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----";
+        let chain = format!("Bag Attributes: x\n{cert}\nsubject=y\n{cert}\ntrailing\n");
+        assert_eq!(
+            certificate_blocks(&chain).unwrap(),
+            format!("{cert}\n{cert}\n")
+        );
+        let with_key =
+            format!("{cert}\n-----BEGIN PRIVATE KEY-----\nSECRET\n-----END PRIVATE KEY-----\n");
+        let err = certificate_blocks(&with_key).unwrap_err().to_string();
+        assert!(err.contains("also holds a private key"), "{err}");
+        assert!(!err.contains("SECRET"));
+        assert!(certificate_blocks("nothing").is_err());
+    }
 
     #[test]
     fn a_tunnel_certificate_is_kept_until_its_key_changes_or_its_end_nears() {

@@ -61,6 +61,22 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Whether the host is this machine (a loopback address or `localhost`): the only
+    /// place a secret may go over plain http.
+    pub fn is_loopback(&self) -> bool {
+        let host = self.host.trim_matches(['[', ']']);
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+/// The most of a reply read: enough for any status line and error message, and a
+/// server that never stops sending cannot grow the controller's memory.
+const MAX_REPLY: u64 = 64 * 1024;
+
 /// POSTs `body` as `content_type`, with an `Authorization` header when given; returns
 /// the status code and the reply body's first bytes.
 pub async fn post(
@@ -86,7 +102,7 @@ pub async fn post(
         sock.write_all(head.as_bytes()).await?;
         sock.write_all(body).await?;
         let mut reply = Vec::new();
-        sock.read_to_end(&mut reply).await?;
+        (&mut sock).take(MAX_REPLY).read_to_end(&mut reply).await?;
         Ok::<_, std::io::Error>(reply)
     };
     let reply = tokio::time::timeout(Duration::from_secs(30), exchange)
@@ -106,6 +122,43 @@ pub async fn post(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_this_machine_is_loopback() {
+        let t = |u: &str| Target::parse(u, "--influxdb", 8086, "/write").unwrap();
+        for u in [
+            "http://127.0.0.1:8086",
+            "http://localhost",
+            "http://[::1]:8086/w",
+        ] {
+            assert!(t(u).is_loopback(), "{u}");
+        }
+        for u in [
+            "http://10.0.0.5:8086",
+            "http://influx.example.com",
+            "http://[fe80::1]:1",
+        ] {
+            assert!(!t(u).is_loopback(), "{u}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_that_never_ends_is_cut_at_its_bound() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut c, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf).await;
+            let _ = c.write_all(b"HTTP/1.1 500 Oops\r\n\r\n").await;
+            let junk = vec![b'x'; 64 * 1024];
+            while c.write_all(&junk).await.is_ok() {}
+        });
+        let t = Target::parse(&format!("http://127.0.0.1:{port}/w"), "x", 1, "/").unwrap();
+        let (code, body) = post(&t, "text/plain", None, b"x").await.unwrap();
+        assert_eq!(code, 500);
+        assert!(body.len() <= 300);
+    }
 
     #[test]
     fn urls_are_checked_before_serve_starts() {

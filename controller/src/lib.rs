@@ -34,6 +34,7 @@ pub mod selector;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+pub mod terminal;
 mod upgrade;
 
 pub use error::CtlError;

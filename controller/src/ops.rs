@@ -221,17 +221,13 @@ pub enum Operation {
 
 /// The audit log's "who": the account name of `uid` and the uid. The uid is what counts:
 /// `serve` passes the one the kernel reports for its socket's peer, and the name comes
-/// from the passwd database rather than from the client; `claimed` is used only when
-/// the uid has no passwd entry.
-pub fn audit_user(claimed: &str, uid: u32) -> String {
-    let name = passwd_name(uid).unwrap_or_else(|| {
-        claimed
-            .split(" (uid ")
-            .next()
-            .unwrap_or(claimed)
-            .to_string()
-    });
-    format!("{name} (uid {uid})")
+/// from the passwd database, never from the client or its environment (`$USER` is
+/// whatever the caller set); a uid with no entry is recorded bare.
+pub fn audit_user(uid: u32) -> String {
+    match passwd_name(uid) {
+        Some(name) => format!("{name} (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
 }
 
 fn passwd_name(uid: u32) -> Option<String> {
@@ -2052,6 +2048,13 @@ async fn snapshot(
 mod tests {
     use super::*;
     use crate::clock::FixedClock;
+
+    #[test]
+    fn the_audit_name_is_the_uids_own_entry_or_the_bare_uid() {
+        assert_eq!(audit_user(0), "root (uid 0)");
+        // No entry: never a name from the environment.
+        assert_eq!(audit_user(4_000_000_001), "uid 4000000001");
+    }
 
     #[tokio::test]
     async fn the_controller_certificate_renews_itself_past_two_thirds_of_its_life() {

@@ -66,10 +66,10 @@ impl NodeBuffer {
                 if n == 0 {
                     break;
                 }
-                out.write_all(&chunk[..n])?;
+                out.write_all(&shown(&chunk[..n]))?;
             }
         }
-        out.write_all(&self.mem)
+        out.write_all(&shown(&self.mem))
     }
 
     fn into_string(mut self) -> String {
@@ -80,6 +80,16 @@ impl NodeBuffer {
 
     fn ends_without_newline(&self) -> bool {
         !self.mem.is_empty() && !self.mem.ends_with(b"\n")
+    }
+}
+
+/// Output bytes as the terminal should get them (see [`crate::terminal`]); as they are
+/// into a pipe or a file.
+fn shown(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if crate::terminal::stdout_is_terminal() {
+        crate::terminal::visible(bytes)
+    } else {
+        std::borrow::Cow::Borrowed(bytes)
     }
 }
 
@@ -459,10 +469,26 @@ fn print_log(l: &crate::telemetry::store::NodeLine) {
         Some(s) => format!("{s}.{:03}Z", t.rem_euclid(1000)),
         None => stamp,
     };
-    println!("{stamp} {} {} | {}", l.node, l.source, l.line);
+    let line = if crate::terminal::stdout_is_terminal() {
+        crate::terminal::visible_str(&l.line)
+    } else {
+        std::borrow::Cow::Borrowed(l.line.as_str())
+    };
+    println!("{stamp} {} {} | {line}", l.node, l.source);
 }
 
 fn print_line(node: &str, stderr: bool, line: &[u8]) {
+    let terminal = if stderr {
+        crate::terminal::stderr_is_terminal()
+    } else {
+        crate::terminal::stdout_is_terminal()
+    };
+    let line = if terminal {
+        crate::terminal::visible(line)
+    } else {
+        std::borrow::Cow::Borrowed(line)
+    };
+    let line = &line[..];
     let mut buf = Vec::with_capacity(node.len() + line.len() + 4);
     buf.extend_from_slice(node.as_bytes());
     buf.extend_from_slice(b" | ");

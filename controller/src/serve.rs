@@ -102,7 +102,7 @@ async fn client(ctx: Arc<Ctx>, stream: UnixStream) {
     // The socket is the owner's only (0600), but the audit log takes the kernel's word
     // for who is on the other end, not the client's.
     match peer_uid {
-        Some(uid) => inv.user = ops::audit_user(&inv.user, uid),
+        Some(uid) => inv.user = ops::audit_user(uid),
         None => {
             let _ = write_message(
                 &mut wr,

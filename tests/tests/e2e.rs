@@ -187,6 +187,15 @@ async fn exec_fans_out_to_every_node_and_is_journaled_and_audited() {
         assert_eq!(j.len(), 2, "start and finish: {j:?}");
         assert_eq!(j[1]["exit_code"], 0);
         assert!(j[1]["command"].as_str().unwrap().starts_with("sh -c"));
+        // Who ran it: the controller's certificate, not what its Hello claimed.
+        let serial = CertSummary::parse_pem(&read(&c.dir().join("controller.crt")))
+            .unwrap()
+            .serial;
+        let who = j[0]["controller"].as_str().unwrap();
+        assert_eq!(
+            who,
+            format!("clustermgr controller e2e (certificate {serial})")
+        );
     }
     let ctx = c.ctx();
     let audit = ctx.store.audit(10).unwrap();
@@ -1501,4 +1510,31 @@ async fn a_revoked_controller_key_is_refused_where_the_new_one_was_seen_and_else
     assert!(o.status.success(), "{}", stderr(&o));
     let audit = stdout(&c.run(&["audit"]));
     assert!(audit.contains("cert revoke-controller"), "{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_sequences_from_a_node_reach_a_terminal_shown_not_obeyed() {
+    let c = Cluster::gluu(1).await;
+    let printf = r"printf '\033]0;owned\007\033[2Jtext\n'";
+    // Into a pipe, the bytes go as they are (a script may want them).
+    let o = c.run(&["exec", "--", "sh", "-c", printf]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.stdout.windows(2).any(|w| w == b"\x1b]"), "{:?}", o.stdout);
+    // On a terminal (script(1) gives the CLI one), they are made visible.
+    let line = format!(
+        "{} --home {} exec -- sh -c \"{printf}\"",
+        clustermgr_tests::clustermgr_bin().display(),
+        c.dir().display()
+    );
+    for extra in [&[][..], &["--group"][..]] {
+        let line = format!("{line} {}", extra.join(" "));
+        let o = std::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run script");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(r"\x1b]0;owned\x07\x1b[2Jtext"), "{out:?}");
+        assert!(!o.stdout.contains(&0x1b), "{out:?}");
+    }
 }

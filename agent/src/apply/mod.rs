@@ -323,7 +323,7 @@ impl Engine {
     /// How `set` compares with the disk; writes nothing.
     pub fn plan(&self, set: &ChangeSet) -> Result<Vec<EntryPlan>, RemoteError> {
         Ok(self
-            .stage_checked(&set.entries)?
+            .stage_checked(&host_for_root_container(&set.entries))?
             .into_iter()
             .map(|s| s.plan)
             .collect())
@@ -331,7 +331,9 @@ impl Engine {
 
     /// Applies `set`: all of it or none.
     pub fn apply(&self, set: &ChangeSet) -> Result<ApplyReport, RemoteError> {
-        self.check_commands(&set.entries)?;
+        let entries = host_for_root_container(&set.entries);
+        let entries = &entries[..];
+        self.check_commands(entries)?;
         let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.settle_earlier()?;
         let applied = self.last_revision();
@@ -345,8 +347,8 @@ impl Engine {
                 Vec::new(),
             ));
         }
-        let staged = self.stage_checked(&set.entries)?;
-        let report = self.run_txn(set.revision, &set.entries, staged)?;
+        let staged = self.stage_checked(entries)?;
+        let report = self.run_txn(set.revision, entries, staged)?;
         if matches!(report.result, ApplyResult::Applied | ApplyResult::Unchanged) {
             self.note_revision(set.revision);
         }
@@ -923,6 +925,21 @@ pub fn container_exec(
     }
     spec.command = Command::Argv(argv);
     Ok(spec)
+}
+
+/// `entries` with a container scope whose root is `/` (Gluu installed without a
+/// container) made the host's, so its validators and services are the host's too.
+fn host_for_root_container(entries: &[Entry]) -> Vec<Entry> {
+    entries
+        .iter()
+        .map(|e| match &e.scope {
+            Scope::Container { root } if root == "/" => Entry {
+                scope: Scope::Host,
+                ..e.clone()
+            },
+            _ => e.clone(),
+        })
+        .collect()
 }
 
 fn outcome(what: &str, steps: &[StepRun]) -> String {

@@ -48,6 +48,8 @@ pub fn check_normalized(path: &str) -> Result<(), String> {
 pub fn scope_base(cfg: &AgentConfig, scope: &Scope) -> Result<PathBuf, String> {
     match scope {
         Scope::Host => Ok(cfg.root.clone()),
+        // A Gluu installed without a container (`gluu-root /`): its paths are the host's.
+        Scope::Container { root } if root == "/" => Ok(cfg.root.clone()),
         Scope::Container { root } => {
             check_normalized(root).map_err(|why| format!("container root {root:?} {why}"))?;
             let base = cfg.root.join(root.trim_start_matches('/'));
@@ -306,6 +308,18 @@ mod tests {
         let c = cfg(root, &[root]);
         let err = resolve(&c, &Scope::Host, "/agent.key").unwrap_err();
         assert!(err.contains("agent's own directory"), "{err}");
+    }
+
+    #[test]
+    fn a_gluu_without_a_container_has_the_hosts_paths() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        std::fs::create_dir_all(root.join("etc/gluu/conf")).unwrap();
+        let c = cfg(root, &[&root.join("etc/gluu/conf")]);
+        let scope = Scope::Container { root: "/".into() };
+        let r = resolve(&c, &scope, "/etc/gluu/conf/gluu-ldap.properties").unwrap();
+        assert_eq!(r.real, root.join("etc/gluu/conf/gluu-ldap.properties"));
+        assert_eq!(r.base, root);
     }
 
     #[test]

@@ -852,3 +852,25 @@ fn without_allow_exec_nginx_may_not_load_code_a_push_could_write() {
         .unwrap();
     assert_eq!(r.result, ApplyResult::Applied);
 }
+
+#[test]
+fn a_gluu_without_a_container_is_planned_and_applied_on_the_host() {
+    let s = sandbox("");
+    s.write("/etc/app/gluu-ldap.properties", "servers: a:1636\n");
+    let e = Entry {
+        scope: Scope::Container { root: "/".into() },
+        content: Content::Property {
+            key: "servers".into(),
+            value: "b:1636".into(),
+        },
+        ..file("/etc/app/gluu-ldap.properties", "")
+    };
+    let plan = s.engine.plan(&set(vec![e.clone()])).unwrap();
+    assert_eq!(plan[0].change, Change::Modify);
+    let r = s.engine.apply(&set(vec![e])).unwrap();
+    assert_eq!(r.result, ApplyResult::Applied);
+    assert_eq!(
+        s.read("/etc/app/gluu-ldap.properties").as_deref(),
+        Some("servers: b:1636\n")
+    );
+}

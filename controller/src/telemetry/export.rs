@@ -191,6 +191,11 @@ pub async fn start(opts: &ExportOptions) -> Result<Arc<Exports>, CtlError> {
     let (influx, influx_task) = match &opts.influxdb {
         Some(url) => {
             let target = Target::parse(url, "--influxdb", 8086, "/write?db=clustermgr")?;
+            if opts.influxdb_token.is_some() && !target.is_loopback() {
+                return Err(CtlError::Usage(format!(
+                    "--influxdb {url}: the token would cross the network in the clear (plain http to a host that is not this machine); reach InfluxDB on loopback, through an SSH tunnel or a local TLS proxy, or drop the token"
+                )));
+            }
             let (tx, rx) = mpsc::channel(1024);
             let task = tokio::spawn(influx(target, opts.influxdb_token.clone(), rx));
             (Some(tx), Some(task))
@@ -389,6 +394,23 @@ async fn influx(t: Target, token: Option<String>, mut rx: mpsc::Receiver<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_influxdb_token_never_goes_over_plain_http_to_another_host() {
+        let opts = |url: &str| ExportOptions {
+            prometheus: None,
+            influxdb: Some(url.into()),
+            influxdb_token: Some("secret-token".into()),
+        };
+        let err = start(&opts("http://10.0.0.5:8086/write?db=x"))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("in the clear"), "{text}");
+        assert!(!text.contains("secret-token"));
+        let ok = start(&opts("http://127.0.0.1:1/write?db=x")).await.unwrap();
+        ok.close(Duration::from_millis(100)).await;
+    }
     use crate::telemetry::sample;
 
     #[test]

@@ -1,0 +1,74 @@
+//! Text from the nodes shown on a terminal. A log line or a command's output may carry
+//! control characters (an escape sequence that retitles the window, moves the cursor,
+//! rewrites lines already shown, or on some terminals answers back as typed input):
+//! on a terminal they are shown, not obeyed. Into a pipe or a file the bytes go as they
+//! are, and `--json` carries them escaped by JSON.
+
+use std::borrow::Cow;
+use std::io::IsTerminal;
+use std::sync::OnceLock;
+
+/// Whether standard output (or error) is a terminal, asked once.
+pub fn stdout_is_terminal() -> bool {
+    static IS: OnceLock<bool> = OnceLock::new();
+    *IS.get_or_init(|| std::io::stdout().is_terminal())
+}
+
+/// Whether standard error is a terminal, asked once.
+pub fn stderr_is_terminal() -> bool {
+    static IS: OnceLock<bool> = OnceLock::new();
+    *IS.get_or_init(|| std::io::stderr().is_terminal())
+}
+
+/// `bytes` with every control character but tab and newline written as `\xNN` (C0 and
+/// DEL) or `\u{NN}` (C1, which some terminals obey as the 7-bit sequences), and bytes
+/// that are not UTF-8 as U+FFFD: nothing a terminal acts on is left.
+pub fn visible(bytes: &[u8]) -> Cow<'_, [u8]> {
+    let clean = |c: char| !c.is_control() || c == '\t' || c == '\n';
+    match std::str::from_utf8(bytes) {
+        Ok(s) if s.chars().all(clean) => Cow::Borrowed(bytes),
+        _ => {
+            let text = String::from_utf8_lossy(bytes);
+            let mut out = String::with_capacity(text.len() + 8);
+            for c in text.chars() {
+                if clean(c) {
+                    out.push(c);
+                } else if (c as u32) < 0x80 {
+                    out.push_str(&format!("\\x{:02x}", c as u32));
+                } else {
+                    out.push_str(&format!("\\u{{{:x}}}", c as u32));
+                }
+            }
+            Cow::Owned(out.into_bytes())
+        }
+    }
+}
+
+/// [`visible`] for a line of text.
+pub fn visible_str(s: &str) -> Cow<'_, str> {
+    match visible(s.as_bytes()) {
+        Cow::Borrowed(_) => Cow::Borrowed(s),
+        Cow::Owned(b) => Cow::Owned(String::from_utf8(b).unwrap_or_default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences_are_shown_not_obeyed() {
+        assert!(matches!(visible(b"plain\ttext\n"), Cow::Borrowed(_)));
+        let shown = visible(b"\x1b]0;owned\x07\x1b[2J\rover\x7f");
+        assert_eq!(
+            std::str::from_utf8(&shown).unwrap(),
+            "\\x1b]0;owned\\x07\\x1b[2J\\x0dover\\x7f"
+        );
+        // C1's CSI in UTF-8, and bytes that are not UTF-8.
+        let shown = visible("a\u{9b}31m".as_bytes());
+        assert_eq!(std::str::from_utf8(&shown).unwrap(), "a\\u{9b}31m");
+        let shown = visible(b"\xff\x9b");
+        assert!(!shown.iter().any(|&b| b < 0x20 || b == 0x9b), "{shown:?}");
+        assert_eq!(visible_str("é ok"), "é ok");
+    }
+}
