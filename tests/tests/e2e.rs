@@ -1538,3 +1538,92 @@ async fn escape_sequences_from_a_node_reach_a_terminal_shown_not_obeyed() {
         assert!(!o.stdout.contains(&0x1b), "{out:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_on_the_prometheus_port_leave_serve_answering_and_its_log_quiet() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::gluu(1).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    // serve with few file descriptors, so a flood it accepted without bound would use
+    // them all: then every accept fails at once (and was logged each time), and the
+    // CLI's socket and the agents' connections with it.
+    let mut cli = std::process::Command::new("prlimit");
+    cli.arg("--nofile=128:128")
+        .arg("--")
+        .arg(clustermgr_tests::clustermgr_bin())
+        .arg("--home")
+        .arg(c.dir());
+    let _serve = clustermgr_tests::start_serve_with(cli, &c.dir(), &["--prometheus", &addr]).await;
+    let log = c.dir().parent().unwrap().join("serve.log");
+    let log_before = std::fs::metadata(&log).map_or(0, |m| m.len());
+    // More slow clients than serve has descriptors for (those it does not serve wait
+    // in the kernel's backlog): each sends half a head and stalls.
+    let mut slow = Vec::new();
+    for _ in 0..150 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let _ = s.write_all(b"GET /metr").await;
+        slow.push(s);
+    }
+    // The CLI's own work through serve is not held up by them.
+    for _ in 0..3 {
+        let start = Instant::now();
+        let o = c.run(&["exec", "--", "true"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "exec took {:?} during the flood",
+            start.elapsed()
+        );
+    }
+    // Once they are gone a scrape is answered.
+    drop(slow);
+    let scrape = async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).await.unwrap();
+        reply
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(10), scrape)
+        .await
+        .expect("a scrape is answered once the flood is gone");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // The flood is not written to the log line by line.
+    let grown = std::fs::metadata(&log).map_or(0, |m| m.len()) - log_before;
+    assert!(
+        grown < 4096,
+        "serve's log grew {grown} bytes during the flood"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_handshakes_are_counted_in_the_agents_log_not_written_one_by_one() {
+    let c = Cluster::gluu(1).await;
+    let now = time::OffsetDateTime::now_utc();
+    let (other, _) = Ca::create("other", now).unwrap();
+    let (cert, key) = other
+        .issue_controller("other", now, 90 * day(), None)
+        .unwrap();
+    let log = c.agent("gluu1").dir.join("agent.log");
+    let refusals = || {
+        read(&log)
+            .lines()
+            .filter(|l| l.contains("refused a connection"))
+            .count()
+    };
+    let before = refusals();
+    for _ in 0..50 {
+        refused_with_creds(&c, Credentials::from_pem(&cert.pem, &key).unwrap()).await;
+    }
+    // One line for the first; the rest are counted into the next line a minute on.
+    assert_eq!(refusals() - before, 1, "{}", read(&log));
+    // The genuine controller still gets through.
+    let o = c.run(&["ping"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
