@@ -15,6 +15,7 @@ pub mod health;
 mod info;
 mod journal;
 pub mod ldap;
+mod newest_controller;
 mod server;
 mod sys;
 pub mod telemetry;

@@ -3,7 +3,6 @@
 //! and shuts down gracefully.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use clustermgr_protocol::frame::write_message;
 use clustermgr_protocol::throttle::Throttle;
 
 use crate::budget::RequestBudget;
+use crate::newest_controller::NewestController;
 use clustermgr_protocol::identity::{
     AgentCertStatus, CertSummary, Credentials, agent_server_config, cert_from_pem,
     spki_fingerprint, verify_agent_cert,
@@ -138,7 +138,7 @@ impl Agent {
     /// Binds the UDP socket and starts serving.
     pub fn start(self) -> Result<AgentHandle, AgentError> {
         let creds = Credentials::from_pem(&self.cert_pem, &self.key_pem)?;
-        let newest = NewestController::load(&self.cfg.state_dir);
+        let newest = NewestController::load(&self.cfg.state_dir, &self.ca);
         let server = agent_server_config(
             creds,
             self.ca.clone(),
@@ -507,7 +507,7 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     // refused at the handshake, and their open connections are closed.
     let issued = controller_cert(&conn).map(|c| c.not_before);
     if let Some(t) = issued {
-        shared.newest.saw(t, &shared.cfg.state_dir).await;
+        shared.newest.saw(t).await;
     }
     let mut newest = shared.newest.changed.subscribe();
     let mut abort = shared.abort.clone();
@@ -560,54 +560,6 @@ async fn superseded(newest: &mut watch::Receiver<i64>, issued: Option<i64>) {
     };
     if newest.wait_for(|n| *n > issued).await.is_err() {
         std::future::pending::<()>().await;
-    }
-}
-
-/// The newest controller certificate this agent has seen (its start of validity, Unix
-/// seconds), kept in `STATE_DIR/controller-newest` across restarts: the TLS verifier
-/// refuses any older one, so a renewal, a restore or `clustermgr cert
-/// revoke-controller` retires the old controller key at each agent it reaches.
-#[derive(Debug)]
-struct NewestController {
-    seen: Arc<AtomicI64>,
-    changed: watch::Sender<i64>,
-}
-
-impl NewestController {
-    fn path(state_dir: &Path) -> PathBuf {
-        state_dir.join("controller-newest")
-    }
-
-    fn load(state_dir: &Path) -> Self {
-        let t = std::fs::read_to_string(Self::path(state_dir))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(i64::MIN);
-        NewestController {
-            seen: Arc::new(AtomicI64::new(t)),
-            changed: watch::channel(t).0,
-        }
-    }
-
-    /// Notes a controller certificate issued at `t`.
-    async fn saw(&self, t: i64, state_dir: &Path) {
-        if self.seen.fetch_max(t, Ordering::SeqCst) >= t {
-            return;
-        }
-        let path = Self::path(state_dir);
-        let text = format!("{}\n", self.seen.load(Ordering::SeqCst));
-        let written =
-            tokio::task::spawn_blocking(move || write_atomic(&path, text.as_bytes(), 0o600)).await;
-        if let Ok(Err(e)) = written {
-            tracing::warn!(
-                "cannot record the newest controller certificate in {}: {e}; older ones are refused until the agent restarts",
-                Self::path(state_dir).display()
-            );
-        }
-        tracing::info!(
-            "a newer controller certificate was seen: older ones are refused from now on"
-        );
-        self.changed.send_replace(self.seen.load(Ordering::SeqCst));
     }
 }
 
