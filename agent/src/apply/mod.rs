@@ -191,6 +191,10 @@ impl Engine {
                 && m.mode & 0o004 != 0
                 && !policy::secret_path(&policy::host_path(&self.cfg, &res.real))
         });
+        // An edit's old part is shown when the file's text may be, or when it says
+        // nothing the controller does not know (absent, or what it will be anyway).
+        let edit_shown =
+            |ed: &edit::Edited| old_shown || ed.old_part.is_empty() || ed.old_part == ed.new_part;
         let (own_uid, own_gid) = own_ids();
         let (new, old_text, new_text) = match &e.content {
             Content::File {
@@ -233,9 +237,10 @@ impl Engine {
                     let text = std::str::from_utf8(bytes)
                         .map_err(|_| "is not a text file, so it cannot be edited".to_string())?;
                     let ed = edit::set_property(text, key, value);
+                    let shown = edit_shown(&ed);
                     (
                         Some((ed.text.into_bytes(), meta.clone())),
-                        (old_shown || ed.old_part == ed.new_part).then_some(ed.old_part),
+                        shown.then_some(ed.old_part),
                         Some(ed.new_part),
                     )
                 }
@@ -246,9 +251,10 @@ impl Engine {
                     let text = std::str::from_utf8(bytes)
                         .map_err(|_| "is not a text file, so it cannot be edited".to_string())?;
                     let ed = edit::set_block(text, name, body)?;
+                    let shown = edit_shown(&ed);
                     (
                         Some((ed.text.into_bytes(), meta.clone())),
-                        (old_shown || ed.old_part == ed.new_part).then_some(ed.old_part),
+                        shown.then_some(ed.old_part),
                         Some(ed.new_part),
                     )
                 }

@@ -695,6 +695,16 @@ fn a_plan_sends_back_only_text_this_agent_wrote_that_others_may_read_and_no_secr
     let plan = s.engine.plan(&set(vec![edit])).unwrap();
     assert_eq!(plan[0].old_text, None);
     assert!(!format!("{plan:?}").contains("hush"));
+    // A block not there yet says nothing of the file: its empty old part is shown.
+    let block = Entry {
+        content: Content::Block {
+            name: "hosts".into(),
+            body: "10.0.0.1 a\n".into(),
+        },
+        ..file("/etc/app/l.properties", "")
+    };
+    let plan = s.engine.plan(&set(vec![block])).unwrap();
+    assert_eq!(plan[0].old_text.as_deref(), Some(""));
 }
 
 #[test]
