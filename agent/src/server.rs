@@ -30,6 +30,8 @@ use crate::upgrade::{Received, Restart, Trial};
 
 /// How long a new connection has to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once.
+const MAX_HANDSHAKES: usize = 32;
 /// How often refused handshakes are logged (with a count of those in between).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -427,12 +429,35 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     abort: watch::Sender<bool>,
 ) {
+    // Handshakes in progress at once: each holds some 100 KiB until it ends, and anyone
+    // who reaches the port can start them, so the rest wait in quinn's queue (itself
+    // bounded, see `agent_server_config`) rather than in the agent's memory.
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let mut tell_refusals = tokio::time::interval(REFUSAL_LOG_EVERY);
     loop {
+        let slot = tokio::select! {
+            _ = crate::exec::became_true(&mut stop) => break,
+            _ = tell_refusals.tick() => {
+                let count = shared
+                    .refusals
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .flush(std::time::Instant::now());
+                if let Some(n) = count {
+                    tracing::info!("refused {n} more connections since the last such line");
+                }
+                continue;
+            }
+            slot = handshakes.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
         tokio::select! {
             _ = crate::exec::became_true(&mut stop) => break,
             incoming = shared.endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                tokio::spawn(serve_connection(incoming, shared.clone()));
+                tokio::spawn(serve_connection(incoming, shared.clone(), slot));
             }
         }
     }
@@ -463,9 +488,15 @@ async fn idle_requests(shared: &Shared) {
     let _ = rx.wait_for(|n| *n == 0).await;
 }
 
-async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    handshake: tokio::sync::OwnedSemaphorePermit,
+) {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
+    let handshaken = incoming.await;
+    drop(handshake);
+    let conn = match handshaken {
         Ok(c) => c,
         Err(e) => {
             // Anyone who reaches the port can fail a handshake at will: a count and

@@ -428,6 +428,9 @@ pub fn main() -> i32 {
             }),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: a log file or the journal would get
+        // the escape codes as text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -42,9 +42,33 @@ pub struct ServeError {
     pub exit_code: i32,
 }
 
-/// Connects to `serve`, if one answers on `socket`.
-pub async fn connect(socket: &Path) -> Option<UnixStream> {
-    UnixStream::connect(socket).await.ok()
+/// How long the CLI keeps trying a socket whose queue is full before it gives up.
+const BUSY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connects to `serve`, if one answers on `socket`: `None` when none runs there. A
+/// serve whose connection queue is full (something holds many connections to it) is
+/// there all the same: the CLI waits for room, and says so if none comes, rather than
+/// taking it for absent and failing on the store serve holds.
+pub async fn connect(socket: &Path) -> Result<Option<UnixStream>, CtlError> {
+    let deadline = tokio::time::Instant::now() + BUSY_PATIENCE;
+    let mut pause = std::time::Duration::from_millis(10);
+    loop {
+        match UnixStream::connect(socket).await {
+            Ok(s) => return Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(CtlError::Serve(format!(
+                        "it runs but has taken no new connection on {} for {} s (its queue is full: something holds many connections to it); try again, and see who holds them with `ss -xp`",
+                        socket.display(),
+                        BUSY_PATIENCE.as_secs()
+                    )));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(500));
+            }
+            Err(_) => return Ok(None),
+        }
+    }
 }
 
 /// Runs `inv` on `serve`, forwarding its events to `events`.
@@ -150,7 +174,7 @@ impl Client {
         // A context of our own holds the store, so serve cannot have started since.
         let ctx = self.local.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if ctx.is_none()
-            && let Some(stream) = connect(&self.socket).await
+            && let Some(stream) = connect(&self.socket).await?
         {
             return call(stream, inv, events)
                 .await?

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clustermgr_protocol::frame::write_message;
+use clustermgr_protocol::throttle::Throttle;
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
@@ -77,16 +78,27 @@ pub async fn serve(
 async fn client(ctx: Arc<Ctx>, stream: UnixStream) {
     let peer_uid = stream.peer_cred().map(|c| c.uid()).ok();
     let (mut rd, mut wr) = stream.into_split();
-    let (hello, mut inv) =
-        match tokio::time::timeout(CLI_REQUEST_DEADLINE, read_request(&mut rd)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::info!("a CLI client sent a bad request: {e}");
-                return;
+    let (hello, mut inv) = match tokio::time::timeout(CLI_REQUEST_DEADLINE, read_request(&mut rd))
+        .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            // Anyone with the socket can repeat this at will: once a minute, counted.
+            static BAD: Mutex<Option<Throttle>> = Mutex::new(None);
+            let mut bad = BAD.lock().unwrap_or_else(|p| p.into_inner());
+            let admitted = bad
+                .get_or_insert_with(|| Throttle::new(Duration::from_secs(60)))
+                .admit(std::time::Instant::now());
+            if let Some(earlier) = admitted {
+                tracing::info!(
+                    "a CLI client sent a bad request: {e} ({earlier} more since the last such line)"
+                );
             }
-            // Its slot goes to someone else; not logged, since anyone could repeat it.
-            Err(_) => return,
-        };
+            return;
+        }
+        // Its slot goes to someone else; not logged, since anyone could repeat it.
+        Err(_) => return,
+    };
     let ours = env!("CARGO_PKG_VERSION");
     if hello.software != ours {
         let _ = write_message(

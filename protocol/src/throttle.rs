@@ -38,6 +38,21 @@ impl Throttle {
     }
 }
 
+impl Throttle {
+    /// The events counted but not yet logged, once the interval since the last line
+    /// has passed: a flood shorter than the interval is still told, at its end.
+    pub fn flush(&mut self, now: Instant) -> Option<u64> {
+        let due = self
+            .last
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.every);
+        if self.suppressed == 0 || !due {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +68,18 @@ mod tests {
         assert!(logged.iter().all(Option::is_none));
         assert_eq!(t.admit(t0 + Duration::from_secs(10)), Some(2999));
         assert_eq!(t.admit(t0 + Duration::from_secs(30)), Some(0));
+    }
+
+    #[test]
+    fn a_short_flood_is_counted_once_its_interval_is_over() {
+        let mut t = Throttle::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(t.admit(t0), Some(0));
+        for i in 1..=500 {
+            assert_eq!(t.admit(t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(t.flush(t0 + Duration::from_secs(10)), None, "not yet");
+        assert_eq!(t.flush(t0 + Duration::from_secs(60)), Some(500));
+        assert_eq!(t.flush(t0 + Duration::from_secs(200)), None, "nothing left");
     }
 }

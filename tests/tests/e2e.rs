@@ -1627,3 +1627,31 @@ async fn refused_handshakes_are_counted_in_the_agents_log_not_written_one_by_one
     let o = c.run(&["ping"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_hang_up_on_serves_socket_are_counted_not_logged_each() {
+    let c = Cluster::gluu(1).await;
+    let _serve = c.serve().await;
+    let log = c.dir().parent().unwrap().join("serve.log");
+    let lines = || {
+        read(&log)
+            .lines()
+            .filter(|l| l.contains("bad request"))
+            .count()
+    };
+    for _ in 0..50 {
+        drop(
+            tokio::net::UnixStream::connect(c.dir().join("serve.sock"))
+                .await
+                .unwrap(),
+        );
+    }
+    // Accepted after them, so served once they were judged.
+    let o = c.run(&["ping"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // One line for the first of the minute (which may have been serve's own readiness
+    // probe at start), the rest counted.
+    assert!(lines() <= 1, "{}", read(&log));
+    // A log file gets no colour codes.
+    assert!(!read(&log).contains('\x1b'), "{}", read(&log));
+}
