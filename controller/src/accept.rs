@@ -1,9 +1,12 @@
-//! Accept loops that a flood cannot take down: a bound on the connections served at
-//! once (while it is full the loop stops accepting, so the kernel's backlog holds the
-//! rest and a slow client only delays itself), a pause that grows while accepting
-//! fails (out of file descriptors, accept would otherwise spin), and those failures
-//! logged at most once a minute with a count. Each handler gets one deadline from the
-//! caller for its whole request, never one per read.
+//! Accept loops that a flood cannot take down. Both bound the connections served at
+//! once: `serve_bounded` (serve's CLI socket, whose connections may rightly last) by
+//! not accepting while full, so newcomers wait in the kernel's backlog;
+//! `serve_newest` (the Prometheus listener, whose genuine requests take a moment) by
+//! dropping the oldest for each newcomer, so slow clients cannot keep a scrape out.
+//! Both pause more and more while accepting fails (out of file descriptors, accept
+//! would otherwise spin) and log those failures at most once a minute with a count.
+//! Each handler gets one deadline from the caller for its whole request, never one
+//! per read.
 
 use std::future::Future;
 use std::io;
@@ -42,7 +45,8 @@ impl Listener for tokio::net::UnixListener {
 }
 
 /// Accepts on `listener` forever, serving at most `max` connections at once, each
-/// by its own task running `handle`. `what` names the listener in the log.
+/// by its own task running `handle`. `what` names the listener in the log. For
+/// connections that may rightly last (a CLI's `logs -f`): a new one waits for a slot.
 pub async fn serve_bounded<L, F, Fut>(listener: L, max: usize, what: &'static str, handle: F)
 where
     L: Listener,
@@ -50,33 +54,86 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(max));
-    let mut pause = MIN_PAUSE;
-    let mut failures = Throttle::new(LOG_EVERY);
+    let mut failed = AcceptFailures::new(what);
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
         match listener.accept_one().await {
             Ok(conn) => {
-                pause = MIN_PAUSE;
+                failed.reset();
                 let served = handle(conn);
                 tokio::spawn(async move {
                     served.await;
                     drop(slot);
                 });
             }
-            Err(e) => {
-                if let Some(earlier) = failures.admit(Instant::now()) {
-                    tracing::warn!(
-                        "accepting a {what} connection failed: {e} ({earlier} more failures since the last such line); pausing {} ms",
-                        pause.as_millis()
-                    );
-                }
-                drop(slot);
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_PAUSE);
-            }
+            Err(e) => failed.pause(&e).await,
         }
+    }
+}
+
+/// Like [`serve_bounded`], for requests that take a moment when genuine (a scrape):
+/// it never stops accepting, and when `max` are being served the oldest is dropped for
+/// the newcomer. A slow client then holds a slot only until `max` others came after
+/// it, so a flood of them cannot keep a genuine request waiting behind it, or in the
+/// kernel's backlog while its SYNs are dropped.
+pub async fn serve_newest<L, F, Fut>(listener: L, max: usize, what: &'static str, handle: F)
+where
+    L: Listener,
+    F: Fn(L::Conn) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut serving: std::collections::VecDeque<tokio::task::AbortHandle> = Default::default();
+    let mut failed = AcceptFailures::new(what);
+    loop {
+        match listener.accept_one().await {
+            Ok(conn) => {
+                failed.reset();
+                serving.retain(|t| !t.is_finished());
+                if serving.len() >= max
+                    && let Some(oldest) = serving.pop_front()
+                {
+                    oldest.abort();
+                }
+                serving.push_back(tokio::spawn(handle(conn)).abort_handle());
+            }
+            Err(e) => failed.pause(&e).await,
+        }
+    }
+}
+
+/// A listener's failed accepts: a pause that grows while they go on, and a line
+/// logged at most once a minute with a count.
+struct AcceptFailures {
+    what: &'static str,
+    pause: Duration,
+    log: Throttle,
+}
+
+impl AcceptFailures {
+    fn new(what: &'static str) -> Self {
+        AcceptFailures {
+            what,
+            pause: MIN_PAUSE,
+            log: Throttle::new(LOG_EVERY),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.pause = MIN_PAUSE;
+    }
+
+    async fn pause(&mut self, e: &io::Error) {
+        if let Some(earlier) = self.log.admit(Instant::now()) {
+            tracing::warn!(
+                "accepting a {} connection failed: {e} ({earlier} more failures since the last such line); pausing {} ms",
+                self.what,
+                self.pause.as_millis()
+            );
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(MAX_PAUSE);
     }
 }
 
@@ -123,6 +180,33 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), third.read_to_string(&mut reply))
             .await
             .expect("served once a slot was free")
+            .unwrap();
+        assert_eq!(reply, "bye");
+    }
+
+    #[tokio::test]
+    async fn with_newest_first_a_flood_of_slow_clients_never_keeps_a_genuine_one_waiting() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_newest(
+            listener,
+            4,
+            "test",
+            |mut c: tokio::net::TcpStream| async move {
+                let mut b = [0u8; 1];
+                if c.read(&mut b).await.is_ok_and(|n| n == 1) {
+                    let _ = c.write_all(b"bye").await;
+                }
+            },
+        ));
+        // Far more slow clients than slots, all held open.
+        let _slow = futures_connect(addr, 200).await;
+        let mut genuine = tokio::net::TcpStream::connect(addr).await.unwrap();
+        genuine.write_all(b"x").await.unwrap();
+        let mut reply = String::new();
+        tokio::time::timeout(Duration::from_secs(2), genuine.read_to_string(&mut reply))
+            .await
+            .expect("answered at once, not after the slow ones")
             .unwrap();
         assert_eq!(reply, "bye");
     }

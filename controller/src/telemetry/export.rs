@@ -213,14 +213,14 @@ pub async fn start(opts: &ExportOptions) -> Result<Arc<Exports>, CtlError> {
     Ok(exports)
 }
 
-/// Scrapes served at once; more wait in the kernel's backlog.
-const PROMETHEUS_CONNECTIONS: usize = 32;
+/// Scrapes served at once; a newcomer beyond them drops the oldest.
+const PROMETHEUS_CONNECTIONS: usize = 128;
 /// One deadline for a scrape's whole request head, and one for the whole answer.
 const PROMETHEUS_HEAD_DEADLINE: Duration = Duration::from_secs(5);
 const PROMETHEUS_REPLY_DEADLINE: Duration = Duration::from_secs(30);
 
 async fn prometheus(listener: tokio::net::TcpListener, exports: Arc<Exports>) {
-    crate::accept::serve_bounded(
+    crate::accept::serve_newest(
         listener,
         PROMETHEUS_CONNECTIONS,
         "Prometheus",
