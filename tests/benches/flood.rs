@@ -12,7 +12,7 @@
 //!    connections to serve's `--prometheus` listener, half sending nothing, half a
 //!    request head at one byte a second. Each reconnects as soon as serve drops it, so
 //!    the flood holds. Then, as context (`prometheus-small`), the same with 64
-//!    connections, twice serve's 32 scrape slots.
+//!    connections, twice serve's 128 scrape slots.
 //! 2. **CLI socket** (`cli`): `CLUSTERMGR_BENCH_FLOOD` connections to `HOME/serve.sock`
 //!    that send nothing, each reconnecting when dropped. Then, as context
 //!    (`backlog`), connections held until the socket's backlog is full, and three
@@ -80,7 +80,7 @@ const WARMUP: Duration = Duration::from_secs(6);
 const FLOODS_ENV: &str = "CLUSTERMGR_BENCH_FLOODS";
 /// serve's scrapes served at once (`PROMETHEUS_CONNECTIONS` in
 /// controller/src/telemetry/export.rs).
-const PROMETHEUS_SLOTS: usize = 32;
+const PROMETHEUS_SLOTS: usize = 128;
 /// How often memory and open files are read.
 const SAMPLE_USAGE_EVERY: Duration = Duration::from_millis(250);
 /// The node the requests go to.
@@ -179,8 +179,8 @@ async fn run(res: &mut Results, opts: &Opts) -> String {
     }
 
     if stage("prometheus-small") {
-        // Context: a flood the size of two batches of serve's 32 scrape slots, where a
-        // scrape should wait behind at most a batch or two of 5 s deadlines.
+        // Context: a flood twice the size of serve's scrape slots, where each newcomer
+        // drops the oldest slow client.
         let small = 2 * PROMETHEUS_SLOTS;
         eprintln!("[1b] Prometheus listener: {small} slow connections");
         let addr = env.prometheus;
@@ -734,7 +734,7 @@ async fn recovered(env: &Env) -> Recovery {
     let mut secs = None;
     while Instant::now() < deadline {
         // Not far above what serve had open once settled (a scrape or ping may be in
-        // hand, a telemetry file more); a flood holds 32 or 128 more.
+        // hand, a telemetry file more); a flood holds up to 128 more.
         if open_files(env.serve_pid()) <= env.settled_fds + 16.0
             && matches!(ping(env, Duration::from_secs(10)).await, Outcome::Ok(_))
             && matches!(
