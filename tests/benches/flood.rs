@@ -11,8 +11,8 @@
 //! 1. **Prometheus** (`prometheus`): `CLUSTERMGR_BENCH_FLOOD` (default 2000) TCP
 //!    connections to serve's `--prometheus` listener, half sending nothing, half a
 //!    request head at one byte a second. Each reconnects as soon as serve drops it, so
-//!    the flood holds. Then, as context (`prometheus-small`), the same with 64
-//!    connections, twice serve's 128 scrape slots.
+//!    the flood holds. Then, as context (`prometheus-small`), the same with twice as
+//!    many connections as serve's 128 scrape slots.
 //! 2. **CLI socket** (`cli`): `CLUSTERMGR_BENCH_FLOOD` connections to `HOME/serve.sock`
 //!    that send nothing, each reconnecting when dropped. Then, as context
 //!    (`backlog`), connections held until the socket's backlog is full, and three
