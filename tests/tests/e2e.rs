@@ -1552,7 +1552,7 @@ async fn slow_clients_on_the_prometheus_port_leave_serve_answering_and_its_log_q
     // them all: then every accept fails at once (and was logged each time), and the
     // CLI's socket and the agents' connections with it.
     let mut cli = std::process::Command::new("prlimit");
-    cli.arg("--nofile=128:128")
+    cli.arg("--nofile=512:512")
         .arg("--")
         .arg(clustermgr_tests::clustermgr_bin())
         .arg("--home")
@@ -1560,10 +1560,10 @@ async fn slow_clients_on_the_prometheus_port_leave_serve_answering_and_its_log_q
     let _serve = clustermgr_tests::start_serve_with(cli, &c.dir(), &["--prometheus", &addr]).await;
     let log = c.dir().parent().unwrap().join("serve.log");
     let log_before = std::fs::metadata(&log).map_or(0, |m| m.len());
-    // More slow clients than serve has descriptors for (those it does not serve wait
-    // in the kernel's backlog): each sends half a head and stalls.
+    // More slow clients than serve has descriptors for: each sends half a head and
+    // stalls.
     let mut slow = Vec::new();
-    for _ in 0..150 {
+    for _ in 0..600 {
         let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let _ = s.write_all(b"GET /metr").await;
         slow.push(s);
