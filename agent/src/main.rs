@@ -62,7 +62,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         // Colours only for a person at a terminal: a log file or the journal would get
         // the escape codes as text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
     let result = match cli.command {
         Command::Enroll { name, out, new_key } => enroll::enroll(&name, &out, new_key).map(|csr| {

@@ -17,7 +17,9 @@ use clustermgr_protocol::identity::{
     AgentCertStatus, CertSummary, Credentials, agent_server_config, cert_from_pem,
     spki_fingerprint, verify_agent_cert,
 };
-use clustermgr_protocol::message::{ErrorKind, Hello, HelloReply, RemoteError, Reply, Request};
+use clustermgr_protocol::message::{
+    ErrorKind, ExecEvent, Hello, HelloReply, RemoteError, Reply, Request,
+};
 use clustermgr_protocol::version::{VersionRange, negotiate};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use tokio::sync::watch;
@@ -804,7 +806,13 @@ async fn handle_request(
             let ctx = exec_context(shared, controller);
             match crate::apply::container_exec(&shared.cfg, &root, spec) {
                 Ok(spec) => return exec::run(spec, send, recv, ctx).await,
-                Err(e) => Reply::Error(e),
+                // An exec stream carries exec events, its refusal included: a `Reply`
+                // there would not decode at the controller.
+                Err(e) => {
+                    let _ = write_message(&mut send, &ExecEvent::Refused(e)).await;
+                    let _ = send.finish();
+                    return;
+                }
             }
         }
     };

@@ -430,7 +430,10 @@ pub fn main() -> i32 {
         .with_writer(std::io::stderr)
         // Colours only for a person at a terminal: a log file or the journal would get
         // the escape codes as text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -520,7 +523,23 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
                 influxdb,
                 influxdb_token,
             };
-            let ctx = Arc::new(Ctx::open(&home, clock::system(), &opts, true)?);
+            let ctx = match Ctx::open(&home, clock::system(), &opts, true) {
+                Ok(ctx) => Arc::new(ctx),
+                Err(e @ CtlError::StoreLocked { .. }) => {
+                    // The lock's holder may be a serve that answers: say so, with its pid.
+                    let socket = crate::home::Home::open(&home)?.socket();
+                    if let Ok(Some(s)) = crate::local::connect(&socket).await
+                        && let Some(pid) = s.peer_cred().ok().and_then(|c| c.pid())
+                    {
+                        return Err(CtlError::Usage(format!(
+                            "clustermgr serve is already running for {} (pid {pid}); stop it first (`kill {pid}`, or `systemctl stop clustermgr-serve`)",
+                            home.display()
+                        )));
+                    }
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
             crate::serve::serve(ctx, shutdown_signal(), &exports).await?;
             return Ok(0);
         }
@@ -879,8 +898,23 @@ pub async fn execute(
     let is_health = matches!(inv.op, Operation::Health { .. });
     let following = matches!(&inv.op, Operation::Logs(s) if s.follow);
     let (tx, rx) = mpsc::channel(64);
-    let printer = tokio::spawn(render::consume(rx, mode, is_exec));
-    let Some(result) = run_operation(home, opts, inv, tx).await? else {
+    let (closed_tx, mut closed) = tokio::sync::watch::channel(false);
+    let printer = tokio::spawn(render::consume(rx, mode, is_exec, closed_tx));
+    let mut output_gone = closed.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = output_gone.wait_for(|gone| *gone) => {}
+        }
+    };
+    let result = run_operation_until(home, opts, inv, tx, stop).await?;
+    if *closed.borrow_and_update() {
+        // Whoever read our output is gone (`| head`): the remote commands were
+        // cancelled with the operation (or saw their output go nowhere); end as a shell
+        // tool does.
+        return Ok(141);
+    }
+    let Some(result) = result else {
         if following {
             // Ctrl-C is how `logs -f` ends.
             return Ok(0);
@@ -916,10 +950,21 @@ pub async fn run_operation(
     inv: Invocation,
     tx: mpsc::Sender<Event>,
 ) -> Result<Option<Outcome>, CtlError> {
+    run_operation_until(home, opts, inv, tx, shutdown_signal()).await
+}
+
+/// [`run_operation`], cancelled (`None`) when `stop` resolves.
+pub async fn run_operation_until(
+    home: &std::path::Path,
+    opts: &CtxOptions,
+    inv: Invocation,
+    tx: mpsc::Sender<Event>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Option<Outcome>, CtlError> {
     let client = crate::local::Client::open(home, opts, inv.user.clone(), inv.connect_timeout_ms);
     let result = tokio::select! {
         r = client.run(&inv, tx) => Some(r.map_err(|e| (e.to_string(), e.exit_code()))),
-        _ = shutdown_signal() => None,
+        _ = stop => None,
     };
     client.close().await;
     Ok(result)

@@ -322,6 +322,9 @@ pub struct NodeOutcome {
     pub duration_ms: u64,
     /// Host facts, for ping and status.
     pub info: Option<Box<NodeInfo>>,
+    /// The node's clock minus the controller's, measured when its reply arrived (never
+    /// across the wait for another node), for ping and status.
+    pub clock_skew_ms: Option<i64>,
 }
 
 impl NodeOutcome {
@@ -336,6 +339,7 @@ impl NodeOutcome {
             rtt_us: None,
             duration_ms: 0,
             info: None,
+            clock_skew_ms: None,
         }
     }
 
@@ -1640,11 +1644,17 @@ async fn ping(
     fan_out(nodes, events, |n| async move {
         let start = Instant::now();
         let mut o = match info(ctx, &n, within).await {
-            Ok((info, rtt)) => NodeOutcome {
-                rtt_us: Some(rtt),
-                info: Some(info),
-                ..NodeOutcome::new(&n.name)
-            },
+            Ok((info, rtt)) => {
+                // The reply left the node about half a round trip before it arrived.
+                let now_ms = ctx.clock.now().unix_timestamp_nanos() as i64 / 1_000_000;
+                let skew = info.clock_unix_ms - (now_ms - (rtt / 2000) as i64);
+                NodeOutcome {
+                    rtt_us: Some(rtt),
+                    info: Some(info),
+                    clock_skew_ms: Some(skew),
+                    ..NodeOutcome::new(&n.name)
+                }
+            }
             Err(f) => NodeOutcome::failure(&n.name, f),
         };
         o.duration_ms = start.elapsed().as_millis() as u64;
@@ -1936,7 +1946,6 @@ async fn status(
     let by_name: HashMap<String, NodeRecord> =
         nodes.iter().map(|n| (n.name.clone(), n.clone())).collect();
     let outcomes = ping(ctx, nodes, within, events).await;
-    let now_ms = ctx.clock.now().unix_timestamp_nanos() as i64 / 1_000_000;
     let now = ctx.clock.unix();
     let rows = outcomes
         .into_iter()
@@ -1958,9 +1967,7 @@ async fn status(
                         g.root
                     )
                 }),
-                // The reply left the node about half a round trip before we read it.
-                clock_skew_ms: info
-                    .map(|i| i.clock_unix_ms - (now_ms - (o.rtt_us.unwrap_or(0) / 2000) as i64)),
+                clock_skew_ms: o.clock_skew_ms,
                 cert_days_left: (rec.cert_not_after - now).div_euclid(86_400),
                 message: o.message.clone(),
             }

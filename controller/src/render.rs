@@ -125,10 +125,13 @@ pub struct Gathered {
 /// Consumes events until the operation ends, printing live output as it comes.
 /// `live_failures` prints each node's failure as it happens (exec, whose report is
 /// only a summary); other reports list every node themselves.
+/// If the reader of standard output goes away (`exec -- yes | head -1`), `closed`
+/// becomes true and consuming stops, so the caller can cancel the operation.
 pub async fn consume(
     mut rx: mpsc::Receiver<Event>,
     mode: OutputMode,
     live_failures: bool,
+    closed: tokio::sync::watch::Sender<bool>,
 ) -> Gathered {
     let mut gathered = Gathered::default();
     let mut partial: BTreeMap<(String, bool), Vec<u8>> = BTreeMap::new();
@@ -139,14 +142,19 @@ pub async fn consume(
                     let buf = partial.entry((node.clone(), stderr)).or_default();
                     buf.extend_from_slice(&data);
                     let mut start = 0;
+                    let mut gone = false;
                     while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
-                        print_line(&node, stderr, &buf[start..start + pos]);
+                        gone |= print_line(&node, stderr, &buf[start..start + pos]).is_err();
                         start += pos + 1;
                     }
                     buf.drain(..start);
                     if buf.len() > MAX_LINE {
-                        print_line(&node, stderr, buf);
+                        gone |= print_line(&node, stderr, buf).is_err();
                         buf.clear();
+                    }
+                    if gone {
+                        let _ = closed.send(true);
+                        return gathered;
                     }
                 }
                 OutputMode::Group => gathered.stdout.entry(node).or_default().push(&data),
@@ -165,7 +173,7 @@ pub async fn consume(
                         if let Some(rest) = partial.remove(&(o.node.clone(), stderr))
                             && !rest.is_empty()
                         {
-                            print_line(&o.node, stderr, &rest);
+                            let _ = print_line(&o.node, stderr, &rest);
                         }
                     }
                     if live_failures && o.state != NodeState::Ok {
@@ -477,7 +485,9 @@ fn print_log(l: &crate::telemetry::store::NodeLine) {
     println!("{stamp} {} {} | {line}", l.node, l.source);
 }
 
-fn print_line(node: &str, stderr: bool, line: &[u8]) {
+/// Prints one line of a node's output; an error only when standard output's reader
+/// is gone (a closed stderr is not worth stopping for).
+fn print_line(node: &str, stderr: bool, line: &[u8]) -> std::io::Result<()> {
     let terminal = if stderr {
         crate::terminal::stderr_is_terminal()
     } else {
@@ -495,11 +505,13 @@ fn print_line(node: &str, stderr: bool, line: &[u8]) {
     buf.extend_from_slice(line);
     buf.push(b'\n');
     // One write per line, so lines from different nodes never interleave mid-line.
-    let _ = if stderr {
-        std::io::stderr().lock().write_all(&buf)
+    if stderr {
+        let _ = std::io::stderr().lock().write_all(&buf);
+        Ok(())
     } else {
-        std::io::stdout().lock().write_all(&buf)
-    };
+        let mut out = std::io::stdout().lock();
+        out.write_all(&buf).and_then(|()| out.flush())
+    }
 }
 
 fn outcome_sentence(o: &NodeOutcome) -> String {

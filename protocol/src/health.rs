@@ -236,7 +236,7 @@ pub struct CheckReport {
 pub struct DiskUse {
     /// Where it is mounted.
     pub mount: String,
-    /// Its size, bytes.
+    /// Its usable size, as `df` counts it: used plus available, bytes.
     pub size_bytes: u64,
     /// What is left for writers other than root, bytes.
     pub avail_bytes: u64,

@@ -1656,3 +1656,123 @@ async fn clients_that_hang_up_on_serves_socket_are_counted_not_logged_each() {
     // A log file gets no colour codes.
     assert!(!read(&log).contains('\x1b'), "{}", read(&log));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_in_a_container_that_is_not_there_says_the_agents_reason() {
+    let c = Cluster::gluu(1).await;
+    let o = c.run(&["exec", "--in-container", "--", "true"]);
+    assert!(!o.status.success());
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(all.contains("does not look like a Gluu container"), "{all}");
+    assert!(!all.contains("malformed"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_answer_does_not_skew_the_others_clocks() {
+    let mut c = Cluster::gluu(2).await;
+    c.kill_agent("gluu2").await;
+    let o = c.run(&["status", "--json", "--connect-timeout", "1"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let nodes = v["nodes"].as_array().unwrap();
+    let gluu1 = nodes.iter().find(|n| n["name"] == "gluu1").unwrap();
+    let skew = gluu1["clock_skew_ms"].as_i64().expect("measured");
+    // The same clock: what is left is the measurement's own error, not the second it
+    // waited for gluu2.
+    assert!(skew.abs() < 200, "gluu1's skew is {skew} ms: {gluu1}");
+    let gluu2 = nodes.iter().find(|n| n["name"] == "gluu2").unwrap();
+    assert!(gluu2["clock_skew_ms"].is_null(), "{gluu2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_closes_exec_output_cancels_the_remote_command() {
+    let c = Cluster::gluu(1).await;
+    let run = |c: &Cluster| {
+        let line = format!(
+            "{} --home {} exec --timeout 20 -- yes | head -1; echo \"status ${{PIPESTATUS[0]}}\"",
+            clustermgr_tests::clustermgr_bin().display(),
+            c.dir().display()
+        );
+        let start = Instant::now();
+        let o = std::process::Command::new("bash")
+            .args(["-c", &line])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (stdout(&o), start.elapsed())
+    };
+    let (out, took) = run(&c);
+    assert_eq!(out, "gluu1 | y\nstatus 141\n");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let _serve = c.serve().await;
+    let (out, took) = run(&c);
+    assert_eq!(out, "gluu1 | y\nstatus 141\n");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // Both remote commands were cancelled, not left running.
+    eventually("both cancels in the journal", PATIENCE, || {
+        c.journal("gluu1")
+            .iter()
+            .filter(|e| e["event"] == "finish" && e["cancelled"] == true)
+            .count()
+            == 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_says_the_first_runs_and_its_pid() {
+    let c = Cluster::gluu(1).await;
+    let serve = c.serve().await;
+    let o = c.run(&["serve"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "already running for {} (pid {})",
+            c.dir().display(),
+            serve.0.id()
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_check_says_what_df_says() {
+    let c = Cluster::gluu(1).await;
+    let o = c.run(&["health"]);
+    let out = stdout(&o);
+    // "the fullest, MOUNT, is N % used" or "MOUNT N % used (...)".
+    let (mount, pct) = out
+        .lines()
+        .find_map(|l| {
+            let rest = l.split("the fullest, ").nth(1)?;
+            let (mount, rest) = rest.split_once(", is ")?;
+            let pct: f64 = rest.split(" % used").next()?.parse().ok()?;
+            Some((mount.to_string(), pct))
+        })
+        .or_else(|| {
+            out.lines().find_map(|l| {
+                let i = l.find(" % used (")?;
+                let mut words = l[..i].rsplit(' ');
+                let pct: f64 = words.next()?.parse().ok()?;
+                Some((words.next()?.to_string(), pct))
+            })
+        })
+        .unwrap_or_else(|| panic!("no disk line in {out}"));
+    let df = std::process::Command::new("df")
+        .args(["--output=pcent", &mount])
+        .output()
+        .unwrap();
+    let df_pct: f64 = stdout(&df)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .unwrap();
+    // df rounds up; ours is rounded to the nearest.
+    assert!(
+        (pct - df_pct).abs() <= 1.0,
+        "{mount}: ours {pct} %, df {df_pct} %\n{out}"
+    );
+}

@@ -172,7 +172,13 @@ pub fn round(cfg: &AgentConfig, spec: &CheckSpec, heartbeats: Option<&Heartbeats
         .into_iter()
         .map(|f| clustermgr_protocol::health::DiskUse {
             mount: f.mount,
-            size_bytes: f.size_bytes,
+            // What `df` counts: used plus available, leaving out root's reserve (and
+            // what a thinly provisioned volume cannot give), so the percent used
+            // matches what an administrator sees there.
+            size_bytes: f
+                .size_bytes
+                .saturating_sub(f.free_bytes)
+                .saturating_add(f.avail_bytes),
             avail_bytes: f.avail_bytes,
         })
         .collect();

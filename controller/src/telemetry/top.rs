@@ -125,10 +125,16 @@ pub fn row(node: &str, connected: bool, recent: &Recent, now_ms: i64) -> TopRow 
         .iter()
         .filter(|x| x.name == "node_filesystem_size_bytes" && x.value > 0.0)
         .filter_map(|size| {
-            let avail = b
-                .iter()
-                .find(|x| x.name == "node_filesystem_avail_bytes" && x.labels == size.labels)?;
-            Some(100.0 * (1.0 - avail.value / size.value))
+            let of = |name: &str| {
+                b.iter()
+                    .find(|x| x.name == name && x.labels == size.labels)
+                    .map(|x| x.value)
+            };
+            let avail = of("node_filesystem_avail_bytes")?;
+            // As `df` counts: used / (used + available), so root's reserve (and what a
+            // thin volume cannot give) is not counted as used.
+            let used = size.value - of("node_filesystem_free_bytes").unwrap_or(avail);
+            (used + avail > 0.0).then(|| 100.0 * used / (used + avail))
         })
         .reduce(f64::max);
     let not_lo = |x: &Sample| label(x, "device") != Some("lo");
@@ -155,8 +161,10 @@ mod tests {
             s("node_memory_available_bytes", &[], 250.0),
             s("node_filesystem_size_bytes", &[("mount", "/")], 100.0),
             s("node_filesystem_avail_bytes", &[("mount", "/")], 40.0),
+            s("node_filesystem_free_bytes", &[("mount", "/")], 40.0),
             s("node_filesystem_size_bytes", &[("mount", "/var")], 100.0),
             s("node_filesystem_avail_bytes", &[("mount", "/var")], 10.0),
+            s("node_filesystem_free_bytes", &[("mount", "/var")], 10.0),
             s(
                 "node_network_receive_bytes_total",
                 &[("device", "eth0")],
@@ -174,6 +182,22 @@ mod tests {
             ),
             s("node_load1", &[], 0.75),
         ]
+    }
+
+    #[test]
+    fn disk_use_is_what_df_says() {
+        // A thinly provisioned volume: 252 GiB, 11 used, 80 available (df: 13 %, where
+        // 1 - avail/size would say 68 %).
+        let disk = vec![
+            s("node_filesystem_size_bytes", &[("mount", "/")], 252.0),
+            s("node_filesystem_avail_bytes", &[("mount", "/")], 80.0),
+            s("node_filesystem_free_bytes", &[("mount", "/")], 241.0),
+        ];
+        let r = Recent::default();
+        r.tick("n1", 10_000, &disk);
+        r.tick("n1", 20_000, &disk);
+        let pct = row("n1", true, &r, 21_000).disk_pct.unwrap();
+        assert!((pct - 100.0 * 11.0 / 91.0).abs() < 0.01, "{pct}");
     }
 
     #[test]
