@@ -116,6 +116,47 @@ pub async fn read_request<R: tokio::io::AsyncRead + Unpin>(
     Ok((hello, inv))
 }
 
+/// How long a command waits for the store another command holds.
+const STORE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Where a command ended up running.
+enum Opened {
+    Here(std::sync::Arc<crate::ops::Ctx>),
+    Serve(UnixStream),
+}
+
+/// The process holding `file`'s lock (redb's `flock`), from `/proc/locks`.
+fn lock_holder(file: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(file).ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|l| {
+        // "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234567 0 EOF"
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (pid, dev_ino) = (f.get(4)?, f.get(5)?);
+        (dev_ino.rsplit(':').next()?.parse::<u64>().ok()? == ino).then(|| pid.parse().ok())?
+    })
+}
+
+/// `" (clustermgr exec ...)"`: the command line of `pid`, for the waiting message.
+fn command_of(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .map(|b| {
+            let words: Vec<String> = b
+                .split(|&c| c == 0)
+                .filter(|w| !w.is_empty())
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect();
+            let mut line = words.join(" ");
+            if line.chars().count() > 80 {
+                line = line.chars().take(80).collect::<String>() + " ...";
+            }
+            format!(" ({line})")
+        })
+        .unwrap_or_default()
+}
+
 /// The one place the CLI chooses where an operation runs: through `serve` when it
 /// answers on the socket, else on a context of this process's own, opened on first use
 /// and shared by every later call (an inventory's hosts, say).
@@ -185,9 +226,58 @@ impl Client {
         }
         let ctx = match ctx {
             Some(ctx) => ctx,
-            None => self.local_ctx()?,
+            None => match self.local_ctx_waiting().await? {
+                Opened::Here(ctx) => ctx,
+                // serve started while we waited: it holds the store now.
+                Opened::Serve(stream) => {
+                    return call(stream, inv, events)
+                        .await?
+                        .map_err(|e| CtlError::Relayed {
+                            message: e.message,
+                            exit_code: e.exit_code,
+                        });
+                }
+            },
         };
         crate::ops::run(ctx, inv.clone(), events).await
+    }
+
+    /// Opens the store here, waiting (up to [`STORE_PATIENCE`]) while another
+    /// clustermgr command holds it, as package managers and cargo wait for their
+    /// locks: two commands from a script, or a cron `backup` beside someone's `status`,
+    /// then run one after the other instead of all but one failing. It says once that
+    /// it waits, and for which process.
+    async fn local_ctx_waiting(&self) -> Result<Opened, CtlError> {
+        let deadline = tokio::time::Instant::now() + STORE_PATIENCE;
+        let mut said = false;
+        loop {
+            match self.local_ctx() {
+                Ok(ctx) => return Ok(Opened::Here(ctx)),
+                Err(e @ CtlError::StoreLocked { .. }) => {
+                    if let Some(stream) = connect(&self.socket).await? {
+                        return Ok(Opened::Serve(stream));
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                    if !said {
+                        let store = crate::home::Home::open(&self.home)?.store();
+                        let who = lock_holder(&store).map_or_else(
+                            || "another process".to_string(),
+                            |pid| format!("process {pid}{}", command_of(pid)),
+                        );
+                        eprintln!(
+                            "clustermgr: waiting for the store {}, which {who} holds (up to {} s)",
+                            store.display(),
+                            STORE_PATIENCE.as_secs()
+                        );
+                        said = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Closes the agent connections of a local context: the agents learn at once, so

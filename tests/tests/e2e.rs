@@ -1776,3 +1776,36 @@ async fn the_disk_check_says_what_df_says() {
         "{mount}: ours {pct} %, df {df_pct} %\n{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_waits_for_the_store_another_command_holds() {
+    let c = Cluster::gluu(1).await;
+    // Without serve, an exec holds the store while its command runs.
+    let mut first = c
+        .cli()
+        .args(["exec", "--", "sleep", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let store = c.dir().join("inventory.redb");
+    eventually("the first command to hold the store", PATIENCE, || {
+        std::fs::read_to_string("/proc/locks").is_ok_and(|l| {
+            let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&store).unwrap());
+            l.lines().any(|x| {
+                x.ends_with(&format!(":{ino} 0 EOF")) && x.contains(&first.id().to_string())
+            })
+        })
+    })
+    .await;
+    let o = c.run(&["node", "list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("gluu1"), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("which process {} (", first.id())) && err.contains("exec -- sleep 2"),
+        "{err}"
+    );
+    assert_eq!(err.matches("waiting for the store").count(), 1, "{err}");
+    assert!(first.wait().unwrap().success());
+}
