@@ -116,8 +116,16 @@ pub async fn read_request<R: tokio::io::AsyncRead + Unpin>(
     Ok((hello, inv))
 }
 
-/// How long a command waits for the store another command holds.
+/// How long a command waits for the store another command holds, unless
+/// `CLUSTERMGR_STORE_WAIT_SECS` says otherwise (0: not at all).
 const STORE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn store_patience() -> std::time::Duration {
+    std::env::var("CLUSTERMGR_STORE_WAIT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(STORE_PATIENCE, std::time::Duration::from_secs)
+}
 
 /// Where a command ended up running.
 enum Opened {
@@ -248,7 +256,8 @@ impl Client {
     /// then run one after the other instead of all but one failing. It says once that
     /// it waits, and for which process.
     async fn local_ctx_waiting(&self) -> Result<Opened, CtlError> {
-        let deadline = tokio::time::Instant::now() + STORE_PATIENCE;
+        let patience = store_patience();
+        let deadline = tokio::time::Instant::now() + patience;
         let mut said = false;
         loop {
             match self.local_ctx() {
@@ -260,7 +269,7 @@ impl Client {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(e);
                     }
-                    if !said {
+                    if !said && !patience.is_zero() {
                         let store = crate::home::Home::open(&self.home)?.store();
                         let who = lock_holder(&store).map_or_else(
                             || "another process".to_string(),
@@ -269,7 +278,7 @@ impl Client {
                         eprintln!(
                             "clustermgr: waiting for the store {}, which {who} holds (up to {} s)",
                             store.display(),
-                            STORE_PATIENCE.as_secs()
+                            patience.as_secs()
                         );
                         said = true;
                     }

@@ -1062,7 +1062,13 @@ async fn a_store_held_by_a_silent_process_is_explained() {
     let c = Cluster::gluu(1).await;
     // Hold the store the way a hung clustermgr would, with no serve socket answering.
     let held = c.ctx();
-    let o = c.run(&["node", "list"]);
+    let o = c
+        .cli()
+        .args(["node", "list"])
+        .env("CLUSTERMGR_STORE_WAIT_SECS", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
     assert!(err.contains("in use by another process"), "{err}");
