@@ -41,7 +41,7 @@ pub enum Cmd {
         /// The cluster's name.
         #[arg(long, default_value = "gluu")]
         cluster: String,
-        /// Lifetime of node and controller certificates, in days.
+        /// Lifetime of node and controller certificates, in days (2 to 825).
         #[arg(long, default_value_t = 90)]
         cert_days: u32,
     },

@@ -134,6 +134,13 @@ impl ClusterModel {
                         "{value:?} is not a version; use the form 4.2.3"
                     )));
                 }
+                // The generated files differ between 3.x and 4.x (ox-ldap.properties,
+                // OpenDJ's ports); any other major would be generated for blindly.
+                if !(value.starts_with("3.") || value.starts_with("4.")) {
+                    return Err(bad(&format!(
+                        "{value:?}: clustermgr knows Gluu Server 3.x and 4.x; give the version the nodes run, such as 4.2.3"
+                    )));
+                }
                 self.gluu_version = Some(value.to_string());
             }
             "gluu-root" => {
@@ -292,6 +299,8 @@ mod tests {
             ("gluu-root", "/opt/gluu\"; rm -rf /; \""),
             ("gluu-root", "/opt/{x}"),
             ("gluu-version", "latest"),
+            ("gluu-version", "9"),
+            ("gluu-version", "5.0.1"),
         ] {
             let err = m.set(k, v).unwrap_err().to_string();
             assert!(err.starts_with(k), "{err}");

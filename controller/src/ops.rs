@@ -733,21 +733,32 @@ pub(crate) fn cert_record(kind: CertKind, node: Option<&str>, s: &CertSummary) -
 }
 
 /// Creates a new cluster in `dir`: its CA, the controller's certificate and the store.
+/// The longest node or controller certificate `init` allows: 825 days, the longest
+/// public TLS certificates may live, far inside the CA's ten years.
+pub const MAX_CERT_DAYS: u32 = 825;
+
 pub fn init(
     dir: &std::path::Path,
     cluster: &str,
     cert_lifetime_days: u32,
     clock: &dyn Clock,
 ) -> Result<ClusterMeta, CtlError> {
-    if cluster.is_empty() || cluster.len() > 64 || cluster.chars().any(|c| c.is_control()) {
-        return Err(CtlError::Usage(
-            "the cluster name must be 1 to 64 printable characters".into(),
-        ));
+    // It names the CA and the controller's certificate, the telemetry and the prompts:
+    // a name a shell, a certificate and a metric label all take as it is.
+    let name_ok = cluster.len() <= 63
+        && cluster.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && cluster
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !name_ok {
+        return Err(CtlError::Usage(format!(
+            "--cluster {cluster:?}: a cluster name is 1 to 63 letters, digits, `-`, `_` or `.`, starting with a letter or digit, such as prod-gluu"
+        )));
     }
-    if cert_lifetime_days < 2 {
-        return Err(CtlError::Usage(
-            "certificates must live at least 2 days".into(),
-        ));
+    if !(2..=MAX_CERT_DAYS).contains(&cert_lifetime_days) {
+        return Err(CtlError::Usage(format!(
+            "--cert-days {cert_lifetime_days}: node and controller certificates live 2 to {MAX_CERT_DAYS} days (they renew themselves past two thirds of their life, and must end well before the CA's ten years)"
+        )));
     }
     let home = Home::create(dir)?;
     let now = clock.now();
@@ -2055,6 +2066,30 @@ async fn snapshot(
 mod tests {
     use super::*;
     use crate::clock::FixedClock;
+
+    #[test]
+    fn init_refuses_names_and_lifetimes_it_cannot_carry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = FixedClock(time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap());
+        for (name, days) in [
+            ("bad name", 90),
+            ("-x", 90),
+            ("", 90),
+            ("ok", 100_000),
+            ("ok", 1),
+        ] {
+            let err = init(&tmp.path().join("h"), name, days, &clock).unwrap_err();
+            assert!(matches!(err, CtlError::Usage(_)), "{name} {days}: {err}");
+            assert!(!tmp.path().join("h").join("ca.key").exists());
+        }
+        init(
+            &tmp.path().join("h"),
+            "prod-gluu.eu_1",
+            MAX_CERT_DAYS,
+            &clock,
+        )
+        .unwrap();
+    }
 
     #[test]
     fn the_audit_name_is_the_uids_own_entry_or_the_bare_uid() {
