@@ -32,7 +32,7 @@ use crate::upgrade::{Received, Restart, Trial};
 
 /// How long a new connection has to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; a newcomer beyond them drops the oldest.
+/// Handshakes in progress at once.
 const MAX_HANDSHAKES: usize = 32;
 /// How long a handshake may take (the controller's connect timeout is 3 s).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -434,14 +434,16 @@ async fn accept_loop(
     abort: watch::Sender<bool>,
 ) {
     // Handshakes in progress at once: each holds some 100 KiB until it ends, and anyone
-    // who reaches the port can start them. When they are all taken, the oldest is
-    // dropped for the newcomer (as serve's Prometheus listener does): a client that
-    // starts handshakes and abandons them, or spoofs them, cannot lock the controller
-    // out, whose own handshake takes a round trip or two. Each also has a deadline.
-    let mut handshakes: std::collections::VecDeque<tokio::task::AbortHandle> = Default::default();
+    // who reaches the port can start them, so the rest wait in quinn's queue (itself
+    // bounded, see `agent_server_config`) rather than in the agent's memory. Each has
+    // a deadline, so an abandoned one frees its slot in seconds, not at the idle
+    // timeout. (Dropping the oldest for a newcomer, as serve's Prometheus listener
+    // does, was tried: an abandoned quinn handshake keeps its state until it times
+    // out, and the agent grew to 330 MiB under a flood.)
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let mut tell_refusals = tokio::time::interval(REFUSAL_LOG_EVERY);
     loop {
-        tokio::select! {
+        let slot = tokio::select! {
             _ = crate::exec::became_true(&mut stop) => break,
             _ = tell_refusals.tick() => {
                 let count = shared
@@ -452,17 +454,18 @@ async fn accept_loop(
                 if let Some(n) = count {
                     tracing::info!("refused {n} more connections since the last such line");
                 }
+                continue;
             }
+            slot = handshakes.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        tokio::select! {
+            _ = crate::exec::became_true(&mut stop) => break,
             incoming = shared.endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                handshakes.retain(|h| !h.is_finished());
-                if handshakes.len() >= MAX_HANDSHAKES
-                    && let Some(oldest) = handshakes.pop_front()
-                {
-                    oldest.abort();
-                }
-                let task = tokio::spawn(handshake(incoming, shared.clone()));
-                handshakes.push_back(task.abort_handle());
+                tokio::spawn(handshake(incoming, shared.clone(), slot));
             }
         }
     }
@@ -493,13 +496,19 @@ async fn idle_requests(shared: &Shared) {
     let _ = rx.wait_for(|n| *n == 0).await;
 }
 
-/// One handshake, within its deadline; the connection it makes is served by a task of
-/// its own, so dropping a handshake (for a newer one) never touches a connection.
-async fn handshake(incoming: quinn::Incoming, shared: Arc<Shared>) {
+/// One handshake, within its deadline, holding a slot until it ends; then the
+/// connection it made is served.
+async fn handshake(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
     let remote = incoming.remote_address();
+    let handshaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
+    drop(slot);
     // One that runs out of time is dropped, which closes it.
-    if let Ok(handshaken) = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
-        tokio::spawn(serve_connection(handshaken, remote, shared));
+    if let Ok(handshaken) = handshaken {
+        serve_connection(handshaken, remote, shared).await;
     }
 }
 
