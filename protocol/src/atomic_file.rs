@@ -66,8 +66,9 @@ fn check_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Creates a new temporary file beside the target with a random name, exclusively
-/// and without following a link.
+/// Creates a new temporary file beside the target with a random name, exclusively:
+/// `create_new` is `O_CREAT|O_EXCL`, which fails on anything at the name, a link
+/// included, and never follows one (std opens with `O_CLOEXEC` already).
 fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, File)> {
     let rng = SystemRandom::new();
     let mut last = None;
@@ -80,7 +81,6 @@ fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, File)>
             .write(true)
             .create_new(true)
             .mode(mode & 0o777)
-            .custom_flags(O_NOFOLLOW | O_CLOEXEC)
             .open(&tmp)
         {
             Ok(f) => return Ok((tmp, f)),
@@ -90,11 +90,6 @@ fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, File)>
     }
     Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
 }
-
-// Linux's values (every architecture the agent is built for), so this crate needs no
-// libc: `O_CREAT|O_EXCL` already refuse a link at the name; `O_NOFOLLOW` says so too.
-const O_NOFOLLOW: i32 = 0o400000;
-const O_CLOEXEC: i32 = 0o2000000;
 
 #[cfg(test)]
 mod tests {

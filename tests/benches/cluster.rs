@@ -33,7 +33,7 @@ use clustermgr_protocol::identity::CertSummary;
 use clustermgr_protocol::message::Command;
 use clustermgr_tests::Cluster;
 use clustermgr_tests::bench::{
-    ControlMaster, Results, cpu_ms, env_count, ms, ssh_command, time_process,
+    ControlMaster, Results, cpu_ms, env_count, ms, raise_nofile, ssh_command, time_process,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Semaphore;
@@ -207,32 +207,6 @@ async fn idle_rss(pid: u32, patience: Duration) -> Result<(u64, Duration), Strin
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Raises the soft open-files limit towards `want` (as `ulimit -n` would); returns the
-/// limit in force.
-#[allow(unsafe_code)]
-fn raise_nofile(want: u64) -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < want {
-            let new = libc::rlimit {
-                rlim_cur: want.min(lim.rlim_max),
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &new) == 0 {
-                lim.rlim_cur = new.rlim_cur;
-            }
-        }
-    }
-    lim.rlim_cur
 }
 
 // ---------------------------------------------------------------------------------

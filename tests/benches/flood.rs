@@ -53,7 +53,9 @@ use clustermgr_protocol::identity::{
 use clustermgr_protocol::message::{Hello, HelloReply};
 use clustermgr_protocol::transport::Timeouts;
 use clustermgr_protocol::version::VersionRange;
-use clustermgr_tests::bench::{Results, cpu_ms, env_count, fmt_value, loadavg, ms, percentile};
+use clustermgr_tests::bench::{
+    Results, cpu_ms, env_count, fmt_value, loadavg, ms, percentile, raise_nofile,
+};
 use clustermgr_tests::{Cluster, Serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -159,23 +161,10 @@ async fn run(res: &mut Results, opts: &Opts) -> String {
 
     if stage("prometheus") {
         eprintln!("[1] Prometheus listener: {n} slow connections");
-        let addr = env.prometheus;
-        w.push_str(
-            &measured(
-                &env,
-                opts,
-                &format!(
-                    "1. Prometheus listener: {n} TCP connections, half silent, half sending a request head one byte a second, each reconnecting when dropped"
-                ),
-                WARMUP,
-                move |stats| async move {
-                    for i in 0..n {
-                        tokio::spawn(slow_http(addr, i % 2 == 1, stats.clone()));
-                    }
-                },
-            )
-            .await,
+        let title = format!(
+            "1. Prometheus listener: {n} TCP connections, half silent, half sending a request head one byte a second, each reconnecting when dropped"
         );
+        w.push_str(&prometheus_flood(&env, opts, n, &title).await);
     }
 
     if stage("prometheus-small") {
@@ -183,23 +172,10 @@ async fn run(res: &mut Results, opts: &Opts) -> String {
         // drops the oldest slow client.
         let small = 2 * PROMETHEUS_SLOTS;
         eprintln!("[1b] Prometheus listener: {small} slow connections");
-        let addr = env.prometheus;
-        w.push_str(
-            &measured(
-                &env,
-                opts,
-                &format!(
-                    "1b. Context: the Prometheus listener with {small} such connections (twice its {PROMETHEUS_SLOTS} slots)"
-                ),
-                WARMUP,
-                move |stats| async move {
-                    for i in 0..small {
-                        tokio::spawn(slow_http(addr, i % 2 == 1, stats.clone()));
-                    }
-                },
-            )
-            .await,
+        let title = format!(
+            "1b. Context: the Prometheus listener with {small} such connections (twice its {PROMETHEUS_SLOTS} slots)"
         );
+        w.push_str(&prometheus_flood(&env, opts, small, &title).await);
     }
 
     if stage("cli") {
@@ -422,32 +398,6 @@ fn somaxconn() -> usize {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(4096)
-}
-
-/// Raises the soft open-files limit towards `want` (as `ulimit -n` would); returns the
-/// limit in force.
-#[allow(unsafe_code)]
-fn raise_nofile(want: u64) -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < want {
-            let new = libc::rlimit {
-                rlim_cur: want.min(lim.rlim_max),
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &new) == 0 {
-                lim.rlim_cur = new.rlim_cur;
-            }
-        }
-    }
-    lim.rlim_cur
 }
 
 // ---------------------------------------------------------------------------------
@@ -989,6 +939,18 @@ async fn refused_handshakes(
             }
         }
     }
+}
+
+/// `count` slow clients on serve's Prometheus port, half silent, half sending a head
+/// one byte a second, measured against an idle baseline.
+async fn prometheus_flood(env: &Env, opts: &Opts, count: usize, title: &str) -> String {
+    let addr = env.prometheus;
+    measured(env, opts, title, WARMUP, move |stats| async move {
+        for i in 0..count {
+            tokio::spawn(slow_http(addr, i % 2 == 1, stats.clone()));
+        }
+    })
+    .await
 }
 
 /// Context for the CLI socket: connections held (not reconnecting) until one is

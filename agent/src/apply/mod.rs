@@ -845,7 +845,7 @@ impl Engine {
             validate: spec.validate.clone(),
             on_change: spec.on_change.clone(),
         };
-        let entries = [entry];
+        let entries = host_for_root_container(std::slice::from_ref(&entry)).into_owned();
         self.check_commands(&entries)?;
         let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.settle_earlier()?;
@@ -934,16 +934,21 @@ pub fn container_exec(
 }
 
 /// `entries` with a container scope whose root is `/` (Gluu installed without a
-/// container) made the host's, so its validators and services are the host's too.
-fn host_for_root_container(entries: &[Entry]) -> Vec<Entry> {
+/// container) made the host's, so its validators and services are the host's too;
+/// borrowed as they are when there is none (the usual case: no file bytes copied).
+fn host_for_root_container(entries: &[Entry]) -> std::borrow::Cow<'_, [Entry]> {
+    let root = |e: &Entry| matches!(&e.scope, Scope::Container { root } if root == "/");
+    if !entries.iter().any(root) {
+        return std::borrow::Cow::Borrowed(entries);
+    }
     entries
         .iter()
-        .map(|e| match &e.scope {
-            Scope::Container { root } if root == "/" => Entry {
-                scope: Scope::Host,
-                ..e.clone()
-            },
-            _ => e.clone(),
+        .map(|e| {
+            let mut e = e.clone();
+            if root(&e) {
+                e.scope = Scope::Host;
+            }
+            e
         })
         .collect()
 }
