@@ -151,11 +151,18 @@ fn command_of(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .ok()
         .map(|b| {
-            let words: Vec<String> = b
+            let mut words: Vec<String> = b
                 .split(|&c| c == 0)
                 .filter(|w| !w.is_empty())
                 .map(|w| String::from_utf8_lossy(w).into_owned())
                 .collect();
+            // The program by its name, as `ps` shows it: a long install path would
+            // otherwise push the command itself past the cut below.
+            if let Some(program) = words.first_mut() {
+                if let Some((_, name)) = program.rsplit_once('/') {
+                    *program = name.to_owned();
+                }
+            }
             let mut line = words.join(" ");
             if line.chars().count() > 80 {
                 line = line.chars().take(80).collect::<String>() + " ...";
