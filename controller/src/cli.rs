@@ -114,6 +114,10 @@ pub enum Cmd {
         /// One node at a time, stopping at the first that fails.
         #[arg(long)]
         rolling: bool,
+        /// Apply only if the plan is still the one with this digest (as `plan` prints
+        /// it, or `plan --json`'s `digest`); otherwise change nothing.
+        #[arg(long, value_name = "DIGEST")]
+        plan: Option<String>,
     },
     /// Report managed files edited on the nodes since clustermgr applied them (exit 2
     /// when there are any). Nothing is reverted.
@@ -680,8 +684,14 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             },
             OutputMode::Live,
         ),
-        Cmd::Apply { sel, yes, rolling } => {
+        Cmd::Apply {
+            sel,
+            yes,
+            rolling,
+            plan,
+        } => {
             let mode = json_or_live(json);
+            let mut approved = plan;
             // The plan is shown first, with --yes too (then without asking); --json
             // prints only the apply's report, which carries every change.
             if !json {
@@ -694,7 +704,13 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
                     },
                     connect_timeout_ms: timeout_ms,
                 };
-                let code = execute(&home, &opts, plan, OutputMode::Live).await?;
+                let mut shown = None;
+                let code = execute_inspecting(&home, &opts, plan, OutputMode::Live, |r| {
+                    if let Report::Plan { digest, .. } = r {
+                        shown.clone_from(digest);
+                    }
+                })
+                .await?;
                 // Asked interactively, a failed plan stops here; with --yes the apply
                 // goes on, and a node that does not answer keeps the revision for
                 // `serve` to send when it is back.
@@ -706,10 +722,14 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
                     eprintln!("clustermgr: nothing was applied");
                     return Ok(1);
                 }
+                // What was shown is what is applied: a change made meanwhile (another
+                // administrator's `cluster set`) makes the apply refuse, not slip in.
+                approved = approved.or(shown);
             }
             let op = Operation::Apply {
                 nodes: sel.nodes,
                 rolling,
+                plan: approved,
             };
             (op, mode)
         }
@@ -894,6 +914,17 @@ pub async fn execute(
     inv: Invocation,
     mode: OutputMode,
 ) -> Result<i32, CtlError> {
+    execute_inspecting(home, opts, inv, mode, |_| ()).await
+}
+
+/// [`execute`], handing the report to `inspect` before it is printed.
+async fn execute_inspecting(
+    home: &std::path::Path,
+    opts: &CtxOptions,
+    inv: Invocation,
+    mode: OutputMode,
+    inspect: impl FnOnce(&Report),
+) -> Result<i32, CtlError> {
     let is_exec = matches!(inv.op, Operation::Exec { .. });
     let is_health = matches!(inv.op, Operation::Health { .. });
     let following = matches!(&inv.op, Operation::Logs(s) if s.follow);
@@ -926,6 +957,7 @@ pub async fn execute(
     match result {
         Ok(report) => {
             let code = report.exit_code();
+            inspect(&report);
             render::report(report, gathered, mode, is_exec);
             Ok(code)
         }

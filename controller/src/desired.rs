@@ -52,6 +52,9 @@ pub struct EntryView {
     pub diff: Option<String>,
     /// The node's copy was edited by hand since clustermgr last applied it.
     pub drift: bool,
+    /// What apply makes of it that a plan cannot show yet: a certificate it issues, a
+    /// key the node generates.
+    pub at_apply: Option<String>,
 }
 
 /// A node's plan or drift report.
@@ -152,6 +155,98 @@ struct NodeDesired {
     record: DesiredRecord,
     /// The holds still in force (their desired entry has not changed).
     holds: Vec<Hold>,
+    /// Keys apply will have the node generate (when it has none) before it certifies
+    /// them: their paths. Filled on the [`Basis::Preview`] only.
+    generated_keys: Vec<String>,
+}
+
+/// Fills `tunnel` as `ensure_tunnel` will leave it for `selected`: a stand-in for each
+/// certificate it will issue (none yet, or a stunnel one near its end), for the CA it
+/// will make, and for the revocation list it will renew. Returns, per node, the key
+/// paths with no certificate yet (the node makes the key at apply if it has none).
+fn preview_tunnel(
+    ctx: &Ctx,
+    model: &crate::model::ClusterModel,
+    all: &[NodeRecord],
+    selected: &[NodeRecord],
+    record: Option<&crate::store::TunnelRecord>,
+    tunnel: &mut TunnelMaterial,
+) -> BTreeMap<String, Vec<String>> {
+    let now = ctx.clock.now().unix_timestamp();
+    let mut keys = BTreeMap::<String, Vec<String>>::new();
+    let wanted = wanted_tunnel_keys(model, all, selected);
+    let mut issues = false;
+    for (purpose, node, path) in &wanted {
+        let have = record.and_then(|r| r.certs.get(&format!("{purpose}/{}", node.name)));
+        // csync2 certificates change with the key alone (see `ensure_tunnel`).
+        let kept = have.is_some_and(|(pem, _, _)| {
+            *purpose == "csync2"
+                || clustermgr_protocol::identity::CertSummary::parse_pem(pem)
+                    .is_ok_and(|c| c.not_after - now > TUNNEL_RENEW_BEFORE_SECS)
+        });
+        if kept {
+            continue;
+        }
+        issues = true;
+        let certs = if *purpose == "csync2" {
+            &mut tunnel.csync2_certs
+        } else {
+            &mut tunnel.certs
+        };
+        certs.insert(node.name.clone(), generate::ISSUED_AT_APPLY.into());
+        if have.is_none() {
+            keys.entry(node.name.clone())
+                .or_default()
+                .push(path.to_string());
+        }
+    }
+    match record {
+        None if !wanted.is_empty() => {
+            tunnel.ca_pem = generate::ISSUED_AT_APPLY.into();
+            tunnel.crl_pem = generate::ISSUED_AT_APPLY.into();
+        }
+        Some(r) if issues || r.crl_next_update - now < CRL_RENEW_BEFORE_SECS => {
+            tunnel.crl_pem = generate::ISSUED_AT_APPLY.into();
+        }
+        _ => {}
+    }
+    keys
+}
+
+/// Whether a digest given to `apply` (whole, or its first 12 or more characters, as
+/// the plan prints it) is `now`'s.
+fn digest_matches(given: &str, now: &str) -> bool {
+    let given = given.trim().to_ascii_lowercase();
+    given.len() >= DIGEST_SHOWN && now.starts_with(&given)
+}
+
+/// How many characters of a plan's digest it prints, and the fewest apply accepts.
+pub const DIGEST_SHOWN: usize = 12;
+
+/// The digest of what `apply` will send `desired` (on the [`Basis::Preview`]): a plan
+/// prints it, and an apply given it refuses when the desired state has moved since.
+fn plan_digest(desired: &[NodeDesired]) -> Result<String, CtlError> {
+    let parts: Vec<_> = desired
+        .iter()
+        .map(|d| {
+            let holds: Vec<(&str, u32)> = d
+                .holds
+                .iter()
+                .map(|h| (h.path.as_str(), h.generation))
+                .collect();
+            (
+                &d.node.name,
+                &d.entries,
+                &d.waiting,
+                holds,
+                &d.generated_keys,
+            )
+        })
+        .collect();
+    // Plain data with string keys: serialising it cannot fail, short of memory.
+    let bytes = serde_json::to_vec(&parts)
+        .map_err(|e| CtlError::Serve(format!("cannot digest the plan: {e}")))?;
+    Ok(clustermgr_protocol::identity::sha256_hex(&bytes))
 }
 
 fn scope_text(s: &Scope) -> String {
@@ -193,7 +288,24 @@ fn new_csync2_key() -> Result<Vec<u8>, CtlError> {
 }
 
 /// The generators' output for `selected`, with the cluster's secrets generated once.
-fn desired_for(ctx: &Ctx, selected: &[NodeRecord]) -> Result<Vec<NodeDesired>, CtlError> {
+/// Whether the desired state is what `apply` will send, or what it will send as far as
+/// it can be known before apply runs (a plan, and the check of the plan's digest).
+enum Basis {
+    /// With the certificates the store holds now.
+    Now,
+    /// With [`generate::ISSUED_AT_APPLY`] where apply will issue a certificate, make the
+    /// tunnel CA or renew its revocation list first.
+    Preview,
+    /// The preview from the tunnel record as it was (before apply issued anything): how
+    /// apply checks, after rendering, that the plan approved still holds.
+    PreviewAsOf(Option<crate::store::TunnelRecord>),
+}
+
+fn desired_for(
+    ctx: &Ctx,
+    selected: &[NodeRecord],
+    basis: &Basis,
+) -> Result<Vec<NodeDesired>, CtlError> {
     let all = ctx.store.nodes()?;
     let model = ctx.store.model()?;
     let mut stored = ctx.store.secrets()?;
@@ -207,7 +319,11 @@ fn desired_for(ctx: &Ctx, selected: &[NodeRecord]) -> Result<Vec<NodeDesired>, C
         csync2_key: stored.csync2_key.clone(),
         tls: stored.tls_cert_pem.clone().zip(stored.tls_key_pem.clone()),
     };
-    let tunnel = match ctx.store.tunnel()? {
+    let record = match basis {
+        Basis::PreviewAsOf(r) => r.clone(),
+        _ => ctx.store.tunnel()?,
+    };
+    let mut tunnel = match &record {
         Some(t) => {
             let pick = |purpose: &str| {
                 t.certs
@@ -227,6 +343,10 @@ fn desired_for(ctx: &Ctx, selected: &[NodeRecord]) -> Result<Vec<NodeDesired>, C
         }
         None => TunnelMaterial::default(),
     };
+    let mut made_on_node = BTreeMap::<String, Vec<String>>::new();
+    if !matches!(basis, &Basis::Now) {
+        made_on_node = preview_tunnel(ctx, &model, &all, selected, record.as_ref(), &mut tunnel);
+    }
     let mut rendered = generate::render(&Inputs {
         model: &model,
         nodes: &all,
@@ -250,6 +370,7 @@ fn desired_for(ctx: &Ctx, selected: &[NodeRecord]) -> Result<Vec<NodeDesired>, C
             }
         }
         out.push(NodeDesired {
+            generated_keys: made_on_node.remove(&node.name).unwrap_or_default(),
             node: node.clone(),
             entries,
             waiting: cfg.waiting,
@@ -260,8 +381,36 @@ fn desired_for(ctx: &Ctx, selected: &[NodeRecord]) -> Result<Vec<NodeDesired>, C
     Ok(out)
 }
 
+/// What a plan says of an entry holding [`generate::ISSUED_AT_APPLY`].
+const ISSUED_NOTE: &str = "holds a certificate or revocation list clustermgr issues at apply (for the key on the node); its text is known then";
+
+/// What a plan says of a key the node generates at apply.
+const GENERATED_NOTE: &str =
+    "generated on the node at apply, unless it has one; the private key never leaves it";
+
 /// The view of one entry compared by the agent.
 fn entry_view(e: &Entry, p: &EntryPlan, applied: &[Entry]) -> EntryView {
+    let issued = match &e.content {
+        clustermgr_protocol::changeset::Content::File { bytes, .. } => bytes
+            .windows(generate::ISSUED_AT_APPLY.len())
+            .any(|w| w == generate::ISSUED_AT_APPLY.as_bytes()),
+        _ => false,
+    };
+    if issued {
+        return EntryView {
+            path: e.path.clone(),
+            scope: scope_text(&e.scope),
+            change: p.change.as_str().into(),
+            secret: e.secret,
+            old_sha256: p.old_sha256.clone(),
+            // The stand-in's hash would be no file's.
+            new_sha256: String::new(),
+            metadata: None,
+            diff: None,
+            drift: false,
+            at_apply: Some(ISSUED_NOTE.into()),
+        };
+    }
     let diff = match (&p.old_text, &p.new_text) {
         (Some(old), Some(new)) if !e.secret && old != new => Some(unified(&e.path, old, new)),
         (None, Some(new)) if !e.secret && p.old_sha256.is_none() => Some(unified(&e.path, "", new)),
@@ -290,6 +439,7 @@ fn entry_view(e: &Entry, p: &EntryPlan, applied: &[Entry]) -> EntryView {
         diff,
         // The desired entry is what was last applied, yet the disk differs: a hand edit.
         drift: p.change.writes() && applied.contains(e),
+        at_apply: None,
     }
 }
 
@@ -394,7 +544,9 @@ pub async fn plan(
     within: Duration,
 ) -> Result<Report, CtlError> {
     let selected = select(&ctx.store.nodes()?, selector)?;
-    let mut desired = desired_for(ctx, &selected)?;
+    let basis = if drift { Basis::Now } else { Basis::Preview };
+    let mut desired = desired_for(ctx, &selected, &basis)?;
+    let digest = (!drift).then(|| plan_digest(&desired)).transpose()?;
     if drift {
         for d in &mut desired {
             // A held path differs from what was applied on purpose: not drift.
@@ -421,7 +573,11 @@ pub async fn plan(
     });
     let mut views = futures_util::future::join_all(futures).await;
     views.sort_by(|a, b| a.node.cmp(&b.node));
-    Ok(Report::Plan { views, drift })
+    Ok(Report::Plan {
+        views,
+        drift,
+        digest,
+    })
 }
 
 fn plan_view(d: &NodeDesired, plans: &[EntryPlan], drift: bool) -> NodePlanView {
@@ -441,6 +597,21 @@ fn plan_view(d: &NodeDesired, plans: &[EntryPlan], drift: bool) -> NodePlanView 
             unchanged += 1;
         }
     }
+    // Made by the node itself, so never an entry: listed first, as apply makes them
+    // before it writes anything.
+    let keys = d.generated_keys.iter().map(|path| EntryView {
+        path: path.clone(),
+        scope: scope_text(&Scope::Host),
+        change: "create".into(),
+        secret: true,
+        old_sha256: None,
+        new_sha256: String::new(),
+        metadata: None,
+        diff: None,
+        drift: false,
+        at_apply: Some(GENERATED_NOTE.into()),
+    });
+    let entries = keys.chain(entries).collect();
     let (validators, actions) = if drift {
         (Vec::new(), Vec::new())
     } else {
@@ -467,12 +638,34 @@ pub async fn apply(
     user: &str,
     selector: &str,
     rolling: bool,
+    approved: Option<&str>,
     within: Duration,
     events: &mpsc::Sender<Event>,
 ) -> Result<Report, CtlError> {
     let selected = select(&ctx.store.nodes()?, selector)?;
+    // The plan approved is exactly what is applied, or nothing is: checked before
+    // anything is issued, and again on the desired state rendered to send, in case the
+    // model moved meanwhile.
+    let before = Basis::PreviewAsOf(ctx.store.tunnel()?);
+    let check = |approved: &str| -> Result<(), CtlError> {
+        let now = plan_digest(&desired_for(ctx, &selected, &before)?)?;
+        if digest_matches(approved, &now) {
+            Ok(())
+        } else {
+            Err(CtlError::PlanChanged {
+                approved: approved.to_string(),
+                now: now[..DIGEST_SHOWN].to_string(),
+            })
+        }
+    };
+    if let Some(approved) = approved {
+        check(approved)?;
+    }
     let key_problems = ensure_tunnel(ctx, &selected, within).await?;
-    let desired = desired_for(ctx, &selected)?;
+    let desired = desired_for(ctx, &selected, &Basis::Now)?;
+    if let Some(approved) = approved {
+        check(approved)?;
+    }
     let revision = ctx.store.next_revision()?;
     let names: Vec<String> = selected.iter().map(|n| n.name.clone()).collect();
     let detail = format!(
@@ -592,7 +785,7 @@ async fn rolling_one(
     // gets the current state under a new one (the agent refuses to go back).
     let current;
     let (d, revision) = if ctx.store.desired(&d.node.name)?.applied_revision > revision {
-        current = desired_for(ctx, std::slice::from_ref(&d.node))?
+        current = desired_for(ctx, std::slice::from_ref(&d.node), &Basis::Now)?
             .pop()
             .ok_or_else(|| CtlError::UnknownNode(d.node.name.clone()))?;
         (&current, ctx.store.next_revision()?)
@@ -735,7 +928,7 @@ async fn push_lb(ctx: &Ctx, user: &str, by: &str, within: Duration) -> Result<()
         .into_iter()
         .filter(|n| n.has_role(Role::Lb))
         .collect();
-    let desired = desired_for(ctx, &lbs).map_err(|e| e.to_string())?;
+    let desired = desired_for(ctx, &lbs, &Basis::Now).map_err(|e| e.to_string())?;
     let revision = ctx.store.next_revision().map_err(|e| e.to_string())?;
     for d in &desired {
         let v = apply_one(ctx, user, by, d, revision, "drain", within)
@@ -976,6 +1169,7 @@ pub async fn reconcile(ctx: &Ctx, node: &NodeRecord) -> Result<Option<NodeApplyV
         waiting: Vec::new(),
         record: record.clone(),
         holds,
+        generated_keys: Vec::new(),
     };
     let set = ChangeSet {
         revision,
@@ -1195,7 +1389,7 @@ pub async fn drain(
         ));
     }
     set_drained(ctx, node, down)?;
-    apply(ctx, user, "role:lb", false, within, events).await
+    apply(ctx, user, "role:lb", false, None, within, events).await
 }
 
 /// What `rollback` was asked.
@@ -1233,7 +1427,7 @@ pub async fn rollback(
         .ok_or_else(|| CtlError::UnknownNode(node.to_string()))?;
     let lock = ctx.config_lock(node);
     let _changing = lock.lock().await;
-    let mut desired = desired_for(ctx, std::slice::from_ref(&rec))?;
+    let mut desired = desired_for(ctx, std::slice::from_ref(&rec), &Basis::Now)?;
     let d = desired
         .pop()
         .ok_or_else(|| CtlError::UnknownNode(node.to_string()))?;
@@ -1335,6 +1529,7 @@ pub async fn rollback(
         waiting: Vec::new(),
         record: d.record.clone(),
         holds: record.holds.clone(),
+        generated_keys: Vec::new(),
     };
     let mut view = record_apply(ctx, user, &rd, d.record.clone(), 0, "rollback", report)?;
     // record_apply would treat the restore as the new applied state; it is a hold.
@@ -1518,7 +1713,7 @@ pub async fn renew_tunnel(ctx: &Ctx, within: Duration) -> Result<Vec<String>, Ct
         })
         .collect();
     let mut given = Vec::new();
-    for d in desired_for(ctx, &carriers)? {
+    for d in desired_for(ctx, &carriers, &Basis::Now)? {
         let lock = ctx.config_lock(&d.node.name);
         let _changing = lock.lock().await;
         let mut record = ctx.store.desired(&d.node.name)?;

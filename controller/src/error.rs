@@ -89,6 +89,17 @@ pub enum CtlError {
     /// The named node is not in the inventory.
     #[error("no node named {0} in this cluster (see `clustermgr node list`)")]
     UnknownNode(String),
+    /// `apply` was given a plan's digest, and the desired state has changed since that
+    /// plan (a `cluster set`, a node added, removed or drained in between).
+    #[error(
+        "the desired configuration changed since the plan you approved (digest {approved}, now {now}): a setting or a node changed in between. Nothing was applied; review `clustermgr plan` again and apply that"
+    )]
+    PlanChanged {
+        /// The digest given.
+        approved: String,
+        /// The current plan's digest, as a plan prints it.
+        now: String,
+    },
     /// A node operation is refused by the cluster's rules.
     #[error("{0}")]
     Refused(String),

@@ -158,10 +158,10 @@ fn command_of(pid: u32) -> String {
                 .collect();
             // The program by its name, as `ps` shows it: a long install path would
             // otherwise push the command itself past the cut below.
-            if let Some(program) = words.first_mut() {
-                if let Some((_, name)) = program.rsplit_once('/') {
-                    *program = name.to_owned();
-                }
+            if let Some(program) = words.first_mut()
+                && let Some((_, name)) = program.rsplit_once('/')
+            {
+                *program = name.to_owned();
             }
             let mut line = words.join(" ");
             if line.chars().count() > 80 {

@@ -144,6 +144,9 @@ pub enum Operation {
         nodes: String,
         /// One node at a time, stopping at the first failure.
         rolling: bool,
+        /// The digest of the plan the user approved: refused if the plan would differ.
+        #[serde(default)]
+        plan: Option<String>,
     },
     /// Log lines from the telemetry store, and with `follow` as they come.
     Logs(crate::telemetry::LogsSpec),
@@ -509,6 +512,8 @@ pub enum Report {
         views: Vec<crate::desired::NodePlanView>,
         /// Whether this is a drift report.
         drift: bool,
+        /// A plan's digest, which `apply --plan` takes (none for drift).
+        digest: Option<String>,
     },
     /// `apply`, `drain`, `rollback`.
     Applied(Vec<crate::desired::NodeApplyView>),
@@ -557,7 +562,9 @@ impl Report {
             Report::Status(s) if s.nodes.iter().any(|n| bad(&n.state)) => 1,
             Report::Plan { views, .. } if views.iter().any(|v| bad(&v.state)) => 1,
             // `drift` exits 2 when it found hand edits, so monitoring can call it.
-            Report::Plan { views, drift: true } if views.iter().any(|v| !v.entries.is_empty()) => 2,
+            Report::Plan {
+                views, drift: true, ..
+            } if views.iter().any(|v| !v.entries.is_empty()) => 2,
             Report::Applied(v) if v.iter().any(|v| bad(&v.state)) => 1,
             // Nagios-style: 0 ok, 1 warning, 2 critical, 3 unknown.
             Report::Health(h) => h.worst.exit_code(),
@@ -1253,8 +1260,13 @@ pub async fn run(
         }
         Operation::ClusterShow => crate::desired::cluster_show(&ctx),
         Operation::Plan { nodes, drift } => crate::desired::plan(&ctx, &nodes, drift, within).await,
-        Operation::Apply { nodes, rolling } => {
-            crate::desired::apply(&ctx, user, &nodes, rolling, within, &events).await
+        Operation::Apply {
+            nodes,
+            rolling,
+            plan,
+        } => {
+            let plan = plan.as_deref();
+            crate::desired::apply(&ctx, user, &nodes, rolling, plan, within, &events).await
         }
         Operation::Logs(spec) => crate::telemetry::logs(&ctx, &spec, &events).await,
         Operation::Metrics(spec) => crate::telemetry::metrics(&ctx, &spec),

@@ -684,10 +684,25 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 );
             }
         }
+        Report::Plan {
+            views,
+            digest: Some(digest),
+            ..
+        } if as_json => json(&serde_json::json!({ "digest": digest, "nodes": views })),
         Report::Plan { views, .. } if as_json => json(&views),
-        Report::Plan { views, drift } => {
+        Report::Plan {
+            views,
+            drift,
+            digest,
+        } => {
             for v in &views {
                 print_plan(v, drift);
+            }
+            if let Some(d) = digest {
+                let short = &d[..crate::desired::DIGEST_SHOWN.min(d.len())];
+                println!(
+                    "plan {short}: `clustermgr apply --plan {short}` applies exactly this, or nothing if the desired state changes first"
+                );
             }
         }
         Report::Applied(views) if as_json => json(&views),
@@ -955,6 +970,11 @@ fn print_entry(e: &crate::desired::EntryView) {
     let mut line = format!("  {} {} ({})", e.change, e.path, e.scope);
     if e.drift {
         line.push_str(" [edited on the node since the last apply]");
+    }
+    if let Some(note) = &e.at_apply {
+        println!("{line}");
+        println!("    {note}");
+        return;
     }
     if e.secret {
         line.push_str(&format!(

@@ -1815,3 +1815,95 @@ async fn a_command_waits_for_the_store_another_command_holds() {
     assert_eq!(err.matches("waiting for the store").count(), 1, "{err}");
     assert!(first.wait().unwrap().success());
 }
+
+/// The (node, path) pairs a plan's or an apply's `--json` says are written (an edit
+/// waiting for its file to exist is not).
+fn named_paths(nodes: &serde_json::Value) -> std::collections::BTreeSet<(String, String)> {
+    let mut out = std::collections::BTreeSet::new();
+    for n in nodes.as_array().unwrap() {
+        for e in n["entries"].as_array().unwrap() {
+            if e["change"] == "waiting" {
+                continue;
+            }
+            let node = n["node"].as_str().unwrap().to_string();
+            out.insert((node, e["path"].as_str().unwrap().to_string()));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_writes_only_what_the_plan_showed_and_refuses_a_plan_that_moved() {
+    let c = Cluster::gluu(2).await;
+    let plan = |c: &Cluster| {
+        let o = c.run(&["--json", "plan"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
+    };
+    // A fresh pair of Gluu nodes: csync2's files are in the plan, the key the node
+    // makes and the certificate issued for it too, with what cannot be known yet said.
+    let first = plan(&c);
+    let shown = named_paths(&first["nodes"]);
+    for path in [
+        "/etc/csync2.cfg",
+        "/etc/csync2.key",
+        "/etc/csync2_ssl_key.pem",
+        "/etc/csync2_ssl_cert.pem",
+        "/etc/cron.d/clustermgr-csync2",
+    ] {
+        assert!(
+            shown.contains(&("gluu1".into(), path.into())),
+            "{path}: {first:#}"
+        );
+    }
+    let entries = first["nodes"][0]["entries"].as_array().unwrap();
+    let key = entries
+        .iter()
+        .find(|e| e["path"] == "/etc/csync2_ssl_key.pem")
+        .unwrap();
+    assert!(
+        key["at_apply"]
+            .as_str()
+            .unwrap()
+            .contains("generated on the node")
+    );
+    let text = stdout(&c.run(&["plan"]));
+    assert!(!text.contains("waits for gluu1's key"), "{text}");
+
+    // The model moves between the plan and the apply: the apply of the old plan is
+    // refused before anything reaches a node.
+    let old = first["digest"].as_str().unwrap().to_string();
+    let o = c.run(&["cluster", "set", "manage-hosts", "no"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = c.run(&["--json", "apply", "--plan", &old[..12]]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("changed since the plan you approved"),
+        "{}",
+        stderr(&o)
+    );
+    let root = c.agent("gluu1").dir.join("root");
+    for path in ["etc/csync2.cfg", "etc/csync2_ssl_key.pem"] {
+        assert!(!root.join(path).exists(), "{path} was written");
+    }
+
+    // The plan as it is now applies, and writes exactly what it showed.
+    let second = plan(&c);
+    let digest = second["digest"].as_str().unwrap();
+    assert_ne!(digest, old);
+    let o = c.run(&["--json", "apply", "--plan", digest]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let applied: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let mut written = named_paths(&applied);
+    for node in ["gluu1", "gluu2"] {
+        // Made by the agent at the controller's request, not sent as an entry.
+        assert!(
+            c.agent(node)
+                .dir
+                .join("root/etc/csync2_ssl_key.pem")
+                .exists()
+        );
+        written.insert((node.into(), "/etc/csync2_ssl_key.pem".into()));
+    }
+    assert_eq!(written, named_paths(&second["nodes"]));
+}

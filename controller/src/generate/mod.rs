@@ -24,6 +24,11 @@ impl std::fmt::Debug for Secrets {
     }
 }
 
+/// What a plan puts where `apply` will write a certificate or revocation list it has
+/// not made yet (issued for a key the node generates then): the plan shows the file,
+/// says why its text is not known, and hashes the same stand-in `apply` checks against.
+pub const ISSUED_AT_APPLY: &str = "(issued by clustermgr at apply)\n";
+
 /// The tunnel CA's public material: what stunnel (and csync2) peers verify each other with.
 #[derive(Clone, Debug, Default)]
 pub struct TunnelMaterial {
