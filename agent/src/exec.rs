@@ -144,7 +144,9 @@ pub async fn run(
         }
     };
     let pid = child.id().unwrap_or(0);
-    ctx.journal.record(&entry("start", Some(pid), None, None));
+    let start = entry("start", Some(pid), None, None);
+    ctx.journal.record(&start);
+    ctx.journal.started(pid, &start);
     let mut kill = Kill {
         pgid: pid,
         ..Kill::default()
@@ -236,6 +238,7 @@ pub async fn run(
     };
     ctx.journal
         .record(&entry("finish", Some(pid), Some(&outcome), None));
+    ctx.journal.finished(pid);
     if send_ok
         && write_message(&mut send, &ExecEvent::Finished(outcome))
             .await

@@ -1,17 +1,37 @@
 //! The agent's journal of every command it runs: one JSON line when it starts and one
-//! when it ends, appended to `state_dir/exec-journal.jsonl`.
+//! when it ends, appended to `state_dir/exec-journal.jsonl`; and beside it the commands
+//! still running (`exec-running.json`), so that an agent restarted after a crash or a
+//! SIGKILL ends the process groups its previous life left, and journals them
+//! `interrupted`.
 
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// An append-only journal file.
+/// An append-only journal file, and the set of commands running now.
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
     lock: Mutex<()>,
+    running_path: PathBuf,
+    running: Mutex<BTreeMap<u32, Running>>,
+}
+
+/// A command running now, as the next life of the agent needs it: enough to tell its
+/// process group from a later one that reuses the number.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Running {
+    /// The kernel's boot, from `/proc/sys/kernel/random/boot_id`: after a reboot no
+    /// group of this boot can be the command's.
+    boot_id: String,
+    /// When the group's leader started, in clock ticks since boot (`/proc/PID/stat`).
+    start_ticks: u64,
+    command: String,
+    requested_by: String,
+    controller: String,
 }
 
 /// One journal line.
@@ -42,12 +62,110 @@ pub struct Entry<'a> {
 }
 
 impl Journal {
-    /// A journal at `path` (created on first write).
-    pub fn new(path: PathBuf) -> Self {
-        Journal {
-            path,
+    /// The journal in `state_dir` (created on first write). Process groups a previous
+    /// life of the agent left running are killed first, and journaled `interrupted`.
+    pub fn open(state_dir: &Path) -> Self {
+        let journal = Journal {
+            path: state_dir.join("exec-journal.jsonl"),
             lock: Mutex::new(()),
+            running_path: state_dir.join("exec-running.json"),
+            running: Mutex::new(BTreeMap::new()),
+        };
+        journal.end_previous_life();
+        journal
+    }
+
+    /// Notes that `pid` (the leader of its own process group) runs `entry`'s command.
+    pub fn started(&self, pid: u32, entry: &Entry<'_>) {
+        let (Some(boot_id), Some((_, start_ticks))) = (boot_id(), proc_stat(pid)) else {
+            return;
+        };
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.insert(
+            pid,
+            Running {
+                boot_id,
+                start_ticks,
+                command: entry.command.to_string(),
+                requested_by: entry.requested_by.to_string(),
+                controller: entry.controller.to_string(),
+            },
+        );
+        self.save_running(&running);
+    }
+
+    /// Notes that `pid`'s command has ended (its end is journaled by the caller).
+    pub fn finished(&self, pid: u32) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running.remove(&pid).is_some() {
+            self.save_running(&running);
         }
+    }
+
+    /// Written whole on every start and end, with a rename, so a kill leaves the old
+    /// set or the new one. Not synced: a power loss ends the commands as well.
+    fn save_running(&self, running: &BTreeMap<u32, Running>) {
+        let res = serde_json::to_vec(running)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                let tmp = self.running_path.with_extension("json.tmp");
+                std::fs::write(&tmp, bytes)?;
+                std::fs::rename(&tmp, &self.running_path)
+            });
+        if let Err(e) = res {
+            tracing::warn!(
+                "cannot record the running commands in {}: {e}; a crash of the agent would leave them running",
+                self.running_path.display()
+            );
+        }
+    }
+
+    /// Kills each process group the previous life left, if it is still that group: a
+    /// member started no earlier than its leader did and before this agent started (a
+    /// group made since, reusing the number, is not touched).
+    fn end_previous_life(&self) {
+        let Ok(text) = std::fs::read(&self.running_path) else {
+            return;
+        };
+        let left: BTreeMap<u32, Running> = serde_json::from_slice(&text).unwrap_or_default();
+        if left.is_empty() {
+            return;
+        }
+        let boot = boot_id();
+        let me = proc_stat(std::process::id()).map_or(u64::MAX, |(_, t)| t);
+        let members = process_groups();
+        for (pid, r) in &left {
+            let alive = boot.as_deref() == Some(r.boot_id.as_str())
+                && members
+                    .get(pid)
+                    .is_some_and(|starts| starts.iter().any(|&t| t >= r.start_ticks && t <= me));
+            if alive {
+                crate::sys::kill_process_group(*pid);
+            }
+            tracing::warn!(
+                "the command {:?} (process group {pid}) was running when the agent stopped; {}",
+                r.command,
+                if alive {
+                    "its process group was killed"
+                } else {
+                    "it had ended"
+                }
+            );
+            self.record(&Entry {
+                time_ms: now_ms(),
+                event: "interrupted",
+                controller: &r.controller,
+                requested_by: &r.requested_by,
+                command: &r.command,
+                pid: Some(*pid),
+                exit_code: None,
+                signal: alive.then_some(libc::SIGKILL),
+                timed_out: false,
+                cancelled: false,
+                refused: None,
+            });
+        }
+        self.save_running(&BTreeMap::new());
     }
 
     /// Appends an entry; a journal that cannot be written is logged, not fatal, so a
@@ -78,4 +196,62 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// This boot's id.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// A process's group and start time (clock ticks since boot), from `/proc/PID/stat`.
+fn proc_stat(pid: u32) -> Option<(u32, u64)> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// `pid (comm) state ppid pgrp ... starttime ...`: the name may hold spaces and
+/// parentheses, so the fields are counted from its last `)`.
+fn parse_stat(stat: &str) -> Option<(u32, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 3 (state) is fields[0]: pgrp is field 5, starttime field 22.
+    Some((fields.get(2)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
+/// Every process group now, with its members' start times.
+fn process_groups() -> BTreeMap<u32, Vec<u64>> {
+    let mut out = BTreeMap::<u32, Vec<u64>>::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some((group, start)) = proc_stat(pid) {
+            out.entry(group).or_default().push(start);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_from_the_last_parenthesis() {
+        let stat =
+            "4242 (a (b) c) S 1 4240 4240 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 200";
+        assert_eq!(parse_stat(stat), Some((4240, 987654)));
+        assert_eq!(parse_stat("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn this_process_has_a_group_and_a_start_time() {
+        let (group, start) = proc_stat(std::process::id()).unwrap();
+        assert!(group > 0 && start > 0);
+        assert!(process_groups()[&group].contains(&start));
+    }
 }

@@ -211,7 +211,7 @@ impl Agent {
             heartbeats,
             telemetry,
             apply,
-            journal: Arc::new(Journal::new(self.cfg.state_dir.join("exec-journal.jsonl"))),
+            journal: Arc::new(Journal::open(&self.cfg.state_dir)),
             node: self.node,
             ca: self.ca,
             key_pem: Mutex::new(self.key_pem),

@@ -3,7 +3,8 @@
 //! "unreachable" (nothing answered in time) and "failed" (something answered wrongly).
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use clustermgr_protocol::frame::{expect_message, write_message};
 use clustermgr_protocol::identity::{
@@ -125,7 +126,51 @@ impl AgentConn {
     pub fn is_open(&self) -> bool {
         self.conn.close_reason().is_none()
     }
+
+    /// Resolves, with the failure to report, once the agent stops answering while a
+    /// long request (an exec) waits on this connection: whenever [`LIVENESS_QUIET`]
+    /// passes with nothing heard (`heard`: milliseconds since `origin`, kept by the
+    /// caller), an `Info` request must be answered within [`LIVENESS_ANSWER`]. QUIC's
+    /// own idle timeout would take half a minute to say what this says in seconds. The
+    /// connection is closed then, so all its work fails at once and the next use dials
+    /// again (a restarted agent answers that).
+    pub async fn until_silent(&self, origin: Instant, heard: &AtomicU64) -> NodeFailure {
+        loop {
+            let last = Duration::from_millis(heard.load(Ordering::Relaxed));
+            let quiet = origin.elapsed().saturating_sub(last);
+            if quiet < LIVENESS_QUIET {
+                tokio::time::sleep(LIVENESS_QUIET - quiet).await;
+                continue;
+            }
+            match self.request(&Request::Info, LIVENESS_ANSWER).await {
+                // Alive, only the command is quiet.
+                Ok(_) => heard.store(origin.elapsed().as_millis() as u64, Ordering::Relaxed),
+                Err(f) => {
+                    let why = format!(
+                        "lost the connection: the agent stopped answering (nothing for {} s, then no reply to a check within {} s); what it ran may have ended with it",
+                        LIVENESS_QUIET.as_secs(),
+                        LIVENESS_ANSWER.as_secs()
+                    );
+                    self.conn
+                        .close(quinn::VarInt::from_u32(0), b"the agent stopped answering");
+                    return NodeFailure {
+                        kind: f.kind,
+                        message: if f.kind == FailureKind::Unreachable {
+                            why
+                        } else {
+                            f.message
+                        },
+                    };
+                }
+            }
+        }
+    }
 }
+
+/// How long a long request may go without a word from the agent before it is checked.
+pub const LIVENESS_QUIET: Duration = Duration::from_secs(2);
+/// How long that check may take.
+pub const LIVENESS_ANSWER: Duration = Duration::from_secs(3);
 
 /// The controller's side of every agent connection.
 pub struct Dialer {

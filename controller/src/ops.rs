@@ -1857,11 +1857,34 @@ async fn exec_on_conn(
         .map_err(NodeFailure::stream)?;
     // `send` stays open until the result is in: the agent takes the end of our side
     // of the stream as a cancel, which is what dropping this future must mean.
+    let heard_at = std::sync::atomic::AtomicU64::new(0);
+    let reading = exec_events(conn, node, &mut recv, events, heard, &heard_at, started);
+    tokio::select! {
+        r = reading => r,
+        f = conn.until_silent(started, &heard_at) => Err(f),
+    }
+}
+
+/// Reads an exec's events until its result, noting in `heard_at` (milliseconds since
+/// `started`) when the agent was last heard from.
+async fn exec_events(
+    conn: &AgentConn,
+    node: &NodeRecord,
+    recv: &mut quinn::RecvStream,
+    events: &mpsc::Sender<Event>,
+    heard: &mut Heard,
+    heard_at: &std::sync::atomic::AtomicU64,
+    started: Instant,
+) -> Result<NodeOutcome, NodeFailure> {
     let mut rtt = None;
     loop {
-        let ev = read_message::<ExecEvent, _>(&mut recv, conn.max_frame(), "exec event")
+        let ev = read_message::<ExecEvent, _>(recv, conn.max_frame(), "exec event")
             .await
             .map_err(NodeFailure::stream)?;
+        heard_at.store(
+            started.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         *heard = Heard::Something;
         let (stderr, data) = match ev {
             Some(ExecEvent::Started { .. }) => {

@@ -1907,3 +1907,103 @@ async fn apply_writes_only_what_the_plan_showed_and_refuses_a_plan_that_moved() 
     }
     assert_eq!(written, named_paths(&second["nodes"]));
 }
+
+/// Whether process group `pgid` has any member left.
+fn group_alive(pgid: u64) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {
+            let rest = &s[s.rfind(')').unwrap() + 1..];
+            rest.split_whitespace().nth(2) == Some(&pgid.to_string())
+        })
+    })
+}
+
+/// The pid an agent's journal gives the running command `command`.
+fn started_pid(c: &Cluster, node: &str, command: &str) -> Option<u64> {
+    c.journal(node)
+        .iter()
+        .find(|e| e["event"] == "start" && e["command"] == command)
+        .and_then(|e| e["pid"].as_u64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_is_noticed_in_seconds_and_its_next_life_ends_what_it_left() {
+    let mut c = Cluster::gluu(2).await;
+    // One node's agent dies mid-command and stays down: the other node's result comes
+    // at once, and this one is called lost in seconds, not at QUIC's 30 s idle timeout.
+    let start = Instant::now();
+    let cli = c
+        .cli()
+        .args(["exec", "--", "sleep", "3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("both nodes to start the command", PATIENCE, || {
+        ["gluu1", "gluu2"]
+            .iter()
+            .all(|n| started_pid(&c, n, "sleep 3").is_some())
+    })
+    .await;
+    let orphan = started_pid(&c, "gluu1", "sleep 3").unwrap();
+    c.agent_mut("gluu1").child.kill().await.unwrap();
+    let o = cli.wait_with_output().unwrap();
+    let took = start.elapsed();
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("gluu1") && err.contains("lost the connection"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(9), "took {took:?}: {err}");
+
+    // The command the dead agent left ran on; when the agent comes back it is ended
+    // (had it still been running) and journaled as interrupted.
+    let cli = c
+        .cli()
+        .args(["exec", "--nodes", "gluu2", "--", "sleep", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("gluu2 to start sleep 60", PATIENCE, || {
+        started_pid(&c, "gluu2", "sleep 60").is_some()
+    })
+    .await;
+    let long = started_pid(&c, "gluu2", "sleep 60").unwrap();
+    let start = Instant::now();
+    c.restart_agent("gluu2").await;
+    eventually(
+        "the restarted agent to end the group it left",
+        PATIENCE,
+        || !group_alive(long),
+    )
+    .await;
+    let o = cli.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    // A restarted agent answers the old connection with a stateless reset.
+    assert!(
+        start.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        start.elapsed()
+    );
+    let ended = c
+        .journal("gluu2")
+        .into_iter()
+        .find(|e| e["event"] == "interrupted" && e["pid"] == long)
+        .expect("journaled as interrupted");
+    assert_eq!(ended["command"], "sleep 60");
+    assert_eq!(ended["signal"], 9);
+    // gluu1's orphan had ended by itself: it is journaled so at gluu1's restart.
+    eventually("gluu1's sleep 3 to end", PATIENCE, || !group_alive(orphan)).await;
+    c.restart_agent("gluu1").await;
+    let e = c
+        .journal("gluu1")
+        .into_iter()
+        .find(|e| e["event"] == "interrupted")
+        .expect("gluu1's command journaled as interrupted");
+    assert!(e["signal"].is_null(), "{e}");
+    assert!(c.run(&["ping"]).status.success());
+}
