@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clustermgr_tests::slapd::{self, ROOT_DN, Slapd};
-use clustermgr_tests::{Cluster, node};
+use clustermgr_tests::{Cluster, node, stderr};
 
 /// Checks every second; this machine's own disk fill is no business of these tests.
 const HEALTH_TOML: &str =
@@ -471,4 +471,42 @@ async fn each_change_reaches_the_alert_command_and_the_webhook_once() {
     unique.dedup();
     assert_eq!(unique, by_command, "each event once");
     serve.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csync2_is_judged_by_what_clustermgr_applied_not_by_a_packaged_file() {
+    let c = Cluster::gluu(2).await;
+    // Debian's csync2 package leaves an example configuration naming no node of ours.
+    for a in &c.agents {
+        let etc = a.dir.join("root/etc");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(
+            etc.join("csync2.cfg"),
+            "# Please read the documentation\ngroup mygroup {\n host host1 host2;\n key /etc/csync2.key_mygroup;\n include /etc/apache;\n}\n",
+        )
+        .unwrap();
+    }
+    let (_, rows) = health(&c, &[]);
+    let find = |rows: &[(String, String, String, String)], node: &str, check: &str| {
+        rows.iter()
+            .find(|r| r.0 == node && r.1 == check)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {check} for {node}: {rows:#?}"))
+    };
+    for node in ["gluu1", "gluu2"] {
+        let (_, _, level, reason) = find(&rows, node, "csync2");
+        assert_eq!(level, "warning", "{reason}");
+        assert!(reason.contains("not set up on this node yet"), "{reason}");
+        let (_, _, _, ports) = find(&rows, node, "ports");
+        assert!(
+            !ports.contains("30865") && !ports.contains("csync2"),
+            "{ports}"
+        );
+    }
+    // Once applied, csync2 is clustermgr's and is checked.
+    let o = c.run(&["apply", "--yes"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, rows) = health(&c, &[]);
+    let (_, _, _, reason) = find(&rows, "gluu1", "csync2");
+    assert!(!reason.contains("not set up"), "{reason}");
 }

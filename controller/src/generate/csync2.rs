@@ -18,6 +18,9 @@ pub fn member<'a>(node: &NodeRecord, all: impl IntoIterator<Item = &'a NodeRecor
     node.has_role(Role::Gluu) && all.into_iter().filter(|n| n.has_role(Role::Gluu)).count() >= 2
 }
 
+/// csync2's configuration.
+pub const CONFIG: &str = "/etc/csync2.cfg";
+
 /// The service that runs the listener.
 pub const SERVICE: &str = "clustermgr-csync2";
 /// Where csync2 (Debian's build) looks for its certificate (its key, generated on the
@@ -95,12 +98,9 @@ pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String
             ));
             continue;
         };
-        node_cfg.entries.push(file(
-            "/etc/csync2.cfg",
-            cfg.clone(),
-            0o644,
-            restart_listener.clone(),
-        ));
+        node_cfg
+            .entries
+            .push(file(CONFIG, cfg.clone(), 0o644, restart_listener.clone()));
         let mut k = file(
             "/etc/csync2.key",
             String::from_utf8_lossy(key).into_owned() + "\n",

@@ -72,14 +72,23 @@ pub(crate) fn latest(ctx: &Ctx) -> Option<std::sync::Arc<Latest>> {
     fresh.then_some(l)
 }
 
-/// The members a round concerns, from the inventory and the cluster's settings,
-/// judged by `cfg`'s limits.
+/// The members a round concerns, from the inventory, the cluster's settings and the
+/// nodes clustermgr has set csync2 up on, judged by `cfg`'s limits.
 pub fn members(
     nodes: &[NodeRecord],
     model: &crate::model::ClusterModel,
     cfg: &crate::config::HealthConfig,
+    csync2_set_up: &std::collections::BTreeSet<String>,
 ) -> Members {
     let mut reach = ports::matrix(nodes, model);
+    // csync2's port is wanted between two nodes once both are set up: before that
+    // nothing of ours listens, and nothing calls it.
+    for (from, probes) in &mut reach {
+        probes.retain(|p| {
+            p.port != clustermgr_protocol::health::CSYNC2_PORT
+                || (csync2_set_up.contains(from) && csync2_set_up.contains(&p.node))
+        });
+    }
     Members {
         limits: verdict::Limits {
             disk_warning_pct: f64::from(cfg.disk_warning_pct),
@@ -95,6 +104,7 @@ pub fn members(
                         host: crate::generate::ip_of(n),
                         reach: reach.remove(&n.name).unwrap_or_default(),
                         csync2: crate::generate::csync2::member(n, nodes),
+                        csync2_set_up: csync2_set_up.contains(&n.name),
                         certs: watched_certs(n),
                         services: tried_services(n, nodes, model),
                         gluu_endpoints: model.hostname.clone().filter(|_| n.has_role(Role::Gluu)),
@@ -191,7 +201,9 @@ pub async fn round(
                 interval_ms: interval.as_millis() as u64,
                 deadline_ms: deadline.as_millis() as u64,
                 reach: m.map(|m| m.reach.clone()).unwrap_or_default(),
-                csync2: m.filter(|m| m.csync2).map(|_| n.name.clone()),
+                csync2: m
+                    .filter(|m| m.csync2 && m.csync2_set_up)
+                    .map(|_| n.name.clone()),
                 certs: m.map(|m| m.certs.clone()).unwrap_or_default(),
                 services: m.map(|m| m.services.clone()).unwrap_or_default(),
                 gluu_endpoints: m.and_then(|m| m.gluu_endpoints.clone()),
@@ -263,7 +275,8 @@ async fn own_round(
     let all = ctx.store.nodes()?;
     let cfg = crate::config::ControllerConfig::load(&ctx.home.config())?;
     let interval = Duration::from_secs(cfg.health.interval_secs);
-    let members = members(&all, &ctx.store.model()?, &cfg.health);
+    let set_up = crate::desired::csync2_set_up(ctx)?;
+    let members = members(&all, &ctx.store.model()?, &cfg.health, &set_up);
     let now = round(ctx, &all, &members, interval, within).await;
     Ok((members, now, interval))
 }
@@ -545,7 +558,11 @@ pub async fn watch(ctx: std::sync::Arc<Ctx>) {
         };
         let interval = Duration::from_secs(cfg.interval_secs);
         let started = tokio::time::Instant::now();
-        let (nodes, model) = match ctx.store.nodes().and_then(|n| Ok((n, ctx.store.model()?))) {
+        let read = ctx.store.nodes().and_then(|n| {
+            let set_up = crate::desired::csync2_set_up(&ctx)?;
+            Ok((n, ctx.store.model()?, set_up))
+        });
+        let (nodes, model, set_up) = match read {
             Ok(got) => got,
             Err(e) => {
                 tracing::warn!("health: {e}");
@@ -553,7 +570,7 @@ pub async fn watch(ctx: std::sync::Arc<Ctx>) {
                 continue;
             }
         };
-        let members = members(&nodes, &model, &cfg);
+        let members = members(&nodes, &model, &cfg, &set_up);
         let now = round(&ctx, &nodes, &members, interval, ctx.dialer.connect_timeout).await;
         let verdicts = verdict::verdicts(
             &members,

@@ -116,11 +116,7 @@ pub fn view(members: &Members, round: &BTreeMap<String, NodeRound>) -> PortsView
             None => (None, Some("it was not asked".into())),
         };
         let tried: &[PortReach] = report.map_or(&[], |r| &r.ports);
-        for p in m
-            .reach
-            .iter()
-            .filter(|p| report.is_none_or(|r| super::verdict::needed(p, r)))
-        {
+        for p in &m.reach {
             let found = tried.iter().find(|t| &t.probe == p);
             let (level, detail) = match (found, &why) {
                 (_, Some(why)) => (Level::Unknown, why.clone()),

@@ -137,6 +137,10 @@ pub struct Member {
     pub reach: Vec<PortProbe>,
     /// Whether it is a member of the csync2 group.
     pub csync2: bool,
+    /// Whether clustermgr has set csync2 up on it (applied its `/etc/csync2.cfg`):
+    /// until then its csync2 is not checked, nor its port, whatever file a package
+    /// left there.
+    pub csync2_set_up: bool,
     /// The certificates its agent watches (besides its LDAP server's).
     pub certs: Vec<CertProbe>,
     /// The services its agent tries (besides the Gluu endpoints it finds).
@@ -226,13 +230,17 @@ pub fn verdicts(
                             p.probe.port == clustermgr_protocol::health::CSYNC2_PORT
                                 && p.result.is_err()
                         });
-                    let (level, reason) = csync2(
-                        report.csync2.as_ref(),
-                        &unreachable,
-                        peer_down,
-                        // The stamp's time is the node's clock, as is this.
-                        report.started_ms,
-                    );
+                    let (level, reason) = if member.csync2_set_up {
+                        csync2(
+                            report.csync2.as_ref(),
+                            &unreachable,
+                            peer_down,
+                            // The stamp's time is the node's clock, as is this.
+                            report.started_ms,
+                        )
+                    } else {
+                        (Level::Warning, NOT_SET_UP.into())
+                    };
                     out.push(v("csync2", level, reason));
                 }
                 match &report.ldap {
@@ -290,7 +298,7 @@ fn ports(
 ) -> (Level, String) {
     let tried = &report.ports;
     let (mut open, mut missing, mut untried, mut skipped) = (0, Vec::new(), Vec::new(), 0);
-    for p in wanted.iter().filter(|p| needed(p, report)) {
+    for p in wanted {
         if unreachable(&p.node) {
             skipped += 1;
             continue;
@@ -421,13 +429,9 @@ fn certs(certs: &[CertState], now_ms: i64) -> (Level, String) {
     }
 }
 
-/// Whether a port of the matrix is needed yet: csync2's only once csync2 is set up on
-/// the node that would reach it (before the first `apply` nothing listens, and the
-/// `csync2` check says to apply).
-pub fn needed(p: &PortProbe, report: &CheckReport) -> bool {
-    p.port != clustermgr_protocol::health::CSYNC2_PORT
-        || report.csync2.as_ref().is_none_or(|c| c.configured)
-}
+/// What the csync2 check says of a member clustermgr has not set csync2 up on.
+const NOT_SET_UP: &str =
+    "csync2 is not set up on this node yet: `clustermgr apply` sets it up (`plan` shows how)";
 
 /// How long dirty files may wait for a sync that keeps failing: the generated cron
 /// job syncs every two minutes, so this is five missed syncs.
@@ -447,8 +451,8 @@ fn csync2(
     };
     if !s.configured {
         return (
-            Level::Warning,
-            "csync2 is not set up on this node yet (no /etc/csync2.cfg): `clustermgr apply` writes it".into(),
+            Level::Critical,
+            "clustermgr set csync2 up here, but /etc/csync2.cfg is gone: `clustermgr drift` shows it, `clustermgr apply` puts it back".into(),
         );
     }
     if let Err(e) = &s.listener {

@@ -49,6 +49,7 @@ fn members() -> Members {
                     .flat_map(|p| [probe(p, 1636), probe(p, 30865)])
                     .collect(),
                 csync2: true,
+                csync2_set_up: true,
                 ..Member::default()
             },
         );
@@ -543,12 +544,21 @@ fn csync2_judges_the_listener_waiting_files_and_the_last_sync() {
     // Never synced: a cluster being set up, a warning.
     c.last_sync_ms = None;
     assert_eq!(judge(c).0, Level::Warning);
-    // Not set up yet (before the first apply): a warning saying what to do.
+    // Set up by clustermgr, and its configuration gone since: critical, saying how to
+    // see it and put it back.
     let mut c = synced();
     c.configured = false;
     let (l, why) = judge(c);
+    assert_eq!(l, Level::Critical);
+    assert!(why.contains("`clustermgr apply` puts it back"), "{why}");
+    // Not set up by clustermgr yet (before the first apply): a warning saying what to
+    // do, whatever the agent found (a package's example configuration).
+    let mut m = members();
+    m.nodes.get_mut("gluu2").unwrap().csync2_set_up = false;
+    let v = verdicts(&m, &healthy(), None, INTERVAL);
+    let (l, why) = level(&v, "gluu2", "csync2");
     assert_eq!(l, Level::Warning);
-    assert!(why.contains("`clustermgr apply` writes it"), "{why}");
+    assert!(why.contains("`clustermgr apply` sets it up"), "{why}");
     // The check could not run: a warning with csync2's words.
     let mut c = synced();
     c.error = Some("`csync2 -M` failed (exit status 1): database is locked".into());
