@@ -77,24 +77,21 @@ pub struct RestoreView {
 pub async fn backup(
     dir: &Path,
     opts: &CtxOptions,
-    file: &Path,
-    passphrase_file: Option<&Path>,
+    ask: &BackupAsk<'_>,
     user: String,
     json: bool,
 ) -> Result<i32, CtlError> {
     let home = Home::open(dir)?;
+    let file = ask.file;
     let file = std::path::absolute(file).map_err(|e| CtlError::io(file, e))?;
-    // Checked before the audit log records a backup that could never be written.
-    let folder = parent_of(&file);
-    if !folder.is_dir() {
-        let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory");
-        return Err(CtlError::io(folder, missing));
-    }
+    // Checked before the passphrase is asked and its key derived, and before the audit
+    // log records a backup that could never be written.
+    target_usable(&file, ask.force)?;
     // Asked before the snapshot, so a mistyped confirmation leaves no audit entry for a
     // backup that was never written.
-    let passphrase = passphrase::read(passphrase_file, Purpose::Backup)?;
+    let passphrase = passphrase::read(ask.passphrase_file, Purpose::Backup)?;
     let inv = Invocation {
-        user,
+        user: user.clone(),
         op: Operation::Snapshot {
             file: file.display().to_string(),
         },
@@ -115,8 +112,8 @@ pub async fn backup(
         return Ok(130);
     };
     let bytes = collector.await.unwrap_or_default();
-    let expected = match outcome {
-        Ok(Report::Snapshot { bytes }) => bytes,
+    let (expected, audit_id) = match outcome {
+        Ok(Report::Snapshot { bytes, audit_id }) => (bytes, audit_id),
         Ok(_) => {
             return Err(CtlError::Serve(
                 "it answered a snapshot request with something else; restart `clustermgr serve`, which may be of another release".into(),
@@ -127,13 +124,80 @@ pub async fn backup(
             return Ok(code);
         }
     };
+    let written = seal_and_write(&home, &file, &bytes, expected, &passphrase);
+    // The audit entry made with the snapshot says what became of it.
+    let outcome = match &written {
+        Ok(v) => format!("written, {} bytes", v.bytes),
+        Err(e) => format!("failed: {e}"),
+    };
+    let inv = Invocation {
+        user,
+        op: Operation::BackupFinished { audit_id, outcome },
+        connect_timeout_ms: None,
+    };
+    let why = match crate::cli::run_operation(dir, opts, inv, mpsc::channel(1).0).await {
+        Ok(Some(Ok(_)) | None) => None,
+        Ok(Some(Err((why, _)))) => Some(why),
+        Err(e) => Some(e.to_string()),
+    };
+    if let Some(why) = why {
+        eprintln!("clustermgr: the audit log could not record the backup's outcome: {why}");
+    }
+    crate::render::backup(&written?, json);
+    Ok(0)
+}
+
+/// What `backup` is asked.
+#[derive(Clone, Copy, Debug)]
+pub struct BackupAsk<'a> {
+    /// The archive to write.
+    pub file: &'a Path,
+    /// Where the passphrase is, if not asked on the terminal.
+    pub passphrase_file: Option<&'a Path>,
+    /// Replace an archive already there.
+    pub force: bool,
+}
+
+/// Refuses a target that cannot take the archive, before any work: a directory, a
+/// missing folder, or an archive already there (unless `force`).
+fn target_usable(file: &Path, force: bool) -> Result<(), CtlError> {
+    let folder = parent_of(file);
+    if !folder.is_dir() {
+        return Err(CtlError::Usage(format!(
+            "cannot write the backup to {}: the directory {} does not exist",
+            file.display(),
+            folder.display()
+        )));
+    }
+    match std::fs::symlink_metadata(file) {
+        Ok(m) if m.is_dir() => Err(CtlError::Usage(format!(
+            "{} is a directory; name the archive file, e.g. {}",
+            file.display(),
+            file.join("cluster.cmbackup").display()
+        ))),
+        Ok(_) if !force => Err(CtlError::Usage(format!(
+            "{} already exists; choose another name, or add --force to replace it (the new archive replaces it whole, only once written)",
+            file.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Seals the snapshot (`expected` bytes, checked) with the home's CA into the archive.
+fn seal_and_write(
+    home: &Home,
+    file: &Path,
+    bytes: &[u8],
+    expected: u64,
+    passphrase: &str,
+) -> Result<BackupView, CtlError> {
     if bytes.len() as u64 != expected {
         return Err(CtlError::Serve(format!(
             "the store snapshot arrived incomplete ({} of {expected} bytes); nothing was written, try again",
             bytes.len()
         )));
     }
-    let store: StoreSnapshot = clustermgr_protocol::codec::decode("store snapshot", &bytes)?;
+    let store: StoreSnapshot = clustermgr_protocol::codec::decode("store snapshot", bytes)?;
     let contents = BackupContents {
         created_at: crate::clock::SystemClock.unix(),
         software: env!("CARGO_PKG_VERSION").to_string(),
@@ -148,20 +212,16 @@ pub async fn backup(
     };
     let kdf = KdfParams::DEFAULT;
     let sealed = archive::seal(passphrase.as_bytes(), &contents.encode(), kdf)?;
-    write_atomic(&file, &sealed, 0o600).map_err(|e| CtlError::io(&file, e))?;
-    crate::render::backup(
-        &BackupView {
-            file,
-            cluster: contents.store.meta.name.clone(),
-            nodes: contents.store.nodes.len(),
-            certificates: contents.store.certs.len(),
-            audit_entries: contents.store.audit.len(),
-            bytes: sealed.len(),
-            kdf: kdf.to_string(),
-        },
-        json,
-    );
-    Ok(0)
+    write_atomic(file, &sealed, 0o600).map_err(|e| CtlError::io(file, e))?;
+    Ok(BackupView {
+        file: file.to_path_buf(),
+        cluster: contents.store.meta.name.clone(),
+        nodes: contents.store.nodes.len(),
+        certificates: contents.store.certs.len(),
+        audit_entries: contents.store.audit.len(),
+        bytes: sealed.len(),
+        kdf: kdf.to_string(),
+    })
 }
 
 /// `clustermgr restore FILE`: decrypts the archive, then builds the home `dir` beside
@@ -330,7 +390,7 @@ pub fn restore_home(
             contents.software,
             controller.summary.serial
         ),
-        results: Vec::new(),
+        results: vec![("cluster".into(), "restored".into())],
     })?;
     let audit_entries = contents.store.audit.len() + 1;
     drop(store);

@@ -84,11 +84,14 @@ pub enum Cmd {
     /// Write an encrypted backup of the home: the CA, the store (nodes and their pinned
     /// keys, certificates, the audit log) and controller.toml.
     Backup {
-        /// The archive to write (mode 0600; an existing one is replaced whole).
+        /// The archive to write (mode 0600).
         file: PathBuf,
         /// Read the passphrase from this file (mode 0600) instead of the terminal.
         #[arg(long, value_name = "FILE")]
         passphrase_file: Option<PathBuf>,
+        /// Replace an archive already at FILE (whole, once the new one is written).
+        #[arg(long)]
+        force: bool,
     },
     /// Restore a backup into a new or empty home (--home), with a new controller key.
     Restore {
@@ -551,9 +554,14 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         Cmd::Backup {
             file,
             passphrase_file,
+            force,
         } => {
-            let pass = passphrase_file.as_deref();
-            return crate::backup::backup(&home, &opts, &file, pass, user(), json).await;
+            let ask = crate::backup::BackupAsk {
+                file: &file,
+                passphrase_file: passphrase_file.as_deref(),
+                force,
+            };
+            return crate::backup::backup(&home, &opts, &ask, user(), json).await;
         }
         Cmd::Restore {
             file,

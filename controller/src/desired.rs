@@ -631,17 +631,36 @@ fn plan_view(d: &NodeDesired, plans: &[EntryPlan], drift: bool) -> NodePlanView 
     }
 }
 
+/// What an apply is asked to do, and how the audit log names it.
+#[derive(Clone, Debug)]
+pub struct ApplyAsk<'a> {
+    /// The node selector.
+    pub selector: &'a str,
+    /// One node at a time, stopping at the first that does not come through.
+    pub rolling: bool,
+    /// The digest of the plan the user approved.
+    pub approved: Option<&'a str>,
+    /// The audited action and the nodes it is about, when the apply serves another
+    /// operation (`drain gluu2` applies the load balancers); `apply` and the nodes
+    /// applied otherwise.
+    pub on_behalf: Option<(&'a str, &'a str)>,
+}
+
 /// `apply`: every selected node at once, or one at a time with `rolling`, stopping at
 /// the first node that does not come through.
 pub async fn apply(
     ctx: &Ctx,
     user: &str,
-    selector: &str,
-    rolling: bool,
-    approved: Option<&str>,
+    ask: &ApplyAsk<'_>,
     within: Duration,
     events: &mpsc::Sender<Event>,
 ) -> Result<Report, CtlError> {
+    let ApplyAsk {
+        selector,
+        rolling,
+        approved,
+        on_behalf,
+    } = *ask;
     let selected = select(&ctx.store.nodes()?, selector)?;
     // The plan approved is exactly what is applied, or nothing is: checked before
     // anything is issued, and again on the desired state rendered to send, in case the
@@ -672,7 +691,15 @@ pub async fn apply(
         "revision {revision}{}",
         if rolling { ", rolling" } else { "" }
     );
-    let (audit_id, audit) = ctx.audit(user, "apply", &names, &detail)?;
+    let (audit_id, audit) = match on_behalf {
+        Some((action, node)) => ctx.audit(
+            user,
+            action,
+            &[node.to_string()],
+            &format!("on {}: {detail}", names.join(", ")),
+        )?,
+        None => ctx.audit(user, "apply", &names, &detail)?,
+    };
     let mut pending = crate::ops::PendingAudit::new(&ctx.store, audit_id, audit);
     let by = format!("{user}@{}", ctx.meta.name);
     let mut views = Vec::new();
@@ -1255,13 +1282,14 @@ pub fn csync2_set_up(ctx: &Ctx) -> Result<std::collections::BTreeSet<String>, Ct
 
 pub fn cluster_set(ctx: &Ctx, user: &str, key: &str, value: &str) -> Result<Report, CtlError> {
     let model = ctx.store.update_model(|m| m.set(key, value))?;
-    ctx.audit(user, "cluster set", &[], &format!("{key} = {value}"))?;
     let shown = model
         .rows()
         .into_iter()
         .find(|(k, _)| *k == key)
         .map(|(_, v)| v)
         .unwrap_or_default();
+    // The value as stored (`manage-hosts yes` is `true`), not as typed.
+    ctx.audited(user, "cluster set", &[], &format!("{key} = {shown}"), "set")?;
     Ok(Report::Done(format!(
         "{key} = {shown}; run `clustermgr plan` to see what changes on the nodes"
     )))
@@ -1328,11 +1356,12 @@ pub fn cluster_set_secret(
             )));
         }
     }
-    ctx.audit(
+    ctx.audited(
         user,
         "cluster set",
         &[],
         &format!("{key} (secret, from a file)"),
+        "set",
     )?;
     Ok(Report::Done(format!(
         "{key} stored; run `clustermgr plan` to see what changes on the load balancer"
@@ -1405,7 +1434,13 @@ pub async fn drain(
         ));
     }
     set_drained(ctx, node, down)?;
-    apply(ctx, user, "role:lb", false, None, within, events).await
+    let ask = ApplyAsk {
+        selector: "role:lb",
+        rolling: false,
+        approved: None,
+        on_behalf: Some((if down { "drain" } else { "undrain" }, node)),
+    };
+    apply(ctx, user, &ask, within, events).await
 }
 
 /// What `rollback` was asked.

@@ -211,6 +211,14 @@ pub enum Operation {
         /// The archive it is for, as the audit log records it.
         file: String,
     },
+    /// What became of a backup: its audit entry (from [`Report::Snapshot`]) gets the
+    /// outcome once the CLI has written the archive, or failed to.
+    BackupFinished {
+        /// The backup's audit entry.
+        audit_id: u64,
+        /// `written ...` or `failed: ...`.
+        outcome: String,
+    },
     /// Replace the agents' binary through the agents, one node at a time.
     NodeUpgrade {
         /// Node selector.
@@ -550,6 +558,8 @@ pub enum Report {
     Snapshot {
         /// The total length, for the receiver to check that every part arrived.
         bytes: u64,
+        /// The backup's audit entry, which awaits its outcome.
+        audit_id: u64,
     },
 }
 
@@ -1155,6 +1165,55 @@ impl Ctx {
         let id = self.store.audit_append(&rec)?;
         Ok((id, rec))
     }
+
+    /// Audits an operation done by the time it is recorded: `outcome` for each of
+    /// `nodes`, or for the cluster when it concerns none.
+    pub(crate) fn audited(
+        &self,
+        user: &str,
+        action: &str,
+        nodes: &[String],
+        detail: &str,
+        outcome: &str,
+    ) -> Result<(), CtlError> {
+        let (id, mut rec) = self.audit(user, action, nodes, detail)?;
+        rec.results = outcome_for(nodes, outcome);
+        self.store.audit_update(id, &rec)
+    }
+
+    /// Records the outcome of `backup` (audited before its snapshot was read) once the
+    /// archive is written or has failed. Only a backup's entry, by the same user, still
+    /// without an outcome, is completed.
+    fn backup_finished(&self, user: &str, id: u64, outcome: &str) -> Result<(), CtlError> {
+        let entry = self
+            .store
+            .audit(usize::MAX)?
+            .into_iter()
+            .find(|(i, _)| *i == id);
+        match entry {
+            Some((_, mut rec))
+                if rec.action == "backup" && rec.user == user && rec.results.is_empty() =>
+            {
+                rec.results = outcome_for(&[], outcome);
+                self.store.audit_update(id, &rec)
+            }
+            _ => Err(CtlError::Usage(format!(
+                "audit entry {id} is not a backup of yours waiting for its outcome"
+            ))),
+        }
+    }
+}
+
+/// An audit entry's results: `outcome` per node, or once for the cluster.
+fn outcome_for(nodes: &[String], outcome: &str) -> Vec<(String, String)> {
+    if nodes.is_empty() {
+        vec![("cluster".to_string(), outcome.to_string())]
+    } else {
+        nodes
+            .iter()
+            .map(|n| (n.clone(), outcome.to_string()))
+            .collect()
+    }
 }
 
 /// Runs one operation. Progress goes to `events`; when its receiver is gone (the CLI
@@ -1228,10 +1287,23 @@ pub async fn run(
             let nodes = select(&ctx.store.nodes()?, &nodes)?;
             let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
             let detail = if rekey { "new keys" } else { "same keys" };
-            ctx.audit(user, "cert renew", &names, detail)?;
-            Ok(Report::Outcomes(
-                cert_renew(&ctx, nodes, rekey, within, &events).await,
-            ))
+            let (id, audit) = ctx.audit(user, "cert renew", &names, detail)?;
+            let mut pending = PendingAudit::new(&ctx.store, id, audit);
+            let outcomes = cert_renew(&ctx, nodes, rekey, within, &events).await;
+            pending.finish(
+                outcomes
+                    .iter()
+                    .map(|o| {
+                        let outcome = if o.state == NodeState::Ok {
+                            "renewed".to_string()
+                        } else {
+                            outcome_text(o)
+                        };
+                        (o.node.clone(), outcome)
+                    })
+                    .collect(),
+            )?;
+            Ok(Report::Outcomes(outcomes))
         }
         Operation::Status => status(&ctx, within, &events).await,
         Operation::CertStatus => cert_status(&ctx),
@@ -1252,6 +1324,10 @@ pub async fn run(
                 .collect(),
         )),
         Operation::Snapshot { file } => snapshot(&ctx, user, &file, &events).await,
+        Operation::BackupFinished { audit_id, outcome } => {
+            ctx.backup_finished(user, audit_id, &outcome)?;
+            Ok(Report::Done(outcome))
+        }
         Operation::ClusterSet { key, value } => {
             crate::desired::cluster_set(&ctx, user, &key, &value)
         }
@@ -1265,8 +1341,13 @@ pub async fn run(
             rolling,
             plan,
         } => {
-            let plan = plan.as_deref();
-            crate::desired::apply(&ctx, user, &nodes, rolling, plan, within, &events).await
+            let ask = crate::desired::ApplyAsk {
+                selector: &nodes,
+                rolling,
+                approved: plan.as_deref(),
+                on_behalf: None,
+            };
+            crate::desired::apply(&ctx, user, &ask, within, &events).await
         }
         Operation::Logs(spec) => crate::telemetry::logs(&ctx, &spec, &events).await,
         Operation::Metrics(spec) => crate::telemetry::metrics(&ctx, &spec),
@@ -1322,11 +1403,12 @@ fn node_sign(ctx: &Ctx, user: &str, node: &str, csr_pem: &str) -> Result<Report,
         .sign_node(&name, &key, ctx.clock.now(), ctx.lifetime())?;
     ctx.store
         .put_cert(&cert_record(CertKind::Node, Some(node), &summary))?;
-    ctx.audit(
+    ctx.audited(
         user,
         "node sign",
         &[node.to_string()],
-        &summary.key_fingerprint,
+        &format!("key {}", summary.key_fingerprint),
+        &format!("signed, serial {}", summary.serial),
     )?;
     Ok(Report::Signed(SignedView {
         node: node.to_string(),
@@ -1426,7 +1508,13 @@ async fn node_add(
     })?;
     if existing.is_some() {
         ctx.store.repin(&rec, now)?;
-        ctx.audit(user, "node reenroll", &[node.to_string()], &rec.pinned_key)?;
+        ctx.audited(
+            user,
+            "node reenroll",
+            &[node.to_string()],
+            &format!("key {}", rec.pinned_key),
+            "pinned anew",
+        )?;
         let mut view = NodeView::from_record(&rec);
         view.info = Some(info);
         return Ok(Report::Node(view));
@@ -1442,7 +1530,7 @@ async fn node_add(
     }
     changed.push(rec.clone());
     ctx.store.put_nodes(&changed)?;
-    ctx.audit(user, "node add", &[node.to_string()], address)?;
+    ctx.audited(user, "node add", &[node.to_string()], address, "added")?;
     let mut view = NodeView::from_record(&rec);
     view.info = Some(info);
     Ok(Report::Node(view))
@@ -1515,7 +1603,7 @@ async fn node_remove(
     if let Some(pool) = &ctx.pool {
         pool.drop_node(node);
     }
-    ctx.audit(
+    ctx.audited(
         user,
         if uninstall {
             "node remove --uninstall"
@@ -1523,7 +1611,12 @@ async fn node_remove(
             "node remove"
         },
         &[node.to_string()],
-        "unpinned and revoked",
+        "",
+        if uninstall {
+            "unpinned and revoked; its agent removes itself"
+        } else {
+            "unpinned and revoked"
+        },
     )?;
     Ok(Report::Done(if uninstall {
         format!(
@@ -1551,7 +1644,13 @@ fn set_primary(ctx: &Ctx, user: &str, node: &str) -> Result<Report, CtlError> {
         n.primary = n.name == node;
     }
     ctx.store.put_nodes(&all)?;
-    ctx.audit(user, "node set-primary", &[node.to_string()], "")?;
+    ctx.audited(
+        user,
+        "node set-primary",
+        &[node.to_string()],
+        "",
+        "now the primary",
+    )?;
     Ok(Report::Done(format!("{node} is now the primary Gluu node")))
 }
 
@@ -1644,17 +1743,35 @@ async fn controller_revoke(
     }
     let nodes = ctx.store.nodes()?;
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
-    ctx.audit(
+    let (id, audit) = ctx.audit(
         user,
         "cert revoke-controller",
         &names,
         &format!("revoked controller certificate {old}; new {}", new.serial),
     )?;
+    let mut pending = PendingAudit::new(&ctx.store, id, audit);
+    let reached = ping(ctx, nodes, within, events).await;
+    pending.finish(
+        reached
+            .iter()
+            .map(|o| {
+                let outcome = if o.state == NodeState::Ok {
+                    "holds the new certificate only".to_string()
+                } else {
+                    format!(
+                        "not reached ({}); it learns at its next contact",
+                        outcome_text(o)
+                    )
+                };
+                (o.node.clone(), outcome)
+            })
+            .collect(),
+    )?;
     Ok(Report::ControllerRevoked(ControllerRevokedView {
         revoked_serial: old,
         serial: new.serial,
         expires: rfc3339(new.not_after),
-        nodes: ping(ctx, nodes, within, events).await,
+        nodes: reached,
     }))
 }
 
@@ -1735,9 +1852,9 @@ async fn exec(
     Ok(Report::Outcomes(outcomes))
 }
 
-/// An exec's audit entry until its results are in. If the operation is dropped first
-/// (Ctrl-C, or the CLI leaving serve), the entry still gets a result for every node:
-/// interrupted, with the node's own journal holding the exact exit.
+/// An operation's audit entry until its results are in. If the operation is dropped
+/// first (Ctrl-C, or the CLI leaving serve), the entry still gets a result for every
+/// node: interrupted, with an exec's exact exit in the node's own journal.
 pub(crate) struct PendingAudit<'a> {
     store: &'a Store,
     id: u64,
@@ -1769,12 +1886,12 @@ impl Drop for PendingAudit<'_> {
                 .nodes
                 .iter()
                 .map(|n| {
-                    let why = "interrupted: cancelled by the controller (see the node's journal)";
+                    let why = "interrupted before it finished (a command's exit is in the node's journal)";
                     (n.clone(), why.to_string())
                 })
                 .collect();
             if let Err(e) = self.finish(results) {
-                tracing::warn!("cannot record an interrupted exec in the audit log: {e}");
+                tracing::warn!("cannot record an interrupted operation in the audit log: {e}");
             }
         }
     }
@@ -2085,7 +2202,7 @@ async fn snapshot(
 ) -> Result<Report, CtlError> {
     // Audited before the snapshot is read, so the backup carries the record of its own
     // making (and the restored home shows where it came from).
-    ctx.audit(user, "backup", &[], &format!("to {file}"))?;
+    let (audit_id, _) = ctx.audit(user, "backup", &[], &format!("to {file}"))?;
     let bytes = clustermgr_protocol::codec::encode(&ctx.store.snapshot()?);
     for part in bytes.chunks(SNAPSHOT_PART) {
         if events.send(Event::Snapshot(part.to_vec())).await.is_err() {
@@ -2093,6 +2210,7 @@ async fn snapshot(
         }
     }
     Ok(Report::Snapshot {
+        audit_id,
         bytes: bytes.len() as u64,
     })
 }

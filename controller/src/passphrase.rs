@@ -60,6 +60,12 @@ pub fn read(file: Option<&Path>, purpose: Purpose) -> Result<Zeroizing<String>, 
 /// newline is not part of the passphrase, so `echo ... > FILE` works; more lines are
 /// refused, since no terminal prompt could type them.
 pub fn from_file(path: &Path) -> Result<Zeroizing<String>, CtlError> {
+    if let Err(e) = std::fs::metadata(path) {
+        return Err(CtlError::Passphrase(format!(
+            "cannot read the passphrase file {}: {e}",
+            path.display()
+        )));
+    }
     check_owner_only(
         path,
         "a passphrase file readable or writable by group or others",

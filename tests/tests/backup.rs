@@ -263,3 +263,69 @@ async fn a_passphrase_comes_only_from_an_owner_only_file_or_a_terminal() {
         "nor left an audit entry: {audit}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_refuses_a_bad_target_before_work_and_its_outcome_is_audited() {
+    let c = Cluster::gluu(1).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pass = passphrase_file(tmp.path(), "pass", PASSPHRASE);
+    let with_pass = |target: &Path, more: &[&str]| {
+        let mut args = vec!["backup", s(target), "--passphrase-file", s(&pass)];
+        args.extend_from_slice(more);
+        c.run(&args)
+    };
+    let audited = || stdout(&c.run(&["audit"]));
+
+    // A directory, a folder that is not there, a passphrase file that is not there:
+    // each named, exit 2, before any work and without an audit entry.
+    let o = with_pass(tmp.path(), &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is a directory; name the archive file"),
+        "{}",
+        stderr(&o)
+    );
+    let o = with_pass(&tmp.path().join("nowhere/cluster.cmbackup"), &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    let archive = tmp.path().join("cluster.cmbackup");
+    let o = c.run(&["backup", s(&archive), "--passphrase-file", "/nonexistent"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot read the passphrase file /nonexistent"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!audited().contains("backup"), "{}", audited());
+
+    // Written: the entry says so. An archive already there is not replaced unasked.
+    let o = with_pass(&archive, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let size = std::fs::metadata(&archive).unwrap().len();
+    assert!(
+        audited().contains(&format!("-> cluster: written, {size} bytes")),
+        "{}",
+        audited()
+    );
+    let o = with_pass(&archive, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("add --force to replace it"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(with_pass(&archive, &["--force"]).status.success());
+
+    // A backup that fails once the snapshot is taken (a folder anyone may write to,
+    // where the archive could be swapped) is audited as failed, not as written.
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = with_pass(&open.join("cluster.cmbackup"), &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let last = audited().lines().last().unwrap().to_string();
+    assert!(
+        last.contains("backup") && last.contains("-> cluster: failed: "),
+        "{last}"
+    );
+}

@@ -2007,3 +2007,40 @@ async fn a_killed_agent_is_noticed_in_seconds_and_its_next_life_ends_what_it_lef
     assert!(e["signal"].is_null(), "{e}");
     assert!(c.run(&["ping"]).status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_audited_operation_records_what_was_asked_on_what_and_each_outcome() {
+    let mut lb = node("lb1", "");
+    lb.roles = vec![clustermgr::store::Role::Lb];
+    let c = Cluster::start(vec![node("gluu1", ""), node("gluu2", ""), lb]).await;
+    let run = |args: &[&str]| {
+        let o = c.run(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    };
+    run(&["drain", "gluu2"]);
+    run(&["cert", "renew"]);
+    run(&["cluster", "set", "manage-hosts", "yes"]);
+    run(&["node", "set-primary", "gluu2"]);
+    let audit = stdout(&c.run(&["audit"]));
+    let line = |action: &str| {
+        audit
+            .lines()
+            .find(|l| l.contains(&format!(" {action} ")))
+            .unwrap_or_else(|| panic!("no {action} in {audit}"))
+            .to_string()
+    };
+    // The drain is about gluu2, done on the load balancer.
+    let drain = line("drain");
+    assert!(
+        drain.contains("[gluu2] on lb1: revision") && drain.contains("-> lb1: "),
+        "{drain}"
+    );
+    let renew = line("cert renew");
+    for n in ["gluu1", "gluu2", "lb1"] {
+        assert!(renew.contains(&format!("{n}: renewed")), "{renew}");
+    }
+    // The value as stored, not as typed.
+    let set = line("cluster set");
+    assert!(set.contains("manage-hosts = true -> cluster: set"), "{set}");
+    assert!(line("node set-primary").contains("-> gluu2: now the primary"));
+}
