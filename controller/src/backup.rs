@@ -109,7 +109,7 @@ pub async fn backup(
     });
     let Some(outcome) = crate::cli::run_operation(dir, opts, inv, tx).await? else {
         eprintln!("clustermgr: interrupted; no backup was written");
-        return Ok(130);
+        return Ok(crate::exit::INTERRUPTED);
     };
     let bytes = collector.await.unwrap_or_default();
     let (expected, audit_id) = match outcome {
@@ -144,7 +144,7 @@ pub async fn backup(
         eprintln!("clustermgr: the audit log could not record the backup's outcome: {why}");
     }
     crate::render::backup(&written?, json);
-    Ok(0)
+    Ok(crate::exit::OK)
 }
 
 /// What `backup` is asked.

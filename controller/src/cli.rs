@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::CtlError;
 use crate::clock;
+use crate::exit;
 use crate::ops::{self, Ctx, CtxOptions, Event, Invocation, Operation, Report};
 use crate::render::{self, OutputMode};
 use crate::store::Role;
@@ -419,7 +420,7 @@ pub fn main() -> i32 {
             ) && std::env::args().any(|a| a == "health") =>
         {
             let _ = e.print();
-            return 3;
+            return exit::UNKNOWN;
         }
         Err(e) => e.exit(),
     };
@@ -450,7 +451,7 @@ pub fn main() -> i32 {
         Ok(r) => r,
         Err(e) => {
             eprintln!("clustermgr: cannot start the async runtime: {e}");
-            return 1;
+            return exit::FAILED;
         }
     };
     let code = runtime.block_on(run(cli));
@@ -474,7 +475,7 @@ async fn run(cli: Cli) -> i32 {
         Err(e) => {
             eprintln!("clustermgr: {e}");
             // For monitoring, a health check that could not run is unknown.
-            if health { 3 } else { e.exit_code() }
+            if health { exit::UNKNOWN } else { e.exit_code() }
         }
     }
 }
@@ -482,12 +483,16 @@ async fn run(cli: Cli) -> i32 {
 async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
     let explicit_home = cli.home.clone();
     let home = crate::home::Home::resolve(cli.home);
+    // Said before anything inside it is read: a file there is a mistyped --home.
+    if home.exists() && !home.is_dir() {
+        return Err(CtlError::NotOwned(home));
+    }
     let mut opts = crate::config::ControllerConfig::load(&home.join("controller.toml"))?.options();
     if let Some(secs) = cli.connect_timeout {
-        if !(secs > 0.0 && secs < 3600.0) {
-            return Err(CtlError::Usage(
-                "--connect-timeout must be between 0 and 3600 seconds".into(),
-            ));
+        if !(secs > 0.0 && secs <= 3600.0) {
+            return Err(CtlError::Usage(format!(
+                "--connect-timeout {secs}: give the seconds a node has to answer, more than 0 and at most 3600 (such as 0.5 or 10)"
+            )));
         }
         opts.connect_timeout = Duration::from_secs_f64(secs);
     }
@@ -663,7 +668,27 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         Cmd::Cluster(ClusterCmd::Set { key, value }) => {
             if crate::desired::SECRET_KEYS.contains(&key.as_str()) {
                 let path = PathBuf::from(&value);
-                let text = std::fs::read_to_string(&path).map_err(|e| CtlError::io(&path, e))?;
+                if key == "tls-key" {
+                    // A key others on this machine can read is already exposed: it
+                    // goes no further until its file is the owner's alone.
+                    crate::home::check_owner_only(
+                        &path,
+                        "a private key readable or writable by group or others",
+                    )
+                    .map_err(|e| match e {
+                        CtlError::Io { source, .. } => CtlError::Usage(format!(
+                            "cannot read the tls-key file {}: {source}",
+                            path.display()
+                        )),
+                        other => other,
+                    })?;
+                }
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    CtlError::Usage(format!(
+                        "cannot read the {key} file {}: {e}",
+                        path.display()
+                    ))
+                })?;
                 let pem = crate::desired::SecretText(text);
                 (Operation::ClusterSetSecret { key, pem }, OutputMode::Live)
             } else {
@@ -728,7 +753,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
                 }
                 if !yes && !confirm("Apply these changes?")? {
                     eprintln!("clustermgr: nothing was applied");
-                    return Ok(1);
+                    return Ok(exit::FAILED);
                 }
                 // What was shown is what is applied: a change made meanwhile (another
                 // administrator's `cluster set`) makes the apply refuse, not slip in.
@@ -894,14 +919,14 @@ async fn repeatedly(
             Ok(code) => code,
             Err(e) if !stop_on_failure && every.is_some() => {
                 eprintln!("clustermgr: {e}; trying again");
-                3
+                exit::UNKNOWN
             }
             Err(e) => return Err(e),
         };
         let Some(every) = every else {
             return Ok(code);
         };
-        if stop_on_failure && code != 0 {
+        if stop_on_failure && code != exit::OK {
             return Ok(code);
         }
         if !live && !json {
@@ -909,7 +934,11 @@ async fn repeatedly(
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = shutdown_signal() => return Ok(code),
+            // `top` ends as an interrupted stream does; `health --watch` with the
+            // cluster's state, which is what monitoring reads.
+            _ = shutdown_signal() => {
+                return Ok(if stop_on_failure { exit::INTERRUPTED } else { code });
+            }
         }
     }
 }
@@ -935,7 +964,8 @@ async fn execute_inspecting(
 ) -> Result<i32, CtlError> {
     let is_exec = matches!(inv.op, Operation::Exec { .. });
     let is_health = matches!(inv.op, Operation::Health { .. });
-    let following = matches!(&inv.op, Operation::Logs(s) if s.follow);
+    let following = matches!(&inv.op, Operation::Logs(s) if s.follow)
+        || matches!(&inv.op, Operation::Events { follow: true, .. });
     let (tx, rx) = mpsc::channel(64);
     let (closed_tx, mut closed) = tokio::sync::watch::channel(false);
     let printer = tokio::spawn(render::consume(rx, mode, is_exec, closed_tx));
@@ -951,15 +981,21 @@ async fn execute_inspecting(
         // Whoever read our output is gone (`| head`): the remote commands were
         // cancelled with the operation (or saw their output go nowhere); end as a shell
         // tool does.
-        return Ok(141);
+        return Ok(exit::CLOSED_OUTPUT);
     }
     let Some(result) = result else {
-        if following {
-            // Ctrl-C is how `logs -f` ends.
-            return Ok(0);
+        // What was gathered is shown, as an exec's report would have (`--group` and
+        // `--json` hold it to the end); a stream (`logs -f`, `events -f`) has shown
+        // everything already, and Ctrl-C is how it ends.
+        let gathered = printer.await.unwrap_or_default();
+        if is_exec && mode != OutputMode::Live {
+            let outcomes = gathered.interrupted();
+            render::report(Report::Outcomes(outcomes), gathered, mode, is_exec);
         }
-        eprintln!("clustermgr: interrupted; the commands still running were cancelled");
-        return Ok(130);
+        if !following {
+            eprintln!("clustermgr: interrupted; the commands still running were cancelled");
+        }
+        return Ok(exit::INTERRUPTED);
     };
     let gathered = printer.await.unwrap_or_default();
     match result {
@@ -972,7 +1008,7 @@ async fn execute_inspecting(
         Err((message, code)) => {
             eprintln!("clustermgr: {message}");
             // A health check that could not run is unknown to monitoring.
-            Ok(if is_health { 3 } else { code })
+            Ok(if is_health { exit::UNKNOWN } else { code })
         }
     }
 }
@@ -1025,7 +1061,7 @@ fn quiet_on_closed_stdout() {
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or_default();
         if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
-            std::process::exit(141);
+            std::process::exit(exit::CLOSED_OUTPUT);
         }
         default(info);
     }));

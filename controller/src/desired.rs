@@ -1356,16 +1356,36 @@ pub fn cluster_set_secret(
             )));
         }
     }
+    // Either half may be set first (a renewal replaces both), so a pair that does not
+    // match yet is stored, said, and waited for by the load balancer's configuration.
+    let stored = ctx.store.secrets()?;
+    let pair = stored
+        .tls_cert_pem
+        .as_deref()
+        .zip(stored.tls_key_pem.as_deref())
+        .map(|(c, k)| crate::keymatch::compare(c, k));
+    let (outcome, next) = match pair {
+        Some(crate::keymatch::Pair::Differs) => (
+            "set; does not match the other half yet",
+            "; it does not match the other half (tls-key must be the key tls-cert certifies), so the load balancer waits: set the matching one",
+        ),
+        Some(crate::keymatch::Pair::Unknown(_)) => (
+            "set; the pair could not be compared",
+            "; whether tls-key matches tls-cert could not be checked here (nginx -t checks it at apply). Run `clustermgr plan` to see what changes on the load balancer",
+        ),
+        _ => (
+            "set",
+            "; run `clustermgr plan` to see what changes on the load balancer",
+        ),
+    };
     ctx.audited(
         user,
         "cluster set",
         &[],
         &format!("{key} (secret, from a file)"),
-        "set",
+        outcome,
     )?;
-    Ok(Report::Done(format!(
-        "{key} stored; run `clustermgr plan` to see what changes on the load balancer"
-    )))
+    Ok(Report::Done(format!("{key} stored{next}")))
 }
 
 /// Text that is a secret: its Debug form never shows it.

@@ -1,5 +1,6 @@
 //! The one error type of the controller crate.
 
+use crate::exit;
 use std::path::PathBuf;
 
 /// What can make a controller command fail. Each message says what failed, where,
@@ -169,9 +170,12 @@ impl CtlError {
             | CtlError::NotOwned(_)
             | CtlError::Usage(_)
             | CtlError::UnknownNode(_)
-            | CtlError::StoreLocked { .. } => 2,
+            | CtlError::StoreLocked { .. }
+            | CtlError::Protocol(clustermgr_protocol::ProtocolError::InvalidNodeName { .. }) => {
+                exit::USAGE
+            }
             CtlError::Relayed { exit_code, .. } => *exit_code,
-            _ => 1,
+            _ => exit::FAILED,
         }
     }
 

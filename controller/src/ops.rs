@@ -19,6 +19,7 @@ use crate::CtlError;
 use crate::ca::{Ca, Issued, csr_public_key};
 use crate::clock::{Clock, rfc3339};
 use crate::connect::{AgentConn, Dialer, FailureKind, NodeFailure};
+use crate::exit;
 use crate::home::Home;
 use crate::selector::select;
 use crate::store::{AuditRecord, CertKind, CertRecord, ClusterMeta, NodeRecord, Role, Store};
@@ -568,18 +569,20 @@ impl Report {
     pub fn exit_code(&self) -> i32 {
         let bad = |s: &NodeState| *s != NodeState::Ok;
         match self {
-            Report::Outcomes(o) if o.iter().any(|o| bad(&o.state)) => 1,
-            Report::Status(s) if s.nodes.iter().any(|n| bad(&n.state)) => 1,
-            Report::Plan { views, .. } if views.iter().any(|v| bad(&v.state)) => 1,
+            Report::Outcomes(o) if o.iter().any(|o| bad(&o.state)) => exit::FAILED,
+            Report::Status(s) if s.nodes.iter().any(|n| bad(&n.state)) => exit::FAILED,
+            Report::Plan { views, .. } if views.iter().any(|v| bad(&v.state)) => exit::FAILED,
             // `drift` exits 2 when it found hand edits, so monitoring can call it.
             Report::Plan {
                 views, drift: true, ..
-            } if views.iter().any(|v| !v.entries.is_empty()) => 2,
-            Report::Applied(v) if v.iter().any(|v| bad(&v.state)) => 1,
+            } if views.iter().any(|v| !v.entries.is_empty()) => exit::DRIFT_FOUND,
+            Report::Applied(v) if v.iter().any(|v| bad(&v.state)) => exit::FAILED,
+            // What could not be read is named in the report; monitoring sees it here.
+            Report::Replication(r) if !r.unread.is_empty() || r.nodes.is_empty() => exit::FAILED,
             // Nagios-style: 0 ok, 1 warning, 2 critical, 3 unknown.
             Report::Health(h) => h.worst.exit_code(),
             Report::Ports(p) => p.worst.exit_code(),
-            _ => 0,
+            _ => exit::OK,
         }
     }
 }

@@ -120,6 +120,26 @@ fn spill_file() -> Option<File> {
 pub struct Gathered {
     stdout: BTreeMap<String, NodeBuffer>,
     stderr: BTreeMap<String, NodeBuffer>,
+    /// The nodes that finished, as they did.
+    done: Vec<NodeOutcome>,
+}
+
+impl Gathered {
+    /// What an interrupted exec has to show: each node that finished as it did, and
+    /// each that had said anything as interrupted, in node-name order.
+    pub fn interrupted(&self) -> Vec<NodeOutcome> {
+        let mut out = self.done.clone();
+        for node in self.stdout.keys().chain(self.stderr.keys()) {
+            if !out.iter().any(|o| &o.node == node) {
+                let mut o = NodeOutcome::new(node);
+                o.state = NodeState::Failed;
+                o.message = Some("interrupted; the command was cancelled".into());
+                out.push(o);
+            }
+        }
+        out.sort_by(|a, b| a.node.cmp(&b.node));
+        out
+    }
 }
 
 /// Consumes events until the operation ends, printing live output as it comes.
@@ -168,6 +188,7 @@ pub async fn consume(
                 }
             },
             Event::NodeDone(o) => {
+                gathered.done.push(o.clone());
                 if mode == OutputMode::Live {
                     for stderr in [false, true] {
                         if let Some(rest) = partial.remove(&(o.node.clone(), stderr))

@@ -2044,3 +2044,151 @@ async fn every_audited_operation_records_what_was_asked_on_what_and_each_outcome
     assert!(set.contains("manage-hosts = true -> cluster: set"), "{set}");
     assert!(line("node set-primary").contains("-> gluu2: now the primary"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_exec_prints_what_it_gathered_in_every_output_mode() {
+    let c = Cluster::gluu(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (i, mode) in ["--group", "--json"].into_iter().enumerate() {
+        // Each tick is written to the file after it is sent: a second of ticks in the
+        // file means the first ones reached the CLI long ago.
+        let ticks = dir.path().join(format!("ticks{i}"));
+        let script = format!(
+            "while :; do echo tick; echo tick >> {}; sleep 0.05; done",
+            ticks.display()
+        );
+        let child = c
+            .cli()
+            .args(["exec", mode, "--shell", "--", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        eventually("a second of ticks", PATIENCE, || {
+            std::fs::read_to_string(&ticks).is_ok_and(|t| t.lines().count() >= 40)
+        })
+        .await;
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(130), "{mode}: {}", stderr(&o));
+        let out = stdout(&o);
+        for node in ["gluu1", "gluu2"] {
+            match mode {
+                "--group" => assert!(
+                    out.contains(&format!(
+                        "== {node} (failed: interrupted; the command was cancelled) ==\ntick\n"
+                    )),
+                    "{out}"
+                ),
+                _ => {
+                    let line = out
+                        .lines()
+                        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                        .find(|v| v["node"] == node)
+                        .unwrap_or_else(|| panic!("no {node} in {out}"));
+                    assert!(
+                        line["stdout"].as_str().unwrap().starts_with("tick\n"),
+                        "{line}"
+                    );
+                    assert_eq!(line["state"], "failed", "{line}");
+                }
+            }
+        }
+    }
+}
+
+/// A self-signed certificate for `name` and its key, as PEM.
+fn tls_pair(name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mistakes_exit_as_the_table_says_and_the_tls_pair_is_checked() {
+    let mut lb = node("lb1", "");
+    lb.roles = vec![clustermgr::store::Role::Lb];
+    let c = Cluster::start(vec![node("gluu1", ""), lb]).await;
+    let code = |args: &[&str]| {
+        let o = c.run(args);
+        (o.status.code(), stderr(&o), stdout(&o))
+    };
+    // A name that cannot be a node's is a usage error, as a bad flag is.
+    let (status, err, _) = code(&["node", "add", "Bad_Name", "--address", "127.0.0.1:9"]);
+    assert_eq!(status, Some(2), "{err}");
+    // A --home that is a file.
+    let file = c.dir().join("controller.toml");
+    std::fs::write(&file, "").unwrap();
+    let o = std::process::Command::new(clustermgr_tests::clustermgr_bin())
+        .args(["--home", file.to_str().unwrap(), "node", "list"])
+        .env_remove("CLUSTERMGR_HOME")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not a directory you own"),
+        "{}",
+        stderr(&o)
+    );
+    let (status, err, _) = code(&["--connect-timeout", "0", "ping"]);
+    assert_eq!(status, Some(2));
+    assert!(err.contains("more than 0 and at most 3600"), "{err}");
+    // No LDAP server could be read anywhere: a failure, not a success.
+    let (status, _, out) = code(&["replication"]);
+    assert_eq!(status, Some(1), "{out}");
+
+    // The cluster certificate and key: a missing file and a key others may read are
+    // usage errors; a key that is not the certificate's is said, and waited for.
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str, mode: u32| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (status, err, _) = code(&["cluster", "set", "tls-cert", "/nonexistent.pem"]);
+    assert_eq!(status, Some(2), "{err}");
+    assert!(
+        err.contains("cannot read the tls-cert file /nonexistent.pem"),
+        "{err}"
+    );
+    let (cert, key) = tls_pair("idp.example.org");
+    let (_, other_key) = tls_pair("idp.example.org");
+    let open_key = write("open.key", &key, 0o644);
+    let (status, err, _) = code(&["cluster", "set", "tls-key", &open_key]);
+    assert_eq!(status, Some(2), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+    assert_eq!(
+        code(&["cluster", "set", "hostname", "idp.example.org"]).0,
+        Some(0)
+    );
+    assert_eq!(
+        code(&["cluster", "set", "tls-cert", &write("c.pem", &cert, 0o644)]).0,
+        Some(0)
+    );
+    let (status, err, out) = code(&[
+        "cluster",
+        "set",
+        "tls-key",
+        &write("o.key", &other_key, 0o600),
+    ]);
+    assert_eq!(status, Some(0), "{err}");
+    assert!(out.contains("does not match the other half"), "{out}");
+    let (_, _, plan) = code(&["plan", "--nodes", "lb1"]);
+    assert!(
+        plan.contains("waits for a TLS key that matches the cluster's certificate"),
+        "{plan}"
+    );
+    assert!(!plan.contains("nginx.conf"), "{plan}");
+    let (status, _, out) = code(&["cluster", "set", "tls-key", &write("k.key", &key, 0o600)]);
+    assert_eq!(status, Some(0));
+    assert!(!out.contains("does not match"), "{out}");
+    let (_, _, plan) = code(&["plan", "--nodes", "lb1"]);
+    assert!(plan.contains("/etc/nginx/nginx.conf"), "{plan}");
+}

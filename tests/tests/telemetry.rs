@@ -250,8 +250,11 @@ async fn serve_stores_the_streams_and_logs_follows_them_across_restarts_exactly_
     append(&log, 10, 11);
     let took = wait_line(&rx, "line 10", Duration::from_secs(5));
     assert!(took < Duration::from_secs(1), "took {took:?}");
-    let _ = tail.kill();
-    let _ = tail.wait();
+    // Ctrl-C ends a stream as it ends any interrupted command: 130.
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &tail.id().to_string()])
+        .status();
+    assert_eq!(tail.wait().unwrap().code(), Some(130));
 
     // serve is killed mid-stream while lines keep coming, then the agent restarts
     // too; every line is stored once.
@@ -648,8 +651,11 @@ async fn on_a_harness_host_lines_survive_rotation_and_a_minute_cut_off_once_each
         .unwrap_or_else(|e| panic!("{e}"));
     let took = at.duration_since(written);
     assert!(took < Duration::from_secs(1), "took {took:?}");
-    let _ = tail.kill();
-    let _ = tail.wait();
+    // Ctrl-C ends a stream as it ends any interrupted command: 130.
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &tail.id().to_string()])
+        .status();
+    assert_eq!(tail.wait().unwrap().code(), Some(130));
 
     // Rotation by rename mid-stream, then copytruncate with the writer paused across
     // it: every line once.

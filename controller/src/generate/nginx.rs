@@ -25,6 +25,8 @@ pub const KEY: &str = "/etc/nginx/ssl/clustermgr/cluster.key";
 /// The main configuration: the whole file, so no distribution default site binds 80.
 pub const CONF: &str = "/etc/nginx/nginx.conf";
 
+use crate::keymatch::Pair;
+
 pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String, NodeConfig>) {
     let lbs = sorted.with(Role::Lb);
     if lbs.is_empty() {
@@ -36,10 +38,15 @@ pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String
     if hostname.is_none() {
         missing.push("the cluster hostname: run `clustermgr cluster set hostname NAME`");
     }
-    if inputs.secrets.tls.is_none() {
-        missing.push(
+    match &inputs.secrets.tls {
+        None => missing.push(
             "the cluster's TLS certificate and key: run `clustermgr cluster set tls-cert FILE` and `clustermgr cluster set tls-key FILE`",
-        );
+        ),
+        // A wrong pair would fail `nginx -t` at best; it is said here, at `plan`.
+        Some((cert, key)) if crate::keymatch::compare(cert, key) == Pair::Differs => missing.push(
+            "a TLS key that matches the cluster's certificate (the tls-key set is not the one tls-cert certifies): set the pair's other half with `clustermgr cluster set tls-key FILE` (or tls-cert)",
+        ),
+        Some(_) => {}
     }
     if gluu.is_empty() {
         missing.push("a Gluu node to balance: add one with `clustermgr node add NODE --role gluu`");

@@ -28,10 +28,10 @@ impl Level {
     /// The exit code monitoring expects: 0, 1, 2, 3.
     pub fn exit_code(self) -> i32 {
         match self {
-            Level::Ok => 0,
-            Level::Warning => 1,
-            Level::Critical => 2,
-            Level::Unknown => 3,
+            Level::Ok => crate::exit::monitoring::OK,
+            Level::Warning => crate::exit::monitoring::WARNING,
+            Level::Critical => crate::exit::monitoring::CRITICAL,
+            Level::Unknown => crate::exit::monitoring::UNKNOWN,
         }
     }
 

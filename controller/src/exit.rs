@@ -1,0 +1,268 @@
+//! Process exit codes: named once here, with every command's meaning of each, from
+//! which the README's table is checked (and `clustermgr`'s man page is written).
+
+/// Done: every node did what was asked.
+pub const OK: i32 = 0;
+/// The operation failed: on some node, or as a whole (a store or file error).
+pub const FAILED: i32 = 1;
+/// The command was wrong or could not start: a bad flag or argument, an unknown node,
+/// no home, a file others may read. Also `drift` found hand edits, and `health` a
+/// critical check (monitoring's convention).
+pub const USAGE: i32 = 2;
+/// `health` and `ports` only: a check could not run (monitoring's UNKNOWN).
+pub const UNKNOWN: i32 = 3;
+/// Ctrl-C or SIGTERM: what was gathered is printed, running commands are cancelled.
+pub const INTERRUPTED: i32 = 130;
+/// Whatever read the output went away (`| head`), as a shell tool ends on SIGPIPE.
+pub const CLOSED_OUTPUT: i32 = 141;
+
+/// `health`'s and `ports`' levels, monitoring's (Nagios') exit codes.
+pub mod monitoring {
+    /// Every check ok.
+    pub const OK: i32 = super::OK;
+    /// A warning.
+    pub const WARNING: i32 = 1;
+    /// A critical check.
+    pub const CRITICAL: i32 = 2;
+    /// A check that could not run.
+    pub const UNKNOWN: i32 = super::UNKNOWN;
+}
+
+/// `drift`: hand edits were found.
+pub const DRIFT_FOUND: i32 = USAGE;
+
+/// One row of the table: the commands, and what 0, 1, 2 and 130 mean for them.
+#[derive(Clone, Copy, Debug)]
+pub struct Row {
+    /// The commands, as typed (`node add`).
+    pub commands: &'static [&'static str],
+    /// [`OK`].
+    pub ok: &'static str,
+    /// [`FAILED`].
+    pub failed: &'static str,
+    /// [`USAGE`].
+    pub usage: &'static str,
+    /// [`INTERRUPTED`] (empty where the command cannot be interrupted midway).
+    pub interrupted: &'static str,
+}
+
+const USAGE_ERROR: &str =
+    "usage or configuration error (bad flag, unknown node, no home, store still locked after 30 s)";
+
+/// Every command's exit codes.
+pub const TABLE: &[Row] = &[
+    Row {
+        commands: &["ping", "exec", "status"],
+        ok: "every selected node ok",
+        failed: "some node failed or was unreachable",
+        usage: USAGE_ERROR,
+        interrupted: "interrupted",
+    },
+    Row {
+        commands: &["node add"],
+        ok: "added (with `--from`: every host added)",
+        failed: "the node did not answer as expected, or a bootstrap step failed on a host (nothing recorded for that host)",
+        usage: "usage or configuration error (a name or address that cannot be used)",
+        interrupted: "interrupted",
+    },
+    Row {
+        commands: &["node sign", "node remove", "node set-primary"],
+        ok: "done",
+        failed: "refused (bad CSR, primary still needed, ...)",
+        usage: "usage or configuration error",
+        interrupted: "interrupted",
+    },
+    Row {
+        commands: &["node upgrade"],
+        ok: "every selected node runs the binary (or already did)",
+        failed: "some node failed, went back to its old binary, or was unreachable",
+        usage: "usage or configuration error (a file that is not an agent build)",
+        interrupted: "interrupted",
+    },
+    Row {
+        commands: &["init"],
+        ok: "created",
+        failed: "cannot write the home",
+        usage: "home exists, is a file, or is writable by others; bad arguments",
+        interrupted: "",
+    },
+    Row {
+        commands: &["cert renew"],
+        ok: "every selected node renewed",
+        failed: "some node failed or was unreachable",
+        usage: "usage or configuration error",
+        interrupted: "interrupted",
+    },
+    Row {
+        commands: &["cert revoke-controller"],
+        ok: "every node reached with the new certificate",
+        failed: "some node unreachable (it learns at its next contact)",
+        usage: "usage or configuration error",
+        interrupted: "interrupted",
+    },
+    Row {
+        commands: &[
+            "node list",
+            "node show",
+            "cert status",
+            "audit",
+            "history",
+            "cluster show",
+        ],
+        ok: "shown",
+        failed: "store error",
+        usage: "usage or configuration error",
+        interrupted: "",
+    },
+    Row {
+        commands: &["cluster set"],
+        ok: "set",
+        failed: "store error",
+        usage: "unknown setting or bad value (the valid ones are listed); a file that cannot be read, is not PEM, or (a key) is readable by others",
+        interrupted: "",
+    },
+    Row {
+        commands: &["plan"],
+        ok: "planned on every node",
+        failed: "some node failed or was unreachable",
+        usage: "usage or configuration error",
+        interrupted: "interrupted",
+    },
+    Row {
+        commands: &["apply", "drain", "undrain", "rollback"],
+        ok: "applied (or nothing to change) everywhere",
+        failed: "some node refused, rolled back, failed or was unreachable (an unreachable node keeps the revision for `serve`); the plan approved changed before the apply, or `n` at the prompt (nothing applied)",
+        usage: "usage or configuration error; `apply` without `--yes` and without a terminal",
+        interrupted: "interrupted",
+    },
+    Row {
+        commands: &["drift"],
+        ok: "no drift",
+        failed: "some node failed or was unreachable",
+        usage: "drift found (or a usage error)",
+        interrupted: "interrupted",
+    },
+    Row {
+        commands: &["logs", "metrics", "events", "top"],
+        ok: "shown",
+        failed: "store error",
+        usage: "usage or configuration error (an unknown node or source, a bad `--since`)",
+        interrupted: "interrupted (`-f` and `top` end with Ctrl-C), after printing what was gathered",
+    },
+    Row {
+        commands: &["replication"],
+        ok: "every Gluu node's LDAP was read",
+        failed: "some Gluu node's LDAP could not be read (it is named), or none could",
+        usage: "usage or configuration error",
+        interrupted: "interrupted",
+    },
+    Row {
+        commands: &["health", "ports"],
+        ok: "every check ok (every port open)",
+        failed: "a warning",
+        usage: "a critical, a port missing (3: unknown, also when it cannot run or the usage is wrong)",
+        interrupted: "",
+    },
+    Row {
+        commands: &["serve", "dev"],
+        ok: "stopped cleanly",
+        failed: "failed",
+        usage: "usage or configuration error; a serve already running for the home (its pid is named)",
+        interrupted: "",
+    },
+    Row {
+        commands: &["backup"],
+        ok: "written",
+        failed: "the store or the file could not be read or written",
+        usage: "no home; the target is a directory, in a missing folder, or exists (without `--force`); passphrase refused (too short, the two differ, file missing or readable by others, no terminal and no file)",
+        interrupted: "interrupted",
+    },
+    Row {
+        commands: &["restore"],
+        ok: "restored",
+        failed: "wrong passphrase or damaged file, not a backup, cannot write the home (nothing is left behind)",
+        usage: "the target holds a cluster or anything else; passphrase file readable by others, or no terminal and no file",
+        interrupted: "",
+    },
+];
+
+/// The table as the README shows it.
+pub fn markdown() -> String {
+    let mut out = String::from("| command | 0 | 1 | 2 | 130 |\n|---|---|---|---|---|\n");
+    for r in TABLE {
+        let commands: Vec<String> = r.commands.iter().map(|c| format!("`{c}`")).collect();
+        let commands = commands.join(", ");
+        out.push('|');
+        for cell in [commands.as_str(), r.ok, r.failed, r.usage, r.interrupted] {
+            if cell.is_empty() {
+                out.push_str(" |");
+            } else {
+                out.push_str(&format!(" {cell} |"));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's table, from its header line to the first line that is not a row.
+    fn readme_table() -> String {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let start = readme
+            .find("| command | 0 | 1 | 2 | 130 |")
+            .expect("the README has the exit-code table");
+        readme[start..]
+            .lines()
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_shows_this_table() {
+        assert_eq!(
+            readme_table(),
+            markdown(),
+            "README.md's exit-code table differs from controller/src/exit.rs: paste `markdown()`'s output there"
+        );
+    }
+
+    /// Every command the CLI has, as typed (`node add`), help aside.
+    fn commands(cmd: &clap::Command, prefix: &str, out: &mut Vec<String>) {
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let name = format!("{prefix}{}", sub.get_name());
+            if sub.has_subcommands() {
+                commands(sub, &format!("{name} "), out);
+            } else {
+                out.push(name);
+            }
+        }
+    }
+
+    #[test]
+    fn every_command_has_a_row_and_every_row_a_command() {
+        use clap::CommandFactory;
+        let mut all = Vec::new();
+        commands(&crate::cli::Cli::command(), "", &mut all);
+        let listed: Vec<&str> = TABLE
+            .iter()
+            .flat_map(|r| r.commands.iter().copied())
+            .collect();
+        for c in &all {
+            assert!(
+                listed.contains(&c.as_str()),
+                "`{c}` has no row in exit::TABLE"
+            );
+        }
+        for c in &listed {
+            assert!(
+                all.iter().any(|a| a == c),
+                "exit::TABLE lists `{c}`, which is no command"
+            );
+        }
+    }
+}
