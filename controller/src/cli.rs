@@ -265,6 +265,19 @@ pub enum Cmd {
         #[arg(long, default_value_t = 7443)]
         port: u16,
     },
+    /// Print the shell completion script for bash, zsh or fish.
+    #[command(after_help = "Examples:\n  \
+        clustermgr completion bash > /etc/bash_completion.d/clustermgr\n  \
+        source <(clustermgr completion bash)      # this shell only\n  \
+        clustermgr completion zsh > \"${fpath[1]}/_clustermgr\"\n  \
+        clustermgr completion fish > ~/.config/fish/completions/clustermgr.fish\n\n\
+        The .deb installs all three where the shells look.")]
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), as the .deb installs it: `clustermgr man | man -l -`.
+    Man,
 }
 
 /// `cluster` subcommands.
@@ -481,6 +494,22 @@ async fn run(cli: Cli) -> i32 {
 }
 
 async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
+    // Neither needs a home.
+    match &cli.command {
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory;
+            // Written whole, so a closed pipe is an exit code, not clap's panic.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "clustermgr", &mut script);
+            return print_whole(&script);
+        }
+        Cmd::Man => {
+            let mut page = Vec::new();
+            manual(&mut page).map_err(|e| CtlError::io("the manual page", e))?;
+            return print_whole(&page);
+        }
+        _ => {}
+    }
     let explicit_home = cli.home.clone();
     let home = crate::home::Home::resolve(cli.home);
     // Said before anything inside it is read: a file there is a mistyped --home.
@@ -556,6 +585,8 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             return Ok(0);
         }
         Cmd::Dev { nodes, port } => return crate::dev::run(explicit_home, nodes, port).await,
+        // Answered before the home is looked at.
+        Cmd::Completion { .. } | Cmd::Man => return Ok(exit::OK),
         Cmd::Backup {
             file,
             passphrase_file,
@@ -1107,4 +1138,57 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// Writes `bytes` to standard output; a reader gone away ends as shell tools end.
+fn print_whole(bytes: &[u8]) -> Result<i32, CtlError> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Ok(()) => Ok(exit::OK),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit::CLOSED_OUTPUT),
+        Err(e) => Err(CtlError::io("standard output", e)),
+    }
+}
+
+/// The manual page: clap's, with the exit codes (from [`exit::TABLE`]) and the files and
+/// environment a reader of `man clustermgr` looks for.
+pub fn manual(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let man = clap_mangen::Man::new(Cli::command());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    man.render_subcommands_section(out)?;
+    let roff = |text: &str| text.replace('\\', "\\\\").replace('-', "\\-");
+    writeln!(out, ".SH \"EXIT STATUS\"")?;
+    for row in exit::TABLE {
+        writeln!(out, ".TP\n\\fB{}\\fR", roff(&row.commands.join(", ")))?;
+        for (code, meaning) in [
+            (exit::OK, row.ok),
+            (exit::FAILED, row.failed),
+            (exit::USAGE, row.usage),
+            (exit::INTERRUPTED, row.interrupted),
+        ] {
+            if !meaning.is_empty() {
+                writeln!(out, "{code}: {}\n.br", roff(&meaning.replace('`', "")))?;
+            }
+        }
+    }
+    writeln!(
+        out,
+        ".PP\nA command whose output pipe closes early ends with {}.",
+        exit::CLOSED_OUTPUT
+    )?;
+    writeln!(
+        out,
+        ".SH ENVIRONMENT\n.TP\n\\fBCLUSTERMGR_HOME\\fR\nThe home (default ~/.clustermgr), as \\fB\\-\\-home\\fR.\n.TP\n\\fBCLUSTERMGR_STORE_WAIT_SECS\\fR\nHow long a command waits for the store another command holds (30).\n.TP\n\\fBCLUSTERMGR_LOG\\fR\nThe log filter (warn; info for serve and dev).\n.TP\n\\fBNO_COLOR\\fR\nNo colour, even on a terminal."
+    )?;
+    writeln!(
+        out,
+        ".SH FILES\n.TP\n\\fIHOME/controller.toml\\fR\nTimeouts, health, telemetry and alert settings.\n.TP\n\\fIHOME/serve.sock\\fR\nWhere \\fBclustermgr serve\\fR answers the CLI.\n.SH \"SEE ALSO\"\n\\fBclustermgr\\-agent\\fR(8), /usr/share/doc/clustermgr/README.md"
+    )?;
+    man.render_version_section(out)?;
+    Ok(())
 }

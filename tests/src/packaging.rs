@@ -110,6 +110,13 @@ pub fn generated(root: &Path) -> Vec<(PathBuf, String)> {
             controller_control,
         ),
         ("packaging/deb/copyright".into(), copyright),
+        // The README's exit-code table, from the codes' one definition.
+        (
+            "README.md".into(),
+            clustermgr::exit::readme_with_table(
+                &std::fs::read_to_string(root.join("README.md")).expect("README.md"),
+            ),
+        ),
     ]
 }
 

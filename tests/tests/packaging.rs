@@ -262,7 +262,46 @@ fn the_controller_deb_holds_the_cli_the_serve_unit_and_the_agent_to_upload() {
         ("/usr/lib/clustermgr/clustermgr-agent", "-rwxr-xr-x"),
         ("/usr/share/doc/clustermgr/README.md", "-rw-r--r--"),
         ("/usr/share/doc/clustermgr/copyright", "-rw-r--r--"),
+        (
+            "/usr/share/bash-completion/completions/clustermgr",
+            "-rw-r--r--",
+        ),
+        (
+            "/usr/share/zsh/vendor-completions/_clustermgr",
+            "-rw-r--r--",
+        ),
+        (
+            "/usr/share/fish/vendor_completions.d/clustermgr.fish",
+            "-rw-r--r--",
+        ),
+        ("/usr/share/man/man1/clustermgr.1.gz", "-rw-r--r--"),
     ]);
+    // Generated from the CLI's own definitions: every command completes, and the
+    // manual reads (man renders it) with the exit codes in it.
+    let bash = read(&deb.file("/usr/share/bash-completion/completions/clustermgr"));
+    for word in ["exec", "apply", "revoke-controller", "--passphrase-file"] {
+        assert!(bash.contains(word), "bash completion lacks {word}");
+    }
+    assert!(
+        read(&deb.file("/usr/share/zsh/vendor-completions/_clustermgr"))
+            .starts_with("#compdef clustermgr")
+    );
+    assert!(
+        read(&deb.file("/usr/share/fish/vendor_completions.d/clustermgr.fish"))
+            .contains("complete -c clustermgr")
+    );
+    let page = Command::new("man")
+        .env("MANWIDTH", "80")
+        .arg("-l")
+        .arg(deb.file("/usr/share/man/man1/clustermgr.1.gz"))
+        .output()
+        .expect("man");
+    assert!(page.status.success(), "{}", stderr(&page));
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(
+        page.contains("EXIT STATUS") && page.contains("130: interrupted"),
+        "{page}"
+    );
     deb.assert_control("clustermgr");
     assert_eq!(deb.field("Depends"), "libc6 (>= 2.17), adduser");
     assert_eq!(deb.field("Recommends"), "openssh-client");

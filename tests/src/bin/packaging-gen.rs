@@ -1,5 +1,6 @@
 //! Rewrites the generated packaging files (see `clustermgr_tests::packaging`) after a
-//! version bump or an edit of the bootstrap agent unit.
+//! version bump or an edit of the bootstrap agent unit, and the README's exit-code
+//! table after an edit of `controller/src/exit.rs`.
 
 fn main() -> std::io::Result<()> {
     let root = clustermgr_tests::packaging::workspace_root();
