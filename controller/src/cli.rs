@@ -55,8 +55,8 @@ pub enum Cmd {
     Exec {
         #[command(flatten)]
         sel: Selection,
-        /// Kill the command's process group after this many seconds.
-        #[arg(long, value_name = "SECS")]
+        /// Kill the command's process group after this many seconds (no limit without).
+        #[arg(long, value_name = "SECS", value_parser = at_least_a_second)]
         timeout: Option<u64>,
         /// Print each node's output whole, in node-name order, when all are done.
         #[arg(long)]
@@ -143,9 +143,9 @@ pub enum Cmd {
         /// Only lines this regular expression matches.
         #[arg(long, value_name = "REGEX")]
         grep: Option<String>,
-        /// How many of the newest lines, without --since.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
+        /// How many of the newest lines (default: 100, or all since --since).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
     },
     /// Metric values the agents sampled (from the telemetry store): without --metric,
     /// the metrics there are; with it, each series' last value, range and a chart
@@ -732,7 +732,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             let live = !json && std::io::stdout().is_terminal();
             let op = Operation::Top { nodes: sel.nodes };
             let every = live.then_some(Duration::from_secs(1));
-            return repeatedly(&home, &opts, op, json, connect_timeout, every, true).await;
+            return repeatedly(&home, &opts, op, json, connect_timeout, every, Repeat::Top).await;
         }
         Cmd::Plan(sel) => (
             Operation::Plan {
@@ -882,7 +882,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
                 json,
                 connect_timeout,
                 Some(interval),
-                false,
+                Repeat::Watch,
             )
             .await;
         }
@@ -920,10 +920,19 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
     execute(&home, &opts, inv, mode).await
 }
 
+/// What [`repeatedly`] repeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Repeat {
+    /// `top`: a screen redrawn in place, which `q` or Ctrl-C ends (130), and the first
+    /// failure ends too.
+    Top,
+    /// `health --watch`: a failure is shown and the next round follows; Ctrl-C ends it
+    /// with the cluster's state, which is what monitoring reads.
+    Watch,
+}
+
 /// Runs `op` once, or with `every` again and again until Ctrl-C: redrawn in place on a
-/// terminal, one after another otherwise. `stop_on_failure` ends it at the first
-/// non-zero exit code (`top`); otherwise a failure is shown and the next try follows
-/// (`health --watch`, whose exit code is the cluster's state).
+/// terminal, one after another otherwise.
 async fn repeatedly(
     home: &std::path::Path,
     opts: &CtxOptions,
@@ -931,47 +940,86 @@ async fn repeatedly(
     json: bool,
     connect_timeout: Option<f64>,
     every: Option<Duration>,
-    stop_on_failure: bool,
+    kind: Repeat,
 ) -> Result<i32, CtlError> {
-    use std::io::IsTerminal;
+    use std::io::{IsTerminal, Write};
     let live = !json && std::io::stdout().is_terminal();
     let mode = json_or_live(json);
-    loop {
-        let inv = Invocation {
-            user: user(),
-            op: op.clone(),
-            connect_timeout_ms: connect_timeout.map(|secs| (secs * 1000.0).round() as u64),
-        };
-        if live && every.is_some() {
-            // Home, then clear: the table is redrawn in place.
-            print!("\x1b[H\x1b[2J");
-        }
-        let code = match execute(home, opts, inv, mode).await {
-            Ok(code) => code,
-            Err(e) if !stop_on_failure && every.is_some() => {
-                eprintln!("clustermgr: {e}; trying again");
-                exit::UNKNOWN
+    // `q` quits `top` on a terminal: keys are read one at a time, unechoed, until the
+    // guard puts the terminal back as it was (Ctrl-C still signals).
+    let keys = (kind == Repeat::Top && live && every.is_some())
+        .then(crate::terminal::Keys::start)
+        .flatten();
+    let mut quit = keys.as_ref().map(|k| k.quit.clone());
+    if keys.is_some() {
+        // The alternate screen, as `top` and `less` use: the shell's screen comes back
+        // as it was when this ends.
+        print!("\x1b[?1049h\x1b[?25l\x1b[2J");
+    }
+    let result = async {
+        loop {
+            let inv = Invocation {
+                user: user(),
+                op: op.clone(),
+                connect_timeout_ms: connect_timeout.map(|secs| (secs * 1000.0).round() as u64),
+            };
+            if live && every.is_some() {
+                // `top` clears each line as it redraws it, so nothing flickers; the
+                // health report does not, so it clears the screen first.
+                print!(
+                    "{}",
+                    if kind == Repeat::Top {
+                        "\x1b[H"
+                    } else {
+                        "\x1b[H\x1b[2J"
+                    }
+                );
+                let _ = std::io::stdout().flush();
             }
-            Err(e) => return Err(e),
-        };
-        let Some(every) = every else {
-            return Ok(code);
-        };
-        if stop_on_failure && code != exit::OK {
-            return Ok(code);
-        }
-        if !live && !json {
-            println!();
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            // `top` ends as an interrupted stream does; `health --watch` with the
-            // cluster's state, which is what monitoring reads.
-            _ = shutdown_signal() => {
-                return Ok(if stop_on_failure { exit::INTERRUPTED } else { code });
+            let code = match execute(home, opts, inv, mode).await {
+                Ok(code) => code,
+                Err(e) if kind == Repeat::Watch && every.is_some() => {
+                    eprintln!("clustermgr: {e}; trying again");
+                    exit::UNKNOWN
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(every) = every else {
+                return Ok(code);
+            };
+            if kind == Repeat::Top && code != exit::OK {
+                return Ok(code);
+            }
+            if !live && !json {
+                println!();
+            }
+            let pressed_q = async {
+                match quit.as_mut() {
+                    Some(q) => {
+                        let _ = q.wait_for(|pressed| *pressed).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                () = pressed_q => return Ok(exit::OK),
+                _ = shutdown_signal() => {
+                    return Ok(match kind {
+                        Repeat::Top => exit::INTERRUPTED,
+                        Repeat::Watch => code,
+                    });
+                }
             }
         }
     }
+    .await;
+    if keys.is_some() {
+        print!("\x1b[?25h\x1b[?1049l");
+        let _ = std::io::stdout().flush();
+    }
+    drop(keys);
+    result
 }
 
 /// Runs an operation through `serve` if it answers, else in this process, rendering
@@ -1137,6 +1185,19 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// `--timeout`: whole seconds, one or more (0 would kill at once; no limit is the flag
+/// left out).
+fn at_least_a_second(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err(
+            "0 would kill the command at once; give 1 or more, or leave --timeout out for no limit"
+                .into(),
+        ),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{text:?} is not a whole number of seconds")),
     }
 }
 

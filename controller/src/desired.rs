@@ -389,7 +389,7 @@ const GENERATED_NOTE: &str =
     "generated on the node at apply, unless it has one; the private key never leaves it";
 
 /// The view of one entry compared by the agent.
-fn entry_view(e: &Entry, p: &EntryPlan, applied: &[Entry]) -> EntryView {
+fn entry_view(e: &Entry, p: &EntryPlan, applied: &[Entry], drift: bool) -> EntryView {
     let issued = match &e.content {
         clustermgr_protocol::changeset::Content::File { bytes, .. } => bytes
             .windows(generate::ISSUED_AT_APPLY.len())
@@ -411,9 +411,24 @@ fn entry_view(e: &Entry, p: &EntryPlan, applied: &[Entry]) -> EntryView {
             at_apply: Some(ISSUED_NOTE.into()),
         };
     }
+    // A whole file's lines are numbered as in the file; an edit's only within the part
+    // clustermgr governs (the managed block, the one property line).
+    let part = !matches!(
+        e.content,
+        clustermgr_protocol::changeset::Content::File { .. }
+    );
     let diff = match (&p.old_text, &p.new_text) {
-        (Some(old), Some(new)) if !e.secret && old != new => Some(unified(&e.path, old, new)),
-        (None, Some(new)) if !e.secret && p.old_sha256.is_none() => Some(unified(&e.path, "", new)),
+        // Drift shows what changed on the node as the change: from what was applied to
+        // what the node has, so a line added by hand is a `+`.
+        (Some(old), Some(new)) if !e.secret && old != new && drift => {
+            Some(unified(&e.path, new, old, part, Sides::Drift))
+        }
+        (Some(old), Some(new)) if !e.secret && old != new => {
+            Some(unified(&e.path, old, new, part, Sides::Plan))
+        }
+        (None, Some(new)) if !e.secret && p.old_sha256.is_none() => {
+            Some(unified(&e.path, "", new, part, Sides::Plan))
+        }
         // The agent keeps a file's text on the node unless it wrote the file itself,
         // anyone there may read it and it is no known secret (README, Security): show
         // what the file will hold, and say why the other side is missing.
@@ -443,15 +458,43 @@ fn entry_view(e: &Entry, p: &EntryPlan, applied: &[Entry]) -> EntryView {
     }
 }
 
-fn unified(path: &str, old: &str, new: &str) -> String {
-    similar::TextDiff::from_lines(old, new)
+/// Which way a diff reads.
+#[derive(Clone, Copy)]
+enum Sides {
+    /// From the node to what apply would write.
+    Plan,
+    /// From what clustermgr applied to what the node has now.
+    Drift,
+}
+
+fn unified(path: &str, old: &str, new: &str, part: bool, sides: Sides) -> String {
+    let what = if part { ", clustermgr's part" } else { "" };
+    let (from, to) = match sides {
+        Sides::Plan => ("on the node", "desired"),
+        Sides::Drift => ("as clustermgr applied it", "on the node now"),
+    };
+    let diff = similar::TextDiff::from_lines(old, new)
         .unified_diff()
         .context_radius(3)
         .header(
-            &format!("{path} (on the node)"),
-            &format!("{path} (desired)"),
+            &format!("{path}{what} ({from})"),
+            &format!("{path}{what} ({to})"),
         )
-        .to_string()
+        .to_string();
+    if !part {
+        return diff;
+    }
+    // Line numbers within the part would read as the file's: the hunks say where they
+    // are instead.
+    diff.lines()
+        .map(|l| {
+            if l.starts_with("@@") {
+                "@@ within clustermgr's part of the file @@\n".to_string()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
 }
 
 /// The steps an entry list would run if these entries change.
@@ -588,7 +631,7 @@ fn plan_view(d: &NodeDesired, plans: &[EntryPlan], drift: bool) -> NodePlanView 
         if p.change.writes()
             || (!drift && p.change == clustermgr_protocol::changeset::Change::Waiting)
         {
-            let mut v = entry_view(e, p, applied);
+            let mut v = entry_view(e, p, applied, drift);
             if drift {
                 v.drift = p.change.writes();
             }
@@ -814,7 +857,7 @@ async fn rolling_one(
     let (d, revision) = if ctx.store.desired(&d.node.name)?.applied_revision > revision {
         current = desired_for(ctx, std::slice::from_ref(&d.node), &Basis::Now)?
             .pop()
-            .ok_or_else(|| CtlError::UnknownNode(d.node.name.clone()))?;
+            .ok_or_else(|| CtlError::unknown_node(&d.node.name, []))?;
         (&current, ctx.store.next_revision()?)
     } else {
         (d, revision)
@@ -1151,7 +1194,7 @@ fn record_apply(
         .iter()
         .zip(&report.entries)
         .filter(|(_, p)| p.change.writes())
-        .map(|(e, p)| entry_view(e, p, &d.record.applied))
+        .map(|(e, p)| entry_view(e, p, &d.record.applied, false))
         .collect();
     Ok(NodeApplyView {
         node: d.node.name.clone(),
@@ -1439,10 +1482,7 @@ pub async fn drain(
     within: Duration,
     events: &mpsc::Sender<Event>,
 ) -> Result<Report, CtlError> {
-    let rec = ctx
-        .store
-        .node(node)?
-        .ok_or_else(|| CtlError::UnknownNode(node.to_string()))?;
+    let rec = ctx.node_named(node)?;
     if !rec.has_role(Role::Gluu) {
         return Err(CtlError::Usage(format!(
             "{node} is not a Gluu node; only Gluu nodes sit behind the load balancer"
@@ -1492,16 +1532,13 @@ pub async fn rollback(
         list,
         in_container,
     } = *what;
-    let rec = ctx
-        .store
-        .node(node)?
-        .ok_or_else(|| CtlError::UnknownNode(node.to_string()))?;
+    let rec = ctx.node_named(node)?;
     let lock = ctx.config_lock(node);
     let _changing = lock.lock().await;
     let mut desired = desired_for(ctx, std::slice::from_ref(&rec), &Basis::Now)?;
     let d = desired
         .pop()
-        .ok_or_else(|| CtlError::UnknownNode(node.to_string()))?;
+        .ok_or_else(|| CtlError::unknown_node(node, []))?;
     let managed = d
         .entries
         .iter()

@@ -88,8 +88,13 @@ pub enum CtlError {
     #[error("{0}")]
     Usage(String),
     /// The named node is not in the inventory.
-    #[error("no node named {0} in this cluster (see `clustermgr node list`)")]
-    UnknownNode(String),
+    #[error("no node named {name} in this cluster{hint} (see `clustermgr node list`)")]
+    UnknownNode {
+        /// The name given.
+        name: String,
+        /// `; did you mean gluu1?`, or empty.
+        hint: String,
+    },
     /// `apply` was given a plan's digest, and the desired state has changed since that
     /// plan (a `cluster set`, a node added, removed or drained in between).
     #[error(
@@ -169,13 +174,21 @@ impl CtlError {
             | CtlError::Insecure { .. }
             | CtlError::NotOwned(_)
             | CtlError::Usage(_)
-            | CtlError::UnknownNode(_)
+            | CtlError::UnknownNode { .. }
             | CtlError::StoreLocked { .. }
             | CtlError::Protocol(clustermgr_protocol::ProtocolError::InvalidNodeName { .. }) => {
                 exit::USAGE
             }
             CtlError::Relayed { exit_code, .. } => *exit_code,
             _ => exit::FAILED,
+        }
+    }
+
+    /// No node named `name` among `known`, with the closest name offered.
+    pub(crate) fn unknown_node<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Self {
+        CtlError::UnknownNode {
+            name: name.to_string(),
+            hint: crate::suggest::hint(name, known),
         }
     }
 

@@ -35,6 +35,7 @@ pub mod render;
 pub mod selector;
 pub mod serve;
 pub mod store;
+pub mod suggest;
 pub mod telemetry;
 pub mod terminal;
 mod upgrade;

@@ -193,8 +193,10 @@ impl ClusterModel {
                 }
             }
             _ => {
+                let names = KEYS.iter().map(|(k, _)| *k).chain(["tls-cert", "tls-key"]);
                 return Err(CtlError::Usage(format!(
-                    "unknown cluster setting {key:?}; the settings are:\n{}\n  tls-cert FILE, tls-key FILE: the cluster's TLS certificate and key, read from the files",
+                    "unknown cluster setting {key:?}{}; the settings are:\n{}\n  tls-cert FILE, tls-key FILE: the cluster's TLS certificate and key, read from the files",
+                    crate::suggest::hint(key, names),
                     valid_keys()
                 )));
             }

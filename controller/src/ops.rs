@@ -535,7 +535,12 @@ pub enum Report {
     /// One metric's series.
     Metrics(Vec<crate::telemetry::SeriesView>),
     /// `top`'s rows.
-    Top(Vec<crate::telemetry::top::TopRow>),
+    Top {
+        /// The cluster's name, for the screen's header.
+        cluster: String,
+        /// A row per node.
+        rows: Vec<crate::telemetry::top::TopRow>,
+    },
     /// `health`.
     Health(crate::health::HealthView),
     /// `replication`.
@@ -1169,6 +1174,20 @@ impl Ctx {
         Ok((id, rec))
     }
 
+    /// The node named `name`, or an error offering the closest name there is.
+    pub(crate) fn node_named(&self, name: &str) -> Result<NodeRecord, CtlError> {
+        match self.store.node(name)? {
+            Some(rec) => Ok(rec),
+            None => {
+                let all = self.store.nodes()?;
+                Err(CtlError::unknown_node(
+                    name,
+                    all.iter().map(|n| n.name.as_str()),
+                ))
+            }
+        }
+    }
+
     /// Audits an operation done by the time it is recorded: `outcome` for each of
     /// `nodes`, or for the cluster when it concerns none.
     pub(crate) fn audited(
@@ -1257,7 +1276,7 @@ pub async fn run(
                 .collect(),
         )),
         Operation::NodeShow { node } => {
-            let rec = ctx.store.node(&node)?.ok_or(CtlError::UnknownNode(node))?;
+            let rec = ctx.node_named(&node)?;
             let mut view = NodeView::from_record(&rec);
             match info(&ctx, &rec, within).await {
                 Ok((info, _)) => view.info = Some(info),
@@ -1546,10 +1565,7 @@ async fn node_remove(
     uninstall: bool,
     within: Duration,
 ) -> Result<Report, CtlError> {
-    let rec = ctx
-        .store
-        .node(node)?
-        .ok_or_else(|| CtlError::UnknownNode(node.to_string()))?;
+    let rec = ctx.node_named(node)?;
     let others = ctx
         .store
         .nodes()?
@@ -1637,7 +1653,7 @@ fn set_primary(ctx: &Ctx, user: &str, node: &str) -> Result<Report, CtlError> {
     let target = all
         .iter()
         .find(|n| n.name == node)
-        .ok_or_else(|| CtlError::UnknownNode(node.to_string()))?;
+        .ok_or_else(|| CtlError::unknown_node(node, all.iter().map(|n| n.name.as_str())))?;
     if !target.has_role(Role::Gluu) {
         return Err(CtlError::Refused(format!(
             "{node} is not a Gluu node, so it cannot be the primary"

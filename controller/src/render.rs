@@ -263,37 +263,82 @@ fn print_series(v: &crate::telemetry::SeriesView) {
     };
     println!("{} {}", v.node, v.series);
     println!(
-        "  last {}{unit}  min {}  max {}  {chart}",
+        "  last {}{unit}  min {}{unit}  max {}{unit}",
         short_number(last),
         short_number(min),
         short_number(max)
     );
+    // What the chart spans: a bar per step, the lowest bar the minimum.
+    let span = match (v.points.first(), v.points.last()) {
+        (Some(a), Some(b)) if v.points.len() > 1 => {
+            let step = (b.0 - a.0) / (v.points.len() as i64 - 1).max(1);
+            format!(
+                "{} to {}, a bar per {}",
+                crate::clock::rfc3339(a.0 / 1000),
+                crate::clock::rfc3339(b.0 / 1000),
+                duration_words(step)
+            )
+        }
+        _ => "one point".into(),
+    };
+    println!("  {chart}  ({span}; min to max)");
 }
 
-/// `top`'s table.
-fn print_top(rows: &[crate::telemetry::top::TopRow]) {
-    let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.1}%"));
-    let num = |v: Option<f64>| v.map_or("-".to_string(), short_number);
-    let bps = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{}B/s", short_number(x)));
-    println!(
-        "{:<16} {:<14} {:>7} {:>7} {:>7} {:>11} {:>11} {:>6} {:>6}  HEALTH",
-        "NODE", "STATE", "CPU", "MEM", "DISK", "RX", "TX", "LOAD1", "AGE"
-    );
-    for r in rows {
-        println!(
-            "{:<16} {:<14} {:>7} {:>7} {:>7} {:>11} {:>11} {:>6} {:>6}  {}",
-            r.node,
-            r.state,
-            pct(r.cpu_pct),
-            pct(r.mem_pct),
-            pct(r.disk_pct),
-            bps(r.rx_bps),
-            bps(r.tx_bps),
-            num(r.load1),
-            r.age_secs.map_or("-".to_string(), |a| format!("{a:.0}s")),
-            r.health.as_deref().unwrap_or("-"),
-        );
+/// `90 s`, `5 min`, `2 h`: a step in the unit that reads best.
+fn duration_words(ms: i64) -> String {
+    let s = ms / 1000;
+    if s % 3600 == 0 && s >= 3600 {
+        format!("{} h", s / 3600)
+    } else if s % 60 == 0 && s >= 60 {
+        format!("{} min", s / 60)
+    } else {
+        format!("{s} s")
     }
+}
+
+/// `1 node`, `2 nodes`: a count with its noun, plural when it is not one (`noun` and
+/// `nouns` given whole, for `entry`/`entries`).
+pub fn count(n: usize, noun: &str, nouns: &str) -> String {
+    format!("{n} {}", if n == 1 { noun } else { nouns })
+}
+
+/// What an empty `logs`, `metrics` or `events` says (on stderr, so a pipe gets nothing),
+/// since an empty answer alone does not tell a quiet cluster from a store nobody fills.
+fn nothing_stored(what: &str) {
+    eprintln!(
+        "clustermgr: no {what}. The store holds what `clustermgr serve` received from the agents while it ran: is it running (`systemctl status clustermgr-serve`), and for long enough?"
+    );
+}
+
+/// `top`'s screen. On a terminal it is redrawn in place each second: every line clears
+/// to its end and the screen below the last is cleared, so nothing flickers (the
+/// caller homes the cursor first); elsewhere it is printed once, plainly.
+fn print_top(cluster: &str, rows: &[crate::telemetry::top::TopRow]) {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stdout().is_terminal();
+    let width = terminal_size::terminal_size().map_or(80, |(w, _)| usize::from(w.0));
+    let clock = time::OffsetDateTime::now_utc();
+    let clock = format!(
+        "{:02}:{:02}:{:02} UTC",
+        clock.hour(),
+        clock.minute(),
+        clock.second()
+    );
+    let screen = crate::telemetry::top::Screen {
+        cluster,
+        clock: &clock,
+        width: if terminal { width } else { 80 },
+        colour: terminal && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let mut out = std::io::stdout().lock();
+    let end = if terminal { "\x1b[K" } else { "" };
+    for line in crate::telemetry::top::screen(&screen, rows) {
+        let _ = writeln!(out, "{line}{end}");
+    }
+    if terminal {
+        let _ = write!(out, "\x1b[J");
+    }
+    let _ = out.flush();
 }
 
 fn print_replication(r: &crate::health::replication::ReplicationView) {
@@ -733,6 +778,7 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
             }
         }
         Report::MetricNames(names) if as_json => json(&names),
+        Report::MetricNames(names) if names.is_empty() => nothing_stored("metrics are stored"),
         Report::MetricNames(names) => {
             println!("{:<44} SERIES", "METRIC");
             for n in names {
@@ -750,12 +796,14 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
         Report::Ports(p) if as_json => json(&p),
         Report::Ports(p) => print_ports(&p),
         Report::Events(e) if as_json => json(&e),
+        Report::Events(e) if e.is_empty() => nothing_stored("health changes matched"),
         Report::Events(e) => e.iter().for_each(print_event),
         Report::Health(h) if as_json => json(&h),
         Report::Health(h) => print_health(&h),
-        Report::Top(rows) if as_json => json(&rows),
-        Report::Top(rows) => print_top(&rows),
+        Report::Top { rows, .. } if as_json => json(&rows),
+        Report::Top { cluster, rows } => print_top(&cluster, &rows),
         Report::Logs(lines) if as_json => json(&lines),
+        Report::Logs(lines) if lines.is_empty() => nothing_stored("log lines matched"),
         Report::Logs(lines) => {
             for l in &lines {
                 print_log(l);
@@ -766,13 +814,18 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
             for l in lines {
                 let r = &l.record;
                 let short = |h: &str| h.get(..12).unwrap_or(h).to_string();
+                // A rollback restores a kept version: it has no revision of its own.
+                let revision = match r.revision {
+                    0 => "-".to_string(),
+                    n => format!("r{n}"),
+                };
                 println!(
-                    "{:>5} {} {:<10} {:<9} r{:<4} {:<14} {} {} {}→{} {}",
+                    "{:>5} {} {:<10} {:<9} {:<5} {:<14} {} {} {}→{} {}",
                     l.id,
                     l.time,
                     r.user,
                     r.action,
-                    r.revision,
+                    revision,
                     r.node,
                     r.path,
                     r.change,
@@ -827,7 +880,11 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
         Report::Done(msg) => println!("{msg}"),
         Report::Status(s) if as_json => json(&s),
         Report::Status(s) => {
-            println!("cluster {}: {} nodes", s.cluster, s.nodes.len());
+            println!(
+                "cluster {}: {}",
+                s.cluster,
+                count(s.nodes.len(), "node", "nodes")
+            );
             println!(
                 "{:<16} {:<12} {:<12} {:>10} {:>9} {:>9}  DETAIL",
                 "NODE", "ROLES", "STATE", "RTT", "SKEW", "CERT"
@@ -907,13 +964,13 @@ pub fn backup(v: &BackupView, as_json: bool) {
         return json(v);
     }
     println!(
-        "wrote {} ({} bytes): cluster {}, {} nodes, {} certificates, {} audit entries",
+        "wrote {} ({} bytes): cluster {}, {}, {}, {}",
         v.file.display(),
         v.bytes,
         v.cluster,
-        v.nodes,
-        v.certificates,
-        v.audit_entries
+        count(v.nodes, "node", "nodes"),
+        count(v.certificates, "certificate", "certificates"),
+        count(v.audit_entries, "audit entry", "audit entries")
     );
     println!(
         "it holds the cluster CA's key, encrypted under your passphrase ({}): keep it and the passphrase apart, off this machine",
@@ -927,14 +984,14 @@ pub fn restored(v: &RestoreView, as_json: bool) {
         return json(v);
     }
     println!(
-        "restored cluster {} into {} from {} (a backup of {}): {} nodes, {} certificates, {} audit entries",
+        "restored cluster {} into {} from {} (a backup of {}): {}, {}, {}",
         v.cluster,
         v.home.display(),
         v.file.display(),
         v.backup_created,
-        v.nodes,
-        v.certificates,
-        v.audit_entries
+        count(v.nodes, "node", "nodes"),
+        count(v.certificates, "certificate", "certificates"),
+        count(v.audit_entries, "audit entry", "audit entries")
     );
     println!(
         "the controller has a new key; the restored CA certified it (serial {}, until {}), so the agents accept it",
@@ -968,9 +1025,11 @@ fn summary(outcomes: &[NodeOutcome]) {
         .collect();
     if !bad.is_empty() {
         eprintln!(
-            "{} of {} nodes did not succeed: {}",
-            bad.len(),
-            outcomes.len(),
+            "{} did not succeed: {}",
+            match outcomes.len() {
+                1 => "the node".to_string(),
+                n => format!("{} of {n} nodes", bad.len()),
+            },
             bad.iter()
                 .map(|o| format!("{} ({})", o.node, o.state.as_str()))
                 .collect::<Vec<_>>()
@@ -1031,7 +1090,11 @@ fn print_plan(v: &crate::desired::NodePlanView, drift: bool) {
     let changes = v.entries.iter().filter(|e| e.change != "waiting").count();
     if drift {
         if changes == 0 {
-            println!("{}: no drift ({} entries as applied)", v.node, v.unchanged);
+            println!(
+                "{}: no drift ({} as applied)",
+                v.node,
+                count(v.unchanged, "entry", "entries")
+            );
         } else {
             println!(
                 "{}: {changes} edited on the node since the last apply",
@@ -1040,8 +1103,9 @@ fn print_plan(v: &crate::desired::NodePlanView, drift: bool) {
         }
     } else if changes == 0 {
         println!(
-            "{}: no changes ({} entries up to date)",
-            v.node, v.unchanged
+            "{}: no changes ({} up to date)",
+            v.node,
+            count(v.unchanged, "entry", "entries")
         );
     } else {
         println!(
@@ -1072,9 +1136,13 @@ fn print_plan(v: &crate::desired::NodePlanView, drift: bool) {
 }
 
 fn print_applied(v: &crate::desired::NodeApplyView) {
+    let revision = match v.revision {
+        0 => String::new(),
+        n => format!(" (revision {n})"),
+    };
     match &v.message {
-        Some(m) => println!("{}: {} (revision {}): {m}", v.node, v.result, v.revision),
-        None => println!("{}: {} (revision {})", v.node, v.result, v.revision),
+        Some(m) => println!("{}: {}{revision}: {m}", v.node, v.result),
+        None => println!("{}: {}{revision}", v.node, v.result),
     }
     for e in &v.entries {
         println!("  {} {}", e.change, e.path);

@@ -23,7 +23,10 @@ pub fn select(nodes: &[NodeRecord], selector: &str) -> Result<Vec<NodeRecord>, C
         } else {
             match nodes.iter().find(|n| n.name == part) {
                 Some(n) => vec![n],
-                None => return Err(CtlError::UnknownNode(part.to_string())),
+                None => {
+                    let known = nodes.iter().map(|n| n.name.as_str());
+                    return Err(CtlError::unknown_node(part, known));
+                }
             }
         };
         if matched.is_empty() && part != "all" {
@@ -96,7 +99,7 @@ mod tests {
     fn a_selector_that_matches_nothing_is_an_error() {
         assert!(matches!(
             select(&nodes(), "gluu3"),
-            Err(CtlError::UnknownNode(_))
+            Err(CtlError::UnknownNode { .. })
         ));
         assert!(select(&nodes(), "web-*").is_err());
         assert!(select(&nodes(), "role:db").is_err());

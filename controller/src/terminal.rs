@@ -2,7 +2,8 @@
 //! control characters (an escape sequence that retitles the window, moves the cursor,
 //! rewrites lines already shown, or on some terminals answers back as typed input):
 //! on a terminal they are shown, not obeyed. Into a pipe or a file the bytes go as they
-//! are, and `--json` carries them escaped by JSON.
+//! are, and `--json` carries them escaped by JSON. And single keys typed at the
+//! terminal, for `top`'s `q`.
 
 use std::borrow::Cow;
 use std::io::IsTerminal;
@@ -49,6 +50,60 @@ pub fn visible_str(s: &str) -> Cow<'_, str> {
     match visible(s.as_bytes()) {
         Cow::Borrowed(_) => Cow::Borrowed(s),
         Cow::Owned(b) => Cow::Owned(String::from_utf8(b).unwrap_or_default()),
+    }
+}
+
+/// Keys typed on the terminal, one at a time, for `top`'s `q`: standard input without
+/// line editing or echo while this lives (Ctrl-C still signals), restored as it was
+/// when dropped.
+pub struct Keys {
+    saved: rustix::termios::Termios,
+    /// Becomes true when `q` is typed.
+    pub quit: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Keys {
+    /// Starts reading keys, if standard input is a terminal.
+    pub fn start() -> Option<Keys> {
+        use rustix::termios::{LocalModes, OptionalActions, SpecialCodeIndex};
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            return None;
+        }
+        let saved = rustix::termios::tcgetattr(&stdin).ok()?;
+        let mut keys = saved.clone();
+        keys.local_modes
+            .remove(LocalModes::ICANON | LocalModes::ECHO);
+        keys.special_codes[SpecialCodeIndex::VMIN] = 1;
+        keys.special_codes[SpecialCodeIndex::VTIME] = 0;
+        rustix::termios::tcsetattr(&stdin, OptionalActions::Now, &keys).ok()?;
+        let (tx, quit) = tokio::sync::watch::channel(false);
+        // A blocking read, on a thread of its own: it ends with the process.
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut key = [0u8; 1];
+            loop {
+                match std::io::stdin().read(&mut key) {
+                    Ok(1) if matches!(key[0], b'q' | b'Q') => {
+                        let _ = tx.send(true);
+                        return;
+                    }
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        });
+        Some(Keys { saved, quit })
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &self.saved,
+        );
     }
 }
 

@@ -304,7 +304,14 @@ fn the_load_balancer_follows_the_inventory_drains_and_refuses_a_broken_config() 
     t.keep(&drift);
     assert_eq!(drift.status.code(), Some(2), "{}", stdout(&drift));
     let text = stdout(&drift);
-    assert!(text.contains("-# emergency edit"), "{text}");
+    // What changed on the node reads as the change: a line added by hand is a `+`,
+    // from what clustermgr applied to what the node has now.
+    assert!(text.contains("+# emergency edit"), "{text}");
+    assert!(
+        text.contains("--- /etc/nginx/nginx.conf (as clustermgr applied it)")
+            && text.contains("+++ /etc/nginx/nginx.conf (on the node now)"),
+        "{text}"
+    );
     let changed: Vec<&str> = text
         .lines()
         .filter(|l| {
@@ -314,7 +321,7 @@ fn the_load_balancer_follows_the_inventory_drains_and_refuses_a_broken_config() 
         .collect();
     assert_eq!(
         changed,
-        ["    -# emergency edit"],
+        ["    +# emergency edit"],
         "exactly the edit: {text:?}"
     );
     let plan = ok(&mut t, ctl.run(&["plan", "--nodes", "lb"]), "plan");
@@ -881,8 +888,11 @@ async fn gluu_nodes_are_configured_inside_their_container_and_a_returning_node_c
     let drift = ctl.run(&["drift", "--nodes", "gluu2"]);
     t.keep(&drift);
     assert_eq!(drift.status.code(), Some(2));
+    // Inside the managed block of /etc/hosts: its hunks say so rather than give line
+    // numbers that would read as the file's.
     assert!(
-        stdout(&drift).contains("-10.9.9.9 emergency"),
+        stdout(&drift).contains("+10.9.9.9 emergency")
+            && stdout(&drift).contains("@@ within clustermgr's part of the file @@"),
         "{}",
         stdout(&drift)
     );

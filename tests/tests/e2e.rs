@@ -2139,6 +2139,20 @@ async fn mistakes_exit_as_the_table_says_and_the_tls_pair_is_checked() {
     let (status, err, _) = code(&["--connect-timeout", "0", "ping"]);
     assert_eq!(status, Some(2));
     assert!(err.contains("more than 0 and at most 3600"), "{err}");
+    // A zero timeout would kill at once: refused, saying what to do instead.
+    let (status, err, _) = code(&["exec", "--timeout", "0", "--", "true"]);
+    assert_eq!(status, Some(2));
+    assert!(err.contains("leave --timeout out for no limit"), "{err}");
+    // Typos are answered with what was probably meant.
+    let (status, err, _) = code(&["exec", "--nodes", "glu1", "--", "true"]);
+    assert_eq!(status, Some(2));
+    assert!(
+        err.contains("no node named glu1 in this cluster; did you mean gluu1?"),
+        "{err}"
+    );
+    let (status, err, _) = code(&["cluster", "set", "hostnme", "idp.example.org"]);
+    assert_eq!(status, Some(2));
+    assert!(err.contains("did you mean hostname?"), "{err}");
     // No LDAP server could be read anywhere: a failure, not a success.
     let (status, _, out) = code(&["replication"]);
     assert_eq!(status, Some(1), "{out}");

@@ -280,6 +280,24 @@ async fn serve_stores_the_streams_and_logs_follows_them_across_restarts_exactly_
     let out = c.run(&["--json", "logs", "--since", "1h", "--grep", "^line 4[0-9]$"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json.as_array().map(Vec::len), Some(10), "{json}");
+    // --limit with --since: the newest N since then.
+    let out = c.run(&["logs", "--source", "app", "--since", "1h", "--limit", "3"]);
+    assert_eq!(texts(&out), ["line 697", "line 698", "line 699"]);
+    // A source that is not there is a mistake, as a node that is not there is.
+    let out = c.run(&["logs", "--source", "ap"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no lines from a source named \"ap\"") && err.contains("did you mean app?"),
+        "{err}"
+    );
+    // Nothing matching is said, on stderr, with where lines come from.
+    let out = c.run(&["logs", "--source", "app", "--grep", "no such line"]);
+    assert!(out.status.success() && out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("clustermgr serve"),
+        "{out:?}"
+    );
 
     // And the samples: the metrics there are, and one as rates per second.
     let out = c.run(&["metrics"]);
@@ -352,8 +370,11 @@ async fn serve_stores_the_streams_and_logs_follows_them_across_restarts_exactly_
     assert!((0.0..=100.0).contains(&cpu), "{row}");
     assert!(row["mem_pct"].as_f64().is_some_and(|m| m > 0.0), "{row}");
     let text = String::from_utf8_lossy(&c.run(&["top"]).stdout).into_owned();
+    // Not on a terminal: the screen once, plainly, for a pipe or a file.
     assert!(
-        text.starts_with("NODE") && text.contains("gluu1") && text.contains("connected"),
+        text.starts_with("clustermgr top · e2e · 1 node, 1 up")
+            && text.contains("\ngluu1        up ")
+            && !text.contains('\x1b'),
         "{text}"
     );
     drop(serve);
@@ -773,4 +794,76 @@ async fn the_telemetry_store_opens_once_however_many_ask_at_once() {
             .expect("no panic")
             .expect("every caller gets the store");
     }
+}
+
+/// `tmux` on a server of its own (`-L`), so tests do not meet.
+fn tmux(socket: &str, args: &[&str]) -> String {
+    let o = std::process::Command::new("tmux")
+        .args(["-L", socket])
+        .args(args)
+        .output()
+        .expect("tmux");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_fits_80_columns_on_a_terminal_and_q_quits() {
+    let extra = "[telemetry]\nmetrics_interval_secs = 1\ndefault_logs = false\n";
+    let c = Cluster::start(vec![
+        node("gluu1", extra),
+        node("gluu-with-a-long-name", extra),
+    ])
+    .await;
+    let _serve = c.serve().await;
+    let done = c.home.path().join("top-exit");
+    let socket = format!("cm-top-{}", std::process::id());
+    // An 80 by 24 terminal, as a pseudo-terminal tmux makes; the exit code is kept.
+    let command = format!(
+        "{} --home {} top; echo $? > {}",
+        clustermgr_tests::clustermgr_bin().display(),
+        c.dir().display(),
+        done.display()
+    );
+    tmux(
+        &socket,
+        &["new-session", "-d", "-x", "80", "-y", "24", &command],
+    );
+    let screen = || tmux(&socket, &["capture-pane", "-p"]);
+    // Two ticks make a row's CPU, a few more its minute of history.
+    clustermgr_tests::eventually(
+        "both rows with CPU and history",
+        Duration::from_secs(30),
+        || {
+            let s = screen();
+            s.lines()
+                .filter(|l| l.contains("% ") && l.contains('▁'))
+                .count()
+                == 2
+        },
+    )
+    .await;
+    let shot = screen();
+    for line in shot.lines() {
+        assert!(
+            line.chars().count() <= 80,
+            "wider than 80: {line:?}\n{shot}"
+        );
+    }
+    assert!(
+        shot.starts_with("clustermgr top · e2e · 2 nodes, 2 up"),
+        "{shot}"
+    );
+    assert!(shot.contains("q quits"), "{shot}");
+    assert!(shot.contains("NODE         UP    CPU LAST MIN"), "{shot}");
+    // A name longer than its column is cut, visibly.
+    assert!(shot.contains("gluu-with-a…"), "{shot}");
+    // Units a person reads: bytes in binary units, rates in decimal ones.
+    assert!(shot.contains(" MiB") || shot.contains(" GiB"), "{shot}");
+    std::fs::write(clustermgr_tests::bin_dir().join("top-80x24.txt"), &shot).unwrap();
+    tmux(&socket, &["send-keys", "q"]);
+    clustermgr_tests::eventually("top to quit on q", Duration::from_secs(10), || {
+        std::fs::read_to_string(&done).is_ok_and(|s| s.trim() == "0")
+    })
+    .await;
+    tmux(&socket, &["kill-server"]);
 }

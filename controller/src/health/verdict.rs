@@ -422,8 +422,9 @@ fn certs(certs: &[CertState], now_ms: i64) -> (Level, String) {
         Some((days, label)) => (
             Level::Ok,
             format!(
-                "{} certificates; the first to expire, the {label}, in {days} days",
-                certs.len()
+                "{}; the first to expire, the {label}, in {}",
+                crate::render::count(certs.len(), "certificate", "certificates"),
+                crate::render::count(days.max(0) as usize, "day", "days")
             ),
         ),
     }

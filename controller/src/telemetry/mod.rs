@@ -28,8 +28,8 @@ pub struct LogsSpec {
     pub grep: Option<String>,
     /// Keep printing lines as they are stored.
     pub follow: bool,
-    /// The last this many lines of history.
-    pub limit: usize,
+    /// The last this many lines of history: by default 100, or every line `since`.
+    pub limit: Option<usize>,
 }
 
 /// A `--since` argument as Unix milliseconds: a duration back from `now_ms` (`90s`,
@@ -97,17 +97,54 @@ pub async fn logs(
         nodes: nodes.clone(),
         source: spec.source.clone(),
         since_ms,
-        // With --since, every line since then; else the newest `limit`.
-        limit: since_ms.is_none().then_some(spec.limit),
+        // With --since, every line since then unless --limit says how many; else the
+        // newest `limit`.
+        limit: spec
+            .limit
+            .or(since_ms.is_none().then_some(DEFAULT_LOG_LIMIT)),
     };
     let grep_text = grep.clone();
-    let lines = tokio::task::spawn_blocking(move || {
-        store.logs(&q, &|l| {
+    let (lines, sources) = tokio::task::spawn_blocking(move || {
+        let lines = store.logs(&q, &|l| {
             grep_text.as_ref().is_none_or(|g| g.is_match(&l.line))
-        })
+        })?;
+        // Nothing from a named source: was it a source at all?
+        let sources = match &q.source {
+            Some(_) if lines.is_empty() => Some(store.log_sources(&q.nodes, q.since_ms)?),
+            _ => None,
+        };
+        Ok::<_, CtlError>((lines, sources))
     })
     .await
     .map_err(|e| CtlError::Refused(e.to_string()))??;
+    if let (Some(source), Some(known)) = (&spec.source, &sources)
+        && !known.contains(source)
+    {
+        let why = format!(
+            "no lines from a source named {source:?} are stored for the selected nodes{}{}; the sources there are: {}",
+            if since_ms.is_some() {
+                " since then"
+            } else {
+                ""
+            },
+            crate::suggest::hint(source, known.iter().map(String::as_str)),
+            if known.is_empty() {
+                "none yet".to_string()
+            } else {
+                known.iter().cloned().collect::<Vec<_>>().join(", ")
+            }
+        );
+        if !spec.follow {
+            return Err(CtlError::Usage(why));
+        }
+        // A source configured on a node may not have written yet: follow it anyway.
+        let _ = events
+            .send(Event::Log(notice(
+                ctx,
+                &format!("{why}; following it anyway"),
+            )))
+            .await;
+    }
     let wanted = |n: &NodeLine| {
         nodes.contains(&n.node)
             && spec.source.as_ref().is_none_or(|s| *s == n.source)
@@ -127,15 +164,12 @@ pub async fn logs(
     loop {
         let l = match live.recv().await {
             Ok(l) => l,
-            Err(broadcast::error::RecvError::Lagged(n)) => NodeLine {
-                node: String::new(),
-                seq: 0,
-                time_ms: ctx.clock.now().unix_timestamp() * 1000,
-                source: "clustermgr".into(),
-                line: format!(
+            Err(broadcast::error::RecvError::Lagged(n)) => notice(
+                ctx,
+                &format!(
                     "{n} lines came faster than this terminal took them and were skipped here; `clustermgr logs --since` shows them from the store"
                 ),
-            },
+            ),
             Err(broadcast::error::RecvError::Closed) => break,
         };
         if !l.node.is_empty() {
@@ -155,6 +189,20 @@ pub async fn logs(
     Ok(Report::Logs(Vec::new()))
 }
 
+/// How many of the newest lines `logs` shows without `--since` or `--limit`.
+pub const DEFAULT_LOG_LIMIT: usize = 100;
+
+/// A line of clustermgr's own among the nodes' (no node: never filtered out).
+fn notice(ctx: &Ctx, text: &str) -> NodeLine {
+    NodeLine {
+        node: String::new(),
+        seq: 0,
+        time_ms: (ctx.clock.now().unix_timestamp_nanos() / 1_000_000) as i64,
+        source: "clustermgr".into(),
+        line: text.to_string(),
+    }
+}
+
 /// `top`: a row per node from the ticks `serve` received last.
 pub fn top(ctx: &Ctx, nodes: &str) -> Result<Report, CtlError> {
     let Some(pool) = ctx.pool.as_ref() else {
@@ -162,10 +210,11 @@ pub fn top(ctx: &Ctx, nodes: &str) -> Result<Report, CtlError> {
             "`top` shows what `clustermgr serve` receives from the agents; start `clustermgr serve` and run this again".into(),
         ));
     };
-    let now_ms = ctx.clock.now().unix_timestamp() * 1000;
+    let now_ms = (ctx.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
     let health = crate::health::latest(ctx);
-    Ok(Report::Top(
-        select(&ctx.store.nodes()?, nodes)?
+    Ok(Report::Top {
+        cluster: ctx.meta.name.clone(),
+        rows: select(&ctx.store.nodes()?, nodes)?
             .iter()
             .map(|n| {
                 let mut r = top::row(&n.name, pool.get_pinned(n).is_some(), &ctx.recent, now_ms);
@@ -180,7 +229,7 @@ pub fn top(ctx: &Ctx, nodes: &str) -> Result<Report, CtlError> {
                 r
             })
             .collect(),
-    ))
+    })
 }
 
 /// What `clustermgr metrics` asks for.
@@ -265,7 +314,7 @@ pub fn metrics(ctx: &Ctx, spec: &MetricsSpec) -> Result<Report, CtlError> {
         .into_iter()
         .map(|n| n.name)
         .collect();
-    let now_ms = ctx.clock.now().unix_timestamp() * 1000;
+    let now_ms = (ctx.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
     let from_ms = match spec.since.as_deref() {
         Some(s) => parse_since(s, now_ms)?,
         None => now_ms - 3_600_000,
@@ -315,8 +364,15 @@ pub fn metrics(ctx: &Ctx, spec: &MetricsSpec) -> Result<Report, CtlError> {
         })
         .collect();
     if views.is_empty() {
+        // As `metrics` without --metric reads them: only on this rare path.
+        let names: std::collections::BTreeSet<String> = store
+            .series_in(tier, &nodes, None, from_ms)?
+            .into_iter()
+            .map(|s| s.series.split('{').next().unwrap_or(&s.series).to_string())
+            .collect();
         return Err(CtlError::Usage(format!(
-            "no samples of {metric} since then on the selected nodes; `clustermgr metrics` lists the metrics there are"
+            "no samples of {metric} since then on the selected nodes{}; `clustermgr metrics` lists the metrics there are",
+            crate::suggest::hint(metric, names.iter().map(String::as_str))
         )));
     }
     Ok(Report::Metrics(views))

@@ -539,6 +539,34 @@ impl TelemetryStore {
         })
     }
 
+    /// The log sources stored for `nodes` (empty: all) at or after `since_ms`: what
+    /// `logs --source` could have meant when it found nothing. Reads every block, so
+    /// it is asked only then.
+    pub fn log_sources(
+        &self,
+        nodes: &[String],
+        since_ms: Option<i64>,
+    ) -> Result<std::collections::BTreeSet<String>, CtlError> {
+        self.read(|txn| {
+            let t = txn.open_table(LOGS).map_err(|e| e.to_string())?;
+            let since = since_ms.unwrap_or(i64::MIN);
+            let mut out = std::collections::BTreeSet::new();
+            for row in t.range((since, "", 0u64)..).map_err(|e| e.to_string())? {
+                let (k, v) = row.map_err(|e| e.to_string())?;
+                let (_, node, _) = k.value();
+                if !nodes.is_empty() && !nodes.iter().any(|n| n == node) {
+                    continue;
+                }
+                for line in decode_block(v.value())? {
+                    if line.time_ms >= since && !out.contains(&line.source) {
+                        out.insert(line.source);
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// The series of `nodes` (empty: all) whose name is `metric` (or all), with their
     /// samples at or after `since_ms`.
     pub fn series(

@@ -1,7 +1,8 @@
 //! `clustermgr top`: each node's CPU, memory, disk, network and load from the last two
-//! metric ticks `serve` received, with its connection state.
+//! metric ticks `serve` received, with its connection state and a minute of CPU
+//! history; and the screen that shows them in 80 columns.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use clustermgr_protocol::telemetry::Sample;
@@ -10,30 +11,89 @@ use serde::{Deserialize, Serialize};
 /// One metric tick: its time and samples.
 type Tick = (i64, Vec<Sample>);
 
+/// How far back `top`'s CPU history reaches, and in how many columns it is drawn.
+pub const HISTORY_MS: i64 = 60_000;
+/// The columns of the CPU history: one per six seconds of the last minute.
+pub const HISTORY_SLOTS: usize = 10;
+
+/// A node's last two ticks, and its CPU use between each two ticks of the last minute.
+#[derive(Debug, Default)]
+struct NodeTicks {
+    last: [Option<Tick>; 2],
+    cpu: VecDeque<(i64, f64)>,
+}
+
 /// The last two metric ticks of each node, as `serve` receives them.
 #[derive(Debug, Default)]
-pub struct Recent(Mutex<HashMap<String, [Option<Tick>; 2]>>);
+pub struct Recent(Mutex<HashMap<String, NodeTicks>>);
 
 impl Recent {
     /// A tick `node` sent.
     pub fn tick(&self, node: &str, time_ms: i64, samples: &[Sample]) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let slot = map.entry(node.to_string()).or_default();
-        if slot[1].as_ref().is_some_and(|(t, _)| *t >= time_ms) {
+        if slot.last[1].as_ref().is_some_and(|(t, _)| *t >= time_ms) {
             return;
         }
-        slot[0] = slot[1].take();
-        slot[1] = Some((time_ms, samples.to_vec()));
+        slot.last[0] = slot.last[1].take();
+        slot.last[1] = Some((time_ms, samples.to_vec()));
+        if let Some((_, before)) = &slot.last[0]
+            && let Some(pct) = cpu_pct(before, samples)
+        {
+            slot.cpu.push_back((time_ms, pct));
+        }
+        while slot
+            .cpu
+            .front()
+            .is_some_and(|(t, _)| time_ms - t >= HISTORY_MS)
+        {
+            slot.cpu.pop_front();
+        }
     }
 
     /// The two ticks of `node`, older first.
     fn ticks(&self, node: &str) -> Option<(Tick, Tick)> {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(node) {
+        match map.get(node).map(|n| &n.last) {
             Some([Some(a), Some(b)]) => Some((a.clone(), b.clone())),
             _ => None,
         }
     }
+
+    /// `node`'s CPU use over the minute before `now_ms`, in [`HISTORY_SLOTS`] slots of
+    /// equal time, oldest first: each the last value measured in it, or the one before
+    /// when no tick fell in it (`None` before the first).
+    fn cpu_history(&self, node: &str, now_ms: i64) -> Vec<Option<f64>> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let slot_ms = HISTORY_MS / HISTORY_SLOTS as i64;
+        let start = now_ms - HISTORY_MS;
+        let mut out = vec![None; HISTORY_SLOTS];
+        for (t, pct) in map.get(node).map(|n| &n.cpu).into_iter().flatten() {
+            if let Ok(i) = usize::try_from((t - start) / slot_ms)
+                && *t >= start
+            {
+                out[i.min(HISTORY_SLOTS - 1)] = Some(*pct);
+            }
+        }
+        for i in 1..out.len() {
+            if out[i].is_none() {
+                out[i] = out[i - 1];
+            }
+        }
+        out
+    }
+}
+
+/// CPU busy between two ticks, percent of all CPUs.
+fn cpu_pct(a: &[Sample], b: &[Sample]) -> Option<f64> {
+    let cpu = |s: &[Sample], idle: bool| {
+        sum(s, "node_cpu_seconds_total", |x| {
+            let m = label(x, "mode").unwrap_or("");
+            !idle || m == "idle" || m == "iowait"
+        })
+    };
+    let (all0, all1, idle0, idle1) = (cpu(a, false)?, cpu(b, false)?, cpu(a, true)?, cpu(b, true)?);
+    (all1 > all0).then(|| 100.0 * (1.0 - (idle1 - idle0) / (all1 - all0)))
 }
 
 /// One node's row.
@@ -49,6 +109,12 @@ pub struct TopRow {
     pub cpu_pct: Option<f64>,
     /// Memory in use (not available), percent.
     pub mem_pct: Option<f64>,
+    /// Memory in use (not available), bytes.
+    #[serde(default)]
+    pub mem_used_bytes: Option<f64>,
+    /// CPU busy over the last minute, oldest first, in equal slots of time.
+    #[serde(default)]
+    pub cpu_history: Vec<Option<f64>>,
     /// The fullest file system, percent used.
     pub disk_pct: Option<f64>,
     /// Bytes received per second, all interfaces but loopback.
@@ -91,6 +157,8 @@ pub fn row(node: &str, connected: bool, recent: &Recent, now_ms: i64) -> TopRow 
         age_secs: None,
         cpu_pct: None,
         mem_pct: None,
+        mem_used_bytes: None,
+        cpu_history: recent.cpu_history(node, now_ms),
         disk_pct: None,
         rx_bps: None,
         tx_bps: None,
@@ -102,24 +170,14 @@ pub fn row(node: &str, connected: bool, recent: &Recent, now_ms: i64) -> TopRow 
     };
     let dt = (t1 - t0) as f64 / 1000.0;
     r.age_secs = Some((now_ms - t1) as f64 / 1000.0);
-    let cpu = |s: &[Sample], idle: bool| {
-        sum(s, "node_cpu_seconds_total", |x| {
-            let m = label(x, "mode").unwrap_or("");
-            !idle || m == "idle" || m == "iowait"
-        })
-    };
-    if let (Some(all0), Some(all1), Some(idle0), Some(idle1)) =
-        (cpu(&a, false), cpu(&b, false), cpu(&a, true), cpu(&b, true))
-        && all1 > all0
-    {
-        r.cpu_pct = Some(100.0 * (1.0 - (idle1 - idle0) / (all1 - all0)));
-    }
+    r.cpu_pct = cpu_pct(&a, &b);
     if let (Some(total), Some(avail)) = (
         sum(&b, "node_memory_total_bytes", |_| true),
         sum(&b, "node_memory_available_bytes", |_| true),
     ) && total > 0.0
     {
         r.mem_pct = Some(100.0 * (1.0 - avail / total));
+        r.mem_used_bytes = Some(total - avail);
     }
     r.disk_pct = b
         .iter()
@@ -146,6 +204,223 @@ pub fn row(node: &str, connected: bool, recent: &Recent, now_ms: i64) -> TopRow 
     r.tx_bps = rate("node_network_transmit_bytes_total");
     r.load1 = sum(&b, "node_load1", |_| true);
     r
+}
+
+/// What `top`'s screen shows besides the rows.
+#[derive(Clone, Copy, Debug)]
+pub struct Screen<'a> {
+    /// The cluster's name.
+    pub cluster: &'a str,
+    /// The time of day, `HH:MM:SS`.
+    pub clock: &'a str,
+    /// The terminal's width in columns (at least 80 is assumed).
+    pub width: usize,
+    /// Whether states are coloured (a terminal, and no `NO_COLOR`).
+    pub colour: bool,
+}
+
+/// The lines of `top`'s screen: a header with the cluster, a summary of the whole,
+/// then a row per node, each at most `width` columns wide (80 at least; a wider
+/// terminal gives long node names and health room).
+pub fn screen(s: &Screen<'_>, rows: &[TopRow]) -> Vec<String> {
+    let width = s.width.max(80);
+    let up = rows.iter().filter(|r| r.state == "connected").count();
+    let mut levels: Vec<(&str, usize)> = Vec::new();
+    for r in rows {
+        let level = r
+            .health
+            .as_deref()
+            .map_or("no round yet", |h| h.split(':').next().unwrap_or(h));
+        match levels.iter_mut().find(|(l, _)| *l == level) {
+            Some((_, n)) => *n += 1,
+            None => levels.push((level, 1)),
+        }
+    }
+    let health: Vec<String> = levels.iter().map(|(l, n)| format!("{n} {l}")).collect();
+    let left = format!(
+        "clustermgr top · {} · {}, {up} up · {}",
+        s.cluster,
+        crate::render::count(rows.len(), "node", "nodes"),
+        health.join(", ")
+    );
+    let right = format!("q quits  {}", s.clock);
+    let mut lines = vec![spread(&left, &right, width)];
+    let known = |f: fn(&TopRow) -> Option<f64>| rows.iter().filter_map(f).collect::<Vec<_>>();
+    let cpus = known(|r| r.cpu_pct);
+    let newest = known(|r| r.age_secs).into_iter().reduce(f64::min);
+    lines.push(fit(
+        &format!(
+            "CPU {} average · RX {} · TX {} · newest metrics {}",
+            if cpus.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.0}%", cpus.iter().sum::<f64>() / cpus.len() as f64)
+            },
+            rate(known(|r| r.rx_bps).into_iter().reduce(|a, b| a + b)),
+            rate(known(|r| r.tx_bps).into_iter().reduce(|a, b| a + b)),
+            newest.map_or("not in yet".to_string(), |a| format!("{a:.0} s ago")),
+        ),
+        width,
+    ));
+    lines.push(String::new());
+    // The fixed columns (state, CPU, its minute, memory, disk, RX, TX, load) and the
+    // nine spaces between the ten; the node's name and health share what is left,
+    // 12 and 9 columns at 80, the node's growing to its longest name on a wider one.
+    const FIXED: usize = 4 + 4 + HISTORY_SLOTS + 8 + 4 + 8 + 8 + 4 + 9;
+    let free = width - FIXED;
+    let longest = rows
+        .iter()
+        .map(|r| r.node.chars().count())
+        .max()
+        .unwrap_or(0);
+    let node_w = longest.clamp(12, free - 9);
+    let health_w = free - node_w;
+    lines.push(fit(
+        &format!(
+            "{:<node_w$} {:<4} {:>4} {:<10} {:>8} {:>4} {:>8} {:>8} {:>4} {}",
+            "NODE", "UP", "CPU", "LAST MIN", "MEM", "DISK", "RX/s", "TX/s", "LOAD", "HEALTH"
+        ),
+        width,
+    ));
+    for r in rows {
+        let up = r.state == "connected";
+        let state = paint(
+            s.colour,
+            if up { GREEN } else { RED },
+            &format!("{:<4}", if up { "up" } else { "down" }),
+        );
+        let (health, colour) = health_cell(r.health.as_deref(), health_w);
+        let line = format!(
+            "{} {state} {:>4} {:<10} {:>8} {:>4} {:>8} {:>8} {:>4} {}",
+            pad(&r.node, node_w),
+            r.cpu_pct.map_or("-".into(), |v| format!("{v:.0}%")),
+            sparkline(&r.cpu_history),
+            r.mem_used_bytes.map_or("-".into(), bytes),
+            r.disk_pct.map_or("-".into(), |v| format!("{v:.0}%")),
+            r.rx_bps.map_or("-".into(), |v| rate_short(Some(v))),
+            r.tx_bps.map_or("-".into(), |v| rate_short(Some(v))),
+            r.load1.map_or("-".into(), load),
+            paint(s.colour && colour.is_some(), colour.unwrap_or(""), &health),
+        );
+        lines.push(line);
+    }
+    lines
+}
+
+const GREEN: &str = "\x1b[32m";
+const YELLOW: &str = "\x1b[33m";
+const RED: &str = "\x1b[31m";
+
+fn paint(on: bool, colour: &str, text: &str) -> String {
+    if on {
+        format!("{colour}{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+/// `left`, then `right` at the end of `width` columns (the left cut to make room).
+fn spread(left: &str, right: &str, width: usize) -> String {
+    let room = width.saturating_sub(right.chars().count() + 1);
+    let left = fit(left, room);
+    let gap = width - left.chars().count() - right.chars().count();
+    format!("{left}{}{right}", " ".repeat(gap))
+}
+
+/// `text` cut to `width` columns, with `…` where it was cut.
+fn fit(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// `text` cut or padded to exactly `width` columns.
+fn pad(text: &str, width: usize) -> String {
+    let t = fit(text, width);
+    let n = t.chars().count();
+    format!("{t}{}", " ".repeat(width - n))
+}
+
+/// The health cell, shortened to `width`: `ok`, `warn disk`, `CRIT ldap`, `? csync2`.
+fn health_cell(health: Option<&str>, width: usize) -> (String, Option<&'static str>) {
+    let Some(h) = health else {
+        return ("-".into(), None);
+    };
+    let (level, check) = h.split_once(": ").unwrap_or((h, ""));
+    let (word, colour) = match level {
+        "ok" => ("ok", Some(GREEN)),
+        "warning" => ("warn", Some(YELLOW)),
+        "critical" => ("CRIT", Some(RED)),
+        _ => ("?", None),
+    };
+    let text = if check.is_empty() {
+        word.to_string()
+    } else {
+        format!("{word} {check}")
+    };
+    (fit(&text, width), colour)
+}
+
+/// CPU history as a sparkline: one block per slot, its height the CPU use, blank
+/// before the first measurement.
+fn sparkline(history: &[Option<f64>]) -> String {
+    const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let mut out: String = history
+        .iter()
+        .map(|v| match v {
+            None => ' ',
+            Some(pct) => BLOCKS[((pct.clamp(0.0, 100.0) / 100.0 * 7.0).round()) as usize],
+        })
+        .collect();
+    while out.chars().count() < HISTORY_SLOTS {
+        out.insert(0, ' ');
+    }
+    out
+}
+
+/// Bytes in binary units, at most 3 significant digits: `512 MiB`, `1.2 GiB`.
+pub fn bytes(v: f64) -> String {
+    scaled(v, 1024.0, &["B", "KiB", "MiB", "GiB", "TiB", "PiB"])
+}
+
+/// A rate in decimal units, as network tools give it: `237 kB/s`, `1.2 MB/s`.
+fn rate(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| {
+        format!("{}/s", scaled(v, 1000.0, &["B", "kB", "MB", "GB", "TB"]))
+    })
+}
+
+/// [`rate`] without the `/s` (the column says it).
+fn rate_short(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| {
+        scaled(v, 1000.0, &["B", "kB", "MB", "GB", "TB"])
+    })
+}
+
+fn scaled(v: f64, step: f64, units: &[&str]) -> String {
+    let mut v = v.max(0.0);
+    let mut unit = 0;
+    // Below 1000 of a unit, so it fits 3 digits: 1000 MiB is shown as 0.98 GiB.
+    while v >= 1000.0 && unit + 1 < units.len() {
+        v /= step;
+        unit += 1;
+    }
+    let digits = if v < 10.0 && unit > 0 { 1 } else { 0 };
+    let digits = if v < 1.0 && unit > 0 { 2 } else { digits };
+    format!("{v:.digits$} {}", units[unit])
+}
+
+fn load(v: f64) -> String {
+    if v < 10.0 {
+        format!("{v:.2}")
+    } else if v < 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
 }
 
 #[cfg(test)]

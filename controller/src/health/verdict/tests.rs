@@ -614,7 +614,7 @@ fn certificates_warn_a_month_ahead_and_are_critical_a_week_ahead() {
     assert_eq!(l, Level::Ok);
     assert_eq!(
         why,
-        "1 certificates; the first to expire, the cluster TLS certificate, in 200 days"
+        "1 certificate; the first to expire, the cluster TLS certificate, in 200 days"
     );
     let (l, why) = judge(20);
     assert_eq!(l, Level::Warning);
