@@ -264,6 +264,9 @@ pub enum Cmd {
         /// The UDP port every sandbox agent listens on, each on its own 127.77.0.N.
         #[arg(long, default_value_t = 7443)]
         port: u16,
+        /// Answer Prometheus scrapes on this address, as `serve --prometheus` does.
+        #[arg(long, value_name = "ADDR")]
+        prometheus: Option<std::net::SocketAddr>,
     },
     /// Print the shell completion script for bash, zsh or fish.
     #[command(after_help = "Examples:\n  \
@@ -538,7 +541,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             } else {
                 println!("initialised cluster {} in {}", meta.name, home.display());
                 println!(
-                    "next: on each host run `clustermgr-agent enroll --name NODE`, then `clustermgr node sign NODE CSR_FILE` and `clustermgr node add NODE --address HOST`"
+                    "next: `clustermgr node add NODE --ssh root@HOST` for each host (one SSH session installs and enrolls its agent; `node add --from hosts.toml` does many at once), or by hand: `clustermgr-agent enroll --name NODE` on the host, then `clustermgr node sign NODE CSR_FILE` and `clustermgr node add NODE --address HOST`"
                 );
             }
             return Ok(0);
@@ -584,7 +587,19 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             crate::serve::serve(ctx, shutdown_signal(), &exports).await?;
             return Ok(0);
         }
-        Cmd::Dev { nodes, port } => return crate::dev::run(explicit_home, nodes, port).await,
+        Cmd::Dev {
+            nodes,
+            port,
+            prometheus,
+        } => {
+            let ask = crate::dev::DevAsk {
+                home: explicit_home,
+                nodes,
+                port,
+                prometheus,
+            };
+            return crate::dev::run(ask).await;
+        }
         // Answered before the home is looked at.
         Cmd::Completion { .. } | Cmd::Man => return Ok(exit::OK),
         Cmd::Backup {

@@ -179,6 +179,18 @@ pub async fn start_agent(
         ),
     )?;
     let (child, address) = spawn_agent(agent_bin, &dir, &spec.name).await?;
+    if spec.listen.port() == 0 {
+        // The port it was given is its port from now on: a restart, or a resumed
+        // sandbox, finds it where the inventory says.
+        let path = etc.join("agent.toml");
+        let text = std::fs::read_to_string(&path).map_err(|e| CtlError::io(&path, e))?;
+        let pinned = text.replacen(
+            &format!("listen = \"{}\"", spec.listen),
+            &format!("listen = \"{address}\""),
+            1,
+        );
+        std::fs::write(&path, pinned).map_err(|e| CtlError::io(&path, e))?;
+    }
     let agent = SandboxAgent {
         name: spec.name.clone(),
         address,
@@ -300,18 +312,44 @@ fn fresh_temp_dir() -> Result<PathBuf, CtlError> {
     Ok(dir)
 }
 
-/// `clustermgr dev`.
-pub async fn run(home: Option<PathBuf>, nodes: usize, port: u16) -> Result<i32, CtlError> {
-    if !(1..=200).contains(&nodes) {
+/// Marks a home as a sandbox `clustermgr dev` made, so `dev --home` may resume it.
+const MARKER: &str = "dev/sandbox";
+
+/// What `clustermgr dev` is asked.
+#[derive(Clone, Debug)]
+pub struct DevAsk {
+    /// Where to keep the sandbox (a temporary directory, removed at the end, if none).
+    pub home: Option<PathBuf>,
+    /// How many nodes a new sandbox has.
+    pub nodes: usize,
+    /// The UDP port of every agent.
+    pub port: u16,
+    /// Answer Prometheus scrapes here, as `serve --prometheus` does.
+    pub prometheus: Option<std::net::SocketAddr>,
+}
+
+/// `clustermgr dev`: a new sandbox, or with `--home` a sandbox it made there before,
+/// resumed (its agents started again on their state).
+pub async fn run(ask: DevAsk) -> Result<i32, CtlError> {
+    if !(1..=200).contains(&ask.nodes) {
         return Err(CtlError::Usage("--nodes must be between 1 and 200".into()));
     }
     let agent_bin = agent_binary()?;
-    let temporary = home.is_none();
-    let dir = match home {
-        Some(d) => d,
+    let temporary = ask.home.is_none();
+    let dir = match &ask.home {
+        Some(d) => d.clone(),
         None => fresh_temp_dir()?,
     };
-    ops::init(&dir, "dev", 90, &clock::SystemClock)?;
+    let resume = dir.join(MARKER).is_file();
+    if !resume {
+        if dir.join("ca.crt").exists() {
+            return Err(CtlError::Usage(format!(
+                "{} holds a cluster that `clustermgr dev` did not make; a sandbox runs only in a home of its own (another --home, or none for a temporary one)",
+                dir.display()
+            )));
+        }
+        ops::init(&dir, "dev", 90, &clock::SystemClock)?;
+    }
     let ctx = Arc::new(Ctx::open(
         &dir,
         clock::system(),
@@ -319,37 +357,145 @@ pub async fn run(home: Option<PathBuf>, nodes: usize, port: u16) -> Result<i32, 
         true,
     )?);
     let base = dir.join("dev");
+    let started = if resume {
+        resume_agents(&ctx, &agent_bin, &base).await
+    } else {
+        start_agents(&ctx, &agent_bin, &base, &default_nodes(ask.nodes, ask.port)).await
+    };
+    let agents = match started {
+        Ok(a) => a,
+        Err(e) => {
+            if temporary {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            return Err(e);
+        }
+    };
+    if !resume {
+        let marker = dir.join(MARKER);
+        std::fs::write(
+            &marker,
+            "made by `clustermgr dev`; `dev --home` resumes it\n",
+        )
+        .map_err(|e| CtlError::io(&marker, e))?;
+    }
+    banner(&dir, &base, agents.len(), resume, temporary);
+    // Like a service manager, the sandbox starts an agent again that died.
+    let agents = Arc::new(tokio::sync::Mutex::new(agents));
+    let keeper = tokio::spawn(keep_running(agents.clone(), agent_bin.clone()));
+    let export = crate::telemetry::export::ExportOptions {
+        prometheus: ask.prometheus,
+        ..Default::default()
+    };
+    let served = crate::serve::serve(ctx.clone(), crate::cli::shutdown_signal(), &export).await;
+    keeper.abort();
+    eprintln!("stopping the sandbox agents");
+    let agents = std::mem::take(&mut *agents.lock().await);
+    stop_agents(agents).await;
+    drop(ctx);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    served?;
+    Ok(crate::exit::OK)
+}
+
+/// Enrolls and starts a new sandbox's agents; on a failure, stops those started.
+async fn start_agents(
+    ctx: &Arc<Ctx>,
+    agent_bin: &Path,
+    base: &Path,
+    specs: &[NodeSpec],
+) -> Result<Vec<SandboxAgent>, CtlError> {
     let mut agents = Vec::new();
-    let mut failure = None;
-    for spec in default_nodes(nodes, port) {
-        match start_agent(&ctx, &agent_bin, &base, &spec).await {
+    for spec in specs {
+        match start_agent(ctx, agent_bin, base, spec).await {
             Ok(a) => {
                 eprintln!("started {} on udp {}", a.name, a.address);
                 agents.push(a);
             }
             Err(e) => {
-                failure = Some(e);
-                break;
+                stop_agents(agents).await;
+                return Err(e);
             }
         }
     }
-    if let Some(e) = failure {
-        stop_agents(agents).await;
-        if temporary {
-            let _ = std::fs::remove_dir_all(&dir);
+    Ok(agents)
+}
+
+/// Starts again the agents of a sandbox made before, on the identities, state and
+/// addresses they had.
+async fn resume_agents(
+    ctx: &Arc<Ctx>,
+    agent_bin: &Path,
+    base: &Path,
+) -> Result<Vec<SandboxAgent>, CtlError> {
+    let mut agents = Vec::new();
+    for node in ctx.store.nodes()? {
+        let dir = base.join(&node.name);
+        if !dir.join("etc/agent.toml").is_file() {
+            eprintln!(
+                "{}: not a sandbox agent (no {}); left alone",
+                node.name,
+                dir.join("etc/agent.toml").display()
+            );
+            continue;
         }
-        return Err(e);
+        match spawn_agent(agent_bin, &dir, &node.name).await {
+            Ok((child, address)) => {
+                eprintln!("resumed {} on udp {address}", node.name);
+                agents.push(SandboxAgent {
+                    name: node.name.clone(),
+                    address,
+                    dir,
+                    child,
+                });
+            }
+            Err(e) => {
+                stop_agents(agents).await;
+                return Err(e);
+            }
+        }
     }
+    Ok(agents)
+}
+
+/// Checks every second that each agent runs, and starts again one that ended.
+async fn keep_running(agents: Arc<tokio::sync::Mutex<Vec<SandboxAgent>>>, agent_bin: PathBuf) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut agents = agents.lock().await;
+        for a in agents.iter_mut() {
+            let Ok(Some(status)) = a.child.try_wait() else {
+                continue;
+            };
+            tracing::warn!(
+                "{}'s agent ended ({status}); starting it again (its log: {})",
+                a.name,
+                a.dir.join("agent.log").display()
+            );
+            match spawn_agent(&agent_bin, &a.dir, &a.name).await {
+                Ok((child, _)) => a.child = child,
+                Err(e) => tracing::warn!("{}: {e}; trying again in a second", a.name),
+            }
+        }
+    }
+}
+
+/// How to reach the sandbox, printed once it runs.
+fn banner(dir: &Path, base: &Path, agents: usize, resumed: bool, temporary: bool) {
+    let cli = cli_as_typed();
     println!();
     println!(
-        "clustermgr dev: {} agents and the controller are running.",
-        agents.len()
+        "clustermgr dev: {} and the controller are {}.",
+        crate::render::count(agents, "agent", "agents"),
+        if resumed { "running again" } else { "running" }
     );
     println!("In another terminal:");
     println!("    export CLUSTERMGR_HOME={}", dir.display());
-    println!("    clustermgr status");
-    println!("    clustermgr exec -- uname -a");
-    println!("    clustermgr health");
+    println!("    {cli} status");
+    println!("    {cli} exec -- uname -a");
+    println!("    {cli} health");
     println!(
         "Each node's files are under {}/NODE (root/ stands for its /).",
         base.display()
@@ -367,20 +513,22 @@ pub async fn run(home: Option<PathBuf>, nodes: usize, port: u16) -> Result<i32, 
         if temporary {
             " and remove the sandbox"
         } else {
-            ""
+            "; `clustermgr dev --home` with this directory resumes it"
         }
     );
-    crate::serve::serve(
-        ctx.clone(),
-        crate::cli::shutdown_signal(),
-        &crate::telemetry::export::ExportOptions::default(),
-    )
-    .await?;
-    eprintln!("stopping the sandbox agents");
-    stop_agents(agents).await;
-    drop(ctx);
-    if temporary {
-        let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// How to type this program in another terminal: `clustermgr` when that is what PATH
+/// finds, else its full path (`./target/release/clustermgr` in a checkout).
+fn cli_as_typed() -> String {
+    let me = std::env::current_exe().and_then(std::fs::canonicalize).ok();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let on_path = std::env::split_paths(&path)
+        .map(|d| d.join("clustermgr"))
+        .find(|p| p.is_file())
+        .and_then(|p| std::fs::canonicalize(p).ok());
+    match me {
+        Some(me) if on_path.as_ref() != Some(&me) => me.display().to_string(),
+        _ => "clustermgr".into(),
     }
-    Ok(0)
 }

@@ -953,30 +953,11 @@ async fn exec_passes_stdin_environment_and_working_directory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_runs_a_sandbox_cluster_and_cleans_up_after_itself() {
-    let mut dev = tokio::process::Command::new(clustermgr_tests::clustermgr_bin())
-        .args(["dev", "--nodes", "4", "--port", "0"])
-        .env_remove("CLUSTERMGR_HOME")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    use tokio::io::AsyncBufReadExt;
-    let mut lines = tokio::io::BufReader::new(dev.stdout.take().unwrap()).lines();
-    let mut home = None;
-    loop {
-        let line = tokio::time::timeout(PATIENCE, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(h) = line.trim().strip_prefix("export CLUSTERMGR_HOME=") {
-            home = Some(std::path::PathBuf::from(h));
-        }
-        if line.starts_with("Press Ctrl-C") {
-            break;
-        }
-    }
+    let (mut dev, printed) = dev_running(&["--nodes", "4", "--port", "0"]).await;
+    let home = printed
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export CLUSTERMGR_HOME="))
+        .map(std::path::PathBuf::from);
     let home = home.expect("dev prints the home");
     let cli = |args: &[&str]| {
         std::process::Command::new(clustermgr_tests::clustermgr_bin())
@@ -1020,14 +1001,7 @@ async fn dev_runs_a_sandbox_cluster_and_cleans_up_after_itself() {
         })
         .collect();
     assert_eq!(agent_pids.len(), 4, "four sandbox agents run");
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &dev.id().unwrap().to_string()])
-        .status();
-    let status = tokio::time::timeout(PATIENCE, dev.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
+    stop_dev(&mut dev).await;
     assert!(
         agent_pids.iter().all(|&p| !pid_alive(p)),
         "every agent stopped"
@@ -2205,4 +2179,120 @@ async fn mistakes_exit_as_the_table_says_and_the_tls_pair_is_checked() {
     assert!(!out.contains("does not match"), "{out}");
     let (_, _, plan) = code(&["plan", "--nodes", "lb1"]);
     assert!(plan.contains("/etc/nginx/nginx.conf"), "{plan}");
+}
+
+/// Stops `dev` as a service manager would, and checks it ended cleanly.
+async fn stop_dev(dev: &mut tokio::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &dev.id().unwrap().to_string()])
+        .status();
+    let status = tokio::time::timeout(PATIENCE, dev.wait()).await.unwrap();
+    assert!(status.unwrap().success());
+}
+
+/// `clustermgr dev ARGS`, once it says it runs: the process and what it printed.
+async fn dev_running(args: &[&str]) -> (tokio::process::Child, String) {
+    let mut dev = tokio::process::Command::new(clustermgr_tests::clustermgr_bin())
+        .arg("dev")
+        .args(args)
+        .env_remove("CLUSTERMGR_HOME")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(dev.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    loop {
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_or_else(|| panic!("dev ended: {printed}"));
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (dev, printed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_sandbox_resumes_and_a_dead_agent_is_started_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("sandbox");
+    let home_s = home.to_str().unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(clustermgr_tests::clustermgr_bin())
+            .env("CLUSTERMGR_HOME", &home)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let (mut dev, printed) = dev_running(&["--home", home_s, "--nodes", "2", "--port", "0"]).await;
+    // The banner's commands work as printed: this program by the path it was run as.
+    let exe = std::fs::canonicalize(clustermgr_tests::clustermgr_bin()).unwrap();
+    assert!(
+        printed.contains(&format!("    {} status", exe.display())),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("`clustermgr dev --home` with this directory resumes it"),
+        "{printed}"
+    );
+    assert!(cli(&["ping"]).status.success());
+    // A sandbox agent that dies is started again, as a service manager would.
+    let pid_of = |node: &str| -> u32 {
+        let cfg = home.join(format!("dev/{node}/etc/agent.toml"));
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .find(|pid: &u32| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(cfg.to_str().unwrap()))
+            })
+            .unwrap_or(0)
+    };
+    let first = pid_of("gluu1");
+    assert!(first > 0);
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &first.to_string()])
+        .status();
+    eventually("gluu1's agent to run again", PATIENCE, || {
+        let now = pid_of("gluu1");
+        now > 0 && now != first
+    })
+    .await;
+    eventually("gluu1 to answer again", PATIENCE, || {
+        cli(&["ping", "--nodes", "gluu1"]).status.success()
+    })
+    .await;
+    // Stopped, the kept home stays; started again on it, the same cluster resumes.
+    stop_dev(&mut dev).await;
+    assert!(home.join("ca.crt").exists());
+    let (mut dev, printed) = dev_running(&["--home", home_s]).await;
+    assert!(
+        printed.contains("2 agents and the controller are running again"),
+        "{printed}"
+    );
+    let o = cli(&["ping"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stop_dev(&mut dev).await;
+    // A home holding a cluster dev did not make is not taken over.
+    let other = tmp.path().join("real");
+    clustermgr::ops::init(&other, "prod", 90, &clustermgr::clock::SystemClock).unwrap();
+    let o = std::process::Command::new(clustermgr_tests::clustermgr_bin())
+        .args(["dev", "--home", other.to_str().unwrap()])
+        .env_remove("CLUSTERMGR_HOME")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("that `clustermgr dev` did not make"),
+        "{}",
+        stderr(&o)
+    );
 }
