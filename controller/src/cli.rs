@@ -20,7 +20,7 @@ use crate::store::Role;
 #[derive(Parser, Debug)]
 #[command(name = "clustermgr", version, about, propagate_version = true)]
 pub struct Cli {
-    /// The cluster's state directory.
+    /// The cluster's state directory (default: ~/.clustermgr).
     #[arg(long, global = true, env = "CLUSTERMGR_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
     /// Print machine-readable JSON instead of text.
@@ -52,6 +52,11 @@ pub enum Cmd {
     /// Check that nodes answer (handshake, Hello, Info).
     Ping(Selection),
     /// Run a command on nodes.
+    #[command(after_help = "Examples:\n  \
+        clustermgr exec -- uptime\n  \
+        clustermgr exec --nodes 'gluu*' --group --shell -- 'df -h / | tail -1'\n  \
+        clustermgr exec --nodes gluu2 --in-container -- /etc/init.d/oxauth status\n  \
+        clustermgr exec --timeout 30 --json -- systemctl is-active nginx")]
     Exec {
         #[command(flatten)]
         sel: Selection,
@@ -72,7 +77,7 @@ pub enum Cmd {
         command: Vec<String>,
     },
     /// The cluster at a glance: every node's state, round trip, clock skew, certificate.
-    Status,
+    Status(Selection),
     /// Certificates.
     #[command(subcommand)]
     Cert(CertCmd),
@@ -107,8 +112,16 @@ pub enum Cmd {
     Cluster(ClusterCmd),
     /// Show what `apply` would change on each node: diffs (never of secrets), the
     /// validators and the service reloads.
+    #[command(after_help = "Examples:\n  \
+        clustermgr plan\n  \
+        clustermgr plan --nodes role:lb\n  \
+        clustermgr --json plan | jq -r .digest      # for `apply --plan`")]
     Plan(Selection),
     /// Apply the desired configuration: previewed, validated, all or nothing per node.
+    #[command(after_help = "Examples:\n  \
+        clustermgr apply                             # shows the plan, asks\n  \
+        clustermgr apply --rolling                   # one node at a time, drained while it changes\n  \
+        clustermgr apply --yes --plan 2e5630413956   # exactly the plan reviewed, or nothing")]
     Apply {
         #[command(flatten)]
         sel: Selection,
@@ -128,6 +141,10 @@ pub enum Cmd {
     Drift(Selection),
     /// Log lines the agents collected, merged across nodes in time order (from the
     /// telemetry store `serve` fills; -f keeps following as lines arrive).
+    #[command(after_help = "Examples:\n  \
+        clustermgr logs -f --nodes role:gluu\n  \
+        clustermgr logs --source oxauth --since 10m --grep 'ERROR|Exception'\n  \
+        clustermgr logs --source nginx-error --limit 20")]
     Logs {
         #[command(flatten)]
         sel: Selection,
@@ -173,6 +190,10 @@ pub enum Cmd {
     /// (judged against the one before); otherwise a round now. Exits 0 ok, 1 warning,
     /// 2 critical, 3 unknown (also for a usage error), as Nagios-style monitoring
     /// expects.
+    #[command(after_help = "Examples:\n  \
+        clustermgr health                            # exit 0 ok, 1 warning, 2 critical, 3 unknown\n  \
+        clustermgr health --nodes gluu2 --json\n  \
+        clustermgr health --watch")]
     Health {
         #[command(flatten)]
         sel: Selection,
@@ -294,6 +315,12 @@ pub enum ClusterCmd {
         /// Its value (for tls-cert and tls-key: the PEM file to read).
         value: String,
     },
+    /// Put a setting back to its default (hostname and gluu-version to none; tls-cert
+    /// and tls-key forgotten, so the load balancer waits for them again).
+    Unset {
+        /// The setting.
+        key: String,
+    },
     /// Show the settings (secrets only as hashes).
     Show,
 }
@@ -318,6 +345,11 @@ pub enum NodeCmd {
     },
     /// Add a node. With --ssh, install and enroll its agent over SSH first (the one
     /// time SSH is used); without, add a node enrolled by hand. --from adds many.
+    #[command(after_help = "Examples:\n  \
+        clustermgr node add gluu1 --ssh root@gluu1.example.org --primary\n  \
+        clustermgr node add lb1 --ssh admin@10.0.0.5:2222 --role lb\n  \
+        clustermgr node add --from hosts.toml        # every host at once\n  \
+        clustermgr node add gluu4 --address 10.0.0.14   # an agent enrolled by hand")]
     Add(Box<AddArgs>),
     /// List the nodes.
     List,
@@ -334,6 +366,9 @@ pub enum NodeCmd {
         /// service, /etc/clustermgr with its key), through its own connection.
         #[arg(long)]
         uninstall: bool,
+        /// Remove without asking (needed without a terminal).
+        #[arg(long)]
+        yes: bool,
     },
     /// Make a Gluu node the primary.
     SetPrimary {
@@ -659,7 +694,24 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         }
         Cmd::Node(NodeCmd::List) => (Operation::NodeList, OutputMode::Live),
         Cmd::Node(NodeCmd::Show { node }) => (Operation::NodeShow { node }, OutputMode::Live),
-        Cmd::Node(NodeCmd::Remove { node, uninstall }) => {
+        Cmd::Node(NodeCmd::Remove {
+            node,
+            uninstall,
+            yes,
+        }) => {
+            let question = format!(
+                "Remove {node} from the cluster{} (its key is unpinned and its certificates revoked)?",
+                if uninstall {
+                    ", and have its agent remove itself from the host"
+                } else {
+                    ""
+                }
+            );
+            let otherwise = format!("run `clustermgr node remove {node} --yes`");
+            if !yes && !confirm(&question, &otherwise)? {
+                eprintln!("clustermgr: {node} was not removed");
+                return Ok(exit::FAILED);
+            }
             (Operation::NodeRemove { node, uninstall }, OutputMode::Live)
         }
         Cmd::Node(NodeCmd::SetPrimary { node }) => {
@@ -741,6 +793,9 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
                 (Operation::ClusterSet { key, value }, OutputMode::Live)
             }
         }
+        Cmd::Cluster(ClusterCmd::Unset { key }) => {
+            (Operation::ClusterUnset { key }, OutputMode::Live)
+        }
         Cmd::Cluster(ClusterCmd::Show) => (Operation::ClusterShow, OutputMode::Live),
         Cmd::Top(sel) => {
             use std::io::IsTerminal;
@@ -797,7 +852,8 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
                     eprintln!("clustermgr: not applying, because the plan failed on some node");
                     return Ok(code);
                 }
-                if !yes && !confirm("Apply these changes?")? {
+                let otherwise = "review `clustermgr plan` and run `clustermgr apply --yes` (with `--plan DIGEST` for exactly that plan)";
+                if !yes && !confirm("Apply these changes?", otherwise)? {
                     eprintln!("clustermgr: nothing was applied");
                     return Ok(exit::FAILED);
                 }
@@ -882,7 +938,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             },
             OutputMode::Live,
         ),
-        Cmd::Status => (Operation::Status, OutputMode::Live),
+        Cmd::Status(sel) => (Operation::Status { nodes: sel.nodes }, OutputMode::Live),
         Cmd::Health { sel, watch: false } => {
             (Operation::Health { nodes: sel.nodes }, OutputMode::Live)
         }
@@ -1171,12 +1227,14 @@ fn json_or_live(json: bool) -> OutputMode {
 }
 
 /// Asks a yes/no question on the terminal; without one, says to use `--yes`.
-fn confirm(question: &str) -> Result<bool, CtlError> {
+/// Asks `question` on the terminal; without one, refuses with `otherwise` (what to run
+/// instead), since a script must say `--yes` itself.
+fn confirm(question: &str, otherwise: &str) -> Result<bool, CtlError> {
     use std::io::{BufRead, IsTerminal, Write};
     if !std::io::stdin().is_terminal() {
-        return Err(CtlError::Usage(
-            "apply asks before changing anything, and there is no terminal to ask on; review `clustermgr plan` and run `clustermgr apply --yes`".into(),
-        ));
+        return Err(CtlError::Usage(format!(
+            "this asks before changing anything, and there is no terminal to ask on; {otherwise}"
+        )));
     }
     eprint!("{question} [y/N] ");
     let _ = std::io::stderr().flush();

@@ -1338,6 +1338,19 @@ pub fn cluster_set(ctx: &Ctx, user: &str, key: &str, value: &str) -> Result<Repo
     )))
 }
 
+/// `cluster unset KEY`: a setting back to its default, a secret forgotten.
+pub fn cluster_unset(ctx: &Ctx, user: &str, key: &str) -> Result<Report, CtlError> {
+    match key {
+        "tls-cert" => drop(ctx.store.update_secrets(|s| s.tls_cert_pem = None)?),
+        "tls-key" => drop(ctx.store.update_secrets(|s| s.tls_key_pem = None)?),
+        _ => drop(ctx.store.update_model(|m| m.unset(key))?),
+    }
+    ctx.audited(user, "cluster unset", &[], key, "back to its default")?;
+    Ok(Report::Done(format!(
+        "{key} is back to its default; run `clustermgr plan` to see what changes on the nodes"
+    )))
+}
+
 /// The secrets `cluster set` takes from a file.
 pub const SECRET_KEYS: &[&str] = &["tls-cert", "tls-key"];
 

@@ -115,7 +115,7 @@ pub const TABLE: &[Row] = &[
         interrupted: "",
     },
     Row {
-        commands: &["cluster set"],
+        commands: &["cluster set", "cluster unset"],
         ok: "set",
         failed: "store error",
         usage: "unknown setting or bad value (the valid ones are listed); a file that cannot be read, is not PEM, or (a key) is readable by others",

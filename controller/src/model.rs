@@ -110,6 +110,22 @@ fn valid_keys() -> String {
 }
 
 impl ClusterModel {
+    /// Puts one key back to its default (`hostname` and `gluu-version` to none).
+    pub fn unset(&mut self, key: &str) -> Result<(), CtlError> {
+        let d = ClusterModel::default();
+        match key {
+            "hostname" => self.hostname = d.hostname,
+            "gluu-version" => self.gluu_version = d.gluu_version,
+            "gluu-root" => self.gluu_root = d.gluu_root,
+            "lb-session" => self.lb_session = d.lb_session,
+            "replicated-paths" => self.replicated_paths = d.replicated_paths,
+            "cache" => self.cache = d.cache,
+            "manage-hosts" => self.manage_hosts = d.manage_hosts,
+            _ => return self.set(key, ""),
+        }
+        Ok(())
+    }
+
     /// Sets one key from its command-line form.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), CtlError> {
         let bad = |why: &str| CtlError::Usage(format!("{key}: {why}"));

@@ -103,7 +103,11 @@ pub enum Operation {
         rekey: bool,
     },
     /// The cluster at a glance.
-    Status,
+    Status {
+        /// Node selector.
+        #[serde(default = "all_nodes")]
+        nodes: String,
+    },
     /// Every certificate's expiry.
     CertStatus,
     /// Give the controller a new key and certificate now, and have every agent it
@@ -130,6 +134,11 @@ pub enum Operation {
         pem: crate::desired::SecretText,
     },
     /// Show the cluster settings.
+    /// `cluster unset KEY`.
+    ClusterUnset {
+        /// The setting.
+        key: String,
+    },
     ClusterShow,
     /// Compare the desired configuration with the nodes (or, with `drift`, what was
     /// last applied with the nodes).
@@ -1327,7 +1336,7 @@ pub async fn run(
             )?;
             Ok(Report::Outcomes(outcomes))
         }
-        Operation::Status => status(&ctx, within, &events).await,
+        Operation::Status { nodes } => status(&ctx, &nodes, within, &events).await,
         Operation::CertStatus => cert_status(&ctx),
         Operation::ControllerRevoke => controller_revoke(&ctx, user, within, &events).await,
         Operation::Audit { limit } => Ok(Report::Audit(
@@ -1356,6 +1365,7 @@ pub async fn run(
         Operation::ClusterSetSecret { key, pem } => {
             crate::desired::cluster_set_secret(&ctx, user, &key, &pem)
         }
+        Operation::ClusterUnset { key } => crate::desired::cluster_unset(&ctx, user, &key),
         Operation::ClusterShow => crate::desired::cluster_show(&ctx),
         Operation::Plan { nodes, drift } => crate::desired::plan(&ctx, &nodes, drift, within).await,
         Operation::Apply {
@@ -1871,6 +1881,11 @@ async fn exec(
     Ok(Report::Outcomes(outcomes))
 }
 
+/// The selector that names every node.
+fn all_nodes() -> String {
+    "all".into()
+}
+
 /// An operation's audit entry until its results are in. If the operation is dropped
 /// first (Ctrl-C, or the CLI leaving serve), the entry still gets a result for every
 /// node: interrupted, with an exec's exact exit in the node's own journal.
@@ -2121,10 +2136,11 @@ fn hostname() -> String {
 
 async fn status(
     ctx: &Ctx,
+    selector: &str,
     within: Duration,
     events: &mpsc::Sender<Event>,
 ) -> Result<Report, CtlError> {
-    let nodes = ctx.store.nodes()?;
+    let nodes = select(&ctx.store.nodes()?, selector)?;
     let by_name: HashMap<String, NodeRecord> =
         nodes.iter().map(|n| (n.name.clone(), n.clone())).collect();
     let outcomes = ping(ctx, nodes, within, events).await;

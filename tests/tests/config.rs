@@ -668,7 +668,11 @@ fn csync2_replicates_and_stunnel_verifies_both_ends() {
     // its tunnel is refused.
     let g3 = net.host("gluu3");
     assert_eq!(redis_ping(g3, 16379), "PONG");
-    ok(&mut t, ctl.run(&["node", "remove", "gluu3"]), "node remove");
+    ok(
+        &mut t,
+        ctl.run(&["node", "remove", "gluu3", "--yes"]),
+        "node remove",
+    );
     let applied = ok(&mut t, ctl.run(&["apply", "--yes"]), "apply");
     assert!(applied.contains("crl.pem"), "{applied}");
     eventually_blocking("gluu3 refused", secs(10), || {

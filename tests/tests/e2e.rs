@@ -651,7 +651,7 @@ async fn a_removed_node_is_revoked_and_refused() {
     let c = Cluster::gluu(2).await;
     let marker = c.home.path().join("marker");
     let m = marker.display().to_string();
-    let o = c.run(&["node", "remove", "gluu2"]);
+    let o = c.run(&["node", "remove", "gluu2", "--yes"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = c.run(&["exec", "--nodes", "gluu2", "--", "touch", &m]);
     assert_eq!(o.status.code(), Some(2));
@@ -681,11 +681,15 @@ async fn a_removed_node_is_revoked_and_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_primary_is_removed_last_and_can_be_moved() {
     let c = Cluster::gluu(2).await;
-    let o = c.run(&["node", "remove", "gluu1"]);
+    let o = c.run(&["node", "remove", "gluu1", "--yes"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("set-primary"), "{}", stderr(&o));
     assert!(c.run(&["node", "set-primary", "gluu2"]).status.success());
-    assert!(c.run(&["node", "remove", "gluu1"]).status.success());
+    assert!(
+        c.run(&["node", "remove", "gluu1", "--yes"])
+            .status
+            .success()
+    );
     let list: serde_json::Value =
         serde_json::from_str(&stdout(&c.run(&["node", "list", "--json"]))).unwrap();
     assert_eq!(list[0]["name"], "gluu2");
@@ -1285,7 +1289,11 @@ async fn a_re_enrolled_node_is_never_reached_through_serves_old_connection() {
         c.run(&["ping"]).status.success(),
         "serve holds warm connections"
     );
-    assert!(c.run(&["node", "remove", "gluu2"]).status.success());
+    assert!(
+        c.run(&["node", "remove", "gluu2", "--yes"])
+            .status
+            .success()
+    );
     // Re-enroll gluu2 with a new key, at an address where nothing listens.
     let dir = c.home.path().join("rebuilt");
     let out = std::process::Command::new(clustermgr_tests::agent_bin())
@@ -1324,7 +1332,7 @@ async fn a_re_enrolled_node_is_never_reached_through_serves_old_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_not_installed_by_bootstrap_refuses_to_uninstall_and_the_node_stays() {
     let c = Cluster::gluu(1).await;
-    let o = c.run(&["node", "remove", "gluu1", "--uninstall"]);
+    let o = c.run(&["node", "remove", "gluu1", "--uninstall", "--yes"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(
@@ -2295,4 +2303,57 @@ async fn a_kept_sandbox_resumes_and_a_dead_agent_is_started_again() {
         "{}",
         stderr(&o)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_takes_a_selector_settings_unset_and_a_removal_is_confirmed() {
+    let c = Cluster::gluu(2).await;
+    let o = c.run(&["--json", "status", "--nodes", "gluu2"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let names: Vec<&str> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["gluu2"]);
+    // A setting back to its default, a secret forgotten.
+    assert!(
+        c.run(&["cluster", "set", "hostname", "idp.example.org"])
+            .status
+            .success()
+    );
+    assert!(
+        c.run(&["cluster", "set", "cache", "redis"])
+            .status
+            .success()
+    );
+    for key in ["hostname", "cache", "tls-key"] {
+        let o = c.run(&["cluster", "unset", key]);
+        assert!(o.status.success(), "{key}: {}", stderr(&o));
+    }
+    let shown = stdout(&c.run(&["cluster", "show"]));
+    assert!(!shown.contains("idp.example.org"), "{shown}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("cache") && l.ends_with("none")),
+        "{shown}"
+    );
+    let o = c.run(&["cluster", "unset", "hostnam"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("did you mean hostname?"),
+        "{}",
+        stderr(&o)
+    );
+    // Removing a node asks first; a script without a terminal says --yes.
+    let o = c.run(&["node", "remove", "gluu2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("clustermgr node remove gluu2 --yes"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&c.run(&["node", "list"])).contains("gluu2"));
 }

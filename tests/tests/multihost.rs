@@ -533,7 +533,7 @@ fn remove_uninstall_has_the_agent_remove_itself_without_ssh() {
     assert_eq!(outcome(&out)["identity"], "new");
     net.host_mut("gone").stop_sshd();
 
-    let out = ctl.run(&["node", "remove", "gone", "--uninstall"]);
+    let out = ctl.run(&["node", "remove", "gone", "--uninstall", "--yes"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let h = net.host("gone");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
