@@ -69,6 +69,10 @@ pub enum Cmd {
         /// Run the words as one line of /bin/sh instead of a program and arguments.
         #[arg(long)]
         shell: bool,
+        /// Give every node's command a copy of this command's standard input (read
+        /// whole first, up to 8 MiB).
+        #[arg(long)]
+        stdin: bool,
         /// Run inside the Gluu container (chrooted into the cluster's gluu-root).
         #[arg(long)]
         in_container: bool,
@@ -741,8 +745,10 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             group,
             shell,
             in_container,
+            stdin,
             command,
         } => {
+            let stdin = if stdin { Some(read_stdin()?) } else { None };
             let command = if shell {
                 RemoteCommand::Shell(command.join(" "))
             } else {
@@ -759,6 +765,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
                     command,
                     timeout_secs: timeout,
                     in_container,
+                    stdin,
                 },
                 mode,
             )
@@ -1259,6 +1266,24 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// `exec --stdin`: all of this process's standard input, for every node's command.
+fn read_stdin() -> Result<ops::ExecStdin, CtlError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(ops::MAX_EXEC_STDIN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| CtlError::io("standard input", e))?;
+    if bytes.len() > ops::MAX_EXEC_STDIN {
+        return Err(CtlError::Usage(format!(
+            "--stdin takes at most {} MiB, read whole before any node starts; copy a larger file to the nodes and give its path instead",
+            ops::MAX_EXEC_STDIN >> 20
+        )));
+    }
+    Ok(ops::ExecStdin(bytes))
 }
 
 /// `--timeout`: whole seconds, one or more (0 would kill at once; no limit is the flag

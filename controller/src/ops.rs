@@ -10,7 +10,9 @@ use clustermgr_protocol::NodeName;
 use clustermgr_protocol::atomic_file::write_atomic;
 use clustermgr_protocol::frame::{read_message, write_message};
 use clustermgr_protocol::identity::{AgentCertStatus, CertSummary, Credentials, cert_from_pem};
-use clustermgr_protocol::message::{Command, ExecEvent, ExecSpec, NodeInfo, Reply, Request};
+use clustermgr_protocol::message::{
+    Command, ExecEvent, ExecInput, ExecSpec, NodeInfo, Reply, Request,
+};
 use clustermgr_protocol::transport::Timeouts;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
@@ -94,6 +96,9 @@ pub enum Operation {
         timeout_secs: Option<u64>,
         /// Run it inside the Gluu container (chrooted into `gluu-root`).
         in_container: bool,
+        /// What each node's command reads on its standard input (`--stdin`).
+        #[serde(default)]
+        stdin: Option<ExecStdin>,
     },
     /// Renew node certificates now, optionally with new keys.
     CertRenew {
@@ -1306,11 +1311,13 @@ pub async fn run(
             command,
             timeout_secs,
             in_container,
+            stdin,
         } => {
             let run = ExecRun {
                 command,
                 timeout_secs,
                 in_container,
+                stdin: stdin.map(|s| Arc::new(s.0)),
             };
             exec(&ctx, user, &nodes, run, within, &events).await
         }
@@ -1837,7 +1844,26 @@ struct ExecRun {
     command: Command,
     timeout_secs: Option<u64>,
     in_container: bool,
+    stdin: Option<Arc<Vec<u8>>>,
 }
+
+/// The bytes `exec --stdin` gives every node's command: never shown, logged or audited
+/// (they may be a password), only counted.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecStdin(pub Vec<u8>);
+
+impl std::fmt::Debug for ExecStdin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ExecStdin({} bytes)", self.0.len())
+    }
+}
+
+/// The most `exec --stdin` takes: it is read whole first, so every node gets the same
+/// bytes, and travels in one request to `serve`.
+pub const MAX_EXEC_STDIN: usize = 8 * 1024 * 1024;
+
+/// How much input goes in one frame.
+const STDIN_CHUNK: usize = 64 * 1024;
 
 async fn exec(
     ctx: &Ctx,
@@ -1849,14 +1875,18 @@ async fn exec(
 ) -> Result<Report, CtlError> {
     let nodes = select(&ctx.store.nodes()?, selector)?;
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
-    let line = run.command.display_line();
+    let mut line = run.command.display_line();
+    if let Some(input) = &run.stdin {
+        // How much, never what.
+        line.push_str(&format!(" (with {} bytes on stdin)", input.len()));
+    }
     let (audit_id, audit) = ctx.audit(user, "exec", &names, &line)?;
     let mut pending = PendingAudit::new(&ctx.store, audit_id, audit);
     let spec = ExecSpec {
         command: run.command,
         env: Vec::new(),
         cwd: None,
-        stdin: false,
+        stdin: run.stdin.is_some(),
         timeout_ms: run.timeout_secs.map(|s| s.saturating_mul(1000)),
         requested_by: format!("{user}@{}", hostname()),
     };
@@ -1868,8 +1898,13 @@ async fn exec(
     } else {
         Request::Exec(spec)
     };
+    let input = run.stdin;
     let outcomes = fan_out(nodes, events, |n| {
-        exec_on(ctx, n, req.clone(), within, events.clone())
+        let exec = Exec {
+            req: req.clone(),
+            input: input.clone(),
+        };
+        exec_on(ctx, n, exec, within, events.clone())
     })
     .await;
     pending.finish(
@@ -1940,15 +1975,22 @@ fn outcome_text(o: &NodeOutcome) -> String {
     }
 }
 
+/// One node's exec: the request, and what its command reads on stdin.
+#[derive(Clone)]
+struct Exec {
+    req: Request,
+    input: Option<Arc<Vec<u8>>>,
+}
+
 async fn exec_on(
     ctx: &Ctx,
     node: NodeRecord,
-    spec: Request,
+    exec: Exec,
     within: Duration,
     events: mpsc::Sender<Event>,
 ) -> NodeOutcome {
     let start = Instant::now();
-    let mut o = match exec_stream(ctx, &node, spec, within, &events).await {
+    let mut o = match exec_stream(ctx, &node, exec, within, &events).await {
         Ok(o) => o,
         Err(f) => NodeOutcome::failure(&node.name, f),
     };
@@ -1959,16 +2001,16 @@ async fn exec_on(
 async fn exec_stream(
     ctx: &Ctx,
     node: &NodeRecord,
-    spec: Request,
+    exec: Exec,
     within: Duration,
     events: &mpsc::Sender<Event>,
 ) -> Result<NodeOutcome, NodeFailure> {
     let conn = ctx.connection_within(node, within).await?;
-    match exec_attempt(&conn, node, spec.clone(), events).await {
+    match exec_attempt(&conn, node, &exec, events).await {
         // The agent never heard of the request: safe to send it again, once.
         Err((_, Heard::Nothing)) if ctx.forget_if_reset(&conn) => {
             let conn = ctx.connection_within(node, within).await?;
-            exec_attempt(&conn, node, spec, events)
+            exec_attempt(&conn, node, &exec, events)
                 .await
                 .map_err(|(f, _)| f)
         }
@@ -1986,26 +2028,38 @@ enum Heard {
 async fn exec_attempt(
     conn: &AgentConn,
     node: &NodeRecord,
-    spec: Request,
+    exec: &Exec,
     events: &mpsc::Sender<Event>,
 ) -> Result<NodeOutcome, (NodeFailure, Heard)> {
     let mut heard = Heard::Nothing;
-    let attempt = exec_on_conn(conn, node, spec, events, &mut heard).await;
+    let attempt = exec_on_conn(conn, node, exec, events, &mut heard).await;
     attempt.map_err(|f| (f, heard))
 }
 
 async fn exec_on_conn(
     conn: &AgentConn,
     node: &NodeRecord,
-    spec: Request,
+    exec: &Exec,
     events: &mpsc::Sender<Event>,
     heard: &mut Heard,
 ) -> Result<NodeOutcome, NodeFailure> {
     let (mut send, mut recv) = conn.open().await?;
     let started = Instant::now();
-    write_message(&mut send, &spec)
+    write_message(&mut send, &exec.req)
         .await
         .map_err(NodeFailure::stream)?;
+    if let Some(input) = &exec.input {
+        // Whole, then closed: at most MAX_EXEC_STDIN, which the stream's window takes
+        // even while the command has not read it yet.
+        for chunk in input.chunks(STDIN_CHUNK) {
+            write_message(&mut send, &ExecInput::Stdin(chunk.to_vec()))
+                .await
+                .map_err(NodeFailure::stream)?;
+        }
+        write_message(&mut send, &ExecInput::StdinEnd)
+            .await
+            .map_err(NodeFailure::stream)?;
+    }
     // `send` stays open until the result is in: the agent takes the end of our side
     // of the stream as a cancel, which is what dropping this future must mean.
     let heard_at = std::sync::atomic::AtomicU64::new(0);

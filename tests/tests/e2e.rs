@@ -2357,3 +2357,47 @@ async fn status_takes_a_selector_settings_unset_and_a_removal_is_confirmed() {
     );
     assert!(stdout(&c.run(&["node", "list"])).contains("gluu2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_stdin_gives_every_node_a_copy_and_the_audit_only_its_size() {
+    let c = Cluster::gluu(2).await;
+    let run = || {
+        let mut child = c
+            .cli()
+            .args(["exec", "--stdin", "--shell", "--", "tr a-z A-Z"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"the secret word\n")
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    for node in ["gluu1", "gluu2"] {
+        assert!(
+            stdout(&o).contains(&format!("{node} | THE SECRET WORD\n")),
+            "{}",
+            stdout(&o)
+        );
+    }
+    // Through serve the same.
+    let serve = c.serve().await;
+    let o = run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).matches("THE SECRET WORD").count(), 2);
+    drop(serve);
+    let audit = stdout(&c.run(&["audit"]));
+    assert!(
+        audit.contains("sh -c \"tr a-z A-Z\" (with 16 bytes on stdin)"),
+        "{audit}"
+    );
+    assert!(!audit.contains("secret word"), "{audit}");
+}
