@@ -152,6 +152,7 @@ fn exec_true(nodes: &str) -> Operation {
         command: Command::Argv(vec!["true".into()]),
         timeout_secs: None,
         in_container: false,
+        stdin: None,
     }
 }
 
