@@ -26,6 +26,9 @@ pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Never page long output (plans, drift) through $PAGER on a terminal.
+    #[arg(long, global = true)]
+    pub no_pager: bool,
     /// Seconds a node has to answer before it counts as unreachable (default: 3, or
     /// connect_timeout_ms in HOME/controller.toml).
     #[arg(long, global = true, value_name = "SECS")]
@@ -568,6 +571,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         opts.connect_timeout = Duration::from_secs_f64(secs);
     }
     let json = cli.json;
+    let no_pager = cli.no_pager;
     let connect_timeout = cli.connect_timeout;
     let (op, mode) = match cli.command {
         Cmd::Init { cluster, cert_days } => {
@@ -990,12 +994,19 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         ),
     };
     let mode = if json { OutputMode::Json } else { mode };
+    // Plans, drift and history can run to pages: a pager on a terminal, as git's.
+    let long = matches!(op, Operation::Plan { .. } | Operation::History { .. });
+    let pager = crate::terminal::Pager::start(long && mode == OutputMode::Live && !no_pager);
     let inv = Invocation {
         user: user(),
         op,
         connect_timeout_ms: connect_timeout.map(|secs| (secs * 1000.0).round() as u64),
     };
-    execute(&home, &opts, inv, mode).await
+    let code = execute(&home, &opts, inv, mode).await;
+    if let Some(p) = pager {
+        p.finish();
+    }
+    code
 }
 
 /// What [`repeatedly`] repeats.

@@ -107,6 +107,54 @@ impl Drop for Keys {
     }
 }
 
+/// Long output (a plan, a drift report) shown through a pager on a terminal, as git
+/// does: `$PAGER` (`less` by default, with `LESS=FRX` unless set, so output that fits
+/// the screen is printed as it is), standard output handed to it until this is
+/// finished.
+pub struct Pager {
+    child: std::process::Child,
+}
+
+impl Pager {
+    /// Starts the pager when standard output is a terminal and paging is wanted;
+    /// `None` otherwise (or when the pager cannot start: the output goes straight
+    /// out then).
+    pub fn start(wanted: bool) -> Option<Pager> {
+        if !wanted || !stdout_is_terminal() {
+            return None;
+        }
+        let command = std::env::var("PAGER").unwrap_or_else(|_| "less".into());
+        if command.trim().is_empty() || command.trim() == "cat" {
+            return None;
+        }
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(&command)
+            .stdin(std::process::Stdio::piped());
+        if std::env::var_os("LESS").is_none() {
+            cmd.env("LESS", "FRX");
+        }
+        let mut child = cmd.spawn().ok()?;
+        let pipe = child.stdin.take()?;
+        if rustix::stdio::dup2_stdout(&pipe).is_err() {
+            let _ = child.kill();
+            return None;
+        }
+        Some(Pager { child })
+    }
+
+    /// Ends the output and waits for the reader to leave the pager.
+    pub fn finish(mut self) {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        // Standard output on /dev/null closes the pager's input: it sees the end.
+        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            let _ = rustix::stdio::dup2_stdout(&null);
+        }
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -516,3 +516,14 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// `tmux ARGS` on a server of its own (`-L socket`), so tests do not meet: how a test
+/// gets a pseudo-terminal of a chosen size and reads the screen back. Its output.
+pub fn tmux(socket: &str, args: &[&str]) -> String {
+    let o = Command::new("tmux")
+        .args(["-L", socket])
+        .args(args)
+        .output()
+        .expect("tmux");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

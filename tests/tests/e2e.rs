@@ -2401,3 +2401,37 @@ async fn exec_stdin_gives_every_node_a_copy_and_the_audit_only_its_size() {
     );
     assert!(!audit.contains("secret word"), "{audit}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_on_a_terminal_goes_through_the_pager_unless_told_not_to() {
+    let c = Cluster::gluu(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = format!("cm-pager-{}", std::process::id());
+    let run = |name: &str, extra: &str| {
+        let paged = dir.path().join(format!("{name}.paged"));
+        let done = dir.path().join(format!("{name}.done"));
+        let command = format!(
+            "PAGER='cat > {}' {} --home {} plan {extra}; touch {}",
+            paged.display(),
+            clustermgr_tests::clustermgr_bin().display(),
+            c.dir().display(),
+            done.display()
+        );
+        clustermgr_tests::tmux(
+            &socket,
+            &["new-session", "-d", "-x", "100", "-y", "30", &command],
+        );
+        (paged, done)
+    };
+    let (paged, done) = run("paged", "");
+    eventually("the paged plan", PATIENCE, || done.exists()).await;
+    let text = std::fs::read_to_string(&paged).unwrap();
+    assert!(
+        text.contains("/etc/csync2.cfg") && text.contains("plan "),
+        "{text}"
+    );
+    let (paged, done) = run("direct", "--no-pager");
+    eventually("the plan without pager", PATIENCE, || done.exists()).await;
+    assert!(!paged.exists(), "--no-pager pages nothing");
+    clustermgr_tests::tmux(&socket, &["kill-server"]);
+}

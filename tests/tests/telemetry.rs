@@ -796,16 +796,6 @@ async fn the_telemetry_store_opens_once_however_many_ask_at_once() {
     }
 }
 
-/// `tmux` on a server of its own (`-L`), so tests do not meet.
-fn tmux(socket: &str, args: &[&str]) -> String {
-    let o = std::process::Command::new("tmux")
-        .args(["-L", socket])
-        .args(args)
-        .output()
-        .expect("tmux");
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_fits_80_columns_on_a_terminal_and_q_quits() {
     let extra = "[telemetry]\nmetrics_interval_secs = 1\ndefault_logs = false\n";
@@ -824,11 +814,11 @@ async fn top_fits_80_columns_on_a_terminal_and_q_quits() {
         c.dir().display(),
         done.display()
     );
-    tmux(
+    clustermgr_tests::tmux(
         &socket,
         &["new-session", "-d", "-x", "80", "-y", "24", &command],
     );
-    let screen = || tmux(&socket, &["capture-pane", "-p"]);
+    let screen = || clustermgr_tests::tmux(&socket, &["capture-pane", "-p"]);
     // Two ticks make a row's CPU, a few more its minute of history.
     clustermgr_tests::eventually(
         "both rows with CPU and history",
@@ -860,10 +850,10 @@ async fn top_fits_80_columns_on_a_terminal_and_q_quits() {
     // Units a person reads: bytes in binary units, rates in decimal ones.
     assert!(shot.contains(" MiB") || shot.contains(" GiB"), "{shot}");
     std::fs::write(clustermgr_tests::bin_dir().join("top-80x24.txt"), &shot).unwrap();
-    tmux(&socket, &["send-keys", "q"]);
+    clustermgr_tests::tmux(&socket, &["send-keys", "q"]);
     clustermgr_tests::eventually("top to quit on q", Duration::from_secs(10), || {
         std::fs::read_to_string(&done).is_ok_and(|s| s.trim() == "0")
     })
     .await;
-    tmux(&socket, &["kill-server"]);
+    clustermgr_tests::tmux(&socket, &["kill-server"]);
 }
