@@ -745,6 +745,12 @@ pub async fn apply(
     };
     let mut pending = crate::ops::PendingAudit::new(&ctx.store, audit_id, audit);
     let by = format!("{user}@{}", ctx.meta.name);
+    let working = Event::Working {
+        what: if rolling { "apply --rolling" } else { "apply" }.into(),
+        nodes: names.clone(),
+        sequential: rolling,
+    };
+    let _ = events.send(working).await;
     let mut views = Vec::new();
     if rolling {
         let mut gate = Gate::of(ctx, within).await?;

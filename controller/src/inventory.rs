@@ -165,6 +165,14 @@ pub async fn add_over_ssh(
     let client = Client::open(home, opts, user, connect_timeout_ms);
     let many = plans.len() > 1;
     let gate = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
+    // Each host's steps: a block redrawn in place on a terminal, plain lines otherwise,
+    // nothing with --json.
+    let names: Vec<String> = plans.iter().map(|p| p.node.to_string()).collect();
+    let progress = (!json).then(|| {
+        Arc::new(crate::terminal::Progress::new(
+            "node add", &names, false, !many,
+        ))
+    });
     let mut tasks = Vec::new();
     // The primary first, so that it is the primary whatever order the others finish in.
     let mut plans = plans;
@@ -173,15 +181,20 @@ pub async fn add_over_ssh(
         let client = client.clone();
         let binary = binary.clone();
         let gate = gate.clone();
+        let shown = progress.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await;
             let name = plan.node.to_string();
-            let progress = |step: &str| {
-                if !json {
-                    eprintln!("{name}: {step}");
+            let step = |step: &str| {
+                if let Some(p) = &shown {
+                    p.step(&name, step, false);
                 }
             };
-            let r = bootstrap::bootstrap(&client, &plan, &binary, &progress).await;
+            let r = bootstrap::bootstrap(&client, &plan, &binary, &step).await;
+            if let Some(p) = &shown {
+                let end = if r.is_ok() { "added" } else { "failed" };
+                p.step(&name, end, true);
+            }
             (name, r)
         }));
     }
@@ -196,6 +209,9 @@ pub async fn add_over_ssh(
         }
     }
     client.close().await;
+    if let Some(p) = progress {
+        p.finish();
+    }
     let failed = results.iter().filter(|(_, r)| r.is_err()).count();
     if json {
         let items: Vec<serde_json::Value> = results

@@ -299,6 +299,16 @@ pub enum Event {
     Log(crate::telemetry::store::NodeLine),
     /// A health change, for `events -f`.
     Health(crate::health::HealthEvent),
+    /// Long work (`apply`, `node upgrade`) starts on these nodes: what its progress
+    /// shows until each is done.
+    Working {
+        /// What is done (`apply`).
+        what: String,
+        /// The nodes, in the order they are worked on.
+        nodes: Vec<String>,
+        /// One after another (a rolling apply, an upgrade), not all at once.
+        sequential: bool,
+    },
 }
 
 /// How one node's part of a fan-out went.

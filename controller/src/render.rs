@@ -155,8 +155,20 @@ pub async fn consume(
 ) -> Gathered {
     let mut gathered = Gathered::default();
     let mut partial: BTreeMap<(String, bool), Vec<u8>> = BTreeMap::new();
+    let mut progress: Option<crate::terminal::Progress> = None;
     while let Some(ev) = rx.recv().await {
         match ev {
+            Event::Working {
+                what,
+                nodes,
+                sequential,
+            } => {
+                // Only where a person watches: the report that follows says the rest.
+                if crate::terminal::stderr_is_terminal() && mode == OutputMode::Live {
+                    let p = crate::terminal::Progress::new(&what, &nodes, sequential, false);
+                    progress = Some(p);
+                }
+            }
             Event::Output { node, stderr, data } => match mode {
                 OutputMode::Live => {
                     let buf = partial.entry((node.clone(), stderr)).or_default();
@@ -189,6 +201,9 @@ pub async fn consume(
             },
             Event::NodeDone(o) => {
                 gathered.done.push(o.clone());
+                if let Some(p) = &progress {
+                    p.step(&o.node, &outcome_sentence(&o), true);
+                }
                 if mode == OutputMode::Live {
                     for stderr in [false, true] {
                         if let Some(rest) = partial.remove(&(o.node.clone(), stderr))
@@ -213,6 +228,9 @@ pub async fn consume(
                 _ => print_event(&e),
             },
         }
+    }
+    if let Some(p) = progress {
+        p.finish();
     }
     gathered
 }

@@ -155,9 +155,159 @@ impl Pager {
     }
 }
 
+/// Per-node progress of long work (`node add --from`, `apply`, `node upgrade`) on
+/// standard error: on a terminal, a block of one line per node, redrawn in place, under
+/// a line counting the nodes done; elsewhere one plain line per step.
+pub struct Progress {
+    title: String,
+    live: bool,
+    /// One node after another, in the order given: the next starts when one ends.
+    sequential: bool,
+    state: std::sync::Mutex<ProgressState>,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    /// Each node and what it is doing, or how it ended.
+    lines: Vec<(String, String, bool)>,
+    /// How many lines the block took when last drawn.
+    drawn: usize,
+}
+
+impl Progress {
+    /// Progress of `title` over `nodes`, all at once or `sequential`ly; live when
+    /// standard error is a terminal and `plain` is false.
+    pub fn new(title: &str, nodes: &[String], sequential: bool, plain: bool) -> Progress {
+        let p = Progress {
+            title: title.to_string(),
+            live: !plain && stderr_is_terminal(),
+            sequential,
+            state: std::sync::Mutex::new(ProgressState {
+                lines: nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        let first = !sequential || i == 0;
+                        (
+                            n.clone(),
+                            if first { "working" } else { "waiting" }.to_string(),
+                            false,
+                        )
+                    })
+                    .collect(),
+                drawn: 0,
+            }),
+        };
+        if p.live {
+            let mut st = p.state.lock().unwrap_or_else(|e| e.into_inner());
+            p.draw(&mut st);
+        }
+        p
+    }
+
+    /// `node` is at `step` (`done`: it ended so).
+    pub fn step(&self, node: &str, step: &str, done: bool) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match st.lines.iter_mut().find(|(n, _, _)| n == node) {
+            Some(line) => *line = (node.to_string(), step.to_string(), done),
+            None => st.lines.push((node.to_string(), step.to_string(), done)),
+        }
+        if done
+            && self.sequential
+            && let Some(next) = st.lines.iter_mut().find(|(_, s, d)| !d && s == "waiting")
+        {
+            next.1 = "working".into();
+        }
+        if self.live {
+            self.draw(&mut st);
+        } else if !done {
+            // Plain lines say the steps; the report that follows says how each ended.
+            eprintln!("{node}: {step}");
+        }
+    }
+
+    fn draw(&self, st: &mut ProgressState) {
+        use std::io::Write;
+        let width = terminal_size::terminal_size().map_or(80, |(w, _)| usize::from(w.0));
+        let out = self.block(st, width);
+        st.drawn = st.lines.len() + 1;
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(out.as_bytes());
+        let _ = err.flush();
+    }
+
+    /// The block as drawn over the previous one, each line cut to `width`.
+    fn block(&self, st: &ProgressState, width: usize) -> String {
+        let done = st.lines.iter().filter(|(_, _, d)| *d).count();
+        let mut out = String::new();
+        if st.drawn > 0 {
+            out.push_str(&format!("\x1b[{}A", st.drawn));
+        }
+        let bar_width = 20;
+        let filled = (done * bar_width).checked_div(st.lines.len()).unwrap_or(0);
+        out.push_str(&format!(
+            "\r{} [{}{}] {done}/{}\x1b[K\n",
+            self.title,
+            "#".repeat(filled),
+            "-".repeat(bar_width - filled),
+            st.lines.len()
+        ));
+        for (node, step, finished) in &st.lines {
+            let mark = if *finished { "done" } else { "...." };
+            let line: String = format!("  {mark} {node}: {step}")
+                .chars()
+                .take(width.saturating_sub(1))
+                .collect();
+            out.push_str(&format!("\r{line}\x1b[K\n"));
+        }
+        out
+    }
+
+    /// Removes the block (the report that follows says how each node ended).
+    pub fn finish(&self) {
+        use std::io::Write;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if self.live && st.drawn > 0 {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\x1b[{}A\r\x1b[J", st.drawn);
+            let _ = err.flush();
+            st.drawn = 0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_redraws_its_block_in_place_and_starts_the_next_in_turn() {
+        let nodes = vec!["gluu1".to_string(), "gluu2".to_string()];
+        let p = Progress::new("apply --rolling", &nodes, true, true);
+        p.step("gluu1", "applied (revision 3)", true);
+        let mut st = p.state.lock().unwrap();
+        assert_eq!(
+            st.lines[1].1, "working",
+            "the next node starts when one ends"
+        );
+        let first = p.block(&st, 40);
+        assert!(
+            first.starts_with("\rapply --rolling [##########----------] 1/2\x1b[K\n"),
+            "{first:?}"
+        );
+        assert!(
+            first.contains("  done gluu1: applied (revision 3)"),
+            "{first:?}"
+        );
+        assert!(first.contains("  .... gluu2: working"), "{first:?}");
+        st.drawn = 3;
+        // Drawn again over itself: up three lines, each line cleared to its end.
+        assert!(p.block(&st, 40).starts_with("\x1b[3A\r"));
+        assert!(
+            p.block(&st, 12).contains("\r  done gluu\x1b[K"),
+            "cut to the width"
+        );
+    }
 
     #[test]
     fn escape_sequences_are_shown_not_obeyed() {

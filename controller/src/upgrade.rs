@@ -56,6 +56,12 @@ pub(crate) async fn node_upgrade(
     let detail = format!("{} (sha256 {})", bin.path.display(), bin.facts.sha256);
     let (id, rec) = ctx.audit(user, "node upgrade", &names, &detail)?;
     let mut pending = PendingAudit::new(&ctx.store, id, rec);
+    let working = Event::Working {
+        what: "node upgrade".into(),
+        nodes: names.clone(),
+        sequential: true,
+    };
+    let _ = events.send(working).await;
     let mut outcomes = Vec::new();
     let mut stopped_at: Option<String> = None;
     for node in nodes {
