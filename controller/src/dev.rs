@@ -488,7 +488,7 @@ fn banner(dir: &Path, base: &Path, agents: usize, resumed: bool, temporary: bool
     println!();
     println!(
         "clustermgr dev: {} and the controller are {}.",
-        crate::render::count(agents, "agent", "agents"),
+        crate::words::count(agents, "agent", "agents"),
         if resumed { "running again" } else { "running" }
     );
     println!("In another terminal:");

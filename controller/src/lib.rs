@@ -39,5 +39,6 @@ pub mod suggest;
 pub mod telemetry;
 pub mod terminal;
 mod upgrade;
+pub mod words;
 
 pub use error::CtlError;

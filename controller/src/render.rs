@@ -314,12 +314,6 @@ fn duration_words(ms: i64) -> String {
     }
 }
 
-/// `1 node`, `2 nodes`: a count with its noun, plural when it is not one (`noun` and
-/// `nouns` given whole, for `entry`/`entries`).
-pub fn count(n: usize, noun: &str, nouns: &str) -> String {
-    format!("{n} {}", if n == 1 { noun } else { nouns })
-}
-
 /// What an empty `logs`, `metrics` or `events` says (on stderr, so a pipe gets nothing),
 /// since an empty answer alone does not tell a quiet cluster from a store nobody fills.
 fn nothing_stored(what: &str) {
@@ -901,7 +895,7 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
             println!(
                 "cluster {}: {}",
                 s.cluster,
-                count(s.nodes.len(), "node", "nodes")
+                crate::words::count(s.nodes.len(), "node", "nodes")
             );
             println!(
                 "{:<16} {:<12} {:<12} {:>10} {:>9} {:>9}  DETAIL",
@@ -986,9 +980,9 @@ pub fn backup(v: &BackupView, as_json: bool) {
         v.file.display(),
         v.bytes,
         v.cluster,
-        count(v.nodes, "node", "nodes"),
-        count(v.certificates, "certificate", "certificates"),
-        count(v.audit_entries, "audit entry", "audit entries")
+        crate::words::count(v.nodes, "node", "nodes"),
+        crate::words::count(v.certificates, "certificate", "certificates"),
+        crate::words::count(v.audit_entries, "audit entry", "audit entries")
     );
     println!(
         "it holds the cluster CA's key, encrypted under your passphrase ({}): keep it and the passphrase apart, off this machine",
@@ -1007,9 +1001,9 @@ pub fn restored(v: &RestoreView, as_json: bool) {
         v.home.display(),
         v.file.display(),
         v.backup_created,
-        count(v.nodes, "node", "nodes"),
-        count(v.certificates, "certificate", "certificates"),
-        count(v.audit_entries, "audit entry", "audit entries")
+        crate::words::count(v.nodes, "node", "nodes"),
+        crate::words::count(v.certificates, "certificate", "certificates"),
+        crate::words::count(v.audit_entries, "audit entry", "audit entries")
     );
     println!(
         "the controller has a new key; the restored CA certified it (serial {}, until {}), so the agents accept it",
@@ -1111,7 +1105,7 @@ fn print_plan(v: &crate::desired::NodePlanView, drift: bool) {
             println!(
                 "{}: no drift ({} as applied)",
                 v.node,
-                count(v.unchanged, "entry", "entries")
+                crate::words::count(v.unchanged, "entry", "entries")
             );
         } else {
             println!(
@@ -1123,7 +1117,7 @@ fn print_plan(v: &crate::desired::NodePlanView, drift: bool) {
         println!(
             "{}: no changes ({} up to date)",
             v.node,
-            count(v.unchanged, "entry", "entries")
+            crate::words::count(v.unchanged, "entry", "entries")
         );
     } else {
         println!(

@@ -167,6 +167,46 @@ pub fn series_key(name: &str, labels: &[(String, String)]) -> String {
     s
 }
 
+// The log files every agent follows by default, by source name: the agent follows
+// them, and the controller knows their names (a `logs --source` of one of them that
+// has written nothing yet is a quiet log, not a typo).
+/// Log files followed by default, inside the Gluu container root.
+pub const CONTAINER_LOGS: &[(&str, &str)] = &[
+    ("oxauth", "opt/gluu/jetty/oxauth/logs/oxauth.log"),
+    ("identity", "opt/gluu/jetty/identity/logs/oxtrust.log"),
+    ("idp-process", "opt/shibboleth-idp/logs/idp-process.log"),
+    ("idp-warn", "opt/shibboleth-idp/logs/idp-warn.log"),
+    ("idp-audit", "opt/shibboleth-idp/logs/idp-audit.log"),
+    (
+        "passport",
+        "opt/gluu/node/passport/server/logs/passport.log",
+    ),
+    ("ldap-access", "opt/opendj/logs/access"),
+    ("ldap-errors", "opt/opendj/logs/errors"),
+    ("ldap", "var/log/openldap/ldap.log"),
+    ("apache-access", "var/log/apache2/access.log"),
+    ("apache-error", "var/log/apache2/error.log"),
+    ("apache-access", "var/log/httpd/access_log"),
+    ("apache-error", "var/log/httpd/error_log"),
+];
+
+/// Log files followed by default on the host itself.
+pub const HOST_LOGS: &[(&str, &str)] = &[
+    ("nginx-access", "var/log/nginx/access.log"),
+    ("nginx-error", "var/log/nginx/error.log"),
+    ("csync2", "var/log/csync2.log"),
+    ("stunnel", "var/log/stunnel4/stunnel.log"),
+    ("clustermgr-agent", "var/log/clustermgr-agent.log"),
+];
+
+/// Whether `source` is one of the sources every agent follows by default.
+pub fn is_default_log_source(source: &str) -> bool {
+    CONTAINER_LOGS
+        .iter()
+        .chain(HOST_LOGS)
+        .any(|(name, _)| *name == source)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clustermgr_protocol::telemetry::Body;
+use clustermgr_protocol::telemetry::{Body, CONTAINER_LOGS, HOST_LOGS};
 
 use crate::config::AgentConfig;
 use crate::journal::now_ms;
@@ -32,35 +32,6 @@ const ROUND: Duration = Duration::from_millis(50);
 /// stopping): each save is an fsynced rename. A `kill -9` can repeat what was spooled
 /// since the last save.
 const SAVE_POSITIONS: Duration = Duration::from_secs(1);
-
-/// Log files followed by default, inside the Gluu container root.
-const CONTAINER_LOGS: &[(&str, &str)] = &[
-    ("oxauth", "opt/gluu/jetty/oxauth/logs/oxauth.log"),
-    ("identity", "opt/gluu/jetty/identity/logs/oxtrust.log"),
-    ("idp-process", "opt/shibboleth-idp/logs/idp-process.log"),
-    ("idp-warn", "opt/shibboleth-idp/logs/idp-warn.log"),
-    ("idp-audit", "opt/shibboleth-idp/logs/idp-audit.log"),
-    (
-        "passport",
-        "opt/gluu/node/passport/server/logs/passport.log",
-    ),
-    ("ldap-access", "opt/opendj/logs/access"),
-    ("ldap-errors", "opt/opendj/logs/errors"),
-    ("ldap", "var/log/openldap/ldap.log"),
-    ("apache-access", "var/log/apache2/access.log"),
-    ("apache-error", "var/log/apache2/error.log"),
-    ("apache-access", "var/log/httpd/access_log"),
-    ("apache-error", "var/log/httpd/error_log"),
-];
-
-/// Log files followed by default on the host itself.
-const HOST_LOGS: &[(&str, &str)] = &[
-    ("nginx-access", "var/log/nginx/access.log"),
-    ("nginx-error", "var/log/nginx/error.log"),
-    ("csync2", "var/log/csync2.log"),
-    ("stunnel", "var/log/stunnel4/stunnel.log"),
-    ("clustermgr-agent", "var/log/clustermgr-agent.log"),
-];
 
 /// The files to follow: the defaults (in the detected Gluu container, or the usual
 /// one) and the configured ones.

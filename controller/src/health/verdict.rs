@@ -423,8 +423,8 @@ fn certs(certs: &[CertState], now_ms: i64) -> (Level, String) {
             Level::Ok,
             format!(
                 "{}; the first to expire, the {label}, in {}",
-                crate::render::count(certs.len(), "certificate", "certificates"),
-                crate::render::count(days.max(0) as usize, "day", "days")
+                crate::words::count(certs.len(), "certificate", "certificates"),
+                crate::words::count(days.max(0) as usize, "day", "days")
             ),
         ),
     }

@@ -240,7 +240,7 @@ pub fn screen(s: &Screen<'_>, rows: &[TopRow]) -> Vec<String> {
     let left = format!(
         "clustermgr top · {} · {}, {up} up · {}",
         s.cluster,
-        crate::render::count(rows.len(), "node", "nodes"),
+        crate::words::count(rows.len(), "node", "nodes"),
         health.join(", ")
     );
     let right = format!("q quits  {}", s.clock);
