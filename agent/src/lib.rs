@@ -1,9 +1,13 @@
 //! `clustermgr-agent`: the daemon on every Gluu, load-balancer and cache host. It
-//! answers the controller over mutual-TLS QUIC: host facts, commands, certificate
-//! renewal, and replacing its own binary. Later issues add file apply, service control, logs, metrics and probes.
+//! answers the controller over mutual-TLS QUIC: host facts, commands, change sets
+//! applied all or nothing with their validators and reloads, the logs and metrics it
+//! spools, health checks (LDAP, csync2, ports, services, certificates), certificate
+//! renewal, and replacing its own binary.
 //!
 //! Architecture invariant: only this crate touches the node's files and processes; it
-//! never dials the controller or other agents.
+//! never dials the controller or other agents. No `unsafe`: the system calls std lacks
+//! come through rustix.
+#![forbid(unsafe_code)]
 
 pub mod apply;
 mod budget;

@@ -1,21 +1,16 @@
-//! The few libc calls the agent needs that std does not offer.
-#![allow(
-    unsafe_code,
-    reason = "thin, checked wrappers over libc calls std lacks"
-)]
+//! The few system calls the agent needs that std does not offer, through rustix's safe
+//! wrappers.
 
 /// Sends SIGKILL to a whole process group, so a command's children die with it.
 pub fn kill_process_group(pgid: u32) {
-    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+    let Some(pgid) = i32::try_from(pgid)
+        .ok()
+        .filter(|p| *p > 1)
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return;
     };
-    if pgid <= 1 {
-        return;
-    }
-    // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names a group.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
-    }
+    let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
 }
 
 /// Waits for `child` (spawned in a process group of its own) with `finish`, on a
@@ -43,36 +38,37 @@ pub fn wait_or_kill<T: Send + 'static>(
     done
 }
 
-/// The running C library's version when it is glibc.
+/// The running C library's version when it is glibc (`2.36`), as `getconf` says it,
+/// asked once.
 pub fn glibc_version() -> Option<String> {
-    // SAFETY: gnu_get_libc_version returns a pointer to a static NUL-terminated string.
-    let ptr = unsafe { gnu_get_libc_version() };
-    if ptr.is_null() {
-        return None;
-    }
-    // SAFETY: checked non-null above; the string is static and NUL-terminated.
-    let s = unsafe { std::ffi::CStr::from_ptr(ptr) };
-    s.to_str().ok().map(str::to_string)
+    static VERSION: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    VERSION
+        .get_or_init(|| {
+            let out = std::process::Command::new("getconf")
+                .arg("GNU_LIBC_VERSION")
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())?;
+            // "glibc 2.36"
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.trim().strip_prefix("glibc ").map(str::to_string)
+        })
+        .clone()
 }
 
 /// Bytes free for an unprivileged user on the file system holding `path`.
 pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::other("a path with a NUL byte"))?;
-    // SAFETY: an all-zero statvfs is a valid value for statvfs(3) to overwrite.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is NUL-terminated and `st` is a valid, writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    #[allow(
-        clippy::useless_conversion,
-        reason = "fsblkcnt_t and c_ulong are narrower than u64 on 32-bit targets"
-    )]
-    Ok(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-unsafe extern "C" {
-    fn gnu_get_libc_version() -> *const libc::c_char;
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn this_host_says_its_glibc_version() {
+        let v = super::glibc_version().expect("a glibc host");
+        assert!(v.starts_with("2."), "{v}");
+    }
 }

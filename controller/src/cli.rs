@@ -1229,6 +1229,10 @@ fn quiet_on_closed_stdout() {
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or_default();
         if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "a panic hook has no caller to return a code to; the output is gone"
+            )]
             std::process::exit(exit::CLOSED_OUTPUT);
         }
         default(info);

@@ -188,6 +188,8 @@ pub struct Dialer {
     /// A one-shot process's connections, so [`Dialer::close`] knows when each has told
     /// its agent goodbye; `None` under `serve`, whose connections come and go.
     tracked: Option<std::sync::Mutex<Vec<quinn::Connection>>>,
+    /// What an agent certificate's validity is judged against.
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -223,6 +225,7 @@ impl Dialer {
         timeouts: Timeouts,
         connect_timeout: Duration,
         max_frame: u32,
+        clock: std::sync::Arc<dyn crate::clock::Clock>,
     ) -> Result<Dialer, CtlError> {
         let endpoint = quinn::Endpoint::client(SocketAddr::from(([0u16; 8], 0)))
             .or_else(|_| quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))))
@@ -236,6 +239,7 @@ impl Dialer {
             connect_timeout,
             max_frame,
             tracked: None,
+            clock,
         })
     }
 
@@ -395,10 +399,7 @@ impl Dialer {
             .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
             .and_then(|certs| certs.first().and_then(|c| CertSummary::parse(c).ok()))
             .ok_or_else(|| NodeFailure::failed("the agent presented no readable certificate"))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = self.clock.unix();
         let status = if now < cert.not_before || cert.expired(now) {
             AgentCertStatus::OutsideValidityButPinned
         } else {

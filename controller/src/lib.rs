@@ -1,10 +1,12 @@
 //! The clustermgr controller: the cluster CA, the inventory store, connections to the
 //! agents, the operations the CLI offers, `serve` and the `dev` sandbox.
 //!
-//! Architecture invariant: every operation is one function in [`ops`]; the CLI reaches
-//! it either in-process or through `serve`'s local socket, and renders the same
-//! [`ops::Event`]s and [`ops::Report`] either way. Only [`store`] knows redb, only
-//! [`ca`] signs, only [`connect`] dials agents.
+//! Architecture invariants: the operations the CLI offers run through [`ops::run`],
+//! either in-process or through `serve`'s local socket, and the CLI renders the same
+//! [`ops::Event`]s and [`ops::Report`]s either way (`init`, `serve`, `dev`, `backup`'s
+//! sealing, `restore`, `node add --ssh` and the repeating `top` and `health --watch`
+//! still run partly outside it: ARCHITECTURE.md, "Layers", says what moves next).
+//! Only [`store`] knows redb, only [`ca`] signs, only [`connect`] dials agents.
 #![forbid(unsafe_code)]
 
 pub mod accept;

@@ -856,6 +856,7 @@ impl Ctx {
             opts.timeouts,
             opts.connect_timeout,
             opts.max_frame_bytes,
+            clock.clone(),
         )?;
         if !serving {
             dialer.track_until_close();
@@ -2399,7 +2400,7 @@ mod serve_renewal_tests {
     async fn a_long_running_controller_renews_its_own_certificate() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("home");
-        let t0 = time::OffsetDateTime::now_utc();
+        let t0 = crate::clock::Clock::now(&crate::clock::SystemClock);
         init(&dir, "c", 90, &crate::clock::FixedClock(t0)).unwrap();
         let clock = Arc::new(MovableClock(Mutex::new(t0)));
         let ctx = Ctx::open(&dir, clock.clone(), &CtxOptions::default(), true).unwrap();

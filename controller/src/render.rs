@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 
 use tokio::sync::mpsc;
 
@@ -94,25 +93,9 @@ fn shown(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 }
 
 fn spill_file() -> Option<File> {
-    let path = std::env::temp_dir().join(format!(
-        "clustermgr-out-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    // Owner-only from the start: command output may hold secrets.
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .ok()?;
-    // Unlinked at once: the space is freed when we exit, however we exit.
-    let _ = std::fs::remove_file(&path);
-    Some(f)
+    // Owner-only and unlinked from the start (O_TMPFILE, or a random name removed at
+    // once): command output may hold secrets, and the space is freed however we exit.
+    tempfile::tempfile().ok()
 }
 
 /// Output gathered while events streamed, for the final report.
@@ -329,7 +312,7 @@ fn print_top(cluster: &str, rows: &[crate::telemetry::top::TopRow]) {
     use std::io::{IsTerminal, Write};
     let terminal = std::io::stdout().is_terminal();
     let width = terminal_size::terminal_size().map_or(80, |(w, _)| usize::from(w.0));
-    let clock = time::OffsetDateTime::now_utc();
+    let clock = crate::clock::Clock::now(&crate::clock::SystemClock);
     let clock = format!(
         "{:02}:{:02}:{:02} UTC",
         clock.hour(),
@@ -372,12 +355,14 @@ fn print_csync2(r: &crate::health::replication::ReplicationView) {
         return;
     }
     println!("\nCSYNC2");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = (crate::clock::Clock::now(&crate::clock::SystemClock).unix_timestamp_nanos()
+        / 1_000_000) as i64;
     for (n, c) in &r.csync2 {
         if !c.configured {
-            println!("{n:<16} not set up yet (no /etc/csync2.cfg): `clustermgr apply` writes it");
+            // Asked only of nodes clustermgr set csync2 up on: the file went since.
+            println!(
+                "{n:<16} /etc/csync2.cfg is gone from this node: `clustermgr apply` puts it back"
+            );
             continue;
         }
         let listener = match &c.listener {

@@ -1,9 +1,11 @@
 //! The clustermgr wire protocol: message types, the postcard codec, length-prefixed
 //! framing, version negotiation, node names and the TLS identities both ends share.
 //!
-//! Architecture invariant: this crate knows nothing of tokio, the controller's store,
-//! the shell or the node's files. It is pure data and pure functions, plus the
-//! rustls/quinn configuration builders so that both ends configure TLS identically.
+//! Architecture invariant: this crate knows nothing of the controller's store, the
+//! shell or the node's files, and of tokio only the async read and write traits its
+//! framing works on. It is data and pure functions, plus the rustls/quinn
+//! configuration builders so that both ends configure TLS identically, and the lists
+//! both ends share (paths that run later, default log sources).
 #![forbid(unsafe_code)]
 
 pub mod atomic_file;

@@ -474,26 +474,21 @@ impl Drop for ControlMaster {
 
 /// Raises the soft open-files limit towards `want` (as `ulimit -n` would); returns the
 /// limit in force.
-#[allow(unsafe_code)]
 pub fn raise_nofile(want: u64) -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < want {
-            let new = libc::rlimit {
-                rlim_cur: want.min(lim.rlim_max),
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &new) == 0 {
-                lim.rlim_cur = new.rlim_cur;
-            }
-        }
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let current = lim.current.unwrap_or(u64::MAX);
+    if current >= want {
+        return current;
     }
-    lim.rlim_cur
+    let raised = lim.maximum.map_or(want, |max| want.min(max));
+    let new = Rlimit {
+        current: Some(raised),
+        maximum: lim.maximum,
+    };
+    if setrlimit(Resource::Nofile, new).is_ok() {
+        raised
+    } else {
+        current
+    }
 }

@@ -250,7 +250,7 @@ async fn scrape(mut sock: tokio::net::TcpStream, exports: Arc<Exports>) {
     let path = first.split_whitespace().nth(1).unwrap_or("");
     let (status, body) =
         if first.starts_with("GET ") && (path == "/metrics" || path.starts_with("/metrics?")) {
-            let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+            let now = crate::clock::Clock::unix(&crate::clock::SystemClock) * 1000;
             let body = exports
                 .latest
                 .as_ref()

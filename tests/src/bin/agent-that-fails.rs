@@ -12,7 +12,7 @@ use std::process::Command;
 
 const REAL: &str = "/opt/cmt/clustermgr-agent";
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let err = if args.first().is_some_and(|a| a == "run") {
         let mode = std::fs::read_to_string("/opt/cmt/fail-mode").unwrap_or_default();
@@ -21,7 +21,7 @@ fn main() {
             "unreachable" => "/opt/cmt/other-port.toml",
             other => {
                 eprintln!("agent-that-fails: unknown mode {other:?} in /opt/cmt/fail-mode");
-                std::process::exit(2);
+                return std::process::ExitCode::from(2);
             }
         };
         Command::new(REAL).args(["run", "--config", config]).exec()
@@ -29,5 +29,5 @@ fn main() {
         Command::new(REAL).args(&args).exec()
     };
     eprintln!("agent-that-fails: cannot run {REAL}: {err}");
-    std::process::exit(127);
+    std::process::ExitCode::from(127)
 }

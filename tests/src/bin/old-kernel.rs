@@ -13,19 +13,19 @@ const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const PR_SET_NO_NEW_PRIVS: libc::c_int = 38;
 const PR_SET_SECCOMP: libc::c_int = 22;
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let mut args = std::env::args_os().skip(1);
     let Some(program) = args.next() else {
         eprintln!("usage: old-kernel PROGRAM [ARGS...]");
-        std::process::exit(2);
+        return std::process::ExitCode::from(2);
     };
     if let Err(e) = refuse_new_system_calls() {
         eprintln!("old-kernel: cannot install the seccomp filter: {e}");
-        std::process::exit(2);
+        return std::process::ExitCode::from(2);
     }
     let e = std::process::Command::new(&program).args(args).exec();
     eprintln!("old-kernel: cannot run {}: {e}", program.to_string_lossy());
-    std::process::exit(127);
+    std::process::ExitCode::from(127)
 }
 
 fn refuse_new_system_calls() -> std::io::Result<()> {
