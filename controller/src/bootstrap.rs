@@ -265,43 +265,7 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The agent binary bootstrap uploads, and what it needs of a host.
-#[derive(Clone, Debug)]
-pub struct AgentBinary {
-    /// Its path on the controller host.
-    pub path: PathBuf,
-    /// Its bytes.
-    pub bytes: std::sync::Arc<Vec<u8>>,
-    /// What it needs.
-    pub facts: crate::elf::BinaryFacts,
-}
-
-impl AgentBinary {
-    /// Loads the binary to ship: `explicit`, else the one beside this executable (the
-    /// same build), else the baseline build the controller's package ships.
-    pub fn find(explicit: Option<&Path>) -> Result<AgentBinary, CtlError> {
-        let path = match explicit {
-            Some(p) => p.to_path_buf(),
-            None => match crate::dev::agent_binary() {
-                Ok(beside) => beside,
-                Err(e) => {
-                    let packaged = Path::new("/usr/lib/clustermgr/clustermgr-agent");
-                    if !packaged.is_file() {
-                        return Err(e);
-                    }
-                    packaged.to_path_buf()
-                }
-            },
-        };
-        let bytes = std::fs::read(&path).map_err(|e| CtlError::io(&path, e))?;
-        let facts = crate::elf::facts(&path, &bytes)?;
-        Ok(AgentBinary {
-            path,
-            bytes: std::sync::Arc::new(bytes),
-            facts,
-        })
-    }
-}
+pub use crate::binary::AgentBinary;
 
 /// Something that runs cluster operations (through `serve` or in this process).
 pub trait Operations: Send + Sync {

@@ -1,10 +1,12 @@
 //! Time, injected: certificate lifetimes and renewal depend on it, and tests move it
-//! instead of waiting.
+//! instead of waiting. And the times people type (`--since 10m`).
 
 use std::fmt::Debug;
 use std::sync::Arc;
 
 use time::OffsetDateTime;
+
+use crate::CtlError;
 
 /// A source of the current time.
 pub trait Clock: Debug + Send + Sync {
@@ -55,4 +57,35 @@ pub fn rfc3339(unix: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| unix.to_string())
+}
+
+/// A `--since` argument as Unix milliseconds: a duration back from `now_ms` (`90s`,
+/// `10m`, `2h`, `7d`) or an RFC 3339 time.
+pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, CtlError> {
+    let bad = || {
+        CtlError::Usage(format!(
+            "--since {text:?} is neither a duration (90s, 10m, 2h, 7d) nor a time (2026-11-25T10:00:00Z)"
+        ))
+    };
+    let t = text.trim();
+    if let Some((n, unit)) = t
+        .find(|c: char| !c.is_ascii_digit())
+        .filter(|&i| i > 0)
+        .map(|i| t.split_at(i))
+    {
+        let secs = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => 0,
+        };
+        if secs > 0 {
+            let n: i64 = n.parse().map_err(|_| bad())?;
+            return Ok(now_ms - n.saturating_mul(secs).saturating_mul(1000));
+        }
+    }
+    let at = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| bad())?;
+    Ok((at.unix_timestamp_nanos() / 1_000_000) as i64)
 }

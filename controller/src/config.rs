@@ -10,7 +10,6 @@ use clustermgr_protocol::transport::Timeouts;
 use serde::Deserialize;
 
 use crate::CtlError;
-use crate::ops::CtxOptions;
 
 /// The commented example, as `init` writes it (also `packaging/controller.toml`).
 pub const EXAMPLE: &str = include_str!("../../packaging/controller.toml");
@@ -26,7 +25,7 @@ pub struct ControllerConfig {
     /// Keep-alive and idle timeout; must match the agents'.
     pub timeouts: Timeouts,
     /// What `serve` keeps of the telemetry.
-    pub retention: crate::telemetry::store::Retention,
+    pub retention: Retention,
     /// How often the health checks run.
     pub health: HealthConfig,
     /// Where `serve` sends each health change.
@@ -139,6 +138,52 @@ impl ControllerConfig {
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             timeouts: self.timeouts,
             max_frame_bytes: self.max_frame_bytes,
+        }
+    }
+}
+
+/// Settings of a controller process (from `controller.toml`).
+#[derive(Clone, Debug)]
+pub struct CtxOptions {
+    /// How long a node has to answer a connection.
+    pub connect_timeout: Duration,
+    /// Keep-alive and idle timeout.
+    pub timeouts: Timeouts,
+    /// The largest frame accepted from an agent.
+    pub max_frame_bytes: u32,
+}
+
+impl Default for CtxOptions {
+    fn default() -> Self {
+        ControllerConfig::default().options()
+    }
+}
+
+/// How long each kind of telemetry is kept, and how large the store may grow.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Raw samples, in days.
+    pub raw_days: u32,
+    /// 1-minute points, in days.
+    pub minute_days: u32,
+    /// 1-hour points, in days.
+    pub hour_days: u32,
+    /// Log lines, in days.
+    pub log_days: u32,
+    /// The most the stored logs and samples may take, in MiB; beyond it the oldest
+    /// log blocks and raw chunks go first.
+    pub max_mib: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            raw_days: 7,
+            minute_days: 90,
+            hour_days: 730,
+            log_days: 30,
+            max_mib: 10 * 1024,
         }
     }
 }

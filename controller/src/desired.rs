@@ -1313,22 +1313,6 @@ pub fn history(
 }
 
 /// `cluster set`.
-/// The nodes clustermgr has set csync2 up on: its configuration is among what they
-/// last applied. (A file a package left, Debian's example, does not count.)
-pub fn csync2_set_up(ctx: &Ctx) -> Result<std::collections::BTreeSet<String>, CtlError> {
-    Ok(ctx
-        .store
-        .all_desired()?
-        .into_iter()
-        .filter(|r| {
-            r.applied
-                .iter()
-                .any(|e| e.scope == Scope::Host && e.path == generate::csync2::CONFIG)
-        })
-        .map(|r| r.node)
-        .collect())
-}
-
 pub fn cluster_set(ctx: &Ctx, user: &str, key: &str, value: &str) -> Result<Report, CtlError> {
     let model = ctx.store.update_model(|m| m.set(key, value))?;
     let shown = model

@@ -74,24 +74,6 @@ pub fn default_nodes(n: usize, port: u16) -> Vec<NodeSpec> {
         .collect()
 }
 
-/// Finds `clustermgr-agent` beside this executable (where cargo builds both).
-pub fn agent_binary() -> Result<PathBuf, CtlError> {
-    let exe = std::env::current_exe().map_err(|e| CtlError::io("current executable", e))?;
-    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    for _ in 0..2 {
-        let candidate = dir.join("clustermgr-agent");
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-        // Test binaries live one level down, in target/<profile>/deps.
-        dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
-    }
-    Err(CtlError::Usage(format!(
-        "cannot find clustermgr-agent next to {}; build both binaries with `cargo build --release`",
-        exe.display()
-    )))
-}
-
 /// Runs one operation in-process as `serve` would, discarding its progress events.
 pub async fn one_shot(ctx: &Arc<Ctx>, user: &str, op: Operation) -> Result<Report, CtlError> {
     let (tx, mut rx) = mpsc::channel(64);
@@ -334,7 +316,7 @@ pub async fn run(ask: DevAsk) -> Result<i32, CtlError> {
     if !(1..=200).contains(&ask.nodes) {
         return Err(CtlError::Usage("--nodes must be between 1 and 200".into()));
     }
-    let agent_bin = agent_binary()?;
+    let agent_bin = crate::binary::beside_this_program()?;
     let temporary = ask.home.is_none();
     let dir = match &ask.home {
         Some(d) => d.clone(),

@@ -12,6 +12,7 @@
 pub mod accept;
 pub mod archive;
 pub mod backup;
+pub mod binary;
 pub mod bootstrap;
 pub mod ca;
 pub mod cli;
@@ -25,6 +26,7 @@ mod error;
 pub mod exit;
 pub mod generate;
 pub mod health;
+pub mod healthlog;
 pub mod home;
 pub mod http;
 pub mod inventory;

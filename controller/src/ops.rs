@@ -13,7 +13,6 @@ use clustermgr_protocol::identity::{AgentCertStatus, CertSummary, Credentials, c
 use clustermgr_protocol::message::{
     Command, ExecEvent, ExecInput, ExecSpec, NodeInfo, Reply, Request,
 };
-use clustermgr_protocol::transport::Timeouts;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -687,22 +686,7 @@ impl Pool {
     }
 }
 
-/// Settings of a controller process (from `controller.toml`, see [`crate::config`]).
-#[derive(Clone, Debug)]
-pub struct CtxOptions {
-    /// How long a node has to answer a connection.
-    pub connect_timeout: Duration,
-    /// Keep-alive and idle timeout.
-    pub timeouts: Timeouts,
-    /// The largest frame accepted from an agent.
-    pub max_frame_bytes: u32,
-}
-
-impl Default for CtxOptions {
-    fn default() -> Self {
-        crate::config::ControllerConfig::default().options()
-    }
-}
+pub use crate::config::CtxOptions;
 
 /// Live log lines `serve` keeps for a follower that fell behind before it is told so.
 const LIVE_LOG_LINES: usize = 8192;
@@ -1401,7 +1385,11 @@ pub async fn run(
         }
         Operation::Logs(spec) => crate::telemetry::logs(&ctx, &spec, &events).await,
         Operation::Metrics(spec) => crate::telemetry::metrics(&ctx, &spec),
-        Operation::Top { nodes } => crate::telemetry::top(&ctx, &nodes),
+        Operation::Top { nodes } => {
+            let latest = crate::health::latest(&ctx);
+            let worst = |node: &str| crate::health::worst_word(latest.as_deref(), node);
+            crate::telemetry::top(&ctx, &nodes, &worst)
+        }
         Operation::Health { nodes } => crate::health::health(&ctx, &nodes, within).await,
         Operation::Replication => crate::health::replication(&ctx, within).await,
         Operation::Ports => crate::health::ports(&ctx, within).await,

@@ -13,7 +13,7 @@ use clustermgr_protocol::message::{Reply, Request, UpgradeSpec};
 use tokio::sync::mpsc;
 
 use crate::CtlError;
-use crate::bootstrap::AgentBinary;
+use crate::binary::AgentBinary;
 use crate::connect::{FailureKind, NodeFailure};
 use crate::ops::{Ctx, Event, NodeOutcome, NodeState, PendingAudit, Report};
 use crate::selector::select;

@@ -21,6 +21,22 @@ pub fn member<'a>(node: &NodeRecord, all: impl IntoIterator<Item = &'a NodeRecor
 /// csync2's configuration.
 pub const CONFIG: &str = "/etc/csync2.cfg";
 
+/// The nodes clustermgr has set csync2 up on: its configuration is among what they
+/// last applied (`records`, the store's). A file a package left, Debian's example,
+/// does not count.
+pub fn set_up(records: &[crate::store::DesiredRecord]) -> std::collections::BTreeSet<String> {
+    use clustermgr_protocol::changeset::Scope;
+    records
+        .iter()
+        .filter(|r| {
+            r.applied
+                .iter()
+                .any(|e| e.scope == Scope::Host && e.path == CONFIG)
+        })
+        .map(|r| r.node.clone())
+        .collect()
+}
+
 /// The service that runs the listener.
 pub const SERVICE: &str = "clustermgr-csync2";
 /// Where csync2 (Debian's build) looks for its certificate (its key, generated on the

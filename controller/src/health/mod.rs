@@ -59,6 +59,16 @@ impl Latest {
     }
 }
 
+/// A node's worst check in `latest`, as `top` shows it: `ok`, or `critical: ldap`.
+pub fn worst_word(latest: Option<&Latest>, node: &str) -> Option<String> {
+    latest
+        .and_then(|l| l.worst_of(node))
+        .map(|(level, check)| match level {
+            Level::Ok => "ok".to_string(),
+            l => format!("{}: {check}", l.as_str()),
+        })
+}
+
 /// `serve`'s latest round when it is recent (within two intervals and a moment): a
 /// round older than that means the watch is stuck, and a round of one's own is better.
 pub(crate) fn latest(ctx: &Ctx) -> Option<std::sync::Arc<Latest>> {
@@ -275,7 +285,7 @@ async fn own_round(
     let all = ctx.store.nodes()?;
     let cfg = crate::config::ControllerConfig::load(&ctx.home.config())?;
     let interval = Duration::from_secs(cfg.health.interval_secs);
-    let set_up = crate::desired::csync2_set_up(ctx)?;
+    let set_up = crate::generate::csync2::set_up(&ctx.store.all_desired()?);
     let members = members(&all, &ctx.store.model()?, &cfg.health, &set_up);
     let now = round(ctx, &all, &members, interval, within).await;
     Ok((members, now, interval))
@@ -468,33 +478,7 @@ impl HealthGate {
     }
 }
 
-/// A check's state as stored between rounds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthState {
-    /// Its level.
-    pub level: Level,
-    /// Why, when it was last judged.
-    pub reason: String,
-}
-
-/// A check that changed state: what `events` lists and the alerts carry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthEvent {
-    /// Its number in the store, from 1.
-    pub id: u64,
-    /// When it was seen, Unix milliseconds.
-    pub time_ms: i64,
-    /// The node.
-    pub node: String,
-    /// The check.
-    pub check: String,
-    /// The state before (`unknown` for a check seen the first time).
-    pub from: Level,
-    /// The state now.
-    pub to: Level,
-    /// Why, in words.
-    pub reason: String,
-}
+pub use crate::healthlog::{HealthEvent, HealthState};
 
 /// The checks whose state must be stored: new ones and those whose level moved.
 pub type StateChanges = Vec<(String, String, HealthState)>;
@@ -559,7 +543,7 @@ pub async fn watch(ctx: std::sync::Arc<Ctx>) {
         let interval = Duration::from_secs(cfg.interval_secs);
         let started = tokio::time::Instant::now();
         let read = ctx.store.nodes().and_then(|n| {
-            let set_up = crate::desired::csync2_set_up(&ctx)?;
+            let set_up = crate::generate::csync2::set_up(&ctx.store.all_desired()?);
             Ok((n, ctx.store.model()?, set_up))
         });
         let (nodes, model, set_up) = match read {
@@ -638,7 +622,7 @@ pub async fn events(
         ));
     }
     let since_ms = since
-        .map(|s| crate::telemetry::parse_since(s, ctx.clock.now().unix_timestamp() * 1000))
+        .map(|s| crate::clock::parse_since(s, ctx.clock.now().unix_timestamp() * 1000))
         .transpose()?;
     // Subscribed before the query, so no event falls between the two.
     let mut live = follow.then(|| ctx.health_events.subscribe());

@@ -10,59 +10,7 @@ use clustermgr_protocol::health::{
 };
 use serde::{Deserialize, Serialize};
 
-/// A check's state, in the order of Nagios-style exit codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    /// Fine.
-    Ok,
-    /// Needs a look.
-    Warning,
-    /// Broken.
-    Critical,
-    /// Could not be checked.
-    Unknown,
-}
-
-impl Level {
-    /// The exit code monitoring expects: 0, 1, 2, 3.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            Level::Ok => crate::exit::monitoring::OK,
-            Level::Warning => crate::exit::monitoring::WARNING,
-            Level::Critical => crate::exit::monitoring::CRITICAL,
-            Level::Unknown => crate::exit::monitoring::UNKNOWN,
-        }
-    }
-
-    /// How bad, for picking the worst: critical, then warning, then unknown.
-    fn severity(self) -> u8 {
-        match self {
-            Level::Ok => 0,
-            Level::Unknown => 1,
-            Level::Warning => 2,
-            Level::Critical => 3,
-        }
-    }
-
-    /// The worst of `levels` (`Ok` for none).
-    pub fn worst(levels: impl IntoIterator<Item = Level>) -> Level {
-        levels
-            .into_iter()
-            .max_by_key(|l| l.severity())
-            .unwrap_or(Level::Ok)
-    }
-
-    /// The word shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Ok => "ok",
-            Level::Warning => "warning",
-            Level::Critical => "critical",
-            Level::Unknown => "unknown",
-        }
-    }
-}
+pub use crate::healthlog::Level;
 
 /// One check of one node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -32,36 +32,7 @@ pub struct LogsSpec {
     pub limit: Option<usize>,
 }
 
-/// A `--since` argument as Unix milliseconds: a duration back from `now_ms` (`90s`,
-/// `10m`, `2h`, `7d`) or an RFC 3339 time.
-pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, CtlError> {
-    let bad = || {
-        CtlError::Usage(format!(
-            "--since {text:?} is neither a duration (90s, 10m, 2h, 7d) nor a time (2026-11-25T10:00:00Z)"
-        ))
-    };
-    let t = text.trim();
-    if let Some((n, unit)) = t
-        .find(|c: char| !c.is_ascii_digit())
-        .filter(|&i| i > 0)
-        .map(|i| t.split_at(i))
-    {
-        let secs = match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
-            _ => 0,
-        };
-        if secs > 0 {
-            let n: i64 = n.parse().map_err(|_| bad())?;
-            return Ok(now_ms - n.saturating_mul(secs).saturating_mul(1000));
-        }
-    }
-    let at = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| bad())?;
-    Ok((at.unix_timestamp_nanos() / 1_000_000) as i64)
-}
+pub use crate::clock::parse_since;
 
 /// `logs`: the stored lines, merged across nodes in time order; with `follow`, then
 /// every line `serve` stores, until the client goes away.
@@ -205,29 +176,27 @@ fn notice(ctx: &Ctx, text: &str) -> NodeLine {
     }
 }
 
-/// `top`: a row per node from the ticks `serve` received last.
-pub fn top(ctx: &Ctx, nodes: &str) -> Result<Report, CtlError> {
+/// `top`: a row per node from the ticks `serve` received last, with `health`'s word
+/// for each node (its worst check in serve's latest round, from the dispatch, which
+/// has the health side).
+pub fn top(
+    ctx: &Ctx,
+    nodes: &str,
+    health: &dyn Fn(&str) -> Option<String>,
+) -> Result<Report, CtlError> {
     let Some(pool) = ctx.pool.as_ref() else {
         return Err(CtlError::Usage(
             "`top` shows what `clustermgr serve` receives from the agents; start `clustermgr serve` and run this again".into(),
         ));
     };
     let now_ms = (ctx.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
-    let health = crate::health::latest(ctx);
     Ok(Report::Top {
         cluster: ctx.meta.name.clone(),
         rows: select(&ctx.store.nodes()?, nodes)?
             .iter()
             .map(|n| {
                 let mut r = top::row(&n.name, pool.get_pinned(n).is_some(), &ctx.recent, now_ms);
-                r.health =
-                    health
-                        .as_ref()
-                        .and_then(|l| l.worst_of(&n.name))
-                        .map(|(level, check)| match level {
-                            crate::health::verdict::Level::Ok => "ok".to_string(),
-                            l => format!("{}: {check}", l.as_str()),
-                        });
+                r.health = health(&n.name);
                 r
             })
             .collect(),

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use clustermgr_protocol::telemetry::{Body, Record};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use crate::health::{HealthEvent, HealthState};
+use crate::healthlog::{HealthEvent, HealthState};
 use serde::{Deserialize, Serialize};
 
 use super::gorilla::{self, Encoder};
@@ -70,34 +70,7 @@ impl Tier {
     }
 }
 
-/// How long each kind of telemetry is kept, and how large the store may grow.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Retention {
-    /// Raw samples, in days.
-    pub raw_days: u32,
-    /// 1-minute points, in days.
-    pub minute_days: u32,
-    /// 1-hour points, in days.
-    pub hour_days: u32,
-    /// Log lines, in days.
-    pub log_days: u32,
-    /// The most the stored logs and samples may take, in MiB; beyond it the oldest
-    /// log blocks and raw chunks go first.
-    pub max_mib: u64,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        Retention {
-            raw_days: 7,
-            minute_days: 90,
-            hour_days: 730,
-            log_days: 30,
-            max_mib: 10 * 1024,
-        }
-    }
-}
+pub use crate::config::Retention;
 
 /// What one maintenance pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
