@@ -41,6 +41,7 @@ pub mod serve;
 pub mod store;
 pub mod suggest;
 pub mod telemetry;
+pub mod telemetry_store;
 pub mod terminal;
 mod upgrade;
 pub mod words;

@@ -35,6 +35,7 @@ const LAYERS: &[(&str, bool, &[&str])] = &[
             "passphrase",
             "selector",
             "store",
+            "telemetry_store",
             "suggest",
             "terminal",
             "words",

@@ -1,9 +1,9 @@
-//! Telemetry on the controller: the store (`store.rs`) and its encodings
-//! (`gorilla.rs`), and the `logs` operation over it.
+//! Telemetry operations on the controller: `logs`, `metrics`, `top` and the exports,
+//! over the telemetry store (`crate::telemetry_store`, also named `store` here).
 
 pub mod export;
-pub mod gorilla;
-pub mod store;
+pub use crate::telemetry_store as store;
+pub use crate::telemetry_store::gorilla;
 pub mod top;
 
 use std::collections::HashMap;

@@ -3,6 +3,8 @@
 //! per series. One transaction per ingested batch moves the cursor with the data, so a
 //! record is stored once however often it is delivered.
 
+pub mod gorilla;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -13,7 +15,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use crate::healthlog::{HealthEvent, HealthState};
 use serde::{Deserialize, Serialize};
 
-use super::gorilla::{self, Encoder};
+use self::gorilla::Encoder;
 use crate::CtlError;
 
 /// Node → the highest sequence number stored.
