@@ -283,7 +283,7 @@ fn new_csync2_key() -> Result<Vec<u8>, CtlError> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._";
     let mut raw = [0u8; 64];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
-        .map_err(|_| CtlError::Usage("the system random generator failed".into()))?;
+        .map_err(|_| CtlError::Random("making the csync2 key"))?;
     Ok(raw.iter().map(|b| ALPHABET[(*b & 63) as usize]).collect())
 }
 
@@ -543,6 +543,20 @@ async fn agent_plan(
             reply_kind(&other)
         ))),
     }
+}
+
+/// An agent's failure or refusal on `node`: the operation failed there (exit 1), it
+/// was no usage error.
+fn agent_error(node: &str, message: String) -> CtlError {
+    CtlError::Agent {
+        node: node.to_string(),
+        message,
+    }
+}
+
+/// What an unexpected reply was, in words (never its contents).
+fn unexpected(reply: &Reply) -> String {
+    format!("unexpected reply {}", reply_kind(reply))
 }
 
 /// A reply's variant, for messages (never its contents).
@@ -1557,7 +1571,7 @@ pub async fn rollback(
     let conn = ctx
         .connection_within(&rec, within)
         .await
-        .map_err(|f| CtlError::Usage(format!("{node}: {}", f.message)))?;
+        .map_err(|f| agent_error(node, f.message))?;
     if list {
         let req = Request::Backups {
             path: path.to_string(),
@@ -1577,9 +1591,9 @@ pub async fn rollback(
                     })
                     .collect(),
             }),
-            Ok(Reply::Error(e)) => Err(CtlError::Usage(format!("{node}: {}", e.message))),
-            Ok(_) => Err(CtlError::Usage(format!("{node}: unexpected reply"))),
-            Err(f) => Err(CtlError::Usage(format!("{node}: {}", f.message))),
+            Ok(Reply::Error(e)) => Err(agent_error(node, e.message)),
+            Ok(other) => Err(agent_error(node, unexpected(&other))),
+            Err(f) => Err(agent_error(node, f.message)),
         };
     }
     let generation = generation.unwrap_or(1);
@@ -1602,12 +1616,12 @@ pub async fn rollback(
         Ok(Reply::Applied(r)) => *r,
         Ok(Reply::Error(e)) => {
             pending.finish(vec![(node.to_string(), format!("failed: {}", e.message))])?;
-            return Err(CtlError::Usage(format!("{node}: {}", e.message)));
+            return Err(agent_error(node, e.message));
         }
-        Ok(_) => return Err(CtlError::Usage(format!("{node}: unexpected reply"))),
+        Ok(other) => return Err(agent_error(node, unexpected(&other))),
         Err(f) => {
             pending.finish(vec![(node.to_string(), f.message.clone())])?;
-            return Err(CtlError::Usage(format!("{node}: {}", f.message)));
+            return Err(agent_error(node, f.message));
         }
     };
     let restore_entry = Entry {

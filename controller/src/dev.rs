@@ -284,7 +284,7 @@ fn fresh_temp_dir() -> Result<PathBuf, CtlError> {
     let mut bytes = [0u8; 8];
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
-        .map_err(|_| CtlError::Usage("the system random source failed".into()))?;
+        .map_err(|_| CtlError::Random("naming the sandbox directory"))?;
     let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let dir = std::env::temp_dir().join(format!("clustermgr-dev-{suffix}"));
     std::fs::DirBuilder::new()

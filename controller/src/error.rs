@@ -157,6 +157,12 @@ pub enum CtlError {
         /// What is wrong with it.
         message: String,
     },
+    /// The system's random source failed (the kernel's getrandom): nothing secret can
+    /// be made. Not the user's doing: exit 1.
+    #[error(
+        "the system's random source failed while {0}; check the kernel's entropy (getrandom) and try again"
+    )]
+    Random(&'static str),
     /// A certificate or TLS operation failed.
     #[error(transparent)]
     Protocol(#[from] clustermgr_protocol::ProtocolError),

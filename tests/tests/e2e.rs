@@ -2435,3 +2435,25 @@ async fn a_plan_on_a_terminal_goes_through_the_pager_unless_told_not_to() {
     assert!(!paged.exists(), "--no-pager pages nothing");
     clustermgr_tests::tmux(&socket, &["kill-server"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_on_a_node_that_does_not_answer_is_a_failure_not_a_usage_error() {
+    let mut c = Cluster::gluu(2).await;
+    let o = c.run(&["apply", "--yes"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    c.kill_agent("gluu1").await;
+    let o = c.run(&[
+        "--connect-timeout",
+        "1",
+        "rollback",
+        "gluu1",
+        "/etc/hosts",
+        "--list",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("clustermgr: gluu1: "),
+        "{}",
+        stderr(&o)
+    );
+}
