@@ -21,8 +21,9 @@ use tokio::sync::mpsc;
 use crate::CtlError;
 use crate::clock::rfc3339;
 use crate::connect::NodeFailure;
+use crate::ctx::{Ctx, Event, NodeOutcome, NodeState};
 use crate::generate::{self, Inputs, Secrets, TunnelMaterial};
-use crate::ops::{Ctx, Event, NodeOutcome, NodeState, Report};
+use crate::ops::Report;
 use crate::selector::select;
 use crate::store::{ChangeRecord, DesiredRecord, Hold, NodeRecord, Role};
 
@@ -757,7 +758,7 @@ pub async fn apply(
         )?,
         None => ctx.audit(user, "apply", &names, &detail)?,
     };
-    let mut pending = crate::ops::PendingAudit::new(&ctx.store, audit_id, audit);
+    let mut pending = crate::ctx::PendingAudit::new(&ctx.store, audit_id, audit);
     let by = format!("{user}@{}", ctx.meta.name);
     let working = Event::Working {
         what: if rolling { "apply --rolling" } else { "apply" }.into(),
@@ -1611,7 +1612,7 @@ pub async fn rollback(
         &[node.to_string()],
         &format!("{path} to generation {generation}"),
     )?;
-    let mut pending = crate::ops::PendingAudit::new(&ctx.store, audit_id, audit);
+    let mut pending = crate::ctx::PendingAudit::new(&ctx.store, audit_id, audit);
     let report = match conn.request(&Request::Restore(spec), APPLY_TIMEOUT).await {
         Ok(Reply::Applied(r)) => *r,
         Ok(Reply::Error(e)) => {

@@ -1,7 +1,13 @@
-//! What the controller keeps of health between rounds and across restarts: each
-//! check's level, its state, and the changes between rounds. Health judges into these,
-//! the telemetry store keeps them, and `events`, the alerts and `top` read them.
+//! What the controller keeps of health between rounds and across restarts: who is
+//! asked what (`Members`), what each node said (`NodeRound`), each check's level and
+//! verdict, the latest round judged, and the changes between rounds. Health judges
+//! into these (its rules live in `health::verdict`); the telemetry store keeps them,
+//! and `serve`'s context holds the latest round for `health`, `events` and `top`.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clustermgr_protocol::health::{CertProbe, CheckReport, PortProbe, ServiceProbe};
 use serde::{Deserialize, Serialize};
 
 /// A check's state, in the order of Nagios-style exit codes.
@@ -84,4 +90,116 @@ pub struct HealthEvent {
     pub to: Level,
     /// Why, in words.
     pub reason: String,
+}
+
+/// One check of one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// The node.
+    pub node: String,
+    /// The check: `agent`, `clock`, `disk`, `ldap`, `ldap-links`, `ldap-csn`,
+    /// `heartbeat`.
+    pub check: String,
+    /// Its state.
+    pub level: Level,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// What one node gave this round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per node per round, nearly always a report"
+)]
+pub enum NodeRound {
+    /// Its report, and its clock's offset from the controller's (positive: ahead).
+    Report {
+        /// The report.
+        report: CheckReport,
+        /// Its clock minus the controller's, milliseconds.
+        skew_ms: i64,
+    },
+    /// It answered, but could not run its checks.
+    Failed(String),
+    /// It did not answer.
+    Unreachable(String),
+}
+
+/// The nodes a round concerns: name → (whether it runs a Gluu server, and so LDAP;
+/// the host part of its address, to tell which node a replication provider is).
+#[derive(Clone, Debug, Default)]
+pub struct Members {
+    /// Per node.
+    pub nodes: BTreeMap<String, Member>,
+    /// The limits they are judged by.
+    pub limits: Limits,
+}
+
+/// Thresholds an administrator may move (`[health]` in controller.toml).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// A file system fuller than this, in percent, is a warning.
+    pub disk_warning_pct: f64,
+    /// Fuller than this is critical.
+    pub disk_critical_pct: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            disk_warning_pct: 90.0,
+            disk_critical_pct: 95.0,
+        }
+    }
+}
+
+/// One member.
+#[derive(Clone, Debug, Default)]
+pub struct Member {
+    /// Whether it runs Gluu (and so an LDAP server).
+    pub gluu: bool,
+    /// Its host (address without the port).
+    pub host: String,
+    /// The peers' ports it must reach: its row of the port matrix.
+    pub reach: Vec<PortProbe>,
+    /// Whether it is a member of the csync2 group.
+    pub csync2: bool,
+    /// Whether clustermgr has set csync2 up on it (applied its `/etc/csync2.cfg`):
+    /// until then its csync2 is not checked, nor its port, whatever file a package
+    /// left there.
+    pub csync2_set_up: bool,
+    /// The certificates its agent watches (besides its LDAP server's).
+    pub certs: Vec<CertProbe>,
+    /// The services its agent tries (besides the Gluu endpoints it finds).
+    pub services: Vec<ServiceProbe>,
+    /// The cluster's hostname, for a Gluu node's own endpoints.
+    pub gluu_endpoints: Option<String>,
+}
+
+/// `serve`'s latest round, judged: what `health`, `replication`, `ports` and `top`
+/// show while it runs.
+#[derive(Debug)]
+pub struct Latest {
+    /// Who was asked.
+    pub members: Members,
+    /// What they said.
+    pub round: BTreeMap<String, NodeRound>,
+    /// The verdicts, against the round before.
+    pub verdicts: Vec<Verdict>,
+    /// When it ran, Unix milliseconds.
+    pub at_ms: i64,
+    /// The interval it ran at.
+    pub interval: Duration,
+}
+
+impl Latest {
+    /// The worst state of `node`'s checks, with the first check in that state.
+    pub fn worst_of(&self, node: &str) -> Option<(Level, &str)> {
+        let mine = self.verdicts.iter().filter(|v| v.node == node);
+        let worst = Level::worst(mine.clone().map(|v| v.level));
+        mine.into_iter()
+            .find(|v| v.level == worst)
+            .map(|v| (worst, v.check.as_str()))
+    }
 }

@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use crate::CtlError;
 use crate::binary::AgentBinary;
 use crate::connect::{FailureKind, NodeFailure};
-use crate::ops::{Ctx, Event, NodeOutcome, NodeState, PendingAudit, Report};
+use crate::ctx::{Ctx, Event, NodeOutcome, NodeState, PendingAudit};
+use crate::ops::Report;
 use crate::selector::select;
 use crate::store::NodeRecord;
 
@@ -134,7 +135,7 @@ where
 {
     let conn = ctx.connection_within(node, within).await?;
     let Reply::Info(info) = conn
-        .unary(&Request::Info, crate::ops::REQUEST_TIMEOUT)
+        .unary(&Request::Info, crate::ctx::REQUEST_TIMEOUT)
         .await?
     else {
         return Err(NodeFailure::failed("the agent did not describe its host"));
@@ -191,7 +192,7 @@ where
     while Instant::now() < deadline {
         let attempt = async {
             let conn = ctx.connection_within(node, REDIAL).await?;
-            conn.unary(&commit, crate::ops::REQUEST_TIMEOUT).await
+            conn.unary(&commit, crate::ctx::REQUEST_TIMEOUT).await
         };
         match attempt.await {
             Ok(Reply::UpgradeCommitted { version }) => {

@@ -25,6 +25,7 @@ const LAYERS: &[(&str, bool, &[&str])] = &[
             "connect",
             "elf",
             "error",
+            "ctx",
             "exit",
             "generate",
             "healthlog",
@@ -33,6 +34,7 @@ const LAYERS: &[(&str, bool, &[&str])] = &[
             "keymatch",
             "model",
             "passphrase",
+            "recent",
             "selector",
             "store",
             "telemetry_store",
@@ -79,27 +81,27 @@ const NOT_YET: &[(&str, &str, &str)] = &[
     (
         "bootstrap",
         "ops",
-        "operations take the core's context (Ctx moves out of ops)",
+        "its Operations seam speaks ops::Operation and ops::Report; it should take the calls it makes (sign, add) as its own trait",
     ),
     (
         "desired",
         "ops",
-        "operations take the core's context and return their own views",
+        "returns ops::Report; each operation should return its own view, which ops::run wraps",
     ),
     (
         "health",
         "ops",
-        "operations take the core's context and return their own views",
+        "returns ops::Report; each operation should return its own view, which ops::run wraps",
     ),
     (
         "telemetry",
         "ops",
-        "operations take the core's context and return their own views",
+        "returns ops::Report; each operation should return its own view, which ops::run wraps",
     ),
     (
         "upgrade",
         "ops",
-        "operations take the core's context and return their own views",
+        "returns ops::Report; each operation should return its own view, which ops::run wraps",
     ),
 ];
 

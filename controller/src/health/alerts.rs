@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 use crate::config::AlertsConfig;
-use crate::ops::Ctx;
+use crate::ctx::Ctx;
 
 use super::HealthEvent;
 

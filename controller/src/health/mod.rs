@@ -16,7 +16,7 @@ use clustermgr_protocol::message::{Reply, Request};
 use serde::{Deserialize, Serialize};
 
 use crate::CtlError;
-use crate::ops::Ctx;
+use crate::ctx::Ctx;
 use crate::store::{NodeRecord, Role};
 use verdict::{Level, Member, Members, NodeRound, Verdict};
 
@@ -32,32 +32,7 @@ pub struct HealthView {
     pub as_of_ms: Option<i64>,
 }
 
-/// `serve`'s latest round, judged: what `health`, `replication`, `ports` and `top`
-/// show while it runs.
-#[derive(Debug)]
-pub struct Latest {
-    /// Who was asked.
-    pub members: Members,
-    /// What they said.
-    pub round: BTreeMap<String, NodeRound>,
-    /// The verdicts, against the round before.
-    pub verdicts: Vec<Verdict>,
-    /// When it ran, Unix milliseconds.
-    pub at_ms: i64,
-    /// The interval it ran at.
-    pub interval: Duration,
-}
-
-impl Latest {
-    /// The worst state of `node`'s checks, with the first check in that state.
-    pub fn worst_of(&self, node: &str) -> Option<(Level, &str)> {
-        let mine = self.verdicts.iter().filter(|v| v.node == node);
-        let worst = Level::worst(mine.clone().map(|v| v.level));
-        mine.into_iter()
-            .find(|v| v.level == worst)
-            .map(|v| (worst, v.check.as_str()))
-    }
-}
+pub use crate::healthlog::Latest;
 
 /// A node's worst check in `latest`, as `top` shows it: `ok`, or `critical: ldap`.
 pub fn worst_word(latest: Option<&Latest>, node: &str) -> Option<String> {
@@ -614,7 +589,7 @@ pub async fn events(
     since: Option<&str>,
     follow: bool,
     limit: usize,
-    out: &tokio::sync::mpsc::Sender<crate::ops::Event>,
+    out: &tokio::sync::mpsc::Sender<crate::ctx::Event>,
 ) -> Result<crate::ops::Report, CtlError> {
     if follow && ctx.pool.is_none() {
         return Err(CtlError::Usage(
@@ -636,7 +611,7 @@ pub async fn events(
     let mut last = 0;
     for e in stored {
         last = e.id;
-        if out.send(crate::ops::Event::Health(e)).await.is_err() {
+        if out.send(crate::ctx::Event::Health(e)).await.is_err() {
             return Ok(crate::ops::Report::Events(Vec::new()));
         }
     }
@@ -657,7 +632,7 @@ pub async fn events(
                 continue;
             }
             last = e.id;
-            if out.send(crate::ops::Event::Health(e)).await.is_err() {
+            if out.send(crate::ctx::Event::Health(e)).await.is_err() {
                 return Ok(crate::ops::Report::Events(Vec::new()));
             }
         }

@@ -5,97 +5,13 @@
 use std::collections::BTreeMap;
 
 use clustermgr_protocol::health::{
-    CertProbe, CertState, CheckReport, Csn, Csync2State, DiskUse, LdapServer, LdapState, PortProbe,
-    ServiceProbe, ServiceState,
+    CertState, CheckReport, Csn, Csync2State, DiskUse, LdapServer, LdapState, PortProbe,
+    ServiceState,
 };
-use serde::{Deserialize, Serialize};
 
 pub use crate::healthlog::Level;
 
-/// One check of one node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Verdict {
-    /// The node.
-    pub node: String,
-    /// The check: `agent`, `clock`, `disk`, `ldap`, `ldap-links`, `ldap-csn`,
-    /// `heartbeat`.
-    pub check: String,
-    /// Its state.
-    pub level: Level,
-    /// Why, in words.
-    pub reason: String,
-}
-
-/// What one node gave this round.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[allow(
-    clippy::large_enum_variant,
-    reason = "one per node per round, nearly always a report"
-)]
-pub enum NodeRound {
-    /// Its report, and its clock's offset from the controller's (positive: ahead).
-    Report {
-        /// The report.
-        report: CheckReport,
-        /// Its clock minus the controller's, milliseconds.
-        skew_ms: i64,
-    },
-    /// It answered, but could not run its checks.
-    Failed(String),
-    /// It did not answer.
-    Unreachable(String),
-}
-
-/// The nodes a round concerns: name → (whether it runs a Gluu server, and so LDAP;
-/// the host part of its address, to tell which node a replication provider is).
-#[derive(Clone, Debug, Default)]
-pub struct Members {
-    /// Per node.
-    pub nodes: BTreeMap<String, Member>,
-    /// The limits they are judged by.
-    pub limits: Limits,
-}
-
-/// Thresholds an administrator may move (`[health]` in controller.toml).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Limits {
-    /// A file system fuller than this, in percent, is a warning.
-    pub disk_warning_pct: f64,
-    /// Fuller than this is critical.
-    pub disk_critical_pct: f64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            disk_warning_pct: 90.0,
-            disk_critical_pct: 95.0,
-        }
-    }
-}
-
-/// One member.
-#[derive(Clone, Debug, Default)]
-pub struct Member {
-    /// Whether it runs Gluu (and so an LDAP server).
-    pub gluu: bool,
-    /// Its host (address without the port).
-    pub host: String,
-    /// The peers' ports it must reach: its row of the port matrix.
-    pub reach: Vec<PortProbe>,
-    /// Whether it is a member of the csync2 group.
-    pub csync2: bool,
-    /// Whether clustermgr has set csync2 up on it (applied its `/etc/csync2.cfg`):
-    /// until then its csync2 is not checked, nor its port, whatever file a package
-    /// left there.
-    pub csync2_set_up: bool,
-    /// The certificates its agent watches (besides its LDAP server's).
-    pub certs: Vec<CertProbe>,
-    /// The services its agent tries (besides the Gluu endpoints it finds).
-    pub services: Vec<ServiceProbe>,
-    /// The cluster's hostname, for a Gluu node's own endpoints.
-    pub gluu_endpoints: Option<String>,
-}
+pub use crate::healthlog::{Limits, Member, Members, NodeRound, Verdict};
 
 impl Members {
     /// The node an LDAP URL points at, when exactly one node has that host.

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::CtlError;
-use crate::ops::{Ctx, Event, Report};
+use crate::ctx::{Ctx, Event};
+use crate::ops::Report;
 use crate::selector::select;
 use store::{LogQuery, NodeLine};
 
