@@ -23,7 +23,6 @@ use crate::clock::rfc3339;
 use crate::connect::NodeFailure;
 use crate::ctx::{Ctx, Event, NodeOutcome, NodeState};
 use crate::generate::{self, Inputs, Secrets, TunnelMaterial};
-use crate::ops::Report;
 use crate::selector::select;
 use crate::store::{ChangeRecord, DesiredRecord, Hold, NodeRecord, Role};
 
@@ -31,6 +30,37 @@ use crate::store::{ChangeRecord, DesiredRecord, Hold, NodeRecord, Role};
 const PLAN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an apply may take: validators and service restarts (a Java app is slow).
 const APPLY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What the desired-state operations answer; the dispatch turns it into its `Report`.
+#[derive(Clone, Debug)]
+pub enum View {
+    /// `plan`, `drift`.
+    Plan {
+        /// Per node.
+        views: Vec<NodePlanView>,
+        /// Whether this is a drift report.
+        drift: bool,
+        /// The plan's digest (none for drift).
+        digest: Option<String>,
+    },
+    /// `apply`, `drain`, a rollback.
+    Applied(Vec<NodeApplyView>),
+    /// `history`.
+    History(Vec<ChangeView>),
+    /// `cluster set` and the like: what was done, in words.
+    Done(String),
+    /// `cluster show`.
+    Cluster(ClusterView),
+    /// `rollback --list`.
+    Generations {
+        /// The node.
+        node: String,
+        /// The path.
+        path: String,
+        /// The kept versions.
+        generations: Vec<GenerationView>,
+    },
+}
 
 /// One entry of a node's plan, as shown.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -600,7 +630,7 @@ pub async fn plan(
     selector: &str,
     drift: bool,
     within: Duration,
-) -> Result<Report, CtlError> {
+) -> Result<View, CtlError> {
     let selected = select(&ctx.store.nodes()?, selector)?;
     let basis = if drift { Basis::Now } else { Basis::Preview };
     let mut desired = desired_for(ctx, &selected, &basis)?;
@@ -631,7 +661,7 @@ pub async fn plan(
     });
     let mut views = futures_util::future::join_all(futures).await;
     views.sort_by(|a, b| a.node.cmp(&b.node));
-    Ok(Report::Plan {
+    Ok(View::Plan {
         views,
         drift,
         digest,
@@ -712,7 +742,7 @@ pub async fn apply(
     ask: &ApplyAsk<'_>,
     within: Duration,
     events: &mpsc::Sender<Event>,
-) -> Result<Report, CtlError> {
+) -> Result<View, CtlError> {
     let ApplyAsk {
         selector,
         rolling,
@@ -811,7 +841,7 @@ pub async fn apply(
             .map(|v| (v.node.clone(), v.result.clone()))
             .collect(),
     )?;
-    Ok(Report::Applied(views))
+    Ok(View::Applied(views))
 }
 
 /// What a rolling apply checks after each node: the cluster certificate the Gluu nodes
@@ -1303,7 +1333,7 @@ pub fn history(
     selector: &str,
     path: Option<&str>,
     limit: usize,
-) -> Result<Report, CtlError> {
+) -> Result<View, CtlError> {
     let nodes: Vec<String> = if selector == "all" {
         Vec::new()
     } else {
@@ -1315,7 +1345,7 @@ pub fn history(
     let lines = ctx.store.changes(limit, |c| {
         (nodes.is_empty() || nodes.contains(&c.node)) && path.is_none_or(|p| c.path == p)
     })?;
-    Ok(Report::History(
+    Ok(View::History(
         lines
             .into_iter()
             .map(|(id, record)| ChangeView {
@@ -1328,7 +1358,7 @@ pub fn history(
 }
 
 /// `cluster set`.
-pub fn cluster_set(ctx: &Ctx, user: &str, key: &str, value: &str) -> Result<Report, CtlError> {
+pub fn cluster_set(ctx: &Ctx, user: &str, key: &str, value: &str) -> Result<View, CtlError> {
     let model = ctx.store.update_model(|m| m.set(key, value))?;
     let shown = model
         .rows()
@@ -1338,20 +1368,20 @@ pub fn cluster_set(ctx: &Ctx, user: &str, key: &str, value: &str) -> Result<Repo
         .unwrap_or_default();
     // The value as stored (`manage-hosts yes` is `true`), not as typed.
     ctx.audited(user, "cluster set", &[], &format!("{key} = {shown}"), "set")?;
-    Ok(Report::Done(format!(
+    Ok(View::Done(format!(
         "{key} = {shown}; run `clustermgr plan` to see what changes on the nodes"
     )))
 }
 
 /// `cluster unset KEY`: a setting back to its default, a secret forgotten.
-pub fn cluster_unset(ctx: &Ctx, user: &str, key: &str) -> Result<Report, CtlError> {
+pub fn cluster_unset(ctx: &Ctx, user: &str, key: &str) -> Result<View, CtlError> {
     match key {
         "tls-cert" => drop(ctx.store.update_secrets(|s| s.tls_cert_pem = None)?),
         "tls-key" => drop(ctx.store.update_secrets(|s| s.tls_key_pem = None)?),
         _ => drop(ctx.store.update_model(|m| m.unset(key))?),
     }
     ctx.audited(user, "cluster unset", &[], key, "back to its default")?;
-    Ok(Report::Done(format!(
+    Ok(View::Done(format!(
         "{key} is back to its default; run `clustermgr plan` to see what changes on the nodes"
     )))
 }
@@ -1394,7 +1424,7 @@ pub fn cluster_set_secret(
     user: &str,
     key: &str,
     pem: &SecretText,
-) -> Result<Report, CtlError> {
+) -> Result<View, CtlError> {
     let text = pem.0.trim().to_string() + "\n";
     match key {
         "tls-cert" => {
@@ -1446,7 +1476,7 @@ pub fn cluster_set_secret(
         &format!("{key} (secret, from a file)"),
         outcome,
     )?;
-    Ok(Report::Done(format!("{key} stored{next}")))
+    Ok(View::Done(format!("{key} stored{next}")))
 }
 
 /// Text that is a secret: its Debug form never shows it.
@@ -1460,7 +1490,7 @@ impl std::fmt::Debug for SecretText {
 }
 
 /// `cluster show`.
-pub fn cluster_show(ctx: &Ctx) -> Result<Report, CtlError> {
+pub fn cluster_show(ctx: &Ctx) -> Result<View, CtlError> {
     let model = ctx.store.model()?;
     let s = ctx.store.secrets()?;
     let hash = |b: Option<&[u8]>| match b {
@@ -1470,7 +1500,7 @@ pub fn cluster_show(ctx: &Ctx) -> Result<Report, CtlError> {
         ),
         None => "not set".into(),
     };
-    Ok(Report::Cluster(ClusterView {
+    Ok(View::Cluster(ClusterView {
         settings: model
             .rows()
             .into_iter()
@@ -1499,7 +1529,7 @@ pub async fn drain(
     down: bool,
     within: Duration,
     events: &mpsc::Sender<Event>,
-) -> Result<Report, CtlError> {
+) -> Result<View, CtlError> {
     let rec = ctx.node_named(node)?;
     if !rec.has_role(Role::Gluu) {
         return Err(CtlError::Usage(format!(
@@ -1542,7 +1572,7 @@ pub async fn rollback(
     user: &str,
     what: &RollbackSpec<'_>,
     within: Duration,
-) -> Result<Report, CtlError> {
+) -> Result<View, CtlError> {
     let RollbackSpec {
         node,
         path,
@@ -1579,7 +1609,7 @@ pub async fn rollback(
             scope: managed.scope.clone(),
         };
         return match conn.request(&req, PLAN_TIMEOUT).await {
-            Ok(Reply::Backups(list)) => Ok(Report::Generations {
+            Ok(Reply::Backups(list)) => Ok(View::Generations {
                 node: node.to_string(),
                 path: path.to_string(),
                 generations: list
@@ -1665,7 +1695,7 @@ pub async fn rollback(
             format!("restored generation {generation}, held until the desired state changes");
     }
     pending.finish(vec![(node.to_string(), view.result.clone())])?;
-    Ok(Report::Applied(vec![view]))
+    Ok(View::Applied(vec![view]))
 }
 
 /// How long tunnel certificates are valid.

@@ -450,6 +450,60 @@ pub enum Report {
     },
 }
 
+impl From<crate::desired::View> for Report {
+    fn from(v: crate::desired::View) -> Report {
+        use crate::desired::View;
+        match v {
+            View::Plan {
+                views,
+                drift,
+                digest,
+            } => Report::Plan {
+                views,
+                drift,
+                digest,
+            },
+            View::Applied(v) => Report::Applied(v),
+            View::History(h) => Report::History(h),
+            View::Done(s) => Report::Done(s),
+            View::Cluster(c) => Report::Cluster(c),
+            View::Generations {
+                node,
+                path,
+                generations,
+            } => Report::Generations {
+                node,
+                path,
+                generations,
+            },
+        }
+    }
+}
+
+impl From<crate::health::View> for Report {
+    fn from(v: crate::health::View) -> Report {
+        use crate::health::View;
+        match v {
+            View::Health(h) => Report::Health(h),
+            View::Replication(r) => Report::Replication(r),
+            View::Ports(p) => Report::Ports(p),
+            View::Events(e) => Report::Events(e),
+        }
+    }
+}
+
+impl From<crate::telemetry::View> for Report {
+    fn from(v: crate::telemetry::View) -> Report {
+        use crate::telemetry::View;
+        match v {
+            View::Logs(l) => Report::Logs(l),
+            View::MetricNames(n) => Report::MetricNames(n),
+            View::Metrics(m) => Report::Metrics(m),
+            View::Top { cluster, rows } => Report::Top { cluster, rows },
+        }
+    }
+}
+
 impl Report {
     /// The exit code the CLI ends with: 1 when any node failed or was unreachable.
     pub fn exit_code(&self) -> i32 {
@@ -642,14 +696,18 @@ pub async fn run(
             Ok(Report::Done(outcome))
         }
         Operation::ClusterSet { key, value } => {
-            crate::desired::cluster_set(&ctx, user, &key, &value)
+            crate::desired::cluster_set(&ctx, user, &key, &value).map(Report::from)
         }
         Operation::ClusterSetSecret { key, pem } => {
-            crate::desired::cluster_set_secret(&ctx, user, &key, &pem)
+            crate::desired::cluster_set_secret(&ctx, user, &key, &pem).map(Report::from)
         }
-        Operation::ClusterUnset { key } => crate::desired::cluster_unset(&ctx, user, &key),
-        Operation::ClusterShow => crate::desired::cluster_show(&ctx),
-        Operation::Plan { nodes, drift } => crate::desired::plan(&ctx, &nodes, drift, within).await,
+        Operation::ClusterUnset { key } => {
+            crate::desired::cluster_unset(&ctx, user, &key).map(Report::from)
+        }
+        Operation::ClusterShow => crate::desired::cluster_show(&ctx).map(Report::from),
+        Operation::Plan { nodes, drift } => crate::desired::plan(&ctx, &nodes, drift, within)
+            .await
+            .map(Report::from),
         Operation::Apply {
             nodes,
             rolling,
@@ -661,25 +719,35 @@ pub async fn run(
                 approved: plan.as_deref(),
                 on_behalf: None,
             };
-            crate::desired::apply(&ctx, user, &ask, within, &events).await
+            crate::desired::apply(&ctx, user, &ask, within, &events)
+                .await
+                .map(Report::from)
         }
-        Operation::Logs(spec) => crate::telemetry::logs(&ctx, &spec, &events).await,
-        Operation::Metrics(spec) => crate::telemetry::metrics(&ctx, &spec),
+        Operation::Logs(spec) => crate::telemetry::logs(&ctx, &spec, &events)
+            .await
+            .map(Report::from),
+        Operation::Metrics(spec) => crate::telemetry::metrics(&ctx, &spec).map(Report::from),
         Operation::Top { nodes } => {
             let latest = crate::health::latest(&ctx);
             let worst = |node: &str| crate::health::worst_word(latest.as_deref(), node);
-            crate::telemetry::top(&ctx, &nodes, &worst)
+            crate::telemetry::top(&ctx, &nodes, &worst).map(Report::from)
         }
-        Operation::Health { nodes } => crate::health::health(&ctx, &nodes, within).await,
-        Operation::Replication => crate::health::replication(&ctx, within).await,
-        Operation::Ports => crate::health::ports(&ctx, within).await,
+        Operation::Health { nodes } => crate::health::health(&ctx, &nodes, within)
+            .await
+            .map(Report::from),
+        Operation::Replication => crate::health::replication(&ctx, within)
+            .await
+            .map(Report::from),
+        Operation::Ports => crate::health::ports(&ctx, within).await.map(Report::from),
         Operation::Events {
             since,
             follow,
             limit,
-        } => crate::health::events(&ctx, since.as_deref(), follow, limit, &events).await,
+        } => crate::health::events(&ctx, since.as_deref(), follow, limit, &events)
+            .await
+            .map(Report::from),
         Operation::History { nodes, path, limit } => {
-            crate::desired::history(&ctx, &nodes, path.as_deref(), limit)
+            crate::desired::history(&ctx, &nodes, path.as_deref(), limit).map(Report::from)
         }
         Operation::Rollback {
             node,
@@ -695,10 +763,14 @@ pub async fn run(
                 list,
                 in_container,
             };
-            crate::desired::rollback(&ctx, user, &what, within).await
+            crate::desired::rollback(&ctx, user, &what, within)
+                .await
+                .map(Report::from)
         }
         Operation::Drain { node, undrain } => {
-            crate::desired::drain(&ctx, user, &node, !undrain, within, &events).await
+            crate::desired::drain(&ctx, user, &node, !undrain, within, &events)
+                .await
+                .map(Report::from)
         }
         Operation::NodeUpgrade {
             nodes,
@@ -709,6 +781,7 @@ pub async fn run(
             let binary = agent_binary.as_deref();
             crate::upgrade::node_upgrade(&ctx, user, &nodes, binary, commit_within, within, &events)
                 .await
+                .map(Report::Outcomes)
         }
     }
 }

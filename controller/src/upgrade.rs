@@ -16,7 +16,6 @@ use crate::CtlError;
 use crate::binary::AgentBinary;
 use crate::connect::{FailureKind, NodeFailure};
 use crate::ctx::{Ctx, Event, NodeOutcome, NodeState, PendingAudit};
-use crate::ops::Report;
 use crate::selector::select;
 use crate::store::NodeRecord;
 
@@ -45,7 +44,7 @@ pub(crate) async fn node_upgrade(
     commit_within: Duration,
     within: Duration,
     events: &mpsc::Sender<Event>,
-) -> Result<Report, CtlError> {
+) -> Result<Vec<NodeOutcome>, CtlError> {
     if commit_within < Duration::from_secs(1) || commit_within > Duration::from_secs(3600) {
         return Err(CtlError::Usage(
             "--commit-within must be between 1 and 3600 seconds".into(),
@@ -88,7 +87,7 @@ pub(crate) async fn node_upgrade(
             .map(|o| (o.node.clone(), o.message.clone().unwrap_or_default()))
             .collect(),
     )?;
-    Ok(Report::Outcomes(outcomes))
+    Ok(outcomes)
 }
 
 async fn upgrade_one(

@@ -32,6 +32,19 @@ pub struct HealthView {
     pub as_of_ms: Option<i64>,
 }
 
+/// What the health operations answer; the dispatch turns it into its `Report`.
+#[derive(Clone, Debug)]
+pub enum View {
+    /// `health`.
+    Health(HealthView),
+    /// `replication`.
+    Replication(replication::ReplicationView),
+    /// `ports`.
+    Ports(ports::PortsView),
+    /// `events`.
+    Events(Vec<HealthEvent>),
+}
+
 pub use crate::healthlog::Latest;
 
 /// A node's worst check in `latest`, as `top` shows it: `ok`, or `critical: ldap`.
@@ -268,11 +281,7 @@ async fn own_round(
 
 /// `clustermgr health`: one round now, judged against the whole cluster, shown for
 /// the selected nodes.
-pub async fn health(
-    ctx: &Ctx,
-    selector: &str,
-    within: Duration,
-) -> Result<crate::ops::Report, CtlError> {
+pub async fn health(ctx: &Ctx, selector: &str, within: Duration) -> Result<View, CtlError> {
     let shown: Vec<String> = crate::selector::select(&ctx.store.nodes()?, selector)?
         .into_iter()
         .map(|n| n.name)
@@ -289,7 +298,7 @@ pub async fn health(
         .into_iter()
         .filter(|v| shown.contains(&v.node))
         .collect();
-    Ok(crate::ops::Report::Health(HealthView {
+    Ok(View::Health(HealthView {
         worst: Level::worst(verdicts.iter().map(|v| v.level)),
         verdicts,
         as_of_ms,
@@ -297,17 +306,15 @@ pub async fn health(
 }
 
 /// `clustermgr replication`: one round's raw replication picture.
-pub async fn replication(ctx: &Ctx, within: Duration) -> Result<crate::ops::Report, CtlError> {
+pub async fn replication(ctx: &Ctx, within: Duration) -> Result<View, CtlError> {
     let (members, now, _) = one_round(ctx, within).await?;
-    Ok(crate::ops::Report::Replication(replication::view(
-        &members, &now,
-    )))
+    Ok(View::Replication(replication::view(&members, &now)))
 }
 
 /// `clustermgr ports`: one round's port matrix, with what is missing.
-pub async fn ports(ctx: &Ctx, within: Duration) -> Result<crate::ops::Report, CtlError> {
+pub async fn ports(ctx: &Ctx, within: Duration) -> Result<View, CtlError> {
     let (members, now, _) = one_round(ctx, within).await?;
-    Ok(crate::ops::Report::Ports(ports::view(&members, &now)))
+    Ok(View::Ports(ports::view(&members, &now)))
 }
 
 /// The rolling apply's health gate: the cluster's checks before the rollout began,
@@ -590,7 +597,7 @@ pub async fn events(
     follow: bool,
     limit: usize,
     out: &tokio::sync::mpsc::Sender<crate::ctx::Event>,
-) -> Result<crate::ops::Report, CtlError> {
+) -> Result<View, CtlError> {
     if follow && ctx.pool.is_none() {
         return Err(CtlError::Usage(
             "`events -f` follows the checks `clustermgr serve` runs; start `clustermgr serve` and run this again (`events` without -f reads what is stored)".into(),
@@ -606,13 +613,13 @@ pub async fn events(
         .await
         .map_err(|e| CtlError::Refused(e.to_string()))??;
     let Some(live) = live.as_mut() else {
-        return Ok(crate::ops::Report::Events(stored));
+        return Ok(View::Events(stored));
     };
     let mut last = 0;
     for e in stored {
         last = e.id;
         if out.send(crate::ctx::Event::Health(e)).await.is_err() {
-            return Ok(crate::ops::Report::Events(Vec::new()));
+            return Ok(View::Events(Vec::new()));
         }
     }
     loop {
@@ -633,11 +640,11 @@ pub async fn events(
             }
             last = e.id;
             if out.send(crate::ctx::Event::Health(e)).await.is_err() {
-                return Ok(crate::ops::Report::Events(Vec::new()));
+                return Ok(View::Events(Vec::new()));
             }
         }
     }
-    Ok(crate::ops::Report::Events(Vec::new()))
+    Ok(View::Events(Vec::new()))
 }
 
 #[cfg(test)]

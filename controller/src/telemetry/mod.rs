@@ -12,7 +12,6 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::CtlError;
 use crate::ctx::{Ctx, Event};
-use crate::ops::Report;
 use crate::selector::select;
 use store::{LogQuery, NodeLine};
 
@@ -33,6 +32,24 @@ pub struct LogsSpec {
     pub limit: Option<usize>,
 }
 
+/// What the telemetry operations answer; the dispatch turns it into its `Report`.
+#[derive(Clone, Debug)]
+pub enum View {
+    /// `logs`.
+    Logs(Vec<store::NodeLine>),
+    /// `metrics` without `--metric`.
+    MetricNames(Vec<MetricName>),
+    /// `metrics --metric`.
+    Metrics(Vec<SeriesView>),
+    /// `top`.
+    Top {
+        /// The cluster's name.
+        cluster: String,
+        /// A row per node.
+        rows: Vec<top::TopRow>,
+    },
+}
+
 pub use crate::clock::parse_since;
 
 /// `logs`: the stored lines, merged across nodes in time order; with `follow`, then
@@ -41,7 +58,7 @@ pub async fn logs(
     ctx: &Ctx,
     spec: &LogsSpec,
     events: &mpsc::Sender<Event>,
-) -> Result<Report, CtlError> {
+) -> Result<View, CtlError> {
     let nodes: Vec<String> = select(&ctx.store.nodes()?, &spec.nodes)?
         .into_iter()
         .map(|n| n.name)
@@ -125,14 +142,14 @@ pub async fn logs(
             && grep.as_ref().is_none_or(|g| g.is_match(&n.line))
     };
     let Some(live) = live.as_mut() else {
-        return Ok(Report::Logs(lines));
+        return Ok(View::Logs(lines));
     };
     let mut printed: HashMap<String, u64> = HashMap::new();
     for l in lines {
         let seq = printed.entry(l.node.clone()).or_default();
         *seq = (*seq).max(l.seq);
         if events.send(Event::Log(l)).await.is_err() {
-            return Ok(Report::Logs(Vec::new()));
+            return Ok(View::Logs(Vec::new()));
         }
     }
     loop {
@@ -160,7 +177,7 @@ pub async fn logs(
             break;
         }
     }
-    Ok(Report::Logs(Vec::new()))
+    Ok(View::Logs(Vec::new()))
 }
 
 /// How many of the newest lines `logs` shows without `--since` or `--limit`.
@@ -184,14 +201,14 @@ pub fn top(
     ctx: &Ctx,
     nodes: &str,
     health: &dyn Fn(&str) -> Option<String>,
-) -> Result<Report, CtlError> {
+) -> Result<View, CtlError> {
     let Some(pool) = ctx.pool.as_ref() else {
         return Err(CtlError::Usage(
             "`top` shows what `clustermgr serve` receives from the agents; start `clustermgr serve` and run this again".into(),
         ));
     };
     let now_ms = (ctx.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
-    Ok(Report::Top {
+    Ok(View::Top {
         cluster: ctx.meta.name.clone(),
         rows: select(&ctx.store.nodes()?, nodes)?
             .iter()
@@ -281,7 +298,7 @@ pub fn resample(
 }
 
 /// `metrics`: the names there are, or one metric's series resampled.
-pub fn metrics(ctx: &Ctx, spec: &MetricsSpec) -> Result<Report, CtlError> {
+pub fn metrics(ctx: &Ctx, spec: &MetricsSpec) -> Result<View, CtlError> {
     let nodes: Vec<String> = select(&ctx.store.nodes()?, &spec.nodes)?
         .into_iter()
         .map(|n| n.name)
@@ -308,7 +325,7 @@ pub fn metrics(ctx: &Ctx, spec: &MetricsSpec) -> Result<Report, CtlError> {
             let name = s.series.split('{').next().unwrap_or(&s.series).to_string();
             *names.entry(name).or_default() += 1;
         }
-        return Ok(Report::MetricNames(
+        return Ok(View::MetricNames(
             names
                 .into_iter()
                 .map(|(name, series)| MetricName { name, series })
@@ -347,7 +364,7 @@ pub fn metrics(ctx: &Ctx, spec: &MetricsSpec) -> Result<Report, CtlError> {
             crate::suggest::hint(metric, names.iter().map(String::as_str))
         )));
     }
-    Ok(Report::Metrics(views))
+    Ok(View::Metrics(views))
 }
 
 /// A sample from string pairs (tests).
