@@ -15,7 +15,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::CtlError;
-use crate::ops::{Operation, Report};
 use crate::store::Role;
 
 /// Where the agent is installed on a node.
@@ -267,20 +266,44 @@ pub fn sh_quote(s: &str) -> String {
 
 pub use crate::binary::AgentBinary;
 
-/// Something that runs cluster operations (through `serve` or in this process).
+/// What bootstrap asks of the cluster (through `serve` or in this process): its own
+/// calls, so it depends on no front end's or dispatcher's types.
 pub trait Operations: Send + Sync {
-    /// Runs `op`.
-    fn call(
+    /// Signs `csr_pem` for `node`; the certificate, PEM.
+    fn sign(
         &self,
-        op: Operation,
-    ) -> impl std::future::Future<Output = Result<Report, CtlError>> + Send;
+        node: &str,
+        csr_pem: String,
+    ) -> impl std::future::Future<Output = Result<String, CtlError>> + Send;
+    /// Whether `node`'s agent answers the controller: why not, when it does not.
+    fn reach(
+        &self,
+        node: &str,
+    ) -> impl std::future::Future<Output = Result<Result<(), String>, CtlError>> + Send;
+    /// Records the node (its agent must answer as that node, with the key it has).
+    fn add(&self, node: NewNode) -> impl std::future::Future<Output = Result<(), CtlError>> + Send;
     /// The cluster CA certificate, PEM.
     fn ca_pem(&self) -> Result<String, CtlError>;
-    /// The node's record, if it is in the cluster.
-    fn node(
+    /// The key pinned for `node`, if it is in the cluster.
+    fn pinned_key(
         &self,
-        name: &str,
-    ) -> impl std::future::Future<Output = Result<Option<crate::ops::NodeView>, CtlError>> + Send;
+        node: &str,
+    ) -> impl std::future::Future<Output = Result<Option<String>, CtlError>> + Send;
+}
+
+/// A node bootstrap adds, once its agent runs.
+#[derive(Clone, Debug)]
+pub struct NewNode {
+    /// Its name.
+    pub node: String,
+    /// Where its agent listens.
+    pub address: String,
+    /// Its roles.
+    pub roles: Vec<Role>,
+    /// Whether it becomes the primary.
+    pub primary: bool,
+    /// Whether its new key replaces the one pinned.
+    pub reenroll: bool,
 }
 
 /// An open, verified, multiplexed SSH session to one host.
@@ -744,7 +767,7 @@ async fn steps<O: Operations>(
         ))
     })?;
 
-    let existing = ops.node(&node).await?;
+    let pinned = ops.pinned_key(&node).await?;
     let binary_action = match &facts.agent_sha256 {
         Some(sha) if sha == &binary.facts.sha256 => BinaryAction::Unchanged,
         Some(_) => BinaryAction::Upgraded,
@@ -818,12 +841,11 @@ async fn steps<O: Operations>(
     let csr = s.must(opts, "enrolling", &enroll, None).await?;
     let key = crate::ca::csr_public_key(&plan.node, &csr)?.fingerprint;
 
-    let identity = match &existing {
-        Some(rec) if !plan.reenroll => {
-            if rec.key != key {
+    let identity = match &pinned {
+        Some(pinned) if !plan.reenroll => {
+            if *pinned != key {
                 return Err(err(format!(
-                    "its key {key} is not the one pinned for {node} ({}): the host was reinstalled or its key replaced. Re-run with --reenroll to pin a new key",
-                    rec.key
+                    "its key {key} is not the one pinned for {node} ({pinned}): the host was reinstalled or its key replaced. Re-run with --reenroll to pin a new key"
                 )));
             }
             Identity::Kept
@@ -835,16 +857,7 @@ async fn steps<O: Operations>(
     let mut cert = None;
     if identity != Identity::Kept {
         progress("signing its certificate");
-        let Report::Signed(signed) = ops
-            .call(Operation::NodeSign {
-                node: node.clone(),
-                csr_pem: csr,
-            })
-            .await?
-        else {
-            return Err(err("node sign gave no certificate".into()));
-        };
-        cert = Some(signed.cert_pem);
+        cert = Some(ops.sign(&node, csr).await?);
     }
 
     progress("starting the service");
@@ -853,22 +866,16 @@ async fn steps<O: Operations>(
     progress(&format!("checking mutual TLS to {}", plan.address));
     match identity {
         Identity::Kept => {
-            let report = ops
-                .call(Operation::Ping {
-                    nodes: node.clone(),
-                })
-                .await?;
-            if report.exit_code() != 0 {
+            if let Err(why) = ops.reach(&node).await? {
                 return Err(err(format!(
-                    "the agent runs on the host but the controller cannot reach it at {}: {}. Open UDP port {} from the controller to the node",
+                    "the agent runs on the host but the controller cannot reach it at {}: {why}. Open UDP port {} from the controller to the node",
                     plan.address,
-                    describe_outcomes(&report),
                     port_of(&plan.address)
                 )));
             }
         }
         _ => {
-            ops.call(Operation::NodeAdd {
+            ops.add(NewNode {
                 node: node.clone(),
                 address: plan.address.clone(),
                 roles: plan.roles.clone(),
@@ -896,17 +903,6 @@ async fn steps<O: Operations>(
         identity,
         key,
     })
-}
-
-fn describe_outcomes(report: &Report) -> String {
-    match report {
-        Report::Outcomes(o) => o
-            .iter()
-            .filter_map(|o| o.message.clone())
-            .collect::<Vec<_>>()
-            .join("; "),
-        _ => String::new(),
-    }
 }
 
 /// Installs and (re)starts the service, and waits until the agent listens.

@@ -9,7 +9,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use crate::CtlError;
-use crate::ops::{Event, Invocation, Report};
+use crate::ops::{Event, Invocation, Operation, Report};
 
 /// Local frames may carry a whole command's output chunk; the same limit as the agents.
 pub const MAX_FRAME: u32 = clustermgr_protocol::frame::DEFAULT_MAX_FRAME_BYTES;
@@ -307,7 +307,59 @@ impl Client {
 }
 
 impl crate::bootstrap::Operations for Client {
-    async fn call(&self, op: crate::ops::Operation) -> Result<Report, CtlError> {
+    async fn sign(&self, node: &str, csr_pem: String) -> Result<String, CtlError> {
+        let op = Operation::NodeSign {
+            node: node.to_string(),
+            csr_pem,
+        };
+        match self.call(op).await? {
+            Report::Signed(signed) => Ok(signed.cert_pem),
+            _ => Err(CtlError::Serve("node sign gave no certificate".into())),
+        }
+    }
+
+    async fn reach(&self, node: &str) -> Result<Result<(), String>, CtlError> {
+        let op = Operation::Ping {
+            nodes: node.to_string(),
+        };
+        Ok(match self.call(op).await? {
+            Report::Outcomes(o) if o.iter().all(|o| o.state == crate::ops::NodeState::Ok) => Ok(()),
+            Report::Outcomes(o) => Err(o
+                .iter()
+                .filter_map(|o| o.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")),
+            _ => Err("no answer to the ping".into()),
+        })
+    }
+
+    async fn add(&self, n: crate::bootstrap::NewNode) -> Result<(), CtlError> {
+        let op = Operation::NodeAdd {
+            node: n.node,
+            address: n.address,
+            roles: n.roles,
+            primary: n.primary,
+            reenroll: n.reenroll,
+        };
+        self.call(op).await.map(drop)
+    }
+
+    fn ca_pem(&self) -> Result<String, CtlError> {
+        let h = crate::home::Home::open(&self.home)?;
+        std::fs::read_to_string(h.ca_cert()).map_err(|e| CtlError::io(h.ca_cert(), e))
+    }
+
+    async fn pinned_key(&self, name: &str) -> Result<Option<String>, CtlError> {
+        match self.call(Operation::NodeList).await? {
+            Report::Nodes(nodes) => Ok(nodes.into_iter().find(|n| n.name == name).map(|n| n.key)),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl Client {
+    /// Runs `op` here or through serve, its events discarded.
+    pub async fn call(&self, op: Operation) -> Result<Report, CtlError> {
         let inv = Invocation {
             user: self.user.clone(),
             op,
@@ -318,17 +370,5 @@ impl crate::bootstrap::Operations for Client {
         let r = self.run(&inv, tx).await;
         let _ = drain.await;
         r
-    }
-
-    fn ca_pem(&self) -> Result<String, CtlError> {
-        let h = crate::home::Home::open(&self.home)?;
-        std::fs::read_to_string(h.ca_cert()).map_err(|e| CtlError::io(h.ca_cert(), e))
-    }
-
-    async fn node(&self, name: &str) -> Result<Option<crate::ops::NodeView>, CtlError> {
-        match self.call(crate::ops::Operation::NodeList).await? {
-            Report::Nodes(nodes) => Ok(nodes.into_iter().find(|n| n.name == name)),
-            _ => Ok(None),
-        }
     }
 }

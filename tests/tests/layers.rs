@@ -76,12 +76,9 @@ const SIDEWAYS: &[(&str, &str, &str)] = &[(
     "the rolling apply's gate asks health whether a node came back",
 )];
 
-/// Edges that still break the layering, each with what removes it. Shrinks only.
-const NOT_YET: &[(&str, &str, &str)] = &[(
-    "bootstrap",
-    "ops",
-    "its Operations seam speaks ops::Operation and ops::Report; it should take the calls it makes (sign, add) as its own trait",
-)];
+/// Edges that still break the layering, each with what removes it. Shrinks only (it
+/// is empty: the layering holds; an exception would need its reason here).
+const NOT_YET: &[(&str, &str, &str)] = &[];
 
 /// The top-level module a source file belongs to.
 fn module_of(file: &Path, src: &Path) -> String {
