@@ -107,7 +107,7 @@ pub async fn backup(
         }
         bytes
     });
-    let Some(outcome) = crate::cli::run_operation(dir, opts, inv, tx).await? else {
+    let Some(outcome) = crate::local::run_operation(dir, opts, inv, tx).await? else {
         eprintln!("clustermgr: interrupted; no backup was written");
         return Ok(crate::exit::INTERRUPTED);
     };
@@ -135,7 +135,7 @@ pub async fn backup(
         op: Operation::BackupFinished { audit_id, outcome },
         connect_timeout_ms: None,
     };
-    let why = match crate::cli::run_operation(dir, opts, inv, mpsc::channel(1).0).await {
+    let why = match crate::local::run_operation(dir, opts, inv, mpsc::channel(1).0).await {
         Ok(Some(Ok(_)) | None) => None,
         Ok(Some(Err((why, _)))) => Some(why),
         Err(e) => Some(e.to_string()),
@@ -143,7 +143,7 @@ pub async fn backup(
     if let Some(why) = why {
         eprintln!("clustermgr: the audit log could not record the backup's outcome: {why}");
     }
-    crate::render::backup(&written?, json);
+    print_backup(&written?, json);
     Ok(crate::exit::OK)
 }
 
@@ -245,7 +245,7 @@ pub async fn restore(
     let contents = BackupContents::decode(file, &plaintext)?;
     let mut view = restore_home(dir, file, &contents, user, clock)?;
     announce(dir, opts, user, &mut view).await?;
-    crate::render::restored(&view, json);
+    print_restored(&view, json);
     Ok(0)
 }
 
@@ -268,7 +268,7 @@ async fn announce(
     };
     let (tx, mut rx) = mpsc::channel(64);
     let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    let outcome = crate::cli::run_operation(dir, opts, inv, tx).await?;
+    let outcome = crate::local::run_operation(dir, opts, inv, tx).await?;
     let _ = drain.await;
     if let Some(Ok(Report::Outcomes(outcomes))) = outcome {
         for o in outcomes {
@@ -447,6 +447,66 @@ fn parent_of(dir: &Path) -> &Path {
     dir.parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
+}
+
+/// Prints what `backup` wrote.
+fn print_backup(v: &BackupView, as_json: bool) {
+    if as_json {
+        return crate::render::json(v);
+    }
+    println!(
+        "wrote {} ({} bytes): cluster {}, {}, {}, {}",
+        v.file.display(),
+        v.bytes,
+        v.cluster,
+        crate::words::count(v.nodes, "node", "nodes"),
+        crate::words::count(v.certificates, "certificate", "certificates"),
+        crate::words::count(v.audit_entries, "audit entry", "audit entries")
+    );
+    println!(
+        "it holds the cluster CA's key, encrypted under your passphrase ({}): keep it and the passphrase apart, off this machine",
+        v.kdf
+    );
+}
+
+/// Prints what `restore` made.
+fn print_restored(v: &RestoreView, as_json: bool) {
+    if as_json {
+        return crate::render::json(v);
+    }
+    println!(
+        "restored cluster {} into {} from {} (a backup of {}): {}, {}, {}",
+        v.cluster,
+        v.home.display(),
+        v.file.display(),
+        v.backup_created,
+        crate::words::count(v.nodes, "node", "nodes"),
+        crate::words::count(v.certificates, "certificate", "certificates"),
+        crate::words::count(v.audit_entries, "audit entry", "audit entries")
+    );
+    println!(
+        "the controller has a new key; the restored CA certified it (serial {}, until {}), so the agents accept it",
+        v.controller_serial, v.controller_expires
+    );
+    if !v.reached.is_empty() {
+        println!(
+            "{} node(s) reached, which refuse the backed-up controller's key from now on: {}",
+            v.reached.len(),
+            v.reached.join(", ")
+        );
+    }
+    if !v.not_reached.is_empty() {
+        println!(
+            "{} node(s) not reached, which still accept the old key until their next contact with this home: {}; run `clustermgr --home {} ping` once they are back",
+            v.not_reached.len(),
+            v.not_reached.join(", "),
+            v.home.display()
+        );
+    }
+    println!(
+        "next: `clustermgr --home {} status` to reach every node",
+        v.home.display()
+    );
 }
 
 #[cfg(test)]

@@ -12,9 +12,9 @@ use tokio::sync::mpsc;
 use crate::CtlError;
 use crate::clock;
 use crate::exit;
-use crate::ops::{self, Ctx, CtxOptions, Event, Invocation, Operation, Report};
+use crate::local::{run_operation_until, shutdown_signal};
+use crate::ops::{self, Ctx, CtxOptions, Invocation, Operation, Report};
 use crate::render::{self, OutputMode};
-use crate::store::Role;
 
 /// Run a Gluu Server cluster: the controller and its CLI.
 #[derive(Parser, Debug)]
@@ -399,45 +399,7 @@ pub enum NodeCmd {
     },
 }
 
-/// `node add`.
-#[derive(Args, Debug)]
-pub struct AddArgs {
-    /// The node's name in the cluster.
-    #[arg(required_unless_present = "from", conflicts_with = "from")]
-    pub node: Option<String>,
-    /// Install the agent over SSH: USER@HOST[:PORT] (~/.ssh/config applies).
-    #[arg(long, value_name = "USER@HOST[:PORT]")]
-    pub ssh: Option<String>,
-    /// Where the controller reaches the agent: HOST[:PORT] (default: the SSH host, UDP
-    /// port 7443).
-    #[arg(long)]
-    pub address: Option<String>,
-    /// Its roles: gluu, lb, cache (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "gluu")]
-    pub role: Vec<Role>,
-    /// Make it the primary Gluu node.
-    #[arg(long)]
-    pub primary: bool,
-    /// The SSH private key (default: ssh-agent and ~/.ssh/config).
-    #[arg(long, value_name = "KEYFILE")]
-    pub identity: Option<PathBuf>,
-    /// Verify SSH host keys against this file instead of ssh's known_hosts.
-    #[arg(long, value_name = "FILE")]
-    pub known_hosts: Option<PathBuf>,
-    /// Trust a host key not in known_hosts, if its fingerprint is exactly this.
-    #[arg(long, value_name = "SHA256:...")]
-    pub accept_host_key: Option<String>,
-    /// The agent binary to install (default: the packaged baseline build, else the one
-    /// beside clustermgr).
-    #[arg(long, value_name = "PATH")]
-    pub agent_binary: Option<PathBuf>,
-    /// Make the host a new key even if it has one (the pin moves to it).
-    #[arg(long)]
-    pub reenroll: bool,
-    /// Bootstrap every host of a TOML inventory, in parallel.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["ssh", "address", "primary", "accept_host_key"])]
-    pub from: Option<PathBuf>,
-}
+pub use crate::inventory::AddArgs;
 
 /// `cert` subcommands.
 #[derive(Subcommand, Debug)]
@@ -1181,39 +1143,6 @@ async fn execute_inspecting(
     }
 }
 
-/// An operation's result as the CLI sees it: its report, or its error's message and
-/// exit code (which may come from `serve`).
-pub type Outcome = Result<Report, (String, i32)>;
-
-/// Runs an operation through `serve` if it answers, else in this process, sending its
-/// events to `tx`. `None` if Ctrl-C interrupted it, which cancels the commands it
-/// started.
-pub async fn run_operation(
-    home: &std::path::Path,
-    opts: &CtxOptions,
-    inv: Invocation,
-    tx: mpsc::Sender<Event>,
-) -> Result<Option<Outcome>, CtlError> {
-    run_operation_until(home, opts, inv, tx, shutdown_signal()).await
-}
-
-/// [`run_operation`], cancelled (`None`) when `stop` resolves.
-pub async fn run_operation_until(
-    home: &std::path::Path,
-    opts: &CtxOptions,
-    inv: Invocation,
-    tx: mpsc::Sender<Event>,
-    stop: impl std::future::Future<Output = ()>,
-) -> Result<Option<Outcome>, CtlError> {
-    let client = crate::local::Client::open(home, opts, inv.user.clone(), inv.connect_timeout_ms);
-    let result = tokio::select! {
-        r = client.run(&inv, tx) => Some(r.map_err(|e| (e.to_string(), e.exit_code()))),
-        _ = stop => None,
-    };
-    client.close().await;
-    Ok(result)
-}
-
 /// Ends the process quietly, as a shell tool does, when what reads its output goes away
 /// (`clustermgr history | head`): `println!` panics on EPIPE, and a backtrace there is
 /// noise. Only that panic is turned into an exit; every other panic keeps its report.
@@ -1266,21 +1195,6 @@ fn confirm(question: &str, otherwise: &str) -> Result<bool, CtlError> {
         .read_line(&mut line)
         .map_err(|e| CtlError::io(std::path::Path::new("stdin"), e))?;
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 /// `exec --stdin`: all of this process's standard input, for every node's command.

@@ -369,7 +369,7 @@ pub async fn run(ask: DevAsk) -> Result<i32, CtlError> {
         prometheus: ask.prometheus,
         ..Default::default()
     };
-    let served = crate::serve::serve(ctx.clone(), crate::cli::shutdown_signal(), &export).await;
+    let served = crate::serve::serve(ctx.clone(), crate::local::shutdown_signal(), &export).await;
     keeper.abort();
     eprintln!("stopping the sandbox agents");
     let agents = std::mem::take(&mut *agents.lock().await);

@@ -5,18 +5,58 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use clap::Args;
 use clustermgr_protocol::NodeName;
 use serde::Deserialize;
 
 use crate::CtlError;
 use crate::bootstrap::{self, AgentBinary, Plan, SshOptions, SshTarget};
-use crate::cli::AddArgs;
 use crate::local::Client;
 use crate::ops::CtxOptions;
 use crate::store::Role;
 
 /// How many hosts are bootstrapped at once.
 const PARALLEL: usize = 16;
+
+/// `node add`.
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// The node's name in the cluster.
+    #[arg(required_unless_present = "from", conflicts_with = "from")]
+    pub node: Option<String>,
+    /// Install the agent over SSH: USER@HOST[:PORT] (~/.ssh/config applies).
+    #[arg(long, value_name = "USER@HOST[:PORT]")]
+    pub ssh: Option<String>,
+    /// Where the controller reaches the agent: HOST[:PORT] (default: the SSH host, UDP
+    /// port 7443).
+    #[arg(long)]
+    pub address: Option<String>,
+    /// Its roles: gluu, lb, cache (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "gluu")]
+    pub role: Vec<Role>,
+    /// Make it the primary Gluu node.
+    #[arg(long)]
+    pub primary: bool,
+    /// The SSH private key (default: ssh-agent and ~/.ssh/config).
+    #[arg(long, value_name = "KEYFILE")]
+    pub identity: Option<PathBuf>,
+    /// Verify SSH host keys against this file instead of ssh's known_hosts.
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Trust a host key not in known_hosts, if its fingerprint is exactly this.
+    #[arg(long, value_name = "SHA256:...")]
+    pub accept_host_key: Option<String>,
+    /// The agent binary to install (default: the packaged baseline build, else the one
+    /// beside clustermgr).
+    #[arg(long, value_name = "PATH")]
+    pub agent_binary: Option<PathBuf>,
+    /// Make the host a new key even if it has one (the pin moves to it).
+    #[arg(long)]
+    pub reenroll: bool,
+    /// Bootstrap every host of a TOML inventory, in parallel.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ssh", "address", "primary", "accept_host_key"])]
+    pub from: Option<PathBuf>,
+}
 
 /// A TOML inventory for `node add --from`.
 #[derive(Debug, Deserialize)]

@@ -9,7 +9,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use crate::CtlError;
-use crate::ops::{Event, Invocation, Operation, Report};
+use crate::ops::{CtxOptions, Event, Invocation, Operation, Report};
 
 /// Local frames may carry a whole command's output chunk; the same limit as the agents.
 pub const MAX_FRAME: u32 = clustermgr_protocol::frame::DEFAULT_MAX_FRAME_BYTES;
@@ -370,5 +370,53 @@ impl Client {
         let r = self.run(&inv, tx).await;
         let _ = drain.await;
         r
+    }
+}
+
+/// An operation's result as the CLI sees it: its report, or its error's message and
+/// exit code (which may come from `serve`).
+pub type Outcome = Result<Report, (String, i32)>;
+
+/// Runs an operation through `serve` if it answers, else in this process, sending its
+/// events to `tx`. `None` if Ctrl-C interrupted it, which cancels the commands it
+/// started.
+pub async fn run_operation(
+    home: &std::path::Path,
+    opts: &CtxOptions,
+    inv: Invocation,
+    tx: mpsc::Sender<Event>,
+) -> Result<Option<Outcome>, CtlError> {
+    run_operation_until(home, opts, inv, tx, shutdown_signal()).await
+}
+
+/// [`run_operation`], cancelled (`None`) when `stop` resolves.
+pub async fn run_operation_until(
+    home: &std::path::Path,
+    opts: &CtxOptions,
+    inv: Invocation,
+    tx: mpsc::Sender<Event>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Option<Outcome>, CtlError> {
+    let client = crate::local::Client::open(home, opts, inv.user.clone(), inv.connect_timeout_ms);
+    let result = tokio::select! {
+        r = client.run(&inv, tx) => Some(r.map_err(|e| (e.to_string(), e.exit_code()))),
+        _ = stop => None,
+    };
+    client.close().await;
+    Ok(result)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
 }

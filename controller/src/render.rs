@@ -8,7 +8,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 
 use tokio::sync::mpsc;
 
-use crate::backup::{BackupView, RestoreView};
 use crate::clock::rfc3339;
 use crate::ops::{Event, NodeOutcome, NodeState, Report};
 use crate::store::Role;
@@ -594,7 +593,7 @@ fn ms(us: Option<u64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn json<T: serde::Serialize>(v: &T) {
+pub(crate) fn json<T: serde::Serialize>(v: &T) {
     println!(
         "{}",
         serde_json::to_string_pretty(v).expect("report serializes")
@@ -953,66 +952,6 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
             }
         }
     }
-}
-
-/// Prints what `backup` wrote.
-pub fn backup(v: &BackupView, as_json: bool) {
-    if as_json {
-        return json(v);
-    }
-    println!(
-        "wrote {} ({} bytes): cluster {}, {}, {}, {}",
-        v.file.display(),
-        v.bytes,
-        v.cluster,
-        crate::words::count(v.nodes, "node", "nodes"),
-        crate::words::count(v.certificates, "certificate", "certificates"),
-        crate::words::count(v.audit_entries, "audit entry", "audit entries")
-    );
-    println!(
-        "it holds the cluster CA's key, encrypted under your passphrase ({}): keep it and the passphrase apart, off this machine",
-        v.kdf
-    );
-}
-
-/// Prints what `restore` made.
-pub fn restored(v: &RestoreView, as_json: bool) {
-    if as_json {
-        return json(v);
-    }
-    println!(
-        "restored cluster {} into {} from {} (a backup of {}): {}, {}, {}",
-        v.cluster,
-        v.home.display(),
-        v.file.display(),
-        v.backup_created,
-        crate::words::count(v.nodes, "node", "nodes"),
-        crate::words::count(v.certificates, "certificate", "certificates"),
-        crate::words::count(v.audit_entries, "audit entry", "audit entries")
-    );
-    println!(
-        "the controller has a new key; the restored CA certified it (serial {}, until {}), so the agents accept it",
-        v.controller_serial, v.controller_expires
-    );
-    if !v.reached.is_empty() {
-        println!(
-            "{} node(s) reached, which refuse the backed-up controller's key from now on: {}",
-            v.reached.len(),
-            v.reached.join(", ")
-        );
-    }
-    if !v.not_reached.is_empty() {
-        println!(
-            "{} node(s) not reached, which still accept the old key until their next contact with this home: {}; run `clustermgr --home {} ping` once they are back",
-            v.not_reached.len(),
-            v.not_reached.join(", "),
-            v.home.display()
-        );
-    }
-    println!(
-        "next: `clustermgr --home {} status` to reach every node",
-        v.home.display()
-    );
 }
 
 fn summary(outcomes: &[NodeOutcome]) {

@@ -1,6 +1,7 @@
 //! The controller's layers, checked on its source as rust-analyzer's tidy tests check
 //! theirs: every `crate::MODULE` a module names (outside its tests) must be of a lower
-//! layer, or of its own layer where that layer allows it. A few edges still break the
+//! layer, or of its own layer where that layer allows it, and no modules may use each
+//! other in a cycle. A few edges still break the
 //! rule while the layering is completed (issue 17); they are listed with what removes
 //! them, and the list may only shrink: an edge that is gone must leave it too.
 
@@ -207,6 +208,58 @@ fn the_controller_keeps_its_layers() {
     assert!(
         gone.is_empty(),
         "these edges are gone: take them off NOT_YET in tests/tests/layers.rs: {gone:?}"
+    );
+}
+
+/// A cycle among `edges`, if there is one (the modules on it, first repeated last).
+fn a_cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        m: &str,
+        edges: &BTreeMap<String, BTreeSet<String>>,
+        done: &mut BTreeSet<String>,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|p| p == m) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(m.to_string());
+            return Some(cycle);
+        }
+        if done.contains(m) {
+            return None;
+        }
+        path.push(m.to_string());
+        for next in edges.get(m).into_iter().flatten() {
+            if let Some(c) = visit(next, edges, done, path) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(m.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    edges
+        .keys()
+        .find_map(|m| visit(m, edges, &mut done, &mut Vec::new()))
+}
+
+#[test]
+fn no_two_modules_use_each_other() {
+    // Within a layer too (the fronts import each other): a cycle makes two modules one,
+    // which neither can be understood or tested without.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../controller/src");
+    if let Some(cycle) = a_cycle(&edges(&src)) {
+        panic!(
+            "controller modules use each other in a cycle: {}; move what both need down a layer",
+            cycle.join(" -> ")
+        );
+    }
+    let mut looped = BTreeMap::new();
+    looped.insert("a".to_string(), BTreeSet::from(["b".to_string()]));
+    looped.insert("b".to_string(), BTreeSet::from(["a".to_string()]));
+    assert_eq!(
+        a_cycle(&looped),
+        Some(vec!["a".into(), "b".into(), "a".into()])
     );
 }
 
