@@ -755,6 +755,15 @@ fn upgrade_rolls_back_a_new_agent_that_does_not_come_up_and_stops() {
         m.contains("\"Pending\"") && m.contains("\"starts\": 1")
     });
     h.sh(&format!("kill -9 {pid}"));
+    // Dead (or a zombie waiting for its parent) before init looks: a start that still
+    // sees it running does nothing, as start-stop-daemon --status says.
+    eventually_blocking("the killed agent to be gone", secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| {
+            st.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+    });
     h.sh("/etc/init.d/clustermgr-agent start");
     let out = cli.wait_with_output().unwrap();
     assert!(!out.status.success());
