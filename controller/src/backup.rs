@@ -120,7 +120,7 @@ pub async fn backup(
             ));
         }
         Err((message, code)) => {
-            eprintln!("clustermgr: {message}");
+            crate::render::error(&message, code, json);
             return Ok(code);
         }
     };

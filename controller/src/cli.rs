@@ -490,12 +490,14 @@ fn user() -> String {
 
 async fn run(cli: Cli) -> i32 {
     let health = matches!(cli.command, Cmd::Health { .. } | Cmd::Ports);
+    let json = cli.json;
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("clustermgr: {e}");
             // For monitoring, a health check that could not run is unknown.
-            if health { exit::UNKNOWN } else { e.exit_code() }
+            let code = if health { exit::UNKNOWN } else { e.exit_code() };
+            render::error(&e.to_string(), code, json);
+            code
         }
     }
 }
@@ -1136,9 +1138,10 @@ async fn execute_inspecting(
             Ok(code)
         }
         Err((message, code)) => {
-            eprintln!("clustermgr: {message}");
             // A health check that could not run is unknown to monitoring.
-            Ok(if is_health { exit::UNKNOWN } else { code })
+            let code = if is_health { exit::UNKNOWN } else { code };
+            render::error(&message, code, mode == OutputMode::Json);
+            Ok(code)
         }
     }
 }

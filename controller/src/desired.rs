@@ -158,10 +158,37 @@ pub struct ChangeView {
 /// `cluster show`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClusterView {
-    /// Every setting and its value.
+    /// Every setting and its value, as the table shows them.
     pub settings: Vec<(String, String)>,
     /// Every secret: `set (sha256 …)` or `not set`.
     pub secrets: Vec<(String, String)>,
+    /// The same, typed, as `--json` prints it.
+    pub typed: ClusterSettings,
+}
+
+/// The cluster's settings as `cluster show --json` prints them: the keys `cluster set`
+/// takes, absent values `null`, booleans and lists as such, secrets by their hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClusterSettings {
+    /// The cluster's public name.
+    pub hostname: Option<String>,
+    /// The Gluu Server version.
+    pub gluu_version: Option<String>,
+    /// The container root on the Gluu nodes.
+    pub gluu_root: String,
+    /// `ip_hash` or `sticky`.
+    pub lb_session: String,
+    /// The paths csync2 replicates, inside the container.
+    pub replicated_paths: Vec<String>,
+    /// `none` or `redis`.
+    pub cache: String,
+    /// Whether `/etc/hosts` is managed.
+    pub manage_hosts: bool,
+    /// The nodes drained from the load balancer.
+    pub drained: Vec<String>,
+    /// Each secret's SHA-256 (first 16 hex digits), `null` when not set.
+    pub secrets: BTreeMap<String, Option<String>>,
 }
 
 /// A kept backup, as `rollback --list` shows it.
@@ -1493,30 +1520,54 @@ impl std::fmt::Debug for SecretText {
 pub fn cluster_show(ctx: &Ctx) -> Result<View, CtlError> {
     let model = ctx.store.model()?;
     let s = ctx.store.secrets()?;
-    let hash = |b: Option<&[u8]>| match b {
-        Some(b) => format!(
-            "set (sha256 {})",
-            &clustermgr_protocol::identity::sha256_hex(b)[..16]
+    let digest = |b: Option<&[u8]>| {
+        b.map(|b| clustermgr_protocol::identity::sha256_hex(b)[..16].to_string())
+    };
+    let secrets: BTreeMap<String, Option<String>> = [
+        ("csync2-key", digest(s.csync2_key.as_deref())),
+        (
+            "tls-cert",
+            digest(s.tls_cert_pem.as_deref().map(str::as_bytes)),
         ),
-        None => "not set".into(),
+        (
+            "tls-key",
+            digest(s.tls_key_pem.as_deref().map(str::as_bytes)),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let rows = model.rows();
+    let shown = |key: &str| {
+        rows.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let typed = ClusterSettings {
+        hostname: model.hostname.clone(),
+        gluu_version: model.gluu_version.clone(),
+        gluu_root: model.gluu_root.clone(),
+        lb_session: shown("lb-session"),
+        replicated_paths: model.replicated_paths.clone(),
+        cache: shown("cache"),
+        manage_hosts: model.manage_hosts,
+        drained: model.drained.clone(),
+        secrets: secrets.clone(),
     };
     Ok(View::Cluster(ClusterView {
-        settings: model
-            .rows()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
+        settings: rows
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
-        secrets: vec![
-            ("csync2-key".into(), hash(s.csync2_key.as_deref())),
-            (
-                "tls-cert".into(),
-                hash(s.tls_cert_pem.as_deref().map(str::as_bytes)),
-            ),
-            (
-                "tls-key".into(),
-                hash(s.tls_key_pem.as_deref().map(str::as_bytes)),
-            ),
-        ],
+        secrets: secrets
+            .into_iter()
+            .map(|(k, v)| {
+                let shown = v.map_or("not set".into(), |h| format!("set (sha256 {h})"));
+                (k, shown)
+            })
+            .collect(),
+        typed,
     }))
 }
 

@@ -593,6 +593,17 @@ fn ms(us: Option<u64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// A command's failure on standard error: a sentence, or with `--json` one JSON object
+/// (`{"error": MESSAGE, "exit_code": CODE}`), so a script reads it as it reads results.
+pub fn error(message: &str, exit_code: i32, as_json: bool) {
+    if as_json {
+        let doc = serde_json::json!({ "error": message, "exit_code": exit_code });
+        eprintln!("{doc}");
+    } else {
+        eprintln!("clustermgr: {message}");
+    }
+}
+
 pub(crate) fn json<T: serde::Serialize>(v: &T) {
     println!(
         "{}",
@@ -834,17 +845,7 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 );
             }
         }
-        Report::Cluster(c) if as_json => {
-            let map = |rows: &[(String, String)]| {
-                rows.iter()
-                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                    .collect::<serde_json::Map<_, _>>()
-            };
-            json(&serde_json::json!({
-                "settings": map(&c.settings),
-                "secrets": map(&c.secrets),
-            }))
-        }
+        Report::Cluster(c) if as_json => json(&c.typed),
         Report::Cluster(c) => {
             for (k, v) in c.settings.iter().chain(&c.secrets) {
                 println!("{k:<18} {v}");

@@ -2135,6 +2135,19 @@ async fn mistakes_exit_as_the_table_says_and_the_tls_pair_is_checked() {
     let (status, err, _) = code(&["cluster", "set", "hostnme", "idp.example.org"]);
     assert_eq!(status, Some(2));
     assert!(err.contains("did you mean hostname?"), "{err}");
+    // With --json an error is JSON too, on stderr, with its exit code.
+    let (status, err, out) = code(&["--json", "exec", "--nodes", "glu1", "--", "true"]);
+    assert_eq!(status, Some(2));
+    assert!(out.is_empty(), "{out}");
+    let doc: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    assert_eq!(doc["exit_code"], 2);
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean gluu1?"),
+        "{doc}"
+    );
     // No LDAP server could be read anywhere: a failure, not a success.
     let (status, _, out) = code(&["replication"]);
     assert_eq!(status, Some(1), "{out}");
@@ -2456,4 +2469,31 @@ async fn a_rollback_on_a_node_that_does_not_answer_is_a_failure_not_a_usage_erro
         "{}",
         stderr(&o)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_show_json_is_typed() {
+    let c = Cluster::gluu(1).await;
+    let o = c.run(&["--json", "cluster", "show"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    // Absent is null, booleans are booleans, lists are lists, secrets only by hash.
+    assert!(v["hostname"].is_null(), "{v}");
+    assert_eq!(v["manage-hosts"], true);
+    assert_eq!(v["gluu-root"], "/opt/gluu-server");
+    assert!(
+        v["replicated-paths"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty()),
+        "{v}"
+    );
+    assert!(v["secrets"]["tls-key"].is_null(), "{v}");
+    assert!(
+        c.run(&["cluster", "set", "hostname", "idp.example.org"])
+            .status
+            .success()
+    );
+    let o = c.run(&["--json", "cluster", "show"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["hostname"], "idp.example.org");
 }
