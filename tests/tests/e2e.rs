@@ -2419,7 +2419,9 @@ async fn exec_stdin_gives_every_node_a_copy_and_the_audit_only_its_size() {
 async fn a_plan_on_a_terminal_goes_through_the_pager_unless_told_not_to() {
     let c = Cluster::gluu(2).await;
     let dir = tempfile::tempdir().unwrap();
-    let socket = format!("cm-pager-{}", std::process::id());
+    // A tmux server of its own per run: the first run's server exits with its session,
+    // and a second session asked of it meanwhile would be lost.
+    let socket = |name: &str| format!("cm-pager-{}-{name}", std::process::id());
     let run = |name: &str, extra: &str| {
         let paged = dir.path().join(format!("{name}.paged"));
         let done = dir.path().join(format!("{name}.done"));
@@ -2431,7 +2433,7 @@ async fn a_plan_on_a_terminal_goes_through_the_pager_unless_told_not_to() {
             done.display()
         );
         clustermgr_tests::tmux(
-            &socket,
+            &socket(name),
             &["new-session", "-d", "-x", "100", "-y", "30", &command],
         );
         (paged, done)
@@ -2446,7 +2448,9 @@ async fn a_plan_on_a_terminal_goes_through_the_pager_unless_told_not_to() {
     let (paged, done) = run("direct", "--no-pager");
     eventually("the plan without pager", PATIENCE, || done.exists()).await;
     assert!(!paged.exists(), "--no-pager pages nothing");
-    clustermgr_tests::tmux(&socket, &["kill-server"]);
+    for name in ["paged", "direct"] {
+        clustermgr_tests::tmux(&socket(name), &["kill-server"]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
