@@ -216,6 +216,9 @@ struct NodeDesired {
     /// Keys apply will have the node generate (when it has none) before it certifies
     /// them: their paths. Filled on the [`Basis::Preview`] only.
     generated_keys: Vec<String>,
+    /// Entries applied before that stay applied beside `entries` (a reconcile sends
+    /// only what changed): recorded with them, in the same transaction.
+    kept: Vec<Entry>,
 }
 
 /// Fills `tunnel` as `ensure_tunnel` will leave it for `selected`: a stand-in for each
@@ -429,6 +432,7 @@ fn desired_for(
         }
         out.push(NodeDesired {
             generated_keys: made_on_node.remove(&node.name).unwrap_or_default(),
+            kept: Vec::new(),
             node: node.clone(),
             entries,
             waiting: cfg.waiting,
@@ -1250,8 +1254,11 @@ fn record_apply(
         })
         .collect();
     if ok {
-        // Held paths keep the entry they were last applied with.
+        // Held paths keep the entry they were last applied with; a reconcile's
+        // unchanged entries stay applied too, in this same write (a reader between two
+        // writes would see them gone).
         let mut applied = d.entries.clone();
+        applied.extend(d.kept.iter().cloned());
         for h in &d.holds {
             if let Some(prev) = record
                 .applied
@@ -1318,6 +1325,7 @@ pub async fn reconcile(ctx: &Ctx, node: &NodeRecord) -> Result<Option<NodeApplyV
         record: record.clone(),
         holds,
         generated_keys: Vec::new(),
+        kept: keep,
     };
     let set = ChangeSet {
         revision,
@@ -1338,16 +1346,10 @@ pub async fn reconcile(ctx: &Ctx, node: &NodeRecord) -> Result<Option<NodeApplyV
         }
         _ => return Ok(None),
     };
-    let mut rec = record;
-    let view = record_apply(ctx, "serve", &d, rec.clone(), revision, "reconcile", report)?;
-    if view.state == NodeState::Ok {
-        // The unchanged entries stay applied beside the ones just sent.
-        rec = ctx.store.desired(&node.name)?;
-        rec.applied.extend(keep);
-        ctx.store.record_desired(&rec, &[])?;
-    } else {
+    let view = record_apply(ctx, "serve", &d, record, revision, "reconcile", report)?;
+    if view.state != NodeState::Ok {
         // A revision the node refuses is not retried on every reconnect.
-        rec = ctx.store.desired(&node.name)?;
+        let mut rec = ctx.store.desired(&node.name)?;
         rec.pending = None;
         ctx.store.record_desired(&rec, &[])?;
     }
@@ -1737,6 +1739,7 @@ pub async fn rollback(
         record: d.record.clone(),
         holds: record.holds.clone(),
         generated_keys: Vec::new(),
+        kept: Vec::new(),
     };
     let mut view = record_apply(ctx, user, &rd, d.record.clone(), 0, "rollback", report)?;
     // record_apply would treat the restore as the new applied state; it is a hold.
