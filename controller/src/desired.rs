@@ -219,6 +219,9 @@ struct NodeDesired {
     /// Entries applied before that stay applied beside `entries` (a reconcile sends
     /// only what changed): recorded with them, in the same transaction.
     kept: Vec<Entry>,
+    /// What to record instead of the applied set, when the change is no new desired
+    /// state (a rollback records a hold): in the same transaction as its history.
+    record_as: Option<DesiredRecord>,
 }
 
 /// Fills `tunnel` as `ensure_tunnel` will leave it for `selected`: a stand-in for each
@@ -433,6 +436,7 @@ fn desired_for(
         out.push(NodeDesired {
             generated_keys: made_on_node.remove(&node.name).unwrap_or_default(),
             kept: Vec::new(),
+            record_as: None,
             node: node.clone(),
             entries,
             waiting: cfg.waiting,
@@ -1273,6 +1277,9 @@ fn record_apply(
         record.pending = None;
         record.holds = d.holds.clone();
     }
+    if let Some(instead) = &d.record_as {
+        record = instead.clone();
+    }
     ctx.store.record_desired(&record, &history)?;
     let entries = d
         .entries
@@ -1326,6 +1333,7 @@ pub async fn reconcile(ctx: &Ctx, node: &NodeRecord) -> Result<Option<NodeApplyV
         holds,
         generated_keys: Vec::new(),
         kept: keep,
+        record_as: None,
     };
     let set = ChangeSet {
         revision,
@@ -1732,6 +1740,8 @@ pub async fn rollback(
             at_ms: now_ms(ctx),
         });
     }
+    // The restore is recorded as a hold, not as the new applied state, in the same
+    // write as its history.
     let rd = NodeDesired {
         node: rec.clone(),
         entries: vec![restore_entry],
@@ -1740,10 +1750,9 @@ pub async fn rollback(
         holds: record.holds.clone(),
         generated_keys: Vec::new(),
         kept: Vec::new(),
+        record_as: Some(record),
     };
     let mut view = record_apply(ctx, user, &rd, d.record.clone(), 0, "rollback", report)?;
-    // record_apply would treat the restore as the new applied state; it is a hold.
-    ctx.store.record_desired(&record, &[])?;
     if view.state == NodeState::Ok {
         view.result =
             format!("restored generation {generation}, held until the desired state changes");
