@@ -242,9 +242,12 @@ pub async fn add_over_ssh(
     for t in tasks {
         match t.await {
             Ok(r) => results.push(r),
+            // A task that panicked is a failure of this program, not of the command line.
             Err(e) => results.push((
                 "?".into(),
-                Err(CtlError::Usage(format!("a bootstrap task failed: {e}"))),
+                Err(CtlError::Refused(format!(
+                    "a bootstrap task failed inside clustermgr ({e}); the hosts that were added stay added, run the command again for the others"
+                ))),
             )),
         }
     }
