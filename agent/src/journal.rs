@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -102,15 +103,18 @@ impl Journal {
         }
     }
 
-    /// Written whole on every start and end, with a rename, so a kill leaves the old
-    /// set or the new one. Not synced: a power loss ends the commands as well.
+    /// Written whole on every start and end, through a fresh temporary file and a
+    /// rename, so a kill leaves the old set or the new one. Not synced: a power loss
+    /// ends the commands as well.
     fn save_running(&self, running: &BTreeMap<u32, Running>) {
         let res = serde_json::to_vec(running)
             .map_err(std::io::Error::other)
             .and_then(|bytes| {
-                let tmp = self.running_path.with_extension("json.tmp");
-                std::fs::write(&tmp, bytes)?;
-                std::fs::rename(&tmp, &self.running_path)
+                clustermgr_protocol::atomic_file::replace_unsynced(
+                    &self.running_path,
+                    &bytes,
+                    0o600,
+                )
             });
         if let Err(e) = res {
             tracing::warn!(
@@ -124,7 +128,16 @@ impl Journal {
     /// member started no earlier than its leader did and before this agent started (a
     /// group made since, reusing the number, is not touched).
     fn end_previous_life(&self) {
-        let Ok(text) = std::fs::read(&self.running_path) else {
+        // Never through a link: the agent reads this as root.
+        let read = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.running_path)
+            .and_then(|mut f| {
+                let mut text = Vec::new();
+                std::io::Read::read_to_end(&mut f, &mut text).map(|_| text)
+            });
+        let Ok(text) = read else {
             return;
         };
         let left: BTreeMap<u32, Running> = serde_json::from_slice(&text).unwrap_or_default();

@@ -44,7 +44,11 @@ pub fn glibc_version() -> Option<String> {
     static VERSION: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     VERSION
         .get_or_init(|| {
-            let out = std::process::Command::new("getconf")
+            // By its path: the agent runs as root, and PATH is the service's to set.
+            let getconf = ["/usr/bin/getconf", "/bin/getconf"]
+                .into_iter()
+                .find(|p| std::path::Path::new(p).is_file())?;
+            let out = std::process::Command::new(getconf)
                 .arg("GNU_LIBC_VERSION")
                 .stdin(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
