@@ -303,6 +303,54 @@ fn derive_key(passphrase: &[u8], salt: &[u8], params: KdfParams) -> Result<LessS
     Ok(LessSafeKey::new(unbound))
 }
 
+/// What `backup` reports.
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct BackupView {
+    /// The archive written.
+    pub file: std::path::PathBuf,
+    /// The cluster's name.
+    pub cluster: String,
+    /// How many nodes it holds.
+    pub nodes: usize,
+    /// How many certificate records.
+    pub certificates: usize,
+    /// How many audit entries (this backup's own included).
+    pub audit_entries: usize,
+    /// The archive's size.
+    pub bytes: usize,
+    /// The key derivation it was sealed with.
+    pub kdf: String,
+}
+
+/// What `restore` reports.
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct RestoreView {
+    /// The home made.
+    pub home: std::path::PathBuf,
+    /// The archive it came from.
+    pub file: std::path::PathBuf,
+    /// The cluster's name.
+    pub cluster: String,
+    /// When the backup was made.
+    #[schemars(extend("format" = "date-time"))]
+    pub backup_created: String,
+    /// How many nodes came back.
+    pub nodes: usize,
+    /// How many certificate records.
+    pub certificates: usize,
+    /// How many audit entries (the restore's own included).
+    pub audit_entries: usize,
+    /// The serial of the new controller certificate.
+    pub controller_serial: String,
+    /// Its expiry.
+    #[schemars(extend("format" = "date-time"))]
+    pub controller_expires: String,
+    /// The nodes reached with it, which refuse the old controller key from now on.
+    pub reached: Vec<String>,
+    /// The nodes not reached, which refuse it at their next contact with this home.
+    pub not_reached: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

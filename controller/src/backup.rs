@@ -13,63 +13,16 @@
 use std::path::{Path, PathBuf};
 
 use clustermgr_protocol::atomic_file::write_atomic;
-use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::CtlError;
-use crate::archive::{self, BackupContents, KdfParams};
+use crate::archive::{self, BackupContents, BackupView, KdfParams, RestoreView};
 use crate::ca::Ca;
 use crate::clock::{Clock, rfc3339};
 use crate::home::Home;
 use crate::ops::{CtxOptions, Event, Invocation, Operation, Report, cert_record, write_file};
 use crate::passphrase::{self, Purpose};
 use crate::store::{AuditRecord, CertKind, StoreSnapshot};
-
-/// What `backup` reports.
-#[derive(Clone, Debug, Serialize)]
-pub struct BackupView {
-    /// The archive written.
-    pub file: PathBuf,
-    /// The cluster's name.
-    pub cluster: String,
-    /// How many nodes it holds.
-    pub nodes: usize,
-    /// How many certificate records.
-    pub certificates: usize,
-    /// How many audit entries (this backup's own included).
-    pub audit_entries: usize,
-    /// The archive's size.
-    pub bytes: usize,
-    /// The key derivation it was sealed with.
-    pub kdf: String,
-}
-
-/// What `restore` reports.
-#[derive(Clone, Debug, Serialize)]
-pub struct RestoreView {
-    /// The home made.
-    pub home: PathBuf,
-    /// The archive it came from.
-    pub file: PathBuf,
-    /// The cluster's name.
-    pub cluster: String,
-    /// When the backup was made.
-    pub backup_created: String,
-    /// How many nodes came back.
-    pub nodes: usize,
-    /// How many certificate records.
-    pub certificates: usize,
-    /// How many audit entries (the restore's own included).
-    pub audit_entries: usize,
-    /// The serial of the new controller certificate.
-    pub controller_serial: String,
-    /// Its expiry.
-    pub controller_expires: String,
-    /// The nodes reached with it, which refuse the old controller key from now on.
-    pub reached: Vec<String>,
-    /// The nodes not reached, which refuse it at their next contact with this home.
-    pub not_reached: Vec<String>,
-}
 
 /// `clustermgr backup FILE`: snapshots the store (through `serve` when it runs, since
 /// it holds the store), adds the CA and `controller.toml` from the home, and writes the

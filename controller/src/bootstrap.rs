@@ -160,7 +160,7 @@ pub struct Plan {
 }
 
 /// What bootstrap found on a host.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct HostFacts {
     /// `uname -m`.
     pub arch: String,
@@ -187,7 +187,7 @@ pub struct HostFacts {
 }
 
 /// How the agent runs on a host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServiceKind {
     /// The systemd unit.
@@ -215,7 +215,7 @@ impl ServiceKind {
 }
 
 /// What happened to the agent binary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum BinaryAction {
     /// It was not there.
@@ -227,7 +227,7 @@ pub enum BinaryAction {
 }
 
 /// What happened to the node's identity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Identity {
     /// A new node, with a key made now.
@@ -241,7 +241,7 @@ pub enum Identity {
 }
 
 /// The result of bootstrapping one host.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Outcome {
     /// The node.
     pub node: String,

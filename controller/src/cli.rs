@@ -543,7 +543,11 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({ "cluster": meta.name, "home": home, "cert_lifetime_days": meta.cert_lifetime_days })
+                    crate::contract::line(&crate::contract::InitDoc {
+                        cluster: meta.name,
+                        home: home.display().to_string(),
+                        cert_lifetime_days: meta.cert_lifetime_days,
+                    })
                 );
             } else {
                 println!("initialised cluster {} in {}", meta.name, home.display());
@@ -997,7 +1001,11 @@ async fn repeatedly(
 ) -> Result<i32, CtlError> {
     use std::io::{IsTerminal, Write};
     let live = !json && std::io::stdout().is_terminal();
-    let mode = json_or_live(json);
+    let mode = match (json, every) {
+        // Round after round: a stream, a compact line each.
+        (true, Some(_)) => OutputMode::JsonLines,
+        _ => json_or_live(json),
+    };
     // `q` quits `top` on a terminal: keys are read one at a time, unechoed, until the
     // guard puts the terminal back as it was (Ctrl-C still signals).
     let keys = (kind == Repeat::Top && live && every.is_some())
@@ -1094,7 +1102,8 @@ async fn execute_inspecting(
     mode: OutputMode,
     inspect: impl FnOnce(&Report),
 ) -> Result<i32, CtlError> {
-    let is_exec = matches!(inv.op, Operation::Exec { .. });
+    let op = inv.op.clone();
+    let is_exec = matches!(op, Operation::Exec { .. });
     let is_health = matches!(inv.op, Operation::Health { .. });
     let following = matches!(&inv.op, Operation::Logs(s) if s.follow)
         || matches!(&inv.op, Operation::Events { follow: true, .. });
@@ -1122,7 +1131,7 @@ async fn execute_inspecting(
         let gathered = printer.await.unwrap_or_default();
         if is_exec && mode != OutputMode::Live {
             let outcomes = gathered.interrupted();
-            render::report(Report::Outcomes(outcomes), gathered, mode, is_exec);
+            render::report(Report::Outcomes(outcomes), gathered, mode, &op);
         }
         if !following {
             eprintln!("clustermgr: interrupted; the commands still running were cancelled");
@@ -1134,13 +1143,13 @@ async fn execute_inspecting(
         Ok(report) => {
             let code = report.exit_code();
             inspect(&report);
-            render::report(report, gathered, mode, is_exec);
+            render::report(report, gathered, mode, &op);
             Ok(code)
         }
         Err((message, code)) => {
             // A health check that could not run is unknown to monitoring.
             let code = if is_health { exit::UNKNOWN } else { code };
-            render::error(&message, code, mode == OutputMode::Json);
+            render::error(&message, code, mode.is_json());
             Ok(code)
         }
     }

@@ -59,6 +59,40 @@ pub fn rfc3339(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
+/// RFC 3339 text of a time in Unix milliseconds, to the millisecond, for JSON views:
+/// the contract gives every point in time as this text beside its `_ms` number.
+pub fn rfc3339_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// A point in time as the JSON views give it: RFC 3339 text and Unix milliseconds.
+#[derive(
+    Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub struct Moment {
+    /// RFC 3339, UTC.
+    #[schemars(extend("format" = "date-time"))]
+    pub time: String,
+    /// Unix milliseconds.
+    pub time_ms: i64,
+}
+
+impl Moment {
+    /// The instant of a Unix-millisecond time.
+    pub fn of_ms(time_ms: i64) -> Moment {
+        Moment {
+            time: rfc3339_ms(time_ms),
+            time_ms,
+        }
+    }
+}
+
 /// A `--since` argument as Unix milliseconds: a duration back from `now_ms` (`90s`,
 /// `10m`, `2h`, `7d`) or an RFC 3339 time.
 pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, CtlError> {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::CtlError;
-use crate::clock::rfc3339;
+use crate::clock::{rfc3339, rfc3339_ms};
 use crate::connect::NodeFailure;
 use crate::ctx::{Ctx, Event, NodeOutcome, NodeState};
 use crate::generate::{self, Inputs, Secrets, TunnelMaterial};
@@ -47,8 +47,6 @@ pub enum View {
     Applied(Vec<NodeApplyView>),
     /// `history`.
     History(Vec<ChangeView>),
-    /// `cluster set` and the like: what was done, in words.
-    Done(String),
     /// `cluster show`.
     Cluster(ClusterView),
     /// `rollback --list`.
@@ -63,7 +61,7 @@ pub enum View {
 }
 
 /// One entry of a node's plan, as shown.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EntryView {
     /// The path, inside its scope.
     pub path: String,
@@ -75,8 +73,9 @@ pub struct EntryView {
     pub secret: bool,
     /// SHA-256 on the node now.
     pub old_sha256: Option<String>,
-    /// SHA-256 as it would be.
-    pub new_sha256: String,
+    /// SHA-256 as it would be; null when apply makes the content (a key the node
+    /// generates, a certificate issued then).
+    pub new_sha256: Option<String>,
     /// `0644 root:root → 0600 root:root`, when the metadata changes.
     pub metadata: Option<String>,
     /// A unified diff of the governed text (never for secrets).
@@ -88,8 +87,17 @@ pub struct EntryView {
     pub at_apply: Option<String>,
 }
 
+/// A path held at a kept version by a rollback.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HeldView {
+    /// The path.
+    pub path: String,
+    /// The kept generation it is held at.
+    pub generation: u32,
+}
+
 /// A node's plan or drift report.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodePlanView {
     /// The node.
     pub node: String,
@@ -108,13 +116,13 @@ pub struct NodePlanView {
     /// What the generators wait for before they can configure more of this node.
     pub waiting: Vec<String>,
     /// Paths a rollback holds, with the generation restored.
-    pub held: Vec<(String, u32)>,
+    pub held: Vec<HeldView>,
     /// A revision that the node has not received yet.
     pub pending_revision: Option<u64>,
 }
 
 /// One step an apply ran, as shown.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepView {
     /// What ran.
     pub step: String,
@@ -125,7 +133,7 @@ pub struct StepView {
 }
 
 /// How an apply went on one node.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeApplyView {
     /// The node.
     pub node: String,
@@ -145,14 +153,34 @@ pub struct NodeApplyView {
 }
 
 /// A line of `history`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ChangeView {
     /// Its number.
     pub id: u64,
     /// When, RFC 3339.
+    #[schemars(extend("format" = "date-time"))]
     pub time: String,
-    /// The record.
-    pub record: ChangeRecord,
+    /// When, Unix milliseconds.
+    pub time_ms: i64,
+    /// Who.
+    pub user: String,
+    /// `apply`, `rollback`, `drain`, ...
+    pub action: String,
+    /// The desired-state revision applied (0 for a rollback, which restores a kept
+    /// version).
+    pub revision: u64,
+    /// The node.
+    pub node: String,
+    /// The file, inside its scope.
+    pub path: String,
+    /// `create`, `modify`, `metadata`, ...
+    pub change: String,
+    /// Its SHA-256 before, if it existed.
+    pub old_sha256: Option<String>,
+    /// Its SHA-256 after.
+    pub new_sha256: String,
+    /// How it went.
+    pub result: String,
 }
 
 /// `cluster show`.
@@ -164,11 +192,14 @@ pub struct ClusterView {
     pub secrets: Vec<(String, String)>,
     /// The same, typed, as `--json` prints it.
     pub typed: ClusterSettings,
+    /// What `cluster set` or `unset` did, in words (the text output shows this instead
+    /// of the settings; `--json` shows the settings as they are now).
+    pub said: Option<String>,
 }
 
 /// The cluster's settings as `cluster show --json` prints them: the keys `cluster set`
 /// takes, absent values `null`, booleans and lists as such, secrets by their hash.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub struct ClusterSettings {
     /// The cluster's public name.
@@ -192,11 +223,12 @@ pub struct ClusterSettings {
 }
 
 /// A kept backup, as `rollback --list` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct GenerationView {
     /// 1 is the newest.
     pub generation: u32,
     /// When it was replaced.
+    #[schemars(extend("format" = "date-time"))]
     pub replaced_at: String,
     /// Its SHA-256.
     pub sha256: String,
@@ -470,7 +502,7 @@ fn entry_view(e: &Entry, p: &EntryPlan, applied: &[Entry], drift: bool) -> Entry
             secret: e.secret,
             old_sha256: p.old_sha256.clone(),
             // The stand-in's hash would be no file's.
-            new_sha256: String::new(),
+            new_sha256: None,
             metadata: None,
             diff: None,
             drift: false,
@@ -515,7 +547,7 @@ fn entry_view(e: &Entry, p: &EntryPlan, applied: &[Entry], drift: bool) -> Entry
         change: p.change.as_str().into(),
         secret: e.secret,
         old_sha256: p.old_sha256.clone(),
-        new_sha256: p.new_sha256.clone(),
+        new_sha256: Some(p.new_sha256.clone()).filter(|h| !h.is_empty()),
         metadata,
         diff,
         // The desired entry is what was last applied, yet the disk differs: a hand edit.
@@ -651,10 +683,13 @@ fn failed_plan(d: &NodeDesired, f: NodeFailure) -> NodePlanView {
     }
 }
 
-fn held_list(holds: &[Hold]) -> Vec<(String, u32)> {
+fn held_list(holds: &[Hold]) -> Vec<HeldView> {
     holds
         .iter()
-        .map(|h| (h.path.clone(), h.generation))
+        .map(|h| HeldView {
+            path: h.path.clone(),
+            generation: h.generation,
+        })
         .collect()
 }
 
@@ -728,7 +763,7 @@ fn plan_view(d: &NodeDesired, plans: &[EntryPlan], drift: bool) -> NodePlanView 
         change: "create".into(),
         secret: true,
         old_sha256: None,
-        new_sha256: String::new(),
+        new_sha256: None,
         metadata: None,
         diff: None,
         drift: false,
@@ -1385,10 +1420,19 @@ pub fn history(
     Ok(View::History(
         lines
             .into_iter()
-            .map(|(id, record)| ChangeView {
+            .map(|(id, r)| ChangeView {
                 id,
-                time: rfc3339(record.time_ms.div_euclid(1000)),
-                record,
+                time: rfc3339_ms(r.time_ms),
+                time_ms: r.time_ms,
+                user: r.user,
+                action: r.action,
+                revision: r.revision,
+                node: r.node,
+                path: r.path,
+                change: r.change,
+                old_sha256: r.old_sha256,
+                new_sha256: r.new_sha256,
+                result: r.result,
             })
             .collect(),
     ))
@@ -1405,9 +1449,17 @@ pub fn cluster_set(ctx: &Ctx, user: &str, key: &str, value: &str) -> Result<View
         .unwrap_or_default();
     // The value as stored (`manage-hosts yes` is `true`), not as typed.
     ctx.audited(user, "cluster set", &[], &format!("{key} = {shown}"), "set")?;
-    Ok(View::Done(format!(
-        "{key} = {shown}; run `clustermgr plan` to see what changes on the nodes"
-    )))
+    said(
+        ctx,
+        format!("{key} = {shown}; run `clustermgr plan` to see what changes on the nodes"),
+    )
+}
+
+/// The settings as they are now, with what a change did in words.
+fn said(ctx: &Ctx, sentence: String) -> Result<View, CtlError> {
+    let mut view = cluster_view(ctx)?;
+    view.said = Some(sentence);
+    Ok(View::Cluster(view))
 }
 
 /// `cluster unset KEY`: a setting back to its default, a secret forgotten.
@@ -1418,9 +1470,12 @@ pub fn cluster_unset(ctx: &Ctx, user: &str, key: &str) -> Result<View, CtlError>
         _ => drop(ctx.store.update_model(|m| m.unset(key))?),
     }
     ctx.audited(user, "cluster unset", &[], key, "back to its default")?;
-    Ok(View::Done(format!(
-        "{key} is back to its default; run `clustermgr plan` to see what changes on the nodes"
-    )))
+    said(
+        ctx,
+        format!(
+            "{key} is back to its default; run `clustermgr plan` to see what changes on the nodes"
+        ),
+    )
 }
 
 /// The secrets `cluster set` takes from a file.
@@ -1513,7 +1568,7 @@ pub fn cluster_set_secret(
         &format!("{key} (secret, from a file)"),
         outcome,
     )?;
-    Ok(View::Done(format!("{key} stored{next}")))
+    said(ctx, format!("{key} stored{next}"))
 }
 
 /// Text that is a secret: its Debug form never shows it.
@@ -1528,6 +1583,11 @@ impl std::fmt::Debug for SecretText {
 
 /// `cluster show`.
 pub fn cluster_show(ctx: &Ctx) -> Result<View, CtlError> {
+    cluster_view(ctx).map(View::Cluster)
+}
+
+/// The settings and secrets (by hash) as they are now.
+fn cluster_view(ctx: &Ctx) -> Result<ClusterView, CtlError> {
     let model = ctx.store.model()?;
     let s = ctx.store.secrets()?;
     let digest = |b: Option<&[u8]>| {
@@ -1565,7 +1625,7 @@ pub fn cluster_show(ctx: &Ctx) -> Result<View, CtlError> {
         drained: model.drained.clone(),
         secrets: secrets.clone(),
     };
-    Ok(View::Cluster(ClusterView {
+    Ok(ClusterView {
         settings: rows
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
@@ -1578,7 +1638,8 @@ pub fn cluster_show(ctx: &Ctx) -> Result<View, CtlError> {
             })
             .collect(),
         typed,
-    }))
+        said: None,
+    })
 }
 
 /// `drain` / `undrain`: marks a Gluu node down (or up) in the load balancer's nginx,

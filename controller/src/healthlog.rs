@@ -11,7 +11,7 @@ use clustermgr_protocol::health::{CertProbe, CheckReport, PortProbe, ServiceProb
 use serde::{Deserialize, Serialize};
 
 /// A check's state, in the order of Nagios-style exit codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     /// Fine.
@@ -93,7 +93,7 @@ pub struct HealthEvent {
 }
 
 /// One check of one node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Verdict {
     /// The node.
     pub node: String,

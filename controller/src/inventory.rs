@@ -257,14 +257,16 @@ pub async fn add_over_ssh(
     }
     let failed = results.iter().filter(|(_, r)| r.is_err()).count();
     if json {
-        let items: Vec<serde_json::Value> = results
+        let nodes = results
             .iter()
-            .map(|(node, r)| match r {
-                Ok(o) => serde_json::json!({ "node": node, "ok": true, "outcome": o }),
-                Err(e) => serde_json::json!({ "node": node, "ok": false, "error": e.to_string() }),
+            .map(|(node, r)| crate::contract::AddedNode {
+                node: node.clone(),
+                ok: r.is_ok(),
+                outcome: r.as_ref().ok().cloned(),
+                error: r.as_ref().err().map(ToString::to_string),
             })
             .collect();
-        println!("{}", serde_json::Value::Array(items));
+        crate::render::json(&crate::contract::NodeAddDoc { nodes });
     } else {
         for (node, r) in &results {
             match r {

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod connect;
+pub mod contract;
 pub mod ctx;
 pub mod desired;
 pub mod dev;

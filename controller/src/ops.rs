@@ -249,7 +249,7 @@ pub struct Invocation {
 }
 
 /// A node as shown by `node list` and `node show`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeView {
     /// Its name.
     pub name: String,
@@ -264,11 +264,13 @@ pub struct NodeView {
     /// Its certificate's serial.
     pub cert_serial: String,
     /// Its certificate's expiry.
+    #[schemars(extend("format" = "date-time"))]
     pub cert_expires: String,
     /// When it was added.
+    #[schemars(extend("format" = "date-time"))]
     pub added: String,
     /// Live host facts (`node show`, `node add`).
-    pub info: Option<Box<NodeInfo>>,
+    pub host: Option<Box<HostView>>,
     /// Why live facts are missing, if they are.
     pub error: Option<String>,
 }
@@ -284,20 +286,78 @@ impl NodeView {
             cert_serial: n.cert_serial.clone(),
             cert_expires: rfc3339(n.cert_not_after),
             added: rfc3339(n.added_at),
-            info: None,
+            host: None,
             error: None,
         }
     }
 }
 
+/// A host's facts as its agent reported them (`node show`, `ping`).
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HostView {
+    /// Its hostname.
+    pub hostname: String,
+    /// `PRETTY_NAME` of its os-release.
+    pub os_release: String,
+    /// The kernel release.
+    pub kernel: String,
+    /// The machine architecture.
+    pub arch: String,
+    /// glibc's version, none on a musl system.
+    pub glibc: Option<String>,
+    /// The agent's version.
+    pub agent_version: String,
+    /// Seconds since the host booted.
+    pub uptime_secs: u64,
+    /// The host's clock when it answered.
+    pub clock: crate::clock::Moment,
+    /// Its Gluu install, if any.
+    pub gluu: Option<GluuView>,
+    /// Whether its agent runs commands (`allow_exec`).
+    pub exec_allowed: bool,
+}
+
+/// A Gluu install on a host.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct GluuView {
+    /// Its version, when the agent could tell.
+    pub version: Option<String>,
+    /// Where it is installed (its container root).
+    pub root: String,
+    /// The components found (`oxauth`, `identity`, ...).
+    pub components: Vec<String>,
+}
+
+impl From<&NodeInfo> for HostView {
+    fn from(i: &NodeInfo) -> HostView {
+        HostView {
+            hostname: i.hostname.clone(),
+            os_release: i.os_release.clone(),
+            kernel: i.kernel.clone(),
+            arch: i.arch.clone(),
+            glibc: i.glibc.clone(),
+            agent_version: i.agent_version.clone(),
+            uptime_secs: i.uptime_secs,
+            clock: crate::clock::Moment::of_ms(i.clock_unix_ms),
+            gluu: i.gluu.as_ref().map(|g| GluuView {
+                version: g.version.clone(),
+                root: g.root.clone(),
+                components: g.components.clone(),
+            }),
+            exec_allowed: i.exec_allowed,
+        }
+    }
+}
+
 /// A certificate as `cert status` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CertView {
     /// `ca`, `controller`, or the node name.
     pub subject: String,
     /// Serial, hex.
     pub serial: String,
     /// Expiry.
+    #[schemars(extend("format" = "date-time"))]
     pub expires: String,
     /// Whole days left (negative once expired).
     pub days_left: i64,
@@ -306,7 +366,7 @@ pub struct CertView {
 }
 
 /// One node in `status`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeStatus {
     /// The node.
     pub name: String,
@@ -333,7 +393,7 @@ pub struct NodeStatus {
 }
 
 /// `status`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StatusView {
     /// The cluster name.
     pub cluster: String,
@@ -342,13 +402,14 @@ pub struct StatusView {
 }
 
 /// A signed certificate, for `node sign`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SignedView {
     /// The node.
     pub node: String,
     /// Serial, hex.
     pub serial: String,
     /// Expiry.
+    #[schemars(extend("format" = "date-time"))]
     pub expires: String,
     /// The certified key.
     pub key: String,
@@ -357,12 +418,15 @@ pub struct SignedView {
 }
 
 /// One audit log entry, as `audit` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditView {
     /// Its number.
     pub id: u64,
-    /// When.
+    /// When, RFC 3339.
+    #[schemars(extend("format" = "date-time"))]
     pub time: String,
+    /// When, Unix milliseconds.
+    pub time_ms: i64,
     /// Who.
     pub user: String,
     /// What.
@@ -372,7 +436,16 @@ pub struct AuditView {
     /// The command or other detail.
     pub detail: String,
     /// Per node outcome.
-    pub results: Vec<(String, String)>,
+    pub results: Vec<AuditResult>,
+}
+
+/// One node's outcome in an audit entry.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct AuditResult {
+    /// The node.
+    pub node: String,
+    /// How it went, in words.
+    pub result: String,
 }
 
 /// The result of an operation.
@@ -465,7 +538,6 @@ impl From<crate::desired::View> for Report {
             },
             View::Applied(v) => Report::Applied(v),
             View::History(h) => Report::History(h),
-            View::Done(s) => Report::Done(s),
             View::Cluster(c) => Report::Cluster(c),
             View::Generations {
                 node,
@@ -622,7 +694,7 @@ pub async fn run(
             let rec = ctx.node_named(&node)?;
             let mut view = NodeView::from_record(&rec);
             match info(&ctx, &rec, within).await {
-                Ok((info, _)) => view.info = Some(info),
+                Ok((info, _)) => view.host = Some(Box::new(HostView::from(&*info))),
                 Err(f) => view.error = Some(f.message),
             }
             Ok(Report::Node(view))
@@ -681,12 +753,17 @@ pub async fn run(
                 .into_iter()
                 .map(|(id, a)| AuditView {
                     id,
-                    time: rfc3339(a.time_ms.div_euclid(1000)),
+                    time: crate::clock::rfc3339_ms(a.time_ms),
+                    time_ms: a.time_ms,
                     user: a.user,
                     action: a.action,
                     nodes: a.nodes,
                     detail: a.detail,
-                    results: a.results,
+                    results: a
+                        .results
+                        .into_iter()
+                        .map(|(node, result)| AuditResult { node, result })
+                        .collect(),
                 })
                 .collect(),
         )),
@@ -907,7 +984,7 @@ async fn node_add(
             "pinned anew",
         )?;
         let mut view = NodeView::from_record(&rec);
-        view.info = Some(info);
+        view.host = Some(Box::new(HostView::from(&*info)));
         return Ok(Report::Node(view));
     }
     let mut changed: Vec<NodeRecord> = Vec::new();
@@ -923,7 +1000,7 @@ async fn node_add(
     ctx.store.put_nodes(&changed)?;
     ctx.audited(user, "node add", &[node.to_string()], address, "added")?;
     let mut view = NodeView::from_record(&rec);
-    view.info = Some(info);
+    view.host = Some(Box::new(HostView::from(&*info)));
     Ok(Report::Node(view))
 }
 

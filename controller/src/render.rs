@@ -9,7 +9,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use tokio::sync::mpsc;
 
 use crate::clock::rfc3339;
-use crate::ops::{Event, NodeOutcome, NodeState, Report};
+use crate::contract;
+use crate::ops::{Event, NodeOutcome, NodeState, Operation, Report};
 use crate::store::Role;
 
 /// How exec output is shown.
@@ -19,8 +20,18 @@ pub enum OutputMode {
     Live,
     /// Each node's output whole, in node-name order, at the end.
     Group,
-    /// One JSON object per node at the end.
+    /// `--json`: one document at the end (exec: a line per node as it finishes).
     Json,
+    /// `--json` of a repeated report (`health --watch`): each report one compact line
+    /// with its `type`.
+    JsonLines,
+}
+
+impl OutputMode {
+    /// Whether output is JSON.
+    pub fn is_json(self) -> bool {
+        matches!(self, OutputMode::Json | OutputMode::JsonLines)
+    }
 }
 
 /// Bytes kept in memory per node before a grouped buffer spills to a temporary file.
@@ -104,6 +115,8 @@ pub struct Gathered {
     stderr: BTreeMap<String, NodeBuffer>,
     /// The nodes that finished, as they did.
     done: Vec<NodeOutcome>,
+    /// The nodes whose `exec --json` line is out.
+    printed: std::collections::BTreeSet<String>,
 }
 
 impl Gathered {
@@ -172,7 +185,7 @@ pub async fn consume(
                     }
                 }
                 OutputMode::Group => gathered.stdout.entry(node).or_default().push(&data),
-                OutputMode::Json => {
+                OutputMode::Json | OutputMode::JsonLines => {
                     let map = if stderr {
                         &mut gathered.stderr
                     } else {
@@ -198,17 +211,22 @@ pub async fn consume(
                         eprintln!("{}: {}", o.node, outcome_sentence(&o));
                     }
                 }
+                // `exec --json`: a node's line as soon as it is done.
+                if live_failures && mode.is_json() && print_exec_line(&mut gathered, &o).is_err() {
+                    let _ = closed.send(true);
+                    return gathered;
+                }
             }
             // Only `backup` asks for a snapshot, and it collects the parts itself.
             Event::Snapshot(_) => {}
-            Event::Log(l) => match mode {
-                OutputMode::Json => println!("{}", serde_json::to_string(&l).unwrap_or_default()),
-                _ => print_log(&l),
-            },
-            Event::Health(e) => match mode {
-                OutputMode::Json => println!("{}", serde_json::to_string(&e).unwrap_or_default()),
-                _ => print_event(&e),
-            },
+            Event::Log(l) if mode.is_json() => {
+                println!("{}", contract::line(&contract::LogLine::Log(l.into())));
+            }
+            Event::Log(l) => print_log(&l),
+            Event::Health(e) if mode.is_json() => {
+                println!("{}", contract::line(&contract::EventLine::Event(e.into())));
+            }
+            Event::Health(e) => print_event(&e),
         }
     }
     if let Some(p) = progress {
@@ -234,12 +252,7 @@ fn short_number(v: f64) -> String {
 /// A series: its last value, its range, and a small chart of its points.
 fn print_series(v: &crate::telemetry::SeriesView) {
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    let values: Vec<f64> = v
-        .points
-        .iter()
-        .map(|p| p.1)
-        .filter(|x| x.is_finite())
-        .collect();
+    let values: Vec<f64> = v.points.iter().filter_map(|p| p.value).collect();
     let (min, max) = values
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
@@ -271,11 +284,11 @@ fn print_series(v: &crate::telemetry::SeriesView) {
     // What the chart spans: a bar per step, the lowest bar the minimum.
     let span = match (v.points.first(), v.points.last()) {
         (Some(a), Some(b)) if v.points.len() > 1 => {
-            let step = (b.0 - a.0) / (v.points.len() as i64 - 1).max(1);
+            let step = (b.time_ms - a.time_ms) / (v.points.len() as i64 - 1).max(1);
             format!(
                 "{} to {}, a bar per {}",
-                crate::clock::rfc3339(a.0 / 1000),
-                crate::clock::rfc3339(b.0 / 1000),
+                crate::clock::rfc3339(a.time_ms / 1000),
+                crate::clock::rfc3339(b.time_ms / 1000),
                 duration_words(step)
             )
         }
@@ -343,8 +356,8 @@ fn print_replication(r: &crate::health::replication::ReplicationView) {
         print_heartbeat_matrix(r, &writers);
     }
     print_csns_and_links(r);
-    for (n, why) in &r.unread {
-        println!("{n}: not read: {why}");
+    for u in &r.unread {
+        println!("{}: not read: {}", u.node, u.reason);
     }
     print_csync2(r);
 }
@@ -364,12 +377,12 @@ fn print_csync2(r: &crate::health::replication::ReplicationView) {
             );
             continue;
         }
-        let listener = match &c.listener {
-            Ok(()) => "listening".to_string(),
-            Err(e) => format!("NOT LISTENING ({e})"),
+        let listener = match &c.listener_error {
+            None => "listening".to_string(),
+            Some(e) => format!("NOT LISTENING ({e})"),
         };
-        let last = c.last_sync_ms.map_or("never".to_string(), |t| {
-            format!("{:.0} s ago", (now - t).max(0) as f64 / 1000.0)
+        let last = c.last_sync.as_ref().map_or("never".to_string(), |t| {
+            format!("{:.0} s ago", (now - t.time_ms).max(0) as f64 / 1000.0)
         });
         println!(
             "{n:<16} {listener}; {} dirty; last good sync {last}",
@@ -593,12 +606,32 @@ fn ms(us: Option<u64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// A node's `exec --json` line, with the output it gave, once.
+fn print_exec_line(gathered: &mut Gathered, o: &NodeOutcome) -> std::io::Result<()> {
+    if !gathered.printed.insert(o.node.clone()) {
+        return Ok(());
+    }
+    let take = |map: &mut BTreeMap<String, NodeBuffer>| {
+        map.remove(&o.node)
+            .map(NodeBuffer::into_string)
+            .unwrap_or_default()
+    };
+    let stdout = take(&mut gathered.stdout);
+    let stderr = take(&mut gathered.stderr);
+    let line = contract::ExecLine::Result(contract::ExecResult::of(o, stdout, stderr));
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", contract::line(&line)).and_then(|()| out.flush())
+}
+
 /// A command's failure on standard error: a sentence, or with `--json` one JSON object
 /// (`{"error": MESSAGE, "exit_code": CODE}`), so a script reads it as it reads results.
 pub fn error(message: &str, exit_code: i32, as_json: bool) {
     if as_json {
-        let doc = serde_json::json!({ "error": message, "exit_code": exit_code });
-        eprintln!("{doc}");
+        let doc = contract::ErrorDoc {
+            error: message.to_string(),
+            exit_code,
+        };
+        eprintln!("{}", contract::line(&doc));
     } else {
         eprintln!("clustermgr: {message}");
     }
@@ -611,37 +644,33 @@ pub(crate) fn json<T: serde::Serialize>(v: &T) {
     );
 }
 
-/// Prints an operation's report; `command_output` is exec's gathered output.
-pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec: bool) {
-    let as_json = mode == OutputMode::Json;
-    match report {
-        Report::Outcomes(outcomes) if is_exec => match mode {
-            OutputMode::Json => {
-                for o in outcomes {
-                    let stdout = gathered
-                        .stdout
-                        .remove(&o.node)
-                        .map(NodeBuffer::into_string)
-                        .unwrap_or_default();
-                    let stderr = gathered
-                        .stderr
-                        .remove(&o.node)
-                        .map(NodeBuffer::into_string)
-                        .unwrap_or_default();
-                    let line = serde_json::json!({
-                        "node": o.node,
-                        "state": o.state,
-                        "exit_code": o.exit_code,
-                        "signal": o.signal,
-                        "timed_out": o.timed_out,
-                        "duration_ms": o.duration_ms,
-                        "message": o.message,
-                        "stdout": stdout,
-                        "stderr": stderr,
-                    });
-                    println!("{line}");
+/// Prints an operation's report (`op` says which command it answers); `gathered` is
+/// exec's output.
+pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, op: &Operation) {
+    let is_exec = matches!(op, Operation::Exec { .. });
+    if mode.is_json() {
+        return match report {
+            // The nodes not yet printed (an interrupted exec's, for one).
+            Report::Outcomes(outcomes) if is_exec => {
+                for o in &outcomes {
+                    if print_exec_line(&mut gathered, o).is_err() {
+                        return;
+                    }
                 }
             }
+            Report::Health(h) if mode == OutputMode::JsonLines => {
+                println!("{}", contract::line(&contract::HealthLine::Health(h)));
+            }
+            report => {
+                if let Some(doc) = contract::document(op, report) {
+                    json(&doc);
+                }
+            }
+        };
+    }
+    match report {
+        Report::Outcomes(outcomes) if is_exec => match mode {
+            OutputMode::Json | OutputMode::JsonLines => {}
             OutputMode::Group => {
                 let mut out = std::io::stdout().lock();
                 for o in &outcomes {
@@ -657,7 +686,6 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
             }
             OutputMode::Live => summary(&outcomes),
         },
-        Report::Outcomes(outcomes) if as_json => json(&outcomes),
         Report::Outcomes(outcomes) => {
             for o in &outcomes {
                 match (&o.state, &o.info) {
@@ -674,7 +702,6 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
             }
             summary(&outcomes);
         }
-        Report::ControllerRevoked(v) if as_json => json(&v),
         Report::ControllerRevoked(v) => {
             println!(
                 "revoked controller certificate {}; the controller now uses {} (until {})",
@@ -694,9 +721,7 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
             }
             summary(&v.nodes);
         }
-        Report::Signed(s) if as_json => json(&s),
         Report::Signed(s) => print!("{}", s.cert_pem),
-        Report::Node(n) if as_json => json(&n),
         Report::Node(n) => {
             println!("name:      {}", n.name);
             println!("address:   {}", n.address);
@@ -711,7 +736,7 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 n.cert_serial, n.cert_expires
             );
             println!("added:     {}", n.added);
-            if let Some(i) = &n.info {
+            if let Some(i) = &n.host {
                 println!(
                     "host:      {} ({} {}, kernel {})",
                     i.hostname, i.os_release, i.arch, i.kernel
@@ -736,7 +761,6 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 println!("live:      unavailable: {e}");
             }
         }
-        Report::Nodes(nodes) if as_json => json(&nodes),
         Report::Nodes(nodes) => {
             if nodes.is_empty() {
                 println!("no nodes yet: add one with `clustermgr node add NODE --address HOST`");
@@ -759,12 +783,6 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
         }
         Report::Plan {
             views,
-            digest: Some(digest),
-            ..
-        } if as_json => json(&serde_json::json!({ "digest": digest, "nodes": views })),
-        Report::Plan { views, .. } if as_json => json(&views),
-        Report::Plan {
-            views,
             drift,
             digest,
         } => {
@@ -778,13 +796,11 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 );
             }
         }
-        Report::Applied(views) if as_json => json(&views),
         Report::Applied(views) => {
             for v in &views {
                 print_applied(v);
             }
         }
-        Report::MetricNames(names) if as_json => json(&names),
         Report::MetricNames(names) if names.is_empty() => nothing_stored("metrics are stored"),
         Report::MetricNames(names) => {
             println!("{:<44} SERIES", "METRIC");
@@ -792,34 +808,25 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 println!("{:<44} {}", n.name, n.series);
             }
         }
-        Report::Metrics(views) if as_json => json(&views),
         Report::Metrics(views) => {
             for v in &views {
                 print_series(v);
             }
         }
-        Report::Replication(r) if as_json => json(&r),
         Report::Replication(r) => print_replication(&r),
-        Report::Ports(p) if as_json => json(&p),
         Report::Ports(p) => print_ports(&p),
-        Report::Events(e) if as_json => json(&e),
         Report::Events(e) if e.is_empty() => nothing_stored("health changes matched"),
         Report::Events(e) => e.iter().for_each(print_event),
-        Report::Health(h) if as_json => json(&h),
         Report::Health(h) => print_health(&h),
-        Report::Top { rows, .. } if as_json => json(&rows),
         Report::Top { cluster, rows } => print_top(&cluster, &rows),
-        Report::Logs(lines) if as_json => json(&lines),
         Report::Logs(lines) if lines.is_empty() => nothing_stored("log lines matched"),
         Report::Logs(lines) => {
             for l in &lines {
                 print_log(l);
             }
         }
-        Report::History(lines) if as_json => json(&lines),
         Report::History(lines) => {
-            for l in lines {
-                let r = &l.record;
+            for r in lines {
                 let short = |h: &str| h.get(..12).unwrap_or(h).to_string();
                 // A rollback restores a kept version: it has no revision of its own.
                 let revision = match r.revision {
@@ -828,8 +835,8 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 };
                 println!(
                     "{:>5} {} {:<10} {:<9} {:<5} {:<14} {} {} {}→{} {}",
-                    l.id,
-                    l.time,
+                    r.id,
+                    crate::clock::rfc3339(r.time_ms.div_euclid(1000)),
                     r.user,
                     r.action,
                     revision,
@@ -845,18 +852,11 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 );
             }
         }
-        Report::Cluster(c) if as_json => json(&c.typed),
+        Report::Cluster(c) if c.said.is_some() => println!("{}", c.said.unwrap_or_default()),
         Report::Cluster(c) => {
             for (k, v) in c.settings.iter().chain(&c.secrets) {
                 println!("{k:<18} {v}");
             }
-        }
-        Report::Generations {
-            node,
-            path,
-            generations,
-        } if as_json => {
-            json(&serde_json::json!({ "node": node, "path": path, "generations": generations }))
         }
         Report::Generations {
             node,
@@ -873,9 +873,7 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 );
             }
         }
-        Report::Done(msg) if as_json => json(&serde_json::json!({ "result": msg })),
         Report::Done(msg) => println!("{msg}"),
-        Report::Status(s) if as_json => json(&s),
         Report::Status(s) => {
             println!(
                 "cluster {}: {}",
@@ -912,13 +910,12 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
                 );
             }
         }
-        Report::Audit(a) if as_json => json(&a),
         Report::Audit(a) => {
             for e in a {
                 let results = e
                     .results
                     .iter()
-                    .map(|(n, r)| format!("{n}: {r}"))
+                    .map(|r| format!("{}: {}", r.node, r.result))
                     .collect::<Vec<_>>()
                     .join(", ");
                 println!(
@@ -939,7 +936,6 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, is_exec:
         }
         // `backup` seals a snapshot into an archive and reports that with [`backup`].
         Report::Snapshot { .. } => {}
-        Report::Certs(c) if as_json => json(&c),
         Report::Certs(c) => {
             println!(
                 "{:<16} {:<34} {:<22} {:>6}  STATE",
@@ -1000,7 +996,10 @@ fn print_entry(e: &crate::desired::EntryView) {
                 .as_deref()
                 .map(short)
                 .unwrap_or_else(|| "none".into()),
-            short(&e.new_sha256)
+            e.new_sha256
+                .as_deref()
+                .map(short)
+                .unwrap_or_else(|| "made at apply".into())
         ));
     }
     println!("{line}");
@@ -1059,9 +1058,10 @@ fn print_plan(v: &crate::desired::NodePlanView, drift: bool) {
     for s in &v.actions {
         println!("  then: {s}");
     }
-    for (p, g) in &v.held {
+    for h in &v.held {
         println!(
-            "  held: {p} at backup generation {g} (a rollback) until the desired state changes"
+            "  held: {} at backup generation {} (a rollback) until the desired state changes",
+            h.path, h.generation
         );
     }
     if let Some(r) = v.pending_revision {

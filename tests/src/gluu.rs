@@ -180,6 +180,9 @@ impl GluuCluster {
     pub fn health_as_of(&self) -> (i32, Vec<Row>, Option<i64>) {
         let out = self.ctl.run(&["--json", "health"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if !v.is_null() {
+            crate::schema::assert_valid("health", &v);
+        }
         (
             out.status.code().unwrap_or(-1),
             rows(&v["verdicts"], "level"),
@@ -191,7 +194,10 @@ impl GluuCluster {
     pub fn events(&self) -> Vec<Row> {
         let out = self.ctl.run(&["--json", "events"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        rows(&v, "to")
+        if !v.is_null() {
+            crate::schema::assert_valid("events", &v);
+        }
+        rows(&v["events"], "to")
     }
 
     /// Waits until `serve`'s last word on every check is ok: the last event of each

@@ -17,6 +17,7 @@ use clustermgr::ops::{Ctx, CtxOptions};
 use clustermgr::store::Role;
 
 pub mod packaging;
+pub mod schema;
 pub mod slapd;
 
 /// Like [`eventually`], for tests without an async runtime (the multi-host tests).

@@ -92,7 +92,7 @@ pub fn generated(root: &Path) -> Vec<(PathBuf, String)> {
     );
     let unit = root.join("packaging/systemd/clustermgr-agent.service");
     let unit = std::fs::read_to_string(&unit).unwrap_or_else(|e| panic!("{}: {e}", unit.display()));
-    vec![
+    let mut files = vec![
         (
             "packaging/deb/clustermgr-agent/control".into(),
             agent_control,
@@ -117,7 +117,10 @@ pub fn generated(root: &Path) -> Vec<(PathBuf, String)> {
                 &std::fs::read_to_string(root.join("README.md")).expect("README.md"),
             ),
         ),
-    ]
+    ];
+    // The JSON contract's schemas and their index, from the view types.
+    files.extend(clustermgr::contract::checked_in());
+    files
 }
 
 /// The bootstrap unit with the package's binary path, and a header that says where it

@@ -39,9 +39,9 @@ fn read(p: &Path) -> String {
 }
 
 /// The JSON a successful command printed.
-fn json_of(o: Output) -> serde_json::Value {
+fn json_of(o: Output, schema: &str) -> serde_json::Value {
     assert!(o.status.success(), "{}", stderr(&o));
-    serde_json::from_str(&stdout(&o)).unwrap()
+    clustermgr_tests::schema::json(&o, schema)
 }
 
 fn mode(p: &Path) -> u32 {
@@ -61,7 +61,7 @@ async fn a_backup_taken_under_serve_restores_into_a_home_the_agents_accept() {
     let c = Cluster::gluu(2).await;
     let before = c.run(&["exec", "--", "true"]);
     assert!(before.status.success(), "{}", stderr(&before));
-    let nodes_before = stdout(&c.run(&["node", "list", "--json"]));
+    let nodes_before = json_of(c.run(&["node", "list", "--json"]), "node-list");
     let tmp = tempfile::tempdir().unwrap();
     let pass = passphrase_file(tmp.path(), "pass", PASSPHRASE);
     let archive = tmp.path().join("cluster.cmbackup");
@@ -69,7 +69,10 @@ async fn a_backup_taken_under_serve_restores_into_a_home_the_agents_accept() {
     // serve holds the store, so the snapshot can only come through its socket.
     let serve = c.serve().await;
     let args = ["--passphrase-file", s(&pass), "--json"];
-    let report = json_of(c.run(&[&["backup", s(&archive)][..], &args].concat()));
+    let report = json_of(
+        c.run(&[&["backup", s(&archive)][..], &args].concat()),
+        "backup",
+    );
     assert_eq!(report["nodes"], 2);
     assert_eq!(report["cluster"], "e2e");
     drop(serve);
@@ -83,7 +86,7 @@ async fn a_backup_taken_under_serve_restores_into_a_home_the_agents_accept() {
 
     let new_home = tmp.path().join("new-machine").join(".clustermgr");
     let restore = [&["restore", s(&archive)][..], &args].concat();
-    let report = json_of(run_in(&new_home, &restore));
+    let report = json_of(run_in(&new_home, &restore), "restore");
     assert_eq!(report["nodes"], 2);
     // The restore reached every agent with its new controller certificate ...
     assert_eq!(report["reached"], serde_json::json!(["gluu1", "gluu2"]));
@@ -114,7 +117,7 @@ async fn a_backup_taken_under_serve_restores_into_a_home_the_agents_accept() {
         "the controller's key does not travel; the restore made a new one"
     );
     assert_eq!(
-        stdout(&run_in(&new_home, &["node", "list", "--json"])),
+        json_of(run_in(&new_home, &["node", "list", "--json"]), "node-list"),
         nodes_before,
         "the nodes come back with their pinned keys"
     );
@@ -132,8 +135,8 @@ async fn a_backup_taken_under_serve_restores_into_a_home_the_agents_accept() {
             stdout(&o)
         );
     }
-    let o = run_in(&new_home, &["audit", "--json"]);
-    let audit: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    let audit = json_of(run_in(&new_home, &["audit", "--json"]), "audit");
+    let audit = audit["entries"].as_array().unwrap();
     let actions: Vec<&str> = audit
         .iter()
         .map(|a| a["action"].as_str().unwrap())

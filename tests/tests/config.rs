@@ -333,9 +333,18 @@ fn the_load_balancer_follows_the_inventory_drains_and_refuses_a_broken_config() 
     let history = ok(&mut t, ctl.run(&["history", "--nodes", "lb"]), "history");
     assert!(history.contains("/etc/nginx/nginx.conf"), "{history}");
     assert!(history.contains("rolled back"), "{history}");
-    let json = ok(&mut t, ctl.run(&["--json", "history"]), "history --json");
-    assert!(json.trim_start().starts_with('['), "{json}");
-    ok(&mut t, ctl.run(&["--json", "plan"]), "plan --json");
+    let o = ctl.run(&["--json", "history"]);
+    let history = clustermgr_tests::schema::json(&o, "history");
+    assert!(
+        history["changes"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["result"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("rolled back")))),
+        "{history}"
+    );
+    let o = ctl.run(&["--json", "plan"]);
+    clustermgr_tests::schema::json(&o, "plan");
 
     // A rolling apply drains each Gluu node while it changes, checks it (the service
     // its change restarts runs, and it answers HTTPS with the cluster certificate),
@@ -747,6 +756,9 @@ fn csync2_replicates_and_stunnel_verifies_both_ends() {
 fn services(ctl: &Controller, node: &str) -> (String, String) {
     let out = ctl.run(&["--json", "health"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    if !v.is_null() {
+        clustermgr_tests::schema::assert_valid("health", &v);
+    }
     v["verdicts"]
         .as_array()
         .and_then(|a| {

@@ -18,7 +18,7 @@ use clustermgr_protocol::message::{
 };
 use clustermgr_protocol::transport::Timeouts;
 use clustermgr_protocol::version::VersionRange;
-use clustermgr_tests::{Cluster, eventually, node, stderr, stdout};
+use clustermgr_tests::{Cluster, eventually, node, schema, stderr, stdout};
 use rustls::pki_types::CertificateDer;
 
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -233,13 +233,13 @@ async fn exec_fans_out_to_every_node_and_is_journaled_and_audited() {
 async fn serve_and_in_process_give_identical_results() {
     let c = Cluster::gluu(3).await;
     let scrub = |s: String| -> Vec<serde_json::Value> {
-        s.lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v["duration_ms"] = 0.into();
-                v
-            })
-            .collect()
+        let mut lines = schema::json_lines(&s, "exec");
+        for v in &mut lines {
+            v["duration_ms"] = 0.into();
+        }
+        // A line each as its node finishes: in whatever order they did.
+        lines.sort_by_key(|v| v["node"].to_string());
+        lines
     };
     let cmd = [
         "exec",
@@ -251,15 +251,16 @@ async fn serve_and_in_process_give_identical_results() {
         "echo $((6*7)); exit 3",
     ];
     let direct = c.run(&cmd);
-    let list_direct = stdout(&c.run(&["node", "list", "--json"]));
+    let list_direct = schema::json(&c.run(&["node", "list", "--json"]), "node-list");
     let _serve = c.serve().await;
     let served = c.run(&cmd);
-    let list_served = stdout(&c.run(&["node", "list", "--json"]));
+    let list_served = schema::json(&c.run(&["node", "list", "--json"]), "node-list");
     assert_eq!(direct.status.code(), Some(1));
     assert_eq!(served.status.code(), Some(1));
     let (a, b) = (scrub(stdout(&direct)), scrub(stdout(&served)));
     assert_eq!(a.len(), 3);
     assert_eq!(a, b);
+    assert_eq!(a[0]["type"], "result");
     assert_eq!(a[0]["stdout"], "42\n");
     assert_eq!(a[0]["exit_code"], 3);
     assert_eq!(list_direct, list_served);
@@ -279,9 +280,11 @@ async fn an_unreachable_node_is_reported_within_the_connect_timeout() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("gluu2: unreachable"), "{}", stderr(&o));
     let o = c.run(&["--connect-timeout", "1", "ping", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(v[0]["state"], "ok");
-    assert_eq!(v[1]["state"], "unreachable");
+    let v = schema::json(&o, "ping");
+    assert_eq!(v["nodes"][0]["state"], "ok");
+    assert!(v["nodes"][0]["host"]["agent_version"].is_string(), "{v}");
+    assert_eq!(v["nodes"][1]["state"], "unreachable");
+    assert!(v["nodes"][1]["host"].is_null(), "{v}");
     // Through serve, the caller's --connect-timeout still applies (serve's own is 3 s).
     let _serve = c.serve().await;
     let start = Instant::now();
@@ -482,8 +485,8 @@ async fn an_agent_whose_certificate_expired_while_away_is_renewed_without_ssh() 
     );
     assert!(renewed.not_after > now + 89 * 86_400);
     let o = c.run(&["cert", "status", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let row = v
+    let v = schema::json(&o, "cert-status");
+    let row = v["certificates"]
         .as_array()
         .unwrap()
         .iter()
@@ -666,6 +669,7 @@ async fn a_removed_node_is_revoked_and_refused() {
         stderr(&o)
     );
     let o = c.run(&["cert", "status", "--json"]);
+    schema::json(&o, "cert-status");
     assert!(!stdout(&o).contains("gluu2"));
     let ctx = c.ctx();
     let certs = ctx.store.certs().unwrap();
@@ -690,10 +694,9 @@ async fn the_primary_is_removed_last_and_can_be_moved() {
             .status
             .success()
     );
-    let list: serde_json::Value =
-        serde_json::from_str(&stdout(&c.run(&["node", "list", "--json"]))).unwrap();
-    assert_eq!(list[0]["name"], "gluu2");
-    assert_eq!(list[0]["primary"], true);
+    let list = schema::json(&c.run(&["node", "list", "--json"]), "node-list");
+    assert_eq!(list["nodes"][0]["name"], "gluu2");
+    assert_eq!(list["nodes"][0]["primary"], true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -826,7 +829,7 @@ async fn the_store_keeps_every_acknowledged_change_across_kill_9_of_serve() {
         }
         let o = child.wait_with_output().unwrap();
         if o.status.success() {
-            let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+            let v = schema::json(&o, "node-sign");
             acknowledged.push(v["serial"].as_str().unwrap().to_string());
         }
         if i % 3 == 1 {
@@ -880,6 +883,9 @@ async fn cert_renew_keeps_the_key_and_rekey_moves_the_pin() {
     let old_key = read(&etc.join("agent.key"));
     let o = c.run(&["cert", "renew", "--nodes", "gluu1", "--rekey", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let v = schema::json(&o, "node-results");
+    assert_eq!(v["nodes"][0]["node"], "gluu1");
+    assert_eq!(v["nodes"][0]["state"], "ok");
     assert_ne!(
         read(&etc.join("agent.key")),
         old_key,
@@ -972,7 +978,7 @@ async fn dev_runs_a_sandbox_cluster_and_cleans_up_after_itself() {
     };
     let o = cli(&["status", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let v = schema::json(&o, "status");
     let names: Vec<&str> = v["nodes"]
         .as_array()
         .unwrap()
@@ -1212,7 +1218,7 @@ async fn a_timeout_does_not_fire_on_a_command_that_already_exited() {
         "--",
         "sleep 3 & echo hi; exit 0",
     ]);
-    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let v = schema::json_lines(&stdout(&o), "exec").remove(0);
     assert_eq!(v["state"], "ok", "{v}");
     assert_eq!(v["exit_code"], 0);
     assert_eq!(v["timed_out"], false);
@@ -1368,7 +1374,7 @@ async fn node_upgrade_refuses_what_it_cannot_do_safely() {
     // the nodes after it are left alone.
     let o = c.run(&["--json", "node", "upgrade"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    let outcomes: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let outcomes = schema::json(&o, "node-results")["nodes"].clone();
     assert_eq!(outcomes[0]["node"], "gluu1");
     assert_eq!(outcomes[0]["state"], "failed");
     let why = outcomes[0]["message"].as_str().unwrap();
@@ -1441,7 +1447,7 @@ async fn a_revoked_controller_key_is_refused_where_the_new_one_was_seen_and_else
     c.stop_agent("gluu2").await;
 
     let o = c.run(&["cert", "revoke-controller", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let v = schema::json(&o, "cert-revoke-controller");
     assert_eq!(v["nodes"][0]["node"], "gluu1");
     assert_eq!(v["nodes"][0]["state"], "ok");
     assert_eq!(v["nodes"][1]["state"], "unreachable");
@@ -1660,7 +1666,7 @@ async fn a_node_that_does_not_answer_does_not_skew_the_others_clocks() {
     let mut c = Cluster::gluu(2).await;
     c.kill_agent("gluu2").await;
     let o = c.run(&["status", "--json", "--connect-timeout", "1"]);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let v = schema::json(&o, "status");
     let nodes = v["nodes"].as_array().unwrap();
     let gluu1 = nodes.iter().find(|n| n["name"] == "gluu1").unwrap();
     let skew = gluu1["clock_skew_ms"].as_i64().expect("measured");
@@ -1820,7 +1826,7 @@ async fn apply_writes_only_what_the_plan_showed_and_refuses_a_plan_that_moved() 
     let plan = |c: &Cluster| {
         let o = c.run(&["--json", "plan"]);
         assert!(o.status.success(), "{}", stderr(&o));
-        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
+        schema::json(&o, "plan")
     };
     // A fresh pair of Gluu nodes: csync2's files are in the plan, the key the node
     // makes and the certificate issued for it too, with what cannot be known yet said.
@@ -1859,6 +1865,7 @@ async fn apply_writes_only_what_the_plan_showed_and_refuses_a_plan_that_moved() 
     assert!(o.status.success(), "{}", stderr(&o));
     let o = c.run(&["--json", "apply", "--plan", &old[..12]]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert_eq!(schema::json_error(&o)["exit_code"], 1);
     assert!(
         stderr(&o).contains("changed since the plan you approved"),
         "{}",
@@ -1875,8 +1882,8 @@ async fn apply_writes_only_what_the_plan_showed_and_refuses_a_plan_that_moved() 
     assert_ne!(digest, old);
     let o = c.run(&["--json", "apply", "--plan", digest]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let applied: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let mut written = named_paths(&applied);
+    let applied = schema::json(&o, "apply");
+    let mut written = named_paths(&applied["nodes"]);
     for node in ["gluu1", "gluu2"] {
         // Made by the agent at the controller's request, not sent as an entry.
         assert!(
@@ -2066,9 +2073,8 @@ async fn an_interrupted_exec_prints_what_it_gathered_in_every_output_mode() {
                     "{out}"
                 ),
                 _ => {
-                    let line = out
-                        .lines()
-                        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                    let line = schema::json_lines(&out, "exec")
+                        .into_iter()
                         .find(|v| v["node"] == node)
                         .unwrap_or_else(|| panic!("no {node} in {out}"));
                     assert!(
@@ -2140,6 +2146,7 @@ async fn mistakes_exit_as_the_table_says_and_the_tls_pair_is_checked() {
     assert_eq!(status, Some(2));
     assert!(out.is_empty(), "{out}");
     let doc: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    schema::assert_valid("error", &doc);
     assert_eq!(doc["exit_code"], 2);
     assert!(
         doc["error"]
@@ -2322,7 +2329,7 @@ async fn a_kept_sandbox_resumes_and_a_dead_agent_is_started_again() {
 async fn status_takes_a_selector_settings_unset_and_a_removal_is_confirmed() {
     let c = Cluster::gluu(2).await;
     let o = c.run(&["--json", "status", "--nodes", "gluu2"]);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let v = schema::json(&o, "status");
     let names: Vec<&str> = v["nodes"]
         .as_array()
         .unwrap()
@@ -2480,7 +2487,7 @@ async fn cluster_show_json_is_typed() {
     let c = Cluster::gluu(1).await;
     let o = c.run(&["--json", "cluster", "show"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let v = schema::json(&o, "cluster");
     // Absent is null, booleans are booleans, lists are lists, secrets only by hash.
     assert!(v["hostname"].is_null(), "{v}");
     assert_eq!(v["manage-hosts"], true);
@@ -2492,12 +2499,196 @@ async fn cluster_show_json_is_typed() {
         "{v}"
     );
     assert!(v["secrets"]["tls-key"].is_null(), "{v}");
-    assert!(
-        c.run(&["cluster", "set", "hostname", "idp.example.org"])
-            .status
-            .success()
-    );
+    // `cluster set --json` answers with the settings as they are now.
+    let o = c.run(&["--json", "cluster", "set", "hostname", "idp.example.org"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(schema::json(&o, "cluster")["hostname"], "idp.example.org");
     let o = c.run(&["--json", "cluster", "show"]);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let v = schema::json(&o, "cluster");
     assert_eq!(v["hostname"], "idp.example.org");
+    let o = c.run(&["--json", "cluster", "unset", "hostname"]);
+    assert!(schema::json(&o, "cluster")["hostname"].is_null());
+}
+
+/// The first line `clustermgr ARGS` prints, within `patience`; the command is then
+/// stopped (a stream, which would go on until Ctrl-C).
+fn first_line(c: &Cluster, args: &[&str], patience: Duration) -> String {
+    use std::io::BufRead;
+    let mut child = c
+        .cli()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(patience);
+    let _ = child.kill();
+    let _ = child.wait();
+    line.unwrap_or_else(|_| panic!("{args:?} printed no line within {patience:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_prints_what_its_published_schema_says() {
+    let logs = tempfile::tempdir().unwrap();
+    let app = logs.path().join("app.log");
+    std::fs::write(&app, "").unwrap();
+    let extra = format!(
+        "[telemetry]\nmetrics_interval_secs = 1\ndefault_logs = false\nlogs = [\"app={}\"]\n",
+        app.display()
+    );
+    let mut lb = node("lb1", "");
+    lb.roles = vec![clustermgr::store::Role::Lb];
+    let c = Cluster::start(vec![node("gluu1", &extra), node("gluu2", ""), lb]).await;
+    let seen = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    let doc = |args: &[&str], name: &'static str| {
+        seen.borrow_mut().insert(name);
+        let o = c.run(&[&["--json"][..], args].concat());
+        schema::json(&o, name)
+    };
+    let lines = |text: &str, name: &'static str| {
+        seen.borrow_mut().insert(name);
+        let v = schema::json_lines(text, name);
+        assert!(!v.is_empty(), "no {name} line");
+        v
+    };
+
+    // A new cluster of its own.
+    let fresh = c.home.path().join("fresh");
+    let o = std::process::Command::new(clustermgr_tests::clustermgr_bin())
+        .env_remove("CLUSTERMGR_HOME")
+        .args([
+            "--home",
+            fresh.to_str().unwrap(),
+            "--json",
+            "init",
+            "--cluster",
+            "fresh",
+        ])
+        .output()
+        .unwrap();
+    seen.borrow_mut().insert("init");
+    assert_eq!(schema::json(&o, "init")["cluster"], "fresh");
+
+    assert_eq!(
+        doc(&["node", "list"], "node-list")["nodes"][2]["roles"][0],
+        "lb"
+    );
+    let shown = doc(&["node", "show", "gluu1"], "node");
+    assert!(shown["host"]["clock"]["time"].is_string(), "{shown}");
+    doc(&["ping"], "ping");
+    doc(&["status"], "status");
+    doc(&["cert", "status"], "cert-status");
+    let renewed = doc(&["cert", "renew", "--nodes", "gluu2"], "node-results");
+    assert_eq!(renewed["nodes"][0]["state"], "ok");
+    let o = c.run(&["--json", "exec", "--", "echo", "hi"]);
+    for l in lines(&stdout(&o), "exec") {
+        assert_eq!(l["stdout"], "hi\n", "{l}");
+    }
+    doc(
+        &["cluster", "set", "hostname", "idp.example.org"],
+        "cluster",
+    );
+    doc(&["cluster", "unset", "hostname"], "cluster");
+    doc(&["cluster", "show"], "cluster");
+
+    // Desired state: a plan, its apply, no drift, the history, a drain.
+    let plan = doc(&["plan"], "plan");
+    let digest = plan["digest"].as_str().unwrap();
+    let applied = doc(&["apply", "--yes", "--plan", digest], "apply");
+    assert!(
+        applied["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["state"] == "ok"),
+        "{applied}"
+    );
+    doc(&["drift"], "drift");
+    let history = doc(&["history"], "history");
+    assert!(!history["changes"].as_array().unwrap().is_empty());
+    doc(
+        &["rollback", "gluu1", "/etc/csync2.cfg", "--list"],
+        "rollback-list",
+    );
+    doc(&["drain", "gluu2"], "apply");
+    doc(&["undrain", "gluu2"], "apply");
+
+    // Health, one round of this command's own.
+    doc(&["health"], "health");
+    doc(&["ports"], "ports");
+    doc(&["replication"], "replication");
+
+    // What serve gathers: telemetry, health changes, and the streams.
+    let _serve = c.serve().await;
+    std::fs::write(&app, "one line\n").unwrap();
+    eventually("a stored log line", PATIENCE, || {
+        stdout(&c.run(&["logs", "--source", "app"])).contains("one line")
+    })
+    .await;
+    let stored = doc(&["logs", "--source", "app"], "logs");
+    assert_eq!(stored["lines"][0]["line"], "one line");
+    let line = first_line(&c, &["--json", "logs", "-f", "--source", "app"], PATIENCE);
+    assert_eq!(lines(&line, "logs-follow")[0]["type"], "log");
+    eventually("a stored load sample", PATIENCE, || {
+        stdout(&c.run(&["metrics"])).contains("node_load1")
+    })
+    .await;
+    doc(&["metrics"], "metrics");
+    let series = doc(&["metrics", "--metric", "node_load1"], "metrics-series");
+    assert!(
+        series["series"][0]["points"][0]["time"].is_string(),
+        "{series}"
+    );
+    doc(&["top"], "top");
+    eventually("a stored health change", PATIENCE, || {
+        stdout(&c.run(&["events"])).contains("gluu")
+    })
+    .await;
+    doc(&["events"], "events");
+    let line = first_line(&c, &["--json", "events", "-f", "--since", "1h"], PATIENCE);
+    assert_eq!(lines(&line, "events-follow")[0]["type"], "event");
+    let line = first_line(&c, &["--json", "health", "--watch"], PATIENCE);
+    assert_eq!(lines(&line, "health-watch")[0]["type"], "health");
+    doc(&["audit"], "audit");
+
+    // One-line answers, and a failure.
+    doc(&["node", "set-primary", "gluu2"], "message");
+    let o = c.run(&["--json", "node", "show", "gluu9"]);
+    assert_eq!(o.status.code(), Some(2));
+    seen.borrow_mut().insert("error");
+    assert!(
+        schema::json_error(&o)["error"]
+            .as_str()
+            .unwrap()
+            .contains("gluu9")
+    );
+
+    // Every published schema is checked somewhere: here, or (for what needs more
+    // than a sandbox) in the test named.
+    let elsewhere = [
+        // e2e: the_store_keeps_every_acknowledged_change_across_kill_9_of_serve and
+        // a_revoked_controller_key_is_refused_where_the_new_one_was_seen_*.
+        "node-sign",
+        "cert-revoke-controller",
+        // backup: a_backup_taken_under_serve_restores_into_a_home_the_agents_accept.
+        "backup",
+        "restore",
+        // multihost: bootstrap over SSH.
+        "node-add-ssh",
+    ];
+    for p in clustermgr::contract::published() {
+        assert!(
+            seen.borrow().contains(p.name) || elsewhere.contains(&p.name),
+            "docs/schema/{}.json is checked by no test",
+            p.name
+        );
+    }
 }

@@ -29,6 +29,9 @@ fn health(c: &Cluster, args: &[&str]) -> (i32, Vec<(String, String, String, Stri
     let out = c.run(&all);
     let code = out.status.code().unwrap_or(-1);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    if !v.is_null() {
+        clustermgr_tests::schema::assert_valid("health", &v);
+    }
     let rows = v["verdicts"]
         .as_array()
         .map(|a| {
@@ -113,7 +116,7 @@ async fn health_judges_real_replication_and_exits_as_monitoring_expects() {
     // a CSN per serverID, and the links.
     let out = c.run(&["--json", "replication"]);
     assert_eq!(out.status.code(), Some(0));
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let r = clustermgr_tests::schema::json(&out, "replication");
     for n in ["gluu1", "gluu2", "gluu3"] {
         for w in ["gluu1", "gluu2", "gluu3"] {
             let age = r["heartbeat_age_ms"][n][w].as_i64();
@@ -252,7 +255,10 @@ async fn ldap_operation_counters_reach_the_metrics_store() {
             ]);
             shown = String::from_utf8_lossy(&out.stdout).into_owned();
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            v.as_array().is_some_and(|series| {
+            if !v.is_null() {
+                clustermgr_tests::schema::assert_valid("metrics-series", &v);
+            }
+            v["series"].as_array().is_some_and(|series| {
                 series.iter().any(|x| {
                     x["node"] == "gluu1"
                         && x["series"] == r#"ldap_operations_total{op="search"}"#
@@ -270,7 +276,11 @@ async fn ldap_operation_counters_reach_the_metrics_store() {
 fn events(c: &Cluster) -> Vec<(String, String, String, String)> {
     let out = c.run(&["--json", "events"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v.as_array()
+    if !v.is_null() {
+        clustermgr_tests::schema::assert_valid("events", &v);
+    }
+    v["events"]
+        .as_array()
         .map(|a| {
             a.iter()
                 .map(|e| {
@@ -443,8 +453,8 @@ async fn each_change_reaches_the_alert_command_and_the_webhook_once() {
     };
     let stored = {
         let o = c.run(&["--json", "events"]);
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-        v.as_array()
+        clustermgr_tests::schema::json(&o, "events")["events"]
+            .as_array()
             .map(|a| {
                 a.iter()
                     .filter_map(|e| e["id"].as_u64())

@@ -63,6 +63,7 @@ const LAYERS: &[(&str, bool, &[&str])] = &[
             "inventory",
             "local",
             "render",
+            "contract",
             "serve",
             "lib",
             "main",

@@ -156,8 +156,8 @@ fn bootstrap_four_hosts_then_work_without_ssh() {
         .unwrap();
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     eprintln!("bootstrapped 4 hosts in {:?}", started.elapsed());
-    let results: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let results = results.as_array().unwrap();
+    let results = clustermgr_tests::schema::json(&out, "node-add-ssh");
+    let results = results["nodes"].as_array().unwrap();
     assert_eq!(results.len(), 4);
     for r in results {
         assert_eq!(r["ok"], true, "{r}");
@@ -190,8 +190,8 @@ fn bootstrap_four_hosts_then_work_without_ssh() {
         h.sh("test -x /usr/local/bin/clustermgr-agent && /etc/init.d/clustermgr-agent status");
     }
     let list = ctl.run(&["--json", "node", "list"]);
-    let nodes: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    let primary: Vec<_> = nodes
+    let nodes = clustermgr_tests::schema::json(&list, "node-list");
+    let primary: Vec<_> = nodes["nodes"]
         .as_array()
         .unwrap()
         .iter()
@@ -207,16 +207,16 @@ fn bootstrap_four_hosts_then_work_without_ssh() {
     }
     let out = ctl.run(&["--json", "exec", "--", "hostname"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let mut seen: Vec<(String, String)> = stdout(&out)
-        .lines()
-        .map(|l| {
-            let o: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                o["node"].as_str().unwrap().to_string(),
-                o["stdout"].as_str().unwrap_or_default().trim().to_string(),
-            )
-        })
-        .collect();
+    let mut seen: Vec<(String, String)> =
+        clustermgr_tests::schema::json_lines(&stdout(&out), "exec")
+            .into_iter()
+            .map(|o| {
+                (
+                    o["node"].as_str().unwrap().to_string(),
+                    o["stdout"].as_str().unwrap_or_default().trim().to_string(),
+                )
+            })
+            .collect();
     seen.sort();
     let want: Vec<(String, String)> = ["gluu1", "gluu2", "gluu3", "lb1"]
         .iter()
@@ -227,7 +227,7 @@ fn bootstrap_four_hosts_then_work_without_ssh() {
     assert!(out.status.success(), "{}", stderr(&out));
     let out = ctl.run(&["--json", "status"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status = clustermgr_tests::schema::json(&out, "status");
     let states: Vec<_> = status["nodes"]
         .as_array()
         .unwrap()
@@ -240,8 +240,8 @@ fn bootstrap_four_hosts_then_work_without_ssh() {
 /// The `--json` outcome of a single-host `node add --ssh`.
 fn outcome(out: &std::process::Output) -> serde_json::Value {
     assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v[0]["outcome"].clone()
+    let v = clustermgr_tests::schema::json(out, "node-add-ssh");
+    v["nodes"][0]["outcome"].clone()
 }
 
 #[test]
@@ -604,9 +604,8 @@ fn upgrade(ctl: &Controller, args: &[&str]) -> (bool, Vec<(String, String, Strin
         .args(args)
         .output()
         .unwrap();
-    let outcomes: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&out), stderr(&out)));
-    let outcomes = outcomes
+    let outcomes = clustermgr_tests::schema::json(&out, "node-results");
+    let outcomes = outcomes["nodes"]
         .as_array()
         .unwrap()
         .iter()
@@ -767,8 +766,8 @@ fn upgrade_rolls_back_a_new_agent_that_does_not_come_up_and_stops() {
     h.sh("/etc/init.d/clustermgr-agent start");
     let out = cli.wait_with_output().unwrap();
     assert!(!out.status.success());
-    let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let message = o[0]["message"].as_str().unwrap();
+    let o = clustermgr_tests::schema::json(&out, "node-results");
+    let message = o["nodes"][0]["message"].as_str().unwrap();
     assert!(
         message.contains("rolled back")
             && message.contains("stopped before the controller confirmed it"),

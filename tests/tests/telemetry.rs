@@ -278,8 +278,8 @@ async fn serve_stores_the_streams_and_logs_follows_them_across_restarts_exactly_
         "every line once, in order"
     );
     let out = c.run(&["--json", "logs", "--since", "1h", "--grep", "^line 4[0-9]$"]);
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json.as_array().map(Vec::len), Some(10), "{json}");
+    let json = clustermgr_tests::schema::json(&out, "logs");
+    assert_eq!(json["lines"].as_array().map(Vec::len), Some(10), "{json}");
     // --limit with --since: the newest N since then.
     let out = c.run(&["logs", "--source", "app", "--since", "1h", "--limit", "3"]);
     assert_eq!(texts(&out), ["line 697", "line 698", "line 699"]);
@@ -322,8 +322,9 @@ async fn serve_stores_the_streams_and_logs_follows_them_across_restarts_exactly_
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        json.as_array()
+        let json = clustermgr_tests::schema::json(&out, "metrics-series");
+        json["series"]
+            .as_array()
             .unwrap()
             .iter()
             .find(|s| s["series"] == "node_cpu_seconds_total{mode=\"idle\"}")
@@ -340,7 +341,7 @@ async fn serve_stores_the_streams_and_logs_follows_them_across_restarts_exactly_
     let points = idle["points"].as_array().unwrap();
     // CPU seconds per second of one mode: between 0 and the machine's CPU count.
     for p in points {
-        let rate = p[1].as_f64().unwrap();
+        let rate = p["value"].as_f64().unwrap();
         assert!((0.0..=64.0).contains(&rate), "{rate}");
     }
     let out = c.run(&["metrics", "--metric", "node_load1"]);
@@ -356,7 +357,7 @@ async fn serve_stores_the_streams_and_logs_follows_them_across_restarts_exactly_
     // top, without a terminal: one table, from the ticks serve received last.
     let top = || {
         let out = c.run(&["--json", "top"]);
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+        clustermgr_tests::schema::json(&out, "top")["nodes"].clone()
     };
     clustermgr_tests::eventually_blocking(
         "top to have two ticks of gluu1",
@@ -767,9 +768,12 @@ fn load_times(run: &dyn Fn(&[&str]) -> std::process::Output) -> Vec<i64> {
         "1",
     ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v[0]["points"]
+    if !v.is_null() {
+        clustermgr_tests::schema::assert_valid("metrics-series", &v);
+    }
+    v["series"][0]["points"]
         .as_array()
-        .map(|p| p.iter().filter_map(|x| x[0].as_i64()).collect())
+        .map(|p| p.iter().filter_map(|x| x["time_ms"].as_i64()).collect())
         .unwrap_or_default()
 }
 

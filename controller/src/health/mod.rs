@@ -21,7 +21,7 @@ use crate::store::{NodeRecord, Role};
 use verdict::{Level, Member, Members, NodeRound, Verdict};
 
 /// What `clustermgr health` shows.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HealthView {
     /// The worst state of all: the exit code.
     pub worst: Level,
@@ -30,6 +30,9 @@ pub struct HealthView {
     /// When `serve` ran the round shown (Unix milliseconds); `None` when this command
     /// ran its own.
     pub as_of_ms: Option<i64>,
+    /// The same, RFC 3339.
+    #[schemars(extend("format" = "date-time"))]
+    pub as_of: Option<String>,
 }
 
 /// What the health operations answer; the dispatch turns it into its `Report`.
@@ -301,6 +304,7 @@ pub async fn health(ctx: &Ctx, selector: &str, within: Duration) -> Result<View,
     Ok(View::Health(HealthView {
         worst: Level::worst(verdicts.iter().map(|v| v.level)),
         verdicts,
+        as_of: as_of_ms.map(crate::clock::rfc3339_ms),
         as_of_ms,
     }))
 }

@@ -80,7 +80,7 @@ pub fn matrix(nodes: &[NodeRecord], model: &ClusterModel) -> BTreeMap<String, Ve
 }
 
 /// One cell of `clustermgr ports`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PortCell {
     /// Where the connection was tried from.
     pub from: String,
@@ -97,7 +97,7 @@ pub struct PortCell {
 }
 
 /// What `clustermgr ports` shows.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PortsView {
     /// The worst cell: the exit code (ok with no cells).
     pub worst: Level,

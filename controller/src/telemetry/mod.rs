@@ -235,7 +235,7 @@ pub struct MetricsSpec {
 }
 
 /// One series as `metrics` shows it.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct SeriesView {
     /// The node.
     pub node: String,
@@ -243,12 +243,26 @@ pub struct SeriesView {
     pub series: String,
     /// `per second` for a counter (shown as its rate), else empty.
     pub unit: String,
-    /// (time in Unix milliseconds, value) per step; a step without samples is left out.
-    pub points: Vec<(i64, f64)>,
+    /// A point per step; a step without samples is left out.
+    pub points: Vec<Point>,
+}
+
+/// One step of a series.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Point {
+    /// The step's start, RFC 3339.
+    #[schemars(extend("format" = "date-time"))]
+    pub time: String,
+    /// The step's start, Unix milliseconds.
+    pub time_ms: i64,
+    /// The value (a counter's rate per second); null when it is not a finite number.
+    pub value: Option<f64>,
 }
 
 /// A metric name and how many series (node and labels) it has.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct MetricName {
     /// The name.
     pub name: String,
@@ -342,7 +356,14 @@ pub fn metrics(ctx: &Ctx, spec: &MetricsSpec) -> Result<View, CtlError> {
         .series_in(tier, &nodes, Some(metric), from_ms)?
         .into_iter()
         .map(|s| SeriesView {
-            points: resample(&s.samples, counter, from_ms, step_ms),
+            points: resample(&s.samples, counter, from_ms, step_ms)
+                .into_iter()
+                .map(|(time_ms, v)| Point {
+                    time: crate::clock::rfc3339_ms(time_ms),
+                    time_ms,
+                    value: v.is_finite().then_some(v),
+                })
+                .collect(),
             node: s.node,
             series: s.series,
             unit: if counter {

@@ -9,7 +9,7 @@ pub use crate::recent::{HISTORY_MS, HISTORY_SLOTS, Recent};
 use crate::recent::{cpu_pct, label, sum};
 
 /// One node's row.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TopRow {
     /// The node.
     pub node: String,
