@@ -116,22 +116,26 @@ pub struct BackupAsk<'a> {
 fn target_usable(file: &Path, force: bool) -> Result<(), CtlError> {
     let folder = parent_of(file);
     if !folder.is_dir() {
-        return Err(CtlError::Usage(format!(
-            "cannot write the backup to {}: the directory {} does not exist",
-            file.display(),
-            folder.display()
-        )));
+        return Err(CtlError::BadFile {
+            path: file.to_path_buf(),
+            why: format!(
+                "cannot write the backup here: the directory {} does not exist",
+                folder.display()
+            ),
+        });
     }
     match std::fs::symlink_metadata(file) {
-        Ok(m) if m.is_dir() => Err(CtlError::Usage(format!(
-            "{} is a directory; name the archive file, e.g. {}",
-            file.display(),
-            file.join("cluster.cmbackup").display()
-        ))),
-        Ok(_) if !force => Err(CtlError::Usage(format!(
-            "{} already exists; choose another name, or add --force to replace it (the new archive replaces it whole, only once written)",
-            file.display()
-        ))),
+        Ok(m) if m.is_dir() => Err(CtlError::BadFile {
+            path: file.to_path_buf(),
+            why: format!(
+                "is a directory; name the archive file, e.g. {}",
+                file.join("cluster.cmbackup").display()
+            ),
+        }),
+        Ok(_) if !force => Err(CtlError::BadFile {
+            path: file.to_path_buf(),
+            why: "already exists; choose another name, or add --force to replace it (the new archive replaces it whole, only once written)".into(),
+        }),
         _ => Ok(()),
     }
 }
@@ -370,9 +374,10 @@ pub fn restore_home(
 /// place, with a random name so a leftover of a killed restore is never reused.
 fn staging_dir(dir: &Path) -> Result<PathBuf, CtlError> {
     use ring::rand::SecureRandom;
-    let name = dir
-        .file_name()
-        .ok_or_else(|| CtlError::Usage(format!("{} cannot be a home", dir.display())))?;
+    let name = dir.file_name().ok_or_else(|| CtlError::BadHome {
+        path: dir.to_path_buf(),
+        why: "cannot be a home: name a directory",
+    })?;
     let mut tag = [0u8; 6];
     ring::rand::SystemRandom::new()
         .fill(&mut tag)

@@ -56,8 +56,7 @@ pub fn beside_this_program() -> Result<PathBuf, CtlError> {
         // Test binaries live one level down, in target/<profile>/deps.
         dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
     }
-    Err(CtlError::Usage(format!(
-        "cannot find clustermgr-agent next to {}; build both binaries with `cargo build --release`",
-        exe.display()
-    )))
+    Err(CtlError::AgentBinaryMissing {
+        beside: exe.to_path_buf(),
+    })
 }

@@ -51,10 +51,10 @@ pub struct SshTarget {
 impl SshTarget {
     /// Parses `USER@HOST[:PORT]` (`USER@[v6]:PORT` for IPv6 with a port).
     pub fn parse(s: &str) -> Result<SshTarget, CtlError> {
-        let bad = |why: &str| {
-            CtlError::Usage(format!(
-                "--ssh {s:?}: {why}; give USER@HOST or USER@HOST:PORT (e.g. root@gluu1.example.org)"
-            ))
+        let bad = |why: &str| CtlError::BadArgument {
+            flag: "--ssh",
+            value: format!("{s:?}"),
+            why: format!("{why}; give USER@HOST or USER@HOST:PORT (e.g. root@gluu1.example.org)"),
         };
         let (user, rest) = s.split_once('@').ok_or_else(|| bad("no user"))?;
         let user_ok = !user.is_empty()
@@ -911,9 +911,10 @@ async fn steps<O: Operations>(
 fn here_document(path: &str, text: &str) -> Result<String, CtlError> {
     const END: &str = "CLUSTERMGR_END_OF_FILE";
     if text.lines().any(|l| l == END) {
-        return Err(CtlError::Usage(format!(
-            "{path}: its text holds the line {END}, which bootstrap cannot send"
-        )));
+        return Err(CtlError::BadFile {
+            path: path.into(),
+            why: format!("its text holds the line {END}, which bootstrap cannot send"),
+        });
     }
     let nl = if text.ends_with('\n') { "" } else { "\n" };
     Ok(format!(

@@ -528,9 +528,11 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
     let mut opts = crate::config::ControllerConfig::load(&home.join("controller.toml"))?.options();
     if let Some(secs) = cli.connect_timeout {
         if !(secs > 0.0 && secs <= 3600.0) {
-            return Err(CtlError::Usage(format!(
-                "--connect-timeout {secs}: give the seconds a node has to answer, more than 0 and at most 3600 (such as 0.5 or 10)"
-            )));
+            return Err(CtlError::BadArgument {
+                flag: "--connect-timeout",
+                value: secs.to_string(),
+                why: "give the seconds a node has to answer, more than 0 and at most 3600 (such as 0.5 or 10)".into(),
+            });
         }
         opts.connect_timeout = Duration::from_secs_f64(secs);
     }
@@ -586,10 +588,10 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
                     if let Ok(Some(s)) = crate::local::connect(&socket).await
                         && let Some(pid) = s.peer_cred().ok().and_then(|c| c.pid())
                     {
-                        return Err(CtlError::Usage(format!(
-                            "clustermgr serve is already running for {} (pid {pid}); stop it first (`kill {pid}`, or `systemctl stop clustermgr-serve`)",
-                            home.display()
-                        )));
+                        return Err(CtlError::ServeRunning {
+                            home: home.clone(),
+                            pid,
+                        });
                     }
                     return Err(e);
                 }
@@ -652,10 +654,9 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
                 primary,
                 ..
             } = *add;
-            let address = address.ok_or_else(|| {
-                CtlError::Usage(
-                    "node add needs --address HOST[:PORT] for a node enrolled by hand, or --ssh USER@HOST to install and enroll its agent".into(),
-                )
+            let address = address.ok_or(CtlError::MissingArgument {
+                command: "node add",
+                what: "--address HOST[:PORT] for a node enrolled by hand, or --ssh USER@HOST to install and enroll its agent",
             })?;
             (
                 Operation::NodeAdd {
@@ -743,7 +744,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             )
         }
         Cmd::Cluster(ClusterCmd::Set { key, value }) => {
-            if crate::desired::SECRET_KEYS.contains(&key.as_str()) {
+            if crate::model::SECRET_KEYS.contains(&key.as_str()) {
                 let path = PathBuf::from(&value);
                 if key == "tls-key" {
                     // A key others on this machine can read is already exposed: it
@@ -753,18 +754,16 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
                         "a private key readable or writable by group or others",
                     )
                     .map_err(|e| match e {
-                        CtlError::Io { source, .. } => CtlError::Usage(format!(
-                            "cannot read the tls-key file {}: {source}",
-                            path.display()
-                        )),
+                        CtlError::Io { source, .. } => CtlError::BadFile {
+                            path: path.clone(),
+                            why: format!("cannot read this tls-key file: {source}"),
+                        },
                         other => other,
                     })?;
                 }
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    CtlError::Usage(format!(
-                        "cannot read the {key} file {}: {e}",
-                        path.display()
-                    ))
+                let text = std::fs::read_to_string(&path).map_err(|e| CtlError::BadFile {
+                    path: path.clone(),
+                    why: format!("cannot read this {key} file: {e}"),
                 })?;
                 let pem = crate::desired::SecretText(text);
                 (Operation::ClusterSetSecret { key, pem }, OutputMode::Live)
@@ -1195,9 +1194,9 @@ fn json_or_live(json: bool) -> OutputMode {
 fn confirm(question: &str, otherwise: &str) -> Result<bool, CtlError> {
     use std::io::{BufRead, IsTerminal, Write};
     if !std::io::stdin().is_terminal() {
-        return Err(CtlError::Usage(format!(
-            "this asks before changing anything, and there is no terminal to ask on; {otherwise}"
-        )));
+        return Err(CtlError::NoTerminal {
+            otherwise: otherwise.to_string(),
+        });
     }
     eprint!("{question} [y/N] ");
     let _ = std::io::stderr().flush();
@@ -1219,10 +1218,14 @@ fn read_stdin() -> Result<ops::ExecStdin, CtlError> {
         .read_to_end(&mut bytes)
         .map_err(|e| CtlError::io("standard input", e))?;
     if bytes.len() > ops::MAX_EXEC_STDIN {
-        return Err(CtlError::Usage(format!(
-            "--stdin takes at most {} MiB, read whole before any node starts; copy a larger file to the nodes and give its path instead",
-            ops::MAX_EXEC_STDIN >> 20
-        )));
+        return Err(CtlError::BadArgument {
+            flag: "--stdin",
+            value: "(standard input)".into(),
+            why: format!(
+                "takes at most {} MiB, read whole before any node starts; copy a larger file to the nodes and give its path instead",
+                ops::MAX_EXEC_STDIN >> 20
+            ),
+        });
     }
     Ok(ops::ExecStdin(bytes))
 }

@@ -96,10 +96,10 @@ impl Moment {
 /// A `--since` argument as Unix milliseconds: a duration back from `now_ms` (`90s`,
 /// `10m`, `2h`, `7d`) or an RFC 3339 time.
 pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, CtlError> {
-    let bad = || {
-        CtlError::Usage(format!(
-            "--since {text:?} is neither a duration (90s, 10m, 2h, 7d) nor a time (2026-11-25T10:00:00Z)"
-        ))
+    let bad = || CtlError::BadArgument {
+        flag: "--since",
+        value: format!("{text:?}"),
+        why: "neither a duration (90s, 10m, 2h, 7d) nor a time (2026-11-25T10:00:00Z)".into(),
     };
     let t = text.trim();
     if let Some((n, unit)) = t

@@ -91,7 +91,10 @@ impl ControllerConfig {
     }
 
     fn parse(path: &Path, text: &str) -> Result<Self, CtlError> {
-        let invalid = |m: String| CtlError::Usage(format!("invalid {}: {m}", path.display()));
+        let invalid = |m: String| CtlError::BadFile {
+            path: path.to_path_buf(),
+            why: format!("invalid: {m}"),
+        };
         let cfg: ControllerConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         if cfg.connect_timeout_ms == 0 {
             return Err(invalid("connect_timeout_ms must be above 0".into()));

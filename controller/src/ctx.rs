@@ -728,9 +728,7 @@ impl Ctx {
                 rec.results = outcome_for(&[], outcome);
                 self.store.audit_update(id, &rec)
             }
-            _ => Err(CtlError::Usage(format!(
-                "audit entry {id} is not a backup of yours waiting for its outcome"
-            ))),
+            _ => Err(CtlError::NotPendingBackup { id }),
         }
     }
 }

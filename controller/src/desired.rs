@@ -1478,17 +1478,15 @@ pub fn cluster_unset(ctx: &Ctx, user: &str, key: &str) -> Result<View, CtlError>
     )
 }
 
-/// The secrets `cluster set` takes from a file.
-pub const SECRET_KEYS: &[&str] = &["tls-cert", "tls-key"];
-
 /// The certificate chain of a `tls-cert` file: its CERTIFICATE blocks only, since the
 /// load balancer gets it in a file anyone there may read and `plan` prints it. A file
 /// that also holds a private key is refused, so the key is not kept by mistake.
 fn certificate_blocks(text: &str) -> Result<String, CtlError> {
     if text.contains("PRIVATE KEY-----") {
-        return Err(CtlError::Usage(
-            "tls-cert: the file also holds a private key; give the certificate (and its chain) alone with `cluster set tls-cert FILE`, and the key with `cluster set tls-key FILE`".into(),
-        ));
+        return Err(CtlError::BadSetting {
+            key: "tls-cert".into(),
+            why: "the file also holds a private key; give the certificate (and its chain) alone with `cluster set tls-cert FILE`, and the key with `cluster set tls-key FILE`".into(),
+        });
     }
     const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
     const END: &str = "-----END CERTIFICATE-----";
@@ -1503,9 +1501,10 @@ fn certificate_blocks(text: &str) -> Result<String, CtlError> {
         rest = &rest[start + len + END.len()..];
     }
     if out.is_empty() {
-        return Err(CtlError::Usage(
-            "tls-cert: the file holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
-        ));
+        return Err(CtlError::BadSetting {
+            key: "tls-cert".into(),
+            why: "the file holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+        });
     }
     Ok(out)
 }
@@ -1525,18 +1524,18 @@ pub fn cluster_set_secret(
         }
         "tls-key" => {
             if !text.contains("PRIVATE KEY-----") {
-                return Err(CtlError::Usage(
-                    "tls-key: the file holds no PEM private key (-----BEGIN ... PRIVATE KEY-----)"
+                return Err(CtlError::BadSetting {
+                    key: "tls-key".into(),
+                    why: "the file holds no PEM private key (-----BEGIN ... PRIVATE KEY-----)"
                         .into(),
-                ));
+                });
             }
             ctx.store.update_secrets(|s| s.tls_key_pem = Some(text))?;
         }
         other => {
-            return Err(CtlError::Usage(format!(
-                "{other} is not a setting read from a file; those are {}",
-                SECRET_KEYS.join(", ")
-            )));
+            return Err(CtlError::NotFromFile {
+                key: other.to_string(),
+            });
         }
     }
     // Either half may be set first (a renewal replaces both), so a pair that does not
@@ -1654,14 +1653,13 @@ pub async fn drain(
 ) -> Result<View, CtlError> {
     let rec = ctx.node_named(node)?;
     if !rec.has_role(Role::Gluu) {
-        return Err(CtlError::Usage(format!(
-            "{node} is not a Gluu node; only Gluu nodes sit behind the load balancer"
-        )));
+        return Err(CtlError::NotGluu {
+            node: node.to_string(),
+            why: "only Gluu nodes sit behind the load balancer",
+        });
     }
     if !ctx.store.nodes()?.iter().any(|n| n.has_role(Role::Lb)) {
-        return Err(CtlError::Usage(
-            "the cluster has no load balancer (a node with role lb) to drain from".into(),
-        ));
+        return Err(CtlError::NoLoadBalancer);
     }
     set_drained(ctx, node, down)?;
     let ask = ApplyAsk {
@@ -1716,10 +1714,9 @@ pub async fn rollback(
         .chain(d.record.applied.iter())
         .find(|e| e.path == path && matches!(e.scope, Scope::Container { .. }) == in_container)
         .cloned()
-        .ok_or_else(|| {
-            CtlError::Usage(format!(
-                "{path} is not a file clustermgr manages on {node}; `clustermgr plan --nodes {node}` lists them"
-            ))
+        .ok_or_else(|| CtlError::NotManaged {
+            node: node.to_string(),
+            path: path.to_string(),
         })?;
     let conn = ctx
         .connection_within(&rec, within)

@@ -314,7 +314,11 @@ pub struct DevAsk {
 /// resumed (its agents started again on their state).
 pub async fn run(ask: DevAsk) -> Result<i32, CtlError> {
     if !(1..=200).contains(&ask.nodes) {
-        return Err(CtlError::Usage("--nodes must be between 1 and 200".into()));
+        return Err(CtlError::BadArgument {
+            flag: "--nodes",
+            value: ask.nodes.to_string(),
+            why: "must be between 1 and 200".into(),
+        });
     }
     let agent_bin = crate::binary::beside_this_program()?;
     let temporary = ask.home.is_none();
@@ -325,10 +329,10 @@ pub async fn run(ask: DevAsk) -> Result<i32, CtlError> {
     let resume = dir.join(MARKER).is_file();
     if !resume {
         if dir.join("ca.crt").exists() {
-            return Err(CtlError::Usage(format!(
-                "{} holds a cluster that `clustermgr dev` did not make; a sandbox runs only in a home of its own (another --home, or none for a temporary one)",
-                dir.display()
-            )));
+            return Err(CtlError::BadHome {
+                path: dir.clone(),
+                why: "holds a cluster that `clustermgr dev` did not make; a sandbox runs only in a home of its own (another --home, or none for a temporary one)",
+            });
         }
         ops::init(&dir, "dev", 90, &clock::SystemClock)?;
     }

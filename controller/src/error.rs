@@ -84,9 +84,165 @@ pub enum CtlError {
         /// What failed.
         message: String,
     },
-    /// The command line or an argument is wrong.
-    #[error("{0}")]
-    Usage(String),
+    /// A command-line value (or a URL given in one) that cannot be used.
+    #[error("{flag} {value}: {why}")]
+    BadArgument {
+        /// The flag, as typed (`--since`).
+        flag: &'static str,
+        /// Its value, as given.
+        value: String,
+        /// What is wrong and what would do.
+        why: String,
+    },
+    /// A command needs an argument that was not given.
+    #[error("{command} needs {what}")]
+    MissingArgument {
+        /// The command (`node add`).
+        command: &'static str,
+        /// What to give, and what for.
+        what: &'static str,
+    },
+    /// A file given to a command (an inventory, `controller.toml`, a certificate, an
+    /// archive to write) that cannot be used as it is.
+    #[error("{path}: {why}")]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        why: String,
+    },
+    /// A cluster setting's value that is refused.
+    #[error("{key}: {why}")]
+    BadSetting {
+        /// The setting.
+        key: String,
+        /// Why, and what would do.
+        why: String,
+    },
+    /// No cluster setting of that name.
+    #[error(
+        "unknown cluster setting {key:?}{hint}; the settings are:\n{}\n  tls-cert FILE, tls-key FILE: the cluster's TLS certificate and key, read from the files",
+        crate::model::valid_keys()
+    )]
+    UnknownSetting {
+        /// The name given.
+        key: String,
+        /// `; did you mean hostname?`, or empty.
+        hint: String,
+    },
+    /// `cluster set KEY --file` of a setting that is not read from a file.
+    #[error("{key} is not a setting read from a file; those are {}", crate::model::SECRET_KEYS.join(", "))]
+    NotFromFile {
+        /// The setting named.
+        key: String,
+    },
+    /// A node selector that selects nothing usable.
+    #[error("node selector {selector:?} {why}")]
+    BadSelector {
+        /// The selector, or its part at fault.
+        selector: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// No node role of that name.
+    #[error("unknown role {role:?}: use gluu, lb or cache")]
+    UnknownRole {
+        /// The name given.
+        role: String,
+    },
+    /// No samples of that metric.
+    #[error(
+        "no samples of {metric} since then on the selected nodes{hint}; `clustermgr metrics` lists the metrics there are"
+    )]
+    UnknownMetric {
+        /// The metric asked for.
+        metric: String,
+        /// `; did you mean node_load1?`, or empty.
+        hint: String,
+    },
+    /// No stored log lines from that source.
+    #[error(
+        "no lines from a source named {name:?} are stored for the selected nodes{}{hint}; the sources there are: {}",
+        if *since { " since then" } else { "" },
+        if known.is_empty() { "none yet".to_string() } else { known.join(", ") }
+    )]
+    UnknownSource {
+        /// The source asked for.
+        name: String,
+        /// Whether `--since` narrowed the search.
+        since: bool,
+        /// `; did you mean oxauth?`, or empty.
+        hint: String,
+        /// The sources stored.
+        known: Vec<String>,
+    },
+    /// What this asks of a node does not fit its role.
+    #[error("{node} is not a Gluu node; {why}")]
+    NotGluu {
+        /// The node.
+        node: String,
+        /// What needs a Gluu node.
+        why: &'static str,
+    },
+    /// `drain` in a cluster without a load balancer.
+    #[error("the cluster has no load balancer (a node with role lb) to drain from")]
+    NoLoadBalancer,
+    /// A path that is not among a node's managed files.
+    #[error(
+        "{path} is not a file clustermgr manages on {node}; `clustermgr plan --nodes {node}` lists them"
+    )]
+    NotManaged {
+        /// The node.
+        node: String,
+        /// The path given.
+        path: String,
+    },
+    /// The command reads what `serve` gathers, and `serve` is not running.
+    #[error("{what}; start `clustermgr serve` and run this again{instead}")]
+    NeedsServe {
+        /// What the command does with serve.
+        what: &'static str,
+        /// What runs without serve, as ` (...)`, or empty.
+        instead: &'static str,
+    },
+    /// `serve` was started for a home another `serve` already serves.
+    #[error(
+        "clustermgr serve is already running for {home} (pid {pid}); stop it first (`kill {pid}`, or `systemctl stop clustermgr-serve`)"
+    )]
+    ServeRunning {
+        /// The home.
+        home: PathBuf,
+        /// The running serve's pid.
+        pid: i32,
+    },
+    /// A question must be asked, and there is no terminal to ask it on.
+    #[error("this asks before changing anything, and there is no terminal to ask on; {otherwise}")]
+    NoTerminal {
+        /// What to run instead (with `--yes`, say).
+        otherwise: String,
+    },
+    /// A directory that cannot be this command's home.
+    #[error("{path} {why}")]
+    BadHome {
+        /// The directory.
+        path: PathBuf,
+        /// Why not, and what to do.
+        why: &'static str,
+    },
+    /// The agent binary to run or upload is not where it is looked for.
+    #[error(
+        "cannot find clustermgr-agent next to {beside}; build both binaries with `cargo build --release`"
+    )]
+    AgentBinaryMissing {
+        /// This program, beside which it is looked for.
+        beside: PathBuf,
+    },
+    /// A backup's outcome reported for an audit entry that does not await one.
+    #[error("audit entry {id} is not a backup of yours waiting for its outcome")]
+    NotPendingBackup {
+        /// The audit entry.
+        id: u64,
+    },
     /// The named node is not in the inventory.
     #[error("no node named {name} in this cluster{hint} (see `clustermgr node list`)")]
     UnknownNode {
@@ -179,7 +335,25 @@ impl CtlError {
             | CtlError::Passphrase(_)
             | CtlError::Insecure { .. }
             | CtlError::NotOwned(_)
-            | CtlError::Usage(_)
+            | CtlError::BadArgument { .. }
+            | CtlError::MissingArgument { .. }
+            | CtlError::BadFile { .. }
+            | CtlError::BadSetting { .. }
+            | CtlError::UnknownSetting { .. }
+            | CtlError::NotFromFile { .. }
+            | CtlError::BadSelector { .. }
+            | CtlError::UnknownRole { .. }
+            | CtlError::UnknownMetric { .. }
+            | CtlError::UnknownSource { .. }
+            | CtlError::NotGluu { .. }
+            | CtlError::NoLoadBalancer
+            | CtlError::NotManaged { .. }
+            | CtlError::NeedsServe { .. }
+            | CtlError::ServeRunning { .. }
+            | CtlError::NoTerminal { .. }
+            | CtlError::BadHome { .. }
+            | CtlError::AgentBinaryMissing { .. }
+            | CtlError::NotPendingBackup { .. }
             | CtlError::UnknownNode { .. }
             | CtlError::StoreLocked { .. }
             | CtlError::Protocol(clustermgr_protocol::ProtocolError::InvalidNodeName { .. }) => {

@@ -24,11 +24,15 @@ impl Target {
     /// port and path used when it names none.
     pub fn parse(
         url: &str,
-        what: &str,
+        what: &'static str,
         default_port: u16,
         default_path: &str,
     ) -> Result<Target, CtlError> {
-        let bad = |why: &str| CtlError::Usage(format!("{what} {url}: {why}"));
+        let bad = |why: &str| CtlError::BadArgument {
+            flag: what,
+            value: url.to_string(),
+            why: why.to_string(),
+        };
         let rest = url.strip_prefix("http://").ok_or_else(|| {
             if url.starts_with("https://") {
                 bad("https is not supported; reach it over http on a private network or loopback (a local proxy can add TLS)")

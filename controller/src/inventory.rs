@@ -100,9 +100,11 @@ fn plan(
     if let Some(fp) = &ssh_options.accept_host_key
         && !fp.starts_with("SHA256:")
     {
-        return Err(CtlError::Usage(format!(
-            "--accept-host-key {fp:?}: give the fingerprint as ssh-keygen -l prints it, SHA256:..."
-        )));
+        return Err(CtlError::BadArgument {
+            flag: "--accept-host-key",
+            value: format!("{fp:?}"),
+            why: "give the fingerprint as ssh-keygen -l prints it, SHA256:...".into(),
+        });
     }
     let address = address.unwrap_or_else(|| ssh.default_agent_address());
     Ok(Plan {
@@ -122,14 +124,15 @@ fn plan(
 
 fn load_inventory(path: &Path, args: &AddArgs) -> Result<(Vec<Plan>, Option<PathBuf>), CtlError> {
     let text = std::fs::read_to_string(path).map_err(|e| CtlError::io(path, e))?;
-    let inv: Inventory = toml::from_str(&text).map_err(|e| {
-        CtlError::Usage(format!("{}: {}", path.display(), e.to_string().trim_end()))
-    })?;
+    let bad = |why: String| CtlError::BadFile {
+        path: path.to_path_buf(),
+        why,
+    };
+    let inv: Inventory = toml::from_str(&text).map_err(|e| bad(e.to_string().trim_end().into()))?;
     if inv.nodes.is_empty() {
-        return Err(CtlError::Usage(format!(
-            "{} names no hosts: add [[node]] tables with name and ssh",
-            path.display()
-        )));
+        return Err(bad(
+            "it names no hosts: add [[node]] tables with name and ssh".into(),
+        ));
     }
     let mut plans = Vec::new();
     for n in inv.nodes {
@@ -150,21 +153,14 @@ fn load_inventory(path: &Path, args: &AddArgs) -> Result<(Vec<Plan>, Option<Path
             options,
             args.reenroll,
         )
-        .map_err(|e| CtlError::Usage(format!("{}: node {}: {e}", path.display(), n.name)))?;
+        .map_err(|e| bad(format!("node {}: {e}", n.name)))?;
         if plans.iter().any(|q: &Plan| q.node == p.node) {
-            return Err(CtlError::Usage(format!(
-                "{}: node {} is listed twice",
-                path.display(),
-                n.name
-            )));
+            return Err(bad(format!("node {} is listed twice", n.name)));
         }
         plans.push(p);
     }
     if plans.iter().filter(|p| p.primary).count() > 1 {
-        return Err(CtlError::Usage(format!(
-            "{}: more than one node says primary = true",
-            path.display()
-        )));
+        return Err(bad("more than one node says primary = true".into()));
     }
     Ok((plans, inv.agent_binary))
 }

@@ -102,7 +102,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("manage-hosts", "true or false"),
 ];
 
-fn valid_keys() -> String {
+/// The secrets `cluster set` takes from a file.
+pub const SECRET_KEYS: &[&str] = &["tls-cert", "tls-key"];
+
+pub(crate) fn valid_keys() -> String {
     KEYS.iter()
         .map(|(k, what)| format!("  {k}: {what}"))
         .collect::<Vec<_>>()
@@ -128,7 +131,10 @@ impl ClusterModel {
 
     /// Sets one key from its command-line form.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), CtlError> {
-        let bad = |why: &str| CtlError::Usage(format!("{key}: {why}"));
+        let bad = |why: &str| CtlError::BadSetting {
+            key: key.to_string(),
+            why: why.to_string(),
+        };
         match key {
             "hostname" => {
                 let name = value.trim_end_matches('.').to_ascii_lowercase();
@@ -210,11 +216,10 @@ impl ClusterModel {
             }
             _ => {
                 let names = KEYS.iter().map(|(k, _)| *k).chain(["tls-cert", "tls-key"]);
-                return Err(CtlError::Usage(format!(
-                    "unknown cluster setting {key:?}{}; the settings are:\n{}\n  tls-cert FILE, tls-key FILE: the cluster's TLS certificate and key, read from the files",
-                    crate::suggest::hint(key, names),
-                    valid_keys()
-                )));
+                return Err(CtlError::UnknownSetting {
+                    key: key.to_string(),
+                    hint: crate::suggest::hint(key, names),
+                });
             }
         }
         Ok(())

@@ -621,14 +621,20 @@ pub fn init(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !name_ok {
-        return Err(CtlError::Usage(format!(
-            "--cluster {cluster:?}: a cluster name is 1 to 63 letters, digits, `-`, `_` or `.`, starting with a letter or digit, such as prod-gluu"
-        )));
+        return Err(CtlError::BadArgument {
+            flag: "--cluster",
+            value: format!("{cluster:?}"),
+            why: "a cluster name is 1 to 63 letters, digits, `-`, `_` or `.`, starting with a letter or digit, such as prod-gluu".into(),
+        });
     }
     if !(2..=MAX_CERT_DAYS).contains(&cert_lifetime_days) {
-        return Err(CtlError::Usage(format!(
-            "--cert-days {cert_lifetime_days}: node and controller certificates live 2 to {MAX_CERT_DAYS} days (they renew themselves past two thirds of their life, and must end well before the CA's ten years)"
-        )));
+        return Err(CtlError::BadArgument {
+            flag: "--cert-days",
+            value: cert_lifetime_days.to_string(),
+            why: format!(
+                "node and controller certificates live 2 to {MAX_CERT_DAYS} days (they renew themselves past two thirds of their life, and must end well before the CA's ten years)"
+            ),
+        });
     }
     let home = Home::create(dir)?;
     let now = clock.now();
@@ -941,9 +947,10 @@ async fn node_add(
     let all = ctx.store.nodes()?;
     let gluu = roles.contains(&Role::Gluu);
     if primary && !gluu {
-        return Err(CtlError::Usage(format!(
-            "{node} cannot be primary without the gluu role"
-        )));
+        return Err(CtlError::NotGluu {
+            node: node.to_string(),
+            why: "only a Gluu node can be the primary",
+        });
     }
     let primary = primary || (gluu && !all.iter().any(|n| n.primary && n.name != node));
     let rec = NodeRecord {
@@ -1705,7 +1712,10 @@ mod tests {
             ("ok", 1),
         ] {
             let err = init(&tmp.path().join("h"), name, days, &clock).unwrap_err();
-            assert!(matches!(err, CtlError::Usage(_)), "{name} {days}: {err}");
+            assert!(
+                matches!(err, CtlError::BadArgument { .. }),
+                "{name} {days}: {err}"
+            );
             assert!(!tmp.path().join("h").join("ca.key").exists());
         }
         init(

@@ -9,9 +9,10 @@ pub fn select(nodes: &[NodeRecord], selector: &str) -> Result<Vec<NodeRecord>, C
     let mut picked: Vec<&NodeRecord> = Vec::new();
     for part in selector.split(',').map(str::trim) {
         if part.is_empty() {
-            return Err(CtlError::Usage(format!(
-                "empty part in node selector {selector:?}"
-            )));
+            return Err(CtlError::BadSelector {
+                selector: selector.to_string(),
+                why: "has an empty part",
+            });
         }
         let matched: Vec<&NodeRecord> = if part == "all" {
             nodes.iter().collect()
@@ -30,9 +31,10 @@ pub fn select(nodes: &[NodeRecord], selector: &str) -> Result<Vec<NodeRecord>, C
             }
         };
         if matched.is_empty() && part != "all" {
-            return Err(CtlError::Usage(format!(
-                "node selector {part:?} matches no node (see `clustermgr node list`)"
-            )));
+            return Err(CtlError::BadSelector {
+                selector: part.to_string(),
+                why: "matches no node (see `clustermgr node list`)",
+            });
         }
         picked.extend(matched);
     }

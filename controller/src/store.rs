@@ -88,9 +88,9 @@ impl std::str::FromStr for Role {
             "gluu" => Ok(Role::Gluu),
             "lb" => Ok(Role::Lb),
             "cache" => Ok(Role::Cache),
-            other => Err(CtlError::Usage(format!(
-                "unknown role {other:?}: use gluu, lb or cache"
-            ))),
+            other => Err(CtlError::UnknownRole {
+                role: other.to_string(),
+            }),
         }
     }
 }

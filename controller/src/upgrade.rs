@@ -46,9 +46,11 @@ pub(crate) async fn node_upgrade(
     events: &mpsc::Sender<Event>,
 ) -> Result<Vec<NodeOutcome>, CtlError> {
     if commit_within < Duration::from_secs(1) || commit_within > Duration::from_secs(3600) {
-        return Err(CtlError::Usage(
-            "--commit-within must be between 1 and 3600 seconds".into(),
-        ));
+        return Err(CtlError::BadArgument {
+            flag: "--commit-within",
+            value: commit_within.as_secs().to_string(),
+            why: "must be between 1 and 3600 seconds".into(),
+        });
     }
     let nodes = select(&ctx.store.nodes()?, selector)?;
     let bin = AgentBinary::find(binary.map(std::path::Path::new))?;

@@ -2171,7 +2171,7 @@ async fn mistakes_exit_as_the_table_says_and_the_tls_pair_is_checked() {
     let (status, err, _) = code(&["cluster", "set", "tls-cert", "/nonexistent.pem"]);
     assert_eq!(status, Some(2), "{err}");
     assert!(
-        err.contains("cannot read the tls-cert file /nonexistent.pem"),
+        err.contains("/nonexistent.pem: cannot read this tls-cert file"),
         "{err}"
     );
     let (cert, key) = tls_pair("idp.example.org");

@@ -603,9 +603,10 @@ pub async fn events(
     out: &tokio::sync::mpsc::Sender<crate::ctx::Event>,
 ) -> Result<View, CtlError> {
     if follow && ctx.pool.is_none() {
-        return Err(CtlError::Usage(
-            "`events -f` follows the checks `clustermgr serve` runs; start `clustermgr serve` and run this again (`events` without -f reads what is stored)".into(),
-        ));
+        return Err(CtlError::NeedsServe {
+            what: "`events -f` follows the checks `clustermgr serve` runs",
+            instead: " (`events` without -f reads what is stored)",
+        });
     }
     let since_ms = since
         .map(|s| crate::clock::parse_since(s, ctx.clock.now().unix_timestamp() * 1000))

@@ -182,19 +182,26 @@ fn line_protocol(out: &mut String, node: &str, time_ms: i64, s: &Sample) {
 /// that cannot be bound, or an InfluxDB URL that cannot be used, is an error now, not
 /// a silent absence.
 pub async fn start(opts: &ExportOptions) -> Result<Arc<Exports>, CtlError> {
-    let listener = match opts.prometheus {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            CtlError::Usage(format!("--prometheus {addr}: cannot listen there: {e}"))
-        })?),
-        None => None,
-    };
+    let listener =
+        match opts.prometheus {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                CtlError::BadArgument {
+                    flag: "--prometheus",
+                    value: addr.to_string(),
+                    why: format!("cannot listen there: {e}"),
+                }
+            })?),
+            None => None,
+        };
     let (influx, influx_task) = match &opts.influxdb {
         Some(url) => {
             let target = Target::parse(url, "--influxdb", 8086, "/write?db=clustermgr")?;
             if opts.influxdb_token.is_some() && !target.is_loopback() {
-                return Err(CtlError::Usage(format!(
-                    "--influxdb {url}: the token would cross the network in the clear (plain http to a host that is not this machine); reach InfluxDB on loopback, through an SSH tunnel or a local TLS proxy, or drop the token"
-                )));
+                return Err(CtlError::BadArgument {
+                    flag: "--influxdb",
+                    value: url.to_string(),
+                    why: "the token would cross the network in the clear (plain http to a host that is not this machine); reach InfluxDB on loopback, through an SSH tunnel or a local TLS proxy, or drop the token".into(),
+                });
             }
             let (tx, rx) = mpsc::channel(1024);
             let task = tokio::spawn(influx(target, opts.influxdb_token.clone(), rx));

@@ -68,16 +68,21 @@ pub async fn logs(
         .as_deref()
         .map(regex_lite::Regex::new)
         .transpose()
-        .map_err(|e| CtlError::Usage(format!("--grep: {e}")))?;
+        .map_err(|e| CtlError::BadArgument {
+            flag: "--grep",
+            value: format!("{:?}", spec.grep.as_deref().unwrap_or_default()),
+            why: e.to_string(),
+        })?;
     let since_ms = spec
         .since
         .as_deref()
         .map(|s| parse_since(s, ctx.clock.now().unix_timestamp() * 1000))
         .transpose()?;
     if spec.follow && ctx.pool.is_none() {
-        return Err(CtlError::Usage(
-            "`logs -f` follows what `clustermgr serve` stores as the agents send it; start `clustermgr serve` and run this again (`logs` without -f reads what is stored)".into(),
-        ));
+        return Err(CtlError::NeedsServe {
+            what: "`logs -f` follows what `clustermgr serve` stores as the agents send it",
+            instead: " (`logs` without -f reads what is stored)",
+        });
     }
     // Subscribed before the query, so no line falls between the two.
     let mut live = spec.follow.then(|| ctx.live_logs.subscribe());
@@ -111,23 +116,16 @@ pub async fn logs(
         && !known.contains(source)
         && !clustermgr_protocol::telemetry::is_default_log_source(source)
     {
-        let why = format!(
-            "no lines from a source named {source:?} are stored for the selected nodes{}{}; the sources there are: {}",
-            if since_ms.is_some() {
-                " since then"
-            } else {
-                ""
-            },
-            crate::suggest::hint(source, known.iter().map(String::as_str)),
-            if known.is_empty() {
-                "none yet".to_string()
-            } else {
-                known.iter().cloned().collect::<Vec<_>>().join(", ")
-            }
-        );
+        let unknown = CtlError::UnknownSource {
+            name: source.clone(),
+            since: since_ms.is_some(),
+            hint: crate::suggest::hint(source, known.iter().map(String::as_str)),
+            known: known.iter().cloned().collect(),
+        };
         if !spec.follow {
-            return Err(CtlError::Usage(why));
+            return Err(unknown);
         }
+        let why = unknown.to_string();
         // A source configured on a node may not have written yet: follow it anyway.
         let _ = events
             .send(Event::Log(notice(
@@ -203,9 +201,10 @@ pub fn top(
     health: &dyn Fn(&str) -> Option<String>,
 ) -> Result<View, CtlError> {
     let Some(pool) = ctx.pool.as_ref() else {
-        return Err(CtlError::Usage(
-            "`top` shows what `clustermgr serve` receives from the agents; start `clustermgr serve` and run this again".into(),
-        ));
+        return Err(CtlError::NeedsServe {
+            what: "`top` shows what `clustermgr serve` receives from the agents",
+            instead: "",
+        });
     };
     let now_ms = (ctx.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
     Ok(View::Top {
@@ -347,7 +346,13 @@ pub fn metrics(ctx: &Ctx, spec: &MetricsSpec) -> Result<View, CtlError> {
         ));
     };
     let step_ms = match spec.step_secs {
-        Some(0) => return Err(CtlError::Usage("--step must be 1 second or more".into())),
+        Some(0) => {
+            return Err(CtlError::BadArgument {
+                flag: "--step",
+                value: "0".into(),
+                why: "must be 1 second or more".into(),
+            });
+        }
         Some(s) => s as i64 * 1000,
         None => ((now_ms - from_ms) / 60).max(1000),
     };
@@ -380,10 +385,10 @@ pub fn metrics(ctx: &Ctx, spec: &MetricsSpec) -> Result<View, CtlError> {
             .into_iter()
             .map(|s| s.series.split('{').next().unwrap_or(&s.series).to_string())
             .collect();
-        return Err(CtlError::Usage(format!(
-            "no samples of {metric} since then on the selected nodes{}; `clustermgr metrics` lists the metrics there are",
-            crate::suggest::hint(metric, names.iter().map(String::as_str))
-        )));
+        return Err(CtlError::UnknownMetric {
+            metric: metric.to_string(),
+            hint: crate::suggest::hint(metric, names.iter().map(String::as_str)),
+        });
     }
     Ok(View::Metrics(views))
 }
