@@ -385,8 +385,11 @@ impl Ctx {
     }
 
     /// Issues the controller a new key and certificate, which supersedes the current
-    /// one at every agent that sees it, and uses it for every new connection. Returns
-    /// the new certificate; the old one is recorded as revoked.
+    /// one at every agent that sees it, and uses it for every new connection. Under
+    /// `serve` the warm connections, made with the old one, are closed: serve's keeper
+    /// dials each node again at once, so every agent it holds sees the new certificate
+    /// (and refuses the old key from then on) instead of going on with the old one.
+    /// Returns the new certificate; the old one is recorded as revoked.
     pub fn replace_controller_cert(&self) -> Result<CertSummary, CtlError> {
         let old = self
             .controller_cert
@@ -412,6 +415,9 @@ impl Ctx {
             .controller_cert
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = issued.summary.clone();
+        if let Some(pool) = &self.pool {
+            pool.close_all();
+        }
         Ok(issued.summary)
     }
 
@@ -435,6 +441,7 @@ impl Ctx {
         if let Some(c) = self.pool.as_ref().and_then(|p| p.get_pinned(node)) {
             return Ok(c);
         }
+        let presented = self.dialer.credentials();
         let mut conn = {
             let _permit = self.handshakes.acquire().await;
             self.dialer.connect_within(node, connect_timeout).await?
@@ -445,8 +452,12 @@ impl Ctx {
         }
         self.renew_if_due(&mut conn, node).await?;
         if let Some(pool) = &self.pool {
-            // A node removed while we dialled must not come back through the pool.
-            if matches!(self.store.node(&node.name), Ok(Some(_))) {
+            // A node removed while we dialled must not come back through the pool, nor
+            // a connection made with a certificate replaced (and the pool closed)
+            // meanwhile: the agent would not see the new one through it.
+            if matches!(self.store.node(&node.name), Ok(Some(_)))
+                && Arc::ptr_eq(&presented, &self.dialer.credentials())
+            {
                 pool.put(conn.clone());
             }
         }

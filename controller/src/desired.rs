@@ -448,7 +448,7 @@ fn desired_for(
         nodes: &all,
         secrets: &secrets,
         tunnel: &tunnel,
-    });
+    })?;
     let mut out = Vec::new();
     for node in selected {
         let cfg = rendered.remove(&node.name).unwrap_or_default();

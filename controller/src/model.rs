@@ -112,25 +112,121 @@ pub(crate) fn valid_keys() -> String {
         .join("\n")
 }
 
+/// `path` (absolute) inside the container root `root`, as the Gluu node's host (and
+/// csync2, which runs there) sees it.
+pub fn in_gluu_root(root: &str, path: &str) -> String {
+    if root == "/" {
+        path.to_string()
+    } else {
+        format!("{}{path}", root.trim_end_matches('/'))
+    }
+}
+
+/// A replicated path that csync2 must not copy between nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservedReplica {
+    /// The path as `replicated-paths` holds it.
+    pub path: String,
+    /// Where it lies on the host, inside `gluu-root`.
+    pub on_host: String,
+    /// The gluu-root it lies in.
+    pub root: String,
+    /// The run-later or agent-owned path it is, holds or lies in.
+    pub reserved: &'static str,
+}
+
+impl std::fmt::Display for ReservedReplica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            path,
+            on_host,
+            root,
+            reserved,
+        } = self;
+        if path == on_host {
+            write!(f, "replicated path {path:?} is or holds {reserved}")?;
+        } else {
+            write!(
+                f,
+                "replicated path {path:?} is {on_host} on the Gluu nodes (inside gluu-root {root}), which is or holds {reserved}"
+            )?;
+        }
+        write!(
+            f,
+            ": csync2 runs as root and must not copy the agent's own files, or files the system runs later, between nodes"
+        )
+    }
+}
+
+/// The first of `paths` that csync2 must not replicate: judged alone (it may be a
+/// directory of any chroot) and where csync2 finds it, inside `root`
+/// (`/cron.d` inside `/etc` is `/etc/cron.d`). csync2 runs as root and copies files
+/// with their modes: a replicated cron or init directory, or the agent's identity,
+/// would let one node's files run or act on every other.
+pub fn reserved_replica(root: &str, paths: &[String]) -> Option<ReservedReplica> {
+    paths.iter().find_map(|p| {
+        let on_host = in_gluu_root(root, p);
+        let reserved = clustermgr_protocol::runs_later::reserved_overlap(p)
+            .or_else(|| clustermgr_protocol::runs_later::reserved_overlap(&on_host))?;
+        Some(ReservedReplica {
+            path: p.clone(),
+            on_host,
+            root: root.to_string(),
+            reserved,
+        })
+    })
+}
+
 impl ClusterModel {
     /// Puts one key back to its default (`hostname` and `gluu-version` to none).
     pub fn unset(&mut self, key: &str) -> Result<(), CtlError> {
         let d = ClusterModel::default();
+        let mut next = self.clone();
         match key {
-            "hostname" => self.hostname = d.hostname,
-            "gluu-version" => self.gluu_version = d.gluu_version,
-            "gluu-root" => self.gluu_root = d.gluu_root,
-            "lb-session" => self.lb_session = d.lb_session,
-            "replicated-paths" => self.replicated_paths = d.replicated_paths,
-            "cache" => self.cache = d.cache,
-            "manage-hosts" => self.manage_hosts = d.manage_hosts,
+            "hostname" => next.hostname = d.hostname,
+            "gluu-version" => next.gluu_version = d.gluu_version,
+            "gluu-root" => next.gluu_root = d.gluu_root,
+            "lb-session" => next.lb_session = d.lb_session,
+            "replicated-paths" => next.replicated_paths = d.replicated_paths,
+            "cache" => next.cache = d.cache,
+            "manage-hosts" => next.manage_hosts = d.manage_hosts,
             _ => return self.set(key, ""),
         }
+        next.check_replicated(key)?;
+        *self = next;
         Ok(())
     }
 
-    /// Sets one key from its command-line form.
+    /// Sets one key from its command-line form. A refused value leaves the model as it
+    /// was.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), CtlError> {
+        let mut next = self.clone();
+        next.set_one(key, value)?;
+        next.check_replicated(key)?;
+        *self = next;
+        Ok(())
+    }
+
+    /// After `key` changed: the replicated paths, judged where csync2 will find them.
+    fn check_replicated(&self, key: &str) -> Result<(), CtlError> {
+        if !matches!(key, "gluu-root" | "replicated-paths") {
+            return Ok(());
+        }
+        let Some(r) = reserved_replica(&self.gluu_root, &self.replicated_paths) else {
+            return Ok(());
+        };
+        let what_to_do = if key == "gluu-root" {
+            "give the container root the Gluu nodes use, or first change replicated-paths (`clustermgr cluster set replicated-paths PATHS`)"
+        } else {
+            "name the directories of Gluu's own files instead"
+        };
+        Err(CtlError::BadSetting {
+            key: key.to_string(),
+            why: format!("{r}; {what_to_do}"),
+        })
+    }
+
+    fn set_one(&mut self, key: &str, value: &str) -> Result<(), CtlError> {
         let bad = |why: &str| CtlError::BadSetting {
             key: key.to_string(),
             why: why.to_string(),
@@ -181,16 +277,8 @@ impl ClusterModel {
                 } else {
                     let mut paths = Vec::new();
                     for p in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                        let p = normalized_path(p).map_err(|why| bad(&why))?;
-                        // csync2 runs as root and copies files with their modes: a
-                        // replicated cron or init directory, or the agent's identity,
-                        // would let one node's files run or act on every other.
-                        if let Some(r) = clustermgr_protocol::runs_later::reserved_overlap(&p) {
-                            return Err(bad(&format!(
-                                "{p:?} is or holds {r}, which csync2 (running as root) must not copy between nodes: the agent's own files, or files the system runs later; name the directories of Gluu's own files instead"
-                            )));
-                        }
-                        paths.push(p);
+                        // Judged with the root by `check_replicated`.
+                        paths.push(normalized_path(p).map_err(|why| bad(&why))?);
                     }
                     if paths.is_empty() {
                         return Err(bad("give at least one path, or `default`"));
@@ -332,6 +420,42 @@ mod tests {
         // Gluu's own directories, the default, are not reserved.
         m.set("replicated-paths", &DEFAULT_REPLICATED_PATHS.join(","))
             .unwrap();
+    }
+
+    #[test]
+    fn replicated_paths_are_judged_where_csync2_finds_them_inside_the_gluu_root() {
+        // The path set second.
+        let mut m = ClusterModel::default();
+        m.set("gluu-root", "/etc").unwrap();
+        let before = m.clone();
+        let err = m
+            .set("replicated-paths", "/cron.d")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("replicated-paths"), "{err}");
+        assert!(err.contains("/etc/cron.d"), "{err}");
+        assert_eq!(m, before);
+        // The root set second: the stored paths are judged again, and the one that
+        // lands on the agent's state is named.
+        let mut m = ClusterModel::default();
+        m.set("replicated-paths", "/opt/gluu/x,/clustermgr-agent")
+            .unwrap();
+        let before = m.clone();
+        let err = m.set("gluu-root", "/var/lib").unwrap_err().to_string();
+        assert!(err.starts_with("gluu-root"), "{err}");
+        assert!(err.contains("\"/clustermgr-agent\""), "{err}");
+        assert!(err.contains("/var/lib/clustermgr-agent"), "{err}");
+        assert_eq!(m, before);
+        // A whole container root is the same as its parts.
+        let mut m = ClusterModel::default();
+        m.set("gluu-root", "/var").unwrap();
+        assert!(m.set("replicated-paths", "/lib").is_err());
+        // Gluu's own directories stay replicable under any container root.
+        for root in ["/", "/opt/gluu-server-4.2.3", "/etc"] {
+            let mut m = ClusterModel::default();
+            m.set("gluu-root", root).unwrap();
+            m.set("replicated-paths", "default").unwrap();
+        }
     }
 
     #[test]

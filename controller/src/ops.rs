@@ -1209,10 +1209,8 @@ async fn controller_revoke(
         .unwrap_or_else(|p| p.into_inner())
         .serial
         .clone();
+    // Under serve, this also closes the connections made with the old key.
     let new = ctx.replace_controller_cert()?;
-    if let Some(pool) = &ctx.pool {
-        pool.close_all();
-    }
     let nodes = ctx.store.nodes()?;
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let (id, audit) = ctx.audit(

@@ -8,19 +8,34 @@
 /// dynamic loader and name service, module and device hooks, log rotation's scripts,
 /// apt's hooks, root's own dot files and SSH settings, the account databases (a new
 /// uid-0 account is a root login), and csync2's configuration (its `action` blocks
-/// run commands as root).
+/// run commands as root). Since every tail of a path is judged, `/lib/x/` also stands
+/// for `/usr/lib/x/` and `/usr/local/lib/x/`.
 pub const RUNS_LATER: &[&str] = &[
     "/etc/cron",
     "/etc/anacrontab",
     "/var/spool/cron",
     "/etc/init.d/",
     "/etc/init/",
+    // rc.local, rc?.d, and Red Hat's /etc/rc.d/init.d (with its `functions` library).
     "/etc/rc",
     "/etc/systemd/",
     "/lib/systemd/",
     "/usr/lib/systemd/",
+    // Sourced as shell code by Debian's init scripts and named by units' EnvironmentFile.
+    "/etc/default/",
+    // The same on Red Hat.
+    "/etc/sysconfig/",
+    // init-functions and its init-functions.d hooks, sourced by every LSB init script.
+    "/lib/lsb/",
+    // kernel.core_pattern = |program (and kernel.modprobe) make the kernel run it as root.
+    "/etc/sysctl",
+    // systemd-sysctl's other directories, for the same reason.
+    "/lib/sysctl.d/",
+    "/run/sysctl.d/",
     "/etc/profile",
     "/etc/bash.bashrc",
+    // Red Hat's bash.bashrc, read by root's interactive shells.
+    "/etc/bashrc",
     "/etc/environment",
     "/etc/pam.d/",
     "/etc/security/",
@@ -30,6 +45,24 @@ pub const RUNS_LATER: &[&str] = &[
     "/etc/modprobe.d/",
     "/etc/modules-load.d/",
     "/etc/udev/",
+    // The packaged halves of modprobe's `install` commands and udev's `RUN` rules.
+    "/lib/modprobe.d/",
+    "/lib/modules-load.d/",
+    "/lib/udev/",
+    // Interface hooks: ifupdown's if-*.d scripts and `up` lines, NetworkManager's
+    // dispatcher scripts, dhclient's hooks and `script`.
+    "/etc/network/",
+    "/etc/NetworkManager/dispatcher.d/",
+    "/etc/dhcp/",
+    // Each service line names a program inetd or xinetd runs.
+    "/etc/inetd.conf",
+    "/etc/xinetd",
+    // Run by pam_motd as root at every login (Ubuntu).
+    "/etc/update-motd.d/",
+    // Run as root by the package manager when a kernel is installed or removed.
+    "/etc/kernel/",
+    // Hooks and scripts update-initramfs runs, then copied into the boot image.
+    "/etc/initramfs-tools/",
     "/etc/logrotate",
     "/etc/apt/",
     "/etc/yum",
@@ -98,6 +131,30 @@ mod tests {
             "/etc/csync2.cfg",
             "/etc/logrotate.d/nginx",
             "/opt/gluu-server/etc/passwd",
+            // Sourced as shell code by root's init scripts, units and login shells.
+            "/etc/default/x",
+            "/opt/gluu-server/etc/default/oxauth",
+            "/etc/sysconfig/network",
+            "/lib/lsb/init-functions",
+            "/usr/lib/lsb/init-functions.d/20-x",
+            "/etc/rc.d/init.d/functions",
+            "/etc/init.d/functions",
+            "/etc/environment",
+            "/etc/profile.d/x.sh",
+            "/etc/bashrc",
+            "/root/.profile",
+            "/etc/security/pam_env.conf",
+            // Obeyed by the kernel as root (kernel.core_pattern = |program).
+            "/etc/sysctl.conf",
+            "/etc/sysctl.d/x.conf",
+            "/usr/lib/sysctl.d/x.conf",
+            "/opt/gluu-server/etc/sysctl.d/x.conf",
+            "/usr/lib/udev/rules.d/x.rules",
+            "/etc/network/if-up.d/x",
+            "/etc/xinetd.d/csync2",
+            "/etc/update-motd.d/50-x",
+            "/etc/kernel/postinst.d/x",
+            "/etc/initramfs-tools/hooks/x",
         ] {
             assert!(runs_later(p), "{p}");
         }

@@ -1507,6 +1507,70 @@ async fn a_revoked_controller_key_is_refused_where_the_new_one_was_seen_and_else
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_under_serve_retires_the_old_controller_key_at_agents_it_holds_warm() {
+    let c = Cluster::gluu(1).await;
+    // A controller certificate whose renewal falls due a few seconds into serve's run:
+    // the CA backdates by 5 minutes, and renewal is due at two thirds of the life.
+    let cert_path = c.dir().join("controller.crt");
+    let current = || CertSummary::parse_pem(&read(&cert_path)).unwrap();
+    let due_in = 12;
+    let (short, key) = home_ca(&c)
+        .issue_controller(
+            "e2e",
+            time::OffsetDateTime::now_utc(),
+            time::Duration::seconds(due_in * 3 / 2 + 150),
+            Some(current().not_before),
+        )
+        .unwrap();
+    std::fs::write(&cert_path, &short.pem).unwrap();
+    std::fs::write(c.dir().join("controller.key"), &key).unwrap();
+    let newest = c.agent("gluu1").dir.join("state/controller-newest");
+    let seen = || {
+        std::fs::read_to_string(&newest)
+            .ok()
+            .and_then(|t| t.split_whitespace().nth(1)?.parse::<i64>().ok())
+    };
+    let serve = c.serve().await;
+    // serve's keeper reaches gluu1 with it, and keeps that connection warm.
+    eventually("gluu1 to see the short-lived certificate", PATIENCE, || {
+        seen() == Some(short.summary.not_before)
+    })
+    .await;
+    assert_eq!(
+        current().serial,
+        short.summary.serial,
+        "renewed before serve connected"
+    );
+    eventually(
+        "serve to renew its certificate",
+        Duration::from_secs(40),
+        || current().serial != short.summary.serial,
+    )
+    .await;
+    // gluu1, which serve reached only through the warm connection, handshakes with the
+    // new certificate at once, and refuses the old key from then on.
+    let renewed = current();
+    eventually("gluu1 to see the renewed certificate", PATIENCE, || {
+        seen() == Some(renewed.not_before)
+    })
+    .await;
+    let marker = c.home.path().join("marker");
+    let old = Credentials::from_pem(&short.pem, &key).unwrap();
+    exec_with(
+        tls_for(&c, old, "gluu1"),
+        c.agent("gluu1").address,
+        "gluu1",
+        &marker,
+    )
+    .await
+    .expect_err("the renewed-away key is refused");
+    assert!(!marker.exists(), "gluu1 ran a command for the old key");
+    let o = c.run(&["exec", "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serve.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn escape_sequences_from_a_node_reach_a_terminal_shown_not_obeyed() {
     let c = Cluster::gluu(1).await;
     let printf = r"printf '\033]0;owned\007\033[2Jtext\n'";

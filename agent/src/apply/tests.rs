@@ -754,6 +754,46 @@ fn without_allow_exec_an_entry_is_judged_where_the_kernel_opens_it() {
 }
 
 #[test]
+fn without_allow_exec_files_that_root_sources_or_the_kernel_obeys_are_refused() {
+    // Init scripts and units' EnvironmentFile source /etc/default/NAME as shell code;
+    // a sysctl file's kernel.core_pattern = |program runs the program as root.
+    let s = sandbox_with_roots(
+        "allow_exec = false\n",
+        &["/etc/default", "/etc/sysctl.d", "/opt/gluu-server"],
+    );
+    for dir in ["etc/default", "etc/sysctl.d"] {
+        std::fs::create_dir_all(s.root.join("opt/gluu-server").join(dir)).unwrap();
+    }
+    let container = Scope::Container {
+        root: "/opt/gluu-server".into(),
+    };
+    for (path, text) in [
+        ("/etc/default/x", "X=$(id)\n"),
+        ("/etc/sysctl.d/x.conf", "kernel.core_pattern = |/tmp/x\n"),
+    ] {
+        refused(&s, vec![file(path, text)], "run as a command later");
+        refused(
+            &s,
+            vec![file(&format!("/opt/gluu-server{path}"), text)],
+            "run as a command later",
+        );
+        refused(
+            &s,
+            vec![Entry {
+                scope: container.clone(),
+                ..file(path, text)
+            }],
+            "run as a command later",
+        );
+        assert!(!s.root.join(&path[1..]).exists(), "{path}");
+        assert!(
+            !s.root.join("opt/gluu-server").join(&path[1..]).exists(),
+            "{path}"
+        );
+    }
+}
+
+#[test]
 fn without_allow_exec_an_edit_of_an_executable_is_refused() {
     let s = sandbox("allow_exec = false\n");
     s.write("/etc/app/run.sh", "#!/bin/sh\nA=1\n# BEGIN x\n# END x\n");

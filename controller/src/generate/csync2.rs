@@ -10,6 +10,8 @@ use clustermgr_protocol::changeset::ServiceVerb;
 use clustermgr_protocol::health::{CSYNC2_LOG, CSYNC2_SYNCED_STAMP};
 
 use super::{HEADER, Inputs, NodeConfig, Sorted, file, service, service_files};
+use crate::CtlError;
+use crate::model::{in_gluu_root, reserved_replica};
 use crate::store::{NodeRecord, Role};
 
 /// Whether `node` is in the cluster's csync2 group: every Gluu node, once there are
@@ -54,21 +56,29 @@ const PER_NODE: &[&str] = &[
     "/opt/gluu/jetty/identity/resources/log4j2.xml",
 ];
 
-fn inside(root: &str, path: &str) -> String {
-    if root == "/" {
-        path.to_string()
-    } else {
-        format!("{}{path}", root.trim_end_matches('/'))
-    }
-}
-
-pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String, NodeConfig>) {
+/// csync2's configuration for the Gluu nodes; refused (nothing generated) while a
+/// replicated path is one csync2 must not copy, as a model stored before `cluster set`
+/// judged the paths inside gluu-root may hold.
+pub(super) fn render(
+    inputs: &Inputs,
+    sorted: &Sorted,
+    out: &mut BTreeMap<String, NodeConfig>,
+) -> Result<(), CtlError> {
     let gluu = sorted.with(Role::Gluu);
     if !gluu
         .first()
         .is_some_and(|n| member(n, sorted.nodes.iter().copied()))
     {
-        return;
+        return Ok(());
+    }
+    let root = inputs.model.gluu_root.as_str();
+    if let Some(r) = reserved_replica(root, &inputs.model.replicated_paths) {
+        return Err(CtlError::BadSetting {
+            key: "replicated-paths".into(),
+            why: format!(
+                "cannot generate csync2's configuration: {r}. Nothing was planned or sent; change the setting with `clustermgr cluster set replicated-paths PATHS` (or `cluster set gluu-root ROOT`)"
+            ),
+        });
     }
     let Some(key) = &inputs.secrets.csync2_key else {
         for n in &gluu {
@@ -77,23 +87,22 @@ pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String
                 .waiting
                 .push("csync2 waits for the cluster's csync2 key".into());
         }
-        return;
+        return Ok(());
     };
-    let root = inputs.model.gluu_root.as_str();
     let mut cfg = format!("{HEADER}group gluu {{\n");
     for n in &gluu {
         cfg.push_str(&format!("    host {};\n", n.name));
     }
     cfg.push_str("    key /etc/csync2.key;\n");
     for p in &inputs.model.replicated_paths {
-        cfg.push_str(&format!("    include {};\n", inside(root, p)));
+        cfg.push_str(&format!("    include {};\n", in_gluu_root(root, p)));
     }
     for p in PER_NODE {
-        cfg.push_str(&format!("    exclude {};\n", inside(root, p)));
+        cfg.push_str(&format!("    exclude {};\n", in_gluu_root(root, p)));
     }
     let shib = [
-        inside(root, "/opt/shibboleth-idp/conf/*"),
-        inside(root, "/opt/gluu/jetty/identity/conf/shibboleth3/idp/*"),
+        in_gluu_root(root, "/opt/shibboleth-idp/conf/*"),
+        in_gluu_root(root, "/opt/gluu/jetty/identity/conf/shibboleth3/idp/*"),
     ];
     let restart = if root == "/" {
         "/etc/init.d/identity restart; /etc/init.d/idp restart".to_string()
@@ -154,4 +163,5 @@ pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String
             Vec::new(),
         ));
     }
+    Ok(())
 }

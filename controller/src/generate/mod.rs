@@ -85,7 +85,9 @@ pub const STUNNEL_KEY: &str = stunnel::KEY;
 pub const CSYNC2_KEY: &str = "/etc/csync2_ssl_key.pem";
 
 /// Every node's desired configuration. Nodes without any part get an empty config.
-pub fn render(inputs: &Inputs) -> BTreeMap<String, NodeConfig> {
+/// Refused when the model holds what no node may be given (a replicated path csync2
+/// must not copy).
+pub fn render(inputs: &Inputs) -> Result<BTreeMap<String, NodeConfig>, crate::CtlError> {
     let mut nodes: Vec<&NodeRecord> = inputs.nodes.iter().collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out: BTreeMap<String, NodeConfig> = nodes
@@ -94,10 +96,10 @@ pub fn render(inputs: &Inputs) -> BTreeMap<String, NodeConfig> {
         .collect();
     let sorted = Sorted { nodes };
     nginx::render(inputs, &sorted, &mut out);
-    csync2::render(inputs, &sorted, &mut out);
+    csync2::render(inputs, &sorted, &mut out)?;
     stunnel::render(inputs, &sorted, &mut out);
     hosts::render(inputs, &sorted, &mut out);
-    out
+    Ok(out)
 }
 
 /// The nodes, sorted by name.

@@ -138,6 +138,7 @@ fn render_with(
         secrets: s,
         tunnel: t,
     })
+    .expect("the model renders")
 }
 
 #[test]
@@ -148,6 +149,37 @@ fn a_full_cluster_matches_its_snapshot() {
     snapshot("full", &text);
     assert!(!text.contains("SECRETSECRET"));
     assert!(!text.contains(std::str::from_utf8(CSYNC2_KEY).unwrap()));
+}
+
+#[test]
+fn a_stored_replicated_path_that_lands_on_a_reserved_one_inside_the_gluu_root_is_refused() {
+    // Stored before `cluster set` judged the two together: /cron.d inside /etc.
+    let mut m = model();
+    m.gluu_root = "/etc".into();
+    m.replicated_paths = vec!["/opt/gluu/python/libs".into(), "/cron.d".into()];
+    let t = tunnel(&["gluu1", "gluu2", "gluu3", "cache1"]);
+    let err = render(&Inputs {
+        model: &m,
+        nodes: &nodes(),
+        secrets: &secrets(),
+        tunnel: &t,
+    })
+    .expect_err("refused")
+    .to_string();
+    for part in [
+        "\"/cron.d\"",
+        "/etc/cron.d",
+        "gluu-root /etc",
+        "cluster set replicated-paths",
+    ] {
+        assert!(err.contains(part), "{part:?} not in {err}");
+    }
+    // With one Gluu node there is no csync2, so nothing to refuse.
+    let one: Vec<NodeRecord> = nodes()
+        .into_iter()
+        .filter(|n| n.name != "gluu2" && n.name != "gluu3")
+        .collect();
+    render_with(&m, &one, &secrets(), &t);
 }
 
 #[test]
