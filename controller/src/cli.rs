@@ -1039,7 +1039,7 @@ async fn repeatedly(
             let code = match execute(home, opts, inv, mode).await {
                 Ok(code) => code,
                 Err(e) if kind == Repeat::Watch && every.is_some() => {
-                    eprintln!("clustermgr: {e}; trying again");
+                    render::tell(&format!("clustermgr: {e}; trying again"));
                     exit::UNKNOWN
                 }
                 Err(e) => return Err(e),

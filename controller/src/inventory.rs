@@ -283,7 +283,8 @@ pub async fn add_over_ssh(
                     o.key,
                     o.service.describe()
                 ),
-                Err(e) => eprintln!("clustermgr: {e}"),
+                // The host's own words may be in it (ssh's, the shell's).
+                Err(e) => crate::render::tell(&format!("clustermgr: {e}")),
             }
         }
         if many {

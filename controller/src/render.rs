@@ -13,6 +13,26 @@ use crate::contract;
 use crate::ops::{Event, NodeOutcome, NodeState, Operation, Report};
 use crate::store::Role;
 
+/// A line of text on standard output, as `println!` would write it, with control
+/// characters made visible when it goes to a terminal: node names are checked, but
+/// reasons, paths and messages come from the nodes, where a service account may put an
+/// escape sequence in a file name or a log line.
+macro_rules! say {
+    () => {
+        $crate::render::say("")
+    };
+    ($($arg:tt)*) => {
+        $crate::render::say(&format!($($arg)*))
+    };
+}
+
+/// [`say!`] for standard error.
+macro_rules! tell {
+    ($($arg:tt)*) => {
+        $crate::render::tell(&format!($($arg)*))
+    };
+}
+
 /// How exec output is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputMode {
@@ -208,7 +228,7 @@ pub async fn consume(
                         }
                     }
                     if live_failures && o.state != NodeState::Ok {
-                        eprintln!("{}: {}", o.node, outcome_sentence(&o));
+                        tell!("{}: {}", o.node, outcome_sentence(&o));
                     }
                 }
                 // `exec --json`: a node's line as soon as it is done.
@@ -220,11 +240,11 @@ pub async fn consume(
             // Only `backup` asks for a snapshot, and it collects the parts itself.
             Event::Snapshot(_) => {}
             Event::Log(l) if mode.is_json() => {
-                println!("{}", contract::line(&contract::LogLine::Log(l.into())));
+                say!("{}", contract::line(&contract::LogLine::Log(l.into())));
             }
             Event::Log(l) => print_log(&l),
             Event::Health(e) if mode.is_json() => {
-                println!("{}", contract::line(&contract::EventLine::Event(e.into())));
+                say!("{}", contract::line(&contract::EventLine::Event(e.into())));
             }
             Event::Health(e) => print_event(&e),
         }
@@ -274,8 +294,8 @@ fn print_series(v: &crate::telemetry::SeriesView) {
     } else {
         format!(" {}", v.unit)
     };
-    println!("{} {}", v.node, v.series);
-    println!(
+    say!("{} {}", v.node, v.series);
+    say!(
         "  last {}{unit}  min {}{unit}  max {}{unit}",
         short_number(last),
         short_number(min),
@@ -294,7 +314,7 @@ fn print_series(v: &crate::telemetry::SeriesView) {
         }
         _ => "one point".into(),
     };
-    println!("  {chart}  ({span}; min to max)");
+    say!("  {chart}  ({span}; min to max)");
 }
 
 /// `90 s`, `5 min`, `2 h`: a step in the unit that reads best.
@@ -312,7 +332,7 @@ fn duration_words(ms: i64) -> String {
 /// What an empty `logs`, `metrics` or `events` says (on stderr, so a pipe gets nothing),
 /// since an empty answer alone does not tell a quiet cluster from a store nobody fills.
 fn nothing_stored(what: &str) {
-    eprintln!(
+    tell!(
         "clustermgr: no {what}. The store holds what `clustermgr serve` received from the agents while it ran: is it running (`systemctl status clustermgr-serve`), and for long enough?"
     );
 }
@@ -351,13 +371,13 @@ fn print_top(cluster: &str, rows: &[crate::telemetry::top::TopRow]) {
 fn print_replication(r: &crate::health::replication::ReplicationView) {
     let writers = r.writers();
     if r.nodes.is_empty() {
-        println!("No node's LDAP server could be read.");
+        say!("No node's LDAP server could be read.");
     } else {
         print_heartbeat_matrix(r, &writers);
     }
     print_csns_and_links(r);
     for u in &r.unread {
-        println!("{}: not read: {}", u.node, u.reason);
+        say!("{}: not read: {}", u.node, u.reason);
     }
     print_csync2(r);
 }
@@ -366,15 +386,13 @@ fn print_csync2(r: &crate::health::replication::ReplicationView) {
     if r.csync2.is_empty() {
         return;
     }
-    println!("\nCSYNC2");
+    say!("\nCSYNC2");
     let now = (crate::clock::Clock::now(&crate::clock::SystemClock).unix_timestamp_nanos()
         / 1_000_000) as i64;
     for (n, c) in &r.csync2 {
         if !c.configured {
             // Asked only of nodes clustermgr set csync2 up on: the file went since.
-            println!(
-                "{n:<16} /etc/csync2.cfg is gone from this node: `clustermgr apply` puts it back"
-            );
+            say!("{n:<16} /etc/csync2.cfg is gone from this node: `clustermgr apply` puts it back");
             continue;
         }
         let listener = match &c.listener_error {
@@ -384,18 +402,18 @@ fn print_csync2(r: &crate::health::replication::ReplicationView) {
         let last = c.last_sync.as_ref().map_or("never".to_string(), |t| {
             format!("{:.0} s ago", (now - t.time_ms).max(0) as f64 / 1000.0)
         });
-        println!(
+        say!(
             "{n:<16} {listener}; {} dirty; last good sync {last}",
             c.dirty_total
         );
         if let Some(e) = &c.error {
-            println!("{:<16} check failed: {e}", "");
+            say!("{:<16} check failed: {e}", "");
         }
         for d in &c.dirty {
-            println!("{:<16} waits for {:<16} {}", "", d.peer, d.path);
+            say!("{:<16} waits for {:<16} {}", "", d.peer, d.path);
         }
         for k in &c.kept {
-            println!(
+            say!(
                 "{:<16} kept {} ({})",
                 "",
                 k.path,
@@ -406,12 +424,12 @@ fn print_csync2(r: &crate::health::replication::ReplicationView) {
 }
 
 fn print_heartbeat_matrix(r: &crate::health::replication::ReplicationView, writers: &[String]) {
-    println!("HEARTBEAT AGE, s (rows: where read; columns: whose)");
+    say!("HEARTBEAT AGE, s (rows: where read; columns: whose)");
     print!("{:<16}", "");
     for w in writers {
         print!(" {w:>10}");
     }
-    println!();
+    say!();
     for n in &r.nodes {
         print!("{n:<16}");
         for w in writers {
@@ -420,14 +438,14 @@ fn print_heartbeat_matrix(r: &crate::health::replication::ReplicationView, write
                 None => print!(" {:>10}", "-"),
             }
         }
-        println!();
+        say!();
     }
 }
 
 fn print_csns_and_links(r: &crate::health::replication::ReplicationView) {
     let ids = r.server_ids();
     if !ids.is_empty() {
-        println!("\nCONTEXTCSN (rows: node; columns: serverID)");
+        say!("\nCONTEXTCSN (rows: node; columns: serverID)");
         for n in &r.nodes {
             let csns = r.csns.get(n);
             let cells: Vec<String> = ids
@@ -440,14 +458,14 @@ fn print_csns_and_links(r: &crate::health::replication::ReplicationView) {
                     )
                 })
                 .collect();
-            println!("{n:<16} {}", cells.join("  "));
+            say!("{n:<16} {}", cells.join("  "));
         }
     }
     if !r.links.is_empty() || !r.replicas.is_empty() {
-        println!("\nLINKS");
+        say!("\nLINKS");
         for (n, consumers) in &r.links {
             for c in consumers {
-                println!(
+                say!(
                     "{n:<16} <- {:<32} {:<13} {}",
                     c.provider,
                     if c.connected {
@@ -461,7 +479,7 @@ fn print_csns_and_links(r: &crate::health::replication::ReplicationView) {
         }
         for (n, replicas) in &r.replicas {
             for d in replicas {
-                println!(
+                say!(
                     "{n:<16} {} server-id {}: {} missing, {} ms behind, {}",
                     d.domain,
                     d.server_id,
@@ -476,7 +494,7 @@ fn print_csns_and_links(r: &crate::health::replication::ReplicationView) {
 
 /// One health change: time (UTC), node, check, from -> to, why.
 fn print_event(e: &crate::health::HealthEvent) {
-    println!(
+    say!(
         "{} {:<16} {:<11} {} -> {}: {}",
         rfc3339(e.time_ms.div_euclid(1000)),
         e.node,
@@ -491,12 +509,16 @@ fn print_event(e: &crate::health::HealthEvent) {
 fn print_ports(p: &crate::health::ports::PortsView) {
     use crate::health::verdict::Level;
     if p.cells.is_empty() {
-        println!("No node needs a peer's port (one Gluu node and no load balancer).");
+        say!("No node needs a peer's port (one Gluu node and no load balancer).");
         return;
     }
-    println!(
+    say!(
         "{:<16} {:<16} {:>5} {:<18} {:<8} DETAIL",
-        "FROM", "TO", "PORT", "SERVICE", "STATE"
+        "FROM",
+        "TO",
+        "PORT",
+        "SERVICE",
+        "STATE"
     );
     for c in &p.cells {
         let state = match c.level {
@@ -504,9 +526,14 @@ fn print_ports(p: &crate::health::ports::PortsView) {
             Level::Critical => "MISSING",
             _ => "unknown",
         };
-        println!(
+        say!(
             "{:<16} {:<16} {:>5} {:<18} {:<8} {}",
-            c.from, c.to, c.port, c.service, state, c.detail
+            c.from,
+            c.to,
+            c.port,
+            c.service,
+            state,
+            c.detail
         );
     }
     let missing = p
@@ -515,7 +542,7 @@ fn print_ports(p: &crate::health::ports::PortsView) {
         .filter(|c| c.level == Level::Critical)
         .count();
     let unknown = p.cells.iter().filter(|c| c.level == Level::Unknown).count();
-    println!(
+    say!(
         "{} of {} open, {missing} missing, {unknown} not tried",
         p.cells.len() - missing - unknown,
         p.cells.len()
@@ -523,9 +550,9 @@ fn print_ports(p: &crate::health::ports::PortsView) {
 }
 
 fn print_health(h: &crate::health::HealthView) {
-    println!("{:<16} {:<11} {:<9} REASON", "NODE", "CHECK", "STATE");
+    say!("{:<16} {:<11} {:<9} REASON", "NODE", "CHECK", "STATE");
     for v in &h.verdicts {
-        println!(
+        say!(
             "{:<16} {:<11} {:<9} {}",
             v.node,
             v.check,
@@ -534,12 +561,12 @@ fn print_health(h: &crate::health::HealthView) {
         );
     }
     match h.as_of_ms {
-        Some(t) => println!(
+        Some(t) => say!(
             "overall: {} (serve's round at {})",
             h.worst.as_str(),
             rfc3339(t.div_euclid(1000))
         ),
-        None => println!("overall: {}", h.worst.as_str()),
+        None => say!("overall: {}", h.worst.as_str()),
     }
 }
 
@@ -552,12 +579,7 @@ fn print_log(l: &crate::telemetry::store::NodeLine) {
         Some(s) => format!("{s}.{:03}Z", t.rem_euclid(1000)),
         None => stamp,
     };
-    let line = if crate::terminal::stdout_is_terminal() {
-        crate::terminal::visible_str(&l.line)
-    } else {
-        std::borrow::Cow::Borrowed(l.line.as_str())
-    };
-    println!("{stamp} {} {} | {line}", l.node, l.source);
+    say!("{stamp} {} {} | {}", l.node, l.source, l.line);
 }
 
 /// Prints one line of a node's output; an error only when standard output's reader
@@ -623,6 +645,29 @@ fn print_exec_line(gathered: &mut Gathered, o: &NodeOutcome) -> std::io::Result<
     writeln!(out, "{}", contract::line(&line)).and_then(|()| out.flush())
 }
 
+/// Writes `line` and a newline to standard output, control characters made visible on
+/// a terminal (see [`say!`]). A closed output panics as `println!` does, which the CLI
+/// turns into a quiet exit.
+pub fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out
+        .write_all(&shown(line.as_bytes()))
+        .and_then(|()| out.write_all(b"\n"))
+    {
+        panic!("failed printing to stdout: {e}");
+    }
+}
+
+/// [`say`] on standard error, which may be a terminal when standard output is not.
+pub fn tell(line: &str) {
+    let text = if crate::terminal::stderr_is_terminal() {
+        crate::terminal::visible_str(line)
+    } else {
+        std::borrow::Cow::Borrowed(line)
+    };
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
 /// A command's failure on standard error: a sentence, or with `--json` one JSON object
 /// (`{"error": MESSAGE, "exit_code": CODE}`), so a script reads it as it reads results.
 pub fn error(message: &str, exit_code: i32, as_json: bool) {
@@ -631,9 +676,9 @@ pub fn error(message: &str, exit_code: i32, as_json: bool) {
             error: message.to_string(),
             exit_code,
         };
-        eprintln!("{}", contract::line(&doc));
+        eprintln!("{}", contract::line(&doc)); // JSON escapes control characters itself
     } else {
-        eprintln!("clustermgr: {message}");
+        tell!("clustermgr: {message}");
     }
 }
 
@@ -659,7 +704,7 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, op: &Ope
                 }
             }
             Report::Health(h) if mode == OutputMode::JsonLines => {
-                println!("{}", contract::line(&contract::HealthLine::Health(h)));
+                say!("{}", contract::line(&contract::HealthLine::Health(h)));
             }
             report => {
                 if let Some(doc) = contract::document(op, report) {
@@ -689,7 +734,7 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, op: &Ope
         Report::Outcomes(outcomes) => {
             for o in &outcomes {
                 match (&o.state, &o.info) {
-                    (NodeState::Ok, Some(i)) => println!(
+                    (NodeState::Ok, Some(i)) => say!(
                         "{:<16} ok    {:>10}  agent {} on {} ({})",
                         o.node,
                         ms(o.rtt_us),
@@ -697,22 +742,24 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, op: &Ope
                         i.os_release,
                         i.arch
                     ),
-                    _ => println!("{:<16} {}", o.node, outcome_sentence(o)),
+                    _ => say!("{:<16} {}", o.node, outcome_sentence(o)),
                 }
             }
             summary(&outcomes);
         }
         Report::ControllerRevoked(v) => {
-            println!(
+            say!(
                 "revoked controller certificate {}; the controller now uses {} (until {})",
-                v.revoked_serial, v.serial, v.expires
+                v.revoked_serial,
+                v.serial,
+                v.expires
             );
             for o in &v.nodes {
                 match o.state {
                     NodeState::Ok => {
-                        println!("{:<16} refuses the old certificate from now on", o.node)
+                        say!("{:<16} refuses the old certificate from now on", o.node)
                     }
-                    _ => println!(
+                    _ => say!(
                         "{:<16} not reached ({}): it refuses the old certificate at its next contact with this controller",
                         o.node,
                         outcome_sentence(o)
@@ -723,55 +770,62 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, op: &Ope
         }
         Report::Signed(s) => print!("{}", s.cert_pem),
         Report::Node(n) => {
-            println!("name:      {}", n.name);
-            println!("address:   {}", n.address);
-            println!(
+            say!("name:      {}", n.name);
+            say!("address:   {}", n.address);
+            say!(
                 "roles:     {}{}",
                 roles(&n.roles),
                 if n.primary { " (primary)" } else { "" }
             );
-            println!("key:       {}", n.key);
-            println!(
+            say!("key:       {}", n.key);
+            say!(
                 "cert:      serial {}, expires {}",
-                n.cert_serial, n.cert_expires
+                n.cert_serial,
+                n.cert_expires
             );
-            println!("added:     {}", n.added);
+            say!("added:     {}", n.added);
             if let Some(i) = &n.host {
-                println!(
+                say!(
                     "host:      {} ({} {}, kernel {})",
-                    i.hostname, i.os_release, i.arch, i.kernel
+                    i.hostname,
+                    i.os_release,
+                    i.arch,
+                    i.kernel
                 );
-                println!("glibc:     {}", i.glibc.as_deref().unwrap_or("not glibc"));
-                println!(
+                say!("glibc:     {}", i.glibc.as_deref().unwrap_or("not glibc"));
+                say!(
                     "agent:     {} (exec {})",
                     i.agent_version,
                     if i.exec_allowed { "allowed" } else { "refused" }
                 );
                 match &i.gluu {
-                    Some(g) => println!(
+                    Some(g) => say!(
                         "gluu:      {} in {} ({})",
                         g.version.as_deref().unwrap_or("unknown version"),
                         g.root,
                         g.components.join(", ")
                     ),
-                    None => println!("gluu:      not installed"),
+                    None => say!("gluu:      not installed"),
                 }
             }
             if let Some(e) = &n.error {
-                println!("live:      unavailable: {e}");
+                say!("live:      unavailable: {e}");
             }
         }
         Report::Nodes(nodes) => {
             if nodes.is_empty() {
-                println!("no nodes yet: add one with `clustermgr node add NODE --address HOST`");
+                say!("no nodes yet: add one with `clustermgr node add NODE --address HOST`");
                 return;
             }
-            println!(
+            say!(
                 "{:<16} {:<24} {:<14} {:<8} CERT EXPIRES",
-                "NODE", "ADDRESS", "ROLES", "PRIMARY"
+                "NODE",
+                "ADDRESS",
+                "ROLES",
+                "PRIMARY"
             );
             for n in nodes {
-                println!(
+                say!(
                     "{:<16} {:<24} {:<14} {:<8} {}",
                     n.name,
                     n.address,
@@ -791,7 +845,7 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, op: &Ope
             }
             if let Some(d) = digest {
                 let short = &d[..crate::desired::DIGEST_SHOWN.min(d.len())];
-                println!(
+                say!(
                     "plan {short}: `clustermgr apply --plan {short}` applies exactly this, or nothing if the desired state changes first"
                 );
             }
@@ -803,9 +857,9 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, op: &Ope
         }
         Report::MetricNames(names) if names.is_empty() => nothing_stored("metrics are stored"),
         Report::MetricNames(names) => {
-            println!("{:<44} SERIES", "METRIC");
+            say!("{:<44} SERIES", "METRIC");
             for n in names {
-                println!("{:<44} {}", n.name, n.series);
+                say!("{:<44} {}", n.name, n.series);
             }
         }
         Report::Metrics(views) => {
@@ -833,7 +887,7 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, op: &Ope
                     0 => "-".to_string(),
                     n => format!("r{n}"),
                 };
-                println!(
+                say!(
                     "{:>5} {} {:<10} {:<9} {:<5} {:<14} {} {} {}→{} {}",
                     r.id,
                     crate::clock::rfc3339(r.time_ms.div_euclid(1000)),
@@ -852,10 +906,10 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, op: &Ope
                 );
             }
         }
-        Report::Cluster(c) if c.said.is_some() => println!("{}", c.said.unwrap_or_default()),
+        Report::Cluster(c) if c.said.is_some() => say!("{}", c.said.unwrap_or_default()),
         Report::Cluster(c) => {
             for (k, v) in c.settings.iter().chain(&c.secrets) {
-                println!("{k:<18} {v}");
+                say!("{k:<18} {v}");
             }
         }
         Report::Generations {
@@ -864,25 +918,33 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, op: &Ope
             generations,
         } => {
             if generations.is_empty() {
-                println!("{node}: no kept versions of {path}");
+                say!("{node}: no kept versions of {path}");
             }
             for g in generations {
-                println!(
+                say!(
                     "{node} {path} generation {}: replaced {} sha256 {} {}",
-                    g.generation, g.replaced_at, g.sha256, g.metadata
+                    g.generation,
+                    g.replaced_at,
+                    g.sha256,
+                    g.metadata
                 );
             }
         }
-        Report::Done(msg) => println!("{msg}"),
+        Report::Done(msg) => say!("{msg}"),
         Report::Status(s) => {
-            println!(
+            say!(
                 "cluster {}: {}",
                 s.cluster,
                 crate::words::count(s.nodes.len(), "node", "nodes")
             );
-            println!(
+            say!(
                 "{:<16} {:<12} {:<12} {:>10} {:>9} {:>9}  DETAIL",
-                "NODE", "ROLES", "STATE", "RTT", "SKEW", "CERT"
+                "NODE",
+                "ROLES",
+                "STATE",
+                "RTT",
+                "SKEW",
+                "CERT"
             );
             for n in &s.nodes {
                 let state = n.state.as_str();
@@ -896,7 +958,7 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, op: &Ope
                             .unwrap_or_default()
                     )
                 });
-                println!(
+                say!(
                     "{:<16} {:<12} {:<12} {:>10} {:>9} {:>8}d  {}",
                     format!("{}{}", n.name, if n.primary { "*" } else { "" }),
                     roles(&n.roles),
@@ -918,7 +980,7 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, op: &Ope
                     .map(|r| format!("{}: {}", r.node, r.result))
                     .collect::<Vec<_>>()
                     .join(", ");
-                println!(
+                say!(
                     "{:>5} {} {:<10} {:<16} [{}] {}{}",
                     e.id,
                     e.time,
@@ -937,14 +999,21 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, op: &Ope
         // `backup` seals a snapshot into an archive and reports that with [`backup`].
         Report::Snapshot { .. } => {}
         Report::Certs(c) => {
-            println!(
+            say!(
                 "{:<16} {:<34} {:<22} {:>6}  STATE",
-                "SUBJECT", "SERIAL", "EXPIRES", "DAYS"
+                "SUBJECT",
+                "SERIAL",
+                "EXPIRES",
+                "DAYS"
             );
             for v in c {
-                println!(
+                say!(
                     "{:<16} {:<34} {:<22} {:>6}  {}",
-                    v.subject, v.serial, v.expires, v.days_left, v.state
+                    v.subject,
+                    v.serial,
+                    v.expires,
+                    v.days_left,
+                    v.state
                 );
             }
         }
@@ -957,7 +1026,7 @@ fn summary(outcomes: &[NodeOutcome]) {
         .filter(|o| o.state != NodeState::Ok)
         .collect();
     if !bad.is_empty() {
-        eprintln!(
+        tell!(
             "{} did not succeed: {}",
             match outcomes.len() {
                 1 => "the node".to_string(),
@@ -974,9 +1043,10 @@ fn summary(outcomes: &[NodeOutcome]) {
 fn print_entry(e: &crate::desired::EntryView) {
     let short = |h: &str| h.get(..12).unwrap_or(h).to_string();
     if e.change == "waiting" {
-        println!(
+        say!(
             "  waiting for {} ({}) to exist: the edit is made once it does",
-            e.path, e.scope
+            e.path,
+            e.scope
         );
         return;
     }
@@ -985,8 +1055,8 @@ fn print_entry(e: &crate::desired::EntryView) {
         line.push_str(" [edited on the node since the last apply]");
     }
     if let Some(note) = &e.at_apply {
-        println!("{line}");
-        println!("    {note}");
+        say!("{line}");
+        say!("    {note}");
         return;
     }
     if e.secret {
@@ -1002,20 +1072,20 @@ fn print_entry(e: &crate::desired::EntryView) {
                 .unwrap_or_else(|| "made at apply".into())
         ));
     }
-    println!("{line}");
+    say!("{line}");
     if let Some(m) = &e.metadata {
-        println!("    metadata {m}");
+        say!("    metadata {m}");
     }
     if let Some(d) = &e.diff {
         for l in d.lines() {
-            println!("    {l}");
+            say!("    {l}");
         }
     }
 }
 
 fn print_plan(v: &crate::desired::NodePlanView, drift: bool) {
     if v.state != NodeState::Ok {
-        println!(
+        say!(
             "{}: {}: {}",
             v.node,
             v.state.as_str(),
@@ -1026,49 +1096,51 @@ fn print_plan(v: &crate::desired::NodePlanView, drift: bool) {
     let changes = v.entries.iter().filter(|e| e.change != "waiting").count();
     if drift {
         if changes == 0 {
-            println!(
+            say!(
                 "{}: no drift ({} as applied)",
                 v.node,
                 crate::words::count(v.unchanged, "entry", "entries")
             );
         } else {
-            println!(
+            say!(
                 "{}: {changes} edited on the node since the last apply",
                 v.node
             );
         }
     } else if changes == 0 {
-        println!(
+        say!(
             "{}: no changes ({} up to date)",
             v.node,
             crate::words::count(v.unchanged, "entry", "entries")
         );
     } else {
-        println!(
+        say!(
             "{}: {changes} to change, {} up to date",
-            v.node, v.unchanged
+            v.node,
+            v.unchanged
         );
     }
     for e in &v.entries {
         print_entry(e);
     }
     for s in &v.validators {
-        println!("  validate: {s}");
+        say!("  validate: {s}");
     }
     for s in &v.actions {
-        println!("  then: {s}");
+        say!("  then: {s}");
     }
     for h in &v.held {
-        println!(
+        say!(
             "  held: {} at backup generation {} (a rollback) until the desired state changes",
-            h.path, h.generation
+            h.path,
+            h.generation
         );
     }
     if let Some(r) = v.pending_revision {
-        println!("  pending: revision {r} has not reached this node yet");
+        say!("  pending: revision {r} has not reached this node yet");
     }
     for w in &v.waiting {
-        println!("  waiting: {w}");
+        say!("  waiting: {w}");
     }
 }
 
@@ -1078,19 +1150,42 @@ fn print_applied(v: &crate::desired::NodeApplyView) {
         n => format!(" (revision {n})"),
     };
     match &v.message {
-        Some(m) => println!("{}: {}{revision}: {m}", v.node, v.result),
-        None => println!("{}: {}{revision}", v.node, v.result),
+        Some(m) => say!("{}: {}{revision}: {m}", v.node, v.result),
+        None => say!("{}: {}{revision}", v.node, v.result),
     }
     for e in &v.entries {
-        println!("  {} {}", e.change, e.path);
+        say!("  {} {}", e.change, e.path);
     }
     for s in &v.steps {
         let mark = if s.ok { "ok" } else { "FAILED" };
-        println!("  {mark}: {}", s.step);
+        say!("  {mark}: {}", s.step);
         if !s.ok && !s.output.is_empty() {
             for l in s.output.lines() {
-                println!("    {l}");
+                say!("    {l}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every line of text goes through `say!`/`tell!` (control characters made visible
+    /// on a terminal); only the JSON printers write directly, JSON escaping them itself.
+    #[test]
+    fn text_reaches_the_terminal_only_through_say_and_tell() {
+        let source = include_str!("render.rs");
+        let code = &source[..source.find("#[cfg(test)]").unwrap_or(source.len())];
+        let direct = |mac: &str| {
+            code.lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .filter(|l| l.contains(mac) && !l.contains(&format!("e{mac}")))
+                .count()
+        };
+        assert_eq!(direct("println!("), 1, "only `json` may print directly");
+        assert_eq!(
+            direct("eprintln!("),
+            1,
+            "only `error`'s JSON may print directly"
+        );
     }
 }

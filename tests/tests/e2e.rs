@@ -2756,3 +2756,38 @@ async fn every_command_prints_what_its_published_schema_says() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_sequences_in_what_nodes_report_reach_a_terminal_shown_not_obeyed() {
+    // A log line a service account wrote, as `logs` shows it: on a terminal, made
+    // visible (every table goes through the same writer); into a pipe, as it is.
+    let logs = tempfile::tempdir().unwrap();
+    let app = logs.path().join("app.log");
+    std::fs::write(&app, "").unwrap();
+    let extra = format!(
+        "[telemetry]\ndefault_logs = false\nlogs = [\"app={}\"]\n",
+        app.display()
+    );
+    let c = Cluster::start(vec![node("gluu1", &extra)]).await;
+    let _serve = c.serve().await;
+    std::fs::write(&app, "\x1b]0;owned\x07\x1b[2Jtext\n").unwrap();
+    eventually("the line stored", PATIENCE, || {
+        stdout(&c.run(&["logs", "--source", "app"])).contains("text")
+    })
+    .await;
+    let o = c.run(&["logs", "--source", "app"]);
+    assert!(o.stdout.windows(2).any(|w| w == b"\x1b]"), "{:?}", o.stdout);
+    let line = format!(
+        "{} --home {} logs --source app",
+        clustermgr_tests::clustermgr_bin().display(),
+        c.dir().display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run script");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(r"\x1b]0;owned\x07\x1b[2Jtext"), "{out:?}");
+    assert!(!o.stdout.contains(&0x1b), "{out:?}");
+}
