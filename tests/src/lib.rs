@@ -45,11 +45,23 @@ pub async fn eventually<F: FnMut() -> bool>(what: &str, patience: Duration, mut 
     }
 }
 
-/// The directory holding the real binaries, built once per test run with the same
-/// profile as this test.
+/// The directory holding the real binaries: `CLUSTERMGR_TEST_BINS` when `tests/run`
+/// built them once before the tests (`cargo build --bins`), else built here, once per
+/// test binary, with the same profile as this test (a plain `cargo test`).
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("CLUSTERMGR_TEST_BINS") {
+            let dir = PathBuf::from(dir);
+            for bin in ["clustermgr", "clustermgr-agent"] {
+                assert!(
+                    dir.join(bin).is_file(),
+                    "CLUSTERMGR_TEST_BINS={} holds no {bin}: build it (`cargo build --bins`) or unset the variable",
+                    dir.display()
+                );
+            }
+            return dir;
+        }
         let exe = std::env::current_exe().expect("test executable path");
         // target/<profile>/deps/e2e-xxxx
         let dir = exe
