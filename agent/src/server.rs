@@ -755,46 +755,30 @@ async fn handle_request(
         Request::UpgradeCommit { sha256 } => {
             crate::upgrade::commit(shared.trial.as_deref(), &shared.cfg.state_dir, &sha256)
         }
-        Request::Plan(set) => blocking(shared, move |e| e.plan(&set).map(Reply::Planned)).await,
-        Request::Apply(set) => {
-            tracing::info!(
-                "apply of revision {} ({} entries) requested by {}",
-                set.revision,
-                set.entries.len(),
-                set.requested_by
-            );
-            blocking(shared, move |e| {
-                e.apply(&set).map(|r| Reply::Applied(Box::new(r)))
-            })
-            .await
-        }
-        Request::Backups { path, scope } => {
-            blocking(shared, move |e| {
-                e.backups(&path, &scope).map(Reply::Backups)
-            })
-            .await
-        }
-        Request::Restore(spec) => {
-            tracing::info!(
-                "restore of {} generation {} requested by {}",
-                spec.path,
-                spec.generation,
-                spec.requested_by
-            );
-            blocking(shared, move |e| {
-                e.restore(&spec).map(|r| Reply::Applied(Box::new(r)))
-            })
-            .await
-        }
-        Request::HostKey { path, scope } => {
+        req @ (Request::Plan(_)
+        | Request::Apply(_)
+        | Request::Backups { .. }
+        | Request::Restore(_)
+        | Request::HostKey { .. }
+        | Request::Probe(_)) => {
+            match &req {
+                Request::Apply(set) => tracing::info!(
+                    "apply of revision {} ({} entries) requested by {}",
+                    set.revision,
+                    set.entries.len(),
+                    set.requested_by
+                ),
+                Request::Restore(spec) => tracing::info!(
+                    "restore of {} generation {} requested by {}",
+                    spec.path,
+                    spec.generation,
+                    spec.requested_by
+                ),
+                _ => {}
+            }
             let node = shared.node.clone();
-            blocking(shared, move |e| {
-                e.host_key(&path, &scope, &node)
-                    .map(|pem| Reply::Csr { pem })
-            })
-            .await
+            blocking(shared, move |e| e.answer(&req, &node)).await
         }
-        Request::Probe(spec) => blocking(shared, move |e| Ok(Reply::Probed(e.probe(&spec)))).await,
         Request::Telemetry { after } => {
             return telemetry_stream(shared, after, send, recv).await;
         }

@@ -62,6 +62,54 @@ impl NodeFailure {
     }
 }
 
+/// One agent, as the operations that send it a request and read one reply see it: a
+/// greeted QUIC connection ([`AgentConn`]) in the product, a stand-in in unit tests
+/// (plan, apply, rollback and the tunnel's renewal run against in-process agents).
+pub trait Link: Send + Sync {
+    /// Sends `req` and reads its reply, the agent's refusal ([`Reply::Error`])
+    /// included.
+    fn request<'a>(
+        &'a self,
+        req: &'a Request,
+        timeout: Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<Reply, NodeFailure>>;
+
+    /// [`Link::request`], the agent's refusal a failure.
+    fn unary<'a>(
+        &'a self,
+        req: &'a Request,
+        timeout: Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<Reply, NodeFailure>> {
+        Box::pin(async move {
+            match self.request(req, timeout).await {
+                Ok(Reply::Error(e)) => Err(NodeFailure::failed(e.message)),
+                r => r,
+            }
+        })
+    }
+}
+
+/// How the operations reach an agent for a [`Link`]: in unit tests, a set of stand-in
+/// agents given to [`crate::ctx::Ctx::with_agents`]; otherwise the dialer and the pool.
+pub trait Agents: Send + Sync {
+    /// The agent of `node`, reached within `within`.
+    fn link<'a>(
+        &'a self,
+        node: &'a NodeRecord,
+        within: Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<std::sync::Arc<dyn Link>, NodeFailure>>;
+}
+
+impl Link for AgentConn {
+    fn request<'a>(
+        &'a self,
+        req: &'a Request,
+        timeout: Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<Reply, NodeFailure>> {
+        Box::pin(AgentConn::request(self, req, timeout))
+    }
+}
+
 /// An open, greeted connection to one agent.
 #[derive(Clone, Debug)]
 pub struct AgentConn {

@@ -281,6 +281,8 @@ pub struct Ctx {
     /// `serve`'s latest health round, for `health`, `replication`, `ports` and `top`.
     pub health_latest: Mutex<Option<Arc<crate::healthlog::Latest>>>,
     pub(crate) controller_cert: Mutex<CertSummary>,
+    /// Stand-in agents (unit tests); `None` dials the real ones.
+    stand_in: Option<Arc<dyn crate::connect::Agents>>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -358,6 +360,7 @@ impl Ctx {
             health_events: tokio::sync::broadcast::channel(1024).0,
             health_latest: Mutex::new(None),
             controller_cert: Mutex::new(summary),
+            stand_in: None,
         };
         ctx.renew_controller_if_due()?;
         Ok(ctx)
@@ -430,6 +433,26 @@ impl Ctx {
     pub async fn connection(&self, node: &NodeRecord) -> Result<AgentConn, NodeFailure> {
         self.connection_within(node, self.dialer.connect_timeout)
             .await
+    }
+
+    /// This context with its agents reached through `agents` instead of the network:
+    /// the seam the operations' unit tests use.
+    pub fn with_agents(mut self, agents: Arc<dyn crate::connect::Agents>) -> Ctx {
+        self.stand_in = Some(agents);
+        self
+    }
+
+    /// The agent of `node` for requests with one reply, reached within `within`: a
+    /// connection as [`Ctx::connection_within`] makes it, or a stand-in.
+    pub async fn link(
+        &self,
+        node: &NodeRecord,
+        within: Duration,
+    ) -> Result<Arc<dyn crate::connect::Link>, NodeFailure> {
+        match &self.stand_in {
+            Some(agents) => agents.link(node, within).await,
+            None => Ok(Arc::new(self.connection_within(node, within).await?)),
+        }
     }
 
     /// Like [`Ctx::connection`], with the connect timeout of one operation.

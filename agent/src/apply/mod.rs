@@ -855,6 +855,30 @@ impl Engine {
 }
 
 impl Engine {
+    /// The reply to a request the engine serves, for `node` (blocking: file work, and
+    /// a validator or a service action may run). The server and the controller's
+    /// in-process stand-in agents both answer through this.
+    pub fn answer(
+        &self,
+        req: &clustermgr_protocol::message::Request,
+        node: &clustermgr_protocol::NodeName,
+    ) -> Result<clustermgr_protocol::message::Reply, RemoteError> {
+        use clustermgr_protocol::message::{Reply, Request};
+        match req {
+            Request::Plan(set) => self.plan(set).map(Reply::Planned),
+            Request::Apply(set) => self.apply(set).map(|r| Reply::Applied(Box::new(r))),
+            Request::Backups { path, scope } => self.backups(path, scope).map(Reply::Backups),
+            Request::Restore(spec) => self.restore(spec).map(|r| Reply::Applied(Box::new(r))),
+            Request::HostKey { path, scope } => self
+                .host_key(path, scope, node)
+                .map(|pem| Reply::Csr { pem }),
+            Request::Probe(spec) => Ok(Reply::Probed(self.probe(spec))),
+            _ => Err(RemoteError::invalid(
+                "not a desired-state request; the engine answers plan, apply, backups, restore, host key and probe",
+            )),
+        }
+    }
+
     /// Makes sure a tunnel key exists at `path` (generated here if not, mode 0600,
     /// under the writable roots like any entry) and returns a CSR for it naming `node`.
     pub fn host_key(

@@ -627,7 +627,7 @@ async fn agent_plan(
     entries: &[Entry],
     within: Duration,
 ) -> Result<Vec<EntryPlan>, NodeFailure> {
-    let conn = ctx.connection_within(node, within).await?;
+    let conn = ctx.link(node, within).await?;
     let set = ChangeSet {
         revision: 0,
         entries: entries.to_vec(),
@@ -1017,7 +1017,7 @@ async fn rolling_one(
         let mut checks = Vec::new();
         if !services.is_empty() || https.is_some() {
             let spec = ProbeSpec { services, https };
-            checks = match ctx.connection_within(&d.node, within).await {
+            checks = match ctx.link(&d.node, within).await {
                 Ok(conn) => match conn.unary(&Request::Probe(spec), PLAN_TIMEOUT).await {
                     Ok(Reply::Probed(steps)) => steps,
                     Ok(other) => vec![probe_failure(format!(
@@ -1169,7 +1169,7 @@ async fn apply_one(
     };
     let lock = ctx.config_lock(&d.node.name);
     let _changing = lock.lock().await;
-    let reply = match ctx.connection_within(&d.node, within).await {
+    let reply = match ctx.link(&d.node, within).await {
         Ok(conn) => conn.request(&Request::Apply(set), APPLY_TIMEOUT).await,
         Err(f) => Err(f),
     };
@@ -1375,7 +1375,7 @@ pub async fn reconcile(ctx: &Ctx, node: &NodeRecord) -> Result<Option<NodeApplyV
         entries: d.entries.clone(),
         requested_by: format!("serve@{}", ctx.meta.name),
     };
-    let conn = match ctx.connection(node).await {
+    let conn = match ctx.link(node, ctx.dialer.connect_timeout).await {
         Ok(c) => c,
         Err(_) => return Ok(None),
     };
@@ -1719,7 +1719,7 @@ pub async fn rollback(
             path: path.to_string(),
         })?;
     let conn = ctx
-        .connection_within(&rec, within)
+        .link(&rec, within)
         .await
         .map_err(|f| agent_error(node, f.message))?;
     if list {
@@ -1866,7 +1866,7 @@ async fn ensure_tunnel(
         return Ok(problems);
     }
     let answers = futures_util::future::join_all(wanted.iter().map(|(_, node, path)| async move {
-        let conn = ctx.connection_within(node, within).await.ok()?;
+        let conn = ctx.link(node, within).await.ok()?;
         let req = Request::HostKey {
             path: path.to_string(),
             scope: Scope::Host,
@@ -2084,7 +2084,10 @@ pub fn revoke_tunnel(ctx: &Ctx, node: &str) -> Result<(), CtlError> {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod certificate_tests {
     use super::*;
 
     #[test]
