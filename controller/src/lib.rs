@@ -1,11 +1,12 @@
 //! The clustermgr controller: the cluster CA, the inventory store, connections to the
 //! agents, the operations the CLI offers, `serve` and the `dev` sandbox.
 //!
-//! Architecture invariants: the operations the CLI offers run through [`ops::run`],
-//! either in-process or through `serve`'s local socket, and the CLI renders the same
-//! [`ops::Event`]s and [`ops::Report`]s either way (`init`, `serve`, `dev`, `backup`'s
-//! sealing, `restore`, `node add --ssh` and the repeating `top` and `health --watch`
-//! still run partly outside it: ARCHITECTURE.md, "Layers", says what moves next).
+//! Architecture invariants: every command that acts on the cluster runs as operations
+//! through [`ops::run`], either in-process or through `serve`'s local socket, and the
+//! CLI renders the same [`ops::Event`]s and [`ops::Report`]s either way, with `--json`
+//! from [`contract`]. What a command does around its operations in the front (making
+//! a home, sealing a backup, an SSH session, repeating a round) and why is in
+//! ARCHITECTURE.md ("Commands that are more than one operation").
 //! Only [`store`] knows redb, only [`ca`] signs, only [`connect`] dials agents.
 #![forbid(unsafe_code)]
 
