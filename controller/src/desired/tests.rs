@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use clustermgr_agent::apply::Engine;
@@ -22,6 +23,21 @@ struct Node {
     name: NodeName,
     engine: Engine,
     root: PathBuf,
+    /// How full its disk is, percent, in the health checks it answers.
+    disk_pct: std::sync::atomic::AtomicU64,
+    /// How its next apply breaks it, if it does.
+    breaks: Mutex<Option<Break>>,
+    /// Whether its HTTPS answers 503 (after a [`Break::Https`]).
+    https_down: std::sync::atomic::AtomicBool,
+}
+
+/// What a change does to a stand-in node.
+#[derive(Clone, Copy)]
+enum Break {
+    /// Its HTTPS answers 503: the rolling apply's check of the node fails.
+    Https,
+    /// Its disk fills: its health is worse than before the change.
+    Disk,
 }
 
 impl Link for Node {
@@ -31,11 +47,96 @@ impl Link for Node {
         _timeout: Duration,
     ) -> BoxFuture<'a, Result<Reply, NodeFailure>> {
         Box::pin(async move {
-            Ok(self
-                .engine
-                .answer(req, &self.name)
-                .unwrap_or_else(Reply::Error))
+            Ok(match req {
+                Request::Checks(spec) => Reply::Checks(Box::new(self.checks(spec))),
+                Request::Apply(_) if self.breaks.lock().unwrap().is_some() => {
+                    match self.breaks.lock().unwrap().take() {
+                        Some(Break::Https) => self.https_down.store(true, Ordering::SeqCst),
+                        Some(Break::Disk) => self.disk_pct.store(99, Ordering::SeqCst),
+                        None => {}
+                    }
+                    self.engine
+                        .answer(req, &self.name)
+                        .unwrap_or_else(Reply::Error)
+                }
+                // The services through the engine (in a sandbox root it does not run
+                // them); the HTTPS answer as the test says, with no server to ask.
+                Request::Probe(spec) => {
+                    use clustermgr_protocol::changeset::{ProbeSpec, StepRun};
+                    let services = ProbeSpec {
+                        services: spec.services.clone(),
+                        https: None,
+                    };
+                    let mut steps = self.engine.probe(&services);
+                    if let Some(h) = &spec.https {
+                        let down = self.https_down.load(Ordering::SeqCst);
+                        steps.push(StepRun {
+                            step: format!("HTTPS GET {} on port {}", h.path, h.port),
+                            ok: !down,
+                            output: if down {
+                                "503 Service Unavailable"
+                            } else {
+                                "200 OK"
+                            }
+                            .into(),
+                        });
+                    }
+                    Reply::Probed(steps)
+                }
+                _ => self
+                    .engine
+                    .answer(req, &self.name)
+                    .unwrap_or_else(Reply::Error),
+            })
         })
+    }
+}
+
+impl Node {
+    /// A health round as a healthy node answers it: every port reached, every service
+    /// running, csync2 in sync, no LDAP server; its disk as full as the test says.
+    fn checks(
+        &self,
+        spec: &clustermgr_protocol::health::CheckSpec,
+    ) -> clustermgr_protocol::health::CheckReport {
+        use clustermgr_protocol::health::*;
+        let pct = self.disk_pct.load(std::sync::atomic::Ordering::Relaxed);
+        let now_ms = SystemClock.now().unix_timestamp() * 1000;
+        CheckReport {
+            started_ms: now_ms,
+            ldap: None,
+            disks: vec![DiskUse {
+                mount: "/".into(),
+                size_bytes: 100 << 30,
+                avail_bytes: (100 - pct) << 30,
+            }],
+            ports: spec
+                .reach
+                .iter()
+                .map(|p| PortReach {
+                    probe: p.clone(),
+                    result: Ok(1),
+                })
+                .collect(),
+            csync2: spec.csync2.as_ref().map(|_| Csync2State {
+                configured: true,
+                listener: Ok(()),
+                dirty: Vec::new(),
+                dirty_total: 0,
+                last_sync_ms: Some(now_ms),
+                kept: Vec::new(),
+                error: None,
+            }),
+            certs: Vec::new(),
+            services: spec
+                .services
+                .iter()
+                .map(|s| ServiceState {
+                    label: s.label.clone(),
+                    result: Ok("running".into()),
+                })
+                .collect(),
+        }
     }
 }
 
@@ -99,6 +200,9 @@ fn cluster(nodes: &[(&str, Role)]) -> Cluster {
             name: NodeName::new(name).unwrap(),
             engine: Engine::new(Arc::new(cfg)),
             root,
+            disk_pct: std::sync::atomic::AtomicU64::new(40),
+            breaks: Mutex::new(None),
+            https_down: std::sync::atomic::AtomicBool::new(false),
         };
         agents.nodes.insert(name.to_string(), Arc::new(node));
     }
@@ -131,9 +235,17 @@ impl Cluster {
     }
 
     async fn apply(&self, approved: Option<&str>) -> Result<Vec<NodeApplyView>, CtlError> {
+        self.apply_as(approved, false).await
+    }
+
+    async fn apply_as(
+        &self,
+        approved: Option<&str>,
+        rolling: bool,
+    ) -> Result<Vec<NodeApplyView>, CtlError> {
         let ask = ApplyAsk {
             selector: "all",
-            rolling: false,
+            rolling,
             approved,
             on_behalf: None,
         };
@@ -410,4 +522,82 @@ async fn a_tunnel_certificate_near_its_end_is_issued_anew_at_the_next_apply_and_
     );
     // csync2's certificate is pinned by csync2 and changes with its key only.
     assert_eq!(c.read("gluu1", "/etc/csync2_ssl_cert.pem").unwrap(), csync2);
+}
+
+/// A cluster of two Gluu nodes behind a load balancer, its certificate set.
+fn balanced() -> Cluster {
+    let c = cluster(&[
+        ("gluu1", Role::Gluu),
+        ("gluu2", Role::Gluu),
+        ("lb1", Role::Lb),
+    ]);
+    // The load balancer's configuration waits for the cluster's certificate and key.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["idp.example.org".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    cluster_set(&c.ctx, "unit", "hostname", "idp.example.org").unwrap();
+    let secret = |k: &str, pem: String| cluster_set_secret(&c.ctx, "unit", k, &SecretText(pem));
+    secret("tls-cert", cert.pem()).unwrap();
+    secret("tls-key", key.serialize_pem()).unwrap();
+    c
+}
+
+/// A rolling apply of a model change that `breaks` gluu1: it is the first, fails, and
+/// stays drained; gluu2 is skipped and keeps its files.
+async fn rolling_stops_at(c: &Cluster, breaks: Break, why: &str) {
+    c.apply_as(None, true).await.unwrap();
+    cluster_set(&c.ctx, "unit", "replicated-paths", "/opt/gluu/python/libs").unwrap();
+    let before = c.read("gluu2", "/etc/csync2.cfg").unwrap();
+    *c.agents.nodes["gluu1"].breaks.lock().unwrap() = Some(breaks);
+    let applied = c.apply_as(None, true).await.unwrap();
+    let view = |n: &str| applied.iter().find(|v| v.node == n).unwrap();
+    assert_eq!(view("gluu1").state, NodeState::Failed, "{applied:?}");
+    let message = view("gluu1").message.clone().unwrap_or_default();
+    assert!(message.contains(why), "{message}");
+    assert!(message.contains("stays drained"), "{message}");
+    assert_eq!(view("gluu2").state, NodeState::Skipped, "{applied:?}");
+    assert_eq!(c.read("gluu2", "/etc/csync2.cfg").unwrap(), before);
+    let nginx = c.read("lb1", crate::generate::nginx::CONF).unwrap();
+    // `server ADDRESS max_fails=2 fail_timeout=10s[ down];  # NODE`, per upstream.
+    let upstream: Vec<&str> = nginx.lines().filter(|l| l.contains("max_fails")).collect();
+    assert!(
+        upstream
+            .iter()
+            .any(|l| l.ends_with("# gluu1") && l.contains(" down;")),
+        "{upstream:?}"
+    );
+    assert!(
+        upstream
+            .iter()
+            .any(|l| l.ends_with("# gluu2") && !l.contains(" down;")),
+        "{upstream:?}"
+    );
+}
+
+// Time paused: the gate's waits for a recovery pass at once (the stand-ins answer
+// without timers of their own).
+#[tokio::test(start_paused = true)]
+async fn a_rolling_apply_stops_at_the_first_node_whose_check_fails_after_its_change() {
+    rolling_stops_at(&balanced(), Break::Https, "503").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rolling_apply_stops_at_the_first_node_whose_health_is_worse_after_its_change() {
+    rolling_stops_at(&balanced(), Break::Disk, "disk").await;
+}
+
+#[tokio::test]
+async fn a_rolling_apply_of_healthy_nodes_drains_each_in_turn_and_puts_it_back() {
+    let c = balanced();
+    let applied = c.apply_as(None, true).await.unwrap();
+    for v in &applied {
+        assert_eq!(v.state, NodeState::Ok, "{v:?}");
+    }
+    let nginx = c.read("lb1", crate::generate::nginx::CONF).unwrap();
+    for n in ["gluu1", "gluu2"] {
+        assert!(nginx.contains(n), "{nginx}");
+    }
+    assert!(!nginx.contains(" down;"), "{nginx}");
 }

@@ -240,7 +240,7 @@ async fn ask(
     timeout: Duration,
     within: Duration,
 ) -> NodeRound {
-    let conn = match ctx.connection_within(node, within).await {
+    let conn = match ctx.link(node, within).await {
         Ok(c) => c,
         Err(f) => return NodeRound::Unreachable(f.message),
     };
