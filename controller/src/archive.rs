@@ -191,7 +191,11 @@ pub fn seal(passphrase: &[u8], plaintext: &[u8], params: KdfParams) -> Result<Ve
     }
     out.extend_from_slice(&salt);
     out.extend_from_slice(&nonce);
-    let cannot = |why: String| CtlError::Refused(format!("cannot encrypt the backup: {why}"));
+    let cannot = |why: String| CtlError::Internal {
+        what: "encrypting the backup",
+        why,
+        next: "; nothing was written",
+    };
     let key = derive_key(passphrase, &salt, params).map_err(cannot)?;
     let mut body = Zeroizing::new(plaintext.to_vec());
     key.seal_in_place_append_tag(

@@ -262,9 +262,52 @@ pub enum CtlError {
         /// The current plan's digest, as a plan prints it.
         now: String,
     },
-    /// A node operation is refused by the cluster's rules.
+    /// `node add` of a node the cluster has (without `--reenroll`).
+    #[error(
+        "{node} is already in the cluster (at {address}); remove it first with `clustermgr node remove {node}`"
+    )]
+    AlreadyInCluster {
+        /// The node.
+        node: String,
+        /// Where the cluster has it.
+        address: String,
+    },
+    /// `node add` of a node no certificate was signed for.
+    #[error(
+        "no valid certificate has been signed for {node}: on the host run `clustermgr-agent enroll --name {node}`, sign its CSR with `clustermgr node sign {node} CSR_FILE`, and install the certificate as the agent's cert"
+    )]
+    NotSigned {
+        /// The node.
+        node: String,
+    },
+    /// `node remove` of the primary while other Gluu nodes remain.
+    #[error(
+        "{node} is the primary Gluu node and other Gluu nodes remain; move the primary first with `clustermgr node set-primary NODE`"
+    )]
+    PrimaryLast {
+        /// The node.
+        node: String,
+    },
+    /// `node set-primary` of a node without the Gluu role.
+    #[error("{node} is not a Gluu node, so it cannot be the primary")]
+    CannotBePrimary {
+        /// The node.
+        node: String,
+    },
+    /// The store changed under an operation (a node removed or re-keyed meanwhile).
     #[error("{0}")]
-    Refused(String),
+    StoreChanged(String),
+    /// A task inside clustermgr failed (a panic, a worker thread gone): a failure of
+    /// this program, never of the command line.
+    #[error("{what} failed inside clustermgr ({why}){next}")]
+    Internal {
+        /// What was being done.
+        what: &'static str,
+        /// The failure, as the runtime reports it.
+        why: String,
+        /// What the user can do, as `; ...`, or empty.
+        next: &'static str,
+    },
     /// A certificate signing request is unacceptable.
     #[error("refusing the CSR for {node}: {message}")]
     Csr {

@@ -241,9 +241,11 @@ pub async fn add_over_ssh(
             // A task that panicked is a failure of this program, not of the command line.
             Err(e) => results.push((
                 "?".into(),
-                Err(CtlError::Refused(format!(
-                    "a bootstrap task failed inside clustermgr ({e}); the hosts that were added stay added, run the command again for the others"
-                ))),
+                Err(CtlError::Internal {
+                    what: "a bootstrap task",
+                    why: e.to_string(),
+                    next: "; the hosts that were added stay added, run the command again for the others",
+                }),
             )),
         }
     }

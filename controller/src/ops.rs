@@ -920,23 +920,23 @@ async fn node_add(
     if let Some(existing) = &existing
         && !reenroll
     {
-        return Err(CtlError::Refused(format!(
-            "{node} is already in the cluster (at {}); remove it first with `clustermgr node remove {node}`",
-            existing.address
-        )));
+        return Err(CtlError::AlreadyInCluster {
+            node: node.to_string(),
+            address: existing.address.clone(),
+        });
     }
     let now = ctx.clock.unix();
     let cert = ctx
         .store
         .certs()?
         .into_iter()
-        .filter(|c| c.kind == CertKind::Node && c.node.as_deref() == Some(node) && c.revoked_at.is_none())
+        .filter(|c| {
+            c.kind == CertKind::Node && c.node.as_deref() == Some(node) && c.revoked_at.is_none()
+        })
         .filter(|c| c.not_after > now)
         .max_by_key(|c| c.not_before)
-        .ok_or_else(|| {
-            CtlError::Refused(format!(
-                "no valid certificate has been signed for {node}: on the host run `clustermgr-agent enroll --name {node}`, sign its CSR with `clustermgr node sign {node} CSR_FILE`, and install the certificate as the agent's cert"
-            ))
+        .ok_or_else(|| CtlError::NotSigned {
+            node: node.to_string(),
         })?;
     // A re-enrolled node keeps what it does; only its key and address change.
     let (roles, primary) = match &existing {
@@ -1026,9 +1026,9 @@ async fn node_remove(
         .filter(|n| n.name != node && n.has_role(Role::Gluu))
         .count();
     if rec.primary && others > 0 {
-        return Err(CtlError::Refused(format!(
-            "{node} is the primary Gluu node and other Gluu nodes remain; move the primary first with `clustermgr node set-primary NODE`"
-        )));
+        return Err(CtlError::PrimaryLast {
+            node: node.to_string(),
+        });
     }
     if uninstall {
         // The agent goes first: once the node is unpinned the controller could no
@@ -1108,9 +1108,9 @@ fn set_primary(ctx: &Ctx, user: &str, node: &str) -> Result<Report, CtlError> {
         .find(|n| n.name == node)
         .ok_or_else(|| CtlError::unknown_node(node, all.iter().map(|n| n.name.as_str())))?;
     if !target.has_role(Role::Gluu) {
-        return Err(CtlError::Refused(format!(
-            "{node} is not a Gluu node, so it cannot be the primary"
-        )));
+        return Err(CtlError::CannotBePrimary {
+            node: node.to_string(),
+        });
     }
     for n in &mut all {
         n.primary = n.name == node;

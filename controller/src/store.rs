@@ -972,7 +972,7 @@ enum StoreOpError {
 impl StoreOpError {
     fn into_ctl(self, path: &Path) -> CtlError {
         match self {
-            StoreOpError::Changed(m) => CtlError::Refused(m),
+            StoreOpError::Changed(m) => CtlError::StoreChanged(m),
             StoreOpError::Redb(m) | StoreOpError::Corrupt(m) => store_error(path, m),
             StoreOpError::Missing(what) => store_error(path, format!("the {what} are missing")),
         }
@@ -1043,7 +1043,7 @@ mod tests {
         store.put_cert(&cert("01", "a", "sha256:00")).unwrap();
         // A rekey must start from the pin it saw.
         let err = store.begin_rekey("a", "sha256:ff", &cert("02", "a", "sha256:11"));
-        assert!(matches!(err, Err(CtlError::Refused(_))));
+        assert!(matches!(err, Err(CtlError::StoreChanged(_))));
         store
             .begin_rekey("a", "sha256:00", &cert("02", "a", "sha256:11"))
             .unwrap();
@@ -1053,7 +1053,7 @@ mod tests {
         );
         // Completing with an unrelated key is refused; with the pending one, it pins it.
         let err = store.complete_renewal("a", &cert("03", "a", "sha256:22"), 5);
-        assert!(matches!(err, Err(CtlError::Refused(_))));
+        assert!(matches!(err, Err(CtlError::StoreChanged(_))));
         store
             .complete_renewal("a", &cert("02", "a", "sha256:11"), 5)
             .unwrap();
@@ -1069,7 +1069,7 @@ mod tests {
         // A removed node is never written back.
         store.remove_node("a", 6).unwrap();
         let err = store.complete_renewal("a", &cert("04", "a", "sha256:11"), 7);
-        assert!(matches!(err, Err(CtlError::Refused(_))));
+        assert!(matches!(err, Err(CtlError::StoreChanged(_))));
         assert!(store.node("a").unwrap().is_none());
     }
 

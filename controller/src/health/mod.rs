@@ -568,7 +568,11 @@ pub async fn watch(ctx: std::sync::Arc<Ctx>) {
         let stored = match ctx.telemetry() {
             Ok(store) => tokio::task::spawn_blocking(move || store.record_health(events, &states))
                 .await
-                .map_err(|e| CtlError::Refused(e.to_string()))
+                .map_err(|e| CtlError::Internal {
+                    what: "the health store's worker",
+                    why: e.to_string(),
+                    next: "",
+                })
                 .and_then(|r| r),
             Err(e) => Err(e),
         };
@@ -616,7 +620,11 @@ pub async fn events(
     let store = ctx.telemetry()?;
     let stored = tokio::task::spawn_blocking(move || store.health_events(since_ms, limit))
         .await
-        .map_err(|e| CtlError::Refused(e.to_string()))??;
+        .map_err(|e| CtlError::Internal {
+            what: "the health store's worker",
+            why: e.to_string(),
+            next: "",
+        })??;
     let Some(live) = live.as_mut() else {
         return Ok(View::Events(stored));
     };
@@ -635,7 +643,11 @@ pub async fn events(
                 let store = ctx.telemetry()?;
                 tokio::task::spawn_blocking(move || store.health_events_after(last, usize::MAX))
                     .await
-                    .map_err(|e| CtlError::Refused(e.to_string()))??
+                    .map_err(|e| CtlError::Internal {
+                        what: "the health store's worker",
+                        why: e.to_string(),
+                        next: "",
+                    })??
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
         };

@@ -110,7 +110,11 @@ pub async fn logs(
         Ok::<_, CtlError>((lines, sources))
     })
     .await
-    .map_err(|e| CtlError::Refused(e.to_string()))??;
+    .map_err(|e| CtlError::Internal {
+        what: "the log query's worker",
+        why: e.to_string(),
+        next: "",
+    })??;
     // A default source that has written nothing yet is a quiet log, not a typo.
     if let (Some(source), Some(known)) = (&spec.source, &sources)
         && !known.contains(source)
