@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clustermgr_protocol::throttle::Throttle;
 use tokio::sync::Semaphore;
@@ -22,7 +22,7 @@ const MAX_PAUSE: Duration = Duration::from_secs(1);
 /// How often a repeated accept failure is logged.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// A listening socket.
+/// A listening socket, or a test's stand-in for one (whose accepts fail on cue).
 pub trait Listener: Send + 'static {
     /// One accepted connection.
     type Conn: Send + 'static;
@@ -125,7 +125,8 @@ impl AcceptFailures {
     }
 
     async fn pause(&mut self, e: &io::Error) {
-        if let Some(earlier) = self.log.admit(Instant::now()) {
+        // The runtime's clock, which the pause also sleeps on: one clock for both.
+        if let Some(earlier) = self.log.admit(tokio::time::Instant::now().into_std()) {
             tracing::warn!(
                 "accepting a {} connection failed: {e} ({earlier} more failures since the last such line); pausing {} ms",
                 self.what,
@@ -140,6 +141,7 @@ impl AcceptFailures {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
@@ -209,6 +211,146 @@ mod tests {
             .expect("answered at once, not after the slow ones")
             .unwrap();
         assert_eq!(reply, "bye");
+    }
+
+    /// A stand-in listener: its accepts fail with EMFILE (out of file descriptors) or
+    /// succeed as `script` says, then wait forever; it records when each was asked.
+    struct Scripted {
+        script: std::sync::Mutex<std::collections::VecDeque<bool>>,
+        asked: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>,
+        done: tokio::sync::mpsc::UnboundedSender<()>,
+    }
+
+    impl Listener for Scripted {
+        type Conn = ();
+        async fn accept_one(&self) -> io::Result<()> {
+            self.asked.lock().unwrap().push(tokio::time::Instant::now());
+            let next = self.script.lock().unwrap().pop_front();
+            match next {
+                Some(true) => Ok(()),
+                Some(false) => Err(io::Error::from_raw_os_error(libc::EMFILE)),
+                None => {
+                    let _ = self.done.send(());
+                    std::future::pending().await
+                }
+            }
+        }
+    }
+
+    /// Runs `serve` (one of the two loops) on a [`Scripted`] listener until the script
+    /// is used up; returns when each accept was asked, how many connections were
+    /// served, and what was logged.
+    async fn run_script(script: &[bool], newest: bool) -> (Vec<Duration>, usize, String) {
+        let (log, _guard) = capture_log();
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+        let listener = Scripted {
+            script: std::sync::Mutex::new(script.iter().copied().collect()),
+            asked: asked.clone(),
+            done,
+        };
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = tokio::spawn(serve(newest, listener, served.clone()));
+        finished.recv().await.unwrap();
+        // Let whatever the loop does after its last accept happen.
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        task.abort();
+        let asked = asked.lock().unwrap();
+        let gaps = asked.windows(2).map(|w| w[1] - w[0]).collect();
+        let log = String::from_utf8(log.lock().unwrap().clone()).unwrap();
+        (gaps, served.load(std::sync::atomic::Ordering::SeqCst), log)
+    }
+
+    /// Runs [`serve_newest`] when `newest`, else [`serve_bounded`], counting what
+    /// they serve.
+    fn serve(
+        newest: bool,
+        l: Scripted,
+        served: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        let handle = move |()| {
+            served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async {}
+        };
+        if newest {
+            Box::pin(serve_newest(l, 4, "test", handle))
+        } else {
+            Box::pin(serve_bounded(l, 4, "test", handle))
+        }
+    }
+
+    /// What `tracing` writes on this thread while the guard lives.
+    fn capture_log() -> (
+        Arc<std::sync::Mutex<Vec<u8>>>,
+        tracing::subscriber::DefaultGuard,
+    ) {
+        struct Into(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Into {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Into(sink.clone()))
+            .finish();
+        (buf, tracing::subscriber::set_default(subscriber))
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_accept_pauses_longer_each_time_up_to_a_second_and_serving_resumes() {
+        for newest in [false, true] {
+            // Twelve failures, a connection, three more failures, a connection.
+            let mut script = vec![false; 12];
+            script.push(true);
+            script.extend([false, false, false, true]);
+            let (gaps, served, _) = run_script(&script, newest).await;
+            let ms: Vec<u128> = gaps.iter().map(Duration::as_millis).collect();
+            // Each failure pauses twice the one before, up to a second; an accept that
+            // succeeds starts again from the shortest, and is served.
+            assert_eq!(
+                ms,
+                [
+                    10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000, 1000, 1000, 0, 10, 20, 40, 0
+                ],
+                "the pauses between accepts"
+            );
+            assert_eq!(served, 2, "both connections were served");
+            assert!(gaps.iter().all(|g| *g <= MAX_PAUSE + MS));
+        }
+    }
+
+    /// The log's lines about failed accepts, and how many failures each counts.
+    fn failure_lines(log: &str) -> Vec<u64> {
+        log.lines()
+            .filter(|l| l.contains("accepting a test connection failed"))
+            .map(|l| {
+                let count = l.split('(').nth(1).and_then(|c| c.split(' ').next());
+                1 + count.and_then(|c| c.parse::<u64>().ok()).unwrap_or(0)
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accepts_failing_for_minutes_are_one_line_a_minute_with_their_count() {
+        for newest in [false, true] {
+            // About 200 s of failures at the longest pause.
+            let (_, _, log) = run_script(&[false; 200], newest).await;
+            let lines = failure_lines(&log);
+            assert!(
+                lines.len() == 4,
+                "one line at the first failure and one a minute after: {log}"
+            );
+            assert!(log.contains("Too many open files"), "{log}");
+        }
     }
 
     async fn futures_connect(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
