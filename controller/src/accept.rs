@@ -138,6 +138,37 @@ impl AcceptFailures {
     }
 }
 
+/// Asserts that `served` (a handler given one end of a connection) drops a client that
+/// writes `bytes` into the other end, `w`, one every 300 ms, at its `deadline` (within
+/// 8 s): each read is prompt, so only a deadline over the whole request ends it.
+#[cfg(test)]
+pub(crate) async fn assert_dropped_while_trickling(
+    served: impl Future<Output = ()>,
+    mut w: impl tokio::io::AsyncWrite + Unpin,
+    bytes: &[u8],
+    deadline: Duration,
+) {
+    use tokio::io::AsyncWriteExt;
+    let start = tokio::time::Instant::now();
+    let trickle = async {
+        for b in bytes {
+            if w.write_all(std::slice::from_ref(b)).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    tokio::select! {
+        _ = served => {}
+        _ = trickle => panic!("still read after {:?} of trickling", start.elapsed()),
+    }
+    let held = start.elapsed();
+    assert!(
+        held >= deadline - Duration::from_millis(100) && held < Duration::from_secs(8),
+        "the trickling client was held {held:?}, its deadline being {deadline:?}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

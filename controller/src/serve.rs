@@ -471,6 +471,27 @@ enum Work {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_cli_request_that_trickles_in_is_dropped_at_the_requests_one_deadline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("home");
+        let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+        ops::init(&dir, "c", 90, &crate::clock::FixedClock(now)).unwrap();
+        let ctx =
+            Arc::new(Ctx::open(&dir, crate::clock::system(), &Default::default(), true).unwrap());
+        let (mut cli, ours) = UnixStream::pair().unwrap();
+        // A frame of 1000 bytes announced, which never ends.
+        let mut request = 1000u32.to_be_bytes().to_vec();
+        request.extend([b'a'; 100]);
+        crate::accept::assert_dropped_while_trickling(
+            client(ctx, ours),
+            &mut cli,
+            &request,
+            CLI_REQUEST_DEADLINE,
+        )
+        .await;
+    }
+
     #[test]
     fn backoff_grows_to_its_cap_and_stays_jittered() {
         for failures in 0..40 {
