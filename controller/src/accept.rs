@@ -4,13 +4,14 @@
 //! `serve_newest` (the Prometheus listener, whose genuine requests take a moment) by
 //! dropping the oldest for each newcomer, so slow clients cannot keep a scrape out.
 //! Both pause more and more while accepting fails (out of file descriptors, accept
-//! would otherwise spin) and log those failures at most once a minute with a count.
+//! would otherwise spin) and log those failures at most once a minute with a count
+//! ([`Counted`], which serve's CLI handler uses for bad requests too).
 //! Each handler gets one deadline from the caller for its whole request, never one
 //! per read.
 
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clustermgr_protocol::throttle::Throttle;
@@ -55,22 +56,26 @@ where
 {
     let slots = Arc::new(Semaphore::new(max));
     let mut failed = AcceptFailures::new(what);
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        match listener.accept_one().await {
-            Ok(conn) => {
-                failed.reset();
-                let served = handle(conn);
-                tokio::spawn(async move {
-                    served.await;
-                    drop(slot);
-                });
+    let log = failed.log.clone();
+    log.flushing(async move {
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            match listener.accept_one().await {
+                Ok(conn) => {
+                    failed.reset();
+                    let served = handle(conn);
+                    tokio::spawn(async move {
+                        served.await;
+                        drop(slot);
+                    });
+                }
+                Err(e) => failed.pause(&e).await,
             }
-            Err(e) => failed.pause(&e).await,
         }
-    }
+    })
+    .await
 }
 
 /// Like [`serve_bounded`], for requests that take a moment when genuine (a scrape):
@@ -86,21 +91,25 @@ where
 {
     let mut serving: std::collections::VecDeque<tokio::task::AbortHandle> = Default::default();
     let mut failed = AcceptFailures::new(what);
-    loop {
-        match listener.accept_one().await {
-            Ok(conn) => {
-                failed.reset();
-                serving.retain(|t| !t.is_finished());
-                if serving.len() >= max
-                    && let Some(oldest) = serving.pop_front()
-                {
-                    oldest.abort();
+    let log = failed.log.clone();
+    log.flushing(async move {
+        loop {
+            match listener.accept_one().await {
+                Ok(conn) => {
+                    failed.reset();
+                    serving.retain(|t| !t.is_finished());
+                    if serving.len() >= max
+                        && let Some(oldest) = serving.pop_front()
+                    {
+                        oldest.abort();
+                    }
+                    serving.push_back(tokio::spawn(handle(conn)).abort_handle());
                 }
-                serving.push_back(tokio::spawn(handle(conn)).abort_handle());
+                Err(e) => failed.pause(&e).await,
             }
-            Err(e) => failed.pause(&e).await,
         }
-    }
+    })
+    .await
 }
 
 /// A listener's failed accepts: a pause that grows while they go on, and a line
@@ -108,7 +117,7 @@ where
 struct AcceptFailures {
     what: &'static str,
     pause: Duration,
-    log: Throttle,
+    log: Arc<Counted>,
 }
 
 impl AcceptFailures {
@@ -116,7 +125,10 @@ impl AcceptFailures {
         AcceptFailures {
             what,
             pause: MIN_PAUSE,
-            log: Throttle::new(LOG_EVERY),
+            log: Arc::new(Counted::new(
+                LOG_EVERY,
+                format!("failed accepts on the {what} listener"),
+            )),
         }
     }
 
@@ -125,8 +137,7 @@ impl AcceptFailures {
     }
 
     async fn pause(&mut self, e: &io::Error) {
-        // The runtime's clock, which the pause also sleeps on: one clock for both.
-        if let Some(earlier) = self.log.admit(tokio::time::Instant::now().into_std()) {
+        if let Some(earlier) = self.log.admit() {
             tracing::warn!(
                 "accepting a {} connection failed: {e} ({earlier} more failures since the last such line); pausing {} ms",
                 self.what,
@@ -138,9 +149,64 @@ impl AcceptFailures {
     }
 }
 
-/// Asserts that `served` (a handler given one end of a connection) drops a client that
-/// writes `bytes` into the other end, `w`, one every 300 ms, at its `deadline` (within
-/// 8 s): each read is prompt, so only a deadline over the whole request ends it.
+/// Events anyone who reaches a listener can repeat at will (a failed accept, a bad
+/// request): the caller logs the first, the rest of the interval are only counted, and
+/// while [`Counted::flushing`] runs, their count is written once the interval is
+/// over, also when nothing follows: a short burst is told at its end, not left for
+/// whenever the next event comes.
+pub struct Counted {
+    throttle: Mutex<Throttle>,
+    every: Duration,
+    /// What is counted, in the plural ("failed accepts on the CLI listener").
+    what: String,
+}
+
+impl Counted {
+    /// At most one line per `every` about `what`.
+    pub fn new(every: Duration, what: String) -> Self {
+        Counted {
+            throttle: Mutex::new(Throttle::new(every)),
+            every,
+            what,
+        }
+    }
+
+    /// One more event: `Some(n)` when the caller is to log it, `n` being how many were
+    /// counted since the last line; `None` when it is only counted.
+    pub fn admit(&self) -> Option<u64> {
+        self.lock().admit(now())
+    }
+
+    /// Runs `work`, writing the count of the events not logged at the end of each
+    /// interval that had some.
+    pub async fn flushing<T>(&self, work: impl Future<Output = T>) -> T {
+        // A few looks per interval, so a count is written soon after its interval ends.
+        let mut tick = tokio::time::interval(self.every / 6);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = tick.tick() => {
+                    let flushed = self.lock().flush(now());
+                    if let Some(n) = flushed {
+                        tracing::info!("{n} more {} since the last such line", self.what);
+                    }
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Throttle> {
+        self.throttle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The runtime's clock, which pauses and timeouts sleep on too (virtual in tests).
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 #[cfg(test)]
 pub(crate) async fn assert_dropped_while_trickling(
     served: impl Future<Output = ()>,
@@ -167,6 +233,31 @@ pub(crate) async fn assert_dropped_while_trickling(
         held >= deadline - Duration::from_millis(100) && held < Duration::from_secs(8),
         "the trickling client was held {held:?}, its deadline being {deadline:?}"
     );
+}
+
+#[cfg(test)]
+/// What `tracing` writes on this thread while the guard lives.
+pub(crate) fn capture_log() -> (
+    Arc<std::sync::Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    struct Into(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Into {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || Into(sink.clone()))
+        .finish();
+    (buf, tracing::subscriber::set_default(subscriber))
 }
 
 #[cfg(test)]
@@ -310,30 +401,6 @@ mod tests {
         }
     }
 
-    /// What `tracing` writes on this thread while the guard lives.
-    fn capture_log() -> (
-        Arc<std::sync::Mutex<Vec<u8>>>,
-        tracing::subscriber::DefaultGuard,
-    ) {
-        struct Into(Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Into {
-            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || Into(sink.clone()))
-            .finish();
-        (buf, tracing::subscriber::set_default(subscriber))
-    }
-
     const MS: Duration = Duration::from_millis(1);
 
     #[tokio::test(start_paused = true)]
@@ -359,13 +426,21 @@ mod tests {
         }
     }
 
-    /// The log's lines about failed accepts, and how many failures each counts.
+    /// The log's lines about failed accepts, and how many failures each counts: the
+    /// one that tells a failure counts it and those before it, a summary those it says.
     fn failure_lines(log: &str) -> Vec<u64> {
+        let number = |t: Option<&str>| t.and_then(|n| n.parse::<u64>().ok());
         log.lines()
-            .filter(|l| l.contains("accepting a test connection failed"))
-            .map(|l| {
-                let count = l.split('(').nth(1).and_then(|c| c.split(' ').next());
-                1 + count.and_then(|c| c.parse::<u64>().ok()).unwrap_or(0)
+            .filter_map(|l| {
+                if l.contains("accepting a test connection failed") {
+                    number(l.rsplit('(').next().and_then(|c| c.split(' ').next())).map(|n| n + 1)
+                } else if let Some((head, _)) =
+                    l.split_once(" more failed accepts on the test listener")
+                {
+                    number(head.rsplit(' ').next())
+                } else {
+                    None
+                }
             })
             .collect()
     }
@@ -376,11 +451,21 @@ mod tests {
             // About 200 s of failures at the longest pause.
             let (_, _, log) = run_script(&[false; 200], newest).await;
             let lines = failure_lines(&log);
-            assert!(
-                lines.len() == 4,
-                "one line at the first failure and one a minute after: {log}"
-            );
+            // One as the first happens, then one a minute (and the last minute's at its
+            // end): each failure counted once.
+            assert!((4..=5).contains(&lines.len()), "{log}");
+            assert_eq!(lines.iter().sum::<u64>(), 200, "{log}");
             assert!(log.contains("Too many open files"), "{log}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_burst_of_failed_accepts_is_counted_in_a_line_at_its_intervals_end() {
+        for newest in [false, true] {
+            // Five failures in a fraction of a second, then nothing.
+            let (_, _, log) = run_script(&[false; 5], newest).await;
+            // The first as it happens, the other four once their minute is over.
+            assert_eq!(failure_lines(&log), [1, 4], "{log}");
         }
     }
 
