@@ -38,6 +38,10 @@ const MAX_HANDSHAKES: usize = 32;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often refused handshakes are logged (with a count of those in between).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Authenticated controller connections served at once: one controller's `serve` and a
+/// few CLIs. Each may have its receive window (32 MiB) in flight beside the request
+/// budget, so this bounds what controllers can make the agent buffer.
+const MAX_CONTROLLER_CONNECTIONS: usize = 8;
 
 /// A configured agent, ready to start.
 pub struct Agent {
@@ -207,6 +211,7 @@ impl Agent {
             newest,
             budget: RequestBudget::new(self.cfg.max_frame_bytes),
             refusals: Mutex::new(Throttle::new(REFUSAL_LOG_EVERY)),
+            controllers: Arc::new(tokio::sync::Semaphore::new(MAX_CONTROLLER_CONNECTIONS)),
             ldap: ldap.clone(),
             heartbeats,
             telemetry,
@@ -401,6 +406,8 @@ struct Shared {
     newest: NewestController,
     /// Refused handshakes, logged as a count rather than one line each.
     refusals: Mutex<Throttle>,
+    /// The places of authenticated controller connections.
+    controllers: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -519,26 +526,17 @@ async fn serve_connection(
 ) {
     let conn = match handshaken {
         Ok(c) => c,
-        Err(e) => {
-            // Anyone who reaches the port can fail a handshake at will: a count and
-            // the latest, once a minute, not a line each (the agent follows its own
-            // log into telemetry, too).
-            let admitted = shared
-                .refusals
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .admit(std::time::Instant::now());
-            if let Some(earlier) = admitted {
-                if earlier > 0 {
-                    tracing::info!(
-                        "refused a connection from {remote}: {e} (and {earlier} more since the last such line)"
-                    );
-                } else {
-                    tracing::info!("refused a connection from {remote}: {e}");
-                }
-            }
-            return;
-        }
+        Err(e) => return refused(&shared, remote, &e),
+    };
+    // Authenticated (the handshake checked the controller's certificate), and served
+    // only while it has a place; a full house is told why.
+    let Ok(_place) = shared.controllers.clone().try_acquire_owned() else {
+        let why = format!(
+            "the agent serves {MAX_CONTROLLER_CONNECTIONS} controller connections at once, its limit; let other clustermgr commands on this node finish (or run `clustermgr serve`, whose connection they share), then try again"
+        );
+        refused(&shared, remote, &why);
+        conn.close(quinn::VarInt::from_u32(4), why.as_bytes());
+        return;
     };
     let controller = match hello(&conn, &shared).await {
         // Who is on the other end is what its certificate says, not what its Hello
@@ -593,6 +591,24 @@ async fn serve_connection(
             handle_request(send, recv, &guard.0, controller).await;
             drop(guard);
         });
+    }
+}
+
+/// Logs a refused connection. Anyone who reaches the port can fail a handshake at
+/// will: a count and the latest, once a minute, not a line each (the agent follows its
+/// own log into telemetry, too).
+fn refused(shared: &Shared, remote: std::net::SocketAddr, why: &dyn std::fmt::Display) {
+    let admitted = shared
+        .refusals
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .admit(std::time::Instant::now());
+    match admitted {
+        Some(0) => tracing::info!("refused a connection from {remote}: {why}"),
+        Some(earlier) => tracing::info!(
+            "refused a connection from {remote}: {why} (and {earlier} more since the last such line)"
+        ),
+        None => {}
     }
 }
 

@@ -1,6 +1,7 @@
 //! A minimal HTTP/1.1 client for posting to the administrator's own services (InfluxDB,
 //! an alert webhook) on a private network or loopback: plain http only, one request
-//! per connection, with deadlines.
+//! per connection, with deadlines. A URL with credentials in it is taken only to this
+//! machine.
 
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ impl Target {
     ) -> Result<Target, CtlError> {
         let bad = |why: &str| CtlError::BadArgument {
             flag: what,
-            value: url.to_string(),
+            value: redacted(url),
             why: why.to_string(),
         };
         let rest = url.strip_prefix("http://").ok_or_else(|| {
@@ -43,6 +44,10 @@ impl Target {
             }
         })?;
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (userinfo, authority) = match authority.rsplit_once('@') {
+            Some((u, a)) => (Some(u), a),
+            None => (None, authority),
+        };
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
                 h.to_string(),
@@ -53,7 +58,7 @@ impl Target {
         if host.is_empty() {
             return Err(bad("no host"));
         }
-        Ok(Target {
+        let t = Target {
             host,
             port,
             path: if path.is_empty() {
@@ -61,8 +66,62 @@ impl Target {
             } else {
                 path.into()
             },
-        })
+        };
+        let credentials = userinfo.is_some() || query_credential(&t.path).is_some();
+        if credentials && !t.is_loopback() {
+            return Err(bad(
+                "the credentials in it would cross the network in the clear (plain http to a host that is not this machine); reach the service on loopback, through an SSH tunnel or a local TLS proxy",
+            ));
+        }
+        if userinfo.is_some() {
+            return Err(bad(
+                "a user and password before the host are not sent (clustermgr sends no basic authentication); pass them as the service reads them from the query (InfluxDB 1.x: ?u=NAME&p=PASSWORD), or use a token file",
+            ));
+        }
+        Ok(t)
     }
+}
+
+/// The query keys that carry a secret: InfluxDB 1.x's user and password, a token.
+const CREDENTIAL_KEYS: &[&str] = &["u", "p", "password", "token"];
+
+/// The first credential key in `path`'s query, if any.
+fn query_credential(path: &str) -> Option<&str> {
+    let (_, query) = path.split_once('?')?;
+    query
+        .split('&')
+        .map(|pair| pair.split_once('=').map_or(pair, |(k, _)| k))
+        .find(|k| CREDENTIAL_KEYS.contains(k))
+}
+
+/// `url` with its user and password and its query's credentials made `***`, for
+/// messages.
+fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_string(),
+    };
+    let path = match path.split_once('?') {
+        Some((p, query)) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if CREDENTIAL_KEYS.contains(&k) => format!("{k}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{p}?{}", pairs.join("&"))
+        }
+        None => path.to_string(),
+    };
+    let scheme = if scheme.is_empty() {
+        String::new()
+    } else {
+        format!("{scheme}://")
+    };
+    format!("{scheme}{authority}{path}")
 }
 
 impl Target {
@@ -144,6 +203,32 @@ mod tests {
         ] {
             assert!(!t(u).is_loopback(), "{u}");
         }
+    }
+
+    #[test]
+    fn credentials_in_a_url_never_go_over_plain_http_to_another_host() {
+        let parse = |u: &str| Target::parse(u, "--influxdb", 8086, "/write?db=clustermgr");
+        for url in [
+            "http://user:s3cret@10.0.0.5:8086/write?db=x",
+            "http://10.0.0.5:8086/write?db=x&u=me&p=s3cret",
+            "http://influx.example.com/query?p=s3cret",
+            "http://influx.example.com/api/v2/write?org=o&bucket=b&token=s3cret",
+        ] {
+            let err = parse(url).unwrap_err().to_string();
+            assert!(err.contains("in the clear"), "{url}: {err}");
+            assert!(!err.contains("s3cret"), "{url}: {err}");
+        }
+        // On this machine they may be in the query; before the host they would not be
+        // sent at all, so that is said.
+        let local = parse("http://127.0.0.1:8086/write?db=x&u=me&p=s3cret").unwrap();
+        assert_eq!(local.path, "/write?db=x&u=me&p=s3cret");
+        let err = parse("http://me:s3cret@localhost:8086/write")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not sent"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        // Without credentials, any host.
+        assert!(parse("http://10.0.0.5:8086/write?db=x&precision=ms").is_ok());
     }
 
     #[tokio::test]

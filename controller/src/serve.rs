@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clustermgr_protocol::frame::write_message;
-use clustermgr_protocol::throttle::Throttle;
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::CtlError;
+use crate::accept::Counted;
 use crate::local::{ServeError, ServeMsg, read_request};
 use crate::ops::{self, Ctx};
 
@@ -33,6 +33,8 @@ const TUNNEL_CHECK: Duration = Duration::from_secs(3600);
 const CLI_CONNECTIONS: usize = 128;
 /// One deadline for a CLI's whole request, which it sends at once.
 const CLI_REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// How often bad requests on the CLI socket are logged (with a count of the rest).
+const BAD_REQUEST_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs `serve` until `shutdown` resolves.
 pub async fn serve(
@@ -56,12 +58,18 @@ pub async fn serve(
     let health_watch = tokio::spawn(crate::health::watch(ctx.clone()));
     let alerts = tokio::spawn(crate::health::alerts::deliver(ctx.clone()));
     let cli_ctx = ctx.clone();
+    // Anyone with the socket can send bad requests at will: a line a minute, counted.
+    let bad_requests = Arc::new(Counted::new(
+        BAD_REQUEST_LOG_EVERY,
+        "bad requests (or hang-ups) from CLI clients".into(),
+    ));
+    let bad = bad_requests.clone();
     let accepting = crate::accept::serve_bounded(listener, CLI_CONNECTIONS, "CLI", move |stream| {
-        client(cli_ctx.clone(), stream)
+        client(cli_ctx.clone(), stream, bad.clone())
     });
     tokio::select! {
         _ = shutdown => {}
-        _ = accepting => {}
+        _ = bad_requests.flushing(accepting) => {}
     }
     keeper.abort();
     tunnel_keeper.abort();
@@ -75,7 +83,7 @@ pub async fn serve(
     Ok(())
 }
 
-async fn client(ctx: Arc<Ctx>, stream: UnixStream) {
+async fn client(ctx: Arc<Ctx>, stream: UnixStream, bad_requests: Arc<Counted>) {
     let peer_uid = stream.peer_cred().map(|c| c.uid()).ok();
     let (mut rd, mut wr) = stream.into_split();
     let (hello, mut inv) = match tokio::time::timeout(CLI_REQUEST_DEADLINE, read_request(&mut rd))
@@ -83,13 +91,7 @@ async fn client(ctx: Arc<Ctx>, stream: UnixStream) {
     {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            // Anyone with the socket can repeat this at will: once a minute, counted.
-            static BAD: Mutex<Option<Throttle>> = Mutex::new(None);
-            let mut bad = BAD.lock().unwrap_or_else(|p| p.into_inner());
-            let admitted = bad
-                .get_or_insert_with(|| Throttle::new(Duration::from_secs(60)))
-                .admit(std::time::Instant::now());
-            if let Some(earlier) = admitted {
+            if let Some(earlier) = bad_requests.admit() {
                 tracing::info!(
                     "a CLI client sent a bad request: {e} ({earlier} more since the last such line)"
                 );
@@ -470,6 +472,66 @@ enum Work {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_cli_request_that_trickles_in_is_dropped_at_the_requests_one_deadline() {
+        let (ctx, _home) = scratch_ctx();
+        let (mut cli, ours) = UnixStream::pair().unwrap();
+        // A frame of 1000 bytes announced, which never ends.
+        let mut request = 1000u32.to_be_bytes().to_vec();
+        request.extend([b'a'; 100]);
+        crate::accept::assert_dropped_while_trickling(
+            client(
+                ctx,
+                ours,
+                Arc::new(Counted::new(BAD_REQUEST_LOG_EVERY, "x".into())),
+            ),
+            &mut cli,
+            &request,
+            CLI_REQUEST_DEADLINE,
+        )
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_burst_of_bad_cli_requests_is_counted_in_a_line_at_its_intervals_end() {
+        let (log, _guard) = crate::accept::capture_log();
+        let ctx = scratch_ctx();
+        let bad = Arc::new(Counted::new(
+            BAD_REQUEST_LOG_EVERY,
+            "bad requests (or hang-ups) from CLI clients".into(),
+        ));
+        // Five clients that hang up at once, then none.
+        for _ in 0..5 {
+            let (cli, ours) = UnixStream::pair().unwrap();
+            drop(cli);
+            client(ctx.0.clone(), ours, bad.clone()).await;
+        }
+        let quiet = tokio::time::sleep(3 * BAD_REQUEST_LOG_EVERY);
+        bad.flushing(quiet).await;
+        let log = String::from_utf8(log.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            log.matches("a CLI client sent a bad request").count(),
+            1,
+            "the first is logged as it happens: {log}"
+        );
+        assert!(
+            log.contains(
+                "4 more bad requests (or hang-ups) from CLI clients since the last such line"
+            ),
+            "the other four are told once their minute is over: {log}"
+        );
+    }
+
+    /// A context on a fresh home, which lives as long as the returned directory.
+    fn scratch_ctx() -> (Arc<Ctx>, tempfile::TempDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("home");
+        let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+        ops::init(&dir, "c", 90, &crate::clock::FixedClock(now)).unwrap();
+        let ctx = Ctx::open(&dir, crate::clock::system(), &Default::default(), true).unwrap();
+        (Arc::new(ctx), tmp)
+    }
 
     #[test]
     fn backoff_grows_to_its_cap_and_stays_jittered() {

@@ -1688,6 +1688,49 @@ async fn refused_handshakes_are_counted_in_the_agents_log_not_written_one_by_one
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_serves_eight_controller_connections_at_once_and_refuses_more_saying_why() {
+    let c = Cluster::gluu(1).await;
+    // Eight authenticated connections are served: each may have 32 MiB in flight.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(greeted(&c).await);
+    }
+    // A ninth, as authenticated, is closed at once with the reason.
+    let (_ep, ninth) = raw_connect(&c).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), ninth.closed())
+        .await
+        .expect("the ninth connection is closed by the agent");
+    let quinn::ConnectionError::ApplicationClosed(why) = closed else {
+        panic!("{closed}");
+    };
+    let why = String::from_utf8_lossy(&why.reason).to_string();
+    assert!(why.contains("8 controller connections at once"), "{why}");
+    // The CLI says so.
+    let o = c.run(&["exec", "--", "true"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("8 controller connections at once"),
+        "{}",
+        stderr(&o)
+    );
+    // The eight are still answered.
+    for (_, conn) in &held {
+        let (mut s, mut r) = conn.open_bi().await.unwrap();
+        write_message(&mut s, &Request::Info).await.unwrap();
+        let reply = expect_message::<Reply, _>(&mut r, 1 << 20, "reply").await;
+        assert!(matches!(reply, Ok(Reply::Info(_))), "{reply:?}");
+    }
+    // One of them goes: its place is free.
+    let (ep, conn) = held.pop().unwrap();
+    conn.close(0u32.into(), b"done");
+    ep.wait_idle().await;
+    eventually("a place to be free", PATIENCE, || {
+        c.run(&["ping"]).status.success()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_hang_up_on_serves_socket_are_counted_not_logged_each() {
     let c = Cluster::gluu(1).await;
     let _serve = c.serve().await;

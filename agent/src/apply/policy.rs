@@ -161,12 +161,50 @@ fn check_nginx(
                         ),
                     ));
                 }
+                if let Some(why) = foreign(&real) {
+                    return Err((
+                        file,
+                        format!(
+                            "load_module {module}: {why}, so it may not be what root installed, and nginx -t and every reload would run it as root; load modules from a directory only root can write (the distribution's modules directory)"
+                        ),
+                    ));
+                }
             } else if name.starts_with("perl") || name == "ssl_engine" {
                 return Err((file, format!("`{name}` makes nginx run code as root")));
             }
         }
     }
     Ok(())
+}
+
+/// Why the file at `real` (a path with no links left) could hold someone else's code:
+/// it, or a directory on its way, is owned by neither root nor the agent's user, or
+/// others than its owner may write it. A sticky directory (`/tmp`) is fine: no one
+/// else may replace what it holds.
+fn foreign(real: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let own = std::fs::metadata("/proc/self").map_or(0, |s| s.uid());
+    for p in real.ancestors() {
+        let m = match std::fs::symlink_metadata(p) {
+            Ok(m) => m,
+            Err(e) => return Some(format!("{} cannot be read ({e})", p.display())),
+        };
+        if m.uid() != 0 && m.uid() != own {
+            return Some(format!(
+                "{} is owned by uid {}, not by root",
+                p.display(),
+                m.uid()
+            ));
+        }
+        let sticky_dir = m.is_dir() && m.mode() & 0o1000 != 0;
+        if m.mode() & 0o022 != 0 && !sticky_dir {
+            return Some(format!(
+                "{} is writable by others than its owner",
+                p.display()
+            ));
+        }
+    }
+    None
 }
 
 /// The node's files as nginx will see them once the set is in place.

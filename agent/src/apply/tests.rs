@@ -904,6 +904,51 @@ fn without_allow_exec_nginx_may_not_load_code_a_push_could_write() {
 }
 
 #[test]
+fn without_allow_exec_nginx_may_not_load_a_module_someone_else_could_have_put_there() {
+    let s = sandbox_with_roots("allow_exec = false\n", &["/etc/nginx"]);
+    let conf = |module: &str| Entry {
+        validate: Some(Validator::Nginx),
+        ..file(
+            "/etc/nginx/nginx.conf",
+            &format!("load_module {module};\nevents {{}}\n"),
+        )
+    };
+    // A module others may write, or in a directory others may write.
+    for (module, open, why) in [
+        (
+            "/usr/lib/nginx/modules/open.so",
+            "/usr/lib/nginx/modules/open.so",
+            "load_module /usr/lib/nginx/modules/open.so: ",
+        ),
+        (
+            "/opt/shared/m.so",
+            "/opt/shared",
+            "opt/shared is writable by others than its owner",
+        ),
+    ] {
+        s.write(module, "\x7fELF...");
+        s.chmod(open, 0o777);
+        refused(&s, vec![conf(module)], why);
+    }
+    // A module a local user dropped into /tmp (sticky and open to all): the directory
+    // is fine, the file is not the agent's or root's.
+    s.write("/tmp/evil.so", "\x7fELF...");
+    s.chmod("/tmp", 0o1777);
+    let running_as_root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if running_as_root {
+        std::os::unix::fs::chown(s.root.join("tmp/evil.so"), Some(65534), Some(65534)).unwrap();
+        refused(&s, vec![conf("/tmp/evil.so")], "owned by uid 65534");
+    }
+    // One that is not there.
+    refused(
+        &s,
+        vec![conf("/usr/lib/nginx/modules/gone.so")],
+        "cannot be read",
+    );
+    assert_eq!(s.read("/etc/nginx/nginx.conf"), None);
+}
+
+#[test]
 fn a_gluu_without_a_container_is_planned_and_applied_on_the_host() {
     let s = sandbox("");
     s.write("/etc/app/gluu-ldap.properties", "servers: a:1636\n");

@@ -413,7 +413,7 @@ fn desired_for(
     }
     let secrets = Secrets {
         csync2_key: stored.csync2_key.clone(),
-        tls: stored.tls_cert_pem.clone().zip(stored.tls_key_pem.clone()),
+        tls: stored_certificate(stored.tls_cert_pem.as_deref())?.zip(stored.tls_key_pem.clone()),
     };
     let record = match basis {
         Basis::PreviewAsOf(r) => r.clone(),
@@ -1509,6 +1509,20 @@ fn certificate_blocks(text: &str) -> Result<String, CtlError> {
     Ok(out)
 }
 
+/// The stored `tls-cert` as the load balancer gets it: its CERTIFICATE blocks, again,
+/// since one stored before `cluster set tls-cert` kept only those may hold more; one
+/// that holds a private key is refused rather than written where others may read it.
+fn stored_certificate(pem: Option<&str>) -> Result<Option<String>, CtlError> {
+    match pem {
+        Some(pem) if pem.contains("PRIVATE KEY-----") => Err(CtlError::BadSetting {
+            key: "tls-cert".into(),
+            why: "the stored certificate holds a private key too (it was set before `cluster set tls-cert` kept certificates only), and the load balancer's certificate file is readable by others; set it again with `clustermgr cluster set tls-cert FILE`, the certificate and its chain alone".into(),
+        }),
+        Some(pem) => certificate_blocks(pem).map(Some),
+        None => Ok(None),
+    }
+}
+
 /// `cluster set tls-cert FILE` / `tls-key FILE`: the PEM text, read by the CLI.
 pub fn cluster_set_secret(
     ctx: &Ctx,
@@ -2104,6 +2118,53 @@ mod certificate_tests {
         assert!(err.contains("also holds a private key"), "{err}");
         assert!(!err.contains("SECRET"));
         assert!(certificate_blocks("nothing").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_tls_cert_stored_with_its_key_before_the_filter_never_reaches_the_load_balancer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("home");
+        let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+        crate::ops::init(&dir, "c", 90, &crate::clock::FixedClock(now)).unwrap();
+        let ctx = Ctx::open(&dir, crate::clock::system(), &Default::default(), false).unwrap();
+        let nodes = [
+            NodeRecord::for_tests("gluu1", "127.0.0.1:7443", &[Role::Gluu]),
+            NodeRecord::for_tests("lb1", "127.0.0.2:7443", &[Role::Lb]),
+        ];
+        ctx.store.put_nodes(&nodes).unwrap();
+        ctx.store
+            .update_model(|m| {
+                m.hostname = Some("idp.example.org".into());
+                Ok(())
+            })
+            .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["idp.example.org".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem();
+        let key = key.serialize_pem();
+        // As an older `cluster set tls-cert` stored a file that held both.
+        ctx.store
+            .update_secrets(|s| {
+                s.tls_cert_pem = Some(format!("{cert}{key}"));
+                s.tls_key_pem = Some(key.clone());
+            })
+            .unwrap();
+        let err = match desired_for(&ctx, &nodes, &Basis::Now) {
+            Ok(d) => {
+                let cert_file = d
+                    .iter()
+                    .flat_map(|d| &d.entries)
+                    .find(|e| e.path == crate::generate::nginx::CERT);
+                panic!("generated, with the certificate file {cert_file:?}")
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("tls-cert"), "{err}");
+        assert!(err.contains("private key"), "{err}");
+        assert!(!err.contains("PRIVATE KEY-----"), "{err}");
     }
 
     #[test]

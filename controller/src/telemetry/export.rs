@@ -420,6 +420,24 @@ mod tests {
     }
     use crate::telemetry::sample;
 
+    #[tokio::test]
+    async fn a_scrape_whose_head_trickles_in_is_dropped_at_the_heads_one_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (sock, _) = listener.accept().await.unwrap();
+        // The head never ends.
+        let head = format!("GET /metrics HTTP/1.1\r\nX-Slow: {}", "a".repeat(100));
+        crate::accept::assert_dropped_while_trickling(
+            scrape(sock, Arc::new(Exports::default())),
+            &mut client,
+            head.as_bytes(),
+            PROMETHEUS_HEAD_DEADLINE,
+        )
+        .await;
+    }
+
     #[test]
     fn exposition_groups_by_name_types_counters_and_drops_stale_series() {
         let e = Exports {
