@@ -313,6 +313,29 @@ pub(crate) fn cert_record(kind: CertKind, node: Option<&str>, s: &CertSummary) -
     }
 }
 
+/// A one-shot command's connection for the requests of one [`Ctx::link`], closed when
+/// they are done rather than when the command ends: a rolling apply asks every node for
+/// a health round each second, and an agent serves only a few controller connections at
+/// once. (`serve` keeps one warm connection per node instead.)
+struct OneShot(AgentConn);
+
+impl crate::connect::Link for OneShot {
+    fn request<'a>(
+        &'a self,
+        req: &'a clustermgr_protocol::message::Request,
+        timeout: Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<clustermgr_protocol::message::Reply, NodeFailure>>
+    {
+        Box::pin(self.0.request(req, timeout))
+    }
+}
+
+impl Drop for OneShot {
+    fn drop(&mut self) {
+        self.0.conn.close(quinn::VarInt::from_u32(0), b"done");
+    }
+}
+
 impl Ctx {
     /// Opens the cluster in `dir` for operations, renewing the controller's own
     /// certificate first if it is due.
@@ -451,7 +474,12 @@ impl Ctx {
     ) -> Result<Arc<dyn crate::connect::Link>, NodeFailure> {
         match &self.stand_in {
             Some(agents) => agents.link(node, within).await,
-            None => Ok(Arc::new(self.connection_within(node, within).await?)),
+            None if self.pool.is_some() => {
+                Ok(Arc::new(self.connection_within(node, within).await?))
+            }
+            None => Ok(Arc::new(OneShot(
+                self.connection_within(node, within).await?,
+            ))),
         }
     }
 
