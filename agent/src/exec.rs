@@ -145,8 +145,10 @@ pub async fn run(
     };
     let pid = child.id().unwrap_or(0);
     let start = entry("start", Some(pid), None, None);
-    ctx.journal.record(&start);
+    // Listed as running before it is journaled as started: an agent killed between the
+    // two would otherwise leave a command its next life cannot find and end.
     ctx.journal.started(pid, &start);
+    ctx.journal.record(&start);
     let mut kill = Kill {
         pgid: pid,
         ..Kill::default()
