@@ -46,15 +46,46 @@ pub const SERVICE: &str = "clustermgr-csync2";
 pub const SSL_CERT: &str = "/etc/csync2_ssl_cert.pem";
 
 /// Files that must differ per node, inside the container root: each node's LDAP
-/// client list names its own server first, the salt encodes its passwords, and the
-/// log rotation of oxTrust is per node. (Excluding only the 3.x name, as the existing
-/// Cluster Manager does, lets 4.x nodes overwrite each other's `servers:` line.)
+/// client list names its own server first, the salt encodes its passwords, and
+/// oxTrust's log settings (its log rotation under `/etc/gluu/conf`, its log4j2 file)
+/// are per node. (Excluding only the 3.x name, as the existing Cluster Manager does,
+/// lets 4.x nodes overwrite each other's `servers:` line.) Only those under a
+/// replicated path are written: an exclusion of a path csync2 never includes says
+/// nothing.
 const PER_NODE: &[&str] = &[
     "/etc/gluu/conf/gluu-ldap.properties",
     "/etc/gluu/conf/ox-ldap.properties",
     "/etc/gluu/conf/salt",
+    "/etc/gluu/conf/oxTrustLogRotationConfiguration.xml",
     "/opt/gluu/jetty/identity/resources/log4j2.xml",
 ];
+
+/// Whether `path` is `dir` or below it.
+fn under(path: &str, dir: &str) -> bool {
+    let dir = dir.trim_end_matches('/');
+    path == dir
+        || path
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The command csync2 runs when Shibboleth's configuration changed: restart the IdP
+/// and oxTrust (identity) inside the container. Gluu 4.x runs the container as a
+/// systemd-nspawn machine with its own systemd, which a chrooted init script does not
+/// reach: the machine whose root directory is the container root gets the restart
+/// through `systemctl --machine`; a 3.x chroot (no such machine) gets its init
+/// scripts. Inside csync2's double-quoted `exec`, so it holds no double quote.
+fn shibboleth_restart(root: &str) -> String {
+    if root == "/" {
+        return "/etc/init.d/identity restart; /etc/init.d/idp restart".into();
+    }
+    format!(
+        "for m in $(machinectl list --no-legend 2>/dev/null | awk '{{print $1}}'); do \
+         [ $(machinectl show $m -p RootDirectory --value 2>/dev/null) = {root} ] && \
+         exec systemctl --machine=$m restart identity idp; done; \
+         chroot {root} /etc/init.d/identity restart; chroot {root} /etc/init.d/idp restart"
+    )
+}
 
 /// csync2's configuration for the Gluu nodes; refused (nothing generated) while a
 /// replicated path is one csync2 must not copy, as a model stored before `cluster set`
@@ -97,18 +128,20 @@ pub(super) fn render(
     for p in &inputs.model.replicated_paths {
         cfg.push_str(&format!("    include {};\n", in_gluu_root(root, p)));
     }
-    for p in PER_NODE {
+    for p in PER_NODE
+        .iter()
+        .filter(|p| inputs.model.replicated_paths.iter().any(|r| under(p, r)))
+    {
         cfg.push_str(&format!("    exclude {};\n", in_gluu_root(root, p)));
     }
+    // Editor backups and dotfiles (an editor's swap file, a half-written temporary)
+    // are never the cluster's files.
+    cfg.push_str("    exclude *~ .*;\n");
     let shib = [
         in_gluu_root(root, "/opt/shibboleth-idp/conf/*"),
         in_gluu_root(root, "/opt/gluu/jetty/identity/conf/shibboleth3/idp/*"),
     ];
-    let restart = if root == "/" {
-        "/etc/init.d/identity restart; /etc/init.d/idp restart".to_string()
-    } else {
-        format!("chroot {root} /etc/init.d/identity restart; chroot {root} /etc/init.d/idp restart")
-    };
+    let restart = shibboleth_restart(root);
     cfg.push_str(&format!(
         "    backup-directory /var/backups/csync2;\n    backup-generations 3;\n    auto younger;\n\n    # Shibboleth reads its configuration at start: restart it where it changed.\n    action {{\n        pattern {};\n        pattern {};\n        exec \"{restart}\";\n        logfile \"/var/log/csync2_action.log\";\n        do-local;\n    }}\n}}\n",
         shib[0], shib[1]

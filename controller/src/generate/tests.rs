@@ -396,3 +396,95 @@ fn a_node_reached_by_a_dns_name_is_left_out_of_the_hosts_block_and_said_so() {
         );
     }
 }
+
+/// gluu1's csync2 configuration as text.
+fn csync2_cfg(m: &ClusterModel) -> String {
+    let out = render_with(
+        m,
+        &nodes(),
+        &secrets(),
+        &tunnel(&["gluu1", "gluu2", "gluu3"]),
+    );
+    let e = out["gluu1"]
+        .entries
+        .iter()
+        .find(|e| e.path == "/etc/csync2.cfg")
+        .expect("csync2's configuration");
+    let Content::File { bytes, .. } = &e.content else {
+        panic!("a whole file");
+    };
+    String::from_utf8(bytes.clone()).unwrap()
+}
+
+#[test]
+fn csync2_excludes_the_per_node_files_it_would_copy_and_editor_leftovers() {
+    let cfg = csync2_cfg(&model());
+    // oxTrust's log rotation is under /etc/gluu/conf, which is replicated; log4j2.xml
+    // is under no replicated path, so excluding it would say nothing.
+    assert!(
+        cfg.contains("exclude /opt/gluu-server/etc/gluu/conf/oxTrustLogRotationConfiguration.xml;"),
+        "{cfg}"
+    );
+    assert!(!cfg.contains("log4j2.xml"), "{cfg}");
+    assert!(cfg.contains("    exclude *~ .*;\n"), "{cfg}");
+    // Replicating oxTrust's resources brings its log4j2 file under csync2: excluded.
+    let mut m = model();
+    m.replicated_paths
+        .push("/opt/gluu/jetty/identity/resources".into());
+    let cfg = csync2_cfg(&m);
+    assert!(
+        cfg.contains("exclude /opt/gluu-server/opt/gluu/jetty/identity/resources/log4j2.xml;"),
+        "{cfg}"
+    );
+}
+
+/// Runs csync2's action for a Shibboleth change with stand-in `machinectl`,
+/// `systemctl` and `chroot` that record how they were called; `machine_root` is the
+/// root directory the one machine reports.
+fn run_shibboleth_action(cfg: &str, machine_root: &str) -> String {
+    let exec = cfg
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("exec \""))
+        .and_then(|l| l.strip_suffix("\";"))
+        .expect("an exec line");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("calls");
+    let stub = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    };
+    stub(
+        "machinectl",
+        &format!(
+            "case $1 in list) echo 'gluu_server container systemd-nspawn debian 12 -';; \
+             show) echo {machine_root};; esac"
+        ),
+    );
+    for name in ["systemctl", "chroot"] {
+        stub(name, &format!("echo {name} \"$@\" >> {}", log.display()));
+    }
+    let path = format!("{}:/usr/bin:/bin", dir.path().display());
+    let status = std::process::Command::new("/bin/sh")
+        .args(["-c", exec])
+        .env("PATH", path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::read_to_string(&log).unwrap_or_default()
+}
+
+#[test]
+fn csync2_restarts_shibboleth_in_a_4x_machine_through_its_systemd_and_in_a_3x_chroot_by_script() {
+    let cfg = csync2_cfg(&model());
+    // Gluu 4.x: the nspawn machine whose root is the container root.
+    assert_eq!(
+        run_shibboleth_action(&cfg, "/opt/gluu-server"),
+        "systemctl --machine=gluu_server restart identity idp\n"
+    );
+    // No machine of that root (3.x, or another container): the chrooted init scripts.
+    assert_eq!(
+        run_shibboleth_action(&cfg, "/var/lib/machines/other"),
+        "chroot /opt/gluu-server /etc/init.d/identity restart\nchroot /opt/gluu-server /etc/init.d/idp restart\n"
+    );
+}
