@@ -30,7 +30,7 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The audit log's "who": the account name of `uid` and the uid. The uid is what counts:
 /// `serve` passes the one the kernel reports for its socket's peer, and the name comes
-/// from the passwd database, never from the client or its environment (`$USER` is
+/// from `/etc/passwd` or the name service, never from the client or its environment (`$USER` is
 /// whatever the caller set); a uid with no entry is recorded bare.
 pub fn audit_user(uid: u32) -> String {
     match passwd_name(uid) {
@@ -40,12 +40,36 @@ pub fn audit_user(uid: u32) -> String {
 }
 
 fn passwd_name(uid: u32) -> Option<String> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        let id: u32 = fields.nth(1)?.parse().ok()?;
-        (id == uid).then(|| name.to_string())
+    name_of(
+        uid,
+        std::path::Path::new("/etc/passwd"),
+        std::path::Path::new("/usr/bin/getent"),
+    )
+}
+
+/// [`passwd_name`] with the passwd file and the getent program given (tests).
+fn name_of(uid: u32, passwd: &std::path::Path, getent: &std::path::Path) -> Option<String> {
+    // The local file first (no process to start on every command); a uid it does not
+    // have may be an LDAP or SSSD user, which the name service switch knows (`getent`,
+    // by its path).
+    let local = std::fs::read_to_string(passwd).ok().and_then(|text| {
+        text.lines().find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let id: u32 = fields.nth(1)?.parse().ok()?;
+            (id == uid).then(|| name.to_string())
+        })
+    });
+    local.or_else(|| {
+        let o = std::process::Command::new(getent)
+            .args(["passwd", &uid.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&o.stdout);
+        let name = text.split(':').next()?.trim();
+        (o.status.success() && !name.is_empty()).then(|| name.to_string())
     })
 }
 
@@ -849,5 +873,31 @@ impl Drop for PendingAudit<'_> {
                 tracing::warn!("cannot record an interrupted operation in the audit log: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_uid_the_passwd_file_lacks_is_named_by_the_name_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(&passwd, "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        let getent = dir.path().join("getent");
+        std::fs::write(
+            &getent,
+            "#!/bin/sh\n[ \"$1 $2\" = 'passwd 5000' ] && echo 'ldapuser:*:5000:5000::/home/ldapuser:/bin/bash' && exit 0\nexit 2\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&getent, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        assert_eq!(name_of(0, &passwd, &getent).as_deref(), Some("root"));
+        assert_eq!(name_of(5000, &passwd, &getent).as_deref(), Some("ldapuser"));
+        assert_eq!(name_of(5001, &passwd, &getent), None);
+        // No getent at all: the file alone.
+        let none = dir.path().join("no-getent");
+        assert_eq!(name_of(5000, &passwd, &none), None);
     }
 }
