@@ -1039,7 +1039,8 @@ async fn repeatedly(
             let code = match execute(home, opts, inv, mode).await {
                 Ok(code) => code,
                 Err(e) if kind == Repeat::Watch && every.is_some() => {
-                    render::tell(&format!("clustermgr: {e}; trying again"));
+                    // With --json, as JSON too: a watching script reads stderr as well.
+                    render::error(&format!("{e}; trying again"), exit::UNKNOWN, json);
                     exit::UNKNOWN
                 }
                 Err(e) => return Err(e),

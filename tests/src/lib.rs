@@ -471,6 +471,15 @@ impl Default for Controller {
     }
 }
 
+/// agent.toml lines that make an agent follow `log` as the log source `app` (and no
+/// default logs), sampling metrics every second.
+pub fn following_app_log(log: &Path) -> String {
+    format!(
+        "[telemetry]\nmetrics_interval_secs = 1\ndefault_logs = false\nlogs = [\"app={}\"]\n",
+        log.display()
+    )
+}
+
 /// A node spec on 127.0.0.1 with a free port; `extra` goes into its agent.toml.
 pub fn node(name: &str, extra: &str) -> NodeSpec {
     NodeSpec {

@@ -2647,10 +2647,7 @@ async fn every_command_prints_what_its_published_schema_says() {
     let logs = tempfile::tempdir().unwrap();
     let app = logs.path().join("app.log");
     std::fs::write(&app, "").unwrap();
-    let extra = format!(
-        "[telemetry]\nmetrics_interval_secs = 1\ndefault_logs = false\nlogs = [\"app={}\"]\n",
-        app.display()
-    );
+    let extra = clustermgr_tests::following_app_log(&app);
     let mut lb = node("lb1", "");
     lb.roles = vec![clustermgr::store::Role::Lb];
     let c = Cluster::start(vec![node("gluu1", &extra), node("gluu2", ""), lb]).await;
@@ -2807,10 +2804,7 @@ async fn escape_sequences_in_what_nodes_report_reach_a_terminal_shown_not_obeyed
     let logs = tempfile::tempdir().unwrap();
     let app = logs.path().join("app.log");
     std::fs::write(&app, "").unwrap();
-    let extra = format!(
-        "[telemetry]\ndefault_logs = false\nlogs = [\"app={}\"]\n",
-        app.display()
-    );
+    let extra = clustermgr_tests::following_app_log(&app);
     let c = Cluster::start(vec![node("gluu1", &extra)]).await;
     let _serve = c.serve().await;
     std::fs::write(&app, "\x1b]0;owned\x07\x1b[2Jtext\n").unwrap();

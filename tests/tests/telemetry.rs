@@ -109,10 +109,7 @@ fn append_tagged(path: &std::path::Path, tag: &str, from: usize, to: usize) {
 /// every second.
 async fn one_node_following_app_log() -> (tempfile::TempDir, Cluster) {
     let logs = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "[telemetry]\nmetrics_interval_secs = 1\ndefault_logs = false\nlogs = [\"app={}\"]\n",
-        logs.path().join("app.log").display()
-    );
+    let extra = clustermgr_tests::following_app_log(&logs.path().join("app.log"));
     let c = Cluster::start(vec![node("gluu1", &extra)]).await;
     (logs, c)
 }
