@@ -43,7 +43,7 @@ pub const ENVELOPE_FORMAT: u8 = 1;
 
 /// The format byte in front of the postcard contents. Bump it with any change to
 /// [`BackupContents`] or to the store records it carries.
-pub const CONTENTS_FORMAT: u8 = 2;
+pub const CONTENTS_FORMAT: u8 = 3;
 
 const SALT_LEN: usize = 16;
 const KEY_LEN: usize = 32;
@@ -165,6 +165,16 @@ impl BackupContents {
         match plaintext.split_first() {
             Some((&CONTENTS_FORMAT, rest)) => {
                 clustermgr_protocol::codec::decode("backup contents", rest)
+                    .map_err(|e| unreadable(e.to_string()))
+            }
+            // Format 2 is format 3 without the build record, its last field: read it
+            // with an empty one appended.
+            Some((2, rest)) => {
+                let mut body = Zeroizing::new(rest.to_vec());
+                body.extend(clustermgr_protocol::codec::encode(
+                    &crate::store::BuildRecord::default(),
+                ));
+                clustermgr_protocol::codec::decode("backup contents", &body)
                     .map_err(|e| unreadable(e.to_string()))
             }
             Some((other, _)) => Err(unreadable(format!(
@@ -505,5 +515,36 @@ mod tests {
         assert!(err.to_string().contains("format 9"), "{err}");
         assert!(BackupContents::decode(file(), &[]).is_err());
         assert!(BackupContents::decode(file(), &[CONTENTS_FORMAT, 0xff]).is_err());
+    }
+
+    #[test]
+    fn contents_of_format_2_read_with_an_empty_build_record() {
+        use crate::store::{BuildRecord, ClusterMeta, ConfigSnapshot};
+        let contents = BackupContents {
+            created_at: 7,
+            software: "0.1.0".into(),
+            ca_cert_pem: "cert".into(),
+            ca_key_pem: "key".into(),
+            controller_toml: None,
+            store: StoreSnapshot {
+                meta: ClusterMeta {
+                    name: "c".into(),
+                    cert_lifetime_days: 1,
+                    created_at: 1,
+                },
+                nodes: Vec::new(),
+                certs: Vec::new(),
+                audit: Vec::new(),
+                config: ConfigSnapshot::default(),
+            },
+        };
+        let now = contents.encode();
+        let tail = clustermgr_protocol::codec::encode(&BuildRecord::default());
+        assert!(now.ends_with(&tail), "the build record is the last field");
+        let mut old = vec![2u8];
+        old.extend_from_slice(&now[1..now.len() - tail.len()]);
+        let read = BackupContents::decode(file(), &old).unwrap();
+        assert_eq!(read.store, contents.store);
+        assert_eq!(read.created_at, 7);
     }
 }

@@ -311,6 +311,32 @@ impl std::fmt::Debug for TunnelRecord {
     }
 }
 
+/// What the controller made to build the cluster (issue 18): the passwords of the
+/// services it configures and each Gluu node's LDAP replication identity. A record of
+/// its own (not fields of [`ConfigSecrets`]) so stores written before it read unchanged.
+/// Its passwords are secrets: `Debug` never shows them.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRecord {
+    /// The password LDAP consumers bind with to their providers.
+    pub replication_password: Option<String>,
+    /// The cache host's Redis `requirepass`, also in `oxCacheConfiguration`.
+    pub redis_password: Option<String>,
+    /// Each Gluu node's LDAP serverID: given once, never reused while the node exists.
+    pub server_ids: std::collections::BTreeMap<String, u16>,
+    /// The Gluu nodes whose directory holds the cluster's data: the first is the seed
+    /// (the primary when replication began); a node joins once its consumers caught up.
+    pub joined: Vec<String>,
+}
+
+impl std::fmt::Debug for BuildRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildRecord")
+            .field("server_ids", &self.server_ids)
+            .field("joined", &self.joined)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The configuration part of a store snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigSnapshot {
@@ -326,6 +352,9 @@ pub struct ConfigSnapshot {
     pub changes: Vec<(u64, ChangeRecord)>,
     /// The tunnel CA and its certificates.
     pub tunnel: Option<TunnelRecord>,
+    /// What the controller made to build the cluster. Last: a backup of contents
+    /// format 2 lacks it, and is read with its default appended (`crate::archive`).
+    pub build: BuildRecord,
 }
 
 /// Every record of a store, read in one transaction: what a backup carries.
@@ -412,6 +441,7 @@ impl Store {
             if let Some(t) = &c.tunnel {
                 config.insert("tunnel", encode(t).as_slice())?;
             }
+            config.insert("build", encode(&c.build).as_slice())?;
             let mut desired = txn.open_table(DESIRED)?;
             for rec in &c.desired {
                 desired.insert(rec.node.as_str(), encode(rec).as_slice())?;
@@ -686,6 +716,10 @@ impl Store {
                     desired: records(txn, DESIRED)?,
                     changes,
                     tunnel: get("tunnel")?.map(|b| decode(&b)).transpose()?,
+                    build: get("build")?
+                        .map(|b| decode(&b))
+                        .transpose()?
+                        .unwrap_or_default(),
                 },
             })
         })
@@ -795,6 +829,33 @@ impl Store {
             f(&mut s);
             t.insert("secrets", encode(&s).as_slice())?;
             Ok(s)
+        })
+    }
+
+    /// What the controller made to build the cluster.
+    pub fn build(&self) -> Result<BuildRecord, CtlError> {
+        self.read(|txn| {
+            let t = txn.open_table(CONFIG)?;
+            t.get("build")?
+                .map(|v| decode(v.value()))
+                .transpose()
+                .map(Option::unwrap_or_default)
+        })
+    }
+
+    /// Changes the build record with `f`, in one transaction (two applies giving
+    /// serverIDs at once cannot give one twice).
+    pub fn update_build<T>(&self, f: impl FnOnce(&mut BuildRecord) -> T) -> Result<T, CtlError> {
+        self.write(|txn| {
+            let mut t = txn.open_table(CONFIG)?;
+            let mut rec: BuildRecord = t
+                .get("build")?
+                .map(|v| decode(v.value()))
+                .transpose()?
+                .unwrap_or_default();
+            let out = f(&mut rec);
+            t.insert("build", encode(&rec).as_slice())?;
+            Ok(out)
         })
     }
 

@@ -85,6 +85,110 @@ pub enum Content {
         /// The lines between the markers (each ending in a newline).
         body: String,
     },
+    // New variants go last: postcard numbers variants by position.
+    /// An attribute of an entry of the node's LDAP server (protocol version 2). The
+    /// entry's `path` is [`LdapAttr::path`]; the scope says where the server's socket
+    /// and files are (on the host, or in the container).
+    Ldap(LdapAttr),
+}
+
+/// One attribute (or one field of a JSON attribute) of one LDAP entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LdapAttr {
+    /// Which entry.
+    pub object: LdapObject,
+    /// The attribute's name.
+    pub attribute: String,
+    /// What it should hold.
+    pub value: LdapValue,
+    /// The entry's attributes, when it may be created if absent (the syncprov overlay);
+    /// empty: an absent entry waits, like an edit of an absent file.
+    pub create: Vec<(String, Vec<String>)>,
+    /// Words whose values a plan shows as hashes: `olcSyncrepl` keywords
+    /// (`credentials`) and JSON fields (`password`), wherever they appear.
+    pub redact: Vec<String>,
+    /// After a change, the entry whose `oxRevision` is incremented so Gluu's
+    /// applications reload their configuration.
+    pub bump_revision: Option<String>,
+    /// When set on a database's `olcSyncrepl`: the first time this node replicates,
+    /// its own directory under the suffix is emptied first, so the cluster's replaces
+    /// it (never the reverse); then the apply waits until the consumers caught up.
+    pub join: bool,
+}
+
+/// Which LDAP entry, and so which connection: `cn=config` entries through the
+/// server's `ldapi://` socket as root (SASL EXTERNAL), data entries bound as the
+/// node's Gluu administrator.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LdapObject {
+    /// An entry of the directory's data (`ou=configuration,o=gluu`).
+    Data {
+        /// Its DN.
+        dn: String,
+    },
+    /// An entry of `cn=config` by DN (`cn=config`, `cn=module{0},cn=config`).
+    Config {
+        /// Its DN.
+        dn: String,
+    },
+    /// The `cn=config` entry of the database holding `suffix`, or the entry `child`
+    /// under it (`olcOverlay=syncprov`, matched without slapd's `{N}` prefix): its
+    /// number differs from node to node.
+    Database {
+        /// The suffix (`o=gluu`).
+        suffix: String,
+        /// The RDN of an entry under the database's.
+        child: Option<String>,
+    },
+}
+
+/// What an LDAP attribute should hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LdapValue {
+    /// Exactly these values (order aside; slapd's `{N}` prefixes ignored); none
+    /// removes the attribute.
+    Exactly(Vec<String>),
+    /// At least these values; others are left alone (`olcModuleLoad`).
+    Include(Vec<String>),
+    /// One field of the JSON the attribute holds, by JSON pointer (`/config/servers`),
+    /// set to this JSON text; the rest of the JSON is left alone.
+    JsonField {
+        /// The field, as an RFC 6901 pointer.
+        pointer: String,
+        /// Its value, JSON.
+        json: String,
+    },
+}
+
+impl LdapAttr {
+    /// The name an entry of this attribute has in plans, history and backups:
+    /// `ldap:data/DN?attribute`, `ldap:config/DN?attribute`,
+    /// `ldap:database/SUFFIX[/CHILD]?attribute`, with `#POINTER` for a JSON field.
+    pub fn path(&self) -> String {
+        let object = match &self.object {
+            LdapObject::Data { dn } => format!("data/{dn}"),
+            LdapObject::Config { dn } => format!("config/{dn}"),
+            LdapObject::Database {
+                suffix,
+                child: None,
+            } => format!("database/{suffix}"),
+            LdapObject::Database {
+                suffix,
+                child: Some(c),
+            } => format!("database/{suffix}/{c}"),
+        };
+        match &self.value {
+            LdapValue::JsonField { pointer, .. } => {
+                format!("ldap:{object}?{}#{pointer}", self.attribute)
+            }
+            _ => format!("ldap:{object}?{}", self.attribute),
+        }
+    }
+}
+
+/// Whether an entry path names an LDAP attribute rather than a file.
+pub fn is_ldap_path(path: &str) -> bool {
+    path.starts_with("ldap:")
 }
 
 impl std::fmt::Debug for Content {
@@ -111,6 +215,10 @@ impl std::fmt::Debug for Content {
                 .debug_struct("Block")
                 .field("name", name)
                 .finish_non_exhaustive(),
+            Content::Ldap(a) => f
+                .debug_struct("Ldap")
+                .field("path", &a.path())
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -122,6 +230,16 @@ pub enum Validator {
     Nginx,
     /// A command; `{}` in an argument stands for the entry's path. Needs `allow_exec`.
     Command(Command),
+    // New variants go last: postcard numbers variants by position.
+    /// The database's replication works (protocol version 2): every consumer reaches
+    /// its provider and finishes its refresh within the deadline; a consumer that does
+    /// not is reported with what its provider answers to the same bind.
+    Replication {
+        /// The suffix (`o=gluu`).
+        suffix: String,
+        /// How long to wait, milliseconds.
+        deadline_ms: u64,
+    },
 }
 
 /// What to do when an entry changed.

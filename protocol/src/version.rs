@@ -11,12 +11,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::ProtocolError;
 
-/// The newest protocol version this build speaks.
-pub const CURRENT: u16 = 1;
+/// The newest protocol version this build speaks. Version 2 adds what building the
+/// cluster needs: LDAP attribute entries ([`crate::changeset::Content::Ldap`]), the
+/// replication validator, and Redis checks that authenticate. Every version-2 type is
+/// a variant added last to a version-1 enum, so a version-1 peer decodes everything
+/// but those; the controller never sends them over a version-1 connection.
+pub const CURRENT: u16 = 2;
 
-/// The oldest protocol version this build still speaks. Version 1 is the first, so
-/// there is no older one yet; when version 2 ships this stays at 1.
+/// The oldest protocol version this build still speaks.
 pub const OLDEST: u16 = 1;
+
+/// The first version with LDAP entries, the replication validator and authenticated
+/// Redis checks.
+pub const BUILDS_CLUSTER: u16 = 2;
 
 /// An inclusive range of protocol versions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

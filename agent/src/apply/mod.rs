@@ -245,6 +245,8 @@ impl Engine {
                     )
                 }
             },
+            // The LDAP part of an apply stages these; a file is never one.
+            Content::Ldap(_) => return Err("is an LDAP entry, not a file".into()),
             Content::Block { name, body } => match &old {
                 None => (None, None, None),
                 Some((bytes, meta)) => {

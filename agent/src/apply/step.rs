@@ -90,12 +90,15 @@ pub fn validator_step(
     let argv = match v {
         Validator::Nginx => vec!["nginx".into(), "-t".into(), "-c".into(), seen.clone()],
         Validator::Command(c) => command_argv(c, Some(&seen)),
+        // Checked by the LDAP part of the apply, which never hands it here.
+        Validator::Replication { .. } => vec!["false".into()],
     };
     let argv = in_scope(scope, base, argv);
     Step {
         label: match v {
             Validator::Nginx => format!("nginx -t -c {entry_path}"),
             Validator::Command(c) => format!("validate {entry_path}: {}", c.display_line()),
+            Validator::Replication { suffix, .. } => format!("replication of {suffix}"),
         },
         argv,
         reload_or_start: None,

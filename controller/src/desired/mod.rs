@@ -363,6 +363,7 @@ fn describe_validator(v: &Validator, path: &str) -> String {
     match v {
         Validator::Nginx => format!("nginx -t -c {path}"),
         Validator::Command(c) => c.display_line(),
+        Validator::Replication { suffix, .. } => format!("replication of {suffix}"),
     }
 }
 
