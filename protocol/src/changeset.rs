@@ -89,7 +89,7 @@ pub enum Content {
     /// An attribute of an entry of the node's LDAP server (protocol version 2). The
     /// entry's `path` is [`LdapAttr::path`]; the scope says where the server's socket
     /// and files are (on the host, or in the container).
-    Ldap(LdapAttr),
+    Ldap(Box<LdapAttr>),
 }
 
 /// One attribute (or one field of a JSON attribute) of one LDAP entry.

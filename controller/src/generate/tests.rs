@@ -82,6 +82,18 @@ fn dump(out: &BTreeMap<String, NodeConfig>) -> String {
                 e.path, e.validate, e.on_change
             ));
             match &e.content {
+                Content::Ldap(a) => {
+                    s.push_str(&format!(
+                        "ldap {:?} {:?} create={:?} redact={:?} bump={:?} join={}\n",
+                        a.object, a.attribute, a.create, a.redact, a.bump_revision, a.join
+                    ));
+                    match &a.value {
+                        clustermgr_protocol::changeset::LdapValue::JsonField { pointer, json } => {
+                            s.push_str(&format!("json {pointer} = {json}\n"))
+                        }
+                        v => s.push_str(&format!("{v:?}\n")),
+                    }
+                }
                 Content::File {
                     bytes, mode, owner, ..
                 } => {
