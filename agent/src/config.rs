@@ -130,6 +130,10 @@ pub struct LdapConfig {
     /// Whether this node writes its heartbeat entry (every check interval), by which
     /// its peers measure replication lag.
     pub heartbeat: bool,
+    /// slapd's `ldapi://` socket, through which the agent changes `cn=config` as root
+    /// (SASL EXTERNAL) when it sets up replication; found at the usual places in the
+    /// Gluu container or on the host when not set.
+    pub ldapi: Option<PathBuf>,
 }
 
 impl Default for LdapConfig {
@@ -142,6 +146,7 @@ impl Default for LdapConfig {
             timeout_ms: 5000,
             suffix: "o=gluu".into(),
             heartbeat: true,
+            ldapi: None,
         }
     }
 }

@@ -330,9 +330,17 @@ impl ClientCertVerifier for ControllerVerifier {
 /// server, whose self-signed certificate it pins; TLS 1.2 too, since that is what older
 /// nginx and LDAP servers speak.
 pub fn pinned_client_config(cert_sha256: &str) -> Result<rustls::ClientConfig, ProtocolError> {
+    pinned_any_client_config(&[cert_sha256.to_string()])
+}
+
+/// Like [`pinned_client_config`], accepting any of the certificates `cert_sha256`
+/// names: an LDAP consumer's bundle of its peers' self-signed certificates.
+pub fn pinned_any_client_config(
+    cert_sha256: &[String],
+) -> Result<rustls::ClientConfig, ProtocolError> {
     let provider = provider();
     let verifier = Arc::new(PinnedVerifier {
-        sha256: cert_sha256.to_string(),
+        sha256: cert_sha256.to_vec(),
         algs: provider.signature_verification_algorithms,
     });
     Ok(rustls::ClientConfig::builder_with_provider(provider)
@@ -345,7 +353,7 @@ pub fn pinned_client_config(cert_sha256: &str) -> Result<rustls::ClientConfig, P
 
 #[derive(Debug)]
 struct PinnedVerifier {
-    sha256: String,
+    sha256: Vec<String>,
     algs: WebPkiSupportedAlgorithms,
 }
 
@@ -358,7 +366,7 @@ impl ServerCertVerifier for PinnedVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if sha256_hex(end_entity) == self.sha256 {
+        if self.sha256.contains(&sha256_hex(end_entity)) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(

@@ -72,6 +72,7 @@ olcDatabase: {{-1}}frontend
 dn: olcDatabase={{0}}config,cn=config
 objectClass: olcDatabaseConfig
 olcDatabase: {{0}}config
+olcAccess: to * by dn.exact=gidNumber=0+uidNumber=0,cn=peercred,cn=external,cn=auth manage by * break
 olcRootDN: cn=admin,cn=config
 olcRootPW: {root_pw}
 
@@ -110,7 +111,12 @@ fn spawn(enter: &[String], dir: &Path, ip: Ipv4Addr, ldap_port: u16, ldaps_port:
         .arg(dir.join("slapd.d"))
         .arg("-h")
         .arg(format!(
-            "ldap://{ip}:{ldap_port}/ ldaps://{ip}:{ldaps_port}/"
+            "ldap://{ip}:{ldap_port}/ ldaps://{ip}:{ldaps_port}/ ldapi://{}",
+            dir.join("ldapi")
+                .display()
+                .to_string()
+                .replace('%', "%25")
+                .replace('/', "%2F")
         ))
         .args(["-d", "0"])
         .stdin(Stdio::null())
@@ -233,6 +239,11 @@ impl Slapd {
     /// Its log so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("slapd.log")).unwrap_or_default()
+    }
+
+    /// Its `ldapi://` socket, through which root changes `cn=config` (SASL EXTERNAL).
+    pub fn ldapi(&self) -> PathBuf {
+        self.dir.path().join("ldapi")
     }
 
     /// A file in its directory.

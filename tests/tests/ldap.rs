@@ -379,3 +379,261 @@ fn the_ldap_thread_reads_slapds_operation_counters_for_the_metrics() {
         .unwrap_or(0.0);
     assert!(binds >= 1.0, "the thread's own bind was counted: {binds}");
 }
+
+/// One node of the replication test: its slapd, and an agent engine bound to it whose
+/// root is a directory of its own (with a Gluu container directory in it).
+struct BuildNode {
+    name: String,
+    slapd: Slapd,
+    root: tempfile::TempDir,
+    engine: clustermgr_agent::apply::Engine,
+}
+
+fn build_node(i: usize) -> BuildNode {
+    let slapd = Slapd::start();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("opt/gluu-server/etc/certs")).unwrap();
+    let pw = slapd.path("root.pw");
+    std::fs::write(&pw, format!("{}\n", slapd.root_pw)).unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let text = format!(
+        "cert = \"c\"\nkey = \"k\"\nca = \"a\"\nstate_dir = \"{}\"\nroot = \"{}\"\nwritable_roots = [\"{}/opt/gluu-server\"]\n[ldap]\nurl = \"{}\"\nbind_dn = \"{ROOT_DN}\"\npassword_file = \"{}\"\ncert_file = \"{}\"\nldapi = \"{}\"\ntimeout_ms = 3000\nheartbeat = false\n",
+        root.path().join("state").display(),
+        root.path().display(),
+        root.path().display(),
+        slapd.ldaps_url(),
+        pw.display(),
+        slapd.path("server.crt").display(),
+        slapd.ldapi().display(),
+    );
+    let cfg = AgentConfig::parse(&root.path().join("agent.toml"), &text).expect("agent.toml");
+    // A standalone Gluu directory with data of its own.
+    let mut c = access(&slapd, &slapd.ldaps_url(), &slapd.root_pw, 3000)
+        .connect()
+        .unwrap();
+    c.add(
+        "o=gluu",
+        &[
+            ("objectClass", vec!["organization".into()]),
+            ("o", vec!["gluu".into()]),
+        ],
+    )
+    .unwrap();
+    c.add(
+        &format!("cn=own-{i},o=gluu"),
+        &[
+            ("objectClass", vec!["organizationalRole".into()]),
+            ("cn", vec![format!("own-{i}")]),
+        ],
+    )
+    .unwrap();
+    BuildNode {
+        name: format!("n{i}"),
+        slapd,
+        engine: clustermgr_agent::apply::Engine::new(std::sync::Arc::new(cfg)),
+        root,
+    }
+}
+
+fn members(nodes: &[BuildNode]) -> Vec<clustermgr::generate::replication::Member> {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| clustermgr::generate::replication::Member {
+            name: n.name.clone(),
+            // libldap checks a name against the certificate after canonicalizing it
+            // (localhost becomes the machine's name): providers are named by address.
+            ip: "127.0.0.1".into(),
+            port: n.slapd.ldaps_port,
+            server_id: i as u16 + 1,
+            cert_pem: Some(n.slapd.cert_pem.clone()),
+        })
+        .collect()
+}
+
+/// `node`'s change set for `joined`, with `password`.
+fn replication_set(
+    nodes: &[BuildNode],
+    node: usize,
+    joined: &[&str],
+    password: &str,
+    revision: u64,
+) -> clustermgr_protocol::changeset::ChangeSet {
+    use clustermgr::generate::replication::{Inputs, PEERS_PEM, node_entries};
+    let members = members(nodes);
+    let joined: Vec<String> = joined.iter().map(|s| s.to_string()).collect();
+    let seen = nodes[node]
+        .root
+        .path()
+        .join("opt/gluu-server")
+        .join(PEERS_PEM.trim_start_matches('/'))
+        .display()
+        .to_string();
+    let inputs = Inputs {
+        members: &members,
+        joined: &joined,
+        password,
+        scope: clustermgr_protocol::changeset::Scope::Container {
+            root: "/opt/gluu-server".into(),
+        },
+        peers_pem_seen: &seen,
+        catch_up_ms: 8000,
+    };
+    clustermgr_protocol::changeset::ChangeSet {
+        revision,
+        entries: node_entries(&inputs, &nodes[node].name).unwrap(),
+        requested_by: "test@controller".into(),
+    }
+}
+
+fn has_entry(n: &BuildNode, dn: &str) -> bool {
+    let mut c = access(&n.slapd, &n.slapd.ldaps_url(), &n.slapd.root_pw, 3000)
+        .connect()
+        .unwrap();
+    c.search(dn, Scope::Base, "(objectClass=*)", &["1.1"])
+        .is_ok_and(|e| !e.is_empty())
+}
+
+fn add_role(n: &BuildNode, cn: &str) {
+    let mut c = access(&n.slapd, &n.slapd.ldaps_url(), &n.slapd.root_pw, 3000)
+        .connect()
+        .unwrap();
+    c.add(
+        &format!("cn={cn},o=gluu"),
+        &[
+            ("objectClass", vec!["organizationalRole".into()]),
+            ("cn", vec![cn.to_string()]),
+        ],
+    )
+    .unwrap();
+}
+
+#[test]
+fn standalone_slapds_become_a_replicating_cluster_through_the_agents() {
+    use clustermgr_protocol::changeset::{ApplyResult, Change};
+    const PW: &str = "Repl1cationPassw0rd0123456789abc";
+    let nodes: Vec<BuildNode> = (1..=3).map(build_node).collect();
+    let apply = |i: usize, joined: &[&str], pw: &str, rev: u64| {
+        let report = nodes[i]
+            .engine
+            .apply(&replication_set(&nodes, i, joined, pw, rev))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "apply on n{}: {}\n{}",
+                    i + 1,
+                    e.message,
+                    nodes[i].slapd.log()
+                )
+            });
+        let text = format!("{report:?}");
+        assert!(
+            !text.contains(PW) && !text.contains("wr0ngPassword"),
+            "a password in a report: {text}"
+        );
+        report
+    };
+    // Round one: the primary is the seed; the others take its directory.
+    for (i, n) in nodes.iter().enumerate() {
+        let r = apply(i, &["n1"], PW, 1);
+        assert_eq!(
+            r.result,
+            ApplyResult::Applied,
+            "{}: {r:?}\n{}",
+            n.name,
+            n.slapd.log()
+        );
+    }
+    for n in &nodes[1..] {
+        assert!(
+            has_entry(n, "cn=own-1,o=gluu"),
+            "{} has the seed's data",
+            n.name
+        );
+        let own = format!("cn=own-{},o=gluu", &n.name[1..]);
+        assert!(
+            !has_entry(n, &own),
+            "{}'s own directory was replaced, not merged",
+            n.name
+        );
+    }
+    assert!(
+        !has_entry(&nodes[0], "cn=own-2,o=gluu"),
+        "never the reverse"
+    );
+    // Round two: everyone replicates from everyone.
+    for i in 0..3 {
+        let r = apply(i, &["n1", "n2", "n3"], PW, 2);
+        assert_eq!(r.result, ApplyResult::Applied, "n{}: {r:?}", i + 1);
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        let cn = format!("written-on-{}", n.name);
+        add_role(n, &cn);
+        for (j, other) in nodes.iter().enumerate() {
+            if i != j {
+                clustermgr_tests::eventually_blocking(
+                    &format!("{cn} on {}", other.name),
+                    Duration::from_secs(10),
+                    || has_entry(other, &format!("cn={cn},o=gluu")),
+                );
+            }
+        }
+    }
+    // An unchanged cluster changes nothing.
+    for i in 0..3 {
+        let plan = nodes[i]
+            .engine
+            .plan(&replication_set(&nodes, i, &["n1", "n2", "n3"], PW, 3))
+            .unwrap();
+        let changed: Vec<_> = plan
+            .iter()
+            .filter(|p| p.change != Change::Unchanged)
+            .collect();
+        assert!(changed.is_empty(), "n{}: {changed:?}", i + 1);
+        for p in &plan {
+            for t in [&p.old_text, &p.new_text].into_iter().flatten() {
+                assert!(!t.contains(PW), "the password in a plan: {t}");
+            }
+        }
+    }
+    // A consumer that cannot bind: reported with its provider's own words and rolled
+    // back on that node; the others keep replicating.
+    let mut bad = replication_set(&nodes, 1, &["n1", "n2", "n3"], PW, 4);
+    for e in &mut bad.entries {
+        if let clustermgr_protocol::changeset::Content::Ldap(a) = &mut e.content
+            && let clustermgr_protocol::changeset::LdapValue::Exactly(v) = &mut a.value
+            && a.attribute == "olcSyncrepl"
+        {
+            for c in v.iter_mut() {
+                *c = c.replace(PW, "wr0ngPassword");
+            }
+        }
+    }
+    let r = nodes[1].engine.apply(&bad).unwrap();
+    assert!(
+        !format!("{r:?}").contains("wr0ngPassword"),
+        "a password in a report"
+    );
+    match &r.result {
+        ApplyResult::RolledBack { step, output, .. } => {
+            assert_eq!(step, "replication of o=gluu");
+            assert!(output.contains("invalid credentials (49)"), "{output}");
+        }
+        other => panic!("a consumer that cannot bind was applied: {other:?}"),
+    }
+    let plan = nodes[1]
+        .engine
+        .plan(&replication_set(&nodes, 1, &["n1", "n2", "n3"], PW, 5))
+        .unwrap();
+    assert!(
+        plan.iter().all(|p| p.change == Change::Unchanged),
+        "rolled back: {plan:?}"
+    );
+    add_role(&nodes[0], "after-the-bad-change");
+    for n in &nodes[1..] {
+        clustermgr_tests::eventually_blocking(
+            &format!("replication to {} after the bad change", n.name),
+            Duration::from_secs(10),
+            || has_entry(n, "cn=after-the-bad-change,o=gluu"),
+        );
+    }
+}

@@ -11,6 +11,7 @@
 mod backup;
 mod dir;
 mod edit;
+mod ldap;
 mod nginx_conf;
 mod path;
 mod policy;
@@ -328,13 +329,45 @@ impl Engine {
         }
     }
 
-    /// How `set` compares with the disk; writes nothing.
+    /// How `set` compares with the disk and the LDAP server; writes nothing.
     pub fn plan(&self, set: &ChangeSet) -> Result<Vec<EntryPlan>, RemoteError> {
-        Ok(self
-            .stage_checked(&host_for_root_container(&set.entries))?
-            .into_iter()
-            .map(|s| s.plan)
-            .collect())
+        let entries = host_for_root_container(&set.entries);
+        let (files, file_index) = split_files(&entries);
+        let staged = self.stage_checked(&files)?;
+        let mut session = ldap::Session::new(&self.cfg);
+        let ldap = self.stage_ldap(&mut session, &entries)?;
+        Ok(merged_plans(entries.len(), &file_index, &staged, &ldap))
+    }
+
+    /// Compares the LDAP entries of `entries` with the server, after the policy on
+    /// them (`allow_exec = false` allows only what replication and Gluu's settings use).
+    fn stage_ldap(
+        &self,
+        session: &mut ldap::Session,
+        entries: &[Entry],
+    ) -> Result<Vec<ldap::Staged>, RemoteError> {
+        let mut wanted = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            if let Content::Ldap(a) = &e.content {
+                if !self.cfg.allow_exec {
+                    ldap::check_policy(a).map_err(|why| {
+                        RemoteError::refused(format!("{}: {why}; nothing was changed", e.path))
+                    })?;
+                }
+                let base = path::scope_base(&self.cfg, &e.scope)
+                    .map_err(|why| RemoteError::invalid(format!("{}: {why}", e.path)))?;
+                wanted.push((i, e, a.as_ref(), base));
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        ldap::stage(session, wanted).map_err(|errors| {
+            RemoteError::invalid(format!(
+                "nothing was changed, because {}",
+                errors.join("; ")
+            ))
+        })
     }
 
     /// Applies `set`: all of it or none.
@@ -355,8 +388,21 @@ impl Engine {
                 Vec::new(),
             ));
         }
-        let staged = self.stage_checked(entries)?;
-        let report = self.run_txn(set.revision, entries, staged)?;
+        let (files, file_index) = split_files(entries);
+        let staged = self.stage_checked(&files)?;
+        let mut session = ldap::Session::new(&self.cfg);
+        let ldap = self.stage_ldap(&mut session, entries)?;
+        let plans = merged_plans(entries.len(), &file_index, &staged, &ldap);
+        let report = self.run_txn(
+            set.revision,
+            &files,
+            staged,
+            plans,
+            LdapPart {
+                session,
+                staged: ldap,
+            },
+        )?;
         if matches!(report.result, ApplyResult::Applied | ApplyResult::Unchanged) {
             self.note_revision(set.revision);
         }
@@ -420,9 +466,10 @@ impl Engine {
         revision: u64,
         entries: &[Entry],
         staged: Vec<Staged>,
+        plans: Vec<EntryPlan>,
+        mut ldap: LdapPart,
     ) -> Result<ApplyReport, RemoteError> {
-        let plans: Vec<EntryPlan> = staged.iter().map(|s| s.plan.clone()).collect();
-        if !staged.iter().any(|s| s.plan.change.writes()) {
+        if !plans.iter().any(|p| p.change.writes()) {
             return Ok(ApplyReport {
                 revision,
                 entries: plans,
@@ -523,6 +570,24 @@ impl Engine {
                 let result = self.undo(&mut txn, false, failed.step, failed.output, &mut steps);
                 return Ok(self.report(revision, plans, result, steps));
             }
+        }
+        // The LDAP entries once the files they may name (a CA bundle) are in place and
+        // valid; their failure undoes them, then the files.
+        let mut written = ldap::Written::default();
+        let ldap_result = ldap::write(&mut ldap.session, &ldap.staged, &mut written, &mut steps)
+            .and_then(|()| ldap::validate(&mut ldap.session, &ldap.staged, &mut steps));
+        if let Err((step, output)) = ldap_result {
+            let undone = ldap::undo(&mut ldap.session, &mut written);
+            let ldap_clean = undone.iter().all(|r| r.ok);
+            steps.extend(undone);
+            let mut result = self.undo(&mut txn, false, step, output, &mut steps);
+            if let ApplyResult::RolledBack {
+                restored_cleanly, ..
+            } = &mut result
+            {
+                *restored_cleanly &= ldap_clean;
+            }
+            return Ok(self.report(revision, plans, result, steps));
         }
         txn.phase = Phase::Acting;
         if let Err(e) = self.write_txn(&txn) {
@@ -797,6 +862,7 @@ impl Engine {
 
     /// The kept previous versions of `path`.
     pub fn backups(&self, path: &str, scope: &Scope) -> Result<Vec<BackupInfo>, RemoteError> {
+        no_ldap_backups(path)?;
         let res = path::resolve(&self.cfg, scope, path)
             .map_err(|w| RemoteError::invalid(format!("{path}: {w}")))?;
         Ok(self
@@ -816,6 +882,7 @@ impl Engine {
     /// Puts a kept version back, as a one-entry apply (so it is itself backed up,
     /// validated, and its actions run).
     pub fn restore(&self, spec: &RestoreSpec) -> Result<ApplyReport, RemoteError> {
+        no_ldap_backups(&spec.path)?;
         let res = path::resolve(&self.cfg, &spec.scope, &spec.path)
             .map_err(|w| RemoteError::invalid(format!("{}: {w}", spec.path)))?;
         let list = self.backups.list(&res.real);
@@ -852,7 +919,12 @@ impl Engine {
         let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.settle_earlier()?;
         let staged = self.stage_checked(&entries)?;
-        self.run_txn(0, &entries, staged)
+        let plans = staged.iter().map(|s| s.plan.clone()).collect();
+        let ldap = LdapPart {
+            session: ldap::Session::new(&self.cfg),
+            staged: Vec::new(),
+        };
+        self.run_txn(0, &entries, staged, plans, ldap)
     }
 }
 
@@ -962,6 +1034,51 @@ pub fn container_exec(
 /// `entries` with a container scope whose root is `/` (Gluu installed without a
 /// container) made the host's, so its validators and services are the host's too;
 /// borrowed as they are when there is none (the usual case: no file bytes copied).
+/// LDAP entries keep no backups on the node (yet): their earlier values are in the
+/// controller's history.
+fn no_ldap_backups(path: &str) -> Result<(), RemoteError> {
+    if clustermgr_protocol::changeset::is_ldap_path(path) {
+        return Err(RemoteError::invalid(format!(
+            "{path} is an LDAP attribute, which this agent keeps no backups of; the controller's desired state puts it back: change the setting and run `clustermgr apply`"
+        )));
+    }
+    Ok(())
+}
+
+/// The LDAP side of an apply: its connections and staged entries.
+struct LdapPart<'a> {
+    session: ldap::Session<'a>,
+    staged: Vec<ldap::Staged>,
+}
+
+/// The file entries of a change set, and the index of each in it.
+fn split_files(entries: &[Entry]) -> (Vec<Entry>, Vec<usize>) {
+    entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !matches!(e.content, Content::Ldap(_)))
+        .map(|(i, e)| (e.clone(), i))
+        .unzip()
+}
+
+/// The plans of files and LDAP entries, in the change set's order (the controller
+/// pairs them with its entries by position).
+fn merged_plans(
+    len: usize,
+    file_index: &[usize],
+    files: &[Staged],
+    ldap: &[ldap::Staged],
+) -> Vec<EntryPlan> {
+    let mut out: Vec<Option<EntryPlan>> = vec![None; len];
+    for (i, s) in file_index.iter().zip(files) {
+        out[*i] = Some(s.plan.clone());
+    }
+    for s in ldap {
+        out[s.index] = Some(s.plan.clone());
+    }
+    out.into_iter().flatten().collect()
+}
+
 fn host_for_root_container(entries: &[Entry]) -> std::borrow::Cow<'_, [Entry]> {
     let root = |e: &Entry| matches!(&e.scope, Scope::Container { root } if root == "/");
     if !entries.iter().any(root) {

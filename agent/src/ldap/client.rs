@@ -1,6 +1,6 @@
-//! A small LDAPv3 client for the agent's own directory server: simple bind, search,
-//! modify and add, over plain TCP (loopback only) or TLS with the server's certificate
-//! pinned. Blocking, with a deadline on every read and write: a frozen server keeps
+//! A small LDAPv3 client for the agent's own directory server: simple and SASL
+//! EXTERNAL binds, search, modify, add and delete, over plain TCP (loopback only), TLS
+//! with the server's certificate pinned, or the server's `ldapi://` Unix socket. Blocking, with a deadline on every read and write: a frozen server keeps
 //! its connections open and never answers, and a check must end anyway.
 
 use std::io::{Read, Write};
@@ -19,6 +19,17 @@ pub enum Scope {
     One = 1,
     /// The whole subtree.
     Sub = 2,
+}
+
+/// What a modification does with its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Modify {
+    /// Adds them.
+    Add = 0,
+    /// Deletes them (all, when none are given).
+    Delete = 1,
+    /// Replaces every value with them.
+    Replace = 2,
 }
 
 /// A search result entry.
@@ -202,6 +213,47 @@ impl Connection {
         })
     }
 
+    /// Connects to the `ldapi://` socket at `path` within `timeout`, with the same
+    /// deadline on every later read and write.
+    pub fn open_unix(path: &std::path::Path, timeout: Duration) -> Result<Connection, Failure> {
+        let sock = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+            Failure::Transport(format!("cannot connect to {}: {e}", path.display()))
+        })?;
+        let io = |e: std::io::Error| Failure::Transport(e.to_string());
+        sock.set_read_timeout(Some(timeout)).map_err(io)?;
+        sock.set_write_timeout(Some(timeout)).map_err(io)?;
+        Ok(Connection {
+            stream: Box::new(sock),
+            next_id: 1,
+            buf: Vec::new(),
+            timeout,
+        })
+    }
+
+    /// A SASL EXTERNAL bind: over `ldapi://` the server knows the peer's uid and gid
+    /// (root is `gidNumber=0+uidNumber=0,cn=peercred,cn=external,cn=auth`).
+    pub fn bind_external(&mut self) -> Result<(), Failure> {
+        let op = ber::constructed(
+            ber::application(0, true),
+            &[
+                ber::integer(ber::INTEGER, 3),
+                ber::tlv(ber::OCTET_STRING, b""),
+                ber::constructed(
+                    ber::context(3, true),
+                    // An empty authorization identity: be who the socket says. Without
+                    // the (empty) credentials Cyrus SASL asks for another round.
+                    &[
+                        ber::tlv(ber::OCTET_STRING, b"EXTERNAL"),
+                        ber::tlv(ber::OCTET_STRING, b""),
+                    ],
+                ),
+            ],
+        );
+        let id = self.send(op)?;
+        let reply = self.receive(id)?;
+        result_of(&reply, ber::application(1, true))
+    }
+
     /// A simple bind.
     pub fn bind(&mut self, dn: &str, password: &[u8]) -> Result<(), Failure> {
         let op = ber::constructed(
@@ -275,6 +327,36 @@ impl Connection {
             })
             .collect();
         self.entry_op(6, dn, changes)
+    }
+
+    /// Changes attributes of `dn`: each change adds, deletes (no values: all of them)
+    /// or replaces values, in order, atomically.
+    pub fn modify(
+        &mut self,
+        dn: &str,
+        changes: &[(Modify, &str, Vec<String>)],
+    ) -> Result<(), Failure> {
+        let changes: Vec<Vec<u8>> = changes
+            .iter()
+            .map(|(op, name, values)| {
+                ber::constructed(
+                    ber::SEQUENCE,
+                    &[
+                        ber::integer(ber::ENUMERATED, *op as i64),
+                        attribute(name, values),
+                    ],
+                )
+            })
+            .collect();
+        self.entry_op(6, dn, changes)
+    }
+
+    /// Deletes the leaf entry `dn`.
+    pub fn delete(&mut self, dn: &str) -> Result<(), Failure> {
+        let op = ber::tlv(ber::application(10, false), dn.as_bytes());
+        let id = self.send(op)?;
+        let reply = self.receive(id)?;
+        result_of(&reply, ber::application(11, true))
     }
 
     /// Adds the entry `dn` with its attributes.

@@ -69,6 +69,7 @@ pub struct NodeConfig {
 pub(crate) mod csync2;
 mod hosts;
 pub(crate) mod nginx;
+pub mod replication;
 pub(crate) mod stunnel;
 #[cfg(test)]
 mod tests;
