@@ -173,7 +173,10 @@ impl Agent {
         let (abort_tx, abort_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = watch::channel(false);
         let restart = Arc::new(Mutex::new(None));
-        let apply = Arc::new(crate::apply::Engine::new(Arc::new(self.cfg.clone())));
+        let ldap: crate::health::LiveLdap = Arc::new(Mutex::new(self.cfg.ldap.clone()));
+        let apply = Arc::new(
+            crate::apply::Engine::new(Arc::new(self.cfg.clone())).with_live_ldap(ldap.clone()),
+        );
         // A change set a crash interrupted is finished or undone before the controller
         // can see the node, so it never reads a half-applied set.
         if let Some(what) = apply.recover() {
@@ -196,7 +199,6 @@ impl Agent {
         } else {
             (None, None)
         };
-        let ldap: crate::health::LiveLdap = Arc::new(Mutex::new(self.cfg.ldap.clone()));
         let heartbeats = crate::health::Heartbeats::start(
             &self.cfg,
             self.node.as_str(),
@@ -776,6 +778,7 @@ async fn handle_request(
         | Request::Backups { .. }
         | Request::Restore(_)
         | Request::HostKey { .. }
+        | Request::LdapCert
         | Request::Probe(_)) => {
             match &req {
                 Request::Apply(set) => tracing::info!(

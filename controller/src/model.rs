@@ -100,6 +100,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     ("cache", "none or redis"),
     ("manage-hosts", "true or false"),
+    (
+        "ldap-replication",
+        "on or off: apply sets up OpenLDAP replication between the Gluu nodes",
+    ),
 ];
 
 /// The secrets `cluster set` takes from a file.

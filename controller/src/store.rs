@@ -317,6 +317,11 @@ impl std::fmt::Debug for TunnelRecord {
 /// Its passwords are secrets: `Debug` never shows them.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildRecord {
+    /// Whether `apply` sets up LDAP replication (`cluster set ldap-replication`).
+    pub ldap_replication: bool,
+    /// Each Gluu node's LDAP server certificate (public), as its agent last sent it:
+    /// what its peers verify it by.
+    pub ldap_certs: std::collections::BTreeMap<String, String>,
     /// The password LDAP consumers bind with to their providers.
     pub replication_password: Option<String>,
     /// The cache host's Redis `requirepass`, also in `oxCacheConfiguration`.
@@ -331,6 +336,7 @@ pub struct BuildRecord {
 impl std::fmt::Debug for BuildRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BuildRecord")
+            .field("ldap_replication", &self.ldap_replication)
             .field("server_ids", &self.server_ids)
             .field("joined", &self.joined)
             .finish_non_exhaustive()

@@ -130,6 +130,10 @@ pub enum Request {
     },
     /// Run this round's health checks; answered by [`Reply::Checks`].
     Checks(crate::health::CheckSpec),
+    // New variants go last: postcard numbers variants by position.
+    /// The certificate of the node's LDAP server, which its replication peers verify it
+    /// by (protocol version 2); answered by [`Reply::LdapCert`].
+    LdapCert,
 }
 
 /// What [`Request::Upgrade`] brings.
@@ -199,6 +203,10 @@ pub enum Reply {
     Probed(Vec<StepRun>),
     /// What [`Request::Checks`] found.
     Checks(Box<crate::health::CheckReport>),
+    // New variants go last: postcard numbers variants by position.
+    /// The node's LDAP server certificate, PEM (public); `None` when the agent knows of
+    /// no LDAP server or its certificate file.
+    LdapCert(Option<String>),
 }
 
 /// A failure reported by the agent.

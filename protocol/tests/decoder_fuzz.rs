@@ -32,7 +32,8 @@ use std::task::{Context, Poll};
 
 use clustermgr_protocol::changeset::{
     Action, ApplyReport, ApplyResult, BackupInfo, Change, ChangeSet, Content, Entry, EntryPlan,
-    HttpsProbe, Meta, ProbeSpec, RestoreSpec, Scope, ServiceVerb, StepRun, Validator,
+    HttpsProbe, LdapAttr, LdapObject, LdapValue, Meta, ProbeSpec, RestoreSpec, Scope, ServiceVerb,
+    StepRun, Validator,
 };
 use clustermgr_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES, FrameDecoder, HEADER_BYTES};
 use clustermgr_protocol::health::{
@@ -349,8 +350,8 @@ impl Kind {
         match self {
             Kind::Hello => 1,
             Kind::HelloReply => 2,
-            Kind::Request => 16,
-            Kind::Reply => 15,
+            Kind::Request => 17,
+            Kind::Reply => 16,
             Kind::ExecInput => 3,
             Kind::ExecEvent => 5,
             Kind::TelemetryFrame => 3,
@@ -425,6 +426,7 @@ impl Msg {
                 Request::Probe(_) => 13,
                 Request::Telemetry { .. } => 14,
                 Request::Checks(_) => 15,
+                Request::LdapCert => 16,
             },
             Msg::Reply(m) => match m {
                 Reply::Info(_) => 0,
@@ -442,6 +444,7 @@ impl Msg {
                 Reply::Backups(_) => 12,
                 Reply::Probed(_) => 13,
                 Reply::Checks(_) => 14,
+                Reply::LdapCert(_) => 15,
             },
             Msg::ExecInput(m) => match m {
                 ExecInput::Stdin(_) => 0,
@@ -848,8 +851,48 @@ fn gen_scope(rng: &mut Rng) -> Scope {
     }
 }
 
+fn gen_ldap_attr(rng: &mut Rng) -> LdapAttr {
+    let object = match rng.below(3) {
+        0 => LdapObject::Data {
+            dn: gen_string(rng),
+        },
+        1 => LdapObject::Config {
+            dn: gen_string(rng),
+        },
+        _ => LdapObject::Database {
+            suffix: gen_string(rng),
+            child: gen_option(rng, gen_string),
+        },
+    };
+    let strings = |rng: &mut Rng| {
+        (0..rng.below(3))
+            .map(|_| gen_string(rng))
+            .collect::<Vec<_>>()
+    };
+    let value = match rng.below(3) {
+        0 => LdapValue::Exactly(strings(rng)),
+        1 => LdapValue::Include(strings(rng)),
+        _ => LdapValue::JsonField {
+            pointer: gen_string(rng),
+            json: gen_string(rng),
+        },
+    };
+    LdapAttr {
+        object,
+        attribute: gen_string(rng),
+        value,
+        create: (0..rng.below(3))
+            .map(|_| (gen_string(rng), strings(rng)))
+            .collect(),
+        redact: strings(rng),
+        bump_revision: gen_option(rng, gen_string),
+        join: rng.bool(),
+    }
+}
+
 fn gen_content(rng: &mut Rng) -> Content {
-    match rng.below(3) {
+    match rng.below(4) {
+        3 => Content::Ldap(Box::new(gen_ldap_attr(rng))),
         0 => Content::File {
             bytes: gen_bytes(rng),
             mode: gen_u32(rng),
@@ -868,10 +911,13 @@ fn gen_content(rng: &mut Rng) -> Content {
 }
 
 fn gen_validator(rng: &mut Rng) -> Validator {
-    if rng.bool() {
-        Validator::Nginx
-    } else {
-        Validator::Command(gen_command(rng))
+    match rng.below(3) {
+        0 => Validator::Nginx,
+        1 => Validator::Command(gen_command(rng)),
+        _ => Validator::Replication {
+            suffix: gen_string(rng),
+            deadline_ms: gen_u64(rng),
+        },
     }
 }
 
@@ -1249,6 +1295,7 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
         (Kind::Request, 14) => Msg::Request(Request::Telemetry {
             after: gen_u64(rng),
         }),
+        (Kind::Request, 16) => Msg::Request(Request::LdapCert),
         (Kind::Request, _) => Msg::Request(Request::Checks(CheckSpec {
             interval_ms: gen_u64(rng),
             deadline_ms: gen_u64(rng),
@@ -1284,6 +1331,7 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
         (Kind::Reply, 11) => Msg::Reply(Reply::Applied(Box::new(gen_apply_report(rng)))),
         (Kind::Reply, 12) => Msg::Reply(Reply::Backups(gen_backups(rng))),
         (Kind::Reply, 13) => Msg::Reply(Reply::Probed(gen_steps(rng))),
+        (Kind::Reply, 15) => Msg::Reply(Reply::LdapCert(gen_option(rng, gen_string))),
         (Kind::Reply, _) => Msg::Reply(Reply::Checks(Box::new(gen_check_report(rng)))),
         (Kind::ExecInput, 0) => Msg::ExecInput(ExecInput::Stdin(gen_bytes(rng))),
         (Kind::ExecInput, 1) => Msg::ExecInput(ExecInput::StdinEnd),

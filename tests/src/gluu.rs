@@ -40,6 +40,26 @@ pub struct Row {
     pub time_ms: i64,
 }
 
+/// The three Gluu hosts bootstrapped over SSH into a new controller home (`gluu1` the
+/// primary), with the cluster's hostname set.
+pub fn hosts() -> (Net, Controller) {
+    let mut net = Net::new();
+    for n in NODES {
+        net.add_host(n);
+    }
+    let ctl = Controller::new();
+    let inventory = ctl.inventory(&net, "gluu1").display().to_string();
+    ok(
+        ctl.run(&["node", "add", "--from", &inventory]),
+        "node add --from",
+    );
+    ok(
+        ctl.run(&["cluster", "set", "hostname", HOSTNAME]),
+        "cluster set hostname",
+    );
+    (net, ctl)
+}
+
 /// The running cluster; everything stops when it drops.
 pub struct GluuCluster {
     /// The hosts.
@@ -59,20 +79,7 @@ pub struct GluuCluster {
 impl GluuCluster {
     /// Builds the cluster and starts `serve` checking every `interval_secs`.
     pub async fn start(interval_secs: u64) -> GluuCluster {
-        let mut net = Net::new();
-        for n in NODES {
-            net.add_host(n);
-        }
-        let ctl = Controller::new();
-        let inventory = ctl.inventory(&net, "gluu1").display().to_string();
-        ok(
-            ctl.run(&["node", "add", "--from", &inventory]),
-            "node add --from",
-        );
-        ok(
-            ctl.run(&["cluster", "set", "hostname", HOSTNAME]),
-            "cluster set hostname",
-        );
+        let (net, ctl) = hosts();
         for h in net.hosts() {
             h.sh(&format!("mkdir -p {CUSTOM} /opt/gluu-server/etc/gluu/conf"));
             start_oxauth(h);
@@ -406,7 +413,9 @@ fn start_oxauth(h: &Host) {
 /// Gives `h`'s agent its node's slapd over LDAPS, pinned to the server's certificate,
 /// the password in an owner-only file on the host, and has it re-read its settings
 /// (the init script's `reload`: SIGHUP).
-fn bind_agent(h: &Host, s: &Slapd) {
+/// Binds `h`'s agent to `s` (`[ldap]` with a password file, the pinned certificate and
+/// slapd's `ldapi://` socket) and has it re-read its configuration.
+pub fn bind_agent(h: &Host, s: &Slapd) {
     let (pw, crt) = ("/etc/clustermgr/ldap.secret", "/etc/clustermgr/ldap.crt");
     std::fs::write(h.path(pw), format!("{}\n", s.root_pw)).expect("password file");
     std::fs::set_permissions(
@@ -418,8 +427,9 @@ fn bind_agent(h: &Host, s: &Slapd) {
     let toml = h.path("/etc/clustermgr/agent.toml");
     let mut text = std::fs::read_to_string(&toml).expect("agent.toml");
     text.push_str(&format!(
-        "\n[ldap]\nurl = \"{}\"\nbind_dn = \"{ROOT_DN}\"\npassword_file = \"{pw}\"\ncert_file = \"{crt}\"\ntimeout_ms = 800\n",
-        s.ldaps_url()
+        "\n[ldap]\nurl = \"{}\"\nbind_dn = \"{ROOT_DN}\"\npassword_file = \"{pw}\"\ncert_file = \"{crt}\"\nldapi = \"{}\"\ntimeout_ms = 800\n",
+        s.ldaps_url(),
+        s.ldapi().display()
     ));
     std::fs::write(&toml, text).expect("agent.toml");
     h.sh("/etc/init.d/clustermgr-agent reload");

@@ -170,6 +170,40 @@ pub fn check_policy(a: &LdapAttr) -> Result<(), String> {
     }
 }
 
+/// The node's LDAP server certificate (public), for its replication peers: the file
+/// the agent pins its own LDAPS connection to. Only the first certificate of the file,
+/// and never a file holding a key.
+pub fn server_cert(cfg: &AgentConfig) -> Result<Option<String>, String> {
+    let Some(access) = crate::ldap::access(cfg)? else {
+        return Ok(None);
+    };
+    let Some(path) = access.cert else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read the LDAP certificate {}: {e}", path.display()))?;
+    if text.contains("PRIVATE KEY") {
+        return Err(format!(
+            "{} holds a private key; the agent sends only certificates",
+            path.display()
+        ));
+    }
+    const END: &str = "-----END CERTIFICATE-----";
+    let first = text.find("-----BEGIN CERTIFICATE-----").and_then(|b| {
+        text[b..]
+            .find(END)
+            .map(|e| text[b..b + e + END.len()].to_string())
+    });
+    match first {
+        Some(pem) => {
+            clustermgr_protocol::identity::cert_from_pem(&pem)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(Some(pem + "\n"))
+        }
+        None => Err(format!("{} holds no PEM certificate", path.display())),
+    }
+}
+
 /// Strips slapd's ordering prefix (`{3}value` is `value`).
 fn unordered(v: &str) -> &str {
     if let Some(rest) = v.strip_prefix('{')

@@ -51,6 +51,8 @@ const DIFF_TEXT_LIMIT: usize = 256 * 1024;
 #[derive(Debug)]
 pub struct Engine {
     cfg: Arc<AgentConfig>,
+    /// The `[ldap]` section in force (re-read on SIGHUP), for LDAP entries.
+    live_ldap: Option<crate::health::LiveLdap>,
     dir: PathBuf,
     backups: Backups,
     lock: Mutex<()>,
@@ -143,11 +145,27 @@ impl Engine {
     pub fn new(cfg: Arc<AgentConfig>) -> Self {
         let dir = cfg.state_dir.join("config");
         Engine {
+            live_ldap: None,
             backups: Backups::new(dir.join("backups"), KEEP_BACKUPS),
             dir,
             cfg,
             lock: Mutex::new(()),
         }
+    }
+
+    /// LDAP entries follow `ldap`, the `[ldap]` section as the agent re-reads it.
+    pub fn with_live_ldap(mut self, ldap: crate::health::LiveLdap) -> Self {
+        self.live_ldap = Some(ldap);
+        self
+    }
+
+    /// The configuration with the `[ldap]` section in force now.
+    fn ldap_cfg(&self) -> AgentConfig {
+        let mut cfg = (*self.cfg).clone();
+        if let Some(l) = &self.live_ldap {
+            cfg.ldap = l.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        }
+        cfg
     }
 
     fn txn_path(&self) -> PathBuf {
@@ -334,7 +352,8 @@ impl Engine {
         let entries = host_for_root_container(&set.entries);
         let (files, file_index) = split_files(&entries);
         let staged = self.stage_checked(&files)?;
-        let mut session = ldap::Session::new(&self.cfg);
+        let cfg = self.ldap_cfg();
+        let mut session = ldap::Session::new(&cfg);
         let ldap = self.stage_ldap(&mut session, &entries)?;
         Ok(merged_plans(entries.len(), &file_index, &staged, &ldap))
     }
@@ -390,7 +409,8 @@ impl Engine {
         }
         let (files, file_index) = split_files(entries);
         let staged = self.stage_checked(&files)?;
-        let mut session = ldap::Session::new(&self.cfg);
+        let cfg = self.ldap_cfg();
+        let mut session = ldap::Session::new(&cfg);
         let ldap = self.stage_ldap(&mut session, entries)?;
         let plans = merged_plans(entries.len(), &file_index, &staged, &ldap);
         let report = self.run_txn(
@@ -947,8 +967,11 @@ impl Engine {
                 .host_key(path, scope, node)
                 .map(|pem| Reply::Csr { pem }),
             Request::Probe(spec) => Ok(Reply::Probed(self.probe(spec))),
+            Request::LdapCert => ldap::server_cert(&self.ldap_cfg())
+                .map(Reply::LdapCert)
+                .map_err(RemoteError::invalid),
             _ => Err(RemoteError::invalid(
-                "not a desired-state request; the engine answers plan, apply, backups, restore, host key and probe",
+                "not a desired-state request; the engine answers plan, apply, backups, restore, host key, probe and LDAP certificate",
             )),
         }
     }

@@ -26,6 +26,8 @@ use crate::generate::{self, Inputs, Secrets, TunnelMaterial};
 use crate::selector::select;
 use crate::store::{ChangeRecord, DesiredRecord, Hold, NodeRecord, Role};
 
+mod replication;
+
 /// How long an agent may take to compare a change set with its disk.
 const PLAN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an apply may take: validators and service restarts (a Java app is slow).
@@ -218,6 +220,8 @@ pub struct ClusterSettings {
     pub manage_hosts: bool,
     /// The nodes drained from the load balancer.
     pub drained: Vec<String>,
+    /// Whether `apply` sets up LDAP replication between the Gluu nodes.
+    pub ldap_replication: bool,
     /// Each secret's SHA-256 (first 16 hex digits), `null` when not set.
     pub secrets: BTreeMap<String, Option<String>>,
 }
@@ -377,11 +381,20 @@ fn now_ms(ctx: &Ctx) -> i64 {
 
 /// A random csync2 key: 64 characters of csync2's own key alphabet.
 fn new_csync2_key() -> Result<Vec<u8>, CtlError> {
+    random_token("making the csync2 key").map(String::into_bytes)
+}
+
+/// 64 random characters of csync2's key alphabet (letters, digits, `.` and `_`), which
+/// also need no quoting in slapd's and Redis's configuration.
+pub(crate) fn random_token(what: &'static str) -> Result<String, CtlError> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._";
     let mut raw = [0u8; 64];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
-        .map_err(|_| CtlError::Random("making the csync2 key"))?;
-    Ok(raw.iter().map(|b| ALPHABET[(*b & 63) as usize]).collect())
+        .map_err(|_| CtlError::Random(what))?;
+    Ok(raw
+        .iter()
+        .map(|b| ALPHABET[(*b & 63) as usize] as char)
+        .collect())
 }
 
 /// The generators' output for `selected`, with the cluster's secrets generated once.
@@ -444,7 +457,9 @@ fn desired_for(
     if !matches!(basis, &Basis::Now) {
         made_on_node = preview_tunnel(ctx, &model, &all, selected, record.as_ref(), &mut tunnel);
     }
+    let build = ctx.store.build()?;
     let mut rendered = generate::render(&Inputs {
+        build: &build,
         model: &model,
         nodes: &all,
         secrets: &secrets,
@@ -704,6 +719,9 @@ pub async fn plan(
 ) -> Result<View, CtlError> {
     let selected = select(&ctx.store.nodes()?, selector)?;
     let basis = if drift { Basis::Now } else { Basis::Preview };
+    if !drift {
+        replication::prepare(ctx, within).await?;
+    }
     let mut desired = desired_for(ctx, &selected, &basis)?;
     let digest = (!drift).then(|| plan_digest(&desired)).transpose()?;
     if drift {
@@ -815,15 +833,15 @@ pub async fn apply(
     events: &mpsc::Sender<Event>,
 ) -> Result<View, CtlError> {
     let ApplyAsk {
-        selector,
-        rolling,
-        approved,
-        on_behalf,
+        selector, approved, ..
     } = *ask;
     let selected = select(&ctx.store.nodes()?, selector)?;
     // The plan approved is exactly what is applied, or nothing is: checked before
     // anything is issued, and again on the desired state rendered to send, in case the
     // model moved meanwhile.
+    // serverIDs, the account's password and the peers' LDAP certificates, as the plan
+    // approved had them (made then, or now if no plan ran).
+    replication::prepare(ctx, within).await?;
     let before = Basis::PreviewAsOf(ctx.store.tunnel()?);
     let check = |approved: &str| -> Result<(), CtlError> {
         let now = plan_digest(&desired_for(ctx, &selected, &before)?)?;
@@ -844,10 +862,80 @@ pub async fn apply(
     if let Some(approved) = approved {
         check(approved)?;
     }
+    let mut round = Round {
+        selected: &selected,
+        desired,
+        key_problems: &key_problems,
+        why: "",
+    };
+    let mut views = apply_round(ctx, user, ask, &round, within, events).await?;
+    // A node that joined LDAP replication (its consumers caught up) is a provider for
+    // its peers from now on: one more round gives them consumers of it.
+    if replication::count_in(ctx, &round.desired, &views)? {
+        round.desired = desired_for(ctx, &selected, &Basis::Now)?;
+        round.why = ", LDAP replication from the nodes that joined";
+        let again = apply_round(ctx, user, ask, &round, within, events).await?;
+        views = merge_rounds(views, again);
+    }
+    Ok(View::Applied(views))
+}
+
+/// One round's views merged into the first's: what both changed, the later outcome
+/// unless the first failed.
+fn merge_rounds(first: Vec<NodeApplyView>, second: Vec<NodeApplyView>) -> Vec<NodeApplyView> {
+    first
+        .into_iter()
+        .map(|mut a| {
+            let Some(b) = second.iter().find(|b| b.node == a.node) else {
+                return a;
+            };
+            a.entries.extend(b.entries.iter().cloned());
+            a.steps.extend(b.steps.iter().cloned());
+            a.revision = b.revision;
+            if a.state == NodeState::Ok {
+                a.state = b.state.clone();
+                if b.result != "unchanged" || a.result == "unchanged" {
+                    a.result = b.result.clone();
+                }
+                a.message = b.message.clone();
+            }
+            a
+        })
+        .collect()
+}
+
+/// What one round of an apply sends.
+struct Round<'a> {
+    selected: &'a [NodeRecord],
+    desired: Vec<NodeDesired>,
+    key_problems: &'a BTreeMap<String, String>,
+    /// Why this round, for the audit (`""` for the first).
+    why: &'static str,
+}
+
+/// One round of an apply: a new revision sent to the round's nodes (one at a time when
+/// rolling), audited, with each node's outcome as it comes.
+async fn apply_round(
+    ctx: &Ctx,
+    user: &str,
+    ask: &ApplyAsk<'_>,
+    round: &Round<'_>,
+    within: Duration,
+    events: &mpsc::Sender<Event>,
+) -> Result<Vec<NodeApplyView>, CtlError> {
+    let ApplyAsk {
+        rolling, on_behalf, ..
+    } = *ask;
+    let Round {
+        selected,
+        desired,
+        key_problems,
+        why,
+    } = round;
     let revision = ctx.store.next_revision()?;
     let names: Vec<String> = selected.iter().map(|n| n.name.clone()).collect();
     let detail = format!(
-        "revision {revision}{}",
+        "revision {revision}{}{why}",
         if rolling { ", rolling" } else { "" }
     );
     let (audit_id, audit) = match on_behalf {
@@ -871,7 +959,7 @@ pub async fn apply(
     if rolling {
         let mut gate = Gate::of(ctx, within).await?;
         let mut stop = false;
-        for d in &desired {
+        for d in desired {
             if stop {
                 views.push(skipped(d, revision));
                 continue;
@@ -912,7 +1000,7 @@ pub async fn apply(
             .map(|v| (v.node.clone(), v.result.clone()))
             .collect(),
     )?;
-    Ok(View::Applied(views))
+    Ok(views)
 }
 
 /// What a rolling apply checks after each node: the cluster certificate the Gluu nodes
@@ -1441,6 +1529,9 @@ pub fn history(
 
 /// `cluster set`.
 pub fn cluster_set(ctx: &Ctx, user: &str, key: &str, value: &str) -> Result<View, CtlError> {
+    if key == replication::KEY {
+        return replication::set(ctx, user, value);
+    }
     let model = ctx.store.update_model(|m| m.set(key, value))?;
     let shown = model
         .rows()
@@ -1468,6 +1559,7 @@ pub fn cluster_unset(ctx: &Ctx, user: &str, key: &str) -> Result<View, CtlError>
     match key {
         "tls-cert" => drop(ctx.store.update_secrets(|s| s.tls_cert_pem = None)?),
         "tls-key" => drop(ctx.store.update_secrets(|s| s.tls_key_pem = None)?),
+        replication::KEY => return replication::set(ctx, user, "off"),
         _ => drop(ctx.store.update_model(|m| m.unset(key))?),
     }
     ctx.audited(user, "cluster unset", &[], key, "back to its default")?;
@@ -1621,7 +1713,9 @@ fn cluster_view(ctx: &Ctx) -> Result<ClusterView, CtlError> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let rows = model.rows();
+    let build = ctx.store.build()?;
+    let mut rows = model.rows();
+    rows.push((replication::KEY, replication::shown(build.ldap_replication)));
     let shown = |key: &str| {
         rows.iter()
             .find(|(k, _)| *k == key)
@@ -1637,6 +1731,7 @@ fn cluster_view(ctx: &Ctx) -> Result<ClusterView, CtlError> {
         cache: shown("cache"),
         manage_hosts: model.manage_hosts,
         drained: model.drained.clone(),
+        ldap_replication: build.ldap_replication,
         secrets: secrets.clone(),
     };
     Ok(ClusterView {

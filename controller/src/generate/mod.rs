@@ -54,6 +54,9 @@ pub struct Inputs<'a> {
     pub secrets: &'a Secrets,
     /// The tunnel certificates.
     pub tunnel: &'a TunnelMaterial,
+    /// What building the cluster made: LDAP replication's switch, serverIDs, password,
+    /// joined nodes and the nodes' LDAP certificates.
+    pub build: &'a crate::store::BuildRecord,
 }
 
 /// One node's desired configuration.
@@ -100,7 +103,68 @@ pub fn render(inputs: &Inputs) -> Result<BTreeMap<String, NodeConfig>, crate::Ct
     csync2::render(inputs, &sorted, &mut out)?;
     stunnel::render(inputs, &sorted, &mut out);
     hosts::render(inputs, &sorted, &mut out);
+    render_replication(inputs, &sorted, &mut out);
     Ok(out)
+}
+
+/// Every Gluu node's LDAP replication entries, when `ldap-replication` is on.
+fn render_replication(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String, NodeConfig>) {
+    let b = inputs.build;
+    if !b.ldap_replication {
+        return;
+    }
+    let gluu = sorted.with(Role::Gluu);
+    let Some(password) = b.replication_password.as_deref() else {
+        for n in &gluu {
+            if let Some(cfg) = out.get_mut(&n.name) {
+                cfg.waiting.push(
+                    "LDAP replication waits for its account's password, which `clustermgr apply` makes".into(),
+                );
+            }
+        }
+        return;
+    };
+    let mut members = Vec::new();
+    let mut missing = Vec::new();
+    for n in &gluu {
+        match b.server_ids.get(&n.name) {
+            Some(id) => members.push(replication::Member {
+                name: n.name.clone(),
+                ip: ip_of(n),
+                port: replication::LDAPS_PORT,
+                server_id: *id,
+                cert_pem: b.ldap_certs.get(&n.name).cloned(),
+            }),
+            None => missing.push(n.name.clone()),
+        }
+    }
+    let seen = replication::PEERS_PEM.to_string();
+    let ri = replication::Inputs {
+        members: &members,
+        joined: &b.joined,
+        password,
+        scope: Scope::Container {
+            root: inputs.model.gluu_root.clone(),
+        },
+        peers_pem_seen: &seen,
+        catch_up_ms: replication::CATCH_UP_MS,
+    };
+    for n in &gluu {
+        let Some(cfg) = out.get_mut(&n.name) else {
+            continue;
+        };
+        if !missing.is_empty() {
+            cfg.waiting.push(format!(
+                "LDAP replication waits for the serverID of {}, which `clustermgr apply` gives",
+                missing.join(", ")
+            ));
+            continue;
+        }
+        match replication::node_entries(&ri, &n.name) {
+            Ok(entries) => cfg.entries.extend(entries),
+            Err(why) => cfg.waiting.push(why),
+        }
+    }
 }
 
 /// The nodes, sorted by name.

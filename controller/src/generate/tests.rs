@@ -145,6 +145,7 @@ fn render_with(
     t: &TunnelMaterial,
 ) -> BTreeMap<String, NodeConfig> {
     render(&Inputs {
+        build: &Default::default(),
         model: m,
         nodes: n,
         secrets: s,
@@ -171,6 +172,7 @@ fn a_stored_replicated_path_that_lands_on_a_reserved_one_inside_the_gluu_root_is
     m.replicated_paths = vec!["/opt/gluu/python/libs".into(), "/cron.d".into()];
     let t = tunnel(&["gluu1", "gluu2", "gluu3", "cache1"]);
     let err = render(&Inputs {
+        build: &Default::default(),
         model: &m,
         nodes: &nodes(),
         secrets: &secrets(),

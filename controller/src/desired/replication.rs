@@ -1,0 +1,176 @@
+//! LDAP replication's part of `apply`: the `ldap-replication` setting, what the
+//! controller makes before rendering (serverIDs, the account's password, the seed, the
+//! nodes' LDAP certificates), and counting a node in once its consumers caught up, so
+//! the next round gives its peers consumers of it.
+
+use std::time::Duration;
+
+use clustermgr_protocol::message::{Reply, Request};
+
+use super::{NodeApplyView, random_token};
+use crate::CtlError;
+use crate::ctx::{Ctx, NodeState};
+use crate::store::{BuildRecord, NodeRecord, Role};
+
+/// The setting's key.
+pub const KEY: &str = "ldap-replication";
+
+/// The largest serverID: consumers are numbered by their provider's (`rid` has three
+/// digits).
+const MAX_SERVER_ID: u16 = 999;
+
+/// The setting as `cluster show` prints it.
+pub fn shown(on: bool) -> String {
+    if on { "on" } else { "off" }.into()
+}
+
+/// `cluster set ldap-replication on|off`.
+pub fn set(ctx: &Ctx, user: &str, value: &str) -> Result<super::View, CtlError> {
+    let on = match value {
+        "on" | "true" | "yes" => true,
+        "off" | "false" | "no" => false,
+        _ => {
+            return Err(CtlError::BadSetting {
+                key: KEY.into(),
+                why: format!("{value:?}: use on or off"),
+            });
+        }
+    };
+    ctx.store.update_build(|b| b.ldap_replication = on)?;
+    ctx.audited(
+        user,
+        "cluster set",
+        &[],
+        &format!("{KEY} = {}", shown(on)),
+        "set",
+    )?;
+    let sentence = if on {
+        let seed = seed(&ctx.store.nodes()?, &ctx.store.build()?);
+        format!(
+            "{KEY} = on; the first apply makes {} the source of the cluster's directory: every other Gluu node's own o=gluu is replaced by it. Run `clustermgr plan` to see what changes on the nodes",
+            seed.unwrap_or_else(|| "the primary".into())
+        )
+    } else {
+        format!(
+            "{KEY} = off; clustermgr no longer changes the nodes' replication, which stays as it is"
+        )
+    };
+    super::said(ctx, sentence)
+}
+
+/// The node whose directory the others take: the first joined, else the primary Gluu
+/// node, else the first Gluu node by name.
+fn seed(nodes: &[NodeRecord], b: &BuildRecord) -> Option<String> {
+    if let Some(j) = b.joined.first() {
+        return Some(j.clone());
+    }
+    let gluu: Vec<&NodeRecord> = nodes.iter().filter(|n| n.has_role(Role::Gluu)).collect();
+    gluu.iter()
+        .find(|n| n.primary)
+        .or(gluu.first())
+        .map(|n| n.name.clone())
+}
+
+/// Before rendering an apply: gives every Gluu node a serverID and the account its
+/// password (once), names the seed, forgets removed nodes, and asks every reachable
+/// Gluu node for its LDAP certificate.
+pub async fn prepare(ctx: &Ctx, within: Duration) -> Result<(), CtlError> {
+    let build = ctx.store.build()?;
+    if !build.ldap_replication {
+        return Ok(());
+    }
+    let nodes = ctx.store.nodes()?;
+    let gluu: Vec<&NodeRecord> = nodes.iter().filter(|n| n.has_role(Role::Gluu)).collect();
+    let password = match build.replication_password {
+        Some(_) => None,
+        None => Some(random_token("making the LDAP replication password")?),
+    };
+    let answers = futures_util::future::join_all(gluu.iter().map(|n| async move {
+        let conn = ctx.link(n, within).await.ok()?;
+        match conn.request(&Request::LdapCert, super::PLAN_TIMEOUT).await {
+            Ok(Reply::LdapCert(pem)) => pem,
+            Ok(Reply::Error(e)) => {
+                tracing::warn!("{}: no LDAP certificate: {}", n.name, e.message);
+                None
+            }
+            _ => None,
+        }
+    }))
+    .await;
+    let seed = seed(&nodes, &build);
+    let mut full = None;
+    ctx.store.update_build(|b| {
+        if let Some(p) = password {
+            b.replication_password.get_or_insert(p);
+        }
+        let here = |name: &String| gluu.iter().any(|n| &n.name == name);
+        b.server_ids.retain(|k, _| here(k));
+        b.joined.retain(|k| here(k));
+        b.ldap_certs.retain(|k, _| here(k));
+        if b.joined.is_empty()
+            && let Some(s) = seed
+        {
+            b.joined.push(s);
+        }
+        for n in &gluu {
+            if b.server_ids.contains_key(&n.name) {
+                continue;
+            }
+            match (1..=MAX_SERVER_ID).find(|id| !b.server_ids.values().any(|v| v == id)) {
+                Some(id) => drop(b.server_ids.insert(n.name.clone(), id)),
+                None => full = Some(n.name.clone()),
+            }
+        }
+        for (n, pem) in gluu.iter().zip(answers) {
+            if let Some(pem) = pem {
+                b.ldap_certs.insert(n.name.clone(), pem);
+            }
+        }
+    })?;
+    if let Some(node) = full {
+        return Err(CtlError::BadSetting {
+            key: KEY.into(),
+            why: format!(
+                "{node} cannot be given a serverID: all {MAX_SERVER_ID} are in use; remove nodes that are gone with `clustermgr node remove`"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// After a round: the joining nodes whose apply succeeded (their consumers caught up,
+/// or the apply would have rolled back) now hold the cluster's data. Returns whether
+/// any was counted in, so that another round gives their peers consumers of them.
+pub(super) fn count_in(
+    ctx: &Ctx,
+    desired: &[super::NodeDesired],
+    views: &[NodeApplyView],
+) -> Result<bool, CtlError> {
+    let build = ctx.store.build()?;
+    if !build.ldap_replication {
+        return Ok(false);
+    }
+    let caught_up: Vec<String> = views
+        .iter()
+        .filter(|v| {
+            v.state == NodeState::Ok
+                && !build.joined.contains(&v.node)
+                && desired.iter().any(|d| {
+                    d.node.name == v.node
+                        && d.entries.iter().any(|e| e.path.ends_with("?olcSyncrepl"))
+                })
+        })
+        .map(|v| v.node.clone())
+        .collect();
+    if caught_up.is_empty() {
+        return Ok(false);
+    }
+    ctx.store.update_build(|b| {
+        for n in caught_up {
+            if !b.joined.contains(&n) {
+                b.joined.push(n);
+            }
+        }
+    })?;
+    Ok(true)
+}

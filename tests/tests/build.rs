@@ -1,0 +1,163 @@
+//! Building the cluster on the multi-host harness with the real programs: three Gluu
+//! hosts whose slapds start standalone, each with a directory of its own, become one
+//! replicating cluster through `cluster set ldap-replication on` and one `apply`; a
+//! second apply changes nothing.
+
+use std::time::Duration;
+
+use clustermgr_agent::ldap::client::{Connection, Scope, Target};
+use clustermgr_tests::gluu::{NODES, bind_agent};
+use clustermgr_tests::netns::Net;
+use clustermgr_tests::slapd::{ROOT_DN, Slapd};
+use clustermgr_tests::{Controller, succeeded as ok};
+
+fn connect(s: &Slapd) -> Connection {
+    let target = Target {
+        addr: format!("{}:{}", s.ip, s.ldap_port),
+        tls: None,
+    };
+    let mut c = Connection::open(&target, Duration::from_secs(5)).expect("connect");
+    c.bind(ROOT_DN, s.root_pw.as_bytes()).expect("bind");
+    c
+}
+
+fn add(s: &Slapd, dn: &str, cn: &str) {
+    connect(s)
+        .add(
+            dn,
+            &[
+                ("objectClass", vec!["organizationalRole".into()]),
+                ("cn", vec![cn.into()]),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("adding {dn}: {e}"));
+}
+
+fn has(s: &Slapd, dn: &str) -> bool {
+    connect(s)
+        .search(dn, Scope::Base, "(objectClass=*)", &["1.1"])
+        .is_ok_and(|e| !e.is_empty())
+}
+
+/// Three standalone Gluu hosts, each its slapd with a directory of its own, and the
+/// agents bound to them.
+fn standalone() -> (Net, Controller, Vec<Slapd>) {
+    let (net, ctl) = clustermgr_tests::gluu::hosts();
+    let mut servers = Vec::new();
+    for (i, h) in net.hosts().iter().enumerate() {
+        // slapd runs on the host here but chrooted in a Gluu container: it reads the
+        // container's /etc/certs, where apply writes the peers' certificates.
+        h.sh("mkdir -p /opt/gluu-server/etc/certs /opt/gluu-server/etc/gluu/conf && ln -sfn /opt/gluu-server/etc/certs /etc/certs");
+        let s = Slapd::start_on(h);
+        add_suffix(&s);
+        add(
+            &s,
+            &format!("cn=own-{},o=gluu", i + 1),
+            &format!("own-{}", i + 1),
+        );
+        bind_agent(h, &s);
+        servers.push(s);
+    }
+    (net, ctl, servers)
+}
+
+fn add_suffix(s: &Slapd) {
+    connect(s)
+        .add(
+            "o=gluu",
+            &[
+                ("objectClass", vec!["organization".into()]),
+                ("o", vec!["gluu".into()]),
+            ],
+        )
+        .expect("the suffix");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
+    let (_net, ctl, servers) = standalone();
+    let o = ctl.run(&["cluster", "set", "ldap-replication", "on"]);
+    ok(o.clone(), "cluster set ldap-replication on");
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains("gluu1") && said.contains("replaced"),
+        "{said}"
+    );
+    let plan = ctl.run(&["plan"]);
+    let text = String::from_utf8_lossy(&plan.stdout).to_string();
+    assert!(
+        text.contains("olcSyncrepl"),
+        "the plan shows the consumers: {text}"
+    );
+    let o = ctl.run(&["apply", "--yes"]);
+    ok(o.clone(), "apply");
+    // The seed's data everywhere; the others' own entries replaced, never the reverse.
+    for s in &servers[1..] {
+        assert!(has(s, "cn=own-1,o=gluu"));
+    }
+    for (i, s) in servers.iter().enumerate().skip(1) {
+        assert!(!has(s, &format!("cn=own-{},o=gluu", i + 1)));
+    }
+    assert!(!has(&servers[0], "cn=own-2,o=gluu"), "never the reverse");
+    // Every node replicates to every other.
+    for (i, s) in servers.iter().enumerate() {
+        let cn = format!("written-on-{}", NODES[i]);
+        add(s, &format!("cn={cn},o=gluu"), &cn);
+        for (j, other) in servers.iter().enumerate() {
+            if i != j {
+                clustermgr_tests::eventually_blocking(
+                    &format!("{cn} on {}", NODES[j]),
+                    Duration::from_secs(10),
+                    || has(other, &format!("cn={cn},o=gluu")),
+                );
+            }
+        }
+    }
+    // An unchanged cluster changes nothing.
+    let plan_json = ctl.run(&["--json", "plan"]);
+    let v: serde_json::Value = serde_json::from_slice(&plan_json.stdout).expect("plan --json");
+    clustermgr_tests::schema::assert_valid("plan", &v);
+    for node in v["nodes"].as_array().expect("nodes") {
+        for e in node["entries"].as_array().expect("entries") {
+            assert!(
+                e["change"] == "unchanged" || e["change"] == "waiting",
+                "{}: {} is {} on a second plan",
+                node["node"],
+                e["path"],
+                e["change"]
+            );
+        }
+    }
+    // The replication password is nowhere in what was printed, kept or logged.
+    let store = clustermgr::store::Store::open(
+        &ctl.home.join("inventory.redb"),
+        &ctl.home.join("serve.sock"),
+    )
+    .expect("the store");
+    let pw = store
+        .build()
+        .expect("the build record")
+        .replication_password
+        .expect("a password was made");
+    drop(store);
+    let mut seen = String::new();
+    for out in [&o.stdout, &o.stderr, &plan.stdout, &plan_json.stdout] {
+        seen.push_str(&String::from_utf8_lossy(out));
+    }
+    seen.push_str(&String::from_utf8_lossy(
+        &ctl.run(&["--json", "history"]).stdout,
+    ));
+    for h in _net.hosts() {
+        for f in [
+            "/var/log/clustermgr-agent.log",
+            "/var/lib/clustermgr/exec-journal.jsonl",
+        ] {
+            seen.push_str(&std::fs::read_to_string(h.path(f)).unwrap_or_default());
+        }
+    }
+    assert!(
+        seen.contains("apply of revision"),
+        "the agents' logs were read"
+    );
+    assert!(!seen.contains(&pw), "the replication password leaked");
+}
