@@ -1066,6 +1066,7 @@ async fn node_remove(
             }
         }
     }
+    let replication = crate::desired::leave_replication(ctx, user, node, within).await?;
     ctx.store.remove_node(node, ctx.clock.unix())?;
     crate::desired::revoke_tunnel(ctx, node)?;
     ctx.store.update_model(|m| {
@@ -1090,7 +1091,7 @@ async fn node_remove(
             "unpinned and revoked"
         },
     )?;
-    Ok(Report::Done(if uninstall {
+    let said = if uninstall {
         format!(
             "removed {node}: its agent is stopping and removing itself (binary, service, /etc/clustermgr with its key; its log stays), its key is unpinned and its certificates revoked"
         )
@@ -1098,6 +1099,10 @@ async fn node_remove(
         format!(
             "removed {node}: its key is unpinned and its certificates revoked; the controller refuses it from now on"
         )
+    };
+    Ok(Report::Done(match replication {
+        Some(r) => format!("{said}; LDAP replication: {r}"),
+        None => said,
     }))
 }
 

@@ -75,7 +75,7 @@ fn add_suffix(s: &Slapd) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
-    let (_net, ctl, servers) = standalone();
+    let (mut net, ctl, mut servers) = standalone();
     let o = ctl.run(&["cluster", "set", "ldap-replication", "on"]);
     ok(o.clone(), "cluster set ldap-replication on");
     let said = String::from_utf8_lossy(&o.stdout);
@@ -88,6 +88,12 @@ async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
     assert!(
         text.contains("olcSyncrepl"),
         "the plan shows the consumers: {text}"
+    );
+    assert_eq!(
+        text.matches("its own o=gluu is emptied and replaced by the cluster's")
+            .count(),
+        2,
+        "the plan says, in words, that gluu2's and gluu3's directories are replaced: {text}"
     );
     let o = ctl.run(&["apply", "--yes"]);
     ok(o.clone(), "apply");
@@ -147,7 +153,7 @@ async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
     seen.push_str(&String::from_utf8_lossy(
         &ctl.run(&["--json", "history"]).stdout,
     ));
-    for h in _net.hosts() {
+    for h in net.hosts() {
         for f in [
             "/var/log/clustermgr-agent.log",
             "/var/lib/clustermgr/exec-journal.jsonl",
@@ -160,4 +166,108 @@ async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
         "the agents' logs were read"
     );
     assert!(!seen.contains(&pw), "the replication password leaked");
+
+    // A fourth Gluu host joins by the same path: it takes the cluster's directory and
+    // replicates both ways, and every peer gains a consumer of it.
+    net.add_host("gluu4");
+    let h4 = net.host("gluu4");
+    ok(
+        ctl.run(&[
+            "node",
+            "add",
+            "gluu4",
+            "--ssh",
+            &h4.ssh_target(),
+            "--identity",
+            &net.client_key().display().to_string(),
+            "--known-hosts",
+            &net.known_hosts().display().to_string(),
+        ]),
+        "node add gluu4",
+    );
+    h4.sh("mkdir -p /opt/gluu-server/etc/certs /opt/gluu-server/etc/gluu/conf && ln -sfn /opt/gluu-server/etc/certs /etc/certs");
+    let s4 = Slapd::start_on(h4);
+    add_suffix(&s4);
+    add(&s4, "cn=own-4,o=gluu", "own-4");
+    bind_agent(h4, &s4);
+    servers.push(s4);
+    ok(ctl.run(&["apply", "--yes"]), "apply with gluu4");
+    assert!(
+        has(&servers[3], "cn=written-on-gluu1,o=gluu"),
+        "gluu4 has the cluster's data"
+    );
+    assert!(
+        !has(&servers[3], "cn=own-4,o=gluu"),
+        "gluu4's own directory was replaced"
+    );
+    assert!(!has(&servers[0], "cn=own-4,o=gluu"), "never the reverse");
+    add(&servers[3], "cn=from-gluu4,o=gluu", "from-gluu4");
+    add(&servers[0], "cn=to-gluu4,o=gluu", "to-gluu4");
+    for (i, s) in servers.iter().enumerate() {
+        clustermgr_tests::eventually_blocking(
+            &format!("both ways with gluu4, on node {}", i + 1),
+            Duration::from_secs(10),
+            || has(s, "cn=from-gluu4,o=gluu") && has(s, "cn=to-gluu4,o=gluu"),
+        );
+    }
+    for (i, s) in servers.iter().enumerate() {
+        clustermgr_tests::eventually_blocking(
+            &format!("node {} consuming from its three peers", i + 1),
+            Duration::from_secs(10),
+            || live_consumers(s) == 3,
+        );
+    }
+    // It leaves by `node remove`: every remaining peer stops replicating from it.
+    let o = ctl.run(&["node", "remove", "gluu4", "--yes"]);
+    let said = ok(o, "node remove gluu4");
+    assert!(said.contains("no longer replicate from it"), "{said}");
+    for (i, s) in servers.iter().take(3).enumerate() {
+        clustermgr_tests::eventually_blocking(
+            &format!("node {} consuming from its two peers", i + 1),
+            Duration::from_secs(10),
+            || live_consumers(s) == 2,
+        );
+    }
+    add(
+        &servers[1],
+        "cn=after-gluu4-left,o=gluu",
+        "after-gluu4-left",
+    );
+    for s in [&servers[0], &servers[2]] {
+        clustermgr_tests::eventually_blocking(
+            "replication among the three after gluu4 left",
+            Duration::from_secs(10),
+            || has(s, "cn=after-gluu4-left,o=gluu"),
+        );
+    }
+    let plan = ctl.run(&["--json", "plan"]);
+    let v: serde_json::Value = serde_json::from_slice(&plan.stdout).expect("plan --json");
+    // (csync2 and nginx still name gluu4 until the next apply; replication does not.)
+    for node in v["nodes"].as_array().expect("nodes") {
+        for e in node["entries"].as_array().expect("entries") {
+            if !e["path"].as_str().is_some_and(|p| p.starts_with("ldap:")) {
+                continue;
+            }
+            assert!(
+                e["change"] == "unchanged",
+                "after the removal {}: {} is {}",
+                node["node"],
+                e["path"],
+                e["change"]
+            );
+        }
+    }
+}
+
+/// How many of the server's syncrepl consumers are connected and following changes.
+fn live_consumers(s: &Slapd) -> usize {
+    let now = || 0;
+    clustermgr_agent::health::ldap::state(&mut connect(s), "o=gluu", now)
+        .map(|st| {
+            st.consumers
+                .iter()
+                .filter(|c| c.connected && c.phase == "Persist")
+                .count()
+        })
+        .unwrap_or(0)
 }

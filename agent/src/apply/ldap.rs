@@ -683,14 +683,16 @@ pub fn write(
             let changes = match &a.value {
                 LdapValue::Include(_) => vec![(Modify::Add, name, not_in(new, &s.old))],
                 _ if new.is_empty() => vec![(Modify::Delete, name, Vec::new())],
-                // Consumers one by one: a replace would restart every one of them.
-                _ if name.eq_ignore_ascii_case("olcSyncrepl") && !s.old.is_empty() => [
-                    (Modify::Delete, name, not_in(&s.old, new)),
-                    (Modify::Add, name, not_in(new, &s.old)),
-                ]
-                .into_iter()
-                .filter(|(_, _, v)| !v.is_empty())
-                .collect(),
+                // New consumers are added beside the running ones (a replace would
+                // restart every one). A removed one takes a replace: slapd 2.5 drops
+                // every consumer's monitor entry when one value is deleted, and the
+                // others would no longer be seen.
+                _ if name.eq_ignore_ascii_case("olcSyncrepl")
+                    && !s.old.is_empty()
+                    && not_in(&s.old, new).is_empty() =>
+                {
+                    vec![(Modify::Add, name, not_in(new, &s.old))]
+                }
                 _ => vec![(Modify::Replace, name, new.clone())],
             };
             c.modify(&dn, &changes).map_err(|e| e.to_string())?;

@@ -27,6 +27,7 @@ use crate::selector::select;
 use crate::store::{ChangeRecord, DesiredRecord, Hold, NodeRecord, Role};
 
 mod replication;
+pub use replication::leave as leave_replication;
 
 /// How long an agent may take to compare a change set with its disk.
 const PLAN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -568,8 +569,19 @@ fn entry_view(e: &Entry, p: &EntryPlan, applied: &[Entry], drift: bool) -> Entry
         diff,
         // The desired entry is what was last applied, yet the disk differs: a hand edit.
         drift: p.change.writes() && applied.contains(e),
-        at_apply: None,
+        at_apply: joins(e, p).then(|| JOIN_NOTE.to_string()),
     }
+}
+
+/// What a plan says of a node's first consumers: its directory is replaced.
+const JOIN_NOTE: &str = "this node joins LDAP replication: its own o=gluu is emptied and replaced by the cluster's (never the reverse); apply waits until it has caught up";
+
+/// Whether applying `e` as planned makes the node take the cluster's directory: its
+/// first consumers, on a node that replicates from nobody yet.
+fn joins(e: &Entry, p: &EntryPlan) -> bool {
+    matches!(&e.content, clustermgr_protocol::changeset::Content::Ldap(a) if a.join)
+        && p.change.writes()
+        && p.old_sha256.is_none()
 }
 
 /// Which way a diff reads.

@@ -174,3 +174,69 @@ pub(super) fn count_in(
     })?;
     Ok(true)
 }
+
+/// Before `node remove NODE`: when NODE holds the cluster's directory, its peers stop
+/// replicating from it first (an apply of the others), so none keeps a consumer of a
+/// node that is gone. Says what it did; a failure leaves NODE in the cluster.
+pub async fn leave(
+    ctx: &Ctx,
+    user: &str,
+    node: &str,
+    within: Duration,
+) -> Result<Option<String>, CtlError> {
+    let build = ctx.store.build()?;
+    if !build.ldap_replication || !build.joined.iter().any(|j| j == node) {
+        return Ok(None);
+    }
+    let peers: Vec<String> = build
+        .joined
+        .iter()
+        .filter(|j| *j != node)
+        .cloned()
+        .collect();
+    ctx.store.update_build(|b| b.joined.retain(|j| j != node))?;
+    if peers.is_empty() {
+        return Ok(Some(format!(
+            "{node} was the only node of the LDAP replication"
+        )));
+    }
+    let selector = peers.join(",");
+    let ask = super::ApplyAsk {
+        selector: &selector,
+        rolling: false,
+        approved: None,
+        on_behalf: Some(("node remove", node)),
+    };
+    // Nobody follows this apply's progress: it is one step of `node remove`.
+    let (events, _) = tokio::sync::mpsc::channel(1);
+    let outcome = super::apply(ctx, user, &ask, within, &events).await;
+    let failed = match &outcome {
+        Ok(super::View::Applied(views)) => {
+            views.iter().find(|v| v.state != NodeState::Ok).map(|v| {
+                (
+                    v.node.clone(),
+                    v.message.clone().unwrap_or_else(|| v.result.clone()),
+                )
+            })
+        }
+        Ok(_) => None,
+        Err(e) => Some((selector.clone(), e.to_string())),
+    };
+    if let Some((on, why)) = failed {
+        ctx.store.update_build(|b| {
+            if !b.joined.iter().any(|j| j == node) {
+                b.joined.push(node.to_string());
+            }
+        })?;
+        return Err(CtlError::Agent {
+            node: on,
+            message: format!(
+                "taking {node} out of its peers' LDAP replication failed: {why}; {node} was not removed (fix that node, then run `clustermgr node remove {node}` again)"
+            ),
+        });
+    }
+    Ok(Some(format!(
+        "{} no longer replicate from it",
+        peers.join(", ")
+    )))
+}
