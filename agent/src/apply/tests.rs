@@ -390,11 +390,8 @@ fn crash_at(s: &Sandbox, cs: &ChangeSet, stop: Phase, swapped: usize) {
         .entries
         .iter()
         .flat_map(|e| e.on_change.iter())
-        .map(|a| {
-            StepSpec::from(
-                &step::action_step(a, &Scope::Host, &s.root, &s.root, &|_| false).unwrap(),
-            )
-        })
+        .flat_map(|a| step::action_steps(a, &Scope::Host, &s.root, &s.root, &|_| false).unwrap())
+        .map(|st| StepSpec::from(&st))
         .collect();
     let mut txn = Txn {
         id: 7,
