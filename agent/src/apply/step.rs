@@ -176,6 +176,20 @@ pub fn action_steps(
             if host_root != Path::new("/") {
                 return Ok(vec![sandboxed(label)]);
             }
+            // Judged from outside first: a node Gluu is not installed on yet has no
+            // container to run the script in (its `/opt/jre` may be a link that only
+            // resolves inside, so the name itself is what is looked for).
+            if base.join("opt/jre").symlink_metadata().is_err() {
+                return Ok(vec![Step {
+                    label: format!(
+                        "{label} (no Java here, {}/opt/jre is absent: nothing to trust it in yet)",
+                        base.display().to_string().trim_end_matches('/')
+                    ),
+                    argv: vec!["true".into()],
+                    reload_or_start: None,
+                    stdin: None,
+                }]);
+            }
             Ok(vec![Step {
                 label,
                 argv: in_scope(
@@ -667,10 +681,18 @@ mod tests {
             cert: "/etc/certs/httpd.crt".into(),
         };
         let steps = |b: &Path| action_steps(&a, &scope, b, Path::new("/"), &|_| false).unwrap();
-        // No Java in the container yet: nothing to trust it in, and no failure.
+        // No container yet (Gluu not installed), or one without Java: nothing to trust
+        // it in, and no failure.
+        let r = run(
+            &steps(&base)[0],
+            Duration::from_secs(10),
+            &t.path().join("o"),
+        );
+        assert!(r.ok && r.step.contains("no Java here"), "{r:?}");
         std::fs::create_dir_all(base.join("bin")).unwrap();
         std::fs::copy("/bin/busybox", base.join("bin/busybox")).unwrap();
         std::os::unix::fs::symlink("busybox", base.join("bin/sh")).unwrap();
+        std::fs::create_dir_all(base.join("opt/jre")).unwrap();
         let r = run(
             &steps(&base)[0],
             Duration::from_secs(10),
