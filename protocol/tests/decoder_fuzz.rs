@@ -878,21 +878,19 @@ fn gen_validator(rng: &mut Rng) -> Validator {
 fn gen_actions(rng: &mut Rng) -> Vec<Action> {
     let n = rng.below(4);
     (0..n)
-        .map(|_| {
-            match rng.below(4) {
-                0 => Action::Service {
-                    name: gen_string(rng),
-                    verb: *rng.pick(&[ServiceVerb::Reload, ServiceVerb::Restart]),
-                },
-                1 => Action::Command(gen_command(rng)),
-                2 => Action::JavaTrust {
-                    alias: gen_string(rng),
-                    cert: gen_string(rng),
-                },
-                _ => Action::RestartInstalled {
-                    services: (0..rng.below(3)).map(|_| gen_string(rng)).collect(),
-                },
-            }
+        .map(|_| match rng.below(4) {
+            0 => Action::Service {
+                name: gen_string(rng),
+                verb: *rng.pick(&[ServiceVerb::Reload, ServiceVerb::Restart]),
+            },
+            1 => Action::Command(gen_command(rng)),
+            2 => Action::JavaTrust {
+                alias: gen_string(rng),
+                cert: gen_string(rng),
+            },
+            _ => Action::RestartInstalled {
+                services: (0..rng.below(3)).map(|_| gen_string(rng)).collect(),
+            },
         })
         .collect()
 }
