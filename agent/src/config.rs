@@ -62,7 +62,9 @@ pub struct AgentConfig {
 
 /// What config pushes may write when `agent.toml` does not say: the files the
 /// controller generates for a Gluu cluster (nginx, csync2, stunnel and their services,
-/// the `/etc/hosts` block) and the Gluu container.
+/// the `/etc/hosts` block, the cache host's Redis settings: Debian's and Red Hat's
+/// file, only the file, so the rest of `/etc/redis` stays out of reach) and the Gluu
+/// container.
 pub const DEFAULT_WRITABLE_ROOTS: &[&str] = &[
     "/etc/nginx",
     "/etc/stunnel",
@@ -76,6 +78,8 @@ pub const DEFAULT_WRITABLE_ROOTS: &[&str] = &[
     "/etc/init.d/clustermgr-stunnel",
     "/etc/systemd/system/clustermgr-csync2.service",
     "/etc/systemd/system/clustermgr-stunnel.service",
+    "/etc/redis/redis.conf",
+    "/etc/redis.conf",
     "/opt/gluu-server",
 ];
 

@@ -74,6 +74,13 @@ pub trait Link: Send + Sync {
         timeout: Duration,
     ) -> futures_util::future::BoxFuture<'a, Result<Reply, NodeFailure>>;
 
+    /// The protocol version negotiated with the agent: a request holding a later
+    /// version's types is never sent (see [`too_old`]). The in-process stand-ins speak
+    /// this build's.
+    fn version(&self) -> u16 {
+        clustermgr_protocol::version::CURRENT
+    }
+
     /// [`Link::request`], the agent's refusal a failure.
     fn unary<'a>(
         &'a self,
@@ -108,6 +115,22 @@ impl Link for AgentConn {
     ) -> futures_util::future::BoxFuture<'a, Result<Reply, NodeFailure>> {
         Box::pin(AgentConn::request(self, req, timeout))
     }
+
+    fn version(&self) -> u16 {
+        self.version
+    }
+}
+
+/// Why `req` cannot go to `node`'s agent, which speaks protocol `version`: it holds a
+/// later version's type, which the agent could not decode. Says which node and how to
+/// fix it; `None` when it can go.
+pub fn too_old(node: &str, version: u16, req: &Request) -> Option<NodeFailure> {
+    let (needed, what) = req.needs_version()?;
+    (needed > version).then(|| {
+        NodeFailure::failed(format!(
+            "{node}'s agent is too old: it speaks protocol version {version}, and {what} needs version {needed}; nothing was sent to it. Upgrade it with `clustermgr node upgrade --nodes {node}`, then try again"
+        ))
+    })
 }
 
 /// An open, greeted connection to one agent.
@@ -141,6 +164,9 @@ impl AgentConn {
     /// ([`Reply::Error`]) included: for callers that treat a refusal differently from
     /// a broken exchange.
     pub async fn request(&self, req: &Request, timeout: Duration) -> Result<Reply, NodeFailure> {
+        if let Some(f) = too_old(self.node.as_str(), self.version, req) {
+            return Err(f);
+        }
         let exchange = async {
             let (mut send, mut recv) = self.conn.open_bi().await.map_err(NodeFailure::stream)?;
             write_message(&mut send, req)
@@ -533,5 +559,38 @@ fn describe(e: quinn::ConnectionError, addr: SocketAddr) -> NodeFailure {
             String::from_utf8_lossy(&ac.reason)
         )),
         other => NodeFailure::unreachable(format!("connection to {addr} failed: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clustermgr_protocol::changeset::{Action, RestoreSpec, Scope};
+
+    use super::*;
+
+    #[test]
+    fn a_request_an_older_agent_could_not_decode_is_refused_with_the_node_and_the_fix() {
+        // A restore whose actions hold a version-2 one.
+        let req = Request::Restore(RestoreSpec {
+            path: "/etc/certs/httpd.crt".into(),
+            scope: Scope::Host,
+            generation: 1,
+            validate: None,
+            on_change: vec![Action::JavaTrust {
+                alias: "a".into(),
+                cert: "/etc/certs/httpd.crt".into(),
+            }],
+            requested_by: String::new(),
+        });
+        let f = too_old("gluu2", 1, &req).expect("refused");
+        let m = f.message;
+        assert!(
+            m.contains("gluu2's agent is too old")
+                && m.contains("protocol version 1")
+                && m.contains("`clustermgr node upgrade --nodes gluu2`"),
+            "{m}"
+        );
+        assert!(too_old("gluu2", 2, &req).is_none());
+        assert!(too_old("gluu2", 1, &Request::Info).is_none());
     }
 }

@@ -352,6 +352,10 @@ impl crate::connect::Link for OneShot {
     {
         Box::pin(self.0.request(req, timeout))
     }
+
+    fn version(&self) -> u16 {
+        self.0.version
+    }
 }
 
 impl Drop for OneShot {

@@ -254,6 +254,75 @@ pub enum Action {
     },
     /// A command. Needs `allow_exec`.
     Command(Command),
+    // New variants go last: postcard numbers variants by position.
+    /// Trust a certificate in the scope's Java (protocol version 2): the file `cert` (a
+    /// path in the scope) is imported into Java's `cacerts` under `alias`, replacing
+    /// an alias of that name. Built in: the agent runs the scope's own `keytool` with
+    /// fixed arguments and the store's password on its standard input, so it is
+    /// allowed with `allow_exec = false`. A scope without Java (Gluu not installed yet)
+    /// has no store to trust it in: the step says so and succeeds.
+    JavaTrust {
+        /// The alias (`idp.example.org_httpd`, as Gluu's setup names it).
+        alias: String,
+        /// The certificate file, in the scope.
+        cert: String,
+    },
+    /// Restart each of `services` the scope has (an init script or a systemd unit of
+    /// that name) and skip the others (protocol version 2): a Gluu container's Apache
+    /// is `apache2` or `httpd` by its distribution, and its applications are the
+    /// components installed, neither of which the controller knows. Built in, like
+    /// [`Action::Service`].
+    RestartInstalled {
+        /// The services, in the order they restart.
+        services: Vec<String>,
+    },
+}
+
+impl Action {
+    /// The protocol version that carries this action, and what it is in words when
+    /// that is later than the first.
+    pub fn needs_version(&self) -> Option<(u16, &'static str)> {
+        match self {
+            Action::Service { .. } | Action::Command(_) => None,
+            Action::JavaTrust { .. } => Some((
+                crate::version::BUILDS_CLUSTER,
+                "importing the cluster's certificate into Java's trust store",
+            )),
+            Action::RestartInstalled { .. } => Some((
+                crate::version::BUILDS_CLUSTER,
+                "restarting the Gluu services a node has installed",
+            )),
+        }
+    }
+}
+
+impl Validator {
+    /// Like [`Action::needs_version`].
+    pub fn needs_version(&self) -> Option<(u16, &'static str)> {
+        match self {
+            Validator::Nginx | Validator::Command(_) => None,
+            Validator::Replication { .. } => {
+                Some((crate::version::BUILDS_CLUSTER, "checking LDAP replication"))
+            }
+        }
+    }
+}
+
+impl Entry {
+    /// The protocol version that carries this entry (its content, validator and
+    /// actions), and what needs it in words when that is later than the first: the
+    /// controller never sends a peer what it cannot decode.
+    pub fn needs_version(&self) -> Option<(u16, &'static str)> {
+        let content = match self.content {
+            Content::Ldap(_) => Some((crate::version::BUILDS_CLUSTER, "LDAP attribute entries")),
+            _ => None,
+        };
+        content
+            .into_iter()
+            .chain(self.validate.iter().filter_map(Validator::needs_version))
+            .chain(self.on_change.iter().filter_map(Action::needs_version))
+            .max_by_key(|(v, _)| *v)
+    }
 }
 
 /// What to do with a service.

@@ -112,6 +112,45 @@ pub enum ServiceKind {
         /// `host:port`.
         addr: String,
     },
+    // New variants go last: postcard numbers variants by position.
+    /// A Redis `AUTH` with the password in the node's file `password_file`, then
+    /// `PING` (protocol version 2); healthy on `+PONG`, and a refused password is
+    /// unhealthy in Redis's own words. The password stays on the nodes that need it
+    /// (written there by `apply`), never in a round's request. Without the file yet
+    /// (before the `apply` that writes it) it is [`ServiceKind::RedisPing`].
+    RedisPingAuth {
+        /// `host:port`.
+        addr: String,
+        /// The owner-only file holding the password, on the node.
+        password_file: String,
+    },
+}
+
+impl CheckSpec {
+    /// The protocol version this spec needs.
+    pub fn needs_version(&self) -> Option<(u16, &'static str)> {
+        self.services
+            .iter()
+            .any(|s| matches!(s.kind, ServiceKind::RedisPingAuth { .. }))
+            .then_some((
+                crate::version::BUILDS_CLUSTER,
+                "the Redis check that authenticates",
+            ))
+    }
+
+    /// The spec as an agent speaking protocol `version` can read it: an older agent
+    /// gets the checks it knows (the unauthenticated `PING`, which counts Redis asking
+    /// for its password as an answer).
+    pub fn for_version(mut self, version: u16) -> CheckSpec {
+        if version < crate::version::BUILDS_CLUSTER {
+            for s in &mut self.services {
+                if let ServiceKind::RedisPingAuth { addr, .. } = &s.kind {
+                    s.kind = ServiceKind::RedisPing { addr: addr.clone() };
+                }
+            }
+        }
+        self
+    }
 }
 
 /// A service as the agent found it.

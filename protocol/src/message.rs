@@ -136,6 +136,34 @@ pub enum Request {
     LdapCert,
 }
 
+impl Request {
+    /// The protocol version that carries this request, and what needs it in words,
+    /// when that is later than the first. Every later type is a variant added last to
+    /// an earlier enum, so a request is judged by what it holds.
+    pub fn needs_version(&self) -> Option<(u16, &'static str)> {
+        let actions = |a: &[crate::changeset::Action]| {
+            a.iter()
+                .filter_map(crate::changeset::Action::needs_version)
+                .max_by_key(|(v, _)| *v)
+        };
+        match self {
+            Request::Plan(set) | Request::Apply(set) => set
+                .entries
+                .iter()
+                .filter_map(crate::changeset::Entry::needs_version)
+                .max_by_key(|(v, _)| *v),
+            Request::Restore(spec) => spec
+                .validate
+                .iter()
+                .filter_map(crate::changeset::Validator::needs_version)
+                .chain(actions(&spec.on_change))
+                .max_by_key(|(v, _)| *v),
+            Request::Checks(spec) => spec.needs_version(),
+            _ => None,
+        }
+    }
+}
+
 /// What [`Request::Upgrade`] brings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpgradeSpec {
@@ -377,5 +405,71 @@ impl ExitOutcome {
     /// Exited with code 0.
     pub fn success(&self) -> bool {
         self.code == Some(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changeset::{Action, Content, Entry};
+    use crate::health::{CheckSpec, ServiceKind, ServiceProbe};
+
+    fn apply(on_change: Vec<Action>) -> Request {
+        Request::Apply(ChangeSet {
+            revision: 1,
+            entries: vec![Entry {
+                path: "/etc/certs/httpd.crt".into(),
+                scope: Scope::Host,
+                content: Content::Block {
+                    name: "x".into(),
+                    body: String::new(),
+                },
+                secret: false,
+                validate: None,
+                on_change,
+            }],
+            requested_by: String::new(),
+        })
+    }
+
+    #[test]
+    fn a_request_names_the_version_its_newest_part_needs() {
+        assert_eq!(apply(Vec::new()).needs_version(), None);
+        let trust = Action::JavaTrust {
+            alias: "a".into(),
+            cert: "/c".into(),
+        };
+        let (v, what) = apply(vec![trust]).needs_version().unwrap();
+        assert_eq!(v, crate::version::BUILDS_CLUSTER);
+        assert!(what.contains("trust store"), "{what}");
+        let checks = CheckSpec {
+            interval_ms: 1,
+            deadline_ms: 1,
+            reach: Vec::new(),
+            csync2: None,
+            certs: Vec::new(),
+            services: vec![ServiceProbe {
+                label: "Redis".into(),
+                kind: ServiceKind::RedisPingAuth {
+                    addr: "127.0.0.1:6379".into(),
+                    password_file: "/p".into(),
+                },
+            }],
+            gluu_endpoints: None,
+        };
+        assert_eq!(
+            Request::Checks(checks.clone()).needs_version().map(|v| v.0),
+            Some(2)
+        );
+        // A version-1 agent gets the PING it knows, which a version-1 link may carry.
+        let old = checks.clone().for_version(1);
+        assert_eq!(
+            old.services[0].kind,
+            ServiceKind::RedisPing {
+                addr: "127.0.0.1:6379".into()
+            }
+        );
+        assert_eq!(Request::Checks(old).needs_version(), None);
+        assert_eq!(checks.clone().for_version(2), checks);
     }
 }

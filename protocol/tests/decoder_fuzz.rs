@@ -924,15 +924,19 @@ fn gen_validator(rng: &mut Rng) -> Validator {
 fn gen_actions(rng: &mut Rng) -> Vec<Action> {
     let n = rng.below(4);
     (0..n)
-        .map(|_| {
-            if rng.bool() {
-                Action::Service {
-                    name: gen_string(rng),
-                    verb: *rng.pick(&[ServiceVerb::Reload, ServiceVerb::Restart]),
-                }
-            } else {
-                Action::Command(gen_command(rng))
-            }
+        .map(|_| match rng.below(4) {
+            0 => Action::Service {
+                name: gen_string(rng),
+                verb: *rng.pick(&[ServiceVerb::Reload, ServiceVerb::Restart]),
+            },
+            1 => Action::Command(gen_command(rng)),
+            2 => Action::JavaTrust {
+                alias: gen_string(rng),
+                cert: gen_string(rng),
+            },
+            _ => Action::RestartInstalled {
+                services: (0..rng.below(3)).map(|_| gen_string(rng)).collect(),
+            },
         })
         .collect()
 }
@@ -1133,9 +1137,14 @@ fn gen_service_probe(rng: &mut Rng) -> ServiceProbe {
                 expect: gen_string(rng),
                 cert: gen_string(rng),
             }
-        } else {
+        } else if gen_bool(rng) {
             ServiceKind::RedisPing {
                 addr: gen_string(rng),
+            }
+        } else {
+            ServiceKind::RedisPingAuth {
+                addr: gen_string(rng),
+                password_file: gen_string(rng),
             }
         },
     }

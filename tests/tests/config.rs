@@ -526,19 +526,28 @@ async fn a_change_set_killed_at_any_moment_is_wholly_old_or_wholly_new() {
     assert!(versions_on_disk(&dir, FILES).iter().all(|v| *v == Some(99)));
 }
 
-/// `redis-cli PING` on `h` through the tunnel's local end on `port`.
+/// Where `apply` leaves the Redis password on the nodes that check Redis.
+const REDIS_PASSWORD_FILE: &str = "/etc/stunnel/clustermgr/redis-password";
+
+/// `redis-cli COMMAND...` on `h` at 127.0.0.1:`port` (the tunnel's local end, or Redis
+/// itself on the cache host), authenticated with the node's password file when `auth`
+/// (through the environment, as redis-cli reads it, never its arguments).
+fn redis_cli(h: &Host, port: u16, auth: bool, command: &str) -> String {
+    let env = if auth {
+        format!("REDISCLI_AUTH=\"$(cat {REDIS_PASSWORD_FILE})\" ")
+    } else {
+        String::new()
+    };
+    h.sh(&format!(
+        "{env}timeout 5 redis-cli -h 127.0.0.1 -p {port} {command} 2>&1 || true"
+    ))
+    .trim()
+    .to_string()
+}
+
+/// `PING` on `h` through the tunnel's local end on `port`, authenticated.
 fn redis_ping(h: &Host, port: u16) -> String {
-    let out = h.run(&[
-        "timeout",
-        "5",
-        "redis-cli",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "PING",
-    ]);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    redis_cli(h, port, true, "PING")
 }
 
 #[test]
@@ -556,18 +565,8 @@ fn csync2_replicates_and_stunnel_verifies_both_ends() {
         ctl.add(&net, "cache", &["--role", "cache", "--known-hosts", &kh]),
         "node add cache",
     );
-    net.host_mut("cache").add_service(
-        "redis",
-        &[
-            "redis-server",
-            "--port",
-            "6379",
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ],
-    );
+    // Redis as Debian packages it: its own redis.conf and init script, which `apply`
+    // edits and restarts (nothing runs it before).
     ok(
         &mut t,
         ctl.run(&["cluster", "set", "cache", "redis"]),
@@ -647,16 +646,74 @@ fn csync2_replicates_and_stunnel_verifies_both_ends() {
     eventually_blocking("PONG through the tunnel", secs(10), || {
         redis_ping(g1, 16379) == "PONG"
     });
-    // Health tries the cache on its host and through each Gluu node's tunnel.
+    // Redis: on loopback only, with the password the controller made (the one in its
+    // store), which every checking node has and the load balancer does not need.
+    let password = {
+        // No serve runs, so the store is free to open (and closed again at once).
+        let store = clustermgr::store::Store::open(
+            &ctl.home.join("inventory.redb"),
+            &ctl.home.join("serve.sock"),
+        )
+        .unwrap();
+        store.build().unwrap().redis_password.unwrap()
+    };
+    assert_eq!(password.len(), 40);
+    for h in ["cache", "gluu1", "gluu2", "gluu3"] {
+        let h = net.host(h);
+        assert_eq!(
+            std::fs::read_to_string(h.path(REDIS_PASSWORD_FILE)).unwrap(),
+            format!("{password}\n")
+        );
+        assert_eq!(
+            h.sh(&format!("stat -c %a:%U {REDIS_PASSWORD_FILE}")),
+            "600:root\n"
+        );
+    }
+    let listening = cache.sh("ss -Hltn 'sport = :6379'");
+    assert!(
+        listening.contains("127.0.0.1:6379") && !listening.contains("0.0.0.0:6379"),
+        "{listening}"
+    );
+    // What one node writes through its tunnel, another reads through its own; without
+    // the password Redis refuses.
+    assert_eq!(
+        redis_cli(g1, 16379, true, "SET cluster-key from-gluu1"),
+        "OK"
+    );
+    let g2 = net.host("gluu2");
+    assert_eq!(redis_cli(g2, 16379, true, "GET cluster-key"), "from-gluu1");
+    let refused = redis_cli(g2, 16379, false, "GET cluster-key");
+    assert!(refused.starts_with("NOAUTH"), "{refused}");
+    // Health tries the cache on its host and through each Gluu node's tunnel, and
+    // authenticates.
     eventually_blocking("the cache checked through the tunnel", secs(20), || {
         let (level, why) = services(&ctl, "gluu1");
-        level == "ok" && why.contains("the cache through the stunnel tunnel answers (PONG")
+        level == "ok"
+            && why.contains("the cache through the stunnel tunnel answers (PONG")
+            && why.contains("authenticated")
     });
     let (level, why) = services(&ctl, "cache");
     assert!(
-        level == "ok" && why.contains("Redis answers (PONG"),
+        level == "ok" && why.contains("Redis answers (PONG") && why.contains("authenticated"),
         "{why}"
     );
+    // A wrong password is unhealthy in Redis's words; apply puts the right one back.
+    g2.sh(&format!("echo wrong-password > {REDIS_PASSWORD_FILE}"));
+    eventually_blocking("the wrong password in gluu2's check", secs(20), || {
+        let (level, why) = services(&ctl, "gluu2");
+        level == "critical" && why.contains("WRONGPASS")
+    });
+    ok(
+        &mut t,
+        ctl.run(&["apply", "--yes", "--nodes", "gluu2"]),
+        "apply",
+    );
+    eventually_blocking("gluu2's check authenticated again", secs(20), || {
+        services(&ctl, "gluu2").0 == "ok"
+    });
+    // A second apply changes nothing: Redis is not restarted again.
+    let again = ok(&mut t, ctl.run(&["apply", "--yes"]), "apply");
+    assert!(!again.contains("restart redis-server"), "{again}");
     // A client with a certificate from another CA is refused.
     let d = "/etc/stunnel/rogue";
     g1.sh(&format!(
@@ -691,7 +748,6 @@ fn csync2_replicates_and_stunnel_verifies_both_ends() {
 
     // A tunnel key the node cannot use is reported by apply, for that node, with the
     // file to fix; the others apply.
-    let g2 = net.host("gluu2");
     let k = "/etc/stunnel/clustermgr/host.key";
     g2.sh(&format!(
         "mv {k} {k}.good && echo junk > {k} && chmod 600 {k}"
@@ -730,7 +786,7 @@ fn csync2_replicates_and_stunnel_verifies_both_ends() {
     );
 
     // Redis down: the cache host's check and every tunnel's fail, in words.
-    cache.sh("redis-cli -p 6379 shutdown nosave || true");
+    redis_cli(cache, 6379, true, "shutdown nosave");
     eventually_blocking("Redis down in the health checks", secs(20), || {
         let (level, why) = services(&ctl, "gluu1");
         level == "critical" && why.contains("the cache through the stunnel tunnel")
@@ -745,6 +801,7 @@ fn csync2_replicates_and_stunnel_verifies_both_ends() {
         "/etc/csync2.key",
         "/etc/csync2_ssl_key.pem",
         "/etc/stunnel/clustermgr/host.key",
+        REDIS_PASSWORD_FILE,
     ]
     .iter()
     .map(|f| std::fs::read_to_string(g1.path(f)).unwrap())
@@ -1124,4 +1181,145 @@ async fn tunnel_certificates_are_renewed_before_they_end_and_nothing_else_is_sen
             .is_empty()
     );
     ctx.dialer.close().await;
+}
+
+/// A Gluu container on `h` whose Java is the machine's: busybox for its shell, the
+/// machine's `/usr` (and `/proc`, `/dev`, Java's `/etc` settings) bound in, so the
+/// real `keytool` runs chrooted as Gluu's does, at `/opt/jre/bin/keytool` with
+/// Java 11's layout (`/opt/jre/lib/security/cacerts`). Its trust store already holds an
+/// older certificate under the cluster's alias (`old`), and Gluu's own Apache key is
+/// owned by its `jetty` user. Stand-in init scripts for Apache and oxAuth log their
+/// restarts; oxTrust is not installed.
+fn make_java_container(h: &Host, old: &Path) {
+    make_container(h);
+    let keytool =
+        std::fs::canonicalize("/usr/bin/keytool").expect("keytool (default-jre-headless)");
+    let java_etc = std::fs::read_dir("/etc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("java-"))
+        .collect::<Vec<_>>();
+    let mut binds = String::new();
+    for d in ["usr", "proc", "dev"]
+        .iter()
+        .map(|d| d.to_string())
+        .chain(java_etc.iter().map(|d| format!("etc/{d}")))
+    {
+        binds.push_str(&format!("mkdir -p $r/{d} && mount --bind /{d} $r/{d}; "));
+    }
+    h.sh(&format!(
+        "set -e; r=/opt/gluu-server; {binds}\
+         ln -sf usr/lib $r/lib; ln -sf usr/lib64 $r/lib64; \
+         mkdir -p $r/tmp $r/opt/jre/bin $r/opt/jre/lib/security $r/etc/certs $r/etc/init.d; \
+         ln -sf {} $r/opt/jre/bin/keytool; \
+         printf 'root:x:0:0::/root:/bin/sh\\njetty:x:1001:1001::/home/jetty:/bin/false\\n' > $r/etc/passwd; \
+         printf 'root:x:0:\\njetty:x:1001:\\n' > $r/etc/group; \
+         echo old-key > $r/etc/certs/httpd.key; chown 1001:1001 $r/etc/certs/httpd.key; chmod 500 $r/etc/certs/httpd.key; \
+         cp {} $r/etc/certs/old.crt; \
+         printf 'changeit\\nchangeit\\n' | chroot $r /opt/jre/bin/keytool -importcert -noprompt -alias idp.test_httpd -file /etc/certs/old.crt -keystore /opt/jre/lib/security/cacerts >/dev/null 2>&1; \
+         for s in apache2 oxauth; do printf '#!/bin/sh\\necho \"$1\" >> /restarts-%s\\n' $s > $r/etc/init.d/$s; chmod 755 $r/etc/init.d/$s; done",
+        keytool.display(),
+        old.display(),
+    ));
+}
+
+/// The SHA-256 fingerprint `keytool -list` shows for the cluster's alias in `h`'s
+/// container, as uppercase hex without colons.
+fn trusted_fingerprint(h: &Host) -> String {
+    let out = h.sh(
+        "printf 'changeit\\n' | chroot /opt/gluu-server /opt/jre/bin/keytool -list -alias idp.test_httpd -keystore /opt/jre/lib/security/cacerts 2>&1 || true",
+    );
+    out.lines()
+        .find_map(|l| l.split("(SHA-256): ").nth(1))
+        .unwrap_or_else(|| panic!("no fingerprint in: {out}"))
+        .trim()
+        .replace(':', "")
+}
+
+#[test]
+fn every_gluu_node_gets_the_cluster_certificate_and_its_java_trusts_it_one_node_at_a_time() {
+    let mut t = Transcript::default();
+    let mut net = Net::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = self_signed(dir.path(), "idp.test");
+    let old_dir = tempfile::tempdir().unwrap();
+    let (old_crt, _) = self_signed(old_dir.path(), "idp.test");
+    for name in ["gluu1", "gluu2"] {
+        net.add_host(name);
+        make_java_container(net.host(name), &old_crt);
+        // The node's HTTPS, which the rolling apply's probe checks, serves the cluster's.
+        start_backend(net.host_mut(name), dir.path(), (&crt, &key));
+    }
+    let ctl = bootstrapped(&mut t, &net);
+    for (k, v) in [
+        ("hostname", "idp.test".to_string()),
+        ("tls-cert", crt.display().to_string()),
+        ("tls-key", key.display().to_string()),
+    ] {
+        ok(&mut t, ctl.run(&["cluster", "set", k, &v]), "cluster set");
+    }
+    let plan = ok(&mut t, ctl.run(&["plan"]), "plan");
+    assert!(
+        plan.contains("modify /etc/certs/httpd.key (container /opt/gluu-server)")
+            && plan
+                .contains("then: trust /etc/certs/httpd.crt in Java's cacerts as idp.test_httpd\n")
+            && plan.contains("then: restart apache2, httpd, oxauth, identity (those installed)\n"),
+        "{plan}"
+    );
+    let applied = ok(
+        &mut t,
+        ctl.run(&["apply", "--yes", "--rolling"]),
+        "apply --rolling",
+    );
+    // One node after the other, each imported then restarted, oxTrust skipped.
+    let (a, b) = (
+        applied.find("gluu1").unwrap_or(usize::MAX),
+        applied.find("gluu2").unwrap_or(usize::MAX),
+    );
+    assert!(a < b && b != usize::MAX, "{applied}");
+    assert!(
+        applied.contains("restart httpd, identity (not installed here: skipped)"),
+        "{applied}"
+    );
+    let want = {
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+            .arg(&crt)
+            .output()
+            .unwrap();
+        stdout(&out)
+            .trim()
+            .rsplit('=')
+            .next()
+            .unwrap()
+            .replace(':', "")
+    };
+    for name in ["gluu1", "gluu2"] {
+        let h = net.host(name);
+        assert_eq!(trusted_fingerprint(h), want, "on {name}");
+        let c = "/opt/gluu-server/etc/certs";
+        assert_eq!(
+            std::fs::read_to_string(h.path(&format!("{c}/httpd.crt"))).unwrap(),
+            std::fs::read_to_string(&crt).unwrap()
+        );
+        // Owner-only, and still the owner Gluu's setup gave it.
+        assert_eq!(
+            h.sh(&format!("stat -c %a:%u {c}/httpd.key")),
+            "600:1001\n",
+            "on {name}"
+        );
+        for s in ["apache2", "oxauth"] {
+            assert_eq!(
+                std::fs::read_to_string(h.path(&format!("/opt/gluu-server/restarts-{s}")))
+                    .unwrap_or_default(),
+                "restart\n",
+                "{s} on {name}"
+            );
+        }
+    }
+    // Applied, nothing more to do, and no second import.
+    let plan = ok(&mut t, ctl.run(&["plan"]), "plan");
+    assert!(!plan.contains(" to change"), "{plan}");
+    t.assert_no_secrets(&ctl, &net, &[std::fs::read_to_string(&key).unwrap()]);
 }

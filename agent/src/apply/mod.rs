@@ -99,6 +99,9 @@ struct StepSpec {
     label: String,
     argv: Vec<String>,
     reload_or_start: Option<(Vec<String>, Vec<String>)>,
+    /// Absent from a journal an older agent wrote.
+    #[serde(default)]
+    stdin: Option<String>,
 }
 
 impl From<&Step> for StepSpec {
@@ -107,6 +110,7 @@ impl From<&Step> for StepSpec {
             label: s.label.clone(),
             argv: s.argv.clone(),
             reload_or_start: s.reload_or_start.clone(),
+            stdin: s.stdin.clone(),
         }
     }
 }
@@ -117,6 +121,7 @@ impl From<&StepSpec> for Step {
             label: s.label.clone(),
             argv: s.argv.clone(),
             reload_or_start: s.reload_or_start.clone(),
+            stdin: s.stdin.clone(),
         }
     }
 }
@@ -525,12 +530,18 @@ impl Engine {
             }
             if s.plan.change.writes() {
                 for a in &e.on_change {
-                    let st = step::action_step(a, &e.scope, &s.res.base, &self.cfg.root, &written)
-                        .map_err(|why| {
-                            RemoteError::invalid(format!("{}: {why}; nothing was changed", e.path))
-                        })?;
-                    if !actions.contains(&st) {
-                        actions.push(st);
+                    let sts =
+                        step::action_steps(a, &e.scope, &s.res.base, &self.cfg.root, &written)
+                            .map_err(|why| {
+                                RemoteError::invalid(format!(
+                                    "{}: {why}; nothing was changed",
+                                    e.path
+                                ))
+                            })?;
+                    for st in sts {
+                        if !actions.contains(&st) {
+                            actions.push(st);
+                        }
                     }
                 }
             }

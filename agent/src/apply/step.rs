@@ -30,6 +30,9 @@ pub struct Step {
     pub argv: Vec<String>,
     /// Service reloads first ask for the status and start a stopped service instead.
     pub reload_or_start: Option<(Vec<String>, Vec<String>)>,
+    /// What the step reads on its standard input (a password it must not see in its
+    /// arguments, where every user of the host could read it); empty otherwise.
+    pub stdin: Option<String>,
 }
 
 /// Whether running `v` needs `allow_exec`.
@@ -37,9 +40,54 @@ pub fn validator_needs_exec(v: &Validator) -> bool {
     matches!(v, Validator::Command(_))
 }
 
-/// Whether running `a` needs `allow_exec`.
+/// Whether running `a` needs `allow_exec`. The trust-store import and the restarts of
+/// installed services run fixed programs with fixed arguments the push cannot choose,
+/// like the service actions.
 pub fn action_needs_exec(a: &Action) -> bool {
     matches!(a, Action::Command(_))
+}
+
+/// The password of Java's `cacerts`: the JDK's default, which Gluu's setup keeps
+/// (`defaultTrustStorePW`). Public, but still given on standard input, as any store
+/// password should be.
+const CACERTS_PASSWORD: &str = "changeit";
+
+/// The trust-store import, run in the scope with Gluu's Java (`/opt/jre`, a link to
+/// the JDK it ships): the store is Java 8's (`jre/lib/security`) or Java 11's
+/// (`lib/security`) beside the scope's `keytool`; an existing alias is deleted first
+/// (keytool refuses to import over one). The password comes on standard input and goes
+/// to each keytool through `read` and `printf`, shell builtins, so it is in no
+/// process's arguments. A container may lack `/dev/null`, so the listing is kept in a
+/// variable rather than thrown there. No Java: nothing to trust the certificate in yet
+/// (Gluu's setup imports its own certificate when it installs, and the next change of
+/// the file imports the cluster's).
+const JAVA_TRUST_SCRIPT: &str = r#"IFS= read -r pw
+k=/opt/jre/bin/keytool
+if [ ! -x "$k" ]; then echo "no Java here ($k is absent): nothing to trust $2 in yet"; exit 0; fi
+s=
+for f in /opt/jre/jre/lib/security/cacerts /opt/jre/lib/security/cacerts; do
+  if [ -f "$f" ]; then s=$f; break; fi
+done
+if [ -z "$s" ]; then echo "no cacerts beside $k (/opt/jre/jre/lib/security or /opt/jre/lib/security)"; exit 1; fi
+if listed=$(printf '%s\n' "$pw" | "$k" -list -alias "$1" -keystore "$s" 2>&1); then
+  printf '%s\n' "$pw" | "$k" -delete -alias "$1" -keystore "$s" || exit 1
+fi
+printf '%s\n' "$pw" | "$k" -importcert -noprompt -trustcacerts -alias "$1" -file "$2" -keystore "$s"
+"#;
+
+/// Whether the scope has service `name` installed: an init script, or on a systemd
+/// host a unit file of that name (a link counts: units are often links into `/lib`).
+/// Without systemd a unit is not what runs the service, as [`action_step`] judges.
+fn installed(base: &Path, name: &str) -> bool {
+    let mut places = vec![format!("etc/init.d/{name}")];
+    if Path::new("/run/systemd/system").is_dir() {
+        for dir in ["etc", "lib", "usr/lib"] {
+            places.push(format!("{dir}/systemd/system/{name}.service"));
+        }
+    }
+    places
+        .iter()
+        .any(|p| base.join(p).symlink_metadata().is_ok())
 }
 
 fn in_scope(scope: &Scope, base: &Path, argv: Vec<String>) -> Vec<String> {
@@ -102,14 +150,101 @@ pub fn validator_step(
         },
         argv,
         reload_or_start: None,
+        stdin: None,
     }
 }
 
-/// The step that runs action `a` in `scope`. `host_root` is the agent's `root`
-/// setting: services are driven by systemd only on a real host (`/`) that runs it.
-/// `written` says whether the change set itself writes a file (an init script it
+/// The steps that run action `a` in `scope`, in order. `host_root` is the agent's
+/// `root` setting: services are driven by systemd only on a real host (`/`) that runs
+/// it. `written` says whether the change set itself writes a file (an init script it
 /// brings along counts as there).
-pub fn action_step(
+pub fn action_steps(
+    a: &Action,
+    scope: &Scope,
+    base: &Path,
+    host_root: &Path,
+    written: &dyn Fn(&Path) -> bool,
+) -> Result<Vec<Step>, String> {
+    match a {
+        Action::JavaTrust { alias, cert } => {
+            if alias.is_empty() || alias.chars().any(char::is_control) || !cert.starts_with('/') {
+                return Err(format!(
+                    "cannot trust {cert:?} as {alias:?}: the alias must be a name and the certificate an absolute path"
+                ));
+            }
+            let label = format!("trust {cert} in Java's cacerts as {alias}");
+            if host_root != Path::new("/") {
+                return Ok(vec![sandboxed(label)]);
+            }
+            // Judged from outside first: a node Gluu is not installed on yet has no
+            // container to run the script in (its `/opt/jre` may be a link that only
+            // resolves inside, so the name itself is what is looked for).
+            if base.join("opt/jre").symlink_metadata().is_err() {
+                return Ok(vec![Step {
+                    label: format!(
+                        "{label} (no Java here, {}/opt/jre is absent: nothing to trust it in yet)",
+                        base.display().to_string().trim_end_matches('/')
+                    ),
+                    argv: vec!["true".into()],
+                    reload_or_start: None,
+                    stdin: None,
+                }]);
+            }
+            Ok(vec![Step {
+                label,
+                argv: in_scope(
+                    scope,
+                    base,
+                    vec![
+                        "/bin/sh".into(),
+                        "-c".into(),
+                        JAVA_TRUST_SCRIPT.into(),
+                        "sh".into(),
+                        alias.clone(),
+                        cert.clone(),
+                    ],
+                ),
+                reload_or_start: None,
+                stdin: Some(format!("{CACERTS_PASSWORD}\n")),
+            }])
+        }
+        Action::RestartInstalled { services } => {
+            let mut steps = Vec::new();
+            let mut absent = Vec::new();
+            for name in services {
+                check_service_name(name)?;
+                if host_root != Path::new("/")
+                    || installed(base, name)
+                    || written(&base.join("etc/init.d").join(name))
+                {
+                    let restart = Action::Service {
+                        name: name.clone(),
+                        verb: ServiceVerb::Restart,
+                    };
+                    steps.extend(action_steps(&restart, scope, base, host_root, written)?);
+                } else {
+                    absent.push(name.as_str());
+                }
+            }
+            if !absent.is_empty() {
+                steps.push(Step {
+                    label: format!(
+                        "restart {} (not installed here: skipped)",
+                        absent.join(", ")
+                    ),
+                    argv: vec!["true".into()],
+                    reload_or_start: None,
+                    stdin: None,
+                });
+            }
+            Ok(steps)
+        }
+        a => action_step(a, scope, base, host_root, written).map(|s| vec![s]),
+    }
+}
+
+/// The step that runs a version-1 action.
+fn action_step(
     a: &Action,
     scope: &Scope,
     base: &Path,
@@ -117,10 +252,14 @@ pub fn action_step(
     written: &dyn Fn(&Path) -> bool,
 ) -> Result<Step, String> {
     match a {
+        Action::JavaTrust { .. } | Action::RestartInstalled { .. } => {
+            Err("a built-in action of several steps".into())
+        }
         Action::Command(c) => Ok(Step {
             label: c.display_line(),
             argv: in_scope(scope, base, command_argv(c, None)),
             reload_or_start: None,
+            stdin: None,
         }),
         Action::Service { name, verb } => {
             if host_root != Path::new("/") {
@@ -153,6 +292,7 @@ pub fn action_step(
                         name.clone(),
                     ],
                     reload_or_start: None,
+                    stdin: None,
                 });
             }
             if let Scope::Container { .. } = scope
@@ -162,6 +302,7 @@ pub fn action_step(
                     label,
                     argv: container_service(base, name, verb.as_str()),
                     reload_or_start: None,
+                    stdin: None,
                 });
             }
             let script: PathBuf = base.join("etc/init.d").join(name);
@@ -202,6 +343,7 @@ pub fn action_step(
                     ServiceVerb::Reload => Some((run("status"), run("start"))),
                     ServiceVerb::Restart => None,
                 },
+                stdin: None,
             })
         }
     }
@@ -251,6 +393,7 @@ fn sandboxed(label: String) -> Step {
         label: format!("{label} (sandbox: not run)"),
         argv: vec!["true".into()],
         reload_or_start: None,
+        stdin: None,
     }
 }
 
@@ -266,6 +409,7 @@ pub fn status_step(name: &str, host_root: &Path) -> Result<Step, String> {
             label,
             argv: vec!["systemctl".into(), "is-active".into(), name.to_string()],
             reload_or_start: None,
+            stdin: None,
         });
     }
     let script = host_root.join("etc/init.d").join(name);
@@ -279,6 +423,7 @@ pub fn status_step(name: &str, host_root: &Path) -> Result<Step, String> {
         label,
         argv: vec![script.display().to_string(), "status".into()],
         reload_or_start: None,
+        stdin: None,
     })
 }
 
@@ -287,7 +432,7 @@ pub fn status_step(name: &str, host_root: &Path) -> Result<Step, String> {
 pub fn run(step: &Step, timeout: Duration, scratch: &Path) -> StepRun {
     let argv = match &step.reload_or_start {
         Some((status, start)) => {
-            if run_argv(status, timeout, scratch).0 {
+            if run_argv(status, None, timeout, scratch).0 {
                 &step.argv
             } else {
                 start
@@ -295,7 +440,7 @@ pub fn run(step: &Step, timeout: Duration, scratch: &Path) -> StepRun {
         }
         None => &step.argv,
     };
-    let (ok, output) = run_argv(argv, timeout, scratch);
+    let (ok, output) = run_argv(argv, step.stdin.as_deref(), timeout, scratch);
     StepRun {
         step: step.label.clone(),
         ok,
@@ -303,7 +448,12 @@ pub fn run(step: &Step, timeout: Duration, scratch: &Path) -> StepRun {
     }
 }
 
-fn run_argv(argv: &[String], timeout: Duration, scratch: &Path) -> (bool, String) {
+fn run_argv(
+    argv: &[String],
+    stdin: Option<&str>,
+    timeout: Duration,
+    scratch: &Path,
+) -> (bool, String) {
     let Some((program, args)) = argv.split_first() else {
         return (false, "empty command".into());
     };
@@ -323,15 +473,26 @@ fn run_argv(argv: &[String], timeout: Duration, scratch: &Path) -> (bool, String
     };
     let child = std::process::Command::new(program)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(o1)
         .stderr(o2)
         .process_group(0)
         .spawn();
-    let child = match child {
+    let mut child = match child {
         Ok(c) => c,
         Err(e) => return (false, format!("cannot run {program}: {e}")),
     };
+    // A few bytes, well under a pipe's buffer: the write never waits on the child. A
+    // child that exits without reading fails on its own terms, so a broken pipe here
+    // is not the error to report.
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use std::io::Write;
+        let _ = pipe.write_all(text.as_bytes());
+    }
     let (status, timed_out) = match wait_or_kill(child, timeout, |mut c| c.wait()) {
         Some(s) => (s.ok(), false),
         None => (None, true),
@@ -381,6 +542,7 @@ mod tests {
                 "echo out; echo err >&2; exit 3".into(),
             ],
             reload_or_start: None,
+            stdin: None,
         };
         let r = run(&step, Duration::from_secs(5), &t.path().join("o"));
         assert!(!r.ok);
@@ -399,6 +561,7 @@ mod tests {
             label: "x".into(),
             argv: vec!["/bin/sh".into(), "-c".into(), "sleep 30 & sleep 30".into()],
             reload_or_start: None,
+            stdin: None,
         };
         let start = std::time::Instant::now();
         let r = run(&step, Duration::from_millis(200), &t.path().join("o"));
@@ -483,5 +646,116 @@ mod tests {
     fn a_path_in_a_shell_validator_is_quoted() {
         let argv = command_argv(&Command::Shell("test -s {}".into()), Some("/a b/c'd"));
         assert_eq!(argv[2], "test -s '/a b/c'\\''d'");
+    }
+
+    /// A busybox container at `base` with a stand-in `keytool` that logs its arguments
+    /// and the password it read, and keeps its aliases in a file.
+    fn container_with_keytool(base: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        for d in ["bin", "opt/jre/bin", "opt/jre/lib/security"] {
+            std::fs::create_dir_all(base.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", base.join("bin/busybox")).unwrap();
+        std::os::unix::fs::symlink("busybox", base.join("bin/sh")).unwrap();
+        std::fs::write(base.join("opt/jre/lib/security/cacerts"), "").unwrap();
+        let k = base.join("opt/jre/bin/keytool");
+        std::fs::write(
+            &k,
+            "#!/bin/sh\nread -r pw\necho \"$* pw=$pw\" >> /log\n\
+             case $1 in -list) /bin/busybox grep -qx \"$3\" /aliases;; \
+             -delete) echo > /aliases;; -importcert) echo \"$5\" >> /aliases;; esac\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn java_trust_gives_keytool_the_password_on_stdin_and_replaces_the_alias() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path().join("gluu");
+        let scope = Scope::Container {
+            root: base.display().to_string(),
+        };
+        let a = Action::JavaTrust {
+            alias: "idp.example.org_httpd".into(),
+            cert: "/etc/certs/httpd.crt".into(),
+        };
+        let steps = |b: &Path| action_steps(&a, &scope, b, Path::new("/"), &|_| false).unwrap();
+        // No container yet (Gluu not installed), or one without Java: nothing to trust
+        // it in, and no failure.
+        let r = run(
+            &steps(&base)[0],
+            Duration::from_secs(10),
+            &t.path().join("o"),
+        );
+        assert!(r.ok && r.step.contains("no Java here"), "{r:?}");
+        std::fs::create_dir_all(base.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", base.join("bin/busybox")).unwrap();
+        std::os::unix::fs::symlink("busybox", base.join("bin/sh")).unwrap();
+        std::fs::create_dir_all(base.join("opt/jre")).unwrap();
+        let r = run(
+            &steps(&base)[0],
+            Duration::from_secs(10),
+            &t.path().join("o"),
+        );
+        assert!(r.ok && r.output.contains("no Java here"), "{}", r.output);
+        std::fs::remove_dir_all(&base).unwrap();
+        container_with_keytool(&base);
+        let st = &steps(&base)[0];
+        assert!(
+            !st.argv.iter().any(|a| a.contains(CACERTS_PASSWORD)),
+            "{:?}",
+            st.argv
+        );
+        for _ in 0..2 {
+            let r = run(st, Duration::from_secs(10), &t.path().join("o"));
+            assert!(r.ok, "{}", r.output);
+        }
+        let log = std::fs::read_to_string(base.join("log")).unwrap();
+        let store = "-keystore /opt/jre/lib/security/cacerts";
+        assert_eq!(
+            log,
+            format!(
+                "-list -alias idp.example.org_httpd {store} pw=changeit\n\
+                 -importcert -noprompt -trustcacerts -alias idp.example.org_httpd -file /etc/certs/httpd.crt {store} pw=changeit\n\
+                 -list -alias idp.example.org_httpd {store} pw=changeit\n\
+                 -delete -alias idp.example.org_httpd {store} pw=changeit\n\
+                 -importcert -noprompt -trustcacerts -alias idp.example.org_httpd -file /etc/certs/httpd.crt {store} pw=changeit\n"
+            )
+        );
+    }
+
+    #[test]
+    fn only_installed_services_restart_and_the_others_are_said_skipped() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path().join("gluu");
+        std::fs::create_dir_all(base.join("etc/init.d")).unwrap();
+        std::fs::write(base.join("etc/init.d/apache2"), "").unwrap();
+        std::fs::write(base.join("etc/init.d/oxauth"), "").unwrap();
+        let a = Action::RestartInstalled {
+            services: vec![
+                "apache2".into(),
+                "httpd".into(),
+                "oxauth".into(),
+                "identity".into(),
+            ],
+        };
+        let scope = Scope::Container {
+            root: base.display().to_string(),
+        };
+        let steps = action_steps(&a, &scope, &base, Path::new("/"), &|_| false).unwrap();
+        let labels: Vec<&str> = steps.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "restart apache2",
+                "restart oxauth",
+                "restart httpd, identity (not installed here: skipped)"
+            ]
+        );
+        let bad = Action::RestartInstalled {
+            services: vec!["../x".into()],
+        };
+        assert!(action_steps(&bad, &scope, &base, Path::new("/"), &|_| false).is_err());
     }
 }

@@ -320,6 +320,28 @@ fn without_allow_exec_only_built_in_steps_are_accepted() {
             "reload nginx (sandbox: not run)"
         ]
     );
+    // So are the trust-store import and the restart of installed services: fixed
+    // programs with fixed arguments.
+    let mut e = file("/etc/app/a.conf", "b\n");
+    e.on_change = vec![
+        Action::JavaTrust {
+            alias: "idp.example.org_httpd".into(),
+            cert: "/etc/app/a.conf".into(),
+        },
+        Action::RestartInstalled {
+            services: vec!["apache2".into()],
+        },
+    ];
+    let r = s.engine.apply(&set(vec![e])).unwrap();
+    assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
+    let steps: Vec<&str> = r.steps.iter().map(|s| s.step.as_str()).collect();
+    assert_eq!(
+        steps,
+        [
+            "trust /etc/app/a.conf in Java's cacerts as idp.example.org_httpd (sandbox: not run)",
+            "restart apache2 (sandbox: not run)"
+        ]
+    );
 }
 
 #[test]
@@ -390,11 +412,8 @@ fn crash_at(s: &Sandbox, cs: &ChangeSet, stop: Phase, swapped: usize) {
         .entries
         .iter()
         .flat_map(|e| e.on_change.iter())
-        .map(|a| {
-            StepSpec::from(
-                &step::action_step(a, &Scope::Host, &s.root, &s.root, &|_| false).unwrap(),
-            )
-        })
+        .flat_map(|a| step::action_steps(a, &Scope::Host, &s.root, &s.root, &|_| false).unwrap())
+        .map(|st| StepSpec::from(&st))
         .collect();
     let mut txn = Txn {
         id: 7,

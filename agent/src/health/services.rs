@@ -3,7 +3,7 @@
 //! through nginx; Redis, directly on the cache host and through the stunnel tunnel on
 //! the Gluu nodes.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -85,41 +85,115 @@ fn try_one(root: &Path, kind: &ServiceKind) -> Result<String, String> {
             }
             Ok(format!("{code} in {}", took()))
         }
-        ServiceKind::RedisPing { addr } => {
-            let a: SocketAddr = addr
-                .to_socket_addrs()
-                .map_err(|e| format!("{addr}: {e}"))?
-                .next()
-                .ok_or_else(|| format!("{addr} has no address"))?;
-            let mut s = TcpStream::connect_timeout(&a, TIMEOUT)
-                .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-            s.set_read_timeout(Some(TIMEOUT))
-                .map_err(|e| e.to_string())?;
-            s.set_write_timeout(Some(TIMEOUT))
-                .map_err(|e| e.to_string())?;
-            s.write_all(b"PING\r\n")
-                .map_err(|e| format!("{addr}: {e}"))?;
-            let mut buf = [0u8; 128];
-            let n = s.read(&mut buf).map_err(|e| match e.kind() {
+        ServiceKind::RedisPing { addr } => redis_ping(addr, None, &took),
+        ServiceKind::RedisPingAuth {
+            addr,
+            password_file,
+        } => {
+            let file = root.join(password_file.trim_start_matches('/'));
+            match std::fs::read_to_string(&file) {
+                Ok(text) => redis_ping(addr, Some(text.trim_end_matches(['\n', '\r'])), &took),
+                // Before the apply that writes it: the check as it was before passwords.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    redis_ping(addr, None, &took).map(|ok| {
+                        format!("{ok}, not authenticated: no {password_file} yet (`clustermgr apply` writes it)")
+                    })
+                }
+                Err(e) => Err(format!(
+                    "cannot read the Redis password file {}: {e}",
+                    file.display()
+                )),
+            }
+        }
+    }
+}
+
+/// A Redis command as a RESP array of bulk strings: any bytes in an argument (a
+/// password) are sent as they are, never parsed as an inline command's separators.
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// `PING` at `addr`, after `AUTH` when a password is given. Redis answers each
+/// command with one line; an error line is reported as Redis said it (`WRONGPASS
+/// ...`, `NOAUTH ...`), never with the password.
+fn redis_ping(
+    addr: &str,
+    password: Option<&str>,
+    took: &dyn Fn() -> String,
+) -> Result<String, String> {
+    let a: SocketAddr = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} has no address"))?;
+    let s = TcpStream::connect_timeout(&a, TIMEOUT)
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    s.set_read_timeout(Some(TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let mut request = Vec::new();
+    if let Some(p) = password {
+        request.extend(resp(&["AUTH", p]));
+    }
+    request.extend(resp(&["PING"]));
+    (&s).write_all(&request)
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let mut lines = std::io::BufReader::new(&s);
+    let mut line = |what: &str| -> Result<String, String> {
+        let mut buf = Vec::new();
+        (&mut lines)
+            .take(512)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| match e.kind() {
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!(
-                    "{addr} accepted but did not answer PING within {} s",
+                    "{addr} accepted but did not answer {what} within {} s",
                     TIMEOUT.as_secs()
                 ),
                 _ => format!("{addr}: {e}"),
             })?;
-            let answer = String::from_utf8_lossy(&buf[..n]).trim().to_string();
-            if answer.starts_with("+PONG") {
-                Ok(format!("PONG in {}", took()))
-            } else if answer.starts_with("-NOAUTH") {
-                Ok(format!("answers (asks for its password) in {}", took()))
-            } else if answer.is_empty() {
-                Err(format!(
-                    "{addr} closed the connection without answering PING (a tunnel whose far end is down?)"
-                ))
-            } else {
-                Err(format!("{addr} answered PING with {answer:?}"))
-            }
+        Ok(String::from_utf8_lossy(&buf).trim().to_string())
+    };
+    if password.is_some() {
+        let answer = line("AUTH")?;
+        if answer.is_empty() {
+            return Err(format!(
+                "{addr} closed the connection without answering AUTH (a tunnel whose far end is down?)"
+            ));
         }
+        if !answer.starts_with("+OK") {
+            return Err(format!(
+                "{addr} refused the password: {}",
+                answer.trim_start_matches('-')
+            ));
+        }
+    }
+    let answer = line("PING")?;
+    if answer.starts_with("+PONG") {
+        Ok(format!(
+            "PONG in {}{}",
+            took(),
+            if password.is_some() {
+                ", authenticated"
+            } else {
+                ""
+            }
+        ))
+    } else if answer.starts_with("-NOAUTH") && password.is_none() {
+        Ok(format!("answers (asks for its password) in {}", took()))
+    } else if answer.is_empty() {
+        Err(format!(
+            "{addr} closed the connection without answering PING (a tunnel whose far end is down?)"
+        ))
+    } else {
+        Err(format!("{addr} answered PING with {answer:?}"))
     }
 }
 
@@ -171,5 +245,59 @@ mod tests {
         assert!(ping().unwrap().contains("password"));
         assert!(ping().unwrap_err().contains("without answering"));
         server.join().unwrap();
+    }
+
+    #[test]
+    fn redis_auth_sends_the_file_s_password_and_reports_redis_s_refusal() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("etc")).unwrap();
+        std::fs::write(t.path().join("etc/pw"), "s3cret pass\n").unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for answer in [
+                &b"+OK\r\n+PONG\r\n"[..],
+                b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+                b"-NOAUTH Authentication required.\r\n",
+            ] {
+                let (mut s, _) = l.accept().unwrap();
+                let mut buf = [0u8; 256];
+                let n = s.read(&mut buf).unwrap();
+                seen.push(buf[..n].to_vec());
+                s.write_all(answer).unwrap();
+            }
+            seen
+        });
+        let ping = |file: &str| {
+            try_one(
+                t.path(),
+                &ServiceKind::RedisPingAuth {
+                    addr: addr.clone(),
+                    password_file: file.into(),
+                },
+            )
+        };
+        let ok = ping("/etc/pw").unwrap();
+        assert!(
+            ok.starts_with("PONG") && ok.contains("authenticated"),
+            "{ok}"
+        );
+        let refused = ping("/etc/pw").unwrap_err();
+        assert!(refused.contains("WRONGPASS invalid"), "{refused}");
+        assert!(!refused.contains("s3cret"), "{refused}");
+        // No file yet (before apply): Redis asking for its password still answers.
+        let unauth = ping("/etc/absent").unwrap();
+        assert!(
+            unauth.contains("not authenticated: no /etc/absent"),
+            "{unauth}"
+        );
+        let seen = server.join().unwrap();
+        // The password went as a RESP bulk string, its space and all, then PING.
+        assert_eq!(
+            seen[0],
+            b"*2\r\n$4\r\nAUTH\r\n$11\r\ns3cret pass\r\n*1\r\n$4\r\nPING\r\n"
+        );
+        assert_eq!(seen[2], b"*1\r\n$4\r\nPING\r\n");
     }
 }

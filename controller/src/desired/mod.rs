@@ -361,6 +361,10 @@ fn describe_action(a: &Action) -> String {
     match a {
         Action::Service { name, verb } => format!("{} {name}", verb.as_str()),
         Action::Command(c) => c.display_line(),
+        Action::JavaTrust { alias, cert } => format!("trust {cert} in Java's cacerts as {alias}"),
+        Action::RestartInstalled { services } => {
+            format!("restart {} (those installed)", services.join(", "))
+        }
     }
 }
 
@@ -398,6 +402,26 @@ pub(crate) fn random_token(what: &'static str) -> Result<String, CtlError> {
         .collect())
 }
 
+/// A password the controller makes for a service (Redis's `requirepass`): 40 letters
+/// and digits (238 bits), so it needs no quoting in any file or JSON it goes into.
+fn new_password() -> Result<String, CtlError> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(40);
+    while out.len() < 40 {
+        let mut raw = [0u8; 64];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+            .map_err(|_| CtlError::Random("making a password"))?;
+        // Only bytes below the largest multiple of 62, so every character is as likely.
+        out.extend(
+            raw.iter()
+                .filter(|b| usize::from(**b) < 248)
+                .map(|b| char::from(ALPHABET[usize::from(*b) % 62]))
+                .take(40 - out.len()),
+        );
+    }
+    Ok(out)
+}
+
 /// The generators' output for `selected`, with the cluster's secrets generated once.
 /// Whether the desired state is what `apply` will send, or what it will send as far as
 /// it can be known before apply runs (a plan, and the check of the plan's digest).
@@ -426,9 +450,19 @@ fn desired_for(
             s.csync2_key.get_or_insert(key);
         })?;
     }
+    let mut build = ctx.store.build()?;
+    if build.redis_password.is_none() && model.cache == crate::model::Cache::Redis {
+        let password = new_password()?;
+        // In the store's transaction: two plans at once keep one password.
+        build = ctx.store.update_build(|b| {
+            b.redis_password.get_or_insert(password);
+            b.clone()
+        })?;
+    }
     let secrets = Secrets {
         csync2_key: stored.csync2_key.clone(),
         tls: stored_certificate(stored.tls_cert_pem.as_deref())?.zip(stored.tls_key_pem.clone()),
+        redis_password: build.redis_password.clone(),
     };
     let record = match basis {
         Basis::PreviewAsOf(r) => r.clone(),
@@ -1098,7 +1132,9 @@ async fn rolling_one(
             .flat_map(|e| e.on_change.iter())
             .filter_map(|a| match a {
                 Action::Service { name, .. } => Some(name.clone()),
-                Action::Command(_) => None,
+                Action::Command(_) | Action::JavaTrust { .. } | Action::RestartInstalled { .. } => {
+                    None
+                }
             })
             .fold(Vec::new(), |mut acc, n| {
                 if !acc.contains(&n) {

@@ -14,8 +14,11 @@ use crate::store::NodeRecord;
 pub struct Secrets {
     /// The csync2 group key, generated once by the controller.
     pub csync2_key: Option<Vec<u8>>,
-    /// The cluster's TLS certificate chain (PEM) and key (PEM), for the load balancer.
+    /// The cluster's TLS certificate chain (PEM) and key (PEM), for the load balancer
+    /// and each Gluu node's Apache.
     pub tls: Option<(String, String)>,
+    /// The cache host's Redis password, generated once by the controller.
+    pub redis_password: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -71,7 +74,9 @@ pub struct NodeConfig {
 
 pub(crate) mod csync2;
 mod hosts;
+pub(crate) mod httpd;
 pub(crate) mod nginx;
+pub(crate) mod redis;
 pub mod replication;
 pub(crate) mod stunnel;
 #[cfg(test)]
@@ -102,6 +107,8 @@ pub fn render(inputs: &Inputs) -> Result<BTreeMap<String, NodeConfig>, crate::Ct
     nginx::render(inputs, &sorted, &mut out);
     csync2::render(inputs, &sorted, &mut out)?;
     stunnel::render(inputs, &sorted, &mut out);
+    redis::render(inputs, &sorted, &mut out);
+    httpd::render(inputs, &sorted, &mut out);
     hosts::render(inputs, &sorted, &mut out);
     render_replication(inputs, &sorted, &mut out);
     Ok(out)

@@ -34,12 +34,14 @@ const ROOT: &str = include_str!("testdata/root.pem");
 
 const KEY_PEM: &str =
     "-----BEGIN PRIVATE KEY-----\nSECRETSECRETSECRET\n-----END PRIVATE KEY-----\n";
+const REDIS_PASSWORD: &str = "redispasswordredispasswordredispassword0";
 const CSYNC2_KEY: &[u8] = b"csync2keycsync2keycsync2keycsync2keycsync2keycsync2keycsync2key00";
 
 fn secrets() -> Secrets {
     Secrets {
         csync2_key: Some(CSYNC2_KEY.to_vec()),
         tls: Some((SELF_SIGNED.into(), KEY_PEM.into())),
+        redis_password: Some(REDIS_PASSWORD.into()),
     }
 }
 
@@ -107,6 +109,10 @@ fn dump(out: &BTreeMap<String, NodeConfig>) -> String {
                 Content::Property { key, value } => {
                     s.push_str(&format!("property {key} = {value}\n"))
                 }
+                Content::Block { name, body } if e.secret => s.push_str(&format!(
+                    "block {name}\n<secret sha256 {}>\n",
+                    sha256_hex(body.as_bytes())
+                )),
                 Content::Block { name, body } => s.push_str(&format!("block {name}\n{body}")),
             }
         }
@@ -395,7 +401,9 @@ fn a_node_reached_by_a_dns_name_is_left_out_of_the_hosts_block_and_said_so() {
             .entries
             .iter()
             .find_map(|e| match &e.content {
-                Content::Block { body, .. } if e.scope == Scope::Host => Some(body.clone()),
+                Content::Block { name, body } if e.scope == Scope::Host && name == "hosts" => {
+                    Some(body.clone())
+                }
                 _ => None,
             })
             .unwrap();
@@ -500,5 +508,145 @@ fn csync2_restarts_shibboleth_in_a_4x_machine_through_its_systemd_and_in_a_3x_ch
     assert_eq!(
         run_shibboleth_action(&cfg, "/var/lib/machines/other"),
         "chroot /opt/gluu-server /etc/init.d/identity restart\nchroot /opt/gluu-server /etc/init.d/idp restart\n"
+    );
+}
+
+#[test]
+fn redis_listens_on_loopback_with_the_generated_password_and_each_checker_can_read_it() {
+    let out = render_with(&model(), &nodes(), &secrets(), &tunnel(&[]));
+    let cache = &out["cache1"];
+    let blocks: Vec<(&str, &str, &[clustermgr_protocol::changeset::Action])> = cache
+        .entries
+        .iter()
+        .filter_map(|e| match &e.content {
+            Content::Block { name, body } if name == "redis" => {
+                assert!(e.secret, "{}: the block holds the password", e.path);
+                Some((e.path.as_str(), body.as_str(), e.on_change.as_slice()))
+            }
+            _ => None,
+        })
+        .collect();
+    // Debian's file and service, then Red Hat's: the one the host lacks waits.
+    let services: Vec<(&str, String)> = blocks
+        .iter()
+        .map(|(p, _, a)| (*p, format!("{a:?}")))
+        .collect();
+    assert_eq!(services.len(), 2, "{services:?}");
+    assert_eq!(services[0].0, "/etc/redis/redis.conf");
+    assert!(services[0].1.contains("\"redis-server\", verb: Restart"));
+    assert_eq!(services[1].0, "/etc/redis.conf");
+    assert!(services[1].1.contains("\"redis\", verb: Restart"));
+    for (_, body, _) in &blocks {
+        assert!(
+            body.contains(&format!(
+                "bind 127.0.0.1\nport 6379\nprotected-mode yes\nrequirepass {REDIS_PASSWORD}\n"
+            )),
+            "{body}"
+        );
+    }
+    // The password file: on the cache host and every Gluu node (their checks), owner-only
+    // and secret; not on the load balancer.
+    for (name, cfg) in &out {
+        let f = cfg.entries.iter().find(|e| e.path == redis::PASSWORD_FILE);
+        if name == "lb1" {
+            assert!(f.is_none());
+            continue;
+        }
+        let f = f.unwrap_or_else(|| panic!("{name} has no password file"));
+        assert!(f.secret);
+        let Content::File { bytes, mode, .. } = &f.content else {
+            panic!("{f:?}")
+        };
+        assert_eq!(
+            (bytes.as_slice(), *mode),
+            (format!("{REDIS_PASSWORD}\n").as_bytes(), 0o600)
+        );
+    }
+    // Without the Redis cache, none of it.
+    let mut m = model();
+    m.cache = Cache::None;
+    let out = render_with(&m, &nodes(), &secrets(), &tunnel(&[]));
+    assert!(
+        out.values()
+            .flat_map(|c| &c.entries)
+            .all(|e| !e.path.contains("redis")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn every_gluu_node_gets_the_cluster_certificate_in_its_container_and_java_trusts_it() {
+    use clustermgr_protocol::changeset::Action;
+    let out = render_with(&model(), &nodes(), &secrets(), &tunnel(&[]));
+    for name in ["gluu1", "gluu2", "gluu3"] {
+        let cfg = &out[name];
+        let crt = cfg.entries.iter().find(|e| e.path == httpd::CERT).unwrap();
+        let key = cfg.entries.iter().find(|e| e.path == httpd::KEY).unwrap();
+        let container = Scope::Container {
+            root: "/opt/gluu-server".into(),
+        };
+        assert_eq!((&crt.scope, &key.scope), (&container, &container));
+        assert!(key.secret && !crt.secret);
+        let Content::File {
+            mode, owner, group, ..
+        } = &key.content
+        else {
+            panic!("{key:?}")
+        };
+        // Owner-only; the owner Gluu's setup gave it is kept.
+        assert_eq!((*mode, owner, group), (0o600, &None, &None));
+        assert_eq!(
+            crt.on_change[0],
+            Action::JavaTrust {
+                alias: "idp.example.org_httpd".into(),
+                cert: "/etc/certs/httpd.crt".into()
+            }
+        );
+        // The import, then the restarts, which the key's change shares.
+        assert!(
+            matches!(&crt.on_change[1], Action::RestartInstalled { services } if services[0] == "apache2")
+        );
+        assert_eq!(key.on_change, crt.on_change[1..]);
+        // A version-1 agent could not decode it.
+        assert_eq!(crt.needs_version().map(|v| v.0), Some(2));
+    }
+    assert!(
+        ["lb1", "cache1"]
+            .iter()
+            .all(|n| out[*n].entries.iter().all(|e| e.path != httpd::KEY))
+    );
+    // A Gluu without a container: the host's /etc/certs.
+    let mut m = model();
+    m.set("gluu-root", "/").unwrap();
+    let out = render_with(&m, &nodes(), &secrets(), &tunnel(&[]));
+    let crt = out["gluu1"]
+        .entries
+        .iter()
+        .find(|e| e.path == httpd::CERT)
+        .unwrap();
+    assert_eq!(crt.scope, Scope::Host);
+    // No certificate set: Gluu's own stays. A key of another certificate: the nodes wait,
+    // and say for what.
+    let none = Secrets {
+        tls: None,
+        ..secrets()
+    };
+    let out = render_with(&model(), &nodes(), &none, &tunnel(&[]));
+    assert!(out["gluu1"].entries.iter().all(|e| e.path != httpd::CERT));
+    let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    let wrong = Secrets {
+        tls: Some((SELF_SIGNED.into(), other_key)),
+        ..secrets()
+    };
+    let out = render_with(&model(), &nodes(), &wrong, &tunnel(&[]));
+    assert!(out["gluu1"].entries.iter().all(|e| e.path != httpd::KEY));
+    assert!(
+        out["gluu1"]
+            .waiting
+            .iter()
+            .any(|w| w
+                .starts_with("Apache's certificate on the node waits for a TLS key that matches")),
+        "{:?}",
+        out["gluu1"].waiting
     );
 }

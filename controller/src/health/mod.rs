@@ -157,19 +157,24 @@ fn tried_services(
     }
     let has_cache = nodes.iter().any(|c| c.has_role(Role::Cache));
     if model.cache == crate::model::Cache::Redis && has_cache {
+        // Authenticated with the password `apply` wrote on the node (see
+        // `generate::redis` for why a file and not this request).
+        let password_file = crate::generate::redis::PASSWORD_FILE.to_string();
         if n.has_role(Role::Cache) {
             out.push(ServiceProbe {
                 label: "Redis".into(),
-                kind: ServiceKind::RedisPing {
+                kind: ServiceKind::RedisPingAuth {
                     addr: REDIS_ADDR.into(),
+                    password_file: password_file.clone(),
                 },
             });
         }
         if n.has_role(Role::Gluu) {
             out.push(ServiceProbe {
                 label: "the cache through the stunnel tunnel".into(),
-                kind: ServiceKind::RedisPing {
+                kind: ServiceKind::RedisPingAuth {
                     addr: format!("127.0.0.1:{}", crate::generate::stunnel::PORT),
+                    password_file,
                 },
             });
         }
@@ -244,6 +249,8 @@ async fn ask(
         Ok(c) => c,
         Err(f) => return NodeRound::Unreachable(f.message),
     };
+    // An older agent gets the checks it can decode (the Redis PING without AUTH).
+    let spec = spec.for_version(conn.version());
     let sent_ms = ctx.clock.now().unix_timestamp_nanos() as i64 / 1_000_000;
     match conn.request(&Request::Checks(spec), timeout).await {
         Ok(Reply::Checks(report)) => NodeRound::Report {
