@@ -159,6 +159,10 @@ impl Request {
                 .chain(actions(&spec.on_change))
                 .max_by_key(|(v, _)| *v),
             Request::Checks(spec) => spec.needs_version(),
+            Request::LdapCert => Some((
+                crate::version::BUILDS_CLUSTER,
+                "the LDAP certificate request",
+            )),
             _ => None,
         }
     }
