@@ -114,6 +114,10 @@ pub struct LdapAttr {
     /// its own directory under the suffix is emptied first, so the cluster's replaces
     /// it (never the reverse); then the apply waits until the consumers caught up.
     pub join: bool,
+    /// A [`LdapValue::JsonField`] holding a password Gluu keeps encrypted with the
+    /// node's own key (`etc/gluu/conf/salt`): the agent encrypts it there, so the key
+    /// never leaves the node.
+    pub encrypt: bool,
 }
 
 /// Which LDAP entry, and so which connection: `cn=config` entries through the

@@ -887,6 +887,7 @@ fn gen_ldap_attr(rng: &mut Rng) -> LdapAttr {
         redact: strings(rng),
         bump_revision: gen_option(rng, gen_string),
         join: rng.bool(),
+        encrypt: rng.bool(),
     }
 }
 

@@ -39,6 +39,22 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// The Gluu attribute types and object classes the cluster-wide settings live in,
+/// written from Gluu's published definitions (community-edition-setup's
+/// `schema/gluu_schema.json`: names, syntaxes and matching rules) under Gluu's OID arc
+/// (1.3.6.1.4.1.48710.1.3 attributes, .1.4 classes; the numbers are this file's own).
+const GLUU_SCHEMA: &str = "dn: cn=gluu,cn=schema,cn=config
+objectClass: olcSchemaConfig
+cn: gluu
+olcAttributeTypes: ( 1.3.6.1.4.1.48710.1.3.9001 NAME 'oxCacheConfiguration' DESC 'Cache configuration' EQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 X-ORIGIN 'Gluu created attribute' )
+olcAttributeTypes: ( 1.3.6.1.4.1.48710.1.3.9002 NAME 'oxIDPAuthentication' DESC 'Custom IDP authentication configuration' EQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 X-ORIGIN 'Gluu created attribute' )
+olcAttributeTypes: ( 1.3.6.1.4.1.48710.1.3.9003 NAME 'oxRevision' DESC 'Revision' EQUALITY integerMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 X-ORIGIN 'Gluu created attribute' )
+olcAttributeTypes: ( 1.3.6.1.4.1.48710.1.3.9004 NAME 'gluuHostname' DESC 'The hostname of the Gluu Server instance' EQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 X-ORIGIN 'Gluu created attribute' )
+olcAttributeTypes: ( 1.3.6.1.4.1.48710.1.3.9005 NAME 'oxAuthConfDynamic' DESC 'oxAuth Dynamic Configuration' EQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 X-ORIGIN 'Gluu created attribute' )
+olcObjectClasses: ( 1.3.6.1.4.1.48710.1.4.9001 NAME 'gluuConfiguration' SUP top STRUCTURAL MUST objectClass MAY ( ou $ gluuHostname $ oxCacheConfiguration $ oxIDPAuthentication ) X-ORIGIN 'Gluu created objectclass' )
+olcObjectClasses: ( 1.3.6.1.4.1.48710.1.4.9002 NAME 'oxAuthConfiguration' SUP top STRUCTURAL MUST objectClass MAY ( ou $ oxAuthConfDynamic $ oxRevision ) X-ORIGIN 'Gluu created objectclass' )
+";
+
 fn config_ldif(dir: &Path, root_pw: &str) -> String {
     let d = dir.display();
     format!(
@@ -63,6 +79,8 @@ cn: schema
 include: file:///etc/ldap/schema/core.ldif
 include: file:///etc/ldap/schema/cosine.ldif
 include: file:///etc/ldap/schema/inetorgperson.ldif
+
+{GLUU_SCHEMA}
 
 dn: olcDatabase={{-1}}frontend,cn=config
 objectClass: olcDatabaseConfig

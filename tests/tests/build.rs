@@ -50,6 +50,7 @@ fn standalone() -> (Net, Controller, Vec<Slapd>) {
         h.sh("mkdir -p /opt/gluu-server/etc/certs /opt/gluu-server/etc/gluu/conf && ln -sfn /opt/gluu-server/etc/certs /etc/certs");
         let s = Slapd::start_on(h);
         add_suffix(&s);
+        add_gluu_tree(&s, h);
         add(
             &s,
             &format!("cn=own-{},o=gluu", i + 1),
@@ -59,6 +60,76 @@ fn standalone() -> (Net, Controller, Vec<Slapd>) {
         servers.push(s);
     }
     (net, ctl, servers)
+}
+
+/// The key this test's Gluu containers encrypt passwords with.
+const SALT: &str = "0123456789abcdefghijklmn";
+
+/// A standalone Gluu node's own settings, as Gluu's setup writes them (4.x layout):
+/// the cache in memory, its LDAP server alone, revision 1; and the container's salt.
+fn add_gluu_tree(s: &Slapd, h: &clustermgr_tests::netns::Host) {
+    std::fs::write(
+        h.path("/opt/gluu-server/etc/gluu/conf/salt"),
+        format!("encodeSalt = {SALT}\n"),
+    )
+    .expect("salt");
+    let mut c = connect(s);
+    c.add(
+        "ou=configuration,o=gluu",
+        &[
+            ("objectClass", vec!["top".into(), "gluuConfiguration".into()]),
+            ("ou", vec!["configuration".into()]),
+            (
+                "oxCacheConfiguration",
+                vec![r#"{"cacheProviderType": "IN_MEMORY", "memcachedConfiguration": {"servers":"localhost:11211"}, "inMemoryConfiguration": {"defaultPutExpiration":60}, "redisConfiguration":{"servers":"localhost:6379", "defaultPutExpiration": 60}}"#.into()],
+            ),
+            (
+                "oxIDPAuthentication",
+                vec![r#"{"type": "auth", "name": null, "level": 0, "priority": 1, "enabled": false, "version": 0, "config": {"configId": "auth_ldap_server", "servers": ["localhost:1636"], "maxConnections": 1000, "useSSL": "true", "baseDNs": ["ou=people,o=gluu"], "primaryKey": "uid", "localPrimaryKey": "uid"}}"#.into()],
+            ),
+        ],
+    )
+    .expect("ou=configuration");
+    c.add(
+        "ou=oxauth,ou=configuration,o=gluu",
+        &[
+            (
+                "objectClass",
+                vec!["top".into(), "oxAuthConfiguration".into()],
+            ),
+            ("ou", vec!["oxauth".into()]),
+            ("oxRevision", vec!["1".into()]),
+        ],
+    )
+    .expect("ou=oxauth");
+}
+
+/// A JSON attribute of `ou=configuration,o=gluu` on `s`.
+fn setting(s: &Slapd, attribute: &str) -> serde_json::Value {
+    let found = connect(s)
+        .search(
+            "ou=configuration,o=gluu",
+            Scope::Base,
+            "(objectClass=*)",
+            &[attribute],
+        )
+        .expect("ou=configuration");
+    let text = found[0].first(attribute).expect("the attribute");
+    serde_json::from_str(&text).expect("JSON")
+}
+
+fn revision(s: &Slapd) -> i64 {
+    connect(s)
+        .search(
+            "ou=oxauth,ou=configuration,o=gluu",
+            Scope::Base,
+            "(objectClass=*)",
+            &["oxRevision"],
+        )
+        .expect("ou=oxauth")[0]
+        .first("oxRevision")
+        .and_then(|v| v.parse().ok())
+        .expect("oxRevision")
 }
 
 fn add_suffix(s: &Slapd) {
@@ -105,6 +176,28 @@ async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
         assert!(!has(s, &format!("cn=own-{},o=gluu", i + 1)));
     }
     assert!(!has(&servers[0], "cn=own-2,o=gluu"), "never the reverse");
+    // Gluu's cluster-wide settings, written on the primary and replicated: the LDAP
+    // cache with no shared cache, every LDAP server with the node's own first; the rest
+    // of Gluu's documents as Gluu wrote them; oxAuth told to reload.
+    let ldap_servers: Vec<String> = std::iter::once("localhost:1636".to_string())
+        .chain(servers.iter().map(|s| format!("{}:1636", s.ip)))
+        .collect();
+    for s in &servers {
+        let cache = setting(s, "oxCacheConfiguration");
+        assert_eq!(cache["cacheProviderType"], "NATIVE_PERSISTENCE", "{cache}");
+        assert_eq!(
+            cache["memcachedConfiguration"]["servers"],
+            "localhost:11211"
+        );
+        let idp = setting(s, "oxIDPAuthentication");
+        assert_eq!(
+            idp["config"]["servers"],
+            serde_json::json!(ldap_servers),
+            "{idp}"
+        );
+        assert_eq!(idp["config"]["configId"], "auth_ldap_server");
+        assert!(revision(s) > 1, "oxRevision bumped");
+    }
     // Every node replicates to every other.
     for (i, s) in servers.iter().enumerate() {
         let cn = format!("written-on-{}", NODES[i]);
@@ -135,17 +228,9 @@ async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
         }
     }
     // The replication password is nowhere in what was printed, kept or logged.
-    let store = clustermgr::store::Store::open(
-        &ctl.home.join("inventory.redb"),
-        &ctl.home.join("serve.sock"),
-    )
-    .expect("the store");
-    let pw = store
-        .build()
-        .expect("the build record")
+    let pw = build_record(&ctl)
         .replication_password
         .expect("a password was made");
-    drop(store);
     let mut seen = String::new();
     for out in [&o.stdout, &o.stderr, &plan.stdout, &plan_json.stdout] {
         seen.push_str(&String::from_utf8_lossy(out));
@@ -166,6 +251,42 @@ async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
         "the agents' logs were read"
     );
     assert!(!seen.contains(&pw), "the replication password leaked");
+
+    // With the shared cache: oxCacheConfiguration names the node's own tunnel and
+    // carries the Redis password, encrypted with the node's key as Gluu stores it.
+    let rev = revision(&servers[1]);
+    ok(
+        ctl.run(&["cluster", "set", "cache", "redis"]),
+        "cluster set cache redis",
+    );
+    let o = ctl.run(&["apply", "--yes"]);
+    ok(o.clone(), "apply with the shared cache");
+    let redis_pw = build_record(&ctl)
+        .redis_password
+        .expect("a Redis password was made");
+    let encrypted = clustermgr_agent::ldap::gluu_encode(redis_pw.as_bytes(), SALT).unwrap();
+    for s in &servers {
+        clustermgr_tests::eventually_blocking(
+            "oxCacheConfiguration with Redis on every node",
+            Duration::from_secs(10),
+            || setting(s, "oxCacheConfiguration")["cacheProviderType"] == "REDIS",
+        );
+        let cache = setting(s, "oxCacheConfiguration");
+        let redis = &cache["redisConfiguration"];
+        assert_eq!(redis["servers"], "localhost:16379", "{cache}");
+        assert_eq!(redis["redisProviderType"], "STANDALONE");
+        assert_eq!(redis["password"], encrypted.as_str());
+        assert_eq!(
+            redis["defaultPutExpiration"], 60,
+            "Gluu's other fields stay"
+        );
+    }
+    assert!(revision(&servers[1]) > rev, "oxAuth told to reload");
+    let plan = ctl.run(&["--json", "plan"]);
+    for out in [&o.stdout, &o.stderr, &plan.stdout] {
+        let text = String::from_utf8_lossy(out);
+        assert!(!text.contains(&redis_pw) && !text.contains(&encrypted));
+    }
 
     // A fourth Gluu host joins by the same path: it takes the cluster's directory and
     // replicates both ways, and every peer gains a consumer of it.
@@ -188,6 +309,7 @@ async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
     h4.sh("mkdir -p /opt/gluu-server/etc/certs /opt/gluu-server/etc/gluu/conf && ln -sfn /opt/gluu-server/etc/certs /etc/certs");
     let s4 = Slapd::start_on(h4);
     add_suffix(&s4);
+    add_gluu_tree(&s4, h4);
     add(&s4, "cn=own-4,o=gluu", "own-4");
     bind_agent(h4, &s4);
     servers.push(s4);
@@ -240,16 +362,15 @@ async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
             || has(s, "cn=after-gluu4-left,o=gluu"),
         );
     }
+    // csync2, nginx and Gluu's server lists still name gluu4 until the next apply,
+    // which leaves every LDAP entry as it is but those lists.
+    ok(ctl.run(&["apply", "--yes"]), "apply after gluu4 left");
     let plan = ctl.run(&["--json", "plan"]);
     let v: serde_json::Value = serde_json::from_slice(&plan.stdout).expect("plan --json");
-    // (csync2 and nginx still name gluu4 until the next apply; replication does not.)
     for node in v["nodes"].as_array().expect("nodes") {
         for e in node["entries"].as_array().expect("entries") {
-            if !e["path"].as_str().is_some_and(|p| p.starts_with("ldap:")) {
-                continue;
-            }
             assert!(
-                e["change"] == "unchanged",
+                e["change"] == "unchanged" || e["change"] == "waiting",
                 "after the removal {}: {} is {}",
                 node["node"],
                 e["path"],
@@ -257,6 +378,25 @@ async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
             );
         }
     }
+    for s in servers.iter().take(3) {
+        let idp = setting(s, "oxIDPAuthentication");
+        assert_eq!(
+            idp["config"]["servers"].as_array().map(Vec::len),
+            Some(4),
+            "{idp}"
+        );
+    }
+}
+
+/// What the controller made to build the cluster, read from its store (no command is
+/// running, so the store is free).
+fn build_record(ctl: &Controller) -> clustermgr::store::BuildRecord {
+    clustermgr::store::Store::open(
+        &ctl.home.join("inventory.redb"),
+        &ctl.home.join("serve.sock"),
+    )
+    .and_then(|s| s.build())
+    .expect("the store's build record")
 }
 
 /// How many of the server's syncrepl consumers are connected and following changes.

@@ -413,6 +413,46 @@ fn stage_one(
     a: &LdapAttr,
     base: PathBuf,
 ) -> Result<Staged, String> {
+    if matches!(a.object, LdapObject::Data { .. }) && crate::ldap::access(session.cfg)?.is_none() {
+        // Gluu not installed yet (or no [ldap]): like an edit of a file not there.
+        return Ok(Staged {
+            index,
+            attr: a.clone(),
+            base,
+            dn: None,
+            exists: false,
+            old: Vec::new(),
+            new: None,
+            validate: e.validate.clone(),
+            plan: EntryPlan {
+                path: e.path.clone(),
+                change: Change::Waiting,
+                old_sha256: None,
+                new_sha256: String::new(),
+                old_meta: None,
+                new_meta: None,
+                old_text: None,
+                new_text: None,
+            },
+        });
+    }
+    // A field's value as it is stored: a password Gluu keeps encrypted is encrypted
+    // here, with the node's own key (only once there is a document to put it in).
+    let stored = |json: &str, pointer: &str| -> Result<serde_json::Value, String> {
+        let v: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| format!("the value for {pointer} is not JSON: {e}"))?;
+        if !a.encrypt {
+            return Ok(v);
+        }
+        let plain = v.as_str().ok_or_else(|| {
+            format!("the value for {pointer} is to be encrypted, so it must be a JSON string")
+        })?;
+        let salt = crate::ldap::gluu_salt(&base)?;
+        Ok(serde_json::Value::String(crate::ldap::gluu_encode(
+            plain.as_bytes(),
+            &salt,
+        )?))
+    };
     let c = session.conn(&a.object, &base)?;
     let (dn, mut exists) = resolve(c, &a.object)?;
     let dn = dn.expect("resolve names a DN");
@@ -484,50 +524,47 @@ fn stage_one(
                 new_hash,
             )
         }
-        LdapValue::JsonField { pointer, json } => {
-            let want: serde_json::Value = serde_json::from_str(json)
-                .map_err(|e| format!("the value for {pointer} is not JSON: {e}"))?;
-            match old.as_slice() {
-                [] => (
-                    Change::Waiting,
-                    None,
-                    None,
+        LdapValue::JsonField { pointer, json } => match old.as_slice() {
+            [] => (
+                Change::Waiting,
+                None,
+                None,
+                None,
+                None,
+                sha256_hex(json.as_bytes()),
+            ),
+            [one] => {
+                let want = stored(json, pointer)?;
+                let mut doc: serde_json::Value = serde_json::from_str(one).map_err(|e| {
+                    format!("{dn}'s {attribute} is not JSON ({e}); it is left alone")
+                })?;
+                let now = doc.pointer(pointer).cloned();
+                let old_hash = now.as_ref().map(|v| sha256_hex(v.to_string().as_bytes()));
+                let new_hash = sha256_hex(want.to_string().as_bytes());
+                let change = if now.as_ref() == Some(&want) {
+                    Change::Unchanged
+                } else if now.is_none() {
+                    Change::Create
+                } else {
+                    Change::Modify
+                };
+                set_pointer(&mut doc, pointer, want.clone())?;
+                (
+                    change,
+                    change.writes().then(|| vec![doc.to_string()]),
+                    now.as_ref().map(|v| pretty(&redact_json(v, &a.redact))),
                     Some(pretty(&redact_json(&want, &a.redact))),
-                    None,
-                    sha256_hex(want.to_string().as_bytes()),
-                ),
-                [one] => {
-                    let mut doc: serde_json::Value = serde_json::from_str(one).map_err(|e| {
-                        format!("{dn}'s {attribute} is not JSON ({e}); it is left alone")
-                    })?;
-                    let now = doc.pointer(pointer).cloned();
-                    let old_hash = now.as_ref().map(|v| sha256_hex(v.to_string().as_bytes()));
-                    let new_hash = sha256_hex(want.to_string().as_bytes());
-                    let change = if now.as_ref() == Some(&want) {
-                        Change::Unchanged
-                    } else if now.is_none() {
-                        Change::Create
-                    } else {
-                        Change::Modify
-                    };
-                    set_pointer(&mut doc, pointer, want.clone())?;
-                    (
-                        change,
-                        change.writes().then(|| vec![doc.to_string()]),
-                        now.as_ref().map(|v| pretty(&redact_json(v, &a.redact))),
-                        Some(pretty(&redact_json(&want, &a.redact))),
-                        old_hash,
-                        new_hash,
-                    )
-                }
-                _ => {
-                    return Err(format!(
-                        "{dn} has {} values of {attribute}, where one JSON document was expected; it is left alone",
-                        old.len()
-                    ));
-                }
+                    old_hash,
+                    new_hash,
+                )
             }
-        }
+            _ => {
+                return Err(format!(
+                    "{dn} has {} values of {attribute}, where one JSON document was expected; it is left alone",
+                    old.len()
+                ));
+            }
+        },
     };
     let (old_text, new_text) = if e.secret {
         (None, None)
@@ -680,6 +717,35 @@ pub fn write(
                     .collect()
             };
             let name = a.attribute.as_str();
+            if let LdapValue::JsonField { pointer, .. } = &a.value {
+                // Read again: an earlier entry of this apply may have set another field
+                // of the same document.
+                let now = c
+                    .search(&dn, Scope::Base, "(objectClass=*)", &[name])
+                    .map_err(|e| format!("reading {dn}: {e}"))?
+                    .first()
+                    .map(|f| f.values(name))
+                    .unwrap_or_default();
+                let [one] = now.as_slice() else {
+                    return Err(format!("{dn}'s {name} changed during the apply"));
+                };
+                let mut doc: serde_json::Value =
+                    serde_json::from_str(one).map_err(|e| format!("{dn}'s {name}: {e}"))?;
+                let staged: serde_json::Value =
+                    serde_json::from_str(&new[0]).map_err(|e| format!("{dn}'s {name}: {e}"))?;
+                let field = staged.pointer(pointer).cloned().unwrap_or_default();
+                set_pointer(&mut doc, pointer, field)?;
+                c.modify(&dn, &[(Modify::Replace, name, vec![doc.to_string()])])
+                    .map_err(|e| e.to_string())?;
+                written.undo.push(Undo::Values {
+                    object: a.object.clone(),
+                    base: s.base.clone(),
+                    dn: dn.clone(),
+                    attribute: a.attribute.clone(),
+                    old: now,
+                });
+                return Ok(());
+            }
             let changes = match &a.value {
                 LdapValue::Include(_) => vec![(Modify::Add, name, not_in(new, &s.old))],
                 _ if new.is_empty() => vec![(Modify::Delete, name, Vec::new())],

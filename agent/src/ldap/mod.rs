@@ -143,13 +143,7 @@ pub fn access(cfg: &AgentConfig) -> Result<Option<Access>, String> {
         .find(|(k, _)| k == "useSSL")
         .is_none_or(|(_, v)| v.eq_ignore_ascii_case("true"));
     let salt_path = container.join(GLUU_SALT);
-    let salt = std::fs::read_to_string(&salt_path)
-        .map_err(|e| format!("cannot read {}: {e}", salt_path.display()))?;
-    let salt = properties(&salt)
-        .into_iter()
-        .find(|(k, _)| k == "encodeSalt")
-        .map(|(_, v)| v)
-        .ok_or_else(|| format!("{} has no encodeSalt", salt_path.display()))?;
+    let salt = gluu_salt(&container)?;
     let password = gluu_decode(&encoded, &salt).map_err(|e| {
         format!(
             "{from}: bindPassword cannot be decoded with {}: {e}",
@@ -264,6 +258,40 @@ fn properties(text: &str) -> Vec<(String, String)> {
 
 /// Gluu's stored-password encoding: base64 of triple DES (ECB, PKCS#5 padding) keyed
 /// with the node's salt.
+/// The key Gluu encrypts its stored passwords with: `encodeSalt` in the container's
+/// `etc/gluu/conf/salt` (`container` is the container root on the host).
+pub fn gluu_salt(container: &Path) -> Result<String, String> {
+    let salt_path = container.join(GLUU_SALT);
+    let salt = std::fs::read_to_string(&salt_path)
+        .map_err(|e| format!("cannot read {}: {e}", salt_path.display()))?;
+    properties(&salt)
+        .into_iter()
+        .find(|(k, _)| k == "encodeSalt")
+        .map(|(_, v)| v)
+        .ok_or_else(|| format!("{} has no encodeSalt", salt_path.display()))
+}
+
+/// `plain` encrypted as Gluu stores passwords: triple DES (ECB, PKCS#5 padding) under
+/// the salt, base64. Deterministic, so an unchanged password compares equal.
+pub fn gluu_encode(plain: &[u8], salt: &str) -> Result<String, String> {
+    use base64::Engine as _;
+    use des::cipher::{Block, BlockCipherEncrypt, KeyInit};
+    let key = salt.as_bytes();
+    if key.len() != 24 {
+        return Err(format!("the salt is {} characters, not 24", key.len()));
+    }
+    let cipher = des::TdesEde3::new_from_slice(key).map_err(|e| e.to_string())?;
+    let pad = 8 - plain.len() % 8;
+    let mut data = zeroize::Zeroizing::new(plain.to_vec());
+    data.extend(std::iter::repeat_n(pad as u8, pad));
+    for block in data.chunks_mut(8) {
+        let block = <&mut Block<des::TdesEde3>>::try_from(block)
+            .map_err(|_| "a block is not 8 bytes".to_string())?;
+        cipher.encrypt_block(block);
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(&*data))
+}
+
 fn gluu_decode(encoded: &str, salt: &str) -> Result<Secret, String> {
     use base64::Engine as _;
     use des::cipher::{Block, BlockCipherDecrypt, KeyInit};

@@ -35,6 +35,16 @@ fn write(path: &Path, text: &str) {
 }
 
 #[test]
+fn gluu_passwords_encode_as_gluu_stores_them() {
+    // The recorded value Gluu wrote, made again from the plain password.
+    assert_eq!(super::gluu_encode(PLAIN.as_bytes(), SALT).unwrap(), ENCODED);
+    assert_eq!(super::gluu_encode(b"x", SALT).unwrap(), "BiR9rEMiZms=");
+    let round = super::gluu_encode(b"exactly8", SALT).unwrap();
+    assert_eq!(gluu_decode(&round, SALT).unwrap().expose(), b"exactly8");
+    assert!(super::gluu_encode(b"x", "short").is_err());
+}
+
+#[test]
 fn gluu_passwords_decode_with_the_salt_and_not_without() {
     assert_eq!(
         gluu_decode(ENCODED, SALT).unwrap().expose(),

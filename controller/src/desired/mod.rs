@@ -386,25 +386,17 @@ fn now_ms(ctx: &Ctx) -> i64 {
 
 /// A random csync2 key: 64 characters of csync2's own key alphabet.
 fn new_csync2_key() -> Result<Vec<u8>, CtlError> {
-    random_token("making the csync2 key").map(String::into_bytes)
-}
-
-/// 64 random characters of csync2's key alphabet (letters, digits, `.` and `_`), which
-/// also need no quoting in slapd's and Redis's configuration.
-pub(crate) fn random_token(what: &'static str) -> Result<String, CtlError> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._";
     let mut raw = [0u8; 64];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
-        .map_err(|_| CtlError::Random(what))?;
-    Ok(raw
-        .iter()
-        .map(|b| ALPHABET[(*b & 63) as usize] as char)
-        .collect())
+        .map_err(|_| CtlError::Random("making the csync2 key"))?;
+    Ok(raw.iter().map(|b| ALPHABET[(*b & 63) as usize]).collect())
 }
 
-/// A password the controller makes for a service (Redis's `requirepass`): 40 letters
-/// and digits (238 bits), so it needs no quoting in any file or JSON it goes into.
-fn new_password() -> Result<String, CtlError> {
+/// A password the controller makes for a service (Redis's `requirepass`, the LDAP
+/// replication account): 40 letters and digits (238 bits), so it needs no quoting in
+/// any file, JSON or slapd setting it goes into.
+pub(crate) fn new_password() -> Result<String, CtlError> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut out = String::with_capacity(40);
     while out.len() < 40 {
@@ -492,7 +484,6 @@ fn desired_for(
     if !matches!(basis, &Basis::Now) {
         made_on_node = preview_tunnel(ctx, &model, &all, selected, record.as_ref(), &mut tunnel);
     }
-    let build = ctx.store.build()?;
     let mut rendered = generate::render(&Inputs {
         build: &build,
         model: &model,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clustermgr_protocol::message::{Reply, Request};
 
-use super::{NodeApplyView, random_token};
+use super::{NodeApplyView, new_password};
 use crate::CtlError;
 use crate::ctx::{Ctx, NodeState};
 use crate::store::{BuildRecord, NodeRecord, Role};
@@ -83,7 +83,7 @@ pub async fn prepare(ctx: &Ctx, within: Duration) -> Result<(), CtlError> {
     let gluu: Vec<&NodeRecord> = nodes.iter().filter(|n| n.has_role(Role::Gluu)).collect();
     let password = match build.replication_password {
         Some(_) => None,
-        None => Some(random_token("making the LDAP replication password")?),
+        None => Some(new_password()?),
     };
     let answers = futures_util::future::join_all(gluu.iter().map(|n| async move {
         let conn = ctx.link(n, within).await.ok()?;

@@ -73,6 +73,7 @@ pub struct NodeConfig {
 }
 
 pub(crate) mod csync2;
+pub mod gluu_settings;
 mod hosts;
 pub(crate) mod httpd;
 pub(crate) mod nginx;
@@ -111,6 +112,7 @@ pub fn render(inputs: &Inputs) -> Result<BTreeMap<String, NodeConfig>, crate::Ct
     httpd::render(inputs, &sorted, &mut out);
     hosts::render(inputs, &sorted, &mut out);
     render_replication(inputs, &sorted, &mut out);
+    gluu_settings::render(inputs, &sorted, &mut out);
     Ok(out)
 }
 

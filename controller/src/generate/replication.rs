@@ -76,6 +76,7 @@ fn attr(object: LdapObject, attribute: &str, value: LdapValue) -> LdapAttr {
         redact: Vec::new(),
         bump_revision: None,
         join: false,
+        encrypt: false,
     }
 }
 

@@ -86,14 +86,28 @@ fn dump(out: &BTreeMap<String, NodeConfig>) -> String {
             match &e.content {
                 Content::Ldap(a) => {
                     s.push_str(&format!(
-                        "ldap {:?} {:?} create={:?} redact={:?} bump={:?} join={}\n",
-                        a.object, a.attribute, a.create, a.redact, a.bump_revision, a.join
+                        "ldap {:?} {:?} create={:?} redact={:?} bump={:?} join={} encrypt={}\n",
+                        a.object,
+                        a.attribute,
+                        a.create,
+                        a.redact,
+                        a.bump_revision,
+                        a.join,
+                        a.encrypt
                     ));
-                    match &a.value {
+                    let shown = match &a.value {
                         clustermgr_protocol::changeset::LdapValue::JsonField { pointer, json } => {
-                            s.push_str(&format!("json {pointer} = {json}\n"))
+                            format!("json {pointer} = {json}\n")
                         }
-                        v => s.push_str(&format!("{v:?}\n")),
+                        v => format!("{v:?}\n"),
+                    };
+                    if e.secret {
+                        s.push_str(&format!(
+                            "<secret sha256 {}>\n",
+                            sha256_hex(shown.as_bytes())
+                        ));
+                    } else {
+                        s.push_str(&shown);
                     }
                 }
                 Content::File {

@@ -1,0 +1,183 @@
+//! Gluu's cluster-wide settings: what the Gluu applications read from LDAP and from
+//! Shibboleth's properties so that they use the cluster rather than their own node.
+//!
+//! In LDAP (the 4.x layout, `ou=configuration,o=gluu`): `oxCacheConfiguration`'s
+//! provider (`REDIS` through the node's stunnel with the Redis password, which the
+//! agent encrypts with the node's own key as Gluu stores it; `NATIVE_PERSISTENCE`
+//! without a shared cache), and `oxIDPAuthentication`'s servers (every LDAP server of
+//! the cluster, the node's own first as `localhost`). Each is one JSON field, so the
+//! rest of Gluu's document stays as Gluu wrote it, and each change bumps `oxRevision`
+//! of `ou=oxauth,ou=configuration,o=gluu` so oxAuth reloads. With LDAP replication
+//! they are written on the node the others take their directory from (replication
+//! carries them); without, on every Gluu node's own directory.
+//!
+//! Shibboleth reads its LDAP servers from `/opt/shibboleth-idp/conf/ldap.properties`:
+//! the same list as one line on every node that has the IdP (the file is absent, so
+//! the edit waits, elsewhere), and the IdP restarts when it changes.
+//!
+//! Decided: Shibboleth does not force the LDAP cache here (the existing Cluster
+//! Manager forces `NATIVE_PERSISTENCE` when the IdP is installed, since Gluu 3.1's IdP
+//! kept its sessions in LDAP). `cache` says what the cluster uses, and the README tells
+//! a 3.1 administrator with Shibboleth to keep `cache none`.
+
+use std::collections::BTreeMap;
+
+use clustermgr_protocol::changeset::{
+    Action, Content, Entry, LdapAttr, LdapObject, LdapValue, Scope,
+};
+
+use super::{Inputs, NodeConfig, Sorted, ip_of, replication, stunnel};
+use crate::model::Cache;
+use crate::store::Role;
+
+/// The entry of Gluu's cluster-wide settings.
+pub const CONFIGURATION_DN: &str = "ou=configuration,o=gluu";
+/// The entry whose `oxRevision` oxAuth polls.
+pub const OXAUTH_DN: &str = "ou=oxauth,ou=configuration,o=gluu";
+/// Shibboleth's LDAP settings, in the container.
+pub const SHIBBOLETH_LDAP: &str = "/opt/shibboleth-idp/conf/ldap.properties";
+/// Its key naming the LDAP servers.
+pub const SHIBBOLETH_KEY: &str = "idp.authn.LDAP.ldapURL";
+
+fn field(attribute: &str, pointer: &str, json: String, encrypt: bool) -> LdapAttr {
+    LdapAttr {
+        object: LdapObject::Data {
+            dn: CONFIGURATION_DN.into(),
+        },
+        attribute: attribute.into(),
+        value: LdapValue::JsonField {
+            pointer: pointer.into(),
+            json,
+        },
+        create: Vec::new(),
+        redact: vec!["password".into()],
+        bump_revision: Some(OXAUTH_DN.into()),
+        join: false,
+        encrypt,
+    }
+}
+
+fn entry(scope: &Scope, a: LdapAttr, secret: bool) -> Entry {
+    Entry {
+        path: a.path(),
+        scope: scope.clone(),
+        content: Content::Ldap(Box::new(a)),
+        secret,
+        validate: None,
+        on_change: Vec::new(),
+    }
+}
+
+fn json(s: &str) -> String {
+    serde_json::Value::String(s.into()).to_string()
+}
+
+pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String, NodeConfig>) {
+    let gluu = sorted.with(Role::Gluu);
+    if gluu.is_empty() {
+        return;
+    }
+    let scope = Scope::Container {
+        root: inputs.model.gluu_root.clone(),
+    };
+    let port = replication::LDAPS_PORT;
+    let mut servers = vec![format!("localhost:{port}")];
+    servers.extend(gluu.iter().map(|n| format!("{}:{port}", ip_of(n))));
+    let ldap_url = servers
+        .iter()
+        .map(|s| format!("ldaps://{s}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    // With replication, the node the others take their directory from.
+    let b = inputs.build;
+    let writers: Vec<&str> = if b.ldap_replication {
+        b.joined
+            .first()
+            .map(String::as_str)
+            .or_else(|| gluu.iter().find(|n| n.primary).map(|n| n.name.as_str()))
+            .or_else(|| gluu.first().map(|n| n.name.as_str()))
+            .into_iter()
+            .collect()
+    } else {
+        gluu.iter().map(|n| n.name.as_str()).collect()
+    };
+    for n in &gluu {
+        let cfg = out.entry(n.name.clone()).or_default();
+        if writers.contains(&n.name.as_str()) {
+            let provider = match inputs.model.cache {
+                Cache::Redis => "REDIS",
+                Cache::None => "NATIVE_PERSISTENCE",
+            };
+            let mut attrs = vec![(
+                field(
+                    "oxCacheConfiguration",
+                    "/cacheProviderType",
+                    json(provider),
+                    false,
+                ),
+                false,
+            )];
+            if inputs.model.cache == Cache::Redis {
+                attrs.push((
+                    field(
+                        "oxCacheConfiguration",
+                        "/redisConfiguration/redisProviderType",
+                        json("STANDALONE"),
+                        false,
+                    ),
+                    false,
+                ));
+                attrs.push((
+                    field(
+                        "oxCacheConfiguration",
+                        "/redisConfiguration/servers",
+                        json(&format!("localhost:{}", stunnel::PORT)),
+                        false,
+                    ),
+                    false,
+                ));
+                match inputs.secrets.redis_password.as_deref() {
+                    Some(pw) => attrs.push((
+                        field(
+                            "oxCacheConfiguration",
+                            "/redisConfiguration/password",
+                            json(pw),
+                            true,
+                        ),
+                        true,
+                    )),
+                    None => cfg.waiting.push(
+                        "oxCacheConfiguration's Redis password waits for the password the controller generates".into(),
+                    ),
+                }
+            }
+            attrs.push((
+                field(
+                    "oxIDPAuthentication",
+                    "/config/servers",
+                    serde_json::to_string(&servers).unwrap_or_default(),
+                    false,
+                ),
+                false,
+            ));
+            cfg.entries.extend(
+                attrs
+                    .into_iter()
+                    .map(|(a, secret)| entry(&scope, a, secret)),
+            );
+        }
+        cfg.entries.push(Entry {
+            path: SHIBBOLETH_LDAP.into(),
+            scope: scope.clone(),
+            content: Content::Property {
+                key: SHIBBOLETH_KEY.into(),
+                value: ldap_url.clone(),
+            },
+            secret: false,
+            validate: None,
+            on_change: vec![Action::RestartInstalled {
+                services: vec!["idp".into()],
+            }],
+        });
+    }
+}
