@@ -332,25 +332,7 @@ impl GluuCluster {
 
     /// Writes `n` entries on `name`'s slapd (changes the others must replicate).
     pub fn write_entries(&mut self, name: &str, tag: &str, n: usize) {
-        use clustermgr_agent::ldap::client::{Connection, Target};
-        let s = self.slapd(name);
-        let target = Target {
-            addr: format!("{}:{}", s.ip, s.ldap_port),
-            tls: None,
-        };
-        let mut c = Connection::open(&target, Duration::from_secs(5)).expect("connect");
-        c.bind(ROOT_DN, s.root_pw.as_bytes()).expect("bind");
-        for i in 0..n {
-            c.add(
-                &format!("ou={tag}-{i},o=gluu"),
-                &[
-                    ("objectClass", vec!["organizationalUnit".into()]),
-                    ("ou", vec![format!("{tag}-{i}")]),
-                ],
-            )
-            .expect("add an entry");
-        }
-        c.unbind();
+        crate::slapd::add_many(self.slapd(name), tag, n);
     }
 
     /// The controller's clock, Unix milliseconds.

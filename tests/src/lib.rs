@@ -19,6 +19,7 @@ use clustermgr::store::Role;
 pub mod packaging;
 pub mod schema;
 pub mod slapd;
+pub mod standalone;
 
 /// Like [`eventually`], for tests without an async runtime (the multi-host tests).
 pub fn eventually_blocking<F: FnMut() -> bool>(what: &str, patience: Duration, mut cond: F) {

@@ -278,6 +278,28 @@ impl Drop for Slapd {
     }
 }
 
+/// Adds `n` entries `ou=TAG-I,o=gluu` to `s` over one plain connection.
+pub fn add_many(s: &Slapd, tag: &str, n: usize) {
+    use clustermgr_agent::ldap::client::{Connection, Target};
+    let target = Target {
+        addr: format!("{}:{}", s.ip, s.ldap_port),
+        tls: None,
+    };
+    let mut c = Connection::open(&target, Duration::from_secs(5)).expect("connect");
+    c.bind(ROOT_DN, s.root_pw.as_bytes()).expect("bind");
+    for i in 0..n {
+        c.add(
+            &format!("ou={tag}-{i},o=gluu"),
+            &[
+                ("objectClass", vec!["organizationalUnit".into()]),
+                ("ou", vec![format!("{tag}-{i}")]),
+            ],
+        )
+        .expect("add an entry");
+    }
+    c.unbind();
+}
+
 /// `n` slapds on loopback replicating `o=gluu` to each other: [`replicate`].
 pub fn replicating(n: usize) -> Vec<Slapd> {
     replicate((0..n).map(|_| Slapd::start()).collect())

@@ -5,144 +5,11 @@
 
 use std::time::Duration;
 
-use clustermgr_agent::ldap::client::{Connection, Scope, Target};
-use clustermgr_tests::gluu::{NODES, bind_agent};
-use clustermgr_tests::netns::Net;
-use clustermgr_tests::slapd::{ROOT_DN, Slapd};
-use clustermgr_tests::{Controller, succeeded as ok};
-
-fn connect(s: &Slapd) -> Connection {
-    let target = Target {
-        addr: format!("{}:{}", s.ip, s.ldap_port),
-        tls: None,
-    };
-    let mut c = Connection::open(&target, Duration::from_secs(5)).expect("connect");
-    c.bind(ROOT_DN, s.root_pw.as_bytes()).expect("bind");
-    c
-}
-
-fn add(s: &Slapd, dn: &str, cn: &str) {
-    connect(s)
-        .add(
-            dn,
-            &[
-                ("objectClass", vec!["organizationalRole".into()]),
-                ("cn", vec![cn.into()]),
-            ],
-        )
-        .unwrap_or_else(|e| panic!("adding {dn}: {e}"));
-}
-
-fn has(s: &Slapd, dn: &str) -> bool {
-    connect(s)
-        .search(dn, Scope::Base, "(objectClass=*)", &["1.1"])
-        .is_ok_and(|e| !e.is_empty())
-}
-
-/// Three standalone Gluu hosts, each its slapd with a directory of its own, and the
-/// agents bound to them.
-fn standalone() -> (Net, Controller, Vec<Slapd>) {
-    let (net, ctl) = clustermgr_tests::gluu::hosts();
-    let mut servers = Vec::new();
-    for (i, h) in net.hosts().iter().enumerate() {
-        // slapd runs on the host here but chrooted in a Gluu container: it reads the
-        // container's /etc/certs, where apply writes the peers' certificates.
-        h.sh("mkdir -p /opt/gluu-server/etc/certs /opt/gluu-server/etc/gluu/conf && ln -sfn /opt/gluu-server/etc/certs /etc/certs");
-        let s = Slapd::start_on(h);
-        add_suffix(&s);
-        add_gluu_tree(&s, h);
-        add(
-            &s,
-            &format!("cn=own-{},o=gluu", i + 1),
-            &format!("own-{}", i + 1),
-        );
-        bind_agent(h, &s);
-        servers.push(s);
-    }
-    (net, ctl, servers)
-}
-
-/// The key this test's Gluu containers encrypt passwords with.
-const SALT: &str = "0123456789abcdefghijklmn";
-
-/// A standalone Gluu node's own settings, as Gluu's setup writes them (4.x layout):
-/// the cache in memory, its LDAP server alone, revision 1; and the container's salt.
-fn add_gluu_tree(s: &Slapd, h: &clustermgr_tests::netns::Host) {
-    std::fs::write(
-        h.path("/opt/gluu-server/etc/gluu/conf/salt"),
-        format!("encodeSalt = {SALT}\n"),
-    )
-    .expect("salt");
-    let mut c = connect(s);
-    c.add(
-        "ou=configuration,o=gluu",
-        &[
-            ("objectClass", vec!["top".into(), "gluuConfiguration".into()]),
-            ("ou", vec!["configuration".into()]),
-            (
-                "oxCacheConfiguration",
-                vec![r#"{"cacheProviderType": "IN_MEMORY", "memcachedConfiguration": {"servers":"localhost:11211"}, "inMemoryConfiguration": {"defaultPutExpiration":60}, "redisConfiguration":{"servers":"localhost:6379", "defaultPutExpiration": 60}}"#.into()],
-            ),
-            (
-                "oxIDPAuthentication",
-                vec![r#"{"type": "auth", "name": null, "level": 0, "priority": 1, "enabled": false, "version": 0, "config": {"configId": "auth_ldap_server", "servers": ["localhost:1636"], "maxConnections": 1000, "useSSL": "true", "baseDNs": ["ou=people,o=gluu"], "primaryKey": "uid", "localPrimaryKey": "uid"}}"#.into()],
-            ),
-        ],
-    )
-    .expect("ou=configuration");
-    c.add(
-        "ou=oxauth,ou=configuration,o=gluu",
-        &[
-            (
-                "objectClass",
-                vec!["top".into(), "oxAuthConfiguration".into()],
-            ),
-            ("ou", vec!["oxauth".into()]),
-            ("oxRevision", vec!["1".into()]),
-        ],
-    )
-    .expect("ou=oxauth");
-}
-
-/// A JSON attribute of `ou=configuration,o=gluu` on `s`.
-fn setting(s: &Slapd, attribute: &str) -> serde_json::Value {
-    let found = connect(s)
-        .search(
-            "ou=configuration,o=gluu",
-            Scope::Base,
-            "(objectClass=*)",
-            &[attribute],
-        )
-        .expect("ou=configuration");
-    let text = found[0].first(attribute).expect("the attribute");
-    serde_json::from_str(&text).expect("JSON")
-}
-
-fn revision(s: &Slapd) -> i64 {
-    connect(s)
-        .search(
-            "ou=oxauth,ou=configuration,o=gluu",
-            Scope::Base,
-            "(objectClass=*)",
-            &["oxRevision"],
-        )
-        .expect("ou=oxauth")[0]
-        .first("oxRevision")
-        .and_then(|v| v.parse().ok())
-        .expect("oxRevision")
-}
-
-fn add_suffix(s: &Slapd) {
-    connect(s)
-        .add(
-            "o=gluu",
-            &[
-                ("objectClass", vec!["organization".into()]),
-                ("o", vec!["gluu".into()]),
-            ],
-        )
-        .expect("the suffix");
-}
+use clustermgr_tests::gluu::NODES;
+use clustermgr_tests::standalone::{
+    SALT, add, build_record, has, join, live_consumers, revision, setting, standalone,
+};
+use clustermgr_tests::succeeded as ok;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
@@ -290,29 +157,7 @@ async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
 
     // A fourth Gluu host joins by the same path: it takes the cluster's directory and
     // replicates both ways, and every peer gains a consumer of it.
-    net.add_host("gluu4");
-    let h4 = net.host("gluu4");
-    ok(
-        ctl.run(&[
-            "node",
-            "add",
-            "gluu4",
-            "--ssh",
-            &h4.ssh_target(),
-            "--identity",
-            &net.client_key().display().to_string(),
-            "--known-hosts",
-            &net.known_hosts().display().to_string(),
-        ]),
-        "node add gluu4",
-    );
-    h4.sh("mkdir -p /opt/gluu-server/etc/certs /opt/gluu-server/etc/gluu/conf && ln -sfn /opt/gluu-server/etc/certs /etc/certs");
-    let s4 = Slapd::start_on(h4);
-    add_suffix(&s4);
-    add_gluu_tree(&s4, h4);
-    add(&s4, "cn=own-4,o=gluu", "own-4");
-    bind_agent(h4, &s4);
-    servers.push(s4);
+    servers.push(join(&mut net, &ctl, "gluu4", 4));
     ok(ctl.run(&["apply", "--yes"]), "apply with gluu4");
     assert!(
         has(&servers[3], "cn=written-on-gluu1,o=gluu"),
@@ -386,28 +231,4 @@ async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
             "{idp}"
         );
     }
-}
-
-/// What the controller made to build the cluster, read from its store (no command is
-/// running, so the store is free).
-fn build_record(ctl: &Controller) -> clustermgr::store::BuildRecord {
-    clustermgr::store::Store::open(
-        &ctl.home.join("inventory.redb"),
-        &ctl.home.join("serve.sock"),
-    )
-    .and_then(|s| s.build())
-    .expect("the store's build record")
-}
-
-/// How many of the server's syncrepl consumers are connected and following changes.
-fn live_consumers(s: &Slapd) -> usize {
-    let now = || 0;
-    clustermgr_agent::health::ldap::state(&mut connect(s), "o=gluu", now)
-        .map(|st| {
-            st.consumers
-                .iter()
-                .filter(|c| c.connected && c.phase == "Persist")
-                .count()
-        })
-        .unwrap_or(0)
 }
