@@ -65,6 +65,12 @@ async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
         assert_eq!(idp["config"]["configId"], "auth_ldap_server");
         assert!(revision(s) > 1, "oxRevision bumped");
     }
+    // Health sees what apply set up, with no hand step: every LDAP check ok.
+    clustermgr_tests::eventually_blocking(
+        "every LDAP health check ok",
+        Duration::from_secs(30),
+        || ldap_health(&ctl).iter().all(|(_, _, level)| level == "ok"),
+    );
     // Every node replicates to every other.
     for (i, s) in servers.iter().enumerate() {
         let cn = format!("written-on-{}", NODES[i]);
@@ -231,4 +237,29 @@ async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
             "{idp}"
         );
     }
+}
+
+/// The LDAP checks of `health --json`: (node, check, level), asserting one of each
+/// kind per Gluu node is there.
+fn ldap_health(ctl: &clustermgr_tests::Controller) -> Vec<(String, String, String)> {
+    let out = ctl.run(&["--json", "health"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let rows: Vec<(String, String, String)> = v["verdicts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| {
+            ["ldap", "ldap-links", "ldap-csn", "heartbeat"]
+                .contains(&r["check"].as_str().unwrap_or_default())
+        })
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (s("node"), s("check"), s("level"))
+        })
+        .collect();
+    if rows.len() < NODES.len() * 4 {
+        eprintln!("health so far: {rows:?}");
+        return vec![(String::new(), String::new(), "missing".into())];
+    }
+    rows
 }
