@@ -595,9 +595,41 @@ fn standalone_slapds_become_a_replicating_cluster_through_the_agents() {
             }
         }
     }
+    // Rollback works for LDAP attributes as for files: n2's consumers as they were
+    // before round two are kept, put back, and the next apply restores the desired ones.
+    let path = "ldap:database/o=gluu?olcSyncrepl";
+    let scope = clustermgr_protocol::changeset::Scope::Container {
+        root: "/opt/gluu-server".into(),
+    };
+    let kept = nodes[1].engine.backups(path, &scope).unwrap();
+    assert!(
+        !kept.is_empty(),
+        "round two kept n2's consumers of round one"
+    );
+    let r = nodes[1]
+        .engine
+        .restore(&clustermgr_protocol::changeset::RestoreSpec {
+            path: path.into(),
+            scope: scope.clone(),
+            generation: 1,
+            validate: None,
+            on_change: Vec::new(),
+            requested_by: "test@controller".into(),
+        })
+        .unwrap();
+    assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
+    assert!(!format!("{r:?}").contains(PW), "a password in a report");
+    let plan = nodes[1]
+        .engine
+        .plan(&replication_set(&nodes, 1, &["n1", "n2", "n3"], PW, 4))
+        .unwrap();
+    let syncrepl = plan.iter().find(|p| p.path == path).unwrap();
+    assert_eq!(syncrepl.change, Change::Modify, "rolled back: {syncrepl:?}");
+    let r = apply(1, &["n1", "n2", "n3"], PW, 4);
+    assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
     // A consumer that cannot bind: reported with its provider's own words and rolled
     // back on that node; the others keep replicating.
-    let mut bad = replication_set(&nodes, 1, &["n1", "n2", "n3"], PW, 4);
+    let mut bad = replication_set(&nodes, 1, &["n1", "n2", "n3"], PW, 5);
     for e in &mut bad.entries {
         if let clustermgr_protocol::changeset::Content::Ldap(a) = &mut e.content
             && let clustermgr_protocol::changeset::LdapValue::Exactly(v) = &mut a.value

@@ -642,6 +642,39 @@ enum Undo {
 #[derive(Default)]
 pub struct Written {
     undo: Vec<Undo>,
+    /// What each changed entry held before, to keep as its backup once the apply
+    /// stands.
+    pub kept: Vec<Kept>,
+}
+
+/// An LDAP attribute's previous values, kept like a file's previous version: what a
+/// `rollback` puts back (the whole attribute, as it was).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Kept {
+    /// The entry's path (`ldap:...`).
+    pub path: String,
+    /// The entry and attribute.
+    pub object: LdapObject,
+    /// The attribute's name.
+    pub attribute: String,
+    /// Its values before (none: it was absent).
+    pub old: Vec<String>,
+}
+
+impl Kept {
+    /// The entry that puts the kept values back.
+    pub fn restoring(&self) -> LdapAttr {
+        LdapAttr {
+            object: self.object.clone(),
+            attribute: self.attribute.clone(),
+            value: LdapValue::Exactly(self.old.clone()),
+            create: Vec::new(),
+            redact: vec!["credentials".into(), "password".into()],
+            bump_revision: None,
+            join: false,
+            encrypt: false,
+        }
+    }
 }
 
 fn step(label: String, result: Result<(), String>) -> StepRun {
@@ -775,6 +808,16 @@ pub fn write(
         steps.push(step(label.clone(), r));
         if let Some(why) = failed {
             return Err((label, why));
+        }
+        let path = a.path();
+        // Every field of one JSON document keeps the document as it was before.
+        if s.exists && !written.kept.iter().any(|k| k.path == path) {
+            written.kept.push(Kept {
+                path,
+                object: a.object.clone(),
+                attribute: a.attribute.clone(),
+                old: s.old.iter().map(|v| unordered(v).to_string()).collect(),
+            });
         }
         if let Some(b) = &a.bump_revision
             && !bumps.contains(b)

@@ -640,6 +640,7 @@ impl Engine {
         for item in &txn.items {
             self.backups.prune(&item.real);
         }
+        self.keep_ldap(txn.id, &written.kept);
         self.note_managed(&txn);
         self.clear_txn();
         Ok(self.report(revision, plans, ApplyResult::Applied, steps))
@@ -893,12 +894,18 @@ impl Engine {
 
     /// The kept previous versions of `path`.
     pub fn backups(&self, path: &str, scope: &Scope) -> Result<Vec<BackupInfo>, RemoteError> {
-        no_ldap_backups(path)?;
+        if clustermgr_protocol::changeset::is_ldap_path(path) {
+            return Ok(self.listed(Path::new(path)));
+        }
         let res = path::resolve(&self.cfg, scope, path)
             .map_err(|w| RemoteError::invalid(format!("{path}: {w}")))?;
-        Ok(self
-            .backups
-            .list(&res.real)
+        Ok(self.listed(&res.real))
+    }
+
+    /// The kept versions of `key` (a file, or an LDAP attribute's path), newest first.
+    fn listed(&self, key: &Path) -> Vec<BackupInfo> {
+        self.backups
+            .list(key)
             .into_iter()
             .enumerate()
             .map(|(i, (_, m))| BackupInfo {
@@ -907,28 +914,35 @@ impl Engine {
                 sha256: m.sha256,
                 meta: m.meta,
             })
-            .collect())
+            .collect()
+    }
+
+    /// The kept version `spec` asks for, or a sentence saying there is none.
+    fn generation(&self, key: &Path, spec: &RestoreSpec) -> Result<(u64, BackupMeta), RemoteError> {
+        let list = self.backups.list(key);
+        (spec.generation as usize)
+            .checked_sub(1)
+            .and_then(|i| list.get(i).cloned())
+            .ok_or_else(|| {
+                RemoteError::invalid(format!(
+                    "{}: there is no backup generation {} on this node ({} kept); list them with `clustermgr rollback NODE PATH --list`",
+                    spec.path,
+                    spec.generation,
+                    list.len()
+                ))
+            })
     }
 
     /// Puts a kept version back, as a one-entry apply (so it is itself backed up,
     /// validated, and its actions run).
     pub fn restore(&self, spec: &RestoreSpec) -> Result<ApplyReport, RemoteError> {
-        no_ldap_backups(&spec.path)?;
+        if clustermgr_protocol::changeset::is_ldap_path(&spec.path) {
+            return self.restore_ldap(spec);
+        }
         let res = path::resolve(&self.cfg, &spec.scope, &spec.path)
             .map_err(|w| RemoteError::invalid(format!("{}: {w}", spec.path)))?;
-        let list = self.backups.list(&res.real);
-        let Some((counter, meta)) = (spec.generation as usize)
-            .checked_sub(1)
-            .and_then(|i| list.get(i))
-        else {
-            return Err(RemoteError::invalid(format!(
-                "{}: there is no backup generation {} on this node ({} kept); list them with `clustermgr rollback NODE PATH --list`",
-                spec.path,
-                spec.generation,
-                list.len()
-            )));
-        };
-        let bytes = self.backups.read(&res.real, *counter).map_err(|e| {
+        let (counter, meta) = self.generation(&res.real, spec)?;
+        let bytes = self.backups.read(&res.real, counter).map_err(|e| {
             RemoteError::internal(format!("cannot read the backup of {}: {e}", spec.path))
         })?;
         let entry = Entry {
@@ -960,6 +974,72 @@ impl Engine {
 }
 
 impl Engine {
+    /// Keeps the previous values of the LDAP attributes an apply changed, like files'
+    /// previous versions (under their `ldap:` path; owner-only, they may hold a
+    /// consumer's credentials).
+    fn keep_ldap(&self, id: i64, kept: &[ldap::Kept]) {
+        for k in kept {
+            let key = Path::new(&k.path);
+            let bytes = match serde_json::to_vec(k) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!("cannot keep the previous {}: {e}", k.path);
+                    continue;
+                }
+            };
+            let meta = BackupMeta {
+                replaced_at_ms: id,
+                sha256: sha256_hex(&bytes),
+                meta: Meta {
+                    mode: 0o600,
+                    uid: 0,
+                    gid: 0,
+                },
+            };
+            let counter = self.backups.next_counter(key);
+            if let Err(e) = self.backups.save(key, counter, &bytes, &meta) {
+                tracing::warn!("cannot keep the previous {}: {e}", k.path);
+            }
+            self.backups.prune(key);
+        }
+    }
+
+    /// Puts an LDAP attribute's kept values back, as a one-entry apply (so what it
+    /// replaces is kept in turn, and a failure is undone).
+    fn restore_ldap(&self, spec: &RestoreSpec) -> Result<ApplyReport, RemoteError> {
+        let key = Path::new(&spec.path);
+        let (counter, _) = self.generation(key, spec)?;
+        let kept: ldap::Kept = self
+            .backups
+            .read(key, counter)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                RemoteError::internal(format!("cannot read the kept {}: {e}", spec.path))
+            })?;
+        let attr = kept.restoring();
+        let entry = Entry {
+            path: attr.path(),
+            scope: spec.scope.clone(),
+            content: Content::Ldap(Box::new(attr)),
+            secret: false,
+            validate: spec.validate.clone(),
+            on_change: spec.on_change.clone(),
+        };
+        let entries = vec![entry];
+        let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.settle_earlier()?;
+        let cfg = self.ldap_cfg();
+        let mut session = ldap::Session::new(&cfg);
+        let staged = self.stage_ldap(&mut session, &entries)?;
+        let mut plans: Vec<EntryPlan> = staged.iter().map(|s| s.plan.clone()).collect();
+        // Reported under the path the controller asked for.
+        for p in &mut plans {
+            p.path = spec.path.clone();
+        }
+        self.run_txn(0, &[], Vec::new(), plans, LdapPart { session, staged })
+    }
+
     /// The reply to a request the engine serves, for `node` (blocking: file work, and
     /// a validator or a service action may run). The server and the controller's
     /// in-process stand-in agents both answer through this.
@@ -1068,17 +1148,6 @@ pub fn container_exec(
 /// `entries` with a container scope whose root is `/` (Gluu installed without a
 /// container) made the host's, so its validators and services are the host's too;
 /// borrowed as they are when there is none (the usual case: no file bytes copied).
-/// LDAP entries keep no backups on the node (yet): their earlier values are in the
-/// controller's history.
-fn no_ldap_backups(path: &str) -> Result<(), RemoteError> {
-    if clustermgr_protocol::changeset::is_ldap_path(path) {
-        return Err(RemoteError::invalid(format!(
-            "{path} is an LDAP attribute, which this agent keeps no backups of; the controller's desired state puts it back: change the setting and run `clustermgr apply`"
-        )));
-    }
-    Ok(())
-}
-
 /// The LDAP side of an apply: its connections and staged entries.
 struct LdapPart<'a> {
     session: ldap::Session<'a>,
