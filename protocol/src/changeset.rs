@@ -90,6 +90,40 @@ pub enum Content {
     /// entry's `path` is [`LdapAttr::path`]; the scope says where the server's socket
     /// and files are (on the host, or in the container).
     Ldap(Box<LdapAttr>),
+    /// OpenDJ replication of this node with its peers (Gluu 3.1.4+ and 4.x; protocol
+    /// version 2), driven with OpenDJ's own tools in the container, passwords in
+    /// owner-only files, never in arguments. Its path is [`OPENDJ_PATH`].
+    OpenDj(Box<OpenDjReplication>),
+}
+
+impl std::fmt::Debug for OpenDjReplication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenDjReplication")
+            .field("host", &self.host)
+            .field("peers", &self.peers)
+            .field("base_dns", &self.base_dns)
+            .field("join", &self.join)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The path of the OpenDJ replication entry.
+pub const OPENDJ_PATH: &str = "opendj:replication";
+
+/// What OpenDJ replication a node should have. Its `Debug` leaves the password out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenDjReplication {
+    /// This node, as its peers reach its admin port.
+    pub host: String,
+    /// The peers it replicates with (the nodes that hold the cluster's data).
+    pub peers: Vec<String>,
+    /// The replicated base DNs (`o=gluu`, `o=site`).
+    pub base_dns: Vec<String>,
+    /// The replication administrator's password (`admin`), made by the controller.
+    pub admin_password: String,
+    /// A node not yet holding the cluster's data: once enabled, it is initialized from
+    /// its first peer (never a peer from it).
+    pub join: bool,
 }
 
 /// One attribute (or one field of a JSON attribute) of one LDAP entry.
@@ -223,6 +257,11 @@ impl std::fmt::Debug for Content {
                 .debug_struct("Ldap")
                 .field("path", &a.path())
                 .finish_non_exhaustive(),
+            Content::OpenDj(o) => f
+                .debug_struct("OpenDj")
+                .field("host", &o.host)
+                .field("peers", &o.peers)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -319,6 +358,7 @@ impl Entry {
     pub fn needs_version(&self) -> Option<(u16, &'static str)> {
         let content = match self.content {
             Content::Ldap(_) => Some((crate::version::BUILDS_CLUSTER, "LDAP attribute entries")),
+            Content::OpenDj(_) => Some((crate::version::BUILDS_CLUSTER, "OpenDJ replication")),
             _ => None,
         };
         content

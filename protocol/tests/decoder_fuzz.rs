@@ -32,8 +32,8 @@ use std::task::{Context, Poll};
 
 use clustermgr_protocol::changeset::{
     Action, ApplyReport, ApplyResult, BackupInfo, Change, ChangeSet, Content, Entry, EntryPlan,
-    HttpsProbe, LdapAttr, LdapObject, LdapValue, Meta, ProbeSpec, RestoreSpec, Scope, ServiceVerb,
-    StepRun, Validator,
+    HttpsProbe, LdapAttr, LdapObject, LdapValue, Meta, OpenDjReplication, ProbeSpec, RestoreSpec,
+    Scope, ServiceVerb, StepRun, Validator,
 };
 use clustermgr_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES, FrameDecoder, HEADER_BYTES};
 use clustermgr_protocol::health::{
@@ -498,7 +498,7 @@ impl Msg {
                     slots.push(Slot::Varint { at, valid: 2 });
                     slots.push(Slot::Varint {
                         at: after_scope(at, &entry.scope),
-                        valid: 4,
+                        valid: 5,
                     });
                 }
             }
@@ -892,7 +892,14 @@ fn gen_ldap_attr(rng: &mut Rng) -> LdapAttr {
 }
 
 fn gen_content(rng: &mut Rng) -> Content {
-    match rng.below(4) {
+    match rng.below(5) {
+        4 => Content::OpenDj(Box::new(OpenDjReplication {
+            host: gen_string(rng),
+            peers: (0..rng.below(3)).map(|_| gen_string(rng)).collect(),
+            base_dns: (0..rng.below(3)).map(|_| gen_string(rng)).collect(),
+            admin_password: gen_string(rng),
+            join: rng.bool(),
+        })),
         3 => Content::Ldap(Box::new(gen_ldap_attr(rng))),
         0 => Content::File {
             bytes: gen_bytes(rng),

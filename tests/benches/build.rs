@@ -55,7 +55,8 @@ fn apply(ctl: &Controller) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "apply failed: {}",
+            "apply failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         ))
     }

@@ -263,3 +263,225 @@ fn ldap_health(ctl: &clustermgr_tests::Controller) -> Vec<(String, String, Strin
     }
     rows
 }
+
+/// OpenDJ's `dsreplication`, stood in for in the container: it refuses a password in
+/// its arguments (and records that), checks that every password file it is given is
+/// the owner's alone, keeps the replication topology and a log of what it did in
+/// `/shared`, a directory every host's container shares, and fails on purpose when a
+/// `fail-SUBCOMMAND-HOST` file is there.
+const DSREPLICATION: &str = r#"#!/bin/sh
+S=/shared
+for a in "$@"; do
+  case "$a" in
+    --bindPassword1|--bindPassword2|--adminPassword|--bindPassword|-w|-j)
+      echo "option $a in the arguments" >> $S/violations; echo "refused: a password option" >&2; exit 2;;
+  esac
+  if grep -qxF -- "$a" $S/passwords; then
+    echo "a password in the arguments" >> $S/violations; echo "refused: a password in argv" >&2; exit 2
+  fi
+done
+p=""
+for a in "$@"; do
+  case "$p" in
+    --bindPasswordFile1|--bindPasswordFile2|--adminPasswordFile|--bindPasswordFile)
+      [ -f "$a" ] || { echo "no password file $a" >&2; exit 3; }
+      m=$(stat -c %a "$a")
+      [ "$m" = 600 ] || { echo "$a has mode $m" >> $S/violations; exit 3; };;
+  esac
+  p="$a"
+done
+arg() { k="$1"; shift; p=""; for a in "$@"; do [ "$p" = "$k" ] && { echo "$a"; return; }; p="$a"; done; }
+cmd="$1"
+case "$cmd" in
+  status)
+    [ -s $S/topology ] || { echo "There are no base DNs replicated"; exit 0; }
+    while read base host; do echo "$base : $host:4444 : 10 : true : 1 : 2 : 8989 : 0 : : true"; done < $S/topology;;
+  enable)
+    h1=$(arg --host1 "$@"); h2=$(arg --host2 "$@")
+    [ -f $S/fail-enable-$h2 ] && { echo "An error occurred enabling $h1 and $h2 (stand-in failure)" >&2; exit 1; }
+    echo "enable $h1 $h2" >> $S/log
+    p=""
+    for a in "$@"; do
+      if [ "$p" = --baseDN ]; then
+        for h in $h1 $h2; do grep -qxF "$a $h" $S/topology 2>/dev/null || echo "$a $h" >> $S/topology; done
+      fi
+      p="$a"
+    done;;
+  initialize)
+    src=$(arg --hostSource "$@"); dst=$(arg --hostDestination "$@")
+    [ -f $S/fail-initialize-$dst ] && { echo "Error initializing $dst from $src (stand-in failure)" >&2; exit 1; }
+    echo "initialize $src $dst" >> $S/log;;
+  *) echo "unknown subcommand $cmd" >&2; exit 4;;
+esac
+"#;
+
+/// `dsconfig`, stood in for: the same argument checks, and a line in the log.
+const DSCONFIG: &str = r#"#!/bin/sh
+S=/shared
+for a in "$@"; do
+  case "$a" in
+    --bindPassword|-w|-j) echo "option $a in the arguments" >> $S/violations; exit 2;;
+  esac
+  if grep -qxF -- "$a" $S/passwords; then echo "a password in the arguments" >> $S/violations; exit 2; fi
+done
+echo "dsconfig $1" >> $S/log
+"#;
+
+/// OpenDJ's tools (the stand-ins) in `h`'s Gluu container, busybox for their shell,
+/// and `shared` mounted at the container's `/shared`.
+fn opendj_stand_ins(h: &clustermgr_tests::netns::Host, shared: &std::path::Path) {
+    let bin = "/opt/gluu-server/opt/opendj/bin";
+    h.sh(&format!(
+        "set -e; r=/opt/gluu-server; mkdir -p $r/bin $r/shared {bin}; cp /bin/busybox $r/bin/busybox; \
+         for t in sh grep stat cat; do ln -sf busybox $r/bin/$t; done; \
+         mount --bind {} $r/shared",
+        shared.display()
+    ));
+    for (name, text) in [("dsreplication", DSREPLICATION), ("dsconfig", DSCONFIG)] {
+        let path = h.path(&format!("{bin}/{name}"));
+        std::fs::write(&path, text).expect("a stand-in tool");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+    }
+}
+
+fn opendj_log(shared: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(shared.join("log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with("dsconfig"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opendj_replication_is_driven_through_its_own_tools_enabling_only_what_is_missing() {
+    let (mut net, ctl) = clustermgr_tests::gluu::hosts();
+    let shared = tempfile::tempdir().expect("tempdir");
+    let mut servers = Vec::new();
+    for (i, h) in net.hosts().iter().enumerate() {
+        servers.push(clustermgr_tests::standalone::gluu_node(h, i + 1));
+        opendj_stand_ins(h, shared.path());
+    }
+    let passwords = |servers: &[clustermgr_tests::slapd::Slapd]| {
+        let all: String = servers.iter().map(|s| format!("{}\n", s.root_pw)).collect();
+        std::fs::write(shared.path().join("passwords"), all).expect("passwords");
+    };
+    passwords(&servers);
+    let ip = |i: usize| net.hosts()[i].ip.to_string();
+    let (ip1, ip2, ip3) = (ip(0), ip(1), ip(2));
+    ok(
+        ctl.run(&["cluster", "set", "gluu-version", "4.2.3"]),
+        "gluu-version",
+    );
+    ok(
+        ctl.run(&["cluster", "set", "ldap-replication", "on"]),
+        "ldap-replication",
+    );
+    let plan = ok(ctl.run(&["plan"]), "plan");
+    assert_eq!(
+        plan.matches("create opendj:replication").count(),
+        2,
+        "the two joining nodes' replication is planned (the seed has nothing to do yet): {plan}"
+    );
+    assert_eq!(
+        plan.matches("its own o=gluu is emptied and replaced")
+            .count(),
+        2,
+        "gluu2 and gluu3 are said to take the cluster's directory: {plan}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&ctl.run(&["--json", "plan"]).stdout).expect("plan --json");
+    let diffs = v.to_string();
+    assert!(
+        diffs.contains(&format!("initialize {ip2} from {ip1}")),
+        "{diffs}"
+    );
+    let o = ctl.run(&["apply", "--yes"]);
+    let applied = ok(o.clone(), "apply");
+    let mut log = opendj_log(shared.path());
+    log.sort();
+    let mut want = vec![
+        format!("enable {ip1} {ip2}"),
+        format!("enable {ip1} {ip3}"),
+        format!("initialize {ip1} {ip2}"),
+        format!("initialize {ip1} {ip3}"),
+    ];
+    want.sort();
+    assert_eq!(
+        log, want,
+        "only the missing pairs, and only the new nodes initialized"
+    );
+    assert!(
+        !shared.path().join("violations").exists(),
+        "{:?}",
+        std::fs::read_to_string(shared.path().join("violations"))
+    );
+    // An unchanged cluster changes nothing: no enable, no initialize.
+    ok(ctl.run(&["apply", "--yes"]), "a second apply");
+    assert_eq!(
+        opendj_log(shared.path()).len(),
+        4,
+        "a working cluster is left alone"
+    );
+    // A node joining whose initialize fails halfway: said with the tool's words; the
+    // next apply initializes it without enabling its pair again.
+    let s4 = clustermgr_tests::standalone::join(&mut net, &ctl, "gluu4", 4);
+    let h4 = net.host("gluu4");
+    opendj_stand_ins(h4, shared.path());
+    servers.push(s4);
+    passwords(&servers);
+    let ip4 = h4.ip.to_string();
+    std::fs::write(shared.path().join(format!("fail-initialize-{ip4}")), "").unwrap();
+    let o = ctl.run(&["apply", "--yes"]);
+    assert!(!o.status.success(), "a failed initialize fails the apply");
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        err.contains("stand-in failure"),
+        "the tool's own words: {err}"
+    );
+    assert!(err.contains("gluu4"), "{err}");
+    std::fs::remove_file(shared.path().join(format!("fail-initialize-{ip4}"))).unwrap();
+    ok(
+        ctl.run(&["apply", "--yes"]),
+        "apply once the cause is fixed",
+    );
+    let log = opendj_log(shared.path());
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.starts_with("enable") && l.ends_with(&ip4))
+            .count(),
+        1,
+        "{log:?}"
+    );
+    assert_eq!(
+        log.iter()
+            .filter(|l| *l == &format!("initialize {ip1} {ip4}"))
+            .count(),
+        1,
+        "{log:?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.starts_with("initialize")
+            && !l.ends_with(&ip4)
+            && !l.ends_with(&ip2)
+            && !l.ends_with(&ip3)),
+        "no running node was initialized: {log:?}"
+    );
+    assert!(!shared.path().join("violations").exists());
+    // The password files are gone from every container, and no password was printed.
+    for h in net.hosts() {
+        let left = h.sh("ls /opt/gluu-server/tmp 2>/dev/null || true");
+        assert!(
+            !left.contains("clustermgr-opendj"),
+            "password files left on {}: {left}",
+            h.name
+        );
+    }
+    let pw = build_record(&ctl).replication_password.expect("a password");
+    assert!(!applied.contains(&pw) && !plan.contains(&pw));
+}

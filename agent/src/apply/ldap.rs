@@ -31,6 +31,10 @@ const LDAPI_SOCKETS: &[&str] = &[
 /// The least deadline of a `cn=config` change, milliseconds.
 const CONFIG_TIMEOUT_MS: u64 = 30_000;
 
+/// How long a consumer that is connected and refreshing may take to catch up: copying
+/// a large directory takes minutes, and progress is not a failure.
+const REFRESH_CAP: Duration = Duration::from_secs(1800);
+
 /// How often a validator looks at the consumers again while it waits.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -1025,6 +1029,10 @@ fn wait_live(
     let last: Vec<(String, String)> = loop {
         let c = session.data()?;
         let state = crate::health::ldap::state(c, suffix, crate::journal::now_ms)?;
+        // A consumer connected and still refreshing is making progress (a big
+        // directory takes longer than the deadline to copy): it may go on up to
+        // REFRESH_CAP; one that is not connected has the deadline only.
+        let mut refreshing = true;
         let behind: Vec<(String, String)> = providers
             .iter()
             .filter_map(|p| {
@@ -1034,29 +1042,40 @@ fn wait_live(
                     .find(|c| c.provider.trim_end_matches('/') == p.trim_end_matches('/'));
                 match mine {
                     Some(c) if c.connected && c.phase == "Persist" => None,
-                    Some(c) => Some((
-                        p.to_string(),
-                        format!(
-                            " (phase {}, {})",
-                            if c.phase.is_empty() { "none" } else { &c.phase },
-                            if c.connected {
-                                "connected"
-                            } else {
-                                "not connected"
-                            }
-                        ),
-                    )),
-                    None => Some((
-                        p.to_string(),
-                        " (slapd's monitor shows no such consumer)".into(),
-                    )),
+                    Some(c) => Some({
+                        refreshing &= c.connected;
+                        (
+                            p.to_string(),
+                            format!(
+                                " (phase {}, {})",
+                                if c.phase.is_empty() { "none" } else { &c.phase },
+                                if c.connected {
+                                    "connected"
+                                } else {
+                                    "not connected"
+                                }
+                            ),
+                        )
+                    }),
+                    None => Some({
+                        refreshing = false;
+                        (
+                            p.to_string(),
+                            " (slapd's monitor shows no such consumer)".into(),
+                        )
+                    }),
                 }
             })
             .collect();
         if behind.is_empty() {
             return Ok(());
         }
-        if start.elapsed() >= deadline {
+        let limit = if refreshing {
+            REFRESH_CAP.max(deadline)
+        } else {
+            deadline
+        };
+        if start.elapsed() >= limit {
             break behind;
         }
         std::thread::sleep(POLL);

@@ -13,6 +13,7 @@ mod dir;
 mod edit;
 mod ldap;
 mod nginx_conf;
+mod opendj;
 mod path;
 mod policy;
 pub(crate) mod probe;
@@ -270,7 +271,9 @@ impl Engine {
                 }
             },
             // The LDAP part of an apply stages these; a file is never one.
-            Content::Ldap(_) => return Err("is an LDAP entry, not a file".into()),
+            Content::Ldap(_) | Content::OpenDj(_) => {
+                return Err("is an LDAP entry, not a file".into());
+            }
             Content::Block { name, body } => match &old {
                 None => (None, None, None),
                 Some((bytes, meta)) => {
@@ -359,8 +362,45 @@ impl Engine {
         let staged = self.stage_checked(&files)?;
         let cfg = self.ldap_cfg();
         let mut session = ldap::Session::new(&cfg);
-        let ldap = self.stage_ldap(&mut session, &entries)?;
-        Ok(merged_plans(entries.len(), &file_index, &staged, &ldap))
+        let part = LdapPart {
+            staged: self.stage_ldap(&mut session, &entries)?,
+            opendj: self.stage_opendj(&cfg, &entries)?,
+            session,
+        };
+        Ok(merged_plans(entries.len(), &file_index, &staged, &part))
+    }
+
+    /// Compares the OpenDJ replication entry of `entries` (at most one) with the
+    /// topology.
+    fn stage_opendj(
+        &self,
+        cfg: &AgentConfig,
+        entries: &[Entry],
+    ) -> Result<Vec<opendj::Staged>, RemoteError> {
+        let mut out = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            if let Content::OpenDj(want) = &e.content {
+                if e.path != clustermgr_protocol::changeset::OPENDJ_PATH || !out.is_empty() {
+                    return Err(RemoteError::invalid(format!(
+                        "{}: OpenDJ replication is one entry, {}; nothing was changed",
+                        e.path,
+                        clustermgr_protocol::changeset::OPENDJ_PATH
+                    )));
+                }
+                let base = path::scope_base(&self.cfg, &e.scope)
+                    .map_err(|why| RemoteError::invalid(format!("{}: {why}", e.path)))?;
+                // The tools' output goes to the engine's scratch file, before any apply.
+                std::fs::create_dir_all(&self.dir).map_err(|err| {
+                    RemoteError::internal(format!("cannot create {}: {err}", self.dir.display()))
+                })?;
+                let staged =
+                    opendj::stage(cfg, i, e, want, base, &self.scratch()).map_err(|why| {
+                        RemoteError::invalid(format!("{}: {why}; nothing was changed", e.path))
+                    })?;
+                out.push(staged);
+            }
+        }
+        Ok(out)
     }
 
     /// Compares the LDAP entries of `entries` with the server, after the policy on
@@ -416,18 +456,13 @@ impl Engine {
         let staged = self.stage_checked(&files)?;
         let cfg = self.ldap_cfg();
         let mut session = ldap::Session::new(&cfg);
-        let ldap = self.stage_ldap(&mut session, entries)?;
-        let plans = merged_plans(entries.len(), &file_index, &staged, &ldap);
-        let report = self.run_txn(
-            set.revision,
-            &files,
-            staged,
-            plans,
-            LdapPart {
-                session,
-                staged: ldap,
-            },
-        )?;
+        let part = LdapPart {
+            staged: self.stage_ldap(&mut session, entries)?,
+            opendj: self.stage_opendj(&cfg, entries)?,
+            session,
+        };
+        let plans = merged_plans(entries.len(), &file_index, &staged, &part);
+        let report = self.run_txn(set.revision, &files, staged, plans, part)?;
         if matches!(report.result, ApplyResult::Applied | ApplyResult::Unchanged) {
             self.note_revision(set.revision);
         }
@@ -605,8 +640,21 @@ impl Engine {
         // The LDAP entries once the files they may name (a CA bundle) are in place and
         // valid; their failure undoes them, then the files.
         let mut written = ldap::Written::default();
+        let cfg = self.ldap_cfg();
         let ldap_result = ldap::write(&mut ldap.session, &ldap.staged, &mut written, &mut steps)
-            .and_then(|()| ldap::validate(&mut ldap.session, &ldap.staged, &mut steps));
+            .and_then(|()| ldap::validate(&mut ldap.session, &ldap.staged, &mut steps))
+            .and_then(|()| {
+                opendj::apply(&cfg, &ldap.opendj, &mut steps, &self.scratch()).map_err(
+                    |(step, output)| {
+                        (
+                            step,
+                            format!(
+                                "{output}\n(replication enabled before this step stays; the next apply enables only what is missing)"
+                            ),
+                        )
+                    },
+                )
+            });
         if let Err((step, output)) = ldap_result {
             let undone = ldap::undo(&mut ldap.session, &mut written);
             let ldap_clean = undone.iter().all(|r| r.ok);
@@ -968,6 +1016,7 @@ impl Engine {
         let ldap = LdapPart {
             session: ldap::Session::new(&self.cfg),
             staged: Vec::new(),
+            opendj: Vec::new(),
         };
         self.run_txn(0, &entries, staged, plans, ldap)
     }
@@ -1037,7 +1086,17 @@ impl Engine {
         for p in &mut plans {
             p.path = spec.path.clone();
         }
-        self.run_txn(0, &[], Vec::new(), plans, LdapPart { session, staged })
+        self.run_txn(
+            0,
+            &[],
+            Vec::new(),
+            plans,
+            LdapPart {
+                session,
+                staged,
+                opendj: Vec::new(),
+            },
+        )
     }
 
     /// The reply to a request the engine serves, for `node` (blocking: file work, and
@@ -1152,6 +1211,8 @@ pub fn container_exec(
 struct LdapPart<'a> {
     session: ldap::Session<'a>,
     staged: Vec<ldap::Staged>,
+    /// OpenDJ's replication, when the change set has it.
+    opendj: Vec<opendj::Staged>,
 }
 
 /// The file entries of a change set, and the index of each in it.
@@ -1159,7 +1220,7 @@ fn split_files(entries: &[Entry]) -> (Vec<Entry>, Vec<usize>) {
     entries
         .iter()
         .enumerate()
-        .filter(|(_, e)| !matches!(e.content, Content::Ldap(_)))
+        .filter(|(_, e)| !matches!(e.content, Content::Ldap(_) | Content::OpenDj(_)))
         .map(|(i, e)| (e.clone(), i))
         .unzip()
 }
@@ -1170,13 +1231,16 @@ fn merged_plans(
     len: usize,
     file_index: &[usize],
     files: &[Staged],
-    ldap: &[ldap::Staged],
+    ldap: &LdapPart,
 ) -> Vec<EntryPlan> {
     let mut out: Vec<Option<EntryPlan>> = vec![None; len];
     for (i, s) in file_index.iter().zip(files) {
         out[*i] = Some(s.plan.clone());
     }
-    for s in ldap {
+    for s in &ldap.staged {
+        out[s.index] = Some(s.plan.clone());
+    }
+    for s in &ldap.opendj {
         out[s.index] = Some(s.plan.clone());
     }
     out.into_iter().flatten().collect()

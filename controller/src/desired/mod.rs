@@ -604,9 +604,13 @@ const JOIN_NOTE: &str = "this node joins LDAP replication: its own o=gluu is emp
 /// Whether applying `e` as planned makes the node take the cluster's directory: its
 /// first consumers, on a node that replicates from nobody yet.
 fn joins(e: &Entry, p: &EntryPlan) -> bool {
-    matches!(&e.content, clustermgr_protocol::changeset::Content::Ldap(a) if a.join)
-        && p.change.writes()
-        && p.old_sha256.is_none()
+    match &e.content {
+        clustermgr_protocol::changeset::Content::Ldap(a) => {
+            a.join && p.change.writes() && p.old_sha256.is_none()
+        }
+        clustermgr_protocol::changeset::Content::OpenDj(o) => o.join && p.change.writes(),
+        _ => false,
+    }
 }
 
 /// Which way a diff reads.

@@ -157,7 +157,10 @@ pub(super) fn count_in(
                 && !build.joined.contains(&v.node)
                 && desired.iter().any(|d| {
                     d.node.name == v.node
-                        && d.entries.iter().any(|e| e.path.ends_with("?olcSyncrepl"))
+                        && d.entries.iter().any(|e| {
+                            e.path.ends_with("?olcSyncrepl")
+                                || e.path == clustermgr_protocol::changeset::OPENDJ_PATH
+                        })
                 })
         })
         .map(|v| v.node.clone())

@@ -158,10 +158,18 @@ fn render_replication(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<Strin
         peers_pem_seen: &seen,
         catch_up_ms: replication::CATCH_UP_MS,
     };
+    let opendj = replication::runs_opendj(inputs.model.gluu_version.as_deref());
     for n in &gluu {
         let Some(cfg) = out.get_mut(&n.name) else {
             continue;
         };
+        if opendj {
+            match replication::opendj_entry(&ri, &n.name) {
+                Ok(e) => cfg.entries.push(e),
+                Err(why) => cfg.waiting.push(why),
+            }
+            continue;
+        }
         if !missing.is_empty() {
             cfg.waiting.push(format!(
                 "LDAP replication waits for the serverID of {}, which `clustermgr apply` gives",

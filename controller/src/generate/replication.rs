@@ -9,7 +9,8 @@
 //! controller counts it in, and the next round gives every peer a consumer of it.
 
 use clustermgr_protocol::changeset::{
-    Content, Entry, LdapAttr, LdapObject, LdapValue, Scope, Validator,
+    Content, Entry, LdapAttr, LdapObject, LdapValue, OPENDJ_PATH, OpenDjReplication, Scope,
+    Validator,
 };
 
 /// The replicated suffix.
@@ -121,6 +122,58 @@ fn consumer(provider: &Member, inputs: &Inputs) -> String {
         inputs.password,
         inputs.peers_pem_seen,
     )
+}
+
+/// The base DNs OpenDJ replicates in a Gluu cluster.
+pub const OPENDJ_BASE_DNS: &[&str] = &["o=gluu", "o=site"];
+
+/// Whether Gluu `version` runs OpenDJ (3.1.4 and later, 4.x) rather than OpenLDAP.
+pub fn runs_opendj(version: Option<&str>) -> bool {
+    let Some(v) = version else { return false };
+    let n: Vec<u32> = v
+        .split(['.', '-', '_'])
+        .map_while(|p| p.parse().ok())
+        .collect();
+    match n.as_slice() {
+        [major, ..] if *major >= 4 => true,
+        [3, 1, patch, ..] => *patch >= 4,
+        _ => false,
+    }
+}
+
+/// `node`'s OpenDJ replication entry: replicate with the nodes holding the cluster's
+/// data; a node not among them is initialized from the first of them.
+pub fn opendj_entry(inputs: &Inputs, node: &str) -> Result<Entry, String> {
+    let me = inputs
+        .members
+        .iter()
+        .find(|m| m.name == node)
+        .ok_or_else(|| format!("{node} is not a Gluu node"))?;
+    let joined = inputs.joined.iter().any(|j| j == node);
+    let peers: Vec<String> = inputs
+        .joined
+        .iter()
+        .filter(|j| *j != node)
+        .filter_map(|j| inputs.members.iter().find(|m| &m.name == j))
+        .map(|m| m.ip.clone())
+        .collect();
+    Ok(Entry {
+        path: OPENDJ_PATH.into(),
+        scope: inputs.scope.clone(),
+        content: Content::OpenDj(Box::new(OpenDjReplication {
+            host: me.ip.clone(),
+            peers,
+            base_dns: OPENDJ_BASE_DNS.iter().map(|b| b.to_string()).collect(),
+            admin_password: inputs.password.to_string(),
+            join: !joined,
+        })),
+        // Not secret although it carries the replication administrator's password: the
+        // agent's plan says which pairs it enables and never shows the password, and
+        // the plan should show that (a secret entry shows hashes only).
+        secret: false,
+        validate: None,
+        on_change: Vec::new(),
+    })
 }
 
 /// `node`'s replication entries, or what they wait for.
@@ -375,6 +428,40 @@ mod tests {
         };
         assert!(pw[0].starts_with("{SSHA}") && !pw[0].contains("pw0123456789"));
         assert_eq!(ssha("x"), ssha("x"), "the same password plans as unchanged");
+    }
+
+    #[test]
+    fn the_gluu_version_says_which_directory_server_replicates() {
+        assert!(runs_opendj(Some("4.2.3")));
+        assert!(runs_opendj(Some("3.1.4")));
+        assert!(runs_opendj(Some("3.1.6-sp1")));
+        assert!(!runs_opendj(Some("3.1.3")));
+        assert!(!runs_opendj(Some("3.0.2")));
+        assert!(!runs_opendj(None));
+    }
+
+    #[test]
+    fn an_opendj_node_replicates_with_the_joined_and_a_new_one_is_initialized() {
+        let m = members();
+        let joined = vec!["gluu1".to_string()];
+        let i = inputs(&m, &joined);
+        let e = opendj_entry(&i, "gluu2").unwrap();
+        assert!(
+            !format!("{e:?}").contains("pw0123456789"),
+            "its Debug leaves the admin password out"
+        );
+        let Content::OpenDj(o) = &e.content else {
+            panic!()
+        };
+        assert_eq!(o.peers, ["10.0.0.1"]);
+        assert!(o.join);
+        let Content::OpenDj(seed) = &opendj_entry(&i, "gluu1").unwrap().content else {
+            panic!()
+        };
+        assert!(
+            seed.peers.is_empty() && !seed.join,
+            "the seed is never initialized"
+        );
     }
 
     #[test]

@@ -84,6 +84,10 @@ fn dump(out: &BTreeMap<String, NodeConfig>) -> String {
                 e.path, e.validate, e.on_change
             ));
             match &e.content {
+                Content::OpenDj(o) => s.push_str(&format!(
+                    "opendj host={} peers={:?} base_dns={:?} join={} <secret admin password>\n",
+                    o.host, o.peers, o.base_dns, o.join
+                )),
                 Content::Ldap(a) => {
                     s.push_str(&format!(
                         "ldap {:?} {:?} create={:?} redact={:?} bump={:?} join={} encrypt={}\n",
