@@ -331,6 +331,9 @@ pub struct BuildRecord {
     /// The Gluu nodes whose directory holds the cluster's data: the first is the seed
     /// (the primary when replication began); a node joins once its consumers caught up.
     pub joined: Vec<String>,
+    /// Gluu nodes `node remove` is taking out: their own replication is stopped (no
+    /// consumers; OpenDJ's `disable`) before they leave the inventory.
+    pub leaving: Vec<String>,
 }
 
 impl std::fmt::Debug for BuildRecord {

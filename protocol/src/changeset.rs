@@ -103,6 +103,7 @@ impl std::fmt::Debug for OpenDjReplication {
             .field("peers", &self.peers)
             .field("base_dns", &self.base_dns)
             .field("join", &self.join)
+            .field("leave", &self.leave)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +125,8 @@ pub struct OpenDjReplication {
     /// A node not yet holding the cluster's data: once enabled, it is initialized from
     /// its first peer (never a peer from it).
     pub join: bool,
+    /// A node leaving the cluster: its replication is disabled (`--disableAll`).
+    pub leave: bool,
 }
 
 /// One attribute (or one field of a JSON attribute) of one LDAP entry.

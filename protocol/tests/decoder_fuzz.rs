@@ -899,6 +899,7 @@ fn gen_content(rng: &mut Rng) -> Content {
             base_dns: (0..rng.below(3)).map(|_| gen_string(rng)).collect(),
             admin_password: gen_string(rng),
             join: rng.bool(),
+            leave: rng.bool(),
         })),
         3 => Content::Ldap(Box::new(gen_ldap_attr(rng))),
         0 => Content::File {

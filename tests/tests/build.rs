@@ -194,6 +194,11 @@ async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
     let o = ctl.run(&["node", "remove", "gluu4", "--yes"]);
     let said = ok(o, "node remove gluu4");
     assert!(said.contains("no longer replicate from it"), "{said}");
+    clustermgr_tests::eventually_blocking(
+        "gluu4 consuming from nobody",
+        Duration::from_secs(10),
+        || live_consumers(&servers[3]) == 0,
+    );
     for (i, s) in servers.iter().take(3).enumerate() {
         clustermgr_tests::eventually_blocking(
             &format!("node {} consuming from its two peers", i + 1),
@@ -311,6 +316,10 @@ case "$cmd" in
     src=$(arg --hostSource "$@"); dst=$(arg --hostDestination "$@")
     [ -f $S/fail-initialize-$dst ] && { echo "Error initializing $dst from $src (stand-in failure)" >&2; exit 1; }
     echo "initialize $src $dst" >> $S/log;;
+  disable)
+    h=$(arg --hostname "$@")
+    echo "disable $h" >> $S/log
+    grep -v " $h\$" $S/topology > $S/topology.new; cat $S/topology.new > $S/topology;;
   *) echo "unknown subcommand $cmd" >&2; exit 4;;
 esac
 "#;
@@ -473,6 +482,18 @@ async fn opendj_replication_is_driven_through_its_own_tools_enabling_only_what_i
         "no running node was initialized: {log:?}"
     );
     assert!(!shared.path().join("violations").exists());
+    // It leaves by `node remove`: its own replication is disabled, the others' left be.
+    ok(
+        ctl.run(&["node", "remove", "gluu4", "--yes"]),
+        "node remove gluu4",
+    );
+    let log = opendj_log(shared.path());
+    assert_eq!(log.last(), Some(&format!("disable {ip4}")), "{log:?}");
+    let topology = std::fs::read_to_string(shared.path().join("topology")).unwrap();
+    assert!(
+        !topology.contains(&ip4) && topology.contains(&ip3),
+        "{topology}"
+    );
     // The password files are gone from every container, and no password was printed.
     for h in net.hosts() {
         let left = h.sh("ls /opt/gluu-server/tmp 2>/dev/null || true");

@@ -472,6 +472,7 @@ fn replication_set(
     let inputs = Inputs {
         members: &members,
         joined: &joined,
+        leaving: &[],
         password,
         scope: clustermgr_protocol::changeset::Scope::Container {
             root: "/opt/gluu-server".into(),

@@ -219,6 +219,13 @@ pub fn stage(
         want.peers.first().cloned().into_iter().collect()
     };
     let mut lines = String::new();
+    let missing = if want.leave { Vec::new() } else { missing };
+    if want.leave && me_in {
+        lines.push_str(&format!(
+            "disable replication of {} (it leaves the cluster)\n",
+            want.host
+        ));
+    }
     for p in &missing {
         lines.push_str(&format!(
             "enable replication of {} between {p} and {}\n",
@@ -226,7 +233,7 @@ pub fn stage(
             want.host
         ));
     }
-    if want.join && !want.peers.is_empty() {
+    if want.join && !want.leave && !want.peers.is_empty() {
         lines.push_str(&format!(
             "initialize {} from {} (its own directory is replaced by the cluster's)\n",
             want.host, want.peers[0]
@@ -295,6 +302,20 @@ pub fn apply(
                 steps.push(r);
                 if ok { Ok(()) } else { Err((label, output)) }
             };
+        if w.leave {
+            let mut a = words(&["disable", "--disableAll", "--hostname"]);
+            a.push(w.host.clone());
+            a.extend(words(&["--port", ADMIN_PORT, "--adminUID", "admin"]));
+            a.push("--adminPasswordFile".into());
+            a.push(files.admin());
+            a.extend(words(&["-X", "-n"]));
+            run(
+                "dsreplication",
+                a,
+                format!("disable replication of {}", w.host),
+            )?;
+            continue;
+        }
         let local = |extra: &[&str]| -> Vec<String> {
             let mut a = words(extra);
             a.extend(words(&["--hostname", "localhost", "--port", ADMIN_PORT]));

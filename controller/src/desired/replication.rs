@@ -106,6 +106,7 @@ pub async fn prepare(ctx: &Ctx, within: Duration) -> Result<(), CtlError> {
         let here = |name: &String| gluu.iter().any(|n| &n.name == name);
         b.server_ids.retain(|k, _| here(k));
         b.joined.retain(|k| here(k));
+        b.leaving.retain(|k| here(k));
         b.ldap_certs.retain(|k, _| here(k));
         if b.joined.is_empty()
             && let Some(s) = seed
@@ -155,6 +156,7 @@ pub(super) fn count_in(
         .filter(|v| {
             v.state == NodeState::Ok
                 && !build.joined.contains(&v.node)
+                && !build.leaving.contains(&v.node)
                 && desired.iter().any(|d| {
                     d.node.name == v.node
                         && d.entries.iter().any(|e| {
@@ -179,8 +181,10 @@ pub(super) fn count_in(
 }
 
 /// Before `node remove NODE`: when NODE holds the cluster's directory, its peers stop
-/// replicating from it first (an apply of the others), so none keeps a consumer of a
-/// node that is gone. Says what it did; a failure leaves NODE in the cluster.
+/// replicating from it first, and its own replication is stopped (no consumers;
+/// OpenDJ's `disable`), in one apply of them and it, so none keeps a link to a node
+/// that is gone. Says what it did. A peer that fails keeps NODE in the cluster; NODE
+/// itself failing (it may be dead, the reason it goes) is said and does not.
 pub async fn leave(
     ctx: &Ctx,
     user: &str,
@@ -197,13 +201,18 @@ pub async fn leave(
         .filter(|j| *j != node)
         .cloned()
         .collect();
-    ctx.store.update_build(|b| b.joined.retain(|j| j != node))?;
-    if peers.is_empty() {
-        return Ok(Some(format!(
-            "{node} was the only node of the LDAP replication"
-        )));
-    }
-    let selector = peers.join(",");
+    ctx.store.update_build(|b| {
+        b.joined.retain(|j| j != node);
+        if !b.leaving.iter().any(|l| l == node) {
+            b.leaving.push(node.to_string());
+        }
+    })?;
+    let selector = peers
+        .iter()
+        .map(String::as_str)
+        .chain([node])
+        .collect::<Vec<_>>()
+        .join(",");
     let ask = super::ApplyAsk {
         selector: &selector,
         rolling: false,
@@ -213,20 +222,25 @@ pub async fn leave(
     // Nobody follows this apply's progress: it is one step of `node remove`.
     let (events, _) = tokio::sync::mpsc::channel(1);
     let outcome = super::apply(ctx, user, &ask, within, &events).await;
-    let failed = match &outcome {
-        Ok(super::View::Applied(views)) => {
-            views.iter().find(|v| v.state != NodeState::Ok).map(|v| {
-                (
-                    v.node.clone(),
-                    v.message.clone().unwrap_or_else(|| v.result.clone()),
-                )
-            })
-        }
-        Ok(_) => None,
-        Err(e) => Some((selector.clone(), e.to_string())),
+    let (views, failed) = match &outcome {
+        Ok(super::View::Applied(views)) => (
+            views.clone(),
+            views
+                .iter()
+                .find(|v| v.state != NodeState::Ok && v.node != node)
+                .map(|v| {
+                    (
+                        v.node.clone(),
+                        v.message.clone().unwrap_or_else(|| v.result.clone()),
+                    )
+                }),
+        ),
+        Ok(_) => (Vec::new(), None),
+        Err(e) => (Vec::new(), Some((selector.clone(), e.to_string()))),
     };
     if let Some((on, why)) = failed {
         ctx.store.update_build(|b| {
+            b.leaving.retain(|l| l != node);
             if !b.joined.iter().any(|j| j == node) {
                 b.joined.push(node.to_string());
             }
@@ -238,8 +252,23 @@ pub async fn leave(
             ),
         });
     }
+    let own = views
+        .iter()
+        .find(|v| v.node == node && v.state != NodeState::Ok)
+        .map(|v| {
+            format!(
+                "; {node}'s own replication could not be stopped ({}): stop its directory server by hand",
+                v.message.clone().unwrap_or_else(|| v.result.clone())
+            )
+        })
+        .unwrap_or_default();
+    if peers.is_empty() {
+        return Ok(Some(format!(
+            "{node} was the only node of the LDAP replication{own}"
+        )));
+    }
     Ok(Some(format!(
-        "{} no longer replicate from it",
+        "{} no longer replicate from it{own}",
         peers.join(", ")
     )))
 }

@@ -151,6 +151,7 @@ fn render_replication(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<Strin
     let ri = replication::Inputs {
         members: &members,
         joined: &b.joined,
+        leaving: &b.leaving,
         password,
         scope: Scope::Container {
             root: inputs.model.gluu_root.clone(),

@@ -47,6 +47,8 @@ pub struct Inputs<'a> {
     pub members: &'a [Member],
     /// The nodes that hold the cluster's data.
     pub joined: &'a [String],
+    /// The nodes leaving: no consumers of their own, and no peer's of them.
+    pub leaving: &'a [String],
     /// The replication account's password.
     pub password: &'a str,
     /// Where the entries' files live (the Gluu container).
@@ -111,7 +113,7 @@ pub fn ssha(password: &str) -> String {
 /// One consumer of `provider`.
 fn consumer(provider: &Member, inputs: &Inputs) -> String {
     format!(
-        "rid={:03} provider=ldaps://{}:{} bindmethod=simple binddn=\"{REPLICATOR_DN}\" credentials={} searchbase=\"{SUFFIX}\" type=refreshAndPersist retry=\"1 10 5 +\" timeout=5 network-timeout=5 keepalive=60:3:5 tls_reqcert=demand tls_cacert={}",
+        "rid={:03} provider=ldaps://{}:{} bindmethod=simple binddn=\"{REPLICATOR_DN}\" credentials={} searchbase=\"{SUFFIX}\" type=refreshAndPersist retry=\"1 10 5 +\" network-timeout=5 keepalive=60:3:5 tls_reqcert=demand tls_cacert={}",
         provider.server_id,
         if provider.ip.contains(':') {
             format!("[{}]", provider.ip)
@@ -150,10 +152,11 @@ pub fn opendj_entry(inputs: &Inputs, node: &str) -> Result<Entry, String> {
         .find(|m| m.name == node)
         .ok_or_else(|| format!("{node} is not a Gluu node"))?;
     let joined = inputs.joined.iter().any(|j| j == node);
+    let leave = inputs.leaving.iter().any(|l| l == node);
     let peers: Vec<String> = inputs
         .joined
         .iter()
-        .filter(|j| *j != node)
+        .filter(|j| *j != node && !leave)
         .filter_map(|j| inputs.members.iter().find(|m| &m.name == j))
         .map(|m| m.ip.clone())
         .collect();
@@ -165,7 +168,8 @@ pub fn opendj_entry(inputs: &Inputs, node: &str) -> Result<Entry, String> {
             peers,
             base_dns: OPENDJ_BASE_DNS.iter().map(|b| b.to_string()).collect(),
             admin_password: inputs.password.to_string(),
-            join: !joined,
+            join: !joined && !leave,
+            leave,
         })),
         // Not secret although it carries the replication administrator's password: the
         // agent's plan says which pairs it enables and never shows the password, and
@@ -198,12 +202,22 @@ pub fn node_entries(inputs: &Inputs, node: &str) -> Result<Vec<Entry>, String> {
     }
     let scope = &inputs.scope;
     let joined = inputs.joined.iter().any(|j| j == node);
-    // A joining node replicates from the nodes with the cluster's data; a joined one
-    // from every other joined node.
+    let leave = inputs.leaving.iter().any(|l| l == node);
+    // A joined node replicates from every other joined node; a joining one from the
+    // seed alone while it copies the directory (one full refresh, not one per peer),
+    // and from the others once it is counted in; a leaving one from none.
     let providers: Vec<&Member> = inputs
         .members
         .iter()
-        .filter(|m| m.name != node && inputs.joined.contains(&m.name))
+        .filter(|m| {
+            m.name != node
+                && !leave
+                && if joined {
+                    inputs.joined.contains(&m.name)
+                } else {
+                    inputs.joined.first() == Some(&m.name)
+                }
+        })
         .collect();
     let consumers: Vec<String> = providers.iter().map(|p| consumer(p, inputs)).collect();
     let mut out = vec![Entry {
@@ -291,7 +305,7 @@ pub fn node_entries(inputs: &Inputs, node: &str) -> Result<Vec<Entry>, String> {
         LdapValue::Exactly(consumers.clone()),
     );
     syncrepl.redact = vec!["credentials".into()];
-    syncrepl.join = !joined;
+    syncrepl.join = !joined && !leave;
     let syncrepl = ldap(
         scope,
         syncrepl,
@@ -346,6 +360,7 @@ mod tests {
         Inputs {
             members,
             joined,
+            leaving: &[],
             password: "pw0123456789",
             scope: Scope::Container {
                 root: "/opt/gluu-server".into(),
@@ -446,6 +461,18 @@ mod tests {
         let joined = vec!["gluu1".to_string()];
         let i = inputs(&m, &joined);
         let e = opendj_entry(&i, "gluu2").unwrap();
+        let leaving = vec!["gluu2".to_string()];
+        let gone = Inputs {
+            leaving: &leaving,
+            ..inputs(&m, &joined)
+        };
+        let Content::OpenDj(l) = &opendj_entry(&gone, "gluu2").unwrap().content else {
+            panic!()
+        };
+        assert!(
+            l.leave && !l.join && l.peers.is_empty(),
+            "a leaving node disables"
+        );
         assert!(
             !format!("{e:?}").contains("pw0123456789"),
             "its Debug leaves the admin password out"
