@@ -341,7 +341,7 @@ echo "dsconfig $1" >> $S/log
 fn opendj_stand_ins(h: &clustermgr_tests::netns::Host, shared: &std::path::Path) {
     let bin = "/opt/gluu-server/opt/opendj/bin";
     h.sh(&format!(
-        "set -e; r=/opt/gluu-server; mkdir -p $r/bin $r/shared {bin}; cp /bin/busybox $r/bin/busybox; \
+        "set -e; r=/opt/gluu-server; mkdir -p $r/bin $r/shared $r/tmp {bin}; chmod 1777 $r/tmp; cp /bin/busybox $r/bin/busybox; \
          for t in sh grep stat cat; do ln -sf busybox $r/bin/$t; done; \
          mount --bind {} $r/shared",
         shared.display()

@@ -62,6 +62,9 @@ pub struct Session<'a> {
     cfg: &'a AgentConfig,
     config: Option<Connection>,
     data: Option<Connection>,
+    /// Whether the node has an LDAP server the agent knows of, read once (it reads
+    /// Gluu's settings and the password file).
+    knows_data: Option<bool>,
 }
 
 impl<'a> Session<'a> {
@@ -71,6 +74,7 @@ impl<'a> Session<'a> {
             cfg,
             config: None,
             data: None,
+            knows_data: None,
         }
     }
 
@@ -98,6 +102,16 @@ impl<'a> Session<'a> {
             self.config = Some(c);
         }
         Ok(self.config.as_mut().expect("just opened"))
+    }
+
+    /// Whether the node has an LDAP server the agent knows of.
+    fn knows_data(&mut self) -> Result<bool, String> {
+        if let Some(k) = self.knows_data {
+            return Ok(k);
+        }
+        let k = crate::ldap::access(self.cfg)?.is_some();
+        self.knows_data = Some(k);
+        Ok(k)
     }
 
     fn data(&mut self) -> Result<&mut Connection, String> {
@@ -417,7 +431,7 @@ fn stage_one(
     a: &LdapAttr,
     base: PathBuf,
 ) -> Result<Staged, String> {
-    if matches!(a.object, LdapObject::Data { .. }) && crate::ldap::access(session.cfg)?.is_none() {
+    if matches!(a.object, LdapObject::Data { .. }) && !session.knows_data()? {
         // Gluu not installed yet (or no [ldap]): like an edit of a file not there.
         return Ok(Staged {
             index,

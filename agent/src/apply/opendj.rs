@@ -62,8 +62,18 @@ impl PasswordFiles {
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
             .map_err(|_| io::Error::other("no random bytes"))?;
         let name = format!("clustermgr-opendj-{}", &sha256_hex(&raw)[..12]);
-        let dir = base.join("tmp").join(&name);
-        std::fs::create_dir_all(base.join("tmp"))?;
+        // The container's /tmp must be a directory of root's there, not a link a
+        // service account could point anywhere on the host.
+        let tmp = base.join("tmp");
+        let meta = std::fs::symlink_metadata(&tmp)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", tmp.display())))?;
+        if !meta.is_dir() || std::os::unix::fs::MetadataExt::uid(&meta) != 0 {
+            return Err(io::Error::other(format!(
+                "{} is not a directory of root's (a link, or another owner's): the password files are not written there",
+                tmp.display()
+            )));
+        }
+        let dir = tmp.join(&name);
         // Created owner-only, and a name nobody could have made beforehand.
         std::fs::DirBuilder::new()
             .mode(0o700)
