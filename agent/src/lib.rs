@@ -11,6 +11,7 @@
 
 pub mod apply;
 mod budget;
+pub mod cleaner;
 pub mod config;
 pub mod enroll;
 mod error;

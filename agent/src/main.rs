@@ -44,6 +44,13 @@ enum Command {
         #[arg(long)]
         new_key: bool,
     },
+    /// Delete this node's expired Gluu entries once (cron runs this on the one node
+    /// that cleans for the cluster; oxAuth's own cleaner is off on every node).
+    CleanExpired {
+        /// The configuration file.
+        #[arg(long, default_value = "/etc/clustermgr/agent.toml")]
+        config: PathBuf,
+    },
     /// Check a configuration file and exit.
     CheckConfig {
         /// The configuration file.
@@ -75,11 +82,48 @@ fn main() -> ExitCode {
             println!("{}: ok", config.display());
         }),
         Command::Run { config, pidfile } => run(&config, pidfile.as_deref()),
+        Command::CleanExpired { config } => return clean_expired(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("clustermgr-agent: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// One run of the expired-entry cleaner: a line per base it deleted from; exit 1 with
+/// the reason when it could not run or some entries were left.
+fn clean_expired(config: &Path) -> ExitCode {
+    use clustermgr_agent::cleaner::{self, CleanError};
+    let cfg = match AgentConfig::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("clustermgr-agent: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let (swept, error) = match cleaner::run(&cfg, now) {
+        Ok(s) => (s, None),
+        Err(e) => {
+            let swept = match &e {
+                CleanError::Partly { swept, .. } => swept.clone(),
+                _ => Vec::new(),
+            };
+            (swept, Some(e))
+        }
+    };
+    for s in &swept {
+        println!("{s}");
+    }
+    match error {
+        None => ExitCode::SUCCESS,
+        Some(e) => {
+            eprintln!("clustermgr-agent clean-expired: {e}");
             ExitCode::from(1)
         }
     }

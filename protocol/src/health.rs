@@ -430,6 +430,30 @@ pub fn generalized_time_ms(v: &str) -> Option<i64> {
     Some(((days * 24 + h) * 60 + mi) * 60_000 + s * 1000 + millis)
 }
 
+/// Unix milliseconds as LDAP generalized time with milliseconds
+/// (`20261125133015.043Z`), the form Gluu writes `exp` in; the inverse of
+/// [`generalized_time_ms`].
+pub fn generalized_time(ms: i64) -> String {
+    let (days, rest) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // The civil date of a day number (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (h, mi, s, milli) = (
+        rest / 3_600_000,
+        rest / 60_000 % 60,
+        rest / 1000 % 60,
+        rest % 1000,
+    );
+    format!("{y:04}{m:02}{d:02}{h:02}{mi:02}{s:02}.{milli:03}Z")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,6 +465,10 @@ mod tests {
         // 2026-11-25T13:30:15.043Z
         assert_eq!(c.time_ms(), Some(1_795_613_415_043));
         assert_eq!(generalized_time_ms("19700101000000Z"), Some(0));
+        for ms in [0, 951_868_799_500, 1_795_613_415_043, 4_102_444_800_000] {
+            assert_eq!(generalized_time_ms(&generalized_time(ms)), Some(ms), "{ms}");
+        }
+        assert_eq!(generalized_time(1_795_613_415_043), "20261125133015.043Z");
         assert_eq!(
             generalized_time_ms("20000229235959.5Z"),
             Some(951_868_799_500)

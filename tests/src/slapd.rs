@@ -51,8 +51,16 @@ olcAttributeTypes: ( 1.3.6.1.4.1.48710.1.3.9002 NAME 'oxIDPAuthentication' DESC 
 olcAttributeTypes: ( 1.3.6.1.4.1.48710.1.3.9003 NAME 'oxRevision' DESC 'Revision' EQUALITY integerMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 X-ORIGIN 'Gluu created attribute' )
 olcAttributeTypes: ( 1.3.6.1.4.1.48710.1.3.9004 NAME 'gluuHostname' DESC 'The hostname of the Gluu Server instance' EQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 X-ORIGIN 'Gluu created attribute' )
 olcAttributeTypes: ( 1.3.6.1.4.1.48710.1.3.9005 NAME 'oxAuthConfDynamic' DESC 'oxAuth Dynamic Configuration' EQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 X-ORIGIN 'Gluu created attribute' )
+olcAttributeTypes: ( 1.3.6.1.4.1.48710.1.3.9006 NAME 'exp' DESC 'oxAuth Expiration' EQUALITY generalizedTimeMatch ORDERING generalizedTimeOrderingMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.24 X-ORIGIN 'Gluu created attribute' )
+olcAttributeTypes: ( 1.3.6.1.4.1.48710.1.3.9007 NAME 'del' DESC 'del' EQUALITY booleanMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.7 X-ORIGIN 'Gluu created attribute' )
+olcAttributeTypes: ( 1.3.6.1.4.1.48710.1.3.9008 NAME 'oxAuthExpiration' DESC 'oxAuth Expiration' EQUALITY generalizedTimeMatch ORDERING generalizedTimeOrderingMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.24 X-ORIGIN 'Gluu created attribute' )
+olcAttributeTypes: ( 1.3.6.1.4.1.48710.1.3.9009 NAME 'uuid' DESC 'Unique identifier' EQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 X-ORIGIN 'Gluu created attribute' )
+olcAttributeTypes: ( 1.3.6.1.4.1.48710.1.3.9010 NAME 'tknCde' DESC 'oxAuth Token Code' EQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 X-ORIGIN 'Gluu created attribute' )
 olcObjectClasses: ( 1.3.6.1.4.1.48710.1.4.9001 NAME 'gluuConfiguration' SUP top STRUCTURAL MUST objectClass MAY ( ou $ gluuHostname $ oxCacheConfiguration $ oxIDPAuthentication ) X-ORIGIN 'Gluu created objectclass' )
 olcObjectClasses: ( 1.3.6.1.4.1.48710.1.4.9002 NAME 'oxAuthConfiguration' SUP top STRUCTURAL MUST objectClass MAY ( ou $ oxAuthConfDynamic $ oxRevision ) X-ORIGIN 'Gluu created objectclass' )
+olcObjectClasses: ( 1.3.6.1.4.1.48710.1.4.9003 NAME 'token' SUP top STRUCTURAL MUST objectClass MAY ( exp $ del $ tknCde $ uuid ) X-ORIGIN 'Gluu created objectclass' )
+olcObjectClasses: ( 1.3.6.1.4.1.48710.1.4.9004 NAME 'cache' SUP top STRUCTURAL MUST objectClass MAY ( uuid $ exp $ del ) X-ORIGIN 'Gluu created objectclass' )
+olcObjectClasses: ( 1.3.6.1.4.1.48710.1.4.9005 NAME 'oxAuthGrant' SUP top STRUCTURAL MUST objectClass MAY ( uuid $ oxAuthExpiration $ del ) X-ORIGIN 'Gluu 3.1 objectclass, with del' )
 ";
 
 fn config_ldif(dir: &Path, root_pw: &str) -> String {

@@ -670,3 +670,148 @@ fn standalone_slapds_become_a_replicating_cluster_through_the_agents() {
         );
     }
 }
+
+/// Adds `dn` with `attrs` (and the `objectClass`) through `c`.
+fn add_entry(c: &mut ldap::client::Connection, dn: &str, class: &str, attrs: &[(&str, &str)]) {
+    let mut all = vec![("objectClass", vec![class.to_string()])];
+    all.extend(attrs.iter().map(|(k, v)| (*k, vec![v.to_string()])));
+    c.add(dn, &all)
+        .unwrap_or_else(|e| panic!("adding {dn}: {e}"));
+}
+
+#[test]
+fn the_cleaner_deletes_expired_deletable_entries_only_and_one_run_at_a_time() {
+    use clustermgr_agent::cleaner::{self, CleanError};
+    use clustermgr_protocol::health::generalized_time;
+    let s = Slapd::start();
+    let state = s.path("state");
+    std::fs::create_dir(&state).unwrap();
+    let pw = s.path("pw");
+    std::fs::write(&pw, format!("{}\n", s.root_pw)).unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let text = format!(
+        "cert = \"c\"\nkey = \"k\"\nca = \"a\"\nstate_dir = \"{}\"\nroot = \"{}\"\n[ldap]\nurl = \"{}\"\nbind_dn = \"{ROOT_DN}\"\npassword_file = \"{}\"\n",
+        state.display(),
+        s.dir.path().display(),
+        s.ldap_url(),
+        pw.display()
+    );
+    let cfg = AgentConfig::parse(&s.path("agent.toml"), &text).expect("agent.toml");
+    let mut c = ldap::access(&cfg)
+        .expect("access")
+        .expect("configured")
+        .connect()
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+    let now = 1_795_613_415_000_i64;
+    let past = generalized_time(now - 60_000);
+    let future = generalized_time(now + 3_600_000);
+    add_entry(&mut c, "o=gluu", "organization", &[("o", "gluu")]);
+    for ou in ["tokens", "cache", "clients"] {
+        add_entry(
+            &mut c,
+            &format!("ou={ou},o=gluu"),
+            "organizationalUnit",
+            &[("ou", ou)],
+        );
+    }
+    let token = |c: &mut ldap::client::Connection, id: &str, exp: &str, del: &str| {
+        add_entry(
+            c,
+            &format!("tknCde={id},ou=tokens,o=gluu"),
+            "token",
+            &[("tknCde", id), ("exp", exp), ("del", del)],
+        )
+    };
+    token(&mut c, "expired", &past, "TRUE");
+    token(&mut c, "kept-not-deletable", &past, "FALSE");
+    token(&mut c, "kept-not-expired", &future, "TRUE");
+    add_entry(
+        &mut c,
+        "uuid=old,ou=cache,o=gluu",
+        "cache",
+        &[("uuid", "old"), ("exp", &past), ("del", "TRUE")],
+    );
+    // 3.1: a grant below a client, both expired; the child must go first.
+    add_entry(
+        &mut c,
+        "uuid=grant,ou=clients,o=gluu",
+        "oxAuthGrant",
+        &[
+            ("uuid", "grant"),
+            ("oxAuthExpiration", &past),
+            ("del", "TRUE"),
+        ],
+    );
+    add_entry(
+        &mut c,
+        "uuid=child,uuid=grant,ou=clients,o=gluu",
+        "oxAuthGrant",
+        &[
+            ("uuid", "child"),
+            ("oxAuthExpiration", &past),
+            ("del", "TRUE"),
+        ],
+    );
+    for i in 0..3 {
+        token(&mut c, &format!("backlog-{i}"), &past, "TRUE");
+    }
+
+    // A batch of two leaves the rest of a backlog to the next run, and says so.
+    let (swept, failures) = cleaner::sweep(&mut c, "o=gluu", &generalized_time(now), 2);
+    assert!(failures.is_empty(), "{failures:?}");
+    let tokens = swept
+        .iter()
+        .find(|s| s.base == "ou=tokens,o=gluu")
+        .expect("tokens swept");
+    assert_eq!((tokens.deleted, tokens.more), (2, true), "{swept:?}");
+    // Children before their parents: the grant below the client goes first.
+    assert!(
+        swept
+            .iter()
+            .any(|s| s.to_string() == "deleted 2 expired entries under ou=clients,o=gluu"),
+        "{swept:?}"
+    );
+
+    // A run holding the lock keeps the next one out.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(state.join("clean-expired.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let busy = cleaner::run(&cfg, now).unwrap_err();
+    assert!(matches!(busy, CleanError::Busy { .. }), "{busy}");
+    assert!(busy.to_string().contains("still working"), "{busy}");
+    drop(lock);
+
+    let swept = cleaner::run(&cfg, now).unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+    let mut left: Vec<String> = c
+        .search("o=gluu", Scope::Sub, "(del=*)", &["1.1"])
+        .expect("search")
+        .into_iter()
+        .map(|e| e.dn)
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        vec![
+            "tknCde=kept-not-deletable,ou=tokens,o=gluu".to_string(),
+            "tknCde=kept-not-expired,ou=tokens,o=gluu".to_string()
+        ],
+        "only expired deletable entries go ({swept:?})"
+    );
+    assert!(swept.iter().all(|s| !s.more), "{swept:?}");
+    // The batch took two of the four expired tokens; this run the other two.
+    assert_eq!(
+        swept.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        vec!["deleted 2 expired entries under ou=tokens,o=gluu".to_string()]
+    );
+
+    // Nothing left to do is a quiet success; a node without LDAP says what it lacks.
+    assert_eq!(cleaner::run(&cfg, now).expect("again"), Vec::new());
+    let mut bare = agent_config(s.dir.path(), "");
+    bare.state_dir = state.clone();
+    let none = cleaner::run(&bare, now).unwrap_err();
+    assert!(none.to_string().contains("no LDAP server"), "{none}");
+}

@@ -126,6 +126,8 @@ fn result_name(code: i64) -> &'static str {
 pub const ALREADY_EXISTS: i64 = 68;
 /// The result code of a base that does not exist.
 pub const NO_SUCH_OBJECT: i64 = 32;
+/// The result code of a search that reached its size limit.
+pub const SIZE_LIMIT_EXCEEDED: i64 = 4;
 
 trait Stream: Read + Write + Send {}
 impl<T: Read + Write + Send> Stream for T {}
@@ -278,6 +280,20 @@ impl Connection {
         filter: &str,
         attrs: &[&str],
     ) -> Result<Vec<Entry>, Failure> {
+        self.search_at_most(base, scope, filter, attrs, 0)
+            .map(|(found, _)| found)
+    }
+
+    /// [`Connection::search`] for at most `limit` entries (0: as many as the server
+    /// gives); `true` with them when the server stopped at the limit.
+    pub fn search_at_most(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+        limit: u32,
+    ) -> Result<(Vec<Entry>, bool), Failure> {
         let filter = parse_filter(filter)
             .map_err(|e| Failure::Transport(format!("filter {filter}: {e}")))?;
         let attrs: Vec<Vec<u8>> = attrs
@@ -290,7 +306,7 @@ impl Connection {
                 ber::tlv(ber::OCTET_STRING, base.as_bytes()),
                 ber::integer(ber::ENUMERATED, scope as i64),
                 ber::integer(ber::ENUMERATED, 0),
-                ber::integer(ber::INTEGER, 0),
+                ber::integer(ber::INTEGER, i64::from(limit)),
                 ber::integer(ber::INTEGER, self.timeout.as_secs().max(1) as i64),
                 ber::tlv(ber::BOOLEAN, &[0]),
                 filter,
@@ -307,8 +323,14 @@ impl Connection {
                 // A continuation reference: the entries it points to are elsewhere.
                 t if t == ber::application(19, true) => {}
                 t if t == ber::application(5, true) => {
-                    result_of(&reply, ber::application(5, true))?;
-                    return Ok(out);
+                    return match result_of(&reply, ber::application(5, true)) {
+                        Ok(()) => Ok((out, false)),
+                        Err(Failure::Result {
+                            code: SIZE_LIMIT_EXCEEDED,
+                            ..
+                        }) if limit > 0 => Ok((out, true)),
+                        Err(e) => Err(e),
+                    };
                 }
                 t => return Err(bad(format!("a search answered with tag 0x{t:02x}"))),
             }
