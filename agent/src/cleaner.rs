@@ -14,9 +14,10 @@ use std::path::PathBuf;
 use crate::config::AgentConfig;
 use crate::ldap::client::{Connection, Failure, NO_SUCH_OBJECT, Scope};
 
-/// Where Gluu keeps entries that expire, below the suffix: the bases oxAuth's cleaner
-/// walks (4.x: `cache` holds the LDAP cache's entries, `sessions` the sessions;
-/// 3.1 keeps grants and tokens under `clients`).
+/// Where Gluu keeps entries that expire, below the suffix: the bases oxAuth 4.x's
+/// cleaner walks (clients, UMA's PCTs and resources, U2F requests and devices, tokens,
+/// authorizations, scopes, sessions) and the LDAP cache's entries (`ou=cache`, which
+/// its cache provider cleans); 3.1 keeps grants and tokens under `clients`.
 pub const BASES: &[&str] = &[
     "ou=cache",
     "ou=tokens",
@@ -25,7 +26,11 @@ pub const BASES: &[&str] = &[
     "ou=clients",
     "ou=scopes",
     "ou=uma",
+    "ou=u2f",
 ];
+
+/// Whole suffixes of other databases with entries that expire: Gluu 4.x's metrics.
+pub const OTHER_SUFFIXES: &[&str] = &["o=metric"];
 
 /// The most entries one run deletes under one base: a backlog is worked off over
 /// several runs rather than by one run that holds the directory for minutes.
@@ -104,8 +109,11 @@ pub fn sweep(c: &mut Connection, suffix: &str, now: &str, batch: u32) -> (Vec<Sw
     let filter = filter(now);
     let mut swept = Vec::new();
     let mut failures = Vec::new();
-    for b in BASES {
-        let base = format!("{b},{suffix}");
+    let bases = BASES
+        .iter()
+        .map(|b| format!("{b},{suffix}"))
+        .chain(OTHER_SUFFIXES.iter().map(|s| s.to_string()));
+    for base in bases {
         let (mut found, more) = match c.search_at_most(&base, Scope::Sub, &filter, &["1.1"], batch)
         {
             Ok(r) => r,

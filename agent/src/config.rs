@@ -74,6 +74,7 @@ pub const DEFAULT_WRITABLE_ROOTS: &[&str] = &[
     "/etc/csync2_ssl_cert.pem",
     "/etc/hosts",
     "/etc/cron.d/clustermgr-csync2",
+    "/etc/cron.d/clustermgr-clean-expired",
     "/etc/init.d/clustermgr-csync2",
     "/etc/init.d/clustermgr-stunnel",
     "/etc/systemd/system/clustermgr-csync2.service",

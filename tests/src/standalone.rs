@@ -1,7 +1,8 @@
 //! Standalone Gluu nodes for the build tests and benchmark: three harness hosts
 //! (more can join), each with its own slapd holding a minimal Gluu tree of its own
 //! (4.x layout: `ou=configuration` with Gluu's cache and authentication documents as
-//! Gluu's setup writes them, `ou=oxauth` at revision 1), the container's salt, and the
+//! Gluu's setup writes them, `ou=oxauth` at revision 1 with oxAuth's settings,
+//! `ou=tokens`), the container's salt, and the
 //! agent bound to its slapd; and readers of what replication and `apply` made.
 
 use std::time::Duration;
@@ -131,21 +132,53 @@ pub fn add_gluu_tree(s: &Slapd, h: &Host) {
             ),
             ("ou", vec!["oxauth".into()]),
             ("oxRevision", vec!["1".into()]),
+            (
+                "oxAuthConfDynamic",
+                vec![r#"{"issuer": "https://gluu.example", "cleanServiceInterval": 60, "cleanServiceBatchChunkSize": 100}"#.into()],
+            ),
         ],
     )
     .expect("ou=oxauth");
+    c.add(
+        "ou=tokens,o=gluu",
+        &[
+            ("objectClass", vec!["organizationalUnit".into()]),
+            ("ou", vec!["tokens".into()]),
+        ],
+    )
+    .expect("ou=tokens");
+}
+
+/// Adds a token to `s` that oxAuth marked deletable and that expired a minute ago.
+pub fn add_expired_token(s: &Slapd, code: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let exp = clustermgr_protocol::health::generalized_time(now - 60_000);
+    connect(s)
+        .add(
+            &format!("tknCde={code},ou=tokens,o=gluu"),
+            &[
+                ("objectClass", vec!["token".into()]),
+                ("tknCde", vec![code.into()]),
+                ("exp", vec![exp]),
+                ("del", vec!["TRUE".into()]),
+            ],
+        )
+        .expect("the token");
 }
 
 /// A JSON attribute of `ou=configuration,o=gluu` on `s`.
 pub fn setting(s: &Slapd, attribute: &str) -> serde_json::Value {
+    setting_of(s, "ou=configuration,o=gluu", attribute)
+}
+
+/// A JSON attribute of `dn` on `s`.
+pub fn setting_of(s: &Slapd, dn: &str, attribute: &str) -> serde_json::Value {
     let found = connect(s)
-        .search(
-            "ou=configuration,o=gluu",
-            Scope::Base,
-            "(objectClass=*)",
-            &[attribute],
-        )
-        .expect("ou=configuration");
+        .search(dn, Scope::Base, "(objectClass=*)", &[attribute])
+        .expect(dn);
     let text = found[0].first(attribute).expect("the attribute");
     serde_json::from_str(&text).expect("JSON")
 }

@@ -5,9 +5,11 @@
 
 use std::time::Duration;
 
+use clustermgr::generate::gluu_settings;
 use clustermgr_tests::gluu::NODES;
 use clustermgr_tests::standalone::{
-    SALT, add, build_record, has, join, live_consumers, revision, setting, standalone,
+    SALT, add, add_expired_token, build_record, has, join, live_consumers, revision, setting,
+    setting_of, standalone,
 };
 use clustermgr_tests::succeeded as ok;
 
@@ -85,6 +87,59 @@ async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
             }
         }
     }
+    // oxAuth's own expired-entry cleaner is off everywhere (the setting replicates) and
+    // the agent's runs from cron on the primary alone; what it deletes there is
+    // deleted on every node.
+    for s in &servers {
+        let conf = setting_of(s, "ou=oxauth,ou=configuration,o=gluu", "oxAuthConfDynamic");
+        assert_eq!(conf["cleanServiceInterval"], -1, "{conf}");
+        assert_eq!(
+            conf["issuer"], "https://gluu.example",
+            "the rest as Gluu wrote it"
+        );
+    }
+    let cron = |name: &str| {
+        std::fs::read_to_string(net.host(name).path(gluu_settings::CLEANER_CRON))
+            .unwrap_or_else(|e| panic!("{name}'s cleaner cron file: {e}"))
+    };
+    for other in &NODES[1..] {
+        let text = cron(other);
+        assert!(
+            text.contains("deleted on gluu1, the primary, not here"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("clean-expired"),
+            "{other} runs no cleaner: {text}"
+        );
+    }
+    let primary = cron("gluu1");
+    let job = primary
+        .lines()
+        .find(|l| l.starts_with("* * * * * root "))
+        .unwrap_or_else(|| panic!("gluu1 runs the cleaner every minute: {primary}"))
+        .trim_start_matches("* * * * * root ")
+        .to_string();
+    add_expired_token(&servers[1], "expired-on-gluu2");
+    let token = "tknCde=expired-on-gluu2,ou=tokens,o=gluu";
+    clustermgr_tests::eventually_blocking(
+        "the expired token replicated to gluu1",
+        Duration::from_secs(10),
+        || has(&servers[0], token),
+    );
+    // What cron runs, as cron runs it.
+    net.host("gluu1").sh(&job);
+    let said = std::fs::read_to_string(net.host("gluu1").path(gluu_settings::CLEANER_LOG))
+        .expect("the cleaner's log");
+    assert_eq!(said, "deleted 1 expired entry under ou=tokens,o=gluu\n");
+    for (i, s) in servers.iter().enumerate() {
+        clustermgr_tests::eventually_blocking(
+            &format!("the expired token gone from {}", NODES[i]),
+            Duration::from_secs(10),
+            || !has(s, token),
+        );
+    }
+
     // An unchanged cluster changes nothing.
     let plan_json = ctl.run(&["--json", "plan"]);
     let v: serde_json::Value = serde_json::from_slice(&plan_json.stdout).expect("plan --json");

@@ -11,6 +11,13 @@
 //! they are written on the node the others take their directory from (replication
 //! carries them); without, on every Gluu node's own directory.
 //!
+//! oxAuth's expired-entry cleaner is turned off (`cleanServiceInterval` -1 in
+//! `oxAuthConfDynamic`, replicated like the rest, so off on every node) and
+//! `clustermgr-agent clean-expired` runs from cron on the primary alone, so the nodes
+//! do not race to delete the same entries and replicate each other's deletes. The
+//! existing Cluster Manager does the same with a Python script; the agent binds with
+//! what it reads on the node, with no password in the cron line.
+//!
 //! Shibboleth reads its LDAP servers from `/opt/shibboleth-idp/conf/ldap.properties`:
 //! the same list as one line on every node that has the IdP (the file is absent, so
 //! the edit waits, elsewhere), and the IdP restarts when it changes.
@@ -26,7 +33,7 @@ use clustermgr_protocol::changeset::{
     Action, Content, Entry, LdapAttr, LdapObject, LdapValue, Scope,
 };
 
-use super::{Inputs, NodeConfig, Sorted, ip_of, replication, stunnel};
+use super::{HEADER, Inputs, NodeConfig, Sorted, file, ip_of, replication, stunnel};
 use crate::model::Cache;
 use crate::store::Role;
 
@@ -39,11 +46,19 @@ pub const SHIBBOLETH_LDAP: &str = "/opt/shibboleth-idp/conf/ldap.properties";
 /// Its key naming the LDAP servers.
 pub const SHIBBOLETH_KEY: &str = "idp.authn.LDAP.ldapURL";
 
+/// The cron file that runs the expired-entry cleaner, on every Gluu node: the job on
+/// the one that cleans, a comment naming it on the others.
+pub const CLEANER_CRON: &str = "/etc/cron.d/clustermgr-clean-expired";
+/// Where the cleaner's last run is told.
+pub const CLEANER_LOG: &str = "/var/log/clustermgr-clean-expired.log";
+
 fn field(attribute: &str, pointer: &str, json: String, encrypt: bool) -> LdapAttr {
+    field_of(CONFIGURATION_DN, attribute, pointer, json, encrypt)
+}
+
+fn field_of(dn: &str, attribute: &str, pointer: &str, json: String, encrypt: bool) -> LdapAttr {
     LdapAttr {
-        object: LdapObject::Data {
-            dn: CONFIGURATION_DN.into(),
-        },
+        object: LdapObject::Data { dn: dn.into() },
         attribute: attribute.into(),
         value: LdapValue::JsonField {
             pointer: pointer.into(),
@@ -88,16 +103,18 @@ pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String
         .map(|s| format!("ldaps://{s}"))
         .collect::<Vec<_>>()
         .join(" ");
-    // With replication, the node the others take their directory from.
+    // The primary: with replication, the node the others take their directory from.
     let b = inputs.build;
+    let primary = b
+        .joined
+        .first()
+        .filter(|_| b.ldap_replication)
+        .map(String::as_str)
+        .or_else(|| gluu.iter().find(|n| n.primary).map(|n| n.name.as_str()))
+        .or_else(|| gluu.first().map(|n| n.name.as_str()))
+        .unwrap_or_default();
     let writers: Vec<&str> = if b.ldap_replication {
-        b.joined
-            .first()
-            .map(String::as_str)
-            .or_else(|| gluu.iter().find(|n| n.primary).map(|n| n.name.as_str()))
-            .or_else(|| gluu.first().map(|n| n.name.as_str()))
-            .into_iter()
-            .collect()
+        vec![primary]
     } else {
         gluu.iter().map(|n| n.name.as_str()).collect()
     };
@@ -160,12 +177,25 @@ pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String
                 ),
                 false,
             ));
+            // oxAuth's own cleaner off: the setting is replicated, so it would be off
+            // (or on) on every node alike; the cron job below cleans on one.
+            attrs.push((
+                field_of(
+                    OXAUTH_DN,
+                    "oxAuthConfDynamic",
+                    "/cleanServiceInterval",
+                    "-1".into(),
+                    false,
+                ),
+                false,
+            ));
             cfg.entries.extend(
                 attrs
                     .into_iter()
                     .map(|(a, secret)| entry(&scope, a, secret)),
             );
         }
+        cfg.entries.push(cleaner_cron(&n.name, primary));
         cfg.entries.push(Entry {
             path: SHIBBOLETH_LDAP.into(),
             scope: scope.clone(),
@@ -180,4 +210,21 @@ pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String
             }],
         });
     }
+}
+
+/// `node`'s cron file for the expired-entry cleaner, which runs on `primary` alone
+/// (every minute, as oxAuth's own cleaner does by default; a run still working keeps
+/// the next one out).
+fn cleaner_cron(node: &str, primary: &str) -> Entry {
+    let text = if node == primary {
+        format!(
+            "{HEADER}# Deletes the cluster's expired Gluu entries; runs on this node only, as the\n# primary (oxAuth's own cleaner is off: cleanServiceInterval -1).\nSHELL=/bin/sh\n* * * * * root {} clean-expired >{CLEANER_LOG} 2>&1\n",
+            crate::bootstrap::REMOTE_BIN
+        )
+    } else {
+        format!(
+            "{HEADER}# The cluster's expired Gluu entries are deleted on {primary}, the primary, not here\n# (oxAuth's own cleaner is off: cleanServiceInterval -1).\n"
+        )
+    };
+    file(CLEANER_CRON, text, 0o644, Vec::new())
 }
