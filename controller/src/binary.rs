@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// Where bootstrap installs the agent on a host (and what the nodes' cron jobs run).
+pub const INSTALLED: &str = "/usr/local/bin/clustermgr-agent";
+
 use crate::CtlError;
 
 /// The agent binary bootstrap and upgrade upload, and what it needs of a host.

@@ -18,7 +18,7 @@ use crate::CtlError;
 use crate::store::Role;
 
 /// Where the agent is installed on a node.
-pub const REMOTE_BIN: &str = "/usr/local/bin/clustermgr-agent";
+pub const REMOTE_BIN: &str = crate::binary::INSTALLED;
 /// The agent's configuration and identity directory on a node.
 pub const REMOTE_ETC: &str = "/etc/clustermgr";
 /// The pidfile the fallback service keeps.

@@ -219,7 +219,7 @@ fn cleaner_cron(node: &str, primary: &str) -> Entry {
     let text = if node == primary {
         format!(
             "{HEADER}# Deletes the cluster's expired Gluu entries; runs on this node only, as the\n# primary (oxAuth's own cleaner is off: cleanServiceInterval -1).\nSHELL=/bin/sh\n* * * * * root {} clean-expired >{CLEANER_LOG} 2>&1\n",
-            crate::bootstrap::REMOTE_BIN
+            crate::binary::INSTALLED
         )
     } else {
         format!(
