@@ -43,7 +43,7 @@ pub const ENVELOPE_FORMAT: u8 = 1;
 
 /// The format byte in front of the postcard contents. Bump it with any change to
 /// [`BackupContents`] or to the store records it carries.
-pub const CONTENTS_FORMAT: u8 = 3;
+pub const CONTENTS_FORMAT: u8 = 4;
 
 const SALT_LEN: usize = 16;
 const KEY_LEN: usize = 32;
@@ -167,13 +167,20 @@ impl BackupContents {
                 clustermgr_protocol::codec::decode("backup contents", rest)
                     .map_err(|e| unreadable(e.to_string()))
             }
-            // Format 2 is format 3 without the build record, its last field: read it
-            // with an empty one appended.
-            Some((2, rest)) => {
+            // Format 3 is format 4 without the console's accounts, its last field, and
+            // format 2 is format 3 without the build record, the one before: read them
+            // with empty ones appended.
+            Some((&old @ (2 | 3), rest)) => {
                 let mut body = Zeroizing::new(rest.to_vec());
-                body.extend(clustermgr_protocol::codec::encode(
-                    &crate::store::BuildRecord::default(),
-                ));
+                if old == 2 {
+                    body.extend(clustermgr_protocol::codec::encode(
+                        &crate::store::BuildRecord::default(),
+                    ));
+                }
+                body.extend(clustermgr_protocol::codec::encode(&Vec::<
+                    crate::store::UserRecord,
+                >::new(
+                )));
                 clustermgr_protocol::codec::decode("backup contents", &body)
                     .map_err(|e| unreadable(e.to_string()))
             }
@@ -518,7 +525,7 @@ mod tests {
     }
 
     #[test]
-    fn contents_of_format_2_read_with_an_empty_build_record() {
+    fn contents_of_formats_2_and_3_read_with_what_they_lack_empty() {
         use crate::store::{BuildRecord, ClusterMeta, ConfigSnapshot};
         let contents = BackupContents {
             created_at: 7,
@@ -539,12 +546,17 @@ mod tests {
             },
         };
         let now = contents.encode();
+        let users = clustermgr_protocol::codec::encode(&Vec::<crate::store::UserRecord>::new());
         let tail = clustermgr_protocol::codec::encode(&BuildRecord::default());
-        assert!(now.ends_with(&tail), "the build record is the last field");
-        let mut old = vec![2u8];
-        old.extend_from_slice(&now[1..now.len() - tail.len()]);
-        let read = BackupContents::decode(file(), &old).unwrap();
-        assert_eq!(read.store, contents.store);
-        assert_eq!(read.created_at, 7);
+        assert!(now.ends_with(&users), "the accounts are the last field");
+        let v3 = &now[1..now.len() - users.len()];
+        assert!(v3.ends_with(&tail), "the build record the one before");
+        for (format, body) in [(3u8, v3), (2u8, &v3[..v3.len() - tail.len()])] {
+            let mut old = vec![format];
+            old.extend_from_slice(body);
+            let read = BackupContents::decode(file(), &old).unwrap();
+            assert_eq!(read.store, contents.store, "format {format}");
+            assert_eq!(read.created_at, 7);
+        }
     }
 }

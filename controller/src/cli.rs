@@ -29,6 +29,10 @@ pub struct Cli {
     /// Never page long output (plans, drift) through $PAGER on a terminal.
     #[arg(long, global = true)]
     pub no_pager: bool,
+    /// Reach the `serve` of another local user's controller through this socket (its
+    /// `[access] socket`), with the role its controller.toml gives you.
+    #[arg(long, global = true, env = "CLUSTERMGR_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
     /// Seconds a node has to answer before it counts as unreachable (default: 3, or
     /// connect_timeout_ms in HOME/controller.toml).
     #[arg(long, global = true, value_name = "SECS")]
@@ -296,6 +300,10 @@ pub enum Cmd {
         #[arg(long, value_name = "ADDR")]
         prometheus: Option<std::net::SocketAddr>,
     },
+    /// The web console's accounts: people and scripts, each with a role (viewer,
+    /// operator, admin).
+    #[command(subcommand)]
+    User(UserCmd),
     /// Print the shell completion script for bash, zsh or fish.
     #[command(after_help = "Examples:\n  \
         clustermgr completion bash > /etc/bash_completion.d/clustermgr\n  \
@@ -309,6 +317,57 @@ pub enum Cmd {
     },
     /// Print the manual page (roff), as the .deb installs it: `clustermgr man | man -l -`.
     Man,
+}
+
+/// `user` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Make a console account. Its password is typed twice at the terminal, or read
+    /// from an owner-only file; it is kept only as an argon2id hash.
+    #[command(after_help = "Examples:\n  \
+        clustermgr user add alice --role admin\n  \
+        clustermgr user add grafana --role viewer --password-file /root/grafana.pw\n\n\
+        Roles: viewer reads everything but secrets; operator also drains, plans and\n\
+        follows logs; admin also applies, rolls back, runs commands and manages nodes,\n\
+        certificates, users and backups.")]
+    Add {
+        /// The account's name.
+        name: String,
+        /// What it may do.
+        #[arg(long, value_parser = parse_role)]
+        role: crate::access::UserRole,
+        /// Read the password from this file (mode 0600) instead of the terminal.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+    /// The accounts, their roles and API tokens.
+    List,
+    /// Remove an account, its API tokens and its console sessions.
+    Remove {
+        /// The account.
+        name: String,
+    },
+    /// Set an account's password (its console sessions end).
+    Passwd {
+        /// The account.
+        name: String,
+        /// Read the password from this file (mode 0600) instead of the terminal.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+    /// Make an API token for scripts (`Authorization: Bearer TOKEN` on /api/v1/),
+    /// with the account's role. Printed once, or written to an owner-only file.
+    Token {
+        /// The account.
+        name: String,
+        /// Write the token to this new file (mode 0600) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+fn parse_role(s: &str) -> Result<crate::access::UserRole, String> {
+    s.parse()
 }
 
 /// `cluster` subcommands.
@@ -526,6 +585,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         return Err(CtlError::NotOwned(home));
     }
     let mut opts = crate::config::ControllerConfig::load(&home.join("controller.toml"))?.options();
+    opts.socket = cli.socket.clone();
     if let Some(secs) = cli.connect_timeout {
         if !(secs > 0.0 && secs <= 3600.0) {
             return Err(CtlError::BadArgument {
@@ -950,6 +1010,46 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             json_or_live(json),
         ),
         Cmd::Audit { limit } => (Operation::Audit { limit }, OutputMode::Live),
+        Cmd::User(UserCmd::Add {
+            name,
+            role,
+            password_file,
+        }) => {
+            crate::users::check_name(&name)?;
+            let password = crate::passphrase::read(
+                password_file.as_deref(),
+                crate::passphrase::Purpose::Account,
+            )?;
+            let password_hash = crate::desired::SecretText(crate::password::hash(&password));
+            let op = Operation::UserAdd {
+                name,
+                role,
+                password_hash,
+            };
+            (op, OutputMode::Live)
+        }
+        Cmd::User(UserCmd::Passwd {
+            name,
+            password_file,
+        }) => {
+            let password = crate::passphrase::read(
+                password_file.as_deref(),
+                crate::passphrase::Purpose::Account,
+            )?;
+            let password_hash = crate::desired::SecretText(crate::password::hash(&password));
+            (
+                Operation::UserPasswd {
+                    name,
+                    password_hash,
+                },
+                OutputMode::Live,
+            )
+        }
+        Cmd::User(UserCmd::List) => (Operation::UserList, OutputMode::Live),
+        Cmd::User(UserCmd::Remove { name }) => (Operation::UserRemove { name }, OutputMode::Live),
+        Cmd::User(UserCmd::Token { name, out }) => {
+            return user_token(&home, &opts, name, out, json, connect_timeout).await;
+        }
         Cmd::Cert(CertCmd::Status) => (Operation::CertStatus, OutputMode::Live),
         Cmd::Cert(CertCmd::RevokeController) => (Operation::ControllerRevoke, OutputMode::Live),
         Cmd::Cert(CertCmd::Renew { sel, rekey }) => (
@@ -974,6 +1074,84 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         p.finish();
     }
     code
+}
+
+/// `user token`: the token is made here and only its digest goes to the store; the
+/// token is printed once (never in `--json`) or written to a new owner-only file.
+async fn user_token(
+    home: &std::path::Path,
+    opts: &CtxOptions,
+    name: String,
+    out: Option<PathBuf>,
+    json: bool,
+    connect_timeout: Option<f64>,
+) -> Result<i32, CtlError> {
+    if json && out.is_none() {
+        return Err(CtlError::MissingArgument {
+            command: "user token --json",
+            what: "--out FILE: a token is never part of --json output",
+        });
+    }
+    let (token, sha256) = crate::password::new_token();
+    // The file first: a token the store keeps but nobody has is no use.
+    if let Some(path) = &out {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .and_then(|mut f| f.write_all(format!("{}\n", *token).as_bytes()))
+            .map_err(|e| CtlError::io(path, e))?;
+    }
+    let inv = Invocation {
+        user: user(),
+        op: Operation::UserToken {
+            name: name.clone(),
+            sha256,
+        },
+        connect_timeout_ms: connect_timeout.map(|secs| (secs * 1000.0).round() as u64),
+    };
+    let mut id = None;
+    let code = execute_inspecting(home, opts, inv, OutputMode::Live, |r| {
+        if let Report::User(crate::users::View::Token { id: i, .. }) = r {
+            id = Some(i.clone());
+        }
+    })
+    .await;
+    let code = match code {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(path) = &out {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+    };
+    let Some(id) = id else {
+        if let Some(path) = &out {
+            let _ = std::fs::remove_file(path);
+        }
+        return Ok(code);
+    };
+    if json {
+        let doc = crate::contract::TokenDoc {
+            user: name,
+            id,
+            written_to: out.map(|p| p.display().to_string()),
+        };
+        println!("{}", crate::contract::line(&doc));
+    } else if let Some(path) = out {
+        println!("API token {id} for {name} written to {}", path.display());
+    } else {
+        eprintln!(
+            "API token {id} for {name} (shown once; send it as `Authorization: Bearer TOKEN`):"
+        );
+        println!("{}", *token);
+    }
+    Ok(code)
 }
 
 /// What [`repeatedly`] repeats.

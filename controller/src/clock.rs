@@ -17,6 +17,11 @@ pub trait Clock: Debug + Send + Sync {
     fn unix(&self) -> i64 {
         self.now().unix_timestamp()
     }
+
+    /// Now, in Unix milliseconds.
+    fn unix_ms(&self) -> i64 {
+        (self.now().unix_timestamp_nanos() / 1_000_000) as i64
+    }
 }
 
 /// The system clock.

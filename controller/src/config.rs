@@ -30,6 +30,8 @@ pub struct ControllerConfig {
     pub health: HealthConfig,
     /// Where `serve` sends each health change.
     pub alerts: AlertsConfig,
+    /// Other local users' roles, and the socket they reach `serve` through.
+    pub access: crate::access::AccessConfig,
 }
 
 /// The `[alerts]` section: each health change (an event) goes to a command, a
@@ -76,6 +78,7 @@ impl Default for ControllerConfig {
             retention: Default::default(),
             health: Default::default(),
             alerts: Default::default(),
+            access: Default::default(),
         }
     }
 }
@@ -96,6 +99,14 @@ impl ControllerConfig {
             why: format!("invalid: {m}"),
         };
         let cfg: ControllerConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        if let Some(socket) = &cfg.access.socket
+            && !socket.is_absolute()
+        {
+            return Err(invalid(format!(
+                "[access] socket {} must be an absolute path",
+                socket.display()
+            )));
+        }
         if cfg.connect_timeout_ms == 0 {
             return Err(invalid("connect_timeout_ms must be above 0".into()));
         }
@@ -141,6 +152,7 @@ impl ControllerConfig {
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             timeouts: self.timeouts,
             max_frame_bytes: self.max_frame_bytes,
+            socket: None,
         }
     }
 }
@@ -154,6 +166,9 @@ pub struct CtxOptions {
     pub timeouts: Timeouts,
     /// The largest frame accepted from an agent.
     pub max_frame_bytes: u32,
+    /// A `serve` socket to use instead of the home's (`--socket`): another local user
+    /// reaching the owner's `serve`; operations then never run in this process.
+    pub socket: Option<std::path::PathBuf>,
 }
 
 impl Default for CtxOptions {

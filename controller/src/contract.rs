@@ -66,6 +66,34 @@ pub struct MessageDoc {
     pub message: String,
 }
 
+/// `user list`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct UserListDoc {
+    /// Every console account, by name.
+    pub users: Vec<crate::users::UserView>,
+}
+
+/// `user add`, `user passwd`, `user remove`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct UserDoc {
+    /// The sentence the text output prints.
+    pub message: String,
+    /// The account after the change; `null` once removed.
+    pub user: Option<crate::users::UserView>,
+}
+
+/// `user token`: which token was made. The token itself is never in `--json`: it is
+/// printed once as text, or written to `--out`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct TokenDoc {
+    /// The account.
+    pub user: String,
+    /// The token's public name.
+    pub id: String,
+    /// Where the token was written (`--out`), or `null` when it was printed.
+    pub written_to: Option<String>,
+}
+
 /// `ping`.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct PingDoc {
@@ -451,6 +479,14 @@ pub fn document(op: &Operation, report: Report) -> Option<serde_json::Value> {
             path,
             generations,
         }),
+        Report::User(crate::users::View::Users(users)) => value(&UserListDoc { users }),
+        Report::User(crate::users::View::Done { said, user }) => value(&UserDoc {
+            message: said,
+            user,
+        }),
+        // The CLI prints `user token`'s document itself: only it knows where the token
+        // went.
+        Report::User(crate::users::View::Token { .. }) => None,
         Report::Snapshot { .. } => None,
     }
 }
@@ -526,6 +562,9 @@ pub fn published() -> Vec<Published> {
         doc::<crate::health::ports::PortsView>("ports", &["ports"]),
         doc::<EventsDoc>("events", &["events"]),
         stream::<EventLine>("events-follow", &["events -f"]),
+        doc::<UserListDoc>("user-list", &["user list"]),
+        doc::<UserDoc>("user", &["user add", "user passwd", "user remove"]),
+        doc::<TokenDoc>("user-token", &["user token"]),
         doc::<ErrorDoc>("error", &["(any, on standard error)"]),
     ]
 }

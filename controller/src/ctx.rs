@@ -39,6 +39,11 @@ pub fn audit_user(uid: u32) -> String {
     }
 }
 
+/// The login name of `uid` from the name service, if it has one.
+pub fn user_name(uid: u32) -> Option<String> {
+    passwd_name(uid)
+}
+
 fn passwd_name(uid: u32) -> Option<String> {
     name_of(
         uid,

@@ -53,6 +53,49 @@ pub enum CtlError {
         /// The chmod mode that fixes it.
         fix: &'static str,
     },
+    /// The caller's role does not allow the operation.
+    #[error(
+        "refused: {who} is {article} {role}, and {what} needs {needs}; an admin can give a role in [access] of controller.toml (local users) or with `clustermgr user add` (the console)"
+    )]
+    Forbidden {
+        /// Who asked, as the audit log names them.
+        who: String,
+        /// "a" or "an".
+        article: &'static str,
+        /// Their role.
+        role: crate::access::UserRole,
+        /// The operation, as the CLI names it.
+        what: String,
+        /// The role it needs.
+        needs: crate::access::UserRole,
+    },
+    /// A local user with no role at all reached serve's shared socket.
+    #[error(
+        "refused: {who} has no role on this controller; its admin can give one in [access] of controller.toml"
+    )]
+    NoRole {
+        /// Who connected.
+        who: String,
+    },
+    /// `--socket` names a socket no `serve` answers on.
+    #[error(
+        "no clustermgr serve answers on {0}; ask the controller's administrator whether serve runs, and check the path ([access] socket in its controller.toml)"
+    )]
+    ServeNotAnswering(PathBuf),
+    /// A console account that does not exist.
+    #[error("there is no console account {name:?}; `clustermgr user list` shows them")]
+    UnknownUser {
+        /// The name asked for.
+        name: String,
+    },
+    /// `user add` of a name that is taken.
+    #[error(
+        "there is already a console account {name:?}; `clustermgr user passwd {name}` changes its password, `user remove` removes it"
+    )]
+    UserExists {
+        /// The name.
+        name: String,
+    },
     /// The home is not a directory owned by the user running clustermgr.
     #[error(
         "refusing to use {0}: it is not a directory you own; point --home at a directory of your own"
@@ -398,6 +441,8 @@ impl CtlError {
             | CtlError::AgentBinaryMissing { .. }
             | CtlError::NotPendingBackup { .. }
             | CtlError::UnknownNode { .. }
+            | CtlError::UnknownUser { .. }
+            | CtlError::UserExists { .. }
             | CtlError::StoreLocked { .. }
             | CtlError::Protocol(clustermgr_protocol::ProtocolError::InvalidNodeName { .. }) => {
                 exit::USAGE

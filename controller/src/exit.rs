@@ -115,6 +115,19 @@ pub const TABLE: &[Row] = &[
         interrupted: "",
     },
     Row {
+        commands: &[
+            "user add",
+            "user list",
+            "user remove",
+            "user passwd",
+            "user token",
+        ],
+        ok: "done",
+        failed: "store error, or refused: the caller is not an admin",
+        usage: "usage error: a bad name or role, an account that exists (add) or does not (the others), a password under 12 characters or two that differ, a password file others may read, `--json` without `--out` (token)",
+        interrupted: "",
+    },
+    Row {
         commands: &["cluster set", "cluster unset"],
         ok: "set",
         failed: "store error",

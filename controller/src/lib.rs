@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod access;
 pub mod archive;
 pub mod backup;
 pub mod binary;
@@ -38,6 +39,7 @@ pub mod local;
 pub mod model;
 pub mod ops;
 pub mod passphrase;
+pub mod password;
 pub mod recent;
 pub mod render;
 pub mod selector;
@@ -48,6 +50,7 @@ pub mod telemetry;
 pub mod telemetry_store;
 pub mod terminal;
 mod upgrade;
+pub mod users;
 pub mod words;
 
 pub use error::CtlError;

@@ -193,9 +193,12 @@ impl Client {
         user: String,
         connect_timeout_ms: Option<u64>,
     ) -> Client {
-        let socket = crate::home::Home::open(home)
-            .map(|h| h.socket())
-            .unwrap_or_else(|_| home.join("serve.sock"));
+        let socket = match &opts.socket {
+            Some(s) => s.clone(),
+            None => crate::home::Home::open(home)
+                .map(|h| h.socket())
+                .unwrap_or_else(|_| home.join("serve.sock")),
+        };
         Client {
             home: home.to_path_buf(),
             socket,
@@ -238,6 +241,10 @@ impl Client {
                     message: e.message,
                     exit_code: e.exit_code,
                 });
+        }
+        // Through another user's socket, serve is the only way: the home is not ours.
+        if self.opts.socket.is_some() {
+            return Err(CtlError::ServeNotAnswering(self.socket.clone()));
         }
         let ctx = match ctx {
             Some(ctx) => ctx,

@@ -235,6 +235,149 @@ pub enum Operation {
         /// How long each new agent waits for the confirmation before it rolls back.
         commit_within_secs: u64,
     },
+    /// Make a console account (`user add`): the CLI sends the password's argon2id
+    /// hash, never the password.
+    UserAdd {
+        /// The account.
+        name: String,
+        /// Its role.
+        role: crate::access::UserRole,
+        /// `$argon2id$...`.
+        password_hash: crate::desired::SecretText,
+    },
+    /// Give an account a new password (`user passwd`).
+    UserPasswd {
+        /// The account.
+        name: String,
+        /// `$argon2id$...`.
+        password_hash: crate::desired::SecretText,
+    },
+    /// Remove an account with its tokens (`user remove`).
+    UserRemove {
+        /// The account.
+        name: String,
+    },
+    /// The accounts (`user list`).
+    UserList,
+    /// Keep a new API token's digest (`user token`); the CLI made the token and prints
+    /// it once.
+    UserToken {
+        /// The account.
+        name: String,
+        /// The token's SHA-256, hex.
+        sha256: String,
+    },
+}
+
+impl Operation {
+    /// The least role that may run it: viewers read everything but secrets; operators
+    /// also drain, plan and follow logs; admins also change anything.
+    pub fn needs(&self) -> crate::access::UserRole {
+        use crate::access::UserRole::{Admin, Operator, Viewer};
+        match self {
+            Operation::NodeList
+            | Operation::NodeShow { .. }
+            | Operation::Ping { .. }
+            | Operation::Status { .. }
+            | Operation::CertStatus
+            | Operation::Audit { .. }
+            | Operation::ClusterShow
+            | Operation::Metrics(_)
+            | Operation::Top { .. }
+            | Operation::Health { .. }
+            | Operation::Replication
+            | Operation::Ports
+            | Operation::Events { .. }
+            | Operation::History { .. } => Viewer,
+            Operation::Logs(spec) if !spec.follow => Viewer,
+            Operation::Rollback { list: true, .. } => Viewer,
+            Operation::Logs(_) | Operation::Plan { .. } | Operation::Drain { .. } => Operator,
+            Operation::NodeSign { .. }
+            | Operation::NodeAdd { .. }
+            | Operation::NodeRemove { .. }
+            | Operation::NodeSetPrimary { .. }
+            | Operation::Exec { .. }
+            | Operation::CertRenew { .. }
+            | Operation::ControllerRevoke
+            | Operation::ClusterSet { .. }
+            | Operation::ClusterSetSecret { .. }
+            | Operation::ClusterUnset { .. }
+            | Operation::Apply { .. }
+            | Operation::Rollback { .. }
+            | Operation::Snapshot { .. }
+            | Operation::BackupFinished { .. }
+            | Operation::NodeUpgrade { .. }
+            | Operation::UserAdd { .. }
+            | Operation::UserPasswd { .. }
+            | Operation::UserRemove { .. }
+            | Operation::UserList
+            | Operation::UserToken { .. } => Admin,
+        }
+    }
+
+    /// The command that asks for it, for messages.
+    pub fn command(&self) -> &'static str {
+        match self {
+            Operation::NodeSign { .. } => "node sign",
+            Operation::NodeAdd { .. } => "node add",
+            Operation::NodeList => "node list",
+            Operation::NodeShow { .. } => "node show",
+            Operation::NodeRemove { .. } => "node remove",
+            Operation::NodeSetPrimary { .. } => "node set-primary",
+            Operation::Ping { .. } => "ping",
+            Operation::Exec { .. } => "exec",
+            Operation::CertRenew { .. } => "cert renew",
+            Operation::Status { .. } => "status",
+            Operation::CertStatus => "cert status",
+            Operation::ControllerRevoke => "cert revoke-controller",
+            Operation::Audit { .. } => "audit",
+            Operation::ClusterSet { .. } | Operation::ClusterSetSecret { .. } => "cluster set",
+            Operation::ClusterUnset { .. } => "cluster unset",
+            Operation::ClusterShow => "cluster show",
+            Operation::Plan { drift: true, .. } => "drift",
+            Operation::Plan { .. } => "plan",
+            Operation::Apply { .. } => "apply",
+            Operation::Logs(s) if s.follow => "logs -f",
+            Operation::Logs(_) => "logs",
+            Operation::Metrics(_) => "metrics",
+            Operation::Top { .. } => "top",
+            Operation::Health { .. } => "health",
+            Operation::Replication => "replication",
+            Operation::Ports => "ports",
+            Operation::Events { .. } => "events",
+            Operation::History { .. } => "history",
+            Operation::Rollback { list: true, .. } => "rollback --list",
+            Operation::Rollback { .. } => "rollback",
+            Operation::Drain { undrain: true, .. } => "undrain",
+            Operation::Drain { .. } => "drain",
+            Operation::Snapshot { .. } | Operation::BackupFinished { .. } => "backup",
+            Operation::NodeUpgrade { .. } => "node upgrade",
+            Operation::UserAdd { .. } => "user add",
+            Operation::UserPasswd { .. } => "user passwd",
+            Operation::UserRemove { .. } => "user remove",
+            Operation::UserList => "user list",
+            Operation::UserToken { .. } => "user token",
+        }
+    }
+
+    /// Refuses it unless `role` may run it; `who` names the caller.
+    pub fn allowed(&self, who: &str, role: crate::access::UserRole) -> Result<(), CtlError> {
+        let needs = self.needs();
+        if role >= needs {
+            return Ok(());
+        }
+        Err(CtlError::Forbidden {
+            who: who.to_string(),
+            article: if role == crate::access::UserRole::Viewer {
+                "a"
+            } else {
+                "an"
+            },
+            role,
+            what: format!("`{}`", self.command()),
+            needs,
+        })
+    }
 }
 
 /// An operation and who asked for it.
@@ -514,6 +657,8 @@ pub enum Report {
         /// The kept versions.
         generations: Vec<crate::desired::GenerationView>,
     },
+    /// `user ...`.
+    User(crate::users::View),
     /// A store snapshot was sent in [`Event::Snapshot`] parts of this many bytes in all.
     Snapshot {
         /// The total length, for the receiver to check that every part arrived.
@@ -788,6 +933,20 @@ pub async fn run(
             crate::desired::cluster_unset(&ctx, user, &key).map(Report::from)
         }
         Operation::ClusterShow => crate::desired::cluster_show(&ctx).map(Report::from),
+        Operation::UserAdd {
+            name,
+            role,
+            password_hash,
+        } => crate::users::add(&ctx, user, &name, role, &password_hash.0).map(Report::User),
+        Operation::UserPasswd {
+            name,
+            password_hash,
+        } => crate::users::passwd(&ctx, user, &name, &password_hash.0).map(Report::User),
+        Operation::UserRemove { name } => crate::users::remove(&ctx, user, &name).map(Report::User),
+        Operation::UserList => crate::users::list(&ctx).map(Report::User),
+        Operation::UserToken { name, sha256 } => {
+            crate::users::token(&ctx, user, &name, &sha256).map(Report::User)
+        }
         Operation::Plan { nodes, drift } => crate::desired::plan(&ctx, &nodes, drift, within)
             .await
             .map(Report::from),

@@ -26,6 +26,9 @@ pub enum Purpose {
     Backup,
     /// `clustermgr restore`.
     Restore,
+    /// A console account's password (`user add`, `user passwd`): checked and
+    /// confirmed like a backup's.
+    Account,
 }
 
 /// Reads the passphrase from `file` if given, else from the terminal.
@@ -35,22 +38,38 @@ pub fn read(file: Option<&Path>, purpose: Purpose) -> Result<Zeroizing<String>, 
         None => ask(match purpose {
             Purpose::Backup => "Passphrase for the new backup: ",
             Purpose::Restore => "The backup's passphrase: ",
+            Purpose::Account => "Password for the account: ",
         })?,
     };
+    let word = if purpose == Purpose::Account {
+        "password"
+    } else {
+        "passphrase"
+    };
     if passphrase.is_empty() {
-        return Err(CtlError::Passphrase("the passphrase is empty".into()));
+        return Err(CtlError::Passphrase(format!("the {word} is empty")));
     }
-    if purpose == Purpose::Backup {
-        let chars = passphrase.chars().count();
+    let chars = passphrase.chars().count();
+    let why = match purpose {
+        Purpose::Backup => {
+            "a backup's needs at least {MIN}, since anyone holding a copy of the archive can try passphrases against it offline"
+        }
+        Purpose::Account => {
+            "an account's needs at least {MIN}, since anyone holding a copy of the store or a backup can try passwords against its hash offline"
+        }
+        Purpose::Restore => "",
+    };
+    if purpose != Purpose::Restore {
         if chars < MIN_CHARS {
             return Err(CtlError::Passphrase(format!(
-                "the passphrase is {chars} characters long; a backup's needs at least {MIN_CHARS}, since anyone holding a copy of the archive can try passphrases against it offline. Choose a longer one"
+                "the {word} is {chars} characters long; {}. Choose a longer one",
+                why.replace("{MIN}", &MIN_CHARS.to_string())
             )));
         }
-        if file.is_none() && *ask("The same passphrase again: ")? != *passphrase {
-            return Err(CtlError::Passphrase(
-                "the two passphrases differ; nothing was written. Run the backup again".into(),
-            ));
+        if file.is_none() && *ask(&format!("The same {word} again: "))? != *passphrase {
+            return Err(CtlError::Passphrase(format!(
+                "the two {word}s differ; nothing was written. Run the command again"
+            )));
         }
     }
     Ok(passphrase)

@@ -931,6 +931,24 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, op: &Ope
             }
         }
         Report::Done(msg) => say!("{msg}"),
+        Report::User(crate::users::View::Users(users)) => {
+            if users.is_empty() {
+                say!("no console accounts yet: `clustermgr user add NAME --role admin` makes one");
+            }
+            for u in &users {
+                say!(
+                    "{:<20} {:<9} password set {}  {} API token{}",
+                    u.name,
+                    u.role.as_str(),
+                    u.password_set,
+                    u.tokens.len(),
+                    if u.tokens.len() == 1 { "" } else { "s" }
+                );
+            }
+        }
+        Report::User(crate::users::View::Done { said, .. }) => say!("{said}"),
+        // Printed by the CLI, which knows where the token went.
+        Report::User(crate::users::View::Token { .. }) => {}
         Report::Status(s) => {
             say!(
                 "cluster {}: {}",

@@ -51,6 +51,11 @@ pub async fn serve(
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| CtlError::io(&socket, e))?;
     tracing::info!("serving the CLI on {}", socket.display());
+    let access = Arc::new(crate::config::ControllerConfig::load(&ctx.home.config())?.access);
+    let shared = match &access.socket {
+        Some(path) => Some((bind_shared(path)?, path.clone())),
+        None => None,
+    };
     let keeper = tokio::spawn(keep_connections(ctx.clone()));
     let tunnel_keeper = tokio::spawn(keep_tunnel(ctx.clone()));
     let telemetry_keeper = tokio::spawn(keep_telemetry(ctx.clone(), exports.clone()));
@@ -64,12 +69,28 @@ pub async fn serve(
         "bad requests (or hang-ups) from CLI clients".into(),
     ));
     let bad = bad_requests.clone();
+    let own_access = access.clone();
     let accepting = crate::accept::serve_bounded(listener, CLI_CONNECTIONS, "CLI", move |stream| {
-        client(cli_ctx.clone(), stream, bad.clone())
+        client(cli_ctx.clone(), stream, bad.clone(), own_access.clone())
     });
+    // Other local users' CLIs, each with the role [access] gives it; the same bound.
+    let shared_accepting = async {
+        match shared {
+            Some((listener, path)) => {
+                tracing::info!("serving other local users' CLIs on {}", path.display());
+                let (ctx, bad) = (ctx.clone(), bad_requests.clone());
+                crate::accept::serve_bounded(listener, CLI_CONNECTIONS, "shared CLI", move |s| {
+                    client(ctx.clone(), s, bad.clone(), access.clone())
+                })
+                .await
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = shutdown => {}
         _ = bad_requests.flushing(accepting) => {}
+        _ = shared_accepting => {}
     }
     keeper.abort();
     tunnel_keeper.abort();
@@ -79,12 +100,60 @@ pub async fn serve(
     alerts.abort();
     exports.close(Duration::from_secs(10)).await;
     let _ = std::fs::remove_file(&socket);
+    if let Some(path) = &crate::config::ControllerConfig::load(&ctx.home.config())
+        .ok()
+        .and_then(|c| c.access.socket)
+    {
+        let _ = std::fs::remove_file(path);
+    }
     ctx.dialer.close().await;
     Ok(())
 }
 
-async fn client(ctx: Arc<Ctx>, stream: UnixStream, bad_requests: Arc<Counted>) {
-    let peer_uid = stream.peer_cred().map(|c| c.uid()).ok();
+/// Binds `[access] socket`, which any local user may connect to (0666: the kernel's
+/// word on who connects decides what they may do). Refused in a directory others may
+/// write, where someone could swap the socket for one of their own and read what the
+/// CLIs send.
+fn bind_shared(path: &std::path::Path) -> Result<UnixListener, CtlError> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+    let meta = std::fs::metadata(dir).map_err(|e| CtlError::io(dir, e))?;
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    if !(meta.uid() == 0 || Some(meta.uid()) == me) {
+        return Err(CtlError::BadFile {
+            path: dir.to_path_buf(),
+            why: "[access] socket must be in a directory owned by root or by the controller's user (another owner could replace the socket)".into(),
+        });
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(CtlError::Insecure {
+            path: dir.to_path_buf(),
+            what: "the directory of [access] socket, writable by group or others",
+            mode: meta.permissions().mode() & 0o7777,
+            fix: "755",
+        });
+    }
+    // Ours from an earlier serve (we hold the store's lock, so none runs now).
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if m.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(|e| CtlError::io(path, e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| CtlError::io(path, e))?;
+    Ok(listener)
+}
+
+async fn client(
+    ctx: Arc<Ctx>,
+    stream: UnixStream,
+    bad_requests: Arc<Counted>,
+    access: Arc<crate::access::AccessConfig>,
+) {
+    let cred = stream.peer_cred().ok();
+    let peer_uid = cred.map(|c| c.uid());
     let (mut rd, mut wr) = stream.into_split();
     let (hello, mut inv) = match tokio::time::timeout(CLI_REQUEST_DEADLINE, read_request(&mut rd))
         .await
@@ -115,8 +184,48 @@ async fn client(ctx: Arc<Ctx>, stream: UnixStream, bad_requests: Arc<Counted>) {
     }
     // The socket is the owner's only (0600), but the audit log takes the kernel's word
     // for who is on the other end, not the client's.
+    let role = match cred {
+        Some(c) => {
+            inv.user = ops::audit_user(c.uid());
+            let peer = crate::access::Peer {
+                uid: c.uid(),
+                name: crate::ctx::user_name(c.uid()),
+                groups: c
+                    .pid()
+                    .map(|pid| crate::access::groups_of_process(pid, c.gid()))
+                    .unwrap_or_default(),
+            };
+            let owner = std::fs::metadata("/proc/self")
+                .map_or(u32::MAX, |m| std::os::unix::fs::MetadataExt::uid(&m));
+            access.role_of(&peer, owner)
+        }
+        None => None,
+    };
+    let refused = match (peer_uid, role) {
+        (Some(_), Some(role)) => inv.op.allowed(&inv.user, role).err(),
+        (Some(_), None) => Some(CtlError::NoRole {
+            who: inv.user.clone(),
+        }),
+        (None, _) => None,
+    };
+    if let Some(e) = refused {
+        if let Some(earlier) = bad_requests.admit() {
+            tracing::info!(
+                "{e} ({earlier} more refusals or bad requests since the last such line)"
+            );
+        }
+        let _ = write_message(
+            &mut wr,
+            &ServeMsg::Done(Err(ServeError {
+                message: e.to_string(),
+                exit_code: e.exit_code(),
+            })),
+        )
+        .await;
+        return;
+    }
     match peer_uid {
-        Some(uid) => inv.user = ops::audit_user(uid),
+        Some(_) => {}
         None => {
             let _ = write_message(
                 &mut wr,
@@ -485,6 +594,7 @@ mod tests {
                 ctx,
                 ours,
                 Arc::new(Counted::new(BAD_REQUEST_LOG_EVERY, "x".into())),
+                Arc::default(),
             ),
             &mut cli,
             &request,
@@ -505,7 +615,7 @@ mod tests {
         for _ in 0..5 {
             let (cli, ours) = UnixStream::pair().unwrap();
             drop(cli);
-            client(ctx.0.clone(), ours, bad.clone()).await;
+            client(ctx.0.clone(), ours, bad.clone(), Arc::default()).await;
         }
         let quiet = tokio::time::sleep(3 * BAD_REQUEST_LOG_EVERY);
         bad.flushing(quiet).await;

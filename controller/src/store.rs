@@ -346,6 +346,45 @@ impl std::fmt::Debug for BuildRecord {
     }
 }
 
+/// A console account (issue 19): its role, its password as an argon2id PHC string
+/// (never the password), and its API tokens as digests. `Debug` shows neither.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// The account's name.
+    pub name: String,
+    /// What it may do.
+    pub role: crate::access::UserRole,
+    /// `$argon2id$...`.
+    pub password_hash: String,
+    /// When it was made, Unix milliseconds.
+    pub created_ms: i64,
+    /// When its password was last set.
+    pub password_set_ms: i64,
+    /// Its API tokens.
+    pub tokens: Vec<TokenRecord>,
+}
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("tokens", &self.tokens.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An API token of a console account, kept as the SHA-256 of the token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Its public name (the digest's first 12 hex digits).
+    pub id: String,
+    /// The token's SHA-256, hex.
+    pub sha256: String,
+    /// When it was made, Unix milliseconds.
+    pub created_ms: i64,
+}
+
 /// The configuration part of a store snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigSnapshot {
@@ -361,9 +400,12 @@ pub struct ConfigSnapshot {
     pub changes: Vec<(u64, ChangeRecord)>,
     /// The tunnel CA and its certificates.
     pub tunnel: Option<TunnelRecord>,
-    /// What the controller made to build the cluster. Last: a backup of contents
-    /// format 2 lacks it, and is read with its default appended (`crate::archive`).
+    /// What the controller made to build the cluster. A backup of contents format 2
+    /// lacks it, and is read with its default appended (`crate::archive`).
     pub build: BuildRecord,
+    /// The console's accounts. Last: a backup of contents format 3 lacks them, and is
+    /// read with none appended.
+    pub users: Vec<UserRecord>,
 }
 
 /// Every record of a store, read in one transaction: what a backup carries.
@@ -451,6 +493,7 @@ impl Store {
                 config.insert("tunnel", encode(t).as_slice())?;
             }
             config.insert("build", encode(&c.build).as_slice())?;
+            config.insert("users", encode(&c.users).as_slice())?;
             let mut desired = txn.open_table(DESIRED)?;
             for rec in &c.desired {
                 desired.insert(rec.node.as_str(), encode(rec).as_slice())?;
@@ -729,6 +772,10 @@ impl Store {
                         .map(|b| decode(&b))
                         .transpose()?
                         .unwrap_or_default(),
+                    users: get("users")?
+                        .map(|b| decode(&b))
+                        .transpose()?
+                        .unwrap_or_default(),
                 },
             })
         })
@@ -866,6 +913,50 @@ impl Store {
             t.insert("build", encode(&rec).as_slice())?;
             Ok(out)
         })
+    }
+
+    /// The console's accounts, by name.
+    pub fn users(&self) -> Result<Vec<UserRecord>, CtlError> {
+        self.read(|txn| {
+            let t = txn.open_table(CONFIG)?;
+            t.get("users")?
+                .map(|v| decode(v.value()))
+                .transpose()
+                .map(Option::unwrap_or_default)
+        })
+    }
+
+    /// Changes the accounts with `f`, in one transaction; an error from `f` writes
+    /// nothing.
+    pub fn update_users<T>(
+        &self,
+        f: impl FnOnce(&mut Vec<UserRecord>) -> Result<T, CtlError>,
+    ) -> Result<T, CtlError> {
+        let mut failed = None;
+        let out = self.write(|txn| {
+            let mut t = txn.open_table(CONFIG)?;
+            let mut users: Vec<UserRecord> = t
+                .get("users")?
+                .map(|v| decode(v.value()))
+                .transpose()?
+                .unwrap_or_default();
+            match f(&mut users) {
+                Ok(out) => {
+                    users.sort_by(|a, b| a.name.cmp(&b.name));
+                    t.insert("users", encode(&users).as_slice())?;
+                    Ok(Some(out))
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    Ok(None)
+                }
+            }
+        })?;
+        match (out, failed) {
+            (Some(out), _) => Ok(out),
+            (None, Some(e)) => Err(e),
+            (None, None) => unreachable!("f either returned or failed"),
+        }
     }
 
     /// The tunnel CA record, once made.

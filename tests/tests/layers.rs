@@ -18,6 +18,7 @@ const LAYERS: &[(&str, bool, &[&str])] = &[
         true,
         &[
             "accept",
+            "access",
             "archive",
             "binary",
             "ca",
@@ -35,6 +36,7 @@ const LAYERS: &[(&str, bool, &[&str])] = &[
             "keymatch",
             "model",
             "passphrase",
+            "password",
             "recent",
             "selector",
             "store",
@@ -48,7 +50,14 @@ const LAYERS: &[(&str, bool, &[&str])] = &[
     (
         "operations",
         false,
-        &["bootstrap", "desired", "health", "telemetry", "upgrade"],
+        &[
+            "bootstrap",
+            "desired",
+            "health",
+            "telemetry",
+            "upgrade",
+            "users",
+        ],
     ),
     // The dispatch: an Operation in, events and a view out, in-process or through serve.
     ("dispatch", true, &["ops"]),
