@@ -32,6 +32,52 @@ pub struct ControllerConfig {
     pub alerts: AlertsConfig,
     /// Other local users' roles, and the socket they reach `serve` through.
     pub access: crate::access::AccessConfig,
+    /// The web console `serve` serves.
+    pub web: WebConfig,
+}
+
+/// The `[web]` section: where `serve` serves the console, and how long a login lasts.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// `host:port`, or `off`. A loopback address is reached from elsewhere with
+    /// `ssh -L 5000:localhost:5000 CONTROLLER`.
+    pub address: String,
+    /// A session unused this long ends, in minutes.
+    pub idle_minutes: u64,
+    /// A session ends this long after the login whatever happens, in hours.
+    pub absolute_hours: u64,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            address: "127.0.0.1:5000".into(),
+            idle_minutes: 30,
+            absolute_hours: 12,
+        }
+    }
+}
+
+impl WebConfig {
+    /// The address to listen on; `None` when the console is off.
+    pub fn listen(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        if self.address == "off" {
+            return Ok(None);
+        }
+        let addr: std::net::SocketAddr = self.address.parse().map_err(|_| {
+            format!(
+                "[web] address {:?} is not IP:PORT or \"off\" (such as \"127.0.0.1:5000\")",
+                self.address
+            )
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "[web] address {addr} is not a loopback address: the console is served over plain HTTP for now, which must not leave this machine; keep 127.0.0.1:5000 and reach it with `ssh -L 5000:localhost:5000 THIS-HOST`"
+            ));
+        }
+        Ok(Some(addr))
+    }
 }
 
 /// The `[alerts]` section: each health change (an event) goes to a command, a
@@ -79,6 +125,7 @@ impl Default for ControllerConfig {
             health: Default::default(),
             alerts: Default::default(),
             access: Default::default(),
+            web: Default::default(),
         }
     }
 }
@@ -106,6 +153,12 @@ impl ControllerConfig {
                 "[access] socket {} must be an absolute path",
                 socket.display()
             )));
+        }
+        cfg.web.listen().map_err(invalid)?;
+        if cfg.web.idle_minutes == 0 || cfg.web.absolute_hours == 0 {
+            return Err(invalid(
+                "[web] idle_minutes and absolute_hours must be above 0".into(),
+            ));
         }
         if cfg.connect_timeout_ms == 0 {
             return Err(invalid("connect_timeout_ms must be above 0".into()));

@@ -51,6 +51,7 @@ pub mod telemetry_store;
 pub mod terminal;
 mod upgrade;
 pub mod users;
+pub mod web;
 pub mod words;
 
 pub use error::CtlError;

@@ -61,6 +61,8 @@ pub async fn serve(
     let telemetry_keeper = tokio::spawn(keep_telemetry(ctx.clone(), exports.clone()));
     let telemetry_upkeep = tokio::spawn(maintain_telemetry(ctx.clone()));
     let health_watch = tokio::spawn(crate::health::watch(ctx.clone()));
+    let web_cfg = crate::config::ControllerConfig::load(&ctx.home.config())?.web;
+    let console = tokio::spawn(crate::web::run(ctx.clone(), web_cfg));
     let alerts = tokio::spawn(crate::health::alerts::deliver(ctx.clone()));
     let cli_ctx = ctx.clone();
     // Anyone with the socket can send bad requests at will: a line a minute, counted.
@@ -97,6 +99,7 @@ pub async fn serve(
     telemetry_keeper.abort();
     telemetry_upkeep.abort();
     health_watch.abort();
+    console.abort();
     alerts.abort();
     exports.close(Duration::from_secs(10)).await;
     let _ = std::fs::remove_file(&socket);

@@ -20,6 +20,7 @@ pub mod packaging;
 pub mod schema;
 pub mod slapd;
 pub mod standalone;
+pub mod web;
 
 /// Like [`eventually`], for tests without an async runtime (the multi-host tests).
 pub fn eventually_blocking<F: FnMut() -> bool>(what: &str, patience: Duration, mut cond: F) {

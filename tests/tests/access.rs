@@ -228,3 +228,284 @@ async fn console_accounts_are_made_listed_given_tokens_and_removed() {
     assert!(stderr(&o).contains("no console account \"alice\""));
     assert!(stdout(&c.run(&["user", "list"])).contains("no console accounts yet"));
 }
+
+/// Makes console account `name` with `role` and the password `pw`, through the CLI.
+fn account(c: &Cluster, dir: &std::path::Path, name: &str, role: &str, pw: &str) {
+    let file = dir.join(format!("{name}.pw"));
+    std::fs::write(&file, format!("{pw}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = c.run(&[
+        "user",
+        "add",
+        name,
+        "--role",
+        role,
+        "--password-file",
+        &file.display().to_string(),
+    ]);
+    assert!(o.status.success(), "user add {name}: {}", stderr(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_logs_people_in_and_answers_each_by_role() {
+    use clustermgr_tests::web::{console_address, cookie, read_stream_until, request};
+    use std::time::Duration;
+    let mut lb = node("lb1", "");
+    lb.roles = vec![clustermgr::store::Role::Lb];
+    let c = Cluster::start(vec![node("gluu1", ""), node("gluu2", ""), lb]).await;
+    std::fs::write(
+        c.dir().join("controller.toml"),
+        "[web]\naddress = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _serve = c.serve().await;
+    // No account, no console: serve says how to make one, and starts it once there is.
+    let log = c.home.path().join("serve.log");
+    clustermgr_tests::eventually(
+        "serve to say the console waits",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("`clustermgr user add NAME --role admin`")
+        },
+    )
+    .await;
+    account(&c, dir.path(), "alice", "admin", "alice's long password");
+    account(&c, dir.path(), "vera", "viewer", "vera's long password");
+    account(&c, dir.path(), "otto", "operator", "otto's long password");
+    let addr = console_address(&c.dir(), Duration::from_secs(10));
+
+    // Nothing without a login but the login page and its assets, with strict headers.
+    let a = request(addr, "GET", "/", &[], b"");
+    assert_eq!((a.status, a.header("location")), (303, Some("/login")));
+    let a = request(addr, "GET", "/api/v1/status", &[], b"");
+    assert_eq!(a.status, 401, "{}", a.text());
+    let a = request(addr, "GET", "/login", &[], b"");
+    assert_eq!(a.status, 200);
+    let csp = a.header("content-security-policy").expect("a CSP");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert_eq!(a.header("x-frame-options"), Some("DENY"));
+    assert!(!a.text().contains("<script>"), "no inline script");
+
+    let login = |name: &str, pw: &str| {
+        request(
+            addr,
+            "POST",
+            "/api/v1/login",
+            &[("Content-Type", "application/json")],
+            serde_json::json!({"name": name, "password": pw})
+                .to_string()
+                .as_bytes(),
+        )
+    };
+    // A login as a form (what another site could make a browser send) is refused.
+    let a = request(
+        addr,
+        "POST",
+        "/api/v1/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"name=alice&password=x",
+    );
+    assert_eq!(a.status, 403);
+    let a = login("alice", "alice's long password");
+    assert_eq!(a.status, 200, "{}", a.text());
+    let set = a.header("set-cookie").unwrap();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let admin = cookie(&a);
+    let admin_csrf = a.json()["csrf"].as_str().unwrap().to_string();
+
+    // The API answers with the CLI's documents.
+    let a = request(addr, "GET", "/api/v1/status", &[("Cookie", &admin)], b"");
+    assert_eq!(a.status, 200, "{}", a.text());
+    clustermgr_tests::schema::assert_valid("status", &a.json());
+    let a = request(addr, "GET", "/", &[("Cookie", &admin)], b"");
+    assert_eq!(a.status, 200);
+    assert!(a.text().contains("/assets/app.js"));
+
+    // A change without the session's CSRF token, or from another site, is refused.
+    let drain = "/api/v1/nodes/gluu2/drain";
+    let a = request(addr, "POST", drain, &[("Cookie", &admin)], b"");
+    assert_eq!(a.status, 403, "{}", a.text());
+    assert!(a.text().contains("CSRF"));
+    let a = request(
+        addr,
+        "POST",
+        drain,
+        &[
+            ("Cookie", &admin),
+            ("X-CSRF-Token", &admin_csrf),
+            ("Origin", "http://evil.example"),
+        ],
+        b"",
+    );
+    assert_eq!(a.status, 403, "{}", a.text());
+    let a = request(
+        addr,
+        "POST",
+        drain,
+        &[("Cookie", &admin), ("X-CSRF-Token", &admin_csrf)],
+        b"",
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    clustermgr_tests::schema::assert_valid("apply", &a.json());
+
+    // A viewer reads, and may not plan or apply, even with a well-made request.
+    let a = login("vera", "vera's long password");
+    let viewer = cookie(&a);
+    let viewer_csrf = a.json()["csrf"].as_str().unwrap().to_string();
+    let a = request(addr, "GET", "/api/v1/health", &[("Cookie", &viewer)], b"");
+    assert_eq!(a.status, 200, "{}", a.text());
+    let a = request(addr, "GET", "/api/v1/plan", &[("Cookie", &viewer)], b"");
+    assert_eq!(a.status, 403, "{}", a.text());
+    let a = request(
+        addr,
+        "POST",
+        "/api/v1/apply",
+        &[
+            ("Cookie", &viewer),
+            ("X-CSRF-Token", &viewer_csrf),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"plan": "0000"}"#,
+    );
+    assert_eq!(a.status, 403, "{}", a.text());
+    assert!(
+        a.text().contains("vera (console, password) is a viewer"),
+        "{}",
+        a.text()
+    );
+
+    // A script's token has its account's role: an operator plans, cannot apply.
+    let token_file = dir.path().join("otto.token");
+    let o = c.run(&[
+        "user",
+        "token",
+        "otto",
+        "--out",
+        &token_file.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bearer = format!(
+        "Bearer {}",
+        std::fs::read_to_string(&token_file).unwrap().trim()
+    );
+    let a = request(
+        addr,
+        "GET",
+        "/api/v1/plan",
+        &[("Authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    let digest = a.json()["digest"].as_str().unwrap().to_string();
+    let body = serde_json::json!({ "plan": digest }).to_string();
+    let a = request(
+        addr,
+        "POST",
+        "/api/v1/apply",
+        &[
+            ("Authorization", &bearer),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(a.status, 403, "{}", a.text());
+    let a = request(
+        addr,
+        "GET",
+        "/api/v1/plan",
+        &[("Authorization", "Bearer cmt_forged")],
+        b"",
+    );
+    assert_eq!(a.status, 401);
+
+    // The admin applies exactly the plan shown, under their name in the audit log.
+    let a = request(
+        addr,
+        "POST",
+        "/api/v1/apply",
+        &[
+            ("Cookie", &admin),
+            ("X-CSRF-Token", &admin_csrf),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    let audit = stdout(&c.run(&["audit"]));
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("alice (console, password)") && l.contains(" apply ")),
+        "{audit}"
+    );
+    assert!(audit.contains("console login"), "{audit}");
+
+    // The live stream sends the nodes' ticks.
+    let got = read_stream_until(
+        addr,
+        "/api/v1/stream",
+        &[("Cookie", &admin)],
+        "event: top",
+        Duration::from_secs(10),
+    );
+    assert!(got.contains("event: top"), "{got}");
+
+    // Logout ends the session on the server; a new password ends the others.
+    let a = request(
+        addr,
+        "POST",
+        "/api/v1/logout",
+        &[("Cookie", &admin), ("X-CSRF-Token", &admin_csrf)],
+        b"",
+    );
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        request(addr, "GET", "/api/v1/status", &[("Cookie", &admin)], b"").status,
+        401
+    );
+    let pw = dir.path().join("vera2.pw");
+    std::fs::write(&pw, "vera's new long password\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = c.run(&[
+        "user",
+        "passwd",
+        "vera",
+        "--password-file",
+        &pw.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        request(addr, "GET", "/api/v1/health", &[("Cookie", &viewer)], b"").status,
+        401
+    );
+
+    // Wrong passwords are refused and counted: after five, even the right one waits,
+    // from that address, for as long as Retry-After says.
+    for _ in 0..5 {
+        assert_eq!(login("otto", "not the password").status, 401);
+    }
+    let a = login("otto", "otto's long password");
+    assert_eq!(a.status, 429, "{}", a.text());
+    let wait: u64 = a.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=900).contains(&wait), "{wait}");
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log_text.contains("failed console login for \"otto\""),
+        "{log_text}"
+    );
+    assert!(!log_text.contains("not the password"));
+    clustermgr_tests::eventually_blocking(
+        "the throttle to let otto try again",
+        Duration::from_secs(wait + 5),
+        || login("otto", "otto's long password").status == 200,
+    );
+}

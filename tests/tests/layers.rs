@@ -74,6 +74,7 @@ const LAYERS: &[(&str, bool, &[&str])] = &[
             "render",
             "contract",
             "serve",
+            "web",
             "lib",
             "main",
         ],

@@ -1,0 +1,765 @@
+//! The web console and its API (`serve`'s third front end, beside the CLI and its
+//! socket): pages embedded in the binary, `/api/v1/...` answering with the same JSON
+//! documents as the CLI's `--json` (`crate::contract`), and a server-sent event stream
+//! that keeps the Overview live. Every route but the login page, its script and style
+//! needs a session cookie or an API token; every operation goes through
+//! [`crate::ops::run`] after [`crate::ops::Operation::allowed`] with the caller's role,
+//! and is audited under the person's name and how they logged in.
+//!
+//! Served with axum over hyper, HTTP/1.1, by serve's own bounded accept loop: at most
+//! [`CONNECTIONS`] at once, request heads within [`HEAD_DEADLINE`] and
+//! [`MAX_HEAD_BYTES`], bodies within [`MAX_BODY_BYTES`].
+
+pub mod session;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::CtlError;
+use crate::accept::Counted;
+use crate::config::WebConfig;
+use crate::ops::{Ctx, Invocation, Operation};
+use session::{Caller, How, Sessions, Throttle};
+
+/// Connections served at once (each open page holds one for its event stream).
+pub const CONNECTIONS: usize = 64;
+/// A request head must arrive within this.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(10);
+/// The largest request head.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// The largest request body (logins, apply requests: small JSON).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// The session cookie's name.
+pub const COOKIE: &str = "cm_session";
+/// How often the event stream sends the nodes' ticks.
+const TOP_EVERY: Duration = Duration::from_secs(2);
+/// How often it sends the nodes' status (a ping of each, over warm connections).
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// How often a repeated failed login is logged.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The console's state, shared by every request.
+pub struct Web {
+    ctx: Arc<Ctx>,
+    sessions: Sessions,
+    throttle: Throttle,
+    failed_logins: Counted,
+}
+
+impl std::fmt::Debug for Web {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Web")
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The page shells and their assets, embedded: the console works with no internet.
+mod assets {
+    pub const INDEX: &str = include_str!("../../web/index.html");
+    pub const LOGIN: &str = include_str!("../../web/login.html");
+    pub const APP_JS: &str = include_str!("../../web/app.js");
+    pub const LOGIN_JS: &str = include_str!("../../web/login.js");
+    pub const CSS: &str = include_str!("../../web/app.css");
+}
+
+/// Serves the console for `serve` until the task is dropped: once the store has an
+/// account (the console is never served without one; serve says how to make one), on
+/// `[web] address`. A console that cannot listen is logged and left off; the rest of
+/// `serve` goes on.
+pub async fn run(ctx: Arc<Ctx>, cfg: WebConfig) {
+    let addr = match cfg.listen() {
+        Ok(Some(a)) => a,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!("the console is not served: {e}");
+            return;
+        }
+    };
+    let mut said = false;
+    loop {
+        match ctx.store.users() {
+            Ok(u) if !u.is_empty() => break,
+            Ok(_) if !said => {
+                tracing::warn!(
+                    "the web console is not served yet: there is no account. Make one with `clustermgr user add NAME --role admin`; the console starts on {addr} as soon as there is"
+                );
+                said = true;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("reading the console's accounts: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(
+                "cannot serve the web console on {addr}: {e}; set another [web] address in controller.toml (or \"off\") and restart serve"
+            );
+            return;
+        }
+    };
+    let local = listener.local_addr().unwrap_or(addr);
+    // Tests and `clustermgr dev` read the address from this line.
+    tracing::info!("serving the web console on http://{local}/");
+    let web = Arc::new(Web {
+        ctx,
+        sessions: Sessions::new(
+            Duration::from_secs(cfg.idle_minutes * 60),
+            Duration::from_secs(cfg.absolute_hours * 3600),
+        ),
+        throttle: Throttle::default(),
+        failed_logins: Counted::new(LOG_EVERY, "failed console logins".into()),
+    });
+    serve_on(listener, web).await;
+}
+
+/// Serves `web` on `listener`, each connection with its peer's address.
+pub async fn serve_on(listener: tokio::net::TcpListener, web: Arc<Web>) {
+    let app = router(web.clone());
+    let accepting = crate::accept::serve_bounded(
+        PeerListener(listener),
+        CONNECTIONS,
+        "console",
+        move |(stream, peer): (tokio::net::TcpStream, SocketAddr)| {
+            let app = app.clone();
+            async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let mut req = req.map(Body::new);
+                    req.extensions_mut().insert(Peer(peer.ip()));
+                    let mut app = app.clone();
+                    async move {
+                        Ok::<_, Infallible>(
+                            tower_service::Service::call(&mut app, req)
+                                .await
+                                .unwrap_or_else(|e| match e {}),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEAD_DEADLINE)
+                    .max_buf_size(MAX_HEAD_BYTES)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            }
+        },
+    );
+    web.failed_logins.flushing(accepting).await;
+}
+
+/// A TCP listener whose connections come with their peer's address.
+struct PeerListener(tokio::net::TcpListener);
+
+impl crate::accept::Listener for PeerListener {
+    type Conn = (tokio::net::TcpStream, SocketAddr);
+    async fn accept_one(&self) -> std::io::Result<Self::Conn> {
+        self.0.accept().await
+    }
+}
+
+/// The connection's peer address, which login throttling counts by.
+#[derive(Clone, Copy, Debug)]
+struct Peer(IpAddr);
+
+/// Every route.
+pub fn router(web: Arc<Web>) -> Router {
+    let api =
+        Router::new()
+            .route("/session", get(session_doc))
+            .route("/logout", post(logout))
+            .route("/status", read(|q| Operation::Status { nodes: q.nodes() }))
+            .route("/top", read(|q| Operation::Top { nodes: q.nodes() }))
+            .route("/nodes", read(|_| Operation::NodeList))
+            .route(
+                "/nodes/{name}",
+                get(
+                    |State(w): State<Arc<Web>>,
+                     axum::Extension(c): Ext,
+                     Path(node): Path<String>| async move {
+                        run_op(&w, &c, Operation::NodeShow { node }).await
+                    },
+                ),
+            )
+            .route(
+                "/nodes/{name}/drain",
+                post(
+                    |State(w): State<Arc<Web>>,
+                     axum::Extension(c): Ext,
+                     Path(node): Path<String>| async move {
+                        run_op(
+                            &w,
+                            &c,
+                            Operation::Drain {
+                                node,
+                                undrain: false,
+                            },
+                        )
+                        .await
+                    },
+                ),
+            )
+            .route(
+                "/nodes/{name}/undrain",
+                post(
+                    |State(w): State<Arc<Web>>,
+                     axum::Extension(c): Ext,
+                     Path(node): Path<String>| async move {
+                        run_op(
+                            &w,
+                            &c,
+                            Operation::Drain {
+                                node,
+                                undrain: true,
+                            },
+                        )
+                        .await
+                    },
+                ),
+            )
+            .route("/health", read(|q| Operation::Health { nodes: q.nodes() }))
+            .route("/replication", read(|_| Operation::Replication))
+            .route("/ports", read(|_| Operation::Ports))
+            .route(
+                "/events",
+                read(|q| Operation::Events {
+                    since: q.since,
+                    follow: false,
+                    limit: q.limit.unwrap_or(100),
+                }),
+            )
+            .route(
+                "/audit",
+                read(|q| Operation::Audit {
+                    limit: q.limit.unwrap_or(50),
+                }),
+            )
+            .route("/certs", read(|_| Operation::CertStatus))
+            .route("/cluster", read(|_| Operation::ClusterShow))
+            .route(
+                "/history",
+                read(|q| Operation::History {
+                    nodes: q.nodes(),
+                    path: q.path,
+                    limit: q.limit.unwrap_or(100),
+                }),
+            )
+            .route(
+                "/plan",
+                read(|q| Operation::Plan {
+                    nodes: q.nodes(),
+                    drift: false,
+                }),
+            )
+            .route("/apply", post(apply))
+            .route("/stream", get(stream))
+            .route_layer(axum::middleware::from_fn_with_state(
+                web.clone(),
+                authenticate,
+            ))
+            .route("/login", post(login))
+            .fallback(|| async { not_found() });
+    Router::new()
+        .route("/", get(index))
+        .route("/login", get(login_page))
+        .route("/assets/{file}", get(asset))
+        .nest("/api/v1", api)
+        .fallback(|| async { not_found() })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(web)
+}
+
+/// The headers every answer carries: no script but our own files, no framing, no
+/// sniffing, no referrer, no caching of what a session saw.
+async fn security_headers(req: Request<Body>, next: axum::middleware::Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    let set = |h: &mut HeaderMap, k: &'static str, v: &'static str| {
+        h.insert(k, HeaderValue::from_static(v));
+    };
+    set(
+        h,
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    );
+    set(h, "x-content-type-options", "nosniff");
+    set(h, "x-frame-options", "DENY");
+    set(h, "referrer-policy", "no-referrer");
+    set(h, "cross-origin-opener-policy", "same-origin");
+    set(h, "cache-control", "no-store");
+    res
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string(v).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+fn error_response(status: StatusCode, message: &str, exit_code: i32) -> Response {
+    json_response(
+        status,
+        &serde_json::to_value(crate::contract::ErrorDoc {
+            error: message.to_string(),
+            exit_code,
+        })
+        .unwrap_or_default(),
+    )
+}
+
+fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "no such page or API route", 2)
+}
+
+fn unauthorized() -> Response {
+    error_response(
+        StatusCode::UNAUTHORIZED,
+        "log in first: no live session or API token came with this request",
+        1,
+    )
+}
+
+/// The HTTP status of an operation's error.
+fn status_of(e: &CtlError) -> StatusCode {
+    match e {
+        CtlError::Forbidden { .. } => StatusCode::FORBIDDEN,
+        CtlError::UnknownNode { .. } | CtlError::UnknownUser { .. } => StatusCode::NOT_FOUND,
+        _ if e.exit_code() == crate::exit::USAGE => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn cookie_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+fn bearer_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(|t| t.trim().to_string())
+}
+
+/// Who sent `headers`, if anyone live: a session cookie (whose account still exists
+/// with the same password) or an API token of an account.
+fn caller_of(web: &Web, headers: &HeaderMap) -> Option<Caller> {
+    let users = web.ctx.store.users().ok()?;
+    if let Some(token) = bearer_of(headers) {
+        let digest = crate::password::token_digest(&token);
+        return users.iter().find_map(|u| {
+            let t = u
+                .tokens
+                .iter()
+                .find(|t| session::same(&t.sha256, &digest))?;
+            Some(Caller {
+                user: u.name.clone(),
+                role: u.role,
+                how: How::Token(t.id.clone()),
+                csrf: None,
+            })
+        });
+    }
+    let cookie = cookie_of(headers)?;
+    let (user, password_set_ms, csrf) = web.sessions.get(&cookie, Instant::now())?;
+    let Some(u) = users
+        .iter()
+        .find(|u| u.name == user && u.password_set_ms == password_set_ms)
+    else {
+        // Removed, or its password changed: the session is over.
+        web.sessions.end(&cookie);
+        return None;
+    };
+    Some(Caller {
+        user,
+        role: u.role,
+        how: How::Password,
+        csrf: Some(csrf),
+    })
+}
+
+/// A request from another site: its `Origin` (browsers send one with every POST) is
+/// not this host's.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    origin != format!("http://{host}") && origin != format!("https://{host}")
+}
+
+/// The API's gate: a live caller, and for a state-changing request with a session
+/// cookie, the session's CSRF token in `X-CSRF-Token` and no foreign `Origin`.
+async fn authenticate(
+    State(web): State<Arc<Web>>,
+    mut req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(caller) = caller_of(&web, req.headers()) else {
+        return unauthorized();
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        if cross_site(req.headers()) {
+            return error_response(
+                StatusCode::FORBIDDEN,
+                "refused: this request comes from another site's page",
+                1,
+            );
+        }
+        if let Some(csrf) = &caller.csrf {
+            let sent = req
+                .headers()
+                .get("x-csrf-token")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if !session::same(sent, csrf) {
+                return error_response(
+                    StatusCode::FORBIDDEN,
+                    "refused: the request lacks this session's CSRF token (reload the page)",
+                    1,
+                );
+            }
+        }
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+/// Runs `op` for `caller` and answers with its `--json` document.
+async fn run_op(web: &Web, caller: &Caller, op: Operation) -> Response {
+    let who = caller.audit_name();
+    if let Err(e) = op.allowed(&who, caller.role) {
+        return error_response(status_of(&e), &e.to_string(), e.exit_code());
+    }
+    match report(web, &who, op.clone()).await {
+        Ok(report) => match crate::contract::document(&op, report) {
+            Some(doc) => json_response(StatusCode::OK, &doc),
+            None => error_response(StatusCode::NOT_FOUND, "this has no document", 2),
+        },
+        Err(e) => error_response(status_of(&e), &e.to_string(), e.exit_code()),
+    }
+}
+
+/// Runs `op` as `who` through the one operation path, its events let go.
+async fn report(web: &Web, who: &str, op: Operation) -> Result<crate::ops::Report, CtlError> {
+    let (tx, mut rx) = mpsc::channel(64);
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let inv = Invocation {
+        user: who.to_string(),
+        op,
+        connect_timeout_ms: None,
+    };
+    let r = crate::ops::run(web.ctx.clone(), inv, tx).await;
+    let _ = drain.await;
+    r
+}
+
+type Ext = axum::Extension<Caller>;
+
+async fn index(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    if caller_of(&web, &headers).is_none() {
+        return (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response();
+    }
+    html(assets::INDEX)
+}
+
+async fn login_page() -> Response {
+    html(assets::LOGIN)
+}
+
+fn html(body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
+async fn asset(Path(file): Path<String>) -> Response {
+    let (body, kind) = match file.as_str() {
+        "app.js" => (assets::APP_JS, "text/javascript; charset=utf-8"),
+        "login.js" => (assets::LOGIN_JS, "text/javascript; charset=utf-8"),
+        "app.css" => (assets::CSS, "text/css; charset=utf-8"),
+        _ => return not_found(),
+    };
+    ([(header::CONTENT_TYPE, kind)], body).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    name: String,
+    password: String,
+}
+
+impl std::fmt::Debug for LoginBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginBody")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /api/v1/login` with `{"name", "password"}` as JSON (a cross-site form cannot
+/// send that without the browser asking first, and nothing here says yes).
+async fn login(
+    State(web): State<Arc<Web>>,
+    axum::Extension(Peer(addr)): axum::Extension<Peer>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json || cross_site(&headers) {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "refused: a login is JSON sent by the console's own page",
+            1,
+        );
+    }
+    let Ok(b) = serde_json::from_slice::<LoginBody>(&body) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "a login is {\"name\": ..., \"password\": ...}",
+            2,
+        );
+    };
+    let now = Instant::now();
+    if let Some(wait) = web.throttle.wait(&b.name, addr, now) {
+        let secs = wait.as_secs().max(1);
+        let mut res = error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "too many failed logins for this account or from this address; try again in {secs} s"
+            ),
+            1,
+        );
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return res;
+    }
+    let users = match web.ctx.store.users() {
+        Ok(u) => u,
+        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), 1),
+    };
+    let user = users.iter().find(|u| u.name == b.name);
+    // The hash is worked out for unknown names too, so timing does not tell which exist.
+    let decoy = "$argon2id$v=19$m=19456,t=2,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let hash = user.map_or(decoy.to_string(), |u| u.password_hash.clone());
+    let password = zeroize::Zeroizing::new(b.password);
+    let good = tokio::task::spawn_blocking(move || crate::password::verify(&password, &hash))
+        .await
+        .unwrap_or(false);
+    let Some(user) = user.filter(|_| good) else {
+        let n = web.throttle.failed(&b.name, addr, now);
+        if let Some(earlier) = web.failed_logins.admit() {
+            tracing::warn!(
+                "failed console login for {:?} from {addr} ({n} for that account lately; {earlier} more failed logins since the last such line)",
+                b.name
+            );
+        }
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            "wrong account name or password",
+            1,
+        );
+    };
+    web.throttle.succeeded(&user.name);
+    let (cookie, csrf) = web.sessions.start(&user.name, user.password_set_ms, now);
+    let who = format!("{} (console, password)", user.name);
+    if let Err(e) = web
+        .ctx
+        .audit(&who, "console login", &[], &format!("from {addr}"))
+    {
+        tracing::warn!("recording a console login: {e}");
+    }
+    let mut res = json_response(
+        StatusCode::OK,
+        &serde_json::json!({"user": user.name, "role": user.role, "csrf": csrf}),
+    );
+    let set = format!("{COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Strict");
+    if let Ok(v) = HeaderValue::from_str(&set) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    res
+}
+
+/// `POST /api/v1/logout`: the session ends on the server, not only in the browser.
+async fn logout(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    if let Some(c) = cookie_of(&headers) {
+        web.sessions.end(&c);
+    }
+    let mut res = json_response(
+        StatusCode::OK,
+        &serde_json::json!({"message": "logged out"}),
+    );
+    res.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("cm_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    res
+}
+
+/// `GET /api/v1/session`: who is logged in, their role, and the CSRF token the page
+/// sends back with every change.
+async fn session_doc(axum::Extension(c): Ext) -> Response {
+    let how = match &c.how {
+        How::Password => "password".to_string(),
+        How::Token(id) => format!("API token {id}"),
+    };
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({"user": c.user, "role": c.role, "how": how, "csrf": c.csrf}),
+    )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Sel {
+    nodes: Option<String>,
+    limit: Option<usize>,
+    since: Option<String>,
+    path: Option<String>,
+}
+
+impl Sel {
+    fn nodes(&self) -> String {
+        self.nodes.clone().unwrap_or_else(|| "all".into())
+    }
+}
+
+/// A route answering `GET` with the operation its query asks for.
+fn read(op: fn(Sel) -> Operation) -> axum::routing::MethodRouter<Arc<Web>> {
+    get(
+        move |State(w): State<Arc<Web>>, axum::Extension(c): Ext, Query(q): Query<Sel>| async move {
+            run_op(&w, &c, op(q)).await
+        },
+    )
+}
+
+#[derive(Deserialize)]
+struct ApplyBody {
+    /// The digest of the plan the person saw: the apply is exactly that or nothing.
+    plan: String,
+    #[serde(default)]
+    nodes: Option<String>,
+    #[serde(default)]
+    rolling: bool,
+}
+
+/// `POST /api/v1/apply` with `{"plan": DIGEST}`: only the plan that was shown.
+async fn apply(
+    State(w): State<Arc<Web>>,
+    axum::Extension(c): Ext,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(b) = serde_json::from_slice::<ApplyBody>(&body) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "an apply is {\"plan\": DIGEST} with the digest of the plan shown (GET /api/v1/plan)",
+            2,
+        );
+    };
+    let op = Operation::Apply {
+        nodes: b.nodes.unwrap_or_else(|| "all".into()),
+        rolling: b.rolling,
+        plan: Some(b.plan),
+    };
+    run_op(&w, &c, op).await
+}
+
+/// `GET /api/v1/stream`: server-sent events for the live pages: `top` (the nodes'
+/// latest ticks) every 2 s, `status` every 10 s, and each health change as `event`,
+/// as long as the session lives.
+async fn stream(
+    State(w): State<Arc<Web>>,
+    axum::Extension(c): Ext,
+    headers: HeaderMap,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let who = c.audit_name();
+    for op in [
+        Operation::Top {
+            nodes: "all".into(),
+        },
+        Operation::Status {
+            nodes: "all".into(),
+        },
+    ] {
+        if let Err(e) = op.allowed(&who, c.role) {
+            return error_response(status_of(&e), &e.to_string(), e.exit_code());
+        }
+    }
+    let (tx, rx) = mpsc::channel::<Event>(16);
+    let mut health = w.ctx.health_events.subscribe();
+    tokio::spawn(async move {
+        let mut top_tick = tokio::time::interval(TOP_EVERY);
+        let mut status_tick = tokio::time::interval(STATUS_EVERY);
+        loop {
+            let (name, op) = tokio::select! {
+                _ = top_tick.tick() => ("top", Operation::Top { nodes: "all".into() }),
+                _ = status_tick.tick() => ("status", Operation::Status { nodes: "all".into() }),
+                e = health.recv() => match e {
+                    Ok(e) => {
+                        let line = crate::contract::EventLine::Event(e.into());
+                        let data = crate::contract::line(&line);
+                        if tx.send(Event::default().event("event").data(data)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                },
+                _ = tx.closed() => return,
+            };
+            // A session that ended (logout, expiry, a removed account) ends its stream.
+            if caller_of(&w, &headers).is_none() {
+                return;
+            }
+            let doc = match report(&w, &who, op.clone()).await {
+                Ok(r) => crate::contract::document(&op, r),
+                Err(e) => Some(serde_json::json!({"error": e.to_string()})),
+            };
+            let data = doc.map(|d| d.to_string()).unwrap_or_default();
+            if tx
+                .send(Event::default().event(name).data(data))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
