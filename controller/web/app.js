@@ -137,9 +137,10 @@ async function healthPage() {
 function planView(doc) {
   const out = [];
   for (const n of doc.nodes) {
-    const changed = n.entries.filter((e) => e.change !== "unchanged");
+    const changed = n.entries.filter((e) => e.change !== "unchanged" && e.change !== "waiting");
+    const waiting = n.entries.filter((e) => e.change === "waiting").length + (n.waiting || []).length;
     out.push(el("h3", {}, n.node + ": " + (changed.length ? changed.length + " to change" : "nothing to change") +
-      (n.message ? " (" + n.message + ")" : "")));
+      (waiting ? ", " + waiting + " waiting" : "") + (n.message ? " (" + n.message + ")" : "")));
     for (const e of changed) {
       out.push(el("p", {}, e.change + " " + e.path + (e.secret ? " (secret: shown as hashes)" : "")));
       if (e.diff) out.push(el("pre", { class: "diff" }, e.diff));
@@ -157,8 +158,16 @@ async function configPage() {
     kids.push(el("p", {}, "Your role (" + state.session.role + ") may read the settings; planning needs operator, applying admin."));
   }
   const cluster = await api("/cluster");
+  const display = (k, v) => {
+    // Secrets as set or not set, never a value or a digest of one.
+    if (k === "secrets" && v && typeof v === "object") {
+      return Object.entries(v).map(([s, d]) => s + ": " + (d ? "set" : "not set")).join(", ");
+    }
+    if (Array.isArray(v)) return v.join(", ");
+    return v === null ? "not set" : (typeof v === "object" ? JSON.stringify(v) : String(v));
+  };
   const settings = Object.entries(cluster).map(([k, v]) => el("tr", {},
-    el("td", {}, k), el("td", {}, typeof v === "object" ? JSON.stringify(v) : String(v))));
+    el("th", { scope: "row" }, k), el("td", { class: "value" }, display(k, v))));
   kids.push(el("table", { id: "settings" }, el("tbody", {}, settings)));
   if (may("operator")) {
     kids.push(el("button", { id: "plan-button", type: "button", onclick: async () => {

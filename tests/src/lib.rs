@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod bench;
+pub mod browser;
 pub mod gluu;
 pub mod netns;
 

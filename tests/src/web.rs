@@ -64,8 +64,35 @@ pub fn request(
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).unwrap();
     s.write_all(body).unwrap();
+    // Read the head, then as much body as it announces: some servers (chromedriver)
+    // say `Connection: close` and keep the socket open.
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read the answer");
+    let mut buf = [0u8; 16384];
+    loop {
+        if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let chunked = head.contains("transfer-encoding: chunked")
+                || head.contains("transfer-encoding:chunked");
+            let body = &raw[split + 4..];
+            let whole = match length {
+                Some(n) => body.len() >= n,
+                None if chunked => body.windows(5).any(|w| w == b"0\r\n\r\n"),
+                None => false,
+            };
+            if whole || method == "HEAD" {
+                break;
+            }
+        }
+        let n = s.read(&mut buf).expect("read the answer");
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
     parse(&raw)
 }
 

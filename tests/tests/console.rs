@@ -1,0 +1,159 @@
+//! The web console in a real browser: headless Chromium through WebDriver against a
+//! real `serve` with sandbox agents. A person logs in (and a wrong password is said),
+//! the Overview fills with the nodes and keeps itself live, a viewer sees no button to
+//! plan or apply, an admin's plan shows a hand edit as a diff and an apply through the
+//! page changes the node's file and lands in the audit log under their name, and a
+//! session that ends sends the browser to the login page. Screenshots are kept under
+//! `target/screenshots/`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use clustermgr_tests::browser::Browser;
+use clustermgr_tests::web::console_address;
+use clustermgr_tests::{Cluster, node, stderr, stdout};
+
+fn account(c: &Cluster, dir: &std::path::Path, name: &str, role: &str, pw: &str) {
+    let file = dir.join(format!("{name}.pw"));
+    std::fs::write(&file, format!("{pw}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = c.run(&[
+        "user",
+        "add",
+        name,
+        "--role",
+        role,
+        "--password-file",
+        &file.display().to_string(),
+    ]);
+    assert!(o.status.success(), "user add {name}: {}", stderr(&o));
+}
+
+fn log_in(b: &Browser, base: &str, name: &str, pw: &str) {
+    b.goto(&format!("{base}/login"));
+    let user = b.wait_for("#name", Duration::from_secs(10));
+    b.type_into(&user, name);
+    let p = b.wait_for("#password", Duration::from_secs(5));
+    b.type_into(&p, pw);
+    // The keyboard alone: Enter in the password field submits.
+    b.type_into(&p, "\u{E007}");
+}
+
+const PATIENCE: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_logs_in_watches_the_cluster_live_and_applies_by_role() {
+    let mut lb = node("lb1", "");
+    lb.roles = vec![clustermgr::store::Role::Lb];
+    let c = Cluster::start(vec![node("gluu1", ""), node("gluu2", ""), lb]).await;
+    std::fs::write(
+        c.dir().join("controller.toml"),
+        "[web]\naddress = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    account(&c, dir.path(), "alice", "admin", "alice's long password");
+    account(&c, dir.path(), "vera", "viewer", "vera's long password");
+    // The configuration is applied once, so a hand edit is drift.
+    let o = c.run(&["apply", "--yes"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _serve = c.serve().await;
+    let base = format!("http://{}", console_address(&c.dir(), PATIENCE));
+    let b = Browser::start();
+
+    // Without a session, the console is the login page; a wrong password is said.
+    b.goto(&format!("{base}/"));
+    b.wait_until("the login page", PATIENCE, |b| b.url().ends_with("/login"));
+    log_in(&b, &base, "alice", "not alice's password");
+    b.wait_until("the refusal shown", PATIENCE, |b| {
+        b.text_of("#said")
+            .contains("wrong account name or password")
+    });
+
+    // The admin: the Overview lists every node, live.
+    log_in(&b, &base, "alice", "alice's long password");
+    b.wait_until("the console", PATIENCE, |b| b.url() == format!("{base}/"));
+    b.wait_until("the nodes on the Overview", PATIENCE, |b| {
+        b.find_all("#nodes tbody tr").len() == 3
+    });
+    let overview = b.text_of("#nodes");
+    for n in ["gluu1", "gluu2", "lb1", "connected"] {
+        assert!(overview.contains(n), "{overview}");
+    }
+    b.wait_until("the live mark", PATIENCE, |b| {
+        b.text_of("#live").starts_with("live")
+    });
+    b.wait_until("the worst state, in words", PATIENCE, |b| {
+        b.text_of("#worst").starts_with("cluster: ")
+    });
+    // The CPU sparkline has drawn pixels once a tick with history came.
+    b.wait_until("a sparkline with pixels", Duration::from_secs(30), |b| {
+        b.execute(
+            "const c = document.querySelector('canvas.spark'); if (!c) return false; \
+             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; \
+             for (let i = 3; i < d.length; i += 4) if (d[i] > 0) return true; return false;",
+            serde_json::json!([]),
+        ) == true
+    });
+    b.screenshot("overview");
+    // Readable on a phone: the wide columns give way, the names stay.
+    b.resize(390, 844);
+    assert!(b.text_of("#nodes").contains("gluu1"));
+    b.screenshot("overview-phone");
+    b.resize(1280, 900);
+
+    // A hand edit of gluu1's /etc/hosts block shows as a diff in the plan; the admin
+    // applies exactly that plan, and it is audited under their name.
+    let hosts = c.agent("gluu1").dir.join("root/etc/hosts");
+    let before = std::fs::read_to_string(&hosts).expect("the applied /etc/hosts");
+    let edited = before.replacen(" gluu2", " gluu2 edited-by-hand", 1);
+    assert_ne!(edited, before, "{before}");
+    std::fs::write(&hosts, &edited).unwrap();
+    b.goto(&format!("{base}/#/config"));
+    let plan = b.wait_for("#plan-button", PATIENCE);
+    b.click(&plan);
+    b.wait_until("the plan's diff", PATIENCE, |b| {
+        b.text_of("#plan").contains("edited-by-hand")
+    });
+    b.screenshot("plan");
+    let apply = b.wait_for("#apply-button", PATIENCE);
+    b.click(&apply);
+    b.wait_until("the apply's outcome", Duration::from_secs(30), |b| {
+        b.text_of("#said").starts_with("Applied:")
+    });
+    assert_eq!(std::fs::read_to_string(&hosts).unwrap(), before);
+    b.goto(&format!("{base}/#/audit"));
+    b.wait_until("the audit entry", PATIENCE, |b| {
+        b.text_of("#audit").contains("alice (console, password)")
+            && b.text_of("#audit").contains("apply")
+    });
+
+    // A session that ends (here: a new password) sends the browser to the login page.
+    let pw = dir.path().join("alice2.pw");
+    std::fs::write(&pw, "alice's newer long password\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = c.run(&[
+        "user",
+        "passwd",
+        "alice",
+        "--password-file",
+        &pw.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    b.wait_until(
+        "the login page after the session ended",
+        Duration::from_secs(30),
+        |b| b.url().ends_with("/login"),
+    );
+
+    // A viewer sees no button to plan or apply (and the API refuses them anyway).
+    log_in(&b, &base, "vera", "vera's long password");
+    b.wait_until("the console", PATIENCE, |b| b.url() == format!("{base}/"));
+    b.goto(&format!("{base}/#/config"));
+    b.wait_for("#settings", PATIENCE);
+    assert!(b.find_all("#plan-button").is_empty());
+    assert!(b.find_all("#apply-button").is_empty());
+    assert!(b.text_of("main").contains("planning needs operator"));
+    let audit = stdout(&c.run(&["audit"]));
+    assert!(audit.contains("vera (console, password)"), "{audit}");
+}
