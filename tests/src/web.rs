@@ -202,3 +202,22 @@ pub fn cookie(a: &Answer) -> String {
         .expect("a cookie")
         .to_string()
 }
+
+/// Makes console account `name` with `role` and the password `pw` through the CLI of
+/// `c` (the password in an owner-only file in `dir`).
+pub fn make_account(c: &crate::Cluster, dir: &Path, name: &str, role: &str, pw: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let file = dir.join(format!("{name}.pw"));
+    std::fs::write(&file, format!("{pw}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = c.run(&[
+        "user",
+        "add",
+        name,
+        "--role",
+        role,
+        "--password-file",
+        &file.display().to_string(),
+    ]);
+    assert!(o.status.success(), "user add {name}: {}", crate::stderr(&o));
+}

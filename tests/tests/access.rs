@@ -229,23 +229,6 @@ async fn console_accounts_are_made_listed_given_tokens_and_removed() {
     assert!(stdout(&c.run(&["user", "list"])).contains("no console accounts yet"));
 }
 
-/// Makes console account `name` with `role` and the password `pw`, through the CLI.
-fn account(c: &Cluster, dir: &std::path::Path, name: &str, role: &str, pw: &str) {
-    let file = dir.join(format!("{name}.pw"));
-    std::fs::write(&file, format!("{pw}\n")).unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let o = c.run(&[
-        "user",
-        "add",
-        name,
-        "--role",
-        role,
-        "--password-file",
-        &file.display().to_string(),
-    ]);
-    assert!(o.status.success(), "user add {name}: {}", stderr(&o));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_logs_people_in_and_answers_each_by_role() {
     use clustermgr_tests::web::{console_address, cookie, read_stream_until, request};
@@ -272,9 +255,9 @@ async fn the_console_logs_people_in_and_answers_each_by_role() {
         },
     )
     .await;
-    account(&c, dir.path(), "alice", "admin", "alice's long password");
-    account(&c, dir.path(), "vera", "viewer", "vera's long password");
-    account(&c, dir.path(), "otto", "operator", "otto's long password");
+    clustermgr_tests::web::make_account(&c, dir.path(), "alice", "admin", "alice's long password");
+    clustermgr_tests::web::make_account(&c, dir.path(), "vera", "viewer", "vera's long password");
+    clustermgr_tests::web::make_account(&c, dir.path(), "otto", "operator", "otto's long password");
     let addr = console_address(&c.dir(), Duration::from_secs(10));
 
     // Nothing without a login but the login page and its assets, with strict headers.

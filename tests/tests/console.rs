@@ -13,22 +13,6 @@ use clustermgr_tests::browser::Browser;
 use clustermgr_tests::web::console_address;
 use clustermgr_tests::{Cluster, node, stderr, stdout};
 
-fn account(c: &Cluster, dir: &std::path::Path, name: &str, role: &str, pw: &str) {
-    let file = dir.join(format!("{name}.pw"));
-    std::fs::write(&file, format!("{pw}\n")).unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let o = c.run(&[
-        "user",
-        "add",
-        name,
-        "--role",
-        role,
-        "--password-file",
-        &file.display().to_string(),
-    ]);
-    assert!(o.status.success(), "user add {name}: {}", stderr(&o));
-}
-
 fn log_in(b: &Browser, base: &str, name: &str, pw: &str) {
     b.goto(&format!("{base}/login"));
     let user = b.wait_for("#name", Duration::from_secs(10));
@@ -52,8 +36,8 @@ async fn a_person_logs_in_watches_the_cluster_live_and_applies_by_role() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    account(&c, dir.path(), "alice", "admin", "alice's long password");
-    account(&c, dir.path(), "vera", "viewer", "vera's long password");
+    clustermgr_tests::web::make_account(&c, dir.path(), "alice", "admin", "alice's long password");
+    clustermgr_tests::web::make_account(&c, dir.path(), "vera", "viewer", "vera's long password");
     // The configuration is applied once, so a hand edit is drift.
     let o = c.run(&["apply", "--yes"]);
     assert!(o.status.success(), "{}", stderr(&o));
