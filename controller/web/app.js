@@ -96,7 +96,7 @@ function overview() {
     const s = statusByName[r.node] || {};
     const rtt = s.rtt_us === null || s.rtt_us === undefined ? "–" : (s.rtt_us / 1000).toFixed(1) + " ms";
     return el("tr", { "data-node": r.node },
-      el("td", {}, r.node, s.primary ? " (primary)" : ""),
+      el("td", {}, el("a", { href: "#/node/" + encodeURIComponent(r.node) }, r.node), s.primary ? " (primary)" : ""),
       el("td", { class: "wide" }, (s.roles || []).join(", ")),
       el("td", {}, r.state),
       el("td", { class: "wide" }, rtt),
@@ -207,10 +207,195 @@ async function auditPage() {
     el("tbody", {}, rows))));
 }
 
-const PAGES = { overview: async () => overview(), health: healthPage, config: configPage, audit: auditPage };
+// A line chart of points ({time_ms, value}) per series on a canvas, with its range
+// in words beside it for those who do not read charts.
+function chart(series, label, unit) {
+  const w = 600, h = 160;
+  const c = el("canvas", { class: "chart", width: String(w), height: String(h), role: "img" });
+  const g = c.getContext("2d");
+  const all = series.flatMap((s) => s.points.filter((p) => p.value !== null));
+  const words = el("p", { class: "range" });
+  if (!all.length) {
+    c.setAttribute("aria-label", label + ": no data in this range");
+    words.textContent = "no data in this range";
+    return el("figure", { class: "metric" }, el("figcaption", {}, label), c, words);
+  }
+  const t0 = Math.min(...all.map((p) => p.time_ms)), t1 = Math.max(...all.map((p) => p.time_ms));
+  const lo = Math.min(0, ...all.map((p) => p.value)), hi = Math.max(...all.map((p) => p.value)) || 1;
+  const colours = ["#0969da", "#1a7f37", "#9a6700", "#cf222e", "#8250df", "#6e7781"];
+  g.strokeStyle = "#d0d7de";
+  g.strokeRect(0.5, 0.5, w - 1, h - 1);
+  series.forEach((s, i) => {
+    g.strokeStyle = colours[i % colours.length];
+    g.lineWidth = 1.5;
+    g.beginPath();
+    g.fillStyle = g.strokeStyle;
+    let started = false;
+    const pts = s.points.filter((p) => p.value !== null);
+    for (const p of s.points) {
+      if (p.value === null) { started = false; continue; }
+      const x = ((p.time_ms - t0) / Math.max(1, t1 - t0)) * (w - 8) + 4;
+      const y = h - 4 - ((p.value - lo) / Math.max(1e-9, hi - lo)) * (h - 8);
+      if (started) g.lineTo(x, y); else { g.moveTo(x, y); started = true; }
+      // A lone sample (a range that has just begun) is a dot.
+      if (pts.length === 1) g.fillRect(x - 2, y - 2, 4, 4);
+    }
+    g.stroke();
+  });
+  const fmt = (v) => (Math.abs(v) >= 1000 ? v.toExponential(2) : v.toFixed(2)) + (unit ? " " + unit : "");
+  words.textContent = series.length + " series, from " + fmt(Math.min(...all.map((p) => p.value))) +
+    " to " + fmt(hi);
+  c.setAttribute("aria-label", label + ": " + words.textContent);
+  return el("figure", { class: "metric" }, el("figcaption", {}, label), c, words);
+}
+
+// Each range with a step that its tier has points for (raw samples, 1-minute and
+// 1-hour points), a few hundred points a chart.
+const RANGES = [["1h", "hour", 10], ["1d", "day", 300], ["7d", "week", 1800], ["30d", "month", 7200],
+  ["365d", "year", 86400]];
+const CHARTS = [["node_cpu_seconds_total", "CPU (seconds per second)", ""],
+  ["node_load1", "Load (1 minute)", ""], ["node_memory_available_bytes", "Memory available", "bytes"],
+  ["node_filesystem_avail_bytes", "Disk available", "bytes"],
+  ["node_network_receive_bytes_total", "Network received", "bytes/s"],
+  ["gluu_process_resident_memory_bytes", "Gluu processes' memory", "bytes"],
+  ["ldap_operations_total", "LDAP operations", "per second"]];
+
+async function nodePage(name) {
+  const page = document.getElementById("page");
+  const range = new URLSearchParams(window.location.hash.split("?")[1] || "").get("range") || "1h";
+  const step = (RANGES.find((r) => r[0] === range) || RANGES[0])[2];
+  page.replaceChildren(el("h1", {}, name), el("p", {}, "Loading…"));
+  const q = "nodes=" + encodeURIComponent(name);
+  const [n, h, logs] = await Promise.all([api("/nodes/" + encodeURIComponent(name)),
+    api("/health?" + q), api("/logs?" + q + "&limit=20")]);
+  const facts = n.host ? [["Host", n.host.hostname], ["OS", n.host.os_release], ["Kernel", n.host.kernel],
+    ["Agent", n.host.agent_version], ["Gluu", n.host.gluu ? n.host.gluu.version : "none"],
+    ["Up", Math.round(n.host.uptime_secs / 3600) + " h"]] : [["Agent", n.error || "not reached"]];
+  const ranges = el("nav", { class: "ranges", "aria-label": "Chart range" }, RANGES.map(([r, word]) =>
+    el("a", { href: "#/node/" + encodeURIComponent(name) + "?range=" + r,
+      "aria-current": r === range ? "true" : "false" }, word)));
+  const charts = el("div", { id: "charts", class: "charts" });
+  page.replaceChildren(
+    el("h1", {}, name, n.primary ? " (primary)" : ""),
+    el("table", { id: "facts" }, el("tbody", {}, facts.map(([k, v]) => el("tr", {}, el("th", { scope: "row" }, k), el("td", {}, v))))),
+    el("h2", {}, "Checks"),
+    el("table", { id: "checks" }, el("tbody", {}, h.verdicts.map((v) => el("tr", {},
+      el("td", {}, v.check), el("td", {}, levelSpan(v.level)), el("td", {}, v.reason))))),
+    el("h2", {}, "Metrics"), ranges, charts,
+    el("h2", {}, "Latest log lines"),
+    el("pre", { id: "node-logs", class: "logs" }, logs.lines.map((l) => l.time + " " + l.source + " " + l.line + "\n")));
+  for (const [metric, label, unit] of CHARTS) {
+    api("/metrics?" + q + "&metric=" + metric + "&since=" + range + "&step=" + step).then((doc) => {
+      charts.append(chart(doc.series, label, unit));
+    }).catch(() => charts.append(chart([], label, unit)));
+  }
+}
+
+// Logs: a live tail across nodes (operators follow logs), filtered by node, source and
+// regular expression, with pause; and a search of the stored lines.
+let logStream = null;
+async function logsPage() {
+  const page = document.getElementById("page");
+  const form = el("form", { id: "log-filter", class: "filters" },
+    el("label", { for: "log-nodes" }, "Nodes"), el("input", { id: "log-nodes", value: "all" }),
+    el("label", { for: "log-source" }, "Source"), el("input", { id: "log-source", placeholder: "any" }),
+    el("label", { for: "log-grep" }, "Matching"), el("input", { id: "log-grep", placeholder: "regular expression" }),
+    el("button", { type: "submit" }, may("operator") ? "Follow" : "Search"),
+    el("button", { type: "button", id: "log-pause" }, "Pause"));
+  const out = el("pre", { id: "log-lines", class: "logs", "aria-live": "polite" });
+  const said = el("p", { id: "log-said", role: "status" });
+  let paused = false;
+  const show = (l) => {
+    if (paused) return;
+    out.append(l.time + " " + l.node + " " + l.source + " " + l.line + "\n");
+    while (out.childNodes.length > 1000) out.removeChild(out.firstChild);
+    out.scrollTop = out.scrollHeight;
+  };
+  const params = () => {
+    const p = new URLSearchParams();
+    p.set("nodes", document.getElementById("log-nodes").value || "all");
+    const src = document.getElementById("log-source").value, grep = document.getElementById("log-grep").value;
+    if (src) p.set("source", src);
+    if (grep) p.set("grep", grep);
+    return p;
+  };
+  const start = async () => {
+    if (logStream) logStream.close();
+    out.replaceChildren();
+    if (may("operator")) {
+      logStream = new EventSource("/api/v1/logs/stream?" + params().toString());
+      logStream.addEventListener("log", (m) => show(JSON.parse(m.data)));
+      logStream.addEventListener("open", () => { said.textContent = "following"; });
+    } else {
+      const doc = await api("/logs?" + params().toString() + "&limit=200");
+      doc.lines.forEach(show);
+      said.textContent = doc.lines.length + " stored lines (following needs operator)";
+    }
+  };
+  form.addEventListener("submit", (ev) => { ev.preventDefault(); start().catch((e) => { said.textContent = e.message; }); });
+  page.replaceChildren(el("h1", {}, "Logs"), form, said, out);
+  document.getElementById("log-pause").addEventListener("click", (ev) => {
+    paused = !paused;
+    ev.target.textContent = paused ? "Resume" : "Pause";
+    said.textContent = paused ? "paused: new lines are not shown" : "following";
+  });
+  await start();
+}
+
+async function replicationPage() {
+  const page = document.getElementById("page");
+  const r = await api("/replication");
+  // The lag matrix: where each heartbeat was read (rows) and whose it is (columns).
+  const nodes = r.nodes;
+  const cell = (ms) => {
+    if (ms === undefined || ms === null) return el("td", { class: "lag unknown" }, "–");
+    const s = ms / 1000;
+    const level = s < 30 ? "ok" : s < 120 ? "warning" : "critical";
+    return el("td", { class: "lag " + level, title: level }, s.toFixed(1) + " s");
+  };
+  const matrix = el("table", { id: "lag" },
+    el("thead", {}, el("tr", {}, el("th", {}, "read on (row), written by (column)"), nodes.map((n) => el("th", {}, n)))),
+    el("tbody", {}, nodes.map((at) => el("tr", {}, el("th", { scope: "row" }, at),
+      nodes.map((of) => cell((r.heartbeat_age_ms[at] || {})[of]))))));
+  const csns = el("table", { id: "csns" }, el("tbody", {}, Object.entries(r.csns).flatMap(([n, ids]) =>
+    Object.entries(ids).map(([id, csn]) => el("tr", {}, el("td", {}, n), el("td", {}, "serverID " + id), el("td", {}, csn))))));
+  const links = el("table", { id: "links" }, el("tbody", {}, Object.entries(r.links).flatMap(([n, ls]) =>
+    ls.map((l) => el("tr", {}, el("td", {}, n), el("td", {}, l.provider), el("td", {}, l.connected ? "connected" : "not connected"), el("td", {}, l.phase || ""))))));
+  const csync2 = el("table", { id: "csync2" }, el("tbody", {}, Object.entries(r.csync2).map(([n, c]) =>
+    el("tr", {}, el("td", {}, n), el("td", {}, c.listening ? "listening" : "not listening"),
+      el("td", {}, c.dirty_total + " waiting"), el("td", {}, c.error || "")))));
+  page.replaceChildren(el("h1", {}, "Replication"),
+    el("h2", {}, "Heartbeat lag"), el("div", { class: "scroll" }, matrix),
+    el("h2", {}, "CSNs per serverID"), csns, el("h2", {}, "Links"), links, el("h2", {}, "csync2"), csync2,
+    r.unread.length ? el("p", {}, "Not read: " + r.unread.map((u) => u.node + " (" + u.reason + ")").join(", ")) : null);
+}
+
+async function certsPage() {
+  const page = document.getElementById("page");
+  const doc = await api("/certs");
+  page.replaceChildren(el("h1", {}, "Certificates"), el("table", { id: "certs" },
+    el("thead", {}, el("tr", {}, el("th", {}, "Subject"), el("th", {}, "Expires"), el("th", {}, "Days left"), el("th", {}, "State"))),
+    el("tbody", {}, doc.certificates.map((c) => el("tr", {}, el("td", {}, c.subject), el("td", {}, c.expires),
+      el("td", {}, String(c.days_left)), el("td", {}, c.state))))));
+}
+
+const PAGES = { overview: async () => overview(), health: healthPage, config: configPage, audit: auditPage,
+  logs: logsPage, replication: replicationPage, certs: certsPage };
 
 async function route() {
-  const name = (window.location.hash.replace(/^#\//, "") || "overview").split("/")[0];
+  const path = window.location.hash.replace(/^#\//, "").split("?")[0];
+  const [name, arg] = (path || "overview").split("/");
+  if (logStream && name !== "logs") { logStream.close(); logStream = null; }
+  for (const a of document.querySelectorAll("header nav a")) {
+    if (a.dataset.page === name) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  if (name === "node" && arg) {
+    try { await nodePage(decodeURIComponent(arg)); } catch (e) {
+      document.getElementById("page").replaceChildren(el("p", { role: "alert" }, "Could not load: " + e.message));
+    }
+    return;
+  }
   const page = PAGES[name] ? name : "overview";
   for (const a of document.querySelectorAll("header nav a")) {
     if (a.dataset.page === page) a.setAttribute("aria-current", "page");

@@ -13,6 +13,9 @@ use serde_json::{Value, json};
 
 use crate::web::request;
 
+/// The screenshots the README shows.
+const README_SHOWS: &[&str] = &["overview", "node", "replication"];
+
 /// The key a WebDriver element reference is under.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -218,7 +221,8 @@ impl Browser {
     }
 
     /// Saves a screenshot of the page as `NAME.png` under `target/screenshots/` (and,
-    /// with `UPDATE_SCREENSHOTS=1`, under `docs/screenshots/` for the README).
+    /// with `UPDATE_SCREENSHOTS=1`, the ones the README shows under
+    /// `docs/screenshots/`).
     pub fn screenshot(&self, name: &str) -> PathBuf {
         use base64::Engine;
         let b64 = self.cmd("GET", "/screenshot", None);
@@ -233,7 +237,7 @@ impl Browser {
         std::fs::create_dir_all(&dir).expect("the screenshot directory");
         let path = dir.join(format!("{name}.png"));
         std::fs::write(&path, &png).expect("the screenshot");
-        if std::env::var_os("UPDATE_SCREENSHOTS").is_some() {
+        if std::env::var_os("UPDATE_SCREENSHOTS").is_some() && README_SHOWS.contains(&name) {
             let docs = root.join("docs/screenshots");
             std::fs::create_dir_all(&docs).expect("docs/screenshots");
             std::fs::write(docs.join(format!("{name}.png")), &png).expect("the screenshot");

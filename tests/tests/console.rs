@@ -29,7 +29,15 @@ const PATIENCE: Duration = Duration::from_secs(15);
 async fn a_person_logs_in_watches_the_cluster_live_and_applies_by_role() {
     let mut lb = node("lb1", "");
     lb.roles = vec![clustermgr::store::Role::Lb];
-    let c = Cluster::start(vec![node("gluu1", ""), node("gluu2", ""), lb]).await;
+    let logs = tempfile::tempdir().unwrap();
+    let app_log = logs.path().join("app.log");
+    std::fs::write(&app_log, "").unwrap();
+    let c = Cluster::start(vec![
+        node("gluu1", &clustermgr_tests::following_app_log(&app_log)),
+        node("gluu2", ""),
+        lb,
+    ])
+    .await;
     std::fs::write(
         c.dir().join("controller.toml"),
         "[web]\naddress = \"127.0.0.1:0\"\n",
@@ -85,6 +93,66 @@ async fn a_person_logs_in_watches_the_cluster_live_and_applies_by_role() {
     assert!(b.text_of("#nodes").contains("gluu1"));
     b.screenshot("overview-phone");
     b.resize(1280, 900);
+
+    // A node's page: its facts, checks, and charts of its metrics drawn from the store.
+    b.goto(&format!("{base}/#/node/gluu1"));
+    b.wait_for("#facts", PATIENCE);
+    assert!(
+        b.text_of("#checks").contains("ports"),
+        "{}",
+        b.text_of("#checks")
+    );
+    // Pixels in the first series' blue, not the frame's grey.
+    b.wait_until("a chart with drawn pixels", Duration::from_secs(30), |b| {
+        b.execute(
+            "for (const c of document.querySelectorAll('canvas.chart')) { \
+               const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; \
+               for (let i = 0; i < d.length; i += 4) \
+                 if (d[i + 3] > 200 && d[i + 2] > 150 && d[i] < 100) return true; } \
+             return false;",
+            serde_json::json!([]),
+        ) == true
+    });
+    // Tall enough for the charts in the picture.
+    b.resize(1280, 1700);
+    b.screenshot("node");
+    b.resize(1280, 900);
+
+    // Logs: a line appended to a node's log file is on the page within two seconds.
+    b.goto(&format!("{base}/#/logs"));
+    b.wait_until("the log stream", PATIENCE, |b| {
+        b.text_of("#log-said") == "following"
+    });
+    let marker = "console-marker-line 42";
+    let written = std::time::Instant::now();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&app_log)
+            .unwrap();
+        writeln!(f, "{marker}").unwrap();
+    }
+    b.wait_until(
+        "the appended line on the Logs page",
+        Duration::from_secs(2),
+        |b| b.text_of("#log-lines").contains(marker),
+    );
+    assert!(written.elapsed() < Duration::from_secs(2));
+    // Paused, new lines are not shown until resumed.
+    let pause = b.wait_for("#log-pause", PATIENCE);
+    b.click(&pause);
+    b.wait_until("paused", PATIENCE, |b| {
+        b.text_of("#log-said").starts_with("paused")
+    });
+    b.screenshot("logs");
+
+    // Replication: the heartbeat matrix, CSNs, links and csync2, in words as well.
+    b.goto(&format!("{base}/#/replication"));
+    b.wait_until("the replication page", PATIENCE, |b| {
+        b.text_of("main").contains("Heartbeat lag")
+    });
+    b.screenshot("replication");
 
     // A hand edit of gluu1's /etc/hosts block shows as a diff in the plan; the admin
     // applies exactly that plan, and it is audited under their name.

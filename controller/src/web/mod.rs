@@ -265,6 +265,31 @@ pub fn router(web: Arc<Web>) -> Router {
             )
             .route("/apply", post(apply))
             .route("/stream", get(stream))
+            .route(
+                "/logs",
+                read(|q| {
+                    Operation::Logs(crate::telemetry::LogsSpec {
+                        nodes: q.nodes(),
+                        source: q.source,
+                        since: q.since,
+                        grep: q.grep,
+                        follow: false,
+                        limit: q.limit,
+                    })
+                }),
+            )
+            .route("/logs/stream", get(logs_stream))
+            .route(
+                "/metrics",
+                read(|q| {
+                    Operation::Metrics(crate::telemetry::MetricsSpec {
+                        nodes: q.nodes(),
+                        metric: q.metric,
+                        since: q.since,
+                        step_secs: q.step,
+                    })
+                }),
+            )
             .route_layer(axum::middleware::from_fn_with_state(
                 web.clone(),
                 authenticate,
@@ -645,6 +670,10 @@ struct Sel {
     limit: Option<usize>,
     since: Option<String>,
     path: Option<String>,
+    source: Option<String>,
+    grep: Option<String>,
+    metric: Option<String>,
+    step: Option<u64>,
 }
 
 impl Sel {
@@ -694,15 +723,19 @@ async fn apply(
 }
 
 /// `GET /api/v1/stream`: server-sent events for the live pages: `top` (the nodes'
-/// latest ticks) every 2 s, `status` every 10 s, and each health change as `event`,
-/// as long as the session lives.
+/// latest ticks) every 2 s, `status` every 10 s, and each health change as `event`
+/// (from `events -f`'s operation), as long as the session lives.
 async fn stream(
     State(w): State<Arc<Web>>,
     axum::Extension(c): Ext,
     headers: HeaderMap,
 ) -> Response {
-    use axum::response::sse::{Event, KeepAlive, Sse};
     let who = c.audit_name();
+    let follow = Operation::Events {
+        since: None,
+        follow: true,
+        limit: 0,
+    };
     for op in [
         Operation::Top {
             nodes: "all".into(),
@@ -710,45 +743,36 @@ async fn stream(
         Operation::Status {
             nodes: "all".into(),
         },
+        follow.clone(),
     ] {
         if let Err(e) = op.allowed(&who, c.role) {
             return error_response(status_of(&e), &e.to_string(), e.exit_code());
         }
     }
-    let (tx, rx) = mpsc::channel::<Event>(16);
-    let mut health = w.ctx.health_events.subscribe();
+    let (tx, rx) = mpsc::channel::<SseEvent>(16);
+    tokio::spawn(forward(w.clone(), who.clone(), follow, tx.clone()));
+    let ticks = w.clone();
+    let ticker = tx.clone();
     tokio::spawn(async move {
+        let w = ticks;
+        let tx = ticker;
         let mut top_tick = tokio::time::interval(TOP_EVERY);
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
         loop {
             let (name, op) = tokio::select! {
                 _ = top_tick.tick() => ("top", Operation::Top { nodes: "all".into() }),
                 _ = status_tick.tick() => ("status", Operation::Status { nodes: "all".into() }),
-                e = health.recv() => match e {
-                    Ok(e) => {
-                        let line = crate::contract::EventLine::Event(e.into());
-                        let data = crate::contract::line(&line);
-                        if tx.send(Event::default().event("event").data(data)).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(_) => return,
-                },
                 _ = tx.closed() => return,
             };
-            // A session that ended (logout, expiry, a removed account) ends its stream.
-            if caller_of(&w, &headers).is_none() {
-                return;
-            }
-            let doc = match report(&w, &who, op.clone()).await {
-                Ok(r) => crate::contract::document(&op, r),
-                Err(e) => Some(serde_json::json!({"error": e.to_string()})),
+            // One slow round must not hold the stream: the next tick tries again.
+            let doc = match tokio::time::timeout(STATUS_EVERY, report(&w, &who, op.clone())).await {
+                Ok(Ok(r)) => crate::contract::document(&op, r),
+                Ok(Err(e)) => Some(serde_json::json!({"error": e.to_string()})),
+                Err(_) => continue,
             };
             let data = doc.map(|d| d.to_string()).unwrap_or_default();
             if tx
-                .send(Event::default().event(name).data(data))
+                .send(SseEvent::default().event(name).data(data))
                 .await
                 .is_err()
             {
@@ -756,10 +780,104 @@ async fn stream(
             }
         }
     });
-    let events = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    sse(w, headers, rx)
+}
+
+use axum::response::sse::Event as SseEvent;
+
+/// How often a stream looks whether its session still lives.
+const SESSION_CHECK: Duration = Duration::from_secs(1);
+
+/// The server-sent event response of `rx`, which ends once the session of `headers`
+/// does (logout, expiry, a removed account or a new password), whatever the tasks
+/// feeding it are doing.
+fn sse(w: Arc<Web>, headers: HeaderMap, rx: mpsc::Receiver<SseEvent>) -> Response {
+    use axum::response::sse::{KeepAlive, Sse};
+    let (ended_tx, ended) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SESSION_CHECK);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = ended_tx.closed() => return,
+            }
+            if caller_of(&w, &headers).is_none() {
+                let _ = ended_tx.send(true);
+                return;
+            }
+        }
+    });
+    let events = futures_util::stream::unfold((rx, ended), |(mut rx, mut ended)| async move {
+        let next = tokio::select! {
+            e = rx.recv() => e,
+            _ = ended.wait_for(|e| *e) => None,
+        };
+        next.map(|e| (Ok::<_, Infallible>(e), (rx, ended)))
     });
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// Runs a following operation (`logs -f`, `events -f`) as `who`, sending its lines to
+/// `tx` as `log` and `event` server-sent events, until the page goes away (which drops
+/// the operation).
+async fn forward(w: Arc<Web>, who: String, op: Operation, tx: mpsc::Sender<SseEvent>) {
+    let (etx, mut erx) = mpsc::channel(64);
+    let inv = Invocation {
+        user: who,
+        op,
+        connect_timeout_ms: None,
+    };
+    let run = crate::ops::run(w.ctx.clone(), inv, etx);
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            _ = &mut run => return,
+            _ = tx.closed() => return,
+            e = erx.recv() => {
+                let (name, data) = match e {
+                    Some(crate::ops::Event::Log(l)) => (
+                        "log",
+                        crate::contract::line(&crate::contract::LogLine::Log(l.into())),
+                    ),
+                    Some(crate::ops::Event::Health(h)) => (
+                        "event",
+                        crate::contract::line(&crate::contract::EventLine::Event(h.into())),
+                    ),
+                    Some(_) => continue,
+                    None => return,
+                };
+                if tx.send(SseEvent::default().event(name).data(data)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `GET /api/v1/logs/stream?nodes=&source=&grep=`: `logs -f` as server-sent `log`
+/// events (operators: following logs is theirs).
+async fn logs_stream(
+    State(w): State<Arc<Web>>,
+    axum::Extension(c): Ext,
+    headers: HeaderMap,
+    Query(q): Query<Sel>,
+) -> Response {
+    let who = c.audit_name();
+    let op = Operation::Logs(crate::telemetry::LogsSpec {
+        nodes: q.nodes(),
+        source: q.source,
+        since: None,
+        grep: q.grep,
+        follow: true,
+        // The newest lines first, as a terminal's tail shows them, then live.
+        limit: Some(100),
+    });
+    if let Err(e) = op.allowed(&who, c.role) {
+        return error_response(status_of(&e), &e.to_string(), e.exit_code());
+    }
+    let (tx, rx) = mpsc::channel::<SseEvent>(64);
+    tokio::spawn(forward(w.clone(), who, op, tx));
+    sse(w, headers, rx)
 }
