@@ -358,6 +358,7 @@ pub async fn run(ask: DevAsk) -> Result<i32, CtlError> {
         }
     };
     if !resume {
+        console_account(&ctx, &dir).await?;
         let marker = dir.join(MARKER);
         std::fs::write(
             &marker,
@@ -365,7 +366,10 @@ pub async fn run(ask: DevAsk) -> Result<i32, CtlError> {
         )
         .map_err(|e| CtlError::io(&marker, e))?;
     }
-    banner(&dir, &base, agents.len(), resume, temporary);
+    let web = crate::config::ControllerConfig::load(&dir.join("controller.toml"))
+        .map(|c| c.web)
+        .unwrap_or_default();
+    banner(&dir, &base, agents.len(), resume, temporary, &web);
     // Like a service manager, the sandbox starts an agent again that died.
     let agents = Arc::new(tokio::sync::Mutex::new(agents));
     let keeper = tokio::spawn(keep_running(agents.clone(), agent_bin.clone()));
@@ -468,8 +472,55 @@ async fn keep_running(agents: Arc<tokio::sync::Mutex<Vec<SandboxAgent>>>, agent_
     }
 }
 
+/// The file holding the sandbox console account's password.
+pub const CONSOLE_PASSWORD: &str = "console-password";
+/// The sandbox console account.
+pub const CONSOLE_ACCOUNT: &str = "dev";
+
+/// Makes the sandbox's console account (`dev`, an admin) with a random password kept
+/// in an owner-only file of the sandbox's home, through the one operation path.
+async fn console_account(ctx: &Arc<Ctx>, dir: &Path) -> Result<(), CtlError> {
+    use base64::Engine;
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 18];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| CtlError::Internal {
+            what: "the sandbox's console password",
+            why: "the system's random source failed".into(),
+            next: "",
+        })?;
+    let password =
+        zeroize::Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b));
+    let file = dir.join(CONSOLE_PASSWORD);
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .and_then(|mut f| f.write_all(format!("{}\n", *password).as_bytes()))
+            .map_err(|e| CtlError::io(&file, e))?;
+    }
+    let op = Operation::UserAdd {
+        name: CONSOLE_ACCOUNT.into(),
+        role: crate::access::UserRole::Admin,
+        password_hash: crate::desired::SecretText(crate::password::hash(&password)),
+    };
+    one_shot(ctx, "dev", op).await.map(|_| ())
+}
+
 /// How to reach the sandbox, printed once it runs.
-fn banner(dir: &Path, base: &Path, agents: usize, resumed: bool, temporary: bool) {
+fn banner(
+    dir: &Path,
+    base: &Path,
+    agents: usize,
+    resumed: bool,
+    temporary: bool,
+    web: &crate::config::WebConfig,
+) {
     let cli = cli_as_typed();
     println!();
     println!(
@@ -486,6 +537,12 @@ fn banner(dir: &Path, base: &Path, agents: usize, resumed: bool, temporary: bool
         "Each node's files are under {}/NODE (root/ stands for its /).",
         base.display()
     );
+    if let Ok(Some(addr)) = web.listen() {
+        println!(
+            "The web console: http://{addr}/ (account {CONSOLE_ACCOUNT}, its password in {}).",
+            dir.join(CONSOLE_PASSWORD).display()
+        );
+    }
     println!(
         "The sandbox runs no Gluu, LDAP, csync2 or tunnels, so `health` shows their checks unknown,\nwaiting for `apply`, or failing (ports and services): what a real cluster would fix."
     );

@@ -120,6 +120,20 @@ async fn console_accounts_are_made_listed_given_tokens_and_removed() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("console account alice made, role admin"));
+    let o = c.run(&[
+        "--json",
+        "user",
+        "add",
+        "bob",
+        "--role",
+        "operator",
+        "--password-file",
+        &pw_arg,
+    ]);
+    let doc = clustermgr_tests::schema::json(&o, "user");
+    assert_eq!(doc["user"]["role"], "operator");
+    let o = c.run(&["--json", "user", "remove", "bob"]);
+    assert!(clustermgr_tests::schema::json(&o, "user")["user"].is_null());
     // A short password, a taken name, a bad name, a bad role: each said plainly.
     let short = dir.path().join("short");
     std::fs::write(&short, "tiny\n").unwrap();

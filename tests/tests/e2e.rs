@@ -2787,6 +2787,10 @@ async fn every_command_prints_what_its_published_schema_says() {
         "restore",
         // multihost: bootstrap over SSH.
         "node-add-ssh",
+        // access: console_accounts_are_made_listed_given_tokens_and_removed.
+        "user-list",
+        "user",
+        "user-token",
     ];
     for p in clustermgr::contract::published() {
         assert!(
