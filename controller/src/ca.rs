@@ -141,6 +141,45 @@ impl Ca {
         Ca::create_named(&format!("clustermgr tunnel CA {cluster}"), cluster, now)
     }
 
+    /// Creates the console's CA (`[web] tls = "issued"`): the one the web console's
+    /// certificate is issued by, apart from the agents' and the tunnels' CAs, so a
+    /// console certificate can never act as a node or a tunnel.
+    pub fn create_console(cluster: &str, now: OffsetDateTime) -> Result<(Ca, String), CtlError> {
+        Ca::create_named(&format!("clustermgr console CA {cluster}"), cluster, now)
+    }
+
+    /// Issues the web console's certificate for `names` (DNS names or IP addresses),
+    /// server authentication only; returns it and its key PEM.
+    pub fn issue_console(
+        &self,
+        names: &[String],
+        now: OffsetDateTime,
+        lifetime: Duration,
+    ) -> Result<(Issued, String), CtlError> {
+        let key = KeyPair::generate().map_err(|e| cert_error("cannot generate a key", e))?;
+        let mut params = self.leaf_params(now, lifetime);
+        let first = names.first().cloned().unwrap_or_else(|| "localhost".into());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("clustermgr console {first}"));
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => n
+                    .clone()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|e| cert_error("a console name", e)),
+            })
+            .collect::<Result<_, _>>()?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params
+            .signed_by(&key, &self.issuer()?)
+            .map_err(|e| cert_error("cannot sign the console certificate", e))?;
+        Ok((issued(cert)?, key.serialize_pem()))
+    }
+
     fn create_named(
         cn: &str,
         cluster: &str,

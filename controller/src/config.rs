@@ -47,6 +47,29 @@ pub struct WebConfig {
     pub idle_minutes: u64,
     /// A session ends this long after the login whatever happens, in hours.
     pub absolute_hours: u64,
+    /// TLS: `off` (loopback only), `files` (`tls_cert` and `tls_key`), or `issued` (a
+    /// certificate for `tls_names` from a console CA of the controller's own).
+    pub tls: WebTls,
+    /// The certificate chain (PEM) with `tls = "files"`.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Its key (PEM, readable by the owner only) with `tls = "files"`.
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The names the issued certificate is for, with `tls = "issued"` (DNS names or
+    /// IP addresses; default: the address's IP and this host's name).
+    pub tls_names: Vec<String>,
+}
+
+/// How the console is served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebTls {
+    /// Plain HTTP: loopback addresses only (reached with `ssh -L`).
+    #[default]
+    Off,
+    /// HTTPS with the certificate and key files given.
+    Files,
+    /// HTTPS with a certificate the controller issues from a console CA of its own.
+    Issued,
 }
 
 impl Default for WebConfig {
@@ -55,6 +78,10 @@ impl Default for WebConfig {
             address: "127.0.0.1:5000".into(),
             idle_minutes: 30,
             absolute_hours: 12,
+            tls: WebTls::Off,
+            tls_cert: None,
+            tls_key: None,
+            tls_names: Vec::new(),
         }
     }
 }
@@ -71,10 +98,15 @@ impl WebConfig {
                 self.address
             )
         })?;
-        if !addr.ip().is_loopback() {
+        if !addr.ip().is_loopback() && self.tls == WebTls::Off {
             return Err(format!(
-                "[web] address {addr} is not a loopback address: the console is served over plain HTTP for now, which must not leave this machine; keep 127.0.0.1:5000 and reach it with `ssh -L 5000:localhost:5000 THIS-HOST`"
+                "[web] address {addr} is not a loopback address, and passwords must not cross a network in clear: set [web] tls = \"issued\" (a certificate from a console CA of the controller's own) or tls = \"files\" with tls_cert and tls_key, or keep 127.0.0.1:5000 and reach it with `ssh -L 5000:localhost:5000 THIS-HOST`"
             ));
+        }
+        if self.tls == WebTls::Files && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return Err(
+                "[web] tls = \"files\" needs tls_cert and tls_key (PEM files; the key readable by its owner only)".into(),
+            );
         }
         Ok(Some(addr))
     }

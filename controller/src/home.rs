@@ -137,6 +137,15 @@ impl Home {
     pub fn config(&self) -> PathBuf {
         self.dir.join("controller.toml")
     }
+    /// The web console's own CA certificate (`[web] tls = "issued"`), which browsers
+    /// are given to trust the console's certificate.
+    pub fn console_ca_cert(&self) -> PathBuf {
+        self.dir.join("console-ca.crt")
+    }
+    /// Its key (0600; never leaves this directory).
+    pub fn console_ca_key(&self) -> PathBuf {
+        self.dir.join("console-ca.key")
+    }
     /// `serve`'s local socket (0600).
     pub fn socket(&self) -> PathBuf {
         self.dir.join("serve.sock")

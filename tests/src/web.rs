@@ -182,8 +182,9 @@ pub fn console_address(home: &Path, patience: Duration) -> SocketAddr {
     let deadline = Instant::now() + patience;
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(at) = text.find("serving the web console on http://") {
-            let rest = &text[at + "serving the web console on http://".len()..];
+        if let Some(at) = text.find("serving the web console on ") {
+            let rest = &text[at + "serving the web console on ".len()..];
+            let rest = rest.split_once("://").map_or(rest, |(_, r)| r);
             let addr = rest.split('/').next().unwrap_or_default();
             return addr.parse().expect("an address");
         }

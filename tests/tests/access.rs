@@ -506,3 +506,80 @@ async fn the_console_logs_people_in_and_answers_each_by_role() {
         || login("otto", "otto's long password").status == 200,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_serves_https_with_a_certificate_from_a_ca_of_its_own() {
+    use std::time::Duration;
+    let c = Cluster::gluu(1).await;
+    // Beyond loopback, plain HTTP is refused before anything runs.
+    std::fs::write(
+        c.dir().join("controller.toml"),
+        "[web]\naddress = \"0.0.0.0:5000\"\n",
+    )
+    .unwrap();
+    let o = c.run(&["status"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("passwords must not cross a network in clear"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(
+        c.dir().join("controller.toml"),
+        "[web]\naddress = \"127.0.0.1:0\"\ntls = \"issued\"\n",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    clustermgr_tests::web::make_account(&c, dir.path(), "alice", "admin", "alice's long password");
+    let _serve = c.serve().await;
+    let addr = clustermgr_tests::web::console_address(&c.dir(), Duration::from_secs(10));
+    let ca = c.dir().join("console-ca.crt");
+    let key_mode = std::fs::metadata(c.dir().join("console-ca.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(key_mode, 0o600);
+    let log = std::fs::read_to_string(c.home.path().join("serve.log")).unwrap();
+    assert!(log.contains("serving the web console on https://"), "{log}");
+    assert!(log.contains("SHA-256"), "{log}");
+    let curl = |extra: &[&str], url: &str| {
+        Command::new("curl")
+            .args(["-sS", "-i", "--max-time", "10"])
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("curl")
+    };
+    let base = format!("https://{addr}");
+    // Trusted with the console CA, refused without it.
+    let o = curl(
+        &["--cacert", &ca.display().to_string()],
+        &format!("{base}/login"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("HTTP/1.1 200"), "{}", stdout(&o));
+    let o = curl(&[], &format!("{base}/login"));
+    assert!(!o.status.success(), "an unknown CA is refused");
+    // Under TLS the session cookie is Secure.
+    let o = curl(
+        &[
+            "--cacert",
+            &ca.display().to_string(),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"name": "alice", "password": "alice's long password"}"#,
+        ],
+        &format!("{base}/api/v1/login"),
+    );
+    let head = stdout(&o);
+    let cookie = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("{head}"));
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+}

@@ -55,6 +55,111 @@ pub struct Web {
     sessions: Sessions,
     throttle: Throttle,
     failed_logins: Counted,
+    /// The live documents (`top`, `status`), worked out once per tick for every open
+    /// page, only while one is open.
+    live: tokio::sync::broadcast::Sender<(&'static str, Arc<String>)>,
+    /// The newest of each, for a page that opens between ticks.
+    latest: std::sync::Mutex<Vec<(&'static str, Arc<String>)>>,
+    /// Served over TLS: cookies are `Secure`.
+    secure: bool,
+}
+
+/// The console's TLS, from `[web] tls`: the files given, or a certificate issued now
+/// (in memory: its key is made where it is used) from the console CA kept in the home,
+/// made the first time, whose fingerprint serve logs so browsers can be told to trust
+/// it. `None` for plain HTTP (loopback only).
+fn tls_acceptor(
+    ctx: &Ctx,
+    cfg: &WebConfig,
+    addr: SocketAddr,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, CtlError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (chain_pem, key_pem) = match cfg.tls {
+        crate::config::WebTls::Off => return Ok(None),
+        crate::config::WebTls::Files => {
+            let (cert, key) = match (&cfg.tls_cert, &cfg.tls_key) {
+                (Some(c), Some(k)) => (c, k),
+                _ => {
+                    return Err(CtlError::BadSetting {
+                        key: "[web] tls".into(),
+                        why: "tls = \"files\" needs tls_cert and tls_key".into(),
+                    });
+                }
+            };
+            crate::home::check_owner_only(
+                key,
+                "the console's TLS key, readable or writable by group or others",
+            )?;
+            let c = std::fs::read_to_string(cert).map_err(|e| CtlError::io(cert, e))?;
+            let k = std::fs::read_to_string(key).map_err(|e| CtlError::io(key, e))?;
+            (c, zeroize::Zeroizing::new(k))
+        }
+        crate::config::WebTls::Issued => {
+            let home = &ctx.home;
+            let now = ctx.clock.now();
+            let (ca_path, key_path) = (home.console_ca_cert(), home.console_ca_key());
+            let ca = if ca_path.exists() {
+                crate::home::check_owner_only(&key_path, "the console CA's key")?;
+                let c = std::fs::read_to_string(&ca_path).map_err(|e| CtlError::io(&ca_path, e))?;
+                let k = zeroize::Zeroizing::new(
+                    std::fs::read_to_string(&key_path).map_err(|e| CtlError::io(&key_path, e))?,
+                );
+                crate::ca::Ca::load(&c, &k)?
+            } else {
+                let (ca, key) = crate::ca::Ca::create_console(&ctx.meta.name, now)?;
+                crate::home::private_file(&key_path)?;
+                crate::ops::write_file(&key_path, &key, 0o600)?;
+                crate::ops::write_file(&ca_path, ca.cert_pem(), 0o644)?;
+                ca
+            };
+            let mut names = cfg.tls_names.clone();
+            if names.is_empty() {
+                names.push(addr.ip().to_string());
+                if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+                    names.push(h.trim().to_string());
+                }
+                if addr.ip().is_loopback() {
+                    names.push("localhost".into());
+                }
+            }
+            let (issued, key) = ca.issue_console(&names, now, time::Duration::days(397))?;
+            let der: Vec<u8> = CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes())
+                .flatten()
+                .next()
+                .map(|c| c.to_vec())
+                .unwrap_or_default();
+            let fp = clustermgr_protocol::identity::sha256_hex(&der);
+            tracing::info!(
+                "the console's certificate is for {} and issued by the console CA {} (SHA-256 {fp}); give browsers that CA to trust",
+                names.join(", "),
+                ca_path.display()
+            );
+            (
+                format!("{}{}", issued.pem, ca.cert_pem()),
+                zeroize::Zeroizing::new(key),
+            )
+        }
+    };
+    let bad = |why: String| CtlError::BadSetting {
+        key: "[web] tls".into(),
+        why,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(format!("the certificate chain is not PEM: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| bad(format!("the key is not a PEM private key: {e}")))?;
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| bad(format!("the certificate and key do not go together: {e}")))?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))))
 }
 
 impl std::fmt::Debug for Web {
@@ -102,6 +207,13 @@ pub async fn run(ctx: Arc<Ctx>, cfg: WebConfig) {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+    let tls = match tls_acceptor(&ctx, &cfg, addr) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("the web console is not served: {e}");
+            return;
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -113,7 +225,8 @@ pub async fn run(ctx: Arc<Ctx>, cfg: WebConfig) {
     };
     let local = listener.local_addr().unwrap_or(addr);
     // Tests and `clustermgr dev` read the address from this line.
-    tracing::info!("serving the web console on http://{local}/");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("serving the web console on {scheme}://{local}/");
     let web = Arc::new(Web {
         ctx,
         sessions: Sessions::new(
@@ -122,42 +235,103 @@ pub async fn run(ctx: Arc<Ctx>, cfg: WebConfig) {
         ),
         throttle: Throttle::default(),
         failed_logins: Counted::new(LOG_EVERY, "failed console logins".into()),
+        live: tokio::sync::broadcast::channel(8).0,
+        latest: std::sync::Mutex::default(),
+        secure: tls.is_some(),
     });
-    serve_on(listener, web).await;
+    let ticker = tokio::spawn(tick(web.clone()));
+    serve_on(listener, web, tls).await;
+    ticker.abort();
 }
 
-/// Serves `web` on `listener`, each connection with its peer's address.
-pub async fn serve_on(listener: tokio::net::TcpListener, web: Arc<Web>) {
+/// Works out the live documents every tick while a page listens: `top` every 2 s,
+/// `status` every 10 s, once for all pages (both are a viewer's, the least role a
+/// session has), as the console rather than any one person (reads are not audited).
+async fn tick(web: Arc<Web>) {
+    let mut top_tick = tokio::time::interval(TOP_EVERY);
+    let mut status_tick = tokio::time::interval(STATUS_EVERY);
+    loop {
+        let (name, op) = tokio::select! {
+            _ = top_tick.tick() => ("top", Operation::Top { nodes: "all".into() }),
+            _ = status_tick.tick() => ("status", Operation::Status { nodes: "all".into() }),
+        };
+        if web.live.receiver_count() == 0 {
+            web.latest.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            continue;
+        }
+        // One slow round must not hold the others: the next tick tries again.
+        let doc =
+            match tokio::time::timeout(STATUS_EVERY, report(&web, "console", op.clone())).await {
+                Ok(Ok(r)) => crate::contract::document(&op, r),
+                Ok(Err(e)) => Some(serde_json::json!({"error": e.to_string()})),
+                Err(_) => continue,
+            };
+        let data = Arc::new(doc.map(|d| d.to_string()).unwrap_or_default());
+        {
+            let mut latest = web.latest.lock().unwrap_or_else(|p| p.into_inner());
+            latest.retain(|(n, _)| *n != name);
+            latest.push((name, data.clone()));
+        }
+        let _ = web.live.send((name, data));
+    }
+}
+
+/// Serves `web` on `listener` (over TLS with `tls`), each connection with its peer's
+/// address.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    web: Arc<Web>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let app = router(web.clone());
     let accepting = crate::accept::serve_bounded(
         PeerListener(listener),
         CONNECTIONS,
         "console",
         move |(stream, peer): (tokio::net::TcpStream, SocketAddr)| {
-            let app = app.clone();
+            let (app, tls) = (app.clone(), tls.clone());
             async move {
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let mut req = req.map(Body::new);
-                    req.extensions_mut().insert(Peer(peer.ip()));
-                    let mut app = app.clone();
-                    async move {
-                        Ok::<_, Infallible>(
-                            tower_service::Service::call(&mut app, req)
-                                .await
-                                .unwrap_or_else(|e| match e {}),
-                        )
+                match tls {
+                    // The handshake within the head's deadline: a client that opens and
+                    // says nothing gives its slot back.
+                    Some(acceptor) => {
+                        if let Ok(Ok(s)) =
+                            tokio::time::timeout(HEAD_DEADLINE, acceptor.accept(stream)).await
+                        {
+                            serve_connection(s, app, peer).await;
+                        }
                     }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEAD_DEADLINE)
-                    .max_buf_size(MAX_HEAD_BYTES)
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
+                    None => serve_connection(stream, app, peer).await,
+                }
             }
         },
     );
     web.failed_logins.flushing(accepting).await;
+}
+
+/// HTTP/1.1 on one connection, each request with its peer's address.
+async fn serve_connection<IO>(io: IO, app: Router, peer: SocketAddr)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(Peer(peer.ip()));
+        let mut app = app.clone();
+        async move {
+            Ok::<_, Infallible>(
+                tower_service::Service::call(&mut app, req)
+                    .await
+                    .unwrap_or_else(|e| match e {}),
+            )
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_DEADLINE)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .await;
 }
 
 /// A TCP listener whose connections come with their peer's address.
@@ -627,7 +801,8 @@ async fn login(
         StatusCode::OK,
         &serde_json::json!({"user": user.name, "role": user.role, "csrf": csrf}),
     );
-    let set = format!("{COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Strict");
+    let secure = if web.secure { "; Secure" } else { "" };
+    let set = format!("{COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Strict{secure}");
     if let Ok(v) = HeaderValue::from_str(&set) {
         res.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -750,29 +925,30 @@ async fn stream(
         }
     }
     let (tx, rx) = mpsc::channel::<SseEvent>(16);
-    tokio::spawn(forward(w.clone(), who.clone(), follow, tx.clone()));
-    let ticks = w.clone();
-    let ticker = tx.clone();
+    tokio::spawn(forward(w.clone(), who, follow, tx.clone()));
+    let mut live = w.live.subscribe();
+    let latest = w.latest.lock().unwrap_or_else(|p| p.into_inner()).clone();
     tokio::spawn(async move {
-        let w = ticks;
-        let tx = ticker;
-        let mut top_tick = tokio::time::interval(TOP_EVERY);
-        let mut status_tick = tokio::time::interval(STATUS_EVERY);
+        for (name, data) in latest {
+            if tx
+                .send(SseEvent::default().event(name).data(data.as_str()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
         loop {
-            let (name, op) = tokio::select! {
-                _ = top_tick.tick() => ("top", Operation::Top { nodes: "all".into() }),
-                _ = status_tick.tick() => ("status", Operation::Status { nodes: "all".into() }),
+            let (name, data) = tokio::select! {
+                d = live.recv() => match d {
+                    Ok(d) => d,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                },
                 _ = tx.closed() => return,
             };
-            // One slow round must not hold the stream: the next tick tries again.
-            let doc = match tokio::time::timeout(STATUS_EVERY, report(&w, &who, op.clone())).await {
-                Ok(Ok(r)) => crate::contract::document(&op, r),
-                Ok(Err(e)) => Some(serde_json::json!({"error": e.to_string()})),
-                Err(_) => continue,
-            };
-            let data = doc.map(|d| d.to_string()).unwrap_or_default();
             if tx
-                .send(SseEvent::default().event(name).data(data))
+                .send(SseEvent::default().event(name).data(data.as_str()))
                 .await
                 .is_err()
             {
