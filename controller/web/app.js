@@ -118,20 +118,40 @@ function overview() {
 async function healthPage() {
   const page = document.getElementById("page");
   page.replaceChildren(el("h1", {}, "Health"), el("p", {}, "Loading…"));
-  const [h, ev] = await Promise.all([api("/health"), api("/events?limit=50")]);
+  const [h, ev, ports] = await Promise.all([api("/health"), api("/events?limit=200"), api("/ports")]);
   const verdicts = h.verdicts.map((v) => el("tr", {},
     el("td", {}, v.node), el("td", {}, v.check), el("td", {}, levelSpan(v.level)),
     el("td", {}, v.reason)));
-  const events = ev.events.map((e) => el("li", {}, e.time + " " + e.node + " " + e.check + ": " +
-    e.from + " → " + e.to + (e.reason ? " (" + e.reason + ")" : "")));
+  // The event timeline, filtered by node and check on the page.
+  const nodes = [...new Set(ev.events.map((e) => e.node))].sort();
+  const checks = [...new Set(ev.events.map((e) => e.check))].sort();
+  const pick = (id, label, values) => el("label", {}, label + " ",
+    el("select", { id }, el("option", { value: "" }, "all"), values.map((v) => el("option", { value: v }, v))));
+  const list = el("ul", { id: "events" });
+  const draw = () => {
+    const n = document.getElementById("ev-node").value, c = document.getElementById("ev-check").value;
+    const shown = ev.events.filter((e) => (!n || e.node === n) && (!c || e.check === c));
+    list.replaceChildren(...shown.map((e) => el("li", {}, e.time + " " + e.node + " " + e.check + ": ",
+      levelSpan(e.from), " → ", levelSpan(e.to), e.reason ? " (" + e.reason + ")" : "")));
+    if (!shown.length) list.replaceChildren(el("li", {}, "No health changes recorded."));
+  };
+  const filters = el("div", { class: "filters" }, pick("ev-node", "Node", nodes), pick("ev-check", "Check", checks));
+  const cells = ports.cells.map((p) => el("tr", {}, el("td", {}, p.from), el("td", {}, p.to),
+    el("td", {}, p.service + " " + p.port), el("td", {}, levelSpan(p.level)), el("td", {}, p.detail || "")));
   page.replaceChildren(
     el("h1", {}, "Health ", levelSpan(h.worst)),
-    el("div", { class: "scroll" }, el("table", {},
+    el("div", { class: "scroll" }, el("table", { id: "verdicts" },
       el("thead", {}, el("tr", {}, el("th", {}, "Node"), el("th", {}, "Check"),
         el("th", {}, "State"), el("th", {}, "Why"))),
       el("tbody", {}, verdicts))),
-    el("h2", {}, "Events"),
-    events.length ? el("ul", { id: "events" }, events) : el("p", {}, "No health changes recorded."));
+    el("h2", {}, "Events"), filters, list,
+    el("h2", {}, "Ports ", levelSpan(ports.worst)),
+    el("div", { class: "scroll" }, el("table", { id: "ports" },
+      el("thead", {}, el("tr", {}, el("th", {}, "From"), el("th", {}, "To"), el("th", {}, "Port"),
+        el("th", {}, "State"), el("th", {}, "Why"))),
+      el("tbody", {}, cells))));
+  for (const id of ["ev-node", "ev-check"]) document.getElementById(id).addEventListener("change", draw);
+  draw();
 }
 
 function planView(doc) {
@@ -191,7 +211,27 @@ async function configPage() {
       } catch (e) { said.textContent = "Plan failed: " + e.message; }
     } }, "Plan"));
   }
+  if (may("operator")) {
+    kids.push(" ", el("button", { id: "drift-button", type: "button", onclick: async () => {
+      said.textContent = "Looking for hand edits…";
+      try {
+        const doc = await api("/drift");
+        const edited = doc.nodes.flatMap((n) => n.entries.map((e) => [n.node, e]));
+        shown.replaceChildren(...(edited.length ? edited.flatMap(([n, e]) => [
+          el("p", {}, n + ": " + e.path + " edited by hand since clustermgr applied it"),
+          e.diff ? el("pre", { class: "diff" }, e.diff) : null]) : [el("p", {}, "No hand edits.")]));
+        said.textContent = "Drift: " + edited.length + " edited";
+      } catch (e) { said.textContent = "Drift failed: " + e.message; }
+    } }, "Drift"));
+  }
   kids.push(said, shown);
+  const history = await api("/history?limit=50");
+  kids.push(el("h2", {}, "History"), el("div", { class: "scroll" }, el("table", { id: "history" },
+    el("thead", {}, el("tr", {}, el("th", {}, "When"), el("th", {}, "Node"), el("th", {}, "Path"),
+      el("th", {}, "Change"), el("th", { class: "wide" }, "Who"), el("th", { class: "wide" }, "Result"))),
+    el("tbody", {}, history.changes.map((h) => el("tr", {}, el("td", {}, h.time), el("td", {}, h.node),
+      el("td", {}, h.path), el("td", {}, h.change), el("td", { class: "wide" }, h.user),
+      el("td", { class: "wide" }, h.result)))))));
   page.replaceChildren(...kids);
 }
 

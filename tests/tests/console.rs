@@ -147,6 +147,17 @@ async fn a_person_logs_in_watches_the_cluster_live_and_applies_by_role() {
     });
     b.screenshot("logs");
 
+    // Health: every check, the event timeline with its filters, and the port matrix.
+    b.goto(&format!("{base}/#/health"));
+    b.wait_for("#ports", PATIENCE);
+    assert!(b.text_of("#verdicts").contains("ports"));
+    assert!(
+        b.text_of("#ports").contains("gluu2"),
+        "{}",
+        b.text_of("#ports")
+    );
+    assert!(!b.find_all("#ev-node").is_empty() && !b.find_all("#ev-check").is_empty());
+
     // Replication: the heartbeat matrix, CSNs, links and csync2, in words as well.
     b.goto(&format!("{base}/#/replication"));
     b.wait_until("the replication page", PATIENCE, |b| {
@@ -162,6 +173,17 @@ async fn a_person_logs_in_watches_the_cluster_live_and_applies_by_role() {
     assert_ne!(edited, before, "{before}");
     std::fs::write(&hosts, &edited).unwrap();
     b.goto(&format!("{base}/#/config"));
+    // Drift names the edit before any plan; History lists what clustermgr changed.
+    let drift = b.wait_for("#drift-button", PATIENCE);
+    b.click(&drift);
+    b.wait_until("the drift report", PATIENCE, |b| {
+        b.text_of("#plan").contains("/etc/hosts edited by hand")
+    });
+    assert!(
+        b.text_of("#history").contains("/etc/hosts"),
+        "{}",
+        b.text_of("#history")
+    );
     let plan = b.wait_for("#plan-button", PATIENCE);
     b.click(&plan);
     b.wait_until("the plan's diff", PATIENCE, |b| {

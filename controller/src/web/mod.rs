@@ -437,6 +437,13 @@ pub fn router(web: Arc<Web>) -> Router {
                     drift: false,
                 }),
             )
+            .route(
+                "/drift",
+                read(|q| Operation::Plan {
+                    nodes: q.nodes(),
+                    drift: true,
+                }),
+            )
             .route("/apply", post(apply))
             .route("/stream", get(stream))
             .route(
