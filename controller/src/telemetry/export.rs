@@ -196,11 +196,11 @@ pub async fn start(opts: &ExportOptions) -> Result<Arc<Exports>, CtlError> {
     let (influx, influx_task) = match &opts.influxdb {
         Some(url) => {
             let target = Target::parse(url, "--influxdb", 8086, "/write?db=clustermgr")?;
-            if opts.influxdb_token.is_some() && !target.is_loopback() {
+            if opts.influxdb_token.is_some() && !target.private() {
                 return Err(CtlError::BadArgument {
                     flag: "--influxdb",
                     value: url.to_string(),
-                    why: "the token would cross the network in the clear (plain http to a host that is not this machine); reach InfluxDB on loopback, through an SSH tunnel or a local TLS proxy, or drop the token".into(),
+                    why: "the token would cross the network in the clear (plain http to a host that is not this machine); use https, or reach InfluxDB on loopback or through an SSH tunnel".into(),
                 });
             }
             let (tx, rx) = mpsc::channel(1024);
