@@ -57,6 +57,8 @@ pub struct WebConfig {
     /// The names the issued certificate is for, with `tls = "issued"` (DNS names or
     /// IP addresses; default: the address's IP and this host's name).
     pub tls_names: Vec<String>,
+    /// Login through an OpenID provider, beside the console's own accounts.
+    pub oidc: Option<OidcConfig>,
 }
 
 /// How the console is served.
@@ -82,6 +84,7 @@ impl Default for WebConfig {
             tls_cert: None,
             tls_key: None,
             tls_names: Vec::new(),
+            oidc: None,
         }
     }
 }
@@ -318,4 +321,45 @@ mod tests {
         .to_string();
         assert!(err.contains("keep_alive_ms"), "{err}");
     }
+}
+
+/// The `[web.oidc]` section.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The provider's issuer URL (its discovery document is under
+    /// `/.well-known/openid-configuration`).
+    pub issuer: String,
+    /// The client registered for the console.
+    pub client_id: String,
+    /// A file holding the client's secret (owner-only); none for a public client.
+    #[serde(default)]
+    pub client_secret_file: Option<std::path::PathBuf>,
+    /// Where the provider sends the browser back: the console's
+    /// `/login/oidc/callback` as the browser reaches it.
+    pub redirect_uri: String,
+    /// The claim that holds the role.
+    #[serde(default = "default_role_claim")]
+    pub role_claim: String,
+    /// The claim values that give a role.
+    #[serde(default = "default_roles")]
+    pub roles: std::collections::BTreeMap<String, crate::access::UserRole>,
+    /// The claim that names the person (else `preferred_username`, `email`, `sub`).
+    #[serde(default)]
+    pub name_claim: Option<String>,
+    /// The scopes asked for.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_role_claim() -> String {
+    "role".into()
+}
+
+fn default_roles() -> std::collections::BTreeMap<String, crate::access::UserRole> {
+    [("clusteradmin".to_string(), crate::access::UserRole::Admin)].into()
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into(), "email".into()]
 }

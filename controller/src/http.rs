@@ -209,6 +209,36 @@ async fn post_with(
     body: &[u8],
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 ) -> Result<(u16, String), String> {
+    let mut headers = vec![("Content-Type", content_type)];
+    if let Some(a) = authorization {
+        headers.push(("Authorization", a));
+    }
+    let (code, got) = request(t, "POST", &headers, body, MAX_REPLY as usize, tls).await?;
+    let text = String::from_utf8_lossy(&got);
+    Ok((code, text.chars().take(300).collect()))
+}
+
+/// Sends `method` with `headers` and `body` to `t`; returns the status code and at most
+/// `max` bytes of the reply (documents an OpenID provider publishes, say).
+pub async fn fetch(
+    t: &Target,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    max: usize,
+) -> Result<(u16, Vec<u8>), String> {
+    let tls = if t.tls { Some(tls_config()?) } else { None };
+    request(t, method, headers, body, max, tls).await
+}
+
+async fn request(
+    t: &Target,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    max: usize,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<(u16, Vec<u8>), String> {
     let host = t.host.trim_matches(['[', ']']).to_string();
     let connect = tokio::net::TcpStream::connect((host.as_str(), t.port));
     let sock = tokio::time::timeout(Duration::from_secs(10), connect)
@@ -216,13 +246,12 @@ async fn post_with(
         .map_err(|_| "no answer within 10 s".to_string())?
         .map_err(|e| e.to_string())?;
     let mut req = hyper::Request::builder()
-        .method("POST")
+        .method(method)
         .uri(&t.path)
         .header(hyper::header::HOST, format!("{}:{}", t.host, t.port))
-        .header(hyper::header::CONTENT_TYPE, content_type)
         .header(hyper::header::CONNECTION, "close");
-    if let Some(a) = authorization {
-        req = req.header(hyper::header::AUTHORIZATION, a);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     let req = req
         .body(http_body_util::Full::new(
@@ -237,9 +266,9 @@ async fn post_with(
                 .connect(name, sock)
                 .await
                 .map_err(|e| format!("TLS with {host}: {e}"))?;
-            exchange(tls, req).await
+            exchange(tls, req, max).await
         } else {
-            exchange(sock, req).await
+            exchange(sock, req, max).await
         }
     };
     tokio::time::timeout(Duration::from_secs(30), exchange)
@@ -247,11 +276,12 @@ async fn post_with(
         .map_err(|_| "no reply within 30 s".to_string())?
 }
 
-/// Sends `req` on `io` and reads the status and the first bytes of the reply.
+/// Sends `req` on `io` and reads the status and at most `max` bytes of the reply.
 async fn exchange<IO>(
     io: IO,
     req: hyper::Request<http_body_util::Full<hyper::body::Bytes>>,
-) -> Result<(u16, String), String>
+    max: usize,
+) -> Result<(u16, Vec<u8>), String>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -272,7 +302,7 @@ where
     let code = res.status().as_u16();
     let mut body = res.into_body();
     let mut got = Vec::new();
-    while (got.len() as u64) < MAX_REPLY {
+    while got.len() < max {
         match body.frame().await {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
@@ -283,8 +313,8 @@ where
         }
     }
     driver.abort();
-    let text = String::from_utf8_lossy(&got);
-    Ok((code, text.chars().take(300).collect()))
+    got.truncate(max);
+    Ok((code, got))
 }
 
 #[cfg(test)]

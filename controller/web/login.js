@@ -28,3 +28,13 @@ document.getElementById("login").addEventListener("submit", async (ev) => {
   const doc = await res.json().catch(() => ({}));
   said.textContent = doc.error || ("Refused (" + res.status + ")");
 });
+
+// A login through the cluster's OpenID provider, when the controller has one.
+fetch("/login/methods", { credentials: "same-origin" })
+  .then((r) => r.json())
+  .then((m) => {
+    if (!m.oidc) return;
+    document.getElementById("oidc-link").textContent = "Log in with " + m.oidc;
+    document.getElementById("oidc").hidden = false;
+  })
+  .catch(() => {});

@@ -57,6 +57,15 @@ fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Valu
 impl Browser {
     /// Starts chromedriver and a headless Chromium 1280 px wide.
     pub fn start() -> Browser {
+        Browser::start_logging(false)
+    }
+
+    /// [`Browser::start`], keeping Chromium's network log ([`Browser::network_urls`]).
+    pub fn start_with_network_log() -> Browser {
+        Browser::start_logging(true)
+    }
+
+    fn start_logging(network: bool) -> Browser {
         let port = crate::slapd::free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
@@ -77,8 +86,14 @@ impl Browser {
             std::thread::sleep(Duration::from_millis(50));
         }
         let profile = tempfile::tempdir().expect("a profile directory");
+        let logging = if network {
+            json!({"performance": "ALL"})
+        } else {
+            json!({})
+        };
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            "goog:loggingPrefs": logging,
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
                 "args": [
@@ -209,6 +224,25 @@ impl Browser {
             "/execute/sync",
             Some(json!({"script": script, "args": args})),
         )
+    }
+
+    /// The URLs the browser requested since the last call (from its network log).
+    pub fn network_urls(&self) -> Vec<String> {
+        let entries = self.cmd("POST", "/se/log", Some(json!({"type": "performance"})));
+        entries
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| serde_json::from_str::<Value>(e["message"].as_str()?).ok())
+                    .filter(|m| m["message"]["method"] == "Network.requestWillBeSent")
+                    .filter_map(|m| {
+                        m["message"]["params"]["request"]["url"]
+                            .as_str()
+                            .map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Resizes the window.

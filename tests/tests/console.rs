@@ -231,3 +231,151 @@ async fn a_person_logs_in_watches_the_cluster_live_and_applies_by_role() {
     let audit = stdout(&c.run(&["audit"]));
     assert!(audit.contains("vera (console, password)"), "{audit}");
 }
+
+/// The OpenID provider of `tests/oidc` (oidc-provider from the npm registry, installed
+/// there by `tests/run`), on a loopback port; killed when dropped.
+struct Provider(std::process::Child);
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_provider(cfg: &std::path::Path) -> Provider {
+    use std::io::BufRead;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("oidc");
+    let mut child = std::process::Command::new("node")
+        .arg(dir.join("provider.js"))
+        .arg(cfg)
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("node (Debian's nodejs; tests/run installs it and the provider)");
+    let out = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(out).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(
+        first.starts_with("listening"),
+        "the provider did not start: {first}"
+    );
+    // Whatever it says later is read, so it never writes to a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Provider(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_logs_in_through_an_openid_provider_with_the_role_its_claim_gives() {
+    let c = Cluster::gluu(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (op_port, console_port) = (
+        clustermgr_tests::slapd::free_port(),
+        clustermgr_tests::slapd::free_port(),
+    );
+    let issuer = format!("http://127.0.0.1:{op_port}");
+    let base = format!("http://127.0.0.1:{console_port}");
+    let redirect = format!("{base}/login/oidc/callback");
+    let secret = "the console's client secret, 32+ chars";
+    let op_cfg = dir.path().join("provider.json");
+    std::fs::write(
+        &op_cfg,
+        serde_json::json!({
+            "port": op_port, "client_id": "clustermgr", "client_secret": secret,
+            "redirect_uri": redirect,
+            "roles": {"alice": "clusteradmin", "bob": "staff"},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let _provider = start_provider(&op_cfg);
+    let secret_file = dir.path().join("oidc-secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(
+        c.dir().join("controller.toml"),
+        format!(
+            "[web]\naddress = \"127.0.0.1:{console_port}\"\n[web.oidc]\nissuer = \"{issuer}\"\nclient_id = \"clustermgr\"\nclient_secret_file = \"{}\"\nredirect_uri = \"{redirect}\"\nscopes = [\"openid\", \"profile\"]\n",
+            secret_file.display()
+        ),
+    )
+    .unwrap();
+    // The console is served once there is an account of its own.
+    clustermgr_tests::web::make_account(&c, dir.path(), "root", "admin", "root's long password");
+    let _serve = c.serve().await;
+    console_address(&c.dir(), PATIENCE);
+    let b = Browser::start_with_network_log();
+    let through_provider = |b: &Browser, name: &str| {
+        b.goto(&format!("{base}/login"));
+        b.wait_until("the provider's link", PATIENCE, |b| {
+            b.text_of("#oidc-link").contains(&issuer)
+        });
+        let link = b.wait_for("#oidc-link", PATIENCE);
+        b.click(&link);
+        let login = b.wait_for("input[name=login]", PATIENCE);
+        b.type_into(&login, name);
+        let pw = b.wait_for("input[name=password]", PATIENCE);
+        b.type_into(&pw, "any password");
+        let go = b.wait_for("button[type=submit]", PATIENCE);
+        b.click(&go);
+        // The provider asks once for consent.
+        b.wait_until("the consent page or the way back", PATIENCE, |b| {
+            !b.url().contains("/interaction/") || b.text_of("body").contains("Authorize")
+        });
+        if b.url().contains("/interaction/") {
+            let ok = b.wait_for("button[type=submit]", PATIENCE);
+            b.click(&ok);
+        }
+    };
+
+    // alice's claim says clusteradmin: an admin, logged in by the provider.
+    through_provider(&b, "alice");
+    b.wait_until("the console as alice", PATIENCE, |b| {
+        b.url() == format!("{base}/") && b.text_of("#who") == "alice (admin)"
+    });
+    b.wait_for("#nodes tbody tr", PATIENCE);
+    let audit = stdout(&c.run(&["audit"]));
+    assert!(
+        audit.lines().any(
+            |l| l.contains(&format!("alice (console, OpenID Connect {issuer})"))
+                && l.contains("console login")
+        ),
+        "{audit}"
+    );
+
+    // The callback that logged alice in, replayed, is refused: its state was used.
+    let callback = b
+        .network_urls()
+        .into_iter()
+        .find(|u| u.starts_with(&format!("{redirect}?")))
+        .expect("the callback's URL in the browser's network log");
+    assert!(callback.contains("code="), "{callback}");
+    let path = callback.trim_start_matches(&base).to_string();
+    let a = clustermgr_tests::web::request(
+        format!("127.0.0.1:{console_port}").parse().unwrap(),
+        "GET",
+        &path,
+        &[],
+        b"",
+    );
+    assert_eq!(a.status, 403, "{}", a.text());
+    assert!(a.text().contains("already used"), "{}", a.text());
+
+    // bob's claim names no role clustermgr knows: refused, and said why. (Another
+    // browser: this one's session at the provider would log alice in again.)
+    let logout = b.wait_for("#logout", PATIENCE);
+    b.click(&logout);
+    b.wait_until("the login page", PATIENCE, |b| b.url().ends_with("/login"));
+    drop(b);
+    let b = Browser::start();
+    through_provider(&b, "bob");
+    b.wait_until("the refusal", PATIENCE, |b| {
+        b.text_of("#said").contains("bob has no role here")
+    });
+    assert!(
+        b.text_of("#said").contains("says staff"),
+        "{}",
+        b.text_of("#said")
+    );
+}

@@ -10,6 +10,7 @@
 //! [`CONNECTIONS`] at once, request heads within [`HEAD_DEADLINE`] and
 //! [`MAX_HEAD_BYTES`], bodies within [`MAX_BODY_BYTES`].
 
+pub mod oidc;
 pub mod session;
 
 use std::convert::Infallible;
@@ -62,6 +63,8 @@ pub struct Web {
     latest: std::sync::Mutex<Vec<(&'static str, Arc<String>)>>,
     /// Served over TLS: cookies are `Secure`.
     secure: bool,
+    /// Login through an OpenID provider, when `[web.oidc]` says.
+    oidc: Option<oidc::Oidc>,
 }
 
 /// The console's TLS, from `[web] tls`: the files given, or a certificate issued now
@@ -238,6 +241,7 @@ pub async fn run(ctx: Arc<Ctx>, cfg: WebConfig) {
         live: tokio::sync::broadcast::channel(8).0,
         latest: std::sync::Mutex::default(),
         secure: tls.is_some(),
+        oidc: cfg.oidc.clone().map(oidc::Oidc::new),
     });
     let ticker = tokio::spawn(tick(web.clone()));
     serve_on(listener, web, tls).await;
@@ -480,6 +484,9 @@ pub fn router(web: Arc<Web>) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/login", get(login_page))
+        .route("/login/methods", get(login_methods))
+        .route("/login/oidc", get(oidc_begin))
+        .route("/login/oidc/callback", get(oidc_callback))
         .route("/assets/{file}", get(asset))
         .nest("/api/v1", api)
         .fallback(|| async { not_found() })
@@ -591,20 +598,28 @@ fn caller_of(web: &Web, headers: &HeaderMap) -> Option<Caller> {
         });
     }
     let cookie = cookie_of(headers)?;
-    let (user, password_set_ms, csrf) = web.sessions.get(&cookie, Instant::now())?;
+    let live = web.sessions.get(&cookie, Instant::now())?;
+    if let Some((role, issuer)) = live.oidc {
+        return Some(Caller {
+            user: live.user,
+            role,
+            how: How::Oidc(issuer),
+            csrf: Some(live.csrf),
+        });
+    }
     let Some(u) = users
         .iter()
-        .find(|u| u.name == user && u.password_set_ms == password_set_ms)
+        .find(|u| u.name == live.user && u.password_set_ms == live.password_set_ms)
     else {
         // Removed, or its password changed: the session is over.
         web.sessions.end(&cookie);
         return None;
     };
     Some(Caller {
-        user,
+        user: live.user,
         role: u.role,
         how: How::Password,
-        csrf: Some(csrf),
+        csrf: Some(live.csrf),
     })
 }
 
@@ -816,6 +831,143 @@ async fn login(
     res
 }
 
+/// `GET /login/methods`: how one may log in (for the login page).
+async fn login_methods(State(web): State<Arc<Web>>) -> Response {
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "password": true,
+            "oidc": web.oidc.as_ref().map(|o| o.issuer().to_string()),
+        }),
+    )
+}
+
+/// The cookie binding a login through the provider to this browser. `Lax`: the
+/// provider sends the browser back with a cross-site navigation.
+const OIDC_COOKIE: &str = "cm_oidc";
+
+/// A small page in words: where an OpenID login ended badly, or (with `refresh`) the
+/// step back to the console after it went well (a page of ours, so the browser sends
+/// the `SameSite=Strict` session cookie on the next request, which a redirect chain
+/// that began at the provider would not).
+fn page(status: StatusCode, text: &str, refresh: bool) -> Response {
+    let meta = if refresh {
+        "<meta http-equiv=\"refresh\" content=\"0;url=/\">"
+    } else {
+        ""
+    };
+    let escaped = text
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">{meta}<title>clustermgr</title><link rel=\"stylesheet\" href=\"/assets/app.css\"></head><body class=\"login\"><main><h1>clustermgr</h1><p id=\"said\">{escaped}</p><p><a href=\"/login\">Back to the login page</a></p></main></body></html>"
+    );
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /login/oidc`: to the provider, with a state, nonce and PKCE challenge.
+async fn oidc_begin(State(web): State<Arc<Web>>) -> Response {
+    let Some(o) = &web.oidc else {
+        return not_found();
+    };
+    match o.begin().await {
+        Ok((url, state)) => {
+            let secure = if web.secure { "; Secure" } else { "" };
+            let cookie = format!(
+                "{OIDC_COOKIE}={state}; Path=/login/oidc; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+                oidc::PENDING_FOR.as_secs()
+            );
+            let mut res = (StatusCode::SEE_OTHER, [(header::LOCATION, url)]).into_response();
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                res.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            res
+        }
+        Err(e) => {
+            tracing::warn!("console login through OpenID Connect: {e}");
+            page(StatusCode::BAD_GATEWAY, &e.to_string(), false)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// `GET /login/oidc/callback`: the code exchanged, the ID token checked, a session.
+async fn oidc_callback(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(q): Query<Callback>,
+) -> Response {
+    let Some(o) = &web.oidc else {
+        return not_found();
+    };
+    if let Some(e) = &q.error {
+        let why = q.error_description.as_deref().unwrap_or("");
+        return page(
+            StatusCode::FORBIDDEN,
+            &format!("the OpenID provider refused the login: {e} {why}"),
+            false,
+        );
+    }
+    let (Some(code), Some(state)) = (&q.code, &q.state) else {
+        return page(StatusCode::BAD_REQUEST, "no code or state came back", false);
+    };
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == OIDC_COOKIE)
+        .map(|(_, v)| v.to_string());
+    let now = web.ctx.clock.unix();
+    match o.finish(code, state, cookie.as_deref(), now).await {
+        Ok(person) => {
+            let (session, _) =
+                web.sessions
+                    .start_oidc(&person.name, person.role, o.issuer(), Instant::now());
+            let who = format!("{} (console, OpenID Connect {})", person.name, o.issuer());
+            if let Err(e) =
+                web.ctx
+                    .audit(&who, "console login", &[], &format!("as {}", person.role))
+            {
+                tracing::warn!("recording a console login: {e}");
+            }
+            let secure = if web.secure { "; Secure" } else { "" };
+            let mut res = page(StatusCode::OK, "Logged in; on to the console.", true);
+            for c in [
+                format!("{COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict{secure}"),
+                format!("{OIDC_COOKIE}=; Path=/login/oidc; HttpOnly; SameSite=Lax; Max-Age=0"),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&c) {
+                    res.headers_mut().append(header::SET_COOKIE, v);
+                }
+            }
+            res
+        }
+        Err(e) => {
+            if let Some(earlier) = web.failed_logins.admit() {
+                tracing::warn!(
+                    "failed console login through OpenID Connect: {e} ({earlier} more failed logins since the last such line)"
+                );
+            }
+            page(StatusCode::FORBIDDEN, &e.to_string(), false)
+        }
+    }
+}
+
 /// `POST /api/v1/logout`: the session ends on the server, not only in the browser.
 async fn logout(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     if let Some(c) = cookie_of(&headers) {
@@ -838,6 +990,7 @@ async fn session_doc(axum::Extension(c): Ext) -> Response {
     let how = match &c.how {
         How::Password => "password".to_string(),
         How::Token(id) => format!("API token {id}"),
+        How::Oidc(issuer) => format!("OpenID Connect {issuer}"),
     };
     json_response(
         StatusCode::OK,

@@ -37,6 +37,8 @@ pub enum How {
     Password,
     /// An API token (its public name).
     Token(String),
+    /// An OpenID provider (its issuer).
+    Oidc(String),
 }
 
 /// Who is on the other end of a request.
@@ -58,6 +60,7 @@ impl Caller {
         match &self.how {
             How::Password => format!("{} (console, password)", self.user),
             How::Token(id) => format!("{} (API token {id})", self.user),
+            How::Oidc(issuer) => format!("{} (console, OpenID Connect {issuer})", self.user),
         }
     }
 }
@@ -68,8 +71,24 @@ struct Session {
     csrf: String,
     /// The account's password time at login: a later change ends the session.
     password_set_ms: i64,
+    /// A login through an OpenID provider: the role its claim gave, and its issuer
+    /// (no account of the store stands behind it).
+    oidc: Option<(UserRole, String)>,
     created: Instant,
     last: Instant,
+}
+
+/// A live session, as a request finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Live {
+    /// Its account (or the person's name from the provider).
+    pub user: String,
+    /// The account's password time at login.
+    pub password_set_ms: i64,
+    /// Its CSRF token.
+    pub csrf: String,
+    /// The role and issuer of a login through an OpenID provider.
+    pub oidc: Option<(UserRole, String)>,
 }
 
 /// The live sessions.
@@ -80,7 +99,25 @@ pub struct Sessions {
     absolute: Duration,
 }
 
-fn random_text() -> String {
+/// Makes room for one more entry in `map` at `max`, removing the one `age` says is the
+/// oldest: the bound that keeps a flood from growing memory.
+pub(crate) fn make_room<V, T: Ord>(
+    map: &mut HashMap<String, V>,
+    max: usize,
+    age: impl Fn(&V) -> T,
+) {
+    if map.len() >= max
+        && let Some(oldest) = map
+            .iter()
+            .min_by_key(|(_, v)| age(v))
+            .map(|(k, _)| k.clone())
+    {
+        map.remove(&oldest);
+    }
+}
+
+/// 256 random bits as base64url text: session cookies, CSRF tokens, OpenID states.
+pub(crate) fn random_text() -> String {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 32];
     ring::rand::SystemRandom::new()
@@ -114,24 +151,40 @@ impl Sessions {
 
     /// A new session for `user`: the cookie value and the CSRF token.
     pub fn start(&self, user: &str, password_set_ms: i64, now: Instant) -> (String, String) {
+        self.start_with(user, password_set_ms, None, now)
+    }
+
+    /// A new session of a person an OpenID provider vouched for, with the role its
+    /// claim gave.
+    pub fn start_oidc(
+        &self,
+        user: &str,
+        role: UserRole,
+        issuer: &str,
+        now: Instant,
+    ) -> (String, String) {
+        self.start_with(user, 0, Some((role, issuer.to_string())), now)
+    }
+
+    fn start_with(
+        &self,
+        user: &str,
+        password_set_ms: i64,
+        oidc: Option<(UserRole, String)>,
+        now: Instant,
+    ) -> (String, String) {
         let cookie = random_text();
         let csrf = random_text();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, s| !self.expired(s, now));
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, s)| s.last)
-                .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
+        make_room(&mut map, MAX_SESSIONS, |s| s.last);
         map.insert(
             key_of(&cookie),
             Session {
                 user: user.to_string(),
                 csrf: csrf.clone(),
                 password_set_ms,
+                oidc,
                 created: now,
                 last: now,
             },
@@ -144,9 +197,8 @@ impl Sessions {
             || now.saturating_duration_since(s.created) >= self.absolute
     }
 
-    /// The session of `cookie`, if it is live: its account, the password time it was
-    /// made under, its CSRF token. Touches it.
-    pub fn get(&self, cookie: &str, now: Instant) -> Option<(String, i64, String)> {
+    /// The session of `cookie`, if it is live. Touches it.
+    pub fn get(&self, cookie: &str, now: Instant) -> Option<Live> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let key = key_of(cookie);
         let s = map.get_mut(&key)?;
@@ -155,7 +207,12 @@ impl Sessions {
             return None;
         }
         s.last = now;
-        Some((s.user.clone(), s.password_set_ms, s.csrf.clone()))
+        Some(Live {
+            user: s.user.clone(),
+            password_set_ms: s.password_set_ms,
+            csrf: s.csrf.clone(),
+            oidc: s.oidc.clone(),
+        })
     }
 
     /// Ends the session of `cookie`.
@@ -211,14 +268,7 @@ impl Throttle {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_KEYS {
             map.retain(|_, s| now.saturating_duration_since(s.last) < FORGET_AFTER);
-            if map.len() >= MAX_KEYS
-                && let Some(oldest) = map
-                    .iter()
-                    .min_by_key(|(_, s)| s.last)
-                    .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
-            }
+            make_room(&mut map, MAX_KEYS, |s| s.last);
         }
         let mut account = 0;
         for (i, k) in keys(user, addr).into_iter().enumerate() {
@@ -266,7 +316,12 @@ mod tests {
         assert_ne!(cookie, csrf);
         assert_eq!(
             s.get(&cookie, t0 + Duration::from_secs(59)),
-            Some(("alice".into(), 1, csrf.clone()))
+            Some(Live {
+                user: "alice".into(),
+                password_set_ms: 1,
+                csrf: csrf.clone(),
+                oidc: None
+            })
         );
         // Used at 59 s: idle counts from there.
         assert!(s.get(&cookie, t0 + Duration::from_secs(118)).is_some());
