@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clustermgr_protocol::telemetry::Sample;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::CtlError;
@@ -236,49 +235,49 @@ async fn prometheus(listener: tokio::net::TcpListener, exports: Arc<Exports>) {
     .await;
 }
 
-/// Answers one scrape; a client that sends its head too slowly, or reads the answer
-/// too slowly, is dropped.
-async fn scrape(mut sock: tokio::net::TcpStream, exports: Arc<Exports>) {
-    let head = async {
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-            match sock.read(&mut buf).await {
-                Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                _ => return None,
-            }
-        }
-        Some(head)
+/// Answers one scrape with hyper (the console's stack): a client that sends its head
+/// too slowly is dropped at the head's deadline, and the whole connection, one request
+/// (no keep-alive), ends within the head's and the answer's deadlines.
+async fn scrape(sock: tokio::net::TcpStream, exports: Arc<Exports>) {
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let exports = exports.clone();
+        async move { Ok::<_, std::convert::Infallible>(answer(&req, &exports)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(PROMETHEUS_HEAD_DEADLINE)
+        .max_buf_size(16 * 1024)
+        .keep_alive(false)
+        .serve_connection(hyper_util::rt::TokioIo::new(sock), svc);
+    let _ = tokio::time::timeout(PROMETHEUS_HEAD_DEADLINE + PROMETHEUS_REPLY_DEADLINE, conn).await;
+}
+
+/// The answer to one request: the exposition at `GET /metrics`, else 404.
+fn answer(
+    req: &hyper::Request<hyper::body::Incoming>,
+    exports: &Exports,
+) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
+    let (status, body) = if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" {
+        let now = crate::clock::Clock::unix(&crate::clock::SystemClock) * 1000;
+        let body = exports
+            .latest
+            .as_ref()
+            .map(|m| exposition(&m.lock().unwrap_or_else(|p| p.into_inner()), now))
+            .unwrap_or_default();
+        (hyper::StatusCode::OK, body)
+    } else {
+        (
+            hyper::StatusCode::NOT_FOUND,
+            "clustermgr serves /metrics only\n".to_string(),
+        )
     };
-    let Ok(Some(head)) = tokio::time::timeout(PROMETHEUS_HEAD_DEADLINE, head).await else {
-        return;
-    };
-    let first = String::from_utf8_lossy(&head);
-    let path = first.split_whitespace().nth(1).unwrap_or("");
-    let (status, body) =
-        if first.starts_with("GET ") && (path == "/metrics" || path.starts_with("/metrics?")) {
-            let now = crate::clock::Clock::unix(&crate::clock::SystemClock) * 1000;
-            let body = exports
-                .latest
-                .as_ref()
-                .map(|m| exposition(&m.lock().unwrap_or_else(|p| p.into_inner()), now))
-                .unwrap_or_default();
-            ("200 OK", body)
-        } else {
-            (
-                "404 Not Found",
-                "clustermgr serves /metrics only\n".to_string(),
-            )
-        };
-    let reply = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let mut res = hyper::Response::new(http_body_util::Full::new(hyper::body::Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
-    let _ = tokio::time::timeout(PROMETHEUS_REPLY_DEADLINE, async {
-        let _ = sock.write_all(reply.as_bytes()).await;
-        let _ = sock.shutdown().await;
-    })
-    .await;
+    res
 }
 
 /// Waits `for_` while moving what the ingest sends into `backlog` (the queue between
