@@ -169,6 +169,55 @@ function planView(doc) {
   return out;
 }
 
+// An apply with its progress per node as it happens (server-sent events on the POST's
+// answer, read as a stream: EventSource only GETs).
+async function applyLive(digest, rolling, said) {
+  const progress = el("ol", { id: "progress" });
+  said.after(progress);
+  const res = await fetch("/api/v1/apply", { method: "POST", credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "Accept": "text/event-stream",
+      "X-CSRF-Token": state.session.csrf },
+    body: JSON.stringify({ plan: digest, rolling }) });
+  if (res.status === 401) { window.location.assign("/login"); return; }
+  if (!res.ok) {
+    const doc = await res.json().catch(() => ({}));
+    throw new Error(doc.error || ("HTTP " + res.status));
+  }
+  const items = {};
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buf.indexOf("\n\n")) >= 0) {
+      const chunk = buf.slice(0, cut);
+      buf = buf.slice(cut + 2);
+      const name = (chunk.match(/^event: (.*)$/m) || [])[1];
+      const data = chunk.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+      if (!name || !data) continue;
+      const d = JSON.parse(data);
+      if (name === "working") {
+        for (const n of d.nodes) {
+          items[n] = el("li", { "data-node": n }, n + ": " + (d.sequential ? "waiting its turn" : "applying"));
+          progress.append(items[n]);
+        }
+      } else if (name === "node") {
+        if (items[d.node]) {
+          items[d.node].replaceChildren(d.node + ": ", levelSpan(d.state === "ok" ? "ok" : "critical", d.state),
+            d.message ? " (" + d.message + ")" : "");
+        }
+      } else if (name === "done") {
+        said.textContent = "Applied: " + d.nodes.map((n) => n.node + " " + n.state).join(", ");
+      } else if (name === "error") {
+        said.textContent = "Apply failed: " + d.error;
+      }
+    }
+  }
+}
+
 async function configPage() {
   const page = document.getElementById("page");
   const said = el("p", { id: "said", role: "status" });
@@ -198,15 +247,14 @@ async function configPage() {
         said.textContent = "Plan " + doc.digest;
         shown.dataset.digest = doc.digest;
         if (may("admin")) {
-          shown.append(el("button", { id: "apply-button", class: "danger", type: "button", onclick: async () => {
-            said.textContent = "Applying plan " + doc.digest + "…";
-            try {
-              const done = await api("/apply", { method: "POST",
-                headers: { "Content-Type": "application/json" },
-                body: JSON.stringify({ plan: doc.digest }) });
-              said.textContent = "Applied: " + done.nodes.map((n) => n.node + " " + n.state).join(", ");
-            } catch (e) { said.textContent = "Apply refused: " + e.message; }
-          } }, "Apply this plan"));
+          const rolling = el("input", { id: "rolling", type: "checkbox" });
+          shown.append(el("label", { for: "rolling" }, rolling, " one node at a time (rolling)"), " ",
+            el("button", { id: "apply-button", class: "danger", type: "button", onclick: async () => {
+              said.textContent = "Applying plan " + doc.digest + "…";
+              try {
+                await applyLive(doc.digest, rolling.checked, said);
+              } catch (e) { said.textContent = "Apply refused: " + e.message; }
+            } }, "Apply this plan"));
         }
       } catch (e) { said.textContent = "Plan failed: " + e.message; }
     } }, "Plan"));

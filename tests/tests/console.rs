@@ -195,6 +195,11 @@ async fn a_person_logs_in_watches_the_cluster_live_and_applies_by_role() {
     b.wait_until("the apply's outcome", Duration::from_secs(30), |b| {
         b.text_of("#said").starts_with("Applied:")
     });
+    // Each node's part as it went, in words.
+    let progress = b.text_of("#progress");
+    for n in ["gluu1: ok", "gluu2: ok", "lb1: ok"] {
+        assert!(progress.contains(n), "{progress}");
+    }
     assert_eq!(std::fs::read_to_string(&hosts).unwrap(), before);
     b.goto(&format!("{base}/#/audit"));
     b.wait_until("the audit entry", PATIENCE, |b| {

@@ -1037,9 +1037,13 @@ struct ApplyBody {
 }
 
 /// `POST /api/v1/apply` with `{"plan": DIGEST}`: only the plan that was shown.
+/// With `Accept: text/event-stream`, its progress as server-sent events: `working`
+/// (the nodes, in order), `node` as each is done (`node-results`' entries), then `done`
+/// with the `apply` document, or `error` with the error document.
 async fn apply(
     State(w): State<Arc<Web>>,
     axum::Extension(c): Ext,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let Ok(b) = serde_json::from_slice::<ApplyBody>(&body) else {
@@ -1054,7 +1058,62 @@ async fn apply(
         rolling: b.rolling,
         plan: Some(b.plan),
     };
-    run_op(&w, &c, op).await
+    let streamed = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if !streamed {
+        return run_op(&w, &c, op).await;
+    }
+    let who = c.audit_name();
+    if let Err(e) = op.allowed(&who, c.role) {
+        return error_response(status_of(&e), &e.to_string(), e.exit_code());
+    }
+    let (tx, rx) = mpsc::channel::<SseEvent>(64);
+    let ctx = w.ctx.clone();
+    tokio::spawn(async move {
+        let (etx, mut erx) = mpsc::channel(64);
+        let inv = Invocation {
+            user: who,
+            op: op.clone(),
+            connect_timeout_ms: None,
+        };
+        // The apply runs to its end even if the page goes: it is not cancelled halfway.
+        let run = tokio::spawn(crate::ops::run(ctx, inv, etx));
+        while let Some(e) = erx.recv().await {
+            let ev = match e {
+                crate::ops::Event::Working {
+                    what,
+                    nodes,
+                    sequential,
+                } => SseEvent::default().event("working").data(
+                    serde_json::json!({"what": what, "nodes": nodes, "sequential": sequential})
+                        .to_string(),
+                ),
+                crate::ops::Event::NodeDone(o) => SseEvent::default().event("node").data(
+                    serde_json::to_string(&crate::contract::NodeResult::from(&o))
+                        .unwrap_or_default(),
+                ),
+                _ => continue,
+            };
+            let _ = tx.send(ev).await;
+        }
+        let last = match run.await {
+            Ok(Ok(report)) => SseEvent::default().event("done").data(
+                crate::contract::document(&op, report)
+                    .map(|d| d.to_string())
+                    .unwrap_or_default(),
+            ),
+            Ok(Err(e)) => SseEvent::default().event("error").data(
+                serde_json::json!({"error": e.to_string(), "exit_code": e.exit_code()}).to_string(),
+            ),
+            Err(e) => SseEvent::default()
+                .event("error")
+                .data(serde_json::json!({"error": e.to_string(), "exit_code": 1}).to_string()),
+        };
+        let _ = tx.send(last).await;
+    });
+    sse(w, headers, rx)
 }
 
 /// `GET /api/v1/stream`: server-sent events for the live pages: `top` (the nodes'
