@@ -218,6 +218,25 @@ async function applyLive(digest, rolling, said) {
   }
 }
 
+// The kept versions of a managed file on a node, and (admins) putting one back.
+async function versions(node, path, shown, said) {
+  const q = "node=" + encodeURIComponent(node) + "&path=" + encodeURIComponent(path);
+  const doc = await api("/rollback?" + q).catch((e) => { said.textContent = e.message; return null; });
+  if (!doc) return;
+  const rows = doc.generations.map((g) => el("li", {}, "version " + g.generation + ", replaced " + g.replaced_at +
+    " (sha256 " + g.sha256.slice(0, 12) + ")", may("admin") ? [" ", el("button", { type: "button",
+      class: "danger rollback", onclick: async () => {
+        said.textContent = "Putting back version " + g.generation + " of " + path + " on " + node + "…";
+        try {
+          const done = await api("/rollback", { method: "POST", headers: { "Content-Type": "application/json" },
+            body: JSON.stringify({ node, path, generation: g.generation }) });
+          said.textContent = "Rolled back: " + done.nodes.map((n) => n.node + " " + n.state).join(", ");
+        } catch (e) { said.textContent = "Rollback refused: " + e.message; }
+      } }, "Put this one back")] : null));
+  shown.replaceChildren(el("h3", {}, path + " on " + node),
+    rows.length ? el("ul", { id: "generations" }, rows) : el("p", {}, "No kept versions."));
+}
+
 async function configPage() {
   const page = document.getElementById("page");
   const said = el("p", { id: "said", role: "status" });
@@ -279,7 +298,9 @@ async function configPage() {
       el("th", {}, "Change"), el("th", { class: "wide" }, "Who"), el("th", { class: "wide" }, "Result"))),
     el("tbody", {}, history.changes.map((h) => el("tr", {}, el("td", {}, h.time), el("td", {}, h.node),
       el("td", {}, h.path), el("td", {}, h.change), el("td", { class: "wide" }, h.user),
-      el("td", { class: "wide" }, h.result)))))));
+      el("td", { class: "wide" }, h.result),
+      el("td", {}, el("button", { type: "button", class: "versions", onclick: () => versions(h.node, h.path, shown, said) },
+        "Versions"))))))));
   page.replaceChildren(...kids);
 }
 

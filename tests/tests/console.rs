@@ -201,6 +201,24 @@ async fn a_person_logs_in_watches_the_cluster_live_and_applies_by_role() {
         assert!(progress.contains(n), "{progress}");
     }
     assert_eq!(std::fs::read_to_string(&hosts).unwrap(), before);
+    // Rollback from the page: the version the apply replaced (the hand edit) goes back.
+    b.goto(&format!("{base}/#/audit"));
+    b.goto(&format!("{base}/#/config"));
+    b.wait_for("#history", PATIENCE);
+    let clicked = b.execute(
+        "for (const tr of document.querySelectorAll('#history tbody tr')) \
+           if (tr.textContent.includes('gluu1') && tr.textContent.includes('/etc/hosts')) { \
+             tr.querySelector('button.versions').click(); return true; } \
+         return false;",
+        serde_json::json!([]),
+    );
+    assert_eq!(clicked, true);
+    let back = b.wait_for("#generations button.rollback", PATIENCE);
+    b.click(&back);
+    b.wait_until("the rollback's outcome", Duration::from_secs(30), |b| {
+        b.text_of("#said").starts_with("Rolled back:")
+    });
+    assert_eq!(std::fs::read_to_string(&hosts).unwrap(), edited);
     b.goto(&format!("{base}/#/audit"));
     b.wait_until("the audit entry", PATIENCE, |b| {
         b.text_of("#audit").contains("alice (console, password)")

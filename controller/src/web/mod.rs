@@ -449,6 +449,26 @@ pub fn router(web: Arc<Web>) -> Router {
                 }),
             )
             .route("/apply", post(apply))
+            .route(
+                "/rollback",
+                get(
+                    |State(w): State<Arc<Web>>, axum::Extension(c): Ext, Query(q): Query<RollbackAsk>| async move {
+                        run_op(&w, &c, q.op(true)).await
+                    },
+                )
+                .post(
+                    |State(w): State<Arc<Web>>, axum::Extension(c): Ext, body: axum::body::Bytes| async move {
+                        match serde_json::from_slice::<RollbackAsk>(&body) {
+                            Ok(q) if q.generation.is_some() => run_op(&w, &c, q.op(false)).await,
+                            _ => error_response(
+                                StatusCode::BAD_REQUEST,
+                                "a rollback is {\"node\", \"path\", \"generation\"} (GET /api/v1/rollback?node=&path= lists the generations)",
+                                2,
+                            ),
+                        }
+                    },
+                ),
+            )
             .route("/stream", get(stream))
             .route(
                 "/logs",
@@ -1024,6 +1044,29 @@ fn read(op: fn(Sel) -> Operation) -> axum::routing::MethodRouter<Arc<Web>> {
             run_op(&w, &c, op(q)).await
         },
     )
+}
+
+/// A rollback, or the list of what it could put back.
+#[derive(Deserialize)]
+struct RollbackAsk {
+    node: String,
+    path: String,
+    #[serde(default)]
+    generation: Option<u32>,
+    #[serde(default)]
+    in_container: bool,
+}
+
+impl RollbackAsk {
+    fn op(self, list: bool) -> Operation {
+        Operation::Rollback {
+            node: self.node,
+            path: self.path,
+            generation: self.generation,
+            list,
+            in_container: self.in_container,
+        }
+    }
 }
 
 #[derive(Deserialize)]
