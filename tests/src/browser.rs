@@ -36,6 +36,17 @@ impl std::fmt::Debug for Browser {
 }
 
 fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Value {
+    try_call(addr, method, path, body)
+        .unwrap_or_else(|(status, v)| panic!("WebDriver {method} {path}: {status} {v}"))
+}
+
+/// A WebDriver command; its error (status and answer) when it failed.
+fn try_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, (u16, Value)> {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let a = request(
         addr,
@@ -45,13 +56,11 @@ fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Valu
         body.as_bytes(),
     );
     let v = a.json();
-    assert!(
-        a.status == 200,
-        "WebDriver {method} {path}: {} {}",
-        a.status,
-        v
-    );
-    v["value"].clone()
+    if a.status == 200 {
+        Ok(v["value"].clone())
+    } else {
+        Err((a.status, v))
+    }
 }
 
 impl Browser {
@@ -205,16 +214,22 @@ impl Browser {
         );
     }
 
-    /// The rendered text of the first element matching `css` (empty if none).
+    /// The rendered text of the first element matching `css` (empty if none). A page
+    /// that redraws the element between finding and reading it (a live page does, every
+    /// tick) is read again.
     pub fn text_of(&self, css: &str) -> String {
-        match self.find_all(css).into_iter().next() {
-            Some(e) => self
-                .cmd("GET", &format!("/element/{e}/text"), None)
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            None => String::new(),
+        for _ in 0..5 {
+            let Some(e) = self.find_all(css).into_iter().next() else {
+                return String::new();
+            };
+            let path = format!("/session/{}/element/{e}/text", self.session);
+            match try_call(self.addr, "GET", &path, None) {
+                Ok(v) => return v.as_str().unwrap_or_default().to_string(),
+                Err((_, v)) if v["value"]["error"] == "stale element reference" => continue,
+                Err((status, v)) => panic!("WebDriver GET {path}: {status} {v}"),
+            }
         }
+        String::new()
     }
 
     /// Runs `script` (a function body; `arguments` holds `args`) and returns its value.
