@@ -52,8 +52,22 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Answer {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    try_request(addr, method, path, headers, body).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`request`], saying what went wrong instead of panicking (for the benchmarks, which
+/// report a failed measurement and go on).
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Answer, String> {
+    let what = |e: std::io::Error| format!("{method} {path} on {addr}: {e}");
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(what)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(what)?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -62,8 +76,8 @@ pub fn request(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    s.write_all(head.as_bytes()).map_err(what)?;
+    s.write_all(body).map_err(what)?;
     // Read the head, then as much body as it announces: some servers (chromedriver)
     // say `Connection: close` and keep the socket open.
     let mut raw = Vec::new();
@@ -91,28 +105,29 @@ pub fn request(
             Ok(n) => n,
             // A signal (a child of the test ending) is no answer: read again.
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => panic!("read the answer: {e}"),
+            Err(e) => return Err(what(e)),
         };
         if n == 0 {
             break;
         }
         raw.extend_from_slice(&buf[..n]);
     }
-    parse(&raw)
+    parse(&raw).ok_or_else(|| {
+        format!(
+            "{method} {path} on {addr}: not an HTTP answer: {:?}",
+            String::from_utf8_lossy(&raw[..raw.len().min(200)])
+        )
+    })
 }
 
-fn parse(raw: &[u8]) -> Answer {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a whole head");
+fn parse(raw: &[u8]) -> Option<Answer> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("a status line");
+        .and_then(|c| c.parse().ok())?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
@@ -124,11 +139,11 @@ fn parse(raw: &[u8]) -> Answer {
     {
         body = dechunk(&body);
     }
-    Answer {
+    Some(Answer {
         status,
         headers,
         body,
-    }
+    })
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
