@@ -37,15 +37,38 @@ fn argon2(m: u32, t: u32, p: u32) -> Result<argon2::Argon2<'static>, String> {
     ))
 }
 
+/// glibc's largest dynamic mmap threshold on 64-bit (`DEFAULT_MMAP_THRESHOLD_MAX`,
+/// 32 MiB) in argon2's 1 KiB blocks, and one block more.
+const PAST_MMAP_THRESHOLD_BLOCKS: usize = 32 * 1024 + 1;
+
+/// Runs argon2 in memory that goes back to the system when it returns. Left to itself
+/// argon2 allocates its 19 MiB from the heap: glibc maps the first such allocation on
+/// its own, raises its threshold to that size when it is freed, and from then on
+/// serves each from the arena of the thread that hashes, where it stays resident.
+/// `serve` checks logins on tokio's blocking threads, each with an arena of its own:
+/// ten logins kept 150 MiB (the console bench, BENCHMARKS.md). Reserved past glibc's
+/// largest threshold, the memory is always a mapping of its own, unmapped when
+/// dropped (and zeroed by the kernel before anyone else gets it); only the blocks
+/// written ever become resident.
+fn hash_into(
+    a: &argon2::Argon2<'_>,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), String> {
+    let blocks = a.params().block_count();
+    let mut memory = Vec::with_capacity(blocks.max(PAST_MMAP_THRESHOLD_BLOCKS));
+    memory.resize(blocks, argon2::Block::default());
+    a.hash_password_into_with_memory(password, salt, out, memory.as_mut_slice())
+        .map_err(|e| e.to_string())
+}
+
 /// The PHC string of `password` with a new salt.
 pub fn hash(password: &str) -> String {
     let salt = random::<SALT>();
     let mut out = zeroize::Zeroizing::new([0u8; OUT]);
     argon2(M_KIB, T, P)
-        .and_then(|a| {
-            a.hash_password_into(password.as_bytes(), &salt, out.as_mut())
-                .map_err(|e| e.to_string())
-        })
+        .and_then(|a| hash_into(&a, password.as_bytes(), &salt, out.as_mut()))
         .expect("fixed, valid argon2 parameters");
     format!(
         "$argon2id$v=19$m={M_KIB},t={T},p={P}${}${}",
@@ -87,10 +110,8 @@ pub fn verify(password: &str, phc: &str) -> bool {
         return false;
     }
     let mut got = zeroize::Zeroizing::new([0u8; OUT]);
-    let ok = argon2(m, t, p).is_ok_and(|a| {
-        a.hash_password_into(password.as_bytes(), &salt, got.as_mut())
-            .is_ok()
-    });
+    let ok = argon2(m, t, p)
+        .is_ok_and(|a| hash_into(&a, password.as_bytes(), &salt, got.as_mut()).is_ok());
     // Every byte looked at whatever the first difference: no timing tells how close a
     // guess came.
     ok && got.iter().zip(&want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
@@ -136,6 +157,17 @@ mod tests {
         ] {
             assert!(!verify("x", bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_memory_given_to_argon2_changes_nothing_in_its_hash() {
+        // Hashes made before, and by other tools, still verify.
+        let a = argon2(M_KIB, T, P).unwrap();
+        let (mut ours, mut theirs) = ([0u8; OUT], [0u8; OUT]);
+        hash_into(&a, b"correct horse", b"sixteen byte slt", &mut ours).unwrap();
+        a.hash_password_into(b"correct horse", b"sixteen byte slt", &mut theirs)
+            .unwrap();
+        assert_eq!(ours, theirs);
     }
 
     #[test]
