@@ -65,6 +65,8 @@ pub struct Web {
     secure: bool,
     /// Login through an OpenID provider, when `[web.oidc]` says.
     oidc: Option<oidc::Oidc>,
+    /// Turns at checking a password (argon2id is memory-hard on purpose).
+    hashing: tokio::sync::Semaphore,
 }
 
 /// The console's TLS, from `[web] tls`: the files given, or a certificate issued now
@@ -242,6 +244,7 @@ pub async fn run(ctx: Arc<Ctx>, cfg: WebConfig) {
         latest: std::sync::Mutex::default(),
         secure: tls.is_some(),
         oidc: cfg.oidc.clone().map(oidc::Oidc::new),
+        hashing: tokio::sync::Semaphore::new(2),
     });
     let ticker = tokio::spawn(tick(web.clone()));
     serve_on(listener, web, tls).await;
@@ -813,6 +816,15 @@ async fn login(
     let decoy = "$argon2id$v=19$m=19456,t=2,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
     let hash = user.map_or(decoy.to_string(), |u| u.password_hash.clone());
     let password = zeroize::Zeroizing::new(b.password);
+    // Two hashes at once at most: each takes 19 MiB for its 30 ms, and 64 connections
+    // hashing together would take over a GiB.
+    let Ok(_turn) = web.hashing.acquire().await else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the console is stopping",
+            1,
+        );
+    };
     let good = tokio::task::spawn_blocking(move || crate::password::verify(&password, &hash))
         .await
         .unwrap_or(false);
