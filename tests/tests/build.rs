@@ -140,6 +140,65 @@ async fn one_apply_turns_standalone_slapds_into_a_replicating_cluster() {
         );
     }
 
+    // The console's Replication page on this replicating cluster: every heartbeat read
+    // on every node, in the heat map and in words (the README's screenshot).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let toml = ctl.home.join("controller.toml");
+        let text = std::fs::read_to_string(&toml).unwrap_or_default();
+        let text = if text.contains("address = \"127.0.0.1:5000\"") {
+            text.replace("address = \"127.0.0.1:5000\"", "address = \"127.0.0.1:0\"")
+        } else {
+            format!("{text}\n[web]\naddress = \"127.0.0.1:0\"\n")
+        };
+        std::fs::write(&toml, text).unwrap();
+        let pw = ctl.home.parent().unwrap().join("vera.pw");
+        std::fs::write(&pw, "vera's long password\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let pw_arg = pw.display().to_string();
+        ok(
+            ctl.run(&[
+                "user",
+                "add",
+                "vera",
+                "--role",
+                "viewer",
+                "--password-file",
+                &pw_arg,
+            ]),
+            "user add",
+        );
+        let serve = ctl.serve().await;
+        let addr = clustermgr_tests::web::console_address(&ctl.home, Duration::from_secs(10));
+        let base = format!("http://{addr}");
+        let b = clustermgr_tests::browser::Browser::start();
+        b.goto(&format!("{base}/login"));
+        let name = b.wait_for("#name", Duration::from_secs(10));
+        b.type_into(&name, "vera");
+        let field = b.wait_for("#password", Duration::from_secs(5));
+        b.type_into(&field, "vera's long password\u{E007}");
+        b.wait_until("the console", Duration::from_secs(10), |b| {
+            b.url() == format!("{base}/")
+        });
+        b.goto(&format!("{base}/#/replication"));
+        b.wait_until(
+            "every heartbeat in the matrix",
+            Duration::from_secs(30),
+            |b| {
+                let lag = b.text_of("#lag");
+                NODES.iter().all(|n| lag.contains(n)) && !lag.contains('–')
+            },
+        );
+        assert!(
+            b.text_of("#links").contains("connected"),
+            "{}",
+            b.text_of("#links")
+        );
+        b.screenshot("replication");
+        drop(b);
+        serve.stop();
+    }
+
     // An unchanged cluster changes nothing.
     let plan_json = ctl.run(&["--json", "plan"]);
     let v: serde_json::Value = serde_json::from_slice(&plan_json.stdout).expect("plan --json");
