@@ -257,9 +257,21 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join("\n");
         std::fs::write(&config, pinned).expect("rewrite agent config");
-        let (child, addr) = spawn_agent(&agent_bin(), &a.dir.clone(), name)
-            .await
-            .expect("restart agent");
+        // Its UDP port was free a moment ago; a short-lived client socket (a CLI's QUIC
+        // dial) may hold it for an instant now: try again, within a deadline.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let (child, addr) = loop {
+            match spawn_agent(&agent_bin(), &a.dir.clone(), name).await {
+                Ok(started) => break started,
+                Err(e)
+                    if e.to_string().contains("Address already in use")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("restart agent: {e:?}"),
+            }
+        };
         a.child = child;
         a.address = addr;
         addr
