@@ -409,7 +409,9 @@ async function logsPage() {
     el("label", { for: "log-nodes" }, "Nodes"), el("input", { id: "log-nodes", value: "all" }),
     el("label", { for: "log-source" }, "Source"), el("input", { id: "log-source", placeholder: "any" }),
     el("label", { for: "log-grep" }, "Matching"), el("input", { id: "log-grep", placeholder: "regular expression" }),
-    el("button", { type: "submit" }, may("operator") ? "Follow" : "Search"),
+    el("label", { for: "log-since" }, "Since"), el("input", { id: "log-since", placeholder: "10m, 2h, 7d" }),
+    may("operator") ? el("button", { type: "submit" }, "Follow") : null,
+    el("button", { type: "button", id: "log-search" }, "Search stored lines"),
     el("button", { type: "button", id: "log-pause" }, "Pause"));
   const out = el("pre", { id: "log-lines", class: "logs", "aria-live": "polite" });
   const said = el("p", { id: "log-said", role: "status" });
@@ -428,21 +430,29 @@ async function logsPage() {
     if (grep) p.set("grep", grep);
     return p;
   };
+  const search = async () => {
+    if (logStream) { logStream.close(); logStream = null; }
+    out.replaceChildren();
+    const p = params();
+    const since = document.getElementById("log-since").value;
+    if (since) p.set("since", since); else p.set("limit", "200");
+    const doc = await api("/logs?" + p.toString());
+    doc.lines.forEach(show);
+    said.textContent = doc.lines.length + " stored lines" + (may("operator") ? "" : " (following needs operator)");
+  };
   const start = async () => {
+    if (!may("operator")) return search();
     if (logStream) logStream.close();
     out.replaceChildren();
-    if (may("operator")) {
-      logStream = new EventSource("/api/v1/logs/stream?" + params().toString());
-      logStream.addEventListener("log", (m) => show(JSON.parse(m.data)));
-      logStream.addEventListener("open", () => { said.textContent = "following"; });
-    } else {
-      const doc = await api("/logs?" + params().toString() + "&limit=200");
-      doc.lines.forEach(show);
-      said.textContent = doc.lines.length + " stored lines (following needs operator)";
-    }
+    logStream = new EventSource("/api/v1/logs/stream?" + params().toString());
+    logStream.addEventListener("log", (m) => show(JSON.parse(m.data)));
+    logStream.addEventListener("open", () => { said.textContent = "following"; });
   };
   form.addEventListener("submit", (ev) => { ev.preventDefault(); start().catch((e) => { said.textContent = e.message; }); });
   page.replaceChildren(el("h1", {}, "Logs"), form, said, out);
+  document.getElementById("log-search").addEventListener("click", () => {
+    search().catch((e) => { said.textContent = e.message; });
+  });
   document.getElementById("log-pause").addEventListener("click", (ev) => {
     paused = !paused;
     ev.target.textContent = paused ? "Resume" : "Pause";

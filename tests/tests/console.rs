@@ -139,6 +139,19 @@ async fn a_person_logs_in_watches_the_cluster_live_and_applies_by_role() {
         |b| b.text_of("#log-lines").contains(marker),
     );
     assert!(written.elapsed() < Duration::from_secs(2));
+    // The stored lines can be searched too, by regular expression.
+    let grep = b.wait_for("#log-grep", PATIENCE);
+    b.type_into(&grep, "marker-line");
+    let search = b.wait_for("#log-search", PATIENCE);
+    b.click(&search);
+    b.wait_until("the stored line found", PATIENCE, |b| {
+        b.text_of("#log-said").ends_with("stored lines") && b.text_of("#log-lines").contains(marker)
+    });
+    let follow = b.wait_for("#log-filter button[type=submit]", PATIENCE);
+    b.click(&follow);
+    b.wait_until("following again", PATIENCE, |b| {
+        b.text_of("#log-said") == "following"
+    });
     // Paused, new lines are not shown until resumed.
     let pause = b.wait_for("#log-pause", PATIENCE);
     b.click(&pause);
