@@ -2,21 +2,25 @@
 // tests, on loopback. Reads its settings from the JSON file named by its argument (so
 // no secret is in argv): port, client_id, client_secret, redirect_uri, and roles (the
 // `role` claim per account). Accounts log in through oidc-provider's development
-// interactions (any password); the `role` claim goes into the ID token.
+// interactions (any password); the `role` claim goes into the ID token. `other_clients`
+// registers more applications.
 import fs from "node:fs";
 import Provider from "oidc-provider";
 
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
 const issuer = `http://127.0.0.1:${cfg.port}`;
 const provider = new Provider(issuer, {
-  clients: [{
-    client_id: cfg.client_id,
-    client_secret: cfg.client_secret,
-    redirect_uris: [cfg.redirect_uri],
+  // The console's client, and any other (`other_clients`: another application of the
+  // same provider, whose tokens the console must refuse).
+  clients: [{ client_id: cfg.client_id, client_secret: cfg.client_secret, redirect_uri: cfg.redirect_uri },
+    ...(cfg.other_clients ?? [])].map((c) => ({
+    client_id: c.client_id,
+    client_secret: c.client_secret,
+    redirect_uris: [c.redirect_uri],
     grant_types: ["authorization_code"],
     response_types: ["code"],
     token_endpoint_auth_method: "client_secret_basic",
-  }],
+  })),
   pkce: { required: () => true },
   claims: { openid: ["sub"], profile: ["preferred_username", "role"] },
   conformIdTokenClaims: false,

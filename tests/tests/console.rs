@@ -321,6 +321,10 @@ async fn a_person_logs_in_through_an_openid_provider_with_the_role_its_claim_giv
             "port": op_port, "client_id": "clustermgr", "client_secret": secret,
             "redirect_uri": redirect,
             "roles": {"alice": "clusteradmin", "bob": "staff"},
+            "other_clients": [{
+                "client_id": "grafana", "client_secret": "grafana-client-secret-0123456789abcdef",
+                "redirect_uri": format!("http://127.0.0.1:{}/cb", clustermgr_tests::slapd::free_port()),
+            }],
         })
         .to_string(),
     )
@@ -398,6 +402,68 @@ async fn a_person_logs_in_through_an_openid_provider_with_the_role_its_claim_giv
     assert_eq!(a.status, 403, "{}", a.text());
     assert!(a.text().contains("already used"), "{}", a.text());
 
+    // A real token the same provider issued to another application (grafana), and a
+    // copy of it with one claim changed: the console's checks refuse both, and take the
+    // genuine one for the application it was issued to.
+    {
+        use clustermgr::web::oidc::{OidcConfig, Refused, verify};
+        let grafana =
+            serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&op_cfg).unwrap())
+                .unwrap()["other_clients"][0]
+                .clone();
+        let ob = Browser::start_with_network_log();
+        let (token, nonce) = token_for(&ob, &issuer, &grafana, "alice");
+        drop(ob);
+        let jwks = clustermgr_tests::web::request(
+            format!("127.0.0.1:{op_port}").parse().unwrap(),
+            "GET",
+            "/jwks",
+            &[],
+            b"",
+        )
+        .json();
+        let keys = jwks["keys"].as_array().unwrap().clone();
+        let console = OidcConfig {
+            issuer: issuer.clone(),
+            client_id: "clustermgr".into(),
+            client_secret_file: None,
+            redirect_uri: redirect.clone(),
+            role_claim: "role".into(),
+            roles: [(
+                "clusteradmin".to_string(),
+                clustermgr::access::UserRole::Admin,
+            )]
+            .into(),
+            name_claim: None,
+            scopes: vec!["openid".into()],
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let refused = verify(&token, &keys, &console, &nonce, now).unwrap_err();
+        assert!(
+            matches!(&refused, Refused::Bad(why) if why.contains("not this console")),
+            "{refused:?}"
+        );
+        let mut theirs = console.clone();
+        theirs.client_id = "grafana".into();
+        let claims = verify(&token, &keys, &theirs, &nonce, now).expect("genuine for grafana");
+        assert_eq!(claims["role"], "clusteradmin");
+        // Tampered: the claims made to say the console is the audience.
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let parts: Vec<&str> = token.split('.').collect();
+        let mut c: serde_json::Value =
+            serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+        c["aud"] = "clustermgr".into();
+        let forged = format!("{}.{}.{}", parts[0], b64.encode(c.to_string()), parts[2]);
+        assert_eq!(
+            verify(&forged, &keys, &console, &nonce, now).unwrap_err(),
+            Refused::Bad("its signature does not verify".into())
+        );
+    }
+
     // bob's claim names no role clustermgr knows: refused, and said why. (Another
     // browser: this one's session at the provider would log alice in again.)
     let logout = b.wait_for("#logout", PATIENCE);
@@ -414,4 +480,84 @@ async fn a_person_logs_in_through_an_openid_provider_with_the_role_its_claim_giv
         "{}",
         b.text_of("#said")
     );
+}
+
+/// A real ID token the provider issued to `client` (another application) for `name`:
+/// the code flow walked in `b`, the code taken from the browser's network log (nothing
+/// listens at the client's redirect URI), exchanged at the token endpoint. Returns the
+/// token and the nonce it was asked with.
+fn token_for(
+    b: &Browser,
+    issuer: &str,
+    client: &serde_json::Value,
+    name: &str,
+) -> (String, String) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let verifier = "a-verifier-long-enough-for-pkce-0123456789abcdef";
+    let digest = clustermgr_protocol::identity::sha256_hex(verifier.as_bytes());
+    let raw: Vec<u8> = (0..digest.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digest[i..i + 2], 16).unwrap())
+        .collect();
+    let challenge = b64.encode(raw);
+    let redirect = client["redirect_uri"].as_str().unwrap();
+    let nonce = "another-apps-nonce";
+    b.goto(&format!(
+        "{issuer}/auth?response_type=code&client_id={}&redirect_uri={}&scope=openid%20profile&state=s1&nonce={nonce}&code_challenge={challenge}&code_challenge_method=S256",
+        client["client_id"].as_str().unwrap(),
+        redirect.replace(':', "%3A").replace('/', "%2F"),
+    ));
+    let login = b.wait_for("input[name=login]", PATIENCE);
+    b.type_into(&login, name);
+    let pw = b.wait_for("input[name=password]", PATIENCE);
+    b.type_into(&pw, "any password");
+    let go = b.wait_for("button[type=submit]", PATIENCE);
+    b.click(&go);
+    let mut code = None;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while code.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no code for the other client"
+        );
+        if b.url().contains("/interaction/") && !b.find_all("button[type=submit]").is_empty() {
+            let ok = b.wait_for("button[type=submit]", PATIENCE);
+            b.click(&ok);
+        }
+        code = b.network_urls().into_iter().find_map(|u| {
+            let q = u.strip_prefix(&format!("{redirect}?"))?.to_string();
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("code=").map(str::to_string))
+        });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let body = format!(
+        "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={verifier}",
+        code.unwrap(),
+        redirect.replace(':', "%3A").replace('/', "%2F")
+    );
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            client["client_id"].as_str().unwrap(),
+            client["client_secret"].as_str().unwrap()
+        ))
+    );
+    let a = clustermgr_tests::web::request(
+        issuer.trim_start_matches("http://").parse().unwrap(),
+        "POST",
+        "/token",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Authorization", &basic),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    (
+        a.json()["id_token"].as_str().unwrap().to_string(),
+        nonce.to_string(),
+    )
 }
