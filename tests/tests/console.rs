@@ -353,12 +353,7 @@ async fn a_person_logs_in_through_an_openid_provider_with_the_role_its_claim_giv
         });
         let link = b.wait_for("#oidc-link", PATIENCE);
         b.click(&link);
-        let login = b.wait_for("input[name=login]", PATIENCE);
-        b.type_into(&login, name);
-        let pw = b.wait_for("input[name=password]", PATIENCE);
-        b.type_into(&pw, "any password");
-        let go = b.wait_for("button[type=submit]", PATIENCE);
-        b.click(&go);
+        provider_login(b, name);
         // The provider asks once for consent.
         b.wait_until("the consent page or the way back", PATIENCE, |b| {
             !b.url().contains("/interaction/") || b.text_of("body").contains("Authorize")
@@ -508,12 +503,7 @@ fn token_for(
         client["client_id"].as_str().unwrap(),
         redirect.replace(':', "%3A").replace('/', "%2F"),
     ));
-    let login = b.wait_for("input[name=login]", PATIENCE);
-    b.type_into(&login, name);
-    let pw = b.wait_for("input[name=password]", PATIENCE);
-    b.type_into(&pw, "any password");
-    let go = b.wait_for("button[type=submit]", PATIENCE);
-    b.click(&go);
+    provider_login(b, name);
     let mut code = None;
     let deadline = std::time::Instant::now() + PATIENCE;
     while code.is_none() {
@@ -560,4 +550,14 @@ fn token_for(
         a.json()["id_token"].as_str().unwrap().to_string(),
         nonce.to_string(),
     )
+}
+
+/// Fills the provider's login form (its development interactions take any password).
+fn provider_login(b: &Browser, name: &str) {
+    let login = b.wait_for("input[name=login]", PATIENCE);
+    b.type_into(&login, name);
+    let pw = b.wait_for("input[name=password]", PATIENCE);
+    b.type_into(&pw, "any password");
+    let go = b.wait_for("button[type=submit]", PATIENCE);
+    b.click(&go);
 }
