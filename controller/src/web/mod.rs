@@ -366,49 +366,21 @@ pub fn router(web: Arc<Web>) -> Router {
             .route("/nodes", read(|_| Operation::NodeList))
             .route(
                 "/nodes/{name}",
-                get(
-                    |State(w): State<Arc<Web>>,
-                     axum::Extension(c): Ext,
-                     Path(node): Path<String>| async move {
-                        run_op(&w, &c, Operation::NodeShow { node }).await
-                    },
-                ),
+                get(on_node(|node| Operation::NodeShow { node })),
             )
             .route(
                 "/nodes/{name}/drain",
-                post(
-                    |State(w): State<Arc<Web>>,
-                     axum::Extension(c): Ext,
-                     Path(node): Path<String>| async move {
-                        run_op(
-                            &w,
-                            &c,
-                            Operation::Drain {
-                                node,
-                                undrain: false,
-                            },
-                        )
-                        .await
-                    },
-                ),
+                post(on_node(|node| Operation::Drain {
+                    node,
+                    undrain: false,
+                })),
             )
             .route(
                 "/nodes/{name}/undrain",
-                post(
-                    |State(w): State<Arc<Web>>,
-                     axum::Extension(c): Ext,
-                     Path(node): Path<String>| async move {
-                        run_op(
-                            &w,
-                            &c,
-                            Operation::Drain {
-                                node,
-                                undrain: true,
-                            },
-                        )
-                        .await
-                    },
-                ),
+                post(on_node(|node| Operation::Drain {
+                    node,
+                    undrain: true,
+                })),
             )
             .route("/health", read(|q| Operation::Health { nodes: q.nodes() }))
             .route("/replication", read(|_| Operation::Replication))
@@ -581,15 +553,21 @@ fn status_of(e: &CtlError) -> StatusCode {
     }
 }
 
-fn cookie_of(headers: &HeaderMap) -> Option<String> {
+/// The value of the cookie `name` the request carries.
+fn cookie_named(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
+}
+
+/// The session cookie's value.
+fn cookie_of(headers: &HeaderMap) -> Option<String> {
+    cookie_named(headers, COOKIE)
 }
 
 fn bearer_of(headers: &HeaderMap) -> Option<String> {
@@ -956,14 +934,7 @@ async fn oidc_callback(
     let (Some(code), Some(state)) = (&q.code, &q.state) else {
         return page(StatusCode::BAD_REQUEST, "no code or state came back", false);
     };
-    let cookie = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == OIDC_COOKIE)
-        .map(|(_, v)| v.to_string());
+    let cookie = cookie_named(&headers, OIDC_COOKIE);
     let now = web.ctx.clock.unix();
     match o.finish(code, state, cookie.as_deref(), now).await {
         Ok(person) => {
@@ -1048,6 +1019,19 @@ impl Sel {
         self.nodes.clone().unwrap_or_else(|| "all".into())
     }
 }
+
+/// The handler of a route about one node (`/nodes/NODE...`): the operation `op` makes
+/// of the node's name.
+fn on_node(
+    op: fn(String) -> Operation,
+) -> impl Fn(State<Arc<Web>>, Ext, Path<String>) -> Answer + Clone + Send + Sync + 'static {
+    move |State(w), axum::Extension(c), Path(node)| {
+        Box::pin(async move { run_op(&w, &c, op(node)).await })
+    }
+}
+
+/// A handler's answer, boxed so one function can make handlers of several operations.
+type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>;
 
 /// A route answering `GET` with the operation its query asks for.
 fn read(op: fn(Sel) -> Operation) -> axum::routing::MethodRouter<Arc<Web>> {
