@@ -223,8 +223,18 @@ pub enum Cmd {
     /// Exits 0 when all are open, 2 when one is missing, 3 when a node could not try.
     Ports,
     /// The history of health changes `serve` saw (a check going from one state to
-    /// another, with why); with -f, each new one as it happens (Ctrl-C ends).
+    /// another, with why, and who acknowledged it); with -f, each new one as it happens
+    /// (Ctrl-C ends).
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  \
+        clustermgr events --since 2h\n  \
+        clustermgr events -f --json\n  \
+        clustermgr events ack 42 --note \"looking at gluu2's disk\""
+    )]
     Events {
+        #[command(subcommand)]
+        ack: Option<EventsCmd>,
         /// Keep printing new changes (needs `serve`).
         #[arg(short = 'f', long)]
         follow: bool,
@@ -317,6 +327,24 @@ pub enum Cmd {
     },
     /// Print the manual page (roff), as the .deb installs it: `clustermgr man | man -l -`.
     Man,
+}
+
+/// `events` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum EventsCmd {
+    /// Acknowledge a health event (its number is the first column of `events`): you
+    /// have seen the problem and are on it. `events` and the console's Health page then
+    /// show who and when; it is audited. Operators and admins may.
+    #[command(after_help = "Examples:\n  \
+        clustermgr events ack 42\n  \
+        clustermgr events ack 42 --note \"disk cleanup under way\"")]
+    Ack {
+        /// The event's number.
+        id: u64,
+        /// A line saying what you are doing about it.
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+    },
 }
 
 /// `user` subcommands.
@@ -998,6 +1026,17 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         Cmd::Replication => (Operation::Replication, OutputMode::Live),
         Cmd::Ports => (Operation::Ports, OutputMode::Live),
         Cmd::Events {
+            ack: Some(EventsCmd::Ack { id, note }),
+            ..
+        } => (
+            Operation::EventAck {
+                id,
+                note: note.unwrap_or_default(),
+            },
+            json_or_live(json),
+        ),
+        Cmd::Events {
+            ack: None,
             follow,
             since,
             limit,

@@ -300,6 +300,23 @@ pub struct EventView {
     pub to: crate::healthlog::Level,
     /// Why, in words.
     pub reason: String,
+    /// Who acknowledged it (`events ack`), when and what they said; null until someone
+    /// has (always null in `events -f`, which prints changes as they come).
+    pub acknowledged: Option<AckView>,
+}
+
+/// Someone's acknowledgement of a health event.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct AckView {
+    /// Who, as the audit log names them.
+    pub by: String,
+    /// When, RFC 3339.
+    #[schemars(extend("format" = "date-time"))]
+    pub time: String,
+    /// The same, Unix milliseconds.
+    pub time_ms: i64,
+    /// What they said (may be empty).
+    pub note: String,
 }
 
 impl From<HealthEvent> for EventView {
@@ -313,6 +330,21 @@ impl From<HealthEvent> for EventView {
             from: e.from,
             to: e.to,
             reason: e.reason,
+            acknowledged: None,
+        }
+    }
+}
+
+impl From<crate::health::EventRecord> for EventView {
+    fn from(r: crate::health::EventRecord) -> EventView {
+        EventView {
+            acknowledged: r.ack.map(|a| AckView {
+                by: a.by,
+                time: crate::clock::rfc3339_ms(a.time_ms),
+                time_ms: a.time_ms,
+                note: a.note,
+            }),
+            ..r.event.into()
         }
     }
 }
@@ -560,7 +592,7 @@ pub fn published() -> Vec<Published> {
         stream::<HealthLine>("health-watch", &["health --watch"]),
         doc::<crate::health::replication::ReplicationView>("replication", &["replication"]),
         doc::<crate::health::ports::PortsView>("ports", &["ports"]),
-        doc::<EventsDoc>("events", &["events"]),
+        doc::<EventsDoc>("events", &["events", "events ack"]),
         stream::<EventLine>("events-follow", &["events -f"]),
         doc::<UserListDoc>("user-list", &["user list"]),
         doc::<UserDoc>("user", &["user add", "user passwd", "user remove"]),

@@ -286,6 +286,14 @@ pub enum CtlError {
         /// The audit entry.
         id: u64,
     },
+    /// `events ack` was given an event that cannot be acknowledged.
+    #[error("health event {id} {why}")]
+    NotAcknowledgeable {
+        /// The event's number.
+        id: u64,
+        /// Why not, and what to do.
+        why: String,
+    },
     /// The named node is not in the inventory.
     #[error("no node named {name} in this cluster{hint} (see `clustermgr node list`)")]
     UnknownNode {
@@ -440,6 +448,7 @@ impl CtlError {
             | CtlError::BadHome { .. }
             | CtlError::AgentBinaryMissing { .. }
             | CtlError::NotPendingBackup { .. }
+            | CtlError::NotAcknowledgeable { .. }
             | CtlError::UnknownNode { .. }
             | CtlError::UnknownUser { .. }
             | CtlError::UserExists { .. }

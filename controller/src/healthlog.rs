@@ -92,6 +92,28 @@ pub struct HealthEvent {
     pub reason: String,
 }
 
+/// Someone's acknowledgement of a health event: they have seen the problem and are on
+/// it. Kept beside the event (not in it), so events stored before acknowledgements
+/// existed read as they did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Who, as the audit log names them (`alice (console, password)`).
+    pub by: String,
+    /// When, Unix milliseconds.
+    pub time_ms: i64,
+    /// What they said, if anything.
+    pub note: String,
+}
+
+/// A stored health event and its acknowledgement, if it has one: what `events` lists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// The event.
+    pub event: HealthEvent,
+    /// Who acknowledged it, when and why.
+    pub ack: Option<Ack>,
+}
+
 /// One check of one node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Verdict {

@@ -204,6 +204,13 @@ pub enum Operation {
         /// The copy inside the Gluu container (for a path in both scopes).
         in_container: bool,
     },
+    /// Acknowledge a health event: someone has seen the problem and is on it.
+    EventAck {
+        /// The event's number.
+        id: u64,
+        /// What they say about it (may be empty).
+        note: String,
+    },
     /// Mark a Gluu node down (or up again) on the load balancer.
     Drain {
         /// The node.
@@ -291,7 +298,10 @@ impl Operation {
             | Operation::History { .. } => Viewer,
             Operation::Logs(spec) if !spec.follow => Viewer,
             Operation::Rollback { list: true, .. } => Viewer,
-            Operation::Logs(_) | Operation::Plan { .. } | Operation::Drain { .. } => Operator,
+            Operation::Logs(_)
+            | Operation::Plan { .. }
+            | Operation::Drain { .. }
+            | Operation::EventAck { .. } => Operator,
             Operation::NodeSign { .. }
             | Operation::NodeAdd { .. }
             | Operation::NodeRemove { .. }
@@ -345,6 +355,7 @@ impl Operation {
             Operation::Replication => "replication",
             Operation::Ports => "ports",
             Operation::Events { .. } => "events",
+            Operation::EventAck { .. } => "events ack",
             Operation::History { .. } => "history",
             Operation::Rollback { list: true, .. } => "rollback --list",
             Operation::Rollback { .. } => "rollback",
@@ -644,8 +655,9 @@ pub enum Report {
     Replication(crate::health::replication::ReplicationView),
     /// `ports`.
     Ports(crate::health::ports::PortsView),
-    /// `events` (empty after `events -f`, whose events came as [`Event::Health`]).
-    Events(Vec<crate::health::HealthEvent>),
+    /// `events` (empty after `events -f`, whose events came as [`Event::Health`]),
+    /// `events ack` (the one event).
+    Events(Vec<crate::health::EventRecord>),
     /// `cluster show`.
     Cluster(crate::desired::ClusterView),
     /// `rollback --list`.
@@ -1008,6 +1020,9 @@ pub async fn run(
             crate::desired::rollback(&ctx, user, &what, within)
                 .await
                 .map(Report::from)
+        }
+        Operation::EventAck { id, note } => {
+            crate::health::acknowledge(&ctx, user, id, &note).map(Report::from)
         }
         Operation::Drain { node, undrain } => {
             crate::desired::drain(&ctx, user, &node, !undrain, within, &events)

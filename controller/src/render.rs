@@ -246,7 +246,7 @@ pub async fn consume(
             Event::Health(e) if mode.is_json() => {
                 say!("{}", contract::line(&contract::EventLine::Event(e.into())));
             }
-            Event::Health(e) => print_event(&e),
+            Event::Health(e) => print_event(&e, None),
         }
     }
     if let Some(p) = progress {
@@ -492,10 +492,12 @@ fn print_csns_and_links(r: &crate::health::replication::ReplicationView) {
     }
 }
 
-/// One health change: time (UTC), node, check, from -> to, why.
-fn print_event(e: &crate::health::HealthEvent) {
+/// One health change: its number (for `events ack`), time (UTC), node, check, from ->
+/// to, why; then who acknowledged it, when there is someone.
+fn print_event(e: &crate::health::HealthEvent, ack: Option<&crate::health::Ack>) {
     say!(
-        "{} {:<16} {:<11} {} -> {}: {}",
+        "#{:<5} {} {:<16} {:<11} {} -> {}: {}",
+        e.id,
         rfc3339(e.time_ms.div_euclid(1000)),
         e.node,
         e.check,
@@ -503,6 +505,18 @@ fn print_event(e: &crate::health::HealthEvent) {
         e.to.as_str(),
         e.reason
     );
+    if let Some(a) = ack {
+        say!(
+            "       acknowledged by {} at {}{}",
+            a.by,
+            rfc3339(a.time_ms.div_euclid(1000)),
+            if a.note.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", a.note)
+            }
+        );
+    }
 }
 
 /// `ports`: the matrix by source, then what is missing.
@@ -870,7 +884,7 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, op: &Ope
         Report::Replication(r) => print_replication(&r),
         Report::Ports(p) => print_ports(&p),
         Report::Events(e) if e.is_empty() => nothing_stored("health changes matched"),
-        Report::Events(e) => e.iter().for_each(print_event),
+        Report::Events(e) => e.iter().for_each(|r| print_event(&r.event, r.ack.as_ref())),
         Report::Health(h) => print_health(&h),
         Report::Top { cluster, rows } => print_top(&cluster, &rows),
         Report::Logs(lines) if lines.is_empty() => nothing_stored("log lines matched"),

@@ -115,24 +115,58 @@ function overview() {
       el("tbody", {}, rows))));
 }
 
+// Who acknowledged an event, in words.
+function ackText(a) {
+  return "acknowledged by " + a.by + " at " + a.time + (a.note ? ": " + a.note : "");
+}
+
 async function healthPage() {
   const page = document.getElementById("page");
   page.replaceChildren(el("h1", {}, "Health"), el("p", {}, "Loading…"));
   const [h, ev, ports] = await Promise.all([api("/health"), api("/events?limit=200"), api("/ports")]);
-  const verdicts = h.verdicts.map((v) => el("tr", {},
-    el("td", {}, v.node), el("td", {}, v.check), el("td", {}, levelSpan(v.level)),
-    el("td", {}, v.reason)));
-  // The event timeline, filtered by node and check on the page.
+  // A check that is not ok shows whether someone acknowledged the change that made it
+  // so (its newest event).
+  const latest = {};
+  for (const e of ev.events) latest[e.node + "\u0000" + e.check] = e;
+  const verdicts = h.verdicts.map((v) => {
+    const e = v.level === "ok" ? null : latest[v.node + "\u0000" + v.check];
+    return el("tr", {},
+      el("td", {}, v.node), el("td", {}, v.check), el("td", {}, levelSpan(v.level)),
+      el("td", {}, v.reason),
+      el("td", { class: "wide" }, e && e.acknowledged ? ackText(e.acknowledged) : (e ? "not acknowledged (#" + e.id + ")" : "")));
+  });
+  // The event timeline, filtered by node and check on the page; an operator
+  // acknowledges a change for the worse from here.
   const nodes = [...new Set(ev.events.map((e) => e.node))].sort();
   const checks = [...new Set(ev.events.map((e) => e.check))].sort();
   const pick = (id, label, values) => el("label", {}, label + " ",
     el("select", { id }, el("option", { value: "" }, "all"), values.map((v) => el("option", { value: v }, v))));
   const list = el("ul", { id: "events" });
+  const ackForm = (e) => {
+    const note = el("input", { type: "text", maxlength: "500", placeholder: "note (optional)",
+      "aria-label": "note for event " + e.id });
+    const said = el("span", { role: "status" });
+    const form = el("form", { class: "ack", "data-event": String(e.id) }, note,
+      el("button", { type: "submit" }, "Acknowledge"), said);
+    form.addEventListener("submit", async (x) => {
+      x.preventDefault();
+      try {
+        const doc = await api("/events/" + e.id + "/ack", { method: "POST",
+          headers: { "Content-Type": "application/json" }, body: JSON.stringify({ note: note.value }) });
+        Object.assign(e, doc.events[0]);
+        draw();
+      } catch (err) { said.textContent = " " + err.message; }
+    });
+    return form;
+  };
   const draw = () => {
     const n = document.getElementById("ev-node").value, c = document.getElementById("ev-check").value;
     const shown = ev.events.filter((e) => (!n || e.node === n) && (!c || e.check === c));
-    list.replaceChildren(...shown.map((e) => el("li", {}, e.time + " " + e.node + " " + e.check + ": ",
-      levelSpan(e.from), " → ", levelSpan(e.to), e.reason ? " (" + e.reason + ")" : "")));
+    list.replaceChildren(...shown.map((e) => el("li", { id: "event-" + e.id },
+      "#" + e.id + " " + e.time + " " + e.node + " " + e.check + ": ",
+      levelSpan(e.from), " → ", levelSpan(e.to), e.reason ? " (" + e.reason + ")" : "",
+      e.acknowledged ? el("span", { class: "ack" }, " — " + ackText(e.acknowledged))
+        : (e.to !== "ok" && may("operator") ? ackForm(e) : null))));
     if (!shown.length) list.replaceChildren(el("li", {}, "No health changes recorded."));
   };
   const filters = el("div", { class: "filters" }, pick("ev-node", "Node", nodes), pick("ev-check", "Check", checks));
@@ -142,7 +176,7 @@ async function healthPage() {
     el("h1", {}, "Health ", levelSpan(h.worst)),
     el("div", { class: "scroll" }, el("table", { id: "verdicts" },
       el("thead", {}, el("tr", {}, el("th", {}, "Node"), el("th", {}, "Check"),
-        el("th", {}, "State"), el("th", {}, "Why"))),
+        el("th", {}, "State"), el("th", {}, "Why"), el("th", { class: "wide" }, "Acknowledged"))),
       el("tbody", {}, verdicts))),
     el("h2", {}, "Events"), filters, list,
     el("h2", {}, "Ports ", levelSpan(ports.worst)),

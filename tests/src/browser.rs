@@ -241,6 +241,16 @@ impl Browser {
         )
     }
 
+    /// Runs `script` asynchronously: it ends by calling its last argument with the
+    /// value to return (how a test awaits the page's own `fetch`).
+    pub fn execute_async(&self, script: &str, args: Value) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/async",
+            Some(json!({"script": script, "args": args})),
+        )
+    }
+
     /// The URLs the browser requested since the last call (from its network log).
     pub fn network_urls(&self) -> Vec<String> {
         let entries = self.cmd("POST", "/se/log", Some(json!({"type": "performance"})));

@@ -75,6 +75,21 @@ async fn other_local_users_get_the_role_access_gives_them_on_the_shared_socket()
         "{}",
         stderr(&o)
     );
+    // Acknowledging alerts is the operator's: the viewer is refused by role, the
+    // operator gets as far as the store (which has no event 99999).
+    let o = as_user(65533, 65534, &socket, &["events", "ack", "99999"]);
+    assert!(
+        stderr(&o).contains("uid 65533 is a viewer, and `events ack` needs operator"),
+        "{}",
+        stderr(&o)
+    );
+    let o = as_user(65534, 65534, &socket, &["events", "ack", "99999"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("health event 99999 does not exist"),
+        "{}",
+        stderr(&o)
+    );
     // No name and no group [access] knows: no role at all.
     let o = as_user(65532, 65532, &socket, &["status"]);
     assert_eq!(o.status.code(), Some(1));

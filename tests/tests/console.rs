@@ -170,6 +170,33 @@ async fn a_person_logs_in_watches_the_cluster_live_and_applies_by_role() {
         b.text_of("#ports")
     );
     assert!(!b.find_all("#ev-node").is_empty() && !b.find_all("#ev-check").is_empty());
+    // A change for the worse (the harness has no slapd, so a Gluu node's LDAP check is
+    // not ok) is acknowledged from the timeline with a note; the page and `events` then
+    // say who, and the audit has it.
+    b.wait_until("an event to acknowledge", Duration::from_secs(30), |b| {
+        b.goto(&format!("{base}/#/health"));
+        b.wait_for("#ports", PATIENCE);
+        !b.find_all("form.ack").is_empty()
+    });
+    let id = b.execute(
+        "return document.querySelector('form.ack').dataset.event;",
+        serde_json::json!([]),
+    );
+    let id = id.as_str().expect("the event's number").to_string();
+    let note = b.wait_for("form.ack input", PATIENCE);
+    b.type_into(&note, "on it from the console");
+    let ack = b.wait_for("form.ack button", PATIENCE);
+    b.click(&ack);
+    b.wait_until("the acknowledgement shown", PATIENCE, |b| {
+        b.text_of(&format!("#event-{id}"))
+            .contains("acknowledged by alice (console, password)")
+    });
+    let listed = stdout(&c.run(&["events"]));
+    assert!(
+        listed.contains("acknowledged by alice (console, password)")
+            && listed.contains("on it from the console"),
+        "{listed}"
+    );
 
     // Replication: the heartbeat matrix, CSNs, links and csync2, in words as well.
     b.goto(&format!("{base}/#/replication"));
@@ -264,6 +291,18 @@ async fn a_person_logs_in_watches_the_cluster_live_and_applies_by_role() {
     assert!(b.find_all("#plan-button").is_empty());
     assert!(b.find_all("#apply-button").is_empty());
     assert!(b.text_of("main").contains("planning needs operator"));
+    // Nor a form to acknowledge an event; the API refuses a well-made one.
+    b.goto(&format!("{base}/#/health"));
+    b.wait_for("#ports", PATIENCE);
+    assert!(b.find_all("form.ack").is_empty());
+    let refused = b.execute_async(
+        "const done = arguments[arguments.length - 1]; \
+         fetch('/api/v1/session').then((r) => r.json()).then((s) => \
+           fetch('/api/v1/events/1/ack', { method: 'POST', headers: { 'X-CSRF-Token': s.csrf } })) \
+           .then((r) => done(r.status));",
+        serde_json::json!([]),
+    );
+    assert_eq!(refused, 403);
     let audit = stdout(&c.run(&["audit"]));
     assert!(audit.contains("vera (console, password)"), "{audit}");
 }

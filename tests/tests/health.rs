@@ -337,6 +337,7 @@ async fn serve_watches_health_and_records_each_change_once() {
         .filter(|e| e.0 == "gluu3" && e.1 == "ldap" && e.3 == "critical")
         .count();
     assert_eq!(downs, 1, "{ev:#?}");
+    acknowledging(&c, before);
     // A restarted serve repeats none of it.
     serve.stop();
     let count = events(&c).len();
@@ -357,6 +358,79 @@ async fn serve_watches_health_and_records_each_change_once() {
         .cloned()
         .collect();
     assert!(after.is_empty(), "no repeat after a restart: {after:#?}");
+}
+
+/// `events ack`: the critical is acknowledged once, with a note, audited; the return to
+/// ok and a number that does not exist are refused with the usage code and why.
+fn acknowledging(c: &Cluster, before: usize) {
+    let all = c.run(&["--json", "events"]);
+    let all = clustermgr_tests::schema::json(&all, "events")["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mine = |to: &str| {
+        all[before..]
+            .iter()
+            .find(|e| e["node"] == "gluu3" && e["check"] == "ldap" && e["to"] == to)
+            .and_then(|e| e["id"].as_u64())
+            .expect("the event")
+    };
+    let (down, up) = (mine("critical"), mine("ok"));
+    assert!(all.iter().all(|e| e["acknowledged"].is_null()), "{all:#?}");
+    let out = c.run(&[
+        "--json",
+        "events",
+        "ack",
+        &down.to_string(),
+        "--note",
+        "restarting slapd",
+    ]);
+    let doc = clustermgr_tests::schema::json(&out, "events");
+    let ack = &doc["events"][0]["acknowledged"];
+    assert_eq!(doc["events"][0]["id"].as_u64(), Some(down), "{doc}");
+    assert_eq!(ack["note"], "restarting slapd", "{doc}");
+    let by = ack["by"].as_str().unwrap_or_default().to_string();
+    assert!(!by.is_empty(), "{doc}");
+    // A second acknowledgement keeps the first (and is not audited again).
+    let again = c.run(&[
+        "--json",
+        "events",
+        "ack",
+        &down.to_string(),
+        "--note",
+        "me too",
+    ]);
+    let again = clustermgr_tests::schema::json(&again, "events");
+    assert_eq!(
+        again["events"][0]["acknowledged"]["note"],
+        "restarting slapd"
+    );
+    let listed = c.run(&["events"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.contains(&format!("#{down}")) && text.contains(&format!("acknowledged by {by}")),
+        "{text}"
+    );
+    for (id, says) in [(up, "nothing to acknowledge"), (999_999, "does not exist")] {
+        let out = c
+            .cli()
+            .args(["events", "ack", &id.to_string()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!("health event {id}")) && err.contains(says),
+            "{err}"
+        );
+    }
+    let audit = c.run(&["--json", "audit"]);
+    let audit = clustermgr_tests::schema::json(&audit, "audit");
+    let acks = audit["entries"]
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["action"] == "events ack").count())
+        .unwrap_or_default();
+    assert_eq!(acks, 1, "{audit:#}");
 }
 
 /// A webhook receiver on loopback that answers 500 to the first request and 200 after:

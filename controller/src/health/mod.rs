@@ -44,8 +44,8 @@ pub enum View {
     Replication(replication::ReplicationView),
     /// `ports`.
     Ports(ports::PortsView),
-    /// `events`.
-    Events(Vec<HealthEvent>),
+    /// `events`, `events ack` (the one event).
+    Events(Vec<EventRecord>),
 }
 
 pub use crate::healthlog::Latest;
@@ -471,7 +471,7 @@ impl HealthGate {
     }
 }
 
-pub use crate::healthlog::{HealthEvent, HealthState};
+pub use crate::healthlog::{Ack, EventRecord, HealthEvent, HealthState};
 
 /// The checks whose state must be stored: new ones and those whose level moved.
 pub type StateChanges = Vec<(String, String, HealthState)>;
@@ -637,8 +637,8 @@ pub async fn events(
     };
     let mut last = 0;
     for e in stored {
-        last = e.id;
-        if out.send(crate::ctx::Event::Health(e)).await.is_err() {
+        last = e.event.id;
+        if out.send(crate::ctx::Event::Health(e.event)).await.is_err() {
             return Ok(View::Events(Vec::new()));
         }
     }
@@ -669,6 +669,71 @@ pub async fn events(
         }
     }
     Ok(View::Events(Vec::new()))
+}
+
+/// The longest note an acknowledgement keeps.
+const NOTE_MAX: usize = 500;
+
+/// `events ack ID`: `user` says they have seen event `id`'s problem and are on it.
+/// Recorded once (a second acknowledgement is told who was first) and audited. Only a
+/// change to a worse state can be acknowledged: a return to ok needs nobody.
+pub fn acknowledge(ctx: &Ctx, user: &str, id: u64, note: &str) -> Result<View, CtlError> {
+    let note = note.trim();
+    if note.chars().count() > NOTE_MAX || note.chars().any(char::is_control) {
+        return Err(CtlError::BadArgument {
+            flag: "--note",
+            value: note.chars().take(40).collect(),
+            why: format!("a note is one line of at most {NOTE_MAX} characters"),
+        });
+    }
+    let store = ctx.telemetry()?;
+    let ack = Ack {
+        by: user.to_string(),
+        time_ms: ctx.clock.now().unix_timestamp_nanos() as i64 / 1_000_000,
+        note: note.to_string(),
+    };
+    let refuse = |why: String| CtlError::NotAcknowledgeable { id, why };
+    // Looked at before writing, so a return to ok is refused without a write.
+    let stored = store.health_events_after(id.saturating_sub(1), 1)?;
+    match stored.first() {
+        Some(e) if e.id == id && e.to == Level::Ok => {
+            return Err(refuse(format!(
+                "is {}'s {} check returning to ok: there is nothing to acknowledge (`clustermgr events` lists the changes with their numbers)",
+                e.node, e.check
+            )));
+        }
+        Some(e) if e.id == id => {}
+        _ => {
+            return Err(refuse(
+                "does not exist (`clustermgr events` lists the changes with their numbers)".into(),
+            ));
+        }
+    }
+    let Some((record, new)) = store.acknowledge(id, ack)? else {
+        return Err(refuse("does not exist".into()));
+    };
+    if new {
+        let e = &record.event;
+        let detail = format!(
+            "event {id}: {} {} -> {}{}",
+            e.check,
+            e.from.as_str(),
+            e.to.as_str(),
+            if note.is_empty() {
+                String::new()
+            } else {
+                format!(" ({note})")
+            }
+        );
+        ctx.audited(
+            user,
+            "events ack",
+            std::slice::from_ref(&e.node),
+            &detail,
+            "acknowledged",
+        )?;
+    }
+    Ok(View::Events(vec![record]))
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use clustermgr_protocol::telemetry::{Body, Record};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use crate::healthlog::{HealthEvent, HealthState};
+use crate::healthlog::{Ack, EventRecord, HealthEvent, HealthState};
 use serde::{Deserialize, Serialize};
 
 use self::gorilla::Encoder;
@@ -42,6 +42,8 @@ const HEALTH_EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("health_
 /// `node\0check` → the check's state now (postcard of [`HealthState`]), so a restarted
 /// `serve` neither repeats nor misses a change.
 const HEALTH_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("health_state");
+/// event id → who acknowledged it (postcard of [`Ack`]).
+const HEALTH_ACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("health_acks");
 
 /// A metric tier: raw samples, or points per minute or hour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -291,6 +293,7 @@ impl TelemetryStore {
             txn.open_table(WATERMARK)?;
             txn.open_table(HEALTH_EVENTS)?;
             txn.open_table(HEALTH_STATE)?;
+            txn.open_table(HEALTH_ACKS)?;
             Ok(())
         })?;
         Ok(store)
@@ -393,25 +396,65 @@ impl TelemetryStore {
     }
 
     /// The health events since `since_ms` (all, without), oldest first; at most the
-    /// newest `limit`.
+    /// newest `limit`; each with its acknowledgement.
     pub fn health_events(
         &self,
         since_ms: Option<i64>,
         limit: usize,
-    ) -> Result<Vec<HealthEvent>, CtlError> {
+    ) -> Result<Vec<EventRecord>, CtlError> {
         self.read(|txn| {
+            let acks = txn.open_table(HEALTH_ACKS)?;
             let mut out = Vec::new();
             for row in txn.open_table(HEALTH_EVENTS)?.iter()?.rev() {
                 let (_, v) = row?;
-                let e: HealthEvent = clustermgr_protocol::codec::decode("health event", v.value())
-                    .map_err(|e| TxErr(e.to_string()))?;
-                if since_ms.is_some_and(|s| e.time_ms < s) || out.len() >= limit {
+                let event: HealthEvent =
+                    clustermgr_protocol::codec::decode("health event", v.value())
+                        .map_err(|e| TxErr(e.to_string()))?;
+                if since_ms.is_some_and(|s| event.time_ms < s) || out.len() >= limit {
                     break;
                 }
-                out.push(e);
+                let ack = match acks.get(event.id)? {
+                    Some(a) => Some(
+                        clustermgr_protocol::codec::decode::<Ack>("acknowledgement", a.value())
+                            .map_err(|e| TxErr(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                out.push(EventRecord { event, ack });
             }
             out.reverse();
             Ok(out)
+        })
+    }
+
+    /// Records `ack` for event `id`, unless it has one already: returns the event and
+    /// the acknowledgement it now has (the earlier one when there was one, so a second
+    /// person is told who was first) and whether it is this one. `None` when there is
+    /// no such event.
+    pub fn acknowledge(&self, id: u64, ack: Ack) -> Result<Option<(EventRecord, bool)>, CtlError> {
+        self.write(|txn| {
+            let Some(event) = txn.open_table(HEALTH_EVENTS)?.get(id)?.map(|v| {
+                clustermgr_protocol::codec::decode::<HealthEvent>("health event", v.value())
+            }) else {
+                return Ok(None);
+            };
+            let event = event.map_err(|e| TxErr(e.to_string()))?;
+            let mut acks = txn.open_table(HEALTH_ACKS)?;
+            let earlier = acks
+                .get(id)?
+                .map(|a| clustermgr_protocol::codec::decode::<Ack>("acknowledgement", a.value()));
+            let (ack, new) = match earlier {
+                Some(a) => (a.map_err(|e| TxErr(e.to_string()))?, false),
+                None => {
+                    acks.insert(id, clustermgr_protocol::codec::encode(&ack).as_slice())?;
+                    (ack, true)
+                }
+            };
+            let record = EventRecord {
+                event,
+                ack: Some(ack),
+            };
+            Ok(Some((record, new)))
         })
     }
 

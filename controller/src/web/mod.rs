@@ -394,6 +394,29 @@ pub fn router(web: Arc<Web>) -> Router {
                 }),
             )
             .route(
+                "/events/{id}/ack",
+                post(
+                    |State(w): State<Arc<Web>>,
+                     axum::Extension(c): Ext,
+                     Path(id): Path<u64>,
+                     body: axum::body::Bytes| async move {
+                        let note = if body.is_empty() {
+                            Ok(AckAsk::default())
+                        } else {
+                            serde_json::from_slice::<AckAsk>(&body)
+                        };
+                        match note {
+                            Ok(a) => run_op(&w, &c, Operation::EventAck { id, note: a.note }).await,
+                            Err(_) => error_response(
+                                StatusCode::BAD_REQUEST,
+                                "an acknowledgement is {\"note\": \"...\"} (or no body)",
+                                2,
+                            ),
+                        }
+                    },
+                ),
+            )
+            .route(
                 "/audit",
                 read(|q| Operation::Audit {
                     limit: q.limit.unwrap_or(50),
@@ -1040,6 +1063,13 @@ fn read(op: fn(Sel) -> Operation) -> axum::routing::MethodRouter<Arc<Web>> {
             run_op(&w, &c, op(q)).await
         },
     )
+}
+
+/// `POST /api/v1/events/{id}/ack`'s body.
+#[derive(Deserialize, Default)]
+struct AckAsk {
+    #[serde(default)]
+    note: String,
 }
 
 /// A rollback, or the list of what it could put back.
