@@ -163,6 +163,13 @@ pub const TABLE: &[Row] = &[
         interrupted: "interrupted (`-f` and `top` end with Ctrl-C), after printing what was gathered",
     },
     Row {
+        commands: &["events ack"],
+        ok: "acknowledged (or already, by whoever was first)",
+        failed: "store error, or refused: the caller is a viewer",
+        usage: "no such event, a return to ok (nothing to acknowledge), or a note longer than one line of 500 characters",
+        interrupted: "",
+    },
+    Row {
         commands: &["replication"],
         ok: "every Gluu node's LDAP was read",
         failed: "some Gluu node's LDAP could not be read (it is named), or none could",
@@ -269,7 +276,9 @@ mod tests {
             let name = format!("{prefix}{}", sub.get_name());
             if sub.has_subcommands() {
                 commands(sub, &format!("{name} "), out);
-            } else {
+            }
+            // `events` runs alone as well as with `ack`.
+            if !sub.has_subcommands() || !sub.is_subcommand_required_set() {
                 out.push(name);
             }
         }
