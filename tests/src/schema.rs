@@ -315,7 +315,8 @@ mod tests {
     fn tagged_lines_times_and_nested_definitions_are_checked() {
         let line = |ty: &str, time: &str, from: &str| {
             json!({ "type": ty, "id": 1, "time": time, "time_ms": 0, "node": "gluu1",
-                    "check": "ldap", "from": from, "to": "ok", "reason": "answered" })
+                    "check": "ldap", "from": from, "to": "ok", "reason": "answered",
+                    "acknowledged": null })
         };
         let ok = line("event", "1970-01-01T00:00:00Z", "critical");
         assert!(
