@@ -40,6 +40,10 @@ pub struct AgentConfig {
     /// Whether the controller may run commands here.
     #[serde(default = "default_true")]
     pub allow_exec: bool,
+    /// Whether `apply` may install the packages the cluster needs (their scripts run
+    /// as root).
+    #[serde(default = "default_true")]
+    pub allow_packages: bool,
     /// The largest frame accepted.
     #[serde(default = "default_max_frame")]
     pub max_frame_bytes: u32,
@@ -81,6 +85,8 @@ pub const DEFAULT_WRITABLE_ROOTS: &[&str] = &[
     "/etc/systemd/system/clustermgr-stunnel.service",
     "/etc/redis/redis.conf",
     "/etc/redis.conf",
+    "/etc/chrony/chrony.conf",
+    "/etc/chrony.conf",
     "/opt/gluu-server",
 ];
 

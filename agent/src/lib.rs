@@ -21,6 +21,7 @@ mod info;
 mod journal;
 pub mod ldap;
 mod newest_controller;
+pub mod packages;
 mod server;
 mod sys;
 pub mod telemetry;

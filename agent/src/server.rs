@@ -718,6 +718,26 @@ async fn handle_request(
         }
     };
     let answer = match request {
+        Request::PackagesMissing(files) => {
+            let cache = crate::packages::Cache::new(&shared.cfg.state_dir);
+            match crate::packages::allowed(&shared.cfg).and_then(|()| cache.missing(&files)) {
+                Ok(m) => Reply::PackagesMissing(m),
+                Err(why) => Reply::Error(RemoteError::refused(why)),
+            }
+        }
+        Request::PackagePut(file) => {
+            match put_package(&shared.cfg, &file, &mut send, &mut recv).await {
+                Ok(()) => {
+                    tracing::info!(
+                        "package file {} ({}) kept, from {controller}",
+                        file.file,
+                        file.sha256
+                    );
+                    Reply::PackageStored
+                }
+                Err(e) => Reply::Error(e),
+            }
+        }
         Request::Exec(spec) => {
             let ctx = exec_context(shared, controller);
             return exec::run(spec, send, recv, ctx).await;
@@ -976,6 +996,45 @@ async fn telemetry_stream(
     }
     acks.abort();
     let _ = send.finish();
+}
+
+/// Receives one package file into the owner-only cache, keeping it only when its
+/// SHA-256 matches what the controller announced.
+async fn put_package(
+    cfg: &AgentConfig,
+    file: &clustermgr_protocol::changeset::PackageFile,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Result<(), RemoteError> {
+    crate::packages::allowed(cfg).map_err(RemoteError::refused)?;
+    let cache = crate::packages::Cache::new(&cfg.state_dir);
+    let upload = cache.upload_path(file).map_err(RemoteError::invalid)?;
+    let dir = upload.parent().unwrap_or(Path::new("/"));
+    let free = crate::sys::free_bytes(dir).map_err(RemoteError::internal)?;
+    if free < file.size + (64 << 20) {
+        return Err(RemoteError::refused(format!(
+            "not enough space in {} for {}: {} MiB free, {} MiB needed",
+            dir.display(),
+            file.file,
+            free >> 20,
+            (file.size >> 20) + 64
+        )));
+    }
+    // Not `reply`, which finishes the stream: the stored answer follows the bytes.
+    write_message(send, &Reply::UpgradeReady)
+        .await
+        .map_err(RemoteError::internal)?;
+    let got = crate::upgrade::receive_bytes(recv, &upload, file.size, 0o600).await;
+    let got = match got {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = std::fs::remove_file(&upload);
+            return Err(e);
+        }
+    };
+    cache
+        .keep(file, &upload, &got)
+        .map_err(RemoteError::invalid)
 }
 
 async fn reply(send: &mut quinn::SendStream, answer: Reply) -> Result<(), AgentError> {

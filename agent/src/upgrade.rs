@@ -383,7 +383,12 @@ pub(crate) async fn receive(
 
     let upload = suffixed(&binary, ".upload");
     let result = async {
-        let got = receive_bytes(recv, &upload, spec.size).await?;
+        let got = receive_bytes(recv, &upload, spec.size, 0o700).await?;
+        tokio::fs::set_permissions(&upload, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .await
+            .map_err(|e| {
+                RemoteError::internal(format!("cannot write {}: {e}", upload.display()))
+            })?;
         if got != sha256 {
             return Err(RemoteError::invalid(format!(
                 "the received binary's SHA-256 is {got}, not {sha256}: the transfer was damaged; try again"
@@ -409,10 +414,13 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
 
 /// Receives exactly `size` bytes into `path` (owner-only until checked), returning
 /// their SHA-256.
-async fn receive_bytes(
+/// Writes exactly `size` bytes from `recv` to `path` (created with `mode`) and returns
+/// their SHA-256.
+pub(crate) async fn receive_bytes(
     recv: &mut quinn::RecvStream,
     path: &Path,
     size: u64,
+    mode: u32,
 ) -> Result<String, RemoteError> {
     let write_err =
         |e: std::io::Error| RemoteError::internal(format!("cannot write {}: {e}", path.display()));
@@ -420,7 +428,7 @@ async fn receive_bytes(
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o700)
+        .mode(mode)
         .open(path)
         .await
         .map_err(write_err)?;
@@ -444,10 +452,6 @@ async fn receive_bytes(
         )));
     }
     file.sync_all().await.map_err(write_err)?;
-    drop(file);
-    tokio::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .await
-        .map_err(write_err)?;
     Ok(hex(hash.finish().as_ref()))
 }
 

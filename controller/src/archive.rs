@@ -43,7 +43,7 @@ pub const ENVELOPE_FORMAT: u8 = 1;
 
 /// The format byte in front of the postcard contents. Bump it with any change to
 /// [`BackupContents`] or to the store records it carries.
-pub const CONTENTS_FORMAT: u8 = 4;
+pub const CONTENTS_FORMAT: u8 = 5;
 
 const SALT_LEN: usize = 16;
 const KEY_LEN: usize = 32;
@@ -167,20 +167,26 @@ impl BackupContents {
                 clustermgr_protocol::codec::decode("backup contents", rest)
                     .map_err(|e| unreadable(e.to_string()))
             }
-            // Format 3 is format 4 without the console's accounts, its last field, and
-            // format 2 is format 3 without the build record, the one before: read them
-            // with empty ones appended.
-            Some((&old @ (2 | 3), rest)) => {
+            // Format 4 is format 5 without provisioning's settings, its last field;
+            // format 3 is format 4 without the console's accounts, the one before; and
+            // format 2 is format 3 without the build record, the one before that: read
+            // them with defaults appended.
+            Some((&old @ (2..=4), rest)) => {
                 let mut body = Zeroizing::new(rest.to_vec());
                 if old == 2 {
                     body.extend(clustermgr_protocol::codec::encode(
                         &crate::store::BuildRecord::default(),
                     ));
                 }
-                body.extend(clustermgr_protocol::codec::encode(&Vec::<
-                    crate::store::UserRecord,
-                >::new(
-                )));
+                if old <= 3 {
+                    body.extend(clustermgr_protocol::codec::encode(&Vec::<
+                        crate::store::UserRecord,
+                    >::new(
+                    )));
+                }
+                body.extend(clustermgr_protocol::codec::encode(
+                    &crate::store::ProvisionRecord::default(),
+                ));
                 clustermgr_protocol::codec::decode("backup contents", &body)
                     .map_err(|e| unreadable(e.to_string()))
             }
@@ -525,8 +531,8 @@ mod tests {
     }
 
     #[test]
-    fn contents_of_formats_2_and_3_read_with_what_they_lack_empty() {
-        use crate::store::{BuildRecord, ClusterMeta, ConfigSnapshot};
+    fn contents_of_formats_2_to_4_read_with_what_they_lack_empty() {
+        use crate::store::{BuildRecord, ClusterMeta, ConfigSnapshot, ProvisionRecord};
         let contents = BackupContents {
             created_at: 7,
             software: "0.1.0".into(),
@@ -546,12 +552,15 @@ mod tests {
             },
         };
         let now = contents.encode();
+        let provision = clustermgr_protocol::codec::encode(&ProvisionRecord::default());
         let users = clustermgr_protocol::codec::encode(&Vec::<crate::store::UserRecord>::new());
         let tail = clustermgr_protocol::codec::encode(&BuildRecord::default());
-        assert!(now.ends_with(&users), "the accounts are the last field");
-        let v3 = &now[1..now.len() - users.len()];
-        assert!(v3.ends_with(&tail), "the build record the one before");
-        for (format, body) in [(3u8, v3), (2u8, &v3[..v3.len() - tail.len()])] {
+        assert!(now.ends_with(&provision), "provisioning is the last field");
+        let v4 = &now[1..now.len() - provision.len()];
+        assert!(v4.ends_with(&users), "the accounts the one before");
+        let v3 = &v4[..v4.len() - users.len()];
+        assert!(v3.ends_with(&tail), "the build record the one before that");
+        for (format, body) in [(4u8, v4), (3u8, v3), (2u8, &v3[..v3.len() - tail.len()])] {
             let mut old = vec![format];
             old.extend_from_slice(body);
             let read = BackupContents::decode(file(), &old).unwrap();

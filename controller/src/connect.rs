@@ -74,6 +74,19 @@ pub trait Link: Send + Sync {
         timeout: Duration,
     ) -> futures_util::future::BoxFuture<'a, Result<Reply, NodeFailure>>;
 
+    /// Sends `req`, then, once the agent says it is ready ([`Reply::UpgradeReady`]),
+    /// `bytes` raw on the same stream; returns the agent's last reply. Only a real
+    /// connection carries raw bytes; the in-process stand-ins refuse.
+    fn put<'a>(
+        &'a self,
+        req: &'a Request,
+        bytes: &'a [u8],
+        timeout: Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<Reply, NodeFailure>> {
+        let _ = (req, bytes, timeout);
+        Box::pin(async { Err(NodeFailure::failed("this link carries no uploads")) })
+    }
+
     /// The protocol version negotiated with the agent: a request holding a later
     /// version's types is never sent (see [`too_old`]). The in-process stand-ins speak
     /// this build's.
@@ -114,6 +127,15 @@ impl Link for AgentConn {
         timeout: Duration,
     ) -> futures_util::future::BoxFuture<'a, Result<Reply, NodeFailure>> {
         Box::pin(AgentConn::request(self, req, timeout))
+    }
+
+    fn put<'a>(
+        &'a self,
+        req: &'a Request,
+        bytes: &'a [u8],
+        timeout: Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<Reply, NodeFailure>> {
+        Box::pin(AgentConn::put(self, req, bytes, timeout))
     }
 
     fn version(&self) -> u16 {
@@ -164,6 +186,27 @@ impl AgentConn {
     /// ([`Reply::Error`]) included: for callers that treat a refusal differently from
     /// a broken exchange.
     pub async fn request(&self, req: &Request, timeout: Duration) -> Result<Reply, NodeFailure> {
+        self.exchange(req, None, timeout).await
+    }
+
+    /// [`Link::put`].
+    pub async fn put(
+        &self,
+        req: &Request,
+        bytes: &[u8],
+        timeout: Duration,
+    ) -> Result<Reply, NodeFailure> {
+        self.exchange(req, Some(bytes), timeout).await
+    }
+
+    /// One request stream: `req`, then, with `bytes`, the agent's readiness and the
+    /// bytes raw; then the reply.
+    async fn exchange(
+        &self,
+        req: &Request,
+        bytes: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Reply, NodeFailure> {
         if let Some(f) = too_old(self.node.as_str(), self.version, req) {
             return Err(f);
         }
@@ -172,6 +215,18 @@ impl AgentConn {
             write_message(&mut send, req)
                 .await
                 .map_err(NodeFailure::stream)?;
+            if let Some(bytes) = bytes {
+                match expect_message::<Reply, _>(&mut recv, self.max_frame, "reply")
+                    .await
+                    .map_err(NodeFailure::stream)?
+                {
+                    Reply::UpgradeReady => {}
+                    other => return Ok(other),
+                }
+                send.write_all(bytes)
+                    .await
+                    .map_err(|e| NodeFailure::failed(format!("the upload broke off: {e}")))?;
+            }
             let _ = send.finish();
             expect_message::<Reply, _>(&mut recv, self.max_frame, "reply")
                 .await

@@ -358,6 +358,16 @@ impl crate::connect::Link for OneShot {
         Box::pin(self.0.request(req, timeout))
     }
 
+    fn put<'a>(
+        &'a self,
+        req: &'a clustermgr_protocol::message::Request,
+        bytes: &'a [u8],
+        timeout: Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<clustermgr_protocol::message::Reply, NodeFailure>>
+    {
+        Box::pin(self.0.put(req, bytes, timeout))
+    }
+
     fn version(&self) -> u16 {
         self.0.version
     }

@@ -659,7 +659,7 @@ pub enum Report {
     /// `events ack` (the one event).
     Events(Vec<crate::health::EventRecord>),
     /// `cluster show`.
-    Cluster(crate::desired::ClusterView),
+    Cluster(Box<crate::desired::ClusterView>),
     /// `rollback --list`.
     Generations {
         /// The node.

@@ -346,6 +346,41 @@ impl std::fmt::Debug for BuildRecord {
     }
 }
 
+/// Where the nodes' packages come from (`cluster set packages`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PackageSource {
+    /// Not managed: the administrator installs them (the default).
+    #[default]
+    Off,
+    /// Each node's own package manager and repositories.
+    Repository,
+    /// The controller's package directory, uploaded to the nodes.
+    Directory,
+}
+
+impl PackageSource {
+    /// The word `cluster set packages` takes and `cluster show` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PackageSource::Off => "off",
+            PackageSource::Repository => "repository",
+            PackageSource::Directory => "directory",
+        }
+    }
+}
+
+/// What provisioning the nodes needs (issue 20): a record of its own, like the build
+/// record, so stores and backups written before it read unchanged.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvisionRecord {
+    /// Where packages come from.
+    pub packages: PackageSource,
+    /// The package directory on the controller (`cluster set package-dir`).
+    pub package_dir: Option<String>,
+    /// The time servers the nodes' time service uses (`cluster set ntp-servers`).
+    pub ntp_servers: Vec<String>,
+}
+
 /// A console account (issue 19): its role, its password as an argon2id PHC string
 /// (never the password), and its API tokens as digests. `Debug` shows neither.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -403,9 +438,12 @@ pub struct ConfigSnapshot {
     /// What the controller made to build the cluster. A backup of contents format 2
     /// lacks it, and is read with its default appended (`crate::archive`).
     pub build: BuildRecord,
-    /// The console's accounts. Last: a backup of contents format 3 lacks them, and is
-    /// read with none appended.
+    /// The console's accounts. A backup of contents format 3 lacks them, and is read
+    /// with none appended.
     pub users: Vec<UserRecord>,
+    /// Provisioning's settings. Last: a backup of contents format 4 lacks them, and is
+    /// read with the default appended.
+    pub provision: ProvisionRecord,
 }
 
 /// Every record of a store, read in one transaction: what a backup carries.
@@ -494,6 +532,7 @@ impl Store {
             }
             config.insert("build", encode(&c.build).as_slice())?;
             config.insert("users", encode(&c.users).as_slice())?;
+            config.insert("provision", encode(&c.provision).as_slice())?;
             let mut desired = txn.open_table(DESIRED)?;
             for rec in &c.desired {
                 desired.insert(rec.node.as_str(), encode(rec).as_slice())?;
@@ -776,6 +815,10 @@ impl Store {
                         .map(|b| decode(&b))
                         .transpose()?
                         .unwrap_or_default(),
+                    provision: get("provision")?
+                        .map(|b| decode(&b))
+                        .transpose()?
+                        .unwrap_or_default(),
                 },
             })
         })
@@ -913,6 +956,43 @@ impl Store {
             t.insert("build", encode(&rec).as_slice())?;
             Ok(out)
         })
+    }
+
+    /// Provisioning's settings.
+    pub fn provision(&self) -> Result<ProvisionRecord, CtlError> {
+        self.read(|txn| {
+            let t = txn.open_table(CONFIG)?;
+            t.get("provision")?
+                .map(|v| decode(v.value()))
+                .transpose()
+                .map(Option::unwrap_or_default)
+        })
+    }
+
+    /// Changes provisioning's settings with `f`, in one transaction.
+    pub fn update_provision(
+        &self,
+        f: impl FnOnce(&mut ProvisionRecord) -> Result<(), CtlError>,
+    ) -> Result<ProvisionRecord, CtlError> {
+        let mut failed = None;
+        let out = self.write(|txn| {
+            let mut t = txn.open_table(CONFIG)?;
+            let mut rec: ProvisionRecord = t
+                .get("provision")?
+                .map(|v| decode(v.value()))
+                .transpose()?
+                .unwrap_or_default();
+            if let Err(e) = f(&mut rec) {
+                failed = Some(e);
+                return Ok(rec);
+            }
+            t.insert("provision", encode(&rec).as_slice())?;
+            Ok(rec)
+        });
+        match failed {
+            Some(e) => Err(e),
+            None => out,
+        }
     }
 
     /// The console's accounts, by name.

@@ -94,6 +94,44 @@ pub enum Content {
     /// version 2), driven with OpenDJ's own tools in the container, passwords in
     /// owner-only files, never in arguments. Its path is [`OPENDJ_PATH`].
     OpenDj(Box<OpenDjReplication>),
+    /// A package the node must have (protocol version 3). Its path is
+    /// `package:NAME`. Installed with the node's own tools, before any file of the set
+    /// is staged; never removed by clustermgr.
+    Package(Box<PackageSpec>),
+}
+
+/// A package a node must have: the first of its names for the node's family is
+/// installed when none of them is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageSpec {
+    /// What it is for, the entry's path after `package:` (`nginx`, `time`).
+    pub name: String,
+    /// Its Debian and Ubuntu package names (`chrony`, or a time service already there:
+    /// `ntp`, `systemd-timesyncd`).
+    pub deb: Vec<String>,
+    /// Its names on Red Hat's family.
+    pub rpm: Vec<String>,
+    /// The controller's package directory, whose files the node resolves the package
+    /// and what it needs from; empty: the node's own repositories.
+    pub files: Vec<PackageFile>,
+}
+
+impl PackageSpec {
+    /// The entry path of a package.
+    pub fn path(name: &str) -> String {
+        format!("package:{name}")
+    }
+}
+
+/// A file of the controller's package directory.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PackageFile {
+    /// Its name in the directory (`nginx_1.22.1-9_amd64.deb`).
+    pub file: String,
+    /// Its length.
+    pub size: u64,
+    /// Its SHA-256, lowercase hex; the node keeps it only if the bytes match.
+    pub sha256: String,
 }
 
 impl std::fmt::Debug for OpenDjReplication {
@@ -260,6 +298,7 @@ impl std::fmt::Debug for Content {
                 .debug_struct("Ldap")
                 .field("path", &a.path())
                 .finish_non_exhaustive(),
+            Content::Package(p) => p.fmt(f),
             Content::OpenDj(o) => f
                 .debug_struct("OpenDj")
                 .field("host", &o.host)
@@ -362,6 +401,7 @@ impl Entry {
         let content = match self.content {
             Content::Ldap(_) => Some((crate::version::BUILDS_CLUSTER, "LDAP attribute entries")),
             Content::OpenDj(_) => Some((crate::version::BUILDS_CLUSTER, "OpenDJ replication")),
+            Content::Package(_) => Some((crate::version::PROVISIONS, "installing packages")),
             _ => None,
         };
         content

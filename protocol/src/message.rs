@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::NodeName;
 use crate::changeset::{
-    ApplyReport, BackupInfo, ChangeSet, EntryPlan, ProbeSpec, RestoreSpec, Scope, StepRun,
+    ApplyReport, BackupInfo, ChangeSet, EntryPlan, PackageFile, ProbeSpec, RestoreSpec, Scope,
+    StepRun,
 };
 use crate::version::VersionRange;
 
@@ -134,6 +135,13 @@ pub enum Request {
     /// The certificate of the node's LDAP server, which its replication peers verify it
     /// by (protocol version 2); answered by [`Reply::LdapCert`].
     LdapCert,
+    /// Which of these package files the node does not hold yet (protocol version 3);
+    /// answered by [`Reply::PackagesMissing`].
+    PackagesMissing(Vec<PackageFile>),
+    /// Keep this package file: answered by [`Reply::UpgradeReady`], then exactly its
+    /// `size` raw bytes follow and the controller finishes the stream; then
+    /// [`Reply::PackageStored`] once its SHA-256 matched (protocol version 3).
+    PackagePut(PackageFile),
 }
 
 impl Request {
@@ -163,6 +171,9 @@ impl Request {
                 crate::version::BUILDS_CLUSTER,
                 "the LDAP certificate request",
             )),
+            Request::PackagesMissing(_) | Request::PackagePut(_) => {
+                Some((crate::version::PROVISIONS, "uploading packages"))
+            }
             _ => None,
         }
     }
@@ -239,6 +250,10 @@ pub enum Reply {
     /// The node's LDAP server certificate, PEM (public); `None` when the agent knows of
     /// no LDAP server or its certificate file.
     LdapCert(Option<String>),
+    /// The package files of a [`Request::PackagesMissing`] the node lacks.
+    PackagesMissing(Vec<PackageFile>),
+    /// The package file is kept.
+    PackageStored,
 }
 
 /// A failure reported by the agent.

@@ -16,7 +16,9 @@ use crate::ProtocolError;
 /// replication validator, and Redis checks that authenticate. Every version-2 type is
 /// a variant added last to a version-1 enum, so a version-1 peer decodes everything
 /// but those; the controller never sends them over a version-1 connection.
-pub const CURRENT: u16 = 2;
+/// Version 3 adds provisioning: package entries
+/// ([`crate::changeset::Content::Package`]) and uploading package files.
+pub const CURRENT: u16 = 3;
 
 /// The oldest protocol version this build still speaks.
 pub const OLDEST: u16 = 1;
@@ -24,6 +26,9 @@ pub const OLDEST: u16 = 1;
 /// The first version with LDAP entries, the replication validator and authenticated
 /// Redis checks.
 pub const BUILDS_CLUSTER: u16 = 2;
+
+/// The first version with package entries and package uploads.
+pub const PROVISIONS: u16 = 3;
 
 /// An inclusive range of protocol versions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -32,8 +32,8 @@ use std::task::{Context, Poll};
 
 use clustermgr_protocol::changeset::{
     Action, ApplyReport, ApplyResult, BackupInfo, Change, ChangeSet, Content, Entry, EntryPlan,
-    HttpsProbe, LdapAttr, LdapObject, LdapValue, Meta, OpenDjReplication, ProbeSpec, RestoreSpec,
-    Scope, ServiceVerb, StepRun, Validator,
+    HttpsProbe, LdapAttr, LdapObject, LdapValue, Meta, OpenDjReplication, PackageFile, PackageSpec,
+    ProbeSpec, RestoreSpec, Scope, ServiceVerb, StepRun, Validator,
 };
 use clustermgr_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES, FrameDecoder, HEADER_BYTES};
 use clustermgr_protocol::health::{
@@ -350,8 +350,8 @@ impl Kind {
         match self {
             Kind::Hello => 1,
             Kind::HelloReply => 2,
-            Kind::Request => 17,
-            Kind::Reply => 16,
+            Kind::Request => 19,
+            Kind::Reply => 18,
             Kind::ExecInput => 3,
             Kind::ExecEvent => 5,
             Kind::TelemetryFrame => 3,
@@ -427,6 +427,8 @@ impl Msg {
                 Request::Telemetry { .. } => 14,
                 Request::Checks(_) => 15,
                 Request::LdapCert => 16,
+                Request::PackagesMissing(_) => 17,
+                Request::PackagePut(_) => 18,
             },
             Msg::Reply(m) => match m {
                 Reply::Info(_) => 0,
@@ -445,6 +447,8 @@ impl Msg {
                 Reply::Probed(_) => 13,
                 Reply::Checks(_) => 14,
                 Reply::LdapCert(_) => 15,
+                Reply::PackagesMissing(_) => 16,
+                Reply::PackageStored => 17,
             },
             Msg::ExecInput(m) => match m {
                 ExecInput::Stdin(_) => 0,
@@ -891,8 +895,26 @@ fn gen_ldap_attr(rng: &mut Rng) -> LdapAttr {
     }
 }
 
+fn gen_package_file(rng: &mut Rng) -> PackageFile {
+    PackageFile {
+        file: gen_string(rng),
+        size: gen_u64(rng),
+        sha256: gen_string(rng),
+    }
+}
+
+fn gen_package_files(rng: &mut Rng) -> Vec<PackageFile> {
+    (0..rng.below(3)).map(|_| gen_package_file(rng)).collect()
+}
+
 fn gen_content(rng: &mut Rng) -> Content {
-    match rng.below(5) {
+    match rng.below(6) {
+        5 => Content::Package(Box::new(PackageSpec {
+            name: gen_string(rng),
+            deb: (0..rng.below(3)).map(|_| gen_string(rng)).collect(),
+            rpm: (0..rng.below(3)).map(|_| gen_string(rng)).collect(),
+            files: gen_package_files(rng),
+        })),
         4 => Content::OpenDj(Box::new(OpenDjReplication {
             host: gen_string(rng),
             peers: (0..rng.below(3)).map(|_| gen_string(rng)).collect(),
@@ -1314,6 +1336,8 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
             after: gen_u64(rng),
         }),
         (Kind::Request, 16) => Msg::Request(Request::LdapCert),
+        (Kind::Request, 17) => Msg::Request(Request::PackagesMissing(gen_package_files(rng))),
+        (Kind::Request, 18) => Msg::Request(Request::PackagePut(gen_package_file(rng))),
         (Kind::Request, _) => Msg::Request(Request::Checks(CheckSpec {
             interval_ms: gen_u64(rng),
             deadline_ms: gen_u64(rng),
@@ -1350,6 +1374,8 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
         (Kind::Reply, 12) => Msg::Reply(Reply::Backups(gen_backups(rng))),
         (Kind::Reply, 13) => Msg::Reply(Reply::Probed(gen_steps(rng))),
         (Kind::Reply, 15) => Msg::Reply(Reply::LdapCert(gen_option(rng, gen_string))),
+        (Kind::Reply, 16) => Msg::Reply(Reply::PackagesMissing(gen_package_files(rng))),
+        (Kind::Reply, 17) => Msg::Reply(Reply::PackageStored),
         (Kind::Reply, _) => Msg::Reply(Reply::Checks(Box::new(gen_check_report(rng)))),
         (Kind::ExecInput, 0) => Msg::ExecInput(ExecInput::Stdin(gen_bytes(rng))),
         (Kind::ExecInput, 1) => Msg::ExecInput(ExecInput::StdinEnd),

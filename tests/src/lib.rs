@@ -460,6 +460,8 @@ impl Controller {
                 h.ssh_target(),
                 if h.name.starts_with("lb") {
                     "lb"
+                } else if h.name.starts_with("cache") {
+                    "cache"
                 } else {
                     "gluu"
                 },

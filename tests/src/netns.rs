@@ -18,14 +18,9 @@ const CLAIMS: &str = "/run/clustermgr-tests";
 
 /// The directories every host gets its own copy of, as an overlay on the machine's
 /// own (reads see the machine's files; writes stay with the host).
-const OVERLAID: &[&str] = &[
-    "/etc",
-    "/var/lib",
-    "/var/log",
-    "/var/backups",
-    "/usr/local/bin",
-    "/opt",
-];
+/// `/usr` and `/var` whole, so that a package installed in a host (its programs, its
+/// dpkg database, debconf's cache) is that host's alone.
+const OVERLAID: &[&str] = &["/etc", "/var", "/usr", "/opt"];
 
 /// Runs a command that must succeed, panicking with its stderr when it does not.
 fn must(cmd: &mut Command) -> Output {

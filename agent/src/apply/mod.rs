@@ -274,6 +274,7 @@ impl Engine {
             Content::Ldap(_) | Content::OpenDj(_) => {
                 return Err("is an LDAP entry, not a file".into());
             }
+            Content::Package(_) => return Err("is a package, not a file".into()),
             Content::Block { name, body } => match &old {
                 None => (None, None, None),
                 Some((bytes, meta)) => {
@@ -358,6 +359,7 @@ impl Engine {
     /// How `set` compares with the disk and the LDAP server; writes nothing.
     pub fn plan(&self, set: &ChangeSet) -> Result<Vec<EntryPlan>, RemoteError> {
         let entries = host_for_root_container(&set.entries);
+        let packages = self.stage_packages(&entries)?;
         let (files, file_index) = split_files(&entries);
         let staged = self.stage_checked(&files)?;
         let cfg = self.ldap_cfg();
@@ -367,7 +369,60 @@ impl Engine {
             opendj: self.stage_opendj(&cfg, &entries)?,
             session,
         };
-        Ok(merged_plans(entries.len(), &file_index, &staged, &part))
+        Ok(merged_plans(
+            entries.len(),
+            &file_index,
+            &staged,
+            &part,
+            &packages,
+        ))
+    }
+
+    /// Compares the package entries of `entries` with what the node has installed, and
+    /// resolves what is missing from its repositories or the uploaded files.
+    fn stage_packages(&self, entries: &[Entry]) -> Result<Packages, RemoteError> {
+        let wanted: Vec<(usize, &clustermgr_protocol::changeset::PackageSpec)> = entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match &e.content {
+                Content::Package(p) => Some((i, p.as_ref())),
+                _ => None,
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Packages::default());
+        }
+        crate::packages::allowed(&self.cfg).map_err(RemoteError::refused)?;
+        let specs: Vec<_> = wanted.iter().map(|(_, p)| *p).collect();
+        let cache = crate::packages::Cache::new(&self.cfg.state_dir);
+        let states = crate::packages::stage(&specs, &cache)
+            .map_err(|why| RemoteError::invalid(format!("{why}; nothing was changed")))?;
+        let plans = wanted
+            .iter()
+            .zip(&states)
+            .map(|((i, _), st)| {
+                let text = st.describe();
+                let installed = matches!(st, crate::packages::State::Installed { .. });
+                (
+                    *i,
+                    EntryPlan {
+                        path: entries[*i].path.clone(),
+                        change: if installed {
+                            Change::Unchanged
+                        } else {
+                            Change::Create
+                        },
+                        old_sha256: installed.then(|| sha256_hex(text.as_bytes())),
+                        new_sha256: sha256_hex(text.as_bytes()),
+                        old_meta: None,
+                        new_meta: None,
+                        old_text: installed.then(|| text.clone()),
+                        new_text: Some(text),
+                    },
+                )
+            })
+            .collect();
+        Ok(Packages { plans, states })
     }
 
     /// Compares the OpenDJ replication entry of `entries` (at most one) with the
@@ -452,6 +507,41 @@ impl Engine {
                 Vec::new(),
             ));
         }
+        // Packages first: the files of the set are compared with what the packages
+        // laid down, and their validators need the programs.
+        let packages = self.stage_packages(entries)?;
+        let mut installed = Vec::new();
+        if let Some((label, argv)) = crate::packages::install_command(&packages.states)
+            .map_err(|why| RemoteError::invalid(format!("{why}; nothing was changed")))?
+        {
+            let step = Step {
+                label,
+                argv,
+                reload_or_start: None,
+                stdin: None,
+            };
+            // The step's output goes to the engine's scratch file; a first apply makes
+            // its directory.
+            std::fs::create_dir_all(&self.dir).map_err(|err| {
+                RemoteError::internal(format!("cannot create {}: {err}", self.dir.display()))
+            })?;
+            let run = step::run(&step, crate::packages::INSTALL_TIMEOUT, &self.scratch());
+            let ok = run.ok;
+            installed.push(run);
+            if !ok {
+                let run = &installed[0];
+                let plans = packages.plans.iter().map(|(_, p)| p.clone()).collect();
+                let result = ApplyResult::RolledBack {
+                    step: run.step.clone(),
+                    output: format!(
+                        "{}\n(no file of this change set was written; what the package manager installed before it failed stays, and the next apply goes on from there)",
+                        run.output
+                    ),
+                    restored_cleanly: true,
+                };
+                return Ok(self.report(set.revision, plans, result, installed));
+            }
+        }
         let (files, file_index) = split_files(entries);
         let staged = self.stage_checked(&files)?;
         let cfg = self.ldap_cfg();
@@ -461,8 +551,10 @@ impl Engine {
             opendj: self.stage_opendj(&cfg, entries)?,
             session,
         };
-        let plans = merged_plans(entries.len(), &file_index, &staged, &part);
-        let report = self.run_txn(set.revision, &files, staged, plans, part)?;
+        let plans = merged_plans(entries.len(), &file_index, &staged, &part, &packages);
+        let mut report = self.run_txn(set.revision, &files, staged, plans, part)?;
+        installed.append(&mut report.steps);
+        report.steps = installed;
         if matches!(report.result, ApplyResult::Applied | ApplyResult::Unchanged) {
             self.note_revision(set.revision);
         }
@@ -1208,6 +1300,14 @@ pub fn container_exec(
 /// container) made the host's, so its validators and services are the host's too;
 /// borrowed as they are when there is none (the usual case: no file bytes copied).
 /// The LDAP side of an apply: its connections and staged entries.
+/// The package entries of a change set: each one's plan by its index, and what
+/// installing them takes.
+#[derive(Default)]
+struct Packages {
+    plans: Vec<(usize, EntryPlan)>,
+    states: Vec<crate::packages::State>,
+}
+
 struct LdapPart<'a> {
     session: ldap::Session<'a>,
     staged: Vec<ldap::Staged>,
@@ -1220,7 +1320,12 @@ fn split_files(entries: &[Entry]) -> (Vec<Entry>, Vec<usize>) {
     entries
         .iter()
         .enumerate()
-        .filter(|(_, e)| !matches!(e.content, Content::Ldap(_) | Content::OpenDj(_)))
+        .filter(|(_, e)| {
+            !matches!(
+                e.content,
+                Content::Ldap(_) | Content::OpenDj(_) | Content::Package(_)
+            )
+        })
         .map(|(i, e)| (e.clone(), i))
         .unzip()
 }
@@ -1232,8 +1337,12 @@ fn merged_plans(
     file_index: &[usize],
     files: &[Staged],
     ldap: &LdapPart,
+    packages: &Packages,
 ) -> Vec<EntryPlan> {
     let mut out: Vec<Option<EntryPlan>> = vec![None; len];
+    for (i, p) in &packages.plans {
+        out[*i] = Some(p.clone());
+    }
     for (i, s) in file_index.iter().zip(files) {
         out[*i] = Some(s.plan.clone());
     }

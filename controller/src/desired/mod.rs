@@ -26,6 +26,7 @@ use crate::generate::{self, Inputs, Secrets, TunnelMaterial};
 use crate::selector::select;
 use crate::store::{ChangeRecord, DesiredRecord, Hold, NodeRecord, Role};
 
+mod provision;
 mod replication;
 pub use replication::leave as leave_replication;
 
@@ -51,7 +52,7 @@ pub enum View {
     /// `history`.
     History(Vec<ChangeView>),
     /// `cluster show`.
-    Cluster(ClusterView),
+    Cluster(Box<ClusterView>),
     /// `rollback --list`.
     Generations {
         /// The node.
@@ -70,7 +71,8 @@ pub struct EntryView {
     pub path: String,
     /// `host`, or `container /opt/gluu-server`.
     pub scope: String,
-    /// `create`, `modify`, `metadata`, `unchanged`, `waiting`, `held`.
+    /// `create`, `modify`, `metadata`, `unchanged`, `waiting`, `held`, `install` (a
+    /// package).
     pub change: String,
     /// Whether its content is secret (no diff, only hashes).
     pub secret: bool,
@@ -223,6 +225,12 @@ pub struct ClusterSettings {
     pub drained: Vec<String>,
     /// Whether `apply` sets up LDAP replication between the Gluu nodes.
     pub ldap_replication: bool,
+    /// Where the nodes' packages come from: `off`, `repository` or `directory`.
+    pub packages: String,
+    /// The package directory on the controller.
+    pub package_dir: Option<String>,
+    /// The time servers the Gluu nodes' chrony uses.
+    pub ntp_servers: Vec<String>,
     /// Each secret's SHA-256 (first 16 hex digits), `null` when not set.
     pub secrets: BTreeMap<String, Option<String>>,
 }
@@ -491,6 +499,9 @@ fn desired_for(
         secrets: &secrets,
         tunnel: &tunnel,
     })?;
+    let prov = ctx.store.provision()?;
+    let package_files = provision::files(&prov)?;
+    generate::provision::render(&model, &prov, &all, &package_files, &mut rendered);
     let mut out = Vec::new();
     for node in selected {
         let cfg = rendered.remove(&node.name).unwrap_or_default();
@@ -583,10 +594,37 @@ fn entry_view(e: &Entry, p: &EntryPlan, applied: &[Entry], drift: bool) -> Entry
         (Some(o), Some(n)) if o != n => Some(format!("{} → {}", meta_text(o), meta_text(n))),
         _ => None,
     };
+    // A package is installed, not created: what will be installed (name, version,
+    // from where) is said in words rather than as a diff.
+    if let clustermgr_protocol::changeset::Content::Package(_) = &e.content {
+        let install = p.change.writes();
+        return EntryView {
+            path: e.path.clone(),
+            scope: scope_text(&e.scope),
+            change: if install {
+                "install"
+            } else {
+                p.change.as_str()
+            }
+            .into(),
+            secret: false,
+            old_sha256: None,
+            new_sha256: None,
+            metadata: None,
+            diff: None,
+            drift: false,
+            at_apply: p
+                .new_text
+                .as_deref()
+                .filter(|_| install)
+                .map(|t| t.trim_end().replace('\n', "; ")),
+        };
+    }
+    let change = p.change.as_str();
     EntryView {
         path: e.path.clone(),
         scope: scope_text(&e.scope),
-        change: p.change.as_str().into(),
+        change: change.into(),
         secret: e.secret,
         old_sha256: p.old_sha256.clone(),
         new_sha256: Some(p.new_sha256.clone()).filter(|h| !h.is_empty()),
@@ -685,6 +723,7 @@ async fn agent_plan(
     within: Duration,
 ) -> Result<Vec<EntryPlan>, NodeFailure> {
     let conn = ctx.link(node, within).await?;
+    provision::upload(ctx, conn.as_ref(), entries).await?;
     let set = ChangeSet {
         revision: 0,
         entries: entries.to_vec(),
@@ -1302,7 +1341,10 @@ async fn apply_one(
     let lock = ctx.config_lock(&d.node.name);
     let _changing = lock.lock().await;
     let reply = match ctx.link(&d.node, within).await {
-        Ok(conn) => conn.request(&Request::Apply(set), APPLY_TIMEOUT).await,
+        Ok(conn) => match provision::upload(ctx, conn.as_ref(), &d.entries).await {
+            Ok(()) => conn.request(&Request::Apply(set), APPLY_TIMEOUT).await,
+            Err(f) => Err(f),
+        },
         Err(f) => Err(f),
     };
     // Read again under the lock: a reconcile or a rollback may have changed it since.
@@ -1511,7 +1553,11 @@ pub async fn reconcile(ctx: &Ctx, node: &NodeRecord) -> Result<Option<NodeApplyV
         Ok(c) => c,
         Err(_) => return Ok(None),
     };
-    let report = match conn.request(&Request::Apply(set), APPLY_TIMEOUT).await {
+    let sent = match provision::upload(ctx, conn.as_ref(), &d.entries).await {
+        Ok(()) => conn.request(&Request::Apply(set), APPLY_TIMEOUT).await,
+        Err(f) => Err(f),
+    };
+    let report = match sent {
         Ok(Reply::Applied(r)) => *r,
         Ok(Reply::Error(e)) => {
             let mut rec = record;
@@ -1575,6 +1621,9 @@ pub fn cluster_set(ctx: &Ctx, user: &str, key: &str, value: &str) -> Result<View
     if key == replication::KEY {
         return replication::set(ctx, user, value);
     }
+    if provision::KEYS.contains(&key) {
+        return provision::set(ctx, user, key, value);
+    }
     let model = ctx.store.update_model(|m| m.set(key, value))?;
     let shown = model
         .rows()
@@ -1594,7 +1643,7 @@ pub fn cluster_set(ctx: &Ctx, user: &str, key: &str, value: &str) -> Result<View
 fn said(ctx: &Ctx, sentence: String) -> Result<View, CtlError> {
     let mut view = cluster_view(ctx)?;
     view.said = Some(sentence);
-    Ok(View::Cluster(view))
+    Ok(View::Cluster(Box::new(view)))
 }
 
 /// `cluster unset KEY`: a setting back to its default, a secret forgotten.
@@ -1603,6 +1652,7 @@ pub fn cluster_unset(ctx: &Ctx, user: &str, key: &str) -> Result<View, CtlError>
         "tls-cert" => drop(ctx.store.update_secrets(|s| s.tls_cert_pem = None)?),
         "tls-key" => drop(ctx.store.update_secrets(|s| s.tls_key_pem = None)?),
         replication::KEY => return replication::set(ctx, user, "off"),
+        k if provision::KEYS.contains(&k) => provision::unset(ctx, k)?,
         _ => drop(ctx.store.update_model(|m| m.unset(key))?),
     }
     ctx.audited(user, "cluster unset", &[], key, "back to its default")?;
@@ -1732,7 +1782,7 @@ impl std::fmt::Debug for SecretText {
 
 /// `cluster show`.
 pub fn cluster_show(ctx: &Ctx) -> Result<View, CtlError> {
-    cluster_view(ctx).map(View::Cluster)
+    cluster_view(ctx).map(|v| View::Cluster(Box::new(v)))
 }
 
 /// The settings and secrets (by hash) as they are now.
@@ -1757,8 +1807,10 @@ fn cluster_view(ctx: &Ctx) -> Result<ClusterView, CtlError> {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let build = ctx.store.build()?;
+    let prov = ctx.store.provision()?;
     let mut rows = model.rows();
     rows.push((replication::KEY, replication::shown(build.ldap_replication)));
+    rows.extend(provision::rows(&prov));
     let shown = |key: &str| {
         rows.iter()
             .find(|(k, _)| *k == key)
@@ -1775,6 +1827,9 @@ fn cluster_view(ctx: &Ctx) -> Result<ClusterView, CtlError> {
         manage_hosts: model.manage_hosts,
         drained: model.drained.clone(),
         ldap_replication: build.ldap_replication,
+        packages: prov.packages.as_str().into(),
+        package_dir: prov.package_dir.clone(),
+        ntp_servers: prov.ntp_servers.clone(),
         secrets: secrets.clone(),
     };
     Ok(ClusterView {

@@ -77,6 +77,7 @@ pub mod gluu_settings;
 mod hosts;
 pub(crate) mod httpd;
 pub(crate) mod nginx;
+pub mod provision;
 pub(crate) mod redis;
 pub mod replication;
 pub(crate) mod stunnel;

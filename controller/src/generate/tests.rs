@@ -132,6 +132,10 @@ fn dump(out: &BTreeMap<String, NodeConfig>) -> String {
                     sha256_hex(body.as_bytes())
                 )),
                 Content::Block { name, body } => s.push_str(&format!("block {name}\n{body}")),
+                Content::Package(p) => s.push_str(&format!(
+                    "package {} deb {:?} rpm {:?}\n",
+                    p.name, p.deb, p.rpm
+                )),
             }
         }
     }
