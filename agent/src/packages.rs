@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use clustermgr_protocol::changeset::{PackageFile, PackageSpec};
-use clustermgr_protocol::identity::sha256_hex;
 
 /// The largest package file accepted (a Gluu server package is about 1 GiB).
 pub const MAX_FILE_BYTES: u64 = 4 << 30;
@@ -218,6 +217,8 @@ pub struct FileMeta {
     pub path: PathBuf,
     /// Its name in the package directory.
     pub file: String,
+    /// Its SHA-256, as the controller sent it and the cache checked it.
+    pub sha256: String,
     /// The package it installs.
     pub package: String,
     /// Its version.
@@ -228,8 +229,38 @@ pub struct FileMeta {
     pub provides: Vec<String>,
 }
 
+/// What the cached files are and need, by SHA-256: read once with the node's tools,
+/// not at every plan (a file's hash names its content, so an entry never goes stale).
+static METAS: std::sync::Mutex<BTreeMap<String, FileMeta>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// At most this many files' metadata are remembered.
+const METAS_KEPT: usize = 1024;
+
+/// A cached file's metadata, read once.
+fn meta_of(m: Manager, path: &Path, f: &PackageFile) -> Result<FileMeta, String> {
+    let key = f.sha256.to_ascii_lowercase();
+    let known = METAS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+        .cloned();
+    if let Some(meta) = known {
+        return Ok(FileMeta {
+            file: f.file.clone(),
+            ..meta
+        });
+    }
+    let meta = read_meta(m, path, &f.file, &key)?;
+    let mut metas = METAS.lock().unwrap_or_else(|p| p.into_inner());
+    if metas.len() >= METAS_KEPT {
+        metas.clear();
+    }
+    metas.insert(key, meta.clone());
+    Ok(meta)
+}
+
 /// Reads a cached file's metadata with the node's tools.
-fn read_meta(m: Manager, path: &Path, file: &str) -> Result<FileMeta, String> {
+fn read_meta(m: Manager, path: &Path, file: &str, sha256: &str) -> Result<FileMeta, String> {
     let p = path.to_string_lossy();
     match m {
         Manager::Apt => {
@@ -274,6 +305,7 @@ fn read_meta(m: Manager, path: &Path, file: &str) -> Result<FileMeta, String> {
             Ok(FileMeta {
                 path: path.to_path_buf(),
                 file: file.to_string(),
+                sha256: sha256.to_string(),
                 package,
                 version: get("Version"),
                 depends,
@@ -298,6 +330,7 @@ fn read_meta(m: Manager, path: &Path, file: &str) -> Result<FileMeta, String> {
             Ok(FileMeta {
                 path: path.to_path_buf(),
                 file: file.to_string(),
+                sha256: sha256.to_string(),
                 package: package.trim().to_string(),
                 version: version.trim().to_string(),
                 depends: list("--requires")?
@@ -491,7 +524,7 @@ impl Cache {
         if !got.eq_ignore_ascii_case(&f.sha256) {
             let _ = std::fs::remove_file(upload);
             return Err(format!(
-                "{}: its SHA-256 on the node is {got}, not {} as sent; it was not kept",
+                "{}: its SHA-256 on the node is {got}, not {} as announced, so it was not kept: the file in the controller's package directory changed or the transfer was damaged; plan again",
                 f.file, f.sha256
             ));
         }
@@ -501,23 +534,33 @@ impl Cache {
             .map_err(|e| format!("{}: {e}", target.display()))
     }
 
-    /// The path of a cached file, its hash checked again (a package runs as root).
-    fn checked(&self, f: &PackageFile) -> Result<PathBuf, String> {
+    /// The path of a cached file, which must be there (the controller uploads what
+    /// the node lacks before it plans or applies).
+    fn present(&self, f: &PackageFile) -> Result<PathBuf, String> {
         let p = self.path_of(f)?;
-        let bytes = std::fs::read(&p).map_err(|e| {
-            format!(
-                "{} is not on the node ({e}); plan again to upload it",
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_file() && m.len() == f.size => Ok(p),
+            _ => Err(format!(
+                "{} is not on the node; plan or apply again to upload it",
                 f.file
-            )
-        })?;
-        if !sha256_hex(&bytes).eq_ignore_ascii_case(&f.sha256) {
-            return Err(format!(
-                "{}: the node's copy no longer has SHA-256 {}; it was removed, plan again",
-                f.file, f.sha256
-            ));
+            )),
         }
-        Ok(p)
     }
+}
+
+/// Checks a cached file's SHA-256 again right before it is installed (its scripts run
+/// as root), reading it in pieces; a file that no longer matches is removed.
+fn verify(f: &FileMeta) -> Result<(), String> {
+    let got = clustermgr_protocol::identity::sha256_file(&f.path)
+        .map_err(|e| format!("{}: cannot read the node's copy: {e}", f.file))?;
+    if !got.eq_ignore_ascii_case(&f.sha256) {
+        let _ = std::fs::remove_file(&f.path);
+        return Err(format!(
+            "{}: the node's copy no longer has SHA-256 {}, so it was removed; apply again to upload it",
+            f.file, f.sha256
+        ));
+    }
+    Ok(())
 }
 
 /// Every package entry of a change set as it compares with the node, by position.
@@ -533,8 +576,8 @@ pub fn stage(specs: &[&PackageSpec], cache: &Cache) -> Result<Vec<State>, String
             if metas.contains_key(&f.sha256) || !f.file.ends_with(m.extension()) {
                 continue;
             }
-            let path = cache.checked(f)?;
-            metas.insert(f.sha256.clone(), read_meta(m, &path, &f.file)?);
+            let path = cache.present(f)?;
+            metas.insert(f.sha256.clone(), meta_of(m, &path, f)?);
         }
     }
     let pool: Vec<&FileMeta> = metas.values().collect();
@@ -696,25 +739,37 @@ fn provides(m: Manager, p: &FileMeta, d: &Dep) -> bool {
 /// from the repositories in one apt (dnf, yum) run.
 pub fn install_command(states: &[State]) -> Result<Option<(String, Vec<String>)>, String> {
     let m = Manager::detect()?;
-    let mut files: Vec<String> = Vec::new();
+    let mut metas: Vec<&FileMeta> = Vec::new();
     let mut names: Vec<String> = Vec::new();
     for s in states {
         match s {
             State::Installed { .. } => {}
             State::FromRepository { name, .. } => names.push(name.clone()),
-            State::FromFiles(f) => {
-                files.extend(f.iter().map(|f| f.path.to_string_lossy().into_owned()))
-            }
+            State::FromFiles(f) => metas.extend(f),
         }
     }
-    files.sort();
-    files.dedup();
+    metas.sort_by(|a, b| a.path.cmp(&b.path));
+    metas.dedup_by(|a, b| a.path == b.path);
     names.sort();
     names.dedup();
+    if !metas.is_empty() && !names.is_empty() {
+        return Err(format!(
+            "{} would come from the repositories and {} from the package directory; one change set takes packages from one source",
+            names.join(", "),
+            metas[0].package
+        ));
+    }
+    let mut files = Vec::with_capacity(metas.len());
+    for f in &metas {
+        verify(f)?;
+        files.push(f.path.to_string_lossy().into_owned());
+    }
     let mut argv: Vec<String> = Vec::new();
     let label;
     if !files.is_empty() {
-        label = format!("install {} package files", files.len());
+        let mut packages: Vec<&str> = metas.iter().map(|f| f.package.as_str()).collect();
+        packages.sort_unstable();
+        label = format!("install {} (package directory)", packages.join(" "));
         argv.extend(match m {
             Manager::Apt => [
                 "env",

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clustermgr_protocol::atomic_file::write_atomic;
 use clustermgr_protocol::frame::write_message;
-use clustermgr_protocol::identity::{hex, sha256_hex};
+use clustermgr_protocol::identity::hex;
 use clustermgr_protocol::message::{RemoteError, Reply, UpgradeSpec};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -358,7 +358,7 @@ pub(crate) async fn receive(
     let sha256 = spec.sha256.to_ascii_lowercase();
     let current = {
         let path = binary.clone();
-        let read = move || std::fs::read(&path).map(|b| sha256_hex(&b));
+        let read = move || clustermgr_protocol::identity::sha256_file(&path);
         tokio::task::spawn_blocking(read)
             .await
             .map_err(RemoteError::internal)?

@@ -402,7 +402,8 @@ fn parse_role(s: &str) -> Result<crate::access::UserRole, String> {
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
     /// Change a setting: hostname, gluu-version, gluu-root, lb-session,
-    /// replicated-paths, cache, manage-hosts; or tls-cert FILE / tls-key FILE.
+    /// replicated-paths, cache, manage-hosts, ldap-replication, packages, package-dir,
+    /// ntp-servers; or tls-cert FILE / tls-key FILE.
     Set {
         /// The setting.
         key: String,

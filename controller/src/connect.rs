@@ -75,15 +75,16 @@ pub trait Link: Send + Sync {
     ) -> futures_util::future::BoxFuture<'a, Result<Reply, NodeFailure>>;
 
     /// Sends `req`, then, once the agent says it is ready ([`Reply::UpgradeReady`]),
-    /// `bytes` raw on the same stream; returns the agent's last reply. Only a real
-    /// connection carries raw bytes; the in-process stand-ins refuse.
+    /// the bytes of `file` raw on the same stream, read in pieces; returns the agent's
+    /// last reply. Only a real connection carries raw bytes; the in-process stand-ins
+    /// refuse.
     fn put<'a>(
         &'a self,
         req: &'a Request,
-        bytes: &'a [u8],
+        file: &'a std::path::Path,
         timeout: Duration,
     ) -> futures_util::future::BoxFuture<'a, Result<Reply, NodeFailure>> {
-        let _ = (req, bytes, timeout);
+        let _ = (req, file, timeout);
         Box::pin(async { Err(NodeFailure::failed("this link carries no uploads")) })
     }
 
@@ -132,10 +133,10 @@ impl Link for AgentConn {
     fn put<'a>(
         &'a self,
         req: &'a Request,
-        bytes: &'a [u8],
+        file: &'a std::path::Path,
         timeout: Duration,
     ) -> futures_util::future::BoxFuture<'a, Result<Reply, NodeFailure>> {
-        Box::pin(AgentConn::put(self, req, bytes, timeout))
+        Box::pin(AgentConn::put(self, req, file, timeout))
     }
 
     fn version(&self) -> u16 {
@@ -193,18 +194,18 @@ impl AgentConn {
     pub async fn put(
         &self,
         req: &Request,
-        bytes: &[u8],
+        file: &std::path::Path,
         timeout: Duration,
     ) -> Result<Reply, NodeFailure> {
-        self.exchange(req, Some(bytes), timeout).await
+        self.exchange(req, Some(file), timeout).await
     }
 
-    /// One request stream: `req`, then, with `bytes`, the agent's readiness and the
-    /// bytes raw; then the reply.
+    /// One request stream: `req`, then, with `file`, the agent's readiness and the
+    /// file's bytes raw; then the reply.
     async fn exchange(
         &self,
         req: &Request,
-        bytes: Option<&[u8]>,
+        file: Option<&std::path::Path>,
         timeout: Duration,
     ) -> Result<Reply, NodeFailure> {
         if let Some(f) = too_old(self.node.as_str(), self.version, req) {
@@ -215,7 +216,7 @@ impl AgentConn {
             write_message(&mut send, req)
                 .await
                 .map_err(NodeFailure::stream)?;
-            if let Some(bytes) = bytes {
+            if let Some(path) = file {
                 match expect_message::<Reply, _>(&mut recv, self.max_frame, "reply")
                     .await
                     .map_err(NodeFailure::stream)?
@@ -223,9 +224,12 @@ impl AgentConn {
                     Reply::UpgradeReady => {}
                     other => return Ok(other),
                 }
-                send.write_all(bytes)
-                    .await
-                    .map_err(|e| NodeFailure::failed(format!("the upload broke off: {e}")))?;
+                let mut from = tokio::fs::File::open(path).await.map_err(|e| {
+                    NodeFailure::failed(format!("cannot read {}: {e}", path.display()))
+                })?;
+                tokio::io::copy(&mut from, &mut send).await.map_err(|e| {
+                    NodeFailure::failed(format!("the upload of {} broke off: {e}", path.display()))
+                })?;
             }
             let _ = send.finish();
             expect_message::<Reply, _>(&mut recv, self.max_frame, "reply")

@@ -361,11 +361,11 @@ impl crate::connect::Link for OneShot {
     fn put<'a>(
         &'a self,
         req: &'a clustermgr_protocol::message::Request,
-        bytes: &'a [u8],
+        file: &'a std::path::Path,
         timeout: Duration,
     ) -> futures_util::future::BoxFuture<'a, Result<clustermgr_protocol::message::Reply, NodeFailure>>
     {
-        Box::pin(self.0.put(req, bytes, timeout))
+        Box::pin(self.0.put(req, file, timeout))
     }
 
     fn version(&self) -> u16 {

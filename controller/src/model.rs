@@ -104,6 +104,18 @@ pub const KEYS: &[(&str, &str)] = &[
         "ldap-replication",
         "on or off: apply sets up OpenLDAP replication between the Gluu nodes",
     ),
+    (
+        "packages",
+        "off, repository or directory: where apply installs the nodes' packages from",
+    ),
+    (
+        "package-dir",
+        "a directory of .deb/.rpm files on this machine (sets packages = directory)",
+    ),
+    (
+        "ntp-servers",
+        "comma-separated time servers for the Gluu nodes' chrony, or none",
+    ),
 ];
 
 /// The secrets `cluster set` takes from a file.

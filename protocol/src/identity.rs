@@ -60,6 +60,23 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
+/// The SHA-256 of a file's content, lowercase hex, read in pieces (a package may be a
+/// gigabyte).
+pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+    }
+    Ok(hex(hash.finish().as_ref()))
+}
+
 /// What clustermgr needs to know of a certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertSummary {

@@ -5,7 +5,8 @@
 //! A package runs as root on every node, so the directory is held to what the home is:
 //! it and every package file must belong to root or to the controller's own user, and
 //! be writable by nobody else; a symbolic link is refused. The agent keeps a file only
-//! if its SHA-256 matches the one sent, and checks it again before installing it.
+//! if its SHA-256 matches the one the index took, and checks it again before
+//! installing it.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -145,9 +146,10 @@ pub fn unset(ctx: &Ctx, key: &str) -> Result<(), CtlError> {
     Ok(())
 }
 
-/// Hashes already computed, by path, length and modification time: a 1 GiB package
-/// is read once, not at every plan.
-static HASHES: Mutex<BTreeMap<(String, u64, i64), String>> = Mutex::new(BTreeMap::new());
+/// Hashes already computed, by path, with the length and modification time they were
+/// computed at: a 1 GiB package is read once, not at every plan. One entry per path.
+type Hashed = BTreeMap<std::path::PathBuf, (u64, i64, String)>;
+static HASHES: Mutex<Hashed> = Mutex::new(BTreeMap::new());
 
 /// The package directory's `.deb` and `.rpm` files with their hashes, after checking
 /// that nobody but root and this user can change them.
@@ -203,25 +205,22 @@ pub fn index(dir: &Path) -> Result<Vec<PackageFile>, CtlError> {
             });
         }
         trusted(&path, &m)?;
-        let key = (
-            path.display().to_string(),
-            m.len(),
-            m.mtime_nsec() + m.mtime() * 1_000_000_000,
-        );
+        let stamp = (m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec());
         let known = HASHES
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
+            .get(&path)
+            .filter(|(len, mtime, _)| (*len, *mtime) == stamp)
+            .map(|(_, _, h)| h.clone());
         let sha256 = match known {
             Some(h) => h,
             None => {
-                let bytes = std::fs::read(&path).map_err(|e| CtlError::io(&path, e))?;
-                let h = clustermgr_protocol::identity::sha256_hex(&bytes);
+                let h = clustermgr_protocol::identity::sha256_file(&path)
+                    .map_err(|e| CtlError::io(&path, e))?;
                 HASHES
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, h.clone());
+                    .insert(path.clone(), (stamp.0, stamp.1, h.clone()));
                 h
             }
         };
@@ -281,19 +280,12 @@ pub async fn upload(
         Reply::Error(e) => return Err(NodeFailure::failed(e.message)),
         _ => return Err(NodeFailure::failed("unexpected reply to a package check")),
     };
+    // Read in pieces as they go; the agent keeps a file only if its hash is the one
+    // the index took, so a file changed since then is refused there.
     for f in missing {
         let path = Path::new(&dir).join(&f.file);
-        let bytes = tokio::fs::read(&path)
-            .await
-            .map_err(|e| NodeFailure::failed(format!("cannot read {}: {e}", path.display())))?;
-        if clustermgr_protocol::identity::sha256_hex(&bytes) != f.sha256 {
-            return Err(NodeFailure::failed(format!(
-                "{} changed while it was being planned; plan again",
-                path.display()
-            )));
-        }
         match conn
-            .put(&Request::PackagePut(f.clone()), &bytes, UPLOAD_TIMEOUT)
+            .put(&Request::PackagePut(f.clone()), &path, UPLOAD_TIMEOUT)
             .await?
         {
             Reply::PackageStored => {}

@@ -678,6 +678,7 @@ const NOTE_MAX: usize = 500;
 /// Recorded once (a second acknowledgement is told who was first) and audited. Only a
 /// change to a worse state can be acknowledged: a return to ok needs nobody.
 pub fn acknowledge(ctx: &Ctx, user: &str, id: u64, note: &str) -> Result<View, CtlError> {
+    use crate::telemetry_store::Acknowledged;
     let note = note.trim();
     if note.chars().count() > NOTE_MAX || note.chars().any(char::is_control) {
         return Err(CtlError::BadArgument {
@@ -693,24 +694,16 @@ pub fn acknowledge(ctx: &Ctx, user: &str, id: u64, note: &str) -> Result<View, C
         note: note.to_string(),
     };
     let refuse = |why: String| CtlError::NotAcknowledgeable { id, why };
-    // Looked at before writing, so a return to ok is refused without a write.
-    let stored = store.health_events_after(id.saturating_sub(1), 1)?;
-    match stored.first() {
-        Some(e) if e.id == id && e.to == Level::Ok => {
+    let listed = " (`clustermgr events` lists the changes with their numbers)";
+    let (record, new) = match store.acknowledge(id, ack, |e| e.to != Level::Ok)? {
+        Acknowledged::Done { record, new } => (record, new),
+        Acknowledged::Refused(e) => {
             return Err(refuse(format!(
-                "is {}'s {} check returning to ok: there is nothing to acknowledge (`clustermgr events` lists the changes with their numbers)",
+                "is {}'s {} check returning to ok: there is nothing to acknowledge{listed}",
                 e.node, e.check
             )));
         }
-        Some(e) if e.id == id => {}
-        _ => {
-            return Err(refuse(
-                "does not exist (`clustermgr events` lists the changes with their numbers)".into(),
-            ));
-        }
-    }
-    let Some((record, new)) = store.acknowledge(id, ack)? else {
-        return Err(refuse("does not exist".into()));
+        Acknowledged::NoSuchEvent => return Err(refuse(format!("does not exist{listed}"))),
     };
     if new {
         let e = &record.event;

@@ -45,6 +45,22 @@ const HEALTH_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("health_
 /// event id → who acknowledged it (postcard of [`Ack`]).
 const HEALTH_ACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("health_acks");
 
+/// What [`TelemetryStore::acknowledge`] did.
+#[derive(Debug)]
+pub enum Acknowledged {
+    /// No event has that number.
+    NoSuchEvent,
+    /// The caller's rule refused this event; nothing was written.
+    Refused(HealthEvent),
+    /// The event with its acknowledgement, and whether this call wrote it.
+    Done {
+        /// The event and the acknowledgement it has.
+        record: EventRecord,
+        /// Whether it is this call's.
+        new: bool,
+    },
+}
+
 /// A metric tier: raw samples, or points per minute or hour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
@@ -427,18 +443,25 @@ impl TelemetryStore {
         })
     }
 
-    /// Records `ack` for event `id`, unless it has one already: returns the event and
-    /// the acknowledgement it now has (the earlier one when there was one, so a second
-    /// person is told who was first) and whether it is this one. `None` when there is
-    /// no such event.
-    pub fn acknowledge(&self, id: u64, ack: Ack) -> Result<Option<(EventRecord, bool)>, CtlError> {
+    /// Records `ack` for event `id` when `may` allows it and the event has none yet, in
+    /// one transaction; a second acknowledgement is told the first (so a second person
+    /// learns who was first).
+    pub fn acknowledge(
+        &self,
+        id: u64,
+        ack: Ack,
+        may: impl FnOnce(&HealthEvent) -> bool,
+    ) -> Result<Acknowledged, CtlError> {
         self.write(|txn| {
             let Some(event) = txn.open_table(HEALTH_EVENTS)?.get(id)?.map(|v| {
                 clustermgr_protocol::codec::decode::<HealthEvent>("health event", v.value())
             }) else {
-                return Ok(None);
+                return Ok(Acknowledged::NoSuchEvent);
             };
             let event = event.map_err(|e| TxErr(e.to_string()))?;
+            if !may(&event) {
+                return Ok(Acknowledged::Refused(event));
+            }
             let mut acks = txn.open_table(HEALTH_ACKS)?;
             let earlier = acks
                 .get(id)?
@@ -454,7 +477,7 @@ impl TelemetryStore {
                 event,
                 ack: Some(ack),
             };
-            Ok(Some((record, new)))
+            Ok(Acknowledged::Done { record, new })
         })
     }
 
