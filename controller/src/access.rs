@@ -105,13 +105,21 @@ impl AccessConfig {
     }
 }
 
-/// The group names of process `pid` (its `Groups:` and `Gid:` in `/proc`), by
-/// `/etc/group`; a group it lacks is left out. The kernel's list, not the client's.
-pub fn groups_of_process(pid: i32, gid: u32) -> Vec<String> {
+/// The group names of the socket's peer: `gid` (from the socket's credentials) and the
+/// supplementary groups of process `pid` in `/proc`, by `/etc/group`. The kernel's
+/// list, not the client's; and only while `/proc` still shows the socket's `uid` for
+/// that pid (a client that exited may have left its pid to someone else's process).
+pub fn groups_of_process(pid: i32, uid: u32, gid: u32) -> Vec<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let same_uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|u| u.split_whitespace().next()?.parse::<u32>().ok())
+        == Some(uid);
     let mut ids: Vec<u32> = status
         .lines()
         .find_map(|l| l.strip_prefix("Groups:"))
+        .filter(|_| same_uid)
         .map(|g| {
             g.split_whitespace()
                 .filter_map(|v| v.parse().ok())
@@ -201,7 +209,11 @@ mod tests {
     fn a_process_groups_are_named_from_the_kernel_list() {
         // This test's own process: root's group 0 is "root" on Debian.
         let me = std::process::id() as i32;
-        let names = groups_of_process(me, 0);
+        let uid = rustix::process::getuid().as_raw();
+        let names = groups_of_process(me, uid, 0);
         assert!(names.contains(&"root".to_string()), "{names:?}");
+        // A pid whose process is not the socket's user's: its groups are not asked,
+        // the socket's own group stands alone.
+        assert_eq!(groups_of_process(me, uid + 1, 65534), ["nogroup"]);
     }
 }

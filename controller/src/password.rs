@@ -19,7 +19,8 @@ const OUT: usize = 32;
 /// What API tokens start with, so one found in a log or a repository is recognised.
 pub const TOKEN_PREFIX: &str = "cmt_";
 
-fn random<const N: usize>() -> [u8; N] {
+/// `N` bytes from the system's random source.
+pub(crate) fn random<const N: usize>() -> [u8; N] {
     use ring::rand::SecureRandom;
     let mut b = [0u8; N];
     ring::rand::SystemRandom::new()
@@ -112,9 +113,14 @@ pub fn verify(password: &str, phc: &str) -> bool {
     let mut got = zeroize::Zeroizing::new([0u8; OUT]);
     let ok = argon2(m, t, p)
         .is_ok_and(|a| hash_into(&a, password.as_bytes(), &salt, got.as_mut()).is_ok());
-    // Every byte looked at whatever the first difference: no timing tells how close a
-    // guess came.
-    ok && got.iter().zip(&want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    // No timing tells how close a guess came.
+    ok && same_bytes(got.as_ref(), &want)
+}
+
+/// Equal in constant time: every byte looked at whatever the first difference (the
+/// lengths are no secret).
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A new API token and the SHA-256 (hex) it is kept as.

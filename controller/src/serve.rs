@@ -195,7 +195,7 @@ async fn client(
                 name: crate::ctx::user_name(c.uid()),
                 groups: c
                     .pid()
-                    .map(|pid| crate::access::groups_of_process(pid, c.gid()))
+                    .map(|pid| crate::access::groups_of_process(pid, c.uid(), c.gid()))
                     .unwrap_or_default(),
             };
             let owner = std::fs::metadata("/proc/self")

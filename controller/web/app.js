@@ -539,20 +539,18 @@ async function route() {
   const path = window.location.hash.replace(/^#\//, "").split("?")[0];
   const [name, arg] = (path || "overview").split("/");
   if (logStream && name !== "logs") { logStream.close(); logStream = null; }
+  // The node page is under no menu entry; every other name marks its own (or the
+  // Overview, for a name that is no page).
+  const page = name === "node" && arg ? "node" : (PAGES[name] ? name : "overview");
   for (const a of document.querySelectorAll("header nav a")) {
-    if (a.dataset.page === name) a.setAttribute("aria-current", "page");
+    if (a.dataset.page === page) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
-  if (name === "node" && arg) {
+  if (page === "node") {
     try { await nodePage(decodeURIComponent(arg)); } catch (e) {
       document.getElementById("page").replaceChildren(el("p", { role: "alert" }, "Could not load: " + e.message));
     }
     return;
-  }
-  const page = PAGES[name] ? name : "overview";
-  for (const a of document.querySelectorAll("header nav a")) {
-    if (a.dataset.page === page) a.setAttribute("aria-current", "page");
-    else a.removeAttribute("aria-current");
   }
   try {
     await PAGES[page]();

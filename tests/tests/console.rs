@@ -91,6 +91,11 @@ async fn a_person_logs_in_watches_the_cluster_live_and_applies_by_role() {
     // Readable on a phone: the wide columns give way, the names stay.
     b.resize(390, 844);
     assert!(b.text_of("#nodes").contains("gluu1"));
+    let wide = b.execute(
+        "return getComputedStyle(document.querySelector('#nodes td.wide')).display;",
+        serde_json::json!([]),
+    );
+    assert_eq!(wide, "none", "the wide columns give way on a phone");
     b.screenshot("overview-phone");
     b.resize(1280, 900);
 
@@ -418,7 +423,8 @@ async fn a_person_logs_in_through_an_openid_provider_with_the_role_its_claim_giv
         "{audit}"
     );
 
-    // The callback that logged alice in, replayed, is refused: its state was used.
+    // The callback that logged alice in, replayed with the browser's own state cookie
+    // (so only the used-up state can refuse it), is refused.
     let callback = b
         .network_urls()
         .into_iter()
@@ -426,11 +432,16 @@ async fn a_person_logs_in_through_an_openid_provider_with_the_role_its_claim_giv
         .expect("the callback's URL in the browser's network log");
     assert!(callback.contains("code="), "{callback}");
     let path = callback.trim_start_matches(&base).to_string();
+    let state = path
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("state="))
+        .expect("the callback's state")
+        .to_string();
     let a = clustermgr_tests::web::request(
         format!("127.0.0.1:{console_port}").parse().unwrap(),
         "GET",
         &path,
-        &[],
+        &[("Cookie", &format!("cm_oidc={state}"))],
         b"",
     );
     assert_eq!(a.status, 403, "{}", a.text());

@@ -8,7 +8,7 @@
 //!
 //! Served with axum over hyper, HTTP/1.1, by serve's own bounded accept loop: at most
 //! [`CONNECTIONS`] at once, request heads within [`HEAD_DEADLINE`] and
-//! [`MAX_HEAD_BYTES`], bodies within [`MAX_BODY_BYTES`].
+//! [`MAX_HEAD_BYTES`], bodies within [`MAX_BODY_BYTES`] and the same deadline.
 
 pub mod oidc;
 pub mod session;
@@ -197,13 +197,24 @@ pub async fn run(ctx: Arc<Ctx>, cfg: WebConfig) {
             return;
         }
     };
+    // The port is held from the start, also while no account exists: another user on
+    // this machine cannot take it and show a login page of their own meanwhile.
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(
+                "cannot serve the web console on {addr}: {e}; set another [web] address in controller.toml (or \"off\") and restart serve"
+            );
+            return;
+        }
+    };
     let mut said = false;
     loop {
         match ctx.store.users() {
             Ok(u) if !u.is_empty() => break,
             Ok(_) if !said => {
                 tracing::warn!(
-                    "the web console is not served yet: there is no account. Make one with `clustermgr user add NAME --role admin`; the console starts on {addr} as soon as there is"
+                    "the web console is not served yet: there is no account. Make one with `clustermgr user add NAME --role admin`; the console starts on {addr} (held already) as soon as there is"
                 );
                 said = true;
             }
@@ -219,15 +230,11 @@ pub async fn run(ctx: Arc<Ctx>, cfg: WebConfig) {
             return;
         }
     };
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(
-                "cannot serve the web console on {addr}: {e}; set another [web] address in controller.toml (or \"off\") and restart serve"
-            );
-            return;
-        }
-    };
+    let oidc = cfg.oidc.clone().map(oidc::Oidc::new);
+    if let Some(Err(e)) = oidc.as_ref().map(oidc::Oidc::check_issuer) {
+        tracing::error!("the web console is not served: [web.oidc] in controller.toml: {e}");
+        return;
+    }
     let local = listener.local_addr().unwrap_or(addr);
     // Tests and `clustermgr dev` read the address from this line.
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -243,7 +250,7 @@ pub async fn run(ctx: Arc<Ctx>, cfg: WebConfig) {
         live: tokio::sync::broadcast::channel(8).0,
         latest: std::sync::Mutex::default(),
         secure: tls.is_some(),
-        oidc: cfg.oidc.clone().map(oidc::Oidc::new),
+        oidc,
         hashing: tokio::sync::Semaphore::new(2),
     });
     let ticker = tokio::spawn(tick(web.clone()));
@@ -508,9 +515,70 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/assets/{file}", get(asset))
         .nest("/api/v1", api)
         .fallback(|| async { not_found() })
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(body_deadline))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(web)
+}
+
+/// An operation's error as the API answers it: its status, its sentence, its exit code.
+fn refusal(e: &CtlError) -> Response {
+    error_response(status_of(e), &e.to_string(), e.exit_code())
+}
+
+/// The session cookie's `Set-Cookie` value: `value` for a new session, empty with
+/// `Max-Age=0` to end one; `Secure` under TLS.
+fn session_cookie(web: &Web, value: &str) -> String {
+    let secure = if web.secure { "; Secure" } else { "" };
+    let end = if value.is_empty() { "; Max-Age=0" } else { "" };
+    format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{end}{secure}")
+}
+
+/// The refusal of a login the throttle holds back, with its `Retry-After`.
+fn throttled(web: &Web, name: &str, addr: IpAddr) -> Option<Response> {
+    let wait = web.throttle.wait(name, addr, Instant::now())?;
+    let secs = wait.as_secs().max(1);
+    let mut res = error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!(
+            "too many failed logins for this account or from this address; try again in {secs} s"
+        ),
+        1,
+    );
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        res.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    Some(res)
+}
+
+/// Reads a request's whole body (at most [`MAX_BODY_BYTES`]) within
+/// [`HEAD_DEADLINE`] before any handler runs: hyper's head deadline does not cover the
+/// body, and a client that announces a body and never sends it would otherwise hold
+/// one of the [`CONNECTIONS`] slots for good.
+async fn body_deadline(req: Request<Body>, next: axum::middleware::Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
+    let bytes = match tokio::time::timeout(HEAD_DEADLINE, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("a request body is at most {MAX_BODY_BYTES} bytes"),
+                2,
+            );
+        }
+        Err(_) => {
+            return error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the request's body did not arrive within {} s",
+                    HEAD_DEADLINE.as_secs()
+                ),
+                2,
+            );
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// The headers every answer carries: no script but our own files, no framing, no
@@ -649,15 +717,17 @@ fn caller_of(web: &Web, headers: &HeaderMap) -> Option<Caller> {
 
 /// A request from another site: its `Origin` (browsers send one with every POST) is
 /// not this host's.
-fn cross_site(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
+fn cross_site(headers: &HeaderMap) -> Option<String> {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())?;
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    origin != format!("http://{host}") && origin != format!("https://{host}")
+    (origin != format!("http://{host}") && origin != format!("https://{host}")).then(|| {
+        format!(
+            "its Origin is {origin:?} and its Host {host:?}; behind a proxy, keep the Host header the browser sent"
+        )
+    })
 }
 
 /// The API's gate: a live caller, and for a state-changing request with a session
@@ -671,10 +741,10 @@ async fn authenticate(
         return unauthorized();
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        if cross_site(req.headers()) {
+        if let Some(seen) = cross_site(req.headers()) {
             return error_response(
                 StatusCode::FORBIDDEN,
-                "refused: this request comes from another site's page",
+                &format!("refused: this request comes from another site's page ({seen})"),
                 1,
             );
         }
@@ -701,14 +771,21 @@ async fn authenticate(
 async fn run_op(web: &Web, caller: &Caller, op: Operation) -> Response {
     let who = caller.audit_name();
     if let Err(e) = op.allowed(&who, caller.role) {
-        return error_response(status_of(&e), &e.to_string(), e.exit_code());
+        return refusal(&e);
     }
     match report(web, &who, op.clone()).await {
         Ok(report) => match crate::contract::document(&op, report) {
             Some(doc) => json_response(StatusCode::OK, &doc),
-            None => error_response(StatusCode::NOT_FOUND, "this has no document", 2),
+            None => error_response(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "`{}` has no JSON document to answer with (see docs/schema/README.md for what the API returns)",
+                    op.command()
+                ),
+                2,
+            ),
         },
-        Err(e) => error_response(status_of(&e), &e.to_string(), e.exit_code()),
+        Err(e) => refusal(&e),
     }
 }
 
@@ -779,10 +856,17 @@ async fn login(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if !json || cross_site(&headers) {
+    if !json {
         return error_response(
             StatusCode::FORBIDDEN,
-            "refused: a login is JSON sent by the console's own page",
+            "refused: a login is JSON (Content-Type: application/json) sent by the console's own page",
+            1,
+        );
+    }
+    if let Some(seen) = cross_site(&headers) {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            &format!("refused: this login comes from another site's page ({seen})"),
             1,
         );
     }
@@ -793,24 +877,29 @@ async fn login(
             2,
         );
     };
-    let now = Instant::now();
-    if let Some(wait) = web.throttle.wait(&b.name, addr, now) {
-        let secs = wait.as_secs().max(1);
-        let mut res = error_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            &format!(
-                "too many failed logins for this account or from this address; try again in {secs} s"
-            ),
+    // A name no account can have is refused before it reaches the throttle, whose table
+    // would otherwise keep every made-up name (up to a body's 16 KiB each).
+    if crate::users::check_name(&b.name).is_err() {
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            "wrong account name or password",
             1,
         );
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            res.headers_mut().insert(header::RETRY_AFTER, v);
-        }
+    }
+    if let Some(res) = throttled(&web, &b.name, addr) {
         return res;
     }
     let users = match web.ctx.store.users() {
         Ok(u) => u,
-        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), 1),
+        Err(e) => {
+            // Not told to a caller who has not logged in; serve's log has it.
+            tracing::error!("a console login could not read the accounts: {e}");
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the console cannot read its accounts now; try again, or ask an admin to look at serve's log",
+                1,
+            );
+        }
     };
     let user = users.iter().find(|u| u.name == b.name);
     // The hash is worked out for unknown names too, so timing does not tell which exist.
@@ -826,6 +915,12 @@ async fn login(
             1,
         );
     };
+    // Asked again once it is this login's turn: the logins that queued for the hash
+    // behind a failure must not all get their guess.
+    if let Some(res) = throttled(&web, &b.name, addr) {
+        return res;
+    }
+    let now = Instant::now();
     let good = tokio::task::spawn_blocking(move || crate::password::verify(&password, &hash))
         .await
         .unwrap_or(false);
@@ -845,7 +940,7 @@ async fn login(
     };
     web.throttle.succeeded(&user.name);
     let (cookie, csrf) = web.sessions.start(&user.name, user.password_set_ms, now);
-    let who = format!("{} (console, password)", user.name);
+    let who = How::Password.audit_name(&user.name);
     if let Err(e) = web
         .ctx
         .audit(&who, "console login", &[], &format!("from {addr}"))
@@ -856,9 +951,7 @@ async fn login(
         StatusCode::OK,
         &serde_json::json!({"user": user.name, "role": user.role, "csrf": csrf}),
     );
-    let secure = if web.secure { "; Secure" } else { "" };
-    let set = format!("{COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Strict{secure}");
-    if let Ok(v) = HeaderValue::from_str(&set) {
+    if let Ok(v) = HeaderValue::from_str(&session_cookie(&web, &cookie)) {
         res.headers_mut().insert(header::SET_COOKIE, v);
     }
     res
@@ -964,17 +1057,16 @@ async fn oidc_callback(
             let (session, _) =
                 web.sessions
                     .start_oidc(&person.name, person.role, o.issuer(), Instant::now());
-            let who = format!("{} (console, OpenID Connect {})", person.name, o.issuer());
+            let who = How::Oidc(o.issuer().to_string()).audit_name(&person.name);
             if let Err(e) =
                 web.ctx
                     .audit(&who, "console login", &[], &format!("as {}", person.role))
             {
                 tracing::warn!("recording a console login: {e}");
             }
-            let secure = if web.secure { "; Secure" } else { "" };
             let mut res = page(StatusCode::OK, "Logged in; on to the console.", true);
             for c in [
-                format!("{COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict{secure}"),
+                session_cookie(&web, &session),
                 format!("{OIDC_COOKIE}=; Path=/login/oidc; HttpOnly; SameSite=Lax; Max-Age=0"),
             ] {
                 if let Ok(v) = HeaderValue::from_str(&c) {
@@ -1003,24 +1095,18 @@ async fn logout(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
         StatusCode::OK,
         &serde_json::json!({"message": "logged out"}),
     );
-    res.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("cm_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
+    if let Ok(v) = HeaderValue::from_str(&session_cookie(&web, "")) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
     res
 }
 
 /// `GET /api/v1/session`: who is logged in, their role, and the CSRF token the page
 /// sends back with every change.
 async fn session_doc(axum::Extension(c): Ext) -> Response {
-    let how = match &c.how {
-        How::Password => "password".to_string(),
-        How::Token(id) => format!("API token {id}"),
-        How::Oidc(issuer) => format!("OpenID Connect {issuer}"),
-    };
     json_response(
         StatusCode::OK,
-        &serde_json::json!({"user": c.user, "role": c.role, "how": how, "csrf": c.csrf}),
+        &serde_json::json!({"user": c.user, "role": c.role, "how": c.how.describe(), "csrf": c.csrf}),
     )
 }
 
@@ -1136,7 +1222,7 @@ async fn apply(
     }
     let who = c.audit_name();
     if let Err(e) = op.allowed(&who, c.role) {
-        return error_response(status_of(&e), &e.to_string(), e.exit_code());
+        return refusal(&e);
     }
     let (tx, rx) = mpsc::channel::<SseEvent>(64);
     let ctx = w.ctx.clone();
@@ -1209,7 +1295,7 @@ async fn stream(
         follow.clone(),
     ] {
         if let Err(e) = op.allowed(&who, c.role) {
-            return error_response(status_of(&e), &e.to_string(), e.exit_code());
+            return refusal(&e);
         }
     }
     let (tx, rx) = mpsc::channel::<SseEvent>(16);
@@ -1339,7 +1425,7 @@ async fn logs_stream(
         limit: Some(100),
     });
     if let Err(e) = op.allowed(&who, c.role) {
-        return error_response(status_of(&e), &e.to_string(), e.exit_code());
+        return refusal(&e);
     }
     let (tx, rx) = mpsc::channel::<SseEvent>(64);
     tokio::spawn(forward(w.clone(), who, op, tx));

@@ -140,9 +140,33 @@ impl Oidc {
         }
     }
 
-    async fn get_json(&self, url: &str) -> Result<Value, OidcError> {
+    /// Whether the configured issuer may be used (see [`Oidc::secure`]).
+    pub fn check_issuer(&self) -> Result<(), OidcError> {
+        self.secure(&self.cfg.issuer, "issuer").map(drop)
+    }
+
+    /// Refuses an endpoint that is neither https nor on this machine: over plain http,
+    /// anyone on the path could rewrite the token endpoint (and receive the client's
+    /// secret) or the keys (and sign their own admin's ID token).
+    fn secure(&self, url: &str, what: &str) -> Result<crate::http::Target, OidcError> {
         let t = crate::http::Target::parse(url, "[web.oidc] issuer", 80, "/")
             .map_err(|e| self.provider(e.to_string()))?;
+        let host = t.host.trim_start_matches('[').trim_end_matches(']');
+        let local = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.is_loopback());
+        if t.tls || local {
+            Ok(t)
+        } else {
+            Err(self.provider(format!(
+                "its {what} {url} is plain http to another machine, where anyone on the path could change it; the provider must use https (http is accepted only on loopback)"
+            )))
+        }
+    }
+
+    async fn get_json(&self, url: &str, what: &str) -> Result<Value, OidcError> {
+        let t = self.secure(url, what)?;
         let (code, body) = crate::http::fetch(&t, "GET", &[], b"", MAX_DOC)
             .await
             .map_err(|e| self.provider(format!("GET {url}: {e}")))?;
@@ -165,7 +189,7 @@ impl Oidc {
             "{}/.well-known/openid-configuration",
             self.cfg.issuer.trim_end_matches('/')
         );
-        let doc = self.get_json(&url).await?;
+        let doc = self.get_json(&url, "issuer").await?;
         if doc["issuer"].as_str() != Some(self.cfg.issuer.as_str()) {
             return Err(self.provider(format!(
                 "its discovery document names the issuer {}, not {}",
@@ -179,13 +203,17 @@ impl Oidc {
                 .ok_or_else(|| self.provider(format!("its discovery document has no {k}")))
         };
         let jwks_uri = field("jwks_uri")?;
-        let keys = self.get_json(&jwks_uri).await?["keys"]
+        let keys = self.get_json(&jwks_uri, "jwks_uri").await?["keys"]
             .as_array()
             .cloned()
             .unwrap_or_default();
+        let authorization_endpoint = field("authorization_endpoint")?;
+        let token_endpoint = field("token_endpoint")?;
+        self.secure(&authorization_endpoint, "authorization_endpoint")?;
+        self.secure(&token_endpoint, "token_endpoint")?;
         let found = Discovered {
-            authorization_endpoint: field("authorization_endpoint")?,
-            token_endpoint: field("token_endpoint")?,
+            authorization_endpoint,
+            token_endpoint,
             keys,
             fetched: Instant::now(),
         };
@@ -245,6 +273,11 @@ impl Oidc {
         cookie_state: Option<&str>,
         now_secs: i64,
     ) -> Result<Person, OidcError> {
+        // The browser's cookie first: a callback without it (someone else's, or forged)
+        // must not use up the login it names.
+        if cookie_state.is_none_or(|c| !crate::web::session::same(c, state)) {
+            return Err(OidcError::UnknownState);
+        }
         let pending = self
             .pending
             .lock()
@@ -252,14 +285,17 @@ impl Oidc {
             .remove(state)
             .filter(|p| p.started.elapsed() < PENDING_FOR)
             .ok_or(OidcError::UnknownState)?;
-        if cookie_state.is_none_or(|c| !crate::web::session::same(c, state)) {
-            return Err(OidcError::UnknownState);
-        }
         let d = self.discover(false).await?;
         let secret = match &self.cfg.client_secret_file {
             Some(f) => Some(zeroize::Zeroizing::new(
                 crate::passphrase::from_file(f)
-                    .map_err(|e| self.provider(e.to_string()))?
+                    .map_err(|e| {
+                        tracing::error!("[web.oidc] client_secret_file: {e}");
+                        self.provider(format!(
+                            "the console's client secret ({}) cannot be used; serve's log says why",
+                            f.display()
+                        ))
+                    })?
                     .to_string(),
             )),
             None => None,
@@ -479,10 +515,18 @@ pub fn verify(
             cfg.client_id
         )));
     }
-    if auds.len() > 1 && claims["azp"].as_str() != Some(cfg.client_id.as_str()) {
-        return Err(bad(
-            "for several audiences, and not authorized for this console (azp)",
-        ));
+    // OpenID Connect Core 3.1.3.7: with several audiences azp must be there; when
+    // there, with one audience or several, it must be this console.
+    match claims["azp"].as_str() {
+        Some(azp) if azp != cfg.client_id => {
+            return Err(bad("authorized for another party (azp), not this console"));
+        }
+        None if auds.len() > 1 => {
+            return Err(bad(
+                "for several audiences, and not authorized for this console (azp)",
+            ));
+        }
+        _ => {}
     }
     if !claims["nonce"]
         .as_str()
@@ -597,6 +641,8 @@ mod tests {
             ("aud", serde_json::json!("grafana")),
             ("iss", serde_json::json!("https://evil")),
             ("exp", serde_json::json!(now - 600)),
+            // One audience, this console, but authorized for another party.
+            ("azp", serde_json::json!("grafana")),
         ] {
             let mut c = claims(now);
             c[k] = v;
@@ -618,6 +664,18 @@ mod tests {
         ));
         c["azp"] = "clustermgr".into();
         assert!(verify(&token(&s, header.clone(), c), &keys, &cfg(), "n1", now).is_ok());
+        // The provider's endpoints: https, or plain http on this machine only.
+        let o = Oidc::new(cfg());
+        for (url, ok) in [
+            ("https://idp.example.org/token", true),
+            ("http://127.0.0.1:3000/token", true),
+            ("http://[::1]:3000/token", true),
+            ("http://localhost:3000/token", true),
+            ("http://idp.example.org/token", false),
+            ("http://10.0.0.5/token", false),
+        ] {
+            assert_eq!(o.secure(url, "token_endpoint").is_ok(), ok, "{url}");
+        }
         // No signature at all, or one made with a shared secret, is never taken.
         for alg in ["none", "HS256"] {
             let t = token(

@@ -54,14 +54,29 @@ pub struct Caller {
     pub csrf: Option<String>,
 }
 
+impl How {
+    /// How, in words (`password`, `API token ID`, `OpenID Connect ISSUER`).
+    pub fn describe(&self) -> String {
+        match self {
+            How::Password => "password".into(),
+            How::Token(id) => format!("API token {id}"),
+            How::Oidc(issuer) => format!("OpenID Connect {issuer}"),
+        }
+    }
+
+    /// The name the audit log records for `user` logged in this way.
+    pub fn audit_name(&self, user: &str) -> String {
+        match self {
+            How::Token(_) => format!("{user} ({})", self.describe()),
+            _ => format!("{user} (console, {})", self.describe()),
+        }
+    }
+}
+
 impl Caller {
     /// The name the audit log records.
     pub fn audit_name(&self) -> String {
-        match &self.how {
-            How::Password => format!("{} (console, password)", self.user),
-            How::Token(id) => format!("{} (API token {id})", self.user),
-            How::Oidc(issuer) => format!("{} (console, OpenID Connect {issuer})", self.user),
-        }
+        self.how.audit_name(&self.user)
     }
 }
 
@@ -118,12 +133,7 @@ pub(crate) fn make_room<V, T: Ord>(
 
 /// 256 random bits as base64url text: session cookies, CSRF tokens, OpenID states.
 pub(crate) fn random_text() -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut b)
-        .expect("the system's random source");
-    URL_SAFE_NO_PAD.encode(b)
+    URL_SAFE_NO_PAD.encode(crate::password::random::<32>())
 }
 
 fn key_of(cookie: &str) -> String {
@@ -132,11 +142,7 @@ fn key_of(cookie: &str) -> String {
 
 /// Equal in constant time (for CSRF tokens).
 pub fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    crate::password::same_bytes(a.as_bytes(), b.as_bytes())
 }
 
 impl Sessions {
@@ -247,7 +253,20 @@ pub struct Throttle {
     map: Mutex<HashMap<String, Strikes>>,
 }
 
+/// The account's key and the address's: an IPv6 client is counted by its /64, which
+/// one host usually holds whole, so fresh addresses from it are one address here.
 fn keys(user: &str, addr: IpAddr) -> [String; 2] {
+    let addr = match addr {
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_none() => {
+            let s = a.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        IpAddr::V6(a) => a
+            .to_ipv4_mapped()
+            .map(|v4| v4.to_string())
+            .unwrap_or_default(),
+        IpAddr::V4(a) => a.to_string(),
+    };
     [format!("user:{user}"), format!("addr:{addr}")]
 }
 
@@ -266,9 +285,11 @@ impl Throttle {
     /// Counts a failed login; returns the failures of the account so far.
     pub fn failed(&self, user: &str, addr: IpAddr, now: Instant) -> u32 {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_KEYS {
+        // Room for both keys, so the table never holds more than MAX_KEYS.
+        if map.len() + 2 > MAX_KEYS {
             map.retain(|_, s| now.saturating_duration_since(s.last) < FORGET_AFTER);
-            make_room(&mut map, MAX_KEYS, |s| s.last);
+            make_room(&mut map, MAX_KEYS - 1, |s| s.last);
+            make_room(&mut map, MAX_KEYS - 1, |s| s.last);
         }
         let mut account = 0;
         for (i, k) in keys(user, addr).into_iter().enumerate() {
