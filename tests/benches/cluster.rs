@@ -17,29 +17,24 @@
 //!
 //! `CLUSTERMGR_BENCH_NODES` overrides the fan-out size (default 1000).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clustermgr::clock::{self, Clock};
+use clustermgr::clock;
 use clustermgr::ops::{self, Ctx, CtxOptions, NodeState, Operation, Report};
-use clustermgr::store::{AuditRecord, NodeRecord, Role};
-use clustermgr_agent::Agent;
-use clustermgr_agent::config::AgentConfig;
-use clustermgr_protocol::NodeName;
-use clustermgr_protocol::identity::CertSummary;
+use clustermgr::store::{AuditRecord, NodeRecord};
 use clustermgr_protocol::message::Command;
 use clustermgr_tests::Cluster;
 use clustermgr_tests::bench::{
-    ControlMaster, Results, cpu_ms, env_count, ms, raise_nofile, ssh_command, time_process,
+    ControlMaster, Results, cpu_ms, env_count, ms, proc_status_kib, raise_nofile, ssh_command,
+    time_process,
 };
-use tokio::io::{AsyncBufReadExt, BufReader};
+use clustermgr_tests::fleet::Fleet;
 use tokio::sync::Semaphore;
 
-/// Set in the child that hosts the fan-out agents: the directory of their configs.
-const AGENT_HOST_ENV: &str = "CLUSTERMGR_BENCH_AGENT_HOST";
 /// Overrides the fan-out size.
 const NODES_ENV: &str = "CLUSTERMGR_BENCH_NODES";
 const DEFAULT_NODES: usize = 1000;
@@ -168,14 +163,6 @@ async fn time_op(ctx: &Arc<Ctx>, n: usize, op: impl Fn() -> Operation) -> Result
         out.push(ms(el));
     }
     Ok(out)
-}
-
-/// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Waits until `pid` is idle: neither its RSS nor its CPU time changes for a whole
@@ -665,60 +652,6 @@ fn ssh_bench(res: &mut Results) {
 // ---------------------------------------------------------------------------------
 // 3. Fan-out to many agents hosted in a child process
 
-/// The child: starts every agent listed in `dir/nodes.txt` in this process, prints
-/// `listening NAME ADDR` for each and then `ready`, and serves until stdin closes.
-fn agent_host(dir: PathBuf) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("agent host runtime");
-    rt.block_on(async {
-        let mut out = std::io::BufWriter::new(std::io::stdout());
-        let names = std::fs::read_to_string(dir.join("nodes.txt")).unwrap_or_default();
-        let mut handles = Vec::new();
-        for name in names.lines() {
-            let config = dir.join(name).join("etc/agent.toml");
-            match AgentConfig::load(&config)
-                .and_then(Agent::load)
-                .and_then(Agent::start)
-            {
-                Ok(h) => {
-                    let _ = writeln!(out, "listening {name} {}", h.local_addr);
-                    handles.push(h);
-                }
-                Err(e) => {
-                    let _ = writeln!(out, "error {name}: {e}");
-                    let _ = out.flush();
-                    return;
-                }
-            }
-        }
-        let _ = writeln!(out, "ready");
-        let _ = out.flush();
-        // Serve until the benchmark closes our stdin.
-        let _ = tokio::task::spawn_blocking(|| {
-            let mut sink = Vec::new();
-            let _ = std::io::stdin().read_to_end(&mut sink);
-        })
-        .await;
-        drop(handles);
-    });
-    // Skip tearing down a thousand endpoints one by one.
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "a helper process of the benchmark: its thousand endpoints need no orderly end"
-    )]
-    std::process::exit(0);
-}
-
-fn toml_path(p: &Path) -> String {
-    p.display()
-        .to_string()
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-}
-
 /// Spawns `n` `true` processes, at most [`SPAWN_PARALLEL`] at once, each as the agent
 /// starts commands (own process group, piped output read to the end).
 async fn spawn_true(n: usize) -> Result<Duration, String> {
@@ -776,127 +709,30 @@ async fn fan_out_inner(
     exec_label: &str,
     target: Option<f64>,
 ) -> Result<(), String> {
-    eprintln!("[3] fan-out: enrolling and signing {nodes} agents");
-    let setup = Instant::now();
+    eprintln!("[3] fan-out: enrolling, signing and starting {nodes} agents in one child process");
     let base = tempfile::Builder::new()
         .prefix("cm-bench-fanout")
         .tempdir()
         .map_err(|e| e.to_string())?;
     let home = base.path().join("home");
-    let agents_dir = base.path().join("agents");
     ops::init(&home, "bench", 90, &clock::SystemClock).map_err(|e| e.to_string())?;
     let ctx = Arc::new(
         Ctx::open(&home, clock::system(), &CtxOptions::default(), true)
             .map_err(|e| e.to_string())?,
     );
-    let names: Vec<String> = (1..=nodes).map(|i| format!("node{i:04}")).collect();
-    let mut certs = Vec::with_capacity(nodes);
-    for name in &names {
-        let node = NodeName::new(name).map_err(|e| e.to_string())?;
-        let dir = agents_dir.join(name);
-        let etc = dir.join("etc");
-        for d in [&etc, &dir.join("state"), &dir.join("root")] {
-            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-        }
-        // The agent's own enrollment: its key stays in its directory, a CSR comes out.
-        let csr_pem =
-            clustermgr_agent::enroll::enroll(&node, &etc, false).map_err(|e| e.to_string())?;
-        let Report::Signed(signed) = run_op(
-            &ctx,
-            Operation::NodeSign {
-                node: name.clone(),
-                csr_pem,
-            },
-        )
-        .await?
-        else {
-            return Err("node sign did not report a certificate".into());
-        };
-        let w = |file: &str, text: &str| {
-            std::fs::write(etc.join(file), text).map_err(|e| format!("{file}: {e}"))
-        };
-        w("agent.crt", &signed.cert_pem)?;
-        w("ca.crt", ctx.ca.cert_pem())?;
-        w(
-            "agent.toml",
-            &format!(
-                // Telemetry off: this bench measures requests, and a thousand collectors
-                // sampling /proc in one process would be a load of their own (the
-                // telemetry bench measures collection).
-                "listen = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\nstate_dir = \"{}\"\nroot = \"{}\"\nwritable_roots = [\"{}\"]\n[telemetry]\nenabled = false\n",
-                toml_path(&etc.join("agent.crt")),
-                toml_path(&etc.join("agent.key")),
-                toml_path(&etc.join("ca.crt")),
-                toml_path(&dir.join("state")),
-                toml_path(&dir.join("root")),
-                toml_path(&dir.join("root")),
-            ),
-        )?;
-        certs.push(CertSummary::parse_pem(&signed.cert_pem).map_err(|e| e.to_string())?);
-    }
-    std::fs::write(agents_dir.join("nodes.txt"), names.join("\n")).map_err(|e| e.to_string())?;
-    let signed_in = setup.elapsed();
-
-    eprintln!("[3] fan-out: starting {nodes} agents in one child process");
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut host = tokio::process::Command::new(exe)
-        .env(AGENT_HOST_ENV, &agents_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start the agent host: {e}"))?;
-    let host_pid = host.id().unwrap_or(0);
-    let mut lines = BufReader::new(host.stdout.take().ok_or("no stdout")?).lines();
-    let mut addrs = std::collections::HashMap::new();
-    let started = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line == "ready" {
-                return Ok(());
-            }
-            match line
-                .strip_prefix("listening ")
-                .and_then(|l| l.split_once(' '))
-            {
-                Some((name, addr)) => {
-                    addrs.insert(name.to_string(), addr.to_string());
-                }
-                None => return Err(format!("agent host: {line}")),
-            }
-        }
-        Err("the agent host exited before it was ready".to_string())
-    })
-    .await
-    .map_err(|_| "the agent host did not start within 120 s".to_string())?;
-    started?;
-    let agents_up = setup.elapsed();
-
-    // The records `node add` would write; the warm-up ping below then checks each
-    // agent answers as the pinned node, as `node add` does before recording it.
-    let now = clock::SystemClock.unix();
-    let records = names
-        .iter()
-        .zip(&certs)
-        .enumerate()
-        .map(|(i, (name, cert))| {
-            Ok(NodeRecord {
-                name: name.clone(),
-                address: addrs
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| format!("{name} did not report its address"))?,
-                roles: vec![Role::Gluu],
-                primary: i == 0,
-                pinned_key: cert.key_fingerprint.clone(),
-                pending_key: None,
-                cert_serial: cert.serial.clone(),
-                cert_not_after: cert.not_after,
-                added_at: now,
-            })
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    ctx.store.put_nodes(&records).map_err(|e| e.to_string())?;
+    // Telemetry off: this bench measures requests, and a thousand collectors sampling
+    // /proc in one process would be a load of their own (the telemetry bench measures
+    // collection). The warm-up ping below then checks each agent answers as the
+    // pinned node, as `node add` does before recording it.
+    let fleet = Fleet::start(
+        &ctx,
+        base.path(),
+        nodes,
+        |_| "[telemetry]\nenabled = false\n",
+    )
+    .await?;
+    let (signed_in, agents_up, host_pid) = (fleet.signed_in, fleet.agents_up, fleet.host_pid);
+    let records = fleet.records.clone();
 
     eprintln!("[3] fan-out: first contact (handshake + Hello + Info) with {nodes} agents");
     let t = Instant::now();
@@ -960,13 +796,7 @@ async fn fan_out_inner(
     }
     ctx.dialer.close().await;
     drop(ctx);
-    drop(host.stdin.take());
-    if tokio::time::timeout(Duration::from_secs(10), host.wait())
-        .await
-        .is_err()
-    {
-        let _ = host.kill().await;
-    }
+    fleet.stop().await;
 
     eprintln!("[3] baseline: spawning {nodes} `true` processes, {N_SPAWN_BASELINE} times");
     let mut spawn = Vec::new();
@@ -1086,10 +916,7 @@ async fn config_bench(
 // ---------------------------------------------------------------------------------
 
 fn main() {
-    if let Some(dir) = std::env::var_os(AGENT_HOST_ENV) {
-        agent_host(PathBuf::from(dir));
-        return;
-    }
+    clustermgr_tests::fleet::serve_agents_if_host();
     let (mut res, started) = clustermgr_tests::bench::begin();
     let mut nodes = env_count(NODES_ENV, DEFAULT_NODES);
     // Each agent holds a UDP socket; each running command three pipes.

@@ -34,21 +34,17 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use clustermgr::clock::{self, Clock};
-use clustermgr::ops::{self, Ctx, CtxOptions, Operation, Report};
-use clustermgr::store::{NodeRecord, Role};
+use clustermgr::ops::{self, Ctx, CtxOptions};
 use clustermgr::telemetry::store::{Retention, TelemetryStore, Tier};
-use clustermgr_agent::Agent;
-use clustermgr_agent::config::AgentConfig;
-use clustermgr_protocol::NodeName;
-use clustermgr_protocol::identity::CertSummary;
 use clustermgr_protocol::telemetry::{Body, Record, Sample};
-use clustermgr_tests::bench::{Results, cpu_ms, env_count, ms, raise_nofile, rss_mib, stats};
+use clustermgr_tests::bench::{
+    Results, cpu_ms, env_count, ms, proc_status_kib, raise_nofile, rss_mib, stats,
+};
+use clustermgr_tests::fleet::Fleet;
 use clustermgr_tests::web::{Answer, console_address, try_request};
 use clustermgr_tests::{Cluster, Serve, clustermgr_bin, node, start_serve};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Set in the child that hosts the agents: the directory of their configs.
-const AGENT_HOST_ENV: &str = "CLUSTERMGR_BENCH_CONSOLE_AGENTS";
 /// Overrides the number of agents.
 const NODES_ENV: &str = "CLUSTERMGR_BENCH_NODES";
 const DEFAULT_NODES: usize = 100;
@@ -116,197 +112,29 @@ fn print_report(res: &mut Results, nodes: usize, elapsed: Duration) {
 // ---------------------------------------------------------------------------------
 // The agents: many in one child process
 
-/// The child: starts every agent listed in `dir/nodes.txt` in this process, prints
-/// `listening NAME ADDR` for each and then `ready`, and serves until stdin closes.
-fn agent_host(dir: PathBuf) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("agent host runtime");
-    rt.block_on(async {
-        let mut out = std::io::BufWriter::new(std::io::stdout());
-        let names = std::fs::read_to_string(dir.join("nodes.txt")).unwrap_or_default();
-        let mut handles = Vec::new();
-        for name in names.lines() {
-            let config = dir.join(name).join("etc/agent.toml");
-            match AgentConfig::load(&config)
-                .and_then(Agent::load)
-                .and_then(Agent::start)
-            {
-                Ok(h) => {
-                    let _ = writeln!(out, "listening {name} {}", h.local_addr);
-                    handles.push(h);
-                }
-                Err(e) => {
-                    let _ = writeln!(out, "error {name}: {e}");
-                    let _ = out.flush();
-                    return;
-                }
-            }
+/// A home at `base/home` whose inventory holds `n` agents served by one child process
+/// (closed again when this returns, so `serve` can open it): telemetry as a Gluu node
+/// sends it (every 10 s), so the Overview's rows carry CPU, memory and their sparkline;
+/// no default logs, which the sandbox root does not have; none on the first node, whose
+/// history this program writes.
+async fn fleet_in(base: &Path, n: usize) -> Result<(PathBuf, Fleet), String> {
+    let home = base.join("home");
+    ops::init(&home, "bench", 90, &clock::SystemClock).map_err(|e| e.to_string())?;
+    let ctx = Arc::new(
+        Ctx::open(&home, clock::system(), &CtxOptions::default(), false)
+            .map_err(|e| e.to_string())?,
+    );
+    let fleet = Fleet::start(&ctx, base, n, |i| {
+        if i == 0 {
+            "[telemetry]\nenabled = false\n"
+        } else {
+            "[telemetry]\ndefault_logs = false\n"
         }
-        let _ = writeln!(out, "ready");
-        let _ = out.flush();
-        // Serve until the benchmark closes our stdin.
-        let _ = tokio::task::spawn_blocking(|| {
-            let mut sink = Vec::new();
-            let _ = std::io::stdin().read_to_end(&mut sink);
-        })
-        .await;
-        drop(handles);
-    });
-}
-
-fn toml_path(p: &Path) -> String {
-    p.display()
-        .to_string()
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-}
-
-/// A home whose inventory holds `names`, served by agents in one child process.
-struct Fleet {
-    home: PathBuf,
-    names: Vec<String>,
-    host: tokio::process::Child,
-}
-
-impl Fleet {
-    /// Enrolls, signs and starts `n` agents under `base`, and records them in a new home
-    /// at `base/home` (closed again when this returns, so `serve` can open it).
-    async fn start(base: &Path, n: usize) -> Result<Fleet, String> {
-        let home = base.join("home");
-        let agents_dir = base.join("agents");
-        ops::init(&home, "bench", 90, &clock::SystemClock).map_err(|e| e.to_string())?;
-        let ctx = Arc::new(
-            Ctx::open(&home, clock::system(), &CtxOptions::default(), false)
-                .map_err(|e| e.to_string())?,
-        );
-        let names: Vec<String> = (1..=n).map(|i| format!("node{i:04}")).collect();
-        let mut certs = Vec::with_capacity(n);
-        for (i, name) in names.iter().enumerate() {
-            let node = NodeName::new(name).map_err(|e| e.to_string())?;
-            let dir = agents_dir.join(name);
-            let etc = dir.join("etc");
-            for d in [&etc, &dir.join("state"), &dir.join("root")] {
-                std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-            }
-            // The agent's own enrollment: its key stays in its directory, a CSR comes out.
-            let csr_pem =
-                clustermgr_agent::enroll::enroll(&node, &etc, false).map_err(|e| e.to_string())?;
-            let Report::Signed(signed) = clustermgr::dev::one_shot(
-                &ctx,
-                "bench",
-                Operation::NodeSign {
-                    node: name.clone(),
-                    csr_pem,
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            else {
-                return Err("node sign did not report a certificate".into());
-            };
-            let w = |file: &str, text: &str| {
-                std::fs::write(etc.join(file), text).map_err(|e| format!("{file}: {e}"))
-            };
-            w("agent.crt", &signed.cert_pem)?;
-            w("ca.crt", ctx.ca.cert_pem())?;
-            // Telemetry as a Gluu node sends it (every 10 s), so the Overview's rows carry
-            // CPU, memory and their sparkline; no default logs, which the sandbox root
-            // does not have. The first node's history is written by this program.
-            let telemetry = if i == 0 {
-                "[telemetry]\nenabled = false\n"
-            } else {
-                "[telemetry]\ndefault_logs = false\n"
-            };
-            w(
-                "agent.toml",
-                &format!(
-                    "listen = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\nstate_dir = \"{}\"\nroot = \"{}\"\nwritable_roots = [\"{}\"]\n{telemetry}",
-                    toml_path(&etc.join("agent.crt")),
-                    toml_path(&etc.join("agent.key")),
-                    toml_path(&etc.join("ca.crt")),
-                    toml_path(&dir.join("state")),
-                    toml_path(&dir.join("root")),
-                    toml_path(&dir.join("root")),
-                ),
-            )?;
-            certs.push(CertSummary::parse_pem(&signed.cert_pem).map_err(|e| e.to_string())?);
-        }
-        std::fs::write(agents_dir.join("nodes.txt"), names.join("\n"))
-            .map_err(|e| e.to_string())?;
-
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut host = tokio::process::Command::new(exe)
-            .env(AGENT_HOST_ENV, &agents_dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start the agent host: {e}"))?;
-        let mut lines = BufReader::new(host.stdout.take().ok_or("no stdout")?).lines();
-        let mut addrs = std::collections::HashMap::new();
-        tokio::time::timeout(Duration::from_secs(120), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line == "ready" {
-                    return Ok(());
-                }
-                match line
-                    .strip_prefix("listening ")
-                    .and_then(|l| l.split_once(' '))
-                {
-                    Some((name, addr)) => {
-                        addrs.insert(name.to_string(), addr.to_string());
-                    }
-                    None => return Err(format!("agent host: {line}")),
-                }
-            }
-            Err("the agent host exited before it was ready".to_string())
-        })
-        .await
-        .map_err(|_| "the agent host did not start within 120 s".to_string())??;
-
-        // The records `node add` would write; serve's keeper dials them all.
-        let now = clock::SystemClock.unix();
-        let records = names
-            .iter()
-            .zip(&certs)
-            .enumerate()
-            .map(|(i, (name, cert))| {
-                Ok(NodeRecord {
-                    name: name.clone(),
-                    address: addrs
-                        .get(name)
-                        .cloned()
-                        .ok_or_else(|| format!("{name} did not report its address"))?,
-                    roles: vec![Role::Gluu],
-                    primary: i == 0,
-                    pinned_key: cert.key_fingerprint.clone(),
-                    pending_key: None,
-                    cert_serial: cert.serial.clone(),
-                    cert_not_after: cert.not_after,
-                    added_at: now,
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        ctx.store.put_nodes(&records).map_err(|e| e.to_string())?;
-        ctx.dialer.close().await;
-        drop(ctx);
-        Ok(Fleet { home, names, host })
-    }
-
-    /// Ends the agent host: its stdin closes, and it exits.
-    async fn stop(mut self) {
-        drop(self.host.stdin.take());
-        if tokio::time::timeout(Duration::from_secs(10), self.host.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.host.kill().await;
-        }
-    }
+    })
+    .await?;
+    ctx.dialer.close().await;
+    drop(ctx);
+    Ok((home, fleet))
 }
 
 // ---------------------------------------------------------------------------------
@@ -626,14 +454,6 @@ async fn sample_rss(pid: u32) -> Result<(Vec<f64>, f64), String> {
     Ok((rss, cpu / ms(t.elapsed()) * 100.0))
 }
 
-/// A field of /proc/PID/status in KiB (`VmHWM`).
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// The Overview's requests, `WARM + rounds` times one after another: `/` with the
 /// session, `/api/v1/top`, `/api/v1/status`. Milliseconds of each and of their sum.
 type Timings = [Vec<f64>; 4];
@@ -673,8 +493,7 @@ async fn fleet_stages(res: &mut Results, n: usize) -> Result<(), String> {
         .prefix("cm-bench-console")
         .tempdir()
         .map_err(|e| e.to_string())?;
-    let fleet = Fleet::start(base.path(), n).await?;
-    let home = fleet.home.clone();
+    let (home, fleet) = fleet_in(base.path(), n).await?;
     res.note(format!(
         "{n} agents enrolled, signed and listening in one child process after {:.1} s; telemetry every 10 s on all but {}, whose 30-day history is written into the store instead",
         setup.elapsed().as_secs_f64(),
@@ -1156,10 +975,7 @@ fn follow_lines(addr: SocketAddr, cookie: &str, log: &Path) -> Result<(Vec<f64>,
 // ---------------------------------------------------------------------------------
 
 fn main() {
-    if let Some(dir) = std::env::var_os(AGENT_HOST_ENV) {
-        agent_host(PathBuf::from(dir));
-        return;
-    }
+    clustermgr_tests::fleet::serve_agents_if_host();
     let (mut res, started) = clustermgr_tests::bench::begin();
     let nodes = env_count(NODES_ENV, DEFAULT_NODES);
     // Each agent holds a UDP socket, a spool and an inotify descriptor.
