@@ -21,6 +21,9 @@ use crate::access::UserRole;
 
 /// The most sessions kept; the least recently used goes first past it.
 const MAX_SESSIONS: usize = 1024;
+/// Live sessions per account: one more pushes out that account's oldest, never someone
+/// else's (a viewer logging in again and again cannot log the admins out).
+const PER_ACCOUNT: usize = 16;
 /// Failures allowed before the throttle waits.
 const FREE_FAILURES: u32 = 5;
 /// The longest wait the throttle imposes.
@@ -183,6 +186,12 @@ impl Sessions {
         let csrf = random_text();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, s| !self.expired(s, now));
+        let own = map.iter().filter(|(_, s)| s.user == user);
+        if own.clone().count() >= PER_ACCOUNT
+            && let Some(oldest) = own.min_by_key(|(_, s)| s.last).map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
         make_room(&mut map, MAX_SESSIONS, |s| s.last);
         map.insert(
             key_of(&cookie),
@@ -328,6 +337,23 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_account_logging_in_again_and_again_pushes_out_only_its_own_sessions() {
+        let s = Sessions::new(Duration::from_secs(600), Duration::from_secs(6000));
+        let t0 = Instant::now();
+        let (bob, _) = s.start("bob", 1, t0);
+        let mut alice = Vec::new();
+        for i in 1..=(PER_ACCOUNT as u64 + 4) {
+            alice.push(s.start("alice", 1, t0 + Duration::from_millis(i)).0);
+        }
+        let later = t0 + Duration::from_secs(1);
+        assert!(s.get(&bob, later).is_some(), "bob's session stays");
+        let live = alice.iter().filter(|c| s.get(c, later).is_some()).count();
+        assert_eq!(live, PER_ACCOUNT);
+        assert!(s.get(&alice[0], later).is_none(), "alice's oldest went");
+        assert!(s.get(alice.last().unwrap(), later).is_some());
+    }
 
     #[test]
     fn sessions_end_when_idle_at_their_absolute_end_and_at_logout() {
