@@ -522,6 +522,14 @@ pub enum ApplyResult {
         /// The revision the node applied last.
         applied: u64,
     },
+    /// The set's packages could not be installed (protocol version 3): no file of the
+    /// set was written; what the package manager installed before it failed stays.
+    NotInstalled {
+        /// What failed (`install nginx nginx-common (package directory)`).
+        step: String,
+        /// The package manager's own output.
+        output: String,
+    },
 }
 
 /// One command the agent ran for an apply.

@@ -1023,7 +1023,11 @@ fn gen_entry_plans(rng: &mut Rng) -> Vec<EntryPlan> {
 
 fn gen_apply_report(rng: &mut Rng) -> ApplyReport {
     let entries = gen_entry_plans(rng);
-    let result = match rng.below(4) {
+    let result = match rng.below(5) {
+        4 => ApplyResult::NotInstalled {
+            step: gen_string(rng),
+            output: gen_string(rng),
+        },
         0 => ApplyResult::Unchanged,
         1 => ApplyResult::Applied,
         2 => ApplyResult::Stale {

@@ -193,3 +193,65 @@ fn one_apply_installs_what_each_role_needs_from_the_package_directory() {
         assert!(n["unchanged"].as_u64().unwrap_or(0) >= 2, "{again}");
     }
 }
+
+/// A package built by the test whose installation fails (its `postinst` exits 1),
+/// standing in for a package of that name.
+fn failing_deb(dir: &Path, package: &str) {
+    let root = dir.join(format!("{package}-build"));
+    let debian = root.join("DEBIAN");
+    std::fs::create_dir_all(&debian).unwrap();
+    std::fs::write(
+        debian.join("control"),
+        format!(
+            "Package: {package}\nVersion: 9.9\nArchitecture: all\nMaintainer: clustermgr tests <tests@example.org>\nDescription: a package whose installation fails\n"
+        ),
+    )
+    .unwrap();
+    let postinst = debian.join("postinst");
+    std::fs::write(
+        &postinst,
+        "#!/bin/sh\necho \"postinst says no\" >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&postinst, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = dir.join("packages").join(format!("{package}_9.9_all.deb"));
+    let o = std::process::Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group"])
+        .arg(&root)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "dpkg-deb --build: {}", stderr(&o));
+}
+
+#[test]
+fn a_failed_install_writes_no_file_and_says_what_the_package_manager_said() {
+    let (net, ctl) = hosts(&["gluu1"]);
+    let parent = tempfile::tempdir().unwrap();
+    let dir = package_dir(parent.path(), &["chrony"]);
+    failing_deb(parent.path(), "csync2");
+    ok(
+        ctl.run(&["cluster", "set", "package-dir", &dir.display().to_string()]),
+        "cluster set package-dir",
+    );
+    let plan = ok(ctl.run(&["plan"]), "plan");
+    assert!(
+        plan.contains("csync2 9.9 from the package directory"),
+        "{plan}"
+    );
+    assert!(plan.contains("/etc/hosts"), "{plan}");
+    let o = ctl.run(&["apply", "--yes"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let said = stdout(&o);
+    assert!(
+        said.contains("not installed") && said.contains("postinst says no"),
+        "{said}"
+    );
+    // No file of the set: the /etc/hosts block the plan showed is not there.
+    let hosts = std::fs::read_to_string(net.host("gluu1").path("/etc/hosts")).unwrap();
+    assert!(!hosts.contains("clustermgr"), "{hosts}");
+    // The history has no line for it: nothing was written.
+    let history = ok(ctl.run(&["history"]), "history");
+    assert!(!history.contains("/etc/hosts"), "{history}");
+}

@@ -529,17 +529,13 @@ impl Engine {
             let ok = run.ok;
             installed.push(run);
             if !ok {
+                // Nothing of the set was compared or written: no entry to report.
                 let run = &installed[0];
-                let plans = packages.plans.iter().map(|(_, p)| p.clone()).collect();
-                let result = ApplyResult::RolledBack {
+                let result = ApplyResult::NotInstalled {
                     step: run.step.clone(),
-                    output: format!(
-                        "{}\n(no file of this change set was written; what the package manager installed before it failed stays, and the next apply goes on from there)",
-                        run.output
-                    ),
-                    restored_cleanly: true,
+                    output: run.output.clone(),
                 };
-                return Ok(self.report(set.revision, plans, result, installed));
+                return Ok(self.report(set.revision, Vec::new(), result, installed));
             }
         }
         let (files, file_index) = split_files(entries);

@@ -144,7 +144,8 @@ pub struct NodeApplyView {
     pub node: String,
     /// ok, failed, unreachable or skipped.
     pub state: NodeState,
-    /// `applied`, `unchanged`, `rolled back`, `pending` (unreachable: serve sends it
+    /// `applied`, `unchanged`, `rolled back`, `not installed` (a package could not be
+    /// installed; no file was written), `stale`, `pending` (unreachable: serve sends it
     /// when the node is back), `skipped`, `failed`.
     pub result: String,
     /// What went wrong, in words.
@@ -1423,6 +1424,13 @@ fn record_apply(
                 ..failed_apply(d, revision, String::new())
             });
         }
+        ApplyResult::NotInstalled { step, output } => (
+            NodeState::Failed,
+            "not installed".to_string(),
+            Some(format!(
+                "{step} failed, so no file of this node's configuration was written (what the package manager installed before it failed stays, and the next apply goes on from there): {output}"
+            )),
+        ),
         ApplyResult::Applied => (NodeState::Ok, "applied".to_string(), None),
         ApplyResult::Unchanged => (NodeState::Ok, "unchanged".to_string(), None),
         ApplyResult::RolledBack {
