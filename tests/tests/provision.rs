@@ -63,12 +63,13 @@ fn package_dir(parent: &Path, names: &[&str]) -> PathBuf {
     dir
 }
 
-/// Makes `h` bare of [`PACKAGES`] and of the time service the machine has, in the
+/// Makes `h` bare of [`PACKAGES`] (chrony too, should the machine have it) and of the
+/// time service the machine has, in the
 /// host's own `/usr`, `/etc` and `/var`; chrony, once installed, is told not to touch
 /// the clock (the hosts share the machine's).
 fn bare(h: &Host) {
     h.sh(
-        "dpkg --purge --force-depends nginx nginx-common csync2 stunnel4 redis-server redis-tools systemd-timesyncd >/dev/null 2>&1; \
+        "dpkg --purge --force-depends nginx nginx-common csync2 stunnel4 redis-server redis-tools chrony systemd-timesyncd >/dev/null 2>&1; \
          mkdir -p /etc/default && echo 'DAEMON_OPTS=\"-F 1 -x\"' > /etc/default/chrony",
     );
     for p in PACKAGES {
