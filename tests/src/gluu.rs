@@ -79,11 +79,21 @@ pub struct GluuCluster {
 impl GluuCluster {
     /// Builds the cluster and starts `serve` checking every `interval_secs`.
     pub async fn start(interval_secs: u64) -> GluuCluster {
+        GluuCluster::start_with(interval_secs, |_, _| {}).await
+    }
+
+    /// [`GluuCluster::start`], with `prepare` run on the bootstrapped hosts and the
+    /// home before the one `apply` (the provisioning test makes the hosts bare there).
+    pub async fn start_with(
+        interval_secs: u64,
+        prepare: impl FnOnce(&Net, &Controller),
+    ) -> GluuCluster {
         let (net, ctl) = hosts();
         for h in net.hosts() {
             h.sh(&format!("mkdir -p {CUSTOM} /opt/gluu-server/etc/gluu/conf"));
             start_oxauth(h);
         }
+        prepare(&net, &ctl);
         ok(ctl.run(&["apply", "--yes"]), "apply");
         for h in net.hosts() {
             crate::eventually_blocking(

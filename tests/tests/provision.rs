@@ -256,3 +256,28 @@ fn a_failed_install_writes_no_file_and_says_what_the_package_manager_said() {
     let history = ok(ctl.run(&["history"]), "history");
     assert!(!history.contains("/etc/hosts"), "{history}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_gluu_hosts_are_healthy_after_one_apply() {
+    // The Gluu-like harness (three hosts, real slapd replicating, csync2 as apply
+    // configures it, serve checking every 2 s), its hosts made bare of csync2 and any
+    // time service before its one apply, with the package directory set.
+    let parent = tempfile::tempdir().unwrap();
+    let dir = package_dir(parent.path(), &["csync2", "chrony"]);
+    let c = clustermgr_tests::gluu::GluuCluster::start_with(2, |net, ctl| {
+        for h in net.hosts() {
+            bare(h);
+        }
+        ok(
+            ctl.run(&["cluster", "set", "package-dir", &dir.display().to_string()]),
+            "cluster set package-dir",
+        );
+    })
+    .await;
+    for h in c.net.hosts() {
+        for p in ["csync2", "chrony"] {
+            assert!(installed(h, p).is_some(), "{p} on {}", h.name);
+        }
+    }
+    c.settled(std::time::Duration::from_secs(90)).await;
+}
