@@ -799,6 +799,7 @@ async fn handle_request(
         | Request::Restore(_)
         | Request::HostKey { .. }
         | Request::LdapCert
+        | Request::KeysMake(_)
         | Request::Probe(_)) => {
             match &req {
                 Request::Apply(set) => tracing::info!(

@@ -43,7 +43,7 @@ pub const ENVELOPE_FORMAT: u8 = 1;
 
 /// The format byte in front of the postcard contents. Bump it with any change to
 /// [`BackupContents`] or to the store records it carries.
-pub const CONTENTS_FORMAT: u8 = 5;
+pub const CONTENTS_FORMAT: u8 = 6;
 
 const SALT_LEN: usize = 16;
 const KEY_LEN: usize = 32;
@@ -167,11 +167,11 @@ impl BackupContents {
                 clustermgr_protocol::codec::decode("backup contents", rest)
                     .map_err(|e| unreadable(e.to_string()))
             }
-            // Format 4 is format 5 without provisioning's settings, its last field;
-            // format 3 is format 4 without the console's accounts, the one before; and
-            // format 2 is format 3 without the build record, the one before that: read
-            // them with defaults appended.
-            Some((&old @ (2..=4), rest)) => {
+            // Format 5 is format 6 without the oxAuth keys, its last field; format 4
+            // is format 5 without provisioning's settings, the one before; format 3 is
+            // format 4 without the console's accounts; and format 2 is format 3
+            // without the build record: read them with defaults appended.
+            Some((&old @ (2..=5), rest)) => {
                 let mut body = Zeroizing::new(rest.to_vec());
                 if old == 2 {
                     body.extend(clustermgr_protocol::codec::encode(
@@ -184,8 +184,13 @@ impl BackupContents {
                     >::new(
                     )));
                 }
+                if old <= 4 {
+                    body.extend(clustermgr_protocol::codec::encode(
+                        &crate::store::ProvisionRecord::default(),
+                    ));
+                }
                 body.extend(clustermgr_protocol::codec::encode(
-                    &crate::store::ProvisionRecord::default(),
+                    &crate::store::KeysRecord::default(),
                 ));
                 clustermgr_protocol::codec::decode("backup contents", &body)
                     .map_err(|e| unreadable(e.to_string()))
@@ -532,7 +537,7 @@ mod tests {
 
     #[test]
     fn contents_of_formats_2_to_4_read_with_what_they_lack_empty() {
-        use crate::store::{BuildRecord, ClusterMeta, ConfigSnapshot, ProvisionRecord};
+        use crate::store::{BuildRecord, ClusterMeta, ConfigSnapshot, KeysRecord, ProvisionRecord};
         let contents = BackupContents {
             created_at: 7,
             software: "0.1.0".into(),
@@ -552,15 +557,24 @@ mod tests {
             },
         };
         let now = contents.encode();
+        let keys = clustermgr_protocol::codec::encode(&KeysRecord::default());
+        assert!(now.ends_with(&keys), "the keys are the last field");
+        let now = &now[..now.len() - keys.len()];
         let provision = clustermgr_protocol::codec::encode(&ProvisionRecord::default());
         let users = clustermgr_protocol::codec::encode(&Vec::<crate::store::UserRecord>::new());
         let tail = clustermgr_protocol::codec::encode(&BuildRecord::default());
-        assert!(now.ends_with(&provision), "provisioning is the last field");
+        assert!(now.ends_with(&provision), "provisioning the one before");
         let v4 = &now[1..now.len() - provision.len()];
         assert!(v4.ends_with(&users), "the accounts the one before");
         let v3 = &v4[..v4.len() - users.len()];
         assert!(v3.ends_with(&tail), "the build record the one before that");
-        for (format, body) in [(4u8, v4), (3u8, v3), (2u8, &v3[..v3.len() - tail.len()])] {
+        let v5 = &now[1..];
+        for (format, body) in [
+            (5u8, v5),
+            (4u8, v4),
+            (3u8, v3),
+            (2u8, &v3[..v3.len() - tail.len()]),
+        ] {
             let mut old = vec![format];
             old.extend_from_slice(body);
             let read = BackupContents::decode(file(), &old).unwrap();

@@ -283,6 +283,9 @@ pub enum Cmd {
         /// The Gluu node.
         node: String,
     },
+    /// oxAuth's signing and encryption keys: one set for every Gluu node, rotated.
+    #[command(subcommand)]
+    Keys(KeysCmd),
     /// Run the long-lived controller: warm connections, renewals, the CLI socket.
     Serve {
         /// Also answer Prometheus scrapes of every node's metrics at ADDR (host:port,
@@ -345,6 +348,29 @@ pub enum EventsCmd {
         #[arg(long, value_name = "TEXT")]
         note: Option<String>,
     },
+}
+
+/// `keys` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// Make a new generation of keys on the primary with its container's keytool (one
+    /// per algorithm of `[keys]`), retire the generation that signed (the previous new
+    /// one signs from now on), stop publishing keys retired long enough ago, then send
+    /// the keystore to every Gluu node and publish the keys. `serve` does this every
+    /// `[keys] interval_hours` once the first rotation is made. Admins may.
+    #[command(after_help = "Examples:\n  \
+        clustermgr keys rotate\n  \
+        clustermgr keys rotate --json | jq '.keys[] | select(.state == \"signs\")'\n\n\
+        The first rotation replaces the keys Gluu's setup made on the primary: tokens\n\
+        they signed no longer verify.")]
+    Rotate,
+    /// The keys published, which sign, when each was made and expires, and whether
+    /// each Gluu node's keystore and published keys are the cluster's. Exits 1 when one
+    /// is not.
+    #[command(after_help = "Examples:\n  \
+        clustermgr keys status\n  \
+        clustermgr keys status --json")]
+    Status,
 }
 
 /// `user` subcommands.
@@ -1050,6 +1076,8 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
             json_or_live(json),
         ),
         Cmd::Audit { limit } => (Operation::Audit { limit }, OutputMode::Live),
+        Cmd::Keys(KeysCmd::Rotate) => (Operation::KeysRotate, OutputMode::Live),
+        Cmd::Keys(KeysCmd::Status) => (Operation::KeysStatus, OutputMode::Live),
         Cmd::User(UserCmd::Add {
             name,
             role,

@@ -34,6 +34,40 @@ pub struct ControllerConfig {
     pub access: crate::access::AccessConfig,
     /// The web console `serve` serves.
     pub web: WebConfig,
+    /// How oxAuth's keys rotate.
+    pub keys: KeysConfig,
+}
+
+/// The `[keys]` section: which oxAuth keys `keys rotate` makes, and how often `serve`
+/// rotates them once the first rotation has been made.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Hours between two rotations by `serve`; 0: only `keys rotate` rotates. A new key
+    /// is published one interval before it signs, so this is also how long relying
+    /// parties have to fetch it.
+    pub interval_hours: u64,
+    /// Hours a key that stopped signing stays published: at least the longest lifetime
+    /// of a token oxAuth signs (ID tokens: `idTokenLifetime`, 1 hour by default).
+    pub keep_hours: u64,
+    /// Each key's `exp` and certificate validity, days.
+    pub lifetime_days: u64,
+    /// The algorithms a rotation makes one key each for (JWA names).
+    pub algorithms: Vec<String>,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            interval_hours: 48,
+            keep_hours: 24,
+            lifetime_days: 365,
+            algorithms: crate::keys::DEFAULT_ALGORITHMS
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+        }
+    }
 }
 
 /// The `[web]` section: where `serve` serves the console, and how long a login lasts.
@@ -161,6 +195,7 @@ impl Default for ControllerConfig {
             alerts: Default::default(),
             access: Default::default(),
             web: Default::default(),
+            keys: Default::default(),
         }
     }
 }
@@ -222,6 +257,7 @@ impl ControllerConfig {
         if cfg.health.interval_secs == 0 {
             return Err(invalid("health.interval_secs must be above 0".into()));
         }
+        crate::keys::check_config(&cfg.keys).map_err(invalid)?;
         if cfg.max_frame_bytes < 64 * 1024 {
             return Err(invalid("max_frame_bytes must be at least 65536".into()));
         }

@@ -294,6 +294,20 @@ pub enum CtlError {
         /// Why not, and what to do.
         why: String,
     },
+    /// oxAuth keys cannot be made in this cluster as it is.
+    #[error("no oxAuth keys can be made: {why}")]
+    KeysUnavailable {
+        /// Why not, and what to do.
+        why: String,
+    },
+    /// Making oxAuth keys on the primary failed; nothing was changed.
+    #[error("making oxAuth keys on {node} failed: {why}")]
+    KeysMaking {
+        /// The primary.
+        node: String,
+        /// What went wrong there, in its words.
+        why: String,
+    },
     /// The named node is not in the inventory.
     #[error("no node named {name} in this cluster{hint} (see `clustermgr node list`)")]
     UnknownNode {
@@ -449,6 +463,7 @@ impl CtlError {
             | CtlError::AgentBinaryMissing { .. }
             | CtlError::NotPendingBackup { .. }
             | CtlError::NotAcknowledgeable { .. }
+            | CtlError::KeysUnavailable { .. }
             | CtlError::UnknownNode { .. }
             | CtlError::UnknownUser { .. }
             | CtlError::UserExists { .. }

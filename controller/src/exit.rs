@@ -170,6 +170,20 @@ pub const TABLE: &[Row] = &[
         interrupted: "",
     },
     Row {
+        commands: &["keys rotate"],
+        ok: "new keys made on the primary, the keystore on every Gluu node, the keys published",
+        failed: "making the keys on the primary failed (nothing changed), or a Gluu node did not take the keystore or the published keys (named; `apply` finishes), or refused: the caller is not an admin",
+        usage: "no Gluu node, or `[keys]` in controller.toml is invalid",
+        interrupted: "",
+    },
+    Row {
+        commands: &["keys status"],
+        ok: "every Gluu node holds the cluster's keystore and published keys (or there are no keys yet)",
+        failed: "some Gluu node's copy differs, is missing, or could not be read (named)",
+        usage: "usage or configuration error",
+        interrupted: "",
+    },
+    Row {
         commands: &["replication"],
         ok: "every Gluu node's LDAP was read",
         failed: "some Gluu node's LDAP could not be read (it is named), or none could",

@@ -211,6 +211,10 @@ pub enum Operation {
         /// What they say about it (may be empty).
         note: String,
     },
+    /// Make a new generation of oxAuth keys and give it to every Gluu node.
+    KeysRotate,
+    /// The oxAuth keys and each Gluu node's copy.
+    KeysStatus,
     /// Mark a Gluu node down (or up again) on the load balancer.
     Drain {
         /// The node.
@@ -295,6 +299,7 @@ impl Operation {
             | Operation::Replication
             | Operation::Ports
             | Operation::Events { .. }
+            | Operation::KeysStatus
             | Operation::History { .. } => Viewer,
             Operation::Logs(spec) if !spec.follow => Viewer,
             Operation::Rollback { list: true, .. } => Viewer,
@@ -313,6 +318,7 @@ impl Operation {
             | Operation::ClusterSetSecret { .. }
             | Operation::ClusterUnset { .. }
             | Operation::Apply { .. }
+            | Operation::KeysRotate
             | Operation::Rollback { .. }
             | Operation::Snapshot { .. }
             | Operation::BackupFinished { .. }
@@ -356,6 +362,8 @@ impl Operation {
             Operation::Ports => "ports",
             Operation::Events { .. } => "events",
             Operation::EventAck { .. } => "events ack",
+            Operation::KeysRotate => "keys rotate",
+            Operation::KeysStatus => "keys status",
             Operation::History { .. } => "history",
             Operation::Rollback { list: true, .. } => "rollback --list",
             Operation::Rollback { .. } => "rollback",
@@ -671,6 +679,8 @@ pub enum Report {
     },
     /// `user ...`.
     User(crate::users::View),
+    /// `keys rotate`, `keys status`.
+    Keys(Box<crate::keys::KeysView>),
     /// A store snapshot was sent in [`Event::Snapshot`] parts of this many bytes in all.
     Snapshot {
         /// The total length, for the receiver to check that every part arrived.
@@ -746,6 +756,15 @@ impl Report {
                 views, drift: true, ..
             } if views.iter().any(|v| !v.entries.is_empty()) => exit::DRIFT_FOUND,
             Report::Applied(v) if v.iter().any(|v| bad(&v.state)) => exit::FAILED,
+            // A node without the cluster's keys is a failure monitoring should see.
+            Report::Keys(k)
+                if k.nodes.iter().any(|n| {
+                    n.keystore != "matches"
+                        || n.published.as_deref().is_some_and(|p| p != "matches")
+                }) =>
+            {
+                exit::FAILED
+            }
             // What could not be read is named in the report; monitoring sees it here.
             Report::Replication(r) if !r.unread.is_empty() || r.nodes.is_empty() => exit::FAILED,
             // Nagios-style: 0 ok, 1 warning, 2 critical, 3 unknown.
@@ -1024,6 +1043,12 @@ pub async fn run(
         Operation::EventAck { id, note } => {
             crate::health::acknowledge(&ctx, user, id, &note).map(Report::from)
         }
+        Operation::KeysRotate => crate::keys::rotate(&ctx, user, within, &events)
+            .await
+            .map(|v| Report::Keys(Box::new(v))),
+        Operation::KeysStatus => crate::keys::status(&ctx)
+            .await
+            .map(|v| Report::Keys(Box::new(v))),
         Operation::Drain { node, undrain } => {
             crate::desired::drain(&ctx, user, &node, !undrain, within, &events)
                 .await

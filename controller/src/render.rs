@@ -886,6 +886,7 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, op: &Ope
         Report::Events(e) if e.is_empty() => nothing_stored("health changes matched"),
         Report::Events(e) => e.iter().for_each(|r| print_event(&r.event, r.ack.as_ref())),
         Report::Health(h) => print_health(&h),
+        Report::Keys(k) => print_keys(&k),
         Report::Top { cluster, rows } => print_top(&cluster, &rows),
         Report::Logs(lines) if lines.is_empty() => nothing_stored("log lines matched"),
         Report::Logs(lines) => {
@@ -1195,6 +1196,56 @@ fn print_applied(v: &crate::desired::NodeApplyView) {
             for l in s.output.lines() {
                 say!("    {l}");
             }
+        }
+    }
+}
+
+/// `keys rotate` and `keys status`: the sentence, the keys, each node's copy.
+fn print_keys(k: &crate::keys::KeysView) {
+    say!("{}", k.message);
+    if let Some(next) = &k.next_rotation {
+        say!("next rotation by serve: {next}");
+    }
+    if !k.keys.is_empty() {
+        say!("");
+        say!(
+            "{:<50} {:<9} {:<8} {:>3} {:<20} {:<20} PUBLISHED UNTIL",
+            "KID",
+            "ALG",
+            "STATE",
+            "GEN",
+            "MADE",
+            "EXPIRES"
+        );
+        for key in &k.keys {
+            say!(
+                "{:<50} {:<9} {:<8} {:>3} {:<20} {:<20} {}",
+                key.kid,
+                key.alg,
+                key.state,
+                key.generation,
+                key.made,
+                key.expires,
+                key.published_until.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    if !k.nodes.is_empty() {
+        say!("");
+        say!(
+            "{:<16} {:<12} {:<12} DETAIL",
+            "NODE",
+            "KEYSTORE",
+            "PUBLISHED"
+        );
+        for n in &k.nodes {
+            say!(
+                "{:<16} {:<12} {:<12} {}",
+                n.node,
+                n.keystore,
+                n.published.as_deref().unwrap_or("-"),
+                n.detail.as_deref().unwrap_or("")
+            );
         }
     }
 }

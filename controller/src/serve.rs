@@ -58,6 +58,7 @@ pub async fn serve(
     };
     let keeper = tokio::spawn(keep_connections(ctx.clone()));
     let tunnel_keeper = tokio::spawn(keep_tunnel(ctx.clone()));
+    let keys_keeper = tokio::spawn(keep_keys(ctx.clone()));
     let telemetry_keeper = tokio::spawn(keep_telemetry(ctx.clone(), exports.clone()));
     let telemetry_upkeep = tokio::spawn(maintain_telemetry(ctx.clone()));
     let health_watch = tokio::spawn(crate::health::watch(ctx.clone()));
@@ -96,6 +97,7 @@ pub async fn serve(
     }
     keeper.abort();
     tunnel_keeper.abort();
+    keys_keeper.abort();
     telemetry_keeper.abort();
     telemetry_upkeep.abort();
     health_watch.abort();
@@ -369,6 +371,36 @@ async fn keep_tunnel(ctx: Arc<Ctx>) {
             Err(e) => tracing::warn!("renewing the tunnel certificates failed: {e}"),
         }
         tokio::time::sleep(TUNNEL_CHECK).await;
+    }
+}
+
+/// How often serve looks whether oxAuth's keys are due for rotation.
+const KEYS_CHECK: Duration = Duration::from_secs(600);
+
+/// Rotates oxAuth's keys every `[keys] interval_hours` once the first rotation was
+/// made (`keys rotate`): a cluster whose keys clustermgr never made keeps Gluu's own
+/// until the administrator decides. A failed rotation is logged and tried again at the
+/// next check.
+async fn keep_keys(ctx: Arc<Ctx>) {
+    loop {
+        let due = crate::config::ControllerConfig::load(&ctx.home.config())
+            .ok()
+            .and_then(|c| {
+                let rec = ctx.store.keys().ok()?;
+                crate::keys::next_rotation_ms(&rec, &c.keys)
+            })
+            .is_some_and(|at| at <= ctx.clock.unix_ms());
+        if due {
+            let (events, mut drained) = tokio::sync::mpsc::channel(64);
+            let draining = tokio::spawn(async move { while drained.recv().await.is_some() {} });
+            match crate::keys::rotate(&ctx, "serve", ctx.dialer.connect_timeout, &events).await {
+                Ok(v) => tracing::info!("{}", v.message),
+                Err(e) => tracing::warn!("rotating oxAuth's keys failed: {e}"),
+            }
+            drop(events);
+            let _ = draining.await;
+        }
+        tokio::time::sleep(KEYS_CHECK).await;
     }
 }
 

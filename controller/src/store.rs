@@ -381,6 +381,55 @@ pub struct ProvisionRecord {
     pub ntp_servers: Vec<String>,
 }
 
+/// The cluster's oxAuth signing and encryption keys (issue 20): the keystore every Gluu
+/// node holds (made on the primary by its `keytool`), its password, and every key
+/// published. A record of its own, so stores written before it read unchanged. The
+/// keystore and the password are secrets: `Debug` shows neither.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysRecord {
+    /// The keystore (JKS); empty before the first rotation.
+    pub keystore: Vec<u8>,
+    /// Its password, which is also every key's and `keyStoreSecret`.
+    pub password: Option<String>,
+    /// The keys published, oldest first: those in the keystore and those retired from
+    /// it but still published for the tokens they signed.
+    pub keys: Vec<KeyRecord>,
+    /// The last rotation's number (1 the first).
+    pub generation: u64,
+    /// When the last rotation was, Unix milliseconds.
+    pub rotated_ms: i64,
+}
+
+impl std::fmt::Debug for KeysRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeysRecord")
+            .field("keystore_len", &self.keystore.len())
+            .field("keys", &self.keys)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One published oxAuth key: its public JWK and where it is in its life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// The JWK's `kid`, also its keystore alias.
+    pub kid: String,
+    /// The JWK's `alg` (`RS256`, `RSA-OAEP`).
+    pub alg: String,
+    /// The rotation that made it.
+    pub generation: u64,
+    /// When it was made, Unix milliseconds.
+    pub made_ms: i64,
+    /// The JWK's `exp`, Unix milliseconds.
+    pub exp_ms: i64,
+    /// When it left the keystore (it signs no more, and stays published until no
+    /// token it signed can still be valid); `None` while in the keystore.
+    pub retired_ms: Option<i64>,
+    /// The public JWK, JSON.
+    pub jwk: String,
+}
+
 /// A console account (issue 19): its role, its password as an argon2id PHC string
 /// (never the password), and its API tokens as digests. `Debug` shows neither.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -441,9 +490,12 @@ pub struct ConfigSnapshot {
     /// The console's accounts. A backup of contents format 3 lacks them, and is read
     /// with none appended.
     pub users: Vec<UserRecord>,
-    /// Provisioning's settings. Last: a backup of contents format 4 lacks them, and is
-    /// read with the default appended.
+    /// Provisioning's settings. A backup of contents format 4 lacks them, and is read
+    /// with the default appended.
     pub provision: ProvisionRecord,
+    /// The oxAuth keys. Last: a backup of contents format 5 lacks them, and is read
+    /// with none appended.
+    pub keys: KeysRecord,
 }
 
 /// Every record of a store, read in one transaction: what a backup carries.
@@ -533,6 +585,7 @@ impl Store {
             config.insert("build", encode(&c.build).as_slice())?;
             config.insert("users", encode(&c.users).as_slice())?;
             config.insert("provision", encode(&c.provision).as_slice())?;
+            config.insert("keys", encode(&c.keys).as_slice())?;
             let mut desired = txn.open_table(DESIRED)?;
             for rec in &c.desired {
                 desired.insert(rec.node.as_str(), encode(rec).as_slice())?;
@@ -819,6 +872,10 @@ impl Store {
                         .map(|b| decode(&b))
                         .transpose()?
                         .unwrap_or_default(),
+                    keys: get("keys")?
+                        .map(|b| decode(&b))
+                        .transpose()?
+                        .unwrap_or_default(),
                 },
             })
         })
@@ -960,13 +1017,7 @@ impl Store {
 
     /// Provisioning's settings.
     pub fn provision(&self) -> Result<ProvisionRecord, CtlError> {
-        self.read(|txn| {
-            let t = txn.open_table(CONFIG)?;
-            t.get("provision")?
-                .map(|v| decode(v.value()))
-                .transpose()
-                .map(Option::unwrap_or_default)
-        })
+        self.config_record("provision")
     }
 
     /// Changes provisioning's settings with `f`, in one transaction.
@@ -974,24 +1025,72 @@ impl Store {
         &self,
         f: impl FnOnce(&mut ProvisionRecord) -> Result<(), CtlError>,
     ) -> Result<ProvisionRecord, CtlError> {
+        self.update_config_record("provision", |rec: &mut ProvisionRecord| {
+            f(rec).map(|()| rec.clone())
+        })
+    }
+
+    /// The cluster's oxAuth keys.
+    pub fn keys(&self) -> Result<KeysRecord, CtlError> {
+        self.config_record("keys")
+    }
+
+    /// Changes the keys record with `f`, in one transaction; nothing is written when
+    /// `f` fails.
+    pub fn update_keys<T>(
+        &self,
+        f: impl FnOnce(&mut KeysRecord) -> Result<T, CtlError>,
+    ) -> Result<T, CtlError> {
+        self.update_config_record("keys", f)
+    }
+
+    /// A record of the configuration table kept under `key`, its default when absent.
+    fn config_record<R: serde::de::DeserializeOwned + Default>(
+        &self,
+        key: &str,
+    ) -> Result<R, CtlError> {
+        self.read(|txn| {
+            let t = txn.open_table(CONFIG)?;
+            t.get(key)?
+                .map(|v| decode(v.value()))
+                .transpose()
+                .map(Option::unwrap_or_default)
+        })
+    }
+
+    /// Changes the record under `key` with `f` in one transaction, writing it only
+    /// when `f` succeeds.
+    fn update_config_record<R, T>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&mut R) -> Result<T, CtlError>,
+    ) -> Result<T, CtlError>
+    where
+        R: Serialize + serde::de::DeserializeOwned + Default,
+    {
         let mut failed = None;
         let out = self.write(|txn| {
             let mut t = txn.open_table(CONFIG)?;
-            let mut rec: ProvisionRecord = t
-                .get("provision")?
+            let mut rec: R = t
+                .get(key)?
                 .map(|v| decode(v.value()))
                 .transpose()?
                 .unwrap_or_default();
-            if let Err(e) = f(&mut rec) {
-                failed = Some(e);
-                return Ok(rec);
+            match f(&mut rec) {
+                Ok(out) => {
+                    t.insert(key, encode(&rec).as_slice())?;
+                    Ok(Some(out))
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    Ok(None)
+                }
             }
-            t.insert("provision", encode(&rec).as_slice())?;
-            Ok(rec)
-        });
-        match failed {
-            Some(e) => Err(e),
-            None => out,
+        })?;
+        match (failed, out) {
+            (Some(e), _) => Err(e),
+            (None, Some(out)) => Ok(out),
+            (None, None) => unreachable!("a record change either fails or gives its result"),
         }
     }
 

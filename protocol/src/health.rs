@@ -124,11 +124,29 @@ pub enum ServiceKind {
         /// The owner-only file holding the password, on the node.
         password_file: String,
     },
+    /// The node's file `path` (a regular file, never through a link) holds exactly the
+    /// bytes whose SHA-256 is `sha256` (protocol version 4: oxAuth's keystore). What
+    /// it holds instead is never told, only that it differs, and `fix`.
+    FileSha256 {
+        /// The file, on the host.
+        path: String,
+        /// The SHA-256 it must have, lowercase hex.
+        sha256: String,
+        /// What to do when it differs, in words.
+        fix: String,
+    },
 }
 
 impl CheckSpec {
     /// The protocol version this spec needs.
     pub fn needs_version(&self) -> Option<(u16, &'static str)> {
+        if self
+            .services
+            .iter()
+            .any(|s| matches!(s.kind, ServiceKind::FileSha256 { .. }))
+        {
+            return Some((crate::version::ROTATES_KEYS, "the keystore check"));
+        }
         self.services
             .iter()
             .any(|s| matches!(s.kind, ServiceKind::RedisPingAuth { .. }))
@@ -140,8 +158,12 @@ impl CheckSpec {
 
     /// The spec as an agent speaking protocol `version` can read it: an older agent
     /// gets the checks it knows (the unauthenticated `PING`, which counts Redis asking
-    /// for its password as an answer).
+    /// for its password as an answer; no keystore check).
     pub fn for_version(mut self, version: u16) -> CheckSpec {
+        if version < crate::version::ROTATES_KEYS {
+            self.services
+                .retain(|s| !matches!(s.kind, ServiceKind::FileSha256 { .. }));
+        }
         if version < crate::version::BUILDS_CLUSTER {
             for s in &mut self.services {
                 if let ServiceKind::RedisPingAuth { addr, .. } = &s.kind {

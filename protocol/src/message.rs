@@ -142,6 +142,9 @@ pub enum Request {
     /// `size` raw bytes follow and the controller finishes the stream; then
     /// [`Reply::PackageStored`] once its SHA-256 matched (protocol version 3).
     PackagePut(PackageFile),
+    /// Make and delete oxAuth keys in a copy of the cluster's keystore with the Gluu
+    /// container's own `keytool` (protocol version 4); answered by [`Reply::KeysMade`].
+    KeysMake(KeysSpec),
 }
 
 impl Request {
@@ -174,6 +177,7 @@ impl Request {
             Request::PackagesMissing(_) | Request::PackagePut(_) => {
                 Some((crate::version::PROVISIONS, "uploading packages"))
             }
+            Request::KeysMake(_) => Some((crate::version::ROTATES_KEYS, "making oxAuth keys")),
             _ => None,
         }
     }
@@ -254,6 +258,73 @@ pub enum Reply {
     PackagesMissing(Vec<PackageFile>),
     /// The package file is kept.
     PackageStored,
+    /// The keystore a [`Request::KeysMake`] made, and the certificate of every key in it.
+    KeysMade(KeysMade),
+}
+
+/// What [`Request::KeysMake`] asks: the keystore as the controller keeps it (empty for
+/// the first), its password, the keys to delete and the keys to make. Its `Debug`
+/// shows neither the keystore's bytes nor the password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysSpec {
+    /// The Gluu container root on the host, whose `/opt/jre/bin/keytool` runs.
+    pub root: String,
+    /// The keystore (JKS) to start from; empty: a new one.
+    pub keystore: Vec<u8>,
+    /// The keystore's password, which is also every key's (as Gluu has it).
+    pub password: String,
+    /// Aliases to delete.
+    pub delete: Vec<String>,
+    /// Keys to make.
+    pub make: Vec<KeyMake>,
+}
+
+impl std::fmt::Debug for KeysSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeysSpec")
+            .field("root", &self.root)
+            .field("keystore_len", &self.keystore.len())
+            .field("delete", &self.delete)
+            .field("make", &self.make)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One key for [`KeysSpec::make`], in keytool's words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyMake {
+    /// Its alias, which is the JWK's `kid`.
+    pub alias: String,
+    /// `RSA` or `EC`.
+    pub key_alg: String,
+    /// Bits: 2048 for RSA, 256, 384 or 521 for EC.
+    pub key_size: u32,
+    /// The self-signed certificate's signature algorithm (`SHA256withRSA`).
+    pub sig_alg: String,
+    /// The certificate's validity, days.
+    pub validity_days: u32,
+}
+
+/// What [`Request::KeysMake`] made: the new keystore and each entry's certificate.
+/// Its `Debug` shows the keystore's length only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysMade {
+    /// The keystore, JKS.
+    pub keystore: Vec<u8>,
+    /// Every alias it holds with its certificate, PEM (public).
+    pub certs: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for KeysMade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeysMade")
+            .field("keystore_len", &self.keystore.len())
+            .field(
+                "aliases",
+                &self.certs.iter().map(|(a, _)| a).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// A failure reported by the agent.

@@ -17,8 +17,9 @@ use crate::ProtocolError;
 /// a variant added last to a version-1 enum, so a version-1 peer decodes everything
 /// but those; the controller never sends them over a version-1 connection.
 /// Version 3 adds provisioning: package entries
-/// ([`crate::changeset::Content::Package`]) and uploading package files.
-pub const CURRENT: u16 = 3;
+/// ([`crate::changeset::Content::Package`]) and uploading package files. Version 4
+/// adds making oxAuth keys ([`crate::message::Request::KeysMake`]).
+pub const CURRENT: u16 = 4;
 
 /// The oldest protocol version this build still speaks.
 pub const OLDEST: u16 = 1;
@@ -29,6 +30,9 @@ pub const BUILDS_CLUSTER: u16 = 2;
 
 /// The first version with package entries and package uploads.
 pub const PROVISIONS: u16 = 3;
+
+/// The first version that makes oxAuth keys.
+pub const ROTATES_KEYS: u16 = 4;
 
 /// An inclusive range of protocol versions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -43,7 +43,7 @@ use clustermgr_protocol::health::{
 };
 use clustermgr_protocol::message::{
     Command, ErrorKind, ExecEvent, ExecInput, ExecSpec, ExitOutcome, GluuInstall, Hello,
-    HelloReply, NodeInfo, RemoteError, Reply, Request, UpgradeSpec,
+    HelloReply, KeyMake, KeysMade, KeysSpec, NodeInfo, RemoteError, Reply, Request, UpgradeSpec,
 };
 use clustermgr_protocol::telemetry::{Body, Record, Sample, TelemetryAck, TelemetryFrame};
 use clustermgr_protocol::version::VersionRange;
@@ -350,8 +350,8 @@ impl Kind {
         match self {
             Kind::Hello => 1,
             Kind::HelloReply => 2,
-            Kind::Request => 19,
-            Kind::Reply => 18,
+            Kind::Request => 20,
+            Kind::Reply => 19,
             Kind::ExecInput => 3,
             Kind::ExecEvent => 5,
             Kind::TelemetryFrame => 3,
@@ -429,6 +429,7 @@ impl Msg {
                 Request::LdapCert => 16,
                 Request::PackagesMissing(_) => 17,
                 Request::PackagePut(_) => 18,
+                Request::KeysMake(_) => 19,
             },
             Msg::Reply(m) => match m {
                 Reply::Info(_) => 0,
@@ -449,6 +450,7 @@ impl Msg {
                 Reply::LdapCert(_) => 15,
                 Reply::PackagesMissing(_) => 16,
                 Reply::PackageStored => 17,
+                Reply::KeysMade(_) => 18,
             },
             Msg::ExecInput(m) => match m {
                 ExecInput::Stdin(_) => 0,
@@ -1342,6 +1344,21 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
         (Kind::Request, 16) => Msg::Request(Request::LdapCert),
         (Kind::Request, 17) => Msg::Request(Request::PackagesMissing(gen_package_files(rng))),
         (Kind::Request, 18) => Msg::Request(Request::PackagePut(gen_package_file(rng))),
+        (Kind::Request, 19) => Msg::Request(Request::KeysMake(KeysSpec {
+            root: gen_string(rng),
+            keystore: gen_bytes(rng),
+            password: gen_string(rng),
+            delete: (0..rng.below(3)).map(|_| gen_string(rng)).collect(),
+            make: (0..rng.below(3))
+                .map(|_| KeyMake {
+                    alias: gen_string(rng),
+                    key_alg: gen_string(rng),
+                    key_size: gen_u32(rng),
+                    sig_alg: gen_string(rng),
+                    validity_days: gen_u32(rng),
+                })
+                .collect(),
+        })),
         (Kind::Request, _) => Msg::Request(Request::Checks(CheckSpec {
             interval_ms: gen_u64(rng),
             deadline_ms: gen_u64(rng),
@@ -1380,6 +1397,12 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
         (Kind::Reply, 15) => Msg::Reply(Reply::LdapCert(gen_option(rng, gen_string))),
         (Kind::Reply, 16) => Msg::Reply(Reply::PackagesMissing(gen_package_files(rng))),
         (Kind::Reply, 17) => Msg::Reply(Reply::PackageStored),
+        (Kind::Reply, 18) => Msg::Reply(Reply::KeysMade(KeysMade {
+            keystore: gen_bytes(rng),
+            certs: (0..rng.below(3))
+                .map(|_| (gen_string(rng), gen_string(rng)))
+                .collect(),
+        })),
         (Kind::Reply, _) => Msg::Reply(Reply::Checks(Box::new(gen_check_report(rng)))),
         (Kind::ExecInput, 0) => Msg::ExecInput(ExecInput::Stdin(gen_bytes(rng))),
         (Kind::ExecInput, 1) => Msg::ExecInput(ExecInput::StdinEnd),

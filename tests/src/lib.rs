@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 pub mod bench;
 pub mod browser;
+pub mod container;
 pub mod fleet;
 pub mod gluu;
 pub mod netns;

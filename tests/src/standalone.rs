@@ -98,6 +98,9 @@ pub fn join(net: &mut Net, ctl: &Controller, name: &str, i: usize) -> Slapd {
 /// The key this test's Gluu containers encrypt passwords with.
 pub const SALT: &str = "0123456789abcdefghijklmn";
 
+/// The keys Gluu's setup published on a node (one, abridged), before the cluster's.
+pub const SETUP_WEB_KEYS: &str = r#"{"keys": [{"kid": "setup-key_sig_rs256", "kty": "RSA", "use": "sig", "alg": "RS256", "crv": "", "exp": 1, "n": "AQAB", "e": "AQAB", "x5c": []}]}"#;
+
 /// A standalone Gluu node's own settings, as Gluu's setup writes them (4.x layout):
 /// the cache in memory, its LDAP server alone, revision 1; and the container's salt.
 pub fn add_gluu_tree(s: &Slapd, h: &Host) {
@@ -134,7 +137,11 @@ pub fn add_gluu_tree(s: &Slapd, h: &Host) {
             ("oxRevision", vec!["1".into()]),
             (
                 "oxAuthConfDynamic",
-                vec![r#"{"issuer": "https://gluu.example", "cleanServiceInterval": 60, "cleanServiceBatchChunkSize": 100}"#.into()],
+                vec![r#"{"issuer": "https://gluu.example", "cleanServiceInterval": 60, "cleanServiceBatchChunkSize": 100, "keyRegenerationEnabled": true, "keyRegenerationInterval": 48, "webKeysStorage": "keystore", "keyStoreFile": "/etc/certs/oxauth-keys.jks", "keyStoreSecret": "setup-secret"}"#.into()],
+            ),
+            (
+                "oxAuthConfWebKeys",
+                vec![SETUP_WEB_KEYS.into()],
             ),
         ],
     )

@@ -831,24 +831,13 @@ fn services(ctl: &Controller, node: &str) -> (String, String) {
         .unwrap_or_default()
 }
 
-/// A minimal Gluu container on `h`: busybox in `/opt/gluu-server` and a
-/// `gluu-ldap.properties` whose bind password must never leave the node.
-fn make_container(h: &Host) {
-    h.sh(
-        "set -e; r=/opt/gluu-server; mkdir -p $r/bin $r/etc/gluu/conf; cp /bin/busybox $r/bin/busybox; \
-         for t in sh grep ls cat; do ln -sf busybox $r/bin/$t; done; \
-         echo '127.0.0.1 localhost' > $r/etc/hosts; \
-         printf 'bindDN: cn=directory manager\\nbindPassword: c2VjcmV0LXBhc3N3b3Jk\\nservers: localhost:1636\\nuseSSL: true\\n' > $r/etc/gluu/conf/gluu-ldap.properties",
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gluu_nodes_are_configured_inside_their_container_and_a_returning_node_catches_up() {
     let mut t = Transcript::default();
     let mut net = Net::new();
     for name in ["gluu1", "gluu2"] {
         net.add_host(name);
-        make_container(net.host(name));
+        clustermgr_tests::container::busybox(net.host(name));
     }
     let ctl = bootstrapped(&mut t, &net);
     let ldap = "/etc/gluu/conf/gluu-ldap.properties";
@@ -1191,35 +1180,13 @@ async fn tunnel_certificates_are_renewed_before_they_end_and_nothing_else_is_sen
 /// owned by its `jetty` user. Stand-in init scripts for Apache and oxAuth log their
 /// restarts; oxTrust is not installed.
 fn make_java_container(h: &Host, old: &Path) {
-    make_container(h);
-    let keytool =
-        std::fs::canonicalize("/usr/bin/keytool").expect("keytool (default-jre-headless)");
-    let java_etc = std::fs::read_dir("/etc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("java-"))
-        .collect::<Vec<_>>();
-    let mut binds = String::new();
-    for d in ["usr", "proc", "dev"]
-        .iter()
-        .map(|d| d.to_string())
-        .chain(java_etc.iter().map(|d| format!("etc/{d}")))
-    {
-        binds.push_str(&format!("mkdir -p $r/{d} && mount --bind /{d} $r/{d}; "));
-    }
+    clustermgr_tests::container::java(h);
     h.sh(&format!(
-        "set -e; r=/opt/gluu-server; {binds}\
-         ln -sf usr/lib $r/lib; ln -sf usr/lib64 $r/lib64; \
-         mkdir -p $r/tmp $r/opt/jre/bin $r/opt/jre/lib/security $r/etc/certs $r/etc/init.d; \
-         ln -sf {} $r/opt/jre/bin/keytool; \
-         printf 'root:x:0:0::/root:/bin/sh\\njetty:x:1001:1001::/home/jetty:/bin/false\\n' > $r/etc/passwd; \
-         printf 'root:x:0:\\njetty:x:1001:\\n' > $r/etc/group; \
+        "set -e; r=/opt/gluu-server; mkdir -p $r/etc/init.d; \
          echo old-key > $r/etc/certs/httpd.key; chown 1001:1001 $r/etc/certs/httpd.key; chmod 500 $r/etc/certs/httpd.key; \
          cp {} $r/etc/certs/old.crt; \
          printf 'changeit\\nchangeit\\n' | chroot $r /opt/jre/bin/keytool -importcert -noprompt -alias idp.test_httpd -file /etc/certs/old.crt -keystore /opt/jre/lib/security/cacerts >/dev/null 2>&1; \
          for s in apache2 oxauth; do printf '#!/bin/sh\\necho \"$1\" >> /restarts-%s\\n' $s > $r/etc/init.d/$s; chmod 755 $r/etc/init.d/$s; done",
-        keytool.display(),
         old.display(),
     ));
 }

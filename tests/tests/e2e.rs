@@ -2792,6 +2792,8 @@ async fn every_command_prints_what_its_published_schema_says() {
         "user-list",
         "user",
         "user-token",
+        // keys: one_keystore_for_every_node_and_published_keys_that_verify_*.
+        "keys",
     ];
     for p in clustermgr::contract::published() {
         assert!(

@@ -11,6 +11,7 @@
 mod backup;
 mod dir;
 mod edit;
+mod keys;
 mod ldap;
 mod nginx_conf;
 mod opendj;
@@ -1208,8 +1209,12 @@ impl Engine {
             Request::LdapCert => ldap::server_cert(&self.ldap_cfg())
                 .map(Reply::LdapCert)
                 .map_err(RemoteError::invalid),
+            Request::KeysMake(spec) => {
+                let _ = std::fs::create_dir_all(&self.dir);
+                keys::make(&self.cfg, spec, &self.dir.join(".keys-output")).map(Reply::KeysMade)
+            }
             _ => Err(RemoteError::invalid(
-                "not a desired-state request; the engine answers plan, apply, backups, restore, host key, probe and LDAP certificate",
+                "not a desired-state request; the engine answers plan, apply, backups, restore, host key, probe, LDAP certificate and keys",
             )),
         }
     }

@@ -105,7 +105,42 @@ fn try_one(root: &Path, kind: &ServiceKind) -> Result<String, String> {
                 )),
             }
         }
+        ServiceKind::FileSha256 { path, sha256, fix } => {
+            let file = root.join(path.trim_start_matches('/'));
+            match file_sha256(&file) {
+                Ok(got) if got == *sha256 => Ok("the cluster's".into()),
+                Ok(_) => Err(format!("{path} differs from the cluster's; {fix}")),
+                Err(e) => Err(format!("{path}: {e}; {fix}")),
+            }
+        }
     }
+}
+
+/// The largest file [`ServiceKind::FileSha256`] reads: a keystore is a few KiB.
+const HASHED_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// The SHA-256 of the regular file `file`, opened without following a link (a user
+/// owning its directory could otherwise point it at any file root may read).
+fn file_sha256(file: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(file)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => "is missing".to_string(),
+            _ => format!("cannot be read ({e}); a link is never followed"),
+        })?;
+    let meta = f.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() || meta.len() > HASHED_LIMIT {
+        return Err("is not a regular file of a keystore's size".into());
+    }
+    let mut bytes = Vec::new();
+    f.take(HASHED_LIMIT)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    Ok(clustermgr_protocol::identity::sha256_hex(&bytes))
 }
 
 /// A Redis command as a RESP array of bulk strings: any bytes in an argument (a

@@ -503,6 +503,7 @@ fn desired_for(
     let prov = ctx.store.provision()?;
     let package_files = provision::files(&prov)?;
     generate::provision::render(&model, &prov, &all, &package_files, &mut rendered);
+    generate::keys::render(&model, &build, &all, &ctx.store.keys()?, &mut rendered);
     let mut out = Vec::new();
     for node in selected {
         let cfg = rendered.remove(&node.name).unwrap_or_default();
@@ -2205,36 +2206,61 @@ pub async fn renew_tunnel(ctx: &Ctx, within: Duration) -> Result<Vec<String>, Ct
                 .is_ok_and(|d| d.applied.iter().any(is_renewed))
         })
         .collect();
+    stage(
+        ctx,
+        desired_for(ctx, &carriers, &Basis::Now)?,
+        is_renewed,
+        false,
+    )
+    .await
+}
+
+/// Puts the entries `pick` selects, as rendered now, into a pending revision of each
+/// node of `desired`, on top of what it has (or is already due to get): replacing the
+/// node's own entries of those paths, and with `add` also adding those it lacks.
+/// Returns the nodes given a revision; `serve`'s keeper delivers them, and
+/// [`reconcile`] does at once.
+async fn stage(
+    ctx: &Ctx,
+    desired: Vec<NodeDesired>,
+    pick: fn(&Entry) -> bool,
+    add: bool,
+) -> Result<Vec<String>, CtlError> {
     let mut given = Vec::new();
-    for d in desired_for(ctx, &carriers, &Basis::Now)? {
+    for d in desired {
         let lock = ctx.config_lock(&d.node.name);
         let _changing = lock.lock().await;
         let mut record = ctx.store.desired(&d.node.name)?;
-        // On top of what it has (or what it is already due to get).
         let base = match &record.pending {
             Some((_, entries)) => entries.clone(),
             None => record.applied.clone(),
         };
+        let fresh: Vec<&Entry> = d.entries.iter().filter(|e| pick(e)).collect();
+        let same = |a: &Entry, b: &Entry| a.path == b.path && a.scope == b.scope;
         let mut changed = false;
-        let entries: Vec<Entry> = base
+        let mut entries: Vec<Entry> = base
             .into_iter()
             .map(|e| {
-                if !is_renewed(&e) {
+                if !pick(&e) {
                     return e;
                 }
-                match d
-                    .entries
-                    .iter()
-                    .find(|n| n.path == e.path && n.scope == e.scope)
-                {
-                    Some(n) if *n != e => {
+                match fresh.iter().find(|n| same(n, &e)) {
+                    Some(n) if **n != e => {
                         changed = true;
-                        n.clone()
+                        (*n).clone()
                     }
                     _ => e,
                 }
             })
             .collect();
+        if add {
+            for n in &fresh {
+                if !entries.iter().any(|e| same(e, n)) {
+                    entries.push((*n).clone());
+                    changed = true;
+                }
+            }
+        }
         if changed {
             record.pending = Some((ctx.store.next_revision()?, entries));
             ctx.store.record_desired(&record, &[])?;
@@ -2242,6 +2268,78 @@ pub async fn renew_tunnel(ctx: &Ctx, within: Duration) -> Result<Vec<String>, Ct
         }
     }
     Ok(given)
+}
+
+/// Gives each of `nodes` the entries `pick` selects, as rendered now, without the rest
+/// of a plan: staged as a pending revision and sent at once. Per node, `None` once it
+/// has them, else why not (an unreachable node keeps the revision pending, which
+/// `serve` sends when it is back, as does the next `apply`).
+pub async fn deliver(
+    ctx: &Ctx,
+    nodes: &[NodeRecord],
+    pick: fn(&Entry) -> bool,
+) -> Result<Vec<(String, Option<String>)>, CtlError> {
+    stage(ctx, desired_for(ctx, nodes, &Basis::Now)?, pick, true).await?;
+    let sent = futures_util::future::join_all(nodes.iter().map(|n| async move {
+        let outcome = match reconcile(ctx, n).await {
+            Ok(Some(v)) if v.state == NodeState::Ok => None,
+            Ok(Some(v)) => Some(v.message.unwrap_or(v.result)),
+            Ok(None) if ctx.store.desired(&n.name).is_ok_and(|d| d.pending.is_some()) => Some(
+                "unreachable; it gets them when it is back (`serve`) or at the next `clustermgr apply`"
+                    .to_string(),
+            ),
+            Ok(None) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        (n.name.clone(), outcome)
+    }))
+    .await;
+    Ok(sent)
+}
+
+/// How the entries `pick` selects, as rendered now, compare with each of `nodes`:
+/// each entry with the agent's word for it, or why the node could not say.
+pub async fn compare(
+    ctx: &Ctx,
+    nodes: &[NodeRecord],
+    pick: fn(&Entry) -> bool,
+) -> Result<
+    Vec<(
+        String,
+        Result<Vec<(Entry, clustermgr_protocol::changeset::Change)>, String>,
+    )>,
+    CtlError,
+> {
+    let desired = desired_for(ctx, nodes, &Basis::Now)?;
+    let asked = futures_util::future::join_all(desired.into_iter().map(|d| async move {
+        let entries: Vec<Entry> = d
+            .entries
+            .iter()
+            .chain(d.holds.iter().map(|h| &h.desired))
+            .filter(|e| pick(e))
+            .cloned()
+            .collect();
+        let set = ChangeSet {
+            revision: 0,
+            entries: entries.clone(),
+            requested_by: format!("compare@{}", ctx.meta.name),
+        };
+        let answer = match ctx.link(&d.node, ctx.dialer.connect_timeout).await {
+            Err(f) => Err(f.message),
+            Ok(link) => match link.request(&Request::Plan(set), PLAN_TIMEOUT).await {
+                Ok(Reply::Planned(plans)) => Ok(entries
+                    .into_iter()
+                    .zip(plans.into_iter().map(|p| p.change))
+                    .collect()),
+                Ok(Reply::Error(e)) => Err(e.message),
+                Ok(other) => Err(format!("it answered {other:?}")),
+                Err(f) => Err(f.message),
+            },
+        };
+        (d.node.name.clone(), answer)
+    }))
+    .await;
+    Ok(asked)
 }
 
 fn is_renewed(e: &Entry) -> bool {

@@ -35,7 +35,7 @@ use clustermgr_protocol::changeset::{
 
 use super::{HEADER, Inputs, NodeConfig, Sorted, file, ip_of, replication, stunnel};
 use crate::model::Cache;
-use crate::store::Role;
+use crate::store::{BuildRecord, NodeRecord, Role};
 
 /// The entry of Gluu's cluster-wide settings.
 pub const CONFIGURATION_DN: &str = "ou=configuration,o=gluu";
@@ -56,7 +56,13 @@ fn field(attribute: &str, pointer: &str, json: String, encrypt: bool) -> LdapAtt
     field_of(CONFIGURATION_DN, attribute, pointer, json, encrypt)
 }
 
-fn field_of(dn: &str, attribute: &str, pointer: &str, json: String, encrypt: bool) -> LdapAttr {
+pub(super) fn field_of(
+    dn: &str,
+    attribute: &str,
+    pointer: &str,
+    json: String,
+    encrypt: bool,
+) -> LdapAttr {
     LdapAttr {
         object: LdapObject::Data { dn: dn.into() },
         attribute: attribute.into(),
@@ -72,7 +78,7 @@ fn field_of(dn: &str, attribute: &str, pointer: &str, json: String, encrypt: boo
     }
 }
 
-fn entry(scope: &Scope, a: LdapAttr, secret: bool) -> Entry {
+pub(super) fn entry(scope: &Scope, a: LdapAttr, secret: bool) -> Entry {
     Entry {
         path: a.path(),
         scope: scope.clone(),
@@ -83,7 +89,7 @@ fn entry(scope: &Scope, a: LdapAttr, secret: bool) -> Entry {
     }
 }
 
-fn json(s: &str) -> String {
+pub(super) fn json(s: &str) -> String {
     serde_json::Value::String(s.into()).to_string()
 }
 
@@ -103,24 +109,11 @@ pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String
         .map(|s| format!("ldaps://{s}"))
         .collect::<Vec<_>>()
         .join(" ");
-    // The primary: with replication, the node the others take their directory from.
-    let b = inputs.build;
-    let primary = b
-        .joined
-        .first()
-        .filter(|_| b.ldap_replication)
-        .map(String::as_str)
-        .or_else(|| gluu.iter().find(|n| n.primary).map(|n| n.name.as_str()))
-        .or_else(|| gluu.first().map(|n| n.name.as_str()))
-        .unwrap_or_default();
-    let writers: Vec<&str> = if b.ldap_replication {
-        vec![primary]
-    } else {
-        gluu.iter().map(|n| n.name.as_str()).collect()
-    };
+    let (primary, writers) = writers(&gluu, inputs.build);
+    let primary = primary.as_str();
     for n in &gluu {
         let cfg = out.entry(n.name.clone()).or_default();
-        if writers.contains(&n.name.as_str()) {
+        if writers.contains(&n.name) {
             let provider = match inputs.model.cache {
                 Cache::Redis => "REDIS",
                 Cache::None => "NATIVE_PERSISTENCE",
@@ -210,6 +203,28 @@ pub(super) fn render(inputs: &Inputs, sorted: &Sorted, out: &mut BTreeMap<String
             }],
         });
     }
+}
+
+/// The primary among the Gluu nodes `gluu` (sorted by name), and the nodes whose LDAP
+/// directory the cluster-wide settings are written to: with replication, the primary
+/// alone (the node the others take their directory from; replication carries them);
+/// without, every Gluu node's own.
+pub(crate) fn writers(gluu: &[&NodeRecord], b: &BuildRecord) -> (String, Vec<String>) {
+    let primary = b
+        .joined
+        .first()
+        .filter(|_| b.ldap_replication)
+        .map(String::as_str)
+        .or_else(|| gluu.iter().find(|n| n.primary).map(|n| n.name.as_str()))
+        .or_else(|| gluu.first().map(|n| n.name.as_str()))
+        .unwrap_or_default()
+        .to_string();
+    let writers = if b.ldap_replication {
+        vec![primary.clone()]
+    } else {
+        gluu.iter().map(|n| n.name.clone()).collect()
+    };
+    (primary, writers)
 }
 
 /// `node`'s cron file for the expired-entry cleaner, which runs on `primary` alone

@@ -76,6 +76,7 @@ pub(crate) mod csync2;
 pub mod gluu_settings;
 mod hosts;
 pub(crate) mod httpd;
+pub mod keys;
 pub(crate) mod nginx;
 pub mod provision;
 pub(crate) mod redis;

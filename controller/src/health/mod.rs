@@ -80,6 +80,7 @@ pub fn members(
     model: &crate::model::ClusterModel,
     cfg: &crate::config::HealthConfig,
     csync2_set_up: &std::collections::BTreeSet<String>,
+    keystore: Option<&str>,
 ) -> Members {
     let mut reach = ports::matrix(nodes, model);
     // csync2's port is wanted between two nodes once both are set up: before that
@@ -107,7 +108,7 @@ pub fn members(
                         csync2: crate::generate::csync2::member(n, nodes),
                         csync2_set_up: csync2_set_up.contains(&n.name),
                         certs: watched_certs(n),
-                        services: tried_services(n, nodes, model),
+                        services: tried_services(n, nodes, model, keystore),
                         gluu_endpoints: model.hostname.clone().filter(|_| n.has_role(Role::Gluu)),
                     },
                 )
@@ -131,13 +132,29 @@ fn watched_certs(n: &NodeRecord) -> Vec<CertProbe> {
 
 /// The services a node's agent tries besides its Gluu endpoints: on the load
 /// balancer, oxAuth and oxTrust through nginx by the cluster's name; Redis on the cache
-/// host, and the cache through each Gluu node's tunnel.
+/// host, and the cache through each Gluu node's tunnel; and on each Gluu node, once the
+/// cluster's oxAuth keys exist, that its keystore is the cluster's (SHA-256 `keystore`).
 fn tried_services(
     n: &NodeRecord,
     nodes: &[NodeRecord],
     model: &crate::model::ClusterModel,
+    keystore: Option<&str>,
 ) -> Vec<ServiceProbe> {
     let mut out = Vec::new();
+    if let Some(sha256) = keystore.filter(|_| n.has_role(Role::Gluu)) {
+        out.push(ServiceProbe {
+            label: "oxAuth's keystore".into(),
+            kind: ServiceKind::FileSha256 {
+                path: format!(
+                    "{}{}",
+                    model.gluu_root.trim_end_matches('/'),
+                    crate::generate::keys::KEYSTORE
+                ),
+                sha256: sha256.into(),
+                fix: "`clustermgr keys status` names the nodes; `clustermgr apply` sends the cluster's keystore".into(),
+            },
+        });
+    }
     if n.has_role(Role::Lb)
         && let Some(host) = &model.hostname
     {
@@ -275,6 +292,15 @@ async fn one_round(
     own_round(ctx, within).await
 }
 
+/// The SHA-256 of the cluster's oxAuth keystore, once `keys rotate` made it.
+fn keystore_sha256(ctx: &Ctx) -> Result<Option<String>, CtlError> {
+    let rec = ctx.store.keys()?;
+    Ok(
+        (!rec.keystore.is_empty())
+            .then(|| clustermgr_protocol::identity::sha256_hex(&rec.keystore)),
+    )
+}
+
 /// A round asked now, whatever `serve` has.
 async fn own_round(
     ctx: &Ctx,
@@ -284,7 +310,14 @@ async fn own_round(
     let cfg = crate::config::ControllerConfig::load(&ctx.home.config())?;
     let interval = Duration::from_secs(cfg.health.interval_secs);
     let set_up = crate::generate::csync2::set_up(&ctx.store.all_desired()?);
-    let members = members(&all, &ctx.store.model()?, &cfg.health, &set_up);
+    let keystore = keystore_sha256(ctx)?;
+    let members = members(
+        &all,
+        &ctx.store.model()?,
+        &cfg.health,
+        &set_up,
+        keystore.as_deref(),
+    );
     let now = round(ctx, &all, &members, interval, within).await;
     Ok((members, now, interval))
 }
@@ -537,9 +570,9 @@ pub async fn watch(ctx: std::sync::Arc<Ctx>) {
         let started = tokio::time::Instant::now();
         let read = ctx.store.nodes().and_then(|n| {
             let set_up = crate::generate::csync2::set_up(&ctx.store.all_desired()?);
-            Ok((n, ctx.store.model()?, set_up))
+            Ok((n, ctx.store.model()?, set_up, keystore_sha256(&ctx)?))
         });
-        let (nodes, model, set_up) = match read {
+        let (nodes, model, set_up, keystore) = match read {
             Ok(got) => got,
             Err(e) => {
                 tracing::warn!("health: {e}");
@@ -547,7 +580,7 @@ pub async fn watch(ctx: std::sync::Arc<Ctx>) {
                 continue;
             }
         };
-        let members = members(&nodes, &model, &cfg, &set_up);
+        let members = members(&nodes, &model, &cfg, &set_up, keystore.as_deref());
         let now = round(&ctx, &nodes, &members, interval, ctx.dialer.connect_timeout).await;
         let verdicts = verdict::verdicts(
             &members,
