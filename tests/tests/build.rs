@@ -433,7 +433,9 @@ case "$cmd" in
   disable)
     h=$(arg --hostname "$@")
     echo "disable $h" >> $S/log
-    grep -v " $h\$" $S/topology > $S/topology.new; cat $S/topology.new > $S/topology;;
+    # Replaced at once, as a real server's topology changes: a status read by another
+    # node's apply never sees it half-written.
+    grep -v " $h\$" $S/topology > $S/topology.$$; mv $S/topology.$$ $S/topology;;
   *) echo "unknown subcommand $cmd" >&2; exit 4;;
 esac
 "#;
@@ -456,7 +458,7 @@ fn opendj_stand_ins(h: &clustermgr_tests::netns::Host, shared: &std::path::Path)
     let bin = "/opt/gluu-server/opt/opendj/bin";
     h.sh(&format!(
         "set -e; r=/opt/gluu-server; mkdir -p $r/bin $r/shared $r/tmp {bin}; chmod 1777 $r/tmp; cp /bin/busybox $r/bin/busybox; \
-         for t in sh grep stat cat; do ln -sf busybox $r/bin/$t; done; \
+         for t in sh grep stat cat mv; do ln -sf busybox $r/bin/$t; done; \
          mount --bind {} $r/shared",
         shared.display()
     ));
