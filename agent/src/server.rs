@@ -808,6 +808,11 @@ async fn handle_request(
                     set.entries.len(),
                     set.requested_by
                 ),
+                Request::KeysMake(spec) => tracing::info!(
+                    "making {} oxAuth keys and deleting {} in a copy of the cluster's keystore, requested by {controller}",
+                    spec.make.len(),
+                    spec.delete.len()
+                ),
                 Request::Restore(spec) => tracing::info!(
                     "restore of {} generation {} requested by {}",
                     spec.path,

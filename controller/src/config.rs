@@ -56,13 +56,53 @@ pub struct KeysConfig {
     pub algorithms: Vec<String>,
 }
 
+/// Checks `[keys]`; the message names the setting.
+pub fn check_keys(cfg: &KeysConfig) -> Result<(), String> {
+    if cfg.algorithms.is_empty() {
+        return Err("[keys] algorithms must name at least one algorithm".into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for a in &cfg.algorithms {
+        if crate::generate::keys::alg(a).is_none() {
+            return Err(format!(
+                "[keys] algorithms: {a:?} is not one oxAuth keys are made for ({})",
+                crate::generate::keys::ALGS
+                    .iter()
+                    .map(|a| a.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if !seen.insert(a) {
+            return Err(format!("[keys] algorithms names {a} twice"));
+        }
+    }
+    if cfg.lifetime_days == 0 || cfg.lifetime_days > 3650 {
+        return Err("[keys] lifetime_days must be 1 to 3650".into());
+    }
+    if cfg.interval_hours > 87_600 || cfg.keep_hours > 87_600 {
+        return Err(
+            "[keys] interval_hours and keep_hours must be at most 87600 (ten years)".into(),
+        );
+    }
+    // A key is the next one for an interval, signs for another, then stays published.
+    let lived_hours = 2 * cfg.interval_hours + cfg.keep_hours;
+    if cfg.lifetime_days * 24 < lived_hours {
+        return Err(format!(
+            "[keys] lifetime_days ({}) is shorter than a key is used: two intervals and keep_hours, {lived_hours} hours",
+            cfg.lifetime_days
+        ));
+    }
+    Ok(())
+}
+
 impl Default for KeysConfig {
     fn default() -> Self {
         KeysConfig {
             interval_hours: 48,
             keep_hours: 24,
             lifetime_days: 365,
-            algorithms: crate::keys::DEFAULT_ALGORITHMS
+            algorithms: crate::generate::keys::DEFAULT_ALGORITHMS
                 .iter()
                 .map(|a| a.to_string())
                 .collect(),
@@ -257,7 +297,7 @@ impl ControllerConfig {
         if cfg.health.interval_secs == 0 {
             return Err(invalid("health.interval_secs must be above 0".into()));
         }
-        crate::keys::check_config(&cfg.keys).map_err(invalid)?;
+        check_keys(&cfg.keys).map_err(invalid)?;
         if cfg.max_frame_bytes < 64 * 1024 {
             return Err(invalid("max_frame_bytes must be at least 65536".into()));
         }

@@ -519,7 +519,7 @@ pub fn document(op: &Operation, report: Report) -> Option<serde_json::Value> {
         // The CLI prints `user token`'s document itself: only it knows where the token
         // went.
         Report::User(crate::users::View::Token { .. }) => None,
-        Report::Keys(k) => value::<crate::keys::KeysView>(&k),
+        Report::Keys(k) => value::<crate::desired::keys::KeysView>(&k),
         Report::Snapshot { .. } => None,
     }
 }
@@ -595,7 +595,7 @@ pub fn published() -> Vec<Published> {
         doc::<crate::health::ports::PortsView>("ports", &["ports"]),
         doc::<EventsDoc>("events", &["events", "events ack"]),
         stream::<EventLine>("events-follow", &["events -f"]),
-        doc::<crate::keys::KeysView>("keys", &["keys rotate", "keys status"]),
+        doc::<crate::desired::keys::KeysView>("keys", &["keys rotate", "keys status"]),
         doc::<UserListDoc>("user-list", &["user list"]),
         doc::<UserDoc>("user", &["user add", "user passwd", "user remove"]),
         doc::<TokenDoc>("user-token", &["user token"]),

@@ -308,6 +308,12 @@ pub enum CtlError {
         /// What went wrong there, in its words.
         why: String,
     },
+    /// A rotation of oxAuth's keys was refused, or was kept but not delivered.
+    #[error("oxAuth's keys: {why}")]
+    KeysRefused {
+        /// What happened, and what to do.
+        why: String,
+    },
     /// The named node is not in the inventory.
     #[error("no node named {name} in this cluster{hint} (see `clustermgr node list`)")]
     UnknownNode {

@@ -35,7 +35,6 @@ pub mod home;
 pub mod http;
 pub mod inventory;
 pub mod keymatch;
-pub mod keys;
 pub mod local;
 pub mod model;
 pub mod ops;

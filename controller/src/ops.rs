@@ -680,7 +680,7 @@ pub enum Report {
     /// `user ...`.
     User(crate::users::View),
     /// `keys rotate`, `keys status`.
-    Keys(Box<crate::keys::KeysView>),
+    Keys(Box<crate::desired::keys::KeysView>),
     /// A store snapshot was sent in [`Event::Snapshot`] parts of this many bytes in all.
     Snapshot {
         /// The total length, for the receiver to check that every part arrived.
@@ -1043,10 +1043,10 @@ pub async fn run(
         Operation::EventAck { id, note } => {
             crate::health::acknowledge(&ctx, user, id, &note).map(Report::from)
         }
-        Operation::KeysRotate => crate::keys::rotate(&ctx, user, within, &events)
+        Operation::KeysRotate => crate::desired::keys::rotate(&ctx, user, within, &events)
             .await
             .map(|v| Report::Keys(Box::new(v))),
-        Operation::KeysStatus => crate::keys::status(&ctx)
+        Operation::KeysStatus => crate::desired::keys::status(&ctx)
             .await
             .map(|v| Report::Keys(Box::new(v))),
         Operation::Drain { node, undrain } => {

@@ -1201,7 +1201,7 @@ fn print_applied(v: &crate::desired::NodeApplyView) {
 }
 
 /// `keys rotate` and `keys status`: the sentence, the keys, each node's copy.
-fn print_keys(k: &crate::keys::KeysView) {
+fn print_keys(k: &crate::desired::keys::KeysView) {
     say!("{}", k.message);
     if let Some(next) = &k.next_rotation {
         say!("next rotation by serve: {next}");

@@ -387,13 +387,15 @@ async fn keep_keys(ctx: Arc<Ctx>) {
             .ok()
             .and_then(|c| {
                 let rec = ctx.store.keys().ok()?;
-                crate::keys::next_rotation_ms(&rec, &c.keys)
+                crate::desired::keys::next_rotation_ms(&rec, &c.keys)
             })
             .is_some_and(|at| at <= ctx.clock.unix_ms());
         if due {
             let (events, mut drained) = tokio::sync::mpsc::channel(64);
             let draining = tokio::spawn(async move { while drained.recv().await.is_some() {} });
-            match crate::keys::rotate(&ctx, "serve", ctx.dialer.connect_timeout, &events).await {
+            match crate::desired::keys::rotate(&ctx, "serve", ctx.dialer.connect_timeout, &events)
+                .await
+            {
                 Ok(v) => tracing::info!("{}", v.message),
                 Err(e) => tracing::warn!("rotating oxAuth's keys failed: {e}"),
             }

@@ -15,13 +15,13 @@ use serde_json::Value;
 const OXAUTH: &str = "ou=oxauth,ou=configuration,o=gluu";
 
 /// The keystore on a host.
-const KEYSTORE: &str = "/opt/gluu-server/etc/certs/oxauth-keys.jks";
+const KEYSTORE: &str = "/opt/gluu-server/etc/certs/clustermgr-oxauth-keys.jks";
 
 /// The aliases and certificates (base64 DER, one line) `keytool -list -rfc` shows in
 /// `h`'s keystore, opened with `password`.
 fn keystore(h: &Host, password: &str) -> Vec<(String, String)> {
     let out = h.sh(&format!(
-        "P='{password}' chroot /opt/gluu-server /opt/jre/bin/keytool -list -rfc -keystore /etc/certs/oxauth-keys.jks -storetype JKS -storepass:env P 2>&1"
+        "P='{password}' chroot /opt/gluu-server /opt/jre/bin/keytool -list -rfc -keystore /etc/certs/clustermgr-oxauth-keys.jks -storetype JKS -storepass:env P 2>&1"
     ));
     let mut got = Vec::new();
     let mut alias = None;
@@ -48,7 +48,7 @@ fn keystore(h: &Host, password: &str) -> Vec<(String, String)> {
 fn signs_and_verifies(h: &Host, password: &str, kid: &str, alg: &str, jwks: &Value) {
     h.sh(&format!(
         "set -e; rm -f /opt/gluu-server/tmp/k.p12; P='{password}' chroot /opt/gluu-server /opt/jre/bin/keytool -importkeystore -noprompt \
-         -srckeystore /etc/certs/oxauth-keys.jks -srcstoretype JKS -srcalias {kid} -srcstorepass:env P -srckeypass:env P \
+         -srckeystore /etc/certs/clustermgr-oxauth-keys.jks -srcstoretype JKS -srcalias {kid} -srcstorepass:env P -srckeypass:env P \
          -destkeystore /tmp/k.p12 -deststoretype PKCS12 -deststorepass:env P -destkeypass:env P >/dev/null 2>&1"
     ));
     let key = h.sh(&format!(
@@ -152,6 +152,10 @@ async fn one_keystore_for_every_node_and_published_keys_that_verify_and_rotate_o
     assert_eq!(dynamic["keySelectionStrategy"], "OLDER");
     assert_eq!(dynamic["webKeysStorage"], "keystore");
     assert_eq!(
+        dynamic["keyStoreFile"],
+        "/etc/certs/clustermgr-oxauth-keys.jks"
+    );
+    assert_eq!(
         dynamic["issuer"], "https://gluu.example",
         "the rest as Gluu wrote it"
     );
@@ -208,8 +212,9 @@ async fn one_keystore_for_every_node_and_published_keys_that_verify_and_rotate_o
         "the keystore password is never shown"
     );
 
-    // Two more rotations: generation 1 signs until the third retires it; then it is
-    // only published (its tokens still verify), generation 2 signs, 3 is next.
+    // Two more rotations: generation 1 signs until the third retires it; then its
+    // signing keys are only published (their tokens still verify) and its encryption
+    // key is gone; generation 2 signs, 3 is next.
     let rotated = ctl.run(&["keys", "rotate", "--json"]);
     assert_eq!(schema::json(&rotated, "keys")["generation"], 2);
     let second: Value =
@@ -232,7 +237,11 @@ async fn one_keystore_for_every_node_and_published_keys_that_verify_and_rotate_o
     let jwks = setting_of(&servers[2], OXAUTH, "oxAuthConfWebKeys");
     let published: BTreeSet<String> = states(&third).into_iter().map(|(k, _, _)| k).collect();
     assert_eq!(kids(&jwks), published, "the JWKS is exactly the schedule's");
-    assert_eq!(published.len(), 12);
+    assert_eq!(
+        published.len(),
+        11,
+        "3 retired signing keys, 4 signing, 4 next"
+    );
     let in_store: BTreeSet<String> = states(&third)
         .into_iter()
         .filter(|(_, s, _)| s != "retired")
@@ -254,6 +263,14 @@ async fn one_keystore_for_every_node_and_published_keys_that_verify_and_rotate_o
         text.lines()
             .any(|l| l.starts_with("gluu2") && l.contains("differs")),
         "{text}"
+    );
+    // No rotation stands on a node that lacks the last one; `apply` sends it back.
+    let refused = ctl.run(&["keys", "rotate"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        why.contains("rotation 3 has not reached every Gluu node yet (gluu2: keystore differs)"),
+        "{why}"
     );
     // And health says so, on that node only (what it holds instead is not told).
     let health = stdout(&ctl.run(&["health"]));

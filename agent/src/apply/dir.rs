@@ -120,3 +120,55 @@ fn moved(e: rustix::io::Errno, path: &Path) -> io::Error {
         e.into()
     }
 }
+
+/// A directory of the agent's own in a Gluu container's `/tmp`, for files a tool run
+/// chrooted there reads or writes (password files, a keystore copy): the container's
+/// `/tmp` must be root's, not a link, and sticky or writable by root alone, so that no
+/// service account of the container can rename or replace what root makes in it; the
+/// directory is made fresh (mode 0700, a random name `mkdir` fails on if anything is
+/// there) and removed with what it holds when dropped.
+pub struct ContainerTemp {
+    /// The directory, on the host.
+    pub dir: std::path::PathBuf,
+    /// The same, as the container sees it (`/tmp/NAME`).
+    pub inside: String,
+}
+
+impl ContainerTemp {
+    /// Makes `clustermgr-PURPOSE-RANDOM` in the `/tmp` of the container rooted at `base`.
+    pub fn new(base: &Path, purpose: &str) -> io::Result<ContainerTemp> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        let mut raw = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+            .map_err(|_| io::Error::other("no random bytes"))?;
+        let name = format!(
+            "clustermgr-{purpose}-{}",
+            clustermgr_protocol::identity::hex(&raw)
+        );
+        let tmp = base.join("tmp");
+        let meta = std::fs::symlink_metadata(&tmp)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", tmp.display())))?;
+        let shared_unsafely = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
+        if !meta.is_dir() || meta.uid() != 0 || shared_unsafely {
+            return Err(io::Error::other(format!(
+                "{} is not a directory of root's that others cannot rename entries in (a link, another owner's, or writable without the sticky bit): nothing is written there",
+                tmp.display()
+            )));
+        }
+        let dir = tmp.join(&name);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+        Ok(ContainerTemp {
+            dir,
+            inside: format!("/tmp/{name}"),
+        })
+    }
+}
+
+impl Drop for ContainerTemp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -4,18 +4,22 @@
 //! and answers with the new keystore and every entry's certificate (public). The
 //! private keys exist only in keystores: made here, read by no one but keytool.
 //!
+//! The working directory is a [`ContainerTemp`]: a service account of the container
+//! (jetty) cannot rename or replace it, so keytool's files are the ones read back.
+//!
 //! The password reaches keytool through its environment (`-storepass:env`), read by a
 //! shell builtin from standard input, so it is in no process's arguments; a process's
 //! environment is readable by its own user alone.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::time::Duration;
 
 use clustermgr_protocol::changeset::Scope;
 use clustermgr_protocol::message::{KeysMade, KeysSpec, RemoteError};
 
+use super::dir::ContainerTemp;
 use super::path::scope_base;
 use super::step::{self, Step};
 use crate::config::AgentConfig;
@@ -31,13 +35,14 @@ const LISTING: &str = "certs.pem";
 
 /// Runs in the container: `$1` the working directory, then `delete ALIAS` and `make
 /// ALIAS KEYALG KEYSIZE SIGALG DAYS` words; the password on standard input. The
-/// certificates' subject is the one Gluu gives its keys'.
+/// certificates' subject is the one Gluu gives its keys'. keytool speaks English
+/// whatever the node's locale, since its listing is parsed.
 const SCRIPT: &str = r#"IFS= read -r CM_KEYSTORE_PASSWORD || exit 1
-export CM_KEYSTORE_PASSWORD
+export CM_KEYSTORE_PASSWORD LC_ALL=C LANG=C
 k=/opt/jre/bin/keytool
 if [ ! -x "$k" ]; then echo "no Java in the Gluu container ($k is absent): install Gluu on this node first"; exit 1; fi
 d=$1; shift
-o="-keystore $d/oxauth-keys.jks -storetype JKS -storepass:env CM_KEYSTORE_PASSWORD"
+o="-J-Duser.language=en -J-Duser.country=US -keystore $d/oxauth-keys.jks -storetype JKS -storepass:env CM_KEYSTORE_PASSWORD"
 while [ $# -gt 0 ]; do
   case $1 in
     delete) "$k" -delete -alias "$2" $o || exit 1; shift 2;;
@@ -58,34 +63,22 @@ pub fn make(cfg: &AgentConfig, spec: &KeysSpec, scratch: &Path) -> Result<KeysMa
         },
     )
     .map_err(RemoteError::invalid)?;
-    let tmp = base.join("tmp");
-    match tmp.symlink_metadata() {
-        Ok(m) if m.is_dir() => {}
-        _ => {
-            return Err(RemoteError::invalid(format!(
-                "the Gluu container at {} has no /tmp directory ({}): is Gluu installed on this node? Its keys are made with the container's own Java",
-                spec.root,
-                tmp.display()
-            )));
-        }
-    }
-    let work = WorkDir::new(&tmp)?;
+    let work = ContainerTemp::new(&base, "keys").map_err(|e| {
+        RemoteError::invalid(format!(
+            "cannot make a working directory in the Gluu container at {} ({e}): is Gluu installed on this node? Its keys are made with the container's own Java",
+            spec.root
+        ))
+    })?;
     if !spec.keystore.is_empty() {
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(work.0.join(STORE))
+            .open(work.dir.join(STORE))
             .and_then(|mut f| f.write_all(&spec.keystore))
             .map_err(|e| RemoteError::internal(format!("cannot write the keystore copy: {e}")))?;
     }
-    let inside = format!(
-        "/tmp/{}",
-        work.0
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    );
+    let inside = work.inside.clone();
     let mut argv = vec![
         "chroot".to_string(),
         base.display().to_string(),
@@ -124,9 +117,9 @@ pub fn make(cfg: &AgentConfig, spec: &KeysSpec, scratch: &Path) -> Result<KeysMa
             run.output
         )));
     }
-    let keystore = std::fs::read(work.0.join(STORE))
+    let keystore = std::fs::read(work.dir.join(STORE))
         .map_err(|e| RemoteError::internal(format!("cannot read the new keystore: {e}")))?;
-    let listing = std::fs::read_to_string(work.0.join(LISTING))
+    let listing = std::fs::read_to_string(work.dir.join(LISTING))
         .map_err(|e| RemoteError::internal(format!("cannot read keytool's listing: {e}")))?;
     Ok(KeysMade {
         keystore,
@@ -189,32 +182,6 @@ fn parse_listing(text: &str) -> Vec<(String, String)> {
         }
     }
     out
-}
-
-/// A directory of the agent's own inside the container's `/tmp` (mode 0700, a name no
-/// one else chose: `mkdir` fails on anything already there, a link included), removed
-/// with what is in it when dropped.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn new(tmp: &Path) -> Result<WorkDir, RemoteError> {
-        let mut random = [0u8; 12];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
-            .map_err(|_| RemoteError::internal("no randomness for a directory name"))?;
-        let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        let dir = tmp.join(format!("clustermgr-keys-{name}"));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| RemoteError::internal(format!("cannot make {}: {e}", dir.display())))?;
-        Ok(WorkDir(dir))
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[cfg(test)]

@@ -50,60 +50,26 @@ pub struct Staged {
     pub plan: EntryPlan,
 }
 
-/// Owner-only files holding the passwords the tools read, removed when dropped.
-struct PasswordFiles {
-    dir: PathBuf,
-    inside: String,
-}
+/// Owner-only files holding the passwords the tools read, in a directory of the
+/// agent's own in the container, removed when dropped.
+struct PasswordFiles(super::dir::ContainerTemp);
 
 impl PasswordFiles {
     fn new(base: &Path, directory_manager: &[u8], admin: &str) -> io::Result<Self> {
-        let mut raw = [0u8; 8];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
-            .map_err(|_| io::Error::other("no random bytes"))?;
-        let name = format!("clustermgr-opendj-{}", &sha256_hex(&raw)[..12]);
-        // The container's /tmp must be a directory of root's there, not a link a
-        // service account could point anywhere on the host.
-        let tmp = base.join("tmp");
-        let meta = std::fs::symlink_metadata(&tmp)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", tmp.display())))?;
-        if !meta.is_dir() || std::os::unix::fs::MetadataExt::uid(&meta) != 0 {
-            return Err(io::Error::other(format!(
-                "{} is not a directory of root's (a link, or another owner's): the password files are not written there",
-                tmp.display()
-            )));
-        }
-        let dir = tmp.join(&name);
-        // Created owner-only, and a name nobody could have made beforehand.
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
-        let files = PasswordFiles {
-            dir,
-            inside: format!("/tmp/{name}"),
-        };
-        write_atomic(&files.dir.join("dm"), directory_manager, 0o600)?;
-        write_atomic(&files.dir.join("admin"), admin.as_bytes(), 0o600)?;
+        let files = PasswordFiles(super::dir::ContainerTemp::new(base, "opendj")?);
+        write_atomic(&files.0.dir.join("dm"), directory_manager, 0o600)?;
+        write_atomic(&files.0.dir.join("admin"), admin.as_bytes(), 0o600)?;
         Ok(files)
     }
 
     fn directory_manager(&self) -> String {
-        format!("{}/dm", self.inside)
+        format!("{}/dm", self.0.inside)
     }
 
     fn admin(&self) -> String {
-        format!("{}/admin", self.inside)
+        format!("{}/admin", self.0.inside)
     }
 }
-
-impl Drop for PasswordFiles {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-use std::os::unix::fs::DirBuilderExt;
 
 /// One OpenDJ tool run in the container.
 fn tool(base: &Path, name: &str, args: Vec<String>, label: String, scratch: &Path) -> StepRun {

@@ -20,8 +20,9 @@ pub const ACTION_TIMEOUT: Duration = Duration::from_secs(180);
 /// The most output kept from one step (its end, where tools put the error).
 const OUTPUT_CAP: u64 = 64 * 1024;
 
-/// A step ready to run: what to call it, and its argument vector.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A step ready to run: what to call it, and its argument vector. Its `Debug` leaves
+/// out what it reads on standard input (a password).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Step {
     /// The words for output (`nginx -t -c /etc/nginx/nginx.conf`, `reload nginx`).
     pub label: String,
@@ -33,6 +34,17 @@ pub struct Step {
     /// What the step reads on its standard input (a password it must not see in its
     /// arguments, where every user of the host could read it); empty otherwise.
     pub stdin: Option<String>,
+}
+
+impl std::fmt::Debug for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Step")
+            .field("label", &self.label)
+            .field("argv", &self.argv)
+            .field("reload_or_start", &self.reload_or_start)
+            .field("stdin", &self.stdin.as_ref().map(|_| "(hidden)"))
+            .finish()
+    }
 }
 
 /// Whether running `v` needs `allow_exec`.

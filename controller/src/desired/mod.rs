@@ -26,6 +26,7 @@ use crate::generate::{self, Inputs, Secrets, TunnelMaterial};
 use crate::selector::select;
 use crate::store::{ChangeRecord, DesiredRecord, Hold, NodeRecord, Role};
 
+pub mod keys;
 mod provision;
 mod replication;
 pub use replication::leave as leave_replication;

@@ -44,105 +44,8 @@ use crate::CtlError;
 use crate::clock::rfc3339;
 use crate::config::KeysConfig;
 use crate::ctx::{Ctx, Event, NodeOutcome, NodeState};
+use crate::generate::keys::{Alg, alg};
 use crate::store::{KeyRecord, KeysRecord, NodeRecord, Role};
-
-/// One JWA algorithm oxAuth keys are made for, in keytool's words.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Alg {
-    /// The JWA name (`RS256`).
-    pub name: &'static str,
-    /// `sig` or `enc`.
-    pub usage: &'static str,
-    /// keytool's `-keyalg`.
-    pub key_alg: &'static str,
-    /// keytool's `-keysize`.
-    pub key_size: u32,
-    /// The self-signed certificate's `-sigalg` (as oxAuth's own: RSA keys for
-    /// encryption and PS keys get a plain RSA signature, which every Java has).
-    pub sig_alg: &'static str,
-    /// The EC curve's JWK name.
-    pub crv: Option<&'static str>,
-}
-
-const fn rsa(name: &'static str, usage: &'static str, sig_alg: &'static str) -> Alg {
-    Alg {
-        name,
-        usage,
-        key_alg: "RSA",
-        key_size: 2048,
-        sig_alg,
-        crv: None,
-    }
-}
-
-const fn ec(name: &'static str, size: u32, sig_alg: &'static str, crv: &'static str) -> Alg {
-    Alg {
-        name,
-        usage: "sig",
-        key_alg: "EC",
-        key_size: size,
-        sig_alg,
-        crv: Some(crv),
-    }
-}
-
-/// Every algorithm a key can be made for.
-pub const ALGS: &[Alg] = &[
-    rsa("RS256", "sig", "SHA256withRSA"),
-    rsa("RS384", "sig", "SHA384withRSA"),
-    rsa("RS512", "sig", "SHA512withRSA"),
-    ec("ES256", 256, "SHA256withECDSA", "P-256"),
-    ec("ES384", 384, "SHA384withECDSA", "P-384"),
-    ec("ES512", 521, "SHA512withECDSA", "P-521"),
-    rsa("PS256", "sig", "SHA256withRSA"),
-    rsa("PS384", "sig", "SHA384withRSA"),
-    rsa("PS512", "sig", "SHA512withRSA"),
-    rsa("RSA1_5", "enc", "SHA256withRSA"),
-    rsa("RSA-OAEP", "enc", "SHA256withRSA"),
-];
-
-/// What Gluu's setup makes, and so what a rotation makes unless `[keys] algorithms`
-/// says otherwise.
-pub const DEFAULT_ALGORITHMS: &[&str] = &[
-    "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "RSA1_5",
-    "RSA-OAEP",
-];
-
-/// The algorithm named `name`.
-pub fn alg(name: &str) -> Option<&'static Alg> {
-    ALGS.iter().find(|a| a.name == name)
-}
-
-/// Checks `[keys]`; the message names the setting.
-pub fn check_config(cfg: &KeysConfig) -> Result<(), String> {
-    if cfg.algorithms.is_empty() {
-        return Err("[keys] algorithms must name at least one algorithm".into());
-    }
-    let mut seen = BTreeSet::new();
-    for a in &cfg.algorithms {
-        if alg(a).is_none() {
-            return Err(format!(
-                "[keys] algorithms: {a:?} is not one oxAuth keys are made for ({})",
-                ALGS.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
-            ));
-        }
-        if !seen.insert(a) {
-            return Err(format!("[keys] algorithms names {a} twice"));
-        }
-    }
-    if cfg.lifetime_days == 0 || cfg.lifetime_days > 3650 {
-        return Err("[keys] lifetime_days must be 1 to 3650".into());
-    }
-    // A key is the next one for an interval, signs for another, then stays published.
-    let lived_hours = 2 * cfg.interval_hours + cfg.keep_hours;
-    if cfg.lifetime_days * 24 < lived_hours {
-        return Err(format!(
-            "[keys] lifetime_days ({}) is shorter than a key is used: two intervals and keep_hours, {lived_hours} hours",
-            cfg.lifetime_days
-        ));
-    }
-    Ok(())
-}
 
 /// What one rotation does, before the new keys exist.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,7 +69,7 @@ pub fn plan_rotation(
     let newest = in_store.iter().map(|k| k.generation).max();
     // The generations before the newest in the keystore leave it: the newest signs
     // from now on. So do keys of an algorithm no longer configured.
-    let retire = in_store
+    let retire: Vec<String> = in_store
         .iter()
         .filter(|k| Some(k.generation) != newest || !cfg.algorithms.contains(&k.alg))
         .map(|k| k.kid.clone())
@@ -174,12 +77,17 @@ pub fn plan_rotation(
     let keep_ms = i64::try_from(cfg.keep_hours)
         .unwrap_or(i64::MAX / 3_600_000)
         .saturating_mul(3_600_000);
+    // An encryption key leaving the keystore is unpublished at once: a client
+    // encrypting to it would send what oxAuth can no longer read. A signing key stays
+    // for the tokens it signed.
+    let encrypts = |k: &KeyRecord| alg(&k.alg).is_some_and(|a| a.usage == "enc");
     let drop = rec
         .keys
         .iter()
         .filter(|k| {
             k.retired_ms
                 .is_some_and(|r| r.saturating_add(keep_ms) <= now_ms)
+                || (encrypts(k) && retire.contains(&k.kid))
         })
         .map(|k| k.kid.clone())
         .collect();
@@ -215,7 +123,7 @@ fn new_kid(a: &Alg) -> String {
     let mut b: [u8; 16] = crate::password::random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let h = clustermgr_protocol::identity::hex(&b);
     format!(
         "{}-{}-{}-{}-{}_{}_{}",
         &h[0..8],
@@ -427,7 +335,9 @@ fn ms_text(ms: i64) -> String {
 
 fn key_views(rec: &KeysRecord, cfg: &KeysConfig) -> Vec<KeyView> {
     let states = states(rec);
-    let keep_ms = (cfg.keep_hours as i64).saturating_mul(3_600_000);
+    let keep_ms = i64::try_from(cfg.keep_hours)
+        .unwrap_or(0)
+        .saturating_mul(3_600_000);
     rec.keys
         .iter()
         .map(|k| KeyView {
@@ -487,11 +397,39 @@ pub async fn rotate(
     let (gluu, primary, writers) = gluu_nodes(ctx)?;
     let root = ctx.store.model()?.gluu_root;
     let rec = ctx.store.keys()?;
+    if rec.generation > 0 {
+        // Each rotation stands on the last having reached every node: otherwise a
+        // generation would sign without having been published, or a node would keep
+        // signing with a key no longer published.
+        let behind: Vec<String> = super::compare(ctx, &gluu, crate::generate::keys::is_keys_entry)
+            .await?
+            .into_iter()
+            .map(|(node, c)| node_view(node, c))
+            .filter(|v| {
+                v.keystore != "matches" || v.published.as_deref().is_some_and(|p| p != "matches")
+            })
+            .map(|v| match v.published.as_deref() {
+                Some(p) if p != "matches" => {
+                    format!("{}: keystore {}, published keys {p}", v.node, v.keystore)
+                }
+                _ => format!("{}: keystore {}", v.node, v.keystore),
+            })
+            .collect();
+        if !behind.is_empty() {
+            return Err(CtlError::KeysRefused {
+                why: format!(
+                    "rotation {} has not reached every Gluu node yet ({}); run `clustermgr apply` (or let `serve` send it when the node is back), then rotate. A node gone for good leaves with `clustermgr node remove`",
+                    rec.generation,
+                    behind.join("; ")
+                ),
+            });
+        }
+    }
     let now = ctx.clock.unix_ms();
     let rotation = plan_rotation(&rec, &cfg, now, new_kid);
     let password = match &rec.password {
         Some(p) => p.clone(),
-        None => crate::desired::new_password()?,
+        None => super::new_password()?,
     };
     let failed = |why: String| CtlError::KeysMaking {
         node: primary.clone(),
@@ -574,10 +512,9 @@ pub async fn rotate(
     }
     let generation = ctx.store.update_keys(|r| {
         if r.generation != rec.generation {
-            return Err(CtlError::KeysMaking {
-                node: primary.clone(),
+            return Err(CtlError::KeysRefused {
                 why: format!(
-                    "another rotation (number {}) finished first; the keys made for this one were not kept",
+                    "another rotation (number {}) finished while this one was making its keys; nothing of this one was kept (`clustermgr keys status` shows the keys)",
                     r.generation
                 ),
             });
@@ -601,20 +538,27 @@ pub async fn rotate(
         rotation.retire.len(),
         rotation.drop.len()
     );
+    let kept = |e: CtlError| CtlError::KeysRefused {
+        why: format!(
+            "rotation {generation} was made and kept, but {e}; `clustermgr apply` delivers it"
+        ),
+    };
     ctx.audited(
         user,
         "keys rotate",
         std::slice::from_ref(&primary),
         &said,
         "done",
-    )?;
+    )
+    .map_err(kept)?;
     tracing::info!("{said}");
     // The keystore first, everywhere; the published keys only once every node has it.
     let names: Vec<String> = gluu.iter().map(|n| n.name.clone()).collect();
     working(events, "send the keystore", &names).await;
     let mut problems = BTreeMap::new();
-    for (node, outcome) in
-        crate::desired::deliver(ctx, &gluu, crate::generate::keys::is_keystore).await?
+    for (node, outcome) in super::deliver(ctx, &gluu, crate::generate::keys::is_keystore)
+        .await
+        .map_err(kept)?
     {
         done(events, &node, outcome.as_ref()).await;
         if let Some(why) = outcome {
@@ -628,8 +572,9 @@ pub async fn rotate(
             .cloned()
             .collect();
         working(events, "publish the keys", &writers).await;
-        for (node, outcome) in
-            crate::desired::deliver(ctx, &targets, crate::generate::keys::is_keys_entry).await?
+        for (node, outcome) in super::deliver(ctx, &targets, crate::generate::keys::is_keys_entry)
+            .await
+            .map_err(kept)?
         {
             done(events, &node, outcome.as_ref()).await;
             if let Some(why) = outcome {
@@ -648,7 +593,7 @@ pub async fn rotate(
             "{said}; the new keys are not published yet, since not every Gluu node took the keystore (oxAuth keeps signing with the keys it has); `clustermgr apply` sends it and publishes them"
         )
     };
-    let mut view = status_view(ctx, &cfg, message).await?;
+    let mut view = status_view(ctx, &cfg, message).await.map_err(kept)?;
     for n in view.nodes.iter_mut() {
         if let Some(why) = problems.remove(&n.node) {
             n.detail = Some(why);
@@ -700,7 +645,7 @@ async fn status_view(ctx: &Ctx, cfg: &KeysConfig, message: String) -> Result<Key
         Vec::new()
     } else {
         let (gluu, _, _) = gluu_nodes(ctx)?;
-        crate::desired::compare(ctx, &gluu, crate::generate::keys::is_keys_entry)
+        super::compare(ctx, &gluu, crate::generate::keys::is_keys_entry)
             .await?
             .into_iter()
             .map(|(node, compared)| node_view(node, compared))
@@ -834,6 +779,23 @@ mod tests {
     }
 
     #[test]
+    fn an_encryption_key_is_unpublished_as_it_leaves_the_keystore() {
+        let c = KeysConfig {
+            algorithms: vec!["RS256".into(), "RSA-OAEP".into()],
+            ..cfg(48, 24)
+        };
+        let rec = rotate_n(&c, &[0, 48 * H, 96 * H]);
+        let retired: Vec<&str> = rec
+            .keys
+            .iter()
+            .filter(|k| k.retired_ms.is_some())
+            .map(|k| k.alg.as_str())
+            .collect();
+        assert_eq!(retired, vec!["RS256"], "{rec:?}");
+        assert_eq!(rec.keys.iter().filter(|k| k.alg == "RSA-OAEP").count(), 2);
+    }
+
+    #[test]
     fn an_algorithm_no_longer_configured_leaves_the_keystore() {
         let rec = rotate_n(&cfg(48, 24), &[0]);
         let only_rs = KeysConfig {
@@ -856,8 +818,8 @@ mod tests {
 
     #[test]
     fn the_configuration_is_checked() {
-        assert!(check_config(&KeysConfig::default()).is_ok());
-        let bad = |c: KeysConfig| check_config(&c).unwrap_err();
+        assert!(crate::config::check_keys(&KeysConfig::default()).is_ok());
+        let bad = |c: KeysConfig| crate::config::check_keys(&c).unwrap_err();
         assert!(
             bad(KeysConfig {
                 algorithms: vec!["HS256".into()],
