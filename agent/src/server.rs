@@ -800,6 +800,9 @@ async fn handle_request(
         | Request::HostKey { .. }
         | Request::LdapCert
         | Request::KeysMake(_)
+        | Request::GluuExport(_)
+        | Request::GluuSetup(_)
+        | Request::GluuRemove { .. }
         | Request::Probe(_)) => {
             match &req {
                 Request::Apply(set) => tracing::info!(
@@ -812,6 +815,17 @@ async fn handle_request(
                     "making {} oxAuth keys and deleting {} in a copy of the cluster's keystore, requested by {controller}",
                     spec.make.len(),
                     spec.delete.len()
+                ),
+                Request::GluuExport(spec) => tracing::info!(
+                    "reading the Gluu setup in {} for another node's install, requested by {controller}",
+                    spec.root
+                ),
+                Request::GluuSetup(spec) => tracing::warn!(
+                    "setting up Gluu in {} from the primary's setup, requested by {controller}",
+                    spec.root
+                ),
+                Request::GluuRemove { root } => tracing::warn!(
+                    "removing the Gluu in {root} before a reinstall, requested by {controller}"
                 ),
                 Request::Restore(spec) => tracing::info!(
                     "restore of {} generation {} requested by {}",

@@ -286,6 +286,9 @@ pub enum Cmd {
     /// oxAuth's signing and encryption keys: one set for every Gluu node, rotated.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Gluu itself on the nodes.
+    #[command(subcommand)]
+    Gluu(GluuCmd),
     /// Run the long-lived controller: warm connections, renewals, the CLI socket.
     Serve {
         /// Also answer Prometheus scrapes of every node's metrics at ADDR (host:port,
@@ -347,6 +350,36 @@ pub enum EventsCmd {
         /// A line saying what you are doing about it.
         #[arg(long, value_name = "TEXT")]
         note: Option<String>,
+    },
+}
+
+/// `gluu` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum GluuCmd {
+    /// Install Gluu on a Gluu node from the primary's setup: the gluu-server package
+    /// (from the nodes' repositories or the package directory), then Gluu's setup in
+    /// its container with the primary's setup.properties (this node's address, the
+    /// cluster's hostname) and --no-data, the primary's /etc/certs and custom schema,
+    /// the certificates trusted in Java's cacerts, and a restart. The properties hold
+    /// every password: they are never shown or kept, and the node removes its copy
+    /// after setup. A node that runs Gluu is never reinstalled without --force. Admins
+    /// may.
+    #[command(after_help = "Examples:\n  \
+        clustermgr gluu install gluu2\n  \
+        clustermgr gluu install gluu3 --setup-password-file /root/oxtrust-admin-password\n  \
+        clustermgr gluu install gluu2 --force      # moves its old Gluu aside first")]
+    Install {
+        /// The node.
+        node: String,
+        /// Reinstall a node that already runs Gluu: its Gluu is stopped, the package
+        /// removed, and its container moved aside to ROOT.replaced-TIME (not deleted).
+        #[arg(long)]
+        force: bool,
+        /// A file holding the password of the primary's setup.properties.last.enc
+        /// (Gluu encrypts it with oxTrust's admin password), when the primary's LDAP
+        /// password is not it; owner-only, one line.
+        #[arg(long, value_name = "FILE")]
+        setup_password_file: Option<PathBuf>,
     },
 }
 
@@ -1077,6 +1110,26 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         ),
         Cmd::Audit { limit } => (Operation::Audit { limit }, OutputMode::Live),
         Cmd::Keys(KeysCmd::Rotate) => (Operation::KeysRotate, OutputMode::Live),
+        Cmd::Gluu(GluuCmd::Install {
+            node,
+            force,
+            setup_password_file,
+        }) => {
+            let setup_password = match setup_password_file {
+                Some(path) => Some(crate::desired::SecretText(
+                    crate::passphrase::from_file(&path)?.to_string(),
+                )),
+                None => None,
+            };
+            (
+                Operation::GluuInstall {
+                    node,
+                    force,
+                    setup_password,
+                },
+                OutputMode::Live,
+            )
+        }
         Cmd::Keys(KeysCmd::Status) => (Operation::KeysStatus, OutputMode::Live),
         Cmd::User(UserCmd::Add {
             name,

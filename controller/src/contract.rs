@@ -520,6 +520,7 @@ pub fn document(op: &Operation, report: Report) -> Option<serde_json::Value> {
         // went.
         Report::User(crate::users::View::Token { .. }) => None,
         Report::Keys(k) => value::<crate::desired::keys::KeysView>(&k),
+        Report::GluuInstall(g) => value::<crate::desired::gluu::GluuInstallView>(&g),
         Report::Snapshot { .. } => None,
     }
 }
@@ -596,6 +597,7 @@ pub fn published() -> Vec<Published> {
         doc::<EventsDoc>("events", &["events", "events ack"]),
         stream::<EventLine>("events-follow", &["events -f"]),
         doc::<crate::desired::keys::KeysView>("keys", &["keys rotate", "keys status"]),
+        doc::<crate::desired::gluu::GluuInstallView>("gluu-install", &["gluu install"]),
         doc::<UserListDoc>("user-list", &["user list"]),
         doc::<UserDoc>("user", &["user add", "user passwd", "user remove"]),
         doc::<TokenDoc>("user-token", &["user token"]),

@@ -308,6 +308,22 @@ pub enum CtlError {
         /// What went wrong there, in its words.
         why: String,
     },
+    /// `gluu install` will not run on this node as things are.
+    #[error("not installing Gluu on {node}: {why}")]
+    GluuRefused {
+        /// The node.
+        node: String,
+        /// Why not, and what to do.
+        why: String,
+    },
+    /// A step of `gluu install` failed on a node.
+    #[error("installing Gluu failed on {node}: {why}")]
+    GluuFailed {
+        /// The node the step ran on (the primary, for reading its setup).
+        node: String,
+        /// What went wrong, and what state things are in.
+        why: String,
+    },
     /// A rotation of oxAuth's keys was refused, or was kept but not delivered.
     #[error("oxAuth's keys: {why}")]
     KeysRefused {
@@ -470,6 +486,7 @@ impl CtlError {
             | CtlError::NotPendingBackup { .. }
             | CtlError::NotAcknowledgeable { .. }
             | CtlError::KeysUnavailable { .. }
+            | CtlError::GluuRefused { .. }
             | CtlError::UnknownNode { .. }
             | CtlError::UnknownUser { .. }
             | CtlError::UserExists { .. }

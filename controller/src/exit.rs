@@ -170,6 +170,13 @@ pub const TABLE: &[Row] = &[
         interrupted: "",
     },
     Row {
+        commands: &["gluu install"],
+        ok: "Gluu is installed and set up on the node from the primary's setup",
+        failed: "a step failed (named, with its output; the node's state and what to do are said), the primary's setup could not be read, or refused: the caller is not an admin",
+        usage: "not a Gluu node, the primary itself, a node that runs Gluu without --force, packages off, no hostname, or a bad --setup-password-file",
+        interrupted: "",
+    },
+    Row {
         commands: &["keys rotate"],
         ok: "new keys made on the primary, the keystore on every Gluu node, the keys published",
         failed: "making the keys on the primary failed (nothing changed), or a Gluu node did not take the keystore or the published keys (named; `apply` finishes), or refused: the caller is not an admin",

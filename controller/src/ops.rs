@@ -211,6 +211,16 @@ pub enum Operation {
         /// What they say about it (may be empty).
         note: String,
     },
+    /// Install Gluu on a node from the primary's setup.
+    GluuInstall {
+        /// The node.
+        node: String,
+        /// Reinstall over a Gluu the node already runs (moved aside first).
+        force: bool,
+        /// The password of the primary's `setup.properties.last.enc`, when its LDAP
+        /// password is not it.
+        setup_password: Option<crate::desired::SecretText>,
+    },
     /// Make a new generation of oxAuth keys and give it to every Gluu node.
     KeysRotate,
     /// The oxAuth keys and each Gluu node's copy.
@@ -319,6 +329,7 @@ impl Operation {
             | Operation::ClusterUnset { .. }
             | Operation::Apply { .. }
             | Operation::KeysRotate
+            | Operation::GluuInstall { .. }
             | Operation::Rollback { .. }
             | Operation::Snapshot { .. }
             | Operation::BackupFinished { .. }
@@ -363,6 +374,7 @@ impl Operation {
             Operation::Events { .. } => "events",
             Operation::EventAck { .. } => "events ack",
             Operation::KeysRotate => "keys rotate",
+            Operation::GluuInstall { .. } => "gluu install",
             Operation::KeysStatus => "keys status",
             Operation::History { .. } => "history",
             Operation::Rollback { list: true, .. } => "rollback --list",
@@ -681,6 +693,8 @@ pub enum Report {
     User(crate::users::View),
     /// `keys rotate`, `keys status`.
     Keys(Box<crate::desired::keys::KeysView>),
+    /// `gluu install`.
+    GluuInstall(Box<crate::desired::gluu::GluuInstallView>),
     /// A store snapshot was sent in [`Event::Snapshot`] parts of this many bytes in all.
     Snapshot {
         /// The total length, for the receiver to check that every part arrived.
@@ -756,6 +770,7 @@ impl Report {
                 views, drift: true, ..
             } if views.iter().any(|v| !v.entries.is_empty()) => exit::DRIFT_FOUND,
             Report::Applied(v) if v.iter().any(|v| bad(&v.state)) => exit::FAILED,
+            Report::GluuInstall(g) if !g.ok => exit::FAILED,
             // A node without the cluster's keys is a failure monitoring should see.
             Report::Keys(k)
                 if k.nodes.iter().any(|n| {
@@ -1046,6 +1061,21 @@ pub async fn run(
         Operation::KeysRotate => crate::desired::keys::rotate(&ctx, user, within, &events)
             .await
             .map(|v| Report::Keys(Box::new(v))),
+        Operation::GluuInstall {
+            node,
+            force,
+            setup_password,
+        } => crate::desired::gluu::install(
+            &ctx,
+            user,
+            &node,
+            force,
+            setup_password.as_ref().map(|p| p.0.as_str()),
+            within,
+            &events,
+        )
+        .await
+        .map(|v| Report::GluuInstall(Box::new(v))),
         Operation::KeysStatus => crate::desired::keys::status(&ctx)
             .await
             .map(|v| Report::Keys(Box::new(v))),

@@ -887,6 +887,20 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, op: &Ope
         Report::Events(e) => e.iter().for_each(|r| print_event(&r.event, r.ack.as_ref())),
         Report::Health(h) => print_health(&h),
         Report::Keys(k) => print_keys(&k),
+        Report::GluuInstall(g) => {
+            for s in &g.steps {
+                say!("{} {}", if s.ok { "ok  " } else { "FAIL" }, s.step);
+                if !s.ok && !s.output.is_empty() {
+                    for line in s.output.lines() {
+                        say!("     {line}");
+                    }
+                }
+            }
+            if let Some(m) = &g.moved_aside {
+                say!("the old Gluu was moved to {m}");
+            }
+            say!("{}", g.message);
+        }
         Report::Top { cluster, rows } => print_top(&cluster, &rows),
         Report::Logs(lines) if lines.is_empty() => nothing_stored("log lines matched"),
         Report::Logs(lines) => {

@@ -145,6 +145,20 @@ pub enum Request {
     /// Make and delete oxAuth keys in a copy of the cluster's keystore with the Gluu
     /// container's own `keytool` (protocol version 4); answered by [`Reply::KeysMade`].
     KeysMake(KeysSpec),
+    /// Read this node's Gluu setup for another node's install (protocol version 4): its
+    /// `setup.properties.last` (decrypted from `.enc` when that is all there is),
+    /// `/etc/certs` and custom schema files. Answered by [`Reply::GluuExported`].
+    GluuExport(GluuExportSpec),
+    /// Install this node's Gluu from the primary's setup, once its package is installed
+    /// (protocol version 4). Answered by [`Reply::GluuSetUp`].
+    GluuSetup(Box<GluuSetupSpec>),
+    /// Take this node's Gluu out of the way before a reinstall: stop it, remove its
+    /// package, move its container aside (protocol version 4). Answered by
+    /// [`Reply::GluuRemoved`].
+    GluuRemove {
+        /// The container root on the host.
+        root: String,
+    },
 }
 
 impl Request {
@@ -178,6 +192,9 @@ impl Request {
                 Some((crate::version::PROVISIONS, "uploading packages"))
             }
             Request::KeysMake(_) => Some((crate::version::ROTATES_KEYS, "making oxAuth keys")),
+            Request::GluuExport(_) | Request::GluuSetup(_) | Request::GluuRemove { .. } => {
+                Some((crate::version::INSTALLS_GLUU, "installing Gluu"))
+            }
             _ => None,
         }
     }
@@ -260,6 +277,111 @@ pub enum Reply {
     PackageStored,
     /// The keystore a [`Request::KeysMake`] made, and the certificate of every key in it.
     KeysMade(KeysMade),
+    /// What [`Request::GluuExport`] read.
+    GluuExported(Box<GluuExport>),
+    /// The steps [`Request::GluuSetup`] ran, in order; it stopped at the first that
+    /// failed.
+    GluuSetUp(Vec<crate::changeset::StepRun>),
+    /// Where [`Request::GluuRemove`] moved the old container.
+    GluuRemoved {
+        /// The old container's new place on the host.
+        moved_to: String,
+    },
+}
+
+/// What [`Request::GluuExport`] asks. Its `Debug` leaves the password out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GluuExportSpec {
+    /// The container root on the host.
+    pub root: String,
+    /// The password `setup.properties.last.enc` was encrypted with, when the node's
+    /// LDAP password is not it.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for GluuExportSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GluuExportSpec")
+            .field("root", &self.root)
+            .field("password", &self.password.as_ref().map(|_| "(given)"))
+            .finish()
+    }
+}
+
+/// A file of a Gluu setup: its name in its directory, metadata and bytes. Its `Debug`
+/// shows the length only (certificate keys are among them).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GluuFile {
+    /// The name, no directory.
+    pub name: String,
+    /// The mode's permission bits.
+    pub mode: u32,
+    /// The owner, numeric (the containers of one Gluu release number alike).
+    pub uid: u32,
+    /// The group, numeric.
+    pub gid: u32,
+    /// The contents.
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for GluuFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GluuFile({}, {} bytes)", self.name, self.bytes.len())
+    }
+}
+
+/// The primary's Gluu setup as [`Request::GluuExport`] read it. Secret: its `Debug`
+/// shows no contents.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GluuExport {
+    /// `setup.properties.last`, plain.
+    pub properties: Vec<u8>,
+    /// The files of `/etc/certs`.
+    pub certs: Vec<GluuFile>,
+    /// The custom OpenDJ schema files (`/opt/gluu/schema/opendj`).
+    pub schema: Vec<GluuFile>,
+}
+
+impl std::fmt::Debug for GluuExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GluuExport")
+            .field("properties_len", &self.properties.len())
+            .field("certs", &self.certs)
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+/// What [`Request::GluuSetup`] asks: the setup to run and the files to lay down after
+/// it. Its `Debug` shows no contents.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GluuSetupSpec {
+    /// The container root on the host.
+    pub root: String,
+    /// `setup.properties` for this node (the primary's, with this node's address).
+    pub properties: Vec<u8>,
+    /// Setup without loading data (every node but the primary: replication brings it).
+    pub no_data: bool,
+    /// The primary's `/etc/certs`, laid over what setup made.
+    pub certs: Vec<GluuFile>,
+    /// Custom OpenDJ schema files.
+    pub schema: Vec<GluuFile>,
+    /// The cluster's hostname: the certificates are trusted in Java's `cacerts` as
+    /// `HOSTNAME_SUFFIX`, as Gluu's setup names them.
+    pub hostname: String,
+}
+
+impl std::fmt::Debug for GluuSetupSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GluuSetupSpec")
+            .field("root", &self.root)
+            .field("properties_len", &self.properties.len())
+            .field("no_data", &self.no_data)
+            .field("certs", &self.certs)
+            .field("schema", &self.schema)
+            .field("hostname", &self.hostname)
+            .finish()
+    }
 }
 
 /// What [`Request::KeysMake`] asks: the keystore as the controller keeps it (empty for

@@ -18,7 +18,8 @@ use crate::ProtocolError;
 /// but those; the controller never sends them over a version-1 connection.
 /// Version 3 adds provisioning: package entries
 /// ([`crate::changeset::Content::Package`]) and uploading package files. Version 4
-/// adds making oxAuth keys ([`crate::message::Request::KeysMake`]).
+/// adds making oxAuth keys ([`crate::message::Request::KeysMake`]) and installing
+/// Gluu ([`crate::message::Request::GluuSetup`] and its two companions).
 pub const CURRENT: u16 = 4;
 
 /// The oldest protocol version this build still speaks.
@@ -33,6 +34,9 @@ pub const PROVISIONS: u16 = 3;
 
 /// The first version that makes oxAuth keys.
 pub const ROTATES_KEYS: u16 = 4;
+
+/// The first version that installs Gluu on a node.
+pub const INSTALLS_GLUU: u16 = 4;
 
 /// An inclusive range of protocol versions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

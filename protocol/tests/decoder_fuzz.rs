@@ -42,8 +42,9 @@ use clustermgr_protocol::health::{
     ServiceProbe, ServiceState,
 };
 use clustermgr_protocol::message::{
-    Command, ErrorKind, ExecEvent, ExecInput, ExecSpec, ExitOutcome, GluuInstall, Hello,
-    HelloReply, KeyMake, KeysMade, KeysSpec, NodeInfo, RemoteError, Reply, Request, UpgradeSpec,
+    Command, ErrorKind, ExecEvent, ExecInput, ExecSpec, ExitOutcome, GluuExport, GluuExportSpec,
+    GluuFile, GluuInstall, GluuSetupSpec, Hello, HelloReply, KeyMake, KeysMade, KeysSpec, NodeInfo,
+    RemoteError, Reply, Request, UpgradeSpec,
 };
 use clustermgr_protocol::telemetry::{Body, Record, Sample, TelemetryAck, TelemetryFrame};
 use clustermgr_protocol::version::VersionRange;
@@ -350,8 +351,8 @@ impl Kind {
         match self {
             Kind::Hello => 1,
             Kind::HelloReply => 2,
-            Kind::Request => 20,
-            Kind::Reply => 19,
+            Kind::Request => 23,
+            Kind::Reply => 22,
             Kind::ExecInput => 3,
             Kind::ExecEvent => 5,
             Kind::TelemetryFrame => 3,
@@ -430,6 +431,9 @@ impl Msg {
                 Request::PackagesMissing(_) => 17,
                 Request::PackagePut(_) => 18,
                 Request::KeysMake(_) => 19,
+                Request::GluuExport(_) => 20,
+                Request::GluuSetup(_) => 21,
+                Request::GluuRemove { .. } => 22,
             },
             Msg::Reply(m) => match m {
                 Reply::Info(_) => 0,
@@ -451,6 +455,9 @@ impl Msg {
                 Reply::PackagesMissing(_) => 16,
                 Reply::PackageStored => 17,
                 Reply::KeysMade(_) => 18,
+                Reply::GluuExported(_) => 19,
+                Reply::GluuSetUp(_) => 20,
+                Reply::GluuRemoved { .. } => 21,
             },
             Msg::ExecInput(m) => match m {
                 ExecInput::Stdin(_) => 0,
@@ -905,6 +912,18 @@ fn gen_package_file(rng: &mut Rng) -> PackageFile {
     }
 }
 
+fn gen_gluu_files(rng: &mut Rng) -> Vec<GluuFile> {
+    (0..rng.below(3))
+        .map(|_| GluuFile {
+            name: gen_string(rng),
+            mode: gen_u32(rng),
+            uid: gen_u32(rng),
+            gid: gen_u32(rng),
+            bytes: gen_bytes(rng),
+        })
+        .collect()
+}
+
 fn gen_package_files(rng: &mut Rng) -> Vec<PackageFile> {
     (0..rng.below(3)).map(|_| gen_package_file(rng)).collect()
 }
@@ -1344,6 +1363,21 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
         (Kind::Request, 16) => Msg::Request(Request::LdapCert),
         (Kind::Request, 17) => Msg::Request(Request::PackagesMissing(gen_package_files(rng))),
         (Kind::Request, 18) => Msg::Request(Request::PackagePut(gen_package_file(rng))),
+        (Kind::Request, 20) => Msg::Request(Request::GluuExport(GluuExportSpec {
+            root: gen_string(rng),
+            password: gen_bool(rng).then(|| gen_string(rng)),
+        })),
+        (Kind::Request, 21) => Msg::Request(Request::GluuSetup(Box::new(GluuSetupSpec {
+            root: gen_string(rng),
+            properties: gen_bytes(rng),
+            no_data: gen_bool(rng),
+            certs: gen_gluu_files(rng),
+            schema: gen_gluu_files(rng),
+            hostname: gen_string(rng),
+        }))),
+        (Kind::Request, 22) => Msg::Request(Request::GluuRemove {
+            root: gen_string(rng),
+        }),
         (Kind::Request, 19) => Msg::Request(Request::KeysMake(KeysSpec {
             root: gen_string(rng),
             keystore: gen_bytes(rng),
@@ -1397,6 +1431,15 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
         (Kind::Reply, 15) => Msg::Reply(Reply::LdapCert(gen_option(rng, gen_string))),
         (Kind::Reply, 16) => Msg::Reply(Reply::PackagesMissing(gen_package_files(rng))),
         (Kind::Reply, 17) => Msg::Reply(Reply::PackageStored),
+        (Kind::Reply, 19) => Msg::Reply(Reply::GluuExported(Box::new(GluuExport {
+            properties: gen_bytes(rng),
+            certs: gen_gluu_files(rng),
+            schema: gen_gluu_files(rng),
+        }))),
+        (Kind::Reply, 20) => Msg::Reply(Reply::GluuSetUp(gen_steps(rng))),
+        (Kind::Reply, 21) => Msg::Reply(Reply::GluuRemoved {
+            moved_to: gen_string(rng),
+        }),
         (Kind::Reply, 18) => Msg::Reply(Reply::KeysMade(KeysMade {
             keystore: gen_bytes(rng),
             certs: (0..rng.below(3))

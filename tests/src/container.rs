@@ -20,7 +20,9 @@ pub fn busybox(h: &Host) {
 
 /// [`busybox`], with the machine's `/usr` (and `/proc`, `/dev`, Java's `/etc`
 /// settings) bound in and `/opt/jre/bin/keytool` the machine's (default-jre-headless),
-/// in Java 11's layout (`/opt/jre/lib/security`); and Gluu's `jetty` user (uid 1001).
+/// in Java 11's layout (`/opt/jre/lib/security`, with an empty `cacerts` whose
+/// password is the JDK's `changeit`, as every Java has one); and Gluu's `jetty` user
+/// (uid 1001).
 pub fn java(h: &Host) {
     busybox(h);
     let keytool =
@@ -45,7 +47,10 @@ pub fn java(h: &Host) {
          mkdir -p $r/tmp $r/opt/jre/bin $r/opt/jre/lib/security $r/etc/certs; \
          ln -sf {} $r/opt/jre/bin/keytool; \
          printf 'root:x:0:0::/root:/bin/sh\\njetty:x:1001:1001::/home/jetty:/bin/false\\n' > $r/etc/passwd; \
-         printf 'root:x:0:\\njetty:x:1001:\\n' > $r/etc/group",
+         printf 'root:x:0:\\njetty:x:1001:\\n' > $r/etc/group; \
+         k=\"chroot $r /opt/jre/bin/keytool\"; s=/opt/jre/lib/security/cacerts; \
+         $k -genkeypair -alias seed -keyalg EC -dname CN=seed -keystore $s -storepass changeit >/dev/null 2>&1; \
+         $k -delete -alias seed -keystore $s -storepass changeit >/dev/null 2>&1",
         keytool.display(),
     ));
 }

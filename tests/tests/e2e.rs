@@ -2794,6 +2794,8 @@ async fn every_command_prints_what_its_published_schema_says() {
         "user-token",
         // keys: one_keystore_for_every_node_and_published_keys_that_verify_*.
         "keys",
+        // provision: gluu_install_sets_up_a_node_from_the_primarys_setup.
+        "gluu-install",
     ];
     for p in clustermgr::contract::published() {
         assert!(

@@ -3,7 +3,8 @@
 //! time service, get them in one `apply` from Debian's packages the controller fetched
 //! into its package directory (`apt-get download`); no host reaches a registry. A
 //! package directory that lacks a dependency is named per node before anything is
-//! installed.
+//! installed. And `gluu install` sets up a node from the primary's setup with a
+//! stand-in `gluu-server` package the test builds, installed for real with dpkg.
 
 use std::path::{Path, PathBuf};
 
@@ -195,28 +196,40 @@ fn one_apply_installs_what_each_role_needs_from_the_package_directory() {
     }
 }
 
-/// A package built by the test whose installation fails (its `postinst` exits 1),
-/// standing in for a package of that name.
-fn failing_deb(dir: &Path, package: &str) {
+/// Builds `package` `version` into `dir/packages` with `files` (path, contents,
+/// mode) and a `postinst` script.
+fn build_deb(
+    dir: &Path,
+    package: &str,
+    version: &str,
+    files: &[(&str, &str, u32)],
+    postinst: &str,
+) {
+    use std::os::unix::fs::PermissionsExt;
     let root = dir.join(format!("{package}-build"));
     let debian = root.join("DEBIAN");
     std::fs::create_dir_all(&debian).unwrap();
     std::fs::write(
         debian.join("control"),
         format!(
-            "Package: {package}\nVersion: 9.9\nArchitecture: all\nMaintainer: clustermgr tests <tests@example.org>\nDescription: a package whose installation fails\n"
+            "Package: {package}\nVersion: {version}\nArchitecture: all\nMaintainer: clustermgr tests <tests@example.org>\nDescription: a stand-in built by clustermgr's tests\n"
         ),
     )
     .unwrap();
-    let postinst = debian.join("postinst");
-    std::fs::write(
-        &postinst,
-        "#!/bin/sh\necho \"postinst says no\" >&2\nexit 1\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&postinst, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = dir.join("packages").join(format!("{package}_9.9_all.deb"));
+    for (path, text, mode) in files
+        .iter()
+        .copied()
+        .chain([("DEBIAN/postinst", postinst, 0o755)])
+    {
+        let file = root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, text).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("packages")).unwrap();
+    let out = dir
+        .join("packages")
+        .join(format!("{package}_{version}_all.deb"));
     let o = std::process::Command::new("dpkg-deb")
         .args(["--build", "--root-owner-group"])
         .arg(&root)
@@ -224,6 +237,18 @@ fn failing_deb(dir: &Path, package: &str) {
         .output()
         .unwrap();
     assert!(o.status.success(), "dpkg-deb --build: {}", stderr(&o));
+}
+
+/// A package built by the test whose installation fails (its `postinst` exits 1),
+/// standing in for a package of that name.
+fn failing_deb(dir: &Path, package: &str) {
+    build_deb(
+        dir,
+        package,
+        "9.9",
+        &[],
+        "#!/bin/sh\necho \"postinst says no\" >&2\nexit 1\n",
+    );
 }
 
 #[test]
@@ -280,4 +305,250 @@ async fn bare_gluu_hosts_are_healthy_after_one_apply() {
         }
     }
     c.settled(std::time::Duration::from_secs(90)).await;
+}
+
+/// The stand-in `gluu-server` package's container control: it logs what it is asked.
+const GLUU_SERVERD: &str = "#!/bin/sh\necho \"$1\" >> /var/lib/gluu-stand-in.log\ncase $1 in enable|start|stop|restart) exit 0;; *) echo \"usage: gluu-serverd enable|start|stop|restart\"; exit 2;; esac\n";
+
+/// The stand-in's `setup.py`, run in the container by its busybox shell: it refuses a
+/// password in its arguments and a second setup, records what it was given (never the
+/// password), fails when the container holds `/fail-setup`, and lays out what Gluu's
+/// setup leaves (its own certificate, the configuration directory, the encrypted
+/// properties).
+const SETUP_PY: &str = r#"#!/bin/sh
+log=/install/community-edition-setup/stand-in-setup.log
+echo "args: $*" > $log
+for a in "$@"; do
+  case $a in -ldap-admin-password*|-oxtrust-admin-password*|-properties-password*) echo "refused: a password option in the arguments ($a)"; exit 3;; esac
+done
+f=
+while [ $# -gt 0 ]; do case $1 in -f) f=$2; shift 2;; *) shift;; esac; done
+[ -n "$f" ] || { echo "no -f FILE"; exit 2; }
+[ -d /etc/gluu/conf ] && { echo "This instance already configured. If you need to install new one you should reinstall package first."; exit 1; }
+pw=$(grep '^ldapPass=' "$f" | cut -d= -f2-)
+[ -n "$pw" ] || { echo "no ldapPass in $f"; exit 2; }
+head -n 1 $log | grep -qF -- "$pw" && { echo "refused: the LDAP password is in the arguments"; exit 3; }
+echo "mode: $(stat -c %a "$f")" >> $log
+grep '^ip=' "$f" >> $log
+grep '^hostname=' "$f" >> $log
+[ -e /fail-setup ] && { echo "ERROR: the stand-in setup fails, as the test asked"; exit 1; }
+mkdir -p /etc/gluu/conf /opt/gluu/jetty/oxauth /etc/certs
+echo "the node's own certificate" > /etc/certs/httpd.crt
+echo "encrypted" > /install/community-edition-setup/setup.properties.last.enc
+echo "setup done" >> $log
+"#;
+
+/// The stand-in's `postinst`: the container's shell (busybox) and `/tmp`.
+const GLUU_POSTINST: &str = "#!/bin/sh\nset -e\nr=/opt/gluu-server\nmkdir -p $r/bin $r/tmp $r/etc\n[ -e $r/bin/busybox ] || cp /bin/busybox $r/bin/busybox\nfor t in sh cat grep stat mkdir cut head ls rm; do [ -e $r/bin/$t ] || ln -s busybox $r/bin/$t; done\nchmod 1777 $r/tmp\n";
+
+/// The stand-in `gluu-server` package in `dir/packages`.
+fn gluu_server_deb(dir: &Path) {
+    build_deb(
+        dir,
+        "gluu-server",
+        "4.2.3~stand-in",
+        &[
+            ("sbin/gluu-serverd", GLUU_SERVERD, 0o755),
+            (
+                "opt/gluu-server/install/community-edition-setup/setup.py",
+                SETUP_PY,
+                0o755,
+            ),
+        ],
+        GLUU_POSTINST,
+    );
+}
+
+/// The password the primary's `setup.properties.last.enc` is encrypted with (Gluu
+/// uses oxTrust's admin password).
+const ADMIN_PASSWORD: &str = "oxTrust-Admin-Pass-1";
+/// The LDAP password in the primary's properties.
+const LDAP_PASSWORD: &str = "Ldap-Pass-In-Properties-7";
+
+/// `h` as the primary an administrator set up with Gluu's own setup: the stand-in
+/// installed, `setup.properties.last.enc` encrypted as Gluu does it, its certificates
+/// (and a link among them, which is not followed) and a custom schema file.
+fn primary(h: &Host, dir: &Path) {
+    let deb = dir.join("packages/gluu-server_4.2.3~stand-in_all.deb");
+    h.sh(&format!("dpkg -i {} >/dev/null 2>&1", deb.display()));
+    let c = h.path("/opt/gluu-server");
+    let ces = c.join("install/community-edition-setup");
+    let plain = dir.join("setup.properties.last");
+    std::fs::write(
+        &plain,
+        format!("hostname=gluu1.internal\nip=10.0.0.1\norgName=Example\nldapPass={LDAP_PASSWORD}\noxtrust_admin_password={ADMIN_PASSWORD}\n"),
+    )
+    .unwrap();
+    let o = std::process::Command::new("openssl")
+        .args(["enc", "-aes-256-cbc", "-md", "sha256", "-pass"])
+        .arg(format!("pass:{ADMIN_PASSWORD}"))
+        .arg("-in")
+        .arg(&plain)
+        .arg("-out")
+        .arg(ces.join("setup.properties.last.enc"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "openssl enc: {}", stderr(&o));
+    h.sh("set -e; r=/opt/gluu-server; mkdir -p $r/etc/certs $r/etc/gluu/conf $r/opt/gluu/jetty/oxauth $r/opt/gluu/schema/opendj; \
+          openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=idp.example.org -days 30 -keyout $r/etc/certs/httpd.key -out $r/etc/certs/httpd.crt 2>/dev/null; \
+          cp $r/etc/certs/httpd.crt $r/etc/certs/opendj.crt; chmod 600 $r/etc/certs/httpd.key; \
+          ln -s /etc/shadow $r/etc/certs/shadow.crt; \
+          echo 'dn: cn=schema' > $r/opt/gluu/schema/opendj/77-customAttributes.ldif");
+}
+
+#[test]
+fn gluu_install_sets_up_a_node_from_the_primarys_setup() {
+    let (net, ctl) = hosts(&["gluu1", "gluu2", "gluu3"]);
+    let parent = tempfile::tempdir().unwrap();
+    gluu_server_deb(parent.path());
+    let dir = parent.path().join("packages");
+    ok(
+        ctl.run(&["cluster", "set", "hostname", "idp.example.org"]),
+        "cluster set hostname",
+    );
+    // Refused before anything is done: packages are off.
+    let o = ctl.run(&["gluu", "install", "gluu2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("cluster set packages"),
+        "{}",
+        stderr(&o)
+    );
+    ok(
+        ctl.run(&["cluster", "set", "package-dir", &dir.display().to_string()]),
+        "cluster set package-dir",
+    );
+    primary(net.host("gluu1"), parent.path());
+    // Java for the cacerts imports; the container is not set up yet (no /etc/gluu).
+    for n in ["gluu2", "gluu3"] {
+        clustermgr_tests::container::java(net.host(n));
+        net.host(n).sh("rm -rf /opt/gluu-server/etc/gluu");
+    }
+    let pw = parent.path().join("admin-password");
+    std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let pw = pw.display().to_string();
+
+    // Without the setup's password: the primary's LDAP password is not it, and it says
+    // what to give.
+    let o = ctl.run(&["gluu", "install", "gluu2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("--setup-password-file"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !net.host("gluu2")
+            .sh("dpkg -s gluu-server 2>&1 || true")
+            .contains("Status: install ok")
+    );
+
+    let o = ctl.run(&["gluu", "install", "gluu2", "--setup-password-file", &pw]);
+    let said = ok(o.clone(), "gluu install gluu2");
+    assert!(
+        said.contains("Gluu is installed on gluu2 from gluu1's setup"),
+        "{said}"
+    );
+    let h2 = net.host("gluu2");
+    let c2 = h2.path("/opt/gluu-server");
+    let log =
+        std::fs::read_to_string(c2.join("install/community-edition-setup/stand-in-setup.log"))
+            .unwrap();
+    let ip2 = h2.ip.to_string();
+    assert!(log.contains("-c -n -f /install/community-edition-setup/setup.properties --listen_all_interfaces --no-data"), "{log}");
+    assert!(
+        log.contains("mode: 600")
+            && log.contains(&format!("ip={ip2}"))
+            && log.contains("hostname=idp.example.org")
+            && log.contains("setup done"),
+        "{log}"
+    );
+    assert!(
+        !c2.join("install/community-edition-setup/setup.properties")
+            .exists(),
+        "the properties are removed after setup"
+    );
+    assert_eq!(
+        std::fs::read(c2.join("etc/certs/httpd.crt")).unwrap(),
+        std::fs::read(
+            net.host("gluu1")
+                .path("/opt/gluu-server/etc/certs/httpd.crt")
+        )
+        .unwrap(),
+        "the primary's certificate replaced the node's own"
+    );
+    assert!(
+        !c2.join("etc/certs/shadow.crt").exists(),
+        "a link among the primary's certificates is not followed"
+    );
+    assert!(
+        c2.join("opt/gluu/schema/opendj/77-customAttributes.ldif")
+            .exists()
+    );
+    let serverd = std::fs::read_to_string(h2.path("/var/lib/gluu-stand-in.log")).unwrap();
+    assert_eq!(
+        serverd.lines().collect::<Vec<_>>(),
+        ["enable", "start", "restart"]
+    );
+    // Trusted in Java's cacerts by the real keytool, as Gluu's setup names them.
+    let listed = h2.sh("printf 'changeit\\n' | chroot /opt/gluu-server /opt/jre/bin/keytool -list -keystore /opt/jre/lib/security/cacerts 2>&1 || true");
+    assert!(
+        listed.contains("idp.example.org_httpd") && listed.contains("idp.example.org_opendj"),
+        "{listed}"
+    );
+    // No password anywhere it could be read.
+    let audit = ok(ctl.run(&["audit"]), "audit");
+    for text in [&said, &stderr(&o), &audit] {
+        assert!(
+            !text.contains(LDAP_PASSWORD) && !text.contains(ADMIN_PASSWORD),
+            "{text}"
+        );
+    }
+
+    // A node that runs Gluu is not reinstalled without --force, which says what it does.
+    let o = ctl.run(&["gluu", "install", "gluu2", "--setup-password-file", &pw]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("already runs Gluu") && stderr(&o).contains("--force"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ctl.run(&[
+        "gluu",
+        "install",
+        "gluu2",
+        "--setup-password-file",
+        &pw,
+        "--force",
+        "--json",
+    ]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json");
+    assert_eq!(o.status.code(), Some(0), "{doc}");
+    clustermgr_tests::schema::assert_valid("gluu-install", &doc);
+    let moved = doc["moved_aside"].as_str().expect("moved aside");
+    assert!(
+        h2.path(moved)
+            .join("install/community-edition-setup/stand-in-setup.log")
+            .exists(),
+        "{doc}"
+    );
+
+    // A setup that fails says where it stopped, with setup's own words; the
+    // properties are gone all the same.
+    net.host("gluu3").sh("touch /opt/gluu-server/fail-setup");
+    let o = ctl.run(&["gluu", "install", "gluu3", "--setup-password-file", &pw]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let said = stdout(&o);
+    assert!(
+        said.contains("stopped at")
+            && said.contains("the stand-in setup fails, as the test asked")
+            && said.contains("--force"),
+        "{said}"
+    );
+    assert!(
+        !net.host("gluu3")
+            .path("/opt/gluu-server/install/community-edition-setup/setup.properties")
+            .exists()
+    );
 }

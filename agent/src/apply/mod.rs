@@ -11,6 +11,7 @@
 mod backup;
 mod dir;
 mod edit;
+mod gluu;
 mod keys;
 mod ldap;
 mod nginx_conf;
@@ -1213,8 +1214,27 @@ impl Engine {
                 let _ = std::fs::create_dir_all(&self.dir);
                 keys::make(&self.cfg, spec, &self.dir.join(".keys-output")).map(Reply::KeysMade)
             }
+            Request::GluuExport(spec) => {
+                let _ = std::fs::create_dir_all(&self.dir);
+                gluu::export(
+                    &self.cfg,
+                    &self.ldap_cfg(),
+                    spec,
+                    &self.dir.join(".gluu-output"),
+                )
+                .map(|e| Reply::GluuExported(Box::new(e)))
+            }
+            Request::GluuSetup(spec) => {
+                let _ = std::fs::create_dir_all(&self.dir);
+                gluu::setup(&self.cfg, spec, &self.dir.join(".gluu-output")).map(Reply::GluuSetUp)
+            }
+            Request::GluuRemove { root } => {
+                let _ = std::fs::create_dir_all(&self.dir);
+                gluu::remove(&self.cfg, root, &self.dir.join(".gluu-output"))
+                    .map(|moved_to| Reply::GluuRemoved { moved_to })
+            }
             _ => Err(RemoteError::invalid(
-                "not a desired-state request; the engine answers plan, apply, backups, restore, host key, probe, LDAP certificate and keys",
+                "not a desired-state request; the engine answers plan, apply, backups, restore, host key, probe, LDAP certificate, keys and Gluu's setup",
             )),
         }
     }

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::CtlError;
 use crate::clock::rfc3339;
 use crate::config::KeysConfig;
-use crate::ctx::{Ctx, Event, NodeOutcome, NodeState};
+use crate::ctx::{Ctx, Event};
 use crate::generate::keys::{Alg, alg};
 use crate::store::{KeyRecord, KeysRecord, NodeRecord, Role};
 
@@ -439,7 +439,7 @@ pub async fn rotate(
         .iter()
         .find(|n| n.name == primary)
         .ok_or_else(|| failed("it is no longer in the inventory".into()))?;
-    working(
+    super::working(
         events,
         &format!("make {} keys", rotation.make.len()),
         std::slice::from_ref(&primary),
@@ -473,7 +473,7 @@ pub async fn rotate(
         Ok(other) => Err(format!("it answered {other:?}")),
         Err(f) => Err(f.message),
     };
-    done(events, &primary, made.as_ref().err()).await;
+    super::part_done(events, &primary, made.as_ref().err().map(String::as_str)).await;
     let made = made.map_err(failed)?;
     // The keystore must hold exactly the keys still in it and the new ones.
     let want: BTreeSet<String> = rec
@@ -554,13 +554,13 @@ pub async fn rotate(
     tracing::info!("{said}");
     // The keystore first, everywhere; the published keys only once every node has it.
     let names: Vec<String> = gluu.iter().map(|n| n.name.clone()).collect();
-    working(events, "send the keystore", &names).await;
+    super::working(events, "send the keystore", &names).await;
     let mut problems = BTreeMap::new();
     for (node, outcome) in super::deliver(ctx, &gluu, crate::generate::keys::is_keystore)
         .await
         .map_err(kept)?
     {
-        done(events, &node, outcome.as_ref()).await;
+        super::part_done(events, &node, outcome.as_deref()).await;
         if let Some(why) = outcome {
             problems.insert(node, why);
         }
@@ -571,12 +571,12 @@ pub async fn rotate(
             .filter(|n| writers.contains(&n.name))
             .cloned()
             .collect();
-        working(events, "publish the keys", &writers).await;
+        super::working(events, "publish the keys", &writers).await;
         for (node, outcome) in super::deliver(ctx, &targets, crate::generate::keys::is_keys_entry)
             .await
             .map_err(kept)?
         {
-            done(events, &node, outcome.as_ref()).await;
+            super::part_done(events, &node, outcome.as_deref()).await;
             if let Some(why) = outcome {
                 problems.insert(node, why);
             }
@@ -600,27 +600,6 @@ pub async fn rotate(
         }
     }
     Ok(view)
-}
-
-/// Tells the progress display that `what` starts on `nodes`.
-async fn working(events: &tokio::sync::mpsc::Sender<Event>, what: &str, nodes: &[String]) {
-    let _ = events
-        .send(Event::Working {
-            what: what.into(),
-            nodes: nodes.to_vec(),
-            sequential: false,
-        })
-        .await;
-}
-
-/// Tells the progress display that `node`'s part is over, and how.
-async fn done(events: &tokio::sync::mpsc::Sender<Event>, node: &str, failed: Option<&String>) {
-    let mut o = NodeOutcome::new(node);
-    if let Some(why) = failed {
-        o.state = NodeState::Failed;
-        o.message = Some(why.clone());
-    }
-    let _ = events.send(Event::NodeDone(o)).await;
 }
 
 /// `keys status`.

@@ -26,6 +26,7 @@ use crate::generate::{self, Inputs, Secrets, TunnelMaterial};
 use crate::selector::select;
 use crate::store::{ChangeRecord, DesiredRecord, Hold, NodeRecord, Role};
 
+pub mod gluu;
 pub mod keys;
 mod provision;
 mod replication;
@@ -2214,6 +2215,35 @@ pub async fn renew_tunnel(ctx: &Ctx, within: Duration) -> Result<Vec<String>, Ct
         false,
     )
     .await
+}
+
+/// Tells the progress display that `what` starts on `nodes`.
+pub(crate) async fn working(
+    events: &tokio::sync::mpsc::Sender<Event>,
+    what: &str,
+    nodes: &[String],
+) {
+    let _ = events
+        .send(Event::Working {
+            what: what.into(),
+            nodes: nodes.to_vec(),
+            sequential: false,
+        })
+        .await;
+}
+
+/// Tells the progress display that `node`'s part is over, and how.
+pub(crate) async fn part_done(
+    events: &tokio::sync::mpsc::Sender<Event>,
+    node: &str,
+    failed: Option<&str>,
+) {
+    let mut o = NodeOutcome::new(node);
+    if let Some(why) = failed {
+        o.state = NodeState::Failed;
+        o.message = Some(why.to_string());
+    }
+    let _ = events.send(Event::NodeDone(o)).await;
 }
 
 /// Puts the entries `pick` selects, as rendered now, into a pending revision of each

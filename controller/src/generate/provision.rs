@@ -28,7 +28,7 @@ const CHRONY: &[(&str, &str)] = &[
 ];
 
 /// A package entry: `deb` and `rpm` names, the first of each installed when none is.
-fn package(name: &str, deb: &[&str], rpm: &[&str], files: &[PackageFile]) -> Entry {
+pub fn package(name: &str, deb: &[&str], rpm: &[&str], files: &[PackageFile]) -> Entry {
     Entry {
         path: PackageSpec::path(name),
         scope: Scope::Host,

@@ -1,0 +1,354 @@
+//! `clustermgr gluu install NODE`: Gluu on a new node from the primary's setup, the
+//! way a cluster needs it (issue 20).
+//!
+//! The steps, each shown as it starts and ends: the primary's agent reads its setup
+//! (`setup.properties.last`, decrypted from `.enc` when Gluu left only that, with the
+//! node's LDAP password or the one given; `/etc/certs`; the custom OpenDJ schema); with
+//! `--force`, the node's old Gluu is stopped, its package removed and its container
+//! moved aside (never deleted); the `gluu-server` package is installed like any package
+//! entry, from the nodes' repositories or the package directory; and the node's agent
+//! runs Gluu's setup in the container with the primary's properties (this node's
+//! address in `ip`, the cluster's hostname), `--no-data` (replication brings the data),
+//! then lays the primary's certificates and schema over what setup made, trusts them in
+//! Java's `cacerts` and restarts the container.
+//!
+//! The properties hold every password of the installation: they travel inside the
+//! mutual-TLS connections only, are never logged, audited, shown or kept by the
+//! controller, and the node removes its copy after the one run of setup.
+
+use std::time::Duration;
+
+use clustermgr_protocol::changeset::{ApplyResult, ChangeSet};
+use clustermgr_protocol::message::{GluuExportSpec, GluuSetupSpec, Reply, Request};
+use serde::{Deserialize, Serialize};
+
+use super::StepView;
+use crate::CtlError;
+use crate::ctx::{Ctx, Event};
+use crate::store::{NodeRecord, PackageSource, Role};
+
+/// How long Gluu's setup may take on the node.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(50 * 60);
+
+/// How long installing the package may take (about 1 GiB to unpack).
+const PACKAGE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// How long reading the primary's setup, or moving a container aside, may take.
+const SHORT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What `gluu install` did.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct GluuInstallView {
+    /// The node Gluu was installed on.
+    pub node: String,
+    /// The primary whose setup it copied.
+    pub primary: String,
+    /// Whether every step succeeded.
+    pub ok: bool,
+    /// What happened, and on failure what state the node is in and what to do.
+    pub message: String,
+    /// Where `--force` moved the old container (null without it).
+    pub moved_aside: Option<String>,
+    /// Every step that ran on the node, in order, with its output.
+    pub steps: Vec<StepView>,
+}
+
+/// The primary's properties for `node`: its address as `ip`, and the cluster's
+/// hostname; every other line as the primary has it.
+pub fn properties_for(primary: &[u8], ip: &str, hostname: &str) -> Vec<u8> {
+    let text = String::from_utf8_lossy(primary);
+    let mut out = String::with_capacity(text.len() + 64);
+    let (mut ip_set, mut host_set) = (false, false);
+    for line in text.lines() {
+        let key = line.split(['=', ':']).next().unwrap_or("").trim();
+        if key == "ip" {
+            out.push_str(&format!("ip={ip}\n"));
+            ip_set = true;
+        } else if key == "hostname" {
+            out.push_str(&format!("hostname={hostname}\n"));
+            host_set = true;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !ip_set {
+        out.push_str(&format!("ip={ip}\n"));
+    }
+    if !host_set {
+        out.push_str(&format!("hostname={hostname}\n"));
+    }
+    out.into_bytes()
+}
+
+/// `gluu install NODE`.
+pub async fn install(
+    ctx: &Ctx,
+    user: &str,
+    name: &str,
+    force: bool,
+    password: Option<&str>,
+    within: Duration,
+    events: &tokio::sync::mpsc::Sender<Event>,
+) -> Result<GluuInstallView, CtlError> {
+    let refused = |why: String| CtlError::GluuRefused {
+        node: name.to_string(),
+        why,
+    };
+    let nodes = ctx.store.nodes()?;
+    let node = nodes
+        .iter()
+        .find(|n| n.name == name)
+        .ok_or_else(|| CtlError::unknown_node(name, nodes.iter().map(|n| n.name.as_str())))?
+        .clone();
+    if !node.has_role(Role::Gluu) {
+        return Err(CtlError::NotGluu {
+            node: name.to_string(),
+            why: "`gluu install` installs Gluu on a node with role gluu",
+        });
+    }
+    let mut gluu: Vec<&NodeRecord> = nodes.iter().filter(|n| n.has_role(Role::Gluu)).collect();
+    gluu.sort_by(|a, b| a.name.cmp(&b.name));
+    let (primary, _) = crate::generate::gluu_settings::writers(&gluu, &ctx.store.build()?);
+    if primary == name {
+        return Err(refused(format!(
+            "{name} is the primary, whose setup the other nodes copy; install its Gluu with Gluu's own setup, or make another node the primary (`clustermgr node set-primary`)"
+        )));
+    }
+    let primary_node = gluu
+        .iter()
+        .find(|n| n.name == primary)
+        .map(|n| (*n).clone())
+        .ok_or_else(|| refused("the cluster has no primary Gluu node".into()))?;
+    let prov = ctx.store.provision()?;
+    if prov.packages == PackageSource::Off {
+        return Err(refused(
+            "the gluu-server package comes from the nodes' repositories or the package directory: `clustermgr cluster set packages repository`, or `clustermgr cluster set package-dir DIR` with the package in it".into(),
+        ));
+    }
+    let model = ctx.store.model()?;
+    let Some(hostname) = model.hostname.clone() else {
+        return Err(refused(
+            "the cluster has no hostname yet, which Gluu's setup needs: `clustermgr cluster set hostname NAME`".into(),
+        ));
+    };
+    let failed = |on: &str, why: String| CtlError::GluuFailed {
+        node: on.to_string(),
+        why,
+    };
+    // What the node runs now: a Gluu there is never replaced without --force.
+    let link = ctx
+        .link(&node, within)
+        .await
+        .map_err(|f| failed(name, f.message))?;
+    let installed = match link.request(&Request::Info, SHORT_TIMEOUT).await {
+        Ok(Reply::Info(info)) => info.gluu,
+        Ok(Reply::Error(e)) => return Err(failed(name, e.message)),
+        Ok(other) => return Err(failed(name, format!("it answered {other:?}"))),
+        Err(f) => return Err(failed(name, f.message)),
+    };
+    if let (Some(g), false) = (&installed, force) {
+        return Err(refused(format!(
+            "it already runs Gluu{} in {}; `--force` reinstalls it: its Gluu is stopped, the gluu-server package removed, and {} moved aside to {}.replaced-TIME (its LDAP data, certificates and customizations stay there until you delete them)",
+            g.version
+                .as_deref()
+                .map(|v| format!(" {v}"))
+                .unwrap_or_default(),
+            g.root,
+            g.root,
+            g.root
+        )));
+    }
+
+    super::working(
+        events,
+        "read the primary's Gluu setup",
+        std::slice::from_ref(&primary),
+    )
+    .await;
+    let primary_link = ctx
+        .link(&primary_node, within)
+        .await
+        .map_err(|f| failed(&primary, f.message))?;
+    let asked = primary_link
+        .request(
+            &Request::GluuExport(GluuExportSpec {
+                root: model.gluu_root.clone(),
+                password: password.map(str::to_string),
+            }),
+            SHORT_TIMEOUT,
+        )
+        .await;
+    let exported = match asked {
+        Ok(Reply::GluuExported(e)) => Ok(e),
+        Ok(Reply::Error(e)) => Err(e.message),
+        Ok(other) => Err(format!("it answered {other:?}")),
+        Err(f) => Err(f.message),
+    };
+    super::part_done(
+        events,
+        &primary,
+        exported.as_ref().err().map(String::as_str),
+    )
+    .await;
+    let exported = exported.map_err(|why| failed(&primary, why))?;
+
+    let mut moved_aside = None;
+    if force && installed.is_some() {
+        super::working(events, "remove the old Gluu", &[name.to_string()]).await;
+        let removed = match link
+            .request(
+                &Request::GluuRemove {
+                    root: model.gluu_root.clone(),
+                },
+                SHORT_TIMEOUT,
+            )
+            .await
+        {
+            Ok(Reply::GluuRemoved { moved_to }) => Ok(moved_to),
+            Ok(Reply::Error(e)) => Err(e.message),
+            Ok(other) => Err(format!("it answered {other:?}")),
+            Err(f) => Err(f.message),
+        };
+        super::part_done(events, name, removed.as_ref().err().map(String::as_str)).await;
+        moved_aside = Some(removed.map_err(|why| failed(name, why))?).filter(|m| !m.is_empty());
+    }
+
+    super::working(
+        events,
+        "install the gluu-server package",
+        &[name.to_string()],
+    )
+    .await;
+    let files = super::provision::files(&prov)?;
+    let entry = crate::generate::provision::package(
+        "gluu-server",
+        &["gluu-server"],
+        &["gluu-server"],
+        &files,
+    );
+    let set = ChangeSet {
+        revision: ctx.store.next_revision()?,
+        entries: vec![entry.clone()],
+        requested_by: format!("{user}@{}", ctx.meta.name),
+    };
+    let sent = match super::provision::upload(ctx, link.as_ref(), &[entry]).await {
+        Ok(()) => link.request(&Request::Apply(set), PACKAGE_TIMEOUT).await,
+        Err(f) => Err(f),
+    };
+    let package = match sent {
+        Ok(Reply::Applied(r)) => match r.result {
+            ApplyResult::Applied | ApplyResult::Unchanged => Ok(()),
+            ApplyResult::NotInstalled { output, .. } => Err(format!(
+                "the gluu-server package could not be installed; nothing else was changed on {name}. The package manager said: {output}"
+            )),
+            other => Err(format!(
+                "installing the gluu-server package ended {other:?}"
+            )),
+        },
+        Ok(Reply::Error(e)) => Err(e.message),
+        Ok(other) => Err(format!("it answered {other:?}")),
+        Err(f) => Err(f.message),
+    };
+    super::part_done(events, name, package.as_ref().err().map(String::as_str)).await;
+    package.map_err(|why| failed(name, why))?;
+
+    super::working(
+        events,
+        "run Gluu's setup (this takes minutes)",
+        &[name.to_string()],
+    )
+    .await;
+    let spec = GluuSetupSpec {
+        root: model.gluu_root.clone(),
+        properties: properties_for(
+            &exported.properties,
+            &crate::generate::ip_of(&node),
+            &hostname,
+        ),
+        no_data: true,
+        certs: exported.certs.clone(),
+        schema: exported.schema.clone(),
+        hostname: hostname.clone(),
+    };
+    let ran = match link
+        .request(&Request::GluuSetup(Box::new(spec)), SETUP_TIMEOUT)
+        .await
+    {
+        Ok(Reply::GluuSetUp(runs)) => Ok(runs),
+        Ok(Reply::Error(e)) => Err(e.message),
+        Ok(other) => Err(format!("it answered {other:?}")),
+        Err(f) => Err(f.message),
+    };
+    let runs = match ran {
+        Ok(r) => r,
+        Err(why) => {
+            super::part_done(events, name, Some(&why)).await;
+            return Err(failed(
+                name,
+                format!(
+                    "{why}; the gluu-server package is installed there: `clustermgr gluu install {name} --force` starts over"
+                ),
+            ));
+        }
+    };
+    let stopped = runs.iter().find(|r| !r.ok).map(|r| r.step.clone());
+    super::part_done(events, name, stopped.as_deref()).await;
+    let (ok, message) = match &stopped {
+        None => (
+            true,
+            format!(
+                "Gluu is installed on {name} from {primary}'s setup, without data (replication brings it), with {primary}'s certificates"
+            ),
+        ),
+        Some(step) => (
+            false,
+            format!(
+                "Gluu's setup on {name} stopped at \"{step}\" (its output is below); the gluu-server package is installed and the container may be partly set up, which cannot be undone step by step: fix the cause, then `clustermgr gluu install {name} --force` moves it aside and starts over"
+            ),
+        ),
+    };
+    ctx.audited(
+        user,
+        "gluu install",
+        &[name.to_string()],
+        &format!(
+            "from {primary}'s setup{}",
+            if force { ", --force" } else { "" }
+        ),
+        if ok { "installed" } else { "failed" },
+    )?;
+    Ok(GluuInstallView {
+        node: name.to_string(),
+        primary,
+        ok,
+        message,
+        moved_aside,
+        steps: runs
+            .into_iter()
+            .map(|r| StepView {
+                step: r.step,
+                ok: r.ok,
+                output: r.output,
+            })
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_gets_its_own_address_and_the_clusters_hostname_and_nothing_else_changes() {
+        let primary = b"#Gluu setup\nip=10.0.0.1\nhostname=gluu1.example.org\nldapPass=s3cret=x\norgName=Example\n";
+        let got =
+            String::from_utf8(properties_for(primary, "10.0.0.2", "idp.example.org")).unwrap();
+        assert_eq!(
+            got,
+            "#Gluu setup\nip=10.0.0.2\nhostname=idp.example.org\nldapPass=s3cret=x\norgName=Example\n"
+        );
+        let bare = String::from_utf8(properties_for(b"ldapPass=p\n", "10.0.0.3", "idp")).unwrap();
+        assert_eq!(bare, "ldapPass=p\nip=10.0.0.3\nhostname=idp\n");
+    }
+}
