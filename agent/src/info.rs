@@ -48,6 +48,7 @@ const MARKERS: &[(&str, &str)] = &[
     ("opt/shibboleth-idp", "shibboleth"),
     ("opt/gluu/node/passport", "passport"),
     ("opt/gluu/jetty/casa", "casa"),
+    ("opt/oxd-server", "oxd"),
     ("opt/opendj", "opendj"),
 ];
 

@@ -803,6 +803,7 @@ async fn handle_request(
         | Request::GluuExport(_)
         | Request::GluuSetup(_)
         | Request::GluuRemove { .. }
+        | Request::GluuAddComponents { .. }
         | Request::Probe(_)) => {
             match &req {
                 Request::Apply(set) => tracing::info!(
@@ -823,6 +824,10 @@ async fn handle_request(
                 Request::GluuSetup(spec) => tracing::warn!(
                     "setting up Gluu in {} from the primary's setup, requested by {controller}",
                     spec.root
+                ),
+                Request::GluuAddComponents { root, components } => tracing::warn!(
+                    "adding Gluu components {} in {root}, requested by {controller}",
+                    components.join(", ")
                 ),
                 Request::GluuRemove { root } => tracing::warn!(
                     "removing the Gluu in {root} before a reinstall, requested by {controller}"

@@ -381,6 +381,18 @@ pub enum GluuCmd {
         #[arg(long, value_name = "FILE")]
         setup_password_file: Option<PathBuf>,
     },
+    /// Add components after setup on every Gluu node, the primary first and one at a
+    /// time, with Gluu's own post-setup-add-components.py (which fetches them from
+    /// Gluu's repositories); a node that has one is skipped, a node without Gluu gets
+    /// them with its `gluu install`. The first failure stops the rest. Admins may.
+    #[command(after_help = "Examples:\n  \
+        clustermgr gluu add shibboleth\n  \
+        clustermgr gluu add passport casa")]
+    Add {
+        /// shibboleth, passport, casa or oxd.
+        #[arg(required = true, value_name = "COMPONENT")]
+        components: Vec<String>,
+    },
 }
 
 /// `keys` subcommands.
@@ -1110,6 +1122,9 @@ async fn dispatch(cli: Cli) -> Result<i32, CtlError> {
         ),
         Cmd::Audit { limit } => (Operation::Audit { limit }, OutputMode::Live),
         Cmd::Keys(KeysCmd::Rotate) => (Operation::KeysRotate, OutputMode::Live),
+        Cmd::Gluu(GluuCmd::Add { components }) => {
+            (Operation::GluuAdd { components }, OutputMode::Live)
+        }
         Cmd::Gluu(GluuCmd::Install {
             node,
             force,

@@ -521,6 +521,7 @@ pub fn document(op: &Operation, report: Report) -> Option<serde_json::Value> {
         Report::User(crate::users::View::Token { .. }) => None,
         Report::Keys(k) => value::<crate::desired::keys::KeysView>(&k),
         Report::GluuInstall(g) => value::<crate::desired::gluu::GluuInstallView>(&g),
+        Report::GluuAdd(g) => value::<crate::desired::gluu::GluuAddView>(&g),
         Report::Snapshot { .. } => None,
     }
 }
@@ -598,6 +599,7 @@ pub fn published() -> Vec<Published> {
         stream::<EventLine>("events-follow", &["events -f"]),
         doc::<crate::desired::keys::KeysView>("keys", &["keys rotate", "keys status"]),
         doc::<crate::desired::gluu::GluuInstallView>("gluu-install", &["gluu install"]),
+        doc::<crate::desired::gluu::GluuAddView>("gluu-add", &["gluu add"]),
         doc::<UserListDoc>("user-list", &["user list"]),
         doc::<UserDoc>("user", &["user add", "user passwd", "user remove"]),
         doc::<TokenDoc>("user-token", &["user token"]),

@@ -177,6 +177,13 @@ pub const TABLE: &[Row] = &[
         interrupted: "",
     },
     Row {
+        commands: &["gluu add"],
+        ok: "every Gluu node has the components (added, or already there)",
+        failed: "adding failed on a node (named, with the script's output; the nodes after it were not reached), or refused: the caller is not an admin",
+        usage: "an unknown component",
+        interrupted: "",
+    },
+    Row {
         commands: &["keys rotate"],
         ok: "new keys made on the primary, the keystore on every Gluu node, the keys published",
         failed: "making the keys on the primary failed (nothing changed), or a Gluu node did not take the keystore or the published keys (named; `apply` finishes), or refused: the caller is not an admin",

@@ -221,6 +221,11 @@ pub enum Operation {
         /// password is not it.
         setup_password: Option<crate::desired::SecretText>,
     },
+    /// Add Gluu components after setup on every Gluu node.
+    GluuAdd {
+        /// The components (`shibboleth`, `passport`, `casa`, `oxd`).
+        components: Vec<String>,
+    },
     /// Make a new generation of oxAuth keys and give it to every Gluu node.
     KeysRotate,
     /// The oxAuth keys and each Gluu node's copy.
@@ -330,6 +335,7 @@ impl Operation {
             | Operation::Apply { .. }
             | Operation::KeysRotate
             | Operation::GluuInstall { .. }
+            | Operation::GluuAdd { .. }
             | Operation::Rollback { .. }
             | Operation::Snapshot { .. }
             | Operation::BackupFinished { .. }
@@ -375,6 +381,7 @@ impl Operation {
             Operation::EventAck { .. } => "events ack",
             Operation::KeysRotate => "keys rotate",
             Operation::GluuInstall { .. } => "gluu install",
+            Operation::GluuAdd { .. } => "gluu add",
             Operation::KeysStatus => "keys status",
             Operation::History { .. } => "history",
             Operation::Rollback { list: true, .. } => "rollback --list",
@@ -695,6 +702,8 @@ pub enum Report {
     Keys(Box<crate::desired::keys::KeysView>),
     /// `gluu install`.
     GluuInstall(Box<crate::desired::gluu::GluuInstallView>),
+    /// `gluu add`.
+    GluuAdd(Box<crate::desired::gluu::GluuAddView>),
     /// A store snapshot was sent in [`Event::Snapshot`] parts of this many bytes in all.
     Snapshot {
         /// The total length, for the receiver to check that every part arrived.
@@ -771,6 +780,7 @@ impl Report {
             } if views.iter().any(|v| !v.entries.is_empty()) => exit::DRIFT_FOUND,
             Report::Applied(v) if v.iter().any(|v| bad(&v.state)) => exit::FAILED,
             Report::GluuInstall(g) if !g.ok => exit::FAILED,
+            Report::GluuAdd(g) if !g.ok => exit::FAILED,
             // A node without the cluster's keys is a failure monitoring should see.
             Report::Keys(k)
                 if k.nodes.iter().any(|n| {
@@ -1076,6 +1086,11 @@ pub async fn run(
         )
         .await
         .map(|v| Report::GluuInstall(Box::new(v))),
+        Operation::GluuAdd { components } => {
+            crate::desired::gluu::add(&ctx, user, &components, within, &events)
+                .await
+                .map(|v| Report::GluuAdd(Box::new(v)))
+        }
         Operation::KeysStatus => crate::desired::keys::status(&ctx)
             .await
             .map(|v| Report::Keys(Box::new(v))),

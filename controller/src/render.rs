@@ -887,6 +887,13 @@ pub fn report(report: Report, mut gathered: Gathered, mode: OutputMode, op: &Ope
         Report::Events(e) => e.iter().for_each(|r| print_event(&r.event, r.ack.as_ref())),
         Report::Health(h) => print_health(&h),
         Report::Keys(k) => print_keys(&k),
+        Report::GluuAdd(g) => {
+            for n in &g.nodes {
+                say!("{:<16} {}", n.node, n.result);
+                print_step_lines(&n.steps);
+            }
+            say!("{}", g.message);
+        }
         Report::GluuInstall(g) => {
             for s in &g.steps {
                 say!("{} {}", if s.ok { "ok  " } else { "FAIL" }, s.step);
@@ -1209,6 +1216,18 @@ fn print_applied(v: &crate::desired::NodeApplyView) {
         if !s.ok && !s.output.is_empty() {
             for l in s.output.lines() {
                 say!("    {l}");
+            }
+        }
+    }
+}
+
+/// The steps of a Gluu node's work, each with its output when it failed.
+fn print_step_lines(steps: &[crate::desired::StepView]) {
+    for s in steps {
+        say!("  {} {}", if s.ok { "ok  " } else { "FAIL" }, s.step);
+        if !s.ok && !s.output.is_empty() {
+            for line in s.output.lines() {
+                say!("       {line}");
             }
         }
     }

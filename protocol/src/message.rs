@@ -159,6 +159,15 @@ pub enum Request {
         /// The container root on the host.
         root: String,
     },
+    /// Add Gluu components after setup with Gluu's own `post-setup-add-components.py`
+    /// (protocol version 4). Answered by [`Reply::GluuSetUp`].
+    GluuAddComponents {
+        /// The container root on the host.
+        root: String,
+        /// Components by the names Gluu's script takes after `-add`: `shib`,
+        /// `passport`, `casa`, `oxd`.
+        components: Vec<String>,
+    },
 }
 
 impl Request {
@@ -192,7 +201,10 @@ impl Request {
                 Some((crate::version::PROVISIONS, "uploading packages"))
             }
             Request::KeysMake(_) => Some((crate::version::ROTATES_KEYS, "making oxAuth keys")),
-            Request::GluuExport(_) | Request::GluuSetup(_) | Request::GluuRemove { .. } => {
+            Request::GluuExport(_)
+            | Request::GluuSetup(_)
+            | Request::GluuRemove { .. }
+            | Request::GluuAddComponents { .. } => {
                 Some((crate::version::INSTALLS_GLUU, "installing Gluu"))
             }
             _ => None,

@@ -351,7 +351,7 @@ impl Kind {
         match self {
             Kind::Hello => 1,
             Kind::HelloReply => 2,
-            Kind::Request => 23,
+            Kind::Request => 24,
             Kind::Reply => 22,
             Kind::ExecInput => 3,
             Kind::ExecEvent => 5,
@@ -434,6 +434,7 @@ impl Msg {
                 Request::GluuExport(_) => 20,
                 Request::GluuSetup(_) => 21,
                 Request::GluuRemove { .. } => 22,
+                Request::GluuAddComponents { .. } => 23,
             },
             Msg::Reply(m) => match m {
                 Reply::Info(_) => 0,
@@ -1377,6 +1378,10 @@ fn gen_msg(rng: &mut Rng, kind: Kind, variant: u32) -> Msg {
         }))),
         (Kind::Request, 22) => Msg::Request(Request::GluuRemove {
             root: gen_string(rng),
+        }),
+        (Kind::Request, 23) => Msg::Request(Request::GluuAddComponents {
+            root: gen_string(rng),
+            components: (0..rng.below(3)).map(|_| gen_string(rng)).collect(),
         }),
         (Kind::Request, 19) => Msg::Request(Request::KeysMake(KeysSpec {
             root: gen_string(rng),

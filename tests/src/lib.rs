@@ -20,6 +20,7 @@ use clustermgr::ops::{Ctx, CtxOptions};
 use clustermgr::store::Role;
 
 pub mod packaging;
+pub mod provision;
 pub mod schema;
 pub mod slapd;
 pub mod standalone;

@@ -2796,6 +2796,7 @@ async fn every_command_prints_what_its_published_schema_says() {
         "keys",
         // provision: gluu_install_sets_up_a_node_from_the_primarys_setup.
         "gluu-install",
+        "gluu-add",
     ];
     for p in clustermgr::contract::published() {
         assert!(

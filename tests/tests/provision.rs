@@ -6,107 +6,11 @@
 //! installed. And `gluu install` sets up a node from the primary's setup with a
 //! stand-in `gluu-server` package the test builds, installed for real with dpkg.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use clustermgr_tests::netns::{Host, Net};
-use clustermgr_tests::{Controller, stderr, stdout, succeeded as ok};
-
-/// What the harness hosts are made bare of (the machine has them: `tests/run`
-/// installs them), and chrony, which the machine lacks.
-const PACKAGES: &[&str] = &[
-    "nginx",
-    "nginx-common",
-    "csync2",
-    "stunnel4",
-    "redis-server",
-    "redis-tools",
-    "chrony",
-];
-
-/// Debian's package files of [`PACKAGES`], downloaded once into the target directory
-/// by `apt-get download` on the controller (the machine).
-fn downloaded() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("debs");
-    std::fs::create_dir_all(&dir).unwrap();
-    let have = |name: &str| {
-        std::fs::read_dir(&dir).unwrap().any(|e| {
-            e.unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{name}_"))
-        })
-    };
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !have(p)).collect();
-    if !missing.is_empty() {
-        let o = std::process::Command::new("apt-get")
-            .arg("download")
-            .args(&missing)
-            .current_dir(&dir)
-            .output()
-            .expect("apt-get");
-        assert!(o.status.success(), "apt-get download: {}", stderr(&o));
-    }
-    dir
-}
-
-/// A package directory holding the downloaded files whose package is in `names`.
-fn package_dir(parent: &Path, names: &[&str]) -> PathBuf {
-    let dir = parent.join("packages");
-    std::fs::create_dir_all(&dir).unwrap();
-    for e in std::fs::read_dir(downloaded()).unwrap() {
-        let e = e.unwrap();
-        let file = e.file_name().to_string_lossy().into_owned();
-        let package = file.split('_').next().unwrap_or_default().to_string();
-        if file.ends_with(".deb") && names.contains(&package.as_str()) {
-            std::fs::copy(e.path(), dir.join(&file)).unwrap();
-        }
-    }
-    dir
-}
-
-/// Makes `h` bare of [`PACKAGES`] (chrony too, should the machine have it) and of the
-/// time service the machine has, in the
-/// host's own `/usr`, `/etc` and `/var`; chrony, once installed, is told not to touch
-/// the clock (the hosts share the machine's).
-fn bare(h: &Host) {
-    h.sh(
-        "dpkg --purge --force-depends nginx nginx-common csync2 stunnel4 redis-server redis-tools chrony systemd-timesyncd >/dev/null 2>&1; \
-         mkdir -p /etc/default && echo 'DAEMON_OPTS=\"-F 1 -x\"' > /etc/default/chrony",
-    );
-    for p in PACKAGES {
-        assert_eq!(installed(h, p), None, "{p} still on {}", h.name);
-    }
-}
-
-/// The version of `package` installed on `h`.
-fn installed(h: &Host, package: &str) -> Option<String> {
-    let o = h.run(&[
-        "dpkg-query",
-        "-W",
-        "-f=${db:Status-Status} ${Version}",
-        package,
-    ]);
-    let text = String::from_utf8_lossy(&o.stdout).into_owned();
-    text.strip_prefix("installed ").map(str::to_string)
-}
-
-/// Hosts bootstrapped into a new controller home, each made bare.
-fn hosts(names: &[&str]) -> (Net, Controller) {
-    let mut net = Net::new();
-    for n in names {
-        net.add_host(n);
-    }
-    for h in net.hosts() {
-        bare(h);
-    }
-    let ctl = Controller::new();
-    let inventory = ctl.inventory(&net, "gluu1").display().to_string();
-    ok(
-        ctl.run(&["node", "add", "--from", &inventory]),
-        "node add --from",
-    );
-    (net, ctl)
-}
+use clustermgr_tests::netns::Host;
+use clustermgr_tests::provision::{PACKAGES, bare, hosts, installed, package_dir};
+use clustermgr_tests::{stderr, stdout, succeeded as ok};
 
 #[test]
 fn a_missing_dependency_is_named_per_node_before_anything_is_installed() {
@@ -338,6 +242,22 @@ echo "encrypted" > /install/community-edition-setup/setup.properties.last.enc
 echo "setup done" >> $log
 "#;
 
+/// The stand-in's `post-setup-add-components.py`: it logs its flags and lays out the
+/// directory each component has in a real container.
+const ADD_COMPONENTS_PY: &str = r#"#!/bin/sh
+echo "add: $*" >> /install/community-edition-setup/stand-in-setup.log
+[ -d /etc/gluu/conf ] || { echo "Gluu is not set up here"; exit 1; }
+for a in "$@"; do
+  case $a in
+    -addshib) mkdir -p /opt/shibboleth-idp;;
+    -addpassport) mkdir -p /opt/gluu/node/passport;;
+    -addcasa) mkdir -p /opt/gluu/jetty/casa;;
+    -addoxd) mkdir -p /opt/oxd-server;;
+    *) echo "unknown option $a"; exit 2;;
+  esac
+done
+"#;
+
 /// The stand-in's `postinst`: the container's shell (busybox) and `/tmp`.
 const GLUU_POSTINST: &str = "#!/bin/sh\nset -e\nr=/opt/gluu-server\nmkdir -p $r/bin $r/tmp $r/etc\n[ -e $r/bin/busybox ] || cp /bin/busybox $r/bin/busybox\nfor t in sh cat grep stat mkdir cut head ls rm; do [ -e $r/bin/$t ] || ln -s busybox $r/bin/$t; done\nchmod 1777 $r/tmp\n";
 
@@ -352,6 +272,11 @@ fn gluu_server_deb(dir: &Path) {
             (
                 "opt/gluu-server/install/community-edition-setup/setup.py",
                 SETUP_PY,
+                0o755,
+            ),
+            (
+                "opt/gluu-server/install/community-edition-setup/post-setup-add-components.py",
+                ADD_COMPONENTS_PY,
                 0o755,
             ),
         ],

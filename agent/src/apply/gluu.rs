@@ -508,3 +508,68 @@ pub fn remove(cfg: &AgentConfig, root: &str, scratch: &Path) -> Result<String, R
         ))),
     }
 }
+
+/// The components Gluu's post-setup script adds, by the word after its `-add`.
+const COMPONENTS: &[&str] = &["shib", "passport", "casa", "oxd"];
+
+/// Adds `components` to the Gluu set up in the container with Gluu's own
+/// `post-setup-add-components.py` (which fetches what it installs from Gluu's
+/// repositories), then restarts the container.
+pub fn add_components(
+    cfg: &AgentConfig,
+    root: &str,
+    components: &[String],
+    scratch: &Path,
+) -> Result<Vec<StepRun>, RemoteError> {
+    crate::packages::allowed(cfg).map_err(RemoteError::refused)?;
+    if components.is_empty() || components.iter().any(|c| !COMPONENTS.contains(&c.as_str())) {
+        return Err(RemoteError::invalid(format!(
+            "components are {}; asked for {}",
+            COMPONENTS.join(", "),
+            components.join(", ")
+        )));
+    }
+    let base = base_of(cfg, root)?;
+    if !base
+        .join(SETUP_DIR)
+        .join("post-setup-add-components.py")
+        .is_file()
+    {
+        return Err(RemoteError::invalid(format!(
+            "no /{SETUP_DIR}/post-setup-add-components.py in the container at {root}: is Gluu set up on this node?"
+        )));
+    }
+    let flags: Vec<String> = components.iter().map(|c| format!("-add{c}")).collect();
+    let mut runs = vec![step::run(
+        &Step {
+            label: format!("post-setup-add-components.py {}", flags.join(" ")),
+            argv: vec![
+                "chroot".into(),
+                base.display().to_string(),
+                "/bin/sh".into(),
+                "-c".into(),
+                format!(
+                    "cd /{SETUP_DIR} && exec ./post-setup-add-components.py {}",
+                    flags.join(" ")
+                ),
+            ],
+            reload_or_start: None,
+            stdin: None,
+        },
+        SETUP_TIMEOUT,
+        scratch,
+    )];
+    if runs[0].ok {
+        runs.push(step::run(
+            &Step {
+                label: format!("restart the Gluu container ({SERVERD} restart)"),
+                argv: vec![SERVERD.into(), "restart".into()],
+                reload_or_start: None,
+                stdin: None,
+            },
+            CONTROL_TIMEOUT,
+            scratch,
+        ));
+    }
+    Ok(runs)
+}

@@ -1228,6 +1228,11 @@ impl Engine {
                 let _ = std::fs::create_dir_all(&self.dir);
                 gluu::setup(&self.cfg, spec, &self.dir.join(".gluu-output")).map(Reply::GluuSetUp)
             }
+            Request::GluuAddComponents { root, components } => {
+                let _ = std::fs::create_dir_all(&self.dir);
+                gluu::add_components(&self.cfg, root, components, &self.dir.join(".gluu-output"))
+                    .map(Reply::GluuSetUp)
+            }
             Request::GluuRemove { root } => {
                 let _ = std::fs::create_dir_all(&self.dir);
                 gluu::remove(&self.cfg, root, &self.dir.join(".gluu-output"))

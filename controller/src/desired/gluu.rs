@@ -335,6 +335,191 @@ pub async fn install(
     })
 }
 
+/// The components `gluu add` takes: its name, the word after `-add` Gluu's
+/// post-setup script takes, and the name the agent reports an installed one by.
+pub const COMPONENTS: &[(&str, &str, &str)] = &[
+    ("shibboleth", "shib", "shibboleth"),
+    ("passport", "passport", "passport"),
+    ("casa", "casa", "casa"),
+    ("oxd", "oxd", "oxd"),
+];
+
+/// What `gluu add` did.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct GluuAddView {
+    /// The components asked for.
+    pub components: Vec<String>,
+    /// Whether every node that runs Gluu has them now.
+    pub ok: bool,
+    /// What happened, in a sentence.
+    pub message: String,
+    /// Each Gluu node, the primary first, in the order they were worked on.
+    pub nodes: Vec<GluuAddNode>,
+}
+
+/// One node's part of `gluu add`.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct GluuAddNode {
+    /// The node.
+    pub node: String,
+    /// `added`, `already there`, `no Gluu` (its `gluu install` brings the primary's
+    /// components), `failed`, or `not reached` (after a failure).
+    pub result: String,
+    /// The steps that ran, with their output.
+    pub steps: Vec<StepView>,
+}
+
+/// `gluu add COMPONENT...`: each Gluu node, the primary first and one at a time, gets
+/// the components it lacks through Gluu's own post-setup script; the first failure
+/// stops the rest.
+pub async fn add(
+    ctx: &Ctx,
+    user: &str,
+    components: &[String],
+    within: Duration,
+    events: &tokio::sync::mpsc::Sender<Event>,
+) -> Result<GluuAddView, CtlError> {
+    let mut wanted: Vec<&(&str, &str, &str)> = Vec::new();
+    for c in components {
+        let Some(found) = COMPONENTS.iter().find(|(name, _, _)| name == c) else {
+            return Err(CtlError::BadArgument {
+                flag: "COMPONENT",
+                value: c.clone(),
+                why: format!(
+                    "the components Gluu adds after setup are {}",
+                    COMPONENTS
+                        .iter()
+                        .map(|(n, _, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        };
+        if !wanted.contains(&found) {
+            wanted.push(found);
+        }
+    }
+    let nodes = ctx.store.nodes()?;
+    let mut gluu: Vec<&NodeRecord> = nodes.iter().filter(|n| n.has_role(Role::Gluu)).collect();
+    gluu.sort_by(|a, b| a.name.cmp(&b.name));
+    let (primary, _) = crate::generate::gluu_settings::writers(&gluu, &ctx.store.build()?);
+    gluu.sort_by_key(|n| n.name != primary);
+    let root = ctx.store.model()?.gluu_root;
+    let mut out = Vec::new();
+    let mut failed = false;
+    for n in gluu {
+        if failed {
+            out.push(GluuAddNode {
+                node: n.name.clone(),
+                result: "not reached".into(),
+                steps: Vec::new(),
+            });
+            continue;
+        }
+        super::working(events, "add Gluu components", std::slice::from_ref(&n.name)).await;
+        let (result, steps, why) = add_on(ctx, n, &root, &wanted, within).await;
+        super::part_done(events, &n.name, why.as_deref()).await;
+        failed = result == "failed";
+        out.push(GluuAddNode {
+            node: n.name.clone(),
+            result: result.into(),
+            steps,
+        });
+    }
+    let names: Vec<String> = wanted.iter().map(|(n, _, _)| n.to_string()).collect();
+    let message = match out.iter().find(|n| n.result == "failed") {
+        Some(f) => format!(
+            "adding {} failed on {} (its output is above); the nodes after it were not reached: fix the cause and run `clustermgr gluu add` again, which skips what is there",
+            names.join(", "),
+            f.node
+        ),
+        None => format!("every Gluu node has {}", names.join(", ")),
+    };
+    ctx.audited(
+        user,
+        "gluu add",
+        &out.iter().map(|n| n.node.clone()).collect::<Vec<_>>(),
+        &names.join(", "),
+        if failed { "failed" } else { "done" },
+    )?;
+    Ok(GluuAddView {
+        components: names,
+        ok: !failed,
+        message,
+        nodes: out,
+    })
+}
+
+/// One node's part of [`add`]: its result word, its steps, and why it failed.
+async fn add_on(
+    ctx: &Ctx,
+    n: &NodeRecord,
+    root: &str,
+    wanted: &[&(&str, &str, &str)],
+    within: Duration,
+) -> (&'static str, Vec<StepView>, Option<String>) {
+    let failed = |why: String| {
+        (
+            "failed",
+            vec![StepView {
+                step: "reach the node".into(),
+                ok: false,
+                output: why.clone(),
+            }],
+            Some(why),
+        )
+    };
+    let link = match ctx.link(n, within).await {
+        Ok(l) => l,
+        Err(f) => return failed(f.message),
+    };
+    let installed = match link.request(&Request::Info, SHORT_TIMEOUT).await {
+        Ok(Reply::Info(info)) => info.gluu,
+        Ok(Reply::Error(e)) => return failed(e.message),
+        Ok(other) => return failed(format!("it answered {other:?}")),
+        Err(f) => return failed(f.message),
+    };
+    let Some(g) = installed else {
+        return ("no Gluu", Vec::new(), None);
+    };
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|(_, _, shown)| !g.components.iter().any(|c| c == shown))
+        .map(|(_, word, _)| word.to_string())
+        .collect();
+    if missing.is_empty() {
+        return ("already there", Vec::new(), None);
+    }
+    let asked = link
+        .request(
+            &Request::GluuAddComponents {
+                root: root.to_string(),
+                components: missing,
+            },
+            SETUP_TIMEOUT,
+        )
+        .await;
+    let runs = match asked {
+        Ok(Reply::GluuSetUp(runs)) => runs,
+        Ok(Reply::Error(e)) => return failed(e.message),
+        Ok(other) => return failed(format!("it answered {other:?}")),
+        Err(f) => return failed(f.message),
+    };
+    let stopped = runs.iter().find(|r| !r.ok).map(|r| r.step.clone());
+    let steps = runs
+        .into_iter()
+        .map(|r| StepView {
+            step: r.step,
+            ok: r.ok,
+            output: r.output,
+        })
+        .collect();
+    match stopped {
+        None => ("added", steps, None),
+        Some(step) => ("failed", steps, Some(step)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
