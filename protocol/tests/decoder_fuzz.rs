@@ -557,9 +557,10 @@ impl Msg {
             Msg::Reply(Reply::Applied(report)) => {
                 let entries = 1 + varint_len(report.revision);
                 match report.entries.first() {
+                    // Unchanged, Applied, RolledBack, Stale, NotInstalled.
                     None => slots.push(Slot::Varint {
                         at: entries + 1,
-                        valid: 3,
+                        valid: 5,
                     }),
                     Some(plan) => slots.push(Slot::Varint {
                         at: after_str(
