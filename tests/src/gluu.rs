@@ -20,6 +20,8 @@ pub const CUSTOM: &str = "/opt/gluu-server/opt/gluu/jetty/oxauth/custom";
 pub const HOSTNAME: &str = "idp.example.org";
 /// Apache's certificate in the Gluu container, which the health endpoints are pinned to.
 pub const HTTPD_CRT: &str = "/opt/gluu-server/etc/certs/httpd.crt";
+/// Its key.
+pub const HTTPD_KEY: &str = "/opt/gluu-server/etc/certs/httpd.key";
 
 /// One check's state as `health --json` or `events --json` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,8 +45,15 @@ pub struct Row {
 /// The three Gluu hosts bootstrapped over SSH into a new controller home (`gluu1` the
 /// primary), with the cluster's hostname set.
 pub fn hosts() -> (Net, Controller) {
+    hosts_named(&NODES)
+}
+
+/// The hosts `names` (roles by name: `lb*` load balancers, `cache*` cache hosts, the
+/// rest Gluu) bootstrapped over SSH into a new controller home (`gluu1` the primary),
+/// with the cluster's hostname set.
+fn hosts_named(names: &[&str]) -> (Net, Controller) {
     let mut net = Net::new();
-    for n in NODES {
+    for n in names {
         net.add_host(n);
     }
     let ctl = Controller::new();
@@ -88,23 +97,63 @@ impl GluuCluster {
         interval_secs: u64,
         prepare: impl FnOnce(&Net, &Controller),
     ) -> GluuCluster {
-        let (net, ctl) = hosts();
-        for h in net.hosts() {
+        GluuCluster::build(&NODES, interval_secs, prepare).await
+    }
+
+    /// [`GluuCluster::start_with`] with a load balancer (`lb1`, real nginx, the
+    /// cluster's certificate, which the oxAuth stand-ins present too) and a cache host
+    /// (`cache1`: Redis behind stunnel, `cache redis`) beside the three Gluu hosts.
+    pub async fn start_whole(
+        interval_secs: u64,
+        prepare: impl FnOnce(&Net, &Controller),
+    ) -> GluuCluster {
+        let names = [NODES[0], NODES[1], NODES[2], "lb1", "cache1"];
+        GluuCluster::build(&names, interval_secs, |net, ctl| {
+            let dir = ctl.home.parent().expect("home's parent");
+            let (crt, key) = (dir.join("cluster.crt"), dir.join("cluster.key"));
+            std::fs::copy(net.host(NODES[0]).path(HTTPD_CRT), &crt).expect("the certificate");
+            std::fs::copy(net.host(NODES[0]).path(HTTPD_KEY), &key).expect("the key");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod");
+            for (k, v) in [
+                ("cache", "redis".to_string()),
+                ("tls-cert", crt.display().to_string()),
+                ("tls-key", key.display().to_string()),
+            ] {
+                ok(ctl.run(&["cluster", "set", k, &v]), "cluster set");
+            }
+            prepare(net, ctl);
+        })
+        .await
+    }
+
+    async fn build(
+        names: &[&str],
+        interval_secs: u64,
+        prepare: impl FnOnce(&Net, &Controller),
+    ) -> GluuCluster {
+        let (net, ctl) = hosts_named(names);
+        // One certificate for the cluster's name, as a Gluu cluster's Apache has.
+        let pair = crate::slapd::self_signed(&[HOSTNAME]);
+        for n in NODES {
+            let h = net.host(n);
             h.sh(&format!("mkdir -p {CUSTOM} /opt/gluu-server/etc/gluu/conf"));
-            start_oxauth(h);
+            start_oxauth(h, &pair);
         }
         prepare(&net, &ctl);
         ok(ctl.run(&["apply", "--yes"]), "apply");
-        for h in net.hosts() {
+        for n in NODES {
+            let h = net.host(n);
             crate::eventually_blocking(
                 &format!("csync2 listening on {}", h.name),
                 Duration::from_secs(10),
                 || h.tcp_open(30865),
             );
         }
-        let servers = slapd::replicate(net.hosts().iter().map(Slapd::start_on).collect());
-        for (h, s) in net.hosts().iter().zip(&servers) {
-            bind_agent(h, s);
+        let servers =
+            slapd::replicate(NODES.iter().map(|n| Slapd::start_on(net.host(n))).collect());
+        for (n, s) in NODES.iter().zip(&servers) {
+            bind_agent(net.host(n), s);
         }
         let alerts = ctl
             .home
@@ -154,7 +203,7 @@ impl GluuCluster {
 
     /// Starts `name`'s oxAuth stand-in again.
     pub fn start_oxauth(&self, name: &str) {
-        start_oxauth(self.host(name));
+        start_oxauth_again(self.host(name));
     }
 
     /// Runs the generated cron job's command on `name` now (what cron runs every two
@@ -376,24 +425,28 @@ fn rows(v: &serde_json::Value, level_key: &str) -> Vec<Row> {
 }
 
 /// A stand-in for a Gluu node's oxAuth behind Apache (the Gluu web applications cannot
-/// run here): the component's marker in the container, Apache's certificate, and nginx
-/// on the host's 443 answering the health endpoint as oxAuth does. Made once per host;
-/// started again after [`GluuCluster::stop_oxauth`].
-fn start_oxauth(h: &Host) {
+/// run here): the component's marker in the container, Apache's certificate (`pair`,
+/// the cluster's), and nginx on the host's 443 answering oxAuth's and oxTrust's health
+/// endpoints as they do. Started again after [`GluuCluster::stop_oxauth`] by
+/// [`start_oxauth_again`].
+fn start_oxauth(h: &Host, (crt, key): &(String, String)) {
     let conf = "/opt/gluu-server/oxauth-standin.conf";
-    if !h.path(conf).exists() {
-        let (crt, key) = crate::slapd::self_signed(&[HOSTNAME]);
-        h.sh("mkdir -p /opt/gluu-server/opt/gluu/jetty/oxauth /opt/gluu-server/etc/certs");
-        std::fs::write(h.path(HTTPD_CRT), crt).expect("httpd.crt");
-        std::fs::write(h.path("/opt/gluu-server/etc/certs/httpd.key"), key).expect("httpd.key");
-        std::fs::write(
-            h.path(conf),
-            format!(
-                "pid /run/oxauth-standin.pid;\nerror_log /var/log/oxauth-standin.log;\nevents {{}}\nhttp {{\n access_log off;\n server {{\n  listen 443 ssl;\n  ssl_certificate {HTTPD_CRT};\n  ssl_certificate_key /opt/gluu-server/etc/certs/httpd.key;\n  location = /oxauth/restv1/health-check {{ default_type application/json; return 200 '{{\"status\": \"running\", \"db_status\": \"online\"}}'; }}\n }}\n}}\n"
-            ),
-        )
-        .expect("stand-in config");
-    }
+    h.sh("mkdir -p /opt/gluu-server/opt/gluu/jetty/oxauth /opt/gluu-server/etc/certs");
+    std::fs::write(h.path(HTTPD_CRT), crt).expect("httpd.crt");
+    std::fs::write(h.path(HTTPD_KEY), key).expect("httpd.key");
+    std::fs::write(
+        h.path(conf),
+        format!(
+            "pid /run/oxauth-standin.pid;\nerror_log /var/log/oxauth-standin.log;\nevents {{}}\nhttp {{\n access_log off;\n server {{\n  listen 443 ssl;\n  ssl_certificate {HTTPD_CRT};\n  ssl_certificate_key {HTTPD_KEY};\n  location ~ ^/(oxauth|identity)/restv1/health-check$ {{ default_type application/json; return 200 '{{\"status\": \"running\", \"db_status\": \"online\"}}'; }}\n }}\n}}\n"
+        ),
+    )
+    .expect("stand-in config");
+    start_oxauth_again(h);
+}
+
+/// Starts the oxAuth stand-in [`start_oxauth`] made on `h`.
+fn start_oxauth_again(h: &Host) {
+    let conf = "/opt/gluu-server/oxauth-standin.conf";
     h.sh(&format!("nginx -c {conf}"));
     crate::eventually_blocking(
         &format!("the oxAuth stand-in on {}", h.name),

@@ -187,13 +187,15 @@ fn a_failed_install_writes_no_file_and_says_what_the_package_manager_said() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bare_gluu_hosts_are_healthy_after_one_apply() {
-    // The Gluu-like harness (three hosts, real slapd replicating, csync2 as apply
-    // configures it, serve checking every 2 s), its hosts made bare of csync2 and any
-    // time service before its one apply, with the package directory set.
+async fn bare_hosts_of_every_role_are_healthy_after_one_apply() {
+    // The Gluu-like harness with a load balancer and a cache host (three Gluu hosts with
+    // real slapd replicating, csync2 as apply configures it, lb1's real nginx in front
+    // of the oxAuth stand-ins, Redis behind stunnel on cache1, serve checking every
+    // 2 s), every host made bare of what apply installs and of any time service before
+    // the one apply, with the package directory set.
     let parent = tempfile::tempdir().unwrap();
-    let dir = package_dir(parent.path(), &["csync2", "chrony"]);
-    let c = clustermgr_tests::gluu::GluuCluster::start_with(2, |net, ctl| {
+    let dir = package_dir(parent.path(), PACKAGES);
+    let c = clustermgr_tests::gluu::GluuCluster::start_whole(2, |net, ctl| {
         for h in net.hosts() {
             bare(h);
         }
@@ -203,12 +205,33 @@ async fn bare_gluu_hosts_are_healthy_after_one_apply() {
         );
     })
     .await;
-    for h in c.net.hosts() {
-        for p in ["csync2", "chrony"] {
-            assert!(installed(h, p).is_some(), "{p} on {}", h.name);
+    let want: &[(&str, &[&str])] = &[
+        ("gluu1", &["csync2", "chrony", "stunnel4"]),
+        ("gluu2", &["csync2", "chrony", "stunnel4"]),
+        ("gluu3", &["csync2", "chrony", "stunnel4"]),
+        ("lb1", &["nginx"]),
+        ("cache1", &["redis-server", "stunnel4"]),
+    ];
+    for (node, packages) in want {
+        for p in *packages {
+            assert!(installed(c.host(node), p).is_some(), "{p} on {node}");
         }
     }
     c.settled(std::time::Duration::from_secs(90)).await;
+    // Every check of every node, the load balancer's oxAuth and oxTrust through nginx
+    // and the cache through each Gluu node's tunnel among them.
+    let (_, rows) = c.health();
+    for (node, check) in [
+        ("lb1", "services"),
+        ("cache1", "services"),
+        ("gluu2", "services"),
+    ] {
+        assert!(
+            rows.iter()
+                .any(|r| r.node == node && r.check == check && r.level == "ok"),
+            "{node} {check}: {rows:#?}"
+        );
+    }
 }
 
 /// The stand-in `gluu-server` package's container control: it logs what it is asked.
@@ -235,7 +258,7 @@ head -n 1 $log | grep -qF -- "$pw" && { echo "refused: the LDAP password is in t
 echo "mode: $(stat -c %a "$f")" >> $log
 grep '^ip=' "$f" >> $log
 grep '^hostname=' "$f" >> $log
-[ -e /fail-setup ] && { echo "ERROR: the stand-in setup fails, as the test asked"; exit 1; }
+[ -e /fail-setup ] && { echo "ERROR: the stand-in setup fails, as the test asked (ldapPass=$pw)"; exit 1; }
 mkdir -p /etc/gluu/conf /opt/gluu/jetty/oxauth /etc/certs
 echo "the node's own certificate" > /etc/certs/httpd.crt
 echo "encrypted" > /install/community-edition-setup/setup.properties.last.enc
@@ -470,6 +493,10 @@ fn gluu_install_sets_up_a_node_from_the_primarys_setup() {
             && said.contains("the stand-in setup fails, as the test asked")
             && said.contains("--force"),
         "{said}"
+    );
+    assert!(
+        said.contains("ldapPass=(redacted)") && !said.contains(LDAP_PASSWORD),
+        "what setup printed is shown without the passwords: {said}"
     );
     assert!(
         !net.host("gluu3")

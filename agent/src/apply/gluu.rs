@@ -2,8 +2,11 @@
 //! up a new node's container from it, and moving an old container aside before a
 //! reinstall. The package itself is installed beforehand as a package entry.
 //!
+//! Gluu's setup and post-setup script run inside the container's systemd-nspawn
+//! machine when it runs as one (Gluu 4.x; `step::in_machine`), else chrooted.
+//!
 //! The primary's `setup.properties.last` holds every password of the installation: it
-//! is read without following a link, decrypted (when Gluu left only `.enc`) into an
+//! is read without following a link, only if root's alone, decrypted (when Gluu left only `.enc`) into an
 //! owner-only directory of the agent's own, and on the new node written owner-only for
 //! the one run of Gluu's setup, and removed after it whatever happened. Setup gets the
 //! file's path, never a password, in its arguments.
@@ -12,8 +15,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use clustermgr_protocol::atomic_file::write_atomic;
-use clustermgr_protocol::changeset::{Scope, StepRun};
+use clustermgr_protocol::changeset::{Meta, Scope, StepRun};
 use clustermgr_protocol::message::{
     GluuExport, GluuExportSpec, GluuFile, GluuSetupSpec, RemoteError,
 };
@@ -59,7 +61,7 @@ pub fn export(
     let base = base_of(cfg, &spec.root)?;
     let dir = base.join(SETUP_DIR);
     let plain = dir.join("setup.properties.last");
-    let properties = match read_regular(&plain) {
+    let properties = match root_only(&plain) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => decrypt(
             &base,
@@ -68,12 +70,7 @@ pub fn export(
             ldap_cfg,
             scratch,
         )?,
-        Err(e) => {
-            return Err(RemoteError::internal(format!(
-                "cannot read {}: {e}",
-                plain.display()
-            )));
-        }
+        Err(e) => return Err(RemoteError::invalid(format!("{}: {e}", plain.display()))),
     };
     Ok(GluuExport {
         properties,
@@ -92,9 +89,9 @@ fn decrypt(
     ldap_cfg: &AgentConfig,
     scratch: &Path,
 ) -> Result<Vec<u8>, RemoteError> {
-    match enc.symlink_metadata() {
-        Ok(m) if m.is_file() => {}
-        _ => {
+    let sealed = match root_only(enc) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(RemoteError::invalid(format!(
                 "{} has neither setup.properties.last nor setup.properties.last.enc: is Gluu set up on this node?",
                 enc.parent()
@@ -102,7 +99,8 @@ fn decrypt(
                     .unwrap_or_default()
             )));
         }
-    }
+        Err(e) => return Err(RemoteError::invalid(format!("{}: {e}", enc.display()))),
+    };
     let password = match &spec.password {
         Some(p) => p.clone(),
         None => match crate::ldap::access(ldap_cfg) {
@@ -117,6 +115,10 @@ fn decrypt(
     let work = ContainerTemp::new(base, "setup")
         .map_err(|e| RemoteError::internal(format!("cannot decrypt the setup: {e}")))?;
     let out = work.dir.join("setup.properties");
+    // openssl reads the copy in the agent's own directory, not a path in the container.
+    let copy = work.dir.join("setup.properties.last.enc");
+    std::fs::write(&copy, &sealed)
+        .map_err(|e| RemoteError::internal(format!("cannot copy the sealed setup: {e}")))?;
     let mut tried = Vec::new();
     for md in ["sha256", "md5"] {
         let run = step::run(
@@ -130,7 +132,7 @@ fn decrypt(
                     "-md".into(),
                     md.into(),
                     "-in".into(),
-                    enc.display().to_string(),
+                    copy.display().to_string(),
                     "-out".into(),
                     out.display().to_string(),
                     "-pass".into(),
@@ -162,23 +164,17 @@ fn decrypt(
     )))
 }
 
-/// A regular file's bytes, opened without following a link.
-fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = f.metadata()?;
-    if !meta.is_file() || meta.len() > MAX_FILE {
+/// A regular file's bytes, reached without following a link anywhere on its path,
+/// owned by root and writable by nobody else: what decides the new node's setup must
+/// not be a service account's to choose.
+fn root_only(path: &Path) -> io::Result<Vec<u8>> {
+    let (bytes, meta) = super::read_nofollow(path)?;
+    if meta.uid != 0 || meta.mode & 0o022 != 0 {
         return Err(io::Error::other(format!(
-            "{} is not a regular file under {MAX_FILE} bytes",
-            path.display()
+            "it is not root's alone (owner uid {}, mode {:o}): it is not used",
+            meta.uid, meta.mode
         )));
     }
-    let mut bytes = Vec::new();
-    f.take(MAX_FILE).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -211,7 +207,13 @@ fn files_of(dir: &Path) -> Result<Vec<GluuFile>, RemoteError> {
                 dir.display()
             )));
         }
-        let bytes = read_regular(&e.path()).map_err(|err| {
+        if meta.len() > MAX_FILE {
+            return Err(RemoteError::invalid(format!(
+                "{} is over {MAX_FILE} bytes: not a file of a Gluu setup",
+                e.path().display()
+            )));
+        }
+        let (bytes, _) = super::read_nofollow(&e.path()).map_err(|err| {
             RemoteError::internal(format!("cannot read {}: {err}", e.path().display()))
         })?;
         out.push(GluuFile {
@@ -257,6 +259,13 @@ pub fn setup(
         return Err(RemoteError::invalid("the cluster's hostname is not a name"));
     }
     let base = base_of(cfg, &spec.root)?;
+    if base.join("etc/gluu/conf").exists() {
+        return Err(RemoteError::invalid(format!(
+            "Gluu is already set up in {} (it has /etc/gluu/conf): `clustermgr gluu install NODE --force` moves it aside first",
+            spec.root
+        )));
+    }
+    let secrets = secret_values(&spec.properties);
     let mut runs = Vec::new();
     let run = |runs: &mut Vec<StepRun>, label: String, argv: Vec<String>, timeout: Duration| {
         let r = step::run(
@@ -329,16 +338,14 @@ pub fn setup(
             "Gluu's setup (setup.py -c -n -f setup.properties --listen_all_interfaces{})",
             if spec.no_data { " --no-data" } else { "" }
         ),
-        vec![
-            "chroot".into(),
-            base.display().to_string(),
-            "/bin/sh".into(),
-            "-c".into(),
-            args,
-        ],
+        step::in_machine(&base, vec!["/bin/sh".into(), "-c".into(), args]),
         SETUP_TIMEOUT,
     );
     drop(props);
+    // What setup printed may quote a password from the properties.
+    for r in &mut runs {
+        r.output = redact(&r.output, &secrets);
+    }
     if !ok {
         return Ok(runs);
     }
@@ -415,24 +422,24 @@ pub fn setup(
     Ok(runs)
 }
 
-/// Writes each of `files` into `dir` with its mode and owner, each replaced at once.
+/// Writes each of `files` into `dir` with its mode (no set-id bits) and owner, each
+/// replaced at once through directory handles that never follow a link (a service
+/// account owning a directory on the way cannot redirect root's writes).
 fn lay_down(dir: &Path, files: &[GluuFile]) -> Result<String, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if dir
-        .symlink_metadata()
-        .map(|m| m.file_type().is_symlink())
-        .unwrap_or(true)
-    {
-        return Err(format!(
-            "{} is a link: nothing is written through it",
-            dir.display()
-        ));
-    }
     for f in files {
-        let path = dir.join(&f.name);
-        write_atomic(&path, &f.bytes, f.mode & 0o777)
-            .and_then(|()| std::os::unix::fs::lchown(&path, Some(f.uid), Some(f.gid)))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let real = dir.join(&f.name);
+        let temp = super::temp_beside(&real, crate::journal::now_ms(), "-gluu");
+        let meta = Meta {
+            mode: f.mode & 0o777,
+            uid: f.uid,
+            gid: f.gid,
+        };
+        super::write_temp(&temp, &f.bytes, &meta)
+            .and_then(|()| super::rename_into_place(&temp, &real))
+            .map_err(|e| {
+                let _ = super::remove_nofollow(&temp);
+                format!("{}: {e}", real.display())
+            })?;
     }
     Ok(format!("{} files in {}", files.len(), dir.display()))
 }
@@ -443,16 +450,52 @@ struct Properties(PathBuf);
 
 impl Properties {
     fn write(path: &Path, bytes: &[u8]) -> io::Result<Properties> {
-        write_atomic(path, bytes, 0o600)?;
+        let temp = super::temp_beside(path, crate::journal::now_ms(), "-setup");
+        let meta = Meta {
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+        };
+        super::write_temp(&temp, bytes, &meta)
+            .and_then(|()| super::rename_into_place(&temp, path))
+            .inspect_err(|_| {
+                let _ = super::remove_nofollow(&temp);
+            })?;
         Ok(Properties(path.to_path_buf()))
     }
 }
 
 impl Drop for Properties {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-        let _ = std::fs::remove_file(self.0.with_file_name("setup.properties.last"));
+        let _ = super::remove_nofollow(&self.0);
+        let _ = super::remove_nofollow(&self.0.with_file_name("setup.properties.last"));
     }
+}
+
+/// The values of the properties that hold a secret (a password, a salt, a key's
+/// password), as setup's output might quote them.
+fn secret_values(properties: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(properties)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, v)| {
+            let k = k.to_ascii_lowercase();
+            v.trim().len() >= 4
+                && ["pass", "pw", "secret", "salt"]
+                    .iter()
+                    .any(|w| k.contains(w))
+        })
+        .map(|(_, v)| v.trim().to_string())
+        .collect()
+}
+
+/// `text` with every one of `secrets` replaced.
+fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for s in secrets {
+        out = out.replace(s.as_str(), "(redacted)");
+    }
+    out
 }
 
 /// Stops the node's Gluu, removes its package and moves what is left of the container
@@ -472,7 +515,11 @@ pub fn remove(cfg: &AgentConfig, root: &str, scratch: &Path) -> Result<String, R
         scratch,
     );
     let manager = crate::packages::Manager::detect().map_err(RemoteError::internal)?;
+    let installed = crate::packages::installed(manager, "gluu-server")
+        .map_err(RemoteError::internal)?
+        .is_some();
     let argv: Vec<String> = match manager {
+        _ if !installed => vec!["true".into()],
         crate::packages::Manager::Apt => {
             vec!["dpkg".into(), "--purge".into(), "gluu-server".into()]
         }
@@ -509,8 +556,14 @@ pub fn remove(cfg: &AgentConfig, root: &str, scratch: &Path) -> Result<String, R
     }
 }
 
-/// The components Gluu's post-setup script adds, by the word after its `-add`.
-const COMPONENTS: &[&str] = &["shib", "passport", "casa", "oxd"];
+/// The components Gluu's post-setup script adds, by the word after its `-add`, and the
+/// directory each has in the container once installed (as `info` tells installed ones).
+const COMPONENT_DIRS: &[(&str, &str)] = &[
+    ("shib", "opt/shibboleth-idp"),
+    ("passport", "opt/gluu/node/passport"),
+    ("casa", "opt/gluu/jetty/casa"),
+    ("oxd", "opt/oxd-server"),
+];
 
 /// Adds `components` to the Gluu set up in the container with Gluu's own
 /// `post-setup-add-components.py` (which fetches what it installs from Gluu's
@@ -522,10 +575,18 @@ pub fn add_components(
     scratch: &Path,
 ) -> Result<Vec<StepRun>, RemoteError> {
     crate::packages::allowed(cfg).map_err(RemoteError::refused)?;
-    if components.is_empty() || components.iter().any(|c| !COMPONENTS.contains(&c.as_str())) {
+    if components.is_empty()
+        || components
+            .iter()
+            .any(|c| !COMPONENT_DIRS.iter().any(|(w, _)| w == c))
+    {
         return Err(RemoteError::invalid(format!(
             "components are {}; asked for {}",
-            COMPONENTS.join(", "),
+            COMPONENT_DIRS
+                .iter()
+                .map(|(w, _)| *w)
+                .collect::<Vec<_>>()
+                .join(", "),
             components.join(", ")
         )));
     }
@@ -559,7 +620,30 @@ pub fn add_components(
         SETUP_TIMEOUT,
         scratch,
     )];
+    // Gluu's script also ends 0 when it could not go on: each component must be there.
     if runs[0].ok {
+        let missing: Vec<&str> = components
+            .iter()
+            .filter(|c| {
+                COMPONENT_DIRS
+                    .iter()
+                    .find(|(w, _)| w == c)
+                    .is_some_and(|(_, d)| !base.join(d).exists())
+            })
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            runs.push(StepRun {
+                step: "the components are there".into(),
+                ok: false,
+                output: format!(
+                    "the script ended without installing {} (its output is above)",
+                    missing.join(", ")
+                ),
+            });
+        }
+    }
+    if runs.iter().all(|r| r.ok) {
         runs.push(step::run(
             &Step {
                 label: format!("restart the Gluu container ({SERVERD} restart)"),

@@ -59,6 +59,9 @@ pub struct Engine {
     dir: PathBuf,
     backups: Backups,
     lock: Mutex<()>,
+    /// One Gluu install, removal or component add at a time (they run for minutes,
+    /// outside the apply lock, and share their scratch file).
+    gluu: Mutex<()>,
 }
 
 /// An entry compared with the disk.
@@ -158,6 +161,7 @@ impl Engine {
             dir,
             cfg,
             lock: Mutex::new(()),
+            gluu: Mutex::new(()),
         }
     }
 
@@ -1220,23 +1224,32 @@ impl Engine {
                     &self.cfg,
                     &self.ldap_cfg(),
                     spec,
-                    &self.dir.join(".gluu-output"),
+                    &self.dir.join(".gluu-export"),
                 )
                 .map(|e| Reply::GluuExported(Box::new(e)))
             }
-            Request::GluuSetup(spec) => {
+            Request::GluuSetup(_)
+            | Request::GluuRemove { .. }
+            | Request::GluuAddComponents { .. } => {
+                let Ok(_one) = self.gluu.try_lock() else {
+                    return Err(RemoteError::refused(
+                        "another Gluu install or component add is running on this node; try again when it is done",
+                    ));
+                };
                 let _ = std::fs::create_dir_all(&self.dir);
-                gluu::setup(&self.cfg, spec, &self.dir.join(".gluu-output")).map(Reply::GluuSetUp)
-            }
-            Request::GluuAddComponents { root, components } => {
-                let _ = std::fs::create_dir_all(&self.dir);
-                gluu::add_components(&self.cfg, root, components, &self.dir.join(".gluu-output"))
-                    .map(Reply::GluuSetUp)
-            }
-            Request::GluuRemove { root } => {
-                let _ = std::fs::create_dir_all(&self.dir);
-                gluu::remove(&self.cfg, root, &self.dir.join(".gluu-output"))
-                    .map(|moved_to| Reply::GluuRemoved { moved_to })
+                let scratch = self.dir.join(".gluu-output");
+                match req {
+                    Request::GluuSetup(spec) => {
+                        gluu::setup(&self.cfg, spec, &scratch).map(Reply::GluuSetUp)
+                    }
+                    Request::GluuRemove { root } => gluu::remove(&self.cfg, root, &scratch)
+                        .map(|moved_to| Reply::GluuRemoved { moved_to }),
+                    Request::GluuAddComponents { root, components } => {
+                        gluu::add_components(&self.cfg, root, components, &scratch)
+                            .map(Reply::GluuSetUp)
+                    }
+                    _ => unreachable!("matched above"),
+                }
             }
             _ => Err(RemoteError::invalid(
                 "not a desired-state request; the engine answers plan, apply, backups, restore, host key, probe, LDAP certificate, keys and Gluu's setup",

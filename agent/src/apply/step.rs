@@ -361,6 +361,27 @@ fn action_step(
     }
 }
 
+/// `argv` run inside the Gluu container rooted at `base`: in its systemd-nspawn machine
+/// (Gluu 4.x, with the machine's own `/proc`, `/tmp` and services) through `nsenter`
+/// into the machine leader's namespaces when one runs with that root, else chrooted
+/// into it (a 3.x container, or a 4.x one not started).
+pub fn in_machine(base: &Path, argv: Vec<String>) -> Vec<String> {
+    let script = "b=$1; shift; \
+                  for m in $(machinectl list --no-legend 2>/dev/null | awk '{print $1}'); do \
+                  if [ \"$(machinectl show \"$m\" -p RootDirectory --value 2>/dev/null)\" = \"$b\" ]; then \
+                  exec nsenter -t \"$(machinectl show \"$m\" -p Leader --value)\" -m -u -i -n -p -r -w \"$@\"; fi; done; \
+                  exec chroot \"$b\" \"$@\"";
+    let mut out = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        script.into(),
+        "sh".into(),
+        base.display().to_string(),
+    ];
+    out.extend(argv);
+    out
+}
+
 /// A service inside a Gluu container on a systemd host. Gluu 4.x runs its container as a
 /// systemd-nspawn machine (`gluu_server`, or `gluu_server_VERSION`) with its own
 /// systemd: the machine whose root directory is the container root gets the verb

@@ -27,8 +27,9 @@ use crate::CtlError;
 use crate::ctx::{Ctx, Event};
 use crate::store::{NodeRecord, PackageSource, Role};
 
-/// How long Gluu's setup may take on the node.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(50 * 60);
+/// How long Gluu's setup may take on the node: longer than the agent's own limits for
+/// its steps together (setup 45 minutes, the container's control 5 each).
+const SETUP_TIMEOUT: Duration = Duration::from_secs(75 * 60);
 
 /// How long installing the package may take (about 1 GiB to unpack).
 const PACKAGE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
@@ -127,6 +128,11 @@ pub async fn install(
         ));
     }
     let model = ctx.store.model()?;
+    if model.gluu_root == "/" {
+        return Err(refused(
+            "the cluster's Gluu runs without a container (`gluu-root /`); `gluu install` sets up Gluu's container".into(),
+        ));
+    }
     let Some(hostname) = model.hostname.clone() else {
         return Err(refused(
             "the cluster has no hostname yet, which Gluu's setup needs: `clustermgr cluster set hostname NAME`".into(),
@@ -193,8 +199,10 @@ pub async fn install(
     .await;
     let exported = exported.map_err(|why| failed(&primary, why))?;
 
+    // With --force the node's old Gluu goes aside whatever the agent detected: a
+    // container set up only in part shows no component yet.
     let mut moved_aside = None;
-    if force && installed.is_some() {
+    if force {
         super::working(events, "remove the old Gluu", &[name.to_string()]).await;
         let removed = match link
             .request(
@@ -240,7 +248,11 @@ pub async fn install(
         Ok(Reply::Applied(r)) => match r.result {
             ApplyResult::Applied | ApplyResult::Unchanged => Ok(()),
             ApplyResult::NotInstalled { output, .. } => Err(format!(
-                "the gluu-server package could not be installed; nothing else was changed on {name}. The package manager said: {output}"
+                "the gluu-server package could not be installed; {}. The package manager said: {output}",
+                match &moved_aside {
+                    Some(m) => format!("{name}'s old Gluu is in {m}"),
+                    None => format!("nothing else was changed on {name}"),
+                }
             )),
             other => Err(format!(
                 "installing the gluu-server package ended {other:?}"
@@ -324,14 +336,7 @@ pub async fn install(
         ok,
         message,
         moved_aside,
-        steps: runs
-            .into_iter()
-            .map(|r| StepView {
-                step: r.step,
-                ok: r.ok,
-                output: r.output,
-            })
-            .collect(),
+        steps: runs.into_iter().map(StepView::from).collect(),
     })
 }
 
@@ -433,7 +438,7 @@ pub async fn add(
             names.join(", "),
             f.node
         ),
-        None => format!("every Gluu node has {}", names.join(", ")),
+        None => format!("every node that runs Gluu has {}", names.join(", ")),
     };
     ctx.audited(
         user,
@@ -506,14 +511,7 @@ async fn add_on(
         Err(f) => return failed(f.message),
     };
     let stopped = runs.iter().find(|r| !r.ok).map(|r| r.step.clone());
-    let steps = runs
-        .into_iter()
-        .map(|r| StepView {
-            step: r.step,
-            ok: r.ok,
-            output: r.output,
-        })
-        .collect();
+    let steps = runs.into_iter().map(StepView::from).collect();
     match stopped {
         None => ("added", steps, None),
         Some(step) => ("failed", steps, Some(step)),

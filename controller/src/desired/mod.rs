@@ -139,6 +139,16 @@ pub struct StepView {
     pub output: String,
 }
 
+impl From<clustermgr_protocol::changeset::StepRun> for StepView {
+    fn from(r: clustermgr_protocol::changeset::StepRun) -> StepView {
+        StepView {
+            step: r.step,
+            ok: r.ok,
+            output: r.output,
+        }
+    }
+}
+
 /// How an apply went on one node.
 #[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeApplyView {
@@ -1222,11 +1232,7 @@ async fn rolling_one(
             .filter(|c| !c.ok)
             .map(|c| format!("{}: {}", c.step, c.output))
             .collect();
-        v.steps.extend(checks.into_iter().map(|c| StepView {
-            step: c.step,
-            ok: c.ok,
-            output: c.output,
-        }));
+        v.steps.extend(checks.into_iter().map(StepView::from));
         if !failed.is_empty() {
             v.state = NodeState::Failed;
             v.result = "check failed".into();
@@ -1515,15 +1521,7 @@ fn record_apply(
         message,
         revision,
         entries,
-        steps: report
-            .steps
-            .into_iter()
-            .map(|s| StepView {
-                step: s.step,
-                ok: s.ok,
-                output: s.output,
-            })
-            .collect(),
+        steps: report.steps.into_iter().map(StepView::from).collect(),
     })
 }
 
