@@ -316,6 +316,11 @@ pub enum CtlError {
         /// Why not, and what to do.
         why: String,
     },
+    /// `gluu add` in a cluster where no node runs Gluu.
+    #[error(
+        "no node runs Gluu yet: set up the primary with Gluu's own setup and the others with `clustermgr gluu install NODE`; components come after"
+    )]
+    NoGluuYet,
     /// A step of `gluu install` failed on a node.
     #[error("installing Gluu failed on {node}: {why}")]
     GluuFailed {
@@ -487,6 +492,7 @@ impl CtlError {
             | CtlError::NotAcknowledgeable { .. }
             | CtlError::KeysUnavailable { .. }
             | CtlError::GluuRefused { .. }
+            | CtlError::NoGluuYet
             | CtlError::UnknownNode { .. }
             | CtlError::UnknownUser { .. }
             | CtlError::UserExists { .. }

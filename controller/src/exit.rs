@@ -180,7 +180,7 @@ pub const TABLE: &[Row] = &[
         commands: &["gluu add"],
         ok: "every Gluu node has the components (added, or already there)",
         failed: "adding failed on a node (named, with the script's output; the nodes after it were not reached), or refused: the caller is not an admin",
-        usage: "an unknown component",
+        usage: "an unknown component, or no node runs Gluu yet",
         interrupted: "",
     },
     Row {

@@ -432,6 +432,9 @@ pub async fn add(
         });
     }
     let names: Vec<String> = wanted.iter().map(|(n, _, _)| n.to_string()).collect();
+    if out.iter().all(|n| n.result == "no Gluu") {
+        return Err(CtlError::NoGluuYet);
+    }
     let message = match out.iter().find(|n| n.result == "failed") {
         Some(f) => format!(
             "adding {} failed on {} (its output is above); the nodes after it were not reached: fix the cause and run `clustermgr gluu add` again, which skips what is there",
