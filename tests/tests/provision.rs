@@ -3,13 +3,16 @@
 //! time service, get them in one `apply` from Debian's packages the controller fetched
 //! into its package directory (`apt-get download`); no host reaches a registry. A
 //! package directory that lacks a dependency is named per node before anything is
-//! installed. And `gluu install` sets up a node from the primary's setup with a
-//! stand-in `gluu-server` package the test builds, installed for real with dpkg.
+//! installed. And `gluu install` sets up a node from the primary's setup with the
+//! stand-in `gluu-server` package of `tests/src/provision.rs`, built by the test and
+//! installed for real with dpkg.
 
 use std::path::Path;
 
-use clustermgr_tests::netns::Host;
-use clustermgr_tests::provision::{PACKAGES, bare, hosts, installed, package_dir};
+use clustermgr_tests::provision::{
+    ADMIN_PASSWORD, LDAP_PASSWORD, PACKAGES, bare, build_deb, gluu_server_deb, hosts, installed,
+    package_dir, primary,
+};
 use clustermgr_tests::{stderr, stdout, succeeded as ok};
 
 #[test]
@@ -98,49 +101,6 @@ fn one_apply_installs_what_each_role_needs_from_the_package_directory() {
         assert!(listed.iter().all(|e| e["change"] == "waiting"), "{again}");
         assert!(n["unchanged"].as_u64().unwrap_or(0) >= 2, "{again}");
     }
-}
-
-/// Builds `package` `version` into `dir/packages` with `files` (path, contents,
-/// mode) and a `postinst` script.
-fn build_deb(
-    dir: &Path,
-    package: &str,
-    version: &str,
-    files: &[(&str, &str, u32)],
-    postinst: &str,
-) {
-    use std::os::unix::fs::PermissionsExt;
-    let root = dir.join(format!("{package}-build"));
-    let debian = root.join("DEBIAN");
-    std::fs::create_dir_all(&debian).unwrap();
-    std::fs::write(
-        debian.join("control"),
-        format!(
-            "Package: {package}\nVersion: {version}\nArchitecture: all\nMaintainer: clustermgr tests <tests@example.org>\nDescription: a stand-in built by clustermgr's tests\n"
-        ),
-    )
-    .unwrap();
-    for (path, text, mode) in files
-        .iter()
-        .copied()
-        .chain([("DEBIAN/postinst", postinst, 0o755)])
-    {
-        let file = root.join(path.trim_start_matches('/'));
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(&file, text).unwrap();
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-    std::fs::create_dir_all(dir.join("packages")).unwrap();
-    let out = dir
-        .join("packages")
-        .join(format!("{package}_{version}_all.deb"));
-    let o = std::process::Command::new("dpkg-deb")
-        .args(["--build", "--root-owner-group"])
-        .arg(&root)
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "dpkg-deb --build: {}", stderr(&o));
 }
 
 /// A package built by the test whose installation fails (its `postinst` exits 1),
@@ -232,116 +192,6 @@ async fn bare_hosts_of_every_role_are_healthy_after_one_apply() {
             "{node} {check}: {rows:#?}"
         );
     }
-}
-
-/// The stand-in `gluu-server` package's container control: it logs what it is asked.
-const GLUU_SERVERD: &str = "#!/bin/sh\necho \"$1\" >> /var/lib/gluu-stand-in.log\ncase $1 in enable|start|stop|restart) exit 0;; *) echo \"usage: gluu-serverd enable|start|stop|restart\"; exit 2;; esac\n";
-
-/// The stand-in's `setup.py`, run in the container by its busybox shell: it refuses a
-/// password in its arguments and a second setup, records what it was given (never the
-/// password), fails when the container holds `/fail-setup`, and lays out what Gluu's
-/// setup leaves (its own certificate, the configuration directory, the encrypted
-/// properties).
-const SETUP_PY: &str = r#"#!/bin/sh
-log=/install/community-edition-setup/stand-in-setup.log
-echo "args: $*" > $log
-for a in "$@"; do
-  case $a in -ldap-admin-password*|-oxtrust-admin-password*|-properties-password*) echo "refused: a password option in the arguments ($a)"; exit 3;; esac
-done
-f=
-while [ $# -gt 0 ]; do case $1 in -f) f=$2; shift 2;; *) shift;; esac; done
-[ -n "$f" ] || { echo "no -f FILE"; exit 2; }
-[ -d /etc/gluu/conf ] && { echo "This instance already configured. If you need to install new one you should reinstall package first."; exit 1; }
-pw=$(grep '^ldapPass=' "$f" | cut -d= -f2-)
-[ -n "$pw" ] || { echo "no ldapPass in $f"; exit 2; }
-head -n 1 $log | grep -qF -- "$pw" && { echo "refused: the LDAP password is in the arguments"; exit 3; }
-echo "mode: $(stat -c %a "$f")" >> $log
-grep '^ip=' "$f" >> $log
-grep '^hostname=' "$f" >> $log
-[ -e /fail-setup ] && { echo "ERROR: the stand-in setup fails, as the test asked (ldapPass=$pw)"; exit 1; }
-mkdir -p /etc/gluu/conf /opt/gluu/jetty/oxauth /etc/certs
-echo "the node's own certificate" > /etc/certs/httpd.crt
-echo "encrypted" > /install/community-edition-setup/setup.properties.last.enc
-echo "setup done" >> $log
-"#;
-
-/// The stand-in's `post-setup-add-components.py`: it logs its flags and lays out the
-/// directory each component has in a real container.
-const ADD_COMPONENTS_PY: &str = r#"#!/bin/sh
-echo "add: $*" >> /install/community-edition-setup/stand-in-setup.log
-[ -d /etc/gluu/conf ] || { echo "Gluu is not set up here"; exit 1; }
-for a in "$@"; do
-  case $a in
-    -addshib) mkdir -p /opt/shibboleth-idp;;
-    -addpassport) mkdir -p /opt/gluu/node/passport;;
-    -addcasa) mkdir -p /opt/gluu/jetty/casa;;
-    -addoxd) mkdir -p /opt/oxd-server;;
-    *) echo "unknown option $a"; exit 2;;
-  esac
-done
-"#;
-
-/// The stand-in's `postinst`: the container's shell (busybox) and `/tmp`.
-const GLUU_POSTINST: &str = "#!/bin/sh\nset -e\nr=/opt/gluu-server\nmkdir -p $r/bin $r/tmp $r/etc\n[ -e $r/bin/busybox ] || cp /bin/busybox $r/bin/busybox\nfor t in sh cat grep stat mkdir cut head ls rm; do [ -e $r/bin/$t ] || ln -s busybox $r/bin/$t; done\nchmod 1777 $r/tmp\n";
-
-/// The stand-in `gluu-server` package in `dir/packages`.
-fn gluu_server_deb(dir: &Path) {
-    build_deb(
-        dir,
-        "gluu-server",
-        "4.2.3~stand-in",
-        &[
-            ("sbin/gluu-serverd", GLUU_SERVERD, 0o755),
-            (
-                "opt/gluu-server/install/community-edition-setup/setup.py",
-                SETUP_PY,
-                0o755,
-            ),
-            (
-                "opt/gluu-server/install/community-edition-setup/post-setup-add-components.py",
-                ADD_COMPONENTS_PY,
-                0o755,
-            ),
-        ],
-        GLUU_POSTINST,
-    );
-}
-
-/// The password the primary's `setup.properties.last.enc` is encrypted with (Gluu
-/// uses oxTrust's admin password).
-const ADMIN_PASSWORD: &str = "oxTrust-Admin-Pass-1";
-/// The LDAP password in the primary's properties.
-const LDAP_PASSWORD: &str = "Ldap-Pass-In-Properties-7";
-
-/// `h` as the primary an administrator set up with Gluu's own setup: the stand-in
-/// installed, `setup.properties.last.enc` encrypted as Gluu does it, its certificates
-/// (and a link among them, which is not followed) and a custom schema file.
-fn primary(h: &Host, dir: &Path) {
-    let deb = dir.join("packages/gluu-server_4.2.3~stand-in_all.deb");
-    h.sh(&format!("dpkg -i {} >/dev/null 2>&1", deb.display()));
-    let c = h.path("/opt/gluu-server");
-    let ces = c.join("install/community-edition-setup");
-    let plain = dir.join("setup.properties.last");
-    std::fs::write(
-        &plain,
-        format!("hostname=gluu1.internal\nip=10.0.0.1\norgName=Example\nldapPass={LDAP_PASSWORD}\noxtrust_admin_password={ADMIN_PASSWORD}\n"),
-    )
-    .unwrap();
-    let o = std::process::Command::new("openssl")
-        .args(["enc", "-aes-256-cbc", "-md", "sha256", "-pass"])
-        .arg(format!("pass:{ADMIN_PASSWORD}"))
-        .arg("-in")
-        .arg(&plain)
-        .arg("-out")
-        .arg(ces.join("setup.properties.last.enc"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "openssl enc: {}", stderr(&o));
-    h.sh("set -e; r=/opt/gluu-server; mkdir -p $r/etc/certs $r/etc/gluu/conf $r/opt/gluu/jetty/oxauth $r/opt/gluu/schema/opendj; \
-          openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=idp.example.org -days 30 -keyout $r/etc/certs/httpd.key -out $r/etc/certs/httpd.crt 2>/dev/null; \
-          cp $r/etc/certs/httpd.crt $r/etc/certs/opendj.crt; chmod 600 $r/etc/certs/httpd.key; \
-          ln -s /etc/shadow $r/etc/certs/shadow.crt; \
-          echo 'dn: cn=schema' > $r/opt/gluu/schema/opendj/77-customAttributes.ldif");
 }
 
 #[test]
