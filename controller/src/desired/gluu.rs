@@ -147,12 +147,9 @@ pub async fn install(
         .link(&node, within)
         .await
         .map_err(|f| failed(name, f.message))?;
-    let installed = match link.request(&Request::Info, SHORT_TIMEOUT).await {
-        Ok(Reply::Info(info)) => info.gluu,
-        Ok(Reply::Error(e)) => return Err(failed(name, e.message)),
-        Ok(other) => return Err(failed(name, format!("it answered {other:?}"))),
-        Err(f) => return Err(failed(name, f.message)),
-    };
+    let installed = super::ask(link.as_ref(), &Request::Info, SHORT_TIMEOUT, gluu_of)
+        .await
+        .map_err(|why| failed(name, why))?;
     if let (Some(g), false) = (&installed, force) {
         return Err(refused(format!(
             "it already runs Gluu{} in {}; `--force` reinstalls it: its Gluu is stopped, the gluu-server package removed, and {} moved aside to {}.replaced-TIME (its LDAP data, certificates and customizations stay there until you delete them)",
@@ -176,21 +173,16 @@ pub async fn install(
         .link(&primary_node, within)
         .await
         .map_err(|f| failed(&primary, f.message))?;
-    let asked = primary_link
-        .request(
-            &Request::GluuExport(GluuExportSpec {
-                root: model.gluu_root.clone(),
-                password: password.map(str::to_string),
-            }),
-            SHORT_TIMEOUT,
-        )
-        .await;
-    let exported = match asked {
-        Ok(Reply::GluuExported(e)) => Ok(e),
-        Ok(Reply::Error(e)) => Err(e.message),
-        Ok(other) => Err(format!("it answered {other:?}")),
-        Err(f) => Err(f.message),
-    };
+    let export = Request::GluuExport(GluuExportSpec {
+        root: model.gluu_root.clone(),
+        password: password.map(str::to_string),
+    });
+    let asked = super::ask(primary_link.as_ref(), &export, SHORT_TIMEOUT, |r| match r {
+        Reply::GluuExported(e) => Ok(e),
+        other => Err(other),
+    })
+    .await;
+    let exported = asked;
     super::part_done(
         events,
         &primary,
@@ -204,20 +196,14 @@ pub async fn install(
     let mut moved_aside = None;
     if force {
         super::working(events, "remove the old Gluu", &[name.to_string()]).await;
-        let removed = match link
-            .request(
-                &Request::GluuRemove {
-                    root: model.gluu_root.clone(),
-                },
-                SHORT_TIMEOUT,
-            )
-            .await
-        {
-            Ok(Reply::GluuRemoved { moved_to }) => Ok(moved_to),
-            Ok(Reply::Error(e)) => Err(e.message),
-            Ok(other) => Err(format!("it answered {other:?}")),
-            Err(f) => Err(f.message),
+        let remove = Request::GluuRemove {
+            root: model.gluu_root.clone(),
         };
+        let removed = super::ask(link.as_ref(), &remove, SHORT_TIMEOUT, |r| match r {
+            Reply::GluuRemoved { moved_to } => Ok(moved_to),
+            other => Err(other),
+        })
+        .await;
         super::part_done(events, name, removed.as_ref().err().map(String::as_str)).await;
         moved_aside = Some(removed.map_err(|why| failed(name, why))?).filter(|m| !m.is_empty());
     }
@@ -241,11 +227,22 @@ pub async fn install(
         requested_by: format!("{user}@{}", ctx.meta.name),
     };
     let sent = match super::provision::upload(ctx, link.as_ref(), &[entry]).await {
-        Ok(()) => link.request(&Request::Apply(set), PACKAGE_TIMEOUT).await,
-        Err(f) => Err(f),
+        Ok(()) => {
+            super::ask(
+                link.as_ref(),
+                &Request::Apply(set),
+                PACKAGE_TIMEOUT,
+                |r| match r {
+                    Reply::Applied(r) => Ok(r.result),
+                    other => Err(other),
+                },
+            )
+            .await
+        }
+        Err(f) => Err(f.message),
     };
     let package = match sent {
-        Ok(Reply::Applied(r)) => match r.result {
+        Ok(result) => match result {
             ApplyResult::Applied | ApplyResult::Unchanged => Ok(()),
             ApplyResult::NotInstalled { output, .. } => Err(format!(
                 "the gluu-server package could not be installed; {}. The package manager said: {output}",
@@ -258,9 +255,7 @@ pub async fn install(
                 "installing the gluu-server package ended {other:?}"
             )),
         },
-        Ok(Reply::Error(e)) => Err(e.message),
-        Ok(other) => Err(format!("it answered {other:?}")),
-        Err(f) => Err(f.message),
+        Err(why) => Err(why),
     };
     super::part_done(events, name, package.as_ref().err().map(String::as_str)).await;
     package.map_err(|why| failed(name, why))?;
@@ -283,15 +278,8 @@ pub async fn install(
         schema: exported.schema.clone(),
         hostname: hostname.clone(),
     };
-    let ran = match link
-        .request(&Request::GluuSetup(Box::new(spec)), SETUP_TIMEOUT)
-        .await
-    {
-        Ok(Reply::GluuSetUp(runs)) => Ok(runs),
-        Ok(Reply::Error(e)) => Err(e.message),
-        Ok(other) => Err(format!("it answered {other:?}")),
-        Err(f) => Err(f.message),
-    };
+    let setup = Request::GluuSetup(Box::new(spec));
+    let ran = super::ask(link.as_ref(), &setup, SETUP_TIMEOUT, steps_of).await;
     let runs = match ran {
         Ok(r) => r,
         Err(why) => {
@@ -481,11 +469,9 @@ async fn add_on(
         Ok(l) => l,
         Err(f) => return failed(f.message),
     };
-    let installed = match link.request(&Request::Info, SHORT_TIMEOUT).await {
-        Ok(Reply::Info(info)) => info.gluu,
-        Ok(Reply::Error(e)) => return failed(e.message),
-        Ok(other) => return failed(format!("it answered {other:?}")),
-        Err(f) => return failed(f.message),
+    let installed = match super::ask(link.as_ref(), &Request::Info, SHORT_TIMEOUT, gluu_of).await {
+        Ok(g) => g,
+        Err(why) => return failed(why),
     };
     let Some(g) = installed else {
         return ("no Gluu", Vec::new(), None);
@@ -498,26 +484,36 @@ async fn add_on(
     if missing.is_empty() {
         return ("already there", Vec::new(), None);
     }
-    let asked = link
-        .request(
-            &Request::GluuAddComponents {
-                root: root.to_string(),
-                components: missing,
-            },
-            SETUP_TIMEOUT,
-        )
-        .await;
+    let add = Request::GluuAddComponents {
+        root: root.to_string(),
+        components: missing,
+    };
+    let asked = super::ask(link.as_ref(), &add, SETUP_TIMEOUT, steps_of).await;
     let runs = match asked {
-        Ok(Reply::GluuSetUp(runs)) => runs,
-        Ok(Reply::Error(e)) => return failed(e.message),
-        Ok(other) => return failed(format!("it answered {other:?}")),
-        Err(f) => return failed(f.message),
+        Ok(runs) => runs,
+        Err(why) => return failed(why),
     };
     let stopped = runs.iter().find(|r| !r.ok).map(|r| r.step.clone());
     let steps = runs.into_iter().map(StepView::from).collect();
     match stopped {
         None => ("added", steps, None),
         Some(step) => ("failed", steps, Some(step)),
+    }
+}
+
+/// The Gluu install an [`Request::Info`] reply tells of.
+fn gluu_of(r: Reply) -> Result<Option<clustermgr_protocol::message::GluuInstall>, Reply> {
+    match r {
+        Reply::Info(info) => Ok(info.gluu),
+        other => Err(other),
+    }
+}
+
+/// The steps a setup or a component add ran.
+fn steps_of(r: Reply) -> Result<Vec<clustermgr_protocol::changeset::StepRun>, Reply> {
+    match r {
+        Reply::GluuSetUp(runs) => Ok(runs),
+        other => Err(other),
     }
 }
 

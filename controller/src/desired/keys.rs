@@ -467,12 +467,16 @@ pub async fn rotate(
         .link(node, within)
         .await
         .map_err(|f| failed(f.message))?;
-    let made = match link.request(&Request::KeysMake(spec), MAKE_TIMEOUT).await {
-        Ok(Reply::KeysMade(m)) => Ok(m),
-        Ok(Reply::Error(e)) => Err(e.message),
-        Ok(other) => Err(format!("it answered {other:?}")),
-        Err(f) => Err(f.message),
-    };
+    let made = super::ask(
+        link.as_ref(),
+        &Request::KeysMake(spec),
+        MAKE_TIMEOUT,
+        |r| match r {
+            Reply::KeysMade(m) => Ok(m),
+            other => Err(other),
+        },
+    )
+    .await;
     super::part_done(events, &primary, made.as_ref().err().map(String::as_str)).await;
     let made = made.map_err(failed)?;
     // The keystore must hold exactly the keys still in it and the new ones.

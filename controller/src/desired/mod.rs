@@ -2299,6 +2299,21 @@ async fn stage(
     Ok(given)
 }
 
+/// The reply to `req` as `pick` takes it (handing back a reply of another kind), or in a
+/// sentence why there is none: the agent refused, the link failed, or it answered
+/// something else.
+pub(crate) async fn ask<T>(
+    link: &dyn crate::connect::Link,
+    req: &Request,
+    timeout: Duration,
+    pick: impl FnOnce(Reply) -> Result<T, Reply>,
+) -> Result<T, String> {
+    match link.unary(req, timeout).await {
+        Ok(reply) => pick(reply).map_err(|other| format!("it answered {other:?}")),
+        Err(f) => Err(f.message),
+    }
+}
+
 /// Gives each of `nodes` the entries `pick` selects, as rendered now, without the rest
 /// of a plan: staged as a pending revision and sent at once. Per node, `None` once it
 /// has them, else why not (an unreachable node keeps the revision pending, which
@@ -2355,15 +2370,21 @@ pub async fn compare(
         };
         let answer = match ctx.link(&d.node, ctx.dialer.connect_timeout).await {
             Err(f) => Err(f.message),
-            Ok(link) => match link.request(&Request::Plan(set), PLAN_TIMEOUT).await {
-                Ok(Reply::Planned(plans)) => Ok(entries
-                    .into_iter()
-                    .zip(plans.into_iter().map(|p| p.change))
-                    .collect()),
-                Ok(Reply::Error(e)) => Err(e.message),
-                Ok(other) => Err(format!("it answered {other:?}")),
-                Err(f) => Err(f.message),
-            },
+            Ok(link) => {
+                ask(
+                    link.as_ref(),
+                    &Request::Plan(set),
+                    PLAN_TIMEOUT,
+                    |r| match r {
+                        Reply::Planned(plans) => Ok(entries
+                            .into_iter()
+                            .zip(plans.into_iter().map(|p| p.change))
+                            .collect()),
+                        other => Err(other),
+                    },
+                )
+                .await
+            }
         };
         (d.node.name.clone(), answer)
     }))
