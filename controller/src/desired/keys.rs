@@ -208,6 +208,8 @@ pub struct KeysView {
     /// When `serve` rotates next (null: not by itself, `[keys] interval_hours = 0`, or
     /// before the first rotation).
     pub next_rotation: Option<String>,
+    /// The same, Unix milliseconds.
+    pub next_rotation_ms: Option<i64>,
     /// Every published key, oldest first.
     pub keys: Vec<KeyView>,
     /// Each Gluu node's keystore and published keys, compared with the cluster's.
@@ -232,6 +234,8 @@ pub struct KeyView {
     pub generation: u64,
     /// When it was made.
     pub made: String,
+    /// The same, Unix milliseconds.
+    pub made_ms: i64,
     /// Its `exp`.
     pub expires: String,
     /// The same, Unix milliseconds.
@@ -347,6 +351,7 @@ fn key_views(rec: &KeysRecord, cfg: &KeysConfig) -> Vec<KeyView> {
             state: states.get(&k.kid).copied().unwrap_or("next").into(),
             generation: k.generation,
             made: ms_text(k.made_ms),
+            made_ms: k.made_ms,
             expires: ms_text(k.exp_ms),
             exp_ms: k.exp_ms,
             published_until: k.retired_ms.map(|r| ms_text(r.saturating_add(keep_ms))),
@@ -640,6 +645,7 @@ async fn status_view(ctx: &Ctx, cfg: &KeysConfig, message: String) -> Result<Key
         rotated: (rec.generation > 0).then(|| ms_text(rec.rotated_ms)),
         rotated_ms: (rec.generation > 0).then_some(rec.rotated_ms),
         next_rotation: next_rotation_ms(&rec, cfg).map(ms_text),
+        next_rotation_ms: next_rotation_ms(&rec, cfg),
         keys: key_views(&rec, cfg),
         nodes,
     })
