@@ -61,19 +61,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CLUSTERMGR_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal: a log file or the journal would get
-        // the escape codes as text.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .init();
+    clustermgr_protocol::log::init("info");
     let result = match cli.command {
         Command::Enroll { name, out, new_key } => enroll::enroll(&name, &out, new_key).map(|csr| {
             print!("{csr}");

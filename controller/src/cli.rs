@@ -603,25 +603,13 @@ pub fn main() -> i32 {
         }
         Err(e) => e.exit(),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CLUSTERMGR_LOG").unwrap_or_else(|_| {
-                if matches!(cli.command, Cmd::Serve { .. } | Cmd::Dev { .. }) {
-                    "info"
-                } else {
-                    "warn"
-                }
-                .into()
-            }),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal: a log file or the journal would get
-        // the escape codes as text.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .init();
+    clustermgr_protocol::log::init(
+        if matches!(cli.command, Cmd::Serve { .. } | Cmd::Dev { .. }) {
+            "info"
+        } else {
+            "warn"
+        },
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

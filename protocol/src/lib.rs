@@ -4,8 +4,8 @@
 //! Architecture invariant: this crate knows nothing of the controller's store, the
 //! shell or the node's files, and of tokio only the async read and write traits its
 //! framing works on. It is data and pure functions, plus the rustls/quinn
-//! configuration builders so that both ends configure TLS identically, and the lists
-//! both ends share (paths that run later, default log sources).
+//! configuration builders so that both ends configure TLS identically, the lists
+//! both ends share (paths that run later, default log sources) and their logging set-up.
 #![forbid(unsafe_code)]
 
 pub mod atomic_file;
@@ -15,6 +15,7 @@ mod error;
 pub mod frame;
 pub mod health;
 pub mod identity;
+pub mod log;
 pub mod message;
 mod name;
 pub mod runs_later;

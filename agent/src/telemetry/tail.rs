@@ -22,6 +22,15 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// Bytes kept from just before the read position to recognise a file truncated and
 /// written again past it between two looks.
 const MARK: usize = 32;
+
+/// Bytes read from a file at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    /// The read buffer every follower on this thread shares: they are polled one after
+    /// another, and a buffer each was 64 KiB of the idle agent's memory per log source.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 /// The most bytes read from one file in one look: a huge or endless file (a sparse
 /// file someone planted) must not hold the collector from every other file and from
 /// stopping. What is left is read at the next look, which comes at once.
@@ -69,7 +78,6 @@ pub struct Follower {
     line_start: u64,
     /// The last bytes read before the position (at most [`MARK`]).
     mark: Vec<u8>,
-    buf: Vec<u8>,
     /// Why the file at the path is not followed, once said (so it is said once).
     refused: Option<String>,
     /// A refusal not yet said in the file's own lines.
@@ -118,7 +126,6 @@ impl Follower {
             committed: 0,
             line_start: 0,
             mark: Vec::new(),
-            buf: vec![0; 64 * 1024],
             refused: None,
             announce: false,
             backlog: false,
@@ -292,7 +299,8 @@ impl Follower {
     }
 
     fn read_available(&mut self, emit: &mut dyn FnMut(String)) {
-        let mut buf = std::mem::take(&mut self.buf);
+        let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        buf.resize(READ_CHUNK, 0);
         let mut taken = 0u64;
         self.backlog = false;
         while let Some(file) = self.file.as_mut() {
@@ -350,7 +358,7 @@ impl Follower {
                 }
             }
         }
-        self.buf = buf;
+        SCRATCH.with(|s| *s.borrow_mut() = buf);
     }
 
     fn take_line(&mut self, line: String, start: u64, emit: &mut dyn FnMut(String)) {
