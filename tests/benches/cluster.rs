@@ -237,22 +237,60 @@ async fn single_node(res: &mut Results) {
         None,
     );
 
+    eprintln!("[1] CLI `--version`: {N_CLI_COLD} runs");
+    let version = tokio::task::block_in_place(|| {
+        time_process(N_CLI_COLD, 2, || {
+            let mut c = cluster.cli();
+            c.arg("--version");
+            c
+        })
+    });
+    res.add(
+        "cli_start",
+        "context: `clustermgr --version` (process start: loader, relocations, argument parsing)",
+        "ms",
+        version,
+        None,
+    );
+
     eprintln!("[1] library, one-shot Ctx as the CLI without serve: {N_LIB_COLD} runs");
-    let (cold, close) = split_pairs(lib_cold(&cluster.dir(), N_LIB_COLD).await);
-    res.add(
-        "lib_cold",
-        "context: in-process one-shot `Ctx::open` + exec (fresh handshake) + `dialer.close()`",
-        "ms",
-        cold,
-        None,
-    );
-    res.add(
-        "lib_close",
-        "context: of which `dialer.close()` (endpoint close, until each close datagram is out)",
-        "ms",
-        close,
-        None,
-    );
+    // Where the CLI's time goes without serve, phase by phase, in this process.
+    let phases = lib_cold(&cluster.dir(), N_LIB_COLD).await;
+    for (i, (id, label)) in [
+        (
+            "lib_cold",
+            "context: in-process one-shot `Ctx::open` + exec (fresh handshake) + `dialer.close()` + store close",
+        ),
+        (
+            "lib_open",
+            "context: of which `Ctx::open` (home, store open and its fsync, CA, keys)",
+        ),
+        (
+            "lib_exec_cold",
+            "context: of which the exec (handshake + Hello + exec + 2 audit commits)",
+        ),
+        (
+            "lib_close",
+            "context: of which `dialer.close()` (until each close datagram is out)",
+        ),
+        (
+            "lib_store_close",
+            "context: of which the store's close (redb records its allocator state: fsyncs)",
+        ),
+        (
+            "lib_handshake",
+            "context: a fresh handshake + Hello alone (measured beside, not part of the sum)",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let samples = phases
+            .as_ref()
+            .map(|runs| runs.iter().map(|r| r[i]).collect())
+            .map_err(Clone::clone);
+        res.add(id, label, "ms", samples, None);
+    }
 
     eprintln!("[1] library, serving Ctx, warm connection: {N_LIB_EXEC} exec runs");
     match Ctx::open(
@@ -386,22 +424,11 @@ async fn single_node(res: &mut Results) {
     }
 }
 
-/// Splits measured pairs into two sample lists.
-fn split_pairs(
-    r: Result<Vec<(f64, f64)>, String>,
-) -> (Result<Vec<f64>, String>, Result<Vec<f64>, String>) {
-    match r {
-        Ok(v) => {
-            let (a, b) = v.into_iter().unzip();
-            (Ok(a), Ok(b))
-        }
-        Err(e) => (Err(e.clone()), Err(e)),
-    }
-}
-
 /// What the CLI does without serve, in this process: open the cluster, run the exec
-/// over a new connection, close the endpoint. Returns (total, close) per run, ms.
-async fn lib_cold(dir: &Path, n: usize) -> Result<Vec<(f64, f64)>, String> {
+/// over a new connection, close the endpoint, close the store; and, beside it, a
+/// handshake alone. Returns per run: [total, open, exec, close, store close, handshake]
+/// in ms.
+async fn lib_cold(dir: &Path, n: usize) -> Result<Vec<[f64; 6]>, String> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n + 2 {
         let t = Instant::now();
@@ -409,15 +436,34 @@ async fn lib_cold(dir: &Path, n: usize) -> Result<Vec<(f64, f64)>, String> {
             Ctx::open(dir, clock::system(), &CtxOptions::default(), false)
                 .map_err(|e| e.to_string())?,
         );
+        let open = ms(t.elapsed());
+        let e = Instant::now();
         let r = run_op(&ctx, exec_true("gluu1")).await;
+        let exec = ms(e.elapsed());
         let c = Instant::now();
         ctx.dialer.close().await;
         let close = ms(c.elapsed());
+        let d = Instant::now();
         drop(ctx);
+        let store_close = ms(d.elapsed());
         let total = ms(t.elapsed());
         all_ok(&r?)?;
+        // The handshake alone, on a Ctx of its own so the sum above stays the CLI's.
+        let ctx = Ctx::open(dir, clock::system(), &CtxOptions::default(), false)
+            .map_err(|e| e.to_string())?;
+        let node = ctx
+            .store
+            .node("gluu1")
+            .map_err(|e| e.to_string())?
+            .ok_or("no node gluu1")?;
+        let h = Instant::now();
+        let conn = ctx.dialer.connect(&node).await.map_err(|f| f.message)?;
+        let handshake = ms(h.elapsed());
+        drop(conn);
+        ctx.dialer.close().await;
+        drop(ctx);
         if i >= 2 {
-            out.push((total, close));
+            out.push([total, open, exec, close, store_close, handshake]);
         }
     }
     Ok(out)

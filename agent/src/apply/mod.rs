@@ -309,7 +309,11 @@ impl Engine {
                 }
             }
         };
-        let (old_text, new_text) = if e.secret {
+        // Texts go back only for a diff: an entry whose bytes stay as they are has
+        // none, and sending both copies of every unchanged file made a plan of a large
+        // unchanged set three times its size on the wire.
+        let same_bytes = matches!(change, Change::Unchanged | Change::Metadata);
+        let (old_text, new_text) = if e.secret || same_bytes {
             (None, None)
         } else {
             (old_text, new_text)
@@ -840,8 +844,11 @@ impl Engine {
         }
     }
 
-    /// Writes the backups and the temp files of a transaction.
+    /// Writes the backups and the temp files of a transaction, all of them first and
+    /// then their fsyncs (see [`dir::Pending`]): durable before the journal says the
+    /// swap began, which is all the recovery needs of them.
     fn stage_files(&self, txn: &Txn, changed: &[&Staged]) -> Result<(), RemoteError> {
+        let mut pending = dir::Pending::default();
         for (item, s) in txn.items.iter().zip(changed) {
             if let (Some(counter), Some((bytes, meta))) = (item.backup, &s.old) {
                 let bm = BackupMeta {
@@ -850,7 +857,7 @@ impl Engine {
                     meta: meta.clone(),
                 };
                 self.backups
-                    .save(&item.real, counter, bytes, &bm)
+                    .save_unsynced(&item.real, counter, bytes, &bm, &mut pending)
                     .map_err(|e| {
                         RemoteError::internal(format!(
                             "cannot keep a backup of {}: {e}; nothing was changed",
@@ -862,14 +869,23 @@ impl Engine {
                 .new
                 .as_ref()
                 .ok_or_else(|| RemoteError::internal("no content"))?;
-            write_temp(&item.temp, bytes, meta).map_err(|e| {
-                RemoteError::internal(format!(
-                    "cannot write {}: {e}; nothing was changed",
-                    item.temp.display()
-                ))
-            })?;
+            let written = Dir::of(&item.temp, true)
+                .and_then(|(dir, name)| dir.write_new_unsynced(name, bytes, meta));
+            match written {
+                Ok(f) => pending.file(f),
+                Err(e) => {
+                    return Err(RemoteError::internal(format!(
+                        "cannot write {}: {e}; nothing was changed",
+                        item.temp.display()
+                    )));
+                }
+            }
         }
-        Ok(())
+        pending.sync().map_err(|e| {
+            RemoteError::internal(format!(
+                "cannot make the new files and backups durable: {e}; nothing was changed"
+            ))
+        })
     }
 
     /// Undoes a transaction that never swapped: its temps and backups go.
@@ -1469,12 +1485,22 @@ fn rename_into_place(temp: &Path, real: &Path) -> io::Result<()> {
     dir.sync()
 }
 
-/// Renames every temp over its target.
+/// Renames every temp over its target, then fsyncs each directory once (the journal
+/// says the swap began, so a crash before the fsyncs is undone from the backups).
 fn swap(txn: &Txn) -> io::Result<()> {
+    let mut pending = dir::Pending::default();
     for item in &txn.items {
-        rename_into_place(&item.temp, &item.real)?;
+        let (dir, name) = Dir::of(&item.real, false)?;
+        let from = item
+            .temp
+            .file_name()
+            .ok_or_else(|| io::Error::other("the temp path names no file"))?;
+        dir.rename(from, name)?;
+        if let Some(parent) = item.real.parent() {
+            pending.open_dir(parent, dir);
+        }
     }
-    Ok(())
+    pending.sync()
 }
 
 #[cfg(test)]
