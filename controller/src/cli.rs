@@ -610,11 +610,17 @@ pub fn main() -> i32 {
             "warn"
         },
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // serve and dev serve many at once; every other command is one operation, whose
+    // connection drivers and own task then share one thread instead of waking each
+    // other across three (a millisecond of a one-shot exec went to those wake-ups).
+    let mut builder = if matches!(cli.command, Cmd::Serve { .. } | Cmd::Dev { .. }) {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("clustermgr: cannot start the async runtime: {e}");

@@ -577,15 +577,11 @@ impl Dialer {
         // the connection at its idle timeout instead.
         let told = async {
             let out = |(c, before): &(quinn::Connection, u64)| c.stats().udp_tx.datagrams > *before;
-            let mut spins = 0;
+            // The drivers are woken by the close: let them run. Yielding, not sleeping:
+            // tokio's timer counts whole milliseconds, so any sleep here cost a
+            // millisecond of every one-shot command; the bound below ends the spin.
             while !open.iter().all(out) {
-                // The drivers are woken by the close: let them run, then poll slower.
-                if spins < 8 {
-                    tokio::task::yield_now().await;
-                    spins += 1;
-                } else {
-                    tokio::time::sleep(Duration::from_micros(200)).await;
-                }
+                tokio::task::yield_now().await;
             }
         };
         let bound = Duration::from_millis(5);

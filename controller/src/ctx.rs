@@ -421,9 +421,11 @@ impl Ctx {
             config_changes: NodeLocks::default(),
             telemetry: std::sync::OnceLock::new(),
             telemetry_opening: Mutex::new(()),
-            live_logs: tokio::sync::broadcast::channel(LIVE_LOG_LINES).0,
+            // Only serve has followers (`logs -f` and the console need it); a one-shot
+            // command's channels stay one slot, not 8192 slots written at every start.
+            live_logs: tokio::sync::broadcast::channel(if serving { LIVE_LOG_LINES } else { 1 }).0,
             recent: Default::default(),
-            health_events: tokio::sync::broadcast::channel(1024).0,
+            health_events: tokio::sync::broadcast::channel(if serving { 1024 } else { 1 }).0,
             health_latest: Mutex::new(None),
             controller_cert: Mutex::new(summary),
             stand_in: None,
