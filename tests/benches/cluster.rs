@@ -29,8 +29,8 @@ use clustermgr::store::{AuditRecord, NodeRecord};
 use clustermgr_protocol::message::Command;
 use clustermgr_tests::Cluster;
 use clustermgr_tests::bench::{
-    ControlMaster, Results, cpu_ms, env_count, ms, proc_status_kib, raise_nofile, ssh_command,
-    time_process,
+    ControlMaster, Results, cpu_ms, env_count, ms, proc_status_kib, raise_nofile, runtime, settle,
+    ssh_command, time_process,
 };
 use clustermgr_tests::fleet::Fleet;
 use tokio::sync::Semaphore;
@@ -166,35 +166,13 @@ async fn time_op(ctx: &Arc<Ctx>, n: usize, op: impl Fn() -> Operation) -> Result
 }
 
 /// Waits until `pid` is idle: neither its RSS nor its CPU time changes for a whole
-/// second (polled every 50 ms), at most `patience`. Returns its VmRSS in KiB and how
-/// long it took to settle.
+/// second, at most `patience`. Returns its VmRSS in KiB and how long it took to settle.
 async fn idle_rss(pid: u32, patience: Duration) -> Result<(u64, Duration), String> {
-    const STILL: usize = 20;
-    let start = Instant::now();
-    let mut last = None;
-    let mut still = 0;
-    loop {
-        let now = (
-            proc_status_kib(pid, "VmRSS").ok_or("the process is gone")?,
-            cpu_ms(pid).ok_or("the process is gone")?.0,
-        );
-        if last == Some(now) {
-            still += 1;
-            if still >= STILL {
-                return Ok((now.0, start.elapsed()));
-            }
-        } else {
-            still = 0;
-        }
-        last = Some(now);
-        if start.elapsed() > patience {
-            return Err(format!(
-                "it did not settle within {patience:?} (last VmRSS {} KiB)",
-                now.0
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    settle(patience, || {
+        Some((proc_status_kib(pid, "VmRSS")?, cpu_ms(pid)?.0))
+    })
+    .await
+    .map(|((kib, _), settled)| (kib, settled))
 }
 
 // ---------------------------------------------------------------------------------
@@ -975,11 +953,7 @@ fn main() {
         ));
         nodes = fit.max(1);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
         single_node(&mut res).await;
         idle_memory(&mut res).await;

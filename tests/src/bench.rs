@@ -52,10 +52,54 @@ pub fn rss_mib(pid: u32) -> f64 {
 
 /// A KiB field of `/proc/PID/status` (`VmRSS`, `VmHWM`).
 pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    proc_kib(pid, "status", field)
+}
+
+/// A KiB field of `/proc/PID/smaps_rollup`: `Pss` (private pages plus a share of each
+/// page mapped by other processes too, so a family of forked processes sums to what it
+/// really holds), `Private_Clean`, `Private_Dirty`.
+pub fn smaps_kib(pid: u32, field: &str) -> Option<u64> {
+    proc_kib(pid, "smaps_rollup", field)
+}
+
+/// The `FIELD:   N kB` line of `/proc/PID/FILE`.
+fn proc_kib(pid: u32, file: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Waits until `probe` reads the same for a whole second (polled every 50 ms), at most
+/// `patience`: how a bench knows what it measures is idle before it reads its memory.
+/// `probe` gives None when the process is gone. Returns the last reading and how long
+/// it took to settle.
+pub async fn settle<T: PartialEq + std::fmt::Debug>(
+    patience: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Result<(T, Duration), String> {
+    const STILL: usize = 20;
+    let start = Instant::now();
+    let mut last = None;
+    let mut still = 0;
+    loop {
+        let now = probe().ok_or("the process is gone")?;
+        if last.as_ref() == Some(&now) {
+            still += 1;
+            if still >= STILL {
+                return Ok((now, start.elapsed()));
+            }
+        } else {
+            still = 0;
+        }
+        if start.elapsed() > patience {
+            return Err(format!(
+                "it did not settle within {patience:?} (last reading {now:?})"
+            ));
+        }
+        last = Some(now);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A positive count from the environment variable `name`, else `default`.
@@ -504,6 +548,17 @@ impl Drop for ControlMaster {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The runtime the benches run in: multi-threaded, so that blocking work (whole
+/// processes timed one after another) can run in place with `block_in_place`, on two
+/// workers.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// Raises the soft open-files limit towards `want` (as `ulimit -n` would); returns the
