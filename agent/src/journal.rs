@@ -213,9 +213,16 @@ pub fn now_ms() -> i64 {
 
 /// This boot's id.
 fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_string())
+    // Read once: it is this boot's for as long as the agent runs, and every command
+    // started asked for it.
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .clone()
 }
 
 /// A process's group and start time (clock ticks since boot), from `/proc/PID/stat`.
