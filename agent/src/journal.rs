@@ -1,8 +1,8 @@
 //! The agent's journal of every command it runs: one JSON line when it starts and one
 //! when it ends, appended to `state_dir/exec-journal.jsonl`; and beside it the commands
-//! still running (`exec-running.json`), so that an agent restarted after a crash or a
-//! SIGKILL ends the process groups its previous life left, and journals them
-//! `interrupted`.
+//! still running (`exec-running.jsonl`, a line when one starts and one when it ends,
+//! emptied whenever none runs), so that an agent restarted after a crash or a SIGKILL
+//! ends the process groups its previous life left, and journals them `interrupted`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,8 +18,23 @@ pub struct Journal {
     path: PathBuf,
     lock: Mutex<()>,
     running_path: PathBuf,
-    running: Mutex<BTreeMap<u32, Running>>,
+    /// The commands running now, and the open running-commands file.
+    running: Mutex<(BTreeMap<u32, Running>, Option<std::fs::File>)>,
 }
+
+/// A line of the running-commands file: a command that started (`run`), or the end
+/// of `pid`'s (`run` absent).
+#[derive(Serialize, Deserialize)]
+struct RunningLine {
+    pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run: Option<Running>,
+}
+
+/// The running-commands file of agents before 0.1's append-only one: a whole map,
+/// rewritten at each start and end. Read once, at start, so an upgrade in the middle
+/// of a command still ends it.
+const LEGACY_RUNNING: &str = "exec-running.json";
 
 /// A command running now, as the next life of the agent needs it: enough to tell its
 /// process group from a later one that reuses the number.
@@ -69,8 +84,8 @@ impl Journal {
         let journal = Journal {
             path: state_dir.join("exec-journal.jsonl"),
             lock: Mutex::new(()),
-            running_path: state_dir.join("exec-running.json"),
-            running: Mutex::new(BTreeMap::new()),
+            running_path: state_dir.join("exec-running.jsonl"),
+            running: Mutex::new((BTreeMap::new(), None)),
         };
         journal.end_previous_life();
         journal
@@ -81,42 +96,65 @@ impl Journal {
         let (Some(boot_id), Some((_, start_ticks))) = (boot_id(), proc_stat(pid)) else {
             return;
         };
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        running.insert(
+        let run = Running {
+            boot_id,
+            start_ticks,
+            command: entry.command.to_string(),
+            requested_by: entry.requested_by.to_string(),
+            controller: entry.controller.to_string(),
+        };
+        let mut guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let (running, file) = &mut *guard;
+        let line = RunningLine {
             pid,
-            Running {
-                boot_id,
-                start_ticks,
-                command: entry.command.to_string(),
-                requested_by: entry.requested_by.to_string(),
-                controller: entry.controller.to_string(),
-            },
-        );
-        self.save_running(&running);
+            run: Some(run.clone()),
+        };
+        running.insert(pid, run);
+        self.append_running(file, &line);
     }
 
     /// Notes that `pid`'s command has ended (its end is journaled by the caller).
     pub fn finished(&self, pid: u32) {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if running.remove(&pid).is_some() {
-            self.save_running(&running);
+        let mut guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let (running, file) = &mut *guard;
+        if running.remove(&pid).is_none() {
+            return;
         }
+        if running.is_empty() {
+            // Nothing runs: the file starts over, so it never grows past the commands
+            // of one busy spell.
+            if let Some(f) = file.as_ref()
+                && f.set_len(0).is_ok()
+            {
+                return;
+            }
+        }
+        self.append_running(file, &RunningLine { pid, run: None });
     }
 
-    /// Written whole on every start and end, through a fresh temporary file and a
-    /// rename, so a kill leaves the old set or the new one. Not synced: a power loss
-    /// ends the commands as well.
-    fn save_running(&self, running: &BTreeMap<u32, Running>) {
-        let res = serde_json::to_vec(running)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                clustermgr_protocol::atomic_file::replace_unsynced(
-                    &self.running_path,
-                    &bytes,
-                    0o600,
-                )
-            });
+    /// Appends a line to the running-commands file, opening it the first time (never
+    /// through a link: the agent reads it back as root). One write of a whole line
+    /// to a file opened for appending: a kill leaves it written or not. Not synced: a
+    /// power loss ends the commands as well.
+    fn append_running(&self, file: &mut Option<std::fs::File>, line: &RunningLine) {
+        let res = (|| {
+            let mut text = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+            text.push(b'\n');
+            if file.is_none() {
+                *file = Some(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .mode(0o600)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                        .open(&self.running_path)?,
+                );
+            }
+            file.as_mut().expect("opened above").write_all(&text)
+        })();
         if let Err(e) = res {
+            // Opened afresh at the next command.
+            *file = None;
             tracing::warn!(
                 "cannot record the running commands in {}: {e}; a crash of the agent would leave them running",
                 self.running_path.display()
@@ -128,19 +166,27 @@ impl Journal {
     /// member started no earlier than its leader did and before this agent started (a
     /// group made since, reusing the number, is not touched).
     fn end_previous_life(&self) {
-        // Never through a link: the agent reads this as root.
-        let read = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&self.running_path)
-            .and_then(|mut f| {
-                let mut text = Vec::new();
-                std::io::Read::read_to_end(&mut f, &mut text).map(|_| text)
-            });
-        let Ok(text) = read else {
-            return;
-        };
-        let left: BTreeMap<u32, Running> = serde_json::from_slice(&text).unwrap_or_default();
+        let mut left: BTreeMap<u32, Running> = BTreeMap::new();
+        let dir = self.running_path.parent().unwrap_or(Path::new("."));
+        if let Some(text) = read_nofollow(&dir.join(LEGACY_RUNNING)) {
+            left = serde_json::from_slice(&text).unwrap_or_default();
+            let _ = std::fs::remove_file(dir.join(LEGACY_RUNNING));
+        }
+        if let Some(text) = read_nofollow(&self.running_path) {
+            // A line cut short by a full disk is skipped; the rest still count.
+            for line in text.split(|&b| b == b'\n') {
+                match serde_json::from_slice::<RunningLine>(line) {
+                    Ok(RunningLine { pid, run: Some(r) }) => {
+                        left.insert(pid, r);
+                    }
+                    Ok(RunningLine { pid, run: None }) => {
+                        left.remove(&pid);
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.running_path);
         if left.is_empty() {
             return;
         }
@@ -178,7 +224,6 @@ impl Journal {
                 refused: None,
             });
         }
-        self.save_running(&BTreeMap::new());
     }
 
     /// Appends an entry; a journal that cannot be written is logged, not fatal, so a
@@ -201,6 +246,19 @@ impl Journal {
             tracing::warn!("cannot append to the journal {}: {e}", self.path.display());
         }
     }
+}
+
+/// A file's bytes, never through a link (the agent reads these as root); `None` if
+/// it is not there or cannot be read.
+fn read_nofollow(path: &Path) -> Option<Vec<u8>> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut f, &mut text).ok()?;
+    Some(text)
 }
 
 /// Milliseconds since the Unix epoch.
@@ -266,6 +324,104 @@ mod tests {
             "4242 (a (b) c) S 1 4240 4240 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 200";
         assert_eq!(parse_stat(stat), Some((4240, 987654)));
         assert_eq!(parse_stat("4242 (x) S 1"), None);
+    }
+
+    fn entry<'a>(event: &'a str, command: &'a str) -> Entry<'a> {
+        Entry {
+            time_ms: now_ms(),
+            event,
+            controller: "test",
+            requested_by: "tester",
+            command,
+            pid: None,
+            exit_code: None,
+            signal: None,
+            timed_out: false,
+            cancelled: false,
+            refused: None,
+        }
+    }
+
+    fn journaled(dir: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("exec-journal.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_running_set_is_appended_emptied_when_idle_and_ended_by_the_next_life() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let running = dir.path().join("exec-running.jsonl");
+        let sleeper = |secs: &str| {
+            std::process::Command::new("sleep")
+                .arg(secs)
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        };
+        let j = Journal::open(dir.path());
+        let (mut a, mut b) = (sleeper("30"), sleeper("31"));
+        j.started(a.id(), &entry("start", "sleep 30"));
+        j.started(b.id(), &entry("start", "sleep 31"));
+        j.finished(a.id());
+        // Two starts and an end, appended.
+        let text = std::fs::read_to_string(&running).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        j.finished(b.id());
+        // Nothing runs: the file is emptied rather than grown.
+        assert_eq!(std::fs::metadata(&running).unwrap().len(), 0);
+        j.started(b.id(), &entry("start", "sleep 31"));
+        // The agent dies here; its next life finds b's command, not a's (which
+        // ended). (This process started before the sleepers, so as the "next life"
+        // it leaves their groups alone: only groups older than the agent are killed.
+        // The end-to-end test kills a real agent and sees its group killed.)
+        drop(j);
+        let _ = Journal::open(dir.path());
+        let interrupted: Vec<_> = journaled(dir.path())
+            .into_iter()
+            .filter(|e| e["event"] == "interrupted")
+            .collect();
+        assert_eq!(interrupted.len(), 1, "{interrupted:?}");
+        assert_eq!(interrupted[0]["pid"], b.id());
+        assert_eq!(interrupted[0]["command"], "sleep 31");
+        assert!(!running.exists());
+        for c in [&mut a, &mut b] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    #[test]
+    fn an_older_agents_running_map_is_read_once() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let (_, start_ticks) = proc_stat(c.id()).unwrap();
+        let legacy = serde_json::json!({
+            c.id().to_string(): {
+                "boot_id": boot_id().unwrap(),
+                "start_ticks": start_ticks,
+                "command": "sleep 30",
+                "requested_by": "tester",
+                "controller": "test",
+            }
+        });
+        std::fs::write(dir.path().join(LEGACY_RUNNING), legacy.to_string()).unwrap();
+        let _ = Journal::open(dir.path());
+        let journaled = journaled(dir.path());
+        assert_eq!(journaled.len(), 1);
+        assert_eq!(journaled[0]["event"], "interrupted");
+        assert_eq!(journaled[0]["pid"], c.id());
+        assert!(!dir.path().join(LEGACY_RUNNING).exists());
+        c.kill().unwrap();
+        c.wait().unwrap();
     }
 
     #[test]
