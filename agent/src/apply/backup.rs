@@ -4,12 +4,10 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use clustermgr_protocol::atomic_file::replace_unsynced;
+use clustermgr_protocol::atomic_file::write_atomic;
 use clustermgr_protocol::changeset::Meta;
 use clustermgr_protocol::identity::sha256_hex;
 use serde::{Deserialize, Serialize};
-
-use super::dir::Pending;
 
 /// What is recorded beside each kept version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,28 +60,13 @@ impl Backups {
         out
     }
 
-    /// Keeps `bytes` as version `counter` of `real`, durably.
+    /// Keeps `bytes` as version `counter` of `real`.
     pub fn save(
         &self,
         real: &Path,
         counter: u64,
         bytes: &[u8],
         meta: &BackupMeta,
-    ) -> io::Result<()> {
-        let mut pending = Pending::default();
-        self.save_unsynced(real, counter, bytes, meta, &mut pending)?;
-        pending.sync()
-    }
-
-    /// [`Backups::save`] with the fsyncs left in `pending`, for the caller to make
-    /// durable with the rest of its files.
-    pub fn save_unsynced(
-        &self,
-        real: &Path,
-        counter: u64,
-        bytes: &[u8],
-        meta: &BackupMeta,
-        pending: &mut Pending,
     ) -> io::Result<()> {
         let slot = self.slot(real);
         std::fs::create_dir_all(&slot)?;
@@ -92,25 +75,13 @@ impl Backups {
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )?;
         let path_file = slot.join("path");
-        let mut written = Vec::with_capacity(3);
         if !path_file.exists() {
             use std::os::unix::ffi::OsStrExt;
-            replace_unsynced(&path_file, real.as_os_str().as_bytes(), 0o600)?;
-            written.push(path_file);
-            // A new slot's own entry in the backups directory.
-            pending.dir(&self.dir)?;
+            write_atomic(&path_file, real.as_os_str().as_bytes(), 0o600)?;
         }
         let json = serde_json::to_vec(meta).map_err(io::Error::other)?;
-        let meta_file = slot.join(format!("{counter}.meta"));
-        replace_unsynced(&meta_file, &json, 0o600)?;
-        written.push(meta_file);
-        let file = self.file(real, counter);
-        replace_unsynced(&file, bytes, 0o600)?;
-        written.push(file);
-        for w in &written {
-            pending.own_file(w)?;
-        }
-        pending.dir(&slot)
+        write_atomic(&slot.join(format!("{counter}.meta")), &json, 0o600)?;
+        write_atomic(&self.file(real, counter), bytes, 0o600)
     }
 
     /// Removes version `counter` of `real` (an apply that was undone).

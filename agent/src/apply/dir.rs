@@ -77,12 +77,6 @@ impl Dir {
     /// Creates `name` afresh with its final mode and owner before any byte, writes
     /// `bytes` and fsyncs. Whatever sat at the name goes first: never written through.
     pub fn write_new(&self, name: &OsStr, bytes: &[u8], meta: &Meta) -> io::Result<()> {
-        self.write_new_unsynced(name, bytes, meta)?.sync_all()
-    }
-
-    /// [`Dir::write_new`] without the fsync: the open file, for the caller to fsync
-    /// with others (see [`Pending`]).
-    pub fn write_new_unsynced(&self, name: &OsStr, bytes: &[u8], meta: &Meta) -> io::Result<File> {
         self.remove(name)?;
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -94,7 +88,7 @@ impl Dir {
         }
         f.set_permissions(std::fs::Permissions::from_mode(meta.mode))?;
         f.write_all(bytes)?;
-        Ok(f)
+        f.sync_all()
     }
 
     /// Removes `name`; a name that is not there is fine.
@@ -176,57 +170,5 @@ impl ContainerTemp {
 impl Drop for ContainerTemp {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Files and directories written without an fsync each, made durable together: all
-/// written first and fsynced after, the file system commits its journal once for the
-/// lot (the later fsyncs find their changes already committed) instead of once per
-/// file. Each caller syncs before the step that needs them durable, so a crash
-/// between still finds what the apply journal says.
-#[derive(Default)]
-pub struct Pending {
-    files: Vec<File>,
-    dirs: Vec<(std::path::PathBuf, Dir)>,
-}
-
-impl Pending {
-    /// A file to fsync.
-    pub fn file(&mut self, f: File) {
-        self.files.push(f);
-    }
-
-    /// A file to fsync, opened by path: only for the agent's own state directory,
-    /// which no one else can write.
-    pub fn own_file(&mut self, path: &Path) -> io::Result<()> {
-        self.files.push(File::open(path)?);
-        Ok(())
-    }
-
-    /// A directory whose entries changed, fsynced once however many changed in it.
-    pub fn dir(&mut self, path: &Path) -> io::Result<()> {
-        if !self.dirs.iter().any(|(p, _)| p == path) {
-            self.dirs
-                .push((path.to_path_buf(), Dir::open(path, false)?));
-        }
-        Ok(())
-    }
-
-    /// A directory already open, as [`Pending::dir`].
-    pub fn open_dir(&mut self, path: &Path, dir: Dir) {
-        if !self.dirs.iter().any(|(p, _)| p == path) {
-            self.dirs.push((path.to_path_buf(), dir));
-        }
-    }
-
-    /// Fsyncs every file, then every directory.
-    pub fn sync(self) -> io::Result<()> {
-        for f in &self.files {
-            f.sync_all()?;
-        }
-        for (_, d) in &self.dirs {
-            d.sync()?;
-        }
-        Ok(())
     }
 }

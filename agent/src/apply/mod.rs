@@ -844,11 +844,8 @@ impl Engine {
         }
     }
 
-    /// Writes the backups and the temp files of a transaction, all of them first and
-    /// then their fsyncs (see [`dir::Pending`]): durable before the journal says the
-    /// swap began, which is all the recovery needs of them.
+    /// Writes the backups and the temp files of a transaction.
     fn stage_files(&self, txn: &Txn, changed: &[&Staged]) -> Result<(), RemoteError> {
-        let mut pending = dir::Pending::default();
         for (item, s) in txn.items.iter().zip(changed) {
             if let (Some(counter), Some((bytes, meta))) = (item.backup, &s.old) {
                 let bm = BackupMeta {
@@ -857,7 +854,7 @@ impl Engine {
                     meta: meta.clone(),
                 };
                 self.backups
-                    .save_unsynced(&item.real, counter, bytes, &bm, &mut pending)
+                    .save(&item.real, counter, bytes, &bm)
                     .map_err(|e| {
                         RemoteError::internal(format!(
                             "cannot keep a backup of {}: {e}; nothing was changed",
@@ -869,23 +866,14 @@ impl Engine {
                 .new
                 .as_ref()
                 .ok_or_else(|| RemoteError::internal("no content"))?;
-            let written = Dir::of(&item.temp, true)
-                .and_then(|(dir, name)| dir.write_new_unsynced(name, bytes, meta));
-            match written {
-                Ok(f) => pending.file(f),
-                Err(e) => {
-                    return Err(RemoteError::internal(format!(
-                        "cannot write {}: {e}; nothing was changed",
-                        item.temp.display()
-                    )));
-                }
-            }
+            write_temp(&item.temp, bytes, meta).map_err(|e| {
+                RemoteError::internal(format!(
+                    "cannot write {}: {e}; nothing was changed",
+                    item.temp.display()
+                ))
+            })?;
         }
-        pending.sync().map_err(|e| {
-            RemoteError::internal(format!(
-                "cannot make the new files and backups durable: {e}; nothing was changed"
-            ))
-        })
+        Ok(())
     }
 
     /// Undoes a transaction that never swapped: its temps and backups go.
@@ -1485,22 +1473,12 @@ fn rename_into_place(temp: &Path, real: &Path) -> io::Result<()> {
     dir.sync()
 }
 
-/// Renames every temp over its target, then fsyncs each directory once (the journal
-/// says the swap began, so a crash before the fsyncs is undone from the backups).
+/// Renames every temp over its target.
 fn swap(txn: &Txn) -> io::Result<()> {
-    let mut pending = dir::Pending::default();
     for item in &txn.items {
-        let (dir, name) = Dir::of(&item.real, false)?;
-        let from = item
-            .temp
-            .file_name()
-            .ok_or_else(|| io::Error::other("the temp path names no file"))?;
-        dir.rename(from, name)?;
-        if let Some(parent) = item.real.parent() {
-            pending.open_dir(parent, dir);
-        }
+        rename_into_place(&item.temp, &item.real)?;
     }
-    pending.sync()
+    Ok(())
 }
 
 #[cfg(test)]
