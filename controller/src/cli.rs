@@ -603,17 +603,12 @@ pub fn main() -> i32 {
         }
         Err(e) => e.exit(),
     };
-    clustermgr_protocol::log::init(
-        if matches!(cli.command, Cmd::Serve { .. } | Cmd::Dev { .. }) {
-            "info"
-        } else {
-            "warn"
-        },
-    );
+    let serves = matches!(cli.command, Cmd::Serve { .. } | Cmd::Dev { .. });
+    clustermgr_protocol::log::init(if serves { "info" } else { "warn" });
     // serve and dev serve many at once; every other command is one operation, whose
     // connection drivers and own task then share one thread instead of waking each
     // other across three (a millisecond of a one-shot exec went to those wake-ups).
-    let mut builder = if matches!(cli.command, Cmd::Serve { .. } | Cmd::Dev { .. }) {
+    let mut builder = if serves {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         b.worker_threads(2);
         b

@@ -31,6 +31,7 @@ thread_local! {
     /// another, and a buffer each was 64 KiB of the idle agent's memory per log source.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
+
 /// The most bytes read from one file in one look: a huge or endless file (a sparse
 /// file someone planted) must not hold the collector from every other file and from
 /// stopping. What is left is read at the next look, which comes at once.
