@@ -1196,8 +1196,12 @@ async fn node_add(
             why: "only a Gluu node can be the primary",
         });
     }
-    let primary = primary || (gluu && !all.iter().any(|n| n.primary && n.name != node));
-    let rec = NodeRecord {
+    // Asked for, or the first Gluu node; the latter decided again when the record is
+    // written, since a node asked to be the primary may be added meanwhile (`node add
+    // --from` adds its hosts at once).
+    let asked = primary;
+    let primary = asked || (gluu && !all.iter().any(|n| n.primary && n.name != node));
+    let mut rec = NodeRecord {
         name: node.to_string(),
         address: address.to_string(),
         roles,
@@ -1238,17 +1242,22 @@ async fn node_add(
         view.host = Some(Box::new(HostView::from(&*info)));
         return Ok(Report::Node(view));
     }
-    let mut changed: Vec<NodeRecord> = Vec::new();
-    if primary {
-        // Read again: the records read before the round trip to the agent may be stale.
-        let mut all = ctx.store.nodes()?;
-        for n in all.iter_mut().filter(|n| n.primary) {
-            n.primary = false;
-            changed.push(n.clone());
+    // Against the records as they are now, not as read before the round trip to the
+    // agent: an explicit primary takes over; a first-Gluu one only if there is still
+    // no primary.
+    ctx.store.update_nodes(|all| {
+        let others = all.iter().filter(|n| n.name != node);
+        rec.primary = asked || (gluu && !others.clone().any(|n| n.primary));
+        let mut changed: Vec<NodeRecord> = Vec::new();
+        if rec.primary {
+            changed.extend(others.filter(|n| n.primary).map(|n| NodeRecord {
+                primary: false,
+                ..n.clone()
+            }));
         }
-    }
-    changed.push(rec.clone());
-    ctx.store.put_nodes(&changed)?;
+        changed.push(rec.clone());
+        changed
+    })?;
     ctx.audited(user, "node add", &[node.to_string()], address, "added")?;
     let mut view = NodeView::from_record(&rec);
     view.host = Some(Box::new(HostView::from(&*info)));

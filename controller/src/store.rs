@@ -710,6 +710,26 @@ impl Store {
         })
     }
 
+    /// Reads every node and writes back the records `f` returns, in one write
+    /// transaction: a decision that depends on the other nodes (which one is the
+    /// primary) cannot be overtaken by another made meanwhile.
+    pub fn update_nodes(
+        &self,
+        f: impl FnOnce(&[NodeRecord]) -> Vec<NodeRecord>,
+    ) -> Result<(), CtlError> {
+        self.write(|txn| {
+            let mut t = txn.open_table(NODES)?;
+            let all = t
+                .iter()?
+                .map(|r| decode(r?.1.value()))
+                .collect::<Result<Vec<NodeRecord>, _>>()?;
+            for rec in f(&all) {
+                t.insert(rec.name.as_str(), encode(&rec).as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
     /// Removes a node and revokes every certificate issued to it, in one transaction.
     pub fn remove_node(&self, name: &str, now: i64) -> Result<(), CtlError> {
         self.write(|txn| {
