@@ -5,7 +5,7 @@
 //! package directory that lacks a dependency is named per node before anything is
 //! installed. And `gluu install` sets up a node from the primary's setup with the
 //! stand-in `gluu-server` package of `tests/src/provision.rs`, built by the test and
-//! installed for real with dpkg.
+//! installed for real with dpkg, by hand and as desired state (`gluu-version`).
 
 use std::path::Path;
 
@@ -352,5 +352,175 @@ fn gluu_install_sets_up_a_node_from_the_primarys_setup() {
         !net.host("gluu3")
             .path("/opt/gluu-server/install/community-edition-setup/setup.properties")
             .exists()
+    );
+}
+
+/// The nodes' Gluu of `--json`'s plan: per node, the gluu-server entry's words if the
+/// plan installs it, and what the node waits for.
+fn gluu_in_plan(doc: &serde_json::Value) -> Vec<(String, Option<String>, Vec<String>)> {
+    doc["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            let install = n["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["path"] == "package:gluu-server")
+                .map(|e| {
+                    assert_eq!(e["change"], "install", "{e}");
+                    e["at_apply"].as_str().unwrap().to_string()
+                });
+            let waiting = n["waiting"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w.as_str().unwrap().to_string())
+                .filter(|w| w.starts_with("Gluu:"))
+                .collect();
+            (n["node"].as_str().unwrap().to_string(), install, waiting)
+        })
+        .collect()
+}
+
+#[test]
+fn desired_state_gives_gluu_of_the_clusters_version_to_the_nodes_without_it() {
+    let (net, ctl) = hosts(&["gluu1", "gluu2", "gluu3"]);
+    let parent = tempfile::tempdir().unwrap();
+    // What a Gluu node's role needs beside Gluu (csync2, a time service) too.
+    let dir = package_dir(parent.path(), PACKAGES);
+    gluu_server_deb(parent.path());
+    for (key, value) in [
+        ("hostname", "idp.example.org"),
+        ("package-dir", &dir.display().to_string()),
+    ] {
+        ok(ctl.run(&["cluster", "set", key, value]), "cluster set");
+    }
+    primary(net.host("gluu1"), parent.path());
+    for n in ["gluu2", "gluu3"] {
+        clustermgr_tests::container::java(net.host(n));
+        net.host(n).sh("rm -rf /opt/gluu-server/etc/gluu");
+    }
+    let plan = || {
+        let o = ctl.run(&["plan", "--json"]);
+        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).expect("plan --json");
+        clustermgr_tests::schema::assert_valid("plan", &doc);
+        gluu_in_plan(&doc)
+    };
+    // Without gluu-version, Gluu is no desired state: nothing about it in the plan.
+    assert!(
+        plan().iter().all(|(_, i, w)| i.is_none() && w.is_empty()),
+        "{:?}",
+        plan()
+    );
+
+    // A package of another release is named, and nothing is installed.
+    ok(
+        ctl.run(&["cluster", "set", "gluu-version", "4.2.2"]),
+        "gluu-version",
+    );
+    for (node, install, waiting) in plan() {
+        assert!(install.is_none(), "{node}: {install:?}");
+        if node == "gluu1" {
+            assert!(waiting.is_empty(), "the primary runs Gluu: {waiting:?}");
+        } else {
+            assert!(
+                waiting.len() == 1
+                    && waiting[0].contains("4.2.3~stand-in, not the cluster's gluu-version 4.2.2"),
+                "{node}: {waiting:?}"
+            );
+        }
+    }
+    let o = ctl.run(&["apply", "--yes"]);
+    assert!(
+        !stdout(&o).contains("Gluu's setup"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    assert_eq!(installed(net.host("gluu2"), "gluu-server"), None);
+
+    // The cluster's release: the plan says what each node without Gluu gets.
+    ok(
+        ctl.run(&["cluster", "set", "gluu-version", "4.2.3"]),
+        "gluu-version",
+    );
+    let planned = plan();
+    for (node, install, waiting) in &planned {
+        assert!(waiting.is_empty(), "{node}: {waiting:?}");
+        if node == "gluu1" {
+            assert!(install.is_none());
+        } else {
+            let what = install.as_deref().unwrap_or_default();
+            assert!(
+                what.contains("gluu-server 4.2.3~stand-in from the package directory")
+                    && what.contains("gluu1's properties, without data"),
+                "{node}: {what}"
+            );
+        }
+    }
+
+    // The primary left only the encrypted setup, and its agent's LDAP password does not
+    // open it: the apply says how to give it, installs nothing there, and goes on
+    // elsewhere.
+    let o = ctl.run(&["apply", "--yes"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("clustermgr gluu install gluu2 --setup-password-file FILE"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(installed(net.host("gluu2"), "gluu-server"), None);
+
+    // With the plain properties (as Gluu before 4.2.3 leaves them) one apply installs
+    // Gluu on both, one at a time, each with its own address.
+    let ces = net
+        .host("gluu1")
+        .path("/opt/gluu-server/install/community-edition-setup");
+    std::fs::copy(
+        parent.path().join("setup.properties.last"),
+        ces.join("setup.properties.last"),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        ces.join("setup.properties.last"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let o = ctl.run(&["apply", "--yes"]);
+    let said = stdout(&o);
+    for n in ["gluu2", "gluu3"] {
+        let h = net.host(n);
+        let log = std::fs::read_to_string(
+            h.path("/opt/gluu-server/install/community-edition-setup/stand-in-setup.log"),
+        )
+        .unwrap_or_else(|e| panic!("{n} ran no setup ({e}): {said}{}", stderr(&o)));
+        assert!(
+            log.contains("--no-data")
+                && log.contains(&format!("ip={}", h.ip))
+                && log.contains("setup done"),
+            "{n}: {log}"
+        );
+        assert_eq!(
+            installed(h, "gluu-server").as_deref(),
+            Some("4.2.3~stand-in")
+        );
+    }
+    assert!(
+        said.contains("gluu2: applied") && said.contains("ok: Gluu's setup"),
+        "{said}"
+    );
+    assert!(!said.contains(LDAP_PASSWORD), "{said}");
+    let audit = ok(ctl.run(&["audit"]), "audit");
+    assert!(
+        audit.matches("gluu install").count() >= 2,
+        "each install is audited: {audit}"
+    );
+    // Installed: the next plan has nothing of Gluu left to do.
+    assert!(
+        plan().iter().all(|(_, i, w)| i.is_none() && w.is_empty()),
+        "{:?}",
+        plan()
     );
 }

@@ -18,14 +18,14 @@
 
 use std::time::Duration;
 
-use clustermgr_protocol::changeset::{ApplyResult, ChangeSet};
+use clustermgr_protocol::changeset::{ApplyResult, ChangeSet, Entry};
 use clustermgr_protocol::message::{GluuExportSpec, GluuSetupSpec, Reply, Request};
 use serde::{Deserialize, Serialize};
 
 use super::StepView;
 use crate::CtlError;
 use crate::ctx::{Ctx, Event};
-use crate::store::{NodeRecord, PackageSource, Role};
+use crate::store::{NodeRecord, PackageSource, ProvisionRecord, Role};
 
 /// How long Gluu's setup may take on the node: longer than the agent's own limits for
 /// its steps together (setup 45 minutes, the container's control 5 each).
@@ -214,20 +214,17 @@ pub async fn install(
         &[name.to_string()],
     )
     .await;
-    let files = super::provision::files(&prov)?;
-    let entry = crate::generate::provision::package(
-        "gluu-server",
-        &["gluu-server"],
-        &["gluu-server"],
-        &files,
-    );
+    let entry = server_package(&prov)?;
     let set = ChangeSet {
         revision: ctx.store.next_revision()?,
         entries: vec![entry.clone()],
         requested_by: format!("{user}@{}", ctx.meta.name),
     };
-    let sent = match super::provision::upload(ctx, link.as_ref(), &[entry]).await {
-        Ok(()) => {
+    // The version is checked before anything is installed: a plan of the one entry
+    // says what the node would get.
+    let sent = match package_check(ctx, link.as_ref(), &entry, model.gluu_version.as_deref()).await
+    {
+        Ok(_) => {
             super::ask(
                 link.as_ref(),
                 &Request::Apply(set),
@@ -239,7 +236,7 @@ pub async fn install(
             )
             .await
         }
-        Err(f) => Err(f.message),
+        Err(why) => Err(why),
     };
     let package = match sent {
         Ok(result) => match result {
@@ -255,7 +252,13 @@ pub async fn install(
                 "installing the gluu-server package ended {other:?}"
             )),
         },
-        Err(why) => Err(why),
+        Err(why) => Err(format!(
+            "{why}; {}",
+            match &moved_aside {
+                Some(m) => format!("{name}'s old Gluu is in {m}"),
+                None => format!("nothing was changed on {name}"),
+            }
+        )),
     };
     super::part_done(events, name, package.as_ref().err().map(String::as_str)).await;
     package.map_err(|why| failed(name, why))?;
@@ -501,6 +504,146 @@ async fn add_on(
     }
 }
 
+/// The `gluu-server` package entry, from the cluster's package source.
+fn server_package(prov: &ProvisionRecord) -> Result<Entry, CtlError> {
+    let files = super::provision::files(prov)?;
+    Ok(crate::generate::provision::package(
+        "gluu-server",
+        &["gluu-server"],
+        &["gluu-server"],
+        &files,
+    ))
+}
+
+/// What the node would install as `gluu-server`, in words (`gluu-server 4.2.3~focal
+/// from the package directory (...)`), asked with a plan of the one entry; an error
+/// says why it would not: the package manager's (a dependency the package directory
+/// lacks), or a version that is not the cluster's `gluu-version`.
+async fn package_check(
+    ctx: &Ctx,
+    link: &dyn crate::connect::Link,
+    entry: &Entry,
+    version: Option<&str>,
+) -> Result<String, String> {
+    super::provision::upload(ctx, link, std::slice::from_ref(entry))
+        .await
+        .map_err(|f| f.message)?;
+    let set = ChangeSet {
+        revision: 0,
+        entries: vec![entry.clone()],
+        requested_by: String::new(),
+    };
+    let plans = super::ask(link, &Request::Plan(set), SHORT_TIMEOUT, |r| match r {
+        Reply::Planned(p) => Ok(p),
+        other => Err(other),
+    })
+    .await?;
+    let text = plans
+        .first()
+        .and_then(|p| p.new_text.as_deref())
+        .unwrap_or_default()
+        .trim_end()
+        .replace('\n', "; ");
+    if let Some(want) = version {
+        // The agent's words begin with the package and its version.
+        let found = text.split_whitespace().nth(1).unwrap_or_default();
+        if !is_version(found, want) {
+            return Err(format!(
+                "the gluu-server package there is {}, not the cluster's gluu-version {want}: put gluu-server {want} in the package directory (or the nodes' repositories), or set gluu-version to the release the primary runs",
+                if found.is_empty() {
+                    "of no known version"
+                } else {
+                    found
+                }
+            ));
+        }
+    }
+    Ok(text)
+}
+
+/// Whether package version `found` is release `want` (`4.2.3~focal`, `4.2.3-1.el8` and
+/// `4.2.3` are 4.2.3, and 4.2.3 is 4.2; 4.2.30 is not 4.2.3).
+pub fn is_version(found: &str, want: &str) -> bool {
+    // An epoch (`1:4.2.3`) is not part of the release.
+    let found = found.split_once(':').map_or(found, |(_, v)| v);
+    match found.strip_prefix(want) {
+        Some(rest) => !rest.starts_with(|c: char| c.is_ascii_alphanumeric()),
+        None => false,
+    }
+}
+
+/// A Gluu node that desired state gives Gluu to: with `gluu-version` set and packages
+/// on, `plan` shows it and `apply` installs Gluu (as `gluu install NODE` does) before
+/// the node's configuration.
+#[derive(Clone, Debug)]
+pub struct Wanted {
+    /// The node, which runs no Gluu.
+    pub node: String,
+    /// What it would get, in words; or why it waits.
+    pub install: Result<String, String>,
+}
+
+/// The selected Gluu nodes that run no Gluu and would get it from desired state (none
+/// unless `gluu-version` is set, packages are on and Gluu runs in a container). A node
+/// that cannot be reached is left out: its own plan or apply says so.
+pub async fn wanted(
+    ctx: &Ctx,
+    selected: &[NodeRecord],
+    within: Duration,
+) -> Result<Vec<Wanted>, CtlError> {
+    let model = ctx.store.model()?;
+    let prov = ctx.store.provision()?;
+    let Some(version) = model.gluu_version.clone() else {
+        return Ok(Vec::new());
+    };
+    if prov.packages == PackageSource::Off || model.gluu_root == "/" {
+        return Ok(Vec::new());
+    }
+    let nodes = ctx.store.nodes()?;
+    let mut gluu: Vec<&NodeRecord> = nodes.iter().filter(|n| n.has_role(Role::Gluu)).collect();
+    gluu.sort_by(|a, b| a.name.cmp(&b.name));
+    let (primary, _) = crate::generate::gluu_settings::writers(&gluu, &ctx.store.build()?);
+    let entry = server_package(&prov)?;
+    let asked = selected
+        .iter()
+        .filter(|n| n.has_role(Role::Gluu))
+        .map(|n| async {
+            let link = ctx.link(n, within).await.ok()?;
+            let installed = super::ask(link.as_ref(), &Request::Info, SHORT_TIMEOUT, gluu_of)
+                .await
+                .ok()?;
+            if installed.is_some() {
+                return None;
+            }
+            let install = if n.name == primary {
+                Err(format!(
+                    "Gluu: {} is the primary and runs no Gluu; set it up with Gluu's own setup, since the other nodes copy its setup",
+                    n.name
+                ))
+            } else if model.hostname.is_none() {
+                Err("Gluu: the cluster has no hostname, which Gluu's setup needs (`clustermgr cluster set hostname NAME`)".into())
+            } else {
+                package_check(ctx, link.as_ref(), &entry, Some(&version))
+                    .await
+                    .map(|what| {
+                        format!(
+                            "{what}; then Gluu's setup with {primary}'s properties, without data (replication brings it), {primary}'s certificates and schema, and a restart of the container"
+                        )
+                    })
+                    .map_err(|why| format!("Gluu: {why}"))
+            };
+            Some(Wanted {
+                node: n.name.clone(),
+                install,
+            })
+        });
+    Ok(futures_util::future::join_all(asked)
+        .await
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
 /// The Gluu install an [`Request::Info`] reply tells of.
 fn gluu_of(r: Reply) -> Result<Option<clustermgr_protocol::message::GluuInstall>, Reply> {
     match r {
@@ -532,5 +675,26 @@ mod tests {
         );
         let bare = String::from_utf8(properties_for(b"ldapPass=p\n", "10.0.0.3", "idp")).unwrap();
         assert_eq!(bare, "ldapPass=p\nip=10.0.0.3\nhostname=idp\n");
+    }
+
+    #[test]
+    fn a_package_version_is_the_release_it_begins_with_whole() {
+        for (found, want) in [
+            ("4.2.3~focal", "4.2.3"),
+            ("4.2.3-1.el8", "4.2.3"),
+            ("4.2.3", "4.2.3"),
+            ("4.2.3~stand-in", "4.2"),
+            ("1:4.2.3~focal", "4.2.3"),
+        ] {
+            assert!(is_version(found, want), "{found} is {want}");
+        }
+        for (found, want) in [
+            ("4.2.30~focal", "4.2.3"),
+            ("4.2.2~focal", "4.2.3"),
+            ("14.2.3", "4.2.3"),
+            ("", "4.2.3"),
+        ] {
+            assert!(!is_version(found, want), "{found} is not {want}");
+        }
     }
 }

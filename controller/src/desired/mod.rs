@@ -612,27 +612,19 @@ fn entry_view(e: &Entry, p: &EntryPlan, applied: &[Entry], drift: bool) -> Entry
     // from where) is said in words rather than as a diff.
     if let clustermgr_protocol::changeset::Content::Package(_) = &e.content {
         let install = p.change.writes();
-        return EntryView {
-            path: e.path.clone(),
-            scope: scope_text(&e.scope),
-            change: if install {
+        return package_view(
+            e.path.clone(),
+            &e.scope,
+            if install {
                 "install"
             } else {
                 p.change.as_str()
-            }
-            .into(),
-            secret: false,
-            old_sha256: None,
-            new_sha256: None,
-            metadata: None,
-            diff: None,
-            drift: false,
-            at_apply: p
-                .new_text
+            },
+            p.new_text
                 .as_deref()
                 .filter(|_| install)
                 .map(|t| t.trim_end().replace('\n', "; ")),
-        };
+        );
     }
     let change = p.change.as_str();
     EntryView {
@@ -647,6 +639,23 @@ fn entry_view(e: &Entry, p: &EntryPlan, applied: &[Entry], drift: bool) -> Entry
         // The desired entry is what was last applied, yet the disk differs: a hand edit.
         drift: p.change.writes() && applied.contains(e),
         at_apply: joins(e, p).then(|| JOIN_NOTE.to_string()),
+    }
+}
+
+/// A package's entry as shown: what will be installed (name, version, from where) is
+/// said in words rather than as a diff.
+fn package_view(path: String, scope: &Scope, change: &str, words: Option<String>) -> EntryView {
+    EntryView {
+        path,
+        scope: scope_text(scope),
+        change: change.into(),
+        secret: false,
+        old_sha256: None,
+        new_sha256: None,
+        metadata: None,
+        diff: None,
+        drift: false,
+        at_apply: words,
     }
 }
 
@@ -843,6 +852,26 @@ pub async fn plan(
         }
     });
     let mut views = futures_util::future::join_all(futures).await;
+    if !drift {
+        // Gluu, on the nodes desired state gives it to, comes first in their apply.
+        for w in gluu::wanted(ctx, &selected, within).await? {
+            let Some(v) = views.iter_mut().find(|v| v.node == w.node) else {
+                continue;
+            };
+            match w.install {
+                Ok(what) => v.entries.insert(
+                    0,
+                    package_view(
+                        clustermgr_protocol::changeset::PackageSpec::path("gluu-server"),
+                        &Scope::Host,
+                        "install",
+                        Some(what),
+                    ),
+                ),
+                Err(why) => v.waiting.push(why),
+            }
+        }
+    }
     views.sort_by(|a, b| a.node.cmp(&b.node));
     Ok(View::Plan {
         views,
@@ -952,10 +981,21 @@ pub async fn apply(
         check(approved)?;
     }
     let key_problems = ensure_tunnel(ctx, &selected, within).await?;
-    let desired = desired_for(ctx, &selected, &Basis::Now)?;
+    let mut desired = desired_for(ctx, &selected, &Basis::Now)?;
     if let Some(approved) = approved {
         check(approved)?;
     }
+    // Gluu first on the nodes desired state gives it to, one at a time; a node whose
+    // install failed gets nothing else (its container may be set up in part).
+    let (installs, mut selected) = install_gluu(ctx, user, selected, within, events).await?;
+    if installs.iter().any(|(_, r)| r.is_ok()) {
+        // The new nodes' LDAP certificates, for replication in this same apply.
+        replication::prepare(ctx, within).await?;
+        desired = desired_for(ctx, &selected, &Basis::Now)?;
+    } else {
+        desired.retain(|d| selected.iter().any(|n| n.name == d.node.name));
+    }
+    selected.sort_by(|a, b| a.name.cmp(&b.name));
     let mut round = Round {
         selected: &selected,
         desired,
@@ -971,7 +1011,80 @@ pub async fn apply(
         let again = apply_round(ctx, user, ask, &round, within, events).await?;
         views = merge_rounds(views, again);
     }
+    for (node, result) in installs {
+        match result {
+            Ok(steps) => {
+                if let Some(v) = views.iter_mut().find(|v| v.node == node) {
+                    v.steps.splice(0..0, steps);
+                    if v.result == "unchanged" {
+                        // Gluu was installed, whatever its configuration needed.
+                        v.result = "applied".into();
+                    }
+                }
+            }
+            Err(v) => views.push(*v),
+        }
+    }
+    views.sort_by(|a, b| a.node.cmp(&b.node));
     Ok(View::Applied(views))
+}
+
+/// A node's Gluu install in an apply: its steps, or the view of its failure.
+type Installed = (String, Result<Vec<StepView>, Box<NodeApplyView>>);
+
+/// Gluu on each of `selected` that desired state gives it to ([`gluu::wanted`]), one
+/// node at a time: per node installed, its steps, or the view of its failure; and the
+/// nodes the apply goes on with (all but those whose install failed).
+async fn install_gluu(
+    ctx: &Ctx,
+    user: &str,
+    selected: Vec<NodeRecord>,
+    within: Duration,
+    events: &mpsc::Sender<Event>,
+) -> Result<(Vec<Installed>, Vec<NodeRecord>), CtlError> {
+    let mut out = Vec::new();
+    let mut failed = Vec::new();
+    for w in gluu::wanted(ctx, &selected, within).await? {
+        if w.install.is_err() {
+            // What it waits for, the plan says; its configuration goes on.
+            continue;
+        }
+        let (ok, message, steps) =
+            match gluu::install(ctx, user, &w.node, false, None, within, events).await {
+                Ok(v) => (v.ok, v.message, v.steps),
+                Err(e) => (false, e.to_string(), Vec::new()),
+            };
+        if ok {
+            out.push((w.node, Ok(steps)));
+            continue;
+        }
+        failed.push(w.node.clone());
+        let message = if message.contains("--setup-password-file") {
+            format!(
+                "{message} (`clustermgr gluu install {} --setup-password-file FILE` installs it with the password the primary's setup was encrypted with)",
+                w.node
+            )
+        } else {
+            message
+        };
+        let view = NodeApplyView {
+            node: w.node.clone(),
+            state: NodeState::Failed,
+            result: "failed".into(),
+            message: Some(format!(
+                "Gluu was not installed, so nothing else was applied there: {message}"
+            )),
+            revision: 0,
+            entries: Vec::new(),
+            steps,
+        };
+        out.push((w.node, Err(Box::new(view))));
+    }
+    let rest = selected
+        .into_iter()
+        .filter(|n| !failed.contains(&n.name))
+        .collect();
+    Ok((out, rest))
 }
 
 /// One round's views merged into the first's: what both changed, the later outcome
