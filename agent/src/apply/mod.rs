@@ -939,13 +939,7 @@ impl Engine {
             None => remove_nofollow(&item.real)?,
             Some(counter) => {
                 let bytes = self.backups.read(&item.real, counter)?;
-                let meta = self
-                    .backups
-                    .list(&item.real)
-                    .into_iter()
-                    .find(|(c, _)| *c == counter)
-                    .map(|(_, m)| m.meta)
-                    .ok_or_else(|| io::Error::other("its backup has no metadata"))?;
+                let meta = self.backups.meta(&item.real, counter)?.meta;
                 let temp = temp_beside(&item.real, id, "-undo");
                 write_temp(&temp, &bytes, &meta)?;
                 rename_into_place(&temp, &item.real)?;
@@ -1473,10 +1467,28 @@ fn rename_into_place(temp: &Path, real: &Path) -> io::Result<()> {
     dir.sync()
 }
 
-/// Renames every temp over its target.
+/// Renames every temp over its target, then makes each directory's entries durable
+/// once (a set's files share a few directories). Until the journal leaves the swapping
+/// phase, a crash restores the old files whichever renames survived it.
 fn swap(txn: &Txn) -> io::Result<()> {
+    let mut dirs: Vec<(PathBuf, Dir)> = Vec::new();
     for item in &txn.items {
-        rename_into_place(&item.temp, &item.real)?;
+        let parent = item.real.parent().unwrap_or(Path::new("/"));
+        if !dirs.iter().any(|(p, _)| p == parent) {
+            dirs.push((parent.to_path_buf(), Dir::open(parent, false)?));
+        }
+        let (_, dir) = dirs
+            .iter()
+            .find(|(p, _)| p == parent)
+            .expect("opened above");
+        let (from, to) = (item.temp.file_name(), item.real.file_name());
+        let (Some(from), Some(to)) = (from, to) else {
+            return Err(io::Error::other("the path names no file"));
+        };
+        dir.rename(from, to)?;
+    }
+    for (_, dir) in &dirs {
+        dir.sync()?;
     }
     Ok(())
 }
