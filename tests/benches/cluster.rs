@@ -85,6 +85,11 @@ fn print_report(res: &mut Results, nodes: usize, elapsed: Duration) {
                 "spawn_true",
                 "fan-out exec / spawning as many `true` locally",
             ),
+            (
+                "config_apply",
+                "disk_floor",
+                "apply on 100 agents / the disk's floor for replacing as many files durably",
+            ),
         ],
     );
     if let (Some((fan, _)), Some((fresh, _))) = (res.stats("fan_exec"), res.stats("ssh_fresh")) {
@@ -813,6 +818,23 @@ async fn fan_out_inner(
     if let Err(e) = config_bench(res, &ctx, config_nodes).await {
         res.note(format!("the config benchmark failed: {e}"));
     }
+    let writers = config_nodes.len();
+    eprintln!(
+        "[3] baseline: the disk's floor for replacing {CONFIG_FILES} files durably, {writers} writers at once"
+    );
+    let floor = tokio::task::spawn_blocking({
+        let dir = base.path().join("floor");
+        move || disk_floor(&dir, writers)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    res.add(
+        "disk_floor",
+        format!("context: the least a crash-safe replacement of {CONFIG_FILES} such files costs (each written to a temp name, fsynced, renamed; one fsync of the directory), {writers} writers at once on the agents' disk"),
+        "ms",
+        floor,
+        None,
+    );
 
     if let Some(kib) = proc_status_kib(host_pid, "VmRSS") {
         res.note(format!(
@@ -869,6 +891,62 @@ fn config_set(v: usize) -> clustermgr_protocol::changeset::ChangeSet {
             .collect(),
         requested_by: "bench".into(),
     }
+}
+
+/// [`N_CONFIG`] rounds of `writers` threads at once, each replacing [`CONFIG_FILES`]
+/// files of [`config_set`]'s size as durably as anything can (temp file, fsync, rename,
+/// then one fsync of the directory), without the backups, journal and checks an apply
+/// adds: what the disk alone costs, for the `config_apply` row's ratio.
+fn disk_floor(dir: &Path, writers: usize) -> Result<Vec<f64>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = config_set(1).entries[1].content.clone();
+    let clustermgr_protocol::changeset::Content::File { bytes, .. } = text else {
+        return Err("the config set holds no file".into());
+    };
+    let one = |d: &Path| -> std::io::Result<()> {
+        std::fs::create_dir_all(d)?;
+        for i in 0..CONFIG_FILES {
+            let temp = d.join(format!(".f{i}.tmp"));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .open(&temp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&temp, d.join(format!("f{i}.conf")))?;
+        }
+        std::fs::File::open(d)?.sync_all()
+    };
+    // The files exist first, as they do for the timed applies.
+    for w in 0..writers {
+        one(&dir.join(w.to_string())).map_err(|e| e.to_string())?;
+    }
+    let mut out = Vec::with_capacity(N_CONFIG);
+    for _ in 0..N_CONFIG {
+        let t = Instant::now();
+        let done: Vec<std::io::Result<()>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..writers)
+                .map(|w| {
+                    let d = dir.join(w.to_string());
+                    s.spawn(move || one(&d))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("panicked")))
+                })
+                .collect()
+        });
+        out.push(ms(t.elapsed()));
+        if let Some(Err(e)) = done.into_iter().find(|r| r.is_err()) {
+            return Err(e.to_string());
+        }
+    }
+    Ok(out)
 }
 
 /// Sends `req` to every node at once over the warm connections; every answer must be
