@@ -19,8 +19,19 @@ pub struct Journal {
     lock: Mutex<()>,
     running_path: PathBuf,
     /// The commands running now, and the open running-commands file.
-    running: Mutex<(BTreeMap<u32, Running>, Option<std::fs::File>)>,
+    running: Mutex<(BTreeMap<u32, Running>, Option<RunningFile>)>,
 }
+
+/// The running-commands file, open for appending, and how long it is.
+#[derive(Debug)]
+struct RunningFile {
+    file: std::fs::File,
+    len: u64,
+}
+
+/// How long the running-commands file may grow before the first moment nothing runs
+/// empties it (about 200 starts and ends).
+const RUNNING_RESTART: u64 = 64 * 1024;
 
 /// A line of the running-commands file: a command that started (`run`), or the end
 /// of `pid`'s (`run` absent).
@@ -120,12 +131,15 @@ impl Journal {
         if running.remove(&pid).is_none() {
             return;
         }
-        if running.is_empty() {
-            // Nothing runs: the file starts over, so it never grows past the commands
-            // of one busy spell.
-            if let Some(f) = file.as_ref()
-                && f.set_len(0).is_ok()
+        if running.is_empty() && file.as_ref().is_some_and(|f| f.len >= RUNNING_RESTART) {
+            // Nothing runs: the file starts over, so it never grows much past the
+            // commands of one busy spell. Not at every idle moment: a truncation costs
+            // the file system more than an append (with commands one after another,
+            // it was a sixth of the agent's CPU in a fan-out).
+            if let Some(f) = file.as_mut()
+                && f.file.set_len(0).is_ok()
             {
+                f.len = 0;
                 return;
             }
         }
@@ -136,21 +150,24 @@ impl Journal {
     /// through a link: the agent reads it back as root). One write of a whole line
     /// to a file opened for appending: a kill leaves it written or not. Not synced: a
     /// power loss ends the commands as well.
-    fn append_running(&self, file: &mut Option<std::fs::File>, line: &RunningLine) {
-        let res = (|| {
+    fn append_running(&self, file: &mut Option<RunningFile>, line: &RunningLine) {
+        let res = (|| -> std::io::Result<()> {
             let mut text = serde_json::to_vec(line).map_err(std::io::Error::other)?;
             text.push(b'\n');
             if file.is_none() {
-                *file = Some(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .mode(0o600)
-                        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                        .open(&self.running_path)?,
-                );
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(&self.running_path)?;
+                let len = f.metadata()?.len();
+                *file = Some(RunningFile { file: f, len });
             }
-            file.as_mut().expect("opened above").write_all(&text)
+            let f = file.as_mut().expect("opened above");
+            f.file.write_all(&text)?;
+            f.len += text.len() as u64;
+            Ok(())
         })();
         if let Err(e) = res {
             // Opened afresh at the next command.
@@ -351,7 +368,7 @@ mod tests {
     }
 
     #[test]
-    fn the_running_set_is_appended_emptied_when_idle_and_ended_by_the_next_life() {
+    fn the_running_set_is_appended_emptied_when_idle_past_its_bound_and_ended_by_the_next_life() {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let running = dir.path().join("exec-running.jsonl");
@@ -371,8 +388,20 @@ mod tests {
         let text = std::fs::read_to_string(&running).unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");
         j.finished(b.id());
-        // Nothing runs: the file is emptied rather than grown.
-        assert_eq!(std::fs::metadata(&running).unwrap().len(), 0);
+        // Nothing runs, but the file is short: appended to, not emptied.
+        assert_eq!(
+            std::fs::read_to_string(&running).unwrap().lines().count(),
+            4
+        );
+        // Past its bound, the first moment nothing runs empties it.
+        let mut n = 0;
+        while std::fs::metadata(&running).unwrap().len() > 0 {
+            j.started(b.id(), &entry("start", "sleep 31"));
+            j.finished(b.id());
+            n += 1;
+            assert!(n < 1000, "the running-commands file is never emptied");
+        }
+        assert!(n > 50, "emptied after {n} commands");
         j.started(b.id(), &entry("start", "sleep 31"));
         // The agent dies here; its next life finds b's command, not a's (which
         // ended). (This process started before the sleepers, so as the "next life"
