@@ -853,8 +853,18 @@ pub async fn plan(
     });
     let mut views = futures_util::future::join_all(futures).await;
     if !drift {
-        // Gluu, on the nodes desired state gives it to, comes first in their apply.
-        for w in gluu::wanted(ctx, &selected, within).await? {
+        // Gluu, on the nodes desired state gives it to, comes first in their apply;
+        // only the nodes that answered are asked (the others' plans say so already).
+        let answered: Vec<NodeRecord> = selected
+            .iter()
+            .filter(|n| {
+                views
+                    .iter()
+                    .any(|v| v.node == n.name && v.state == NodeState::Ok)
+            })
+            .cloned()
+            .collect();
+        for w in gluu::wanted(ctx, &answered, within).await? {
             let Some(v) = views.iter_mut().find(|v| v.node == w.node) else {
                 continue;
             };
