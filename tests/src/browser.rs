@@ -214,6 +214,36 @@ impl Browser {
         );
     }
 
+    /// Clicks `element`; false if the page had replaced it since it was found (a
+    /// stale reference: nothing was clicked).
+    pub fn try_click(&self, element: &str) -> bool {
+        let path = format!("/session/{}/element/{element}/click", self.session);
+        match try_call(self.addr, "POST", &path, Some(json!({}))) {
+            Ok(_) => true,
+            Err((_, v)) if v["value"]["error"] == "stale element reference" => false,
+            Err((status, v)) => panic!("WebDriver POST {path}: {status} {v}"),
+        }
+    }
+
+    /// Clicks the first element matching `css`, waiting for one within `patience` and
+    /// finding it again when the page replaced it between finding and clicking (a page
+    /// still loading, or one that redraws).
+    pub fn click_on(&self, css: &str, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let e = self.wait_for(css, left.max(Duration::from_millis(1)));
+            if self.try_click(&e) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css} was replaced at every click for {patience:?} on {}",
+                self.url()
+            );
+        }
+    }
+
     /// The rendered text of the first element matching `css` (empty if none). A page
     /// that redraws the element between finding and reading it (a live page does, every
     /// tick) is read again.

@@ -395,16 +395,14 @@ async fn a_person_logs_in_through_an_openid_provider_with_the_role_its_claim_giv
         b.wait_until("the provider's link", PATIENCE, |b| {
             b.text_of("#oidc-link").contains(&issuer)
         });
-        let link = b.wait_for("#oidc-link", PATIENCE);
-        b.click(&link);
+        b.click_on("#oidc-link", PATIENCE);
         provider_login(b, name);
         // The provider asks once for consent.
         b.wait_until("the consent page or the way back", PATIENCE, |b| {
             !b.url().contains("/interaction/") || b.text_of("body").contains("Authorize")
         });
         if b.url().contains("/interaction/") {
-            let ok = b.wait_for("button[type=submit]", PATIENCE);
-            b.click(&ok);
+            b.click_on("button[type=submit]", PATIENCE);
         }
     };
 
@@ -561,9 +559,12 @@ fn token_for(
             std::time::Instant::now() < deadline,
             "no code for the other client"
         );
-        if b.url().contains("/interaction/") && !b.find_all("button[type=submit]").is_empty() {
-            let ok = b.wait_for("button[type=submit]", PATIENCE);
-            b.click(&ok);
+        if b.url().contains("/interaction/")
+            && let Some(ok) = b.find_all("button[type=submit]").into_iter().next()
+        {
+            // A page replaced meanwhile (the login's, on its way to the consent) is
+            // looked at again in the next turn.
+            b.try_click(&ok);
         }
         code = b.network_urls().into_iter().find_map(|u| {
             let q = u.strip_prefix(&format!("{redirect}?"))?.to_string();
@@ -608,6 +609,5 @@ fn provider_login(b: &Browser, name: &str) {
     b.type_into(&login, name);
     let pw = b.wait_for("input[name=password]", PATIENCE);
     b.type_into(&pw, "any password");
-    let go = b.wait_for("button[type=submit]", PATIENCE);
-    b.click(&go);
+    b.click_on("button[type=submit]", PATIENCE);
 }
