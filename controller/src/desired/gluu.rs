@@ -108,9 +108,7 @@ pub async fn install(
             why: "`gluu install` installs Gluu on a node with role gluu",
         });
     }
-    let mut gluu: Vec<&NodeRecord> = nodes.iter().filter(|n| n.has_role(Role::Gluu)).collect();
-    gluu.sort_by(|a, b| a.name.cmp(&b.name));
-    let (primary, _) = crate::generate::gluu_settings::writers(&gluu, &ctx.store.build()?);
+    let (gluu, primary) = gluu_nodes(ctx, &nodes)?;
     if primary == name {
         return Err(refused(format!(
             "{name} is the primary, whose setup the other nodes copy; install its Gluu with Gluu's own setup, or make another node the primary (`clustermgr node set-primary`)"
@@ -396,9 +394,7 @@ pub async fn add(
         }
     }
     let nodes = ctx.store.nodes()?;
-    let mut gluu: Vec<&NodeRecord> = nodes.iter().filter(|n| n.has_role(Role::Gluu)).collect();
-    gluu.sort_by(|a, b| a.name.cmp(&b.name));
-    let (primary, _) = crate::generate::gluu_settings::writers(&gluu, &ctx.store.build()?);
+    let (mut gluu, primary) = gluu_nodes(ctx, &nodes)?;
     gluu.sort_by_key(|n| n.name != primary);
     let root = ctx.store.model()?.gluu_root;
     let mut out = Vec::new();
@@ -504,6 +500,17 @@ async fn add_on(
     }
 }
 
+/// The Gluu nodes of `nodes` by name, and the primary (whose setup the others copy).
+fn gluu_nodes<'a>(
+    ctx: &Ctx,
+    nodes: &'a [NodeRecord],
+) -> Result<(Vec<&'a NodeRecord>, String), CtlError> {
+    let mut gluu: Vec<&NodeRecord> = nodes.iter().filter(|n| n.has_role(Role::Gluu)).collect();
+    gluu.sort_by(|a, b| a.name.cmp(&b.name));
+    let (primary, _) = crate::generate::gluu_settings::writers(&gluu, &ctx.store.build()?);
+    Ok((gluu, primary))
+}
+
 /// The `gluu-server` package entry, from the cluster's package source.
 fn server_package(prov: &ProvisionRecord) -> Result<Entry, CtlError> {
     let files = super::provision::files(prov)?;
@@ -600,9 +607,7 @@ pub async fn wanted(
         return Ok(Vec::new());
     }
     let nodes = ctx.store.nodes()?;
-    let mut gluu: Vec<&NodeRecord> = nodes.iter().filter(|n| n.has_role(Role::Gluu)).collect();
-    gluu.sort_by(|a, b| a.name.cmp(&b.name));
-    let (primary, _) = crate::generate::gluu_settings::writers(&gluu, &ctx.store.build()?);
+    let (_, primary) = gluu_nodes(ctx, &nodes)?;
     let entry = server_package(&prov)?;
     let asked = selected
         .iter()
